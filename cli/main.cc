@@ -1,0 +1,82 @@
+// parley: the command-line client.
+//
+//   parley health ADDR [--service=NAME] [--wait=30s]   SERVING? (exit 0) else exit 1
+//   parley version
+#include <grpcpp/grpcpp.h>
+
+#include <iostream>
+
+#include "absl/time/clock.h"
+#include "common/clock.h"
+#include "common/config.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: parley <command> [flags]\n"
+    "  health ADDR    check a service's gRPC health (exit 0 when SERVING)\n"
+    "  version        print the version\n"
+    "Run 'parley <command> --help' for its flags.\n";
+
+std::string StatusName(grpc::health::v1::HealthCheckResponse::ServingStatus status) {
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status);
+}
+
+int Health(int argc, char** argv) {
+  std::string service;
+  absl::Duration wait = absl::ZeroDuration();
+  absl::Duration timeout = absl::Seconds(2);
+  parley::Flags flags("parley health", "Checks the gRPC health of the service at ADDR.");
+  flags.String("service", &service, "service name to check (empty: the whole server)");
+  flags.Duration("wait", &wait, "keep trying until SERVING or this much time has passed");
+  flags.Duration("timeout", &timeout, "deadline of each check");
+  std::vector<std::string> args = parley::ParseFlagsOrExit(
+      flags, argc, argv, parley::ProcessEnvironment(), /*allow_positional=*/true);
+  if (args.size() != 1 || parley::ValidateHostPort(args[0]).ok() == false) {
+    std::cerr << "parley health: expected one argument, the service address host:port\n";
+    return 2;
+  }
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(args[0], grpc::InsecureChannelCredentials()));
+  const absl::Time give_up = absl::Now() + wait;
+  std::string last = "UNREACHABLE";
+  do {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    grpc::Status status = stub->Check(&context, request, &response);
+    if (status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+      std::cout << "SERVING\n";
+      return 0;
+    }
+    last = status.ok() ? StatusName(response.status())
+                       : "UNREACHABLE (" + status.error_message() + ")";
+    if (absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(100));
+  } while (absl::Now() < give_up);
+  std::cout << last << "\n";
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  absl::string_view command = argv[1];
+  if (command == "health") return Health(argc - 1, argv + 1);
+  if (command == "version") {
+    std::cout << "parley " << PARLEY_VERSION << "\n";
+    return 0;
+  }
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  std::cerr << "parley: unknown command \"" << command << "\"\n" << kUsage;
+  return 2;
+}

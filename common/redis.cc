@@ -1,0 +1,111 @@
+#include "common/redis.h"
+
+#include <sys/time.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+namespace parley {
+
+absl::StatusOr<RedisEndpoint> ParseRedisUrl(absl::string_view url) {
+  RedisEndpoint endpoint;
+  absl::string_view rest = url;
+  if (!absl::ConsumePrefix(&rest, "redis://")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("redis url \"", url, "\": must start with redis://"));
+  }
+  if (size_t at = rest.rfind('@'); at != absl::string_view::npos) {
+    absl::string_view userinfo = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    size_t colon = userinfo.find(':');
+    endpoint.password =
+        std::string(colon == absl::string_view::npos ? userinfo : userinfo.substr(colon + 1));
+  }
+  if (size_t slash = rest.find('/'); slash != absl::string_view::npos) {
+    absl::string_view db = rest.substr(slash + 1);
+    rest = rest.substr(0, slash);
+    if (!db.empty() && (!absl::SimpleAtoi(db, &endpoint.db) || endpoint.db < 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("redis url \"", url, "\": database must be a non-negative number"));
+    }
+  }
+  if (size_t colon = rest.rfind(':'); colon != absl::string_view::npos) {
+    if (!absl::SimpleAtoi(rest.substr(colon + 1), &endpoint.port) || endpoint.port <= 0 ||
+        endpoint.port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("redis url \"", url, "\": port must be in 1..65535"));
+    }
+    rest = rest.substr(0, colon);
+  }
+  if (rest.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("redis url \"", url, "\": missing host"));
+  }
+  endpoint.host = std::string(rest);
+  return endpoint;
+}
+
+absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Connect(
+    const RedisEndpoint& endpoint, absl::Duration timeout) {
+  timeval tv = absl::ToTimeval(timeout);
+  redisContext* raw = redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port, tv);
+  if (raw == nullptr) return absl::ResourceExhaustedError("redis: cannot allocate context");
+  std::unique_ptr<RedisConnection> connection(new RedisConnection(raw));
+  if (raw->err != 0) {
+    return absl::UnavailableError(absl::StrCat("redis ", endpoint.host, ":", endpoint.port,
+                                               ": ", raw->errstr));
+  }
+  redisSetTimeout(raw, tv);
+  if (!endpoint.password.empty()) {
+    absl::StatusOr<RedisReply> auth = connection->Command({"AUTH", endpoint.password});
+    if (!auth.ok()) return auth.status();
+  }
+  if (endpoint.db != 0) {
+    absl::StatusOr<RedisReply> select =
+        connection->Command({"SELECT", absl::StrCat(endpoint.db)});
+    if (!select.ok()) return select.status();
+  }
+  return connection;
+}
+
+absl::StatusOr<RedisReply> RedisConnection::Command(const std::vector<std::string>& args) {
+  if (broken()) return absl::UnavailableError("redis: connection is broken");
+  std::vector<const char*> argv;
+  std::vector<size_t> argvlen;
+  argv.reserve(args.size());
+  argvlen.reserve(args.size());
+  for (const std::string& arg : args) {
+    argv.push_back(arg.data());
+    argvlen.push_back(arg.size());
+  }
+  void* raw = redisCommandArgv(context_.get(), static_cast<int>(args.size()), argv.data(),
+                               argvlen.data());
+  if (raw == nullptr) {
+    return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+  }
+  RedisReply reply(static_cast<redisReply*>(raw));
+  if (reply->type == REDIS_REPLY_ERROR) {
+    absl::string_view message(reply->str, reply->len);
+    return absl::Status(absl::StartsWith(message, "ERR Error running script") ||
+                                absl::StartsWith(message, "PARLEY_")
+                            ? absl::StatusCode::kFailedPrecondition
+                            : absl::StatusCode::kInternal,
+                        absl::StrCat("redis: ", message));
+  }
+  return reply;
+}
+
+std::string RedisKeys::Tag(absl::string_view session_id) const {
+  return absl::StrCat(prefix_, "{s:", session_id, "}");
+}
+std::string RedisKeys::EventStream(absl::string_view session_id) const {
+  return absl::StrCat(Tag(session_id), ":ev");
+}
+std::string RedisKeys::EventChannel(absl::string_view session_id) const {
+  return Tag(session_id);
+}
+std::string RedisKeys::Lease(absl::string_view session_id) const {
+  return absl::StrCat(Tag(session_id), ":lease");
+}
+
+}  // namespace parley

@@ -1,0 +1,87 @@
+// Redis connection helpers on hiredis 0.14 (RESP2), plus the key layout every service
+// agrees on.
+//
+//   ASSIGN_OR_RETURN(RedisEndpoint endpoint, ParseRedisUrl("redis://127.0.0.1:6379/0"));
+//   ASSIGN_OR_RETURN(auto redis, RedisConnection::Connect(endpoint, absl::Seconds(2)));
+//   ASSIGN_OR_RETURN(RedisReply pong, redis->Command({"PING"}));
+//
+// RedisConnection is a blocking connection for one thread at a time; the fan-out hub
+// uses hiredis' async API separately. Keys are built by RedisKeys so that all keys of a
+// session share one Redis Cluster hash slot (the `{s:<id>}` hash tag) and so tests can
+// give each test a key space of its own (the prefix).
+#pragma once
+
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include <hiredis/hiredis.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace parley {
+
+struct RedisEndpoint {
+  std::string host = "127.0.0.1";
+  int port = 6379;
+  int db = 0;
+  std::string password;  // Empty: no AUTH.
+};
+
+// Parses "redis://[:password@]host[:port][/db]". Errors name what is malformed.
+absl::StatusOr<RedisEndpoint> ParseRedisUrl(absl::string_view url);
+
+// Validator for a --redis_url flag.
+inline absl::Status ValidateRedisUrl(absl::string_view url) { return ParseRedisUrl(url).status(); }
+
+struct RedisReplyDeleter {
+  void operator()(redisReply* reply) const { freeReplyObject(reply); }
+};
+using RedisReply = std::unique_ptr<redisReply, RedisReplyDeleter>;
+
+class RedisConnection {
+ public:
+  // Connects, authenticates and selects the database. UNAVAILABLE when the server
+  // cannot be reached within `timeout`.
+  static absl::StatusOr<std::unique_ptr<RedisConnection>> Connect(const RedisEndpoint& endpoint,
+                                                                  absl::Duration timeout);
+
+  // Sends one command with binary-safe arguments and waits for its reply. A reply of
+  // type error becomes an INTERNAL status carrying the server's message (FAILED_PRECONDITION
+  // for Lua script errors raised with redis.error_reply); a broken connection is
+  // UNAVAILABLE and the connection must then be discarded.
+  absl::StatusOr<RedisReply> Command(const std::vector<std::string>& args);
+
+  bool broken() const { return context_ == nullptr || context_->err != 0; }
+
+ private:
+  struct ContextDeleter {
+    void operator()(redisContext* context) const { redisFree(context); }
+  };
+  explicit RedisConnection(redisContext* context) : context_(context) {}
+  std::unique_ptr<redisContext, ContextDeleter> context_;
+};
+
+// The names of every Redis key Parley uses for a session (DESIGN §5).
+class RedisKeys {
+ public:
+  // `prefix` is prepended to every key and channel; empty in production.
+  explicit RedisKeys(std::string prefix = "") : prefix_(std::move(prefix)) {}
+
+  // The session's event stream: entry ids "<seq>-0".
+  std::string EventStream(absl::string_view session_id) const;
+  // The pub/sub channel on which each event is published.
+  std::string EventChannel(absl::string_view session_id) const;
+  // Owner and fencing epoch of the session's current writer.
+  std::string Lease(absl::string_view session_id) const;
+
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  std::string Tag(absl::string_view session_id) const;
+  std::string prefix_;
+};
+
+}  // namespace parley

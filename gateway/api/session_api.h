@@ -1,0 +1,40 @@
+// The public parley.v1.SessionService as served by the gateway.
+//
+// Every call is authenticated first (UNAUTHENTICATED otherwise). Calls that change a
+// session's turns (SendMessage, CancelTurn) go to any session-svc replica with the
+// caller's tenant attached; the rest are served by later parts of the gateway and
+// answer UNIMPLEMENTED until then.
+//
+// Threading: handlers run on gRPC's callback threads and never block; forwarding is
+// asynchronous (ForwardingReactor).
+#pragma once
+
+#include <memory>
+
+#include "absl/time/time.h"
+#include "gateway/auth/authenticator.h"
+#include "parley/router/v1/router.grpc.pb.h"
+#include "parley/v1/parley.grpc.pb.h"
+
+namespace parley::gateway {
+
+class SessionApi final : public v1::SessionService::CallbackService {
+ public:
+  // `authenticator` must outlive this object.
+  SessionApi(Authenticator& authenticator, std::shared_ptr<grpc::Channel> session_channel,
+             absl::Duration downstream_timeout);
+
+  grpc::ServerUnaryReactor* SendMessage(grpc::CallbackServerContext* context,
+                                        const v1::SendMessageRequest* request,
+                                        v1::SendMessageResponse* response) override;
+  grpc::ServerUnaryReactor* CancelTurn(grpc::CallbackServerContext* context,
+                                       const v1::CancelTurnRequest* request,
+                                       v1::CancelTurnResponse* response) override;
+
+ private:
+  Authenticator& authenticator_;
+  std::unique_ptr<router::v1::SessionRouter::Stub> router_;
+  absl::Duration downstream_timeout_;
+};
+
+}  // namespace parley::gateway

@@ -1,0 +1,53 @@
+// parley-gateway: the public gRPC API (parley.v1) that product backends call.
+#include "common/config.h"
+#include "common/redis.h"
+#include "common/server/service_host.h"
+#include "gateway/api/session_api.h"
+#include "gateway/auth/authenticator.h"
+#include "parley/v1/parley.grpc.pb.h"
+
+namespace {
+
+struct GatewayConfig {
+  std::string session_addr = "127.0.0.1:7071";
+  std::string store_addr = "127.0.0.1:7073";
+  std::string redis_url = "redis://127.0.0.1:56379";
+  std::string bootstrap_api_key;
+  std::string bootstrap_tenant = "default";
+  absl::Duration downstream_timeout = absl::Seconds(30);
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  parley::ServerOptions server{.grpc_addr = "127.0.0.1:7070", .admin_addr = "127.0.0.1:9070"};
+  GatewayConfig config;
+  parley::Flags flags("parley-gateway",
+                      "The public Parley API: authentication, tenancy, rate limits, fan-out.");
+  parley::AddServerFlags(flags, &server);
+  flags.HostPort("session_addr", &config.session_addr, "session-svc address (any replica)");
+  flags.HostPort("store_addr", &config.store_addr, "store-svc address");
+  flags.String("redis_url", &config.redis_url, "Redis for session event fan-out",
+               parley::ValidateRedisUrl);
+  flags.String("bootstrap_api_key", &config.bootstrap_api_key,
+               "an API key accepted for --bootstrap_tenant with every scope, to create the "
+               "first real keys; empty disables it");
+  flags.String("bootstrap_tenant", &config.bootstrap_tenant,
+               "tenant of the bootstrap API key", parley::ValidateNonEmpty);
+  flags.Duration("downstream_timeout", &config.downstream_timeout,
+                 "longest a forwarded call may take, within the caller's own deadline");
+  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+
+  parley::ServiceHost host("parley-gateway", server);
+  parley::gateway::BootstrapKeyAuthenticator authenticator(config.bootstrap_api_key,
+                                                           config.bootstrap_tenant);
+  parley::gateway::SessionApi sessions(
+      authenticator, host.grpc_telemetry().CreateChannel(config.session_addr),
+      config.downstream_timeout);
+  parley::v1::SandboxService::CallbackService sandboxes;
+  parley::v1::ApiKeyService::CallbackService api_keys;
+  host.AddService(&sessions);
+  host.AddService(&sandboxes);
+  host.AddService(&api_keys);
+  return host.Run();
+}

@@ -1,0 +1,114 @@
+# Shared shell functions for scripts/dev, scripts/test and scripts/bench. Source it.
+#
+# Postgres and Redis always run as unprivileged users (Postgres refuses root): the
+# `postgres` and `redis` accounts that Debian's packages create when we are root,
+# ourselves otherwise. They listen on 127.0.0.1 only.
+
+PARLEY_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BIN=${PARLEY_PG_BIN:-/usr/lib/postgresql/15/bin}
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+# run_as USER CMD... — runs CMD as USER when we are root, as ourselves otherwise.
+run_as() {
+  local user=$1; shift
+  if [[ $(id -u) -eq 0 ]]; then runuser -u "$user" -- "$@"; else "$@"; fi
+}
+
+# own_dir USER DIR — creates DIR and hands it to USER.
+own_dir() {
+  mkdir -p "$2"
+  if [[ $(id -u) -eq 0 ]]; then chown "$1" "$2"; fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# free_port — prints a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  local port
+  for _ in $(seq 1 200); do
+    port=$((20000 + RANDOM % 40000))
+    port_in_use "$port" || { echo "$port"; return 0; }
+  done
+  die "no free port found"
+}
+
+# build_dir — the build tree for this configuration.
+build_dir() {
+  if [[ "${PARLEY_SANITIZE:-0}" == "1" ]]; then echo "$PARLEY_ROOT/build-asan"; else echo "$PARLEY_ROOT/build"; fi
+}
+
+# ensure_built — installs missing packages, configures once, builds incrementally.
+ensure_built() {
+  "$PARLEY_ROOT/scripts/setup"
+  local dir; dir=$(build_dir)
+  if [[ ! -f "$dir/build.ninja" ]]; then
+    local sanitize=OFF
+    [[ "${PARLEY_SANITIZE:-0}" == "1" ]] && sanitize=ON
+    cmake -S "$PARLEY_ROOT" -B "$dir" -G Ninja -DPARLEY_SANITIZE="$sanitize" >/dev/null
+  fi
+  # Two cores: keep the link steps from starving each other of memory and CPU.
+  cmake --build "$dir" -- -j "${PARLEY_BUILD_JOBS:-$(nproc)}"
+}
+
+# start_postgres DIR PORT [durable] — initialises (once) and starts a cluster in DIR.
+# Without "durable" fsync is off: fine for throwaway test clusters, which only ever
+# see process crashes, never a machine crash.
+start_postgres() {
+  local dir=$1 port=$2 durable=${3:-}
+  own_dir postgres "$dir"
+  if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    run_as postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+      --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+  fi
+  local opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200"
+  [[ "$durable" == "durable" ]] || opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  run_as postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
+    || { tail -20 "$dir/postgres.log" >&2; die "postgres did not start"; }
+}
+
+stop_postgres() {
+  local dir=$1
+  [[ -f "$dir/data/postmaster.pid" ]] || return 0
+  run_as postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+}
+
+# start_redis DIR PORT [durable] — starts redis-server with its files in DIR.
+start_redis() {
+  local dir=$1 port=$2 durable=${3:-}
+  own_dir redis "$dir"
+  local persistence=(--save "" --appendonly no)
+  [[ "$durable" == "durable" ]] && persistence=(--save "" --appendonly yes)
+  run_as redis redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "${persistence[@]}" >/dev/null
+  for _ in $(seq 1 100); do
+    [[ "$(redis-cli -p "$port" ping 2>/dev/null)" == "PONG" ]] && return 0
+    sleep 0.1
+  done
+  tail -20 "$dir/redis.log" >&2
+  die "redis did not start"
+}
+
+stop_redis() {
+  local dir=$1 port=$2
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  if [[ -f "$dir/redis.pid" ]]; then
+    local pid; pid=$(cat "$dir/redis.pid")
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+}
+
+# stop_pid PIDFILE — SIGTERM, wait up to 15 s, then SIGKILL.
+stop_pid() {
+  local pidfile=$1
+  [[ -f "$pidfile" ]] || return 0
+  local pid; pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  fi
+  rm -f "$pidfile"
+}

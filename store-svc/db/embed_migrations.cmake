@@ -1,0 +1,17 @@
+# Writes a C++ file defining BuiltinMigrations() from the NNNN_name.sql files in
+# MIGRATIONS_DIR. Run at build time (cmake -P) so a new or edited migration rebuilds.
+file(GLOB files "${MIGRATIONS_DIR}/*.sql")
+list(SORT files)
+set(body "")
+foreach(path IN LISTS files)
+  get_filename_component(base "${path}" NAME_WE)
+  string(REGEX MATCH "^([0-9]+)_(.+)$" _ "${base}")
+  if(NOT CMAKE_MATCH_1)
+    message(FATAL_ERROR "migration file ${path} is not named NNNN_name.sql")
+  endif()
+  math(EXPR version "${CMAKE_MATCH_1}")
+  file(READ "${path}" sql)
+  string(APPEND body "    {${version}, \"${CMAKE_MATCH_2}\", R\"parley_sql(${sql})parley_sql\"},\n")
+endforeach()
+file(WRITE "${OUTPUT}.tmp" "// Generated from store-svc/migrations by embed_migrations.cmake.\n#include \"store-svc/db/migrator.h\"\nnamespace parley::store {\nconst std::vector<Migration>& BuiltinMigrations() {\n  static const auto* migrations = new std::vector<Migration>{\n${body}  };\n  return *migrations;\n}\n}  // namespace parley::store\n")
+file(COPY_FILE "${OUTPUT}.tmp" "${OUTPUT}" ONLY_IF_DIFFERENT)

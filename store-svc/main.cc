@@ -1,0 +1,80 @@
+// parley-store: the only Postgres client. Owns every table and the schema.
+//
+//   parley-store [flags]           serve StoreService
+//   parley-store migrate [flags]   apply pending schema migrations and exit
+#include <iostream>
+
+#include "absl/strings/match.h"
+#include "common/config.h"
+#include "common/redis.h"
+#include "common/server/service_host.h"
+#include "parley/store/v1/store.grpc.pb.h"
+#include "store-svc/db/migrator.h"
+
+namespace {
+
+struct StoreConfig {
+  std::string database_url = "postgresql://postgres@127.0.0.1:55432/parley";
+  std::string redis_url = "redis://127.0.0.1:56379";
+};
+
+absl::Status ValidateDatabaseUrl(absl::string_view url) {
+  if (absl::StartsWith(url, "postgresql://") || absl::StartsWith(url, "postgres://")) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("expected postgresql://user@host:port/database");
+}
+
+int RunMigrate(const StoreConfig& config, const parley::ServerOptions& server) {
+  parley::telemetry::Logger logger(
+      "parley-store",
+      parley::telemetry::ParseLogLevel(server.log_level).value_or(parley::telemetry::LogLevel::kInfo));
+  absl::StatusOr<int> version =
+      parley::store::Migrate(config.database_url, parley::store::BuiltinMigrations(), logger);
+  if (!version.ok()) {
+    logger.Error("migrate failed", {{"error", version.status().ToString()}});
+    return 1;
+  }
+  logger.Info("schema up to date", {{"schema_version", *version}});
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  parley::ServerOptions server{.grpc_addr = "127.0.0.1:7073", .admin_addr = "127.0.0.1:9073"};
+  StoreConfig config;
+  parley::Flags flags("parley-store",
+                      "Durable sessions, messages, turns and events in Postgres.\n"
+                      "Commands: (none) serve; migrate: apply schema migrations and exit.");
+  parley::AddServerFlags(flags, &server);
+  flags.String("database_url", &config.database_url, "Postgres connection URL",
+               ValidateDatabaseUrl);
+  flags.String("redis_url", &config.redis_url, "Redis holding session event streams",
+               parley::ValidateRedisUrl);
+  std::vector<std::string> args = parley::ParseFlagsOrExit(
+      flags, argc, argv, parley::ProcessEnvironment(), /*allow_positional=*/true);
+  if (args.size() == 1 && args[0] == "migrate") return RunMigrate(config, server);
+  if (!args.empty()) {
+    std::cerr << "parley-store: unknown command \"" << args[0]
+              << "\" (expected none or \"migrate\")\n";
+    return 2;
+  }
+
+  parley::ServiceHost host("parley-store", server);
+  absl::StatusOr<int> version = parley::store::SchemaVersion(config.database_url);
+  parley::telemetry::Gauge& schema_version =
+      host.registry()
+          .AddGauge("parley_store_schema_version", "Highest applied schema migration.")
+          .WithLabels({});
+  if (version.ok()) {
+    schema_version.Set(*version);
+    host.logger().Info("database reachable", {{"schema_version", *version}});
+  } else {
+    host.logger().Warn("database not reachable at start",
+                       {{"error", version.status().ToString()}});
+  }
+  parley::store::v1::StoreService::CallbackService store;
+  host.AddService(&store);
+  return host.Run();
+}

@@ -1,0 +1,83 @@
+// Tracing, metrics and access logs for every gRPC call, as gRPC interceptors.
+//
+// Server side: each incoming call's `traceparent`/`tracestate` metadata is parsed (a
+// call without one starts a new trace) and a SERVER span is opened; handlers find it
+// with CurrentSpan(ctx). When the status is sent, the call is counted by method and
+// code, its latency observed, an access log line written at debug level, and the span
+// handed to the SpanSink.
+//
+// Client side: PrepareDownstream() copies the handler's span and deadline into an
+// outgoing ClientContext; the client interceptor then opens a CLIENT span as a child of
+// it and rewrites `traceparent` to name that span, so the next service's SERVER span is
+// its child. Calls made outside any handler start a new trace.
+//
+//   GrpcTelemetry telemetry(registry, logger, sink);
+//   builder.experimental().SetInterceptorCreators(telemetry.ServerInterceptors());
+//   auto channel = telemetry.CreateChannel("127.0.0.1:7071");
+//   ...
+//   grpc::ClientContext downstream;
+//   PrepareDownstream(*server_ctx, downstream, absl::Seconds(30));
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/support/client_interceptor.h>
+#include <grpcpp/support/server_interceptor.h>
+
+#include "absl/time/time.h"
+#include "telemetry/log.h"
+#include "telemetry/metrics.h"
+#include "telemetry/span.h"
+#include "telemetry/trace_context.h"
+
+namespace parley::telemetry {
+
+class GrpcTelemetry {
+ public:
+  // All three must outlive this object and every server and channel built with it.
+  GrpcTelemetry(Registry& registry, const Logger& logger, SpanSink& sink);
+
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+  ServerInterceptors();
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+  ClientInterceptors();
+
+  // An insecure channel to `target` with the client interceptors installed.
+  std::shared_ptr<grpc::Channel> CreateChannel(const std::string& target,
+                                               grpc::ChannelArguments args = {});
+
+  // Internal: state shared by the interceptors.
+  struct Instruments {
+    CounterFamily& server_handled;
+    HistogramFamily& server_latency;
+    GaugeFamily& server_in_flight;
+    CounterFamily& client_handled;
+    HistogramFamily& client_latency;
+  };
+
+ private:
+  const Logger& logger_;
+  SpanSink& sink_;
+  Instruments instruments_;
+};
+
+// The SERVER span of the call `context` is serving, while that call is in flight.
+std::optional<TraceContext> CurrentSpan(const grpc::ServerContextBase* context);
+
+// Makes `downstream` continue the trace of the call being served by `upstream` and
+// inherit its deadline, capped at now + `max_timeout`.
+void PrepareDownstream(const grpc::ServerContextBase& upstream, grpc::ClientContext& downstream,
+                       absl::Duration max_timeout);
+
+// Makes `downstream` a child of `parent` (for calls made outside a handler, e.g. by
+// a background worker that holds the trace of the turn it runs).
+void PrepareDownstream(const TraceContext& parent, grpc::ClientContext& downstream);
+
+// The gRPC status code name, e.g. "NOT_FOUND".
+std::string StatusCodeName(grpc::StatusCode code);
+
+}  // namespace parley::telemetry

@@ -1,0 +1,90 @@
+// Structured logs: one JSON object per line on stderr.
+//
+//   Logger log("parley-gateway", LogLevel::kInfo);
+//   log.Info("turn started", {{"session_id", id}, {"step", 3}}, &trace);
+//   // {"ts":"...","level":"info","service":"parley-gateway","msg":"turn started",
+//   //  "trace_id":"...","span_id":"...","session_id":"ses_...","step":3}
+//
+// Every line carries `trace_id` and `span_id` when a TraceContext is given. Secrets
+// never reach a log: a value wrapped in Secret prints as "[REDACTED]", and so does any
+// field whose key names a credential (authorization, api_key, secret, password, token).
+// Thread-safe; each line is written with a single write(2), so lines from different
+// threads never interleave.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <variant>
+
+#include "absl/status/statusor.h"
+#include "telemetry/trace_context.h"
+
+namespace parley::telemetry {
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+
+absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view text);
+
+// A credential. Logging it prints "[REDACTED]".
+struct Secret {
+  std::string value;
+};
+
+struct LogField {
+  using Value = std::variant<std::string, int64_t, double, bool, Secret>;
+  LogField(absl::string_view key, absl::string_view value) : key(key), value(std::string(value)) {}
+  LogField(absl::string_view key, const char* value) : key(key), value(std::string(value)) {}
+  LogField(absl::string_view key, const std::string& value) : key(key), value(value) {}
+  LogField(absl::string_view key, int value) : key(key), value(int64_t{value}) {}
+  LogField(absl::string_view key, int64_t value) : key(key), value(value) {}
+  LogField(absl::string_view key, uint64_t value) : key(key), value(static_cast<int64_t>(value)) {}
+  LogField(absl::string_view key, double value) : key(key), value(value) {}
+  LogField(absl::string_view key, bool value) : key(key), value(value) {}
+  LogField(absl::string_view key, Secret value) : key(key), value(std::move(value)) {}
+  std::string key;
+  Value value;
+};
+
+class Logger {
+ public:
+  // Writes to `fd` (stderr by default); does not take ownership of it.
+  Logger(std::string service, LogLevel min_level, int fd = 2);
+
+  bool Enabled(LogLevel level) const { return level >= min_level_; }
+  void Log(LogLevel level, absl::string_view message, std::initializer_list<LogField> fields = {},
+           const TraceContext* trace = nullptr) const;
+
+  void Debug(absl::string_view m, std::initializer_list<LogField> f = {},
+             const TraceContext* t = nullptr) const {
+    Log(LogLevel::kDebug, m, f, t);
+  }
+  void Info(absl::string_view m, std::initializer_list<LogField> f = {},
+            const TraceContext* t = nullptr) const {
+    Log(LogLevel::kInfo, m, f, t);
+  }
+  void Warn(absl::string_view m, std::initializer_list<LogField> f = {},
+            const TraceContext* t = nullptr) const {
+    Log(LogLevel::kWarn, m, f, t);
+  }
+  void Error(absl::string_view m, std::initializer_list<LogField> f = {},
+             const TraceContext* t = nullptr) const {
+    Log(LogLevel::kError, m, f, t);
+  }
+
+  // The line Log() would write, without the trailing newline. For tests.
+  std::string Format(LogLevel level, absl::string_view message,
+                     std::initializer_list<LogField> fields, const TraceContext* trace) const;
+
+ private:
+  std::string service_;
+  LogLevel min_level_;
+  int fd_;
+};
+
+// True for keys that name credentials and are therefore always redacted.
+bool IsSensitiveKey(absl::string_view key);
+
+}  // namespace parley::telemetry

@@ -1,0 +1,32 @@
+#include "telemetry/span.h"
+
+#include "absl/strings/escaping.h"
+
+namespace parley::telemetry {
+
+void LogSpanSink::OnEnd(const SpanData& span) {
+  if (!logger_.Enabled(LogLevel::kDebug)) return;
+  std::string parent;
+  if (span.parent_span_id) {
+    parent = absl::BytesToHexString(absl::string_view(
+        reinterpret_cast<const char*>(span.parent_span_id->data()), span.parent_span_id->size()));
+  }
+  logger_.Debug("span",
+                {{"span_name", span.name},
+                 {"parent_span_id", parent},
+                 {"duration_ms", absl::ToDoubleMilliseconds(span.end - span.start)},
+                 {"status", span.status_code}},
+                &span.context);
+}
+
+void RecordingSpanSink::OnEnd(const SpanData& span) {
+  absl::MutexLock lock(&mu_);
+  spans_.push_back(span);
+}
+
+std::vector<SpanData> RecordingSpanSink::spans() {
+  absl::MutexLock lock(&mu_);
+  return spans_;
+}
+
+}  // namespace parley::telemetry

@@ -1,0 +1,182 @@
+// A trace id sent to the gateway in `traceparent` shows up in the gateway's own log and
+// in the `traceparent` it sends downstream, where a fake session-svc (a real gRPC server
+// speaking the SessionRouter protocol) records what arrives.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/status.h"
+#include "parley/router/v1/router.grpc.pb.h"
+#include "parley/v1/parley.grpc.pb.h"
+#include "telemetry/trace_context.h"
+#include "tests/harness/services.h"
+
+namespace parley::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using telemetry::TraceContext;
+
+constexpr char kApiKey[] = "pk_test_bootstrap_secret";
+
+class FakeSessionRouter final : public router::v1::SessionRouter::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* SubmitMessage(grpc::CallbackServerContext* context,
+                                          const router::v1::SubmitMessageRequest* request,
+                                          v1::SendMessageResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    ++calls_;
+    tenant_id_ = request->tenant_id();
+    auto it = context->client_metadata().find("traceparent");
+    if (it != context->client_metadata().end()) {
+      traceparent_ = std::string(it->second.data(), it->second.size());
+    }
+    auto* reactor = context->DefaultReactor();
+    if (request->request().session_id() == "ses_busy") {
+      absl::Status busy = absl::FailedPreconditionError("a turn is running");
+      SetErrorInfo(busy, "SESSION_BUSY");
+      reactor->Finish(ToGrpcStatus(busy));
+    } else {
+      response->mutable_turn()->set_id("turn_fake");
+      reactor->Finish(grpc::Status::OK);
+    }
+    return reactor;
+  }
+  int calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  std::string traceparent() {
+    absl::MutexLock lock(&mu_);
+    return traceparent_;
+  }
+  std::string tenant_id() {
+    absl::MutexLock lock(&mu_);
+    return tenant_id_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string traceparent_ ABSL_GUARDED_BY(mu_);
+  std::string tenant_id_ ABSL_GUARDED_BY(mu_);
+};
+
+class TracePropagationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &router_port_);
+    builder.RegisterService(&router_);
+    router_server_ = builder.BuildAndStart();
+    ASSERT_NE(router_port_, 0);
+    auto gateway = ServiceProcess::Start(
+        {.binary = BinaryPath("gateway/parley-gateway"),
+         .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0", "--log_level=debug",
+                  "--session_addr=127.0.0.1:" + std::to_string(router_port_)},
+         .env = {{"PARLEY_BOOTSTRAP_API_KEY", kApiKey}}});
+    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    gateway_ = *std::move(gateway);
+    ASSERT_TRUE(gateway_->WaitUntilServing(absl::Seconds(30)).ok()) << gateway_->Output();
+    stub_ = v1::SessionService::NewStub(
+        grpc::CreateChannel(gateway_->grpc_target(), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    if (router_server_) router_server_->Shutdown();
+  }
+
+  grpc::Status Send(const std::string& session_id, const TraceContext* trace,
+                    const char* api_key = kApiKey) {
+    grpc::ClientContext context;
+    if (api_key != nullptr) context.AddMetadata("authorization", std::string("Bearer ") + api_key);
+    if (trace != nullptr) context.AddMetadata("traceparent", trace->ToTraceparent());
+    v1::SendMessageRequest request;
+    request.set_session_id(session_id);
+    v1::SendMessageResponse response;
+    grpc::Status status = stub_->SendMessage(&context, request, &response);
+    last_turn_id_ = response.turn().id();
+    return status;
+  }
+
+  // JSON log lines of the gateway that carry `trace_id`.
+  std::vector<nlohmann::json> LinesOfTrace(const std::string& trace_id) {
+    std::vector<nlohmann::json> lines;
+    for (absl::string_view line : absl::StrSplit(gateway_->Output(), '\n')) {
+      if (line.empty() || line.front() != '{') continue;
+      nlohmann::json json = nlohmann::json::parse(std::string(line), nullptr, false);
+      if (!json.is_discarded() && json.value("trace_id", "") == trace_id) lines.push_back(json);
+    }
+    return lines;
+  }
+
+  FakeSessionRouter router_;
+  std::unique_ptr<grpc::Server> router_server_;
+  int router_port_ = 0;
+  std::unique_ptr<ServiceProcess> gateway_;
+  std::unique_ptr<v1::SessionService::Stub> stub_;
+  std::string last_turn_id_;
+};
+
+TEST_F(TracePropagationTest, TraceIdReachesTheLogAndTheDownstreamCall) {
+  TraceContext caller = TraceContext::NewRoot();
+  grpc::Status status = Send("ses_1", &caller);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(last_turn_id_, "turn_fake");
+  EXPECT_EQ(router_.tenant_id(), "default");
+
+  auto downstream = TraceContext::Parse(router_.traceparent());
+  ASSERT_TRUE(downstream.has_value()) << router_.traceparent();
+  EXPECT_EQ(downstream->TraceIdHex(), caller.TraceIdHex());
+  EXPECT_NE(downstream->span_id(), caller.span_id());
+
+  // The gateway logged the call with the caller's trace id; its span chain is
+  // caller -> gateway SERVER span -> gateway CLIENT span (the downstream parent).
+  // Log lines are written when spans end, so wait for them briefly.
+  std::vector<nlohmann::json> lines;
+  for (int i = 0; i < 200; ++i) {
+    lines = LinesOfTrace(caller.TraceIdHex());
+    if (lines.size() >= 3) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::string server_span_id;
+  for (const auto& line : lines) {
+    if (line["msg"] == "rpc" && line["method"] == "/parley.v1.SessionService/SendMessage") {
+      server_span_id = line["span_id"];
+    }
+  }
+  ASSERT_FALSE(server_span_id.empty()) << gateway_->Output();
+  bool client_span_found = false;
+  for (const auto& line : lines) {
+    if (line["msg"] == "span" && line["span_id"] == downstream->SpanIdHex()) {
+      client_span_found = true;
+      EXPECT_EQ(line["parent_span_id"], server_span_id);
+      EXPECT_EQ(line["span_name"], "/parley.router.v1.SessionRouter/SubmitMessage");
+    }
+  }
+  EXPECT_TRUE(client_span_found) << gateway_->Output();
+}
+
+TEST_F(TracePropagationTest, StructuredErrorsPassThroughTheGatewayUnchanged) {
+  grpc::Status status = Send("ses_busy", nullptr);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  auto info = GetErrorInfo(FromGrpcStatus(status));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "SESSION_BUSY");
+}
+
+TEST_F(TracePropagationTest, MissingOrWrongApiKeyIsRejectedBeforeAnythingIsForwarded) {
+  EXPECT_EQ(Send("ses_1", nullptr, nullptr).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::Status wrong = Send("ses_1", nullptr, "pk_wrong");
+  EXPECT_EQ(wrong.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(wrong.error_message(), ::testing::Not(HasSubstr("pk_wrong")));
+  EXPECT_EQ(router_.calls(), 0);
+  EXPECT_THAT(gateway_->Output(), ::testing::Not(HasSubstr(kApiKey)));
+}
+
+}  // namespace
+}  // namespace parley::testing

@@ -1,0 +1,327 @@
+#include "tests/harness/services.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <pqxx/pqxx>
+#include <regex>
+#include <sstream>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/ids.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+
+namespace parley::testing {
+namespace {
+
+std::string RandomSuffix() {
+  thread_local absl::BitGen bitgen;
+  return absl::StrCat(absl::Hex(absl::Uniform<uint64_t>(bitgen), absl::kZeroPad16));
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Replaces the database name at the end of a postgresql:// URL.
+std::string WithDatabase(const std::string& url, const std::string& database) {
+  size_t slash = url.rfind('/');
+  return url.substr(0, slash + 1) + database;
+}
+
+absl::StatusOr<pid_t> Spawn(const ProcessOptions& options, const std::string& output_path) {
+  std::vector<std::string> argv_storage = {options.binary};
+  argv_storage.insert(argv_storage.end(), options.args.begin(), options.args.end());
+  std::vector<std::string> env_storage = {absl::StrCat("PATH=", std::getenv("PATH"))};
+  for (const auto& [key, value] : options.env) env_storage.push_back(key + "=" + value);
+  std::vector<char*> argv, envp;
+  for (std::string& arg : argv_storage) argv.push_back(arg.data());
+  for (std::string& var : env_storage) envp.push_back(var.data());
+  argv.push_back(nullptr);
+  envp.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, output_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  // The child must not inherit the test's blocked signals (gtest threads may block
+  // some), or SIGTERM would never reach it.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, options.binary.c_str(), &actions, &attr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return absl::InternalError(absl::StrCat("spawn ", options.binary, ": ", std::strerror(rc)));
+  }
+  return pid;
+}
+
+int DecodeWaitStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> TestEnv(const std::string& name) {
+  const char* value = std::getenv(name.c_str());
+  if (value == nullptr || *value == '\0') {
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " is not set: run the tests through scripts/test, which starts "
+                           "Postgres and Redis for them"));
+  }
+  return std::string(value);
+}
+
+std::string BinaryPath(const std::string& relative) {
+  return absl::StrCat(PARLEY_BUILD_DIR, "/", relative);
+}
+
+std::string TestTempDir() {
+  const char* base = std::getenv("PARLEY_TEST_TMPDIR");
+  std::string dir = absl::StrCat(base != nullptr ? base : "/tmp", "/t-", RandomSuffix());
+  ::mkdir(dir.c_str(), 0755);
+  return dir;
+}
+
+absl::StatusOr<std::unique_ptr<TestDatabase>> TestDatabase::Create() {
+  absl::StatusOr<std::string> admin_url = TestEnv("PARLEY_TEST_PG_URL");
+  if (!admin_url.ok()) return admin_url.status();
+  std::string name = absl::StrCat("parley_t_", RandomSuffix());
+  try {
+    pqxx::connection admin(*admin_url);
+    pqxx::nontransaction tx(admin);
+    tx.exec(absl::StrCat("CREATE DATABASE ", name));
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("create test database: ", e.what()));
+  }
+  return std::unique_ptr<TestDatabase>(
+      new TestDatabase(*admin_url, name, WithDatabase(*admin_url, name)));
+}
+
+TestDatabase::~TestDatabase() {
+  try {
+    pqxx::connection admin(admin_url_);
+    pqxx::nontransaction tx(admin);
+    tx.exec(absl::StrCat("DROP DATABASE IF EXISTS ", name_, " WITH (FORCE)"));
+  } catch (const std::exception&) {
+    // The server is gone with the run anyway; nothing useful to do.
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TestRedis>> TestRedis::Create() {
+  absl::StatusOr<std::string> url = TestEnv("PARLEY_TEST_REDIS_URL");
+  if (!url.ok()) return url.status();
+  absl::StatusOr<RedisEndpoint> endpoint = ParseRedisUrl(*url);
+  if (!endpoint.ok()) return endpoint.status();
+  absl::StatusOr<std::unique_ptr<RedisConnection>> connection =
+      RedisConnection::Connect(*endpoint, absl::Seconds(5));
+  if (!connection.ok()) return connection.status();
+  return std::unique_ptr<TestRedis>(new TestRedis(*url, *endpoint, *std::move(connection),
+                                                  absl::StrCat("t", RandomSuffix(), ":")));
+}
+
+TestRedis::~TestRedis() {
+  absl::StatusOr<std::unique_ptr<RedisConnection>> connection =
+      RedisConnection::Connect(endpoint_, absl::Seconds(5));
+  if (!connection.ok()) return;
+  std::string cursor = "0";
+  do {
+    absl::StatusOr<RedisReply> reply = (*connection)->Command(
+        {"SCAN", cursor, "MATCH", keys_.prefix() + "*", "COUNT", "1000"});
+    if (!reply.ok() || (*reply)->elements != 2) return;
+    cursor = std::string((*reply)->element[0]->str, (*reply)->element[0]->len);
+    const redisReply* batch = (*reply)->element[1];
+    for (size_t i = 0; i < batch->elements; ++i) {
+      (void)(*connection)->Command({"DEL", std::string(batch->element[i]->str,
+                                                       batch->element[i]->len)});
+    }
+  } while (cursor != "0");
+}
+
+absl::StatusOr<CommandResult> RunCommand(const ProcessOptions& options, absl::Duration timeout) {
+  absl::StatusOr<std::unique_ptr<ServiceProcess>> process = ServiceProcess::Start(options);
+  if (!process.ok()) return process.status();
+  absl::StatusOr<int> code = (*process)->WaitForExit(timeout);
+  if (!code.ok()) return code.status();
+  return CommandResult{*code, (*process)->Output()};
+}
+
+absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
+    const ProcessOptions& options) {
+  std::string output_path = absl::StrCat(TestTempDir(), "/output.log");
+  absl::StatusOr<pid_t> pid = Spawn(options, output_path);
+  if (!pid.ok()) return pid.status();
+  return std::unique_ptr<ServiceProcess>(new ServiceProcess(*pid, output_path));
+}
+
+ServiceProcess::~ServiceProcess() {
+  if (!exit_code_) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+}
+
+std::string ServiceProcess::Output() const { return ReadFile(output_path_); }
+
+void ServiceProcess::Signal(int signal_number) {
+  if (!exit_code_) ::kill(pid_, signal_number);
+}
+
+bool ServiceProcess::running() {
+  if (exit_code_) return false;
+  int status = 0;
+  if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+    exit_code_ = DecodeWaitStatus(status);
+    return false;
+  }
+  return true;
+}
+
+absl::StatusOr<int> ServiceProcess::WaitForExit(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (running()) {
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("process still running after ", absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return *exit_code_;
+}
+
+absl::Status ServiceProcess::WaitUntilServing(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  static const std::regex kServing(
+      R"("msg":"serving".*"grpc_port":([0-9]+),"admin_port":([0-9]+))");
+  while (grpc_port_ == 0) {
+    std::smatch match;
+    std::string output = Output();
+    if (std::regex_search(output, match, kServing)) {
+      grpc_port_ = std::stoi(match[1]);
+      admin_port_ = std::stoi(match[2]);
+      break;
+    }
+    if (!running()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("process exited with ", *exit_code_, " before serving:\n", output));
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("no \"serving\" line:\n", output));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  while (true) {
+    absl::StatusOr<std::string> health = CheckHealth(grpc_target());
+    if (health.ok() && *health == "SERVING") return absl::OkStatus();
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError("health check never answered SERVING");
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError("socket");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return absl::UnavailableError(absl::StrCat("connect 127.0.0.1:", port, ": ",
+                                               std::strerror(errno)));
+  }
+  std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  (void)!::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string response;
+  char buffer[8192];
+  ssize_t n;
+  while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) response.append(buffer, n);
+  ::close(fd);
+  size_t space = response.find(' ');
+  size_t body = response.find("\r\n\r\n");
+  if (space == std::string::npos || body == std::string::npos) {
+    return absl::DataLossError("malformed HTTP response");
+  }
+  return std::make_pair(std::stoi(response.substr(space + 1, 3)), response.substr(body + 4));
+}
+
+absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+}
+
+absl::StatusOr<std::vector<std::string>> ListServicesByReflection(const std::string& target) {
+  using grpc::reflection::v1alpha::ServerReflection;
+  using grpc::reflection::v1alpha::ServerReflectionRequest;
+  using grpc::reflection::v1alpha::ServerReflectionResponse;
+  auto stub = ServerReflection::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  auto stream = stub->ServerReflectionInfo(&context);
+  ServerReflectionRequest request;
+  request.set_list_services("*");
+  stream->Write(request);
+  stream->WritesDone();
+  ServerReflectionResponse response;
+  std::vector<std::string> names;
+  while (stream->Read(&response)) {
+    for (const auto& service : response.list_services_response().service()) {
+      names.push_back(service.name());
+    }
+  }
+  grpc::Status status = stream->Finish();
+  if (!status.ok()) return absl::UnavailableError(status.error_message());
+  return names;
+}
+
+}  // namespace parley::testing

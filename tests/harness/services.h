@@ -1,0 +1,139 @@
+// Test harness: real Postgres databases, Redis key spaces and service processes.
+//
+// scripts/test starts one throwaway Postgres and one Redis per run and exports their
+// addresses as PARLEY_TEST_PG_URL and PARLEY_TEST_REDIS_URL. Each test then takes its
+// own slice of them, so tests run in parallel without seeing each other:
+//
+//   auto db = TestDatabase::Create();        // a fresh database, dropped afterwards
+//   auto redis = TestRedis::Create();        // a unique key prefix, deleted afterwards
+//   auto store = ServiceProcess::Start({.binary = BinaryPath("store-svc/parley-store"),
+//                                       .args = {"--database_url=" + (*db)->url()}});
+//   ASSERT_OK((*store)->WaitUntilServing(absl::Seconds(20)));
+//
+// Outside scripts/test the variables are missing and tests that need the servers say
+// so in their failure message.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/redis.h"
+
+namespace parley::testing {
+
+// The value of a variable scripts/test exports; FAILED_PRECONDITION when unset.
+absl::StatusOr<std::string> TestEnv(const std::string& name);
+
+// Absolute path of a binary in the build tree, e.g. "gateway/parley-gateway".
+std::string BinaryPath(const std::string& relative);
+
+// A directory for this test's files, removed by scripts/test at the end of the run.
+std::string TestTempDir();
+
+class TestDatabase {
+ public:
+  // Creates an empty database with a unique name on the test server.
+  static absl::StatusOr<std::unique_ptr<TestDatabase>> Create();
+  ~TestDatabase();  // Drops it, closing any connections still open.
+
+  // postgresql:// URL of this database.
+  const std::string& url() const { return url_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  TestDatabase(std::string admin_url, std::string name, std::string url)
+      : admin_url_(std::move(admin_url)), name_(std::move(name)), url_(std::move(url)) {}
+  std::string admin_url_;
+  std::string name_;
+  std::string url_;
+};
+
+class TestRedis {
+ public:
+  // Connects to the test server and picks a unique key prefix.
+  static absl::StatusOr<std::unique_ptr<TestRedis>> Create();
+  ~TestRedis();  // Deletes every key under the prefix.
+
+  RedisConnection& connection() { return *connection_; }
+  const RedisEndpoint& endpoint() const { return endpoint_; }
+  const std::string& url() const { return url_; }
+  // Key names under this test's prefix.
+  const RedisKeys& keys() const { return keys_; }
+
+ private:
+  TestRedis(std::string url, RedisEndpoint endpoint, std::unique_ptr<RedisConnection> connection,
+            std::string prefix)
+      : url_(std::move(url)),
+        endpoint_(std::move(endpoint)),
+        connection_(std::move(connection)),
+        keys_(std::move(prefix)) {}
+  std::string url_;
+  RedisEndpoint endpoint_;
+  std::unique_ptr<RedisConnection> connection_;
+  RedisKeys keys_;
+};
+
+struct ProcessOptions {
+  std::string binary;
+  std::vector<std::string> args;
+  // The child's whole environment besides PATH: nothing else leaks in from the test.
+  std::map<std::string, std::string> env;
+};
+
+struct CommandResult {
+  int exit_code = -1;  // 128 + signal number when killed by a signal.
+  std::string output;  // stdout and stderr, interleaved.
+};
+
+// Runs a command to completion (killed after `timeout`).
+absl::StatusOr<CommandResult> RunCommand(const ProcessOptions& options,
+                                         absl::Duration timeout = absl::Seconds(30));
+
+// A service binary running as a child process, its output captured to a file.
+class ServiceProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServiceProcess>> Start(const ProcessOptions& options);
+  ~ServiceProcess();  // SIGKILL if still running.
+
+  // Waits for the "serving" log line (which names the bound ports) and then for the
+  // gRPC health check to answer SERVING.
+  absl::Status WaitUntilServing(absl::Duration timeout);
+  int grpc_port() const { return grpc_port_; }
+  int admin_port() const { return admin_port_; }
+  std::string grpc_target() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+
+  // Everything the process wrote so far.
+  std::string Output() const;
+  void Signal(int signal_number);
+  // The exit code (128 + signal when killed); DEADLINE_EXCEEDED if still running.
+  absl::StatusOr<int> WaitForExit(absl::Duration timeout);
+  bool running();
+
+ private:
+  ServiceProcess(pid_t pid, std::string output_path)
+      : pid_(pid), output_path_(std::move(output_path)) {}
+  pid_t pid_;
+  std::string output_path_;
+  int grpc_port_ = 0;
+  int admin_port_ = 0;
+  std::optional<int> exit_code_;
+};
+
+// Issues an HTTP/1.1 GET to 127.0.0.1:port; returns status code and body.
+absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path);
+
+// The gRPC health status ("SERVING", "NOT_SERVING", ...) or the call error.
+absl::StatusOr<std::string> CheckHealth(const std::string& target,
+                                        const std::string& service = "");
+
+// Service names the server lists through gRPC reflection.
+absl::StatusOr<std::vector<std::string>> ListServicesByReflection(const std::string& target);
+
+}  // namespace parley::testing
