@@ -1,14 +1,13 @@
 // health_bench: gRPC health-check round trips against a Parley service, and in the same
-// run against a bare gRPC server in this process (no interceptors, no logging) — the
-// limit that Parley's per-call overhead (tracing, metrics, access logs) is measured
-// against.
+// run against bare_health_server (plain gRPC: no interceptors, no logging) — the limit
+// that Parley's per-call overhead (tracing, metrics, access logs) is measured against.
 //
-//   health_bench --target=127.0.0.1:7073 --duration=5s --concurrency=4
+//   health_bench --target=127.0.0.1:7073 --bare_target=127.0.0.1:7999 --duration=5s
 //   ... RESULT name=health rps=... p50_us=... p99_us=... bare_rps=... ratio=...
 //
 // Each of `concurrency` threads issues blocking unary Check calls back to back on its
-// own channel; latency is measured per call. The two targets are measured one after
-// the other with identical settings.
+// own channel; latency is measured per call. The two targets are measured in
+// alternating rounds with identical settings.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -19,11 +18,16 @@
 #include "absl/time/clock.h"
 #include "common/config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 
 namespace {
 
 struct Measurement {
+  std::vector<double> latencies_us;
+  int64_t errors = 0;
+  double elapsed_s = 0;
+};
+
+struct Summary {
   int64_t calls = 0;
   int64_t errors = 0;
   double rps = 0;
@@ -66,55 +70,64 @@ Measurement Measure(const std::string& target, absl::Duration duration, int conc
     });
   }
   for (auto& thread : threads) thread.join();
-  double elapsed_s = absl::ToDoubleSeconds(absl::Now() - start);
-  std::vector<double> all;
   Measurement m;
+  m.elapsed_s = absl::ToDoubleSeconds(absl::Now() - start);
   for (int t = 0; t < concurrency; ++t) {
-    all.insert(all.end(), latencies[t].begin(), latencies[t].end());
+    m.latencies_us.insert(m.latencies_us.end(), latencies[t].begin(), latencies[t].end());
     m.errors += errors[t];
   }
-  std::sort(all.begin(), all.end());
-  m.calls = static_cast<int64_t>(all.size());
-  m.rps = m.calls / elapsed_s;
-  m.p50_us = Percentile(all, 0.50);
-  m.p99_us = Percentile(all, 0.99);
   return m;
+}
+
+void Accumulate(Measurement& total, const Measurement& round) {
+  total.latencies_us.insert(total.latencies_us.end(), round.latencies_us.begin(),
+                            round.latencies_us.end());
+  total.errors += round.errors;
+  total.elapsed_s += round.elapsed_s;
+}
+
+Summary Summarize(Measurement m) {
+  std::sort(m.latencies_us.begin(), m.latencies_us.end());
+  Summary s;
+  s.calls = static_cast<int64_t>(m.latencies_us.size());
+  s.errors = m.errors;
+  s.rps = m.elapsed_s > 0 ? s.calls / m.elapsed_s : 0;
+  s.p50_us = Percentile(m.latencies_us, 0.50);
+  s.p99_us = Percentile(m.latencies_us, 0.99);
+  return s;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string target;
+  std::string bare_target;
   absl::Duration duration = absl::Seconds(5);
   int64_t concurrency = 4;
   parley::Flags flags("health_bench", "gRPC health-check round trips, service vs bare gRPC.");
   flags.HostPort("target", &target, "the Parley service to measure");
+  flags.HostPort("bare_target", &bare_target, "a bare_health_server, the limit");
   flags.Duration("duration", &duration, "how long to measure each target");
   flags.Int("concurrency", &concurrency, "client threads", 1, 256);
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
-  if (target.empty()) {
-    std::cerr << "health_bench: --target is required\n";
+  if (target.empty() || bare_target.empty()) {
+    std::cerr << "health_bench: --target and --bare_target are required\n";
     return 2;
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
-  int bare_port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &bare_port);
-  // Any callback service makes the builder poll; the default health service answers.
-  grpc::reflection::v1alpha::ServerReflection::CallbackService placeholder;
-  builder.RegisterService(&placeholder);
-  std::unique_ptr<grpc::Server> bare = builder.BuildAndStart();
-  if (!bare) {
-    std::cerr << "health_bench: cannot start the bare server\n";
-    return 1;
+  // Alternate short rounds so that drift in what else the machine is doing affects both
+  // targets alike.
+  const int threads = static_cast<int>(concurrency);
+  constexpr int kRounds = 5;
+  Measure(target, absl::Milliseconds(300), threads);  // Warm-up.
+  Measure(bare_target, absl::Milliseconds(300), threads);
+  Measurement service_total, limit_total;
+  for (int round = 0; round < kRounds; ++round) {
+    Accumulate(service_total, Measure(target, duration / kRounds, threads));
+    Accumulate(limit_total, Measure(bare_target, duration / kRounds, threads));
   }
-
-  Measure(target, absl::Milliseconds(500), static_cast<int>(concurrency));  // Warm-up.
-  Measurement service = Measure(target, duration, static_cast<int>(concurrency));
-  Measurement limit = Measure("127.0.0.1:" + std::to_string(bare_port), duration,
-                              static_cast<int>(concurrency));
-  bare->Shutdown();
+  Summary service = Summarize(std::move(service_total));
+  Summary limit = Summarize(std::move(limit_total));
 
   std::cout << absl::StrFormat(
       "service: %d calls, %d errors, %.0f/s, p50 %.0f us, p99 %.0f us\n"

@@ -76,8 +76,7 @@ void Flags::String(std::string name, std::string* target, std::string help,
        }});
 }
 
-void Flags::Int(std::string name, int64_t* target, std::string help, int64_t min,
-                int64_t max) {
+void Flags::Int(std::string name, int64_t* target, std::string help, int64_t min, int64_t max) {
   Add({name, std::move(help), absl::StrCat(*target), false,
        [target, min, max](absl::string_view v) {
          int64_t parsed = 0;
@@ -85,8 +84,7 @@ void Flags::Int(std::string name, int64_t* target, std::string help, int64_t min
            return absl::InvalidArgumentError("expected an integer");
          }
          if (parsed < min || parsed > max) {
-           return absl::InvalidArgumentError(
-               absl::StrCat("must be between ", min, " and ", max));
+           return absl::InvalidArgumentError(absl::StrCat("must be between ", min, " and ", max));
          }
          *target = parsed;
          return absl::OkStatus();
@@ -108,8 +106,7 @@ void Flags::Bool(std::string name, bool* target, std::string help) {
 }
 
 void Flags::Duration(std::string name, absl::Duration* target, std::string help) {
-  Add({name, std::move(help), absl::FormatDuration(*target), false,
-       [target](absl::string_view v) {
+  Add({name, std::move(help), absl::FormatDuration(*target), false, [target](absl::string_view v) {
          absl::Duration parsed;
          if (!absl::ParseDuration(v, &parsed) || parsed < absl::ZeroDuration()) {
            return absl::InvalidArgumentError(
@@ -152,9 +149,8 @@ absl::StatusOr<std::vector<std::string>> Flags::Parse(int argc, const char* cons
     if (it == env.end()) continue;
     absl::Status status = option.set(it->second);
     if (!status.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad value in environment ", var, "=\"", it->second,
-                       "\": ", status.message()));
+      return absl::InvalidArgumentError(absl::StrCat("bad value in environment ", var, "=\"",
+                                                     it->second, "\": ", status.message()));
     }
   }
 
@@ -203,8 +199,8 @@ absl::StatusOr<std::vector<std::string>> Flags::Parse(int argc, const char* cons
     }
     absl::Status status = option->set(*value);
     if (!status.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("bad value for --", name, "=\"", *value,
-                                                     "\": ", status.message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad value for --", name, "=\"", *value, "\": ", status.message()));
     }
   }
   return positional;
@@ -228,8 +224,8 @@ std::vector<std::string> ParseFlagsOrExit(Flags& flags, int argc, const char* co
                                           const Environment& env, bool allow_positional) {
   absl::StatusOr<std::vector<std::string>> parsed = flags.Parse(argc, argv, env);
   if (parsed.ok() && !allow_positional && !parsed->empty() && !flags.help_requested()) {
-    parsed = absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", parsed->front(),
-                                                     "\""));
+    parsed =
+        absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", parsed->front(), "\""));
   }
   if (!parsed.ok()) {
     std::cerr << flags.program() << ": " << parsed.status().message() << "\n"

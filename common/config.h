@@ -19,11 +19,11 @@
 #include <functional>
 #include <map>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace parley {
@@ -87,8 +87,7 @@ class Flags {
 // "<program>: <error>" and a hint to stderr and exits 2. Positional arguments are an
 // error unless `allow_positional`.
 std::vector<std::string> ParseFlagsOrExit(Flags& flags, int argc, const char* const* argv,
-                                          const Environment& env,
-                                          bool allow_positional = false);
+                                          const Environment& env, bool allow_positional = false);
 
 // Validator for String(): rejects "".
 absl::Status ValidateNonEmpty(absl::string_view value);

@@ -52,8 +52,8 @@ absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Connect(
   if (raw == nullptr) return absl::ResourceExhaustedError("redis: cannot allocate context");
   std::unique_ptr<RedisConnection> connection(new RedisConnection(raw));
   if (raw->err != 0) {
-    return absl::UnavailableError(absl::StrCat("redis ", endpoint.host, ":", endpoint.port,
-                                               ": ", raw->errstr));
+    return absl::UnavailableError(
+        absl::StrCat("redis ", endpoint.host, ":", endpoint.port, ": ", raw->errstr));
   }
   redisSetTimeout(raw, tv);
   if (!endpoint.password.empty()) {
@@ -61,8 +61,7 @@ absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Connect(
     if (!auth.ok()) return auth.status();
   }
   if (endpoint.db != 0) {
-    absl::StatusOr<RedisReply> select =
-        connection->Command({"SELECT", absl::StrCat(endpoint.db)});
+    absl::StatusOr<RedisReply> select = connection->Command({"SELECT", absl::StrCat(endpoint.db)});
     if (!select.ok()) return select.status();
   }
   return connection;
@@ -78,8 +77,8 @@ absl::StatusOr<RedisReply> RedisConnection::Command(const std::vector<std::strin
     argv.push_back(arg.data());
     argvlen.push_back(arg.size());
   }
-  void* raw = redisCommandArgv(context_.get(), static_cast<int>(args.size()), argv.data(),
-                               argvlen.data());
+  void* raw =
+      redisCommandArgv(context_.get(), static_cast<int>(args.size()), argv.data(), argvlen.data());
   if (raw == nullptr) {
     return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
   }
@@ -101,9 +100,7 @@ std::string RedisKeys::Tag(absl::string_view session_id) const {
 std::string RedisKeys::EventStream(absl::string_view session_id) const {
   return absl::StrCat(Tag(session_id), ":ev");
 }
-std::string RedisKeys::EventChannel(absl::string_view session_id) const {
-  return Tag(session_id);
-}
+std::string RedisKeys::EventChannel(absl::string_view session_id) const { return Tag(session_id); }
 std::string RedisKeys::Lease(absl::string_view session_id) const {
   return absl::StrCat(Tag(session_id), ":lease");
 }

@@ -11,14 +11,14 @@
 // give each test a key space of its own (the prefix).
 #pragma once
 
-#include <memory>
-#include <string>
-#include "absl/strings/string_view.h"
-#include <vector>
-
 #include <hiredis/hiredis.h>
 
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace parley {

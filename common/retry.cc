@@ -6,8 +6,8 @@
 namespace parley {
 
 absl::Duration BackoffDelay(const BackoffPolicy& policy, int retry_index, double unit_random) {
-  double base_s = absl::ToDoubleSeconds(policy.initial) *
-                  std::pow(policy.multiplier, std::max(0, retry_index));
+  double base_s =
+      absl::ToDoubleSeconds(policy.initial) * std::pow(policy.multiplier, std::max(0, retry_index));
   double capped_s = std::min(base_s, absl::ToDoubleSeconds(policy.max));
   double jitter = std::clamp(policy.jitter, 0.0, 1.0) * std::clamp(unit_random, 0.0, 1.0);
   return absl::Seconds(capped_s * (1.0 - jitter));

@@ -44,11 +44,11 @@ using RetryPredicate = std::function<bool(const absl::Status&)>;
 
 // Runs `attempt` until it succeeds or the policy gives up. `on_retry` (optional) is told
 // about each scheduled retry before the sleep, e.g. to emit a "retry scheduled" event.
-absl::Status RetryStatus(
-    const BackoffPolicy& policy, Clock& clock, const std::function<absl::Status()>& attempt,
-    const RetryPredicate& retryable = IsTransient,
-    const std::function<void(int retry_index, absl::Duration delay, const absl::Status&)>&
-        on_retry = nullptr);
+absl::Status RetryStatus(const BackoffPolicy& policy, Clock& clock,
+                         const std::function<absl::Status()>& attempt,
+                         const RetryPredicate& retryable = IsTransient,
+                         const std::function<void(int retry_index, absl::Duration delay,
+                                                  const absl::Status&)>& on_retry = nullptr);
 
 template <typename T>
 absl::StatusOr<T> Retry(const BackoffPolicy& policy, Clock& clock,

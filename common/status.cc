@@ -11,8 +11,7 @@ namespace {
 
 template <typename Message>
 std::optional<Message> GetPayload(const absl::Status& status) {
-  auto payload =
-      status.GetPayload(TypeUrlFor(Message::descriptor()->full_name()));
+  auto payload = status.GetPayload(TypeUrlFor(Message::descriptor()->full_name()));
   if (!payload) return std::nullopt;
   Message message;
   if (!message.ParseFromString(std::string(*payload))) return std::nullopt;
@@ -50,18 +49,17 @@ absl::Status InvalidArgumentError(absl::string_view field, absl::string_view des
   return status;
 }
 
-void AddFieldViolation(absl::Status& status, absl::string_view field,
-                       absl::string_view description, absl::string_view limit) {
+void AddFieldViolation(absl::Status& status, absl::string_view field, absl::string_view description,
+                       absl::string_view limit) {
   v1::BadRequest bad_request = GetBadRequest(status).value_or(v1::BadRequest());
   v1::FieldViolation* violation = bad_request.add_field_violations();
   violation->set_field(std::string(field));
   violation->set_description(std::string(description));
   violation->set_limit(std::string(limit));
-  absl::Status updated(status.code(), absl::StrCat(status.message(), "; ",
-                                                   FieldMessage(field, description, limit)));
-  status.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) {
-    updated.SetPayload(url, payload);
-  });
+  absl::Status updated(
+      status.code(), absl::StrCat(status.message(), "; ", FieldMessage(field, description, limit)));
+  status.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { updated.SetPayload(url, payload); });
   SetPayload(updated, bad_request);
   status = std::move(updated);
 }
@@ -109,8 +107,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  absl::Status result(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+  absl::Status result(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   v1::RpcStatus rpc_status;
   if (!status.error_details().empty() && rpc_status.ParseFromString(status.error_details())) {
     for (const google::protobuf::Any& any : rpc_status.details()) {

@@ -11,14 +11,14 @@
 //   reactor->Finish(ToGrpcStatus(status));
 #pragma once
 
+#include <grpcpp/support/status.h>
+
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
-
-#include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "parley/v1/errors.pb.h"
 
 namespace parley {
@@ -29,8 +29,8 @@ absl::Status InvalidArgumentError(absl::string_view field, absl::string_view des
 
 // Adds one more field violation to an INVALID_ARGUMENT status (e.g. when validating a
 // whole request at once). `status` must not be OK.
-void AddFieldViolation(absl::Status& status, absl::string_view field,
-                       absl::string_view description, absl::string_view limit = {});
+void AddFieldViolation(absl::Status& status, absl::string_view field, absl::string_view description,
+                       absl::string_view limit = {});
 
 // Attaches an ErrorInfo with a stable machine-readable reason.
 void SetErrorInfo(absl::Status& status, absl::string_view reason,

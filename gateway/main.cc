@@ -32,8 +32,8 @@ int main(int argc, char** argv) {
   flags.String("bootstrap_api_key", &config.bootstrap_api_key,
                "an API key accepted for --bootstrap_tenant with every scope, to create the "
                "first real keys; empty disables it");
-  flags.String("bootstrap_tenant", &config.bootstrap_tenant,
-               "tenant of the bootstrap API key", parley::ValidateNonEmpty);
+  flags.String("bootstrap_tenant", &config.bootstrap_tenant, "tenant of the bootstrap API key",
+               parley::ValidateNonEmpty);
   flags.Duration("downstream_timeout", &config.downstream_timeout,
                  "longest a forwarded call may take, within the caller's own deadline");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
@@ -41,9 +41,9 @@ int main(int argc, char** argv) {
   parley::ServiceHost host("parley-gateway", server);
   parley::gateway::BootstrapKeyAuthenticator authenticator(config.bootstrap_api_key,
                                                            config.bootstrap_tenant);
-  parley::gateway::SessionApi sessions(
-      authenticator, host.grpc_telemetry().CreateChannel(config.session_addr),
-      config.downstream_timeout);
+  parley::gateway::SessionApi sessions(authenticator,
+                                       host.grpc_telemetry().CreateChannel(config.session_addr),
+                                       config.downstream_timeout);
   parley::v1::SandboxService::CallbackService sandboxes;
   parley::v1::ApiKeyService::CallbackService api_keys;
   host.AddService(&sessions);

@@ -26,9 +26,9 @@ absl::Status ValidateDatabaseUrl(absl::string_view url) {
 }
 
 int RunMigrate(const StoreConfig& config, const parley::ServerOptions& server) {
-  parley::telemetry::Logger logger(
-      "parley-store",
-      parley::telemetry::ParseLogLevel(server.log_level).value_or(parley::telemetry::LogLevel::kInfo));
+  parley::telemetry::Logger logger("parley-store",
+                                   parley::telemetry::ParseLogLevel(server.log_level)
+                                       .value_or(parley::telemetry::LogLevel::kInfo));
   absl::StatusOr<int> version =
       parley::store::Migrate(config.database_url, parley::store::BuiltinMigrations(), logger);
   if (!version.ok()) {
@@ -71,8 +71,7 @@ int main(int argc, char** argv) {
     schema_version.Set(*version);
     host.logger().Info("database reachable", {{"schema_version", *version}});
   } else {
-    host.logger().Warn("database not reachable at start",
-                       {{"error", version.status().ToString()}});
+    host.logger().Warn("database not reachable at start", {{"error", version.status().ToString()}});
   }
   parley::store::v1::StoreService::CallbackService store;
   host.AddService(&store);

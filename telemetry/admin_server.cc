@@ -30,8 +30,7 @@ void WriteAll(int fd, absl::string_view data) {
 std::string Response(int code, absl::string_view reason, absl::string_view content_type,
                      absl::string_view body) {
   return absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", content_type,
-                      "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n",
-                      body);
+                      "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body);
 }
 
 }  // namespace
@@ -150,9 +149,9 @@ void AdminServer::Serve(int client_fd) {
   } else if (path == "/healthz") {
     WriteAll(client_fd, Response(200, "OK", "text/plain", "ok\n"));
   } else if (path == "/readyz") {
-    WriteAll(client_fd, ready_.load() ? Response(200, "OK", "text/plain", "ready\n")
-                                      : Response(503, "Service Unavailable", "text/plain",
-                                                 "not ready\n"));
+    WriteAll(client_fd, ready_.load()
+                            ? Response(200, "OK", "text/plain", "ready\n")
+                            : Response(503, "Service Unavailable", "text/plain", "not ready\n"));
   } else {
     WriteAll(client_fd, Response(404, "Not Found", "text/plain", "not found\n"));
   }

@@ -19,14 +19,14 @@
 //   PrepareDownstream(*server_ctx, downstream, absl::Seconds(30));
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/support/client_interceptor.h>
+#include <grpcpp/support/server_interceptor.h>
+
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/support/client_interceptor.h>
-#include <grpcpp/support/server_interceptor.h>
 
 #include "absl/time/time.h"
 #include "telemetry/log.h"

@@ -3,13 +3,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include <nlohmann/json.hpp>
 
 namespace parley::telemetry {
 namespace {
@@ -18,10 +18,14 @@ constexpr absl::string_view kRedacted = "[REDACTED]";
 
 absl::string_view LevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kWarn: return "warn";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarn:
+      return "warn";
+    case LogLevel::kError:
+      return "error";
   }
   return "info";
 }
@@ -48,8 +52,8 @@ absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view text) {
 
 bool IsSensitiveKey(absl::string_view key) {
   const std::string lower = absl::AsciiStrToLower(key);
-  for (absl::string_view word : {"authorization", "api_key", "apikey", "secret", "password",
-                                "token", "credential"}) {
+  for (absl::string_view word :
+       {"authorization", "api_key", "apikey", "secret", "password", "token", "credential"}) {
     // "input_tokens" and friends are counts, not credentials.
     if (absl::StrContains(lower, word) && !absl::EndsWith(lower, "tokens")) {
       return true;

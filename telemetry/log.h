@@ -16,10 +16,10 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <variant>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "telemetry/trace_context.h"
 
 namespace parley::telemetry {

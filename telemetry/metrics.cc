@@ -19,8 +19,7 @@ namespace parley::telemetry {
 namespace {
 
 std::string FormatValue(double value) {
-  if (value == static_cast<double>(static_cast<int64_t>(value)) && value < 1e15 &&
-      value > -1e15) {
+  if (value == static_cast<double>(static_cast<int64_t>(value)) && value < 1e15 && value > -1e15) {
     return absl::StrCat(static_cast<int64_t>(value));
   }
   char buffer[32];
@@ -32,8 +31,8 @@ std::string Labels(const std::vector<std::string>& names, const std::vector<std:
                    absl::string_view extra_name = {}, absl::string_view extra_value = {}) {
   std::string out;
   for (size_t i = 0; i < names.size() && i < values.size(); ++i) {
-    absl::StrAppend(&out, out.empty() ? "" : ",", names[i], "=\"",
-                    EscapeLabelValue(values[i]), "\"");
+    absl::StrAppend(&out, out.empty() ? "" : ",", names[i], "=\"", EscapeLabelValue(values[i]),
+                    "\"");
   }
   if (!extra_name.empty()) {
     absl::StrAppend(&out, out.empty() ? "" : ",", extra_name, "=\"", extra_value, "\"");
@@ -102,8 +101,7 @@ std::vector<uint64_t> Histogram::CumulativeCounts() const {
 }
 
 std::vector<double> LatencyBucketsSeconds() {
-  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-          0.25,   0.5,   1,      2.5,   5,    10,    30,    60};
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 }
 
 std::string EscapeLabelValue(absl::string_view value) {
@@ -128,9 +126,9 @@ Registry::Registry() : start_time_s_(absl::ToDoubleSeconds(absl::Now() - absl::U
 CounterFamily& Registry::AddCounter(std::string name, std::string help,
                                     std::vector<std::string> label_names) {
   absl::MutexLock lock(&mu_);
-  counters_.push_back(std::make_unique<CounterFamily>(
-      std::move(name), std::move(help), std::move(label_names),
-      [] { return std::make_unique<Counter>(); }));
+  counters_.push_back(std::make_unique<CounterFamily>(std::move(name), std::move(help),
+                                                      std::move(label_names),
+                                                      [] { return std::make_unique<Counter>(); }));
   return *counters_.back();
 }
 
@@ -175,18 +173,18 @@ std::string Registry::RenderText() const {
     family->ForEach([&](const std::vector<std::string>& values, const Histogram& histogram) {
       std::vector<uint64_t> counts = histogram.CumulativeCounts();
       for (size_t i = 0; i < histogram.bounds().size(); ++i) {
-        absl::StrAppend(&out, family->name(), "_bucket",
-                        Labels(family->label_names(), values, "le",
-                               FormatValue(histogram.bounds()[i])),
-                        " ", counts[i], "\n");
+        absl::StrAppend(
+            &out, family->name(), "_bucket",
+            Labels(family->label_names(), values, "le", FormatValue(histogram.bounds()[i])), " ",
+            counts[i], "\n");
       }
       absl::StrAppend(&out, family->name(), "_bucket",
                       Labels(family->label_names(), values, "le", "+Inf"), " ", counts.back(),
                       "\n");
       absl::StrAppend(&out, family->name(), "_sum", Labels(family->label_names(), values), " ",
                       FormatValue(histogram.sum()), "\n");
-      absl::StrAppend(&out, family->name(), "_count", Labels(family->label_names(), values),
-                      " ", histogram.count(), "\n");
+      absl::StrAppend(&out, family->name(), "_count", Labels(family->label_names(), values), " ",
+                      histogram.count(), "\n");
     });
   }
   AppendProcessMetrics(&out, start_time_s_);

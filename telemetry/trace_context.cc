@@ -44,8 +44,7 @@ bool DecodeHex(absl::string_view hex, std::array<uint8_t, N>& out) {
 
 template <size_t N>
 std::string EncodeHex(const std::array<uint8_t, N>& bytes) {
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(bytes.data()), N));
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(bytes.data()), N));
 }
 
 }  // namespace

@@ -1,9 +1,8 @@
 #include "common/server/service_host.h"
 
-#include <signal.h>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -35,12 +34,13 @@ ServiceHost::ServiceHost(std::string service_name, ServerOptions options)
   sigset_t signals = TerminationSignals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   logger_ = std::make_unique<telemetry::Logger>(
-      service_name_, telemetry::ParseLogLevel(options_.log_level).value_or(
-                         telemetry::LogLevel::kInfo));
+      service_name_,
+      telemetry::ParseLogLevel(options_.log_level).value_or(telemetry::LogLevel::kInfo));
   span_sink_ = std::make_unique<telemetry::LogSpanSink>(*logger_);
   grpc_telemetry_ = std::make_unique<telemetry::GrpcTelemetry>(registry_, *logger_, *span_sink_);
-  registry_.AddGauge("parley_build_info", "Always 1; labels say what is running.",
-                     {"service", "version"})
+  registry_
+      .AddGauge("parley_build_info", "Always 1; labels say what is running.",
+                {"service", "version"})
       .WithLabels({service_name_, PARLEY_VERSION})
       .Set(1);
 }
@@ -69,8 +69,7 @@ absl::Status ServiceHost::Start() {
   if (!server_ || grpc_port_ == 0) {
     server_.reset();
     admin_.reset();
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen for gRPC on ", options_.grpc_addr));
+    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", options_.grpc_addr));
   }
   server_->GetHealthCheckService()->SetServingStatus(true);
   admin_->SetReady(true);

@@ -13,10 +13,10 @@
 //       });
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <utility>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
 #include "telemetry/grpc_telemetry.h"

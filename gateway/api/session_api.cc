@@ -6,8 +6,7 @@
 namespace parley::gateway {
 namespace {
 
-grpc::ServerUnaryReactor* Reject(grpc::CallbackServerContext* context,
-                                 const absl::Status& status) {
+grpc::ServerUnaryReactor* Reject(grpc::CallbackServerContext* context, const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
@@ -15,8 +14,7 @@ grpc::ServerUnaryReactor* Reject(grpc::CallbackServerContext* context,
 
 }  // namespace
 
-SessionApi::SessionApi(Authenticator& authenticator,
-                       std::shared_ptr<grpc::Channel> session_channel,
+SessionApi::SessionApi(Authenticator& authenticator, std::shared_ptr<grpc::Channel> session_channel,
                        absl::Duration downstream_timeout)
     : authenticator_(authenticator),
       router_(router::v1::SessionRouter::NewStub(std::move(session_channel))),

@@ -9,11 +9,11 @@
 //   if (!who.ok()) return Reject(who.status());   // UNAUTHENTICATED
 #pragma once
 
+#include <grpcpp/server_context.h>
+
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <grpcpp/server_context.h>
 
 #include "absl/status/statusor.h"
 

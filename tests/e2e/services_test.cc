@@ -1,11 +1,10 @@
 // Every service binary, as a real process: starts, answers health and reflection,
 // serves /metrics, exits 0 on SIGTERM, and rejects bad configuration with exit 2.
-#include <signal.h>
+#include "tests/harness/services.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include "tests/harness/services.h"
+#include <signal.h>
 
 namespace parley::testing {
 namespace {
@@ -126,26 +125,27 @@ TEST(StoreBinary, MigrateAppliesTheSchemaAndServeReportsItsVersion) {
   auto db = TestDatabase::Create();
   ASSERT_TRUE(db.ok()) << db.status();
   std::string url = "--database_url=" + (*db)->url();
-  auto migrate = RunCommand(
-      {.binary = BinaryPath("store-svc/parley-store"), .args = {"migrate", url}});
+  auto migrate =
+      RunCommand({.binary = BinaryPath("store-svc/parley-store"), .args = {"migrate", url}});
   ASSERT_TRUE(migrate.ok()) << migrate.status();
   ASSERT_EQ(migrate->exit_code, 0) << migrate->output;
   EXPECT_THAT(migrate->output, HasSubstr("schema up to date"));
 
-  auto again = RunCommand(
-      {.binary = BinaryPath("store-svc/parley-store"), .args = {"migrate", url}});
+  auto again =
+      RunCommand({.binary = BinaryPath("store-svc/parley-store"), .args = {"migrate", url}});
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->exit_code, 0);
   EXPECT_THAT(again->output, ::testing::Not(HasSubstr("migration applied")));
 
-  auto store = ServiceProcess::Start(
-      {.binary = BinaryPath("store-svc/parley-store"),
-       .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0", url}});
+  auto store =
+      ServiceProcess::Start({.binary = BinaryPath("store-svc/parley-store"),
+                             .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0", url}});
   ASSERT_TRUE(store.ok());
   ASSERT_TRUE((*store)->WaitUntilServing(absl::Seconds(30)).ok()) << (*store)->Output();
   auto metrics = HttpGet((*store)->admin_port(), "/metrics");
   ASSERT_TRUE(metrics.ok());
-  EXPECT_THAT(metrics->second, ::testing::MatchesRegex("(.|\n)*parley_store_schema_version [1-9](.|\n)*"));
+  EXPECT_THAT(metrics->second,
+              ::testing::MatchesRegex("(.|\n)*parley_store_schema_version [1-9](.|\n)*"));
 }
 
 TEST(StoreBinary, UnknownCommandExitsTwo) {
@@ -164,18 +164,18 @@ TEST(StoreBinary, MigrateWithUnreachableDatabaseFails) {
 }
 
 TEST(Cli, HealthReportsServingAndFailsForADeadAddress) {
-  auto store = ServiceProcess::Start({.binary = BinaryPath("sandbox-svc/parley-sandbox"),
-                                      .args = {"--grpc_addr=127.0.0.1:0",
-                                               "--admin_addr=127.0.0.1:0"}});
+  auto store =
+      ServiceProcess::Start({.binary = BinaryPath("sandbox-svc/parley-sandbox"),
+                             .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0"}});
   ASSERT_TRUE(store.ok());
   ASSERT_TRUE((*store)->WaitUntilServing(absl::Seconds(30)).ok());
-  auto ok = RunCommand({.binary = BinaryPath("cli/parley"),
-                        .args = {"health", (*store)->grpc_target()}});
+  auto ok =
+      RunCommand({.binary = BinaryPath("cli/parley"), .args = {"health", (*store)->grpc_target()}});
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->exit_code, 0);
   EXPECT_THAT(ok->output, HasSubstr("SERVING"));
-  auto dead = RunCommand({.binary = BinaryPath("cli/parley"),
-                          .args = {"health", "127.0.0.1:1", "--timeout=500ms"}});
+  auto dead = RunCommand(
+      {.binary = BinaryPath("cli/parley"), .args = {"health", "127.0.0.1:1", "--timeout=500ms"}});
   ASSERT_TRUE(dead.ok());
   EXPECT_EQ(dead->exit_code, 1);
   EXPECT_THAT(dead->output, HasSubstr("UNREACHABLE"));

@@ -2,9 +2,8 @@
 // in the `traceparent` it sends downstream, where a fake session-svc (a real gRPC server
 // speaking the SessionRouter protocol) records what arrives.
 #include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
@@ -19,8 +18,8 @@
 namespace parley::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using telemetry::TraceContext;
+using ::testing::HasSubstr;
 
 constexpr char kApiKey[] = "pk_test_bootstrap_secret";
 

@@ -40,9 +40,8 @@ TEST(Config, DefaultsHoldWithoutFlagsOrEnvironment) {
 
 TEST(Config, FlagsOverrideEnvironmentWhichOverridesDefaults) {
   Parsed p;
-  ASSERT_TRUE(ParseInto(p, {"--count=7"},
-                        {{"PARLEY_COUNT", "3"}, {"PARLEY_NAME", "from-env"}})
-                  .ok());
+  ASSERT_TRUE(
+      ParseInto(p, {"--count=7"}, {{"PARLEY_COUNT", "3"}, {"PARLEY_NAME", "from-env"}}).ok());
   EXPECT_EQ(p.count, 7);
   EXPECT_EQ(p.name, "from-env");
 }
@@ -78,9 +77,9 @@ TEST(Config, BadValuesNameTheFlagAndWhatWasExpected) {
     const char* arg;
     const char* expected;
   } cases[] = {
-      {"--count=11", "between 1 and 10"},  {"--count=x", "expected an integer"},
-      {"--addr=nohost", "host:port"},      {"--addr=h:99999", "0..65535"},
-      {"--verbose=maybe", "true or false"}, {"--timeout=soon", "duration"},
+      {"--count=11", "between 1 and 10"},    {"--count=x", "expected an integer"},
+      {"--addr=nohost", "host:port"},        {"--addr=h:99999", "0..65535"},
+      {"--verbose=maybe", "true or false"},  {"--timeout=soon", "duration"},
       {"--level=loud", "one of debug|info"}, {"--name=", "must not be empty"},
   };
   for (const Case& c : cases) {

@@ -1,9 +1,9 @@
 // The harness itself: each test gets a database and a Redis key space of its own.
-#include "tests/harness/services.h"
-
 #include <gtest/gtest.h>
 
 #include <pqxx/pqxx>
+
+#include "tests/harness/services.h"
 
 namespace parley::testing {
 namespace {

@@ -29,16 +29,14 @@ TEST(Retry, RetriesTransientErrorsUntilSuccess) {
   std::vector<int> announced;
   absl::Status status = RetryStatus(
       policy, clock,
-      [&] { return ++calls < 4 ? absl::UnavailableError("down") : absl::OkStatus(); },
-      IsTransient, [&](int index, absl::Duration, const absl::Status&) {
-        announced.push_back(index);
-      });
+      [&] { return ++calls < 4 ? absl::UnavailableError("down") : absl::OkStatus(); }, IsTransient,
+      [&](int index, absl::Duration, const absl::Status&) { announced.push_back(index); });
   EXPECT_TRUE(status.ok());
   EXPECT_EQ(calls, 4);
   EXPECT_EQ(announced, (std::vector<int>{0, 1, 2}));
-  EXPECT_EQ(clock.sleeps(), (std::vector<absl::Duration>{
-                                absl::Milliseconds(100), absl::Milliseconds(200),
-                                absl::Milliseconds(400)}));
+  EXPECT_EQ(clock.sleeps(),
+            (std::vector<absl::Duration>{absl::Milliseconds(100), absl::Milliseconds(200),
+                                         absl::Milliseconds(400)}));
 }
 
 TEST(Retry, StopsAtTheFirstPermanentError) {

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -17,8 +18,6 @@
 #include <pqxx/pqxx>
 #include <regex>
 #include <sstream>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
@@ -101,8 +100,9 @@ absl::StatusOr<std::string> TestEnv(const std::string& name) {
   const char* value = std::getenv(name.c_str());
   if (value == nullptr || *value == '\0') {
     return absl::FailedPreconditionError(
-        absl::StrCat(name, " is not set: run the tests through scripts/test, which starts "
-                           "Postgres and Redis for them"));
+        absl::StrCat(name,
+                     " is not set: run the tests through scripts/test, which starts "
+                     "Postgres and Redis for them"));
   }
   return std::string(value);
 }
@@ -161,14 +161,14 @@ TestRedis::~TestRedis() {
   if (!connection.ok()) return;
   std::string cursor = "0";
   do {
-    absl::StatusOr<RedisReply> reply = (*connection)->Command(
-        {"SCAN", cursor, "MATCH", keys_.prefix() + "*", "COUNT", "1000"});
+    absl::StatusOr<RedisReply> reply =
+        (*connection)->Command({"SCAN", cursor, "MATCH", keys_.prefix() + "*", "COUNT", "1000"});
     if (!reply.ok() || (*reply)->elements != 2) return;
     cursor = std::string((*reply)->element[0]->str, (*reply)->element[0]->len);
     const redisReply* batch = (*reply)->element[1];
     for (size_t i = 0; i < batch->elements; ++i) {
-      (void)(*connection)->Command({"DEL", std::string(batch->element[i]->str,
-                                                       batch->element[i]->len)});
+      (void)(*connection)
+          ->Command({"DEL", std::string(batch->element[i]->str, batch->element[i]->len)});
     }
   } while (cursor != "0");
 }
@@ -265,8 +265,8 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string&
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     ::close(fd);
-    return absl::UnavailableError(absl::StrCat("connect 127.0.0.1:", port, ": ",
-                                               std::strerror(errno)));
+    return absl::UnavailableError(
+        absl::StrCat("connect 127.0.0.1:", port, ": ", std::strerror(errno)));
   }
   std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   (void)!::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
@@ -293,8 +293,7 @@ absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::st
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = stub->Check(&context, request, &response);
   if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   }
   return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
 }
@@ -303,8 +302,8 @@ absl::StatusOr<std::vector<std::string>> ListServicesByReflection(const std::str
   using grpc::reflection::v1alpha::ServerReflection;
   using grpc::reflection::v1alpha::ServerReflectionRequest;
   using grpc::reflection::v1alpha::ServerReflectionResponse;
-  auto stub = ServerReflection::NewStub(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  auto stub =
+      ServerReflection::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   auto stream = stub->ServerReflectionInfo(&context);

@@ -130,8 +130,7 @@ class ServiceProcess {
 absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path);
 
 // The gRPC health status ("SERVING", "NOT_SERVING", ...) or the call error.
-absl::StatusOr<std::string> CheckHealth(const std::string& target,
-                                        const std::string& service = "");
+absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service = "");
 
 // Service names the server lists through gRPC reflection.
 absl::StatusOr<std::vector<std::string>> ListServicesByReflection(const std::string& target);

@@ -48,7 +48,8 @@ TEST(Migrator, ConcurrentMigratorsApplyEachMigrationOnce) {
   std::vector<std::thread> threads;
   std::vector<absl::StatusOr<int>> results(4, absl::UnknownError("not run"));
   for (int i = 0; i < 4; ++i) {
-    threads.emplace_back([&, i] { results[i] = Migrate((*db)->url(), TwoMigrations(), QuietLogger()); });
+    threads.emplace_back(
+        [&, i] { results[i] = Migrate((*db)->url(), TwoMigrations(), QuietLogger()); });
   }
   for (auto& t : threads) t.join();
   for (const auto& result : results) {
@@ -80,8 +81,9 @@ TEST(Migrator, TablesCreatedOutsideMigrationsDoNotBreakThem) {
   {
     pqxx::connection connection((*db)->url());
     pqxx::work tx(connection);
-    tx.exec("CREATE TABLE tenants (id text PRIMARY KEY, name text NOT NULL DEFAULT '', "
-            "create_time timestamptz NOT NULL DEFAULT now())");
+    tx.exec(
+        "CREATE TABLE tenants (id text PRIMARY KEY, name text NOT NULL DEFAULT '', "
+        "create_time timestamptz NOT NULL DEFAULT now())");
     tx.commit();
   }
   auto version = Migrate((*db)->url(), BuiltinMigrations(), QuietLogger());

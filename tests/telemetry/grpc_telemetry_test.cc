@@ -3,9 +3,8 @@
 #include "telemetry/grpc_telemetry.h"
 
 #include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
 #include "parley/router/v1/router.grpc.pb.h"
@@ -79,8 +78,7 @@ TEST(GrpcTelemetry, TraceContinuesAcrossTwoHopsAndCallsAreCounted) {
 
   RecordingRouter last;
   Server last_server = StartServer(&last, telemetry);
-  ForwardingRouter middle(
-      telemetry.CreateChannel("127.0.0.1:" + std::to_string(last_server.port)));
+  ForwardingRouter middle(telemetry.CreateChannel("127.0.0.1:" + std::to_string(last_server.port)));
   Server middle_server = StartServer(&middle, telemetry);
 
   TraceContext caller = TraceContext::NewRoot();
@@ -122,12 +120,10 @@ TEST(GrpcTelemetry, TraceContinuesAcrossTwoHopsAndCallsAreCounted) {
   EXPECT_EQ(client_span->status_code, "NOT_FOUND");
 
   std::string metrics = registry.RenderText();
-  EXPECT_THAT(metrics,
-              HasSubstr("parley_grpc_server_handled_total{method=\"/parley.router.v1."
-                        "SessionRouter/SubmitMessage\",code=\"NOT_FOUND\"} 2"));
-  EXPECT_THAT(metrics,
-              HasSubstr("parley_grpc_client_handled_total{method=\"/parley.router.v1."
-                        "SessionRouter/SubmitMessage\",code=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("parley_grpc_server_handled_total{method=\"/parley.router.v1."
+                                 "SessionRouter/SubmitMessage\",code=\"NOT_FOUND\"} 2"));
+  EXPECT_THAT(metrics, HasSubstr("parley_grpc_client_handled_total{method=\"/parley.router.v1."
+                                 "SessionRouter/SubmitMessage\",code=\"NOT_FOUND\"} 1"));
   EXPECT_THAT(metrics, HasSubstr("parley_grpc_server_handling_seconds_count{method=\"/parley."
                                  "router.v1.SessionRouter/SubmitMessage\"} 2"));
   middle_server.server->Shutdown();

@@ -37,9 +37,7 @@ TEST(Metrics, HistogramBucketsAreCumulativeWithSumAndCount) {
   EXPECT_THAT(text, HasSubstr("parley_test_seconds_count 4\n"));
 }
 
-TEST(Metrics, EscapesLabelValues) {
-  EXPECT_EQ(EscapeLabelValue("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-}
+TEST(Metrics, EscapesLabelValues) { EXPECT_EQ(EscapeLabelValue("a\"b\\c\nd"), "a\\\"b\\\\c\\nd"); }
 
 TEST(Metrics, IncludesProcessMetrics) {
   Registry registry;

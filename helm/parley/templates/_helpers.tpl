@@ -1,0 +1,187 @@
+{{- /*
+Shared helpers: names, labels, images, addresses, the Secret references every service
+uses, and the checks that stop a render missing a required value.
+Helpers that need a component take (dict "root" $ "component" "gateway").
+*/ -}}
+
+{{- define "parley.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-wide prefix of every object name. */}}
+{{- define "parley.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "parley.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of one component's objects, e.g. "myrel-parley-gateway". */}}
+{{- define "parley.componentName" -}}
+{{- printf "%s-%s" (include "parley.fullname" .root | trunc 50 | trimSuffix "-") .component -}}
+{{- end -}}
+
+{{/* Labels that never change for a component: used in selectors. */}}
+{{- define "parley.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "parley.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "parley.labels" -}}
+helm.sh/chart: {{ include "parley.chart" .root }}
+{{ include "parley.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: parley
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{/* Image reference of a component: per-service repository/tag, else the shared defaults. */}}
+{{- define "parley.image" -}}
+{{- $v := index .root.Values .component -}}
+{{- $img := $v.image | default dict -}}
+{{- $repo := $img.repository -}}
+{{- if not $repo -}}
+{{- if .root.Values.image.registry -}}
+{{- $repo = printf "%s/parley-%s" (trimSuffix "/" .root.Values.image.registry) .component -}}
+{{- else -}}
+{{- $repo = printf "parley-%s" .component -}}
+{{- end -}}
+{{- end -}}
+{{- $tag := $img.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%s" $repo (toString $tag) -}}
+{{- end -}}
+
+{{- define "parley.imagePullPolicy" -}}
+{{- $v := index .root.Values .component -}}
+{{- $img := $v.image | default dict -}}
+{{- $img.pullPolicy | default .root.Values.image.pullPolicy | default "IfNotPresent" -}}
+{{- end -}}
+
+{{/* In-cluster gRPC address of a component: "<service name>:<grpc port>". */}}
+{{- define "parley.grpcAddr" -}}
+{{- $v := index .root.Values .component -}}
+{{- printf "%s:%d" (include "parley.componentName" .) (int $v.grpcPort) -}}
+{{- end -}}
+
+{{- define "parley.logLevel" -}}
+{{- $v := index .root.Values .component -}}
+{{- $v.logLevel | default .root.Values.logLevel | default "info" -}}
+{{- end -}}
+
+{{/* Seconds the kubelet waits after the preStop hook starts before SIGKILL. */}}
+{{- define "parley.terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
+{{- add (int .Values.preStopSleepSeconds) (int .Values.drainTimeoutSeconds) 5 -}}
+{{- else -}}
+{{- int .Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---- Secrets ------------------------------------------------------------------ */}}
+
+{{/* The Secret this chart renders from plain values (templates/secret.yaml). */}}
+{{- define "parley.secretName" -}}
+{{- include "parley.fullname" . -}}
+{{- end -}}
+
+{{- define "parley.postgres.secretName" -}}
+{{- .Values.postgres.existingSecret.name | default (include "parley.secretName" .) -}}
+{{- end -}}
+{{- define "parley.postgres.secretKey" -}}
+{{- if .Values.postgres.existingSecret.name -}}{{ .Values.postgres.existingSecret.key | default "database-url" }}{{- else -}}database-url{{- end -}}
+{{- end -}}
+
+{{- define "parley.redis.secretName" -}}
+{{- .Values.redis.existingSecret.name | default (include "parley.secretName" .) -}}
+{{- end -}}
+{{- define "parley.redis.secretKey" -}}
+{{- if .Values.redis.existingSecret.name -}}{{ .Values.redis.existingSecret.key | default "redis-url" }}{{- else -}}redis-url{{- end -}}
+{{- end -}}
+
+{{/* Empty when no bootstrap API key is configured. */}}
+{{- define "parley.bootstrap.secretName" -}}
+{{- if .Values.gateway.bootstrapApiKeySecret.name -}}
+{{- .Values.gateway.bootstrapApiKeySecret.name -}}
+{{- else if .Values.gateway.bootstrapApiKey -}}
+{{- include "parley.secretName" . -}}
+{{- end -}}
+{{- end -}}
+{{- define "parley.bootstrap.secretKey" -}}
+{{- if .Values.gateway.bootstrapApiKeySecret.name -}}{{ .Values.gateway.bootstrapApiKeySecret.key | default "bootstrap-api-key" }}{{- else -}}bootstrap-api-key{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when templates/secret.yaml has at least one plain value to hold. */}}
+{{- define "parley.secret.needed" -}}
+{{- if or (and .Values.postgres.url (not .Values.postgres.existingSecret.name)) (and .Values.redis.url (not .Values.redis.existingSecret.name)) (and .Values.gateway.bootstrapApiKey (not .Values.gateway.bootstrapApiKeySecret.name)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* An env entry read from a Secret: (dict "name" "PARLEY_X" "secret" "s" "key" "k"). */}}
+{{- define "parley.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- end -}}
+
+{{- define "parley.env.redis" -}}
+{{ include "parley.secretEnv" (dict "name" "PARLEY_REDIS_URL" "secret" (include "parley.redis.secretName" .) "key" (include "parley.redis.secretKey" .)) }}
+{{- end -}}
+
+{{- define "parley.env.database" -}}
+{{ include "parley.secretEnv" (dict "name" "PARLEY_DATABASE_URL" "secret" (include "parley.postgres.secretName" .) "key" (include "parley.postgres.secretKey" .)) }}
+{{- end -}}
+
+{{/* ---- Sandbox ------------------------------------------------------------------ */}}
+
+{{- define "parley.sandbox.serviceAccountName" -}}
+{{- if .Values.sandbox.serviceAccount.create -}}
+{{- .Values.sandbox.serviceAccount.name | default (include "parley.componentName" (dict "root" . "component" "sandbox")) -}}
+{{- else -}}
+{{- .Values.sandbox.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespace where the kubernetes provider creates sandbox Pods. */}}
+{{- define "parley.sandbox.namespace" -}}
+{{- .Values.sandbox.kubernetes.namespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{/* Name of the ConfigMap holding the template file; empty when there is none. */}}
+{{- define "parley.sandbox.templatesConfigMap" -}}
+{{- if .Values.sandbox.templates.existingConfigMap -}}
+{{- .Values.sandbox.templates.existingConfigMap -}}
+{{- else if .Values.sandbox.templates.content -}}
+{{- printf "%s-templates" (include "parley.componentName" (dict "root" . "component" "sandbox")) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---- Checks ------------------------------------------------------------------- */}}
+
+{{- define "parley.validate" -}}
+{{- if not (or .Values.postgres.url .Values.postgres.existingSecret.name) -}}
+{{- fail "parley: set postgres.url or postgres.existingSecret.name (Postgres is external; the chart does not deploy it)" -}}
+{{- end -}}
+{{- if not (or .Values.redis.url .Values.redis.existingSecret.name) -}}
+{{- fail "parley: set redis.url or redis.existingSecret.name (Redis is external; the chart does not deploy it)" -}}
+{{- end -}}
+{{- if and .Values.postgres.url (not .Values.postgres.existingSecret.name) (not (regexMatch "^postgres(ql)?://" .Values.postgres.url)) -}}
+{{- fail "parley: postgres.url must start with postgresql:// or postgres://" -}}
+{{- end -}}
+{{- if and .Values.redis.url (not .Values.redis.existingSecret.name) (not (regexMatch "^redis://" .Values.redis.url)) -}}
+{{- fail "parley: redis.url must start with redis:// (TLS rediss:// is not supported by the services yet)" -}}
+{{- end -}}
+{{- end -}}
