@@ -7,6 +7,11 @@
 PARLEY_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BIN=${PARLEY_PG_BIN:-/usr/lib/postgresql/15/bin}
 
+# ccache: key on paths relative to the checkout, so a fresh clone elsewhere (as CI
+# makes) still hits the cache filled by earlier builds.
+export CCACHE_BASEDIR="$PARLEY_ROOT"
+export CCACHE_NOHASHDIR=1
+
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 

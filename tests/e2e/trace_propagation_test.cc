@@ -3,12 +3,16 @@
 // speaking the SessionRouter protocol) records what arrives.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <thread>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/status.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
@@ -36,6 +40,16 @@ class FakeSessionRouter final : public router::v1::SessionRouter::CallbackServic
       traceparent_ = std::string(it->second.data(), it->second.size());
     }
     auto* reactor = context->DefaultReactor();
+    if (request->request().session_id() == "ses_slow") {
+      // Answer later, from another thread, so the call is in flight for a while.
+      received_slow_.Notify();
+      std::thread([reactor, response, this] {
+        release_slow_.WaitForNotification();
+        response->mutable_turn()->set_id("turn_slow");
+        reactor->Finish(grpc::Status::OK);
+      }).detach();
+      return reactor;
+    }
     if (request->request().session_id() == "ses_busy") {
       absl::Status busy = absl::FailedPreconditionError("a turn is running");
       SetErrorInfo(busy, "SESSION_BUSY");
@@ -46,6 +60,10 @@ class FakeSessionRouter final : public router::v1::SessionRouter::CallbackServic
     }
     return reactor;
   }
+  // For the slow path: the call has arrived / may now finish.
+  absl::Notification received_slow_;
+  absl::Notification release_slow_;
+
   int calls() {
     absl::MutexLock lock(&mu_);
     return calls_;
@@ -175,6 +193,38 @@ TEST_F(TracePropagationTest, MissingOrWrongApiKeyIsRejectedBeforeAnythingIsForwa
   EXPECT_THAT(wrong.error_message(), ::testing::Not(HasSubstr("pk_wrong")));
   EXPECT_EQ(router_.calls(), 0);
   EXPECT_THAT(gateway_->Output(), ::testing::Not(HasSubstr(kApiKey)));
+}
+
+TEST_F(TracePropagationTest, SigtermDrainsTheInFlightCallThenExitsZero) {
+  absl::Notification done;
+  grpc::Status status;
+  v1::SendMessageResponse response;
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", std::string("Bearer ") + kApiKey);
+  v1::SendMessageRequest request;
+  request.set_session_id("ses_slow");
+  stub_->async()->SendMessage(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(router_.received_slow_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+
+  gateway_->Signal(SIGTERM);
+  // The gateway is draining: it has not exited while the call is still open.
+  for (int i = 0; i < 500 && gateway_->Output().find("draining") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_THAT(gateway_->Output(), HasSubstr("draining"));
+  EXPECT_TRUE(gateway_->running());
+  EXPECT_FALSE(done.HasBeenNotified());
+
+  router_.release_slow_.Notify();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.turn().id(), "turn_slow");
+  auto code = gateway_->WaitForExit(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
 }
 
 }  // namespace
