@@ -104,5 +104,12 @@ std::string RedisKeys::EventChannel(absl::string_view session_id) const { return
 std::string RedisKeys::Lease(absl::string_view session_id) const {
   return absl::StrCat(Tag(session_id), ":lease");
 }
+std::string RedisKeys::PersistedSeq(absl::string_view session_id) const {
+  return absl::StrCat(Tag(session_id), ":persisted");
+}
+std::string RedisKeys::PersisterLock(absl::string_view session_id) const {
+  return absl::StrCat(Tag(session_id), ":persister");
+}
+std::string RedisKeys::PersistQueue() const { return absl::StrCat(prefix_, "parley:persist"); }
 
 }  // namespace parley

@@ -76,6 +76,14 @@ class RedisKeys {
   std::string EventChannel(absl::string_view session_id) const;
   // Owner and fencing epoch of the session's current writer.
   std::string Lease(absl::string_view session_id) const;
+  // The highest seq store-svc has committed to Postgres; the publisher trims the
+  // stream only below it.
+  std::string PersistedSeq(absl::string_view session_id) const;
+  // Which store-svc replica is persisting the session right now (a short lease).
+  std::string PersisterLock(absl::string_view session_id) const;
+  // Sorted set of sessions with events not yet in Postgres, scored by the time (ms)
+  // they were first marked. One key for all sessions: its own Cluster slot.
+  std::string PersistQueue() const;
 
   const std::string& prefix() const { return prefix_; }
 

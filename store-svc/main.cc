@@ -2,21 +2,36 @@
 //
 //   parley-store [flags]           serve StoreService
 //   parley-store migrate [flags]   apply pending schema migrations and exit
+#include <unistd.h>
+
 #include <iostream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/config.h"
 #include "common/redis.h"
 #include "common/server/service_host.h"
 #include "parley/store/v1/store.grpc.pb.h"
+#include "store-svc/api/store_service.h"
 #include "store-svc/db/migrator.h"
+#include "store-svc/db/pool.h"
+#include "store-svc/persister/persister.h"
 
 namespace {
 
 struct StoreConfig {
   std::string database_url = "postgresql://postgres@127.0.0.1:55432/parley";
   std::string redis_url = "redis://127.0.0.1:56379";
+  int64_t db_pool_size = 16;
+  bool persister = true;
+  std::string redis_key_prefix;
 };
+
+std::string DefaultOwner() {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, "/", getpid());
+}
 
 absl::Status ValidateDatabaseUrl(absl::string_view url) {
   if (absl::StartsWith(url, "postgresql://") || absl::StartsWith(url, "postgres://")) {
@@ -52,6 +67,12 @@ int main(int argc, char** argv) {
                ValidateDatabaseUrl);
   flags.String("redis_url", &config.redis_url, "Redis holding session event streams",
                parley::ValidateRedisUrl);
+  flags.Int("db_pool_size", &config.db_pool_size,
+            "Postgres connections (and so concurrent queries) per process", 1, 512);
+  flags.Bool("persister", &config.persister,
+             "move session events from Redis into Postgres in this process");
+  flags.String("redis_key_prefix", &config.redis_key_prefix,
+               "prefix of every Redis key (tests use it to share one server)");
   std::vector<std::string> args = parley::ParseFlagsOrExit(
       flags, argc, argv, parley::ProcessEnvironment(), /*allow_positional=*/true);
   if (args.size() == 1 && args[0] == "migrate") return RunMigrate(config, server);
@@ -73,7 +94,21 @@ int main(int argc, char** argv) {
   } else {
     host.logger().Warn("database not reachable at start", {{"error", version.status().ToString()}});
   }
-  parley::store::v1::StoreService::CallbackService store;
+  parley::store::PgPool pool({.url = config.database_url, .size = static_cast<int>(config.db_pool_size)},
+                             parley::RealClock::Get());
+  parley::store::StoreServiceImpl store(pool, parley::store::StoreLimits{},
+                                        parley::RealClock::Get());
   host.AddService(&store);
-  return host.Run();
+  std::unique_ptr<parley::store::EventPersister> persister;
+  if (config.persister) {
+    persister = std::make_unique<parley::store::EventPersister>(
+        parley::store::PersisterOptions{.redis = *parley::ParseRedisUrl(config.redis_url),
+                                        .key_prefix = config.redis_key_prefix,
+                                        .owner = DefaultOwner()},
+        pool, host.logger(), host.registry());
+    persister->Start();
+  }
+  int code = host.Run();
+  if (persister) persister->Stop();
+  return code;
 }

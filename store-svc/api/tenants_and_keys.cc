@@ -1,0 +1,231 @@
+// Tenants and API keys. A key's secret is "pk_<prefix>_<secret>": the prefix (public,
+// unique) finds the row, and the row stores only SHA-256 of the whole secret, computed
+// by Postgres (`sha256()`), so the plaintext exists only in the CreateApiKey response.
+#include <sys/random.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/ids.h"
+#include "common/status.h"
+#include "store-svc/api/rows.h"
+#include "store-svc/api/store_service.h"
+
+namespace parley::store {
+namespace {
+
+constexpr char kAlphabet[] = "abcdefghijkmnopqrstuvwxyz23456789";  // No look-alikes.
+
+// Cryptographically random text: getrandom(2), never a userspace PRNG.
+std::string RandomToken(size_t length) {
+  std::string bytes(length, '\0');
+  size_t filled = 0;
+  while (filled < length) {
+    ssize_t n = getrandom(bytes.data() + filled, length - filled, 0);
+    if (n > 0) filled += static_cast<size_t>(n);
+  }
+  std::string out(length, 'a');
+  for (size_t i = 0; i < length; ++i) {
+    out[i] = kAlphabet[static_cast<unsigned char>(bytes[i]) % (sizeof(kAlphabet) - 1)];
+  }
+  return out;
+}
+
+absl::Status CheckScopes(const google::protobuf::RepeatedPtrField<std::string>& scopes) {
+  static const char* kKnown[] = {"*",           "sessions:read", "sessions:write",
+                                 "sandbox:exec", "sandbox:files", "api_keys:admin"};
+  for (int i = 0; i < scopes.size(); ++i) {
+    bool known = false;
+    for (const char* k : kKnown) known = known || scopes[i] == k;
+    if (!known) {
+      return InvalidArgumentError(absl::StrCat("scopes[", i, "]"),
+                                  absl::StrCat("unknown scope \"", scopes[i], "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+pb::Tenant TenantFromRow(const pqxx::row& row) {
+  pb::Tenant tenant;
+  tenant.set_id(row[0].as<std::string>());
+  tenant.set_name(row[1].as<std::string>());
+  *tenant.mutable_create_time() = TimestampFromMicros(row[2].as<int64_t>());
+  tenant.set_rate_limit_per_s(row[3].as<uint32_t>());
+  tenant.set_rate_limit_burst(row[4].as<uint32_t>());
+  return tenant;
+}
+
+constexpr char kTenantColumns[] =
+    "id, name, (extract(epoch from create_time) * 1000000)::bigint, rate_limit_per_s, "
+    "rate_limit_burst";
+
+}  // namespace
+
+StoreServiceImpl::StoreServiceImpl(PgPool& pool, StoreLimits limits, Clock& clock)
+    : pool_(pool), limits_(limits), clock_(clock) {}
+
+Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequest* request,
+                                      pb::CreateTenantResponse* response) {
+  if (absl::Status s = CheckId(request->tenant_id(), "tenant_id", limits_); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  if (static_cast<int64_t>(request->name().size()) > limits_.max_title_bytes) {
+    return ToGrpcStatus(InvalidArgumentError("name", "is too long",
+                                             absl::StrCat(limits_.max_title_bytes, " bytes")));
+  }
+  auto result = pool_.Transact<pb::CreateTenantResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::CreateTenantResponse> {
+        pqxx::result inserted = tx.exec_params(
+            absl::StrCat("INSERT INTO tenants (id, name, rate_limit_per_s, rate_limit_burst) "
+                         "VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING ",
+                         kTenantColumns),
+            request->tenant_id(), request->name(), request->rate_limit_per_s(),
+            request->rate_limit_burst());
+        pb::CreateTenantResponse out;
+        out.set_created(!inserted.empty());
+        pqxx::result row = inserted.empty()
+                               ? tx.exec_params(absl::StrCat("SELECT ", kTenantColumns,
+                                                             " FROM tenants WHERE id = $1"),
+                                                request->tenant_id())
+                               : inserted;
+        *out.mutable_tenant() = TenantFromRow(row[0]);
+        return out;
+      });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::GetTenant(ServerContext*, const pb::GetTenantRequest* request,
+                                   pb::GetTenantResponse* response) {
+  if (absl::Status s = CheckId(request->tenant_id(), "tenant_id", limits_); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  auto result = pool_.Transact<pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<pb::Tenant> {
+    pqxx::result row = tx.exec_params(
+        absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+        request->tenant_id());
+    if (row.empty()) return absl::NotFoundError("tenant not found");
+    return TenantFromRow(row[0]);
+  });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response->mutable_tenant() = *std::move(result);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::CreateApiKey(ServerContext*, const pb::CreateApiKeyRequest* request,
+                                      pb::CreateApiKeyResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok() && static_cast<int64_t>(request->name().size()) > limits_.max_title_bytes) {
+    valid = InvalidArgumentError("name", "is too long",
+                                 absl::StrCat(limits_.max_title_bytes, " bytes"));
+  }
+  if (valid.ok() && request->scopes().empty()) {
+    valid = InvalidArgumentError("scopes", "needs at least one scope");
+  }
+  if (valid.ok()) valid = CheckScopes(request->scopes());
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  const std::string id = NewId("key");
+  const std::string prefix = RandomToken(12);
+  const std::string secret = absl::StrCat("pk_", prefix, "_", RandomToken(40));
+  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
+    pqxx::result tenant =
+        tx.exec_params("SELECT 1 FROM tenants WHERE id = $1", request->tenant_id());
+    if (tenant.empty()) return absl::NotFoundError("tenant not found");
+    pqxx::result row = tx.exec_params(
+        absl::StrCat("INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, scopes) "
+                     "VALUES ($1, $2, $3, $4, sha256(convert_to($5, 'UTF8')), "
+                     "ARRAY(SELECT jsonb_array_elements_text($6::jsonb))) "
+                     "ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING ",
+                     kApiKeyColumns),
+        id, request->tenant_id(), request->name(), prefix, secret, JsonArray(request->scopes()));
+    return ApiKeyFromRow(row[0]);
+  });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response->mutable_api_key() = *std::move(result);
+  response->set_secret(secret);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequest* request,
+                                      pb::RevokeApiKeyResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->api_key_id(), "api_key_id", limits_);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
+    // Revoking twice keeps the first revocation time.
+    pqxx::result row = tx.exec_params(
+        absl::StrCat("UPDATE api_keys SET revoke_time = coalesce(revoke_time, now()) "
+                     "WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                     kApiKeyColumns),
+        request->tenant_id(), request->api_key_id());
+    if (row.empty()) return absl::NotFoundError("api key not found");
+    return ApiKeyFromRow(row[0]);
+  });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response->mutable_api_key() = *std::move(result);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRequest* request,
+                                       pb::ResolveApiKeyResponse* response) {
+  // "pk_<12>_<40>"; anything else cannot be a key and is refused without a query.
+  const std::string& secret = request->secret();
+  if (secret.size() != 3 + 12 + 1 + 40 || secret.compare(0, 3, "pk_") != 0 || secret[15] != '_') {
+    return ToGrpcStatus(absl::UnauthenticatedError("unknown or revoked api key"));
+  }
+  const std::string prefix = secret.substr(3, 12);
+  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
+    pqxx::result row = tx.exec_params(
+        absl::StrCat("SELECT ", kApiKeyColumns,
+                     " FROM api_keys WHERE prefix = $1 AND revoke_time IS NULL "
+                     "AND secret_sha256 = sha256(convert_to($2, 'UTF8'))"),
+        prefix, secret);
+    if (row.empty()) return absl::UnauthenticatedError("unknown or revoked api key");
+    // A cosmetic write: at most once a minute per key, so hot keys do not churn rows.
+    tx.exec_params(
+        "UPDATE api_keys SET last_used_time = now() WHERE prefix = $1 AND "
+        "(last_used_time IS NULL OR last_used_time < now() - interval '1 minute')",
+        prefix);
+    return ApiKeyFromRow(row[0]);
+  });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response->mutable_api_key() = *std::move(result);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::ListApiKeys(ServerContext*, const pb::ListApiKeysRequest* request,
+                                     pb::ListApiKeysResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckPageSize(request->page_size(), "page_size", limits_.max_page_size);
+  pb::ListApiKeysRequest query = *request;
+  query.clear_page_token();
+  query.clear_page_size();
+  std::string after;
+  if (valid.ok() && !request->page_token().empty()) {
+    valid = DecodePageToken(request->page_token(), Fingerprint(query), "page_token", &after);
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  const int64_t page_size =
+      request->page_size() == 0 ? limits_.default_page_size : request->page_size();
+  auto result = pool_.Transact<pb::ListApiKeysResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListApiKeysResponse> {
+        pqxx::result rows = tx.exec_params(
+            absl::StrCat("SELECT ", kApiKeyColumns,
+                         " FROM api_keys WHERE tenant_id = $1 AND id > $2 "
+                         "AND ($3 OR revoke_time IS NULL) ORDER BY id LIMIT $4"),
+            request->tenant_id(), after, request->include_revoked(), page_size + 1);
+        pb::ListApiKeysResponse out;
+        for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
+          *out.add_api_keys() = ApiKeyFromRow(rows[i]);
+        }
+        if (static_cast<int64_t>(rows.size()) > page_size) {
+          out.set_next_page_token(EncodePageToken(out.api_keys().rbegin()->id(), Fingerprint(query)));
+        }
+        return out;
+      });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return Status::OK;
+}
+
+}  // namespace parley::store

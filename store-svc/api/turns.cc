@@ -1,0 +1,625 @@
+// Messages and the turn queue.
+//
+// Every write here first locks the session row (LockSession). That one lock orders
+// messages (positions come from sessions.message_count), keeps turns FIFO (positions
+// from sessions.turn_count), and makes "at most one RUNNING turn per session" a plain
+// check: the session row records `running_turn_id` and `queued_turns`. Lock order is
+// always session, then turn, so handlers cannot deadlock each other.
+//
+// Fencing: a claim gives the turn `lease_epoch = sessions.lease_epoch + 1`; heartbeat
+// and complete match on (owner, epoch) and report LEASE_LOST otherwise.
+#include "absl/strings/str_cat.h"
+#include "common/ids.h"
+#include "common/status.h"
+#include "store-svc/api/rows.h"
+#include "store-svc/api/store_service.h"
+
+namespace parley::store {
+namespace {
+
+constexpr int kQueued = ::parley::v1::TURN_STATUS_QUEUED;
+constexpr int kRunning = ::parley::v1::TURN_STATUS_RUNNING;
+
+template <typename Response>
+Status Respond(const absl::StatusOr<Response>& result, Response* response) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *result;
+  return Status::OK;
+}
+
+absl::Status SessionClosed() {
+  absl::Status status = absl::FailedPreconditionError("session is closed");
+  SetErrorInfo(status, "SESSION_CLOSED");
+  return status;
+}
+
+absl::Status LeaseLost(int64_t current_epoch) {
+  absl::Status status =
+      absl::FailedPreconditionError("lease lost: another owner or a newer epoch holds the turn");
+  SetErrorInfo(status, "LEASE_LOST", {{"lease_epoch", absl::StrCat(current_epoch)}});
+  return status;
+}
+
+bool IsTerminal(int status) {
+  return status == ::parley::v1::TURN_STATUS_SUCCEEDED || status == ::parley::v1::TURN_STATUS_FAILED ||
+         status == ::parley::v1::TURN_STATUS_CANCELLED;
+}
+
+absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
+  for (unsigned char c : key) {
+    if (c < 0x20 || c > 0x7e) return InvalidArgumentError(field, "must be printable ASCII");
+  }
+  return absl::OkStatus();
+}
+
+::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id, const std::string& turn_id) {
+  pqxx::result row = tx.exec_params(
+      absl::StrCat("SELECT ", kTurnColumns, " FROM turns WHERE tenant_id = $1 AND id = $2"),
+      tenant_id, turn_id);
+  if (row.empty()) throw StatusException{absl::NotFoundError("turn not found")};
+  return TurnFromRow(row[0]);
+}
+
+::parley::v1::Message SelectMessageByKey(pqxx::work& tx, const std::string& session_id,
+                               const std::string& key, bool* found) {
+  pqxx::result row = tx.exec_params(
+      absl::StrCat("SELECT ", kMessageColumns,
+                   " FROM messages WHERE session_id = $1 AND idempotency_key = $2"),
+      session_id, key);
+  *found = !row.empty();
+  return row.empty() ? ::parley::v1::Message() : MessageFromRow(row[0]);
+}
+
+// Inserts a message at the session's next position; the caller holds the session lock
+// and bumps sessions.message_count.
+::parley::v1::Message InsertMessage(pqxx::work& tx, const std::string& tenant_id,
+                          const ::parley::v1::Message& message, int64_t position) {
+  ::parley::v1::Message parts;
+  *parts.mutable_parts() = message.parts();
+  pqxx::result row = tx.exec_params(
+      absl::StrCat("INSERT INTO messages (session_id, position, id, tenant_id, turn_id, role, "
+                   "parts, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
+                   "NULLIF($8, '')) RETURNING ",
+                   kMessageColumns),
+      message.session_id(), position, message.id(), tenant_id, message.turn_id(),
+      static_cast<int>(message.role()), ProtoToJson(parts), message.idempotency_key());
+  return MessageFromRow(row[0]);
+}
+
+int64_t SessionPositionOf(pqxx::work& tx, const std::string& session_id,
+                          const std::string& message_id) {
+  pqxx::result row = tx.exec_params(
+      "SELECT position FROM messages WHERE session_id = $1 AND id = $2", session_id, message_id);
+  if (row.empty()) throw StatusException{absl::NotFoundError("cursor message not found")};
+  return row[0][0].as<int64_t>();
+}
+
+}  // namespace
+
+Status StoreServiceImpl::AppendMessage(ServerContext*, const pb::AppendMessageRequest* request,
+                                       pb::AppendMessageResponse* response) {
+  ::parley::v1::Message message = request->message();
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(message.session_id(), "message.session_id", limits_);
+  if (valid.ok() && message.role() == ::parley::v1::ROLE_UNSPECIFIED) {
+    valid = InvalidArgumentError("message.role", "is required");
+  }
+  if (valid.ok()) valid = CheckParts(message.parts(), "message.parts", limits_);
+  if (valid.ok()) {
+    valid = CheckIdempotencyKey(message.idempotency_key(), "message.idempotency_key", limits_);
+  }
+  if (valid.ok()) valid = CheckPrintableAscii(message.idempotency_key(), "message.idempotency_key");
+  if (valid.ok()) valid = CheckId(message.turn_id(), "message.turn_id", limits_, false);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  if (message.id().empty()) message.set_id(NewId("msg"));
+
+  auto result = pool_.Transact<pb::AppendMessageResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::AppendMessageResponse> {
+        LockedSession session = LockSession(tx, request->tenant_id(), message.session_id());
+        pb::AppendMessageResponse out;
+        if (!message.idempotency_key().empty()) {
+          bool found = false;
+          ::parley::v1::Message existing =
+              SelectMessageByKey(tx, message.session_id(), message.idempotency_key(), &found);
+          if (found) {
+            *out.mutable_message() = existing;
+            out.set_duplicate(true);
+            return out;
+          }
+        }
+        if (session.status == ::parley::v1::SESSION_STATUS_CLOSED) return SessionClosed();
+        *out.mutable_message() =
+            InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
+        tx.exec_params("UPDATE sessions SET message_count = message_count + 1 WHERE id = $1",
+                       message.session_id());
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequest* request,
+                                      pb::ListMessagesResponse* response) {
+  const ::parley::v1::ListMessagesRequest& r = request->request();
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(r.session_id(), "session_id", limits_);
+  if (valid.ok()) valid = CheckPageSize(r.limit(), "limit", limits_.max_page_size);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  const int64_t limit = r.limit() == 0 ? limits_.default_page_size : r.limit();
+
+  auto result = pool_.Transact<pb::ListMessagesResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListMessagesResponse> {
+        pqxx::result session = tx.exec_params(
+            "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2", request->tenant_id(),
+            r.session_id());
+        if (session.empty()) return absl::NotFoundError("session not found");
+        const std::string select =
+            absl::StrCat("SELECT ", kMessageColumns, " FROM messages WHERE session_id = $1 ");
+        pqxx::result rows;
+        bool backwards = false;
+        switch (r.position_case()) {
+          case ::parley::v1::ListMessagesRequest::kAfterMessageId:
+            rows = tx.exec_params(select + "AND position > $2 ORDER BY position LIMIT $3",
+                                  r.session_id(),
+                                  SessionPositionOf(tx, r.session_id(), r.after_message_id()),
+                                  limit + 1);
+            break;
+          case ::parley::v1::ListMessagesRequest::kBeforeMessageId:
+            backwards = true;
+            rows = tx.exec_params(select + "AND position < $2 ORDER BY position DESC LIMIT $3",
+                                  r.session_id(),
+                                  SessionPositionOf(tx, r.session_id(), r.before_message_id()),
+                                  limit + 1);
+            break;
+          case ::parley::v1::ListMessagesRequest::kLatest:
+            backwards = r.latest();
+            rows = tx.exec_params(
+                select + (backwards ? "ORDER BY position DESC LIMIT $2"
+                                    : "ORDER BY position LIMIT $2"),
+                r.session_id(), limit + 1);
+            break;
+          case ::parley::v1::ListMessagesRequest::POSITION_NOT_SET:
+            rows = tx.exec_params(select + "ORDER BY position LIMIT $2", r.session_id(),
+                                  limit + 1);
+            break;
+        }
+        pb::ListMessagesResponse out;
+        const int64_t n = std::min<int64_t>(limit, rows.size());
+        for (int64_t i = 0; i < n; ++i) {
+          *out.add_messages() = MessageFromRow(rows[backwards ? n - 1 - i : i]);
+        }
+        out.set_has_more(static_cast<int64_t>(rows.size()) > limit);
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnRequest* request,
+                                     pb::EnqueueTurnResponse* response) {
+  const ::parley::v1::SendMessageRequest& r = request->request();
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(r.session_id(), "session_id", limits_);
+  if (valid.ok()) valid = CheckParts(r.content(), "content", limits_);
+  for (int i = 0; valid.ok() && i < r.content_size(); ++i) {
+    auto kind = r.content(i).kind_case();
+    if (kind != ::parley::v1::Part::kText && kind != ::parley::v1::Part::kImage && kind != ::parley::v1::Part::kFile) {
+      valid = InvalidArgumentError(absl::StrCat("content[", i, "]"),
+                                   "users may send text, image or file parts only");
+    }
+  }
+  if (valid.ok()) valid = CheckIdempotencyKey(r.idempotency_key(), "idempotency_key", limits_);
+  if (valid.ok()) valid = CheckPrintableAscii(r.idempotency_key(), "idempotency_key");
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  ::parley::v1::Message message;
+  message.set_id(NewId("msg"));
+  message.set_session_id(r.session_id());
+  message.set_role(::parley::v1::ROLE_USER);
+  *message.mutable_parts() = r.content();
+  message.set_idempotency_key(r.idempotency_key());
+  const std::string turn_id = NewId("turn");
+  message.set_turn_id(turn_id);
+
+  auto result = pool_.Transact<pb::EnqueueTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::EnqueueTurnResponse> {
+        LockedSession session = LockSession(tx, request->tenant_id(), r.session_id());
+        pb::EnqueueTurnResponse out;
+        if (!r.idempotency_key().empty()) {
+          bool found = false;
+          ::parley::v1::Message existing =
+              SelectMessageByKey(tx, r.session_id(), r.idempotency_key(), &found);
+          if (found) {
+            *out.mutable_message() = existing;
+            *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), existing.turn_id());
+            out.set_duplicate(true);
+            return out;
+          }
+        }
+        if (session.status == ::parley::v1::SESSION_STATUS_CLOSED) return SessionClosed();
+        int policy = r.multitask_policy() != ::parley::v1::MULTITASK_POLICY_UNSPECIFIED
+                         ? r.multitask_policy()
+                         : session.multitask_policy;
+        const bool busy = !session.running_turn_id.empty() || session.queued_turns > 0;
+        if (policy == ::parley::v1::MULTITASK_POLICY_REJECT && busy) {
+          absl::Status rejected =
+              absl::FailedPreconditionError("a turn is already queued or running");
+          SetErrorInfo(rejected, "SESSION_BUSY", {{"turn_id", session.running_turn_id}});
+          return rejected;
+        }
+        int64_t queued = session.queued_turns;
+        if (policy == ::parley::v1::MULTITASK_POLICY_INTERRUPT && busy) {
+          // The new message supersedes everything before it: queued turns are cancelled,
+          // the running one is asked to stop (its owner keeps its partial output).
+          tx.exec_params(
+              "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() "
+              "WHERE session_id = $1 AND status = $4",
+              r.session_id(), static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
+              static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED), kQueued);
+          queued = 0;
+          if (!session.running_turn_id.empty()) {
+            tx.exec_params("UPDATE turns SET cancel_requested = true WHERE id = $1",
+                           session.running_turn_id);
+            out.set_interrupted_turn_id(session.running_turn_id);
+          }
+        }
+        *out.mutable_message() =
+            InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
+        pqxx::result turn = tx.exec_params(
+            absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
+                         "user_message_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+                         kTurnColumns),
+            turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
+            message.id());
+        *out.mutable_turn() = TurnFromRow(turn[0]);
+        tx.exec_params(
+            "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "
+            "queued_turns = $2, waiting_since = coalesce(waiting_since, now()) WHERE id = $1",
+            r.session_id(), queued + 1);
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRequest* request,
+                                       pb::ClaimNextTurnResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_, false);
+  if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_, false);
+  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
+  if (valid.ok() && (request->lease_ttl_ms() < 1000 ||
+                     static_cast<int64_t>(request->lease_ttl_ms()) > limits_.max_lease_ttl_ms)) {
+    valid = InvalidArgumentError("lease_ttl_ms", "must be between 1000 and the maximum",
+                                 absl::StrCat(limits_.max_lease_ttl_ms, " ms"));
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  auto result = pool_.Transact<pb::ClaimNextTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ClaimNextTurnResponse> {
+        pb::ClaimNextTurnResponse out;
+        // A session whose counters say it has work but whose queue is empty is repaired
+        // and skipped; a few rounds bound the work per call.
+        for (int round = 0; round < 4; ++round) {
+          pqxx::result session = tx.exec_params(
+              "SELECT id, lease_epoch FROM sessions WHERE queued_turns > 0 AND "
+              "running_turn_id IS NULL AND ($1 = '' OR tenant_id = $1) AND ($2 = '' OR id = $2) "
+              "ORDER BY waiting_since LIMIT 1 FOR UPDATE SKIP LOCKED",
+              request->tenant_id(), request->session_id());
+          if (session.empty()) return out;
+          const std::string session_id = session[0][0].as<std::string>();
+          const int64_t epoch = session[0][1].as<int64_t>() + 1;
+          pqxx::result turn = tx.exec_params(
+              absl::StrCat("WITH head AS (SELECT id AS head_id, recovery AS was_recovery FROM turns "
+                           "WHERE session_id = $1 "
+                           "AND status = $6 ORDER BY position LIMIT 1) "
+                           "UPDATE turns SET status = $2, lease_owner = $3, lease_epoch = $4, "
+                           "lease_expiry = now() + $5 * interval '1 millisecond', "
+                           "start_time = coalesce(start_time, now()), attempt = attempt + 1, "
+                           "recovery = false FROM head WHERE turns.id = head.head_id "
+                           "RETURNING was_recovery, (extract(epoch from lease_expiry) * "
+                           "1000000)::bigint, ",
+                           kTurnColumns),
+              session_id, kRunning, request->owner(), epoch,
+              static_cast<int64_t>(request->lease_ttl_ms()), kQueued);
+          if (turn.empty()) {
+            tx.exec_params(
+                "UPDATE sessions SET queued_turns = 0, waiting_since = NULL WHERE id = $1",
+                session_id);
+            continue;
+          }
+          out.set_recovery(turn[0][0].as<bool>());
+          *out.mutable_lease_expiry() = TimestampFromMicros(turn[0][1].as<int64_t>());
+          out.set_lease_epoch(static_cast<uint64_t>(epoch));
+          *out.mutable_turn() = TurnFromRow(turn[0], 2);
+          pqxx::result updated = tx.exec_params(
+              absl::StrCat("UPDATE sessions SET running_turn_id = $2, lease_epoch = $3, "
+                           "queued_turns = queued_turns - 1, waiting_since = NULL "
+                           "WHERE id = $1 RETURNING ",
+                           kSessionColumns),
+              session_id, out.turn().id(), epoch);
+          *out.mutable_session() = SessionFromRow(updated[0]);
+          return out;
+        }
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRequest* request,
+                                       pb::HeartbeatTurnResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
+  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
+  if (valid.ok() && (request->lease_ttl_ms() < 1000 ||
+                     static_cast<int64_t>(request->lease_ttl_ms()) > limits_.max_lease_ttl_ms)) {
+    valid = InvalidArgumentError("lease_ttl_ms", "must be between 1000 and the maximum",
+                                 absl::StrCat(limits_.max_lease_ttl_ms, " ms"));
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  auto result = pool_.Transact<pb::HeartbeatTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::HeartbeatTurnResponse> {
+        pqxx::result row = tx.exec_params(
+            "UPDATE turns SET lease_expiry = now() + $5 * interval '1 millisecond', "
+            "first_seq = CASE WHEN first_seq = 0 THEN $6 ELSE first_seq END, "
+            "last_seq = GREATEST(last_seq, $7), steps = GREATEST(steps, $8) "
+            "WHERE tenant_id = $1 AND id = $2 AND status = $9 AND lease_owner = $3 AND "
+            "lease_epoch = $4 "
+            "RETURNING (extract(epoch from lease_expiry) * 1000000)::bigint, cancel_requested",
+            request->tenant_id(), request->turn_id(), request->owner(),
+            static_cast<int64_t>(request->lease_epoch()),
+            static_cast<int64_t>(request->lease_ttl_ms()),
+            static_cast<int64_t>(request->first_seq()),
+            static_cast<int64_t>(request->last_seq()), request->steps(), kRunning);
+        if (row.empty()) {
+          pqxx::result turn = tx.exec_params(
+              "SELECT lease_epoch FROM turns WHERE tenant_id = $1 AND id = $2",
+              request->tenant_id(), request->turn_id());
+          if (turn.empty()) return absl::NotFoundError("turn not found");
+          return LeaseLost(turn[0][0].as<int64_t>());
+        }
+        pb::HeartbeatTurnResponse out;
+        *out.mutable_lease_expiry() = TimestampFromMicros(row[0][0].as<int64_t>());
+        out.set_cancel_requested(row[0][1].as<bool>());
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequest* request,
+                                      pb::CompleteTurnResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
+  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
+  if (valid.ok() && !IsTerminal(request->status())) {
+    valid = InvalidArgumentError("status", "must be SUCCEEDED, FAILED or CANCELLED");
+  }
+  for (int i = 0; valid.ok() && i < request->messages_size(); ++i) {
+    const ::parley::v1::Message& m = request->messages(i);
+    if (m.role() != ::parley::v1::ROLE_ASSISTANT && m.role() != ::parley::v1::ROLE_TOOL) {
+      valid = InvalidArgumentError(absl::StrCat("messages[", i, "].role"),
+                                   "must be ASSISTANT or TOOL");
+    } else {
+      valid = CheckParts(m.parts(), "messages.parts", limits_);
+    }
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  // Ids are fixed before the transaction, so a retried commit stores the same rows.
+  std::vector<::parley::v1::Message> messages(request->messages().begin(), request->messages().end());
+  for (::parley::v1::Message& m : messages) {
+    if (m.id().empty()) m.set_id(NewId("msg"));
+    m.set_turn_id(request->turn_id());
+    m.clear_idempotency_key();
+  }
+
+  auto result = pool_.Transact<pb::CompleteTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::CompleteTurnResponse> {
+        pqxx::result found = tx.exec_params(
+            "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
+            request->tenant_id(), request->turn_id());
+        if (found.empty()) return absl::NotFoundError("turn not found");
+        const std::string session_id = found[0][0].as<std::string>();
+        LockedSession session = LockSession(tx, request->tenant_id(), session_id);
+        pqxx::result turn = tx.exec_params(
+            "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE",
+            request->turn_id());
+        const int status = turn[0][0].as<int>();
+        const bool same_lease =
+            !turn[0][1].is_null() && turn[0][1].as<std::string>() == request->owner() &&
+            turn[0][2].as<int64_t>() == static_cast<int64_t>(request->lease_epoch());
+        pb::CompleteTurnResponse out;
+        if (IsTerminal(status) && same_lease) {  // A retry of a completion that committed.
+          *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
+          pqxx::result rows = tx.exec_params(
+              absl::StrCat("SELECT ", kMessageColumns,
+                           " FROM messages WHERE session_id = $1 AND turn_id = $2 AND role <> $3 "
+                           "ORDER BY position"),
+              session_id, request->turn_id(), static_cast<int>(::parley::v1::ROLE_USER));
+          for (const auto& row : rows) *out.add_messages() = MessageFromRow(row);
+          return out;
+        }
+        if (status != kRunning || !same_lease) return LeaseLost(session.lease_epoch);
+
+        int64_t position = session.message_count;
+        for (::parley::v1::Message& m : messages) {
+          m.set_session_id(session_id);
+          *out.add_messages() = InsertMessage(tx, request->tenant_id(), m, ++position);
+        }
+        const bool has_error = request->has_error();
+        pqxx::result updated = tx.exec_params(
+            absl::StrCat("UPDATE turns SET status = $2, finish_reason = $3, usage = $4::jsonb, "
+                         "error = CASE WHEN $5 THEN $6::jsonb ELSE NULL END, steps = $7, "
+                         "time_to_first_token_ms = $8, "
+                         "first_seq = CASE WHEN $9 > 0 THEN $9 ELSE first_seq END, "
+                         "last_seq = GREATEST(last_seq, $10), end_time = now(), "
+                         "lease_expiry = NULL WHERE id = $1 RETURNING ",
+                         kTurnColumns),
+            request->turn_id(), static_cast<int>(request->status()),
+            static_cast<int>(request->finish_reason()), ProtoToJson(request->usage()), has_error,
+            ProtoToJson(request->error()), request->steps(),
+            static_cast<int64_t>(request->time_to_first_token_ms()),
+            static_cast<int64_t>(request->first_seq()), static_cast<int64_t>(request->last_seq()));
+        *out.mutable_turn() = TurnFromRow(updated[0]);
+        tx.exec_params(
+            "UPDATE sessions SET message_count = $2, running_turn_id = NULL, "
+            "waiting_since = CASE WHEN queued_turns > 0 THEN now() END WHERE id = $1",
+            session_id, position);
+        const ::parley::v1::Usage& usage = request->usage();
+        tx.exec_params(
+            "INSERT INTO usage (turn_id, tenant_id, session_id, input_tokens, output_tokens, "
+            "cache_read_tokens, cache_write_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            "ON CONFLICT (turn_id) DO NOTHING",
+            request->turn_id(), request->tenant_id(), session_id,
+            static_cast<int64_t>(usage.input_tokens()), static_cast<int64_t>(usage.output_tokens()),
+            static_cast<int64_t>(usage.cache_read_tokens()),
+            static_cast<int64_t>(usage.cache_write_tokens()));
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest* request,
+                                    pb::CancelTurnResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_, false);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  auto result = pool_.Transact<pb::CancelTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::CancelTurnResponse> {
+        LockedSession session = LockSession(tx, request->tenant_id(), request->session_id());
+        std::string turn_id = request->turn_id();
+        if (turn_id.empty()) {
+          if (session.running_turn_id.empty()) {
+            absl::Status none = absl::FailedPreconditionError("no turn is running");
+            SetErrorInfo(none, "NO_RUNNING_TURN");
+            return none;
+          }
+          turn_id = session.running_turn_id;
+        }
+        pqxx::result row = tx.exec_params(
+            "SELECT status FROM turns WHERE tenant_id = $1 AND session_id = $2 AND id = $3 "
+            "FOR UPDATE",
+            request->tenant_id(), request->session_id(), turn_id);
+        if (row.empty()) return absl::NotFoundError("turn not found");
+        pb::CancelTurnResponse out;
+        const int status = row[0][0].as<int>();
+        if (status == kQueued) {
+          tx.exec_params(
+              "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() WHERE id = $1",
+              turn_id, static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
+              static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED));
+          tx.exec_params(
+              "UPDATE sessions SET queued_turns = GREATEST(queued_turns - 1, 0), "
+              "waiting_since = CASE WHEN queued_turns > 1 THEN waiting_since END WHERE id = $1",
+              request->session_id());
+        } else if (status == kRunning) {
+          tx.exec_params("UPDATE turns SET cancel_requested = true WHERE id = $1", turn_id);
+          out.set_was_running(true);
+        }
+        *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), turn_id);
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::ReclaimExpiredLeases(ServerContext*,
+                                              const pb::ReclaimExpiredLeasesRequest* request,
+                                              pb::ReclaimExpiredLeasesResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_, false);
+  if (valid.ok()) valid = CheckPageSize(request->limit(), "limit", limits_.max_page_size);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  const int64_t limit = request->limit() == 0 ? 100 : request->limit();
+  auto result = pool_.Transact<pb::ReclaimExpiredLeasesResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ReclaimExpiredLeasesResponse> {
+        pqxx::result expired = tx.exec_params(
+            "SELECT session_id FROM turns WHERE status = $3 AND lease_expiry < now() AND "
+            "($1 = '' OR tenant_id = $1) ORDER BY lease_expiry LIMIT $2",
+            request->tenant_id(), limit, kRunning);
+        pb::ReclaimExpiredLeasesResponse out;
+        for (const auto& candidate : expired) {
+          const std::string session_id = candidate[0].as<std::string>();
+          // Session first (the lock order), skipping sessions someone else holds.
+          pqxx::result locked = tx.exec_params(
+              "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE SKIP LOCKED", session_id);
+          if (locked.empty()) continue;
+          pqxx::result turn = tx.exec_params(
+              absl::StrCat("UPDATE turns SET status = $2, recovery = true, lease_owner = NULL, "
+                           "lease_expiry = NULL WHERE session_id = $1 AND status = $3 AND "
+                           "lease_expiry < now() RETURNING ",
+                           kTurnColumns),
+              session_id, kQueued, kRunning);
+          if (turn.empty()) continue;
+          *out.add_turns() = TurnFromRow(turn[0]);
+          tx.exec_params(
+              "UPDATE sessions SET running_turn_id = NULL, queued_turns = queued_turns + 1, "
+              "waiting_since = now() WHERE id = $1",
+              session_id);
+        }
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::GetTurn(ServerContext*, const pb::GetTurnRequest* request,
+                                 pb::GetTurnResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
+  if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_, false);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  auto result = pool_.Transact<pb::GetTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::GetTurnResponse> {
+        pb::GetTurnResponse out;
+        *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
+        if (!request->session_id().empty() && out.turn().session_id() != request->session_id()) {
+          return absl::NotFoundError("turn not found");
+        }
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::ListTurns(ServerContext*, const pb::ListTurnsRequest* request,
+                                   pb::ListTurnsResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
+  if (valid.ok()) valid = CheckPageSize(request->page_size(), "page_size", limits_.max_page_size);
+  pb::ListTurnsRequest query = *request;
+  query.clear_page_size();
+  query.clear_page_token();
+  std::string after = "0";
+  if (valid.ok() && !request->page_token().empty()) {
+    valid = DecodePageToken(request->page_token(), Fingerprint(query), "page_token", &after);
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  std::string statuses = "[";
+  for (int i = 0; i < request->statuses_size(); ++i) {
+    absl::StrAppend(&statuses, i ? "," : "", static_cast<int>(request->statuses(i)));
+  }
+  statuses += "]";
+  const int64_t page_size =
+      request->page_size() == 0 ? limits_.default_page_size : request->page_size();
+  auto result = pool_.Transact<pb::ListTurnsResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListTurnsResponse> {
+        pqxx::result session = tx.exec_params(
+            "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2", request->tenant_id(),
+            request->session_id());
+        if (session.empty()) return absl::NotFoundError("session not found");
+        pqxx::result rows = tx.exec_params(
+            absl::StrCat("SELECT position, ", kTurnColumns,
+                         " FROM turns WHERE tenant_id = $1 AND session_id = $2 AND position > $3 "
+                         "AND (jsonb_array_length($4::jsonb) = 0 OR status IN "
+                         "(SELECT jsonb_array_elements_text($4::jsonb)::smallint)) "
+                         "ORDER BY position LIMIT $5"),
+            request->tenant_id(), request->session_id(), std::stoll(after), statuses,
+            page_size + 1);
+        pb::ListTurnsResponse out;
+        std::string last_position;
+        for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
+          last_position = rows[i][0].as<std::string>();
+          *out.add_turns() = TurnFromRow(rows[i], 1);
+        }
+        if (static_cast<int64_t>(rows.size()) > page_size) {
+          out.set_next_page_token(EncodePageToken(last_position, Fingerprint(query)));
+        }
+        return out;
+      });
+  return Respond(result, response);
+}
+
+}  // namespace parley::store

@@ -1,0 +1,86 @@
+// PgPool: a fixed set of Postgres connections and the one way store-svc runs SQL.
+//
+//   absl::StatusOr<Session> session = pool.Transact<Session>(
+//       [&](pqxx::work& tx) -> absl::StatusOr<Session> { ... });
+//
+// Transact() borrows a connection (waiting while all are busy), runs the function in a
+// transaction and commits only when it returns OK: a non-OK result or an exception
+// rolls everything back, so an error can never be half-committed. Serialization
+// failures, deadlocks and broken connections are retried with capped backoff within
+// `retry.max_elapsed`, on a fresh connection when the old one broke, which is how
+// store-svc rides out a Postgres restart. The function may therefore run more than
+// once: it must be a pure function of its inputs and the database (generate ids
+// before calling Transact, not inside).
+//
+// Errors: UNAVAILABLE when Postgres stays unreachable, ABORTED when conflicts persist,
+// INTERNAL for other SQL errors (the message names the statement's error). Thread-safe.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "common/retry.h"
+
+namespace parley::store {
+
+class PgPool {
+ public:
+  struct Options {
+    std::string url;
+    int size = 8;
+    BackoffPolicy retry{.initial = absl::Milliseconds(20),
+                        .max = absl::Seconds(1),
+                        .max_elapsed = absl::Seconds(20)};
+  };
+
+  // Does not connect: connections open on first use, so a store can start before its
+  // database.
+  PgPool(Options options, Clock& clock);
+
+  template <typename T>
+  absl::StatusOr<T> Transact(const std::function<absl::StatusOr<T>(pqxx::work&)>& body) {
+    absl::StatusOr<T> result = absl::UnknownError("not run");
+    absl::Status status = Run([&](pqxx::connection& connection) -> absl::Status {
+      pqxx::work tx(connection);
+      result = body(tx);
+      if (!result.ok()) return result.status();  // tx aborts in its destructor.
+      tx.commit();
+      return absl::OkStatus();
+    });
+    if (!status.ok()) return status;
+    return result;
+  }
+
+  // Runs `body` on a borrowed connection with the same retry rules, for work that
+  // manages its own transactions (COPY into a temporary table, advisory locks).
+  absl::Status Run(const std::function<absl::Status(pqxx::connection&)>& body);
+
+  int size() const { return options_.size; }
+
+ private:
+  class Lease;
+  std::unique_ptr<pqxx::connection> Acquire();
+  void Release(std::unique_ptr<pqxx::connection> connection);
+
+  const Options options_;
+  Clock& clock_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<pqxx::connection>> idle_ ABSL_GUARDED_BY(mu_);
+  int open_ ABSL_GUARDED_BY(mu_) = 0;  // Borrowed or idle.
+};
+
+// Thrown inside a Transact body to abort it with a specific status (e.g. a NOT_FOUND
+// discovered halfway through). Caught by the pool and returned, never retried.
+struct StatusException {
+  absl::Status status;
+};
+
+}  // namespace parley::store
