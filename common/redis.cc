@@ -2,6 +2,7 @@
 
 #include <sys/time.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -67,31 +68,58 @@ absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Connect(
   return connection;
 }
 
+namespace {
+
+// Errors raised by Parley's own scripts start with "PARLEY_" and are preconditions
+// the caller acts on; any other error reply is a bug or a server problem.
+absl::Status ErrorReplyStatus(const redisReply& reply) {
+  absl::string_view message(reply.str, reply.len);
+  return absl::Status(absl::StrContains(message, "PARLEY_") ? absl::StatusCode::kFailedPrecondition
+                                                            : absl::StatusCode::kInternal,
+                      absl::StrCat("redis: ", message));
+}
+
+}  // namespace
+
 absl::StatusOr<RedisReply> RedisConnection::Command(const std::vector<std::string>& args) {
+  absl::StatusOr<std::vector<RedisReply>> replies = Pipeline({args});
+  if (!replies.ok()) return replies.status();
+  return std::move(replies->front());
+}
+
+absl::StatusOr<std::vector<RedisReply>> RedisConnection::Pipeline(
+    const std::vector<std::vector<std::string>>& commands) {
   if (broken()) return absl::UnavailableError("redis: connection is broken");
-  std::vector<const char*> argv;
-  std::vector<size_t> argvlen;
-  argv.reserve(args.size());
-  argvlen.reserve(args.size());
-  for (const std::string& arg : args) {
-    argv.push_back(arg.data());
-    argvlen.push_back(arg.size());
+  for (const std::vector<std::string>& args : commands) {
+    std::vector<const char*> argv;
+    std::vector<size_t> argvlen;
+    argv.reserve(args.size());
+    argvlen.reserve(args.size());
+    for (const std::string& arg : args) {
+      argv.push_back(arg.data());
+      argvlen.push_back(arg.size());
+    }
+    if (redisAppendCommandArgv(context_.get(), static_cast<int>(args.size()), argv.data(),
+                               argvlen.data()) != REDIS_OK) {
+      return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+    }
   }
-  void* raw =
-      redisCommandArgv(context_.get(), static_cast<int>(args.size()), argv.data(), argvlen.data());
-  if (raw == nullptr) {
-    return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+  // Every reply is read, even after an error, so the connection stays in step.
+  std::vector<RedisReply> replies;
+  absl::Status first_error;
+  for (size_t i = 0; i < commands.size(); ++i) {
+    void* raw = nullptr;
+    if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
+      return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+    }
+    RedisReply reply(static_cast<redisReply*>(raw));
+    if (reply->type == REDIS_REPLY_ERROR && first_error.ok()) {
+      first_error = ErrorReplyStatus(*reply);
+    }
+    replies.push_back(std::move(reply));
   }
-  RedisReply reply(static_cast<redisReply*>(raw));
-  if (reply->type == REDIS_REPLY_ERROR) {
-    absl::string_view message(reply->str, reply->len);
-    return absl::Status(absl::StartsWith(message, "ERR Error running script") ||
-                                absl::StartsWith(message, "PARLEY_")
-                            ? absl::StatusCode::kFailedPrecondition
-                            : absl::StatusCode::kInternal,
-                        absl::StrCat("redis: ", message));
-  }
-  return reply;
+  if (!first_error.ok()) return first_error;
+  return replies;
 }
 
 std::string RedisKeys::Tag(absl::string_view session_id) const {

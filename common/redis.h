@@ -54,6 +54,11 @@ class RedisConnection {
   // UNAVAILABLE and the connection must then be discarded.
   absl::StatusOr<RedisReply> Command(const std::vector<std::string>& args);
 
+  // Sends several commands in one round trip and returns their replies in order. The
+  // first error (a reply of type error, or a broken connection) is returned instead.
+  absl::StatusOr<std::vector<RedisReply>> Pipeline(
+      const std::vector<std::vector<std::string>>& commands);
+
   bool broken() const { return context_ == nullptr || context_->err != 0; }
 
  private:

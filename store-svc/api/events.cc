@@ -21,8 +21,7 @@ Status Respond(const absl::StatusOr<Response>& result, Response* response) {
   return Status::OK;
 }
 
-absl::Status WithInfo(absl::Status status, const char* reason, const char* key,
-                      int64_t value) {
+absl::Status WithInfo(absl::Status status, const char* reason, const char* key, int64_t value) {
   SetErrorInfo(status, reason, {{key, absl::StrCat(value)}});
   return status;
 }
@@ -98,18 +97,18 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
     }
     for (const ::parley::v1::Event* event : durable) {
       if (static_cast<int64_t>(event->epoch()) != session.epoch) {
-        return WithInfo(absl::FailedPreconditionError(absl::StrCat(
-                            "event epoch ", event->epoch(), " is not the session's epoch")),
+        return WithInfo(absl::FailedPreconditionError(absl::StrCat("event epoch ", event->epoch(),
+                                                                   " is not the session's epoch")),
                         "EPOCH_MISMATCH", "epoch", session.epoch);
       }
     }
     const int64_t first = static_cast<int64_t>(durable.front()->seq());
     const int64_t last = static_cast<int64_t>(durable.back()->seq());
     if (first > session.last_seq + 1) {
-      return WithInfo(absl::FailedPreconditionError(absl::StrCat(
-                          "batch starts at seq ", first, " but the durable log ends at ",
-                          session.last_seq)),
-                      "SEQ_GAP", "last_seq", session.last_seq);
+      return WithInfo(
+          absl::FailedPreconditionError(absl::StrCat(
+              "batch starts at seq ", first, " but the durable log ends at ", session.last_seq)),
+          "SEQ_GAP", "last_seq", session.last_seq);
     }
     // Seqs already stored must be byte-identical: a replay, not a rewrite.
     size_t index = 0;
@@ -120,10 +119,9 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
           request.session_id(), first, std::min(last, session.last_seq));
       for (const auto& row : stored) {
         if (pqxx::binarystring(row[1]).str() != payloads[index]) {
-          return WithInfo(
-              absl::AlreadyExistsError(absl::StrCat("seq ", row[0].as<int64_t>(),
-                                                    " is stored with different content")),
-              "SEQ_CONFLICT", "seq", row[0].as<int64_t>());
+          return WithInfo(absl::AlreadyExistsError(absl::StrCat(
+                              "seq ", row[0].as<int64_t>(), " is stored with different content")),
+                          "SEQ_CONFLICT", "seq", row[0].as<int64_t>());
         }
         ++index;
       }
@@ -170,8 +168,8 @@ Status StoreServiceImpl::ReadEvents(ServerContext*, const pb::ReadEventsRequest*
         pqxx::result rows = tx.exec_params(
             "SELECT payload FROM events WHERE session_id = $1 AND tenant_id = $2 AND seq > $3 "
             "ORDER BY seq LIMIT $4",
-            request->session_id(), request->tenant_id(),
-            static_cast<int64_t>(request->after_seq()), limit + 1);
+            request->session_id(), request->tenant_id(), static_cast<int64_t>(request->after_seq()),
+            limit + 1);
         pb::ReadEventsResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
           if (!out.add_events()->ParseFromString(pqxx::binarystring(rows[i][0]).str())) {

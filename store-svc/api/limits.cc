@@ -58,7 +58,8 @@ absl::Status CheckParts(const google::protobuf::RepeatedPtrField<::parley::v1::P
                         const char* field, const StoreLimits& limits) {
   if (parts.empty()) return InvalidArgumentError(field, "needs at least one part");
   if (parts.size() > limits.max_message_parts) {
-    return InvalidArgumentError(field, "has too many parts", absl::StrCat(limits.max_message_parts));
+    return InvalidArgumentError(field, "has too many parts",
+                                absl::StrCat(limits.max_message_parts));
   }
   int64_t total = 0;
   for (int i = 0; i < parts.size(); ++i) {

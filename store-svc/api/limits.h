@@ -12,13 +12,13 @@
 namespace parley::store {
 
 struct StoreLimits {
-  int64_t max_message_bytes = 1 << 20;    // Serialized parts of one message.
+  int64_t max_message_bytes = 1 << 20;  // Serialized parts of one message.
   int64_t max_message_parts = 64;
   int64_t max_metadata_bytes = 16 << 10;  // Keys plus values.
   int64_t max_tags = 32;
   int64_t max_tag_bytes = 64;
   int64_t max_idempotency_key_bytes = 256;
-  int64_t max_id_bytes = 128;             // Tenant ids, external ids, user ids, owners.
+  int64_t max_id_bytes = 128;  // Tenant ids, external ids, user ids, owners.
   int64_t max_title_bytes = 1024;
   int64_t max_page_size = 1000;
   int64_t default_page_size = 50;

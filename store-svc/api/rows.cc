@@ -14,19 +14,17 @@
 namespace parley::store {
 namespace {
 
-
-int64_t MicrosOrZero(const pqxx::field& field) {
-  return field.is_null() ? 0 : field.as<int64_t>();
-}
+int64_t MicrosOrZero(const pqxx::field& field) { return field.is_null() ? 0 : field.as<int64_t>(); }
 
 void FillStrings(const std::string& json, google::protobuf::RepeatedPtrField<std::string>* out) {
-  for (const auto& value : nlohmann::json::parse(json)) out->Add(value.get<std::string>());
+  const nlohmann::json array = nlohmann::json::parse(json);
+  for (const auto& value : array) out->Add(value.get<std::string>());
 }
 
 void FillMap(const std::string& json, google::protobuf::Map<std::string, std::string>* out) {
-  for (const auto& [key, value] : nlohmann::json::parse(json).items()) {
-    (*out)[key] = value.get<std::string>();
-  }
+  // Parse into a named object: iterating items() of a temporary would outlive it.
+  const nlohmann::json object = nlohmann::json::parse(json);
+  for (const auto& [key, value] : object.items()) (*out)[key] = value.get<std::string>();
 }
 
 }  // namespace
@@ -73,7 +71,8 @@ const char kApiKeyColumns[] =
   s.set_current_turn_id(row[o + 12].as<std::string>());
   *s.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 13]));
   *s.mutable_update_time() = TimestampFromMicros(MicrosOrZero(row[o + 14]));
-  if (!row[o + 15].is_null()) *s.mutable_close_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
+  if (!row[o + 15].is_null())
+    *s.mutable_close_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
   return s;
 }
 
@@ -109,8 +108,10 @@ const char kApiKeyColumns[] =
   t.set_cancel_requested(row[o + 11].as<bool>());
   t.set_time_to_first_token_ms(row[o + 12].as<uint64_t>());
   *t.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 13]));
-  if (!row[o + 14].is_null()) *t.mutable_start_time() = TimestampFromMicros(row[o + 14].as<int64_t>());
-  if (!row[o + 15].is_null()) *t.mutable_end_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
+  if (!row[o + 14].is_null())
+    *t.mutable_start_time() = TimestampFromMicros(row[o + 14].as<int64_t>());
+  if (!row[o + 15].is_null())
+    *t.mutable_end_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
   return t;
 }
 
@@ -122,8 +123,10 @@ const char kApiKeyColumns[] =
   k.set_prefix(row[o + 3].as<std::string>());
   FillStrings(row[o + 4].as<std::string>(), k.mutable_scopes());
   *k.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 5]));
-  if (!row[o + 6].is_null()) *k.mutable_last_used_time() = TimestampFromMicros(row[o + 6].as<int64_t>());
-  if (!row[o + 7].is_null()) *k.mutable_revoke_time() = TimestampFromMicros(row[o + 7].as<int64_t>());
+  if (!row[o + 6].is_null())
+    *k.mutable_last_used_time() = TimestampFromMicros(row[o + 6].as<int64_t>());
+  if (!row[o + 7].is_null())
+    *k.mutable_revoke_time() = TimestampFromMicros(row[o + 7].as<int64_t>());
   return k;
 }
 

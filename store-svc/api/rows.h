@@ -8,12 +8,12 @@
 // serialized proto (bytea).
 #pragma once
 
-#include <cstdint>
-#include <string>
-
 #include <google/protobuf/message.h>
 #include <google/protobuf/timestamp.pb.h>
+
+#include <cstdint>
 #include <pqxx/pqxx>
+#include <string>
 
 #include "absl/status/status.h"
 #include "parley/v1/resources.pb.h"
@@ -50,8 +50,8 @@ std::string SerializeDeterministic(const google::protobuf::Message& message);
 // query they belong to. DecodePageToken fails with INVALID_ARGUMENT on a malformed
 // token or one issued for another query.
 std::string EncodePageToken(const std::string& last_id, uint64_t fingerprint);
-absl::Status DecodePageToken(const std::string& token, uint64_t fingerprint,
-                             const char* field, std::string* last_id);
+absl::Status DecodePageToken(const std::string& token, uint64_t fingerprint, const char* field,
+                             std::string* last_id);
 // FNV-1a of the message's deterministic bytes (stable across processes and restarts).
 uint64_t Fingerprint(const google::protobuf::Message& message);
 

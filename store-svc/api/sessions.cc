@@ -67,7 +67,7 @@ Status Respond(const absl::StatusOr<Response>& result, Response* response) {
 }
 
 ::parley::v1::Session SelectSession(pqxx::work& tx, const std::string& tenant_id,
-                          const std::string& session_id) {
+                                    const std::string& session_id) {
   pqxx::result row = tx.exec_params(
       absl::StrCat("SELECT ", kSessionColumns, " FROM sessions WHERE tenant_id = $1 AND id = $2"),
       tenant_id, session_id);
@@ -120,6 +120,9 @@ Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRe
   auto result = pool_.Transact<pb::CreateSessionResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CreateSessionResponse> {
         pb::CreateSessionResponse out;
+        if (tx.exec_params("SELECT 1 FROM tenants WHERE id = $1", request->tenant_id()).empty()) {
+          return absl::NotFoundError("tenant not found");
+        }
         // A retry of a create whose commit was in doubt finds its own row.
         pqxx::result existing = tx.exec_params(
             absl::StrCat("SELECT ", kSessionColumns,
@@ -197,12 +200,11 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
       " AND tags @> ARRAY(SELECT jsonb_array_elements_text($3::jsonb))"
       " AND metadata @> $4::jsonb"
       " AND ($5 = '' OR user_id = $5)"
-      " AND ($6 = 0 OR create_time >= to_timestamp($6 / 1000000.0))"
-      " AND ($7 = 0 OR create_time < to_timestamp($7 / 1000000.0))"
+      " AND ($6::bigint = 0 OR create_time >= to_timestamp($6::bigint / 1000000.0))"
+      " AND ($7::bigint = 0 OR create_time < to_timestamp($7::bigint / 1000000.0))"
       " AND ($8 = '' OR external_id = $8)"
       " AND ($9 = '' OR id ",
-      oldest_first ? ">" : "<", " $9) ORDER BY id ", oldest_first ? "ASC" : "DESC",
-      " LIMIT $10");
+      oldest_first ? ">" : "<", " $9) ORDER BY id ", oldest_first ? "ASC" : "DESC", " LIMIT $10");
   auto result = pool_.Transact<pb::ListSessionsResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListSessionsResponse> {
         pqxx::result rows = tx.exec_params(
@@ -256,46 +258,44 @@ Status StoreServiceImpl::UpdateSession(ServerContext*, const pb::UpdateSessionRe
   }
   if (!valid.ok()) return ToGrpcStatus(valid);
 
-  auto result = pool_.Transact<pb::UpdateSessionResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::UpdateSessionResponse> {
-        pqxx::result locked = tx.exec_params(
-            absl::StrCat("SELECT ", kSessionColumns,
-                         " FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE"),
-            request->tenant_id(), r.session_id());
-        if (locked.empty()) return absl::NotFoundError("session not found");
-        ::parley::v1::Session current = SessionFromRow(locked[0]);
-        if (r.expected_version() != 0 && r.expected_version() != current.version()) {
-          absl::Status mismatch = absl::AbortedError(
-              absl::StrCat("session version is ", current.version(), ", not ",
-                           r.expected_version()));
-          SetErrorInfo(mismatch, "VERSION_MISMATCH",
-                       {{"version", absl::StrCat(current.version())}});
-          return mismatch;
-        }
-        ::parley::v1::AgentConfig config = current.agent_config();
-        for (const std::string& path : r.update_mask().paths()) {
-          if (path == "title") current.set_title(patch.title());
-          if (path == "user_id") current.set_user_id(patch.user_id());
-          if (path == "tags") *current.mutable_tags() = patch.tags();
-          if (path == "metadata") *current.mutable_metadata() = patch.metadata();
-          if (path == "agent_config") config = patch.agent_config();
-          if (path.rfind("agent_config.", 0) == 0) {
-            CopyConfigField(patch.agent_config(), path.substr(13), &config);
-          }
-        }
-        pqxx::result row = tx.exec_params(
-            absl::StrCat("UPDATE sessions SET title = $3, user_id = $4, "
-                         "tags = ARRAY(SELECT jsonb_array_elements_text($5::jsonb)), "
-                         "metadata = $6::jsonb, agent_config = $7::jsonb, "
-                         "version = version + 1, update_time = now() "
-                         "WHERE tenant_id = $1 AND id = $2 RETURNING ",
-                         kSessionColumns),
-            request->tenant_id(), r.session_id(), current.title(), current.user_id(),
-            JsonArray(current.tags()), JsonObject(current.metadata()), ProtoToJson(config));
-        pb::UpdateSessionResponse out;
-        *out.mutable_session() = SessionFromRow(row[0]);
-        return out;
-      });
+  auto result = pool_.Transact<
+      pb::UpdateSessionResponse>([&](pqxx::work& tx) -> absl::StatusOr<pb::UpdateSessionResponse> {
+    pqxx::result locked =
+        tx.exec_params(absl::StrCat("SELECT ", kSessionColumns,
+                                    " FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE"),
+                       request->tenant_id(), r.session_id());
+    if (locked.empty()) return absl::NotFoundError("session not found");
+    ::parley::v1::Session current = SessionFromRow(locked[0]);
+    if (r.expected_version() != 0 && r.expected_version() != current.version()) {
+      absl::Status mismatch = absl::AbortedError(
+          absl::StrCat("session version is ", current.version(), ", not ", r.expected_version()));
+      SetErrorInfo(mismatch, "VERSION_MISMATCH", {{"version", absl::StrCat(current.version())}});
+      return mismatch;
+    }
+    ::parley::v1::AgentConfig config = current.agent_config();
+    for (const std::string& path : r.update_mask().paths()) {
+      if (path == "title") current.set_title(patch.title());
+      if (path == "user_id") current.set_user_id(patch.user_id());
+      if (path == "tags") *current.mutable_tags() = patch.tags();
+      if (path == "metadata") *current.mutable_metadata() = patch.metadata();
+      if (path == "agent_config") config = patch.agent_config();
+      if (path.rfind("agent_config.", 0) == 0) {
+        CopyConfigField(patch.agent_config(), path.substr(13), &config);
+      }
+    }
+    pqxx::result row = tx.exec_params(
+        absl::StrCat("UPDATE sessions SET title = $3, user_id = $4, "
+                     "tags = ARRAY(SELECT jsonb_array_elements_text($5::jsonb)), "
+                     "metadata = $6::jsonb, agent_config = $7::jsonb, "
+                     "version = version + 1, update_time = now() "
+                     "WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                     kSessionColumns),
+        request->tenant_id(), r.session_id(), current.title(), current.user_id(),
+        JsonArray(current.tags()), JsonObject(current.metadata()), ProtoToJson(config));
+    pb::UpdateSessionResponse out;
+    *out.mutable_session() = SessionFromRow(row[0]);
+    return out;
+  });
   return Respond(result, response);
 }
 
@@ -343,17 +343,26 @@ Status StoreServiceImpl::DeleteSession(ServerContext*, const pb::DeleteSessionRe
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::DeleteSessionResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::DeleteSessionResponse> {
-        pqxx::result deleted = tx.exec_params(
-            "DELETE FROM sessions WHERE tenant_id = $1 AND id = $2 RETURNING id",
-            request->tenant_id(), request->session_id());
         pb::DeleteSessionResponse out;
+        pqxx::result running = tx.exec_params(
+            "SELECT running_turn_id FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            request->tenant_id(), request->session_id());
+        if (!running.empty() && !running[0][0].is_null()) {
+          absl::Status busy = absl::FailedPreconditionError(
+              "a turn is running: cancel it or close the session first");
+          SetErrorInfo(busy, "SESSION_BUSY", {{"turn_id", running[0][0].as<std::string>()}});
+          return busy;
+        }
+        pqxx::result deleted =
+            tx.exec_params("DELETE FROM sessions WHERE tenant_id = $1 AND id = $2 RETURNING id",
+                           request->tenant_id(), request->session_id());
         out.set_deleted(!deleted.empty());
         if (deleted.empty()) return out;
         // Usage rows stay: they are the billing record.
         for (const char* table : {"events", "messages", "turns"}) {
-          tx.exec_params(absl::StrCat("DELETE FROM ", table,
-                                      " WHERE tenant_id = $1 AND session_id = $2"),
-                         request->tenant_id(), request->session_id());
+          tx.exec_params(
+              absl::StrCat("DELETE FROM ", table, " WHERE tenant_id = $1 AND session_id = $2"),
+              request->tenant_id(), request->session_id());
         }
         return out;
       });

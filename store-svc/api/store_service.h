@@ -44,8 +44,7 @@ class StoreServiceImpl final : public pb::StoreService::Service {
 
   Status CreateSession(ServerContext*, const pb::CreateSessionRequest*,
                        pb::CreateSessionResponse*) override;
-  Status GetSession(ServerContext*, const pb::GetSessionRequest*,
-                    pb::GetSessionResponse*) override;
+  Status GetSession(ServerContext*, const pb::GetSessionRequest*, pb::GetSessionResponse*) override;
   Status ListSessions(ServerContext*, const pb::ListSessionsRequest*,
                       pb::ListSessionsResponse*) override;
   Status UpdateSession(ServerContext*, const pb::UpdateSessionRequest*,
@@ -67,8 +66,7 @@ class StoreServiceImpl final : public pb::StoreService::Service {
                        pb::HeartbeatTurnResponse*) override;
   Status CompleteTurn(ServerContext*, const pb::CompleteTurnRequest*,
                       pb::CompleteTurnResponse*) override;
-  Status CancelTurn(ServerContext*, const pb::CancelTurnRequest*,
-                    pb::CancelTurnResponse*) override;
+  Status CancelTurn(ServerContext*, const pb::CancelTurnRequest*, pb::CancelTurnResponse*) override;
   Status ReclaimExpiredLeases(ServerContext*, const pb::ReclaimExpiredLeasesRequest*,
                               pb::ReclaimExpiredLeasesResponse*) override;
   Status GetTurn(ServerContext*, const pb::GetTurnRequest*, pb::GetTurnResponse*) override;
@@ -76,10 +74,8 @@ class StoreServiceImpl final : public pb::StoreService::Service {
 
   Status AppendEvents(ServerContext*, const pb::AppendEventsRequest*,
                       pb::AppendEventsResponse*) override;
-  Status ReadEvents(ServerContext*, const pb::ReadEventsRequest*,
-                    pb::ReadEventsResponse*) override;
-  Status GetLastSeq(ServerContext*, const pb::GetLastSeqRequest*,
-                    pb::GetLastSeqResponse*) override;
+  Status ReadEvents(ServerContext*, const pb::ReadEventsRequest*, pb::ReadEventsResponse*) override;
+  Status GetLastSeq(ServerContext*, const pb::GetLastSeqRequest*, pb::GetLastSeqResponse*) override;
   Status AdvanceEpoch(ServerContext*, const pb::AdvanceEpochRequest*,
                       pb::AdvanceEpochResponse*) override;
 

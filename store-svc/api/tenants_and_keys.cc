@@ -30,8 +30,8 @@ std::string RandomToken(size_t length) {
 }
 
 absl::Status CheckScopes(const google::protobuf::RepeatedPtrField<std::string>& scopes) {
-  static const char* kKnown[] = {"*",           "sessions:read", "sessions:write",
-                                 "sandbox:exec", "sandbox:files", "api_keys:admin"};
+  static const char* kKnown[] = {
+      "*", "sessions:read", "sessions:write", "sandbox:exec", "sandbox:files", "api_keys:admin"};
   for (int i = 0; i < scopes.size(); ++i) {
     bool known = false;
     for (const char* k : kKnown) known = known || scopes[i] == k;
@@ -100,9 +100,9 @@ Status StoreServiceImpl::GetTenant(ServerContext*, const pb::GetTenantRequest* r
     return ToGrpcStatus(s);
   }
   auto result = pool_.Transact<pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<pb::Tenant> {
-    pqxx::result row = tx.exec_params(
-        absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
-        request->tenant_id());
+    pqxx::result row =
+        tx.exec_params(absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+                       request->tenant_id());
     if (row.empty()) return absl::NotFoundError("tenant not found");
     return TenantFromRow(row[0]);
   });
@@ -127,7 +127,8 @@ Status StoreServiceImpl::CreateApiKey(ServerContext*, const pb::CreateApiKeyRequ
   const std::string id = NewId("key");
   const std::string prefix = RandomToken(12);
   const std::string secret = absl::StrCat("pk_", prefix, "_", RandomToken(40));
-  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
+  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx)
+                                                         -> absl::StatusOr<::parley::v1::ApiKey> {
     pqxx::result tenant =
         tx.exec_params("SELECT 1 FROM tenants WHERE id = $1", request->tenant_id());
     if (tenant.empty()) return absl::NotFoundError("tenant not found");
@@ -151,16 +152,17 @@ Status StoreServiceImpl::RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequ
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->api_key_id(), "api_key_id", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
-    // Revoking twice keeps the first revocation time.
-    pqxx::result row = tx.exec_params(
-        absl::StrCat("UPDATE api_keys SET revoke_time = coalesce(revoke_time, now()) "
-                     "WHERE tenant_id = $1 AND id = $2 RETURNING ",
-                     kApiKeyColumns),
-        request->tenant_id(), request->api_key_id());
-    if (row.empty()) return absl::NotFoundError("api key not found");
-    return ApiKeyFromRow(row[0]);
-  });
+  auto result = pool_.Transact<::parley::v1::ApiKey>(
+      [&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
+        // Revoking twice keeps the first revocation time.
+        pqxx::result row = tx.exec_params(
+            absl::StrCat("UPDATE api_keys SET revoke_time = coalesce(revoke_time, now()) "
+                         "WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                         kApiKeyColumns),
+            request->tenant_id(), request->api_key_id());
+        if (row.empty()) return absl::NotFoundError("api key not found");
+        return ApiKeyFromRow(row[0]);
+      });
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response->mutable_api_key() = *std::move(result);
   return Status::OK;
@@ -174,22 +176,29 @@ Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRe
     return ToGrpcStatus(absl::UnauthenticatedError("unknown or revoked api key"));
   }
   const std::string prefix = secret.substr(3, 12);
-  auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
-    pqxx::result row = tx.exec_params(
-        absl::StrCat("SELECT ", kApiKeyColumns,
-                     " FROM api_keys WHERE prefix = $1 AND revoke_time IS NULL "
-                     "AND secret_sha256 = sha256(convert_to($2, 'UTF8'))"),
-        prefix, secret);
-    if (row.empty()) return absl::UnauthenticatedError("unknown or revoked api key");
-    // A cosmetic write: at most once a minute per key, so hot keys do not churn rows.
-    tx.exec_params(
-        "UPDATE api_keys SET last_used_time = now() WHERE prefix = $1 AND "
-        "(last_used_time IS NULL OR last_used_time < now() - interval '1 minute')",
-        prefix);
-    return ApiKeyFromRow(row[0]);
-  });
+  auto result = pool_.Transact<pb::ResolveApiKeyResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ResolveApiKeyResponse> {
+        pqxx::result row =
+            tx.exec_params(absl::StrCat("SELECT ", kApiKeyColumns,
+                                        " FROM api_keys WHERE prefix = $1 AND revoke_time IS NULL "
+                                        "AND secret_sha256 = sha256(convert_to($2, 'UTF8'))"),
+                           prefix, secret);
+        if (row.empty()) return absl::UnauthenticatedError("unknown or revoked api key");
+        pb::ResolveApiKeyResponse out;
+        *out.mutable_api_key() = ApiKeyFromRow(row[0]);
+        pqxx::result tenant =
+            tx.exec_params(absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+                           out.api_key().tenant_id());
+        *out.mutable_tenant() = TenantFromRow(tenant[0]);
+        // A cosmetic write: at most once a minute per key, so hot keys do not churn rows.
+        tx.exec_params(
+            "UPDATE api_keys SET last_used_time = now() WHERE prefix = $1 AND "
+            "(last_used_time IS NULL OR last_used_time < now() - interval '1 minute')",
+            prefix);
+        return out;
+      });
   if (!result.ok()) return ToGrpcStatus(result.status());
-  *response->mutable_api_key() = *std::move(result);
+  *response = *std::move(result);
   return Status::OK;
 }
 
@@ -211,15 +220,16 @@ Status StoreServiceImpl::ListApiKeys(ServerContext*, const pb::ListApiKeysReques
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListApiKeysResponse> {
         pqxx::result rows = tx.exec_params(
             absl::StrCat("SELECT ", kApiKeyColumns,
-                         " FROM api_keys WHERE tenant_id = $1 AND id > $2 "
-                         "AND ($3 OR revoke_time IS NULL) ORDER BY id LIMIT $4"),
+                         " FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR id < $2) "
+                         "AND ($3 OR revoke_time IS NULL) ORDER BY id DESC LIMIT $4"),
             request->tenant_id(), after, request->include_revoked(), page_size + 1);
         pb::ListApiKeysResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
           *out.add_api_keys() = ApiKeyFromRow(rows[i]);
         }
         if (static_cast<int64_t>(rows.size()) > page_size) {
-          out.set_next_page_token(EncodePageToken(out.api_keys().rbegin()->id(), Fingerprint(query)));
+          out.set_next_page_token(
+              EncodePageToken(out.api_keys().rbegin()->id(), Fingerprint(query)));
         }
         return out;
       });

@@ -41,7 +41,8 @@ absl::Status LeaseLost(int64_t current_epoch) {
 }
 
 bool IsTerminal(int status) {
-  return status == ::parley::v1::TURN_STATUS_SUCCEEDED || status == ::parley::v1::TURN_STATUS_FAILED ||
+  return status == ::parley::v1::TURN_STATUS_SUCCEEDED ||
+         status == ::parley::v1::TURN_STATUS_FAILED ||
          status == ::parley::v1::TURN_STATUS_CANCELLED;
 }
 
@@ -52,7 +53,8 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
   return absl::OkStatus();
 }
 
-::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id, const std::string& turn_id) {
+::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,
+                              const std::string& turn_id) {
   pqxx::result row = tx.exec_params(
       absl::StrCat("SELECT ", kTurnColumns, " FROM turns WHERE tenant_id = $1 AND id = $2"),
       tenant_id, turn_id);
@@ -61,11 +63,11 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
 }
 
 ::parley::v1::Message SelectMessageByKey(pqxx::work& tx, const std::string& session_id,
-                               const std::string& key, bool* found) {
-  pqxx::result row = tx.exec_params(
-      absl::StrCat("SELECT ", kMessageColumns,
-                   " FROM messages WHERE session_id = $1 AND idempotency_key = $2"),
-      session_id, key);
+                                         const std::string& key, bool* found) {
+  pqxx::result row =
+      tx.exec_params(absl::StrCat("SELECT ", kMessageColumns,
+                                  " FROM messages WHERE session_id = $1 AND idempotency_key = $2"),
+                     session_id, key);
   *found = !row.empty();
   return row.empty() ? ::parley::v1::Message() : MessageFromRow(row[0]);
 }
@@ -73,7 +75,7 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
 // Inserts a message at the session's next position; the caller holds the session lock
 // and bumps sessions.message_count.
 ::parley::v1::Message InsertMessage(pqxx::work& tx, const std::string& tenant_id,
-                          const ::parley::v1::Message& message, int64_t position) {
+                                    const ::parley::v1::Message& message, int64_t position) {
   ::parley::v1::Message parts;
   *parts.mutable_parts() = message.parts();
   pqxx::result row = tx.exec_params(
@@ -148,9 +150,9 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequ
 
   auto result = pool_.Transact<pb::ListMessagesResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListMessagesResponse> {
-        pqxx::result session = tx.exec_params(
-            "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2", request->tenant_id(),
-            r.session_id());
+        pqxx::result session =
+            tx.exec_params("SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
+                           request->tenant_id(), r.session_id());
         if (session.empty()) return absl::NotFoundError("session not found");
         const std::string select =
             absl::StrCat("SELECT ", kMessageColumns, " FROM messages WHERE session_id = $1 ");
@@ -158,28 +160,24 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequ
         bool backwards = false;
         switch (r.position_case()) {
           case ::parley::v1::ListMessagesRequest::kAfterMessageId:
-            rows = tx.exec_params(select + "AND position > $2 ORDER BY position LIMIT $3",
-                                  r.session_id(),
-                                  SessionPositionOf(tx, r.session_id(), r.after_message_id()),
-                                  limit + 1);
+            rows = tx.exec_params(
+                select + "AND position > $2 ORDER BY position LIMIT $3", r.session_id(),
+                SessionPositionOf(tx, r.session_id(), r.after_message_id()), limit + 1);
             break;
           case ::parley::v1::ListMessagesRequest::kBeforeMessageId:
             backwards = true;
-            rows = tx.exec_params(select + "AND position < $2 ORDER BY position DESC LIMIT $3",
-                                  r.session_id(),
-                                  SessionPositionOf(tx, r.session_id(), r.before_message_id()),
-                                  limit + 1);
+            rows = tx.exec_params(
+                select + "AND position < $2 ORDER BY position DESC LIMIT $3", r.session_id(),
+                SessionPositionOf(tx, r.session_id(), r.before_message_id()), limit + 1);
             break;
           case ::parley::v1::ListMessagesRequest::kLatest:
             backwards = r.latest();
-            rows = tx.exec_params(
-                select + (backwards ? "ORDER BY position DESC LIMIT $2"
-                                    : "ORDER BY position LIMIT $2"),
-                r.session_id(), limit + 1);
+            rows = tx.exec_params(select + (backwards ? "ORDER BY position DESC LIMIT $2"
+                                                      : "ORDER BY position LIMIT $2"),
+                                  r.session_id(), limit + 1);
             break;
           case ::parley::v1::ListMessagesRequest::POSITION_NOT_SET:
-            rows = tx.exec_params(select + "ORDER BY position LIMIT $2", r.session_id(),
-                                  limit + 1);
+            rows = tx.exec_params(select + "ORDER BY position LIMIT $2", r.session_id(), limit + 1);
             break;
         }
         pb::ListMessagesResponse out;
@@ -201,7 +199,8 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
   if (valid.ok()) valid = CheckParts(r.content(), "content", limits_);
   for (int i = 0; valid.ok() && i < r.content_size(); ++i) {
     auto kind = r.content(i).kind_case();
-    if (kind != ::parley::v1::Part::kText && kind != ::parley::v1::Part::kImage && kind != ::parley::v1::Part::kFile) {
+    if (kind != ::parley::v1::Part::kText && kind != ::parley::v1::Part::kImage &&
+        kind != ::parley::v1::Part::kFile) {
       valid = InvalidArgumentError(absl::StrCat("content[", i, "]"),
                                    "users may send text, image or file parts only");
     }
@@ -249,12 +248,20 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
         if (policy == ::parley::v1::MULTITASK_POLICY_INTERRUPT && busy) {
           // The new message supersedes everything before it: queued turns are cancelled,
           // the running one is asked to stop (its owner keeps its partial output).
-          tx.exec_params(
+          pqxx::result cancelled = tx.exec_params(
               "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() "
-              "WHERE session_id = $1 AND status = $4",
+              "WHERE session_id = $1 AND status = $4 RETURNING id, position",
               r.session_id(), static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
               static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED), kQueued);
           queued = 0;
+          if (session.running_turn_id.empty() && !cancelled.empty()) {
+            // No turn was running: name the oldest queued turn that was cancelled.
+            auto oldest = cancelled.begin();
+            for (auto row = cancelled.begin(); row != cancelled.end(); ++row) {
+              if (row[1].as<int64_t>() < oldest[1].as<int64_t>()) oldest = row;
+            }
+            out.set_interrupted_turn_id(oldest[0].as<std::string>());
+          }
           if (!session.running_turn_id.empty()) {
             tx.exec_params("UPDATE turns SET cancel_requested = true WHERE id = $1",
                            session.running_turn_id);
@@ -306,16 +313,17 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
           const std::string session_id = session[0][0].as<std::string>();
           const int64_t epoch = session[0][1].as<int64_t>() + 1;
           pqxx::result turn = tx.exec_params(
-              absl::StrCat("WITH head AS (SELECT id AS head_id, recovery AS was_recovery FROM turns "
-                           "WHERE session_id = $1 "
-                           "AND status = $6 ORDER BY position LIMIT 1) "
-                           "UPDATE turns SET status = $2, lease_owner = $3, lease_epoch = $4, "
-                           "lease_expiry = now() + $5 * interval '1 millisecond', "
-                           "start_time = coalesce(start_time, now()), attempt = attempt + 1, "
-                           "recovery = false FROM head WHERE turns.id = head.head_id "
-                           "RETURNING was_recovery, (extract(epoch from lease_expiry) * "
-                           "1000000)::bigint, ",
-                           kTurnColumns),
+              absl::StrCat(
+                  "WITH head AS (SELECT id AS head_id, recovery AS was_recovery FROM turns "
+                  "WHERE session_id = $1 "
+                  "AND status = $6 ORDER BY position LIMIT 1) "
+                  "UPDATE turns SET status = $2, lease_owner = $3, lease_epoch = $4, "
+                  "lease_expiry = now() + $5 * interval '1 millisecond', "
+                  "start_time = coalesce(start_time, now()), attempt = attempt + 1, "
+                  "recovery = false FROM head WHERE turns.id = head.head_id "
+                  "RETURNING was_recovery, (extract(epoch from lease_expiry) * "
+                  "1000000)::bigint, ",
+                  kTurnColumns),
               session_id, kRunning, request->owner(), epoch,
               static_cast<int64_t>(request->lease_ttl_ms()), kQueued);
           if (turn.empty()) {
@@ -365,12 +373,12 @@ Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRe
             request->tenant_id(), request->turn_id(), request->owner(),
             static_cast<int64_t>(request->lease_epoch()),
             static_cast<int64_t>(request->lease_ttl_ms()),
-            static_cast<int64_t>(request->first_seq()),
-            static_cast<int64_t>(request->last_seq()), request->steps(), kRunning);
+            static_cast<int64_t>(request->first_seq()), static_cast<int64_t>(request->last_seq()),
+            request->steps(), kRunning);
         if (row.empty()) {
-          pqxx::result turn = tx.exec_params(
-              "SELECT lease_epoch FROM turns WHERE tenant_id = $1 AND id = $2",
-              request->tenant_id(), request->turn_id());
+          pqxx::result turn =
+              tx.exec_params("SELECT lease_epoch FROM turns WHERE tenant_id = $1 AND id = $2",
+                             request->tenant_id(), request->turn_id());
           if (turn.empty()) return absl::NotFoundError("turn not found");
           return LeaseLost(turn[0][0].as<int64_t>());
         }
@@ -393,15 +401,16 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
   for (int i = 0; valid.ok() && i < request->messages_size(); ++i) {
     const ::parley::v1::Message& m = request->messages(i);
     if (m.role() != ::parley::v1::ROLE_ASSISTANT && m.role() != ::parley::v1::ROLE_TOOL) {
-      valid = InvalidArgumentError(absl::StrCat("messages[", i, "].role"),
-                                   "must be ASSISTANT or TOOL");
+      valid =
+          InvalidArgumentError(absl::StrCat("messages[", i, "].role"), "must be ASSISTANT or TOOL");
     } else {
       valid = CheckParts(m.parts(), "messages.parts", limits_);
     }
   }
   if (!valid.ok()) return ToGrpcStatus(valid);
   // Ids are fixed before the transaction, so a retried commit stores the same rows.
-  std::vector<::parley::v1::Message> messages(request->messages().begin(), request->messages().end());
+  std::vector<::parley::v1::Message> messages(request->messages().begin(),
+                                              request->messages().end());
   for (::parley::v1::Message& m : messages) {
     if (m.id().empty()) m.set_id(NewId("msg"));
     m.set_turn_id(request->turn_id());
@@ -410,9 +419,9 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
 
   auto result = pool_.Transact<pb::CompleteTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CompleteTurnResponse> {
-        pqxx::result found = tx.exec_params(
-            "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
-            request->tenant_id(), request->turn_id());
+        pqxx::result found =
+            tx.exec_params("SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
+                           request->tenant_id(), request->turn_id());
         if (found.empty()) return absl::NotFoundError("turn not found");
         const std::string session_id = found[0][0].as<std::string>();
         LockedSession session = LockSession(tx, request->tenant_id(), session_id);
@@ -596,9 +605,9 @@ Status StoreServiceImpl::ListTurns(ServerContext*, const pb::ListTurnsRequest* r
       request->page_size() == 0 ? limits_.default_page_size : request->page_size();
   auto result = pool_.Transact<pb::ListTurnsResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListTurnsResponse> {
-        pqxx::result session = tx.exec_params(
-            "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2", request->tenant_id(),
-            request->session_id());
+        pqxx::result session =
+            tx.exec_params("SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
+                           request->tenant_id(), request->session_id());
         if (session.empty()) return absl::NotFoundError("session not found");
         pqxx::result rows = tx.exec_params(
             absl::StrCat("SELECT position, ", kTurnColumns,

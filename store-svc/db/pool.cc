@@ -29,10 +29,10 @@ absl::Status StatusFromException() {
       return absl::UnavailableError(absl::StrCat("postgres restarting: ", e.what()));
     }
     if (state == "23503") {
-      return absl::FailedPreconditionError(
-          absl::StrCat("a referenced row does not exist (unknown tenant?): ", e.what()));
+      // The SQL text stays out of the answer: callers get the fact, not the query.
+      return absl::FailedPreconditionError("a referenced row does not exist");
     }
-    if (state == "23505") return absl::AlreadyExistsError(e.what());
+    if (state == "23505") return absl::AlreadyExistsError("the row already exists");
     return absl::InternalError(absl::StrCat("postgres: ", e.what(), " [", state, "]"));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("postgres: ", e.what()));

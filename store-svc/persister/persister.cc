@@ -15,6 +15,11 @@ constexpr char kReleaseLock[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
     "return 0";
 
+// Extends the lock only if we still own it.
+constexpr char kExtendLock[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+    "end return 0";
+
 std::string ReplyString(const redisReply* reply) {
   return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
 }
@@ -34,10 +39,10 @@ EventPersister::EventPersister(PersisterOptions options, PgPool& pool,
       keys_(options_.key_prefix),
       pool_(pool),
       logger_(logger),
-      events_persisted_(registry
-                            .AddCounter("parley_persister_events_total",
-                                        "Events moved from Redis into Postgres.")
-                            .WithLabels({})),
+      events_persisted_(
+          registry
+              .AddCounter("parley_persister_events_total", "Events moved from Redis into Postgres.")
+              .WithLabels({})),
       flush_errors_(registry
                         .AddCounter("parley_persister_errors_total",
                                     "Session flushes that failed and will be retried.")
@@ -91,9 +96,9 @@ void EventPersister::Loop() {
 
 absl::StatusOr<int64_t> EventPersister::RunOnce() {
   if (absl::Status connected = Connect(); !connected.ok()) return connected;
-  absl::StatusOr<RedisReply> queued = redis_->Command(
-      {"ZRANGE", keys_.PersistQueue(), "0", absl::StrCat(options_.sessions_per_pass - 1),
-       "WITHSCORES"});
+  absl::StatusOr<RedisReply> queued =
+      redis_->Command({"ZRANGE", keys_.PersistQueue(), "0",
+                       absl::StrCat(options_.sessions_per_pass - 1), "WITHSCORES"});
   if (!queued.ok()) return queued.status();
   const redisReply* list = queued->get();
   if (list->elements >= 2) {
@@ -164,8 +169,7 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
         if (ReplyString(fields->element[f]) != "e") continue;
         ::parley::v1::Event* event = batch.add_events();
         if (!event->ParseFromString(ReplyString(fields->element[f + 1]))) {
-          return absl::DataLossError(absl::StrCat("stream entry ",
-                                                  ReplyString(entry->element[0]),
+          return absl::DataLossError(absl::StrCat("stream entry ", ReplyString(entry->element[0]),
                                                   " of ", session_id, " does not parse"));
         }
         event->set_seq(SeqOfEntryId(ReplyString(entry->element[0])));
@@ -183,6 +187,10 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
       return ack.status();
     }
     if (static_cast<int64_t>(list->elements) < options_.batch_events) break;
+    // A long backlog: keep the session ours while we work through it.
+    (void)redis_->Command({"EVAL", kExtendLock, "1", keys_.PersisterLock(session_id),
+                           options_.owner,
+                           absl::StrCat(absl::ToInt64Milliseconds(options_.lock_ttl))});
   }
   // Unmark, then look again: a publisher that appended after our last read either
   // re-marked the session after this ZREM or its entry is visible to this XREVRANGE.

@@ -41,7 +41,10 @@ struct PersisterOptions {
   std::string key_prefix;  // Tests isolate their keys; empty in production.
   std::string owner;       // Unique per replica, e.g. "<host>/<pid>".
   absl::Duration poll_interval = absl::Milliseconds(50);
-  absl::Duration lock_ttl = absl::Seconds(30);
+  // How long a session stays with a replica that stopped answering (it is extended
+  // after every batch while the replica works): the delay before another replica
+  // picks up the sessions of a crashed one.
+  absl::Duration lock_ttl = absl::Seconds(5);
   int64_t batch_events = 2000;
   int64_t sessions_per_pass = 200;
 };

@@ -173,6 +173,59 @@ TestRedis::~TestRedis() {
   } while (cursor != "0");
 }
 
+namespace {
+
+// Runs a function of scripts/lib.sh through bash; the output is returned on failure.
+absl::Status RunLibFunction(const std::string& call) {
+  auto result = RunCommand({.binary = "/bin/bash",
+                            .args = {"-c", absl::StrCat("set -e; source ", PARLEY_SOURCE_DIR,
+                                                        "/scripts/lib.sh; ", call)}},
+                           absl::Seconds(120));
+  if (!result.ok()) return result.status();
+  if (result->exit_code != 0) {
+    return absl::InternalError(
+        absl::StrCat(call, " failed (", result->exit_code, "):\n", result->output));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PrivatePostgres>> PrivatePostgres::Start() {
+  std::string dir = TestTempDir();
+  ::chmod(dir.c_str(), 0755);
+  int port = 0;
+  {
+    // Ask the kernel for a free port, then release it for Postgres.
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+    socklen_t length = sizeof(address);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    port = ntohs(address.sin_port);
+    ::close(fd);
+  }
+  std::unique_ptr<PrivatePostgres> server(new PrivatePostgres(dir + "/pg", port));
+  absl::Status started =
+      RunLibFunction(absl::StrCat("start_postgres ", server->dir_, " ", port, " durable"));
+  if (!started.ok()) return started;
+  return server;
+}
+
+PrivatePostgres::~PrivatePostgres() { (void)RunLibFunction(absl::StrCat("stop_postgres ", dir_)); }
+
+std::string PrivatePostgres::url() const {
+  return absl::StrCat("postgresql://postgres@127.0.0.1:", port_, "/postgres");
+}
+
+absl::Status PrivatePostgres::RestartImmediately() {
+  return RunLibFunction(absl::StrCat("run_as postgres \"$PG_BIN/pg_ctl\" -D ", dir_,
+                                     "/data -m immediate -w stop >/dev/null; ", "start_postgres ",
+                                     dir_, " ", port_, " durable"));
+}
+
 absl::StatusOr<CommandResult> RunCommand(const ProcessOptions& options, absl::Duration timeout) {
   absl::StatusOr<std::unique_ptr<ServiceProcess>> process = ServiceProcess::Start(options);
   if (!process.ok()) return process.status();

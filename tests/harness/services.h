@@ -80,6 +80,26 @@ class TestRedis {
   RedisKeys keys_;
 };
 
+// A Postgres server of the test's own, for tests that stop or restart it (the shared
+// server must stay up for everyone else). Started with scripts/lib.sh, as the
+// unprivileged postgres user when the tests run as root. Unlike the shared server it
+// commits durably (synchronous_commit on), so a crash loses nothing acknowledged.
+class PrivatePostgres {
+ public:
+  static absl::StatusOr<std::unique_ptr<PrivatePostgres>> Start();
+  ~PrivatePostgres();  // Stops the server and removes its files.
+
+  // postgresql:// URL of its "postgres" database.
+  std::string url() const;
+  // Crash-stops the server (no clean shutdown) and starts it again on the same port.
+  absl::Status RestartImmediately();
+
+ private:
+  PrivatePostgres(std::string dir, int port) : dir_(std::move(dir)), port_(port) {}
+  std::string dir_;
+  int port_;
+};
+
 struct ProcessOptions {
   std::string binary;
   std::vector<std::string> args;

@@ -1,0 +1,135 @@
+// API keys in the store: the secret is returned once and only its hash is kept, a
+// secret resolves to its key and tenant until the key is revoked, scopes are checked.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "tests/store/store_test_helpers.h"
+
+namespace parley::store::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+class ApiKeys : public StoreTest {
+ protected:
+  void SetUp() override {
+    StoreTest::SetUp();
+    if (!HasFatalFailure()) CreateTenant(kTenant);
+  }
+
+  absl::StatusOr<pb::ResolveApiKeyResponse> Resolve(const std::string& secret) {
+    pb::ResolveApiKeyRequest request;
+    request.set_secret(secret);
+    return Call(&Stub::ResolveApiKey, request);
+  }
+
+  absl::StatusOr<pb::RevokeApiKeyResponse> Revoke(const std::string& key_id) {
+    pb::RevokeApiKeyRequest request;
+    request.set_tenant_id(kTenant);
+    request.set_api_key_id(key_id);
+    return Call(&Stub::RevokeApiKey, request);
+  }
+
+  std::vector<std::string> ListedIds(bool include_revoked = false) {
+    pb::ListApiKeysRequest request;
+    request.set_tenant_id(kTenant);
+    request.set_include_revoked(include_revoked);
+    auto listed = Call(&Stub::ListApiKeys, request);
+    EXPECT_TRUE(listed.ok()) << listed.status();
+    std::vector<std::string> ids;
+    if (listed.ok()) {
+      for (const api::ApiKey& key : listed->api_keys()) ids.push_back(key.id());
+    }
+    return ids;
+  }
+};
+
+TEST_F(ApiKeys, CreateReturnsASecretThatTheListingNeverShows) {
+  auto created = CreateApiKey({"sessions:read"});
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_THAT(created->secret(), StartsWith("pk_" + created->api_key().prefix()));
+  EXPECT_EQ(created->api_key().tenant_id(), kTenant);
+
+  pb::ListApiKeysRequest request;
+  request.set_tenant_id(kTenant);
+  auto listed = Call(&Stub::ListApiKeys, request);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->api_keys_size(), 1);
+  EXPECT_EQ(listed->api_keys(0).id(), created->api_key().id());
+  EXPECT_THAT(listed->SerializeAsString(), Not(HasSubstr(created->secret())));
+}
+
+TEST_F(ApiKeys, ResolveReturnsTheKeysTenantAndScopes) {
+  auto created = CreateApiKey({"sessions:read", "sessions:write"});
+  ASSERT_TRUE(created.ok()) << created.status();
+
+  auto resolved = Resolve(created->secret());
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->api_key().id(), created->api_key().id());
+  EXPECT_EQ(resolved->api_key().tenant_id(), kTenant);
+  EXPECT_THAT(resolved->api_key().scopes(), ElementsAre("sessions:read", "sessions:write"));
+  EXPECT_EQ(resolved->tenant().id(), kTenant);
+}
+
+TEST_F(ApiKeys, AnUnknownSecretDoesNotResolve) {
+  auto created = CreateApiKey({"*"});
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::string forged = created->secret();
+  forged.back() = forged.back() == 'a' ? 'b' : 'a';
+  EXPECT_EQ(Resolve(forged).status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(ApiKeys, ARevokedKeyNoLongerResolves) {
+  auto created = CreateApiKey({"*"});
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto revoked = Revoke(created->api_key().id());
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_TRUE(revoked->api_key().has_revoke_time());
+
+  EXPECT_EQ(Resolve(created->secret()).status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(ApiKeys, RevokeIsIdempotentAndKeepsTheFirstRevokeTime) {
+  auto created = CreateApiKey({"*"});
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto first = Revoke(created->api_key().id());
+  auto second = Revoke(created->api_key().id());
+  ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
+  EXPECT_EQ(Dump(second->api_key()), Dump(first->api_key()));
+}
+
+TEST_F(ApiKeys, ListingLeavesRevokedKeysOutUnlessAsked) {
+  std::string kept = CreateApiKey({"*"})->api_key().id();
+  std::string revoked = CreateApiKey({"*"})->api_key().id();
+  ASSERT_TRUE(Revoke(revoked).ok());
+  EXPECT_THAT(ListedIds(), ElementsAre(kept));
+  EXPECT_EQ(ListedIds(/*include_revoked=*/true).size(), 2u);
+}
+
+TEST_F(ApiKeys, ListingShowsTheNewestKeyFirst) {
+  std::string older = CreateApiKey({"*"}, "older")->api_key().id();
+  std::string newer = CreateApiKey({"*"}, "newer")->api_key().id();
+  EXPECT_THAT(ListedIds(), ElementsAre(newer, older));
+}
+
+TEST_F(ApiKeys, AnUnknownScopeIsInvalidArgumentAndCreatesNothing) {
+  auto created = CreateApiKey({"sessions:read", "root"});
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << created.status();
+  EXPECT_EQ(Violation(created.status()).field(), "scopes[1]");
+  EXPECT_THAT(ListedIds(/*include_revoked=*/true), IsEmpty());
+}
+
+TEST_F(ApiKeys, CreateForAnUnknownTenantIsNotFound) {
+  auto created = CreateApiKey({"*"}, "ci", "no_such_tenant");
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kNotFound) << created.status();
+}
+
+}  // namespace
+}  // namespace parley::store::testing

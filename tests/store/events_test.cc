@@ -1,0 +1,177 @@
+// The durable event log in the store: appends that are idempotent per seq, refuse
+// conflicts, gaps and foreign epochs, skip transient events; reads by seq; the epoch
+// compare-and-set.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "tests/store/store_test_helpers.h"
+
+namespace parley::store::testing {
+namespace {
+
+using ::testing::ElementsAre;
+
+std::vector<uint64_t> Seqs(const pb::ReadEventsResponse& read) {
+  std::vector<uint64_t> seqs;
+  for (const api::Event& event : read.events()) seqs.push_back(event.seq());
+  return seqs;
+}
+
+class Events : public StoreTest {
+ protected:
+  // Events 1 … n of one turn: TurnStarted, text deltas, TurnCompleted.
+  static std::vector<api::Event> ATurnOf(const std::string& session_id, uint64_t n) {
+    std::vector<api::Event> events;
+    for (uint64_t seq = 1; seq <= n; ++seq) {
+      events.push_back(TextEvent(session_id, seq, "token " + std::to_string(seq)));
+    }
+    events.front().mutable_turn_started()->set_turn_id("turn_x");
+    events.front().mutable_turn_started()->set_attempt(1);
+    events.back().mutable_turn_completed()->set_status(api::TURN_STATUS_SUCCEEDED);
+    events.back().mutable_turn_completed()->mutable_usage()->set_output_tokens(7);
+    return events;
+  }
+
+  void SetUp() override {
+    StoreTest::SetUp();
+    if (!HasFatalFailure()) session_id_ = CreateSession(kTenant).id();
+  }
+
+  std::string session_id_;
+};
+
+TEST_F(Events, AppendedEventsReadBackUnchanged) {
+  std::vector<api::Event> events = ATurnOf(session_id_, 3);
+  auto appended = AppendEvents(session_id_, events);
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->appended(), 3u);
+  EXPECT_EQ(appended->last_seq(), 3u);
+
+  auto read = ReadEvents(session_id_);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->events_size(), 3);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Dump(read->events(i)), Dump(events[i]));
+  EXPECT_EQ(read->last_seq(), 3u);
+  EXPECT_FALSE(read->has_more());
+}
+
+TEST_F(Events, ReplayingABatchAppendsNothing) {
+  std::vector<api::Event> events = ATurnOf(session_id_, 3);
+  ASSERT_TRUE(AppendEvents(session_id_, events).ok());
+  auto replay = AppendEvents(session_id_, events);
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  EXPECT_EQ(replay->appended(), 0u);
+  EXPECT_EQ(replay->skipped(), 3u);
+  EXPECT_EQ(replay->last_seq(), 3u);
+  EXPECT_EQ(ReadEvents(session_id_)->events_size(), 3);
+}
+
+TEST_F(Events, ABatchOverlappingTheLogAppendsOnlyTheNewEvents) {
+  std::vector<api::Event> events = ATurnOf(session_id_, 4);
+  ASSERT_TRUE(AppendEvents(session_id_, {events[0], events[1]}).ok());
+  auto overlapping = AppendEvents(session_id_, {events[1], events[2], events[3]});
+  ASSERT_TRUE(overlapping.ok()) << overlapping.status();
+  EXPECT_EQ(overlapping->appended(), 2u);
+  EXPECT_EQ(overlapping->skipped(), 1u);
+  EXPECT_THAT(Seqs(*ReadEvents(session_id_)), ElementsAre(1, 2, 3, 4));
+}
+
+TEST_F(Events, AStoredSeqWithOtherContentIsSeqConflictAndNothingIsStored) {
+  ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 2)).ok());
+  std::vector<api::Event> rewrite = {TextEvent(session_id_, 2, "different"),
+                                     TextEvent(session_id_, 3, "new")};
+  auto conflict = AppendEvents(session_id_, rewrite);
+  EXPECT_EQ(conflict.status().code(), absl::StatusCode::kAlreadyExists) << conflict.status();
+  EXPECT_EQ(Reason(conflict.status()), "SEQ_CONFLICT");
+  EXPECT_EQ(ReasonMetadata(conflict.status(), "seq"), "2");
+  EXPECT_THAT(Seqs(*ReadEvents(session_id_)), ElementsAre(1, 2));  // Seq 3 was not stored.
+}
+
+TEST_F(Events, ABatchStartingPastTheNextSeqIsSeqGap) {
+  ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 2)).ok());
+  auto gap =
+      AppendEvents(session_id_, {TextEvent(session_id_, 4, "x"), TextEvent(session_id_, 5, "y")});
+  EXPECT_EQ(gap.status().code(), absl::StatusCode::kFailedPrecondition) << gap.status();
+  EXPECT_EQ(Reason(gap.status()), "SEQ_GAP");
+  EXPECT_EQ(ReasonMetadata(gap.status(), "last_seq"), "2");
+  EXPECT_THAT(Seqs(*ReadEvents(session_id_)), ElementsAre(1, 2));
+}
+
+TEST_F(Events, TransientEventsAreNotStored) {
+  api::Event retry = TextEvent(session_id_, 1, "");
+  retry.set_transient(true);
+  retry.mutable_retry_scheduled()->set_attempt(2);
+  auto appended = AppendEvents(
+      session_id_, {TextEvent(session_id_, 1, "a"), retry, TextEvent(session_id_, 2, "b")});
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->appended(), 2u);
+  EXPECT_EQ(appended->skipped(), 1u);
+  auto read = ReadEvents(session_id_);
+  EXPECT_THAT(Seqs(*read), ElementsAre(1, 2));
+  for (const api::Event& event : read->events()) EXPECT_FALSE(event.transient());
+}
+
+TEST_F(Events, ReadPagesByAfterSeqAndLimit) {
+  ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 5)).ok());
+  auto page = ReadEvents(session_id_, /*after_seq=*/1, /*limit=*/2);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_THAT(Seqs(*page), ElementsAre(2, 3));
+  EXPECT_TRUE(page->has_more());
+  EXPECT_EQ(page->last_seq(), 5u);
+  auto rest = ReadEvents(session_id_, /*after_seq=*/3, /*limit=*/10);
+  EXPECT_THAT(Seqs(*rest), ElementsAre(4, 5));
+  EXPECT_FALSE(rest->has_more());
+}
+
+TEST_F(Events, ReadLimitOver10000IsInvalidArgument) {
+  auto read = ReadEvents(session_id_, 0, /*limit=*/10001);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument) << read.status();
+  EXPECT_EQ(Violation(read.status()).field(), "limit");
+}
+
+TEST_F(Events, GetLastSeqReportsTheDurableEndAndTheEpoch) {
+  pb::GetLastSeqRequest request;
+  request.set_tenant_id(kTenant);
+  request.set_session_id(session_id_);
+  auto empty = Call(&Stub::GetLastSeq, request);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->last_seq(), 0u);
+  EXPECT_EQ(empty->epoch(), 1u);
+
+  ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 3)).ok());
+  EXPECT_EQ(Call(&Stub::GetLastSeq, request)->last_seq(), 3u);
+  EXPECT_EQ(GetSession(session_id_)->last_seq(), 3u);
+}
+
+TEST_F(Events, AdvanceEpochIsACompareAndSet) {
+  ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 3)).ok());
+  pb::AdvanceEpochRequest request;
+  request.set_tenant_id(kTenant);
+  request.set_session_id(session_id_);
+  request.set_expected_epoch(1);
+  request.set_reason("redis flushed");
+
+  auto first = Call(&Stub::AdvanceEpoch, request);
+  auto second = Call(&Stub::AdvanceEpoch, request);  // A second detector, same view.
+  ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
+  EXPECT_TRUE(first->advanced());
+  EXPECT_EQ(first->epoch(), 2u);
+  EXPECT_EQ(first->resume_after_seq(), 3u);
+  EXPECT_FALSE(second->advanced());
+  EXPECT_EQ(second->epoch(), 2u);
+  EXPECT_EQ(GetSession(session_id_)->epoch(), 2u);
+}
+
+TEST_F(Events, EventsOfAnotherEpochAreEpochMismatch) {
+  auto mismatch = AppendEvents(session_id_, {TextEvent(session_id_, 1, "x", /*epoch=*/2)});
+  EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kFailedPrecondition) << mismatch.status();
+  EXPECT_EQ(Reason(mismatch.status()), "EPOCH_MISMATCH");
+  EXPECT_EQ(ReasonMetadata(mismatch.status(), "epoch"), "1");
+  EXPECT_EQ(ReadEvents(session_id_)->events_size(), 0);
+}
+
+}  // namespace
+}  // namespace parley::store::testing

@@ -1,0 +1,546 @@
+// Messages and the turn queue in the store: idempotent appends and enqueues, message
+// cursors, multitask policies, FIFO claims with at most one running turn per session,
+// leases with fencing epochs, recovery of expired leases, completion and cancel.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "tests/store/store_test_helpers.h"
+
+namespace parley::store::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+std::vector<std::string> Texts(const pb::ListMessagesResponse& page) {
+  std::vector<std::string> texts;
+  for (const api::Message& m : page.messages()) texts.push_back(m.parts(0).text());
+  return texts;
+}
+
+class Messages : public StoreTest {
+ protected:
+  // A session holding system messages "m1" … "m5", in that order.
+  std::string SessionWithFiveMessages() {
+    std::string session_id = CreateSession(kTenant).id();
+    for (int i = 1; i <= 5; ++i) {
+      auto appended = AppendMessage(session_id, "m" + std::to_string(i));
+      EXPECT_TRUE(appended.ok()) << appended.status();
+      if (appended.ok()) ids_.push_back(appended->message().id());
+    }
+    return session_id;
+  }
+
+  api::ListMessagesRequest Cursor(const std::string& session_id, uint32_t limit) {
+    api::ListMessagesRequest cursor;
+    cursor.set_session_id(session_id);
+    cursor.set_limit(limit);
+    return cursor;
+  }
+
+  std::vector<std::string> ids_;  // Of SessionWithFiveMessages' messages.
+};
+
+class Turns : public StoreTest {};
+
+// ---- Messages ----
+
+TEST_F(Messages, AppendWithAKnownIdempotencyKeyReturnsTheFirstMessage) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto first = AppendMessage(session_id, "first", "key-1");
+  auto retry = AppendMessage(session_id, "retry", "key-1");
+  ASSERT_TRUE(first.ok() && retry.ok()) << first.status() << retry.status();
+  EXPECT_FALSE(first->duplicate());
+  EXPECT_TRUE(retry->duplicate());
+  EXPECT_EQ(Dump(retry->message()), Dump(first->message()));
+  EXPECT_EQ(AllMessages(session_id).size(), 1u);
+}
+
+TEST_F(Messages, AppendToAClosedSessionIsSessionClosed) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(CloseSession(session_id).ok());
+  auto appended = AppendMessage(session_id, "too late");
+  EXPECT_EQ(appended.status().code(), absl::StatusCode::kFailedPrecondition) << appended.status();
+  EXPECT_EQ(Reason(appended.status()), "SESSION_CLOSED");
+}
+
+TEST_F(Messages, ListReadsForwardFromTheFirstMessage) {
+  std::string session_id = SessionWithFiveMessages();
+  auto page = ListMessages(Cursor(session_id, 2));
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_THAT(Texts(*page), ElementsAre("m1", "m2"));
+  EXPECT_TRUE(page->has_more());
+  auto all = ListMessages(Cursor(session_id, 5));
+  EXPECT_THAT(Texts(*all), ElementsAre("m1", "m2", "m3", "m4", "m5"));
+  EXPECT_FALSE(all->has_more());
+}
+
+TEST_F(Messages, ListAfterAMessageReadsTheFollowingOnes) {
+  std::string session_id = SessionWithFiveMessages();
+  api::ListMessagesRequest cursor = Cursor(session_id, 2);
+  cursor.set_after_message_id(ids_[1]);
+  auto page = ListMessages(cursor);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_THAT(Texts(*page), ElementsAre("m3", "m4"));
+  EXPECT_TRUE(page->has_more());
+  cursor.set_after_message_id(ids_[2]);
+  cursor.set_limit(10);
+  auto rest = ListMessages(cursor);
+  EXPECT_THAT(Texts(*rest), ElementsAre("m4", "m5"));
+  EXPECT_FALSE(rest->has_more());
+}
+
+TEST_F(Messages, ListBeforeAMessageReadsThePrecedingOnesInChronologicalOrder) {
+  std::string session_id = SessionWithFiveMessages();
+  api::ListMessagesRequest cursor = Cursor(session_id, 2);
+  cursor.set_before_message_id(ids_[4]);
+  auto page = ListMessages(cursor);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_THAT(Texts(*page), ElementsAre("m3", "m4"));
+  EXPECT_TRUE(page->has_more());
+  cursor.set_before_message_id(ids_[1]);
+  auto start = ListMessages(cursor);
+  EXPECT_THAT(Texts(*start), ElementsAre("m1"));
+  EXPECT_FALSE(start->has_more());
+}
+
+TEST_F(Messages, ListLatestReadsTheNewestInChronologicalOrder) {
+  std::string session_id = SessionWithFiveMessages();
+  api::ListMessagesRequest cursor = Cursor(session_id, 3);
+  cursor.set_latest(true);
+  auto page = ListMessages(cursor);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_THAT(Texts(*page), ElementsAre("m3", "m4", "m5"));
+  EXPECT_TRUE(page->has_more());
+}
+
+TEST_F(Messages, ListWithAnUnknownCursorMessageIsNotFound) {
+  std::string session_id = SessionWithFiveMessages();
+  api::ListMessagesRequest cursor = Cursor(session_id, 2);
+  cursor.set_after_message_id(NewId("msg"));
+  EXPECT_EQ(ListMessages(cursor).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(Messages, ListLimitOver1000IsInvalidArgument) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto page = ListMessages(Cursor(session_id, 1001));
+  EXPECT_EQ(page.status().code(), absl::StatusCode::kInvalidArgument) << page.status();
+  EXPECT_EQ(Violation(page.status()).field(), "limit");
+  EXPECT_EQ(Violation(page.status()).limit(), "1000");
+}
+
+// ---- Enqueue ----
+
+TEST_F(Turns, EnqueueWithAKnownIdempotencyKeyReturnsTheFirstResult) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto first = Enqueue(session_id, "hello", "key-1");
+  auto retry = Enqueue(session_id, "hello", "key-1");
+  ASSERT_TRUE(first.ok() && retry.ok()) << first.status() << retry.status();
+  EXPECT_FALSE(first->duplicate());
+  EXPECT_TRUE(retry->duplicate());
+  EXPECT_EQ(retry->message().id(), first->message().id());
+  EXPECT_EQ(retry->turn().id(), first->turn().id());
+}
+
+TEST_F(Turns, ConcurrentRetriesWithOneKeyStoreOneMessageAndOneTurn) {
+  std::string session_id = CreateSession(kTenant).id();
+  std::vector<absl::StatusOr<pb::EnqueueTurnResponse>> results(8, absl::UnknownError("unrun"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] { results[i] = Enqueue(session_id, "hello", "key-1"); });
+  }
+  for (std::thread& t : threads) t.join();
+
+  int originals = 0;
+  for (const auto& result : results) {
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->turn().id(), results[0]->turn().id());
+    EXPECT_EQ(result->message().id(), results[0]->message().id());
+    originals += result->duplicate() ? 0 : 1;
+  }
+  EXPECT_EQ(originals, 1);
+  EXPECT_EQ(AllMessages(session_id).size(), 1u);
+  EXPECT_EQ(AllTurns(session_id).size(), 1u);
+}
+
+TEST_F(Turns, IdempotencyKeyOver256BytesIsInvalidArgumentAndStoresNothing) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto enqueued = Enqueue(session_id, "hello", std::string(300, 'k'));
+  EXPECT_EQ(enqueued.status().code(), absl::StatusCode::kInvalidArgument) << enqueued.status();
+  EXPECT_EQ(Violation(enqueued.status()).field(), "idempotency_key");
+  EXPECT_EQ(Violation(enqueued.status()).limit(), "256 bytes");
+  EXPECT_THAT(AllMessages(session_id), IsEmpty());
+  EXPECT_THAT(AllTurns(session_id), IsEmpty());
+}
+
+TEST_F(Turns, EnqueueOnAClosedSessionIsSessionClosed) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(CloseSession(session_id).ok());
+  auto enqueued = Enqueue(session_id, "hello");
+  EXPECT_EQ(enqueued.status().code(), absl::StatusCode::kFailedPrecondition) << enqueued.status();
+  EXPECT_EQ(Reason(enqueued.status()), "SESSION_CLOSED");
+}
+
+// ---- Multitask policies ----
+
+TEST_F(Turns, RejectPolicyRefusesAMessageWhileATurnIsQueued) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "first").ok());
+  auto rejected = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_REJECT);
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kFailedPrecondition) << rejected.status();
+  EXPECT_EQ(Reason(rejected.status()), "SESSION_BUSY");
+  EXPECT_EQ(AllMessages(session_id).size(), 1u);
+  EXPECT_EQ(AllTurns(session_id).size(), 1u);
+}
+
+TEST_F(Turns, RejectPolicyOfTheSessionRefusesAMessageWhileATurnRuns) {
+  api::CreateSessionRequest fields;
+  fields.mutable_agent_config()->set_multitask_policy(api::MULTITASK_POLICY_REJECT);
+  std::string session_id = CreateSession(kTenant, fields).id();
+  std::string running = Enqueue(session_id, "first")->turn().id();
+  ASSERT_EQ(Claim()->turn().id(), running);
+
+  auto rejected = Enqueue(session_id, "second");
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kFailedPrecondition) << rejected.status();
+  EXPECT_EQ(Reason(rejected.status()), "SESSION_BUSY");
+  EXPECT_EQ(ReasonMetadata(rejected.status(), "turn_id"), running);
+}
+
+TEST_F(Turns, InterruptPolicyFlagsTheRunningTurnAndQueuesTheNewOne) {
+  std::string session_id = CreateSession(kTenant).id();
+  std::string running = Enqueue(session_id, "first")->turn().id();
+  ASSERT_EQ(Claim()->turn().id(), running);
+
+  auto interrupting = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_INTERRUPT);
+  ASSERT_TRUE(interrupting.ok()) << interrupting.status();
+  EXPECT_EQ(interrupting->interrupted_turn_id(), running);
+  EXPECT_EQ(interrupting->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_TRUE(GetTurn(running)->cancel_requested());
+}
+
+TEST_F(Turns, InterruptPolicyCancelsAQueuedTurnOutright) {
+  std::string session_id = CreateSession(kTenant).id();
+  std::string queued = Enqueue(session_id, "first")->turn().id();
+
+  auto interrupting = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_INTERRUPT);
+  ASSERT_TRUE(interrupting.ok()) << interrupting.status();
+  EXPECT_EQ(GetTurn(queued)->status(), api::TURN_STATUS_CANCELLED);
+  EXPECT_EQ(interrupting->interrupted_turn_id(), queued);
+  EXPECT_EQ(Claim()->turn().id(), interrupting->turn().id());
+}
+
+TEST_F(Turns, EnqueuePolicyQueuesBehindTheRunningTurn) {
+  std::string session_id = CreateSession(kTenant).id();
+  std::string running = Enqueue(session_id, "first")->turn().id();
+  ASSERT_EQ(Claim()->turn().id(), running);
+
+  auto queued = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_ENQUEUE);
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  EXPECT_EQ(queued->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_THAT(queued->interrupted_turn_id(), IsEmpty());
+  EXPECT_FALSE(GetTurn(running)->cancel_requested());
+}
+
+// ---- Claims ----
+
+TEST_F(Turns, TurnsOfOneSessionAreClaimedInOrderEachAfterThePreviousEnds) {
+  std::string session_id = CreateSession(kTenant).id();
+  std::vector<std::string> enqueued;
+  for (const char* text : {"one", "two", "three"}) {
+    enqueued.push_back(Enqueue(session_id, text)->turn().id());
+  }
+  for (const std::string& expected : enqueued) {
+    auto claim = Claim();
+    ASSERT_TRUE(claim.ok()) << claim.status();
+    EXPECT_EQ(claim->turn().id(), expected);
+    EXPECT_FALSE(Claim()->has_turn());  // The next waits for this one to end.
+    ASSERT_TRUE(Complete(Completion(*claim)).ok());
+  }
+  EXPECT_FALSE(Claim()->has_turn());
+}
+
+TEST_F(Turns, ASessionNeverHasTwoRunningTurns) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "one").ok());
+  ASSERT_TRUE(Enqueue(session_id, "two").ok());
+  auto first = Claim("worker-1");
+  ASSERT_TRUE(first.ok() && first->has_turn()) << first.status();
+  auto second = Claim("worker-2");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->has_turn());
+  EXPECT_EQ(GetSession(session_id)->current_turn_id(), first->turn().id());
+}
+
+TEST_F(Turns, TurnsOfDifferentSessionsRunInParallel) {
+  std::string a = CreateSession(kTenant).id();
+  std::string b = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(a, "hello").ok());
+  ASSERT_TRUE(Enqueue(b, "hello").ok());
+  auto first = Claim("worker-1");
+  auto second = Claim("worker-2");
+  ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
+  ASSERT_TRUE(first->has_turn() && second->has_turn());
+  EXPECT_NE(first->turn().session_id(), second->turn().session_id());
+}
+
+TEST_F(Turns, ConcurrentClaimersNeverShareATurnNorRunTwoInOneSession) {
+  constexpr int kSessions = 20, kTurnsPerSession = 3, kTotal = kSessions * kTurnsPerSession;
+  std::map<std::string, std::vector<std::string>> enqueued;  // Session -> turns, in order.
+  for (int s = 0; s < kSessions; ++s) {
+    std::string session_id = CreateSession(kTenant).id();
+    for (int t = 0; t < kTurnsPerSession; ++t) {
+      enqueued[session_id].push_back(Enqueue(session_id, "hello")->turn().id());
+    }
+  }
+
+  absl::Mutex mu;
+  std::map<std::string, std::vector<std::string>> claimed;  // Session -> turns, in order.
+  std::set<std::string> running_sessions;
+  int overlaps = 0;
+  std::atomic<int> completed = 0;
+  std::vector<absl::Status> failures;
+  auto fail = [&](const absl::Status& status) {
+    absl::MutexLock lock(&mu);
+    failures.push_back(status);
+  };
+  auto work = [&](const std::string& owner) {
+    for (int i = 0; i < 2000 && completed < kTotal; ++i) {
+      auto claim = Claim(owner);
+      if (!claim.ok()) fail(claim.status());
+      if (!claim.ok() || !claim->has_turn()) {
+        absl::SleepFor(absl::Milliseconds(2));
+        continue;
+      }
+      const std::string& session_id = claim->turn().session_id();
+      {
+        absl::MutexLock lock(&mu);
+        claimed[session_id].push_back(claim->turn().id());
+        if (!running_sessions.insert(session_id).second) ++overlaps;
+      }
+      auto beat = Heartbeat(claim->turn().id(), owner, claim->lease_epoch());
+      if (!beat.ok()) fail(beat.status());
+      {
+        // Leave the set before completing: the session's next claim can only follow
+        // the completion, so a second entry is always a real overlap.
+        absl::MutexLock lock(&mu);
+        running_sessions.erase(session_id);
+      }
+      auto done = Complete(Completion(*claim, owner));
+      if (!done.ok()) fail(done.status());
+      ++completed;
+    }
+  };
+  std::vector<std::thread> claimers;
+  for (int i = 0; i < 8; ++i) claimers.emplace_back(work, "worker-" + std::to_string(i));
+  for (std::thread& t : claimers) t.join();
+
+  EXPECT_THAT(failures, IsEmpty());
+  EXPECT_EQ(completed.load(), kTotal);
+  EXPECT_EQ(overlaps, 0);
+  EXPECT_EQ(claimed, enqueued);  // Each turn exactly once, FIFO within its session.
+}
+
+// ---- Leases ----
+
+TEST_F(Turns, HeartbeatExtendsTheLease) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim(kOwner, "", /*lease_ttl_ms=*/1000);
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  auto beat = Heartbeat(claim->turn().id(), kOwner, claim->lease_epoch(), /*lease_ttl_ms=*/600'000);
+  ASSERT_TRUE(beat.ok()) << beat.status();
+  EXPECT_GT(beat->lease_expiry().seconds(), claim->lease_expiry().seconds() + 500);
+  EXPECT_FALSE(beat->cancel_requested());
+}
+
+TEST_F(Turns, HeartbeatReportsACancelRequest) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+  ASSERT_TRUE(CancelTurn(session_id, claim->turn().id()).ok());
+
+  auto beat = Heartbeat(claim->turn().id(), kOwner, claim->lease_epoch());
+  ASSERT_TRUE(beat.ok()) << beat.status();
+  EXPECT_TRUE(beat->cancel_requested());
+}
+
+TEST_F(Turns, HeartbeatWithAnOlderEpochIsLeaseLost) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  auto beat = Heartbeat(claim->turn().id(), kOwner, claim->lease_epoch() - 1);
+  EXPECT_EQ(beat.status().code(), absl::StatusCode::kFailedPrecondition) << beat.status();
+  EXPECT_EQ(Reason(beat.status()), "LEASE_LOST");
+  EXPECT_EQ(ReasonMetadata(beat.status(), "lease_epoch"), std::to_string(claim->lease_epoch()));
+}
+
+TEST_F(Turns, HeartbeatFromAnotherOwnerIsLeaseLost) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  auto beat = Heartbeat(claim->turn().id(), "intruder", claim->lease_epoch());
+  EXPECT_EQ(beat.status().code(), absl::StatusCode::kFailedPrecondition) << beat.status();
+  EXPECT_EQ(Reason(beat.status()), "LEASE_LOST");
+}
+
+TEST_F(Turns, CompleteWithAnOlderEpochIsLeaseLostAndChangesNothing) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  pb::CompleteTurnRequest stale = Completion(*claim);
+  stale.set_lease_epoch(claim->lease_epoch() - 1);
+  auto done = Complete(stale);
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kFailedPrecondition) << done.status();
+  EXPECT_EQ(Reason(done.status()), "LEASE_LOST");
+  EXPECT_EQ(GetTurn(claim->turn().id())->status(), api::TURN_STATUS_RUNNING);
+}
+
+TEST_F(Turns, CompleteFromAnotherOwnerIsLeaseLostAndChangesNothing) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  auto done = Complete(Completion(*claim, "intruder"));
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kFailedPrecondition) << done.status();
+  EXPECT_EQ(Reason(done.status()), "LEASE_LOST");
+  EXPECT_EQ(GetTurn(claim->turn().id())->status(), api::TURN_STATUS_RUNNING);
+}
+
+TEST_F(Turns, AnExpiredLeaseIsReclaimedAndClaimedAgainAsARecovery) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto first = Claim("worker-1", "", /*lease_ttl_ms=*/1000);
+  ASSERT_TRUE(first.ok() && first->has_turn()) << first.status();
+
+  auto reclaimed = ReclaimAfterExpiry();
+  ASSERT_TRUE(reclaimed.ok()) << reclaimed.status();
+  ASSERT_EQ(reclaimed->turns_size(), 1);
+  EXPECT_EQ(reclaimed->turns(0).id(), first->turn().id());
+
+  auto second = Claim("worker-2");
+  ASSERT_TRUE(second.ok() && second->has_turn()) << second.status();
+  EXPECT_EQ(second->turn().id(), first->turn().id());
+  EXPECT_TRUE(second->recovery());
+  EXPECT_GT(second->lease_epoch(), first->lease_epoch());
+  EXPECT_EQ(second->turn().attempt(), first->turn().attempt() + 1);
+}
+
+TEST_F(Turns, TheOldOwnerCannotCompleteAReclaimedTurn) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto first = Claim("worker-1", "", /*lease_ttl_ms=*/1000);
+  ASSERT_TRUE(first.ok() && first->has_turn()) << first.status();
+  ASSERT_TRUE(ReclaimAfterExpiry().ok());
+  auto second = Claim("worker-2");
+  ASSERT_TRUE(second.ok() && second->has_turn()) << second.status();
+
+  auto late = Complete(Completion(*first, "worker-1"));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition) << late.status();
+  EXPECT_EQ(Reason(late.status()), "LEASE_LOST");
+  EXPECT_EQ(ReasonMetadata(late.status(), "lease_epoch"), std::to_string(second->lease_epoch()));
+  EXPECT_TRUE(Complete(Completion(*second, "worker-2")).ok());
+}
+
+// ---- Complete and cancel ----
+
+TEST_F(Turns, CompleteStoresTheAssistantMessagesUsageAndStatus) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "what is 2+2?").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  pb::CompleteTurnRequest completion = Completion(*claim);
+  completion.mutable_usage()->set_input_tokens(10);
+  completion.mutable_usage()->set_output_tokens(20);
+  completion.set_steps(1);
+  api::Message* answer = completion.add_messages();
+  answer->set_role(api::ROLE_ASSISTANT);
+  *answer->add_parts() = TextPart("4");
+  auto done = Complete(completion);
+  ASSERT_TRUE(done.ok()) << done.status();
+
+  EXPECT_EQ(done->turn().status(), api::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(done->turn().finish_reason(), api::FINISH_REASON_STOP);
+  EXPECT_EQ(done->turn().usage().input_tokens(), 10u);
+  EXPECT_EQ(done->turn().usage().output_tokens(), 20u);
+  EXPECT_TRUE(done->turn().has_end_time());
+  EXPECT_EQ(Dump(*GetTurn(claim->turn().id())), Dump(done->turn()));
+  ASSERT_EQ(done->messages_size(), 1);
+  std::vector<api::Message> messages = AllMessages(session_id);
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_EQ(messages[1].role(), api::ROLE_ASSISTANT);
+  EXPECT_EQ(messages[1].turn_id(), claim->turn().id());
+  EXPECT_EQ(messages[1].id(), done->messages(0).id());
+  EXPECT_THAT(GetSession(session_id)->current_turn_id(), IsEmpty());
+}
+
+TEST_F(Turns, CompleteIsIdempotentForTheSameOwnerAndEpoch) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+  pb::CompleteTurnRequest completion = Completion(*claim);
+  api::Message* answer = completion.add_messages();
+  answer->set_role(api::ROLE_ASSISTANT);
+  *answer->add_parts() = TextPart("hi");
+
+  auto first = Complete(completion);
+  auto retry = Complete(completion);
+  ASSERT_TRUE(first.ok() && retry.ok()) << first.status() << retry.status();
+  EXPECT_EQ(Dump(*retry), Dump(*first));
+  EXPECT_EQ(AllMessages(session_id).size(), 2u);
+}
+
+TEST_F(Turns, CancelOfAQueuedTurnCancelsItAtOnce) {
+  std::string session_id = CreateSession(kTenant).id();
+  std::string turn_id = Enqueue(session_id, "hello")->turn().id();
+
+  auto cancelled = CancelTurn(session_id, turn_id);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->turn().status(), api::TURN_STATUS_CANCELLED);
+  EXPECT_EQ(cancelled->turn().finish_reason(), api::FINISH_REASON_CANCELLED);
+  EXPECT_FALSE(cancelled->was_running());
+  EXPECT_FALSE(Claim()->has_turn());
+}
+
+TEST_F(Turns, CancelOfARunningTurnFlagsIt) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+
+  auto cancelled = CancelTurn(session_id, /*turn_id=*/"");  // The running one.
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_TRUE(cancelled->was_running());
+  EXPECT_EQ(cancelled->turn().id(), claim->turn().id());
+  EXPECT_EQ(cancelled->turn().status(), api::TURN_STATUS_RUNNING);
+  EXPECT_TRUE(cancelled->turn().cancel_requested());
+}
+
+TEST_F(Turns, CancelWithoutATurnIdWhenNoneRunsIsNoRunningTurn) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto cancelled = CancelTurn(session_id, "");
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kFailedPrecondition) << cancelled.status();
+  EXPECT_EQ(Reason(cancelled.status()), "NO_RUNNING_TURN");
+}
+
+}  // namespace
+}  // namespace parley::store::testing

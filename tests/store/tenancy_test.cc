@@ -1,0 +1,223 @@
+// Tenant isolation in the store: every tenant-scoped rpc treats another tenant's
+// resource exactly like one that does not exist, and changes nothing of it.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "tests/store/store_test_helpers.h"
+
+namespace parley::store::testing {
+namespace {
+
+constexpr char kOther[] = "tenant_b";
+
+// The ids a call is aimed at: tenant A's, or fresh ones that exist nowhere.
+struct Target {
+  std::string session_id;
+  std::string turn_id;
+  std::string api_key_id;
+};
+
+class Tenancy : public StoreTest {
+ protected:
+  // Everything an rpc answered: code, message, details and response.
+  template <typename Request, typename Response>
+  std::string Outcome(StubMethod<Request, Response> method, const Request& request) {
+    grpc::ClientContext context;
+    Response response;
+    grpc::Status status = (stub()->*method)(&context, request, &response);
+    return absl::StrCat("code=", status.error_code(), " message=\"", status.error_message(),
+                        "\" details=", absl::BytesToHexString(status.error_details()),
+                        " response={", Dump(response), "}");
+  }
+
+  // Tenant A's state as A reads it.
+  std::string SnapshotOfA(const std::string& session_id) {
+    std::string out = Dump(*GetSession(session_id));
+    for (const api::Message& m : AllMessages(session_id)) absl::StrAppend(&out, "\n", Dump(m));
+    for (const api::Turn& t : AllTurns(session_id)) absl::StrAppend(&out, "\n", Dump(t));
+    absl::StrAppend(&out, "\n", Dump(*ReadEvents(session_id)));
+    pb::ListApiKeysRequest keys;
+    keys.set_tenant_id(kTenant);
+    keys.set_include_revoked(true);
+    absl::StrAppend(&out, "\n", Dump(*Call(&Stub::ListApiKeys, keys)));
+    return out;
+  }
+};
+
+TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
+  // Tenant A: a session with a message, a running turn, events and an API key.
+  const std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(AppendMessage(session_id, "be nice").ok());
+  ASSERT_TRUE(Enqueue(session_id, "hello").ok());
+  auto claim = Claim();
+  ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
+  ASSERT_TRUE(
+      AppendEvents(session_id, {TextEvent(session_id, 1, "a"), TextEvent(session_id, 2, "b")})
+          .ok());
+  auto key = CreateApiKey({"*"});
+  ASSERT_TRUE(key.ok()) << key.status();
+  CreateTenant(kOther);
+  const std::string before = SnapshotOfA(session_id);
+
+  const Target of_a{session_id, claim->turn().id(), key->api_key().id()};
+  const Target missing{NewId("ses"), NewId("turn"), NewId("key")};
+  const uint64_t epoch = claim->lease_epoch();
+
+  // Each call is made by tenant B; `expected` is what a missing resource gives.
+  struct Case {
+    const char* rpc;
+    grpc::StatusCode expected;
+    std::function<std::string(const Target&)> call;
+  };
+  const std::vector<Case> cases = {
+      {"GetSession", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::GetSessionRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         return Outcome(&Stub::GetSession, r);
+       }},
+      {"UpdateSession", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::UpdateSessionRequest r;
+         r.set_tenant_id(kOther);
+         r.mutable_request()->set_session_id(t.session_id);
+         r.mutable_request()->mutable_session()->set_title("taken over");
+         r.mutable_request()->mutable_update_mask()->add_paths("title");
+         return Outcome(&Stub::UpdateSession, r);
+       }},
+      {"CloseSession", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::CloseSessionRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         return Outcome(&Stub::CloseSession, r);
+       }},
+      // Deleting a missing session is OK with deleted = false.
+      {"DeleteSession", grpc::OK,
+       [&](const Target& t) {
+         pb::DeleteSessionRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         return Outcome(&Stub::DeleteSession, r);
+       }},
+      {"AppendMessage", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::AppendMessageRequest r;
+         r.set_tenant_id(kOther);
+         r.mutable_message()->set_session_id(t.session_id);
+         r.mutable_message()->set_role(api::ROLE_SYSTEM);
+         *r.mutable_message()->add_parts() = TextPart("injected");
+         return Outcome(&Stub::AppendMessage, r);
+       }},
+      {"ListMessages", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::ListMessagesRequest r;
+         r.set_tenant_id(kOther);
+         r.mutable_request()->set_session_id(t.session_id);
+         return Outcome(&Stub::ListMessages, r);
+       }},
+      {"EnqueueTurn", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::EnqueueTurnRequest r;
+         r.set_tenant_id(kOther);
+         r.mutable_request()->set_session_id(t.session_id);
+         *r.mutable_request()->add_content() = TextPart("injected");
+         return Outcome(&Stub::EnqueueTurn, r);
+       }},
+      {"GetTurn", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::GetTurnRequest r;
+         r.set_tenant_id(kOther);
+         r.set_turn_id(t.turn_id);
+         return Outcome(&Stub::GetTurn, r);
+       }},
+      {"ListTurns", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::ListTurnsRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         return Outcome(&Stub::ListTurns, r);
+       }},
+      {"CancelTurn", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::CancelTurnRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         r.set_turn_id(t.turn_id);
+         return Outcome(&Stub::CancelTurn, r);
+       }},
+      {"HeartbeatTurn", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::HeartbeatTurnRequest r;
+         r.set_tenant_id(kOther);
+         r.set_turn_id(t.turn_id);
+         r.set_owner(kOwner);
+         r.set_lease_epoch(epoch);
+         r.set_lease_ttl_ms(kLeaseTtlMs);
+         r.set_steps(7);
+         return Outcome(&Stub::HeartbeatTurn, r);
+       }},
+      {"CompleteTurn", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::CompleteTurnRequest r = Completion(*claim);
+         r.set_tenant_id(kOther);
+         r.set_turn_id(t.turn_id);
+         return Outcome(&Stub::CompleteTurn, r);
+       }},
+      {"AppendEvents", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::AppendEventsRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         *r.add_events() = TextEvent(t.session_id, 3, "injected");
+         return Outcome(&Stub::AppendEvents, r);
+       }},
+      {"ReadEvents", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::ReadEventsRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         return Outcome(&Stub::ReadEvents, r);
+       }},
+      {"GetLastSeq", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::GetLastSeqRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         return Outcome(&Stub::GetLastSeq, r);
+       }},
+      {"AdvanceEpoch", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::AdvanceEpochRequest r;
+         r.set_tenant_id(kOther);
+         r.set_session_id(t.session_id);
+         r.set_expected_epoch(1);
+         return Outcome(&Stub::AdvanceEpoch, r);
+       }},
+      {"RevokeApiKey", grpc::NOT_FOUND,
+       [&](const Target& t) {
+         pb::RevokeApiKeyRequest r;
+         r.set_tenant_id(kOther);
+         r.set_api_key_id(t.api_key_id);
+         return Outcome(&Stub::RevokeApiKey, r);
+       }},
+  };
+
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.rpc);
+    const std::string on_missing = c.call(missing);
+    EXPECT_EQ(c.call(of_a), on_missing);
+    EXPECT_EQ(on_missing.substr(0, on_missing.find(' ')),
+              absl::StrCat("code=", static_cast<int>(c.expected)));
+  }
+  EXPECT_EQ(SnapshotOfA(session_id), before);
+}
+
+}  // namespace
+}  // namespace parley::store::testing
