@@ -4,6 +4,8 @@
 #include "common/server/service_host.h"
 #include "gateway/api/session_api.h"
 #include "gateway/auth/authenticator.h"
+#include "gateway/fanout/history.h"
+#include "gateway/fanout/hub.h"
 #include "parley/v1/parley.grpc.pb.h"
 
 namespace {
@@ -15,6 +17,9 @@ struct GatewayConfig {
   std::string bootstrap_api_key;
   std::string bootstrap_tenant = "default";
   absl::Duration downstream_timeout = absl::Seconds(30);
+  std::string redis_key_prefix;
+  int64_t stream_buffer = 1024;
+  absl::Duration keepalive = absl::Seconds(15);
 };
 
 }  // namespace
@@ -36,6 +41,12 @@ int main(int argc, char** argv) {
                parley::ValidateNonEmpty);
   flags.Duration("downstream_timeout", &config.downstream_timeout,
                  "longest a forwarded call may take, within the caller's own deadline");
+  flags.String("redis_key_prefix", &config.redis_key_prefix,
+               "prefix of every Redis key (tests use it to share one server)");
+  flags.Int("stream_buffer", &config.stream_buffer,
+            "events buffered per StreamEvents call before a slow client is cut", 16, 1 << 20);
+  flags.Duration("keepalive", &config.keepalive,
+                 "StreamEvents sends a Keepalive after this long without events");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
 
   parley::ServiceHost host("parley-gateway", server);

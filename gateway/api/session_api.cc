@@ -2,6 +2,7 @@
 
 #include "common/status.h"
 #include "gateway/api/forwarding_reactor.h"
+#include "gateway/api/stream_events.h"
 
 namespace parley::gateway {
 namespace {
@@ -15,10 +16,24 @@ grpc::ServerUnaryReactor* Reject(grpc::CallbackServerContext* context, const abs
 }  // namespace
 
 SessionApi::SessionApi(Authenticator& authenticator, std::shared_ptr<grpc::Channel> session_channel,
-                       absl::Duration downstream_timeout)
+                       absl::Duration downstream_timeout, Hub* hub)
     : authenticator_(authenticator),
       router_(router::v1::SessionRouter::NewStub(std::move(session_channel))),
-      downstream_timeout_(downstream_timeout) {}
+      downstream_timeout_(downstream_timeout),
+      hub_(hub) {}
+
+grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
+    grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
+  absl::StatusOr<Principal> principal = authenticator_.Authenticate(*context);
+  if (!principal.ok()) return new RejectedStream(ToGrpcStatus(principal.status()));
+  absl::StatusOr<StreamParams> params = StreamParamsFromRequest(principal->tenant_id, *request);
+  if (!params.ok()) return new RejectedStream(ToGrpcStatus(params.status()));
+  if (hub_ == nullptr) {
+    return new RejectedStream(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "event streaming is not configured"));
+  }
+  return new StreamEventsReactor(*hub_, *std::move(params));
+}
 
 grpc::ServerUnaryReactor* SessionApi::SendMessage(grpc::CallbackServerContext* context,
                                                   const v1::SendMessageRequest* request,

@@ -2,8 +2,8 @@
 //
 // Every call is authenticated first (UNAUTHENTICATED otherwise). Calls that change a
 // session's turns (SendMessage, CancelTurn) go to any session-svc replica with the
-// caller's tenant attached; the rest are served by later parts of the gateway and
-// answer UNIMPLEMENTED until then.
+// caller's tenant attached; StreamEvents is served from this node's fan-out hub; the
+// rest are served by later parts of the gateway and answer UNIMPLEMENTED until then.
 //
 // Threading: handlers run on gRPC's callback threads and never block; forwarding is
 // asynchronous (ForwardingReactor).
@@ -13,6 +13,7 @@
 
 #include "absl/time/time.h"
 #include "gateway/auth/authenticator.h"
+#include "gateway/fanout/hub.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 
@@ -21,8 +22,9 @@ namespace parley::gateway {
 class SessionApi final : public v1::SessionService::CallbackService {
  public:
   // `authenticator` must outlive this object.
+  // `hub` may be null: StreamEvents then answers UNAVAILABLE.
   SessionApi(Authenticator& authenticator, std::shared_ptr<grpc::Channel> session_channel,
-             absl::Duration downstream_timeout);
+             absl::Duration downstream_timeout, Hub* hub = nullptr);
 
   grpc::ServerUnaryReactor* SendMessage(grpc::CallbackServerContext* context,
                                         const v1::SendMessageRequest* request,
@@ -30,11 +32,14 @@ class SessionApi final : public v1::SessionService::CallbackService {
   grpc::ServerUnaryReactor* CancelTurn(grpc::CallbackServerContext* context,
                                        const v1::CancelTurnRequest* request,
                                        v1::CancelTurnResponse* response) override;
+  grpc::ServerWriteReactor<v1::StreamEventsResponse>* StreamEvents(
+      grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) override;
 
  private:
   Authenticator& authenticator_;
   std::unique_ptr<router::v1::SessionRouter::Stub> router_;
   absl::Duration downstream_timeout_;
+  Hub* hub_;
 };
 
 }  // namespace parley::gateway

@@ -1,0 +1,172 @@
+#include "common/events/publisher.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+
+namespace parley {
+namespace {
+
+// KEYS: lease hash, stream, channel. ARGV: lease epoch, seq, transient (0/1),
+// serialized event, publish time ms.
+constexpr char kPublishScript[] = R"lua(
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then
+  return redis.error_reply('PARLEY_LEASE_LOST ' .. tostring(epoch or 0))
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0')
+local seq = tonumber(ARGV[2])
+local sub = 0
+if ARGV[3] == '0' then
+  if seq ~= last + 1 then return redis.error_reply('PARLEY_SEQ_MISMATCH ' .. last) end
+  redis.call('HSET', KEYS[1], 'last_seq', seq, 'sub', 0)
+else
+  if seq ~= last then return redis.error_reply('PARLEY_SEQ_MISMATCH ' .. last) end
+  sub = redis.call('HINCRBY', KEYS[1], 'sub', 1)
+end
+redis.call('XADD', KEYS[2], seq .. '-' .. sub, 'e', ARGV[4], 't', ARGV[5])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+return seq
+)lua";
+
+// KEYS: lease hash. ARGV: epoch, owner, floor seq. Returns last_seq.
+constexpr char kAcquireScript[] = R"lua(
+local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+local epoch = tonumber(ARGV[1])
+if current > epoch then return redis.error_reply('PARLEY_LEASE_LOST ' .. current) end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0')
+local floor = tonumber(ARGV[3])
+if floor > last then
+  redis.call('HSET', KEYS[1], 'last_seq', floor, 'sub', 0)
+  last = floor
+end
+return last
+)lua";
+
+// "PARLEY_<REASON> <number>" from a script error -> status with ErrorInfo.
+absl::Status ScriptError(const absl::Status& status) {
+  absl::string_view message = status.message();
+  size_t at = message.find("PARLEY_");
+  if (at == absl::string_view::npos) return status;
+  std::vector<absl::string_view> words = absl::StrSplit(message.substr(at + 7), ' ');
+  std::string reason(words[0]);
+  std::string value = words.size() > 1 ? std::string(words[1]) : "";
+  absl::Status out = absl::FailedPreconditionError(
+      reason == "LEASE_LOST" ? "lease lost: a newer writer holds this session"
+                             : absl::StrCat("seq mismatch: the stream ends at ", value));
+  SetErrorInfo(out, reason, {{reason == "LEASE_LOST" ? "lease_epoch" : "last_seq", value}});
+  return out;
+}
+
+}  // namespace
+
+EventPublisher::EventPublisher(RedisConnection& redis, PublisherOptions options, Clock& clock)
+    : redis_(redis), options_(std::move(options)), keys_(options_.key_prefix), clock_(clock) {}
+
+absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
+                                                     const std::string& body,
+                                                     std::vector<std::string> keys_and_args,
+                                                     int key_count,
+                                                     std::vector<std::string> extra_command) {
+  // EVAL caches the script by its SHA on the server; EVALSHA afterwards avoids
+  // resending the body. A server that lost its script cache (restart) answers
+  // NOSCRIPT and gets the body again.
+  std::vector<std::string> command = {sha.empty() ? "EVAL" : "EVALSHA", sha.empty() ? body : sha,
+                                      absl::StrCat(key_count)};
+  command.insert(command.end(), keys_and_args.begin(), keys_and_args.end());
+  std::vector<std::vector<std::string>> commands = {command};
+  if (!extra_command.empty()) commands.push_back(extra_command);
+  absl::StatusOr<std::vector<RedisReply>> replies = redis_.Pipeline(commands);
+  if (!replies.ok() && absl::StrContains(replies.status().message(), "NOSCRIPT")) {
+    command[0] = "EVAL";
+    command[1] = body;
+    commands[0] = command;
+    replies = redis_.Pipeline(commands);
+  }
+  if (!replies.ok()) return ScriptError(replies.status());
+  return std::move(replies->front());
+}
+
+absl::StatusOr<uint64_t> EventPublisher::AcquireLease(const std::string& session_id,
+                                                      const std::string& owner, uint64_t epoch,
+                                                      uint64_t floor_seq) {
+  absl::StatusOr<RedisReply> reply =
+      RunScript(acquire_sha_, kAcquireScript,
+                {keys_.Lease(session_id), absl::StrCat(epoch), owner, absl::StrCat(floor_seq)}, 1);
+  if (!reply.ok()) return reply.status();
+  if (acquire_sha_.empty()) {
+    auto sha = redis_.Command({"SCRIPT", "LOAD", kAcquireScript});
+    if (sha.ok()) acquire_sha_ = std::string((*sha)->str, (*sha)->len);
+  }
+  return static_cast<uint64_t>((*reply)->integer);
+}
+
+absl::Status EventPublisher::Publish(const v1::Event& event, uint64_t lease_epoch) {
+  const std::string& session = event.session_id();
+  absl::StatusOr<RedisReply> reply = RunScript(
+      publish_sha_, kPublishScript,
+      {keys_.Lease(session), keys_.EventStream(session), keys_.EventChannel(session),
+       absl::StrCat(lease_epoch), absl::StrCat(event.seq()), event.transient() ? "1" : "0",
+       event.SerializeAsString(), absl::StrCat(absl::ToUnixMillis(clock_.Now()))},
+      3,
+      {"ZADD", keys_.PersistQueue(), "NX", absl::StrCat(absl::ToUnixMillis(clock_.Now())),
+       session});
+  if (!reply.ok()) return reply.status();
+  if (publish_sha_.empty()) {
+    auto sha = redis_.Command({"SCRIPT", "LOAD", kPublishScript});
+    if (sha.ok()) publish_sha_ = std::string((*sha)->str, (*sha)->len);
+  }
+  if (++since_trim_ >= options_.trim_every) {
+    since_trim_ = 0;
+    return Trim(session);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EventPublisher::Trim(const std::string& session_id) {
+  absl::StatusOr<std::vector<RedisReply>> state =
+      redis_.Pipeline({{"GET", keys_.PersistedSeq(session_id)},
+                       {"HGET", keys_.Lease(session_id), "last_seq"},
+                       {"XRANGE", keys_.EventStream(session_id), "-", "+", "COUNT", "128"}});
+  if (!state.ok()) return state.status();
+  auto number = [](const RedisReply& reply) -> int64_t {
+    int64_t value = 0;
+    if (reply->type == REDIS_REPLY_STRING) {
+      (void)absl::SimpleAtoi(absl::string_view(reply->str, reply->len), &value);
+    }
+    return value;
+  };
+  const int64_t persisted = number((*state)[0]);
+  const int64_t last = number((*state)[1]);
+  int64_t floor = last - options_.hot_window_events + 1;  // Keep at most N entries.
+  // Entries older than the age limit may go too; the oldest come first.
+  const int64_t too_old_ms = absl::ToUnixMillis(clock_.Now() - options_.hot_window_age);
+  const redisReply* entries = (*state)[2].get();
+  for (size_t i = 0; i < entries->elements; ++i) {
+    const redisReply* fields = entries->element[i]->element[1];
+    int64_t published_ms = 0;
+    for (size_t f = 0; f + 1 < fields->elements; f += 2) {
+      if (absl::string_view(fields->element[f]->str, fields->element[f]->len) == "t") {
+        (void)absl::SimpleAtoi(
+            absl::string_view(fields->element[f + 1]->str, fields->element[f + 1]->len),
+            &published_ms);
+      }
+    }
+    if (published_ms >= too_old_ms) break;
+    int64_t seq = 0;
+    absl::string_view id(entries->element[i]->element[0]->str,
+                         entries->element[i]->element[0]->len);
+    (void)absl::SimpleAtoi(id.substr(0, id.find('-')), &seq);
+    floor = std::max(floor, seq + 1);
+  }
+  const int64_t min_kept = std::min(floor, persisted + 1);  // Never drop unpersisted events.
+  if (min_kept <= 1) return absl::OkStatus();
+  return redis_
+      .Command({"XTRIM", keys_.EventStream(session_id), "MINID", absl::StrCat(min_kept, "-0")})
+      .status();
+}
+
+}  // namespace parley

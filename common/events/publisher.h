@@ -1,0 +1,79 @@
+// EventPublisher: the only way events enter a session's stream.
+//
+// Each event goes to Redis in one Lua script that, atomically:
+//   1. checks the writer's fencing epoch against the session's lease hash — a writer
+//      whose lease was taken over (a zombie) gets LEASE_LOST and writes nothing;
+//   2. checks the seq: a durable event must be last_seq + 1 (SEQ_MISMATCH otherwise);
+//      a transient event carries the current last_seq and gets the next sub-id;
+//   3. appends to the stream `{s:<id>}:ev` with entry id "<seq>-<sub>" (sub 0 for
+//      durable events) and fields e=<serialized parley.v1.Event>, t=<publish ms>;
+//   4. publishes the serialized event on the session channel `{s:<id>}`.
+// The same round trip then marks the session for the persister (ZADD NX on the
+// persist queue). Every key of a session shares the `{s:<id>}` hash tag, so the
+// script runs on one Redis Cluster slot.
+//
+//   EventPublisher publisher(redis, {});
+//   ASSIGN_OR_RETURN(uint64_t last_seq, publisher.AcquireLease(session, owner, epoch));
+//   event.set_seq(last_seq + 1);
+//   RETURN_IF_ERROR(publisher.Publish(event, epoch));
+//
+// Trim() drops stream entries below what store-svc has persisted, keeping at most
+// `hot_window_events` entries and none older than `hot_window_age`; entries not yet
+// persisted are never dropped. Publish() trims every `trim_every` events.
+//
+// Not thread-safe: one publisher per connection, used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/redis.h"
+#include "parley/v1/events.pb.h"
+
+namespace parley {
+
+struct PublisherOptions {
+  std::string key_prefix;  // Tests isolate their keys; empty in production.
+  int64_t hot_window_events = 10000;
+  absl::Duration hot_window_age = absl::Minutes(10);
+  int64_t trim_every = 256;
+};
+
+class EventPublisher {
+ public:
+  // `redis` and `clock` must outlive the publisher.
+  EventPublisher(RedisConnection& redis, PublisherOptions options, Clock& clock);
+
+  // Makes `epoch` the session's fencing epoch (it may only grow) and records `owner`.
+  // Returns the last seq published in Redis (0 when the stream holds nothing, e.g.
+  // after a flush: the caller then continues from the durable last seq). Errors:
+  // FAILED_PRECONDITION "LEASE_LOST" when a higher epoch already holds the lease.
+  absl::StatusOr<uint64_t> AcquireLease(const std::string& session_id, const std::string& owner,
+                                        uint64_t epoch, uint64_t floor_seq = 0);
+
+  // Appends and publishes `event` under `lease_epoch`. Errors: FAILED_PRECONDITION with
+  // ErrorInfo "LEASE_LOST" (metadata lease_epoch) or "SEQ_MISMATCH" (metadata
+  // last_seq); UNAVAILABLE when Redis is unreachable.
+  absl::Status Publish(const v1::Event& event, uint64_t lease_epoch);
+
+  // Trims the session's hot window (see above).
+  absl::Status Trim(const std::string& session_id);
+
+ private:
+  absl::StatusOr<RedisReply> RunScript(const std::string& sha, const std::string& body,
+                                       std::vector<std::string> keys_and_args, int key_count,
+                                       std::vector<std::string> extra_command = {});
+
+  RedisConnection& redis_;
+  const PublisherOptions options_;
+  const RedisKeys keys_;
+  Clock& clock_;
+  std::string publish_sha_;
+  std::string acquire_sha_;
+  int64_t since_trim_ = 0;
+};
+
+}  // namespace parley

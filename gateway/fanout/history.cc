@@ -1,0 +1,148 @@
+#include "gateway/fanout/history.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+
+namespace parley::gateway {
+namespace {
+
+std::string Str(const redisReply* reply) {
+  return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
+}
+
+}  // namespace
+
+RedisStoreHistory::RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
+                                     std::shared_ptr<store::v1::StoreService::StubInterface> store)
+    : redis_(std::move(redis)), keys_(std::move(keys)), store_(std::move(store)) {}
+
+absl::StatusOr<std::unique_ptr<RedisConnection>> RedisStoreHistory::Borrow() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!idle_.empty()) {
+      auto connection = std::move(idle_.back());
+      idle_.pop_back();
+      return connection;
+    }
+  }
+  return RedisConnection::Connect(redis_, absl::Seconds(2));
+}
+
+void RedisStoreHistory::Return(std::unique_ptr<RedisConnection> connection) {
+  if (connection == nullptr || connection->broken()) return;
+  absl::MutexLock lock(&mu_);
+  idle_.push_back(std::move(connection));
+}
+
+absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadHot(RedisConnection& redis,
+                                                                  const std::string& session_id,
+                                                                  uint64_t from_seq, int max) {
+  absl::StatusOr<RedisReply> reply =
+      redis.Command({"XRANGE", keys_.EventStream(session_id), absl::StrCat(from_seq, "-0"), "+",
+                     "COUNT", absl::StrCat(max)});
+  if (!reply.ok()) return reply.status();
+  std::vector<v1::Event> events;
+  for (size_t i = 0; i < (*reply)->elements; ++i) {
+    const redisReply* fields = (*reply)->element[i]->element[1];
+    for (size_t f = 0; f + 1 < fields->elements; f += 2) {
+      if (Str(fields->element[f]) != "e") continue;
+      v1::Event event;
+      if (!event.ParseFromString(Str(fields->element[f + 1]))) {
+        return absl::DataLossError(
+            absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
+      }
+      events.push_back(std::move(event));
+    }
+  }
+  return events;
+}
+
+absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadCold(const std::string& tenant_id,
+                                                                   const std::string& session_id,
+                                                                   uint64_t from_seq, int max) {
+  if (store_ == nullptr) return std::vector<v1::Event>();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  store::v1::ReadEventsRequest request;
+  request.set_tenant_id(tenant_id);
+  request.set_session_id(session_id);
+  request.set_after_seq(from_seq - 1);
+  request.set_limit(static_cast<uint32_t>(max));
+  store::v1::ReadEventsResponse response;
+  grpc::Status status = store_->ReadEvents(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return std::vector<v1::Event>(response.events().begin(), response.events().end());
+}
+
+absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadFrom(const std::string& tenant_id,
+                                                                   const std::string& session_id,
+                                                                   uint64_t from_seq, int max) {
+  absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();
+  if (!redis.ok()) return redis.status();
+  absl::StatusOr<std::vector<v1::Event>> hot = ReadHot(**redis, session_id, from_seq, max);
+  Return(*std::move(redis));
+  if (!hot.ok()) return hot.status();
+  if (!hot->empty() && hot->front().seq() <= from_seq) return hot;
+  // The hot window starts later (trimmed) or is empty: the store has what was persisted.
+  absl::StatusOr<std::vector<v1::Event>> cold = ReadCold(tenant_id, session_id, from_seq, max);
+  if (!cold.ok()) return cold.status();
+  if (!cold->empty()) return cold;
+  return hot;  // Possibly later events; the caller sees the gap.
+}
+
+absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id,
+                                                    const std::string& session_id) {
+  absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();
+  if (!redis.ok()) return redis.status();
+  absl::StatusOr<RedisReply> reply =
+      (*redis)->Command({"HGET", keys_.Lease(session_id), "last_seq"});
+  Return(*std::move(redis));
+  if (!reply.ok()) return reply.status();
+  uint64_t last = 0;
+  if ((*reply)->type == REDIS_REPLY_STRING) (void)absl::SimpleAtoi(Str(reply->get()), &last);
+  if (last > 0 || store_ == nullptr) return last;
+  // Nothing in Redis (e.g. after a flush): the durable log knows.
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  store::v1::GetLastSeqRequest request;
+  request.set_tenant_id(tenant_id);
+  request.set_session_id(session_id);
+  store::v1::GetLastSeqResponse response;
+  grpc::Status status = store_->GetLastSeq(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.last_seq();
+}
+
+absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
+                                            const std::string& session_id) {
+  if (store_ == nullptr) return absl::OkStatus();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  store::v1::GetSessionRequest request;
+  request.set_tenant_id(tenant_id);
+  request.set_session_id(session_id);
+  store::v1::GetSessionResponse response;
+  return FromGrpcStatus(store_->GetSession(&context, request, &response));
+}
+
+absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tenant_id,
+                                                         const std::string& session_id,
+                                                         const std::string& turn_id) {
+  if (store_ == nullptr) return absl::NotFoundError("turn not found");
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  store::v1::GetTurnRequest request;
+  request.set_tenant_id(tenant_id);
+  request.set_session_id(session_id);
+  request.set_turn_id(turn_id);
+  store::v1::GetTurnResponse response;
+  grpc::Status status = store_->GetTurn(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.turn().first_seq();
+}
+
+}  // namespace parley::gateway

@@ -1,0 +1,77 @@
+// Where a stream's past comes from when it is not arriving live.
+//
+// The hot window is the session's Redis stream (recent events, transient ones
+// included); older events live only in Postgres, read through store-svc. ReadFrom
+// returns events with seq >= from_seq in order, starting at from_seq whenever either
+// source still has it.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/redis.h"
+#include "parley/store/v1/store.grpc.pb.h"
+#include "parley/v1/events.pb.h"
+
+namespace parley::gateway {
+
+class HistorySource {
+ public:
+  virtual ~HistorySource() = default;
+  // Up to `max` events with seq >= from_seq, in order (durable ones, and transient
+  // ones from the hot window). Empty when nothing that new exists yet.
+  virtual absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
+                                                          const std::string& session_id,
+                                                          uint64_t from_seq, int max) = 0;
+  // The newest seq the session has published (0 when none), for from_latest.
+  virtual absl::StatusOr<uint64_t> LastSeq(const std::string& tenant_id,
+                                           const std::string& session_id) = 0;
+  // OK when the session exists and belongs to the tenant; NOT_FOUND otherwise (another
+  // tenant's session is indistinguishable from a missing one).
+  virtual absl::Status CheckAccess(const std::string& tenant_id, const std::string& session_id) = 0;
+  // The first seq of a turn (0 while it has not started).
+  virtual absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id,
+                                                const std::string& session_id,
+                                                const std::string& turn_id) = 0;
+};
+
+// Redis first, store-svc for what Redis no longer (or never) had. Thread-safe: each
+// call borrows one of a few blocking Redis connections.
+class RedisStoreHistory final : public HistorySource {
+ public:
+  // `store` may be null (no cold path: events older than the hot window are then
+  // reported as missing).
+  RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
+                    std::shared_ptr<store::v1::StoreService::StubInterface> store);
+
+  absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
+                                                  const std::string& session_id, uint64_t from_seq,
+                                                  int max) override;
+  absl::StatusOr<uint64_t> LastSeq(const std::string& tenant_id,
+                                   const std::string& session_id) override;
+  absl::Status CheckAccess(const std::string& tenant_id, const std::string& session_id) override;
+  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id, const std::string& session_id,
+                                        const std::string& turn_id) override;
+
+ private:
+  absl::StatusOr<std::unique_ptr<RedisConnection>> Borrow();
+  void Return(std::unique_ptr<RedisConnection> connection);
+  absl::StatusOr<std::vector<v1::Event>> ReadHot(RedisConnection& redis,
+                                                 const std::string& session_id, uint64_t from_seq,
+                                                 int max);
+  absl::StatusOr<std::vector<v1::Event>> ReadCold(const std::string& tenant_id,
+                                                  const std::string& session_id, uint64_t from_seq,
+                                                  int max);
+
+  const RedisEndpoint redis_;
+  const RedisKeys keys_;
+  std::shared_ptr<store::v1::StoreService::StubInterface> store_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<RedisConnection>> idle_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace parley::gateway

@@ -1,0 +1,492 @@
+#include "gateway/fanout/hub.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+
+namespace parley::gateway {
+namespace {
+
+ResponsePtr Wrap(v1::Event event) {
+  auto response = std::make_shared<v1::StreamEventsResponse>();
+  *response->mutable_event() = std::move(event);
+  return response;
+}
+
+grpc::Status SlowConsumer(uint64_t last_seq) {
+  absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
+      "the stream fell too far behind and was closed; resume with after_seq=", last_seq));
+  SetErrorInfo(status, "SLOW_CONSUMER", {{"last_seq", absl::StrCat(last_seq)}});
+  return ToGrpcStatus(status);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
+// StreamCore
+
+StreamCore::StreamCore(Hub& hub, StreamWriter* writer, StreamParams params)
+    : hub_(hub), params_(std::move(params)), writer_(writer), last_write_(absl::Now()) {}
+
+void StreamCore::OnLive(const ResponsePtr& response) {
+  absl::MutexLock lock(&mu_);
+  if (finished_) return;
+  if (!live_) {
+    // A read of history is under way; it will pick these up when it catches up.
+    if (static_cast<int>(pending_.size()) < hub_.options().max_buffered) {
+      pending_.push_back(response);
+    } else {
+      pending_overflowed_ = true;  // Dropped here, re-read from Redis later.
+    }
+    return;
+  }
+  if (AcceptLocked(response, /*from_backfill=*/false) == Offer::kGap) {
+    live_ = false;
+    pending_.push_back(response);
+    ScheduleBackfillLocked();
+  }
+}
+
+StreamCore::Offer StreamCore::AcceptLocked(const ResponsePtr& response, bool from_backfill) {
+  const v1::Event& event = response->event();
+  if (epoch_ == 0) {
+    epoch_ = event.epoch();
+    if (params_.client_epoch != 0 && params_.client_epoch != epoch_) {
+      // The client's cursor belongs to a history that no longer exists: it must
+      // rebuild its view from the start of the current one.
+      auto changed = std::make_shared<v1::StreamEventsResponse>();
+      changed->mutable_epoch_changed()->set_old_epoch(params_.client_epoch);
+      changed->mutable_epoch_changed()->set_new_epoch(epoch_);
+      changed->mutable_epoch_changed()->set_reason("the cursor is from an earlier epoch");
+      changed->mutable_epoch_changed()->set_resume_after_seq(0);
+      EnqueueLocked(std::move(changed));
+      next_seq_ = 1;
+      reread_ = true;
+      return Offer::kDropped;
+    }
+  }
+  if (event.epoch() > epoch_) {
+    // History was lost before it was persisted: events from seq onward replace what
+    // this stream may have sent. Say so, then continue in the new epoch.
+    auto changed = std::make_shared<v1::StreamEventsResponse>();
+    changed->mutable_epoch_changed()->set_old_epoch(epoch_);
+    changed->mutable_epoch_changed()->set_new_epoch(event.epoch());
+    changed->mutable_epoch_changed()->set_reason("events were lost before they were persisted");
+    changed->mutable_epoch_changed()->set_resume_after_seq(event.seq() - 1);
+    EnqueueLocked(std::move(changed));
+    epoch_ = event.epoch();
+    next_seq_ = event.seq();
+  } else if (event.epoch() < epoch_) {
+    return Offer::kDropped;  // From before the change.
+  }
+  if (event.transient()) {
+    if (event.seq() + 1 != next_seq_) return Offer::kDropped;
+    EnqueueLocked(response);
+    return Offer::kAccepted;
+  }
+  if (event.seq() < next_seq_) return Offer::kDropped;
+  if (event.seq() > next_seq_) {
+    if (!from_backfill) return Offer::kGap;
+    // Neither Redis nor the store has the missing events.
+    absl::Status lost = absl::DataLossError(
+        absl::StrCat("events ", next_seq_, "..", event.seq() - 1, " of the session are missing"));
+    FinishLocked(ToGrpcStatus(lost));
+    return Offer::kDropped;
+  }
+  EnqueueLocked(response);
+  ++next_seq_;
+  if (params_.until_turn_end && event.has_turn_sealed() &&
+      (params_.turn_id.empty() || event.turn_id() == params_.turn_id)) {
+    finish_after_drain_ = true;
+  }
+  return Offer::kAccepted;
+}
+
+void StreamCore::EnqueueLocked(ResponsePtr response) {
+  if (finished_ || finish_after_drain_) return;
+  if (static_cast<int>(queue_.size()) >= hub_.options().max_buffered) {
+    hub_.cut().Increment();
+    FinishLocked(SlowConsumer(last_written_seq_));
+    return;
+  }
+  queue_.push_back(std::move(response));
+  MaybeWriteLocked();
+}
+
+void StreamCore::MaybeWriteLocked() {
+  if (writer_ == nullptr || in_flight_ != nullptr || finished_) return;
+  if (queue_.empty()) {
+    if (finish_after_drain_) FinishLocked(grpc::Status::OK);
+    return;
+  }
+  in_flight_ = std::move(queue_.front());
+  queue_.pop_front();
+  last_write_ = absl::Now();
+  writer_->WriteResponse(in_flight_.get());
+}
+
+void StreamCore::OnWriteDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  if (in_flight_ != nullptr && in_flight_->has_event()) {
+    const v1::Event& event = in_flight_->event();
+    if (ok && !event.transient()) last_written_seq_ = event.seq();
+    if (ok && event.has_time()) {
+      hub_.lag().Observe(absl::ToDoubleSeconds(
+          absl::Now() -
+          absl::FromUnixNanos(
+              google::protobuf::util::TimeUtil::TimestampToNanoseconds(event.time()))));
+    }
+    if (ok) hub_.delivered().Increment();
+  }
+  in_flight_.reset();
+  if (paused_ && static_cast<int>(queue_.size()) <= hub_.options().max_buffered / 4) {
+    paused_ = false;  // The client caught up with what history we read: read more.
+    ScheduleBackfillLocked();
+  }
+  if (!ok) {
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
+  }
+  if (deferred_finish_ && writer_ != nullptr) {
+    grpc::Status status = *std::move(deferred_finish_);
+    deferred_finish_.reset();
+    writer_->FinishStream(status);
+    return;
+  }
+  MaybeWriteLocked();
+}
+
+void StreamCore::FinishLocked(const grpc::Status& status) {
+  if (finished_) return;
+  finished_ = true;
+  queue_.clear();
+  pending_.clear();
+  if (writer_ == nullptr) return;
+  // gRPC wants no Finish while a write is outstanding; OnWriteDone sends it.
+  if (in_flight_ != nullptr) {
+    deferred_finish_ = status;
+  } else {
+    writer_->FinishStream(status);
+  }
+}
+
+void StreamCore::Cancel() {
+  absl::MutexLock lock(&mu_);
+  FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+}
+
+void StreamCore::Detach() {
+  absl::MutexLock lock(&mu_);
+  writer_ = nullptr;
+  finished_ = true;
+}
+
+void StreamCore::Resync() {
+  absl::MutexLock lock(&mu_);
+  if (finished_) return;
+  live_ = false;
+  if (backfill_scheduled_) {
+    reread_ = true;  // The read under way may have missed what came meanwhile.
+    return;
+  }
+  if (!paused_) ScheduleBackfillLocked();  // A paused read resumes on its own.
+}
+
+void StreamCore::ScheduleBackfillLocked() {
+  if (backfill_scheduled_ || finished_) return;
+  backfill_scheduled_ = true;
+  hub_.ScheduleBackfill(shared_from_this());
+}
+
+void StreamCore::Tick(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  if (finished_) return;
+  if (backfill_failed_ && now - last_backfill_failure_ > absl::Seconds(1)) {
+    backfill_failed_ = false;
+    ScheduleBackfillLocked();
+  }
+  if (in_flight_ == nullptr && queue_.empty() && now - last_write_ >= hub_.options().keepalive) {
+    auto keepalive = std::make_shared<v1::StreamEventsResponse>();
+    *keepalive->mutable_keepalive()->mutable_time() =
+        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now));
+    keepalive->mutable_keepalive()->set_last_seq(next_seq_ > 0 ? next_seq_ - 1 : 0);
+    EnqueueLocked(std::move(keepalive));
+  }
+}
+
+absl::Status StreamCore::ResolveStart() {
+  HistorySource& history = hub_.history();
+  absl::Status access = history.CheckAccess(params_.tenant_id, params_.session_id);
+  if (!access.ok()) return access;
+  uint64_t next = params_.after_seq + 1;
+  if (params_.start == StreamParams::Start::kLatest) {
+    absl::StatusOr<uint64_t> last = history.LastSeq(params_.tenant_id, params_.session_id);
+    if (!last.ok()) return last.status();
+    next = *last + 1;
+  } else if (params_.start == StreamParams::Start::kTurn) {
+    absl::StatusOr<uint64_t> first =
+        history.TurnFirstSeq(params_.tenant_id, params_.session_id, params_.turn_id);
+    if (!first.ok()) return first.status();
+    if (*first > 0) {
+      next = *first;
+    } else {
+      absl::StatusOr<uint64_t> last = history.LastSeq(params_.tenant_id, params_.session_id);
+      if (!last.ok()) return last.status();
+      next = *last + 1;
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  next_seq_ = next;
+  resolved_ = true;
+  return absl::OkStatus();
+}
+
+void StreamCore::RunBackfill() {
+  bool resolved;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    resolved = resolved_;
+  }
+  if (absl::Status start = resolved ? absl::OkStatus() : ResolveStart(); !start.ok()) {
+    absl::MutexLock lock(&mu_);
+    backfill_scheduled_ = false;
+    if (start.code() == absl::StatusCode::kUnavailable) {
+      backfill_failed_ = true;
+      last_backfill_failure_ = absl::Now();
+    } else {
+      FinishLocked(ToGrpcStatus(start));
+    }
+    return;
+  }
+  // Bounded: a stream that keeps falling behind is cut by its buffer long before.
+  for (int round = 0; round < 10000; ++round) {
+    uint64_t from;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      from = next_seq_;
+    }
+    int batch;
+    {
+      // Never read more history than the buffer can take: a long backfill pauses
+      // while the client reads, instead of overflowing its own buffer.
+      absl::MutexLock lock(&mu_);
+      const int room = hub_.options().max_buffered / 2 - static_cast<int>(queue_.size());
+      if (room <= 0) {
+        backfill_scheduled_ = false;
+        paused_ = true;
+        return;
+      }
+      batch = std::min(hub_.options().backfill_batch, room);
+    }
+    absl::StatusOr<std::vector<v1::Event>> events =
+        hub_.history().ReadFrom(params_.tenant_id, params_.session_id, from, batch);
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    if (!events.ok()) {
+      // Redis or the store is unreachable: keep the stream open and try again.
+      backfill_scheduled_ = false;
+      backfill_failed_ = true;
+      last_backfill_failure_ = absl::Now();
+      return;
+    }
+    for (v1::Event& event : *events) {
+      AcceptLocked(Wrap(std::move(event)), /*from_backfill=*/true);
+      if (finished_) return;
+      if (reread_) break;
+    }
+    if (reread_) {
+      // Redis reconnected meanwhile, or the stream restarted at a new epoch.
+      reread_ = false;
+      continue;
+    }
+    if (static_cast<int>(events->size()) >= batch) continue;  // More to read.
+    if (pending_overflowed_) {
+      // Live events were dropped while reading: read them from Redis.
+      pending_overflowed_ = false;
+      pending_.clear();
+      continue;
+    }
+    // Caught up with the hot window: what arrived live meanwhile comes next.
+    std::vector<ResponsePtr> pending;
+    pending.swap(pending_);
+    bool gap = false;
+    for (const ResponsePtr& response : pending) {
+      if (gap) {
+        pending_.push_back(response);
+      } else if (AcceptLocked(response, /*from_backfill=*/false) == Offer::kGap) {
+        gap = true;
+        pending_.push_back(response);
+      }
+      if (finished_) return;
+    }
+    if (!gap) {
+      backfill_scheduled_ = false;
+      live_ = true;
+      return;
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  backfill_scheduled_ = false;
+}
+
+// ---------------------------------------------------------------------------------
+// Hub
+
+Hub::Hub(HubOptions options, HistorySource& history, telemetry::Registry& registry)
+    : options_(std::move(options)),
+      keys_(options_.key_prefix),
+      history_(history),
+      subscriber_(options_.redis, *this),
+      streams_gauge_(
+          registry.AddGauge("parley_fanout_streams", "Open StreamEvents calls.").WithLabels({})),
+      channels_gauge_(
+          registry.AddGauge("parley_fanout_sessions", "Sessions with a Redis subscription.")
+              .WithLabels({})),
+      delivered_(registry.AddCounter("parley_fanout_delivered_total", "Events written to streams.")
+                     .WithLabels({})),
+      cut_(registry
+               .AddCounter("parley_fanout_slow_consumers_total",
+                           "Streams ended because their buffer overflowed.")
+               .WithLabels({})),
+      backfills_(
+          registry.AddCounter("parley_fanout_backfills_total", "History re-reads.").WithLabels({})),
+      lag_(registry
+               .AddHistogram("parley_fanout_lag_seconds",
+                             "From the event's timestamp to its delivery to a client.", {})
+               .WithLabels({})) {}
+
+Hub::~Hub() {
+  {
+    absl::MutexLock lock(&work_mu_);
+    stopping_ = true;
+  }
+  for (std::thread& worker : workers_) worker.join();
+  if (ticker_.joinable()) ticker_.join();
+}
+
+void Hub::Start() {
+  subscriber_.Start();
+  for (int i = 0; i < options_.backfill_workers; ++i) workers_.emplace_back([this] { Worker(); });
+  ticker_ = std::thread([this] { Ticker(); });
+}
+
+size_t Hub::channel_count() {
+  absl::MutexLock lock(&mu_);
+  return channels_.size();
+}
+
+void Hub::Register(const std::shared_ptr<StreamCore>& stream) {
+  const std::string channel = keys_.EventChannel(stream->session_id());
+  bool active = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] = channels_.try_emplace(channel);
+    if (inserted) {
+      it->second.session_id = stream->session_id();
+      subscriber_.Subscribe(channel);
+    }
+    it->second.streams.push_back(stream);
+    active = it->second.active;
+    channels_gauge_.Set(static_cast<double>(channels_.size()));
+  }
+  streams_gauge_.Add(1);
+  // Subscribed already: read history now. Otherwise OnSubscribed starts the read.
+  if (active) stream->Resync();
+}
+
+void Hub::Unregister(StreamCore* stream) {
+  const std::string channel = keys_.EventChannel(stream->session_id());
+  absl::MutexLock lock(&mu_);
+  auto it = channels_.find(channel);
+  if (it == channels_.end()) return;
+  auto& streams = it->second.streams;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    if (streams[i].get() == stream) {
+      streams[i] = std::move(streams.back());
+      streams.pop_back();
+      streams_gauge_.Add(-1);
+      break;
+    }
+  }
+  if (streams.empty()) {
+    subscriber_.Unsubscribe(channel);
+    channels_.erase(it);
+    channels_gauge_.Set(static_cast<double>(channels_.size()));
+  }
+}
+
+void Hub::ScheduleBackfill(std::shared_ptr<StreamCore> stream) {
+  backfills_.Increment();
+  absl::MutexLock lock(&work_mu_);
+  work_.push_back(std::move(stream));
+}
+
+void Hub::Worker() {
+  for (;;) {
+    std::shared_ptr<StreamCore> stream;
+    {
+      absl::MutexLock lock(&work_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(work_mu_) {
+        return stopping_ || !work_.empty();
+      };
+      work_mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      stream = std::move(work_.front());
+      work_.pop_front();
+    }
+    stream->RunBackfill();
+  }
+}
+
+void Hub::Ticker() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&work_mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(work_mu_) { return stopping_; };
+      if (work_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Seconds(1))) return;
+    }
+    std::vector<std::shared_ptr<StreamCore>> streams;
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto& [name, channel] : channels_) {
+        streams.insert(streams.end(), channel.streams.begin(), channel.streams.end());
+      }
+    }
+    const absl::Time now = absl::Now();
+    for (auto& stream : streams) stream->Tick(now);
+  }
+}
+
+void Hub::OnSubscribed(const std::string& channel) {
+  std::vector<std::shared_ptr<StreamCore>> streams;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = channels_.find(channel);
+    if (it == channels_.end()) return;
+    it->second.active = true;
+    streams = it->second.streams;
+  }
+  // New streams read history for the first time; after a reconnect, every stream
+  // re-reads from its own next seq, so whatever was published meanwhile arrives.
+  for (auto& stream : streams) stream->Resync();
+}
+
+void Hub::OnMessage(const std::string& channel, std::string payload) {
+  v1::Event event;
+  if (!event.ParseFromString(payload)) return;
+  ResponsePtr response = Wrap(std::move(event));
+  absl::MutexLock lock(&mu_);
+  auto it = channels_.find(channel);
+  if (it == channels_.end()) return;
+  for (const auto& stream : it->second.streams) stream->OnLive(response);
+}
+
+void Hub::OnDisconnected() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [name, channel] : channels_) channel.active = false;
+}
+
+}  // namespace parley::gateway

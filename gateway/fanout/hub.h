@@ -1,0 +1,186 @@
+// The fan-out hub: every live event of every watched session, to every local stream.
+//
+// One Redis subscription per session per gateway process, whatever the number of
+// viewers: the hub keeps a Channel per watched session with the streams reading it,
+// subscribes when the first stream arrives and unsubscribes when the last one leaves.
+// A published event is parsed once, wrapped once in a shared StreamEventsResponse, and
+// offered to each stream of its channel; the publisher side (Redis) never waits for
+// any client.
+//
+// Each stream (StreamCore) owns its position: it delivers seq N only after N-1, skips
+// what it already sent, and whenever it sees a gap — or is new, or Redis reconnected —
+// it re-reads history (Redis hot window, then store-svc) from its next seq on a
+// backfill worker, holding live events aside meanwhile. It is subscribed before it
+// reads, so nothing published in between can fall through. Each stream has a bounded
+// buffer; one that cannot keep up is ended with RESOURCE_EXHAUSTED and its resume
+// cursor, and nobody else notices.
+//
+// Threads: the RedisSubscriber loop thread (OnMessage / OnSubscribed / OnDisconnected),
+// `backfill_workers` threads doing blocking history reads, one ticker thread
+// (keepalives, retrying failed backfills), and gRPC's callback threads (write
+// completions, cancels). Lock order: Hub::mu_, then StreamCore::mu_, then
+// Hub::work_mu_; nothing blocks while holding a lock except on that order.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gateway/fanout/history.h"
+#include "gateway/fanout/redis_subscriber.h"
+#include "parley/v1/parley.pb.h"
+#include "telemetry/metrics.h"
+
+namespace parley::gateway {
+
+using ResponsePtr = std::shared_ptr<const v1::StreamEventsResponse>;
+
+struct HubOptions {
+  RedisEndpoint redis;
+  std::string key_prefix;
+  int max_buffered = 1024;                       // Per stream, before it is cut.
+  absl::Duration keepalive = absl::Seconds(15);  // After this long without a write.
+  int backfill_batch = 500;
+  int backfill_workers = 2;
+};
+
+// What a stream writes to: the gRPC reactor, or a test double.
+class StreamWriter {
+ public:
+  virtual ~StreamWriter() = default;
+  virtual void WriteResponse(const v1::StreamEventsResponse* response) = 0;
+  virtual void FinishStream(const grpc::Status& status) = 0;
+};
+
+struct StreamParams {
+  std::string tenant_id;
+  std::string session_id;
+  enum class Start { kAfterSeq, kLatest, kTurn } start = Start::kAfterSeq;
+  uint64_t after_seq = 0;
+  std::string turn_id;  // For Start::kTurn.
+  bool until_turn_end = false;
+  uint64_t client_epoch = 0;  // 0: the client does not know one.
+};
+
+class Hub;
+
+// The state of one StreamEvents call. Shared by the hub, the backfill queue and the
+// reactor; the writer pointer is cleared when the reactor is done.
+class StreamCore : public std::enable_shared_from_this<StreamCore> {
+ public:
+  StreamCore(Hub& hub, StreamWriter* writer, StreamParams params);
+
+  const std::string& session_id() const { return params_.session_id; }
+
+  void OnLive(const ResponsePtr& response);  // An event from the channel.
+  void RunBackfill();                        // On a backfill worker.
+  void Resync();                             // Re-read from the next seq.
+  void Tick(absl::Time now);                 // Keepalives; retries of failed reads.
+  void OnWriteDone(bool ok);
+  void Cancel();  // The client went away.
+  void Detach();  // The reactor is done; never touch the writer again.
+
+ private:
+  enum class Offer { kAccepted, kDropped, kGap };
+  Offer AcceptLocked(const ResponsePtr& response, bool from_backfill)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EnqueueLocked(ResponsePtr response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ScheduleBackfillLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ResolveStart();  // Access check and start position; no lock held.
+
+  Hub& hub_;
+  const StreamParams params_;
+
+  absl::Mutex mu_;
+  StreamWriter* writer_ ABSL_GUARDED_BY(mu_);
+  bool resolved_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // Next durable seq to deliver.
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_written_seq_ ABSL_GUARDED_BY(mu_) = 0;  // The resume cursor.
+  bool backfill_scheduled_ ABSL_GUARDED_BY(mu_) = false;
+  bool backfill_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool reread_ ABSL_GUARDED_BY(mu_) = false;  // Read history again before going live.
+  bool live_ ABSL_GUARDED_BY(mu_) = false;    // Caught up: live events go straight out.
+  bool paused_ ABSL_GUARDED_BY(mu_) = false;  // History read waits for the client.
+  std::vector<ResponsePtr> pending_ ABSL_GUARDED_BY(mu_);  // Live events held during backfill.
+  bool pending_overflowed_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
+  ResponsePtr in_flight_ ABSL_GUARDED_BY(mu_);
+  bool finish_after_drain_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> deferred_finish_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_write_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_backfill_failure_ ABSL_GUARDED_BY(mu_);
+};
+
+class Hub final : public RedisSubscriber::Listener {
+ public:
+  // `history` and `registry` must outlive the hub.
+  Hub(HubOptions options, HistorySource& history, telemetry::Registry& registry);
+  ~Hub() override;  // Stops every thread.
+
+  void Start();
+
+  void Register(const std::shared_ptr<StreamCore>& stream);
+  void Unregister(StreamCore* stream);
+  void ScheduleBackfill(std::shared_ptr<StreamCore> stream);
+
+  const HubOptions& options() const { return options_; }
+  HistorySource& history() { return history_; }
+
+  // Metrics the streams update.
+  telemetry::Counter& delivered() { return delivered_; }
+  telemetry::Counter& cut() { return cut_; }
+  telemetry::Histogram& lag() { return lag_; }
+
+  // Number of Redis channels subscribed (for tests and metrics).
+  size_t channel_count();
+
+  // RedisSubscriber::Listener, on the subscriber thread.
+  void OnSubscribed(const std::string& channel) override;
+  void OnMessage(const std::string& channel, std::string payload) override;
+  void OnDisconnected() override;
+
+ private:
+  struct Channel {
+    std::string session_id;
+    bool active = false;  // Subscription confirmed by Redis.
+    std::vector<std::shared_ptr<StreamCore>> streams;
+  };
+  void Worker();
+  void Ticker();
+
+  const HubOptions options_;
+  const RedisKeys keys_;
+  HistorySource& history_;
+  RedisSubscriber subscriber_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Channel> channels_ ABSL_GUARDED_BY(mu_);  // By channel.
+
+  absl::Mutex work_mu_;
+  std::deque<std::shared_ptr<StreamCore>> work_ ABSL_GUARDED_BY(work_mu_);
+  bool stopping_ ABSL_GUARDED_BY(work_mu_) = false;
+  std::vector<std::thread> workers_;
+  std::thread ticker_;
+
+  telemetry::Gauge& streams_gauge_;
+  telemetry::Gauge& channels_gauge_;
+  telemetry::Counter& delivered_;
+  telemetry::Counter& cut_;
+  telemetry::Counter& backfills_;
+  telemetry::Histogram& lag_;
+};
+
+}  // namespace parley::gateway

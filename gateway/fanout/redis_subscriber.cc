@@ -1,0 +1,184 @@
+#include "gateway/fanout/redis_subscriber.h"
+
+#include <event2/event.h>
+#include <fcntl.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <unistd.h>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+
+namespace parley::gateway {
+namespace {
+
+RedisSubscriber* Self(const redisAsyncContext* context) {
+  return static_cast<RedisSubscriber*>(context->data);
+}
+
+std::string Str(const redisReply* reply) {
+  return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
+}
+
+}  // namespace
+
+RedisSubscriber::RedisSubscriber(RedisEndpoint endpoint, Listener& listener,
+                                 BackoffPolicy reconnect)
+    : endpoint_(std::move(endpoint)), listener_(listener), reconnect_(reconnect) {
+  (void)!::pipe2(pipe_, O_CLOEXEC | O_NONBLOCK);
+  base_ = event_base_new();
+  pipe_event_ = event_new(base_, pipe_[0], EV_READ | EV_PERSIST, &RedisSubscriber::OnPipe, this);
+  event_add(pipe_event_, nullptr);
+  reconnect_event_ = evtimer_new(base_, &RedisSubscriber::OnReconnectTimer, this);
+}
+
+RedisSubscriber::~RedisSubscriber() {
+  stopping_ = true;
+  char byte = 0;
+  (void)!::write(pipe_[1], &byte, 1);
+  if (thread_.joinable()) thread_.join();
+  event_free(reconnect_event_);
+  event_free(pipe_event_);
+  event_base_free(base_);
+  ::close(pipe_[0]);
+  ::close(pipe_[1]);
+}
+
+void RedisSubscriber::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void RedisSubscriber::Loop() {
+  Connect();
+  event_base_dispatch(base_);
+}
+
+void RedisSubscriber::Subscribe(const std::string& channel) {
+  {
+    absl::MutexLock lock(&mu_);
+    commands_.push_back({true, channel});
+  }
+  char byte = 0;
+  (void)!::write(pipe_[1], &byte, 1);
+}
+
+void RedisSubscriber::Unsubscribe(const std::string& channel) {
+  {
+    absl::MutexLock lock(&mu_);
+    commands_.push_back({false, channel});
+  }
+  char byte = 0;
+  (void)!::write(pipe_[1], &byte, 1);
+}
+
+void RedisSubscriber::OnPipe(int fd, short, void* arg) {
+  auto* self = static_cast<RedisSubscriber*>(arg);
+  char buffer[256];
+  while (::read(fd, buffer, sizeof(buffer)) > 0) {
+  }
+  if (self->stopping_) {
+    if (self->context_ != nullptr) {
+      redisAsyncContext* context = self->context_;
+      self->context_ = nullptr;
+      redisAsyncFree(context);
+    }
+    event_base_loopbreak(self->base_);
+    return;
+  }
+  self->DrainCommands();
+}
+
+void RedisSubscriber::DrainCommands() {
+  std::vector<Command> commands;
+  {
+    absl::MutexLock lock(&mu_);
+    commands.swap(commands_);
+  }
+  for (const Command& command : commands) {
+    if (command.subscribe) {
+      if (!wanted_.insert(command.channel).second) continue;
+      Send("SUBSCRIBE", command.channel);
+    } else {
+      if (wanted_.erase(command.channel) == 0) continue;
+      Send("UNSUBSCRIBE", command.channel);
+    }
+  }
+}
+
+void RedisSubscriber::Send(const char* verb, const std::string& channel) {
+  if (context_ == nullptr || !connected_) return;  // Replayed after (re)connect.
+  const char* argv[] = {verb, channel.data()};
+  size_t argvlen[] = {strlen(verb), channel.size()};
+  redisAsyncCommandArgv(context_, &RedisSubscriber::OnReply, this, 2, argv, argvlen);
+}
+
+void RedisSubscriber::Connect() {
+  redisAsyncContext* context = redisAsyncConnect(endpoint_.host.c_str(), endpoint_.port);
+  if (context == nullptr || context->err != 0) {
+    if (context != nullptr) redisAsyncFree(context);
+    ScheduleReconnect();
+    return;
+  }
+  context->data = this;
+  redisLibeventAttach(context, base_);
+  redisAsyncSetConnectCallback(context, &RedisSubscriber::OnConnect);
+  redisAsyncSetDisconnectCallback(context, &RedisSubscriber::OnDisconnect);
+  context_ = context;
+}
+
+void RedisSubscriber::ScheduleReconnect() {
+  if (stopping_) return;
+  absl::BitGen bitgen;
+  timeval delay =
+      absl::ToTimeval(BackoffDelay(reconnect_, failures_++, absl::Uniform(bitgen, 0.0, 1.0)));
+  evtimer_add(reconnect_event_, &delay);
+}
+
+void RedisSubscriber::OnReconnectTimer(int, short, void* arg) {
+  static_cast<RedisSubscriber*>(arg)->Connect();
+}
+
+void RedisSubscriber::OnConnect(const redisAsyncContext* context, int status) {
+  RedisSubscriber* self = Self(context);
+  if (status != REDIS_OK) {
+    // hiredis frees a context whose connect failed.
+    self->context_ = nullptr;
+    self->ScheduleReconnect();
+    return;
+  }
+  self->failures_ = 0;
+  self->connected_ = true;
+  auto* mutable_context = const_cast<redisAsyncContext*>(context);
+  if (!self->endpoint_.password.empty()) {
+    const char* argv[] = {"AUTH", self->endpoint_.password.c_str()};
+    size_t argvlen[] = {4, self->endpoint_.password.size()};
+    redisAsyncCommandArgv(mutable_context, nullptr, nullptr, 2, argv, argvlen);
+  }
+  // Pub/sub ignores the database number, so no SELECT is needed.
+  for (const std::string& channel : self->wanted_) self->Send("SUBSCRIBE", channel);
+  self->DrainCommands();
+}
+
+void RedisSubscriber::OnDisconnect(const redisAsyncContext* context, int) {
+  RedisSubscriber* self = Self(context);
+  self->context_ = nullptr;  // hiredis frees it after this callback.
+  self->connected_ = false;
+  if (self->stopping_) return;
+  self->listener_.OnDisconnected();
+  self->ScheduleReconnect();
+}
+
+void RedisSubscriber::OnReply(redisAsyncContext*, void* raw, void* arg) {
+  auto* self = static_cast<RedisSubscriber*>(arg);
+  const auto* reply = static_cast<const redisReply*>(raw);
+  if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
+  const std::string kind = Str(reply->element[0]);
+  const std::string channel = Str(reply->element[1]);
+  if (kind == "message") {
+    self->listener_.OnMessage(channel, Str(reply->element[2]));
+  } else if (kind == "subscribe" && self->wanted_.contains(channel)) {
+    self->listener_.OnSubscribed(channel);
+  }
+}
+
+}  // namespace parley::gateway

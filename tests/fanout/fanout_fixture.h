@@ -1,0 +1,213 @@
+// A gateway fan-out under test: real Redis (a key space of the test's own), a real
+// store (fresh Postgres database) for the cold path and tenancy, the Hub and the
+// public SessionService served in process, and an EventPublisher to write events
+// exactly as session-svc does.
+#pragma once
+
+#include <google/protobuf/util/time_util.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "absl/time/clock.h"
+#include "common/clock.h"
+#include "common/events/publisher.h"
+#include "gateway/api/session_api.h"
+#include "gateway/auth/authenticator.h"
+#include "gateway/fanout/history.h"
+#include "gateway/fanout/hub.h"
+#include "parley/v1/parley.grpc.pb.h"
+#include "store-svc/api/store_service.h"
+#include "store-svc/db/migrator.h"
+#include "store-svc/db/pool.h"
+#include "tests/harness/services.h"
+
+namespace parley::gateway::testing {
+
+inline constexpr char kApiKey[] = "pk_fanout_test";
+inline constexpr char kTenant[] = "tenant_a";
+
+class FanoutFixture : public ::testing::Test {
+ protected:
+  // Override before SetUp to change the hub's settings.
+  virtual HubOptions Options() {
+    return HubOptions{.max_buffered = 1024, .keepalive = absl::Seconds(15)};
+  }
+
+  void SetUp() override {
+    auto db = parley::testing::TestDatabase::Create();
+    ASSERT_TRUE(db.ok()) << db.status();
+    db_ = *std::move(db);
+    telemetry::Logger quiet("test", telemetry::LogLevel::kError);
+    ASSERT_TRUE(store::Migrate(db_->url(), store::BuiltinMigrations(), quiet).ok());
+    pool_ = std::make_unique<store::PgPool>(store::PgPool::Options{.url = db_->url(), .size = 4},
+                                            RealClock::Get());
+    store_service_ =
+        std::make_unique<store::StoreServiceImpl>(*pool_, store::StoreLimits{}, RealClock::Get());
+    store_server_ = StartServer(store_service_.get(), &store_port_);
+    store_ = store::v1::StoreService::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(store_port_), grpc::InsecureChannelCredentials()));
+
+    auto redis = parley::testing::TestRedis::Create();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    StartHub(redis_->endpoint());
+  }
+
+  void StartHub(const RedisEndpoint& endpoint) {
+    HubOptions options = Options();
+    options.redis = endpoint;
+    options.key_prefix = redis_->keys().prefix();
+    history_ = std::make_unique<RedisStoreHistory>(endpoint, redis_->keys(), store_);
+    hub_ = std::make_unique<Hub>(options, *history_, registry_);
+    hub_->Start();
+    authenticator_ = std::make_unique<BootstrapKeyAuthenticator>(kApiKey, kTenant);
+    api_ = std::make_unique<SessionApi>(
+        *authenticator_, grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()),
+        absl::Seconds(5), hub_.get());
+    gateway_server_ = StartServer(api_.get(), &gateway_port_);
+  }
+
+  void TearDown() override {
+    if (gateway_server_) gateway_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+    hub_.reset();
+    if (store_server_) store_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  }
+
+  static std::unique_ptr<grpc::Server> StartServer(grpc::Service* service, int* port) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), port);
+    builder.RegisterService(service);
+    return builder.BuildAndStart();
+  }
+
+  std::string gateway_target() const { return "127.0.0.1:" + std::to_string(gateway_port_); }
+
+  std::unique_ptr<v1::SessionService::Stub> NewClient() {
+    return v1::SessionService::NewStub(
+        grpc::CreateChannel(gateway_target(), grpc::InsecureChannelCredentials()));
+  }
+
+  // A session in the store (tenant kTenant unless told otherwise).
+  std::string CreateSession(const std::string& tenant = kTenant) {
+    grpc::ClientContext c1;
+    store::v1::CreateTenantRequest tenant_request;
+    tenant_request.set_tenant_id(tenant);
+    store::v1::CreateTenantResponse tenant_response;
+    EXPECT_TRUE(store_->CreateTenant(&c1, tenant_request, &tenant_response).ok());
+    grpc::ClientContext c2;
+    store::v1::CreateSessionRequest request;
+    request.set_tenant_id(tenant);
+    store::v1::CreateSessionResponse response;
+    EXPECT_TRUE(store_->CreateSession(&c2, request, &response).ok());
+    return response.session().id();
+  }
+
+  // A writer for `session_id` holding lease `epoch` (session-svc's role).
+  struct Writer {
+    std::unique_ptr<RedisConnection> connection;
+    std::unique_ptr<EventPublisher> publisher;
+    std::string session_id;
+    uint64_t lease_epoch = 0;
+    uint64_t history_epoch = 1;
+    uint64_t last_seq = 0;
+
+    absl::Status Publish(uint64_t seq, std::string text = "", bool transient = false) {
+      v1::Event event;
+      event.set_session_id(session_id);
+      event.set_seq(seq);
+      event.set_epoch(history_epoch);
+      event.set_turn_id("turn_1");
+      event.set_transient(transient);
+      *event.mutable_time() =
+          google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
+      event.mutable_text_delta()->set_text(text.empty() ? "t" + std::to_string(seq) : text);
+      absl::Status status = publisher->Publish(event, lease_epoch);
+      if (status.ok() && !transient) last_seq = seq;
+      return status;
+    }
+    absl::Status PublishNext(std::string text = "") { return Publish(last_seq + 1, text); }
+    absl::Status Seal(const std::string& turn_id) {
+      v1::Event event;
+      event.set_session_id(session_id);
+      event.set_seq(last_seq + 1);
+      event.set_epoch(history_epoch);
+      event.set_turn_id(turn_id);
+      event.mutable_turn_sealed()->set_turn_id(turn_id);
+      absl::Status status = publisher->Publish(event, lease_epoch);
+      if (status.ok()) ++last_seq;
+      return status;
+    }
+  };
+
+  std::unique_ptr<Writer> NewWriter(const std::string& session_id, uint64_t lease_epoch,
+                                    const RedisEndpoint* endpoint = nullptr) {
+    auto writer = std::make_unique<Writer>();
+    auto connection =
+        RedisConnection::Connect(endpoint ? *endpoint : redis_->endpoint(), absl::Seconds(2));
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    writer->connection = *std::move(connection);
+    writer->publisher = std::make_unique<EventPublisher>(
+        *writer->connection, PublisherOptions{.key_prefix = redis_->keys().prefix()},
+        RealClock::Get());
+    writer->session_id = session_id;
+    writer->lease_epoch = lease_epoch;
+    auto last = writer->publisher->AcquireLease(session_id, "writer", lease_epoch);
+    EXPECT_TRUE(last.ok()) << last.status();
+    writer->last_seq = last.ok() ? *last : 0;
+    return writer;
+  }
+
+  std::unique_ptr<parley::testing::TestDatabase> db_;
+  std::unique_ptr<store::PgPool> pool_;
+  std::unique_ptr<store::StoreServiceImpl> store_service_;
+  std::unique_ptr<grpc::Server> store_server_;
+  int store_port_ = 0;
+  std::shared_ptr<store::v1::StoreService::Stub> store_;
+  std::unique_ptr<parley::testing::TestRedis> redis_;
+  telemetry::Registry registry_;
+  std::unique_ptr<RedisStoreHistory> history_;
+  std::unique_ptr<Hub> hub_;
+  std::unique_ptr<BootstrapKeyAuthenticator> authenticator_;
+  std::unique_ptr<SessionApi> api_;
+  std::unique_ptr<grpc::Server> gateway_server_;
+  int gateway_port_ = 0;
+};
+
+// Reads a stream synchronously on the calling thread.
+struct StreamReader {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::StreamEventsResponse>> reader;
+
+  StreamReader(v1::SessionService::Stub& stub, v1::StreamEventsRequest request,
+               const char* api_key = kApiKey) {
+    if (api_key != nullptr) context.AddMetadata("authorization", std::string("Bearer ") + api_key);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    reader = stub.StreamEvents(&context, request);
+  }
+
+  // The next `n` events (keepalives skipped); fewer if the stream ends.
+  std::vector<v1::Event> ReadEvents(int n) {
+    std::vector<v1::Event> events;
+    v1::StreamEventsResponse response;
+    while (static_cast<int>(events.size()) < n && reader->Read(&response)) {
+      if (response.has_event()) events.push_back(response.event());
+    }
+    return events;
+  }
+};
+
+inline std::vector<uint64_t> Seqs(const std::vector<v1::Event>& events) {
+  std::vector<uint64_t> seqs;
+  for (const auto& e : events) seqs.push_back(e.seq());
+  return seqs;
+}
+
+inline std::vector<uint64_t> Range(uint64_t first, uint64_t last) {
+  std::vector<uint64_t> out;
+  for (uint64_t i = first; i <= last; ++i) out.push_back(i);
+  return out;
+}
+
+}  // namespace parley::gateway::testing

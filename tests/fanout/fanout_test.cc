@@ -1,0 +1,246 @@
+// StreamEvents through the hub, against real Redis and a real store.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "common/status.h"
+#include "tests/fanout/fanout_fixture.h"
+
+namespace parley::gateway::testing {
+namespace {
+
+using ::testing::ElementsAreArray;
+
+class Fanout : public FanoutFixture {};
+
+v1::StreamEventsRequest After(const std::string& session, uint64_t after_seq) {
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_after_seq(after_seq);
+  return request;
+}
+
+TEST_F(Fanout, HistoryThenLiveEventsArriveInOrderWithoutGapsOrDuplicates) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 0));
+  std::thread live([&] {
+    for (int i = 0; i < 30; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  });
+  std::vector<v1::Event> events = stream.ReadEvents(50);
+  live.join();
+  EXPECT_THAT(Seqs(events), ElementsAreArray(Range(1, 50)));
+}
+
+TEST_F(Fanout, ResumeAfterASeqDeliversExactlyTheRest) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 7));
+  EXPECT_THAT(Seqs(stream.ReadEvents(3)), ElementsAreArray(Range(8, 10)));
+}
+
+TEST_F(Fanout, FromLatestStartsAtTheLiveTip) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_from_latest(true);
+  StreamReader stream(*client, request);
+  // The stream is open once history would have been read; publish after a moment and
+  // expect only the new events. (The wait only orders the test; no timing is asserted.)
+  absl::SleepFor(absl::Milliseconds(300));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  EXPECT_THAT(Seqs(stream.ReadEvents(3)), ElementsAreArray(Range(6, 8)));
+}
+
+TEST_F(Fanout, UntilTurnEndClosesRightAfterTheSealButNotBefore) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  v1::StreamEventsRequest request = After(session, 0);
+  request.set_until_turn_end(true);
+  StreamReader stream(*client, request);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(writer->Seal("turn_1").ok());
+  ASSERT_TRUE(writer->PublishNext().ok());  // Belongs to the next turn: not delivered.
+  std::vector<v1::Event> events = stream.ReadEvents(100);
+  EXPECT_THAT(Seqs(events), ElementsAreArray(Range(1, 3)));
+  EXPECT_TRUE(events.back().has_turn_sealed());
+  EXPECT_TRUE(stream.reader->Finish().ok());
+}
+
+TEST_F(Fanout, TransientEventsAreDeliveredLiveInPlace) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 0));
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(writer->Publish(1, "retrying", /*transient=*/true).ok());
+  ASSERT_TRUE(writer->PublishNext().ok());
+  std::vector<v1::Event> events = stream.ReadEvents(3);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].seq(), 1u);
+  EXPECT_TRUE(events[1].transient());
+  EXPECT_EQ(events[2].seq(), 2u);
+}
+
+TEST_F(Fanout, ResumeFromBeforeTheHotWindowReadsTheStoreThenGoesLive) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  // Persist everything, then trim Redis to the last ten entries.
+  store::v1::AppendEventsRequest append;
+  append.set_tenant_id(kTenant);
+  append.set_session_id(session);
+  auto entries =
+      redis_->connection().Command({"XRANGE", redis_->keys().EventStream(session), "-", "+"});
+  ASSERT_TRUE(entries.ok());
+  for (size_t i = 0; i < (*entries)->elements; ++i) {
+    const redisReply* fields = (*entries)->element[i]->element[1];
+    append.add_events()->ParseFromString(
+        std::string(fields->element[1]->str, fields->element[1]->len));
+  }
+  ASSERT_TRUE(store::AppendEventBatch(*pool_, append).ok());
+  ASSERT_TRUE(redis_->connection()
+                  .Command({"XTRIM", redis_->keys().EventStream(session), "MINID", "91-0"})
+                  .ok());
+
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 10));
+  std::vector<v1::Event> events = stream.ReadEvents(90);
+  EXPECT_THAT(Seqs(events), ElementsAreArray(Range(11, 100)));
+  ASSERT_TRUE(writer->PublishNext().ok());
+  EXPECT_THAT(Seqs(stream.ReadEvents(1)), ElementsAreArray(Range(101, 101)));
+}
+
+TEST_F(Fanout, ZombieWriterWithAnOldEpochCannotPublish) {
+  std::string session = CreateSession();
+  auto zombie = NewWriter(session, 1);
+  ASSERT_TRUE(zombie->PublishNext().ok());
+  auto owner = NewWriter(session, 2);  // Took over the lease.
+  absl::Status refused = zombie->PublishNext();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(GetErrorInfo(refused).has_value());
+  EXPECT_EQ(GetErrorInfo(refused)->reason(), "LEASE_LOST");
+  EXPECT_EQ(owner->last_seq, 1u);
+  ASSERT_TRUE(owner->PublishNext().ok());
+  auto length = redis_->connection().Command({"XLEN", redis_->keys().EventStream(session)});
+  EXPECT_EQ((*length)->integer, 2);  // Nothing from the zombie.
+  // A writer cannot take a lease back to an older epoch either.
+  auto stale = std::make_unique<EventPublisher>(
+      *zombie->connection, PublisherOptions{.key_prefix = redis_->keys().prefix()},
+      RealClock::Get());
+  EXPECT_EQ(stale->AcquireLease(session, "zombie", 1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(Fanout, OutOfOrderSeqIsRefusedByThePublisher) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  absl::Status skipped = writer->Publish(3);
+  EXPECT_EQ(skipped.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorInfo(skipped)->reason(), "SEQ_MISMATCH");
+  EXPECT_EQ(GetErrorInfo(skipped)->metadata().at("last_seq"), "1");
+}
+
+TEST_F(Fanout, OneRedisSubscriptionPerSessionWhateverTheViewers) {
+  std::string session = CreateSession();
+  auto client = NewClient();
+  std::vector<std::unique_ptr<StreamReader>> streams;
+  for (int i = 0; i < 20; ++i)
+    streams.push_back(std::make_unique<StreamReader>(*client, After(session, 0)));
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  for (auto& stream : streams) EXPECT_EQ(stream->ReadEvents(1).size(), 1u);
+  EXPECT_EQ(hub_->channel_count(), 1u);
+  for (auto& stream : streams) stream->context.TryCancel();
+  streams.clear();
+  for (int i = 0; i < 200 && hub_->channel_count() != 0; ++i)
+    absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(hub_->channel_count(), 0u);
+}
+
+TEST_F(Fanout, AnotherTenantsSessionIsNotFoundAndNoCredentialsIsUnauthenticated) {
+  std::string theirs = CreateSession("tenant_b");
+  auto client = NewClient();
+  StreamReader foreign(*client, After(theirs, 0));
+  EXPECT_TRUE(foreign.ReadEvents(1).empty());
+  EXPECT_EQ(foreign.reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  StreamReader missing(*client, After("ses_does_not_exist", 0));
+  EXPECT_TRUE(missing.ReadEvents(1).empty());
+  EXPECT_EQ(missing.reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  StreamReader anonymous(*client, After(theirs, 0), nullptr);
+  EXPECT_TRUE(anonymous.ReadEvents(1).empty());
+  EXPECT_EQ(anonymous.reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  StreamReader no_session(*client, After("", 0));
+  EXPECT_TRUE(no_session.ReadEvents(1).empty());
+  EXPECT_EQ(no_session.reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+class SlowFanout : public FanoutFixture {
+ protected:
+  HubOptions Options() override { return HubOptions{.max_buffered = 32}; }
+};
+
+TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  auto client = NewClient();
+  StreamReader slow(*client, After(session, 0));
+  StreamReader fast(*client, After(session, 0));
+  // Make sure both streams are live before the burst.
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_EQ(slow.ReadEvents(1).size(), 1u);
+  ASSERT_EQ(fast.ReadEvents(1).size(), 1u);
+  // A burst far larger than what HTTP/2 flow control lets through to a client that
+  // does not read: the slow stream's buffer overflows.
+  const std::string big(16 * 1024, 'x');
+  std::thread reader([&] { EXPECT_EQ(fast.ReadEvents(400).size(), 400u); });
+  for (int i = 0; i < 400; ++i) ASSERT_TRUE(writer->PublishNext(big).ok());
+  reader.join();
+
+  std::vector<v1::Event> got = slow.ReadEvents(1000);
+  grpc::Status cut = slow.reader->Finish();
+  ASSERT_EQ(cut.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  auto info = GetErrorInfo(FromGrpcStatus(cut));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "SLOW_CONSUMER");
+  const uint64_t last_seq = std::stoull(info->metadata().at("last_seq"));
+  EXPECT_GE(last_seq, 1u);
+  EXPECT_LT(last_seq, 401u);
+  // It resumes from its cursor and gets exactly the rest.
+  StreamReader resumed(*client, After(session, last_seq));
+  EXPECT_THAT(Seqs(resumed.ReadEvents(401 - last_seq)), ElementsAreArray(Range(last_seq + 1, 401)));
+}
+
+class KeepaliveFanout : public FanoutFixture {
+ protected:
+  HubOptions Options() override { return HubOptions{.keepalive = absl::Milliseconds(100)}; }
+};
+
+TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 0));
+  v1::StreamEventsResponse response;
+  bool keepalive = false;
+  for (int i = 0; i < 10 && !keepalive && stream.reader->Read(&response); ++i) {
+    keepalive = response.has_keepalive();
+    if (keepalive) EXPECT_EQ(response.keepalive().last_seq(), 1u);
+  }
+  EXPECT_TRUE(keepalive);
+}
+
+}  // namespace
+}  // namespace parley::gateway::testing
