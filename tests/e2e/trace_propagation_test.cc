@@ -3,12 +3,11 @@
 // speaking the SessionRouter protocol) records what arrives.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 
-#include <thread>
-#include <gtest/gtest.h>
-
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
