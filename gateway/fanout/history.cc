@@ -129,6 +129,20 @@ absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
   return FromGrpcStatus(store_->GetSession(&context, request, &response));
 }
 
+absl::StatusOr<uint64_t> RedisStoreHistory::CurrentEpoch(const std::string& tenant_id,
+                                                         const std::string& session_id) {
+  if (store_ == nullptr) return 0;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  store::v1::GetLastSeqRequest request;
+  request.set_tenant_id(tenant_id);
+  request.set_session_id(session_id);
+  store::v1::GetLastSeqResponse response;
+  grpc::Status status = store_->GetLastSeq(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.epoch();
+}
+
 absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tenant_id,
                                                          const std::string& session_id,
                                                          const std::string& turn_id) {

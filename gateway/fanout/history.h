@@ -33,6 +33,9 @@ class HistorySource {
   // OK when the session exists and belongs to the tenant; NOT_FOUND otherwise (another
   // tenant's session is indistinguishable from a missing one).
   virtual absl::Status CheckAccess(const std::string& tenant_id, const std::string& session_id) = 0;
+  // The session's current history epoch (0 when unknown).
+  virtual absl::StatusOr<uint64_t> CurrentEpoch(const std::string& tenant_id,
+                                                const std::string& session_id) = 0;
   // The first seq of a turn (0 while it has not started).
   virtual absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id,
                                                 const std::string& session_id,
@@ -54,6 +57,8 @@ class RedisStoreHistory final : public HistorySource {
   absl::StatusOr<uint64_t> LastSeq(const std::string& tenant_id,
                                    const std::string& session_id) override;
   absl::Status CheckAccess(const std::string& tenant_id, const std::string& session_id) override;
+  absl::StatusOr<uint64_t> CurrentEpoch(const std::string& tenant_id,
+                                        const std::string& session_id) override;
   absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id, const std::string& session_id,
                                         const std::string& turn_id) override;
 

@@ -51,33 +51,30 @@ void StreamCore::OnLive(const ResponsePtr& response) {
 
 StreamCore::Offer StreamCore::AcceptLocked(const ResponsePtr& response, bool from_backfill) {
   const v1::Event& event = response->event();
-  if (epoch_ == 0) {
-    epoch_ = event.epoch();
-    if (params_.client_epoch != 0 && params_.client_epoch != epoch_) {
-      // The client's cursor belongs to a history that no longer exists: it must
-      // rebuild its view from the start of the current one.
-      auto changed = std::make_shared<v1::StreamEventsResponse>();
-      changed->mutable_epoch_changed()->set_old_epoch(params_.client_epoch);
-      changed->mutable_epoch_changed()->set_new_epoch(epoch_);
-      changed->mutable_epoch_changed()->set_reason("the cursor is from an earlier epoch");
-      changed->mutable_epoch_changed()->set_resume_after_seq(0);
-      EnqueueLocked(std::move(changed));
-      next_seq_ = 1;
-      reread_ = true;
-      return Offer::kDropped;
-    }
+  if (!event.transient() && event.seq() > next_seq_) {
+    // Checked before any epoch change: the events in between come first.
+    if (!from_backfill) return Offer::kGap;
+    // Neither Redis nor the store has the missing events.
+    absl::Status lost = absl::DataLossError(
+        absl::StrCat("events ", next_seq_, "..", event.seq() - 1, " of the session are missing"));
+    FinishLocked(ToGrpcStatus(lost));
+    return Offer::kDropped;
   }
+  if (epoch_ == 0) epoch_ = event.epoch();
   if (event.epoch() > epoch_) {
-    // History was lost before it was persisted: events from seq onward replace what
-    // this stream may have sent. Say so, then continue in the new epoch.
-    auto changed = std::make_shared<v1::StreamEventsResponse>();
-    changed->mutable_epoch_changed()->set_old_epoch(epoch_);
-    changed->mutable_epoch_changed()->set_new_epoch(event.epoch());
-    changed->mutable_epoch_changed()->set_reason("events were lost before they were persisted");
-    changed->mutable_epoch_changed()->set_resume_after_seq(event.seq() - 1);
-    EnqueueLocked(std::move(changed));
+    // A new history epoch starts at this seq. Events this stream already sent from
+    // here on were lost before they were persisted and are replaced: say so. (A
+    // stream that had sent nothing past this point just moves on.)
+    if (event.seq() < next_seq_) {
+      auto changed = std::make_shared<v1::StreamEventsResponse>();
+      changed->mutable_epoch_changed()->set_old_epoch(epoch_);
+      changed->mutable_epoch_changed()->set_new_epoch(event.epoch());
+      changed->mutable_epoch_changed()->set_reason("events were lost before they were persisted");
+      changed->mutable_epoch_changed()->set_resume_after_seq(event.seq() - 1);
+      EnqueueLocked(std::move(changed));
+      next_seq_ = event.seq();
+    }
     epoch_ = event.epoch();
-    next_seq_ = event.seq();
   } else if (event.epoch() < epoch_) {
     return Offer::kDropped;  // From before the change.
   }
@@ -87,14 +84,6 @@ StreamCore::Offer StreamCore::AcceptLocked(const ResponsePtr& response, bool fro
     return Offer::kAccepted;
   }
   if (event.seq() < next_seq_) return Offer::kDropped;
-  if (event.seq() > next_seq_) {
-    if (!from_backfill) return Offer::kGap;
-    // Neither Redis nor the store has the missing events.
-    absl::Status lost = absl::DataLossError(
-        absl::StrCat("events ", next_seq_, "..", event.seq() - 1, " of the session are missing"));
-    FinishLocked(ToGrpcStatus(lost));
-    return Offer::kDropped;
-  }
   EnqueueLocked(response);
   ++next_seq_;
   if (params_.until_turn_end && event.has_turn_sealed() &&
@@ -236,9 +225,26 @@ absl::Status StreamCore::ResolveStart() {
       next = *last + 1;
     }
   }
+  uint64_t current_epoch = 0;
+  if (params_.client_epoch != 0) {
+    absl::StatusOr<uint64_t> epoch = history.CurrentEpoch(params_.tenant_id, params_.session_id);
+    if (!epoch.ok()) return epoch.status();
+    current_epoch = *epoch;
+  }
   absl::MutexLock lock(&mu_);
   next_seq_ = next;
   resolved_ = true;
+  if (current_epoch != 0 && current_epoch != params_.client_epoch) {
+    // The client's cursor belongs to a history that no longer exists: it must rebuild
+    // its view from the start of the current one.
+    auto changed = std::make_shared<v1::StreamEventsResponse>();
+    changed->mutable_epoch_changed()->set_old_epoch(params_.client_epoch);
+    changed->mutable_epoch_changed()->set_new_epoch(current_epoch);
+    changed->mutable_epoch_changed()->set_reason("the cursor is from an earlier epoch");
+    changed->mutable_epoch_changed()->set_resume_after_seq(0);
+    EnqueueLocked(std::move(changed));
+    next_seq_ = 1;
+  }
   return absl::OkStatus();
 }
 
@@ -302,7 +308,9 @@ void StreamCore::RunBackfill() {
       reread_ = false;
       continue;
     }
-    if (static_cast<int>(events->size()) >= batch) continue;  // More to read.
+    // Keep reading until a read brings nothing new: a short read from the store can
+    // still be followed by the hot window.
+    if (!events->empty() && next_seq_ != from) continue;
     if (pending_overflowed_) {
       // Live events were dropped while reading: read them from Redis.
       pending_overflowed_ = false;

@@ -52,8 +52,11 @@ class FanoutFixture : public ::testing::Test {
     auto redis = parley::testing::TestRedis::Create();
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = *std::move(redis);
-    StartHub(redis_->endpoint());
+    StartHub(HubRedis());
   }
+
+  // The Redis the hub subscribes to; tests that restart Redis use their own.
+  virtual RedisEndpoint HubRedis() { return redis_->endpoint(); }
 
   void StartHub(const RedisEndpoint& endpoint) {
     HubOptions options = Options();

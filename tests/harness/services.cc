@@ -191,22 +191,47 @@ absl::Status RunLibFunction(const std::string& call) {
 
 }  // namespace
 
+// Asks the kernel for a free loopback port, then releases it for a server to take.
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+absl::StatusOr<std::unique_ptr<PrivateRedis>> PrivateRedis::Start() {
+  std::string dir = TestTempDir();
+  ::chmod(dir.c_str(), 0755);
+  int port = FreePort();
+  std::unique_ptr<PrivateRedis> server(new PrivateRedis(dir + "/redis", port));
+  absl::Status started =
+      RunLibFunction(absl::StrCat("start_redis ", server->dir_, " ", port, " durable"));
+  if (!started.ok()) return started;
+  return server;
+}
+
+PrivateRedis::~PrivateRedis() {
+  (void)RunLibFunction(absl::StrCat("stop_redis ", dir_, " ", port_));
+}
+
+absl::Status PrivateRedis::Restart() {
+  // SHUTDOWN with an append-only file flushes it first: the data survives.
+  return RunLibFunction(absl::StrCat(
+      "pid=$(cat ", dir_, "/redis.pid); redis-cli -p ", port_,
+      " shutdown >/dev/null 2>&1 || true; ",
+      "for i in $(seq 1 100); do kill -0 $pid 2>/dev/null || break; sleep 0.05; done; ",
+      "start_redis ", dir_, " ", port_, " durable"));
+}
+
 absl::StatusOr<std::unique_ptr<PrivatePostgres>> PrivatePostgres::Start() {
   std::string dir = TestTempDir();
   ::chmod(dir.c_str(), 0755);
-  int port = 0;
-  {
-    // Ask the kernel for a free port, then release it for Postgres.
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-    socklen_t length = sizeof(address);
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-    port = ntohs(address.sin_port);
-    ::close(fd);
-  }
+  int port = FreePort();
   std::unique_ptr<PrivatePostgres> server(new PrivatePostgres(dir + "/pg", port));
   absl::Status started =
       RunLibFunction(absl::StrCat("start_postgres ", server->dir_, " ", port, " durable"));

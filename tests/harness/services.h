@@ -100,6 +100,24 @@ class PrivatePostgres {
   int port_;
 };
 
+// A Redis server of the test's own, for tests that restart or flush it. Durable
+// (append-only file), so a restart keeps its data.
+class PrivateRedis {
+ public:
+  static absl::StatusOr<std::unique_ptr<PrivateRedis>> Start();
+  ~PrivateRedis();
+
+  RedisEndpoint endpoint() const { return {.host = "127.0.0.1", .port = port_}; }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+  // Stops the server cleanly (its data saved) and starts it again on the same port.
+  absl::Status Restart();
+
+ private:
+  PrivateRedis(std::string dir, int port) : dir_(std::move(dir)), port_(port) {}
+  std::string dir_;
+  int port_;
+};
+
 struct ProcessOptions {
   std::string binary;
   std::vector<std::string> args;
