@@ -242,5 +242,47 @@ TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
   EXPECT_TRUE(keepalive);
 }
 
+TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {
+  std::string session = CreateSession();
+  auto connection = RedisConnection::Connect(redis_->endpoint(), absl::Seconds(2));
+  ASSERT_TRUE(connection.ok());
+  FakeClock clock(absl::Now());
+  EventPublisher publisher(**connection,
+                           PublisherOptions{.key_prefix = redis_->keys().prefix(),
+                                            .hot_window_events = 50,
+                                            .hot_window_age = absl::Minutes(10),
+                                            .trim_every = 10},
+                           clock);
+  ASSERT_TRUE(publisher.AcquireLease(session, "writer", 1).ok());
+  auto publish = [&](uint64_t first, uint64_t last) {
+    for (uint64_t seq = first; seq <= last; ++seq) {
+      v1::Event event;
+      event.set_session_id(session);
+      event.set_seq(seq);
+      event.set_epoch(1);
+      ASSERT_TRUE(publisher.Publish(event, 1).ok());
+    }
+  };
+  auto first_seq = [&]() -> std::string {
+    auto head =
+        (*connection)
+            ->Command({"XRANGE", redis_->keys().EventStream(session), "-", "+", "COUNT", "1"});
+    return std::string((*head)->element[0]->element[0]->str, (*head)->element[0]->element[0]->len);
+  };
+  const std::string persisted = redis_->keys().PersistedSeq(session);
+
+  publish(1, 200);  // Nothing persisted: nothing may go, whatever the count limit.
+  EXPECT_EQ(first_seq(), "1-0");
+  ASSERT_TRUE((*connection)->Command({"SET", persisted, "120"}).ok());
+  publish(201, 210);  // Count limit 50 would allow 161; persistence allows only 121.
+  EXPECT_EQ(first_seq(), "121-0");
+  ASSERT_TRUE((*connection)->Command({"SET", persisted, "210"}).ok());
+  publish(211, 220);  // Now the count limit decides.
+  EXPECT_EQ(first_seq(), "171-0");
+  clock.Advance(absl::Minutes(11));  // Everything so far is older than the age limit.
+  publish(221, 230);
+  EXPECT_EQ(first_seq(), "211-0");  // Persisted up to 210 only.
+}
+
 }  // namespace
 }  // namespace parley::gateway::testing
