@@ -4,14 +4,13 @@
 // loopback costs.
 //
 //   bare_health_server --grpc_addr=127.0.0.1:0    (prints "port N", serves until SIGTERM)
-#include <signal.h>
-
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 
 #include <iostream>
 
 #include "common/config.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "parley/router/v1/router.grpc.pb.h"
 
 int main(int argc, char** argv) {
   std::string grpc_addr = "127.0.0.1:0";
@@ -30,7 +29,7 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(grpc_addr, grpc::InsecureServerCredentials(), &port);
   // Any callback service makes the builder poll; the default health service answers.
-  grpc::reflection::v1alpha::ServerReflection::CallbackService placeholder;
+  parley::router::v1::SessionRouter::CallbackService placeholder;
   builder.RegisterService(&placeholder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) {

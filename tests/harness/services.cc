@@ -24,7 +24,6 @@
 #include "absl/time/clock.h"
 #include "common/ids.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 
 namespace parley::testing {
 namespace {
@@ -374,31 +373,6 @@ absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::st
     return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   }
   return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
-}
-
-absl::StatusOr<std::vector<std::string>> ListServicesByReflection(const std::string& target) {
-  using grpc::reflection::v1alpha::ServerReflection;
-  using grpc::reflection::v1alpha::ServerReflectionRequest;
-  using grpc::reflection::v1alpha::ServerReflectionResponse;
-  auto stub =
-      ServerReflection::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  auto stream = stub->ServerReflectionInfo(&context);
-  ServerReflectionRequest request;
-  request.set_list_services("*");
-  stream->Write(request);
-  stream->WritesDone();
-  ServerReflectionResponse response;
-  std::vector<std::string> names;
-  while (stream->Read(&response)) {
-    for (const auto& service : response.list_services_response().service()) {
-      names.push_back(service.name());
-    }
-  }
-  grpc::Status status = stream->Finish();
-  if (!status.ok()) return absl::UnavailableError(status.error_message());
-  return names;
 }
 
 }  // namespace parley::testing

@@ -170,7 +170,4 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string&
 // The gRPC health status ("SERVING", "NOT_SERVING", ...) or the call error.
 absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service = "");
 
-// Service names the server lists through gRPC reflection.
-absl::StatusOr<std::vector<std::string>> ListServicesByReflection(const std::string& target);
-
 }  // namespace parley::testing
