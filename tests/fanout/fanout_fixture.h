@@ -32,7 +32,7 @@ class FanoutFixture : public ::testing::Test {
  protected:
   // Override before SetUp to change the hub's settings.
   virtual HubOptions Options() {
-    return HubOptions{.max_buffered = 1024, .keepalive = absl::Seconds(15)};
+    return HubOptions();
   }
 
   void SetUp() override {

@@ -188,7 +188,11 @@ TEST_F(Fanout, AnotherTenantsSessionIsNotFoundAndNoCredentialsIsUnauthenticated)
 
 class SlowFanout : public FanoutFixture {
  protected:
-  HubOptions Options() override { return HubOptions{.max_buffered = 32}; }
+  HubOptions Options() override {
+    HubOptions options;
+    options.max_buffered = 32;
+    return options;
+  }
 };
 
 TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
@@ -224,7 +228,11 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
 
 class KeepaliveFanout : public FanoutFixture {
  protected:
-  HubOptions Options() override { return HubOptions{.keepalive = absl::Milliseconds(100)}; }
+  HubOptions Options() override {
+    HubOptions options;
+    options.keepalive = absl::Milliseconds(100);
+    return options;
+  }
 };
 
 TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
