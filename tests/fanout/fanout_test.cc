@@ -245,7 +245,9 @@ TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
   bool keepalive = false;
   for (int i = 0; i < 10 && !keepalive && stream.reader->Read(&response); ++i) {
     keepalive = response.has_keepalive();
-    if (keepalive) EXPECT_EQ(response.keepalive().last_seq(), 1u);
+    if (keepalive) {
+      EXPECT_EQ(response.keepalive().last_seq(), 1u);
+    }
   }
   EXPECT_TRUE(keepalive);
 }

@@ -107,7 +107,11 @@ class PrivateRedis {
   static absl::StatusOr<std::unique_ptr<PrivateRedis>> Start();
   ~PrivateRedis();
 
-  RedisEndpoint endpoint() const { return {.host = "127.0.0.1", .port = port_}; }
+  RedisEndpoint endpoint() const {
+    RedisEndpoint endpoint;
+    endpoint.port = port_;
+    return endpoint;
+  }
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
   // Stops the server cleanly (its data saved) and starts it again on the same port.
   absl::Status Restart();
