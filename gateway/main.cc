@@ -52,9 +52,22 @@ int main(int argc, char** argv) {
   parley::ServiceHost host("parley-gateway", server);
   parley::gateway::BootstrapKeyAuthenticator authenticator(config.bootstrap_api_key,
                                                            config.bootstrap_tenant);
+  auto store = std::shared_ptr<parley::store::v1::StoreService::StubInterface>(
+      parley::store::v1::StoreService::NewStub(
+          host.grpc_telemetry().CreateChannel(config.store_addr)));
+  const parley::RedisEndpoint redis = *parley::ParseRedisUrl(config.redis_url);
+  parley::gateway::RedisStoreHistory history(redis, parley::RedisKeys(config.redis_key_prefix),
+                                             store);
+  parley::gateway::HubOptions hub_options;
+  hub_options.redis = redis;
+  hub_options.key_prefix = config.redis_key_prefix;
+  hub_options.max_buffered = static_cast<int>(config.stream_buffer);
+  hub_options.keepalive = config.keepalive;
+  parley::gateway::Hub hub(hub_options, history, host.registry());
+  hub.Start();
   parley::gateway::SessionApi sessions(authenticator,
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
-                                       config.downstream_timeout);
+                                       config.downstream_timeout, &hub);
   parley::v1::SandboxService::CallbackService sandboxes;
   parley::v1::ApiKeyService::CallbackService api_keys;
   host.AddService(&sessions);
