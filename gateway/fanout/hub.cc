@@ -396,7 +396,9 @@ void Hub::Register(const std::shared_ptr<StreamCore>& stream) {
       it->second.session_id = stream->session_id();
       subscriber_.Subscribe(channel);
     }
-    it->second.streams.push_back(stream);
+    auto streams = std::make_shared<StreamList>(*it->second.streams);
+    streams->push_back(stream);
+    it->second.streams = std::move(streams);
     active = it->second.active;
     channels_gauge_.Set(static_cast<double>(channels_.size()));
   }
@@ -410,20 +412,18 @@ void Hub::Unregister(StreamCore* stream) {
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(channel);
   if (it == channels_.end()) return;
-  auto& streams = it->second.streams;
-  for (size_t i = 0; i < streams.size(); ++i) {
-    if (streams[i].get() == stream) {
-      streams[i] = std::move(streams.back());
-      streams.pop_back();
-      streams_gauge_.Add(-1);
-      break;
-    }
+  auto streams = std::make_shared<StreamList>();
+  for (const auto& other : *it->second.streams) {
+    if (other.get() != stream) streams->push_back(other);
   }
-  if (streams.empty()) {
+  if (streams->size() < it->second.streams->size()) streams_gauge_.Add(-1);
+  if (streams->empty()) {
     subscriber_.Unsubscribe(channel);
     channels_.erase(it);
     channels_gauge_.Set(static_cast<double>(channels_.size()));
+    return;
   }
+  it->second.streams = std::move(streams);
 }
 
 void Hub::ScheduleBackfill(std::shared_ptr<StreamCore> stream) {
@@ -460,7 +460,7 @@ void Hub::Ticker() {
     {
       absl::MutexLock lock(&mu_);
       for (auto& [name, channel] : channels_) {
-        streams.insert(streams.end(), channel.streams.begin(), channel.streams.end());
+        streams.insert(streams.end(), channel.streams->begin(), channel.streams->end());
       }
     }
     const absl::Time now = absl::Now();
@@ -475,7 +475,7 @@ void Hub::OnSubscribed(const std::string& channel) {
     auto it = channels_.find(channel);
     if (it == channels_.end()) return;
     it->second.active = true;
-    streams = it->second.streams;
+    streams = *it->second.streams;
   }
   // New streams read history for the first time; after a reconnect, every stream
   // re-reads from its own next seq, so whatever was published meanwhile arrives.
@@ -486,10 +486,16 @@ void Hub::OnMessage(const std::string& channel, std::string payload) {
   v1::Event event;
   if (!event.ParseFromString(payload)) return;
   ResponsePtr response = Wrap(std::move(event));
-  absl::MutexLock lock(&mu_);
-  auto it = channels_.find(channel);
-  if (it == channels_.end()) return;
-  for (const auto& stream : it->second.streams) stream->OnLive(response);
+  std::shared_ptr<const StreamList> streams;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = channels_.find(channel);
+    if (it == channels_.end()) return;
+    streams = it->second.streams;
+  }
+  // Outside the hub lock: each stream guards itself, and a stream whose reactor is
+  // gone has no writer left to touch.
+  for (const auto& stream : *streams) stream->OnLive(response);
 }
 
 void Hub::OnDisconnected() {

@@ -19,7 +19,8 @@
 // `backfill_workers` threads doing blocking history reads, one ticker thread
 // (keepalives, retrying failed backfills), and gRPC's callback threads (write
 // completions, cancels). Lock order: Hub::mu_, then StreamCore::mu_, then
-// Hub::work_mu_; nothing blocks while holding a lock except on that order.
+// Hub::work_mu_. Fan-out itself runs outside Hub::mu_ on a copy-on-write snapshot of
+// the session's streams.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -153,10 +154,13 @@ class Hub final : public RedisSubscriber::Listener {
   void OnDisconnected() override;
 
  private:
+  using StreamList = std::vector<std::shared_ptr<StreamCore>>;
   struct Channel {
     std::string session_id;
     bool active = false;  // Subscription confirmed by Redis.
-    std::vector<std::shared_ptr<StreamCore>> streams;
+    // Copy-on-write: fan-out takes a snapshot under the lock and offers outside it,
+    // so a slow offer never holds up registration or other sessions.
+    std::shared_ptr<const StreamList> streams = std::make_shared<StreamList>();
   };
   void Worker();
   void Ticker();
