@@ -1,0 +1,94 @@
+// SandboxManagerService: parley.sandbox.v1.SandboxManager over gRPC (callback API).
+//
+//   SandboxManagerService service(&manager, /*lifecycle_threads=*/8);
+//   host.AddService(&service);
+//
+// Reads (templates, get, list) answer inline. Lifecycle calls that block on a provider
+// (create, acquire, pause, resume, destroy) run on a fixed worker pool so gRPC's
+// callback threads never block. Exec and file calls are proxied to the sandbox's
+// daemon with client reactors: one message in flight in each direction, so flow
+// control reaches from the caller to the process in the sandbox, and cancelling the
+// caller's call cancels the daemon's (which kills the process tree). Only when the
+// sandbox must first be resumed or reconnected does the proxy hop onto the pool.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "parley/sandbox/v1/sandbox.grpc.pb.h"
+#include "sandbox-svc/manager/manager.h"
+#include "sandbox-svc/util/thread_pool.h"
+
+namespace parley::sandbox {
+
+class SandboxManagerService final : public ::parley::sandbox::v1::SandboxManager::CallbackService {
+ public:
+  SandboxManagerService(SandboxManager* manager, int lifecycle_threads);
+
+  grpc::ServerUnaryReactor* ListTemplates(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::ListTemplatesRequest* request,
+      ::parley::sandbox::v1::ListTemplatesResponse* response) override;
+  grpc::ServerUnaryReactor* GetTemplate(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::GetTemplateRequest* request,
+      ::parley::sandbox::v1::GetTemplateResponse* response) override;
+  grpc::ServerUnaryReactor* CreateSandbox(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::CreateSandboxRequest* request,
+      ::parley::sandbox::v1::CreateSandboxResponse* response) override;
+  grpc::ServerUnaryReactor* AcquireForSession(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::AcquireForSessionRequest* request,
+      ::parley::sandbox::v1::AcquireForSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetSandbox(
+      grpc::CallbackServerContext* context, const ::parley::sandbox::v1::GetSandboxRequest* request,
+      ::parley::sandbox::v1::GetSandboxResponse* response) override;
+  grpc::ServerUnaryReactor* ListSandboxes(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::ListSandboxesRequest* request,
+      ::parley::sandbox::v1::ListSandboxesResponse* response) override;
+  grpc::ServerUnaryReactor* PauseSandbox(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::PauseSandboxRequest* request,
+      ::parley::sandbox::v1::PauseSandboxResponse* response) override;
+  grpc::ServerUnaryReactor* ResumeSandbox(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::ResumeSandboxRequest* request,
+      ::parley::sandbox::v1::ResumeSandboxResponse* response) override;
+  grpc::ServerUnaryReactor* DestroySandbox(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::DestroySandboxRequest* request,
+      ::parley::sandbox::v1::DestroySandboxResponse* response) override;
+
+  grpc::ServerWriteReactor< ::parley::sandbox::v1::ExecResponse>* Exec(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::ExecRequest* request) override;
+  grpc::ServerWriteReactor< ::parley::sandbox::v1::ReadFileResponse>* ReadFile(
+      grpc::CallbackServerContext* context,
+      const ::parley::sandbox::v1::ReadFileRequest* request) override;
+  grpc::ServerReadReactor< ::parley::sandbox::v1::WriteFileRequest>* WriteFile(
+      grpc::CallbackServerContext* context,
+      ::parley::sandbox::v1::WriteFileResponse* response) override;
+  grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context,
+                                      const ::parley::sandbox::v1::ListFilesRequest* request,
+                                      ::parley::sandbox::v1::ListFilesResponse* response) override;
+  grpc::ServerUnaryReactor* StatFile(grpc::CallbackServerContext* context,
+                                     const ::parley::sandbox::v1::StatFileRequest* request,
+                                     ::parley::sandbox::v1::StatFileResponse* response) override;
+  grpc::ServerUnaryReactor* MakeDir(grpc::CallbackServerContext* context,
+                                    const ::parley::sandbox::v1::MakeDirRequest* request,
+                                    ::parley::sandbox::v1::MakeDirResponse* response) override;
+  grpc::ServerUnaryReactor* Remove(grpc::CallbackServerContext* context,
+                                   const ::parley::sandbox::v1::RemoveRequest* request,
+                                   ::parley::sandbox::v1::RemoveResponse* response) override;
+
+  // Used by the proxies.
+  SandboxManager& manager() { return *manager_; }
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  SandboxManager* manager_;
+  ThreadPool pool_;
+};
+
+}  // namespace parley::sandbox
