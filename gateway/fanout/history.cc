@@ -106,6 +106,13 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
   if ((*reply)->type == REDIS_REPLY_STRING) (void)absl::SimpleAtoi(Str(reply->get()), &last);
   if (last > 0 || store_ == nullptr) return last;
   // Nothing in Redis (e.g. after a flush): the durable log knows.
+  absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
+  if (!durable.ok()) return durable.status();
+  return durable->last_seq();
+}
+
+absl::StatusOr<store::v1::GetLastSeqResponse> RedisStoreHistory::DurableLastSeq(
+    const std::string& tenant_id, const std::string& session_id) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   store::v1::GetLastSeqRequest request;
@@ -114,7 +121,7 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
   store::v1::GetLastSeqResponse response;
   grpc::Status status = store_->GetLastSeq(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
-  return response.last_seq();
+  return response;
 }
 
 absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
@@ -132,15 +139,9 @@ absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
 absl::StatusOr<uint64_t> RedisStoreHistory::CurrentEpoch(const std::string& tenant_id,
                                                          const std::string& session_id) {
   if (store_ == nullptr) return 0;
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-  store::v1::GetLastSeqRequest request;
-  request.set_tenant_id(tenant_id);
-  request.set_session_id(session_id);
-  store::v1::GetLastSeqResponse response;
-  grpc::Status status = store_->GetLastSeq(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response.epoch();
+  absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
+  if (!durable.ok()) return durable.status();
+  return durable->epoch();
 }
 
 absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tenant_id,

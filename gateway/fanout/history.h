@@ -68,6 +68,9 @@ class RedisStoreHistory final : public HistorySource {
   absl::StatusOr<std::vector<v1::Event>> ReadHot(RedisConnection& redis,
                                                  const std::string& session_id, uint64_t from_seq,
                                                  int max);
+  // store-svc's GetLastSeq: the durable last seq and the epoch.
+  absl::StatusOr<store::v1::GetLastSeqResponse> DurableLastSeq(const std::string& tenant_id,
+                                                               const std::string& session_id);
   absl::StatusOr<std::vector<v1::Event>> ReadCold(const std::string& tenant_id,
                                                   const std::string& session_id, uint64_t from_seq,
                                                   int max);
