@@ -1,11 +1,12 @@
 // Every service binary, as a real process: starts, answers health and reflection,
 // serves /metrics, exits 0 on SIGTERM, and rejects bad configuration with exit 2.
-#include "tests/harness/reflection.h"
 #include "tests/harness/services.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+
+#include "tests/harness/reflection.h"
 
 namespace parley::testing {
 namespace {

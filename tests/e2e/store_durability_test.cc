@@ -113,7 +113,7 @@ TEST(StoreDurability, PersisterKilledMidBatchLeavesExactlyOneToNAfterRestart) {
   auto store = StartStore((*db)->url(), redis->get());
   ASSERT_NE(store, nullptr);
   int64_t at_kill = 0;
-  for (int i = 0; i < 2000 && at_kill == 0; ++i) {
+  for (int i = 0; i < 10000 && at_kill == 0; ++i) {
     at_kill = CountEvents((*db)->url());
     if (at_kill == 0) absl::SleepFor(absl::Milliseconds(2));
   }

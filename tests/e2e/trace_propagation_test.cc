@@ -154,7 +154,7 @@ TEST_F(TracePropagationTest, TraceIdReachesTheLogAndTheDownstreamCall) {
   // caller -> gateway SERVER span -> gateway CLIENT span (the downstream parent).
   // Log lines are written when spans end, so wait for them briefly.
   std::vector<nlohmann::json> lines;
-  for (int i = 0; i < 200; ++i) {
+  for (int i = 0; i < 1000; ++i) {
     lines = LinesOfTrace(caller.TraceIdHex());
     if (lines.size() >= 3) break;
     absl::SleepFor(absl::Milliseconds(10));
