@@ -94,8 +94,9 @@ int main(int argc, char** argv) {
   } else {
     host.logger().Warn("database not reachable at start", {{"error", version.status().ToString()}});
   }
-  parley::store::PgPool pool({.url = config.database_url, .size = static_cast<int>(config.db_pool_size)},
-                             parley::RealClock::Get());
+  parley::store::PgPool pool(
+      {.url = config.database_url, .size = static_cast<int>(config.db_pool_size)},
+      parley::RealClock::Get());
   parley::store::StoreServiceImpl store(pool, parley::store::StoreLimits{},
                                         parley::RealClock::Get());
   host.AddService(&store);

@@ -31,9 +31,7 @@ inline constexpr char kTenant[] = "tenant_a";
 class FanoutFixture : public ::testing::Test {
  protected:
   // Override before SetUp to change the hub's settings.
-  virtual HubOptions Options() {
-    return HubOptions();
-  }
+  virtual HubOptions Options() { return HubOptions(); }
 
   void SetUp() override {
     auto db = parley::testing::TestDatabase::Create();
