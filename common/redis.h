@@ -36,6 +36,11 @@ absl::StatusOr<RedisEndpoint> ParseRedisUrl(absl::string_view url);
 // Validator for a --redis_url flag.
 inline absl::Status ValidateRedisUrl(absl::string_view url) { return ParseRedisUrl(url).status(); }
 
+// The bytes of a string/status/error reply; "" for null and non-string replies.
+inline std::string ReplyString(const redisReply* reply) {
+  return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
+}
+
 struct RedisReplyDeleter {
   void operator()(redisReply* reply) const { freeReplyObject(reply); }
 };

@@ -8,14 +8,6 @@
 #include "common/status.h"
 
 namespace parley::gateway {
-namespace {
-
-std::string Str(const redisReply* reply) {
-  return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
-}
-
-}  // namespace
-
 RedisStoreHistory::RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
                                      std::shared_ptr<store::v1::StoreService::StubInterface> store)
     : redis_(std::move(redis)), keys_(std::move(keys)), store_(std::move(store)) {}
@@ -49,9 +41,9 @@ absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadHot(RedisConnectio
   for (size_t i = 0; i < (*reply)->elements; ++i) {
     const redisReply* fields = (*reply)->element[i]->element[1];
     for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-      if (Str(fields->element[f]) != "e") continue;
+      if (ReplyString(fields->element[f]) != "e") continue;
       v1::Event event;
-      if (!event.ParseFromString(Str(fields->element[f + 1]))) {
+      if (!event.ParseFromString(ReplyString(fields->element[f + 1]))) {
         return absl::DataLossError(
             absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
       }
@@ -103,7 +95,8 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
   Return(*std::move(redis));
   if (!reply.ok()) return reply.status();
   uint64_t last = 0;
-  if ((*reply)->type == REDIS_REPLY_STRING) (void)absl::SimpleAtoi(Str(reply->get()), &last);
+  if ((*reply)->type == REDIS_REPLY_STRING)
+    (void)absl::SimpleAtoi(ReplyString(reply->get()), &last);
   if (last > 0 || store_ == nullptr) return last;
   // Nothing in Redis (e.g. after a flush): the durable log knows.
   absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);

@@ -16,10 +16,6 @@ RedisSubscriber* Self(const redisAsyncContext* context) {
   return static_cast<RedisSubscriber*>(context->data);
 }
 
-std::string Str(const redisReply* reply) {
-  return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
-}
-
 }  // namespace
 
 RedisSubscriber::RedisSubscriber(RedisEndpoint endpoint, Listener& listener,
@@ -172,10 +168,10 @@ void RedisSubscriber::OnReply(redisAsyncContext*, void* raw, void* arg) {
   auto* self = static_cast<RedisSubscriber*>(arg);
   const auto* reply = static_cast<const redisReply*>(raw);
   if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
-  const std::string kind = Str(reply->element[0]);
-  const std::string channel = Str(reply->element[1]);
+  const std::string kind = ReplyString(reply->element[0]);
+  const std::string channel = ReplyString(reply->element[1]);
   if (kind == "message") {
-    self->listener_.OnMessage(channel, Str(reply->element[2]));
+    self->listener_.OnMessage(channel, ReplyString(reply->element[2]));
   } else if (kind == "subscribe" && self->wanted_.contains(channel)) {
     self->listener_.OnSubscribed(channel);
   }

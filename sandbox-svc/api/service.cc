@@ -41,6 +41,19 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// Runs `op` (blocking) on the pool and finishes the call with its sandbox or error.
+template <typename Response, typename Op>
+grpc::ServerUnaryReactor* RunOnPool(ThreadPool& pool, grpc::CallbackServerContext* context,
+                                    Response* response, Op op) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  pool.Schedule([reactor, response, op = std::move(op)] {
+    absl::StatusOr<sv1::Sandbox> result = op();
+    if (result.ok()) *response->mutable_sandbox() = *std::move(result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+  });
+  return reactor;
+}
+
 // Copies the caller's deadline to the daemon call.
 void InheritDeadline(const grpc::CallbackServerContext* server, grpc::ClientContext& client) {
   auto deadline = server->deadline();
@@ -573,14 +586,9 @@ grpc::ServerUnaryReactor* SandboxManagerService::PauseSandbox(
   if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
     return FinishNow(context, s);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_.Schedule([this, reactor, request, response] {
-    absl::StatusOr<sv1::Sandbox> result =
-        manager_->Pause(request->tenant_id(), request->sandbox_id());
-    if (result.ok()) *response->mutable_sandbox() = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
+  return RunOnPool(pool_, context, response, [this, request] {
+    return manager_->Pause(request->tenant_id(), request->sandbox_id());
   });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::ResumeSandbox(
@@ -589,14 +597,9 @@ grpc::ServerUnaryReactor* SandboxManagerService::ResumeSandbox(
   if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
     return FinishNow(context, s);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_.Schedule([this, reactor, request, response] {
-    absl::StatusOr<sv1::Sandbox> result =
-        manager_->Resume(request->tenant_id(), request->sandbox_id());
-    if (result.ok()) *response->mutable_sandbox() = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
+  return RunOnPool(pool_, context, response, [this, request] {
+    return manager_->Resume(request->tenant_id(), request->sandbox_id());
   });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::DestroySandbox(
@@ -605,14 +608,9 @@ grpc::ServerUnaryReactor* SandboxManagerService::DestroySandbox(
   if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
     return FinishNow(context, s);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_.Schedule([this, reactor, request, response] {
-    absl::StatusOr<sv1::Sandbox> result =
-        manager_->Destroy(request->tenant_id(), request->sandbox_id());
-    if (result.ok()) *response->mutable_sandbox() = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
+  return RunOnPool(pool_, context, response, [this, request] {
+    return manager_->Destroy(request->tenant_id(), request->sandbox_id());
   });
-  return reactor;
 }
 
 // ---------------------------------------------------------------------------------

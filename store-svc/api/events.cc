@@ -14,13 +14,6 @@
 namespace parley::store {
 namespace {
 
-template <typename Response>
-Status Respond(const absl::StatusOr<Response>& result, Response* response) {
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *response = *result;
-  return Status::OK;
-}
-
 absl::Status WithInfo(absl::Status status, const char* reason, const char* key, int64_t value) {
   SetErrorInfo(status, reason, {{key, absl::StrCat(value)}});
   return status;

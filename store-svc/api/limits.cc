@@ -82,6 +82,14 @@ absl::Status CheckIdempotencyKey(const std::string& key, const char* field,
   return absl::OkStatus();
 }
 
+absl::Status CheckLeaseTtl(uint64_t lease_ttl_ms, const StoreLimits& limits) {
+  if (lease_ttl_ms < 1000 || static_cast<int64_t>(lease_ttl_ms) > limits.max_lease_ttl_ms) {
+    return InvalidArgumentError("lease_ttl_ms", "must be between 1000 and the maximum",
+                                absl::StrCat(limits.max_lease_ttl_ms, " ms"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckPageSize(uint32_t page_size, const char* field, int64_t max) {
   if (page_size > max) return InvalidArgumentError(field, "is too large", absl::StrCat(max));
   return absl::OkStatus();

@@ -39,6 +39,8 @@ absl::Status CheckParts(const google::protobuf::RepeatedPtrField<::parley::v1::P
                         const char* field, const StoreLimits& limits);
 absl::Status CheckIdempotencyKey(const std::string& key, const char* field,
                                  const StoreLimits& limits);
+// A lease duration: 1000 ms to limits.max_lease_ttl_ms.
+absl::Status CheckLeaseTtl(uint64_t lease_ttl_ms, const StoreLimits& limits);
 // 0 means the default; over the maximum is an error.
 absl::Status CheckPageSize(uint32_t page_size, const char* field, int64_t max);
 

@@ -59,13 +59,6 @@ void CopyConfigField(const ::parley::v1::AgentConfig& patch, const std::string& 
   config->MergeFrom(only);
 }
 
-template <typename Response>
-Status Respond(const absl::StatusOr<Response>& result, Response* response) {
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *response = *result;
-  return Status::OK;
-}
-
 ::parley::v1::Session SelectSession(pqxx::work& tx, const std::string& tenant_id,
                                     const std::string& session_id) {
   pqxx::result row = tx.exec_params(

@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "common/clock.h"
+#include "common/status.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "store-svc/api/limits.h"
 #include "store-svc/db/pool.h"
@@ -84,6 +85,14 @@ class StoreServiceImpl final : public pb::StoreService::Service {
   const StoreLimits limits_;
   Clock& clock_;
 };
+
+// Ends a handler: the result's status, and on success the response.
+template <typename Response>
+Status Respond(const absl::StatusOr<Response>& result, Response* response) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *result;
+  return Status::OK;
+}
 
 // Persists a batch of one session's events: the body of AppendEvents, shared with the
 // persister. Runs in its own transaction on `pool`.

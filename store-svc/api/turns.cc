@@ -20,13 +20,6 @@ namespace {
 constexpr int kQueued = ::parley::v1::TURN_STATUS_QUEUED;
 constexpr int kRunning = ::parley::v1::TURN_STATUS_RUNNING;
 
-template <typename Response>
-Status Respond(const absl::StatusOr<Response>& result, Response* response) {
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *response = *result;
-  return Status::OK;
-}
-
 absl::Status SessionClosed() {
   absl::Status status = absl::FailedPreconditionError("session is closed");
   SetErrorInfo(status, "SESSION_CLOSED");
@@ -291,11 +284,7 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_, false);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_, false);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
-  if (valid.ok() && (request->lease_ttl_ms() < 1000 ||
-                     static_cast<int64_t>(request->lease_ttl_ms()) > limits_.max_lease_ttl_ms)) {
-    valid = InvalidArgumentError("lease_ttl_ms", "must be between 1000 and the maximum",
-                                 absl::StrCat(limits_.max_lease_ttl_ms, " ms"));
-  }
+  if (valid.ok()) valid = CheckLeaseTtl(request->lease_ttl_ms(), limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
 
   auto result = pool_.Transact<pb::ClaimNextTurnResponse>(
@@ -355,11 +344,7 @@ Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRe
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
-  if (valid.ok() && (request->lease_ttl_ms() < 1000 ||
-                     static_cast<int64_t>(request->lease_ttl_ms()) > limits_.max_lease_ttl_ms)) {
-    valid = InvalidArgumentError("lease_ttl_ms", "must be between 1000 and the maximum",
-                                 absl::StrCat(limits_.max_lease_ttl_ms, " ms"));
-  }
+  if (valid.ok()) valid = CheckLeaseTtl(request->lease_ttl_ms(), limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::HeartbeatTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::HeartbeatTurnResponse> {

@@ -20,10 +20,6 @@ constexpr char kExtendLock[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
     "end return 0";
 
-std::string ReplyString(const redisReply* reply) {
-  return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
-}
-
 // The seq of a stream entry id "<seq>-<n>".
 uint64_t SeqOfEntryId(const std::string& id) {
   uint64_t seq = 0;
