@@ -26,10 +26,11 @@ struct SessionEpoch {
 
 SessionEpoch ReadEpoch(pqxx::work& tx, const std::string& tenant_id,
                        const std::string& session_id) {
-  pqxx::result row = tx.exec_params(
-      "SELECT epoch, (SELECT coalesce(max(seq), 0) FROM events WHERE session_id = $2) "
-      "FROM sessions WHERE tenant_id = $1 AND id = $2",
-      tenant_id, session_id);
+  pqxx::result row =
+      Exec(tx,
+           "SELECT epoch, (SELECT coalesce(max(seq), 0) FROM events WHERE session_id = $2) "
+           "FROM sessions WHERE tenant_id = $1 AND id = $2",
+           tenant_id, session_id);
   if (row.empty()) throw StatusException{absl::NotFoundError("session not found")};
   return {row[0][0].as<int64_t>(), row[0][1].as<int64_t>()};
 }
@@ -81,7 +82,7 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
   absl::Status status = pool.Run([&](pqxx::connection& connection) -> absl::Status {
     out.Clear();
     pqxx::work tx(connection);
-    tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", request.session_id());
+    Exec(tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", request.session_id());
     SessionEpoch session = ReadEpoch(tx, request.tenant_id(), request.session_id());
     out.set_skipped(static_cast<uint32_t>(request.events_size() - durable.size()));
     if (durable.empty()) {
@@ -106,10 +107,11 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
     // Seqs already stored must be byte-identical: a replay, not a rewrite.
     size_t index = 0;
     if (first <= session.last_seq) {
-      pqxx::result stored = tx.exec_params(
-          "SELECT seq, payload FROM events WHERE session_id = $1 AND seq BETWEEN $2 AND $3 "
-          "ORDER BY seq",
-          request.session_id(), first, std::min(last, session.last_seq));
+      pqxx::result stored =
+          Exec(tx,
+               "SELECT seq, payload FROM events WHERE session_id = $1 AND seq BETWEEN $2 AND $3 "
+               "ORDER BY seq",
+               request.session_id(), first, std::min(last, session.last_seq));
       for (const auto& row : stored) {
         if (pqxx::binarystring(row[1]).str() != payloads[index]) {
           return WithInfo(absl::AlreadyExistsError(absl::StrCat(
@@ -158,11 +160,12 @@ Status StoreServiceImpl::ReadEvents(ServerContext*, const pb::ReadEventsRequest*
   auto result = pool_.Transact<pb::ReadEventsResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ReadEventsResponse> {
         SessionEpoch session = ReadEpoch(tx, request->tenant_id(), request->session_id());
-        pqxx::result rows = tx.exec_params(
-            "SELECT payload FROM events WHERE session_id = $1 AND tenant_id = $2 AND seq > $3 "
-            "ORDER BY seq LIMIT $4",
-            request->session_id(), request->tenant_id(), static_cast<int64_t>(request->after_seq()),
-            limit + 1);
+        pqxx::result rows =
+            Exec(tx,
+                 "SELECT payload FROM events WHERE session_id = $1 AND tenant_id = $2 AND seq > $3 "
+                 "ORDER BY seq LIMIT $4",
+                 request->session_id(), request->tenant_id(),
+                 static_cast<int64_t>(request->after_seq()), limit + 1);
         pb::ReadEventsResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
           if (!out.add_events()->ParseFromString(pqxx::binarystring(rows[i][0]).str())) {
@@ -203,11 +206,12 @@ Status StoreServiceImpl::AdvanceEpoch(ServerContext*, const pb::AdvanceEpochRequ
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::AdvanceEpochResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::AdvanceEpochResponse> {
-        pqxx::result advanced = tx.exec_params(
-            "UPDATE sessions SET epoch = epoch + 1 WHERE tenant_id = $1 AND id = $2 AND "
-            "epoch = $3 RETURNING epoch",
-            request->tenant_id(), request->session_id(),
-            static_cast<int64_t>(request->expected_epoch()));
+        pqxx::result advanced =
+            Exec(tx,
+                 "UPDATE sessions SET epoch = epoch + 1 WHERE tenant_id = $1 AND id = $2 AND "
+                 "epoch = $3 RETURNING epoch",
+                 request->tenant_id(), request->session_id(),
+                 static_cast<int64_t>(request->expected_epoch()));
         SessionEpoch session = ReadEpoch(tx, request->tenant_id(), request->session_id());
         pb::AdvanceEpochResponse out;
         out.set_advanced(!advanced.empty());

@@ -25,6 +25,8 @@ extern const char kSessionColumns[];
 extern const char kMessageColumns[];
 extern const char kTurnColumns[];
 extern const char kApiKeyColumns[];
+// How many columns kTurnColumns selects, for queries that read more after a turn.
+inline constexpr int kTurnColumnCount = 16;
 
 // Readers start at column `offset` of the row (for queries that select more first).
 ::parley::v1::Session SessionFromRow(const pqxx::row& row, int offset = 0);

@@ -61,7 +61,8 @@ void CopyConfigField(const ::parley::v1::AgentConfig& patch, const std::string& 
 
 ::parley::v1::Session SelectSession(pqxx::work& tx, const std::string& tenant_id,
                                     const std::string& session_id) {
-  pqxx::result row = tx.exec_params(
+  pqxx::result row = Exec(
+      tx,
       absl::StrCat("SELECT ", kSessionColumns, " FROM sessions WHERE tenant_id = $1 AND id = $2"),
       tenant_id, session_id);
   if (row.empty()) throw StatusException{absl::NotFoundError("session not found")};
@@ -72,12 +73,13 @@ void CopyConfigField(const ::parley::v1::AgentConfig& patch, const std::string& 
 
 LockedSession LockSession(pqxx::work& tx, const std::string& tenant_id,
                           const std::string& session_id) {
-  pqxx::result row = tx.exec_params(
-      "SELECT status, message_count, turn_count, queued_turns, coalesce(running_turn_id, ''), "
-      "lease_epoch, epoch, "
-      "coalesce((agent_config->>'multitask_policy'), '') "
-      "FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-      tenant_id, session_id);
+  pqxx::result row =
+      Exec(tx,
+           "SELECT status, message_count, turn_count, queued_turns, coalesce(running_turn_id, ''), "
+           "lease_epoch, epoch, "
+           "coalesce((agent_config->>'multitask_policy'), '') "
+           "FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+           tenant_id, session_id);
   if (row.empty()) throw StatusException{absl::NotFoundError("session not found")};
   LockedSession s;
   s.status = row[0][0].as<int>();
@@ -113,21 +115,23 @@ Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRe
   auto result = pool_.Transact<pb::CreateSessionResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CreateSessionResponse> {
         pb::CreateSessionResponse out;
-        if (tx.exec_params("SELECT 1 FROM tenants WHERE id = $1", request->tenant_id()).empty()) {
+        if (Exec(tx, "SELECT 1 FROM tenants WHERE id = $1", request->tenant_id()).empty()) {
           return absl::NotFoundError("tenant not found");
         }
         // A retry of a create whose commit was in doubt finds its own row.
-        pqxx::result existing = tx.exec_params(
-            absl::StrCat("SELECT ", kSessionColumns,
-                         " FROM sessions WHERE tenant_id = $1 AND (id = $2 OR "
-                         "(external_id = NULLIF($3, '') AND external_id IS NOT NULL))"),
-            request->tenant_id(), id, r.external_id());
+        pqxx::result existing =
+            Exec(tx,
+                 absl::StrCat("SELECT ", kSessionColumns,
+                              " FROM sessions WHERE tenant_id = $1 AND (id = $2 OR "
+                              "(external_id = NULLIF($3, '') AND external_id IS NOT NULL))"),
+                 request->tenant_id(), id, r.external_id());
         if (!existing.empty()) {
           *out.mutable_session() = SessionFromRow(existing[0]);
           out.set_created(false);
           return out;
         }
-        pqxx::result row = tx.exec_params(
+        pqxx::result row = Exec(
+            tx,
             absl::StrCat(
                 "INSERT INTO sessions (id, tenant_id, external_id, user_id, title, agent_config, "
                 "tags, metadata) VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6::jsonb, "
@@ -200,6 +204,8 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
       oldest_first ? ">" : "<", " $9) ORDER BY id ", oldest_first ? "ASC" : "DESC", " LIMIT $10");
   auto result = pool_.Transact<pb::ListSessionsResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListSessionsResponse> {
+        // Planned per call, not prepared: which of the optional filters are in play
+        // decides the best index, and a generic plan cannot know.
         pqxx::result rows = tx.exec_params(
             sql, request->tenant_id(), static_cast<int>(r.status()), JsonArray(r.tags()),
             JsonObject(r.metadata()), r.user_id(),
@@ -254,9 +260,10 @@ Status StoreServiceImpl::UpdateSession(ServerContext*, const pb::UpdateSessionRe
   auto result = pool_.Transact<
       pb::UpdateSessionResponse>([&](pqxx::work& tx) -> absl::StatusOr<pb::UpdateSessionResponse> {
     pqxx::result locked =
-        tx.exec_params(absl::StrCat("SELECT ", kSessionColumns,
-                                    " FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE"),
-                       request->tenant_id(), r.session_id());
+        Exec(tx,
+             absl::StrCat("SELECT ", kSessionColumns,
+                          " FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE"),
+             request->tenant_id(), r.session_id());
     if (locked.empty()) return absl::NotFoundError("session not found");
     ::parley::v1::Session current = SessionFromRow(locked[0]);
     if (r.expected_version() != 0 && r.expected_version() != current.version()) {
@@ -276,15 +283,16 @@ Status StoreServiceImpl::UpdateSession(ServerContext*, const pb::UpdateSessionRe
         CopyConfigField(patch.agent_config(), path.substr(13), &config);
       }
     }
-    pqxx::result row = tx.exec_params(
-        absl::StrCat("UPDATE sessions SET title = $3, user_id = $4, "
-                     "tags = ARRAY(SELECT jsonb_array_elements_text($5::jsonb)), "
-                     "metadata = $6::jsonb, agent_config = $7::jsonb, "
-                     "version = version + 1, update_time = now() "
-                     "WHERE tenant_id = $1 AND id = $2 RETURNING ",
-                     kSessionColumns),
-        request->tenant_id(), r.session_id(), current.title(), current.user_id(),
-        JsonArray(current.tags()), JsonObject(current.metadata()), ProtoToJson(config));
+    pqxx::result row =
+        Exec(tx,
+             absl::StrCat("UPDATE sessions SET title = $3, user_id = $4, "
+                          "tags = ARRAY(SELECT jsonb_array_elements_text($5::jsonb)), "
+                          "metadata = $6::jsonb, agent_config = $7::jsonb, "
+                          "version = version + 1, update_time = now() "
+                          "WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                          kSessionColumns),
+             request->tenant_id(), r.session_id(), current.title(), current.user_id(),
+             JsonArray(current.tags()), JsonObject(current.metadata()), ProtoToJson(config));
     pb::UpdateSessionResponse out;
     *out.mutable_session() = SessionFromRow(row[0]);
     return out;
@@ -303,25 +311,26 @@ Status StoreServiceImpl::CloseSession(ServerContext*, const pb::CloseSessionRequ
         pb::CloseSessionResponse out;
         if (session.status != ::parley::v1::SESSION_STATUS_CLOSED) {
           out.set_changed(true);
-          pqxx::result cancelled = tx.exec_params(
-              "UPDATE turns SET status = $3, finish_reason = $4, end_time = now() "
-              "WHERE tenant_id = $1 AND session_id = $2 AND status = $5 RETURNING id",
-              request->tenant_id(), request->session_id(),
-              static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
-              static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED),
-              static_cast<int>(::parley::v1::TURN_STATUS_QUEUED));
+          pqxx::result cancelled =
+              Exec(tx,
+                   "UPDATE turns SET status = $3, finish_reason = $4, end_time = now() "
+                   "WHERE tenant_id = $1 AND session_id = $2 AND status = $5 RETURNING id",
+                   request->tenant_id(), request->session_id(),
+                   static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
+                   static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED),
+                   static_cast<int>(::parley::v1::TURN_STATUS_QUEUED));
           for (const auto& row : cancelled) out.add_cancelled_turn_ids(row[0].as<std::string>());
           if (!session.running_turn_id.empty()) {
-            tx.exec_params("UPDATE turns SET cancel_requested = true WHERE id = $1",
-                           session.running_turn_id);
+            Exec(tx, "UPDATE turns SET cancel_requested = true WHERE id = $1",
+                 session.running_turn_id);
             out.set_running_turn_id(session.running_turn_id);
           }
-          tx.exec_params(
-              "UPDATE sessions SET status = $3, close_time = now(), update_time = now(), "
-              "version = version + 1, queued_turns = 0, waiting_since = NULL "
-              "WHERE tenant_id = $1 AND id = $2",
-              request->tenant_id(), request->session_id(),
-              static_cast<int>(::parley::v1::SESSION_STATUS_CLOSED));
+          Exec(tx,
+               "UPDATE sessions SET status = $3, close_time = now(), update_time = now(), "
+               "version = version + 1, queued_turns = 0, waiting_since = NULL "
+               "WHERE tenant_id = $1 AND id = $2",
+               request->tenant_id(), request->session_id(),
+               static_cast<int>(::parley::v1::SESSION_STATUS_CLOSED));
         }
         *out.mutable_session() = SelectSession(tx, request->tenant_id(), request->session_id());
         return out;
@@ -337,8 +346,8 @@ Status StoreServiceImpl::DeleteSession(ServerContext*, const pb::DeleteSessionRe
   auto result = pool_.Transact<pb::DeleteSessionResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::DeleteSessionResponse> {
         pb::DeleteSessionResponse out;
-        pqxx::result running = tx.exec_params(
-            "SELECT running_turn_id FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        pqxx::result running = Exec(
+            tx, "SELECT running_turn_id FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
             request->tenant_id(), request->session_id());
         if (!running.empty() && !running[0][0].is_null()) {
           absl::Status busy = absl::FailedPreconditionError(
@@ -347,15 +356,14 @@ Status StoreServiceImpl::DeleteSession(ServerContext*, const pb::DeleteSessionRe
           return busy;
         }
         pqxx::result deleted =
-            tx.exec_params("DELETE FROM sessions WHERE tenant_id = $1 AND id = $2 RETURNING id",
-                           request->tenant_id(), request->session_id());
+            Exec(tx, "DELETE FROM sessions WHERE tenant_id = $1 AND id = $2 RETURNING id",
+                 request->tenant_id(), request->session_id());
         out.set_deleted(!deleted.empty());
         if (deleted.empty()) return out;
         // Usage rows stay: they are the billing record.
         for (const char* table : {"events", "messages", "turns"}) {
-          tx.exec_params(
-              absl::StrCat("DELETE FROM ", table, " WHERE tenant_id = $1 AND session_id = $2"),
-              request->tenant_id(), request->session_id());
+          Exec(tx, absl::StrCat("DELETE FROM ", table, " WHERE tenant_id = $1 AND session_id = $2"),
+               request->tenant_id(), request->session_id());
         }
         return out;
       });

@@ -1,8 +1,10 @@
 // StoreServiceImpl: parley.store.v1.StoreService on Postgres.
 //
 // Every handler validates its whole request first (INVALID_ARGUMENT, nothing written),
-// then runs one transaction through PgPool, then converts the result with
-// ToGrpcStatus. The SQL of each resource lives in its own file:
+// then runs its SQL through PgPool — one transaction, or one autocommit statement where a
+// single statement does the whole job (claims, message pages) — then converts the result
+// with ToGrpcStatus. Statements are prepared per connection (Exec in db/pool.h). The SQL of each
+// resource lives in its own file:
 //   tenants_and_keys.cc  tenants, API keys (SHA-256 of the secret, public prefix)
 //   sessions.cc          session CRUD and listing (stable cursors on ULID order)
 //   turns.cc             messages, the turn queue, leases and fencing

@@ -73,19 +73,20 @@ Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequ
   }
   auto result = pool_.Transact<pb::CreateTenantResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CreateTenantResponse> {
-        pqxx::result inserted = tx.exec_params(
-            absl::StrCat("INSERT INTO tenants (id, name, rate_limit_per_s, rate_limit_burst) "
-                         "VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING ",
-                         kTenantColumns),
-            request->tenant_id(), request->name(), request->rate_limit_per_s(),
-            request->rate_limit_burst());
+        pqxx::result inserted =
+            Exec(tx,
+                 absl::StrCat("INSERT INTO tenants (id, name, rate_limit_per_s, rate_limit_burst) "
+                              "VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING ",
+                              kTenantColumns),
+                 request->tenant_id(), request->name(), request->rate_limit_per_s(),
+                 request->rate_limit_burst());
         pb::CreateTenantResponse out;
         out.set_created(!inserted.empty());
-        pqxx::result row = inserted.empty()
-                               ? tx.exec_params(absl::StrCat("SELECT ", kTenantColumns,
-                                                             " FROM tenants WHERE id = $1"),
-                                                request->tenant_id())
-                               : inserted;
+        pqxx::result row =
+            inserted.empty()
+                ? Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+                       request->tenant_id())
+                : inserted;
         *out.mutable_tenant() = TenantFromRow(row[0]);
         return out;
       });
@@ -101,8 +102,8 @@ Status StoreServiceImpl::GetTenant(ServerContext*, const pb::GetTenantRequest* r
   }
   auto result = pool_.Transact<pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<pb::Tenant> {
     pqxx::result row =
-        tx.exec_params(absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
-                       request->tenant_id());
+        Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+             request->tenant_id());
     if (row.empty()) return absl::NotFoundError("tenant not found");
     return TenantFromRow(row[0]);
   });
@@ -129,10 +130,10 @@ Status StoreServiceImpl::CreateApiKey(ServerContext*, const pb::CreateApiKeyRequ
   const std::string secret = absl::StrCat("pk_", prefix, "_", RandomToken(40));
   auto result = pool_.Transact<::parley::v1::ApiKey>([&](pqxx::work& tx)
                                                          -> absl::StatusOr<::parley::v1::ApiKey> {
-    pqxx::result tenant =
-        tx.exec_params("SELECT 1 FROM tenants WHERE id = $1", request->tenant_id());
+    pqxx::result tenant = Exec(tx, "SELECT 1 FROM tenants WHERE id = $1", request->tenant_id());
     if (tenant.empty()) return absl::NotFoundError("tenant not found");
-    pqxx::result row = tx.exec_params(
+    pqxx::result row = Exec(
+        tx,
         absl::StrCat("INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, scopes) "
                      "VALUES ($1, $2, $3, $4, sha256(convert_to($5, 'UTF8')), "
                      "ARRAY(SELECT jsonb_array_elements_text($6::jsonb))) "
@@ -155,11 +156,12 @@ Status StoreServiceImpl::RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequ
   auto result = pool_.Transact<::parley::v1::ApiKey>(
       [&](pqxx::work& tx) -> absl::StatusOr<::parley::v1::ApiKey> {
         // Revoking twice keeps the first revocation time.
-        pqxx::result row = tx.exec_params(
-            absl::StrCat("UPDATE api_keys SET revoke_time = coalesce(revoke_time, now()) "
-                         "WHERE tenant_id = $1 AND id = $2 RETURNING ",
-                         kApiKeyColumns),
-            request->tenant_id(), request->api_key_id());
+        pqxx::result row =
+            Exec(tx,
+                 absl::StrCat("UPDATE api_keys SET revoke_time = coalesce(revoke_time, now()) "
+                              "WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                              kApiKeyColumns),
+                 request->tenant_id(), request->api_key_id());
         if (row.empty()) return absl::NotFoundError("api key not found");
         return ApiKeyFromRow(row[0]);
       });
@@ -179,22 +181,23 @@ Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRe
   auto result = pool_.Transact<pb::ResolveApiKeyResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ResolveApiKeyResponse> {
         pqxx::result row =
-            tx.exec_params(absl::StrCat("SELECT ", kApiKeyColumns,
-                                        " FROM api_keys WHERE prefix = $1 AND revoke_time IS NULL "
-                                        "AND secret_sha256 = sha256(convert_to($2, 'UTF8'))"),
-                           prefix, secret);
+            Exec(tx,
+                 absl::StrCat("SELECT ", kApiKeyColumns,
+                              " FROM api_keys WHERE prefix = $1 AND revoke_time IS NULL "
+                              "AND secret_sha256 = sha256(convert_to($2, 'UTF8'))"),
+                 prefix, secret);
         if (row.empty()) return absl::UnauthenticatedError("unknown or revoked api key");
         pb::ResolveApiKeyResponse out;
         *out.mutable_api_key() = ApiKeyFromRow(row[0]);
         pqxx::result tenant =
-            tx.exec_params(absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
-                           out.api_key().tenant_id());
+            Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+                 out.api_key().tenant_id());
         *out.mutable_tenant() = TenantFromRow(tenant[0]);
         // A cosmetic write: at most once a minute per key, so hot keys do not churn rows.
-        tx.exec_params(
-            "UPDATE api_keys SET last_used_time = now() WHERE prefix = $1 AND "
-            "(last_used_time IS NULL OR last_used_time < now() - interval '1 minute')",
-            prefix);
+        Exec(tx,
+             "UPDATE api_keys SET last_used_time = now() WHERE prefix = $1 AND "
+             "(last_used_time IS NULL OR last_used_time < now() - interval '1 minute')",
+             prefix);
         return out;
       });
   if (!result.ok()) return ToGrpcStatus(result.status());
@@ -218,11 +221,12 @@ Status StoreServiceImpl::ListApiKeys(ServerContext*, const pb::ListApiKeysReques
       request->page_size() == 0 ? limits_.default_page_size : request->page_size();
   auto result = pool_.Transact<pb::ListApiKeysResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListApiKeysResponse> {
-        pqxx::result rows = tx.exec_params(
-            absl::StrCat("SELECT ", kApiKeyColumns,
-                         " FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR id < $2) "
-                         "AND ($3 OR revoke_time IS NULL) ORDER BY id DESC LIMIT $4"),
-            request->tenant_id(), after, request->include_revoked(), page_size + 1);
+        pqxx::result rows =
+            Exec(tx,
+                 absl::StrCat("SELECT ", kApiKeyColumns,
+                              " FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR id < $2) "
+                              "AND ($3 OR revoke_time IS NULL) ORDER BY id DESC LIMIT $4"),
+                 request->tenant_id(), after, request->include_revoked(), page_size + 1);
         pb::ListApiKeysResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
           *out.add_api_keys() = ApiKeyFromRow(rows[i]);

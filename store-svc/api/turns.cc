@@ -8,6 +8,8 @@
 //
 // Fencing: a claim gives the turn `lease_epoch = sessions.lease_epoch + 1`; heartbeat
 // and complete match on (owner, epoch) and report LEASE_LOST otherwise.
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/status.h"
@@ -48,8 +50,8 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
 
 ::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,
                               const std::string& turn_id) {
-  pqxx::result row = tx.exec_params(
-      absl::StrCat("SELECT ", kTurnColumns, " FROM turns WHERE tenant_id = $1 AND id = $2"),
+  pqxx::result row = Exec(
+      tx, absl::StrCat("SELECT ", kTurnColumns, " FROM turns WHERE tenant_id = $1 AND id = $2"),
       tenant_id, turn_id);
   if (row.empty()) throw StatusException{absl::NotFoundError("turn not found")};
   return TurnFromRow(row[0]);
@@ -58,9 +60,10 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
 ::parley::v1::Message SelectMessageByKey(pqxx::work& tx, const std::string& session_id,
                                          const std::string& key, bool* found) {
   pqxx::result row =
-      tx.exec_params(absl::StrCat("SELECT ", kMessageColumns,
-                                  " FROM messages WHERE session_id = $1 AND idempotency_key = $2"),
-                     session_id, key);
+      Exec(tx,
+           absl::StrCat("SELECT ", kMessageColumns,
+                        " FROM messages WHERE session_id = $1 AND idempotency_key = $2"),
+           session_id, key);
   *found = !row.empty();
   return row.empty() ? ::parley::v1::Message() : MessageFromRow(row[0]);
 }
@@ -71,22 +74,54 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
                                     const ::parley::v1::Message& message, int64_t position) {
   ::parley::v1::Message parts;
   *parts.mutable_parts() = message.parts();
-  pqxx::result row = tx.exec_params(
-      absl::StrCat("INSERT INTO messages (session_id, position, id, tenant_id, turn_id, role, "
-                   "parts, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
-                   "NULLIF($8, '')) RETURNING ",
-                   kMessageColumns),
-      message.session_id(), position, message.id(), tenant_id, message.turn_id(),
-      static_cast<int>(message.role()), ProtoToJson(parts), message.idempotency_key());
+  pqxx::result row =
+      Exec(tx,
+           absl::StrCat("INSERT INTO messages (session_id, position, id, tenant_id, turn_id, role, "
+                        "parts, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
+                        "NULLIF($8, '')) RETURNING ",
+                        kMessageColumns),
+           message.session_id(), position, message.id(), tenant_id, message.turn_id(),
+           static_cast<int>(message.role()), ProtoToJson(parts), message.idempotency_key());
   return MessageFromRow(row[0]);
 }
 
-int64_t SessionPositionOf(pqxx::work& tx, const std::string& session_id,
-                          const std::string& message_id) {
-  pqxx::result row = tx.exec_params(
-      "SELECT position FROM messages WHERE session_id = $1 AND id = $2", session_id, message_id);
-  if (row.empty()) throw StatusException{absl::NotFoundError("cursor message not found")};
-  return row[0][0].as<int64_t>();
+// A claim in one statement: lock the oldest-waiting runnable session (skipping sessions
+// another claimer holds), promote its head turn, then record the running turn and the
+// new fencing epoch on the session. The turn's UPDATE re-checks status = QUEUED, and the
+// session is updated only through what that UPDATE returned, so a turn cancelled after
+// this statement's snapshot was taken is never claimed. Returns no row when nothing is
+// runnable, and a row whose first column is NULL when a session looked runnable but no
+// turn was promoted (the caller falls back to the transactional path).
+//   $1 tenant ('' = any)  $2 session ('' = any)  $3 owner  $4 lease ttl ms
+//   $5 QUEUED  $6 RUNNING
+// Columns: claimed turn id, its session, was_recovery, epoch, expiry micros, the turn
+// (kTurnColumns), the session (kSessionColumns).
+const std::string& ClaimSql() {
+  static const std::string* const sql = new std::string(absl::StrCat(
+      "WITH s AS (SELECT id AS claim_session, lease_epoch + 1 AS claim_epoch FROM sessions "
+      "  WHERE queued_turns > 0 AND running_turn_id IS NULL "
+      "  AND ($1 = '' OR tenant_id = $1) AND ($2 = '' OR id = $2) "
+      "  ORDER BY waiting_since LIMIT 1 FOR UPDATE SKIP LOCKED), "
+      "head AS (SELECT turns.id AS head_id, turns.recovery AS was_recovery "
+      "  FROM turns JOIN s ON turns.session_id = s.claim_session "
+      "  WHERE turns.status = $5 ORDER BY turns.position LIMIT 1), "
+      "claimed AS (UPDATE turns SET status = $6, lease_owner = $3, lease_epoch = s.claim_epoch, "
+      "  lease_expiry = now() + $4 * interval '1 millisecond', "
+      "  start_time = coalesce(start_time, now()), attempt = attempt + 1, recovery = false "
+      "  FROM head, s WHERE turns.id = head.head_id AND turns.status = $5 "
+      "  RETURNING turns.id AS claimed_turn, turns.session_id AS claimed_session, "
+      "  head.was_recovery, s.claim_epoch, "
+      "  (extract(epoch from lease_expiry) * 1000000)::bigint AS expiry_micros, ",
+      kTurnColumns,
+      "), "
+      "bumped AS (UPDATE sessions SET running_turn_id = c.claimed_turn, "
+      "  lease_epoch = c.claim_epoch, queued_turns = queued_turns - 1, waiting_since = NULL "
+      "  FROM (SELECT claimed_turn, claimed_session, claim_epoch FROM claimed) c "
+      "  WHERE sessions.id = c.claimed_session RETURNING ",
+      kSessionColumns,
+      ") "
+      "SELECT claimed.*, bumped.* FROM s LEFT JOIN claimed ON true LEFT JOIN bumped ON true"));
+  return *sql;
 }
 
 }  // namespace
@@ -125,8 +160,8 @@ Status StoreServiceImpl::AppendMessage(ServerContext*, const pb::AppendMessageRe
         if (session.status == ::parley::v1::SESSION_STATUS_CLOSED) return SessionClosed();
         *out.mutable_message() =
             InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
-        tx.exec_params("UPDATE sessions SET message_count = message_count + 1 WHERE id = $1",
-                       message.session_id());
+        Exec(tx, "UPDATE sessions SET message_count = message_count + 1 WHERE id = $1",
+             message.session_id());
         return out;
       });
   return Respond(result, response);
@@ -141,37 +176,47 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequ
   if (!valid.ok()) return ToGrpcStatus(valid);
   const int64_t limit = r.limit() == 0 ? limits_.default_page_size : r.limit();
 
-  auto result = pool_.Transact<pb::ListMessagesResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListMessagesResponse> {
-        pqxx::result session =
-            tx.exec_params("SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
-                           request->tenant_id(), r.session_id());
-        if (session.empty()) return absl::NotFoundError("session not found");
-        const std::string select =
-            absl::StrCat("SELECT ", kMessageColumns, " FROM messages WHERE session_id = $1 ");
-        pqxx::result rows;
-        bool backwards = false;
-        switch (r.position_case()) {
-          case ::parley::v1::ListMessagesRequest::kAfterMessageId:
-            rows = tx.exec_params(
-                select + "AND position > $2 ORDER BY position LIMIT $3", r.session_id(),
-                SessionPositionOf(tx, r.session_id(), r.after_message_id()), limit + 1);
-            break;
-          case ::parley::v1::ListMessagesRequest::kBeforeMessageId:
-            backwards = true;
-            rows = tx.exec_params(
-                select + "AND position < $2 ORDER BY position DESC LIMIT $3", r.session_id(),
-                SessionPositionOf(tx, r.session_id(), r.before_message_id()), limit + 1);
-            break;
-          case ::parley::v1::ListMessagesRequest::kLatest:
-            backwards = r.latest();
-            rows = tx.exec_params(select + (backwards ? "ORDER BY position DESC LIMIT $2"
-                                                      : "ORDER BY position LIMIT $2"),
-                                  r.session_id(), limit + 1);
-            break;
-          case ::parley::v1::ListMessagesRequest::POSITION_NOT_SET:
-            rows = tx.exec_params(select + "ORDER BY position LIMIT $2", r.session_id(), limit + 1);
-            break;
+  // One statement per page: messages carry tenant_id, so tenancy needs no join, and the
+  // cursor's position is a subquery. Only an empty page pays for finding out why (no
+  // such session, an unknown cursor, or simply nothing more).
+  std::string cursor;
+  std::string where = "session_id = $1 AND tenant_id = $2";
+  bool backwards = false;
+  switch (r.position_case()) {
+    case ::parley::v1::ListMessagesRequest::kAfterMessageId:
+      cursor = r.after_message_id();
+      where += " AND position > (SELECT position FROM messages WHERE session_id = $1 AND id = $4)";
+      break;
+    case ::parley::v1::ListMessagesRequest::kBeforeMessageId:
+      cursor = r.before_message_id();
+      backwards = true;
+      where += " AND position < (SELECT position FROM messages WHERE session_id = $1 AND id = $4)";
+      break;
+    case ::parley::v1::ListMessagesRequest::kLatest:
+      backwards = r.latest();
+      break;
+    case ::parley::v1::ListMessagesRequest::POSITION_NOT_SET:
+      break;
+  }
+  const std::string sql = absl::StrCat("SELECT ", kMessageColumns, " FROM messages WHERE ", where,
+                                       " ORDER BY position", backwards ? " DESC" : "", " LIMIT $3");
+  auto result = pool_.Autocommit<pb::ListMessagesResponse>(
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<pb::ListMessagesResponse> {
+        pqxx::result rows =
+            cursor.empty() ? Exec(tx, sql, r.session_id(), request->tenant_id(), limit + 1)
+                           : Exec(tx, sql, r.session_id(), request->tenant_id(), limit + 1, cursor);
+        if (rows.empty()) {
+          if (Exec(tx, "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
+                   request->tenant_id(), r.session_id())
+                  .empty()) {
+            return absl::NotFoundError("session not found");
+          }
+          if (!cursor.empty() &&
+              Exec(tx, "SELECT 1 FROM messages WHERE session_id = $1 AND id = $2", r.session_id(),
+                   cursor)
+                  .empty()) {
+            return absl::NotFoundError("cursor message not found");
+          }
         }
         pb::ListMessagesResponse out;
         const int64_t n = std::min<int64_t>(limit, rows.size());
@@ -241,11 +286,12 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
         if (policy == ::parley::v1::MULTITASK_POLICY_INTERRUPT && busy) {
           // The new message supersedes everything before it: queued turns are cancelled,
           // the running one is asked to stop (its owner keeps its partial output).
-          pqxx::result cancelled = tx.exec_params(
-              "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() "
-              "WHERE session_id = $1 AND status = $4 RETURNING id, position",
-              r.session_id(), static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
-              static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED), kQueued);
+          pqxx::result cancelled =
+              Exec(tx,
+                   "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() "
+                   "WHERE session_id = $1 AND status = $4 RETURNING id, position",
+                   r.session_id(), static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
+                   static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED), kQueued);
           queued = 0;
           if (session.running_turn_id.empty() && !cancelled.empty()) {
             // No turn was running: name the oldest queued turn that was cancelled.
@@ -256,24 +302,25 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
             out.set_interrupted_turn_id(oldest[0].as<std::string>());
           }
           if (!session.running_turn_id.empty()) {
-            tx.exec_params("UPDATE turns SET cancel_requested = true WHERE id = $1",
-                           session.running_turn_id);
+            Exec(tx, "UPDATE turns SET cancel_requested = true WHERE id = $1",
+                 session.running_turn_id);
             out.set_interrupted_turn_id(session.running_turn_id);
           }
         }
         *out.mutable_message() =
             InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
-        pqxx::result turn = tx.exec_params(
-            absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
-                         "user_message_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
-                         kTurnColumns),
-            turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
-            message.id());
+        pqxx::result turn =
+            Exec(tx,
+                 absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
+                              "user_message_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+                              kTurnColumns),
+                 turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
+                 message.id());
         *out.mutable_turn() = TurnFromRow(turn[0]);
-        tx.exec_params(
-            "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "
-            "queued_turns = $2, waiting_since = coalesce(waiting_since, now()) WHERE id = $1",
-            r.session_id(), queued + 1);
+        Exec(tx,
+             "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "
+             "queued_turns = $2, waiting_since = coalesce(waiting_since, now()) WHERE id = $1",
+             r.session_id(), queued + 1);
         return out;
       });
   return Respond(result, response);
@@ -287,13 +334,37 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
   if (valid.ok()) valid = CheckLeaseTtl(request->lease_ttl_ms(), limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
 
+  // The common case is one statement without BEGIN/COMMIT (kClaimSql); when it finds a
+  // runnable session but no turn to promote, the transactional path below decides.
+  auto fast = pool_.Autocommit<std::optional<pb::ClaimNextTurnResponse>>(
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<pb::ClaimNextTurnResponse>> {
+        pqxx::result row =
+            Exec(tx, ClaimSql(), request->tenant_id(), request->session_id(), request->owner(),
+                 static_cast<int64_t>(request->lease_ttl_ms()), kQueued, kRunning);
+        pb::ClaimNextTurnResponse out;
+        if (row.empty()) return out;                   // Nothing runnable.
+        if (row[0][0].is_null()) return std::nullopt;  // Runnable, but no turn claimed.
+        out.set_recovery(row[0][2].as<bool>());
+        out.set_lease_epoch(row[0][3].as<uint64_t>());
+        *out.mutable_lease_expiry() = TimestampFromMicros(row[0][4].as<int64_t>());
+        *out.mutable_turn() = TurnFromRow(row[0], 5);
+        *out.mutable_session() = SessionFromRow(row[0], 5 + kTurnColumnCount);
+        return out;
+      });
+  if (!fast.ok()) return ToGrpcStatus(fast.status());
+  if (fast->has_value()) {
+    *response = std::move(**fast);
+    return Status::OK;
+  }
+
   auto result = pool_.Transact<pb::ClaimNextTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ClaimNextTurnResponse> {
         pb::ClaimNextTurnResponse out;
         // A session whose counters say it has work but whose queue is empty is repaired
         // and skipped; a few rounds bound the work per call.
         for (int round = 0; round < 4; ++round) {
-          pqxx::result session = tx.exec_params(
+          pqxx::result session = Exec(
+              tx,
               "SELECT id, lease_epoch FROM sessions WHERE queued_turns > 0 AND "
               "running_turn_id IS NULL AND ($1 = '' OR tenant_id = $1) AND ($2 = '' OR id = $2) "
               "ORDER BY waiting_since LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -301,36 +372,37 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
           if (session.empty()) return out;
           const std::string session_id = session[0][0].as<std::string>();
           const int64_t epoch = session[0][1].as<int64_t>() + 1;
-          pqxx::result turn = tx.exec_params(
-              absl::StrCat(
-                  "WITH head AS (SELECT id AS head_id, recovery AS was_recovery FROM turns "
-                  "WHERE session_id = $1 "
-                  "AND status = $6 ORDER BY position LIMIT 1) "
-                  "UPDATE turns SET status = $2, lease_owner = $3, lease_epoch = $4, "
-                  "lease_expiry = now() + $5 * interval '1 millisecond', "
-                  "start_time = coalesce(start_time, now()), attempt = attempt + 1, "
-                  "recovery = false FROM head WHERE turns.id = head.head_id "
-                  "RETURNING was_recovery, (extract(epoch from lease_expiry) * "
-                  "1000000)::bigint, ",
-                  kTurnColumns),
-              session_id, kRunning, request->owner(), epoch,
-              static_cast<int64_t>(request->lease_ttl_ms()), kQueued);
+          pqxx::result turn =
+              Exec(tx,
+                   absl::StrCat(
+                       "WITH head AS (SELECT id AS head_id, recovery AS was_recovery FROM turns "
+                       "WHERE session_id = $1 "
+                       "AND status = $6 ORDER BY position LIMIT 1) "
+                       "UPDATE turns SET status = $2, lease_owner = $3, lease_epoch = $4, "
+                       "lease_expiry = now() + $5 * interval '1 millisecond', "
+                       "start_time = coalesce(start_time, now()), attempt = attempt + 1, "
+                       "recovery = false FROM head WHERE turns.id = head.head_id "
+                       "RETURNING was_recovery, (extract(epoch from lease_expiry) * "
+                       "1000000)::bigint, ",
+                       kTurnColumns),
+                   session_id, kRunning, request->owner(), epoch,
+                   static_cast<int64_t>(request->lease_ttl_ms()), kQueued);
           if (turn.empty()) {
-            tx.exec_params(
-                "UPDATE sessions SET queued_turns = 0, waiting_since = NULL WHERE id = $1",
-                session_id);
+            Exec(tx, "UPDATE sessions SET queued_turns = 0, waiting_since = NULL WHERE id = $1",
+                 session_id);
             continue;
           }
           out.set_recovery(turn[0][0].as<bool>());
           *out.mutable_lease_expiry() = TimestampFromMicros(turn[0][1].as<int64_t>());
           out.set_lease_epoch(static_cast<uint64_t>(epoch));
           *out.mutable_turn() = TurnFromRow(turn[0], 2);
-          pqxx::result updated = tx.exec_params(
-              absl::StrCat("UPDATE sessions SET running_turn_id = $2, lease_epoch = $3, "
-                           "queued_turns = queued_turns - 1, waiting_since = NULL "
-                           "WHERE id = $1 RETURNING ",
-                           kSessionColumns),
-              session_id, out.turn().id(), epoch);
+          pqxx::result updated =
+              Exec(tx,
+                   absl::StrCat("UPDATE sessions SET running_turn_id = $2, lease_epoch = $3, "
+                                "queued_turns = queued_turns - 1, waiting_since = NULL "
+                                "WHERE id = $1 RETURNING ",
+                                kSessionColumns),
+                   session_id, out.turn().id(), epoch);
           *out.mutable_session() = SessionFromRow(updated[0]);
           return out;
         }
@@ -348,22 +420,23 @@ Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRe
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::HeartbeatTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::HeartbeatTurnResponse> {
-        pqxx::result row = tx.exec_params(
-            "UPDATE turns SET lease_expiry = now() + $5 * interval '1 millisecond', "
-            "first_seq = CASE WHEN first_seq = 0 THEN $6 ELSE first_seq END, "
-            "last_seq = GREATEST(last_seq, $7), steps = GREATEST(steps, $8) "
-            "WHERE tenant_id = $1 AND id = $2 AND status = $9 AND lease_owner = $3 AND "
-            "lease_epoch = $4 "
-            "RETURNING (extract(epoch from lease_expiry) * 1000000)::bigint, cancel_requested",
-            request->tenant_id(), request->turn_id(), request->owner(),
-            static_cast<int64_t>(request->lease_epoch()),
-            static_cast<int64_t>(request->lease_ttl_ms()),
-            static_cast<int64_t>(request->first_seq()), static_cast<int64_t>(request->last_seq()),
-            request->steps(), kRunning);
+        pqxx::result row =
+            Exec(tx,
+                 "UPDATE turns SET lease_expiry = now() + $5 * interval '1 millisecond', "
+                 "first_seq = CASE WHEN first_seq = 0 THEN $6 ELSE first_seq END, "
+                 "last_seq = GREATEST(last_seq, $7), steps = GREATEST(steps, $8) "
+                 "WHERE tenant_id = $1 AND id = $2 AND status = $9 AND lease_owner = $3 AND "
+                 "lease_epoch = $4 "
+                 "RETURNING (extract(epoch from lease_expiry) * 1000000)::bigint, cancel_requested",
+                 request->tenant_id(), request->turn_id(), request->owner(),
+                 static_cast<int64_t>(request->lease_epoch()),
+                 static_cast<int64_t>(request->lease_ttl_ms()),
+                 static_cast<int64_t>(request->first_seq()),
+                 static_cast<int64_t>(request->last_seq()), request->steps(), kRunning);
         if (row.empty()) {
           pqxx::result turn =
-              tx.exec_params("SELECT lease_epoch FROM turns WHERE tenant_id = $1 AND id = $2",
-                             request->tenant_id(), request->turn_id());
+              Exec(tx, "SELECT lease_epoch FROM turns WHERE tenant_id = $1 AND id = $2",
+                   request->tenant_id(), request->turn_id());
           if (turn.empty()) return absl::NotFoundError("turn not found");
           return LeaseLost(turn[0][0].as<int64_t>());
         }
@@ -405,14 +478,14 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
   auto result = pool_.Transact<pb::CompleteTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CompleteTurnResponse> {
         pqxx::result found =
-            tx.exec_params("SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
-                           request->tenant_id(), request->turn_id());
+            Exec(tx, "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
+                 request->tenant_id(), request->turn_id());
         if (found.empty()) return absl::NotFoundError("turn not found");
         const std::string session_id = found[0][0].as<std::string>();
         LockedSession session = LockSession(tx, request->tenant_id(), session_id);
-        pqxx::result turn = tx.exec_params(
-            "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE",
-            request->turn_id());
+        pqxx::result turn =
+            Exec(tx, "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE",
+                 request->turn_id());
         const int status = turn[0][0].as<int>();
         const bool same_lease =
             !turn[0][1].is_null() && turn[0][1].as<std::string>() == request->owner() &&
@@ -420,7 +493,8 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
         pb::CompleteTurnResponse out;
         if (IsTerminal(status) && same_lease) {  // A retry of a completion that committed.
           *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
-          pqxx::result rows = tx.exec_params(
+          pqxx::result rows = Exec(
+              tx,
               absl::StrCat("SELECT ", kMessageColumns,
                            " FROM messages WHERE session_id = $1 AND turn_id = $2 AND role <> $3 "
                            "ORDER BY position"),
@@ -436,7 +510,8 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
           *out.add_messages() = InsertMessage(tx, request->tenant_id(), m, ++position);
         }
         const bool has_error = request->has_error();
-        pqxx::result updated = tx.exec_params(
+        pqxx::result updated = Exec(
+            tx,
             absl::StrCat("UPDATE turns SET status = $2, finish_reason = $3, usage = $4::jsonb, "
                          "error = CASE WHEN $5 THEN $6::jsonb ELSE NULL END, steps = $7, "
                          "time_to_first_token_ms = $8, "
@@ -450,19 +525,20 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
             static_cast<int64_t>(request->time_to_first_token_ms()),
             static_cast<int64_t>(request->first_seq()), static_cast<int64_t>(request->last_seq()));
         *out.mutable_turn() = TurnFromRow(updated[0]);
-        tx.exec_params(
-            "UPDATE sessions SET message_count = $2, running_turn_id = NULL, "
-            "waiting_since = CASE WHEN queued_turns > 0 THEN now() END WHERE id = $1",
-            session_id, position);
+        Exec(tx,
+             "UPDATE sessions SET message_count = $2, running_turn_id = NULL, "
+             "waiting_since = CASE WHEN queued_turns > 0 THEN now() END WHERE id = $1",
+             session_id, position);
         const ::parley::v1::Usage& usage = request->usage();
-        tx.exec_params(
-            "INSERT INTO usage (turn_id, tenant_id, session_id, input_tokens, output_tokens, "
-            "cache_read_tokens, cache_write_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-            "ON CONFLICT (turn_id) DO NOTHING",
-            request->turn_id(), request->tenant_id(), session_id,
-            static_cast<int64_t>(usage.input_tokens()), static_cast<int64_t>(usage.output_tokens()),
-            static_cast<int64_t>(usage.cache_read_tokens()),
-            static_cast<int64_t>(usage.cache_write_tokens()));
+        Exec(tx,
+             "INSERT INTO usage (turn_id, tenant_id, session_id, input_tokens, output_tokens, "
+             "cache_read_tokens, cache_write_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+             "ON CONFLICT (turn_id) DO NOTHING",
+             request->turn_id(), request->tenant_id(), session_id,
+             static_cast<int64_t>(usage.input_tokens()),
+             static_cast<int64_t>(usage.output_tokens()),
+             static_cast<int64_t>(usage.cache_read_tokens()),
+             static_cast<int64_t>(usage.cache_write_tokens()));
         return out;
       });
   return Respond(result, response);
@@ -486,24 +562,25 @@ Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest*
           }
           turn_id = session.running_turn_id;
         }
-        pqxx::result row = tx.exec_params(
-            "SELECT status FROM turns WHERE tenant_id = $1 AND session_id = $2 AND id = $3 "
-            "FOR UPDATE",
-            request->tenant_id(), request->session_id(), turn_id);
+        pqxx::result row =
+            Exec(tx,
+                 "SELECT status FROM turns WHERE tenant_id = $1 AND session_id = $2 AND id = $3 "
+                 "FOR UPDATE",
+                 request->tenant_id(), request->session_id(), turn_id);
         if (row.empty()) return absl::NotFoundError("turn not found");
         pb::CancelTurnResponse out;
         const int status = row[0][0].as<int>();
         if (status == kQueued) {
-          tx.exec_params(
-              "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() WHERE id = $1",
-              turn_id, static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
-              static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED));
-          tx.exec_params(
-              "UPDATE sessions SET queued_turns = GREATEST(queued_turns - 1, 0), "
-              "waiting_since = CASE WHEN queued_turns > 1 THEN waiting_since END WHERE id = $1",
-              request->session_id());
+          Exec(tx,
+               "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() WHERE id = $1",
+               turn_id, static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
+               static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED));
+          Exec(tx,
+               "UPDATE sessions SET queued_turns = GREATEST(queued_turns - 1, 0), "
+               "waiting_since = CASE WHEN queued_turns > 1 THEN waiting_since END WHERE id = $1",
+               request->session_id());
         } else if (status == kRunning) {
-          tx.exec_params("UPDATE turns SET cancel_requested = true WHERE id = $1", turn_id);
+          Exec(tx, "UPDATE turns SET cancel_requested = true WHERE id = $1", turn_id);
           out.set_was_running(true);
         }
         *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), turn_id);
@@ -521,18 +598,20 @@ Status StoreServiceImpl::ReclaimExpiredLeases(ServerContext*,
   const int64_t limit = request->limit() == 0 ? 100 : request->limit();
   auto result = pool_.Transact<pb::ReclaimExpiredLeasesResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ReclaimExpiredLeasesResponse> {
-        pqxx::result expired = tx.exec_params(
-            "SELECT session_id FROM turns WHERE status = $3 AND lease_expiry < now() AND "
-            "($1 = '' OR tenant_id = $1) ORDER BY lease_expiry LIMIT $2",
-            request->tenant_id(), limit, kRunning);
+        pqxx::result expired =
+            Exec(tx,
+                 "SELECT session_id FROM turns WHERE status = $3 AND lease_expiry < now() AND "
+                 "($1 = '' OR tenant_id = $1) ORDER BY lease_expiry LIMIT $2",
+                 request->tenant_id(), limit, kRunning);
         pb::ReclaimExpiredLeasesResponse out;
         for (const auto& candidate : expired) {
           const std::string session_id = candidate[0].as<std::string>();
           // Session first (the lock order), skipping sessions someone else holds.
-          pqxx::result locked = tx.exec_params(
-              "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE SKIP LOCKED", session_id);
+          pqxx::result locked =
+              Exec(tx, "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE SKIP LOCKED", session_id);
           if (locked.empty()) continue;
-          pqxx::result turn = tx.exec_params(
+          pqxx::result turn = Exec(
+              tx,
               absl::StrCat("UPDATE turns SET status = $2, recovery = true, lease_owner = NULL, "
                            "lease_expiry = NULL WHERE session_id = $1 AND status = $3 AND "
                            "lease_expiry < now() RETURNING ",
@@ -540,10 +619,10 @@ Status StoreServiceImpl::ReclaimExpiredLeases(ServerContext*,
               session_id, kQueued, kRunning);
           if (turn.empty()) continue;
           *out.add_turns() = TurnFromRow(turn[0]);
-          tx.exec_params(
-              "UPDATE sessions SET running_turn_id = NULL, queued_turns = queued_turns + 1, "
-              "waiting_since = now() WHERE id = $1",
-              session_id);
+          Exec(tx,
+               "UPDATE sessions SET running_turn_id = NULL, queued_turns = queued_turns + 1, "
+               "waiting_since = now() WHERE id = $1",
+               session_id);
         }
         return out;
       });
@@ -590,11 +669,11 @@ Status StoreServiceImpl::ListTurns(ServerContext*, const pb::ListTurnsRequest* r
       request->page_size() == 0 ? limits_.default_page_size : request->page_size();
   auto result = pool_.Transact<pb::ListTurnsResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ListTurnsResponse> {
-        pqxx::result session =
-            tx.exec_params("SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
-                           request->tenant_id(), request->session_id());
+        pqxx::result session = Exec(tx, "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
+                                    request->tenant_id(), request->session_id());
         if (session.empty()) return absl::NotFoundError("session not found");
-        pqxx::result rows = tx.exec_params(
+        pqxx::result rows = Exec(
+            tx,
             absl::StrCat("SELECT position, ", kTurnColumns,
                          " FROM turns WHERE tenant_id = $1 AND session_id = $2 AND position > $3 "
                          "AND (jsonb_array_length($4::jsonb) = 0 OR status IN "

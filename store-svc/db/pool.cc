@@ -41,6 +41,12 @@ absl::Status StatusFromException() {
 
 }  // namespace
 
+std::string PreparedName(pqxx::connection_base& connection, const std::string& sql) {
+  std::string name = absl::StrCat("p", absl::Hex(std::hash<std::string>{}(sql)));
+  connection.prepare(name, sql);
+  return name;
+}
+
 PgPool::PgPool(Options options, Clock& clock) : options_(std::move(options)), clock_(clock) {}
 
 std::unique_ptr<pqxx::connection> PgPool::Acquire() {

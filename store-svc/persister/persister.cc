@@ -132,7 +132,8 @@ absl::StatusOr<int64_t> EventPersister::RunOnce() {
 absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_id) {
   auto session = pool_.Transact<std::pair<std::string, int64_t>>(
       [&](pqxx::work& tx) -> absl::StatusOr<std::pair<std::string, int64_t>> {
-        pqxx::result row = tx.exec_params(
+        pqxx::result row = Exec(
+            tx,
             "SELECT tenant_id, (SELECT coalesce(max(seq), 0) FROM events WHERE session_id = $1) "
             "FROM sessions WHERE id = $1",
             session_id);
