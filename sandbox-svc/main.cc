@@ -3,9 +3,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/config.h"
@@ -36,6 +40,7 @@ struct SandboxConfig {
   int64_t lifecycle_threads = 8;
   std::string kubeconfig;
   std::string kube_namespace;
+  std::string kube_owner;  // Empty: the id kept in state_dir/kube_owner.
   int64_t kube_sandboxd_port = 7080;
   std::string kube_sandboxd_path = "/usr/local/bin/parley-sandboxd";
 };
@@ -60,6 +65,34 @@ absl::Status PrepareStateDir(const std::string& dir) {
         "state dir ", dir, " must be a directory owned by uid ", ::geteuid(), " (not a symlink)"));
   }
   return absl::OkStatus();
+}
+
+// A Kubernetes label value of our own making: 1–63 of [a-z0-9-], alphanumeric at both ends.
+bool IsOwnerLabel(const std::string& value) {
+  if (value.empty() || value.size() > 63) return false;
+  for (char c : value) {
+    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '-') return false;
+  }
+  return value.front() != '-' && value.back() != '-';
+}
+
+// This instance's owner id for the objects the kubernetes provider labels: made once and
+// kept in the state dir, so a restart that keeps the state dir collects its own orphans
+// and never another replica's.
+absl::StatusOr<std::string> KubeOwner(const std::string& state_dir) {
+  const std::string path = state_dir + "/kube_owner";
+  std::string owner;
+  if (std::ifstream in(path); in) std::getline(in, owner);
+  if (IsOwnerLabel(owner)) return owner;
+  std::random_device device;
+  owner = absl::StrCat(
+      "sbx-", absl::Hex(static_cast<uint64_t>(device()) << 32 | device(), absl::kZeroPad16));
+  const std::string temporary = path + ".tmp";
+  if (!(std::ofstream(temporary) << owner << "\n") ||
+      std::rename(temporary.c_str(), path.c_str()) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot write ", path));
+  }
+  return owner;
 }
 
 }  // namespace
@@ -101,9 +134,13 @@ int main(int argc, char** argv) {
   flags.Int("lifecycle_threads", &config.lifecycle_threads,
             "worker threads for blocking lifecycle calls", 1, 256);
   flags.String("kubeconfig", &config.kubeconfig,
-               "kubeconfig (JSON) for templates with provider \"kubernetes\"; empty: in-cluster");
+               "kubeconfig (YAML or JSON) for templates with provider \"kubernetes\"; empty: "
+               "in-cluster");
   flags.String("kube_namespace", &config.kube_namespace,
                "namespace for sandbox Pods (empty: the kubeconfig's or service account's)");
+  flags.String("kube_owner", &config.kube_owner,
+               "parley.dev/owner label on this instance's sandbox objects, 1-63 of [a-z0-9-] "
+               "(empty: an id kept in state_dir/kube_owner)");
   flags.Int("kube_sandboxd_port", &config.kube_sandboxd_port, "daemon port in sandbox Pods", 1,
             65535);
   flags.String("kube_sandboxd_path", &config.kube_sandboxd_path,
@@ -114,6 +151,11 @@ int main(int argc, char** argv) {
       parley::sandbox::LoadTemplates(config.templates);
   if (!templates.ok()) {
     std::cerr << "parley-sandbox: " << templates.status().message() << "\n";
+    return 2;
+  }
+  if (!config.kube_owner.empty() && !IsOwnerLabel(config.kube_owner)) {
+    std::cerr << "parley-sandbox: --kube_owner must be 1-63 of [a-z0-9-], alphanumeric at "
+                 "both ends\n";
     return 2;
   }
   if (config.reap_interval <= absl::ZeroDuration()) {
@@ -156,8 +198,21 @@ int main(int argc, char** argv) {
                           {{"error", kube.status().ToString()}});
       return 1;
     }
+    absl::StatusOr<std::string> owner =
+        config.kube_owner.empty() ? KubeOwner(config.state_dir) : config.kube_owner;
+    if (!owner.ok()) {
+      host.logger().Error("the kubernetes provider cannot start",
+                          {{"error", owner.status().ToString()}});
+      return 1;
+    }
     parley::sandbox::KubernetesOptions kube_options;
     kube_options.default_namespace = config.kube_namespace;
+    kube_options.owner = *owner;
+    for (const auto& [name, t] : templates->by_name) {
+      if (!t.kubernetes.namespace_name.empty()) {
+        kube_options.namespaces.insert(t.kubernetes.namespace_name);
+      }
+    }
     kube_options.sandboxd_port = static_cast<int>(config.kube_sandboxd_port);
     kube_options.sandboxd_path = config.kube_sandboxd_path;
     kubernetes = std::make_unique<parley::sandbox::KubernetesProvider>(

@@ -163,13 +163,19 @@ absl::Status ParseTemplate(const json& object, const std::string& path, Template
     std::string here = path + ".kubernetes";
     RETURN_IF_ERROR(CheckKeys(kube, here,
                               {"namespace", "runtime_class_name", "service_account", "cpu_millis",
-                               "ephemeral_storage_bytes", "node_selector"}));
+                               "ephemeral_storage_bytes", "workspace_storage_bytes",
+                               "storage_class_name", "node_selector"}));
     auto& k = config.kubernetes;
     RETURN_IF_ERROR(GetString(kube, here, "namespace", &k.namespace_name));
     RETURN_IF_ERROR(GetString(kube, here, "runtime_class_name", &k.runtime_class_name));
     RETURN_IF_ERROR(GetString(kube, here, "service_account", &k.service_account));
     RETURN_IF_ERROR(GetUnsigned(kube, here, "cpu_millis", &k.cpu_millis));
     RETURN_IF_ERROR(GetUnsigned(kube, here, "ephemeral_storage_bytes", &k.ephemeral_storage_bytes));
+    RETURN_IF_ERROR(GetUnsigned(kube, here, "workspace_storage_bytes", &k.workspace_storage_bytes));
+    if (k.workspace_storage_bytes == 0) {
+      return Bad(here + ".workspace_storage_bytes", "must be positive");
+    }
+    RETURN_IF_ERROR(GetString(kube, here, "storage_class_name", &k.storage_class_name));
     RETURN_IF_ERROR(GetStringMap(kube, here, "node_selector", &k.node_selector));
   }
   config.proto.set_name(name);

@@ -1,34 +1,20 @@
-// libcurl transport for KubeClient. TLS material from kubeconfig "-data" fields is
-// handed to curl as in-memory blobs; nothing is written to disk.
+// libcurl transport for KubeClient. TLS material from the KubeConfig is handed to curl
+// as in-memory blobs; nothing is written to disk.
 #include "sandbox-svc/provider/kube_client.h"
 
 #include <curl/curl.h>
 
-#include <cstdlib>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
+#include "absl/strings/str_format.h"
 
 namespace parley::sandbox {
 namespace {
 
 using nlohmann::json;
-
-constexpr char kServiceAccountDir[] = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 absl::Status StatusForHttp(long code, const std::string& body, const std::string& what) {
   std::string message = body;
@@ -54,49 +40,17 @@ absl::Status StatusForHttp(long code, const std::string& body, const std::string
   }
 }
 
-// Decodes a kubeconfig "-data" field (base64) or reads the file the plain field names.
-absl::StatusOr<std::string> DataOrFile(const json& object, const std::string& data_key,
-                                       const std::string& file_key) {
-  if (object.contains(data_key) && object[data_key].is_string()) {
-    std::string decoded;
-    if (!absl::Base64Unescape(object[data_key].get<std::string>(), &decoded)) {
-      return absl::InvalidArgumentError(absl::StrCat(data_key, " is not valid base64"));
+// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
+std::string QueryEscape(const std::string& value) {
+  std::string out;
+  for (unsigned char c : value) {
+    if (absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppendFormat(&out, "%%%02X", c);
     }
-    return decoded;
   }
-  if (object.contains(file_key) && object[file_key].is_string()) {
-    return ReadFile(object[file_key].get<std::string>());
-  }
-  return std::string();
-}
-
-const json* FindNamed(const json& root, const std::string& list, const std::string& name) {
-  if (!root.contains(list) || !root[list].is_array()) return nullptr;
-  for (const json& entry : root[list]) {
-    if (entry.value("name", "") == name) return &entry;
-  }
-  return nullptr;
-}
-
-absl::StatusOr<KubeConfig> LoadInCluster() {
-  const char* host = std::getenv("KUBERNETES_SERVICE_HOST");
-  const char* port = std::getenv("KUBERNETES_SERVICE_PORT");
-  if (host == nullptr || port == nullptr) {
-    return absl::FailedPreconditionError(
-        "not running in a cluster (KUBERNETES_SERVICE_HOST is unset) and no --kubeconfig given");
-  }
-  KubeConfig config;
-  std::string h(host);
-  config.server =
-      absl::StrCat("https://", absl::StrContains(h, ":") ? "[" + h + "]" : h, ":", port);
-  absl::StatusOr<std::string> token = ReadFile(absl::StrCat(kServiceAccountDir, "/token"));
-  if (!token.ok()) return token.status();
-  config.token = std::string(absl::StripAsciiWhitespace(*token));
-  absl::StatusOr<std::string> ca = ReadFile(absl::StrCat(kServiceAccountDir, "/ca.crt"));
-  if (ca.ok()) config.ca_pem = *ca;
-  absl::StatusOr<std::string> ns = ReadFile(absl::StrCat(kServiceAccountDir, "/namespace"));
-  if (ns.ok()) config.namespace_name = std::string(absl::StripAsciiWhitespace(*ns));
-  return config;
+  return out;
 }
 
 size_t CollectBody(char* data, size_t size, size_t count, void* user) {
@@ -169,60 +123,6 @@ void Configure(CURL* curl, const KubeConfig& config, curl_slist** headers) {
 
 }  // namespace
 
-absl::StatusOr<KubeConfig> LoadKubeConfig(const std::string& kubeconfig_path) {
-  if (kubeconfig_path.empty()) return LoadInCluster();
-  absl::StatusOr<std::string> text = ReadFile(kubeconfig_path);
-  if (!text.ok()) return text.status();
-  json root = json::parse(*text, nullptr, false);
-  if (root.is_discarded() || !root.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kubeconfig_path,
-                     ": not JSON; convert a YAML kubeconfig with `kubectl config view --raw "
-                     "--flatten -o json`"));
-  }
-  std::string context_name = root.value("current-context", "");
-  const json* context = FindNamed(root, "contexts", context_name);
-  if (context == nullptr || !context->contains("context")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kubeconfig_path, ": current-context \"", context_name, "\" not found"));
-  }
-  const json& ctx = (*context)["context"];
-  const json* cluster = FindNamed(root, "clusters", ctx.value("cluster", ""));
-  const json* user = FindNamed(root, "users", ctx.value("user", ""));
-  if (cluster == nullptr || !cluster->contains("cluster")) {
-    return absl::InvalidArgumentError(absl::StrCat(kubeconfig_path, ": cluster not found"));
-  }
-  KubeConfig config;
-  const json& c = (*cluster)["cluster"];
-  config.server = c.value("server", "");
-  if (config.server.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(kubeconfig_path, ": cluster has no server"));
-  }
-  config.insecure_skip_tls_verify = c.value("insecure-skip-tls-verify", false);
-  absl::StatusOr<std::string> ca =
-      DataOrFile(c, "certificate-authority-data", "certificate-authority");
-  if (!ca.ok()) return ca.status();
-  config.ca_pem = *ca;
-  if (user != nullptr && user->contains("user")) {
-    const json& u = (*user)["user"];
-    config.token = u.value("token", "");
-    if (config.token.empty() && u.contains("tokenFile")) {
-      absl::StatusOr<std::string> token = ReadFile(u.value("tokenFile", ""));
-      if (!token.ok()) return token.status();
-      config.token = std::string(absl::StripAsciiWhitespace(*token));
-    }
-    absl::StatusOr<std::string> cert =
-        DataOrFile(u, "client-certificate-data", "client-certificate");
-    absl::StatusOr<std::string> key = DataOrFile(u, "client-key-data", "client-key");
-    if (!cert.ok()) return cert.status();
-    if (!key.ok()) return key.status();
-    config.client_cert_pem = *cert;
-    config.client_key_pem = *key;
-  }
-  config.namespace_name = ctx.value("namespace", "default");
-  return config;
-}
-
 KubeClient::KubeClient(KubeConfig config) : config_(std::move(config)) {
   GlobalInit();
   while (absl::EndsWith(config_.server, "/")) config_.server.pop_back();
@@ -280,6 +180,19 @@ absl::StatusOr<json> KubeClient::Get(const std::string& path) {
   json parsed = json::parse(response->body, nullptr, false);
   if (parsed.is_discarded()) return absl::UnavailableError("kubernetes: unreadable response");
   return parsed;
+}
+
+absl::StatusOr<std::vector<json>> KubeClient::List(const std::string& collection_path,
+                                                   const std::string& label_selector) {
+  absl::StatusOr<json> list =
+      Get(absl::StrCat(collection_path, "?labelSelector=", QueryEscape(label_selector)));
+  if (!list.ok()) return list.status();
+  if (list->contains("items") && (*list)["items"].is_null()) return std::vector<json>();
+  if (!list->contains("items") || !(*list)["items"].is_array()) {
+    return absl::UnavailableError(
+        absl::StrCat("kubernetes list ", collection_path, ": the answer has no items"));
+  }
+  return (*list)["items"].get<std::vector<json>>();
 }
 
 absl::Status KubeClient::Delete(const std::string& path) {

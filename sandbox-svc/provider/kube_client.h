@@ -1,6 +1,6 @@
 // KubeClient: the handful of Kubernetes REST calls the kubernetes provider makes —
-// create, get, delete and watch — over libcurl, with the credentials of an in-cluster
-// service account or a kubeconfig.
+// create, get, list, delete and watch — over libcurl, with the credentials of an
+// in-cluster service account or a kubeconfig (KubeConfig, kube_config.h).
 //
 //   absl::StatusOr<KubeConfig> config = LoadKubeConfig(flags.kubeconfig);  // "" = in-cluster
 //   KubeClient client(*config);
@@ -16,26 +16,13 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "sandbox-svc/provider/kube_config.h"
 
 namespace parley::sandbox {
-
-struct KubeConfig {
-  std::string server;           // "https://10.0.0.1:443" (http:// only for tests).
-  std::string token;            // Bearer token, when used.
-  std::string ca_pem;           // Cluster CA (PEM); empty: the system's CAs.
-  std::string client_cert_pem;  // Client certificate auth, when used.
-  std::string client_key_pem;
-  bool insecure_skip_tls_verify = false;
-  std::string namespace_name = "default";
-};
-
-// In-cluster when `kubeconfig_path` is empty (KUBERNETES_SERVICE_HOST/PORT and the
-// service account files), else the kubeconfig's current context. Kubeconfigs are read
-// as JSON (`kubectl config view --raw --flatten -o json` converts a YAML one).
-absl::StatusOr<KubeConfig> LoadKubeConfig(const std::string& kubeconfig_path);
 
 class KubeClient {
  public:
@@ -44,6 +31,9 @@ class KubeClient {
   absl::StatusOr<nlohmann::json> Create(const std::string& collection_path,
                                         const nlohmann::json& object);
   absl::StatusOr<nlohmann::json> Get(const std::string& path);
+  // The items of a collection whose labels match `label_selector` ("k=v,k2=v2").
+  absl::StatusOr<std::vector<nlohmann::json>> List(const std::string& collection_path,
+                                                   const std::string& label_selector);
   // OK when the object is gone already (404).
   absl::Status Delete(const std::string& path);
   // Streams watch events to `on_event` until it returns false (OK), the stream ends or

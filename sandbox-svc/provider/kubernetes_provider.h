@@ -1,17 +1,19 @@
-// KubernetesProvider: the "kubernetes" provider. One Pod per sandbox, running the
-// template's image with parley-sandboxd as its entrypoint (TCP, token-protected), an
-// optional runtimeClassName (gVisor, Kata), resource limits from the template, and a
-// NetworkPolicy that allows ingress to the daemon only and denies egress unless the
-// template allows network.
+// KubernetesProvider: the "kubernetes" provider. Each sandbox is four API objects, all
+// named parley-<id>: a NetworkPolicy (ingress to the daemon only; egress denied unless
+// the template allows network), a PersistentVolumeClaim (the workspace), a Secret (the
+// daemon's token) and a Pod running the template's image with parley-sandboxd as its
+// entrypoint (TCP, token from the Secret), an optional runtimeClassName (gVisor, Kata)
+// and resource limits from the template.
 //
 //   KubernetesProvider provider(std::move(client), options);
-//   ProviderState state = *provider.Plan(spec);          // pod name, namespace, token
+//   ProviderState state = *provider.Plan(spec);          // names, namespace, token
 //   DaemonEndpoint endpoint = *provider.Start(spec, state, record);  // "10.1.2.3:7080"
 //
 // Readiness is a watch on the Pod until it runs with an IP and the Ready condition.
-// Pause deletes the Pod (a Pod cannot be frozen through the API) and keeps the record;
-// resume creates it again. The workspace is an emptyDir, so it does not survive a
-// pause — a documented limitation of this provider. Thread-safe: every call is
+// Pause deletes the Pod only (a Pod cannot be frozen through the API); the claim, and
+// with it the workspace, stays, and resume creates a Pod on it again. Destroy deletes
+// all four (404 is success). CollectGarbage destroys objects labelled with this
+// provider's owner whose sandbox has no record. Thread-safe: every call is
 // independent; the liveness cache is guarded by a mutex.
 #pragma once
 
@@ -33,6 +35,11 @@ struct KubernetesOptions {
   std::string sandboxd_path = "/usr/local/bin/parley-sandboxd";  // In the image.
   absl::Duration ready_timeout = absl::Seconds(120);
   absl::Duration liveness_cache = absl::Seconds(5);  // Alive() asks the API at most this often.
+  // This instance's parley.dev/owner label value; CollectGarbage only ever deletes
+  // objects carrying it. Empty: objects are not labelled and nothing is collected.
+  std::string owner;
+  // Namespaces templates may use besides the default one; CollectGarbage looks there.
+  std::set<std::string> namespaces;
 };
 
 class KubernetesProvider final : public SandboxProvider {
@@ -50,17 +57,29 @@ class KubernetesProvider final : public SandboxProvider {
   absl::StatusOr<DaemonEndpoint> Resume(const SandboxSpec& spec, ProviderState& state,
                                         const RecordFn& record, bool* restarted) override;
   absl::Status Destroy(const ProviderState& state) override;
-  // Pods are named before they are created and recorded, so Destroy() always finds
-  // them; there is nothing unrecorded to collect.
-  void CollectGarbage(const std::set<std::string>& known_ids) override {}
+  // Objects are named and recorded before they are created, so a recorded sandbox's are
+  // always found by Destroy(); this handles those whose record is gone (a lost state
+  // dir): Pods, NetworkPolicies and claims with this owner's labels are listed in every
+  // known namespace, and each sandbox id among them that is not in `known_ids` is
+  // destroyed (its Secret with it). Best effort: API errors leave things for next time.
+  void CollectGarbage(const std::set<std::string>& known_ids) override;
   std::string Capabilities() const override;
 
   // The objects Start() creates (exposed for tests).
   nlohmann::json PodManifest(const SandboxSpec& spec, const ProviderState& state) const;
   nlohmann::json NetworkPolicyManifest(const SandboxSpec& spec, const ProviderState& state) const;
+  nlohmann::json ClaimManifest(const SandboxSpec& spec, const ProviderState& state) const;
+  nlohmann::json SecretManifest(const SandboxSpec& spec, const ProviderState& state) const;
 
  private:
+  nlohmann::json Metadata(const SandboxSpec& spec, const ProviderState& state,
+                          const std::string& name) const;
+  // Creates the object unless it exists already (409 is success: resume, retries).
+  absl::Status EnsureCreated(const std::string& collection_path, const nlohmann::json& object);
   absl::StatusOr<std::string> WaitForPodIp(const ProviderState& state);
+  // Until GET on the Pod answers 404: a terminating Pod still holds its name and claim.
+  absl::Status WaitForPodGone(const ProviderState& state);
+  void ForgetLiveness(const ProviderState& state);
 
   std::unique_ptr<KubeClient> client_;
   KubernetesOptions options_;

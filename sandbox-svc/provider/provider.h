@@ -43,6 +43,8 @@ struct KubernetesTemplateOptions {
   std::string service_account;     // Empty: none mounted.
   uint64_t cpu_millis = 1000;      // CPU limit of the Pod.
   uint64_t ephemeral_storage_bytes = 1ull << 30;
+  uint64_t workspace_storage_bytes = 1ull << 30;  // The workspace claim's storage request.
+  std::string storage_class_name;                 // Empty: the cluster's default class.
   std::map<std::string, std::string> node_selector;
 };
 

@@ -10,8 +10,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -67,6 +69,85 @@ std::string UrlDecode(absl::string_view text) {
   return out;
 }
 
+// The resources the fake serves, with the API group path each lives under.
+struct Resource {
+  const char* plural;
+  const char* kind;
+  const char* api_version;
+  const char* prefix;  // Path up to "namespaces/".
+};
+constexpr Resource kResources[] = {
+    {"pods", "Pod", "v1", "/api/v1/"},
+    {"persistentvolumeclaims", "PersistentVolumeClaim", "v1", "/api/v1/"},
+    {"secrets", "Secret", "v1", "/api/v1/"},
+    {"networkpolicies", "NetworkPolicy", "networking.k8s.io/v1", "/apis/networking.k8s.io/v1/"},
+};
+
+const Resource* FindResource(const std::string& plural) {
+  for (const Resource& resource : kResources) {
+    if (plural == resource.plural) return &resource;
+  }
+  return nullptr;
+}
+
+// One requirement of an equality-based label selector: "k=v", "k==v", "k!=v", "k", "!k".
+struct LabelRequirement {
+  std::string key;
+  std::string op;  // "=", "!=", "exists", "!exists"
+  std::string value;
+};
+
+absl::StatusOr<std::vector<LabelRequirement>> ParseSelector(const std::string& selector) {
+  std::vector<LabelRequirement> requirements;
+  for (absl::string_view part : absl::StrSplit(selector, ',', absl::SkipWhitespace())) {
+    std::string term(absl::StripAsciiWhitespace(part));
+    if (absl::StrContains(term, " in ") || absl::StrContains(term, " notin ") ||
+        absl::StrContains(term, "(")) {
+      return absl::InvalidArgumentError("set-based selectors are not supported by the fake");
+    }
+    LabelRequirement requirement;
+    size_t at;
+    if ((at = term.find("!=")) != std::string::npos) {
+      requirement = {term.substr(0, at), "!=", term.substr(at + 2)};
+    } else if ((at = term.find("==")) != std::string::npos) {
+      requirement = {term.substr(0, at), "=", term.substr(at + 2)};
+    } else if ((at = term.find('=')) != std::string::npos) {
+      requirement = {term.substr(0, at), "=", term.substr(at + 1)};
+    } else if (absl::StartsWith(term, "!")) {
+      requirement = {term.substr(1), "!exists", ""};
+    } else {
+      requirement = {term, "exists", ""};
+    }
+    if (requirement.key.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("unable to parse requirement: ", term));
+    }
+    requirements.push_back(std::move(requirement));
+  }
+  return requirements;
+}
+
+bool Matches(const json& object, const std::vector<LabelRequirement>& requirements) {
+  const json labels = object["metadata"].value("labels", json::object());
+  for (const LabelRequirement& r : requirements) {
+    const bool has = labels.contains(r.key);
+    const std::string value = has ? labels[r.key].get<std::string>() : "";
+    if (r.op == "exists" && !has) return false;
+    if (r.op == "!exists" && has) return false;
+    if (r.op == "=" && (!has || value != r.value)) return false;
+    if (r.op == "!=" && has && value == r.value) return false;
+  }
+  return true;
+}
+
+// The value of the query parameter `name` (URL-decoded), or "".
+std::string QueryParam(const std::string& query, const std::string& name) {
+  for (absl::string_view param : absl::StrSplit(query, '&')) {
+    std::string decoded = UrlDecode(param);
+    if (absl::StartsWith(decoded, name + "=")) return decoded.substr(name.size() + 1);
+  }
+  return "";
+}
+
 bool CanConnect(const std::string& ip, int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in address{};
@@ -81,7 +162,7 @@ bool CanConnect(const std::string& ip, int port) {
 }  // namespace
 
 FakeKubeApiServer::FakeKubeApiServer(std::string token, int daemon_port)
-    : token_(std::move(token)), daemon_port_(daemon_port) {
+    : token_(std::move(token)), daemon_port_(daemon_port), volumes_dir_(TestTempDir()) {
   listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -120,6 +201,19 @@ json FakeKubeApiServer::Object(const std::string& kind, const std::string& ns,
   absl::MutexLock lock(&mu_);
   auto it = objects_.find({kind, ns, name});
   return it == objects_.end() ? json() : it->second;
+}
+
+std::vector<std::string> FakeKubeApiServer::Names(const std::string& kind, const std::string& ns) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> names;
+  for (const auto& [key, object] : objects_) {
+    if (std::get<0>(key) == kind && std::get<1>(key) == ns) names.push_back(std::get<2>(key));
+  }
+  return names;
+}
+
+std::string FakeKubeApiServer::VolumePath(const std::string& ns, const std::string& claim) const {
+  return absl::StrCat(volumes_dir_, "/pvc-", ns, "-", claim);
 }
 
 std::vector<std::string> FakeKubeApiServer::Requests() {
@@ -194,63 +288,40 @@ void FakeKubeApiServer::Serve(int fd) {
 }
 
 void FakeKubeApiServer::Route(int fd, const Request& request) {
-  // /api/v1/namespaces/{ns}/pods[/{name}] or
+  // /api/v1/namespaces/{ns}/{pods,persistentvolumeclaims,secrets}[/{name}] or
   // /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies[/{name}]
   std::vector<std::string> parts = absl::StrSplit(request.path, '/', absl::SkipEmpty());
   size_t ns_index = 0;
   while (ns_index < parts.size() && parts[ns_index] != "namespaces") ++ns_index;
-  if (ns_index + 2 >= parts.size()) {
-    Respond(fd, 404, StatusObject(404, "NotFound", "the server could not find the resource"));
+  const Resource* resource =
+      ns_index + 2 < parts.size() ? FindResource(parts[ns_index + 2]) : nullptr;
+  if (resource == nullptr ||
+      !absl::StartsWith(request.path, absl::StrCat(resource->prefix, "namespaces/")) ||
+      ns_index + 4 < parts.size()) {
+    Respond(fd, 404,
+            StatusObject(404, "NotFound", "the server could not find the requested resource"));
     return;
   }
   const std::string ns = parts[ns_index + 1];
-  const std::string kind = parts[ns_index + 2];
+  const std::string kind = resource->plural;
   const std::string name = ns_index + 3 < parts.size() ? parts[ns_index + 3] : "";
-  if (kind != "pods" && kind != "networkpolicies") {
-    Respond(fd, 404, StatusObject(404, "NotFound", "unknown resource"));
-    return;
-  }
   if (request.method == "POST" && name.empty()) {
-    json object = json::parse(request.body, nullptr, false);
-    if (object.is_discarded() || !object.contains("metadata")) {
-      Respond(fd, 400, StatusObject(400, "BadRequest", "invalid object"));
-      return;
-    }
-    const std::string object_name = object["metadata"].value("name", "");
-    absl::MutexLock lock(&mu_);
-    auto key = std::make_tuple(kind, ns, object_name);
-    if (objects_.count(key)) {
-      Respond(fd, 409,
-              StatusObject(409, "AlreadyExists",
-                           absl::StrCat(kind, " \"", object_name, "\" already exists")));
-      return;
-    }
-    object["metadata"]["namespace"] = ns;
-    object["metadata"]["uid"] = absl::StrCat("uid-", next_version_);
-    object["metadata"]["resourceVersion"] = absl::StrCat(next_version_++);
-    if (kind == "pods") object["status"] = {{"phase", "Pending"}};
-    objects_[key] = object;
-    Changed(kind, ns, object_name, "ADDED");
-    if (kind == "pods") {
-      workers_.emplace_back([this, ns, object_name] { StartPod(ns, object_name); });
-    }
-    Respond(fd, 201, object);
+    Create(fd, kind, ns, request.body);
     return;
   }
   if (request.method == "GET" && name.empty() && kind == "pods" &&
-      absl::StrContains(request.query, "watch=1")) {
-    std::string selected;
-    int timeout_s = 60;
-    for (absl::string_view param : absl::StrSplit(request.query, '&')) {
-      std::string decoded = UrlDecode(param);
-      if (absl::StartsWith(decoded, "fieldSelector=metadata.name=")) {
-        selected = decoded.substr(std::strlen("fieldSelector=metadata.name="));
-      }
-      if (absl::StartsWith(decoded, "timeoutSeconds=")) {
-        (void)absl::SimpleAtoi(decoded.substr(std::strlen("timeoutSeconds=")), &timeout_s);
-      }
+      QueryParam(request.query, "watch") == "1") {
+    std::string selected = QueryParam(request.query, "fieldSelector");
+    if (absl::StartsWith(selected, "metadata.name=")) {
+      selected = selected.substr(std::strlen("metadata.name="));
     }
+    int timeout_s = 60;
+    (void)absl::SimpleAtoi(QueryParam(request.query, "timeoutSeconds"), &timeout_s);
     Watch(fd, ns, selected, timeout_s);
+    return;
+  }
+  if (request.method == "GET" && name.empty()) {
+    List(fd, kind, ns, request.query);
     return;
   }
   if (name.empty()) {
@@ -269,15 +340,136 @@ void FakeKubeApiServer::Route(int fd, const Request& request) {
     Respond(fd, 200, it->second);
     return;
   }
-  if (request.method == "DELETE") {
-    json object = it->second;
-    if (kind == "pods") daemons_.erase({ns, name});  // SIGKILL, like a deleted container.
-    Changed(kind, ns, name, "DELETED");
-    objects_.erase(key);
-    Respond(fd, 200, object);
+  if (request.method != "DELETE") {
+    Respond(fd, 405, StatusObject(405, "MethodNotAllowed", "not supported by the fake"));
     return;
   }
-  Respond(fd, 405, StatusObject(405, "MethodNotAllowed", "not supported by the fake"));
+  json object = it->second;
+  if (kind == "persistentvolumeclaims" && ClaimInUse(ns, name)) {
+    // kubernetes.io/pvc-protection: the claim waits, Terminating, for its Pods to go.
+    it->second["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z";
+    it->second["metadata"]["finalizers"] = {"kubernetes.io/pvc-protection"};
+    Respond(fd, 200, it->second);
+    return;
+  }
+  if (kind == "pods") daemons_.erase({ns, name});  // SIGKILL, like a deleted container.
+  Changed(kind, ns, name, "DELETED");
+  objects_.erase(key);
+  if (kind == "persistentvolumeclaims") std::filesystem::remove_all(VolumePath(ns, name));
+  if (kind == "pods") ReleaseClaims(ns);
+  Respond(fd, 200, object);
+}
+
+void FakeKubeApiServer::Create(int fd, const std::string& kind, const std::string& ns,
+                               const std::string& body) {
+  const Resource& resource = *FindResource(kind);
+  json object = json::parse(body, nullptr, false);
+  if (object.is_discarded() || !object.is_object() || !object.contains("metadata") ||
+      !object["metadata"].is_object() || !object["metadata"].value("name", json()).is_string() ||
+      object["metadata"]["name"].get<std::string>().empty()) {
+    Respond(fd, 400, StatusObject(400, "BadRequest", "invalid object: metadata.name is required"));
+    return;
+  }
+  if (object.value("kind", resource.kind) != resource.kind ||
+      object.value("apiVersion", resource.api_version) != resource.api_version) {
+    Respond(fd, 400,
+            StatusObject(
+                400, "BadRequest",
+                absl::StrCat("the object is not a ", resource.api_version, " ", resource.kind)));
+    return;
+  }
+  if (object["metadata"].value("namespace", ns) != ns) {
+    Respond(fd, 400,
+            StatusObject(400, "BadRequest",
+                         "the namespace of the provided object does not match the namespace "
+                         "sent on the request"));
+    return;
+  }
+  if (kind == "secrets") {
+    // Like the API server: stringData is folded into data (base64), which must decode.
+    const json string_data = object.value("stringData", json::object());
+    for (const auto& [key, value] : string_data.items()) {
+      object["data"][key] = absl::Base64Escape(value.get<std::string>());
+    }
+    object.erase("stringData");
+    const json data = object.value("data", json::object());
+    for (const auto& [key, value] : data.items()) {
+      std::string decoded;
+      if (!value.is_string() || !absl::Base64Unescape(value.get<std::string>(), &decoded)) {
+        Respond(fd, 400, StatusObject(400, "BadRequest", "illegal base64 data in data." + key));
+        return;
+      }
+    }
+  }
+  const std::string name = object["metadata"]["name"];
+  absl::MutexLock lock(&mu_);
+  auto key = std::make_tuple(kind, ns, name);
+  if (objects_.count(key)) {
+    Respond(
+        fd, 409,
+        StatusObject(409, "AlreadyExists", absl::StrCat(kind, " \"", name, "\" already exists")));
+    return;
+  }
+  object["kind"] = resource.kind;
+  object["apiVersion"] = resource.api_version;
+  object["metadata"]["namespace"] = ns;
+  object["metadata"]["uid"] = absl::StrCat("uid-", next_version_);
+  object["metadata"]["resourceVersion"] = absl::StrCat(next_version_++);
+  if (kind == "pods" || kind == "persistentvolumeclaims") object["status"] = {{"phase", "Pending"}};
+  objects_[key] = object;
+  Changed(kind, ns, name, "ADDED");
+  if (kind == "pods") workers_.emplace_back([this, ns, name] { StartPod(ns, name); });
+  Respond(fd, 201, object);
+}
+
+void FakeKubeApiServer::List(int fd, const std::string& kind, const std::string& ns,
+                             const std::string& query) {
+  absl::StatusOr<std::vector<LabelRequirement>> selector =
+      ParseSelector(QueryParam(query, "labelSelector"));
+  if (!selector.ok()) {
+    Respond(fd, 400, StatusObject(400, "BadRequest", std::string(selector.status().message())));
+    return;
+  }
+  const Resource& resource = *FindResource(kind);
+  json items = json::array();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, object] : objects_) {
+    if (std::get<0>(key) == kind && std::get<1>(key) == ns && Matches(object, *selector)) {
+      items.push_back(object);
+    }
+  }
+  Respond(fd, 200,
+          {{"kind", absl::StrCat(resource.kind, "List")},
+           {"apiVersion", resource.api_version},
+           {"metadata", {{"resourceVersion", absl::StrCat(next_version_ - 1)}}},
+           {"items", items}});
+}
+
+bool FakeKubeApiServer::ClaimInUse(const std::string& ns, const std::string& claim) {
+  for (const auto& [key, object] : objects_) {
+    if (std::get<0>(key) != "pods" || std::get<1>(key) != ns) continue;
+    for (const json& volume : object["spec"].value("volumes", json::array())) {
+      if (volume.contains("persistentVolumeClaim") &&
+          volume["persistentVolumeClaim"].value("claimName", "") == claim) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+void FakeKubeApiServer::ReleaseClaims(const std::string& ns) {
+  std::vector<std::string> released;
+  for (const auto& [key, object] : objects_) {
+    if (std::get<0>(key) == "persistentvolumeclaims" && std::get<1>(key) == ns &&
+        object["metadata"].contains("deletionTimestamp") && !ClaimInUse(ns, std::get<2>(key))) {
+      released.push_back(std::get<2>(key));
+    }
+  }
+  for (const std::string& claim : released) {
+    objects_.erase({"persistentvolumeclaims", ns, claim});
+    std::filesystem::remove_all(VolumePath(ns, claim));
+  }
 }
 
 void FakeKubeApiServer::Changed(const std::string& kind, const std::string& ns,
@@ -325,6 +517,76 @@ void FakeKubeApiServer::Watch(int fd, const std::string& ns, const std::string& 
   SendAll(fd, "0\r\n\r\n");
 }
 
+absl::StatusOr<std::map<std::string, std::string>> FakeKubeApiServer::PodEnv(
+    const std::string& ns, const json& container) {
+  std::map<std::string, std::string> env;
+  absl::MutexLock lock(&mu_);
+  for (const json& entry : container.value("env", json::array())) {
+    const std::string name = entry.value("name", "");
+    if (entry.contains("value")) {
+      env[name] = entry.value("value", "");
+      continue;
+    }
+    if (!entry.contains("valueFrom") || !entry["valueFrom"].contains("secretKeyRef")) continue;
+    const json& ref = entry["valueFrom"]["secretKeyRef"];
+    const std::string secret_name = ref.value("name", ""), key = ref.value("key", "");
+    auto it = objects_.find({"secrets", ns, secret_name});
+    if (it == objects_.end()) {
+      return absl::NotFoundError(absl::StrCat("secret \"", secret_name, "\" not found"));
+    }
+    const json data = it->second.value("data", json::object());
+    std::string decoded;
+    if (!data.contains(key) || !absl::Base64Unescape(data[key].get<std::string>(), &decoded)) {
+      return absl::NotFoundError(
+          absl::StrCat("couldn't find key ", key, " in Secret ", ns, "/", secret_name));
+    }
+    env[name] = decoded;
+  }
+  return env;
+}
+
+absl::StatusOr<std::string> FakeKubeApiServer::PodVolume(const std::string& ns, const json& pod,
+                                                         const std::string& mount_path) {
+  std::string volume_name;
+  for (const json& mount : pod["spec"]["containers"][0].value("volumeMounts", json::array())) {
+    if (mount.value("mountPath", "") == mount_path) volume_name = mount.value("name", "");
+  }
+  for (const json& volume : pod["spec"].value("volumes", json::array())) {
+    if (volume.value("name", "") != volume_name) continue;
+    std::string dir;
+    if (volume.contains("persistentVolumeClaim")) {
+      const std::string claim = volume["persistentVolumeClaim"].value("claimName", "");
+      absl::MutexLock lock(&mu_);
+      auto it = objects_.find({"persistentvolumeclaims", ns, claim});
+      if (it == objects_.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "0/1 nodes are available: persistentvolumeclaim \"", claim, "\" not found."));
+      }
+      it->second["status"] = {{"phase", "Bound"},
+                              {"accessModes", it->second["spec"].value("accessModes", json())},
+                              {"capacity", it->second["spec"]["resources"]["requests"]}};
+      dir = VolumePath(ns, claim);
+    } else if (volume.contains("emptyDir")) {
+      dir = absl::StrCat(volumes_dir_, "/emptydir-", pod["metadata"].value("uid", ""));
+    } else {
+      return absl::FailedPreconditionError("volume type not supported by the fake");
+    }
+    std::filesystem::create_directories(dir);
+    return dir;
+  }
+  return absl::FailedPreconditionError(absl::StrCat("no volume mounted at ", mount_path));
+}
+
+void FakeKubeApiServer::SetPending(const std::string& ns, const json& pod, const json& status) {
+  const std::string name = pod["metadata"]["name"];
+  absl::MutexLock lock(&mu_);
+  auto it = objects_.find({"pods", ns, name});
+  if (it == objects_.end() || it->second["metadata"]["uid"] != pod["metadata"]["uid"]) return;
+  it->second["status"] = status;
+  it->second["status"]["phase"] = "Pending";
+  Changed("pods", ns, name, "MODIFIED");
+}
+
 void FakeKubeApiServer::StartPod(const std::string& ns, const std::string& name) {
   json pod;
   std::string ip;
@@ -352,23 +614,40 @@ void FakeKubeApiServer::StartPod(const std::string& ns, const std::string& name)
     return;
   }
   const json& container = pod["spec"]["containers"][0];
+  // As the scheduler and the kubelet would: volumes first, then the environment.
   std::vector<std::string> args;
   for (size_t i = 1; i < container["command"].size(); ++i) {
     std::string arg = container["command"][i].get<std::string>();
     if (absl::StartsWith(arg, "--listen=")) arg = absl::StrCat("--listen=", ip, ":", daemon_port_);
     if (absl::StartsWith(arg, "--workspace=")) {
-      std::string workspace = TestTempDir() + "/pod-workspace";
-      ::mkdir(workspace.c_str(), 0755);
-      arg = "--workspace=" + workspace;
+      absl::StatusOr<std::string> dir = PodVolume(ns, pod, arg.substr(std::strlen("--workspace=")));
+      if (!dir.ok()) {
+        SetPending(ns, pod,
+                   {{"conditions",
+                     {{{"type", "PodScheduled"},
+                       {"status", "False"},
+                       {"reason", "Unschedulable"},
+                       {"message", dir.status().message()}}}}});
+        return;
+      }
+      arg = "--workspace=" + *dir;
     }
     args.push_back(arg);
   }
-  std::map<std::string, std::string> env;
-  for (const json& entry : container["env"]) {
-    env[entry.value("name", "")] = entry.value("value", "");
+  absl::StatusOr<std::map<std::string, std::string>> env = PodEnv(ns, container);
+  if (!env.ok()) {
+    SetPending(ns, pod,
+               {{"containerStatuses",
+                 {{{"name", "sandbox"},
+                   {"ready", false},
+                   {"state",
+                    {{"waiting",
+                      {{"reason", "CreateContainerConfigError"},
+                       {"message", env.status().message()}}}}}}}}});
+    return;
   }
   auto process = ServiceProcess::Start(
-      {.binary = BinaryPath("sandbox-svc/parley-sandboxd"), .args = args, .env = env});
+      {.binary = BinaryPath("sandbox-svc/parley-sandboxd"), .args = args, .env = *env});
   if (!process.ok()) return;
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (!CanConnect(ip, daemon_port_) && absl::Now() < give_up && !stopping_) {
@@ -376,7 +655,8 @@ void FakeKubeApiServer::StartPod(const std::string& ns, const std::string& name)
   }
   absl::MutexLock lock(&mu_);
   auto it = objects_.find({"pods", ns, name});
-  if (it == objects_.end()) return;  // Deleted meanwhile: the process goes with `process`.
+  // Deleted meanwhile (or deleted and created again): the process goes with `process`.
+  if (it == objects_.end() || it->second["metadata"]["uid"] != pod["metadata"]["uid"]) return;
   daemons_[{ns, name}] = *std::move(process);
   it->second["status"] = {
       {"phase", "Running"},
