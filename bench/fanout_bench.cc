@@ -26,6 +26,10 @@
 // Each event's turn_id names its phase, so a late delivery is never counted in the
 // wrong phase. Every stream also checks that its seqs arrive in order without gaps.
 //
+// `bare_result` is this tool's own --json_result line from a run against
+// bench/bare_stream_server (gRPC and a Redis PSUBSCRIBE, nothing else): the ceiling for
+// a gRPC fan-out on this machine; ratio_vs_bare = max_sustained_per_s / the bare one's.
+//
 // `peer_result` is the JSON line of bench/socketio/loadgen.js for the same workload;
 // its numbers go into the RESULT line. ratio_vs_peer = max_sustained_per_s / the peer's
 // (what each delivers within the target p99); ratio_at_rate = delivered_per_s / the
@@ -88,6 +92,9 @@ struct BenchConfig {
   absl::Duration target_p99 = absl::Milliseconds(10);
   absl::Duration warmup_timeout = absl::Seconds(90);
   std::string peer_result;
+  std::string bare_result;  // bare_stream_server's JSON line from a run of this tool.
+  std::string json_result;  // Where to write this run's JSON line (empty: nowhere).
+  std::string label = "parley";
 };
 
 // ---------------------------------------------------------------------------------
@@ -682,12 +689,12 @@ double PeerNumber(const google::protobuf::Struct& peer, const std::string& key) 
 }
 
 // Prints why streams ended (status code and message, with counts); returns how many did.
-int64_t PrintEndedStreams(Recorder& recorder, std::ostream& out) {
+int64_t PrintEndedStreams(Recorder& recorder, const std::string& label, std::ostream& out) {
   absl::MutexLock lock(&recorder.mu);
   int64_t ended = 0;
   for (const auto& [code, count] : recorder.done_codes) {
     ended += count;
-    out << "parley: " << count << " streams ended during the run: " << code << "\n";
+    out << label << ": " << count << " streams ended during the run: " << code << "\n";
   }
   return ended;
 }
@@ -726,6 +733,11 @@ int main(int argc, char** argv) {
   flags.Duration("warmup_timeout", &config.warmup_timeout, "longest wait for streams to go live");
   flags.String("peer_result", &config.peer_result,
                "file with bench/socketio/loadgen.js's JSON result line (empty: no peer)");
+  flags.String("bare_result", &config.bare_result,
+               "file with the --json_result line of a run against bench/bare_stream_server "
+               "(empty: no ceiling)");
+  flags.String("json_result", &config.json_result, "write this run's JSON result line here");
+  flags.String("label", &config.label, "names the server in progress lines");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   // Debian's Abseil is built without NDEBUG, so every Mutex acquisition would also update
   // a global lock graph; the load generator must not pay for that.
@@ -745,19 +757,19 @@ int main(int argc, char** argv) {
   (void)bench.OpenSubscribers();
   if (absl::Status status = bench.WarmUp(); !status.ok()) {
     std::cerr << "fanout_bench: warm-up: " << status << "\n";
-    PrintEndedStreams(bench.recorder(), std::cerr);
+    PrintEndedStreams(bench.recorder(), config.label, std::cerr);
     bench.Close();
     return 1;
   }
   const double per_sub_kib =
       static_cast<double>(bench.rss_idle_kib() - bench.rss_before_kib()) / config.subscribers;
   std::cout << absl::StrFormat(
-                   "parley: %d of %d streams live over %d sessions and %d connections after %.1f "
+                   "%s: %d of %d streams live over %d sessions and %d connections after %.1f "
                    "s; gateway "
                    "RSS %d KiB before, %d KiB idle with them: %.2f KiB per subscriber\n",
-                   bench.live_subscribers(), config.subscribers, config.sessions, config.channels,
-                   absl::ToDoubleSeconds(absl::Now() - started), bench.rss_before_kib(),
-                   bench.rss_idle_kib(), per_sub_kib)
+                   config.label, bench.live_subscribers(), config.subscribers, config.sessions,
+                   config.channels, absl::ToDoubleSeconds(absl::Now() - started),
+                   bench.rss_before_kib(), bench.rss_idle_kib(), per_sub_kib)
             << std::flush;
 
   absl::StatusOr<PhaseResult> main_run =
@@ -767,7 +779,7 @@ int main(int argc, char** argv) {
     bench.Close();
     return 1;
   }
-  std::cout << "parley: " << Describe(*main_run) << std::flush;
+  std::cout << config.label << ": " << Describe(*main_run) << std::flush;
 
   // Search: from the main rate, double while the gateway keeps up (everything delivered,
   // p99 within the target), or halve until it does; the highest rate kept up with is
@@ -785,12 +797,12 @@ int main(int argc, char** argv) {
     if (rate < 1) break;
     absl::StatusOr<PhaseResult> r = bench.RunPhase(step + 2, rate, config.search_step_duration);
     if (!r.ok()) break;
-    std::cout << "parley search: " << Describe(*r) << std::flush;
+    std::cout << config.label << " search: " << Describe(*r) << std::flush;
     if (sustained(*r)) best_sustained = std::max(best_sustained, r->delivered_per_s());
     if (sustained(*r) != main_sustained) break;  // Crossed the limit.
   }
 
-  const int64_t ended_early = PrintEndedStreams(bench.recorder(), std::cout);
+  const int64_t ended_early = PrintEndedStreams(bench.recorder(), config.label, std::cout);
   const int64_t order_errors = bench.recorder().order_errors.load();
   bench.Close();
 
@@ -821,15 +833,41 @@ int main(int argc, char** argv) {
     }
   }
   const PhaseResult& r = *main_run;
+  if (!config.json_result.empty()) {
+    std::ofstream(config.json_result) << absl::StrFormat(
+        "{\"delivered_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
+        "\"rss_per_sub_kib\": %.3f, \"server_cpu\": %.3f, \"max_sustained_per_s\": %.1f}\n",
+        r.delivered_per_s(), r.p50_ms, r.p99_ms, r.p999_ms, per_sub_kib, r.gateway_cpu,
+        best_sustained);
+  }
+  // The ceiling: the same workload through bare gRPC (bench/bare_stream_server).
+  // ratio_vs_bare = what Parley keeps up with / what bare gRPC keeps up with.
+  std::string bare_text =
+      "bare_delivered_per_s=na bare_p99_ms=na bare_rss_per_sub_kib=na bare_server_cpu=na "
+      "bare_max_sustained_per_s=na ratio_vs_bare=na";
+  if (!config.bare_result.empty()) {
+    absl::StatusOr<google::protobuf::Struct> bare = ReadPeer(config.bare_result);
+    if (bare.ok()) {
+      const double bare_sustained = PeerNumber(*bare, "max_sustained_per_s");
+      bare_text = absl::StrFormat(
+          "bare_delivered_per_s=%.0f bare_p99_ms=%.2f bare_rss_per_sub_kib=%.2f "
+          "bare_server_cpu=%.2f bare_max_sustained_per_s=%.0f ratio_vs_bare=%s",
+          PeerNumber(*bare, "delivered_per_s"), PeerNumber(*bare, "p99_ms"),
+          PeerNumber(*bare, "rss_per_sub_kib"), PeerNumber(*bare, "server_cpu"), bare_sustained,
+          ratio(best_sustained, bare_sustained));
+    } else {
+      std::cerr << "fanout_bench: bare: " << bare.status() << "\n";
+    }
+  }
   std::cout << absl::StrFormat(
       "RESULT name=fanout subscribers=%d sessions=%d live=%d rate=%.0f duration_s=%.0f "
       "published_per_s=%.0f delivered_per_s=%.0f delivered_ratio=%.4f p50_ms=%.2f p99_ms=%.2f "
       "p999_ms=%.2f rss_per_sub_kib=%.2f gateway_cpu=%.2f redis_cpu=%.2f bench_cpu=%.2f "
       "machine_cpu=%.2f "
-      "ended=%d order_errors=%d max_sustained_per_s=%.0f %s\n",
+      "ended=%d order_errors=%d max_sustained_per_s=%.0f %s %s\n",
       config.subscribers, config.sessions, bench.live_subscribers(), r.rate, r.wall_s,
       r.published_per_s(), r.delivered_per_s(), r.delivered_ratio(), r.p50_ms, r.p99_ms, r.p999_ms,
       per_sub_kib, r.gateway_cpu, r.redis_cpu, r.client_cpu, r.machine_cpu, ended_early,
-      order_errors, best_sustained, peer_text);
+      order_errors, best_sustained, peer_text, bare_text);
   return 0;
 }

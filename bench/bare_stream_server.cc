@@ -1,0 +1,222 @@
+// bare_stream_server: the least a gRPC server can do to fan Redis events out to
+// StreamEvents subscribers — the ceiling that fanout_bench measures the gateway
+// against, on the same machine, with the same client and the same publishers.
+//
+//   bare_stream_server --grpc_addr=127.0.0.1:0 --redis_url=redis://127.0.0.1:6379
+//
+// One thread reads every event channel through a blocking PSUBSCRIBE and hands each
+// event to the streams of its session; each stream keeps one write in flight and
+// queues the rest (unbounded: this is a measurement, not a service). No history, no
+// authentication, no interceptors, logs or metrics. So that a stream opened after an
+// event still starts with something (fanout_bench's warm-up publishes once), a new
+// stream is first sent its session's most recent event.
+//
+// What it does not do, and Parley's hub must: gap detection and re-reads, epochs,
+// bounded buffers, keepalives, tenancy, per-stream positions.
+#include <grpcpp/grpcpp.h>
+#include <hiredis/hiredis.h>
+#include <signal.h>
+
+#include <deque>
+#include <iostream>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "common/config.h"
+#include "common/redis.h"
+#include "parley/v1/parley.grpc.pb.h"
+
+namespace {
+
+using parley::v1::StreamEventsRequest;
+using parley::v1::StreamEventsResponse;
+using ResponsePtr = std::shared_ptr<const StreamEventsResponse>;
+
+class Streams;
+
+class BareStream final : public grpc::ServerWriteReactor<StreamEventsResponse> {
+ public:
+  BareStream(Streams& streams, std::string session_id)
+      : streams_(streams), session_id_(std::move(session_id)) {}
+
+  const std::string& session_id() const { return session_id_; }
+
+  void Offer(ResponsePtr response) {
+    absl::MutexLock lock(&mu_);
+    if (done_) return;
+    if (in_flight_ != nullptr) {
+      queue_.push_back(std::move(response));
+      return;
+    }
+    in_flight_ = std::move(response);
+    StartWrite(in_flight_.get());
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    in_flight_.reset();
+    if (!ok || done_) return;
+    if (queue_.empty()) return;
+    in_flight_ = std::move(queue_.front());
+    queue_.pop_front();
+    StartWrite(in_flight_.get());
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    if (done_) return;
+    done_ = true;
+    Finish(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override;
+
+ private:
+  Streams& streams_;
+  const std::string session_id_;
+  absl::Mutex mu_;
+  ResponsePtr in_flight_ ABSL_GUARDED_BY(mu_);
+  std::deque<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// The streams of every session, and each session's latest event.
+class Streams {
+ public:
+  void Add(BareStream* stream) {
+    absl::MutexLock lock(&mu_);
+    Session& session = sessions_[stream->session_id()];
+    session.streams.push_back(stream);
+    if (session.latest != nullptr) stream->Offer(session.latest);
+  }
+
+  void Remove(BareStream* stream) {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(stream->session_id());
+    if (it == sessions_.end()) return;
+    std::vector<BareStream*>& list = it->second.streams;
+    list.erase(std::remove(list.begin(), list.end(), stream), list.end());
+  }
+
+  void Publish(const std::string& session_id, ResponsePtr response) {
+    absl::MutexLock lock(&mu_);
+    Session& session = sessions_[session_id];
+    session.latest = response;
+    for (BareStream* stream : session.streams) stream->Offer(response);
+  }
+
+ private:
+  struct Session {
+    std::vector<BareStream*> streams;
+    ResponsePtr latest;
+  };
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+};
+
+void BareStream::OnDone() {
+  streams_.Remove(this);
+  delete this;
+}
+
+class BareSessionService final : public parley::v1::SessionService::CallbackService {
+ public:
+  explicit BareSessionService(Streams& streams) : streams_(streams) {}
+
+  grpc::ServerWriteReactor<StreamEventsResponse>* StreamEvents(
+      grpc::CallbackServerContext*, const StreamEventsRequest* request) override {
+    auto* stream = new BareStream(streams_, request->session_id());
+    streams_.Add(stream);
+    return stream;
+  }
+
+ private:
+  Streams& streams_;
+};
+
+// "<prefix>{s:<id>}" -> "<id>", or "" for any other channel.
+std::string SessionOfChannel(const std::string& channel) {
+  const size_t open = channel.rfind("{s:");
+  const size_t close = channel.rfind('}');
+  if (open == std::string::npos || close == std::string::npos || close < open + 3) return "";
+  return channel.substr(open + 3, close - open - 3);
+}
+
+// Reads pmessage replies until the connection fails; returns why.
+std::string ReadEvents(const parley::RedisEndpoint& endpoint, Streams& streams) {
+  redisContext* context = redisConnect(endpoint.host.c_str(), endpoint.port);
+  if (context == nullptr || context->err) {
+    std::string error = context ? context->errstr : "out of memory";
+    if (context) redisFree(context);
+    return error;
+  }
+  if (!endpoint.password.empty()) {
+    freeReplyObject(redisCommand(context, "AUTH %s", endpoint.password.c_str()));
+  }
+  freeReplyObject(redisCommand(context, "PSUBSCRIBE *"));
+  void* raw = nullptr;
+  while (redisGetReply(context, &raw) == REDIS_OK) {
+    auto* reply = static_cast<redisReply*>(raw);
+    // ["pmessage", pattern, channel, payload]
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
+      std::string session_id =
+          SessionOfChannel(std::string(reply->element[2]->str, reply->element[2]->len));
+      auto response = std::make_shared<StreamEventsResponse>();
+      if (!session_id.empty() &&
+          response->mutable_event()->ParseFromArray(reply->element[3]->str,
+                                                    static_cast<int>(reply->element[3]->len))) {
+        streams.Publish(session_id, std::move(response));
+      }
+    }
+    freeReplyObject(reply);
+  }
+  std::string error = context->errstr;
+  redisFree(context);
+  return error;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string grpc_addr = "127.0.0.1:0";
+  std::string redis_url = "redis://127.0.0.1:6379";
+  parley::Flags flags("bare_stream_server", "A bare gRPC fan-out of Redis events.");
+  flags.HostPort("grpc_addr", &grpc_addr, "listen address");
+  flags.String("redis_url", &redis_url, "Redis to read event channels from",
+               parley::ValidateRedisUrl);
+  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  absl::StatusOr<parley::RedisEndpoint> endpoint = parley::ParseRedisUrl(redis_url);
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Streams streams;
+  std::thread reader([&] {
+    std::cerr << "bare_stream_server: redis: " << ReadEvents(*endpoint, streams) << "\n";
+  });
+  reader.detach();  // Ends with the process.
+
+  grpc::EnableDefaultHealthCheckService(true);
+  BareSessionService service(streams);
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(grpc_addr, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server) {
+    std::cerr << "bare_stream_server: cannot listen on " << grpc_addr << "\n";
+    return 1;
+  }
+  std::cout << "port " << port << std::endl;
+  int signal_number = 0;
+  while (sigwait(&signals, &signal_number) != 0) {
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
