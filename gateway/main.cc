@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   hub_options.keepalive = config.keepalive;
   parley::gateway::Hub hub(hub_options, history, host.registry());
   hub.Start();
-  parley::gateway::SessionApi sessions(authenticator,
+  parley::gateway::SessionApi sessions(authenticator, host.grpc_telemetry(),
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
                                        config.downstream_timeout, &hub);
   parley::v1::SandboxService::CallbackService sandboxes;

@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
@@ -55,33 +56,26 @@ absl::string_view FindMetadata(const Map& metadata, absl::string_view key) {
   return absl::string_view(it->second.data(), it->second.size());
 }
 
-class ServerInterceptor final : public grpc::experimental::Interceptor {
+}  // namespace
+
+// The span, metrics and access log of one server call, for the interceptor and for
+// handlers that instrument their calls themselves.
+class ServerCallTelemetry::Record {
  public:
-  ServerInterceptor(ServerRpcInfo* info, const GrpcTelemetry::Instruments& instruments,
-                    const Logger& logger, SpanSink& sink)
-      : info_(info), instruments_(instruments), logger_(logger), sink_(sink) {
-    span_.name = MethodName(info->method());
+  Record(const GrpcTelemetry::Instruments& instruments, const Logger& logger, SpanSink& sink,
+         std::string method, const grpc::ServerContextBase* context)
+      : context_(context), instruments_(instruments), logger_(logger), sink_(sink) {
+    span_.name = std::move(method);
     span_.kind = SpanKind::kServer;
     span_.start = absl::Now();
     instruments_.server_in_flight.WithLabels({span_.name}).Add(1);
   }
 
-  ~ServerInterceptor() override {
+  ~Record() {
     if (!finished_) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call ended without status"));
-    ActiveSpans::Get().Remove(info_->server_context());
+    ActiveSpans::Get().Remove(context_);
   }
 
-  void Intercept(InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
-      Start(*methods->GetRecvInitialMetadata());
-    }
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
-      Finish(methods->GetSendStatus());
-    }
-    methods->Proceed();
-  }
-
- private:
   void Start(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
     std::optional<TraceContext> parent = TraceContext::Parse(
         FindMetadata(metadata, kTraceparentHeader), FindMetadata(metadata, kTracestateHeader));
@@ -93,7 +87,7 @@ class ServerInterceptor final : public grpc::experimental::Interceptor {
     }
     span_.attributes["rpc.system"] = "grpc";
     span_.attributes["rpc.method"] = span_.name;
-    ActiveSpans::Get().Add(info_->server_context(), span_.context);
+    ActiveSpans::Get().Add(context_, span_.context);
   }
 
   void Finish(const grpc::Status& status) {
@@ -111,18 +105,40 @@ class ServerInterceptor final : public grpc::experimental::Interceptor {
                   {{"method", span_.name},
                    {"code", code},
                    {"duration_ms", seconds * 1000.0},
-                   {"peer", info_->server_context() != nullptr ? info_->server_context()->peer()
-                                                               : std::string()}},
+                   {"peer", context_ != nullptr ? context_->peer() : std::string()}},
                   &span_.context);
     sink_.OnEnd(span_);
   }
 
-  ServerRpcInfo* info_;
+ private:
+  const grpc::ServerContextBase* context_;
   const GrpcTelemetry::Instruments& instruments_;
   const Logger& logger_;
   SpanSink& sink_;
   SpanData span_;
   bool finished_ = false;
+};
+
+namespace {
+
+class ServerInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  ServerInterceptor(ServerRpcInfo* info, const GrpcTelemetry::Instruments& instruments,
+                    const Logger& logger, SpanSink& sink)
+      : record_(instruments, logger, sink, MethodName(info->method()), info->server_context()) {}
+
+  void Intercept(InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      record_.Start(*methods->GetRecvInitialMetadata());
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      record_.Finish(methods->GetSendStatus());
+    }
+    methods->Proceed();
+  }
+
+ private:
+  ServerCallTelemetry::Record record_;
 };
 
 class ClientInterceptor final : public grpc::experimental::Interceptor {
@@ -180,14 +196,21 @@ class ClientInterceptor final : public grpc::experimental::Interceptor {
 
 class ServerFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  ServerFactory(const GrpcTelemetry::Instruments& instruments, const Logger& logger, SpanSink& sink)
-      : instruments_(instruments), logger_(logger), sink_(sink) {}
+  ServerFactory(const GrpcTelemetry::Instruments& instruments, const Logger& logger, SpanSink& sink,
+                const absl::flat_hash_set<std::string>& left_to_handlers)
+      : instruments_(instruments),
+        logger_(logger),
+        sink_(sink),
+        left_to_handlers_(left_to_handlers) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(ServerRpcInfo* info) override {
+    // No interceptor at all for these calls: gRPC then has nothing to intercept.
+    if (left_to_handlers_.contains(MethodName(info->method()))) return nullptr;
     return new ServerInterceptor(info, instruments_, logger_, sink_);
   }
 
  private:
   const GrpcTelemetry::Instruments& instruments_;
+  const absl::flat_hash_set<std::string>& left_to_handlers_;
   const Logger& logger_;
   SpanSink& sink_;
 };
@@ -225,7 +248,7 @@ GrpcTelemetry::GrpcTelemetry(Registry& registry, const Logger& logger, SpanSink&
 std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
 GrpcTelemetry::ServerInterceptors() {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> out;
-  out.push_back(std::make_unique<ServerFactory>(instruments_, logger_, sink_));
+  out.push_back(std::make_unique<ServerFactory>(instruments_, logger_, sink_, left_to_handlers_));
   return out;
 }
 
@@ -235,6 +258,21 @@ GrpcTelemetry::ClientInterceptors() {
   out.push_back(std::make_unique<ClientFactory>(instruments_, sink_));
   return out;
 }
+
+void GrpcTelemetry::InstrumentInHandler(std::string method) {
+  left_to_handlers_.insert(std::move(method));
+}
+
+ServerCallTelemetry::ServerCallTelemetry(GrpcTelemetry& telemetry,
+                                         const grpc::ServerContextBase& context, std::string method)
+    : record_(std::make_unique<Record>(telemetry.instruments_, telemetry.logger_, telemetry.sink_,
+                                       std::move(method), &context)) {
+  record_->Start(context.client_metadata());
+}
+
+ServerCallTelemetry::~ServerCallTelemetry() = default;
+
+void ServerCallTelemetry::Finish(const grpc::Status& status) { record_->Finish(status); }
 
 std::shared_ptr<grpc::Channel> GrpcTelemetry::CreateChannel(const std::string& target,
                                                             grpc::ChannelArguments args) {

@@ -15,24 +15,35 @@ grpc::ServerUnaryReactor* Reject(grpc::CallbackServerContext* context, const abs
 
 }  // namespace
 
-SessionApi::SessionApi(Authenticator& authenticator, std::shared_ptr<grpc::Channel> session_channel,
+constexpr char kStreamEventsMethod[] = "/parley.v1.SessionService/StreamEvents";
+
+SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
+                       std::shared_ptr<grpc::Channel> session_channel,
                        absl::Duration downstream_timeout, Hub* hub)
     : authenticator_(authenticator),
+      telemetry_(telemetry),
       router_(router::v1::SessionRouter::NewStub(std::move(session_channel))),
       downstream_timeout_(downstream_timeout),
-      hub_(hub) {}
+      hub_(hub) {
+  telemetry_.InstrumentInHandler(kStreamEventsMethod);
+}
 
 grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
     grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
+  auto call =
+      std::make_unique<telemetry::ServerCallTelemetry>(telemetry_, *context, kStreamEventsMethod);
   absl::StatusOr<Principal> principal = authenticator_.Authenticate(*context);
-  if (!principal.ok()) return new RejectedStream(ToGrpcStatus(principal.status()));
+  if (!principal.ok()) {
+    return new RejectedStream(ToGrpcStatus(principal.status()), std::move(call));
+  }
   absl::StatusOr<StreamParams> params = StreamParamsFromRequest(principal->tenant_id, *request);
-  if (!params.ok()) return new RejectedStream(ToGrpcStatus(params.status()));
+  if (!params.ok()) return new RejectedStream(ToGrpcStatus(params.status()), std::move(call));
   if (hub_ == nullptr) {
     return new RejectedStream(
-        grpc::Status(grpc::StatusCode::UNAVAILABLE, "event streaming is not configured"));
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "event streaming is not configured"),
+        std::move(call));
   }
-  return new StreamEventsReactor(*hub_, *std::move(params));
+  return new StreamEventsReactor(*hub_, *std::move(params), std::move(call));
 }
 
 grpc::ServerUnaryReactor* SessionApi::SendMessage(grpc::CallbackServerContext* context,

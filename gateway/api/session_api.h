@@ -16,15 +16,19 @@
 #include "gateway/fanout/hub.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
+#include "telemetry/grpc_telemetry.h"
 
 namespace parley::gateway {
 
 class SessionApi final : public v1::SessionService::CallbackService {
  public:
-  // `authenticator` must outlive this object.
+  // `authenticator` and `telemetry` must outlive this object; construct it before the
+  // server is built (StreamEvents calls are recorded by their handler, not by an
+  // interceptor: see GrpcTelemetry::InstrumentInHandler).
   // `hub` may be null: StreamEvents then answers UNAVAILABLE.
-  SessionApi(Authenticator& authenticator, std::shared_ptr<grpc::Channel> session_channel,
-             absl::Duration downstream_timeout, Hub* hub = nullptr);
+  SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
+             std::shared_ptr<grpc::Channel> session_channel, absl::Duration downstream_timeout,
+             Hub* hub = nullptr);
 
   grpc::ServerUnaryReactor* SendMessage(grpc::CallbackServerContext* context,
                                         const v1::SendMessageRequest* request,
@@ -37,6 +41,7 @@ class SessionApi final : public v1::SessionService::CallbackService {
 
  private:
   Authenticator& authenticator_;
+  telemetry::GrpcTelemetry& telemetry_;
   std::unique_ptr<router::v1::SessionRouter::Stub> router_;
   absl::Duration downstream_timeout_;
   Hub* hub_;

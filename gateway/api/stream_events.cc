@@ -4,7 +4,9 @@
 
 namespace parley::gateway {
 
-StreamEventsReactor::StreamEventsReactor(Hub& hub, StreamParams params) : hub_(hub) {
+StreamEventsReactor::StreamEventsReactor(Hub& hub, StreamParams params,
+                                         std::unique_ptr<telemetry::ServerCallTelemetry> call)
+    : hub_(hub), call_(std::move(call)) {
   core_ = std::make_shared<StreamCore>(hub, this, std::move(params));
   hub_.Register(core_);
 }

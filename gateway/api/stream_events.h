@@ -12,16 +12,21 @@
 
 #include "gateway/fanout/hub.h"
 #include "parley/v1/parley.pb.h"
+#include "telemetry/grpc_telemetry.h"
 
 namespace parley::gateway {
 
 class StreamEventsReactor final : public grpc::ServerWriteReactor<v1::StreamEventsResponse>,
                                   public StreamWriter {
  public:
-  StreamEventsReactor(Hub& hub, StreamParams params);
+  StreamEventsReactor(Hub& hub, StreamParams params,
+                      std::unique_ptr<telemetry::ServerCallTelemetry> call);
 
   void WriteResponse(const v1::StreamEventsResponse* response) override { StartWrite(response); }
-  void FinishStream(const grpc::Status& status) override { Finish(status); }
+  void FinishStream(const grpc::Status& status) override {
+    call_->Finish(status);
+    Finish(status);
+  }
 
   void OnWriteDone(bool ok) override { core_->OnWriteDone(ok); }
   void OnCancel() override { core_->Cancel(); }
@@ -29,13 +34,17 @@ class StreamEventsReactor final : public grpc::ServerWriteReactor<v1::StreamEven
 
  private:
   Hub& hub_;
+  std::unique_ptr<telemetry::ServerCallTelemetry> call_;  // Span and metrics of the call.
   std::shared_ptr<StreamCore> core_;
 };
 
 // A stream refused before it started (bad request, no credentials).
 class RejectedStream final : public grpc::ServerWriteReactor<v1::StreamEventsResponse> {
  public:
-  explicit RejectedStream(const grpc::Status& status) { Finish(status); }
+  RejectedStream(const grpc::Status& status, std::unique_ptr<telemetry::ServerCallTelemetry> call) {
+    call->Finish(status);
+    Finish(status);
+  }
   void OnDone() override { delete this; }
 };
 

@@ -21,6 +21,8 @@
 #include "store-svc/api/store_service.h"
 #include "store-svc/db/migrator.h"
 #include "store-svc/db/pool.h"
+#include "telemetry/grpc_telemetry.h"
+#include "telemetry/span.h"
 #include "tests/harness/services.h"
 
 namespace parley::gateway::testing {
@@ -64,9 +66,12 @@ class FanoutFixture : public ::testing::Test {
     hub_ = std::make_unique<Hub>(options, *history_, registry_);
     hub_->Start();
     authenticator_ = std::make_unique<BootstrapKeyAuthenticator>(kApiKey, kTenant);
+    grpc_telemetry_ =
+        std::make_unique<telemetry::GrpcTelemetry>(registry_, telemetry_logger_, spans_);
     api_ = std::make_unique<SessionApi>(
-        *authenticator_, grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()),
-        absl::Seconds(5), hub_.get());
+        *authenticator_, *grpc_telemetry_,
+        grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()), absl::Seconds(5),
+        hub_.get());
     gateway_server_ = StartServer(api_.get(), &gateway_port_);
   }
 
@@ -171,6 +176,9 @@ class FanoutFixture : public ::testing::Test {
   std::unique_ptr<RedisStoreHistory> history_;
   std::unique_ptr<Hub> hub_;
   std::unique_ptr<BootstrapKeyAuthenticator> authenticator_;
+  telemetry::Logger telemetry_logger_{"test", telemetry::LogLevel::kError};
+  telemetry::RecordingSpanSink spans_;  // Every SERVER span of the gateway's calls.
+  std::unique_ptr<telemetry::GrpcTelemetry> grpc_telemetry_;
   std::unique_ptr<SessionApi> api_;
   std::unique_ptr<grpc::Server> gateway_server_;
   int gateway_port_ = 0;

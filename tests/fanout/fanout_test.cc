@@ -12,6 +12,7 @@ namespace parley::gateway::testing {
 namespace {
 
 using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
 
 class Fanout : public FanoutFixture {};
 
@@ -306,6 +307,53 @@ TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {
   clock.Advance(absl::Minutes(11));  // Everything so far is older than the age limit.
   publish(221, 230);
   EXPECT_EQ(first_seq(), "211-0");  // Persisted up to 210 only.
+}
+
+// StreamEvents is recorded by its handler, not by an interceptor (which would put every
+// write through gRPC's completion queue twice): the call must still get its SERVER span,
+// as a child of the caller's traceparent, and be counted by final status code.
+TEST_F(Fanout, StreamsAreTracedAndCountedWithoutAnInterceptor) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  const telemetry::TraceContext caller = telemetry::TraceContext::NewRoot();
+  auto client = NewClient();
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", std::string("Bearer ") + kApiKey);
+  context.AddMetadata("traceparent", caller.ToTraceparent());
+  auto reader = client->StreamEvents(&context, After(session, 0));
+  v1::StreamEventsResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  context.TryCancel();
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  StreamReader refused(*client, After(session, 0), "pk_wrong");
+  EXPECT_EQ(refused.reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  // Spans end when the server is done with the call, just after the client sees it.
+  constexpr char kMethod[] = "/parley.v1.SessionService/StreamEvents";
+  std::vector<telemetry::SpanData> streams;
+  for (int i = 0; i < 500 && streams.size() < 2; ++i) {
+    streams.clear();
+    for (const telemetry::SpanData& span : spans_.spans()) {
+      if (span.name == kMethod) streams.push_back(span);
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(streams.size(), 2u);
+  int traced = 0;
+  for (const telemetry::SpanData& span : streams) {
+    EXPECT_EQ(span.kind, telemetry::SpanKind::kServer);
+    if (span.context.TraceIdHex() != caller.TraceIdHex()) continue;
+    ++traced;
+    EXPECT_EQ(span.parent_span_id, caller.span_id());
+    EXPECT_EQ(span.status_code, "CANCELLED");
+  }
+  EXPECT_EQ(traced, 1);
+  const std::string metrics = registry_.RenderText();
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("parley_grpc_server_handled_total{method=\"", kMethod,
+                                              "\",code=\"UNAUTHENTICATED\"} 1")));
+  EXPECT_THAT(metrics,
+              HasSubstr(absl::StrCat("parley_grpc_server_in_flight{method=\"", kMethod, "\"} 0")));
 }
 
 }  // namespace
