@@ -188,6 +188,9 @@ int main(int argc, char** argv) {
   flags.String("redis_url", &redis_url, "Redis to read event channels from",
                parley::ValidateRedisUrl);
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  // As in every Parley service (ServiceHost): Debian's Abseil is built without NDEBUG,
+  // and its deadlock detection would otherwise tax every Mutex acquisition.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::StatusOr<parley::RedisEndpoint> endpoint = parley::ParseRedisUrl(redis_url);
 
   sigset_t signals;

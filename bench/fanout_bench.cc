@@ -20,9 +20,10 @@
 //      event.time (one machine, one realtime clock), the delivered rate, and the CPU of
 //      the gateway (utime+stime from /proc, per thread too), of Redis and of this
 //      process over the same wall time;
-//   5. searches (`search_steps` short runs): doubling the rate while the gateway keeps
-//      up — everything delivered, p99 <= `target_p99` — or halving until it does; the
-//      highest delivered rate it kept up with is max_sustained_per_s.
+//   5. searches (`search_steps` short runs) for the highest rate the gateway keeps up
+//      with — everything delivered, p99 <= `target_p99`: doubling or halving the rate
+//      until that is bracketed, then bisecting; the highest delivered rate it kept up
+//      with is max_sustained_per_s.
 // Each event's turn_id names its phase, so a late delivery is never counted in the
 // wrong phase. Every stream also checks that its seqs arrive in order without gaps.
 //
@@ -781,9 +782,10 @@ int main(int argc, char** argv) {
   }
   std::cout << config.label << ": " << Describe(*main_run) << std::flush;
 
-  // Search: from the main rate, double while the gateway keeps up (everything delivered,
-  // p99 within the target), or halve until it does; the highest rate kept up with is
-  // max_sustained_per_s. Same rule in bench/socketio/loadgen.js.
+  // Search: bracket the highest rate the gateway keeps up with (everything delivered, p99
+  // within the target) — doubling while it keeps up, halving while it does not — then
+  // bisect the bracket; the highest rate kept up with is max_sustained_per_s. Same rule
+  // in bench/socketio/loadgen.js.
   const double target_p99_ms = absl::ToDoubleMilliseconds(config.target_p99);
   auto sustained = [&](const PhaseResult& r) {
     return r.delivered_ratio() >= 0.99 && r.published_per_s() >= 0.95 * r.rate &&
@@ -791,15 +793,23 @@ int main(int argc, char** argv) {
   };
   const bool main_sustained = sustained(*main_run);
   double best_sustained = main_sustained ? main_run->delivered_per_s() : 0;
-  double rate = static_cast<double>(config.rate);
+  const double main_rate = static_cast<double>(config.rate);
+  double kept_up = main_sustained ? main_rate : 0;      // Highest rate kept up with so far.
+  double fell_behind = main_sustained ? 0 : main_rate;  // Lowest rate that was too much; 0: none.
   for (int step = 0; step < config.search_steps && step + 2 < kMaxPhases; ++step) {
-    rate = main_sustained ? rate * 2 : rate / 2;
+    double rate = (kept_up + fell_behind) / 2;
+    if (fell_behind == 0) rate = kept_up * 2;
+    if (kept_up == 0) rate = fell_behind / 2;
     if (rate < 1) break;
     absl::StatusOr<PhaseResult> r = bench.RunPhase(step + 2, rate, config.search_step_duration);
     if (!r.ok()) break;
     std::cout << config.label << " search: " << Describe(*r) << std::flush;
-    if (sustained(*r)) best_sustained = std::max(best_sustained, r->delivered_per_s());
-    if (sustained(*r) != main_sustained) break;  // Crossed the limit.
+    if (sustained(*r)) {
+      best_sustained = std::max(best_sustained, r->delivered_per_s());
+      kept_up = rate;
+    } else {
+      fell_behind = rate;
+    }
   }
 
   const int64_t ended_early = PrintEndedStreams(bench.recorder(), config.label, std::cout);

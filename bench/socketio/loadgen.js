@@ -14,9 +14,10 @@
 //    latency = receive time - publish time (CLOCK_MONOTONIC of one machine), in the
 //    same histogram buckets as fanout_bench; delivered_per_s counts deliveries received
 //    within the window; the server's CPU (utime+stime from /proc) over the same time;
-// 4. searches like fanout_bench: `search_steps` runs of `search_step_s`, doubling the
-//    rate while the server keeps up (all delivered, p99 <= target_p99_ms) or halving
-//    until it does: max_sustained_per_s.
+// 4. searches like fanout_bench: `search_steps` runs of `search_step_s` that bracket
+//    the highest rate the server keeps up with (all delivered, p99 <= target_p99_ms):
+//    doubling while it keeps up, halving while it does not, then bisecting the bracket;
+//    the highest rate kept up with is max_sustained_per_s.
 // Progress goes to stderr; the JSON line to stdout.
 'use strict';
 
@@ -244,20 +245,27 @@ async function main() {
   const mainRun = await runPhase(publisher, 1, rate, durationS, live);
   log(describe(mainRun));
 
-  // Search, as fanout_bench does: double the rate while the server keeps up
-  // (everything delivered, p99 <= target), or halve until it does.
+  // Search, as fanout_bench does: bracket the highest rate the server keeps up with
+  // (everything delivered, p99 <= target) by doubling or halving, then bisect.
   const sustained = (r) => r.delivered_ratio >= 0.99 && r.published_per_s >= 0.95 * r.rate &&
     r.p99_ms <= targetP99Ms;
   const mainSustained = sustained(mainRun);
   let best = mainSustained ? mainRun.delivered_per_s : 0;
-  let stepRate = rate;
+  let keptUp = mainSustained ? rate : 0;  // Highest rate kept up with so far.
+  let fellBehind = mainSustained ? Infinity : rate;  // Lowest rate that was too much.
   for (let step = 0; step < searchSteps; step += 1) {
-    stepRate = mainSustained ? stepRate * 2 : stepRate / 2;
+    let stepRate = (keptUp + fellBehind) / 2;
+    if (fellBehind === Infinity) stepRate = keptUp * 2;
+    if (keptUp === 0) stepRate = fellBehind / 2;
     if (stepRate < 1) break;
     const r = await runPhase(publisher, step + 2, stepRate, searchStepS, live);
     log(`search: ${describe(r)}`);
-    if (sustained(r)) best = Math.max(best, r.delivered_per_s);
-    if (sustained(r) !== mainSustained) break;
+    if (sustained(r)) {
+      best = Math.max(best, r.delivered_per_s);
+      keptUp = stepRate;
+    } else {
+      fellBehind = stepRate;
+    }
   }
 
   const result = {
