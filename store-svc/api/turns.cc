@@ -8,8 +8,6 @@
 //
 // Fencing: a claim gives the turn `lease_epoch = sessions.lease_epoch + 1`; heartbeat
 // and complete match on (owner, epoch) and report LEASE_LOST otherwise.
-#include <optional>
-
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/status.h"
@@ -90,12 +88,12 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
 // new fencing epoch on the session. The turn's UPDATE re-checks status = QUEUED, and the
 // session is updated only through what that UPDATE returned, so a turn cancelled after
 // this statement's snapshot was taken is never claimed. Returns no row when nothing is
-// runnable, and a row whose first column is NULL when a session looked runnable but no
-// turn was promoted (the caller falls back to the transactional path).
+// runnable, and a row whose claimed turn id is NULL when a session looked runnable but no
+// turn was promoted.
 //   $1 tenant ('' = any)  $2 session ('' = any)  $3 owner  $4 lease ttl ms
 //   $5 QUEUED  $6 RUNNING
-// Columns: claimed turn id, its session, was_recovery, epoch, expiry micros, the turn
-// (kTurnColumns), the session (kSessionColumns).
+// Columns: the session locked, the claimed turn id, its session, was_recovery, epoch,
+// expiry micros, the turn (kTurnColumns), the session (kSessionColumns).
 const std::string& ClaimSql() {
   static const std::string* const sql = new std::string(absl::StrCat(
       "WITH s AS (SELECT id AS claim_session, lease_epoch + 1 AS claim_epoch FROM sessions "
@@ -120,7 +118,8 @@ const std::string& ClaimSql() {
       "  WHERE sessions.id = c.claimed_session RETURNING ",
       kSessionColumns,
       ") "
-      "SELECT claimed.*, bumped.* FROM s LEFT JOIN claimed ON true LEFT JOIN bumped ON true"));
+      "SELECT s.claim_session, claimed.*, bumped.* FROM s LEFT JOIN claimed ON true "
+      "LEFT JOIN bumped ON true"));
   return *sql;
 }
 
@@ -334,81 +333,42 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
   if (valid.ok()) valid = CheckLeaseTtl(request->lease_ttl_ms(), limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
 
-  // The common case is one statement without BEGIN/COMMIT (kClaimSql); when it finds a
-  // runnable session but no turn to promote, the transactional path below decides.
-  auto fast = pool_.Autocommit<std::optional<pb::ClaimNextTurnResponse>>(
-      [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<pb::ClaimNextTurnResponse>> {
-        pqxx::result row =
-            Exec(tx, ClaimSql(), request->tenant_id(), request->session_id(), request->owner(),
-                 static_cast<int64_t>(request->lease_ttl_ms()), kQueued, kRunning);
-        pb::ClaimNextTurnResponse out;
-        if (row.empty()) return out;                   // Nothing runnable.
-        if (row[0][0].is_null()) return std::nullopt;  // Runnable, but no turn claimed.
-        out.set_recovery(row[0][2].as<bool>());
-        out.set_lease_epoch(row[0][3].as<uint64_t>());
-        *out.mutable_lease_expiry() = TimestampFromMicros(row[0][4].as<int64_t>());
-        *out.mutable_turn() = TurnFromRow(row[0], 5);
-        *out.mutable_session() = SessionFromRow(row[0], 5 + kTurnColumnCount);
-        return out;
-      });
-  if (!fast.ok()) return ToGrpcStatus(fast.status());
-  if (fast->has_value()) {
-    *response = std::move(**fast);
-    return Status::OK;
+  // One statement per claim, without BEGIN/COMMIT. A session that looked runnable but
+  // had no turn to promote (its counters drifted, or a cancel took the turn just before
+  // the claim locked the session) gets its counters recounted, and the claim moves on;
+  // a few rounds bound the work per call.
+  for (int round = 0; round < 4; ++round) {
+    auto claim = pool_.Autocommit<pqxx::result>(
+        [&](pqxx::nontransaction& tx) -> absl::StatusOr<pqxx::result> {
+          return Exec(tx, ClaimSql(), request->tenant_id(), request->session_id(), request->owner(),
+                      static_cast<int64_t>(request->lease_ttl_ms()), kQueued, kRunning);
+        });
+    if (!claim.ok()) return ToGrpcStatus(claim.status());
+    if (claim->empty()) return Status::OK;  // Nothing runnable.
+    const pqxx::row row = (*claim)[0];
+    if (!row[1].is_null()) {
+      response->set_recovery(row[3].as<bool>());
+      response->set_lease_epoch(row[4].as<uint64_t>());
+      *response->mutable_lease_expiry() = TimestampFromMicros(row[5].as<int64_t>());
+      *response->mutable_turn() = TurnFromRow(row, 6);
+      *response->mutable_session() = SessionFromRow(row, 6 + kTurnColumnCount);
+      return Status::OK;
+    }
+    const std::string session_id = row[0].as<std::string>();
+    auto repaired = pool_.Transact<bool>([&](pqxx::work& tx) -> absl::StatusOr<bool> {
+      // Counted after the lock is held, so no enqueue or cancel can slip in between.
+      Exec(tx, "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session_id);
+      Exec(tx,
+           "UPDATE sessions SET queued_turns = q.queued, "
+           "waiting_since = CASE WHEN q.queued > 0 THEN coalesce(waiting_since, now()) END "
+           "FROM (SELECT count(*) AS queued FROM turns WHERE session_id = $1 AND status = $2) q "
+           "WHERE id = $1",
+           session_id, kQueued);
+      return true;
+    });
+    if (!repaired.ok()) return ToGrpcStatus(repaired.status());
   }
-
-  auto result = pool_.Transact<pb::ClaimNextTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ClaimNextTurnResponse> {
-        pb::ClaimNextTurnResponse out;
-        // A session whose counters say it has work but whose queue is empty is repaired
-        // and skipped; a few rounds bound the work per call.
-        for (int round = 0; round < 4; ++round) {
-          pqxx::result session = Exec(
-              tx,
-              "SELECT id, lease_epoch FROM sessions WHERE queued_turns > 0 AND "
-              "running_turn_id IS NULL AND ($1 = '' OR tenant_id = $1) AND ($2 = '' OR id = $2) "
-              "ORDER BY waiting_since LIMIT 1 FOR UPDATE SKIP LOCKED",
-              request->tenant_id(), request->session_id());
-          if (session.empty()) return out;
-          const std::string session_id = session[0][0].as<std::string>();
-          const int64_t epoch = session[0][1].as<int64_t>() + 1;
-          pqxx::result turn =
-              Exec(tx,
-                   absl::StrCat(
-                       "WITH head AS (SELECT id AS head_id, recovery AS was_recovery FROM turns "
-                       "WHERE session_id = $1 "
-                       "AND status = $6 ORDER BY position LIMIT 1) "
-                       "UPDATE turns SET status = $2, lease_owner = $3, lease_epoch = $4, "
-                       "lease_expiry = now() + $5 * interval '1 millisecond', "
-                       "start_time = coalesce(start_time, now()), attempt = attempt + 1, "
-                       "recovery = false FROM head WHERE turns.id = head.head_id "
-                       "RETURNING was_recovery, (extract(epoch from lease_expiry) * "
-                       "1000000)::bigint, ",
-                       kTurnColumns),
-                   session_id, kRunning, request->owner(), epoch,
-                   static_cast<int64_t>(request->lease_ttl_ms()), kQueued);
-          if (turn.empty()) {
-            Exec(tx, "UPDATE sessions SET queued_turns = 0, waiting_since = NULL WHERE id = $1",
-                 session_id);
-            continue;
-          }
-          out.set_recovery(turn[0][0].as<bool>());
-          *out.mutable_lease_expiry() = TimestampFromMicros(turn[0][1].as<int64_t>());
-          out.set_lease_epoch(static_cast<uint64_t>(epoch));
-          *out.mutable_turn() = TurnFromRow(turn[0], 2);
-          pqxx::result updated =
-              Exec(tx,
-                   absl::StrCat("UPDATE sessions SET running_turn_id = $2, lease_epoch = $3, "
-                                "queued_turns = queued_turns - 1, waiting_since = NULL "
-                                "WHERE id = $1 RETURNING ",
-                                kSessionColumns),
-                   session_id, out.turn().id(), epoch);
-          *out.mutable_session() = SessionFromRow(updated[0]);
-          return out;
-        }
-        return out;
-      });
-  return Respond(result, response);
+  return Status::OK;
 }
 
 Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRequest* request,

@@ -50,28 +50,12 @@ class PgPool {
   template <typename T>
   absl::StatusOr<T> Autocommit(
       const std::function<absl::StatusOr<T>(pqxx::nontransaction&)>& body) {
-    absl::StatusOr<T> result = absl::UnknownError("not run");
-    absl::Status status = Run([&](pqxx::connection& connection) -> absl::Status {
-      pqxx::nontransaction tx(connection);
-      result = body(tx);
-      return result.status();
-    });
-    if (!status.ok()) return status;
-    return result;
+    return RunIn<pqxx::nontransaction, T>(body);
   }
 
   template <typename T>
   absl::StatusOr<T> Transact(const std::function<absl::StatusOr<T>(pqxx::work&)>& body) {
-    absl::StatusOr<T> result = absl::UnknownError("not run");
-    absl::Status status = Run([&](pqxx::connection& connection) -> absl::Status {
-      pqxx::work tx(connection);
-      result = body(tx);
-      if (!result.ok()) return result.status();  // tx aborts in its destructor.
-      tx.commit();
-      return absl::OkStatus();
-    });
-    if (!status.ok()) return status;
-    return result;
+    return RunIn<pqxx::work, T>(body);
   }
 
   // Runs `body` on a borrowed connection with the same retry rules, for work that
@@ -81,7 +65,22 @@ class PgPool {
   int size() const { return options_.size; }
 
  private:
-  class Lease;
+  // Runs `body` in a `Tx` on a borrowed connection; commits only when it returns OK (a
+  // non-OK result or an exception leaves the transaction to abort in its destructor).
+  template <typename Tx, typename T>
+  absl::StatusOr<T> RunIn(const std::function<absl::StatusOr<T>(Tx&)>& body) {
+    absl::StatusOr<T> result = absl::UnknownError("not run");
+    absl::Status status = Run([&](pqxx::connection& connection) -> absl::Status {
+      Tx tx(connection);
+      result = body(tx);
+      if (!result.ok()) return result.status();
+      tx.commit();
+      return absl::OkStatus();
+    });
+    if (!status.ok()) return status;
+    return result;
+  }
+
   std::unique_ptr<pqxx::connection> Acquire();
   void Release(std::unique_ptr<pqxx::connection> connection);
 
