@@ -210,9 +210,9 @@ class ServerFactory final : public grpc::experimental::ServerInterceptorFactoryI
 
  private:
   const GrpcTelemetry::Instruments& instruments_;
-  const absl::flat_hash_set<std::string>& left_to_handlers_;
   const Logger& logger_;
   SpanSink& sink_;
+  const absl::flat_hash_set<std::string>& left_to_handlers_;
 };
 
 class ClientFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
