@@ -26,11 +26,7 @@ const path = require('node:path');
 const { fork } = require('node:child_process');
 const { io } = require('socket.io-client');
 
-function flag(name, fallback) {
-  const prefix = `--${name}=`;
-  const arg = process.argv.find((a) => a.startsWith(prefix));
-  return arg ? arg.slice(prefix.length) : fallback;
-}
+const { flag } = require('./flags');
 
 const url = flag('url', 'http://127.0.0.1:3000');
 const redisUrl = flag('redis', 'redis://127.0.0.1:6379');

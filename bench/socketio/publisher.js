@@ -13,11 +13,7 @@
 const { Emitter } = require('@socket.io/redis-emitter');
 const { createClient } = require('redis');
 
-function flag(name, fallback) {
-  const prefix = `--${name}=`;
-  const arg = process.argv.find((a) => a.startsWith(prefix));
-  return arg ? arg.slice(prefix.length) : fallback;
-}
+const { flag } = require('./flags');
 
 async function main() {
   const sessions = Number(flag('sessions', '1000'));

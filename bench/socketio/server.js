@@ -16,11 +16,7 @@ const { Server } = require('socket.io');
 const { createAdapter } = require('@socket.io/redis-adapter');
 const { createClient } = require('redis');
 
-function flag(name, fallback) {
-  const prefix = `--${name}=`;
-  const arg = process.argv.find((a) => a.startsWith(prefix));
-  return arg ? arg.slice(prefix.length) : fallback;
-}
+const { flag } = require('./flags');
 
 async function main() {
   const port = Number(flag('port', '3000'));
