@@ -221,6 +221,11 @@ std::vector<std::string> FakeKubeApiServer::Requests() {
   return requests_;
 }
 
+std::vector<std::string> FakeKubeApiServer::Watches() {
+  absl::MutexLock lock(&mu_);
+  return watches_;
+}
+
 bool FakeKubeApiServer::DaemonRunning(const std::string& ns, const std::string& name) {
   absl::MutexLock lock(&mu_);
   auto it = daemons_.find({ns, name});
@@ -317,6 +322,10 @@ void FakeKubeApiServer::Route(int fd, const Request& request) {
     }
     int timeout_s = 60;
     (void)absl::SimpleAtoi(QueryParam(request.query, "timeoutSeconds"), &timeout_s);
+    {
+      absl::MutexLock lock(&mu_);
+      watches_.push_back(absl::StrCat(ns, "/", selected));
+    }
     Watch(fd, ns, selected, timeout_s);
     return;
   }

@@ -49,6 +49,9 @@ class FakeKubeApiServer {
   std::string VolumePath(const std::string& ns, const std::string& claim) const;
   // "METHOD path" of every request, in order.
   std::vector<std::string> Requests();
+  // "namespace/name" of every Pod watch (?watch=1 with a metadata.name fieldSelector), in
+  // the order the watches were opened.
+  std::vector<std::string> Watches();
   // True while the Pod's daemon process runs.
   bool DaemonRunning(const std::string& ns, const std::string& name);
 
@@ -103,6 +106,7 @@ class FakeKubeApiServer {
   std::map<std::pair<std::string, std::string>, std::vector<nlohmann::json>> events_
       ABSL_GUARDED_BY(mu_);
   std::vector<std::string> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> watches_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   int next_ip_ ABSL_GUARDED_BY(mu_) = 1;
   int next_version_ ABSL_GUARDED_BY(mu_) = 1;
