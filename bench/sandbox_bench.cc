@@ -325,8 +325,7 @@ int main(int argc, char** argv) {
   int64_t answering = 0;
   for (const std::string& id : alive) answering += client.ExecTrue(id).ok();
   absl::SleepFor(absl::Seconds(1));  // Let exec'd children and their memory go.
-  std::vector<std::string> problems;
-  auto records = parley::sandbox::StateStore(state_dir + "/sandboxes").LoadAll(&problems);
+  auto records = parley::sandbox::StateStore(state_dir + "/sandboxes").ReadAll(nullptr);
   int64_t pss_kib = 0, rss_kib = 0, processes = 0;
   if (records.ok()) {
     for (const auto& record : *records) {

@@ -89,7 +89,22 @@ absl::Status StateStore::Remove(const std::string& id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<SandboxRecord>> StateStore::LoadAll(std::vector<std::string>* problems) {
+absl::StatusOr<SandboxRecord> StateStore::ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(path, " does not exist"));
+    return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return Parse(buffer.str());
+}
+
+absl::StatusOr<SandboxRecord> StateStore::Read(const std::string& id) const {
+  return ReadFile(absl::StrCat(dir_, "/", id, ".json"));
+}
+
+absl::StatusOr<StateStore::Scan> StateStore::ScanDir() const {
   DIR* dir = ::opendir(dir_.c_str());
   if (dir == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat("open ", dir_, ": ", std::strerror(errno)));
@@ -97,28 +112,49 @@ absl::StatusOr<std::vector<SandboxRecord>> StateStore::LoadAll(std::vector<std::
   std::vector<std::string> names;
   while (struct dirent* entry = ::readdir(dir)) names.emplace_back(entry->d_name);
   ::closedir(dir);
-  std::vector<SandboxRecord> records;
+  Scan scan;
   for (const std::string& name : names) {
-    const std::string path = absl::StrCat(dir_, "/", name);
     if (absl::EndsWith(name, ".json.tmp")) {
-      ::unlink(path.c_str());  // A write that never got renamed.
+      scan.temp_names.push_back(name);
       continue;
     }
     if (!absl::EndsWith(name, ".json")) continue;
-    std::ifstream in(path);
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    absl::StatusOr<SandboxRecord> record = Parse(buffer.str());
+    absl::StatusOr<SandboxRecord> record = ReadFile(absl::StrCat(dir_, "/", name));
+    // Removed since readdir (a live manager destroyed the sandbox): simply gone.
+    if (absl::IsNotFound(record.status())) continue;
     if (!record.ok()) {
-      if (problems != nullptr) {
-        problems->push_back(absl::StrCat(name, ": ", record.status().message()));
-      }
-      ::rename(path.c_str(), (path + ".corrupt").c_str());
+      scan.unreadable.emplace_back(name, std::string(record.status().message()));
       continue;
     }
-    records.push_back(*std::move(record));
+    scan.records.push_back(*std::move(record));
   }
-  return records;
+  return scan;
+}
+
+absl::StatusOr<std::vector<SandboxRecord>> StateStore::ReadAll(
+    std::vector<std::string>* problems) const {
+  absl::StatusOr<Scan> scan = ScanDir();
+  if (!scan.ok()) return scan.status();
+  if (problems != nullptr) {
+    for (const auto& [name, problem] : scan->unreadable) {
+      problems->push_back(absl::StrCat(name, ": ", problem));
+    }
+  }
+  return std::move(scan->records);
+}
+
+absl::StatusOr<std::vector<SandboxRecord>> StateStore::LoadAll(std::vector<std::string>* problems) {
+  absl::StatusOr<Scan> scan = ScanDir();
+  if (!scan.ok()) return scan.status();
+  for (const std::string& name : scan->temp_names) {
+    ::unlink(absl::StrCat(dir_, "/", name).c_str());
+  }
+  for (const auto& [name, problem] : scan->unreadable) {
+    if (problems != nullptr) problems->push_back(absl::StrCat(name, ": ", problem));
+    const std::string path = absl::StrCat(dir_, "/", name);
+    ::rename(path.c_str(), (path + ".corrupt").c_str());
+  }
+  return std::move(scan->records);
 }
 
 }  // namespace parley::sandbox

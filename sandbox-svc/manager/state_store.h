@@ -8,12 +8,15 @@
 //
 //   StateStore store(state_dir + "/sandboxes");
 //   store.Write(record);
-//   std::vector<SandboxRecord> all = *store.LoadAll();
+//   std::vector<SandboxRecord> all = *store.LoadAll(&problems);
 //
-// Thread-safe for different ids; the manager serializes writes of one id.
+// Thread-safe for different ids; the manager serializes writes of one id. Read and
+// ReadAll never change the directory, so anyone (a test, a benchmark) may call them
+// while a manager owns it; LoadAll cleans up and is for the owning manager at start.
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,14 +39,30 @@ class StateStore {
   absl::Status Init();
   absl::Status Write(const SandboxRecord& record);
   absl::Status Remove(const std::string& id);
-  // Every readable record; unreadable files are renamed to `<name>.corrupt` and listed
-  // in `problems`.
+  // The record of `id` (a validated sandbox id): NOT_FOUND when there is none,
+  // DATA_LOSS when it is unreadable. Read-only.
+  absl::StatusOr<SandboxRecord> Read(const std::string& id) const;
+  // Every readable record; unreadable ones are listed in `problems` (may be null) and
+  // left where they are. Read-only.
+  absl::StatusOr<std::vector<SandboxRecord>> ReadAll(std::vector<std::string>* problems) const;
+  // ReadAll, then cleanup for the directory's owner: leftover `<id>.json.tmp` files (writes
+  // that never got renamed) are deleted and unreadable records renamed to `<name>.corrupt`.
   absl::StatusOr<std::vector<SandboxRecord>> LoadAll(std::vector<std::string>* problems);
 
   static std::string Serialize(const SandboxRecord& record);
   static absl::StatusOr<SandboxRecord> Parse(const std::string& text);
 
  private:
+  // What one pass over the directory found; nothing is changed.
+  struct Scan {
+    std::vector<SandboxRecord> records;
+    std::vector<std::string> temp_names;                          // `<id>.json.tmp`.
+    std::vector<std::pair<std::string, std::string>> unreadable;  // (name, problem).
+  };
+  absl::StatusOr<Scan> ScanDir() const;
+  // The record stored at `path`; NOT_FOUND when the file is gone.
+  static absl::StatusOr<SandboxRecord> ReadFile(const std::string& path);
+
   std::string dir_;
 };
 

@@ -124,9 +124,7 @@ class Recovery : public ::testing::Test {
   }
 
   sandbox::SandboxRecord Record(const std::string& id) {
-    std::ifstream in(absl::StrCat(state_dir_, "/sandboxes/", id, ".json"));
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto record = sandbox::StateStore::Parse(text);
+    auto record = sandbox::StateStore(state_dir_ + "/sandboxes").Read(id);
     EXPECT_TRUE(record.ok()) << record.status();
     return record.ok() ? *record : sandbox::SandboxRecord();
   }

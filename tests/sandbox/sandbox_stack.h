@@ -208,15 +208,10 @@ class SandboxStack {
   }
 
   // The provider state recorded for a sandbox (pids, paths).
+  // Read-only: the manager owns the directory.
   sandbox::ProviderState StateOf(const std::string& id) {
-    std::vector<std::string> problems;
-    auto records = sandbox::StateStore(state_dir_ + "/sandboxes").LoadAll(&problems);
-    if (records.ok()) {
-      for (const auto& record : *records) {
-        if (record.sandbox.id() == id) return record.provider_state;
-      }
-    }
-    return {};
+    auto record = sandbox::StateStore(state_dir_ + "/sandboxes").Read(id);
+    return record.ok() ? record->provider_state : sandbox::ProviderState();
   }
 
  private:
