@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -208,7 +209,15 @@ TEST_F(Recovery, GracefulShutdownKeepsTenantSandboxesAndReleasesWarmOnes) {
     return stub_->ListTemplates(Context().get(), sv1::ListTemplatesRequest(), &response).ok() &&
            response.templates(0).warm_pool_ready() == 1;
   })) << manager_->Output();
-  sv1::Sandbox tenant = Create();  // Handed out from the pool.
+  std::set<std::string> warm;
+  auto records_before = sandbox::StateStore(state_dir_ + "/sandboxes").ReadAll(nullptr);
+  ASSERT_TRUE(records_before.ok()) << records_before.status();
+  for (const auto& record : *records_before) {
+    if (record.pooled) warm.insert(record.sandbox.id());
+  }
+  ASSERT_EQ(warm.size(), 1u);
+  sv1::Sandbox tenant = Create();
+  EXPECT_TRUE(warm.count(tenant.id())) << "not handed out from the pool";
   ASSERT_TRUE(Eventually([&] {
     sv1::ListTemplatesResponse response;
     return stub_->ListTemplates(Context().get(), sv1::ListTemplatesRequest(), &response).ok() &&
