@@ -97,8 +97,7 @@ int main(int argc, char** argv) {
   parley::store::PgPool pool(
       {.url = config.database_url, .size = static_cast<int>(config.db_pool_size)},
       parley::RealClock::Get());
-  parley::store::StoreServiceImpl store(pool, parley::store::StoreLimits{},
-                                        parley::RealClock::Get());
+  parley::store::StoreServiceImpl store(pool, parley::store::StoreLimits{});
   host.AddService(&store);
   std::unique_ptr<parley::store::EventPersister> persister;
   if (config.persister) {

@@ -76,8 +76,7 @@ LockedSession LockSession(pqxx::work& tx, const std::string& tenant_id,
   pqxx::result row =
       Exec(tx,
            "SELECT status, message_count, turn_count, queued_turns, coalesce(running_turn_id, ''), "
-           "lease_epoch, epoch, "
-           "coalesce((agent_config->>'multitask_policy'), '') "
+           "lease_epoch, coalesce((agent_config->>'multitask_policy'), '') "
            "FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
            tenant_id, session_id);
   if (row.empty()) throw StatusException{absl::NotFoundError("session not found")};
@@ -88,9 +87,8 @@ LockedSession LockSession(pqxx::work& tx, const std::string& tenant_id,
   s.queued_turns = row[0][3].as<int64_t>();
   s.running_turn_id = row[0][4].as<std::string>();
   s.lease_epoch = row[0][5].as<int64_t>();
-  s.epoch = row[0][6].as<int64_t>();
   ::parley::v1::MultitaskPolicy policy = ::parley::v1::MULTITASK_POLICY_ENQUEUE;
-  ::parley::v1::MultitaskPolicy_Parse(row[0][7].as<std::string>(), &policy);
+  ::parley::v1::MultitaskPolicy_Parse(row[0][6].as<std::string>(), &policy);
   s.multitask_policy = policy;
   return s;
 }
@@ -119,14 +117,15 @@ Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRe
           return absl::NotFoundError("tenant not found");
         }
         // A retry of a create whose commit was in doubt finds its own row.
-        pqxx::result existing =
-            Exec(tx,
-                 absl::StrCat("SELECT ", kSessionColumns,
-                              " FROM sessions WHERE tenant_id = $1 AND (id = $2 OR "
-                              "(external_id = NULLIF($3, '') AND external_id IS NOT NULL))"),
-                 request->tenant_id(), id, r.external_id());
-        if (!existing.empty()) {
-          *out.mutable_session() = SessionFromRow(existing[0]);
+        auto existing = [&] {
+          return Exec(tx,
+                      absl::StrCat("SELECT ", kSessionColumns,
+                                   " FROM sessions WHERE tenant_id = $1 AND (id = $2 OR "
+                                   "(external_id = NULLIF($3, '') AND external_id IS NOT NULL))"),
+                      request->tenant_id(), id, r.external_id());
+        };
+        if (pqxx::result found = existing(); !found.empty()) {
+          *out.mutable_session() = SessionFromRow(found[0]);
           out.set_created(false);
           return out;
         }
@@ -141,18 +140,16 @@ Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRe
                 kSessionColumns),
             id, request->tenant_id(), r.external_id(), r.user_id(), r.title(),
             ProtoToJson(r.agent_config()), JsonArray(r.tags()), JsonObject(r.metadata()));
-        if (row.empty()) {
-          // A concurrent create with the same external_id won; serialisation on the
-          // unique index makes its row visible to a new statement.
-          throw StatusException{absl::AbortedError("concurrent create, retry")};
+        out.set_created(!row.empty());
+        if (!out.created()) {
+          // A concurrent create with the same external_id won: DO NOTHING waited for it
+          // to commit, and a new statement (READ COMMITTED) sees its row.
+          row = existing();
+          if (row.empty()) return absl::AbortedError("concurrent create, retry");
         }
         *out.mutable_session() = SessionFromRow(row[0]);
-        out.set_created(true);
         return out;
       });
-  if (!result.ok() && result.status().code() == absl::StatusCode::kAborted) {
-    return CreateSession(nullptr, request, response);  // The winner's row is committed now.
-  }
   return Respond(result, response);
 }
 

@@ -31,7 +31,7 @@ using grpc::Status;
 class StoreServiceImpl final : public pb::StoreService::Service {
  public:
   // `pool` and `clock` must outlive the service.
-  StoreServiceImpl(PgPool& pool, StoreLimits limits, Clock& clock);
+  StoreServiceImpl(PgPool& pool, StoreLimits limits);
 
   Status CreateTenant(ServerContext*, const pb::CreateTenantRequest*,
                       pb::CreateTenantResponse*) override;
@@ -85,15 +85,19 @@ class StoreServiceImpl final : public pb::StoreService::Service {
  private:
   PgPool& pool_;
   const StoreLimits limits_;
-  Clock& clock_;
 };
 
-// Ends a handler: the result's status, and on success the response.
+// Ends a handler: the result's status, and on success the response (moved out of
+// `result`, not copied: a page of events can be large).
 template <typename Response>
-Status Respond(const absl::StatusOr<Response>& result, Response* response) {
+Status Respond(absl::StatusOr<Response>&& result, Response* response) {
   if (!result.ok()) return ToGrpcStatus(result.status());
-  *response = *result;
+  response->Swap(&*result);
   return Status::OK;
+}
+template <typename Response>
+Status Respond(absl::StatusOr<Response>& result, Response* response) {
+  return Respond(std::move(result), response);
 }
 
 // Persists a batch of one session's events: the body of AppendEvents, shared with the
@@ -110,7 +114,6 @@ struct LockedSession {
   int64_t queued_turns = 0;
   std::string running_turn_id;
   int64_t lease_epoch = 0;
-  int64_t epoch = 0;
   int multitask_policy = 0;
 };
 LockedSession LockSession(pqxx::work& tx, const std::string& tenant_id,

@@ -59,8 +59,8 @@ constexpr char kTenantColumns[] =
 
 }  // namespace
 
-StoreServiceImpl::StoreServiceImpl(PgPool& pool, StoreLimits limits, Clock& clock)
-    : pool_(pool), limits_(limits), clock_(clock) {}
+StoreServiceImpl::StoreServiceImpl(PgPool& pool, StoreLimits limits)
+    : pool_(pool), limits_(limits) {}
 
 Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequest* request,
                                       pb::CreateTenantResponse* response) {

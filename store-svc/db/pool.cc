@@ -9,8 +9,6 @@ namespace {
 absl::Status StatusFromException() {
   try {
     throw;
-  } catch (const StatusException& e) {
-    return e.status;
   } catch (const pqxx::broken_connection& e) {
     return absl::UnavailableError(absl::StrCat("postgres connection: ", e.what()));
   } catch (const pqxx::in_doubt_error& e) {

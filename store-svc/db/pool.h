@@ -62,8 +62,6 @@ class PgPool {
   // manages its own transactions (COPY into a temporary table, advisory locks).
   absl::Status Run(const std::function<absl::Status(pqxx::connection&)>& body);
 
-  int size() const { return options_.size; }
-
  private:
   // Runs `body` in a `Tx` on a borrowed connection; commits only when it returns OK (a
   // non-OK result or an exception leaves the transaction to abort in its destructor).

@@ -43,8 +43,7 @@ class FanoutFixture : public ::testing::Test {
     ASSERT_TRUE(store::Migrate(db_->url(), store::BuiltinMigrations(), quiet).ok());
     pool_ = std::make_unique<store::PgPool>(store::PgPool::Options{.url = db_->url(), .size = 4},
                                             RealClock::Get());
-    store_service_ =
-        std::make_unique<store::StoreServiceImpl>(*pool_, store::StoreLimits{}, RealClock::Get());
+    store_service_ = std::make_unique<store::StoreServiceImpl>(*pool_, store::StoreLimits{});
     store_server_ = StartServer(store_service_.get(), &store_port_);
     store_ = store::v1::StoreService::NewStub(grpc::CreateChannel(
         "127.0.0.1:" + std::to_string(store_port_), grpc::InsecureChannelCredentials()));

@@ -30,7 +30,7 @@ class StoreFixture : public ::testing::Test {
     ASSERT_TRUE(version.ok()) << version.status();
     pool_ =
         std::make_unique<PgPool>(PgPool::Options{.url = db_->url(), .size = 8}, RealClock::Get());
-    service_ = std::make_unique<StoreServiceImpl>(*pool_, limits_, RealClock::Get());
+    service_ = std::make_unique<StoreServiceImpl>(*pool_, limits_);
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
