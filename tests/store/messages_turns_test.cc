@@ -2,6 +2,7 @@
 // cursors, multitask policies, FIFO claims with at most one running turn per session,
 // leases with fencing epochs, recovery of expired leases, completion and cancel.
 #include <gmock/gmock.h>
+#include <google/protobuf/util/time_util.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -12,7 +13,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "store-svc/api/rows.h"
 #include "tests/store/store_test_helpers.h"
 
 namespace parley::store::testing {
@@ -383,6 +386,18 @@ TEST_F(Turns, ConcurrentClaimersNeverShareATurnNorRunTwoInOneSession) {
   EXPECT_EQ(completed.load(), kTotal);
   EXPECT_EQ(overlaps, 0);
   EXPECT_EQ(claimed, enqueued);  // Each turn exactly once, FIFO within its session.
+  // And never two at once, by the server's own clock: each turn started after the one
+  // before it in its session ended (the client-side check above cannot see a claim
+  // that lands between a heartbeat and its completion).
+  for (const auto& [session_id, turn_ids] : enqueued) {
+    std::vector<api::Turn> turns = AllTurns(session_id);
+    ASSERT_EQ(turns.size(), turn_ids.size());
+    for (size_t i = 1; i < turns.size(); ++i) {
+      EXPECT_GE(google::protobuf::util::TimeUtil::TimestampToMicroseconds(turns[i].start_time()),
+                google::protobuf::util::TimeUtil::TimestampToMicroseconds(turns[i - 1].end_time()))
+          << session_id << " turn " << i;
+    }
+  }
 }
 
 TEST_F(Turns, ClaimsRacingCancelsNeverStartACancelledTurn) {
@@ -488,6 +503,14 @@ TEST_F(Turns, ASessionWhoseCountersClaimWorkItDoesNotHaveIsRepaired) {
   pqxx::work tx(connection);
   EXPECT_EQ(
       tx.exec_params("SELECT queued_turns FROM sessions WHERE id = $1", broken)[0][0].as<int>(), 0);
+}
+
+TEST_F(Turns, TheClaimReadsTheSessionWhereTheTurnColumnsEnd) {
+  // ClaimSql's row is a turn followed by a session, split at kTurnColumnCount.
+  pqxx::connection connection(database_url());
+  pqxx::work tx(connection);
+  EXPECT_EQ(tx.exec(absl::StrCat("SELECT ", kTurnColumns, " FROM turns LIMIT 0")).columns(),
+            static_cast<pqxx::row::size_type>(kTurnColumnCount));
 }
 
 // ---- Leases ----
