@@ -7,6 +7,7 @@
 #include "sandbox-svc/api/service.h"
 
 #include <atomic>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -54,11 +55,63 @@ grpc::ServerUnaryReactor* RunOnPool(ThreadPool& pool, grpc::CallbackServerContex
   return reactor;
 }
 
-// Copies the caller's deadline to the daemon call.
-void InheritDeadline(const grpc::CallbackServerContext* server, grpc::ClientContext& client) {
+// A lifecycle change of one sandbox (Pause, Resume, Destroy).
+using LifecycleChange = absl::StatusOr<sv1::Sandbox> (SandboxManager::*)(
+    const std::string& tenant_id, const std::string& sandbox_id);
+
+// Validates the target inline, then runs `change` on the pool.
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* ChangeOnPool(SandboxManager& manager, ThreadPool& pool,
+                                       grpc::CallbackServerContext* context, const Request* request,
+                                       Response* response, LifecycleChange change) {
+  if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
+    return FinishNow(context, s);
+  }
+  return RunOnPool(pool, context, response, [&manager, request, change] {
+    return (manager.*change)(request->tenant_id(), request->sandbox_id());
+  });
+}
+
+// Readies a daemon call made on behalf of `server`'s caller: the daemon's token and the
+// caller's deadline.
+void PrepareDaemonCall(Operation& operation, const grpc::CallbackServerContext* server,
+                       grpc::ClientContext& client) {
+  operation.daemon().Prepare(client);
   auto deadline = server->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) client.set_deadline(deadline);
 }
+
+// A daemon call ended UNAVAILABLE: is the sandbox dead or just slow? That check may
+// block, so it runs on the pool; `finish` gets the status to answer the caller with
+// (SANDBOX_GONE or the original error) there.
+void JudgeUnavailableOnPool(SandboxManagerService* service, std::string sandbox_id,
+                            const grpc::Status& status, std::function<void(absl::Status)> finish) {
+  service->pool().Schedule(
+      [service, sandbox_id = std::move(sandbox_id), status, finish = std::move(finish)] {
+        finish(service->manager().DaemonFailed(sandbox_id, FromGrpcStatus(status)));
+      });
+}
+
+// What the two streaming proxies share about their daemon call: its client context and
+// whether the caller cancelled before or after the call started. A cancel after the start
+// cancels the daemon call; one before it makes Start finish without starting it.
+class DaemonCallOwner {
+ protected:
+  void OnServerCancel() {
+    bool started;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      started = daemon_started_;
+    }
+    if (started) client_context_.TryCancel();
+  }
+
+  grpc::ClientContext client_context_;
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool daemon_started_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 void Convert(sbd::ExecResponse& in, sv1::ExecResponse* out) {
   out->Clear();
@@ -104,7 +157,7 @@ void WithOperation(SandboxManagerService* service, const std::string& tenant_id,
 // Server-streaming proxy (Exec, ReadFile)
 
 template <typename ServerMsg, typename DaemonReq, typename DaemonMsg>
-class StreamProxy {
+class StreamProxy : private DaemonCallOwner {
  public:
   using Launch = void (*)(sbd::Sandboxd::Stub::async_interface*, grpc::ClientContext*,
                           const DaemonReq*, grpc::ClientReadReactor<DaemonMsg>*);
@@ -165,8 +218,7 @@ class StreamProxy {
     }
     refs_.fetch_add(1);  // The daemon side.
     operation_ = *std::move(operation);
-    operation_->daemon().Prepare(client_context_);
-    InheritDeadline(context_, client_context_);
+    PrepareDaemonCall(*operation_, context_, client_context_);
     launch_(operation_->daemon().stub().async(), &client_context_, &daemon_request_, &daemon_);
     // Reads are started from the server side's OnWriteDone, outside the daemon call's
     // own reactions: the hold keeps that call from completing (and being freed) until
@@ -194,22 +246,10 @@ class StreamProxy {
     }
   }
 
-  void OnServerCancel() {
-    bool started;
-    {
-      absl::MutexLock lock(&mu_);
-      cancelled_ = true;
-      started = daemon_started_;
-    }
-    if (started) client_context_.TryCancel();
-  }
-
   void OnDaemonDone(const grpc::Status& status) {
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      // Is the sandbox dead or just slow? That check may block: do it on the pool.
       refs_.fetch_add(1);
-      service_->pool().Schedule([this, status] {
-        absl::Status result = service_->manager().DaemonFailed(sandbox_id_, FromGrpcStatus(status));
+      JudgeUnavailableOnPool(service_, sandbox_id_, status, [this](absl::Status result) {
         operation_.reset();
         server_.Finish(ToGrpcStatus(result));
         Release();
@@ -233,14 +273,10 @@ class StreamProxy {
   Launch launch_;
   ServerSide server_;
   DaemonSide daemon_;
-  grpc::ClientContext client_context_;
   std::unique_ptr<Operation> operation_;
   DaemonMsg in_;
   ServerMsg out_;
   std::atomic<int> refs_{1};  // The server side.
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool daemon_started_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 using ExecProxy = StreamProxy<sv1::ExecResponse, sbd::ExecRequest, sbd::ExecResponse>;
@@ -249,7 +285,7 @@ using ReadProxy = StreamProxy<sv1::ReadFileResponse, sbd::ReadFileRequest, sbd::
 // ---------------------------------------------------------------------------------
 // Client-streaming proxy (WriteFile)
 
-class WriteProxy {
+class WriteProxy : private DaemonCallOwner {
  public:
   WriteProxy(SandboxManagerService* service, grpc::CallbackServerContext* context,
              sv1::WriteFileResponse* response)
@@ -369,8 +405,7 @@ class WriteProxy {
     }
     refs_.fetch_add(1);  // The daemon side.
     operation_ = *std::move(operation);
-    operation_->daemon().Prepare(client_context_);
-    InheritDeadline(context_, client_context_);
+    PrepareDaemonCall(*operation_, context_, client_context_);
     operation_->daemon().stub().async()->WriteFile(&client_context_, &daemon_response_, &daemon_);
     // Writes are started from the server side's OnReadDone, outside the daemon call's
     // own reactions: hold the call open until the last one is issued.
@@ -396,24 +431,13 @@ class WriteProxy {
     }
   }
 
-  void OnServerCancel() {
-    bool started;
-    {
-      absl::MutexLock lock(&mu_);
-      cancelled_ = true;
-      started = daemon_started_;
-    }
-    if (started) client_context_.TryCancel();
-  }
-
   void OnDaemonDone(const grpc::Status& status) {
     if (!pending_error_.ok()) {
       operation_.reset();
       FinishServer(ToGrpcStatus(pending_error_));
     } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
       refs_.fetch_add(1);
-      service_->pool().Schedule([this, status] {
-        absl::Status result = service_->manager().DaemonFailed(sandbox_id_, FromGrpcStatus(status));
+      JudgeUnavailableOnPool(service_, sandbox_id_, status, [this](absl::Status result) {
         operation_.reset();
         FinishServer(ToGrpcStatus(result));
         Release();
@@ -438,7 +462,6 @@ class WriteProxy {
   sv1::WriteFileResponse* response_;
   ServerSide server_;
   DaemonSide daemon_;
-  grpc::ClientContext client_context_;
   std::unique_ptr<Operation> operation_;
   std::string sandbox_id_;
   sv1::WriteFileRequest in_;
@@ -447,9 +470,6 @@ class WriteProxy {
   bool header_seen_ = false;  // Only the gRPC read callbacks touch it, one at a time.
   absl::Status pending_error_;
   std::atomic<int> refs_{1};
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool daemon_started_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool hold_released_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -486,17 +506,16 @@ grpc::ServerUnaryReactor* ProxyUnary(SandboxManagerService* service,
                     return;
                   }
                   call->operation = *std::move(operation);
-                  call->operation->daemon().Prepare(call->context);
-                  InheritDeadline(context, call->context);
+                  PrepareDaemonCall(*call->operation, context, call->context);
                   launch(call->operation->daemon().stub().async(), &call->context, &call->request,
                          &call->response,
                          [service, reactor, call, fill, sandbox_id](grpc::Status status) {
                            if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-                             service->pool().Schedule([service, reactor, call, sandbox_id, status] {
-                               call->operation.reset();
-                               reactor->Finish(ToGrpcStatus(service->manager().DaemonFailed(
-                                   sandbox_id, FromGrpcStatus(status))));
-                             });
+                             JudgeUnavailableOnPool(service, sandbox_id, status,
+                                                    [reactor, call](absl::Status result) {
+                                                      call->operation.reset();
+                                                      reactor->Finish(ToGrpcStatus(result));
+                                                    });
                              return;
                            }
                            if (status.ok()) fill(call->response);
@@ -555,13 +574,8 @@ grpc::ServerUnaryReactor* SandboxManagerService::ListSandboxes(
 grpc::ServerUnaryReactor* SandboxManagerService::CreateSandbox(
     grpc::CallbackServerContext* context, const sv1::CreateSandboxRequest* request,
     sv1::CreateSandboxResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_.Schedule([this, reactor, request, response] {
-    absl::StatusOr<sv1::Sandbox> result = manager_->Create(*request);
-    if (result.ok()) *response->mutable_sandbox() = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
-  });
-  return reactor;
+  return RunOnPool(pool_, context, response,
+                   [this, request] { return manager_->Create(*request); });
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::AcquireForSession(
@@ -583,34 +597,19 @@ grpc::ServerUnaryReactor* SandboxManagerService::AcquireForSession(
 grpc::ServerUnaryReactor* SandboxManagerService::PauseSandbox(
     grpc::CallbackServerContext* context, const sv1::PauseSandboxRequest* request,
     sv1::PauseSandboxResponse* response) {
-  if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
-    return FinishNow(context, s);
-  }
-  return RunOnPool(pool_, context, response, [this, request] {
-    return manager_->Pause(request->tenant_id(), request->sandbox_id());
-  });
+  return ChangeOnPool(*manager_, pool_, context, request, response, &SandboxManager::Pause);
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::ResumeSandbox(
     grpc::CallbackServerContext* context, const sv1::ResumeSandboxRequest* request,
     sv1::ResumeSandboxResponse* response) {
-  if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
-    return FinishNow(context, s);
-  }
-  return RunOnPool(pool_, context, response, [this, request] {
-    return manager_->Resume(request->tenant_id(), request->sandbox_id());
-  });
+  return ChangeOnPool(*manager_, pool_, context, request, response, &SandboxManager::Resume);
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::DestroySandbox(
     grpc::CallbackServerContext* context, const sv1::DestroySandboxRequest* request,
     sv1::DestroySandboxResponse* response) {
-  if (absl::Status s = CheckTarget(request->tenant_id(), request->sandbox_id()); !s.ok()) {
-    return FinishNow(context, s);
-  }
-  return RunOnPool(pool_, context, response, [this, request] {
-    return manager_->Destroy(request->tenant_id(), request->sandbox_id());
-  });
+  return ChangeOnPool(*manager_, pool_, context, request, response, &SandboxManager::Destroy);
 }
 
 // ---------------------------------------------------------------------------------

@@ -113,14 +113,15 @@ absl::Status SandboxManager::Gone(const sv1::Sandbox& sandbox) {
   return status;
 }
 
-SandboxManager::EntryPtr SandboxManager::Find(const std::string& tenant_id,
-                                              const std::string& sandbox_id) {
+absl::StatusOr<SandboxManager::EntryPtr> SandboxManager::FindOrNotFound(
+    const std::string& tenant_id, const std::string& sandbox_id) {
+  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(sandbox_id);
-  if (it == entries_.end()) return nullptr;
+  if (it == entries_.end()) return NotFound(sandbox_id);
   const SandboxRecord& record = it->second->record;
   // Another tenant's sandbox and a warm one behave exactly like a missing one.
-  if (record.pooled || record.sandbox.tenant_id() != tenant_id) return nullptr;
+  if (record.pooled || record.sandbox.tenant_id() != tenant_id) return NotFound(sandbox_id);
   return it->second;
 }
 
@@ -803,9 +804,9 @@ absl::StatusOr<SandboxManager::Acquired> SandboxManager::AcquireForSession(
 
 absl::StatusOr<sv1::Sandbox> SandboxManager::Get(const std::string& tenant_id,
                                                  const std::string& sandbox_id) {
-  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
-  EntryPtr entry = Find(tenant_id, sandbox_id);
-  if (entry == nullptr) return NotFound(sandbox_id);
+  absl::StatusOr<EntryPtr> found = FindOrNotFound(tenant_id, sandbox_id);
+  if (!found.ok()) return found.status();
+  EntryPtr entry = *std::move(found);
   absl::MutexLock lock(&mu_);
   return entry->record.sandbox;
 }
@@ -873,18 +874,18 @@ absl::StatusOr<sv1::ListSandboxesResponse> SandboxManager::List(
 
 absl::StatusOr<sv1::Sandbox> SandboxManager::Pause(const std::string& tenant_id,
                                                    const std::string& sandbox_id) {
-  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
-  EntryPtr entry = Find(tenant_id, sandbox_id);
-  if (entry == nullptr) return NotFound(sandbox_id);
+  absl::StatusOr<EntryPtr> found = FindOrNotFound(tenant_id, sandbox_id);
+  if (!found.ok()) return found.status();
+  EntryPtr entry = *std::move(found);
   absl::MutexLock lifecycle(&entry->lifecycle);
   return PauseLocked(*entry, "paused by request");
 }
 
 absl::StatusOr<sv1::Sandbox> SandboxManager::Resume(const std::string& tenant_id,
                                                     const std::string& sandbox_id) {
-  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
-  EntryPtr entry = Find(tenant_id, sandbox_id);
-  if (entry == nullptr) return NotFound(sandbox_id);
+  absl::StatusOr<EntryPtr> found = FindOrNotFound(tenant_id, sandbox_id);
+  if (!found.ok()) return found.status();
+  EntryPtr entry = *std::move(found);
   absl::MutexLock lifecycle(&entry->lifecycle);
   bool resumed = false;
   return ResumeLocked(*entry, &resumed);
@@ -892,9 +893,9 @@ absl::StatusOr<sv1::Sandbox> SandboxManager::Resume(const std::string& tenant_id
 
 absl::StatusOr<sv1::Sandbox> SandboxManager::Destroy(const std::string& tenant_id,
                                                      const std::string& sandbox_id) {
-  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
-  EntryPtr entry = Find(tenant_id, sandbox_id);
-  if (entry == nullptr) return NotFound(sandbox_id);
+  absl::StatusOr<EntryPtr> found = FindOrNotFound(tenant_id, sandbox_id);
+  if (!found.ok()) return found.status();
+  EntryPtr entry = *std::move(found);
   absl::MutexLock lifecycle(&entry->lifecycle);
   return DestroyLocked(*entry, "destroyed by request");
 }
@@ -923,9 +924,9 @@ void SandboxManager::EndOperation(const std::string& sandbox_id) {
 
 absl::StatusOr<std::unique_ptr<SandboxManager::Operation>> SandboxManager::TryOperate(
     const std::string& tenant_id, const std::string& sandbox_id) {
-  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
-  EntryPtr entry = Find(tenant_id, sandbox_id);
-  if (entry == nullptr) return NotFound(sandbox_id);
+  absl::StatusOr<EntryPtr> found = FindOrNotFound(tenant_id, sandbox_id);
+  if (!found.ok()) return found.status();
+  EntryPtr entry = *std::move(found);
   std::unique_ptr<Operation> operation;
   bool persist = false;
   {
@@ -952,8 +953,9 @@ absl::StatusOr<std::unique_ptr<SandboxManager::Operation>> SandboxManager::Opera
     const std::string& tenant_id, const std::string& sandbox_id) {
   absl::StatusOr<std::unique_ptr<Operation>> fast = TryOperate(tenant_id, sandbox_id);
   if (!fast.ok() || *fast != nullptr) return fast;
-  EntryPtr entry = Find(tenant_id, sandbox_id);
-  if (entry == nullptr) return NotFound(sandbox_id);
+  absl::StatusOr<EntryPtr> found = FindOrNotFound(tenant_id, sandbox_id);
+  if (!found.ok()) return found.status();
+  EntryPtr entry = *std::move(found);
   absl::MutexLock lifecycle(&entry->lifecycle);
   sv1::Sandbox sandbox;
   {

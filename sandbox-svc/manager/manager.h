@@ -167,7 +167,10 @@ class SandboxManager {
       const CreateParams& params);
   absl::Status CheckQuota(const std::string& tenant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  EntryPtr Find(const std::string& tenant_id, const std::string& sandbox_id);
+  // The tenant's sandbox: INVALID_ARGUMENT for a bad tenant id, NOT_FOUND when there is
+  // no such sandbox, it is another tenant's, or it is still in a warm pool.
+  absl::StatusOr<EntryPtr> FindOrNotFound(const std::string& tenant_id,
+                                          const std::string& sandbox_id);
   SandboxSpec SpecFor(const SandboxRecord& record) const;
   SandboxProvider* ProviderFor(const SandboxRecord& record) const;
   absl::Status Persist(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
