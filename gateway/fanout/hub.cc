@@ -347,7 +347,6 @@ Hub::Hub(HubOptions options, HistorySource& history, telemetry::Registry& regist
     : options_(std::move(options)),
       keys_(options_.key_prefix),
       history_(history),
-      subscriber_(options_.redis, *this),
       streams_gauge_(
           registry.AddGauge("parley_fanout_streams", "Open StreamEvents calls.").WithLabels({})),
       channels_gauge_(
@@ -364,7 +363,8 @@ Hub::Hub(HubOptions options, HistorySource& history, telemetry::Registry& regist
       lag_(registry
                .AddHistogram("parley_fanout_lag_seconds",
                              "From the event's timestamp to its delivery to a client.", {})
-               .WithLabels({})) {}
+               .WithLabels({})),
+      subscriber_(options_.redis, *this) {}
 
 Hub::~Hub() {
   {
@@ -456,30 +456,33 @@ void Hub::Ticker() {
       auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(work_mu_) { return stopping_; };
       if (work_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Seconds(1))) return;
     }
-    std::vector<std::shared_ptr<StreamCore>> streams;
+    // The copy-on-write lists themselves, so the lock every event takes is held only
+    // for one pointer copy per session.
+    std::vector<std::shared_ptr<const StreamList>> lists;
     {
       absl::MutexLock lock(&mu_);
-      for (auto& [name, channel] : channels_) {
-        streams.insert(streams.end(), channel.streams->begin(), channel.streams->end());
-      }
+      lists.reserve(channels_.size());
+      for (auto& [name, channel] : channels_) lists.push_back(channel.streams);
     }
     const absl::Time now = absl::Now();
-    for (auto& stream : streams) stream->Tick(now);
+    for (const auto& list : lists) {
+      for (const auto& stream : *list) stream->Tick(now);
+    }
   }
 }
 
 void Hub::OnSubscribed(const std::string& channel) {
-  std::vector<std::shared_ptr<StreamCore>> streams;
+  std::shared_ptr<const StreamList> streams;
   {
     absl::MutexLock lock(&mu_);
     auto it = channels_.find(channel);
     if (it == channels_.end()) return;
     it->second.active = true;
-    streams = *it->second.streams;
+    streams = it->second.streams;
   }
   // New streams read history for the first time; after a reconnect, every stream
   // re-reads from its own next seq, so whatever was published meanwhile arrives.
-  for (auto& stream : streams) stream->Resync();
+  for (const auto& stream : *streams) stream->Resync();
 }
 
 void Hub::OnMessage(const std::string& channel, std::string payload) {

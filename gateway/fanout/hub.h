@@ -168,7 +168,6 @@ class Hub final : public RedisSubscriber::Listener {
   const HubOptions options_;
   const RedisKeys keys_;
   HistorySource& history_;
-  RedisSubscriber subscriber_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Channel> channels_ ABSL_GUARDED_BY(mu_);  // By channel.
@@ -185,6 +184,9 @@ class Hub final : public RedisSubscriber::Listener {
   telemetry::Counter& cut_;
   telemetry::Counter& backfills_;
   telemetry::Histogram& lag_;
+
+  // Last, so it is destroyed first: its loop thread calls into everything above.
+  RedisSubscriber subscriber_;
 };
 
 }  // namespace parley::gateway
