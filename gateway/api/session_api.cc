@@ -15,8 +15,6 @@ grpc::ServerUnaryReactor* Reject(grpc::CallbackServerContext* context, const abs
 
 }  // namespace
 
-constexpr char kStreamEventsMethod[] = "/parley.v1.SessionService/StreamEvents";
-
 SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
                        std::shared_ptr<grpc::Channel> session_channel,
                        absl::Duration downstream_timeout, Hub* hub)

@@ -20,6 +20,9 @@
 
 namespace parley::gateway {
 
+// gRPC's path of StreamEvents, whose calls SessionApi records itself.
+inline constexpr char kStreamEventsMethod[] = "/parley.v1.SessionService/StreamEvents";
+
 class SessionApi final : public v1::SessionService::CallbackService {
  public:
   // `authenticator` and `telemetry` must outlive this object; construct it before the

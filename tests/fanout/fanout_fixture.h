@@ -71,7 +71,7 @@ class FanoutFixture : public ::testing::Test {
         *authenticator_, *grpc_telemetry_,
         grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()), absl::Seconds(5),
         hub_.get());
-    gateway_server_ = StartServer(api_.get(), &gateway_port_);
+    gateway_server_ = StartServer(api_.get(), &gateway_port_, grpc_telemetry_.get());
   }
 
   void TearDown() override {
@@ -80,10 +80,15 @@ class FanoutFixture : public ::testing::Test {
     if (store_server_) store_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   }
 
-  static std::unique_ptr<grpc::Server> StartServer(grpc::Service* service, int* port) {
+  // `telemetry`, when given, installs its server interceptors as ServiceHost does.
+  static std::unique_ptr<grpc::Server> StartServer(grpc::Service* service, int* port,
+                                                   telemetry::GrpcTelemetry* telemetry = nullptr) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), port);
     builder.RegisterService(service);
+    if (telemetry != nullptr) {
+      builder.experimental().SetInterceptorCreators(telemetry->ServerInterceptors());
+    }
     return builder.BuildAndStart();
   }
 
