@@ -84,14 +84,9 @@ absl::Status WriteWholeFile(const std::string& path, const std::string& content,
   return absl::OkStatus();
 }
 
-std::string Get(const ProviderState& state, const std::string& key) {
-  auto it = state.find(key);
-  return it == state.end() ? "" : it->second;
-}
-
 int64_t GetInt(const ProviderState& state, const std::string& key) {
   int64_t value = 0;
-  return absl::SimpleAtoi(Get(state, key), &value) ? value : 0;
+  return absl::SimpleAtoi(StateValue(state, key), &value) ? value : 0;
 }
 
 std::string TailOfFile(const std::string& path, size_t max_bytes = 2000) {
@@ -294,7 +289,7 @@ absl::Status BwrapProvider::InstallDaemon() {
 }
 
 std::string BwrapProvider::Diagnostics(const ProviderState& state) {
-  std::string log = Get(state, "log");
+  std::string log = StateValue(state, "log");
   return log.empty() ? "" : absl::StrCat("sandbox log: ", TailOfFile(log));
 }
 
@@ -386,26 +381,19 @@ std::vector<std::string> BwrapProvider::BwrapArgv(const SandboxSpec& spec,
   argv.insert(argv.end(), {"--proc", "/proc", "--dev", "/dev"});
   argv.insert(argv.end(), {"--size", absl::StrCat(spec.local.tmp_size_bytes), "--tmpfs", "/tmp",
                            "--dir", "/var", "--symlink", "../tmp", "/var/tmp"});
-  argv.insert(argv.end(), {"--bind", Get(state, "workspace"), kSandboxHome});
+  argv.insert(argv.end(), {"--bind", StateValue(state, "workspace"), kSandboxHome});
   argv.insert(argv.end(), {"--ro-bind", daemon_copy_, kDaemonInSandbox});
   argv.insert(argv.end(),
               {"--remount-ro", "/", "--chdir", kSandboxHome, "--info-fd", "4", "--",
                kDaemonInSandbox, "--listen_fd=3", absl::StrCat("--workspace=", kSandboxHome)});
-  auto flag = [&argv](const char* name, uint64_t value) {
-    if (value > 0) argv.push_back(absl::StrCat("--", name, "=", value));
-  };
-  flag("rlimit_as_bytes", limits.memory_bytes());
-  flag("rlimit_cpu_s", (limits.cpu_ms() + 999) / 1000);
-  flag("rlimit_nproc", limits.max_processes());
-  flag("rlimit_nofile", limits.max_open_files());
-  flag("rlimit_fsize_bytes", limits.max_file_size_bytes());
+  for (std::string& flag : SandboxdLimitFlags(limits)) argv.push_back(std::move(flag));
   return argv;
 }
 
 absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, ProviderState& state,
                                                     const RecordFn& record) {
-  const std::string workspace = Get(state, "workspace");
-  const std::string socket_path = Get(state, "socket");
+  const std::string workspace = StateValue(state, "workspace");
+  const std::string socket_path = StateValue(state, "socket");
   const int64_t uid = GetInt(state, "uid");
   if (::mkdir(workspace.c_str(), 0700) != 0 && errno != EEXIST) {
     return absl::UnavailableError(absl::StrCat("mkdir ", workspace, ": ", std::strerror(errno)));
@@ -428,7 +416,7 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
   }
 
   UniqueFd cgroup_procs;
-  if (std::string group = Get(state, "cgroup"); !group.empty()) {
+  if (std::string group = StateValue(state, "cgroup"); !group.empty()) {
     absl::StatusOr<std::string> created =
         cgroups_.Create(spec.id, spec.limits, spec.local.cpu_percent);
     if (!created.ok()) return created.status();
@@ -437,7 +425,7 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
     cgroup_procs = *std::move(procs);
   }
 
-  const std::string log_path = Get(state, "log");
+  const std::string log_path = StateValue(state, "log");
   UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   int info_pipe[2];
   if (::pipe2(info_pipe, O_CLOEXEC) != 0) return absl::UnavailableError("pipe failed");
@@ -495,7 +483,7 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
 }
 
 absl::StatusOr<DaemonEndpoint> BwrapProvider::Endpoint(const ProviderState& state) {
-  std::string socket_path = Get(state, "socket");
+  std::string socket_path = StateValue(state, "socket");
   if (socket_path.empty()) return absl::FailedPreconditionError("sandbox has no socket");
   return DaemonEndpoint{absl::StrCat("unix:", socket_path), ""};
 }
@@ -516,7 +504,7 @@ bool BwrapProvider::Alive(const ProviderState& state) {
 
 absl::Status BwrapProvider::Pause(const SandboxSpec& spec, ProviderState& state) {
   if (!Alive(state)) return absl::FailedPreconditionError("the sandbox's processes are gone");
-  std::string group = Get(state, "cgroup");
+  std::string group = StateValue(state, "cgroup");
   if (!group.empty() && options_.pause_mechanism != "signal") {
     if (absl::Status s = cgroups_.Freeze(group, true); !s.ok()) return s;
     state["paused_by"] = "cgroup";
@@ -540,14 +528,14 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Resume(const SandboxSpec& spec, Pr
     for (const char* key : {"bwrap_pid", "bwrap_start", "init_pid", "init_start"}) {
       fresh.erase(key);
     }
-    if (std::string group = Get(state, "cgroup"); !group.empty()) cgroups_.Remove(group);
+    if (std::string group = StateValue(state, "cgroup"); !group.empty()) cgroups_.Remove(group);
     state = fresh;
     *restarted = true;
     return Start(spec, state, record);
   }
-  std::string mechanism = Get(state, "paused_by");
+  std::string mechanism = StateValue(state, "paused_by");
   if (mechanism == "cgroup") {
-    if (absl::Status s = cgroups_.Freeze(Get(state, "cgroup"), false); !s.ok()) return s;
+    if (absl::Status s = cgroups_.Freeze(StateValue(state, "cgroup"), false); !s.ok()) return s;
   } else if (mechanism == "signal") {
     if (absl::Status s = ContinuePidNamespace(static_cast<pid_t>(GetInt(state, "init_pid")));
         !s.ok()) {
@@ -559,8 +547,8 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Resume(const SandboxSpec& spec, Pr
 }
 
 absl::Status BwrapProvider::Destroy(const ProviderState& state) {
-  const std::string group = Get(state, "cgroup");
-  const std::string workspace = Get(state, "workspace");
+  const std::string group = StateValue(state, "cgroup");
+  const std::string workspace = StateValue(state, "workspace");
   const pid_t bwrap = static_cast<pid_t>(GetInt(state, "bwrap_pid"));
   const uint64_t bwrap_start = static_cast<uint64_t>(GetInt(state, "bwrap_start"));
   const pid_t init = static_cast<pid_t>(GetInt(state, "init_pid"));
@@ -576,23 +564,24 @@ absl::Status BwrapProvider::Destroy(const ProviderState& state) {
       return absl::UnavailableError(absl::StrCat("bwrap ", bwrap, " did not exit after SIGKILL"));
     }
   }
-  if (bwrap <= 0 && !Get(state, "id").empty()) {
+  if (bwrap <= 0 && !StateValue(state, "id").empty()) {
     // A crash between spawning bwrap and recording its pid: find it by its argv[0],
     // which names this sandbox (outer bwrap and namespace init alike).
-    for (pid_t pid : ProcessesWithArgument(ProcessMarker(Get(state, "id")))) ::kill(pid, SIGKILL);
+    for (pid_t pid : ProcessesWithArgument(ProcessMarker(StateValue(state, "id"))))
+      ::kill(pid, SIGKILL);
   }
   if (!group.empty()) (void)cgroups_.Kill(group);  // Anything that is somehow left.
   if (init > 0 && !WaitForExit(init, init_start, absl::Seconds(5))) {
     return absl::UnavailableError(absl::StrCat("sandbox init ", init, " did not exit"));
   }
   if (!group.empty()) cgroups_.Remove(group);
-  if (std::string socket_path = Get(state, "socket"); !socket_path.empty()) {
+  if (std::string socket_path = StateValue(state, "socket"); !socket_path.empty()) {
     ::unlink(socket_path.c_str());
   }
   if (!workspace.empty()) {
     if (absl::Status s = RemoveTree(workspace); !s.ok()) return s;
   }
-  if (std::string log = Get(state, "log"); !log.empty()) ::unlink(log.c_str());
+  if (std::string log = StateValue(state, "log"); !log.empty()) ::unlink(log.c_str());
   ReleaseUid(state);
   return absl::OkStatus();
 }

@@ -22,16 +22,11 @@ constexpr char kSandboxIdLabel[] = "parley.dev/sandbox-id";
 constexpr char kOwnerLabel[] = "parley.dev/owner";
 constexpr char kTokenKey[] = "token";  // The daemon token's key in the sandbox's Secret.
 
-std::string Get(const ProviderState& state, const std::string& key) {
-  auto it = state.find(key);
-  return it == state.end() ? "" : it->second;
-}
-
 // The name of one of the sandbox's objects ("claim", "secret"); records written before
 // those existed have only "pod", which is the name of all four.
 std::string NameOf(const ProviderState& state, const std::string& key) {
-  std::string name = Get(state, key);
-  return name.empty() ? Get(state, "pod") : name;
+  std::string name = StateValue(state, key);
+  return name.empty() ? StateValue(state, "pod") : name;
 }
 
 std::string PodsPath(const std::string& ns) {
@@ -47,7 +42,7 @@ std::string PolicyPath(const std::string& ns) {
   return absl::StrCat("/apis/networking.k8s.io/v1/namespaces/", ns, "/networkpolicies");
 }
 std::string PodPath(const ProviderState& state) {
-  return absl::StrCat(PodsPath(Get(state, "namespace")), "/", Get(state, "pod"));
+  return absl::StrCat(PodsPath(StateValue(state, "namespace")), "/", StateValue(state, "pod"));
 }
 
 std::string RandomToken() {
@@ -146,11 +141,11 @@ absl::StatusOr<ProviderState> KubernetesProvider::Plan(const SandboxSpec& spec) 
 json KubernetesProvider::Metadata(const SandboxSpec& spec, const ProviderState& state,
                                   const std::string& name) const {
   json labels = {{kManagedByLabel, kManagedBy},
-                 {"parley.dev/sandbox", Get(state, "pod")},
-                 {kSandboxIdLabel, Get(state, "id")},
+                 {"parley.dev/sandbox", StateValue(state, "pod")},
+                 {kSandboxIdLabel, StateValue(state, "id")},
                  {"parley.dev/template", spec.template_name}};
   if (!options_.owner.empty()) labels[kOwnerLabel] = options_.owner;
-  return {{"name", name}, {"namespace", Get(state, "namespace")}, {"labels", labels}};
+  return {{"name", name}, {"namespace", StateValue(state, "namespace")}, {"labels", labels}};
 }
 
 json KubernetesProvider::ClaimManifest(const SandboxSpec& spec, const ProviderState& state) const {
@@ -173,21 +168,14 @@ json KubernetesProvider::SecretManifest(const SandboxSpec& spec, const ProviderS
           {"metadata", Metadata(spec, state, NameOf(state, "secret"))},
           {"type", "Opaque"},
           {"immutable", true},
-          {"data", {{kTokenKey, absl::Base64Escape(Get(state, "token"))}}}};
+          {"data", {{kTokenKey, absl::Base64Escape(StateValue(state, "token"))}}}};
 }
 
 json KubernetesProvider::PodManifest(const SandboxSpec& spec, const ProviderState& state) const {
   const auto& limits = spec.limits;
   json command = {options_.sandboxd_path, absl::StrCat("--listen=0.0.0.0:", options_.sandboxd_port),
                   "--workspace=/workspace"};
-  auto flag = [&command](const char* name, uint64_t value) {
-    if (value > 0) command.push_back(absl::StrCat("--", name, "=", value));
-  };
-  flag("rlimit_as_bytes", limits.memory_bytes());
-  flag("rlimit_cpu_s", (limits.cpu_ms() + 999) / 1000);
-  flag("rlimit_nproc", limits.max_processes());
-  flag("rlimit_nofile", limits.max_open_files());
-  flag("rlimit_fsize_bytes", limits.max_file_size_bytes());
+  for (std::string& flag : SandboxdLimitFlags(limits)) command.push_back(std::move(flag));
   json env = json::array();
   // By reference: the token itself is only in the Secret, never in the Pod spec.
   env.push_back(
@@ -244,7 +232,7 @@ json KubernetesProvider::PodManifest(const SandboxSpec& spec, const ProviderStat
     pod_spec["nodeSelector"] = spec.kubernetes.node_selector;
   return {{"apiVersion", "v1"},
           {"kind", "Pod"},
-          {"metadata", Metadata(spec, state, Get(state, "pod"))},
+          {"metadata", Metadata(spec, state, StateValue(state, "pod"))},
           {"spec", pod_spec}};
 }
 
@@ -254,21 +242,21 @@ json KubernetesProvider::NetworkPolicyManifest(const SandboxSpec& spec,
   json egress = spec.limits.network() ? json::array({json::object()}) : json::array();
   return {{"apiVersion", "networking.k8s.io/v1"},
           {"kind", "NetworkPolicy"},
-          {"metadata", Metadata(spec, state, Get(state, "pod"))},
+          {"metadata", Metadata(spec, state, StateValue(state, "pod"))},
           {"spec",
-           {{"podSelector", {{"matchLabels", {{"parley.dev/sandbox", Get(state, "pod")}}}}},
+           {{"podSelector", {{"matchLabels", {{"parley.dev/sandbox", StateValue(state, "pod")}}}}},
             {"policyTypes", {"Ingress", "Egress"}},
             {"ingress", {{{"ports", {{{"protocol", "TCP"}, {"port", options_.sandboxd_port}}}}}}},
             {"egress", egress}}}};
 }
 
 absl::StatusOr<std::string> KubernetesProvider::WaitForPodIp(const ProviderState& state) {
-  const std::string pod = Get(state, "pod");
+  const std::string pod = StateValue(state, "pod");
   const int64_t timeout_s = absl::ToInt64Seconds(options_.ready_timeout);
   std::string ip, failure, pending;
   absl::Status watched = client_->Watch(
-      absl::StrCat(PodsPath(Get(state, "namespace")), "?watch=1&fieldSelector=metadata.name%3D",
-                   pod, "&timeoutSeconds=", timeout_s),
+      absl::StrCat(PodsPath(StateValue(state, "namespace")),
+                   "?watch=1&fieldSelector=metadata.name%3D", pod, "&timeoutSeconds=", timeout_s),
       options_.ready_timeout + absl::Seconds(5), [&](const json& event) {
         const std::string type = event.value("type", "");
         if (type == "ERROR") {
@@ -313,7 +301,7 @@ absl::Status KubernetesProvider::WaitForPodGone(const ProviderState& state) {
     if (!pod.ok()) return absl::UnavailableError(pod.status().message());
     if (absl::Now() >= deadline) {
       return absl::UnavailableError(
-          absl::StrCat("the previous Pod ", Get(state, "pod"), " is still terminating"));
+          absl::StrCat("the previous Pod ", StateValue(state, "pod"), " is still terminating"));
     }
     absl::SleepFor(absl::Milliseconds(200));
   }
@@ -331,7 +319,7 @@ absl::Status KubernetesProvider::EnsureCreated(const std::string& collection_pat
 absl::StatusOr<DaemonEndpoint> KubernetesProvider::Start(const SandboxSpec& spec,
                                                          ProviderState& state,
                                                          const RecordFn& record) {
-  const std::string ns = Get(state, "namespace");
+  const std::string ns = StateValue(state, "namespace");
   if (spec.image.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("template \"", spec.template_name, "\" has no image"));
@@ -360,7 +348,7 @@ absl::StatusOr<DaemonEndpoint> KubernetesProvider::Start(const SandboxSpec& spec
 }
 
 absl::StatusOr<DaemonEndpoint> KubernetesProvider::Endpoint(const ProviderState& state) {
-  std::string ip = Get(state, "pod_ip");
+  std::string ip = StateValue(state, "pod_ip");
   if (ip.empty()) {
     absl::StatusOr<json> pod = client_->Get(PodPath(state));
     if (!pod.ok()) return pod.status();
@@ -368,11 +356,13 @@ absl::StatusOr<DaemonEndpoint> KubernetesProvider::Endpoint(const ProviderState&
     if (ip.empty()) return absl::UnavailableError("the Pod has no IP yet");
   }
   std::string host = absl::StrContains(ip, ":") ? absl::StrCat("[", ip, "]") : ip;
-  return DaemonEndpoint{absl::StrCat(host, ":", options_.sandboxd_port), Get(state, "token")};
+  return DaemonEndpoint{absl::StrCat(host, ":", options_.sandboxd_port),
+                        StateValue(state, "token")};
 }
 
 bool KubernetesProvider::Alive(const ProviderState& state) {
-  const std::string key = absl::StrCat(Get(state, "namespace"), "/", Get(state, "pod"));
+  const std::string key =
+      absl::StrCat(StateValue(state, "namespace"), "/", StateValue(state, "pod"));
   const absl::Time now = absl::Now();
   {
     absl::MutexLock lock(&mu_);
@@ -398,7 +388,7 @@ bool KubernetesProvider::Alive(const ProviderState& state) {
 
 void KubernetesProvider::ForgetLiveness(const ProviderState& state) {
   absl::MutexLock lock(&mu_);
-  alive_cache_.erase(absl::StrCat(Get(state, "namespace"), "/", Get(state, "pod")));
+  alive_cache_.erase(absl::StrCat(StateValue(state, "namespace"), "/", StateValue(state, "pod")));
 }
 
 absl::Status KubernetesProvider::Pause(const SandboxSpec& spec, ProviderState& state) {
@@ -415,7 +405,7 @@ absl::StatusOr<DaemonEndpoint> KubernetesProvider::Resume(const SandboxSpec& spe
                                                           ProviderState& state,
                                                           const RecordFn& record, bool* restarted) {
   *restarted = false;
-  if (Get(state, "paused").empty() && Alive(state)) return Endpoint(state);
+  if (StateValue(state, "paused").empty() && Alive(state)) return Endpoint(state);
   // The Pod was deleted by Pause() (or died): a new one on the same claim.
   *restarted = true;
   ForgetLiveness(state);
@@ -426,8 +416,8 @@ absl::StatusOr<DaemonEndpoint> KubernetesProvider::Resume(const SandboxSpec& spe
 }
 
 absl::Status KubernetesProvider::Destroy(const ProviderState& state) {
-  const std::string ns = Get(state, "namespace");
-  const std::string pod = Get(state, "pod");
+  const std::string ns = StateValue(state, "namespace");
+  const std::string pod = StateValue(state, "pod");
   if (ns.empty() || pod.empty()) return absl::OkStatus();
   // Every delete is tried whatever the others do; the policy goes last so it outlives
   // the Pod. 404 is success, so this is idempotent.

@@ -62,6 +62,17 @@ struct SandboxSpec {
 
 using ProviderState = std::map<std::string, std::string>;
 
+// The value of `key` in a provider state, or "" when absent.
+inline std::string StateValue(const ProviderState& state, const std::string& key) {
+  auto it = state.find(key);
+  return it == state.end() ? "" : it->second;
+}
+
+// parley-sandboxd's --rlimit_* flags for `limits` ("--rlimit_nproc=64", …), one per limit
+// that is set (non-zero); CPU time is rounded up to whole seconds. Every provider starts
+// the daemon with these, so a template's limits mean the same wherever it runs.
+std::vector<std::string> SandboxdLimitFlags(const ::parley::sandbox::v1::SandboxLimits& limits);
+
 // Where the daemon of a sandbox answers.
 struct DaemonEndpoint {
   std::string target;  // gRPC target: "unix:/…" or "10.1.2.3:7080".
