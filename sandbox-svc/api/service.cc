@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "sandbox-svc/util/exec_validation.h"
 #include "sandbox-svc/util/paths.h"
+#include "sandbox-svc/util/request_validation.h"
 
 namespace parley::sandbox {
 namespace {
@@ -21,18 +22,9 @@ namespace sv1 = ::parley::sandbox::v1;
 namespace sbd = ::parley::sandboxd::v1;
 using Operation = SandboxManager::Operation;
 
-constexpr size_t kMaxIdBytes = 128;
-constexpr size_t kMaxWriteChunkBytes = 1024 * 1024;
-
 absl::Status CheckTarget(const std::string& tenant_id, const std::string& sandbox_id) {
-  if (tenant_id.empty()) return InvalidArgumentError("tenant_id", "required");
-  if (tenant_id.size() > kMaxIdBytes)
-    return InvalidArgumentError("tenant_id", "too long", "128 bytes");
-  if (sandbox_id.empty()) return InvalidArgumentError("sandbox_id", "required");
-  if (sandbox_id.size() > kMaxIdBytes) {
-    return InvalidArgumentError("sandbox_id", "too long", "128 bytes");
-  }
-  return absl::OkStatus();
+  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
+  return ValidateId(sandbox_id, "sandbox_id", true);
 }
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
@@ -330,10 +322,7 @@ class WriteProxy : private DaemonCallOwner {
     if (absl::Status s = CheckTarget(header.tenant_id(), header.sandbox_id()); !s.ok()) return s;
     if (absl::Status s = CheckCallerPath(header.path(), "header.path"); !s.ok()) return s;
     if (header.path().empty()) return InvalidArgumentError("header.path", "required");
-    if (header.mode() > 07777) {
-      return InvalidArgumentError("header.mode", "permission bits only", "07777");
-    }
-    return absl::OkStatus();
+    return ValidateMode(header.mode(), "header.mode");
   }
 
   void OnServerRead(bool ok) {
@@ -378,8 +367,8 @@ class WriteProxy : private DaemonCallOwner {
       ReleaseDaemonHold();
       return;
     }
-    if (in_.data().size() > kMaxWriteChunkBytes) {
-      pending_error_ = InvalidArgumentError("data", "chunk too large", "1 MiB per message");
+    if (absl::Status s = ValidateWriteChunk(in_.data()); !s.ok()) {
+      pending_error_ = s;
       client_context_.TryCancel();
       ReleaseDaemonHold();
       return;
@@ -665,9 +654,7 @@ grpc::ServerUnaryReactor* SandboxManagerService::ListFiles(grpc::CallbackServerC
                                                            sv1::ListFilesResponse* response) {
   absl::Status validation = CheckTarget(request->tenant_id(), request->sandbox_id());
   if (validation.ok()) validation = CheckCallerPath(request->path());
-  if (validation.ok() && request->max_entries() > 10000) {
-    validation = InvalidArgumentError("max_entries", "too large", "10000");
-  }
+  if (validation.ok()) validation = ValidateMaxEntries(request->max_entries());
   sbd::ListDirRequest daemon_request;
   daemon_request.set_path(request->path());
   daemon_request.set_recursive(request->recursive());
@@ -705,9 +692,7 @@ grpc::ServerUnaryReactor* SandboxManagerService::MakeDir(grpc::CallbackServerCon
                                                          sv1::MakeDirResponse* response) {
   absl::Status validation = CheckTarget(request->tenant_id(), request->sandbox_id());
   if (validation.ok()) validation = CheckCallerPath(request->path());
-  if (validation.ok() && request->mode() > 07777) {
-    validation = InvalidArgumentError("mode", "permission bits only", "07777");
-  }
+  if (validation.ok()) validation = ValidateMode(request->mode(), "mode");
   sbd::MakeDirRequest daemon_request;
   daemon_request.set_path(request->path());
   daemon_request.set_parents(request->parents());

@@ -15,13 +15,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "sandbox-svc/util/request_validation.h"
 
 namespace parley::sandbox {
 namespace {
 
 namespace sv1 = ::parley::sandbox::v1;
 
-constexpr size_t kMaxIdBytes = 128;
 constexpr int kMaxLabels = 32;
 constexpr size_t kMaxLabelBytes = 63;
 constexpr uint64_t kMaxDurationS = 366ull * 24 * 3600;
@@ -61,12 +61,6 @@ absl::Status ValidateLabels(const google::protobuf::Map<std::string, std::string
                                   "63 bytes");
     }
   }
-  return absl::OkStatus();
-}
-
-absl::Status ValidateId(const std::string& value, absl::string_view field, bool required) {
-  if (required && value.empty()) return InvalidArgumentError(field, "required");
-  if (value.size() > kMaxIdBytes) return InvalidArgumentError(field, "too long", "128 bytes");
   return absl::OkStatus();
 }
 

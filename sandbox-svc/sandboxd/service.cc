@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "sandbox-svc/util/exec_validation.h"
+#include "sandbox-svc/util/request_validation.h"
 
 namespace parley::sandbox {
 namespace sbd = ::parley::sandboxd::v1;
@@ -29,9 +30,7 @@ namespace sbd = ::parley::sandboxd::v1;
 namespace {
 
 constexpr size_t kChunkBytes = 64 * 1024;
-constexpr size_t kMaxWriteChunkBytes = 1024 * 1024;
 constexpr uint32_t kDefaultMaxEntries = 1000;
-constexpr uint32_t kMaxEntriesLimit = 10000;
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                       const absl::Status& status) {
@@ -405,8 +404,7 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sbd::WriteFileRequ
       }
       const sbd::WriteFileHeader& header = request_.header();
       if (absl::Status s = CheckCallerPath(header.path()); !s.ok()) return s;
-      if (header.mode() > 07777)
-        return InvalidArgumentError("mode", "permission bits only", "07777");
+      if (absl::Status s = ValidateMode(header.mode(), "mode"); !s.ok()) return s;
       absl::StatusOr<std::unique_ptr<FileWriter>> writer = service_->workspace().OpenForWrite(
           header.path(), header.mode(), header.create_parents(), header.append());
       if (!writer.ok()) return writer.status();
@@ -416,9 +414,7 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sbd::WriteFileRequ
     if (request_.has_header()) {
       return InvalidArgumentError("header", "only the first message may be a header");
     }
-    if (request_.data().size() > kMaxWriteChunkBytes) {
-      return InvalidArgumentError("data", "chunk too large", "1 MiB per message");
-    }
+    if (absl::Status s = ValidateWriteChunk(request_.data()); !s.ok()) return s;
     return writer_->Write(request_.data());
   }
 
@@ -518,8 +514,8 @@ grpc::ServerUnaryReactor* SandboxdService::ListDir(grpc::CallbackServerContext* 
                                                    sbd::ListDirResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (absl::Status s = CheckCallerPath(request->path()); !s.ok()) return FinishUnary(context, s);
-  if (request->max_entries() > kMaxEntriesLimit) {
-    return FinishUnary(context, InvalidArgumentError("max_entries", "too large", "10000"));
+  if (absl::Status s = ValidateMaxEntries(request->max_entries()); !s.ok()) {
+    return FinishUnary(context, s);
   }
   uint32_t max_entries = request->max_entries() == 0 ? kDefaultMaxEntries : request->max_entries();
   absl::StatusOr<Workspace::Listing> listing =
@@ -546,8 +542,8 @@ grpc::ServerUnaryReactor* SandboxdService::MakeDir(grpc::CallbackServerContext* 
                                                    sbd::MakeDirResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (absl::Status s = CheckCallerPath(request->path()); !s.ok()) return FinishUnary(context, s);
-  if (request->mode() > 07777) {
-    return FinishUnary(context, InvalidArgumentError("mode", "permission bits only", "07777"));
+  if (absl::Status s = ValidateMode(request->mode(), "mode"); !s.ok()) {
+    return FinishUnary(context, s);
   }
   absl::StatusOr<::parley::v1::FileInfo> info =
       workspace_->MakeDir(request->path(), request->parents(), request->mode());
