@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   hub.Start();
   parley::gateway::SessionApi sessions(authenticator, host.grpc_telemetry(),
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
-                                       config.downstream_timeout, &hub);
+                                       config.downstream_timeout, hub);
   parley::v1::SandboxService::CallbackService sandboxes;
   parley::v1::ApiKeyService::CallbackService api_keys;
   host.AddService(&sessions);

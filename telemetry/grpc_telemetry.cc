@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
@@ -64,11 +65,15 @@ class ServerCallTelemetry::Record {
  public:
   Record(const GrpcTelemetry::Instruments& instruments, const Logger& logger, SpanSink& sink,
          std::string method, const grpc::ServerContextBase* context)
-      : context_(context), instruments_(instruments), logger_(logger), sink_(sink) {
+      : context_(context),
+        instruments_(instruments),
+        logger_(logger),
+        sink_(sink),
+        in_flight_(instruments.server_in_flight.WithLabels({method})) {
     span_.name = std::move(method);
     span_.kind = SpanKind::kServer;
     span_.start = absl::Now();
-    instruments_.server_in_flight.WithLabels({span_.name}).Add(1);
+    in_flight_.Add(1);
   }
 
   ~Record() {
@@ -96,7 +101,7 @@ class ServerCallTelemetry::Record {
     span_.end = absl::Now();
     std::string code = StatusCodeName(status.error_code());
     double seconds = absl::ToDoubleSeconds(span_.end - span_.start);
-    instruments_.server_in_flight.WithLabels({span_.name}).Add(-1);
+    in_flight_.Add(-1);
     instruments_.server_handled.WithLabels({span_.name, code}).Increment();
     instruments_.server_latency.WithLabels({span_.name}).Observe(seconds);
     span_.status_code = code;
@@ -115,6 +120,7 @@ class ServerCallTelemetry::Record {
   const GrpcTelemetry::Instruments& instruments_;
   const Logger& logger_;
   SpanSink& sink_;
+  Gauge& in_flight_;  // Looked up once: the call counts in and out.
   SpanData span_;
   bool finished_ = false;
 };
@@ -204,7 +210,7 @@ class ServerFactory final : public grpc::experimental::ServerInterceptorFactoryI
         left_to_handlers_(left_to_handlers) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(ServerRpcInfo* info) override {
     // No interceptor at all for these calls: gRPC then has nothing to intercept.
-    if (left_to_handlers_.contains(MethodName(info->method()))) return nullptr;
+    if (left_to_handlers_.contains(absl::NullSafeStringView(info->method()))) return nullptr;
     return new ServerInterceptor(info, instruments_, logger_, sink_);
   }
 
@@ -271,6 +277,7 @@ ServerCallTelemetry::ServerCallTelemetry(GrpcTelemetry& telemetry,
 }
 
 ServerCallTelemetry::~ServerCallTelemetry() = default;
+ServerCallTelemetry::ServerCallTelemetry(ServerCallTelemetry&&) noexcept = default;
 
 void ServerCallTelemetry::Finish(const grpc::Status& status) { record_->Finish(status); }
 

@@ -86,8 +86,8 @@ class ServerCallTelemetry {
   ServerCallTelemetry(GrpcTelemetry& telemetry, const grpc::ServerContextBase& context,
                       std::string method);
   ~ServerCallTelemetry();
-  ServerCallTelemetry(const ServerCallTelemetry&) = delete;
-  ServerCallTelemetry& operator=(const ServerCallTelemetry&) = delete;
+  ServerCallTelemetry(ServerCallTelemetry&&) noexcept;
+  ServerCallTelemetry& operator=(ServerCallTelemetry&&) = delete;
 
   void Finish(const grpc::Status& status);
 
@@ -95,6 +95,22 @@ class ServerCallTelemetry {
 
  private:
   std::unique_ptr<Record> record_;
+};
+
+// A server-streaming reactor whose call its handler records (InstrumentInHandler). End
+// the call with FinishCall, which records the status before sending it.
+template <typename Response>
+class InstrumentedWriteReactor : public grpc::ServerWriteReactor<Response> {
+ protected:
+  explicit InstrumentedWriteReactor(ServerCallTelemetry call) : call_(std::move(call)) {}
+
+  void FinishCall(const grpc::Status& status) {
+    call_.Finish(status);
+    this->Finish(status);
+  }
+
+ private:
+  ServerCallTelemetry call_;
 };
 
 // The SERVER span of the call `context` is serving, while that call is in flight.

@@ -12,6 +12,8 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "common/status.h"
+#include "gateway/api/forwarding_reactor.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/hub.h"
 #include "parley/router/v1/router.grpc.pb.h"
@@ -28,10 +30,9 @@ class SessionApi final : public v1::SessionService::CallbackService {
   // `authenticator` and `telemetry` must outlive this object; construct it before the
   // server is built (StreamEvents calls are recorded by their handler, not by an
   // interceptor: see GrpcTelemetry::InstrumentInHandler).
-  // `hub` may be null: StreamEvents then answers UNAVAILABLE.
   SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
              std::shared_ptr<grpc::Channel> session_channel, absl::Duration downstream_timeout,
-             Hub* hub = nullptr);
+             Hub& hub);
 
   grpc::ServerUnaryReactor* SendMessage(grpc::CallbackServerContext* context,
                                         const v1::SendMessageRequest* request,
@@ -43,11 +44,29 @@ class SessionApi final : public v1::SessionService::CallbackService {
       grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) override;
 
  private:
+  // Authenticates the caller, then forwards `request` with the caller's tenant to
+  // session-svc as a `Forwarded`; `start` makes the downstream call.
+  template <typename Forwarded, typename Request>
+  grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context, const Request& request,
+                                    const typename ForwardingReactor<Forwarded>::Start& start) {
+    absl::StatusOr<Principal> principal = authenticator_.Authenticate(*context);
+    if (!principal.ok()) {
+      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+      reactor->Finish(ToGrpcStatus(principal.status()));
+      return reactor;
+    }
+    Forwarded forwarded;
+    forwarded.set_tenant_id(principal->tenant_id);
+    *forwarded.mutable_request() = request;
+    return new ForwardingReactor<Forwarded>(context, std::move(forwarded), downstream_timeout_,
+                                            start);
+  }
+
   Authenticator& authenticator_;
   telemetry::GrpcTelemetry& telemetry_;
   std::unique_ptr<router::v1::SessionRouter::Stub> router_;
   absl::Duration downstream_timeout_;
-  Hub* hub_;
+  Hub& hub_;
 };
 
 }  // namespace parley::gateway

@@ -5,8 +5,8 @@
 namespace parley::gateway {
 
 StreamEventsReactor::StreamEventsReactor(Hub& hub, StreamParams params,
-                                         std::unique_ptr<telemetry::ServerCallTelemetry> call)
-    : hub_(hub), call_(std::move(call)) {
+                                         telemetry::ServerCallTelemetry call)
+    : InstrumentedWriteReactor(std::move(call)), hub_(hub) {
   core_ = std::make_shared<StreamCore>(hub, this, std::move(params));
   hub_.Register(core_);
 }

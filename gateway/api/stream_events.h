@@ -16,17 +16,14 @@
 
 namespace parley::gateway {
 
-class StreamEventsReactor final : public grpc::ServerWriteReactor<v1::StreamEventsResponse>,
-                                  public StreamWriter {
+class StreamEventsReactor final
+    : public telemetry::InstrumentedWriteReactor<v1::StreamEventsResponse>,
+      public StreamWriter {
  public:
-  StreamEventsReactor(Hub& hub, StreamParams params,
-                      std::unique_ptr<telemetry::ServerCallTelemetry> call);
+  StreamEventsReactor(Hub& hub, StreamParams params, telemetry::ServerCallTelemetry call);
 
   void WriteResponse(const v1::StreamEventsResponse* response) override { StartWrite(response); }
-  void FinishStream(const grpc::Status& status) override {
-    call_->Finish(status);
-    Finish(status);
-  }
+  void FinishStream(const grpc::Status& status) override { FinishCall(status); }
 
   void OnWriteDone(bool ok) override { core_->OnWriteDone(ok); }
   void OnCancel() override { core_->Cancel(); }
@@ -34,16 +31,15 @@ class StreamEventsReactor final : public grpc::ServerWriteReactor<v1::StreamEven
 
  private:
   Hub& hub_;
-  std::unique_ptr<telemetry::ServerCallTelemetry> call_;  // Span and metrics of the call.
   std::shared_ptr<StreamCore> core_;
 };
 
 // A stream refused before it started (bad request, no credentials).
-class RejectedStream final : public grpc::ServerWriteReactor<v1::StreamEventsResponse> {
+class RejectedStream final : public telemetry::InstrumentedWriteReactor<v1::StreamEventsResponse> {
  public:
-  RejectedStream(const grpc::Status& status, std::unique_ptr<telemetry::ServerCallTelemetry> call) {
-    call->Finish(status);
-    Finish(status);
+  RejectedStream(const grpc::Status& status, telemetry::ServerCallTelemetry call)
+      : InstrumentedWriteReactor(std::move(call)) {
+    FinishCall(status);
   }
   void OnDone() override { delete this; }
 };
