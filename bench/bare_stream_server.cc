@@ -4,7 +4,7 @@
 //
 //   bare_stream_server --grpc_addr=127.0.0.1:0 --redis_url=redis://127.0.0.1:6379
 //
-// One thread reads every event channel through a blocking PSUBSCRIBE and hands each
+// One thread reads every session's event channel through a blocking PSUBSCRIBE and hands each
 // event to the streams of its session; each stream keeps one write in flight and
 // queues the rest (unbounded: this is a measurement, not a service). No history, no
 // authentication, no interceptors, logs or metrics. So that a stream opened after an
@@ -14,7 +14,6 @@
 // What it does not do, and Parley's hub must: gap detection and re-reads, epochs,
 // bounded buffers, keepalives, tenancy, per-stream positions.
 #include <grpcpp/grpcpp.h>
-#include <hiredis/hiredis.h>
 #include <signal.h>
 
 #include <deque>
@@ -39,10 +38,10 @@ class Streams;
 
 class BareStream final : public grpc::ServerWriteReactor<StreamEventsResponse> {
  public:
-  BareStream(Streams& streams, std::string session_id)
-      : streams_(streams), session_id_(std::move(session_id)) {}
+  BareStream(Streams& streams, std::string channel)
+      : streams_(streams), channel_(std::move(channel)) {}
 
-  const std::string& session_id() const { return session_id_; }
+  const std::string& channel() const { return channel_; }
 
   void Offer(ResponsePtr response) {
     absl::MutexLock lock(&mu_);
@@ -76,34 +75,34 @@ class BareStream final : public grpc::ServerWriteReactor<StreamEventsResponse> {
 
  private:
   Streams& streams_;
-  const std::string session_id_;
+  const std::string channel_;  // The session's Redis channel.
   absl::Mutex mu_;
   ResponsePtr in_flight_ ABSL_GUARDED_BY(mu_);
   std::deque<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// The streams of every session, and each session's latest event.
+// The streams of every session, and each session's latest event, by Redis channel.
 class Streams {
  public:
   void Add(BareStream* stream) {
     absl::MutexLock lock(&mu_);
-    Session& session = sessions_[stream->session_id()];
+    Session& session = sessions_[stream->channel()];
     session.streams.push_back(stream);
     if (session.latest != nullptr) stream->Offer(session.latest);
   }
 
   void Remove(BareStream* stream) {
     absl::MutexLock lock(&mu_);
-    auto it = sessions_.find(stream->session_id());
+    auto it = sessions_.find(stream->channel());
     if (it == sessions_.end()) return;
     std::vector<BareStream*>& list = it->second.streams;
     list.erase(std::remove(list.begin(), list.end(), stream), list.end());
   }
 
-  void Publish(const std::string& session_id, ResponsePtr response) {
+  void Publish(const std::string& channel, ResponsePtr response) {
     absl::MutexLock lock(&mu_);
-    Session& session = sessions_[session_id];
+    Session& session = sessions_[channel];
     session.latest = response;
     for (BareStream* stream : session.streams) stream->Offer(response);
   }
@@ -124,58 +123,42 @@ void BareStream::OnDone() {
 
 class BareSessionService final : public parley::v1::SessionService::CallbackService {
  public:
-  explicit BareSessionService(Streams& streams) : streams_(streams) {}
+  BareSessionService(Streams& streams, const parley::RedisKeys& keys)
+      : streams_(streams), keys_(keys) {}
 
   grpc::ServerWriteReactor<StreamEventsResponse>* StreamEvents(
       grpc::CallbackServerContext*, const StreamEventsRequest* request) override {
-    auto* stream = new BareStream(streams_, request->session_id());
+    auto* stream = new BareStream(streams_, keys_.EventChannel(request->session_id()));
     streams_.Add(stream);
     return stream;
   }
 
  private:
   Streams& streams_;
+  const parley::RedisKeys& keys_;
 };
 
-// "<prefix>{s:<id>}" -> "<id>", or "" for any other channel.
-std::string SessionOfChannel(const std::string& channel) {
-  const size_t open = channel.rfind("{s:");
-  const size_t close = channel.rfind('}');
-  if (open == std::string::npos || close == std::string::npos || close < open + 3) return "";
-  return channel.substr(open + 3, close - open - 3);
-}
-
-// Reads pmessage replies until the connection fails; returns why.
-std::string ReadEvents(const parley::RedisEndpoint& endpoint, Streams& streams) {
-  redisContext* context = redisConnect(endpoint.host.c_str(), endpoint.port);
-  if (context == nullptr || context->err) {
-    std::string error = context ? context->errstr : "out of memory";
-    if (context) redisFree(context);
-    return error;
-  }
-  if (!endpoint.password.empty()) {
-    freeReplyObject(redisCommand(context, "AUTH %s", endpoint.password.c_str()));
-  }
-  freeReplyObject(redisCommand(context, "PSUBSCRIBE *"));
-  void* raw = nullptr;
-  while (redisGetReply(context, &raw) == REDIS_OK) {
-    auto* reply = static_cast<redisReply*>(raw);
+// Reads every session's events until the connection fails; returns why. The
+// connection's timeout bounds how long it may stay quiet: a day, for a benchmark.
+absl::Status ReadEvents(const parley::RedisEndpoint& endpoint, const parley::RedisKeys& keys,
+                        Streams& streams) {
+  auto redis = parley::RedisConnection::Connect(endpoint, absl::Hours(24));
+  if (!redis.ok()) return redis.status();
+  auto subscribed = (*redis)->Command({"PSUBSCRIBE", keys.EventChannel("*")});
+  if (!subscribed.ok()) return subscribed.status();
+  for (;;) {
+    absl::StatusOr<parley::RedisReply> reply = (*redis)->ReadReply();
+    if (!reply.ok()) return reply.status();
+    const redisReply& message = **reply;
     // ["pmessage", pattern, channel, payload]
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
-      std::string session_id =
-          SessionOfChannel(std::string(reply->element[2]->str, reply->element[2]->len));
-      auto response = std::make_shared<StreamEventsResponse>();
-      if (!session_id.empty() &&
-          response->mutable_event()->ParseFromArray(reply->element[3]->str,
-                                                    static_cast<int>(reply->element[3]->len))) {
-        streams.Publish(session_id, std::move(response));
-      }
+    if (message.type != REDIS_REPLY_ARRAY || message.elements != 4) continue;
+    auto response = std::make_shared<StreamEventsResponse>();
+    if (response->mutable_event()->ParseFromArray(message.element[3]->str,
+                                                  static_cast<int>(message.element[3]->len))) {
+      streams.Publish(std::string(message.element[2]->str, message.element[2]->len),
+                      std::move(response));
     }
-    freeReplyObject(reply);
   }
-  std::string error = context->errstr;
-  redisFree(context);
-  return error;
 }
 
 }  // namespace
@@ -183,10 +166,12 @@ std::string ReadEvents(const parley::RedisEndpoint& endpoint, Streams& streams) 
 int main(int argc, char** argv) {
   std::string grpc_addr = "127.0.0.1:0";
   std::string redis_url = "redis://127.0.0.1:6379";
+  std::string redis_key_prefix;
   parley::Flags flags("bare_stream_server", "A bare gRPC fan-out of Redis events.");
   flags.HostPort("grpc_addr", &grpc_addr, "listen address");
   flags.String("redis_url", &redis_url, "Redis to read event channels from",
                parley::ValidateRedisUrl);
+  flags.String("redis_key_prefix", &redis_key_prefix, "prefix of every Redis key, as Parley's");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   // As in every Parley service (ServiceHost): Debian's Abseil is built without NDEBUG,
   // and its deadlock detection would otherwise tax every Mutex acquisition.
@@ -199,14 +184,15 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const parley::RedisKeys keys(redis_key_prefix);
   Streams streams;
   std::thread reader([&] {
-    std::cerr << "bare_stream_server: redis: " << ReadEvents(*endpoint, streams) << "\n";
+    std::cerr << "bare_stream_server: redis: " << ReadEvents(*endpoint, keys, streams) << "\n";
   });
   reader.detach();  // Ends with the process.
 
   grpc::EnableDefaultHealthCheckService(true);
-  BareSessionService service(streams);
+  BareSessionService service(streams, keys);
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort(grpc_addr, grpc::InsecureServerCredentials(), &port);

@@ -108,18 +108,23 @@ absl::StatusOr<std::vector<RedisReply>> RedisConnection::Pipeline(
   std::vector<RedisReply> replies;
   absl::Status first_error;
   for (size_t i = 0; i < commands.size(); ++i) {
-    void* raw = nullptr;
-    if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
-      return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+    absl::StatusOr<RedisReply> reply = ReadReply();
+    if (!reply.ok()) return reply.status();
+    if ((*reply)->type == REDIS_REPLY_ERROR && first_error.ok()) {
+      first_error = ErrorReplyStatus(**reply);
     }
-    RedisReply reply(static_cast<redisReply*>(raw));
-    if (reply->type == REDIS_REPLY_ERROR && first_error.ok()) {
-      first_error = ErrorReplyStatus(*reply);
-    }
-    replies.push_back(std::move(reply));
+    replies.push_back(*std::move(reply));
   }
   if (!first_error.ok()) return first_error;
   return replies;
+}
+
+absl::StatusOr<RedisReply> RedisConnection::ReadReply() {
+  void* raw = nullptr;
+  if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
+    return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+  }
+  return RedisReply(static_cast<redisReply*>(raw));
 }
 
 std::string RedisKeys::Tag(absl::string_view session_id) const {

@@ -64,6 +64,10 @@ class RedisConnection {
   absl::StatusOr<std::vector<RedisReply>> Pipeline(
       const std::vector<std::vector<std::string>>& commands);
 
+  // Waits, within the connection's timeout, for the next reply: for a connection that
+  // has subscribed, the next pub/sub message. An error reply is returned as a reply.
+  absl::StatusOr<RedisReply> ReadReply();
+
   bool broken() const { return context_ == nullptr || context_->err != 0; }
 
  private:
