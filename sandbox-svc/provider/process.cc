@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "sandbox-svc/util/posix.h"
 #include "sandbox-svc/util/unique_fd.h"
 
 namespace parley::sandbox {
@@ -47,14 +48,7 @@ int ChildMain(void* raw) {
   const ChildArgs& args = *static_cast<const ChildArgs*>(raw);
   const SpawnRequest& request = *args.request;
 
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
-  }
-  sigset_t none;
-  sigemptyset(&none);
-  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof(uint64_t));
+  ResetSignalsForExec();
 
   if (request.cgroup_procs_fd >= 0 && ::write(request.cgroup_procs_fd, "0", 1) != 1) {
     ChildFail(args.error_fd);
@@ -154,19 +148,11 @@ absl::Status RemoveAt(int dir_fd, const std::string& name, const std::string& sh
       return absl::InternalError(absl::StrCat("open ", shown, ": ", std::strerror(errno)));
     }
     ::fchmod(fd.get(), 0700);  // A sandbox may have made its directories read-only.
-    int dup_fd = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
-    DIR* dir = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
-    if (dir == nullptr) {
-      if (dup_fd >= 0) ::close(dup_fd);
-      return absl::InternalError(absl::StrCat("list ", shown, ": ", std::strerror(errno)));
-    }
-    std::vector<std::string> names;
-    while (struct dirent* entry = ::readdir(dir)) {
-      absl::string_view child(entry->d_name);
-      if (child != "." && child != "..") names.emplace_back(child);
-    }
-    ::closedir(dir);
-    for (const std::string& child : names) {
+    absl::StatusOr<std::vector<std::string>> names = ListDirNames(fd.get(), [&](int error) {
+      return absl::InternalError(absl::StrCat("list ", shown, ": ", std::strerror(error)));
+    });
+    if (!names.ok()) return names.status();
+    for (const std::string& child : *names) {
       absl::Status status = RemoveAt(fd.get(), child, absl::StrCat(shown, "/", child), depth + 1);
       if (!status.ok()) return status;
     }

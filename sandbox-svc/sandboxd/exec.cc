@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "sandbox-svc/util/posix.h"
 
 namespace parley::sandbox {
 namespace {
@@ -92,14 +93,7 @@ void SetLimit(int resource, uint64_t value) {
 [[noreturn]] void RunProgram(const char* path, char* const* argv, char* const* envp, int stdin_fd,
                              int stdout_fd, int stderr_fd, int cwd_fd, int report_fd,
                              const ExecLimits& limits) {
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
-  }
-  sigset_t none;
-  sigemptyset(&none);
-  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  ResetSignalsForExec();
   if (stdin_fd < 0) stdin_fd = ::open("/dev/null", O_RDONLY);
   ::dup2(stdin_fd, 0);
   ::dup2(stdout_fd, 1);

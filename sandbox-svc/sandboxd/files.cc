@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "sandbox-svc/util/posix.h"
 
 namespace parley::sandbox {
 namespace {
@@ -315,21 +316,10 @@ absl::StatusOr<::parley::v1::FileInfo> Workspace::Stat(absl::string_view raw_pat
 
 absl::Status Workspace::ListInto(int dir_fd, const std::string& rel, bool recursive,
                                  uint32_t max_entries, Listing& listing) const {
-  // fdopendir takes ownership of its fd, so hand it a duplicate.
-  int dup_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) return ErrnoToStatus(errno, "list", rel);
-  DIR* dir = ::fdopendir(dup_fd);
-  if (dir == nullptr) {
-    ::close(dup_fd);
-    return ErrnoToStatus(errno, "list", rel);
-  }
-  std::vector<std::string> names;
-  while (struct dirent* entry = ::readdir(dir)) {
-    absl::string_view name(entry->d_name);
-    if (name == "." || name == "..") continue;
-    names.emplace_back(name);
-  }
-  ::closedir(dir);
+  absl::StatusOr<std::vector<std::string>> listed =
+      ListDirNames(dir_fd, [&](int error) { return ErrnoToStatus(error, "list", rel); });
+  if (!listed.ok()) return listed.status();
+  std::vector<std::string> names = *std::move(listed);
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) {
     if (listing.entries.size() >= kMaxWalkEntries) {
@@ -433,19 +423,10 @@ absl::Status RemoveTree(int dir_fd, const std::string& name, const std::string& 
   }
   UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return ErrnoToStatus(errno, "remove", rel);
-  int dup_fd = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
-  DIR* dir = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
-  if (dir == nullptr) {
-    if (dup_fd >= 0) ::close(dup_fd);
-    return ErrnoToStatus(errno, "remove", rel);
-  }
-  std::vector<std::string> names;
-  while (struct dirent* entry = ::readdir(dir)) {
-    absl::string_view child(entry->d_name);
-    if (child != "." && child != "..") names.emplace_back(child);
-  }
-  ::closedir(dir);
-  for (const std::string& child : names) {
+  absl::StatusOr<std::vector<std::string>> names =
+      ListDirNames(fd.get(), [&](int error) { return ErrnoToStatus(error, "remove", rel); });
+  if (!names.ok()) return names.status();
+  for (const std::string& child : *names) {
     struct stat st {};
     if (::fstatat(fd.get(), child.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     std::string child_rel = JoinRel(rel, child);
