@@ -173,15 +173,6 @@ absl::Status CgroupTree::Kill(const std::string& group) const {
   return absl::OkStatus();
 }
 
-int CgroupTree::ProcessCount(const std::string& group) const {
-  UniqueFd fd(::open(absl::StrCat(group, "/cgroup.procs").c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return -1;
-  std::string content = ReadFile(absl::StrCat(group, "/cgroup.procs"));
-  int lines = 0;
-  for (char c : content) lines += c == '\n';
-  return lines;
-}
-
 void CgroupTree::Remove(const std::string& group) const {
   const absl::Time give_up = absl::Now() + absl::Seconds(5);
   while (::rmdir(group.c_str()) != 0 && errno == EBUSY && absl::Now() < give_up) {

@@ -53,8 +53,6 @@ class CgroupTree {
   absl::Status Freeze(const std::string& group, bool frozen) const;
   // SIGKILL to every process of the group (cgroup.kill), without waiting.
   absl::Status Kill(const std::string& group) const;
-  // Number of processes in the group (cgroup.procs lines); -1 if unreadable.
-  int ProcessCount(const std::string& group) const;
   // Removes the group, retrying briefly while its killed processes exit.
   void Remove(const std::string& group) const;
   // Groups under the parent (sandbox ids), for garbage collection.

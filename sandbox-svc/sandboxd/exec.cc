@@ -172,8 +172,7 @@ bool ReadProcStat(const char* pid_name, ProcStat& out) {
   return true;
 }
 
-}  // namespace
-
+// Pids of every live (non-zombie) descendant of `root`, from /proc.
 std::vector<pid_t> LiveDescendants(pid_t root) {
   std::multimap<pid_t, pid_t> children;
   std::map<pid_t, char> states;
@@ -202,6 +201,8 @@ std::vector<pid_t> LiveDescendants(pid_t root) {
   }
   return result;
 }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ProcessTree>> ProcessTree::Start(ExecSpec spec,
                                                                 const ExecLimits& limits) {

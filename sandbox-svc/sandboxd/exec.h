@@ -52,7 +52,8 @@ class ProcessTree {
   // limit), INTERNAL for pipe failures.
   static absl::StatusOr<std::unique_ptr<ProcessTree>> Start(ExecSpec spec,
                                                             const ExecLimits& limits);
-  ~ProcessTree();  // Kills whatever is still running.
+  // Closes the pipes and kills nothing: call KillAll() first if anything may still run.
+  ~ProcessTree();
 
   // Read ends (non-blocking) and the stdin write end (non-blocking; -1 without stdin).
   int stdout_fd() const { return stdout_.get(); }
@@ -88,8 +89,5 @@ class ProcessTree {
   UniqueFd status_;
   std::string startup_message_;
 };
-
-// Pids of every live (non-zombie) descendant of `root`, from /proc.
-std::vector<pid_t> LiveDescendants(pid_t root);
 
 }  // namespace parley::sandbox

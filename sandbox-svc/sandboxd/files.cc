@@ -315,7 +315,7 @@ absl::StatusOr<::parley::v1::FileInfo> Workspace::Stat(absl::string_view raw_pat
 }
 
 absl::Status Workspace::ListInto(int dir_fd, const std::string& rel, bool recursive,
-                                 uint32_t max_entries, Listing& listing) const {
+                                 Listing& listing) const {
   absl::StatusOr<std::vector<std::string>> listed =
       ListDirNames(dir_fd, [&](int error) { return ErrnoToStatus(error, "list", rel); });
   if (!listed.ok()) return listed.status();
@@ -339,7 +339,7 @@ absl::Status Workspace::ListInto(int dir_fd, const std::string& rel, bool recurs
     if (recursive && S_ISDIR(st.st_mode)) {
       UniqueFd sub(::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (!sub.valid()) continue;
-      absl::Status status = ListInto(sub.get(), child, recursive, max_entries, listing);
+      absl::Status status = ListInto(sub.get(), child, recursive, listing);
       if (!status.ok()) return status;
     }
   }
@@ -352,7 +352,7 @@ absl::StatusOr<Workspace::Listing> Workspace::List(absl::string_view raw_path, b
   absl::StatusOr<UniqueFd> dir = OpenBeneath(path, O_RDONLY | O_DIRECTORY);
   if (!dir.ok()) return dir.status();
   Listing listing;
-  absl::Status status = ListInto(dir->get(), path, recursive, max_entries, listing);
+  absl::Status status = ListInto(dir->get(), path, recursive, listing);
   if (!status.ok()) return status;
   // Depth-first order puts "a/b" before "a.txt"; the contract is plain path order.
   std::sort(listing.entries.begin(), listing.entries.end(),

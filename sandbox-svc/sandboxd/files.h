@@ -124,8 +124,9 @@ class Workspace {
   // stays inside); returns the path that finally names a non-symlink or nothing.
   absl::StatusOr<std::string> FollowFinalSymlinks(const std::string& path) const;
   absl::Status MakeParents(const std::string& path) const;
-  absl::Status ListInto(int dir_fd, const std::string& rel, bool recursive, uint32_t max_entries,
-                        Listing& listing) const;
+  // Appends the entries under `dir_fd` (all of them, up to the walk's own bound); List()
+  // sorts and cuts to max_entries, which needs the whole walk first.
+  absl::Status ListInto(int dir_fd, const std::string& rel, bool recursive, Listing& listing) const;
 
   std::string root_path_;
   UniqueFd root_;
