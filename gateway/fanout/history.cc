@@ -8,6 +8,26 @@
 #include "common/status.h"
 
 namespace parley::gateway {
+namespace {
+
+using StoreStub = store::v1::StoreService::StubInterface;
+
+// One blocking call to store-svc, within a bound of its own.
+template <typename Request, typename Response>
+absl::StatusOr<Response> CallStore(StoreStub& store,
+                                   grpc::Status (StoreStub::*method)(grpc::ClientContext*,
+                                                                     const Request&, Response*),
+                                   const Request& request) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  Response response;
+  grpc::Status status = (store.*method)(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+}  // namespace
+
 RedisStoreHistory::RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
                                      std::shared_ptr<store::v1::StoreService::StubInterface> store)
     : redis_(std::move(redis)), keys_(std::move(keys)), store_(std::move(store)) {}
@@ -57,17 +77,15 @@ absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadCold(const std::st
                                                                    const std::string& session_id,
                                                                    uint64_t from_seq, int max) {
   if (store_ == nullptr) return std::vector<v1::Event>();
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   store::v1::ReadEventsRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);
   request.set_after_seq(from_seq - 1);
   request.set_limit(static_cast<uint32_t>(max));
-  store::v1::ReadEventsResponse response;
-  grpc::Status status = store_->ReadEvents(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return std::vector<v1::Event>(response.events().begin(), response.events().end());
+  auto response = CallStore(*store_, &StoreStub::ReadEvents, request);
+  if (!response.ok()) return response.status();
+  return std::vector<v1::Event>(std::make_move_iterator(response->mutable_events()->begin()),
+                                std::make_move_iterator(response->mutable_events()->end()));
 }
 
 absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadFrom(const std::string& tenant_id,
@@ -106,27 +124,19 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
 
 absl::StatusOr<store::v1::GetLastSeqResponse> RedisStoreHistory::DurableLastSeq(
     const std::string& tenant_id, const std::string& session_id) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   store::v1::GetLastSeqRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);
-  store::v1::GetLastSeqResponse response;
-  grpc::Status status = store_->GetLastSeq(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response;
+  return CallStore(*store_, &StoreStub::GetLastSeq, request);
 }
 
 absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
                                             const std::string& session_id) {
   if (store_ == nullptr) return absl::OkStatus();
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   store::v1::GetSessionRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);
-  store::v1::GetSessionResponse response;
-  return FromGrpcStatus(store_->GetSession(&context, request, &response));
+  return CallStore(*store_, &StoreStub::GetSession, request).status();
 }
 
 absl::StatusOr<uint64_t> RedisStoreHistory::CurrentEpoch(const std::string& tenant_id,
@@ -141,16 +151,13 @@ absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tena
                                                          const std::string& session_id,
                                                          const std::string& turn_id) {
   if (store_ == nullptr) return absl::NotFoundError("turn not found");
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   store::v1::GetTurnRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);
   request.set_turn_id(turn_id);
-  store::v1::GetTurnResponse response;
-  grpc::Status status = store_->GetTurn(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response.turn().first_seq();
+  auto response = CallStore(*store_, &StoreStub::GetTurn, request);
+  if (!response.ok()) return response.status();
+  return response->turn().first_seq();
 }
 
 }  // namespace parley::gateway

@@ -15,6 +15,17 @@ ResponsePtr Wrap(v1::Event event) {
   return response;
 }
 
+ResponsePtr EpochChanged(uint64_t old_epoch, uint64_t new_epoch, const char* reason,
+                         uint64_t resume_after_seq) {
+  auto response = std::make_shared<v1::StreamEventsResponse>();
+  v1::EpochChanged* changed = response->mutable_epoch_changed();
+  changed->set_old_epoch(old_epoch);
+  changed->set_new_epoch(new_epoch);
+  changed->set_reason(reason);
+  changed->set_resume_after_seq(resume_after_seq);
+  return response;
+}
+
 grpc::Status SlowConsumer(uint64_t last_seq) {
   absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
       "the stream fell too far behind and was closed; resume with after_seq=", last_seq));
@@ -66,12 +77,8 @@ StreamCore::Offer StreamCore::AcceptLocked(const ResponsePtr& response, bool fro
     // here on were lost before they were persisted and are replaced: say so. (A
     // stream that had sent nothing past this point just moves on.)
     if (event.seq() < next_seq_) {
-      auto changed = std::make_shared<v1::StreamEventsResponse>();
-      changed->mutable_epoch_changed()->set_old_epoch(epoch_);
-      changed->mutable_epoch_changed()->set_new_epoch(event.epoch());
-      changed->mutable_epoch_changed()->set_reason("events were lost before they were persisted");
-      changed->mutable_epoch_changed()->set_resume_after_seq(event.seq() - 1);
-      EnqueueLocked(std::move(changed));
+      EnqueueLocked(EpochChanged(epoch_, event.epoch(),
+                                 "events were lost before they were persisted", event.seq() - 1));
       next_seq_ = event.seq();
     }
     epoch_ = event.epoch();
@@ -237,12 +244,8 @@ absl::Status StreamCore::ResolveStart() {
   if (current_epoch != 0 && current_epoch != params_.client_epoch) {
     // The client's cursor belongs to a history that no longer exists: it must rebuild
     // its view from the start of the current one.
-    auto changed = std::make_shared<v1::StreamEventsResponse>();
-    changed->mutable_epoch_changed()->set_old_epoch(params_.client_epoch);
-    changed->mutable_epoch_changed()->set_new_epoch(current_epoch);
-    changed->mutable_epoch_changed()->set_reason("the cursor is from an earlier epoch");
-    changed->mutable_epoch_changed()->set_resume_after_seq(0);
-    EnqueueLocked(std::move(changed));
+    EnqueueLocked(EpochChanged(params_.client_epoch, current_epoch,
+                               "the cursor is from an earlier epoch", 0));
     next_seq_ = 1;
   }
   return absl::OkStatus();

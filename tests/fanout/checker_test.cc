@@ -239,7 +239,6 @@ TEST_F(RedisFailures, LostRedisHistoryIsReportedAsAnEpochChange) {
   auto writer = NewWriter(session, 1, &endpoint);
   for (int i = 0; i < 8; ++i) ASSERT_TRUE(writer->PublishNext().ok());
   // Events 1..5 reached Postgres; 6..8 were only in Redis.
-  store::v1::ReadEventsRequest unused;
   store::v1::AppendEventsRequest persisted;
   persisted.set_tenant_id(kTenant);
   persisted.set_session_id(session);
