@@ -119,6 +119,24 @@ absl::StatusOr<std::vector<RedisReply>> RedisConnection::Pipeline(
   return replies;
 }
 
+int64_t ReplyInt64(const redisReply* reply) {
+  int64_t value = 0;
+  if (reply != nullptr && reply->type == REDIS_REPLY_STRING) {
+    (void)absl::SimpleAtoi(absl::string_view(reply->str, reply->len), &value);
+  }
+  return value;
+}
+
+const redisReply* StreamEntryField(const redisReply* entry, absl::string_view name) {
+  const redisReply* fields = entry->element[1];
+  for (size_t f = 0; f + 1 < fields->elements; f += 2) {
+    if (absl::string_view(fields->element[f]->str, fields->element[f]->len) == name) {
+      return fields->element[f + 1];
+    }
+  }
+  return nullptr;
+}
+
 absl::StatusOr<RedisReply> RedisConnection::ReadReply() {
   void* raw = nullptr;
   if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {

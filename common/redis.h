@@ -41,6 +41,13 @@ inline std::string ReplyString(const redisReply* reply) {
   return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
 }
 
+// A number Redis keeps as a string (GET, HGET); 0 for nil or anything else.
+int64_t ReplyInt64(const redisReply* reply);
+
+// The value of field `name` of one XRANGE entry ([id, [field, value, ...]]); null when
+// the entry has no such field.
+const redisReply* StreamEntryField(const redisReply* entry, absl::string_view name);
+
 struct RedisReplyDeleter {
   void operator()(redisReply* reply) const { freeReplyObject(reply); }
 };

@@ -106,14 +106,13 @@ absl::StatusOr<uint64_t> EventPublisher::AcquireLease(const std::string& session
 
 absl::Status EventPublisher::Publish(const v1::Event& event, uint64_t lease_epoch) {
   const std::string& session = event.session_id();
-  absl::StatusOr<RedisReply> reply = RunScript(
-      publish_sha_, kPublishScript,
-      {keys_.Lease(session), keys_.EventStream(session), keys_.EventChannel(session),
-       absl::StrCat(lease_epoch), absl::StrCat(event.seq()), event.transient() ? "1" : "0",
-       event.SerializeAsString(), absl::StrCat(absl::ToUnixMillis(clock_.Now()))},
-      3,
-      {"ZADD", keys_.PersistQueue(), "NX", absl::StrCat(absl::ToUnixMillis(clock_.Now())),
-       session});
+  const std::string now_ms = absl::StrCat(absl::ToUnixMillis(clock_.Now()));
+  absl::StatusOr<RedisReply> reply =
+      RunScript(publish_sha_, kPublishScript,
+                {keys_.Lease(session), keys_.EventStream(session), keys_.EventChannel(session),
+                 absl::StrCat(lease_epoch), absl::StrCat(event.seq()),
+                 event.transient() ? "1" : "0", event.SerializeAsString(), now_ms},
+                3, {"ZADD", keys_.PersistQueue(), "NX", now_ms, session});
   if (!reply.ok()) return reply.status();
   if (publish_sha_.empty()) {
     auto sha = redis_.Command({"SCRIPT", "LOAD", kPublishScript});
@@ -132,29 +131,14 @@ absl::Status EventPublisher::Trim(const std::string& session_id) {
                        {"HGET", keys_.Lease(session_id), "last_seq"},
                        {"XRANGE", keys_.EventStream(session_id), "-", "+", "COUNT", "128"}});
   if (!state.ok()) return state.status();
-  auto number = [](const RedisReply& reply) -> int64_t {
-    int64_t value = 0;
-    if (reply->type == REDIS_REPLY_STRING) {
-      (void)absl::SimpleAtoi(absl::string_view(reply->str, reply->len), &value);
-    }
-    return value;
-  };
-  const int64_t persisted = number((*state)[0]);
-  const int64_t last = number((*state)[1]);
+  const int64_t persisted = ReplyInt64((*state)[0].get());
+  const int64_t last = ReplyInt64((*state)[1].get());
   int64_t floor = last - options_.hot_window_events + 1;  // Keep at most N entries.
   // Entries older than the age limit may go too; the oldest come first.
   const int64_t too_old_ms = absl::ToUnixMillis(clock_.Now() - options_.hot_window_age);
   const redisReply* entries = (*state)[2].get();
   for (size_t i = 0; i < entries->elements; ++i) {
-    const redisReply* fields = entries->element[i]->element[1];
-    int64_t published_ms = 0;
-    for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-      if (absl::string_view(fields->element[f]->str, fields->element[f]->len) == "t") {
-        (void)absl::SimpleAtoi(
-            absl::string_view(fields->element[f + 1]->str, fields->element[f + 1]->len),
-            &published_ms);
-      }
-    }
+    const int64_t published_ms = ReplyInt64(StreamEntryField(entries->element[i], "t"));
     if (published_ms >= too_old_ms) break;
     int64_t seq = 0;
     absl::string_view id(entries->element[i]->element[0]->str,

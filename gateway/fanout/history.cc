@@ -2,7 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "absl/strings/numbers.h"
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
@@ -59,16 +60,14 @@ absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadHot(RedisConnectio
   if (!reply.ok()) return reply.status();
   std::vector<v1::Event> events;
   for (size_t i = 0; i < (*reply)->elements; ++i) {
-    const redisReply* fields = (*reply)->element[i]->element[1];
-    for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-      if (ReplyString(fields->element[f]) != "e") continue;
-      v1::Event event;
-      if (!event.ParseFromString(ReplyString(fields->element[f + 1]))) {
-        return absl::DataLossError(
-            absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
-      }
-      events.push_back(std::move(event));
+    const redisReply* payload = StreamEntryField((*reply)->element[i], "e");
+    if (payload == nullptr) continue;
+    v1::Event event;
+    if (!event.ParseFromArray(payload->str, static_cast<int>(payload->len))) {
+      return absl::DataLossError(
+          absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
     }
+    events.push_back(std::move(event));
   }
   return events;
 }
@@ -112,9 +111,7 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
       (*redis)->Command({"HGET", keys_.Lease(session_id), "last_seq"});
   Return(*std::move(redis));
   if (!reply.ok()) return reply.status();
-  uint64_t last = 0;
-  if ((*reply)->type == REDIS_REPLY_STRING)
-    (void)absl::SimpleAtoi(ReplyString(reply->get()), &last);
+  const auto last = static_cast<uint64_t>(std::max<int64_t>(0, ReplyInt64(reply->get())));
   if (last > 0 || store_ == nullptr) return last;
   // Nothing in Redis (e.g. after a flush): the durable log knows.
   absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
