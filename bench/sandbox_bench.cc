@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -326,17 +328,24 @@ int main(int argc, char** argv) {
   for (const std::string& id : alive) answering += client.ExecTrue(id).ok();
   absl::SleepFor(absl::Seconds(1));  // Let exec'd children and their memory go.
   auto records = parley::sandbox::StateStore(state_dir + "/sandboxes").ReadAll(nullptr);
+  // Only the sandboxes created here: the warm pool's are READY too, and the figure is
+  // divided by alive.size().
+  const std::set<std::string> alive_ids(alive.begin(), alive.end());
+  const std::map<std::string, std::vector<pid_t>> by_namespace =
+      parley::sandbox::ProcessesByPidNamespace();  // One pass over /proc for all of them.
   int64_t pss_kib = 0, rss_kib = 0, processes = 0;
   if (records.ok()) {
     for (const auto& record : *records) {
+      if (!alive_ids.contains(record.sandbox.id())) continue;
       if (record.sandbox.state() != sv1::SANDBOX_STATE_READY) continue;
       const auto& state = record.provider_state;
       std::vector<pid_t> pids;
       if (auto it = state.find("bwrap_pid"); it != state.end())
         pids.push_back(std::stoi(it->second));
       if (auto it = state.find("init_pid"); it != state.end()) {
-        for (pid_t pid : parley::sandbox::ProcessesInPidNamespace(std::stoi(it->second))) {
-          pids.push_back(pid);
+        const std::string ns = parley::sandbox::PidNamespaceOf(std::stoi(it->second));
+        if (auto group = by_namespace.find(ns); !ns.empty() && group != by_namespace.end()) {
+          pids.insert(pids.end(), group->second.begin(), group->second.end());
         }
       }
       for (pid_t pid : pids) {

@@ -111,13 +111,6 @@ std::vector<std::string> StatFields(pid_t pid) {
   return absl::StrSplit(line.substr(paren + 2), ' ', absl::SkipEmpty());
 }
 
-std::string PidNamespaceOf(pid_t pid) {
-  char buffer[128];
-  std::string link = absl::StrCat("/proc/", pid, "/ns/pid");
-  ssize_t n = ::readlink(link.c_str(), buffer, sizeof(buffer));
-  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "";
-}
-
 std::vector<pid_t> AllPids() {
   std::vector<pid_t> pids;
   DIR* proc = ::opendir("/proc");
@@ -255,6 +248,22 @@ bool WaitForExit(pid_t pid, uint64_t start_time, absl::Duration timeout) {
     if (absl::Now() >= give_up) return false;
     absl::SleepFor(absl::Milliseconds(2));
   }
+}
+
+std::string PidNamespaceOf(pid_t pid) {
+  char buffer[128];
+  std::string link = absl::StrCat("/proc/", pid, "/ns/pid");
+  ssize_t n = ::readlink(link.c_str(), buffer, sizeof(buffer));
+  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "";
+}
+
+std::map<std::string, std::vector<pid_t>> ProcessesByPidNamespace() {
+  std::map<std::string, std::vector<pid_t>> result;
+  for (pid_t pid : AllPids()) {
+    std::string ns = PidNamespaceOf(pid);
+    if (!ns.empty()) result[ns].push_back(pid);
+  }
+  return result;
 }
 
 std::vector<pid_t> ProcessesInPidNamespace(pid_t init_pid) {

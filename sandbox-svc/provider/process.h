@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -60,6 +61,14 @@ bool WaitForExit(pid_t pid, uint64_t start_time, absl::Duration timeout);
 // Every live process in the same pid namespace as `init_pid` (init included), found by
 // comparing /proc/<pid>/ns/pid links.
 std::vector<pid_t> ProcessesInPidNamespace(pid_t init_pid);
+
+// The pid namespace of a process (its /proc/<pid>/ns/pid link, "pid:[4026531836]"), or ""
+// when it is gone.
+std::string PidNamespaceOf(pid_t pid);
+
+// Every live process grouped by pid namespace (keys as PidNamespaceOf), from one pass over
+// /proc: for looking at many sandboxes at once without a scan per sandbox.
+std::map<std::string, std::vector<pid_t>> ProcessesByPidNamespace();
 
 // The one-letter state of a process ('R', 'S', 'T', 'Z', ...), or '\0' when gone.
 char ProcessState(pid_t pid);
