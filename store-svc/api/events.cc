@@ -64,6 +64,12 @@ absl::Status ValidateBatch(const pb::AppendEventsRequest& request, const StoreLi
   return absl::OkStatus();
 }
 
+// Serialises the writers of one session's event log (appends, epoch changes) for the
+// rest of the transaction.
+void LockEventLog(pqxx::work& tx, const std::string& session_id) {
+  Exec(tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", session_id);
+}
+
 }  // namespace
 
 absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
@@ -82,7 +88,7 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
   absl::Status status = pool.Run([&](pqxx::connection& connection) -> absl::Status {
     out.Clear();
     pqxx::work tx(connection);
-    Exec(tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", request.session_id());
+    LockEventLog(tx, request.session_id());
     SessionEpoch session = ReadEpoch(tx, request.tenant_id(), request.session_id());
     out.set_skipped(static_cast<uint32_t>(request.events_size() - durable.size()));
     if (durable.empty()) {
@@ -206,6 +212,9 @@ Status StoreServiceImpl::AdvanceEpoch(ServerContext*, const pb::AdvanceEpochRequ
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::AdvanceEpochResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::AdvanceEpochResponse> {
+        // After any append in flight: its events belong to the epoch it read, and the
+        // new epoch must start after them.
+        LockEventLog(tx, request->session_id());
         pqxx::result advanced =
             Exec(tx,
                  "UPDATE sessions SET epoch = epoch + 1 WHERE tenant_id = $1 AND id = $2 AND "

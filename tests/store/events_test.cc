@@ -4,7 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <pqxx/pqxx>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/store/store_test_helpers.h"
@@ -163,6 +165,43 @@ TEST_F(Events, AdvanceEpochIsACompareAndSet) {
   EXPECT_FALSE(second->advanced());
   EXPECT_EQ(second->epoch(), 2u);
   EXPECT_EQ(GetSession(session_id_)->epoch(), 2u);
+}
+
+TEST_F(Events, AnEpochChangeWaitsForAnAppendInFlight) {
+  // An append holds the session's event-log lock from reading the epoch to committing;
+  // the epoch change must queue behind it, or the append would commit old-epoch events
+  // past the new epoch's resume point. The lock is held here by hand, as an append would.
+  ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 3)).ok());
+  pqxx::connection holder(database_url());
+  pqxx::work held(holder);
+  held.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", session_id_);
+
+  pb::AdvanceEpochRequest request;
+  request.set_tenant_id(kTenant);
+  request.set_session_id(session_id_);
+  request.set_expected_epoch(1);
+  absl::StatusOr<pb::AdvanceEpochResponse> advanced;
+  std::thread advance([&] { advanced = Call(&Stub::AdvanceEpoch, request); });
+  // Wait until Postgres shows the change blocked on the advisory lock (a state, not a
+  // duration), then let the "append" commit one more event and release the lock.
+  pqxx::connection observer(database_url());
+  bool waiting = false;
+  for (int i = 0; i < 3000 && !waiting; ++i) {
+    pqxx::nontransaction look(observer);
+    waiting =
+        look.exec("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").size() > 0;
+    if (!waiting) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(waiting) << "AdvanceEpoch did not wait for the event-log lock";
+  held.exec_params(
+      "INSERT INTO events (session_id, seq, tenant_id, epoch, payload) VALUES ($1, 4, $2, 1, "
+      "'\\x00')",
+      session_id_, kTenant);
+  held.commit();
+  advance.join();
+  ASSERT_TRUE(advanced.ok()) << advanced.status();
+  EXPECT_TRUE(advanced->advanced());
+  EXPECT_EQ(advanced->resume_after_seq(), 4u);  // After the append that was in flight.
 }
 
 TEST_F(Events, EventsOfAnotherEpochAreEpochMismatch) {
