@@ -1,6 +1,9 @@
 #include "common/redis.h"
 
+#include <poll.h>
 #include <sys/time.h>
+
+#include <cerrno>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -142,6 +145,26 @@ absl::StatusOr<RedisReply> RedisConnection::ReadReply() {
   if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
     return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
   }
+  return RedisReply(static_cast<redisReply*>(raw));
+}
+
+absl::StatusOr<RedisReply> RedisConnection::ReadReplyFor(absl::Duration timeout) {
+  if (broken()) return absl::UnavailableError("redis: connection is broken");
+  void* raw = nullptr;
+  // A reply may already sit in hiredis' buffer; only an empty buffer waits on the socket.
+  if (redisGetReplyFromReader(context_.get(), &raw) != REDIS_OK) {
+    return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+  }
+  if (raw != nullptr) return RedisReply(static_cast<redisReply*>(raw));
+  pollfd fd{.fd = context_->fd, .events = POLLIN, .revents = 0};
+  const int ready = poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  if (ready < 0 && errno != EINTR) return absl::UnavailableError("redis: poll failed");
+  if (ready <= 0) return absl::DeadlineExceededError("redis: no reply yet");
+  if (redisBufferRead(context_.get()) != REDIS_OK ||
+      redisGetReplyFromReader(context_.get(), &raw) != REDIS_OK) {
+    return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
+  }
+  if (raw == nullptr) return absl::DeadlineExceededError("redis: partial reply");
   return RedisReply(static_cast<redisReply*>(raw));
 }
 

@@ -75,6 +75,11 @@ class RedisConnection {
   // has subscribed, the next pub/sub message. An error reply is returned as a reply.
   absl::StatusOr<RedisReply> ReadReply();
 
+  // Like ReadReply, but gives up after `timeout` without breaking the connection:
+  // DEADLINE_EXCEEDED when nothing arrived. For a subscribed connection whose reader
+  // thread must also notice that it is asked to stop.
+  absl::StatusOr<RedisReply> ReadReplyFor(absl::Duration timeout);
+
   bool broken() const { return context_ == nullptr || context_->err != 0; }
 
  private:

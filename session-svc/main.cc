@@ -1,8 +1,21 @@
 // parley-session: session routing — turn queue, leases with fencing, the agent loop.
+//
+// Wiring only: flags → options, then the parts described in session-svc/README.md.
+// Shutdown order on SIGTERM: the scheduler drains first (stop claiming, let running
+// turns finish, hand back the rest) while the gRPC server still answers cancels; then
+// the server drains.
+#include <unistd.h>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
 #include "common/config.h"
 #include "common/redis.h"
 #include "common/server/service_host.h"
-#include "parley/router/v1/router.grpc.pb.h"
+#include "session-svc/api/router_service.h"
+#include "session-svc/scheduler/scheduler.h"
+#include "session-svc/scheduler/signals.h"
+#include "session-svc/turn/scripted_runner.h"
+#include "session-svc/turn/turn_executor.h"
 
 namespace {
 
@@ -10,7 +23,23 @@ struct SessionConfig {
   std::string store_addr = "127.0.0.1:7073";
   std::string sandbox_addr = "127.0.0.1:7072";
   std::string redis_url = "redis://127.0.0.1:56379";
+  std::string redis_key_prefix;
+  std::string worker_id;
+  int64_t turn_slots = 16;
+  absl::Duration lease_ttl = absl::Seconds(10);
+  absl::Duration poll_interval = absl::Seconds(1);
+  int64_t max_attempts = 2;
+  absl::Duration queued_turn_ttl = absl::Hours(24);
+  int64_t max_running_per_tenant = 0;
+  absl::Duration scripted_delay = absl::ZeroDuration();
 };
+
+std::string DefaultWorkerId() {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  absl::BitGen random;
+  return absl::StrCat(host, "/", getpid(), "/", absl::Uniform<uint32_t>(random));
+}
 
 }  // namespace
 
@@ -24,10 +53,80 @@ int main(int argc, char** argv) {
   flags.HostPort("sandbox_addr", &config.sandbox_addr, "sandbox-svc address");
   flags.String("redis_url", &config.redis_url, "Redis for session event streams and leases",
                parley::ValidateRedisUrl);
+  flags.String("redis_key_prefix", &config.redis_key_prefix,
+               "prefix of every Redis key and channel (tests use it to share one server)");
+  flags.String("worker_id", &config.worker_id, "lease owner name (default <host>/<pid>/<random>)");
+  flags.Int("turn_slots", &config.turn_slots, "turns this replica runs at once", 1, 4096);
+  flags.Duration("lease_ttl", &config.lease_ttl, "a turn's lease; heartbeats every third of it");
+  flags.Duration("poll_interval", &config.poll_interval,
+                 "claim attempt without a wake (what a lost wake costs at most)");
+  flags.Int("max_attempts", &config.max_attempts,
+            "runs of a turn whose worker died before it emitted output", 1, 100);
+  flags.Duration("queued_turn_ttl", &config.queued_turn_ttl,
+                 "a turn not started this long after it was queued ends CANCELLED");
+  flags.Int("max_running_per_tenant", &config.max_running_per_tenant,
+            "running turns per tenant across all replicas; 0 = no cap", 0, 100000);
+  flags.Duration("scripted_delay", &config.scripted_delay,
+                 "the scripted model's default pause before each word");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  if (config.worker_id.empty()) config.worker_id = DefaultWorkerId();
+  if (config.lease_ttl < absl::Seconds(1) || config.lease_ttl > absl::Minutes(10)) {
+    std::fprintf(stderr, "parley-session: --lease_ttl must be between 1s and 10m\n");
+    return 2;
+  }
+  if (config.poll_interval <= absl::ZeroDuration() || config.poll_interval > absl::Seconds(1)) {
+    std::fprintf(stderr, "parley-session: --poll_interval must be in (0, 1s]\n");
+    return 2;
+  }
+  const parley::RedisEndpoint redis = *parley::ParseRedisUrl(config.redis_url);
 
   parley::ServiceHost host("parley-session", server);
-  parley::router::v1::SessionRouter::CallbackService router;
+  auto store = parley::store::v1::StoreService::NewStub(
+      host.grpc_telemetry().CreateChannel(config.store_addr));
+  auto sandbox = parley::sandbox::v1::SandboxManager::NewStub(
+      host.grpc_telemetry().CreateChannel(config.sandbox_addr));
+
+  parley::session::ScriptedRunner runner({.word_delay = config.scripted_delay});
+  parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},
+                                   host.logger());
+  const parley::session::ExecutorOptions executor_options{
+      .owner = config.worker_id,
+      .lease_ttl = config.lease_ttl,
+      .max_attempts = static_cast<int>(config.max_attempts),
+      .queued_turn_ttl = config.queued_turn_ttl,
+      .redis = redis,
+      .key_prefix = config.redis_key_prefix};
+  parley::session::Scheduler scheduler(
+      {.owner = config.worker_id,
+       .slots = static_cast<int>(config.turn_slots),
+       .lease_ttl = config.lease_ttl,
+       .poll_interval = config.poll_interval,
+       .max_running_per_tenant = static_cast<uint32_t>(config.max_running_per_tenant)},
+      *store, signals,
+      [&] {
+        return std::make_unique<parley::session::TurnExecutor>(
+            executor_options, *store, runner, parley::RealClock::Get(), host.logger());
+      },
+      host.logger(), host.registry());
+  parley::session::RouterService router(*store, sandbox.get(), signals, scheduler,
+                                        config.redis_key_prefix, host.logger());
   host.AddService(&router);
-  return host.Run();
+
+  if (absl::Status started = host.Start(); !started.ok()) {
+    host.logger().Error("could not start", {{"error", started.ToString()}});
+    return 1;
+  }
+  signals.Start([&] { scheduler.Wake(); },
+                [&](const std::string& turn_id, const std::string& reason) {
+                  scheduler.Cancel(turn_id, reason);
+                });
+  scheduler.Start();
+  host.logger().Info("scheduler started", {{"worker_id", config.worker_id},
+                                           {"turn_slots", config.turn_slots}});
+  host.WaitForTerminationSignal();
+  host.logger().Info("draining turns", {{"running", scheduler.running()}});
+  scheduler.Drain(server.drain_timeout);
+  signals.Stop();
+  host.Shutdown();
+  return 0;
 }

@@ -1,0 +1,182 @@
+// SessionRouter handlers: validate, one store transaction, then signal the schedulers.
+#include "session-svc/api/router_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace parley::session {
+namespace {
+
+namespace pb = ::parley::store::v1;
+
+// Fields every call needs; the store validates the rest (and names the field).
+absl::Status CheckRequired(absl::string_view value, absl::string_view field) {
+  if (value.empty()) return InvalidArgumentError(field, "is required");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+RouterService::RouterService(StoreStub& store, sandbox::v1::SandboxManager::StubInterface* sandbox,
+                             Signals& signals, Scheduler& scheduler, std::string redis_key_prefix,
+                             const telemetry::Logger& logger)
+    : store_(store),
+      sandbox_(sandbox),
+      signals_(signals),
+      scheduler_(scheduler),
+      keys_(std::move(redis_key_prefix)),
+      logger_(logger) {}
+
+void RouterService::SignalCancel(const std::string& turn_id, const std::string& reason) {
+  scheduler_.Cancel(turn_id, reason);  // It may run right here.
+  if (absl::Status status = signals_.PublishCancel(turn_id, reason); !status.ok()) {
+    // The owner still learns it from its next heartbeat.
+    logger_.Warn("cancel signal not published", {{"turn_id", turn_id}, {"error", status.ToString()}});
+  }
+}
+
+grpc::Status RouterService::SubmitMessage(grpc::ServerContext*,
+                                          const router::v1::SubmitMessageRequest* request,
+                                          v1::SendMessageResponse* response) {
+  absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
+  if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  pb::EnqueueTurnRequest enqueue;
+  enqueue.set_tenant_id(request->tenant_id());
+  *enqueue.mutable_request() = request->request();
+  pb::EnqueueTurnResponse enqueued;
+  absl::Status status =
+      StoreCall(store_, &StoreStub::EnqueueTurn, enqueue, &enqueued, {.attempts = 3});
+  if (!status.ok()) return ToGrpcStatus(status);
+
+  if (!enqueued.interrupted_turn_id().empty() && !enqueued.duplicate()) {
+    SignalCancel(enqueued.interrupted_turn_id(), "INTERRUPTED");
+  }
+  scheduler_.Wake();
+  if (absl::Status wake = signals_.PublishWake(request->request().session_id()); !wake.ok()) {
+    logger_.Warn("wake not published; replicas find the turn at their next poll",
+                 {{"error", wake.ToString()}});
+  }
+  *response->mutable_message() = std::move(*enqueued.mutable_message());
+  *response->mutable_turn() = std::move(*enqueued.mutable_turn());
+  response->set_duplicate(enqueued.duplicate());
+  response->set_interrupted_turn_id(enqueued.interrupted_turn_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::CancelTurn(grpc::ServerContext*,
+                                       const router::v1::CancelTurnRequest* request,
+                                       v1::CancelTurnResponse* response) {
+  absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
+  if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  pb::CancelTurnRequest cancel;
+  cancel.set_tenant_id(request->tenant_id());
+  cancel.set_session_id(request->request().session_id());
+  cancel.set_turn_id(request->request().turn_id());
+  pb::CancelTurnResponse cancelled;
+  absl::Status status =
+      StoreCall(store_, &StoreStub::CancelTurn, cancel, &cancelled, {.attempts = 3});
+  if (!status.ok()) return ToGrpcStatus(status);
+  if (cancelled.was_running()) SignalCancel(cancelled.turn().id(), "CANCELLED_BY_USER");
+  *response->mutable_turn() = std::move(*cancelled.mutable_turn());
+  return grpc::Status::OK;
+}
+
+void RouterService::ReleaseSandboxes(const std::string& tenant_id, const std::string& session_id) {
+  if (sandbox_ == nullptr) return;
+  sandbox::v1::ListSandboxesRequest list;
+  list.set_tenant_id(tenant_id);
+  list.set_session_id(session_id);
+  sandbox::v1::ListSandboxesResponse sandboxes;
+  grpc::ClientContext list_context;
+  list_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  grpc::Status listed = sandbox_->ListSandboxes(&list_context, list, &sandboxes);
+  if (!listed.ok()) {
+    // The sandbox's own idle timeout and TTL still reap it.
+    logger_.Warn("could not list the closed session's sandboxes",
+                 {{"session_id", session_id}, {"error", listed.error_message()}});
+    return;
+  }
+  for (const sandbox::v1::Sandbox& box : sandboxes.sandboxes()) {
+    sandbox::v1::DestroySandboxRequest destroy;
+    destroy.set_tenant_id(tenant_id);
+    destroy.set_sandbox_id(box.id());
+    sandbox::v1::DestroySandboxResponse destroyed;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    grpc::Status status = sandbox_->DestroySandbox(&context, destroy, &destroyed);
+    if (!status.ok()) {
+      logger_.Warn("could not destroy the closed session's sandbox",
+                   {{"session_id", session_id}, {"error", status.error_message()}});
+    }
+  }
+}
+
+grpc::Status RouterService::CloseSession(grpc::ServerContext*,
+                                         const router::v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse* response) {
+  absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
+  if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  pb::CloseSessionRequest close;
+  close.set_tenant_id(request->tenant_id());
+  close.set_session_id(request->request().session_id());
+  pb::CloseSessionResponse closed;
+  absl::Status status = StoreCall(store_, &StoreStub::CloseSession, close, &closed, {.attempts = 3});
+  if (!status.ok()) return ToGrpcStatus(status);
+  if (!closed.running_turn_id().empty()) SignalCancel(closed.running_turn_id(), "SESSION_CLOSED");
+  if (closed.changed()) ReleaseSandboxes(request->tenant_id(), request->request().session_id());
+  *response->mutable_session() = std::move(*closed.mutable_session());
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::GetSessionStatus(grpc::ServerContext*,
+                                             const router::v1::GetSessionStatusRequest* request,
+                                             router::v1::GetSessionStatusResponse* response) {
+  absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
+  if (valid.ok()) valid = CheckRequired(request->session_id(), "session_id");
+  if (!valid.ok()) return ToGrpcStatus(valid);
+
+  // Redis first, then the store: a turn that starts in between shows as running with
+  // a stream position no newer than its start, never the other way round.
+  absl::StatusOr<RedisReply> lease_seq =
+      signals_.Command({"HGET", keys_.Lease(request->session_id()), "last_seq"});
+  absl::StatusOr<RedisReply> tail = signals_.Command(
+      {"XREVRANGE", keys_.EventStream(request->session_id()), "+", "-", "COUNT", "1"});
+
+  pb::GetSessionRequest get;
+  get.set_tenant_id(request->tenant_id());
+  get.set_session_id(request->session_id());
+  pb::GetSessionResponse session;
+  absl::Status status = StoreCall(store_, &StoreStub::GetSession, get, &session, {.attempts = 3});
+  if (!status.ok()) return ToGrpcStatus(status);
+
+  const v1::Session& s = session.session();
+  response->set_session_id(s.id());
+  response->set_status(s.status());
+  response->set_running_turn_id(s.current_turn_id());
+  response->set_lease_owner(session.lease_owner());
+  response->set_lease_epoch(session.lease_epoch());
+  if (session.has_lease_expiry()) *response->mutable_lease_expiry() = session.lease_expiry();
+  response->set_queued_turns(session.queued_turns());
+  response->set_durable_last_seq(s.last_seq());
+  response->set_epoch(s.epoch());
+  const uint64_t published = lease_seq.ok() ? static_cast<uint64_t>(ReplyInt64(lease_seq->get())) : 0;
+  response->set_last_seq(std::max<uint64_t>(published, s.last_seq()));
+  // A retry still in effect is the newest entry of the stream: no event followed it.
+  if (tail.ok() && (*tail)->elements == 1 && !s.current_turn_id().empty()) {
+    const redisReply* field = StreamEntryField((*tail)->element[0], "e");
+    v1::Event event;
+    if (field != nullptr && event.ParseFromArray(field->str, static_cast<int>(field->len)) &&
+        event.has_retry_scheduled() && event.turn_id() == s.current_turn_id()) {
+      *response->mutable_retry() = event.retry_scheduled();
+    }
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace parley::session

@@ -1,0 +1,85 @@
+// The scripted model: parse the directives, then stream the words.
+#include "session-svc/turn/scripted_runner.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace parley::session {
+namespace {
+
+// Caps that keep a directive from tying a slot up for longer than a test needs.
+constexpr int64_t kMaxWords = 100000;
+constexpr int64_t kMaxWaitMs = 3600 * 1000;
+
+// Applies "@name N" to `script`; false when the line is not a directive we know.
+bool ApplyDirective(absl::string_view line, Script& script) {
+  std::vector<absl::string_view> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
+  int64_t value = 0;
+  if (words.size() != 2 || !absl::SimpleAtoi(words[1], &value) || value < 0) return false;
+  if (words[0] == "@words" && value <= kMaxWords) {
+    script.words.clear();
+    for (int64_t i = 1; i <= value; ++i) script.words.push_back(absl::StrCat("w", i));
+    return true;
+  }
+  if (words[0] == "@delay_ms" && value <= kMaxWaitMs) {
+    script.word_delay = absl::Milliseconds(value);
+    return true;
+  }
+  if (words[0] == "@stall_ms" && value <= kMaxWaitMs) {
+    script.stall = absl::Milliseconds(value);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+Script ParseScript(const v1::Message& user_message, const ScriptedOptions& options) {
+  Script script{.word_delay = options.word_delay};
+  std::vector<std::string> text_words;
+  bool generated = false;
+  for (const v1::Part& part : user_message.parts()) {
+    if (part.kind_case() != v1::Part::kText) continue;
+    for (absl::string_view line : absl::StrSplit(part.text(), '\n')) {
+      absl::string_view trimmed = absl::StripAsciiWhitespace(line);
+      if (absl::StartsWith(trimmed, "@") && ApplyDirective(trimmed, script)) {
+        generated = generated || absl::StartsWith(trimmed, "@words");
+        continue;
+      }
+      for (absl::string_view word : absl::StrSplit(trimmed, ' ', absl::SkipEmpty())) {
+        text_words.emplace_back(word);
+      }
+    }
+  }
+  script.input_tokens = text_words.size();
+  if (!generated) {
+    script.words = {"Echo:"};
+    script.words.insert(script.words.end(), text_words.begin(), text_words.end());
+  }
+  return script;
+}
+
+absl::StatusOr<RunOutcome> ScriptedRunner::Run(const TurnInput& input, TurnOutput& output) {
+  const Script script = ParseScript(input.user_message, options_);
+  if (script.stall > absl::ZeroDuration() && !output.WaitFor(script.stall)) {
+    return absl::CancelledError("stopped while stalling");
+  }
+  for (size_t i = 0; i < script.words.size(); ++i) {
+    if (i > 0 && script.word_delay > absl::ZeroDuration() && !output.WaitFor(script.word_delay)) {
+      return absl::CancelledError("stopped between words");
+    }
+    v1::Event event;
+    event.mutable_text_delta()->set_step(0);
+    event.mutable_text_delta()->set_text(i == 0 ? script.words[i] : absl::StrCat(" ", script.words[i]));
+    if (absl::Status status = output.Emit(std::move(event)); !status.ok()) return status;
+  }
+  v1::Event usage;
+  usage.mutable_usage()->set_input_tokens(script.input_tokens);
+  usage.mutable_usage()->set_output_tokens(script.words.size());
+  if (absl::Status status = output.Emit(std::move(usage)); !status.ok()) return status;
+  return RunOutcome{.finish_reason = v1::FINISH_REASON_STOP};
+}
+
+}  // namespace parley::session

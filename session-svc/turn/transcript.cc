@@ -1,0 +1,82 @@
+// Folding events into messages. An assistant message collects a step's text,
+// reasoning and tool calls; tool results go into a tool message after it; content
+// arriving after a tool result starts the next assistant message.
+#include "session-svc/turn/transcript.h"
+
+#include <algorithm>
+
+namespace parley::session {
+
+v1::Message& Transcript::Assistant() {
+  if (messages_.empty() || messages_.back().role() != v1::ROLE_ASSISTANT) {
+    messages_.emplace_back().set_role(v1::ROLE_ASSISTANT);
+  }
+  return messages_.back();
+}
+
+void Transcript::AppendText(v1::Message& message, bool reasoning, const std::string& text) {
+  const v1::Part::KindCase kind = reasoning ? v1::Part::kReasoning : v1::Part::kText;
+  if (message.parts_size() == 0 || message.parts().rbegin()->kind_case() != kind) {
+    message.add_parts();
+  }
+  v1::Part& part = *message.mutable_parts()->rbegin();
+  if (reasoning) {
+    part.mutable_reasoning()->append(text);
+  } else {
+    part.mutable_text()->append(text);
+  }
+}
+
+void Transcript::Add(const v1::Event& event) {
+  if (event.transient()) return;
+  auto step_seen = [this](uint32_t step) { steps_ = std::max(steps_, step + 1); };
+  switch (event.payload_case()) {
+    case v1::Event::kTextDelta:
+      AppendText(Assistant(), false, event.text_delta().text());
+      step_seen(event.text_delta().step());
+      break;
+    case v1::Event::kReasoningDelta:
+      AppendText(Assistant(), true, event.reasoning_delta().text());
+      step_seen(event.reasoning_delta().step());
+      break;
+    case v1::Event::kToolCall:
+      *Assistant().add_parts()->mutable_tool_call() = event.tool_call();
+      open_calls_.push_back(event.tool_call().call_id());
+      break;
+    case v1::Event::kToolResult: {
+      if (messages_.empty() || messages_.back().role() != v1::ROLE_TOOL) {
+        messages_.emplace_back().set_role(v1::ROLE_TOOL);
+      }
+      *messages_.back().add_parts()->mutable_tool_result() = event.tool_result();
+      std::erase(open_calls_, event.tool_result().call_id());
+      break;
+    }
+    case v1::Event::kToolOutputDelta:
+      break;  // Informational: the model sees only the result.
+    case v1::Event::kUsage: {
+      const v1::Usage& step = event.usage();
+      usage_.set_input_tokens(usage_.input_tokens() + step.input_tokens());
+      usage_.set_output_tokens(usage_.output_tokens() + step.output_tokens());
+      usage_.set_cache_read_tokens(usage_.cache_read_tokens() + step.cache_read_tokens());
+      usage_.set_cache_write_tokens(usage_.cache_write_tokens() + step.cache_write_tokens());
+      return;  // Usage is accounting, not output.
+    }
+    default:
+      return;
+  }
+  has_output_ = true;
+}
+
+std::vector<v1::Event> Transcript::CloseDanglingToolCalls(const std::string& why) {
+  std::vector<v1::Event> results;
+  for (const std::string& call_id : std::vector<std::string>(open_calls_)) {
+    v1::Event& event = results.emplace_back();
+    event.mutable_tool_result()->set_call_id(call_id);
+    event.mutable_tool_result()->set_output(why);
+    event.mutable_tool_result()->set_is_error(true);
+    Add(event);
+  }
+  return results;
+}
+
+}  // namespace parley::session

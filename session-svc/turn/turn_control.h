@@ -1,0 +1,74 @@
+// TurnControl: how the rest of a replica talks to one running turn.
+//
+// The slot thread running the turn owns the turn's work; the lease keeper, the cancel
+// signal and drain reach it only through this object: they ask it to stop (with a
+// reason) and read its progress for heartbeats. Every wait inside a turn goes through
+// WaitFor(), so a stop request ends any wait at once.
+//
+//   TurnControl control;
+//   std::thread t([&] { while (!control.stopping()) control.WaitFor(absl::Milliseconds(50)); });
+//   control.Stop(StopReason::kCancelled, "CANCELLED_BY_USER");  // t returns promptly
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace parley::session {
+
+enum class StopReason {
+  kNone,
+  kCancelled,  // CancelTurn, INTERRUPT, CloseSession: end the turn CANCELLED.
+  kLeaseLost,  // Another owner holds the turn: stop writing anything, at once.
+  kHandBack,   // Drain ran out of time: hand the turn back or fail it (WORKER_SHUTDOWN).
+};
+
+class TurnControl {
+ public:
+  // Asks the turn to stop. The first reason wins, except that a lost lease overrides
+  // everything (nothing may be written after it). `detail` is the machine-readable
+  // reason carried into the turn's error (e.g. "INTERRUPTED"). Thread-safe.
+  void Stop(StopReason reason, std::string detail = "") {
+    absl::MutexLock lock(&mu_);
+    if (reason_ == StopReason::kNone || reason == StopReason::kLeaseLost) {
+      reason_ = reason;
+      if (!detail.empty() || reason == StopReason::kLeaseLost) detail_ = std::move(detail);
+      stopping_.store(true, std::memory_order_release);
+    }
+  }
+
+  bool stopping() const { return stopping_.load(std::memory_order_acquire); }
+  StopReason reason() const {
+    absl::MutexLock lock(&mu_);
+    return reason_;
+  }
+  std::string detail() const {
+    absl::MutexLock lock(&mu_);
+    return detail_;
+  }
+
+  // Waits up to `duration` (real time); returns false at once when the turn is asked to
+  // stop, true when the whole duration passed.
+  bool WaitFor(absl::Duration duration) {
+    absl::MutexLock lock(&mu_);
+    auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return reason_ != StopReason::kNone; };
+    return !mu_.AwaitWithTimeout(absl::Condition(&stopped), duration);
+  }
+
+  // Progress, published by the slot thread and read by the lease keeper's heartbeats.
+  std::atomic<uint64_t> first_seq{0};
+  std::atomic<uint64_t> last_seq{0};
+  std::atomic<uint32_t> steps{0};
+
+ private:
+  mutable absl::Mutex mu_;
+  StopReason reason_ ABSL_GUARDED_BY(mu_) = StopReason::kNone;
+  std::string detail_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace parley::session

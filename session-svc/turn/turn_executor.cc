@@ -1,0 +1,532 @@
+// One turn, from its lease to its seal. See turn_executor.h for the order of work and
+// session-svc/README.md for why each step is where it is.
+#include "session-svc/turn/turn_executor.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "session-svc/turn/transcript.h"
+
+namespace parley::session {
+namespace {
+
+namespace pb = ::parley::store::v1;
+using google::protobuf::util::TimeUtil;
+
+google::protobuf::Timestamp ToProto(absl::Time time) {
+  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(time));
+}
+
+absl::Time FromProto(const google::protobuf::Timestamp& time) {
+  return absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(time));
+}
+
+v1::TurnError MakeError(v1::TurnErrorKind kind, std::string reason, std::string message,
+                        bool retryable) {
+  v1::TurnError error;
+  error.set_kind(kind);
+  error.set_reason(std::move(reason));
+  error.set_message(std::move(message));
+  error.set_retryable(retryable);
+  return error;
+}
+
+// The entry id "<seq>-<sub>" of a Redis stream entry.
+std::pair<uint64_t, uint64_t> EntryId(const redisReply* entry) {
+  absl::string_view id(entry->element[0]->str, entry->element[0]->len);
+  uint64_t seq = 0, sub = 0;
+  size_t dash = id.find('-');
+  (void)absl::SimpleAtoi(id.substr(0, dash), &seq);
+  if (dash != absl::string_view::npos) (void)absl::SimpleAtoi(id.substr(dash + 1), &sub);
+  return {seq, sub};
+}
+
+std::optional<v1::Event> EntryEvent(const redisReply* entry) {
+  const redisReply* field = StreamEntryField(entry, "e");
+  v1::Event event;
+  if (field == nullptr || !event.ParseFromArray(field->str, static_cast<int>(field->len))) {
+    return std::nullopt;
+  }
+  return event;
+}
+
+}  // namespace
+
+// The state of one run. Implements TurnOutput for the runner.
+class TurnExecutor::Run_ final : public TurnOutput {
+ public:
+  Run_(TurnExecutor& executor, const pb::ClaimNextTurnResponse& claim, TurnControl& control)
+      : x_(executor),
+        claim_(claim),
+        turn_(claim.turn()),
+        session_id_(claim.turn().session_id()),
+        tenant_id_(claim.session().tenant_id()),
+        lease_epoch_(claim.lease_epoch()),
+        epoch_(std::max<uint64_t>(1, claim.session().epoch())),
+        control_(control) {}
+
+  RunResult Go();
+
+  // TurnOutput: the runner's content. Refused once the turn is asked to stop.
+  absl::Status Emit(v1::Event event) override {
+    if (control_.stopping()) return absl::CancelledError("the turn is stopping");
+    if (!first_output_ && event.payload_case() != v1::Event::kUsage) {
+      first_output_ = x_.clock_.Now();
+    }
+    return Publish(std::move(event));
+  }
+  bool stopping() const override { return control_.stopping(); }
+  bool WaitFor(absl::Duration duration) override { return control_.WaitFor(duration); }
+
+ private:
+  absl::Status TakeLease();
+  absl::Status RecoverEpoch();
+  absl::Status Publish(v1::Event event);
+  void SealPredecessor();
+  absl::StatusOr<std::vector<v1::Event>> ReadOwnEvents();
+  absl::StatusOr<v1::Message> LoadUserMessage();
+  RunResult Finish(v1::TurnStatus status, v1::FinishReason reason,
+                   std::optional<v1::TurnError> error);
+  RunResult HandBack();
+  bool lease_lost() const { return control_.reason() == StopReason::kLeaseLost; }
+  // Redis calls are retried while the lease lasts: past it, another owner takes over.
+  absl::Duration retry_budget() const { return x_.options_.lease_ttl; }
+
+  TurnExecutor& x_;
+  const pb::ClaimNextTurnResponse& claim_;
+  const v1::Turn& turn_;
+  const std::string session_id_;
+  const std::string tenant_id_;
+  const uint64_t lease_epoch_;
+  uint64_t epoch_;  // History epoch of the events we write.
+  TurnControl& control_;
+  uint64_t last_seq_ = 0;
+  uint64_t first_seq_ = 0;
+  Transcript transcript_;
+  absl::Time started_ = absl::InfinitePast();
+  std::optional<absl::Time> first_output_;
+};
+
+TurnExecutor::TurnExecutor(ExecutorOptions options, StoreStub& store, TurnRunner& runner,
+                           Clock& clock, const telemetry::Logger& logger)
+    : options_(std::move(options)), store_(store), runner_(runner), clock_(clock), logger_(logger) {}
+
+TurnExecutor::~TurnExecutor() = default;
+
+absl::Status TurnExecutor::EnsureRedis() {
+  if (redis_ != nullptr && !redis_->broken()) return absl::OkStatus();
+  DropRedis();
+  absl::StatusOr<std::unique_ptr<RedisConnection>> connection =
+      RedisConnection::Connect(options_.redis, absl::Seconds(2));
+  if (!connection.ok()) return connection.status();
+  redis_ = *std::move(connection);
+  publisher_ = std::make_unique<EventPublisher>(
+      *redis_, PublisherOptions{.key_prefix = options_.key_prefix}, clock_);
+  return absl::OkStatus();
+}
+
+void TurnExecutor::DropRedis() {
+  publisher_.reset();
+  redis_.reset();
+}
+
+RunResult TurnExecutor::Run(const pb::ClaimNextTurnResponse& claim, TurnControl& control) {
+  Run_ run(*this, claim, control);
+  return run.Go();
+}
+
+absl::Status TurnExecutor::Run_::TakeLease() {
+  const RedisKeys keys(x_.options_.key_prefix);
+  const absl::Time deadline = absl::Now() + retry_budget();
+  absl::Status status;
+  for (absl::Duration backoff = absl::Milliseconds(50); absl::Now() < deadline;
+       backoff = std::min(backoff * 2, absl::Seconds(1))) {
+    status = x_.EnsureRedis();
+    if (status.ok()) {
+      // The lease hash is never deleted: missing after an earlier lease means Redis lost
+      // the session's state (flush, failover without data).
+      absl::StatusOr<RedisReply> exists =
+          x_.redis_->Command({"HEXISTS", keys.Lease(session_id_), "epoch"});
+      status = exists.status();
+      if (status.ok() && (*exists)->integer == 0 && lease_epoch_ > 1) return RecoverEpoch();
+      if (status.ok()) {
+        absl::StatusOr<uint64_t> last = x_.publisher_->AcquireLease(
+            session_id_, x_.options_.owner, lease_epoch_, claim_.session().last_seq());
+        if (last.ok()) {
+          last_seq_ = *last;
+          return absl::OkStatus();
+        }
+        status = last.status();
+        if (ErrorReason(status) == "LEASE_LOST") return status;
+      }
+    }
+    if (status.code() == absl::StatusCode::kUnavailable) x_.DropRedis();
+    absl::SleepFor(backoff);
+  }
+  return status;
+}
+
+absl::Status TurnExecutor::Run_::RecoverEpoch() {
+  pb::AdvanceEpochRequest request;
+  request.set_tenant_id(tenant_id_);
+  request.set_session_id(session_id_);
+  request.set_expected_epoch(epoch_);
+  request.set_reason("redis lost events of the session before they were persisted");
+  pb::AdvanceEpochResponse response;
+  absl::Status status = StoreCall(x_.store_, &StoreStub::AdvanceEpoch, request, &response,
+                                  {.attempts = 5});
+  if (!status.ok()) return status;
+  x_.logger_.Warn("redis lost the session's stream; new history epoch",
+                  {{"session_id", session_id_},
+                   {"epoch", response.epoch()},
+                   {"resume_after_seq", response.resume_after_seq()},
+                   {"advanced", response.advanced()}});
+  epoch_ = response.epoch();
+  if (absl::Status redis = x_.EnsureRedis(); !redis.ok()) return redis;
+  absl::StatusOr<uint64_t> last = x_.publisher_->AcquireLease(
+      session_id_, x_.options_.owner, lease_epoch_, response.resume_after_seq());
+  if (!last.ok()) return last.status();
+  last_seq_ = *last;
+  return absl::OkStatus();
+}
+
+absl::Status TurnExecutor::Run_::Publish(v1::Event event) {
+  if (lease_lost()) return absl::CancelledError("lease lost");
+  const absl::Time deadline = absl::Now() + retry_budget();
+  absl::Status status;
+  for (absl::Duration backoff = absl::Milliseconds(20); absl::Now() < deadline;
+       backoff = std::min(backoff * 2, absl::Seconds(1))) {
+    event.set_session_id(session_id_);
+    if (event.turn_id().empty() && !event.has_session_status_changed()) {
+      event.set_turn_id(turn_.id());
+    }
+    event.set_epoch(epoch_);
+    event.set_seq(event.transient() ? last_seq_ : last_seq_ + 1);
+    *event.mutable_time() = ToProto(x_.clock_.Now());
+    status = x_.EnsureRedis();
+    if (status.ok()) status = x_.publisher_->Publish(event, lease_epoch_);
+    if (status.ok()) {
+      if (!event.transient()) {
+        last_seq_ = event.seq();
+        if (first_seq_ == 0) first_seq_ = event.seq();
+        control_.first_seq.store(first_seq_);
+        control_.last_seq.store(last_seq_);
+      }
+      transcript_.Add(event);
+      control_.steps.store(transcript_.steps());
+      return absl::OkStatus();
+    }
+    const std::string reason = ErrorReason(status);
+    if (reason == "LEASE_LOST") {
+      std::optional<v1::ErrorInfo> info = GetErrorInfo(status);
+      if (info && info->metadata().at("lease_epoch") == "0") {
+        // The lease hash vanished under us: Redis lost the session's state.
+        status = RecoverEpoch();
+        if (status.ok()) continue;
+      } else {
+        control_.Stop(StopReason::kLeaseLost);
+        return absl::CancelledError("lease lost: another owner holds the session");
+      }
+    } else if (reason == "SEQ_MISMATCH") {
+      // Only a second writer under our epoch could cause this; never write past it.
+      control_.Stop(StopReason::kLeaseLost);
+      return absl::InternalError(absl::StrCat("seq mismatch: ", status.message()));
+    }
+    if (status.code() == absl::StatusCode::kUnavailable) x_.DropRedis();
+    absl::SleepFor(backoff);
+  }
+  return status;
+}
+
+void TurnExecutor::Run_::SealPredecessor() {
+  const RedisKeys keys(x_.options_.key_prefix);
+  absl::StatusOr<RedisReply> tail =
+      x_.redis_->Command({"XREVRANGE", keys.EventStream(session_id_), "+", "-", "COUNT", "16"});
+  if (!tail.ok()) return;
+  for (size_t i = 0; i < (*tail)->elements; ++i) {
+    const redisReply* entry = (*tail)->element[i];
+    if (EntryId(entry).second != 0) continue;  // Transient: look further back.
+    std::optional<v1::Event> last = EntryEvent(entry);
+    if (!last || !last->has_turn_completed() || last->turn_id() == turn_.id()) return;
+    // The predecessor committed (the store freed the session only then) but its seal
+    // lost the race for the lease. Find its last message and seal it.
+    pb::ListMessagesRequest list;
+    list.set_tenant_id(tenant_id_);
+    list.mutable_request()->set_session_id(session_id_);
+    list.mutable_request()->set_latest(true);
+    list.mutable_request()->set_limit(64);
+    pb::ListMessagesResponse messages;
+    v1::Event sealed;
+    sealed.set_turn_id(last->turn_id());
+    sealed.mutable_turn_sealed()->set_turn_id(last->turn_id());
+    if (StoreCall(x_.store_, &StoreStub::ListMessages, list, &messages, {.attempts = 3}).ok()) {
+      for (const v1::Message& m : messages.messages()) {
+        if (m.turn_id() == last->turn_id() && m.role() != v1::ROLE_USER) {
+          sealed.mutable_turn_sealed()->set_last_message_id(m.id());
+        }
+      }
+    }
+    (void)Publish(std::move(sealed));
+    return;
+  }
+}
+
+absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
+  // Newest first through the hot window until an event of another turn; what the hot
+  // window no longer holds is durable, so the rest comes from store-svc.
+  const RedisKeys keys(x_.options_.key_prefix);
+  std::vector<v1::Event> newest_first;
+  std::string before = "+";
+  uint64_t oldest_seen = 0;
+  bool boundary = false;
+  while (!boundary) {
+    absl::StatusOr<RedisReply> page = x_.redis_->Command(
+        {"XREVRANGE", keys.EventStream(session_id_), before, "-", "COUNT", "256"});
+    if (!page.ok()) return page.status();
+    if ((*page)->elements == 0) break;
+    for (size_t i = 0; i < (*page)->elements && !boundary; ++i) {
+      const redisReply* entry = (*page)->element[i];
+      auto [seq, sub] = EntryId(entry);
+      oldest_seen = seq;
+      before = absl::StrCat("(", seq, "-", sub);
+      std::optional<v1::Event> event = EntryEvent(entry);
+      if (!event || event->transient()) continue;
+      if (event->turn_id() != turn_.id()) {
+        boundary = true;
+      } else {
+        newest_first.push_back(*std::move(event));
+      }
+    }
+  }
+  std::vector<v1::Event> events(newest_first.rbegin(), newest_first.rend());
+  if (boundary || turn_.first_seq() == 0 || oldest_seen == 0 || oldest_seen <= turn_.first_seq()) {
+    return events;
+  }
+  // The hot window was trimmed past the turn's start: read the durable part.
+  pb::ReadEventsRequest read;
+  read.set_tenant_id(tenant_id_);
+  read.set_session_id(session_id_);
+  read.set_after_seq(turn_.first_seq() - 1);
+  read.set_limit(10000);
+  pb::ReadEventsResponse durable;
+  absl::Status status = StoreCall(x_.store_, &StoreStub::ReadEvents, read, &durable, {.attempts = 3});
+  if (!status.ok()) return status;
+  std::vector<v1::Event> merged;
+  for (const v1::Event& event : durable.events()) {
+    if (event.seq() < oldest_seen && event.turn_id() == turn_.id()) merged.push_back(event);
+  }
+  merged.insert(merged.end(), events.begin(), events.end());
+  return merged;
+}
+
+absl::StatusOr<v1::Message> TurnExecutor::Run_::LoadUserMessage() {
+  pb::ListMessagesRequest list;
+  list.set_tenant_id(tenant_id_);
+  list.mutable_request()->set_session_id(session_id_);
+  list.mutable_request()->set_latest(true);
+  list.mutable_request()->set_limit(100);
+  for (int page = 0; page < 100; ++page) {
+    pb::ListMessagesResponse messages;
+    absl::Status status =
+        StoreCall(x_.store_, &StoreStub::ListMessages, list, &messages, {.attempts = 5});
+    if (!status.ok()) return status;
+    for (const v1::Message& m : messages.messages()) {
+      if (m.id() == turn_.user_message_id()) return m;
+    }
+    if (!messages.has_more() || messages.messages().empty()) break;
+    list.mutable_request()->set_before_message_id(messages.messages(0).id());
+  }
+  return absl::NotFoundError(absl::StrCat("user message ", turn_.user_message_id(), " not found"));
+}
+
+RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason reason,
+                                     std::optional<v1::TurnError> error) {
+  if (lease_lost()) return RunResult::kLeaseLost;
+  const std::string why = error ? absl::StrCat("interrupted: ", error->message())
+                                : "interrupted before the tool finished";
+  for (v1::Event& result : transcript_.CloseDanglingToolCalls(why)) {
+    // Already folded into the transcript; publish so viewers see the call closed.
+    (void)Publish(std::move(result));
+  }
+  if (error && status == v1::TURN_STATUS_FAILED) {
+    v1::Event failed;
+    *failed.mutable_error() = *error;
+    (void)Publish(std::move(failed));
+  }
+  const absl::Time now = x_.clock_.Now();
+  v1::Event completed;
+  v1::TurnCompleted& done = *completed.mutable_turn_completed();
+  done.set_finish_reason(reason);
+  done.set_status(status);
+  *done.mutable_usage() = transcript_.usage();
+  done.set_steps(transcript_.steps());
+  if (first_output_ && started_ != absl::InfinitePast()) {
+    done.set_time_to_first_token_ms(absl::ToInt64Milliseconds(*first_output_ - started_));
+  }
+  if (started_ != absl::InfinitePast()) {
+    done.set_duration_ms(std::max<int64_t>(0, absl::ToInt64Milliseconds(now - started_)));
+  }
+  if (error) *done.mutable_error() = *error;
+  const uint64_t before = last_seq_;
+  if (!Publish(completed).ok() && lease_lost()) return RunResult::kLeaseLost;
+  const uint64_t completed_seq = last_seq_ > before ? last_seq_ : 0;
+
+  pb::CompleteTurnRequest request;
+  request.set_tenant_id(tenant_id_);
+  request.set_turn_id(turn_.id());
+  request.set_owner(x_.options_.owner);
+  request.set_lease_epoch(lease_epoch_);
+  request.set_status(status);
+  request.set_finish_reason(reason);
+  *request.mutable_usage() = transcript_.usage();
+  if (error) *request.mutable_error() = *error;
+  for (const v1::Message& m : transcript_.messages()) *request.add_messages() = m;
+  request.set_steps(transcript_.steps());
+  request.set_time_to_first_token_ms(done.time_to_first_token_ms());
+  request.set_first_seq(first_seq_);
+  request.set_last_seq(completed_seq);
+  pb::CompleteTurnResponse response;
+  absl::Status committed =
+      StoreCall(x_.store_, &StoreStub::CompleteTurn, request, &response,
+                {.attempts = std::max<int>(3, absl::ToInt64Seconds(x_.options_.lease_ttl))});
+  if (!committed.ok()) {
+    if (ErrorReason(committed) == "LEASE_LOST") {
+      control_.Stop(StopReason::kLeaseLost);
+      return RunResult::kLeaseLost;
+    }
+    x_.logger_.Error("could not commit the turn; its lease will expire and it is recovered",
+                     {{"session_id", session_id_},
+                      {"turn_id", turn_.id()},
+                      {"error", committed.ToString()}});
+    return RunResult::kAbandoned;
+  }
+  v1::Event sealed;
+  sealed.mutable_turn_sealed()->set_turn_id(turn_.id());
+  if (response.messages_size() > 0) {
+    sealed.mutable_turn_sealed()->set_last_message_id(response.messages().rbegin()->id());
+  }
+  // Refused only when the next turn's owner already took the lease; it seals for us.
+  (void)Publish(std::move(sealed));
+  if (control_.detail() == "SESSION_CLOSED") {
+    v1::Event closed;
+    closed.mutable_session_status_changed()->set_old_status(v1::SESSION_STATUS_ACTIVE);
+    closed.mutable_session_status_changed()->set_new_status(v1::SESSION_STATUS_CLOSED);
+    closed.set_turn_id(std::string());
+    (void)Publish(std::move(closed));
+  }
+  return RunResult::kCompleted;
+}
+
+RunResult TurnExecutor::Run_::HandBack() {
+  if (transcript_.has_output()) {
+    return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR,
+                  MakeError(v1::TURN_ERROR_KIND_INTERNAL, "WORKER_SHUTDOWN",
+                            "the worker running the turn shut down before it finished", true));
+  }
+  pb::ReleaseTurnRequest request;
+  request.set_tenant_id(tenant_id_);
+  request.set_turn_id(turn_.id());
+  request.set_owner(x_.options_.owner);
+  request.set_lease_epoch(lease_epoch_);
+  request.set_reason("drain");
+  pb::ReleaseTurnResponse response;
+  absl::Status status =
+      StoreCall(x_.store_, &StoreStub::ReleaseTurn, request, &response, {.attempts = 5});
+  if (status.ok()) return RunResult::kReleased;
+  if (ErrorReason(status) == "LEASE_LOST") return RunResult::kLeaseLost;
+  x_.logger_.Warn("could not hand the turn back; its lease will expire",
+                  {{"turn_id", turn_.id()}, {"error", status.ToString()}});
+  return RunResult::kAbandoned;
+}
+
+RunResult TurnExecutor::Run_::Go() {
+  if (absl::Status status = TakeLease(); !status.ok()) {
+    if (ErrorReason(status) == "LEASE_LOST") return RunResult::kLeaseLost;
+    x_.logger_.Error("could not take the session's stream lease",
+                     {{"session_id", session_id_}, {"turn_id", turn_.id()},
+                      {"error", status.ToString()}});
+    return RunResult::kAbandoned;
+  }
+  SealPredecessor();
+
+  if (claim_.recovery()) {
+    absl::StatusOr<std::vector<v1::Event>> events = ReadOwnEvents();
+    if (!events.ok()) return RunResult::kAbandoned;
+    std::optional<v1::TurnCompleted> finished;
+    for (const v1::Event& event : *events) {
+      transcript_.Add(event);
+      if (first_seq_ == 0) first_seq_ = event.seq();
+      if (event.has_turn_completed()) finished = event.turn_completed();
+    }
+    if (finished) {
+      // The old owner ended the turn but died before committing it.
+      return Finish(finished->status(), finished->finish_reason(),
+                    finished->has_error() ? std::optional(finished->error()) : std::nullopt);
+    }
+    if (transcript_.has_output() || turn_.attempt() > static_cast<uint32_t>(x_.options_.max_attempts)) {
+      return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR,
+                    MakeError(v1::TURN_ERROR_KIND_INTERNAL, "WORKER_LOST",
+                              transcript_.has_output()
+                                  ? "the worker running the turn was lost after it emitted output"
+                                  : "the worker running the turn was lost on every attempt",
+                              true));
+    }
+    first_seq_ = 0;  // A fresh attempt: its TurnStarted is the turn's new first event.
+  } else if (x_.clock_.Now() - FromProto(turn_.create_time()) > x_.options_.queued_turn_ttl) {
+    return Finish(v1::TURN_STATUS_CANCELLED, v1::FINISH_REASON_CANCELLED,
+                  MakeError(v1::TURN_ERROR_KIND_CANCELLED, "QUEUED_TTL_EXPIRED",
+                            absl::StrCat("the turn waited longer than the queue allows (",
+                                         absl::FormatDuration(x_.options_.queued_turn_ttl), ")"),
+                            true));
+  }
+
+  started_ = x_.clock_.Now();
+  v1::Event started;
+  started.mutable_turn_started()->set_turn_id(turn_.id());
+  started.mutable_turn_started()->set_model(x_.options_.model);
+  started.mutable_turn_started()->set_attempt(std::max<uint32_t>(1, turn_.attempt()));
+  if (!Publish(std::move(started)).ok() && lease_lost()) return RunResult::kLeaseLost;
+
+  absl::StatusOr<RunOutcome> outcome = absl::UnknownError("not run");
+  absl::StatusOr<v1::Message> user_message = LoadUserMessage();
+  if (user_message.ok()) {
+    TurnInput input{.turn = turn_,
+                    .session = claim_.session(),
+                    .config = claim_.agent_config(),
+                    .user_message = *user_message};
+    outcome = x_.runner_.Run(input, *this);
+  } else {
+    outcome = user_message.status();
+  }
+
+  switch (control_.reason()) {
+    case StopReason::kLeaseLost:
+      return RunResult::kLeaseLost;
+    case StopReason::kHandBack:
+      return HandBack();
+    case StopReason::kCancelled: {
+      std::string detail = control_.detail().empty() ? "CANCELLED" : control_.detail();
+      return Finish(v1::TURN_STATUS_CANCELLED, v1::FINISH_REASON_CANCELLED,
+                    MakeError(v1::TURN_ERROR_KIND_CANCELLED, detail, "the turn was cancelled",
+                              false));
+    }
+    case StopReason::kNone:
+      break;
+  }
+  if (!outcome.ok()) {
+    return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR,
+                  MakeError(v1::TURN_ERROR_KIND_INTERNAL, "", std::string(outcome.status().message()),
+                            outcome.status().code() == absl::StatusCode::kUnavailable));
+  }
+  if (outcome->error) {
+    return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR, outcome->error);
+  }
+  return Finish(v1::TURN_STATUS_SUCCEEDED, outcome->finish_reason, std::nullopt);
+}
+
+}  // namespace parley::session

@@ -1,0 +1,72 @@
+// TurnRunner: the agent behind a turn — the seam between scheduling and the agent loop.
+//
+// session-svc claims a turn, takes its lease and publishes TurnStarted; then it hands
+// the turn to a TurnRunner, which produces the turn's content (text, reasoning, tool
+// calls and results, usage) as events through TurnOutput. Everything around the
+// content — seq numbers, fencing, TurnCompleted, committing the messages, TurnSealed,
+// cancel, recovery — belongs to the executor, so every runner gets it for free.
+//
+//   class EchoRunner : public TurnRunner {
+//     absl::StatusOr<RunOutcome> Run(const TurnInput& in, TurnOutput& out) override {
+//       v1::Event e; e.mutable_text_delta()->set_text("hi");
+//       RETURN_IF_ERROR(out.Emit(std::move(e)));
+//       return RunOutcome{.finish_reason = v1::FINISH_REASON_STOP};
+//     }
+//   };
+//
+// The scripted model (ScriptedRunner) fills it today; the real agent loop (model
+// providers and tools) goes behind the same interface.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "parley/v1/events.pb.h"
+#include "parley/v1/resources.pb.h"
+
+namespace parley::session {
+
+// What a runner sees of the turn.
+struct TurnInput {
+  const v1::Turn& turn;
+  const v1::Session& session;
+  // The configuration captured when the turn was enqueued (not the session's current).
+  const v1::AgentConfig& config;
+  // The user message that started the turn.
+  const v1::Message& user_message;
+};
+
+// Where a runner's content goes. Implemented by the executor.
+class TurnOutput {
+ public:
+  virtual ~TurnOutput() = default;
+  // Publishes `event` (payload set; seq, epoch, session, turn and time are filled in)
+  // as the turn's next event. Errors: CANCELLED once the turn must stop (cancel, lost
+  // lease, drain): the runner returns promptly; UNAVAILABLE when the event could not
+  // be published after retries.
+  virtual absl::Status Emit(v1::Event event) = 0;
+  // True once the turn is asked to stop.
+  virtual bool stopping() const = 0;
+  // Waits up to `duration`; false at once when the turn is asked to stop.
+  virtual bool WaitFor(absl::Duration duration) = 0;
+};
+
+// How the content ended, as the runner saw it.
+struct RunOutcome {
+  v1::FinishReason finish_reason = v1::FINISH_REASON_STOP;
+  // Set when the runner failed (finish_reason ERROR).
+  std::optional<v1::TurnError> error;
+};
+
+class TurnRunner {
+ public:
+  virtual ~TurnRunner() = default;
+  // Produces the turn's content. Called on a slot thread; may block (it is the turn).
+  // A stop request makes Emit/WaitFor fail; the runner then returns whatever it has.
+  virtual absl::StatusOr<RunOutcome> Run(const TurnInput& input, TurnOutput& output) = 0;
+};
+
+}  // namespace parley::session
