@@ -93,6 +93,9 @@ class TurnExecutor::Run_ final : public TurnOutput {
   RunResult Finish(v1::TurnStatus status, v1::FinishReason reason,
                    std::optional<v1::TurnError> error);
   RunResult HandBack();
+  // Ends the turn after its runner returned (or before it began): by the stop reason
+  // when one was given, else by the runner's result.
+  RunResult Stopped(const absl::Status& status, const RunOutcome* outcome = nullptr);
   bool lease_lost() const { return control_.reason() == StopReason::kLeaseLost; }
   // Redis calls are retried while the lease lasts: past it, another owner takes over.
   absl::Duration retry_budget() const { return x_.options_.lease_ttl; }
@@ -224,7 +227,9 @@ absl::Status TurnExecutor::Run_::Publish(v1::Event event) {
     const std::string reason = ErrorReason(status);
     if (reason == "LEASE_LOST") {
       std::optional<v1::ErrorInfo> info = GetErrorInfo(status);
-      if (info && info->metadata().at("lease_epoch") == "0") {
+      const bool hash_gone = info && info->metadata().count("lease_epoch") > 0 &&
+                             info->metadata().at("lease_epoch") == "0";
+      if (hash_gone) {
         // The lease hash vanished under us: Redis lost the session's state.
         status = RecoverEpoch();
         if (status.ok()) continue;
@@ -485,6 +490,7 @@ RunResult TurnExecutor::Run_::Go() {
                             true));
   }
 
+  if (control_.stopping()) return Stopped(absl::OkStatus());  // Stopped before it began.
   started_ = x_.clock_.Now();
   v1::Event started;
   started.mutable_turn_started()->set_turn_id(turn_.id());
@@ -504,6 +510,10 @@ RunResult TurnExecutor::Run_::Go() {
     outcome = user_message.status();
   }
 
+  return Stopped(outcome.status(), outcome.ok() ? &*outcome : nullptr);
+}
+
+RunResult TurnExecutor::Run_::Stopped(const absl::Status& status, const RunOutcome* outcome) {
   switch (control_.reason()) {
     case StopReason::kLeaseLost:
       return RunResult::kLeaseLost;
@@ -518,10 +528,10 @@ RunResult TurnExecutor::Run_::Go() {
     case StopReason::kNone:
       break;
   }
-  if (!outcome.ok()) {
+  if (!status.ok()) {
     return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR,
-                  MakeError(v1::TURN_ERROR_KIND_INTERNAL, "", std::string(outcome.status().message()),
-                            outcome.status().code() == absl::StatusCode::kUnavailable));
+                  MakeError(v1::TURN_ERROR_KIND_INTERNAL, "", std::string(status.message()),
+                            status.code() == absl::StatusCode::kUnavailable));
   }
   if (outcome->error) {
     return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR, outcome->error);
