@@ -4,7 +4,9 @@
 
 #include <algorithm>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
 
@@ -26,6 +28,24 @@ absl::StatusOr<Response> CallStore(StoreStub& store,
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
+
+// A Redis stream entry id, "<seq>-<sub>": sub 0 is the durable event seq, 1, 2, … the
+// transient events published after it (see common/events/publisher.cc).
+struct EntryId {
+  uint64_t seq = 0;
+  uint64_t sub = 0;
+
+  // The id of one XRANGE/XREVRANGE entry ([id, [field, value, ...]]).
+  static EntryId Of(const redisReply* entry) {
+    absl::string_view id(entry->element[0]->str, entry->element[0]->len);
+    EntryId parsed;
+    const size_t dash = id.find('-');
+    (void)absl::SimpleAtoi(id.substr(0, dash), &parsed.seq);
+    if (dash != absl::string_view::npos) (void)absl::SimpleAtoi(id.substr(dash + 1), &parsed.sub);
+    return parsed;
+  }
+  std::string ToString() const { return absl::StrCat(seq, "-", sub); }
+};
 
 }  // namespace
 
@@ -54,22 +74,38 @@ void RedisStoreHistory::Return(std::unique_ptr<RedisConnection> connection) {
 absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadHot(RedisConnection& redis,
                                                                   const std::string& session_id,
                                                                   uint64_t from_seq, int max) {
-  absl::StatusOr<RedisReply> reply =
-      redis.Command({"XRANGE", keys_.EventStream(session_id), absl::StrCat(from_seq, "-0"), "+",
-                     "COUNT", absl::StrCat(max)});
-  if (!reply.ok()) return reply.status();
+  const std::string stream = keys_.EventStream(session_id);
+  // Transients still in effect for a reader at from_seq follow seq from_seq - 1.
+  EntryId start{from_seq > 0 ? from_seq - 1 : 0, 1};
   std::vector<v1::Event> events;
-  for (size_t i = 0; i < (*reply)->elements; ++i) {
-    const redisReply* payload = StreamEntryField((*reply)->element[i], "e");
-    if (payload == nullptr) continue;
-    v1::Event event;
-    if (!event.ParseFromArray(payload->str, static_cast<int>(payload->len))) {
-      return absl::DataLossError(
-          absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
+  for (;;) {
+    // The newest entry in the same round trip: it tells which transients are in effect.
+    // Read a moment after the range, it can only make more of them look superseded,
+    // and a durable event that superseded them is then read or arrives live.
+    absl::StatusOr<std::vector<RedisReply>> replies =
+        redis.Pipeline({{"XRANGE", stream, start.ToString(), "+", "COUNT", absl::StrCat(max)},
+                        {"XREVRANGE", stream, "+", "-", "COUNT", "1"}});
+    if (!replies.ok()) return replies.status();
+    const redisReply* entries = (*replies)[0].get();
+    const redisReply* newest = (*replies)[1].get();
+    const uint64_t newest_seq = newest->elements > 0 ? EntryId::Of(newest->element[0]).seq : 0;
+    for (size_t i = 0; i < entries->elements; ++i) {
+      const redisReply* payload = StreamEntryField(entries->element[i], "e");
+      if (payload == nullptr) continue;
+      v1::Event event;
+      if (!event.ParseFromArray(payload->str, static_cast<int>(payload->len))) {
+        return absl::DataLossError(
+            absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
+      }
+      if (event.transient() && event.seq() != newest_seq) continue;  // Over.
+      events.push_back(std::move(event));
     }
-    events.push_back(std::move(event));
+    // A full batch of nothing but superseded transients says nothing about what
+    // follows: look past it rather than report "nothing new".
+    if (!events.empty() || entries->elements < static_cast<size_t>(max)) return events;
+    start = EntryId::Of(entries->element[entries->elements - 1]);
+    ++start.sub;
   }
-  return events;
 }
 
 absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadCold(const std::string& tenant_id,

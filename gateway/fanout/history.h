@@ -4,6 +4,13 @@
 // included); older events live only in Postgres, read through store-svc. ReadFrom
 // returns events with seq >= from_seq in order, starting at from_seq whenever either
 // source still has it.
+//
+// Transient events (RetryScheduled) are not history, but one that is still in effect
+// is part of the session's present: a subscriber that catches up through a read must
+// see it just as a live one did. A transient is in effect while no durable event has
+// followed it, i.e. while it carries the seq of the newest entry of the Redis stream
+// (entry ids are "<seq>-0" for a durable event, "<seq>-1", "<seq>-2", … for the
+// transients after it). Transients a durable event followed are over and never read.
 #pragma once
 
 #include <memory>
@@ -22,8 +29,10 @@ namespace parley::gateway {
 class HistorySource {
  public:
   virtual ~HistorySource() = default;
-  // Up to `max` events with seq >= from_seq, in order (durable ones, and transient
-  // ones from the hot window). Empty when nothing that new exists yet.
+  // Up to `max` events in order: the durable ones with seq >= from_seq, and the
+  // transient ones still in effect (those after the newest durable event, carrying its
+  // seq, which may be from_seq - 1). Never a transient that a durable event followed.
+  // Empty when nothing that new exists yet. from_seq >= 1.
   virtual absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
                                                           const std::string& session_id,
                                                           uint64_t from_seq, int max) = 0;

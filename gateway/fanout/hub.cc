@@ -1,5 +1,6 @@
 #include "gateway/fanout/hub.h"
 
+#include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/strings/str_cat.h"
@@ -82,22 +83,35 @@ StreamCore::Offer StreamCore::AcceptLocked(const ResponsePtr& response, bool fro
       next_seq_ = event.seq();
     }
     epoch_ = event.epoch();
+    transients_sent_.clear();
   } else if (event.epoch() < epoch_) {
     return Offer::kDropped;  // From before the change.
   }
   if (event.transient()) {
-    if (event.seq() + 1 != next_seq_) return Offer::kDropped;
+    // Only in place (right after the durable event it follows), and once.
+    if (event.seq() + 1 != next_seq_ || TransientSentLocked(event)) return Offer::kDropped;
     EnqueueLocked(response);
+    transients_sent_.push_back(response);
     return Offer::kAccepted;
   }
   if (event.seq() < next_seq_) return Offer::kDropped;
   EnqueueLocked(response);
   ++next_seq_;
+  transients_sent_.clear();  // Those are over now.
   if (params_.until_turn_end && event.has_turn_sealed() &&
       (params_.turn_id.empty() || event.turn_id() == params_.turn_id)) {
     finish_after_drain_ = true;
   }
   return Offer::kAccepted;
+}
+
+bool StreamCore::TransientSentLocked(const v1::Event& event) {
+  // Live events carry no stream entry id, so a copy is recognised by its content.
+  // Few per seq (RetryScheduled: one per attempt of a step).
+  for (const ResponsePtr& sent : transients_sent_) {
+    if (google::protobuf::util::MessageDifferencer::Equals(sent->event(), event)) return true;
+  }
+  return false;
 }
 
 void StreamCore::EnqueueLocked(ResponsePtr response) {

@@ -11,7 +11,9 @@
 // what it already sent, and whenever it sees a gap — or is new, or Redis reconnected —
 // it re-reads history (Redis hot window, then store-svc) from its next seq on a
 // backfill worker, holding live events aside meanwhile. It is subscribed before it
-// reads, so nothing published in between can fall through. Each stream has a bounded
+// reads, so nothing published in between can fall through. A transient event still
+// in effect when a stream catches up is delivered to it (see history.h); one offered
+// twice (by a read and live) is delivered once. Each stream has a bounded
 // buffer; one that cannot keep up is ended with RESOURCE_EXHAUSTED and its resume
 // cursor, and nobody else notices.
 //
@@ -98,6 +100,7 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleBackfillLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool TransientSentLocked(const v1::Event& event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ResolveStart();  // Access check and start position; no lock held.
 
   Hub& hub_;
@@ -109,6 +112,9 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // Next durable seq to deliver.
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_written_seq_ ABSL_GUARDED_BY(mu_) = 0;  // The resume cursor.
+  // The transients accepted since the last durable event (they carry its seq): a
+  // re-read of history and a live copy held aside during one offer them again.
+  std::vector<ResponsePtr> transients_sent_ ABSL_GUARDED_BY(mu_);
   bool backfill_scheduled_ ABSL_GUARDED_BY(mu_) = false;
   bool backfill_failed_ ABSL_GUARDED_BY(mu_) = false;
   bool reread_ ABSL_GUARDED_BY(mu_) = false;  // Read history again before going live.

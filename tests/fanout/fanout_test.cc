@@ -13,6 +13,7 @@
 namespace parley::gateway::testing {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
@@ -91,19 +92,79 @@ TEST_F(Fanout, UntilTurnEndClosesRightAfterTheSealButNotBefore) {
   EXPECT_TRUE(stream.reader->Finish().ok());
 }
 
-TEST_F(Fanout, TransientEventsAreDeliveredLiveInPlace) {
+// A transient event arrives between the durable events around it. The next durable
+// event is published only once the client holds the transient, so the transient is
+// still in effect whenever the stream catches up: live or through a read of history,
+// the client sees the same three events.
+TEST_F(Fanout, TransientEventsAreDeliveredInPlace) {
   std::string session = CreateSession();
   auto writer = NewWriter(session, 1);
   auto client = NewClient();
   StreamReader stream(*client, After(session, 0));
   ASSERT_TRUE(writer->PublishNext().ok());
   ASSERT_TRUE(writer->Publish(1, "retrying", /*transient=*/true).ok());
-  ASSERT_TRUE(writer->PublishNext().ok());
-  std::vector<v1::Event> events = stream.ReadEvents(3);
-  ASSERT_EQ(events.size(), 3u);
+  std::vector<v1::Event> events = stream.ReadEvents(2);
+  ASSERT_EQ(events.size(), 2u);
   EXPECT_EQ(events[0].seq(), 1u);
+  EXPECT_FALSE(events[0].transient());
   EXPECT_TRUE(events[1].transient());
-  EXPECT_EQ(events[2].seq(), 2u);
+  EXPECT_EQ(events[1].text_delta().text(), "retrying");
+  ASSERT_TRUE(writer->PublishNext().ok());
+  events = stream.ReadEvents(1);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].seq(), 2u);
+  EXPECT_FALSE(events[0].transient());
+}
+
+// A retry that is scheduled and not yet attempted is part of the session's present: a
+// client that arrives afterwards (so reads it as history) gets it after the event it
+// follows, once, as does a client resuming right after that event.
+TEST_F(Fanout, ATransientStillInEffectIsDeliveredToALateSubscriber) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(writer->Publish(2, "retrying", /*transient=*/true).ok());
+  auto client = NewClient();
+  StreamReader from_start(*client, After(session, 0));
+  std::vector<v1::Event> events = from_start.ReadEvents(3);
+  ASSERT_THAT(Seqs(events), ElementsAre(1u, 2u, 2u));
+  EXPECT_FALSE(events[1].transient());
+  EXPECT_TRUE(events[2].transient());
+  EXPECT_EQ(events[2].text_delta().text(), "retrying");
+  StreamReader resumed(*client, After(session, 2));
+  events = resumed.ReadEvents(1);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_TRUE(events[0].transient());
+
+  // Delivered once: what follows on both streams is the durable event that ends it.
+  ASSERT_TRUE(writer->PublishNext().ok());
+  for (StreamReader* stream : {&from_start, &resumed}) {
+    events = stream->ReadEvents(1);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].seq(), 3u);
+    EXPECT_FALSE(events[0].transient());
+  }
+}
+
+// A retry that a durable event followed is over: a client arriving afterwards gets the
+// durable events only.
+TEST_F(Fanout, ATransientThatADurableEventFollowedIsNotDeliveredToALateSubscriber) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(writer->Publish(1, "retrying", /*transient=*/true).ok());
+  ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 0));
+  std::vector<v1::Event> events = stream.ReadEvents(2);
+  ASSERT_THAT(Seqs(events), ElementsAre(1u, 2u));
+  EXPECT_FALSE(events[1].transient());
+  ASSERT_TRUE(writer->PublishNext().ok());
+  events = stream.ReadEvents(1);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].seq(), 3u);
+  EXPECT_FALSE(events[0].transient());
 }
 
 TEST_F(Fanout, ResumeFromBeforeTheHotWindowReadsTheStoreThenGoesLive) {
