@@ -8,7 +8,7 @@ StreamEventsReactor::StreamEventsReactor(Hub& hub, StreamParams params,
                                          telemetry::ServerCallTelemetry call)
     : InstrumentedWriteReactor(std::move(call)), hub_(hub) {
   core_ = std::make_shared<StreamCore>(hub, this, std::move(params));
-  hub_.Register(core_);
+  hub_.Open(core_);  // Checks access on a backfill worker; this thread never waits.
 }
 
 void StreamEventsReactor::OnDone() {

@@ -111,7 +111,6 @@ absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadHot(RedisConnectio
 absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadCold(const std::string& tenant_id,
                                                                    const std::string& session_id,
                                                                    uint64_t from_seq, int max) {
-  if (store_ == nullptr) return std::vector<v1::Event>();
   store::v1::ReadEventsRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);
@@ -148,7 +147,7 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
   Return(*std::move(redis));
   if (!reply.ok()) return reply.status();
   const auto last = static_cast<uint64_t>(std::max<int64_t>(0, ReplyInt64(reply->get())));
-  if (last > 0 || store_ == nullptr) return last;
+  if (last > 0) return last;
   // Nothing in Redis (e.g. after a flush): the durable log knows.
   absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
   if (!durable.ok()) return durable.status();
@@ -165,7 +164,6 @@ absl::StatusOr<store::v1::GetLastSeqResponse> RedisStoreHistory::DurableLastSeq(
 
 absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
                                             const std::string& session_id) {
-  if (store_ == nullptr) return absl::OkStatus();
   store::v1::GetSessionRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);
@@ -174,7 +172,6 @@ absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
 
 absl::StatusOr<uint64_t> RedisStoreHistory::CurrentEpoch(const std::string& tenant_id,
                                                          const std::string& session_id) {
-  if (store_ == nullptr) return 0;
   absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
   if (!durable.ok()) return durable.status();
   return durable->epoch();
@@ -183,7 +180,6 @@ absl::StatusOr<uint64_t> RedisStoreHistory::CurrentEpoch(const std::string& tena
 absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tenant_id,
                                                          const std::string& session_id,
                                                          const std::string& turn_id) {
-  if (store_ == nullptr) return absl::NotFoundError("turn not found");
   store::v1::GetTurnRequest request;
   request.set_tenant_id(tenant_id);
   request.set_session_id(session_id);

@@ -55,8 +55,8 @@ class HistorySource {
 // call borrows one of a few blocking Redis connections.
 class RedisStoreHistory final : public HistorySource {
  public:
-  // `store` may be null (no cold path: events older than the hot window are then
-  // reported as missing).
+  // `store` must not be null: it answers the access check, the epoch, turns, and the
+  // events older than the hot window.
   RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
                     std::shared_ptr<store::v1::StoreService::StubInterface> store);
 

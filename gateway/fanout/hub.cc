@@ -192,6 +192,11 @@ void StreamCore::Detach() {
   finished_ = true;
 }
 
+void StreamCore::Start() {
+  absl::MutexLock lock(&mu_);
+  ScheduleBackfillLocked();
+}
+
 void StreamCore::Resync() {
   absl::MutexLock lock(&mu_);
   if (finished_) return;
@@ -265,6 +270,29 @@ absl::Status StreamCore::ResolveStart() {
   return absl::OkStatus();
 }
 
+void StreamCore::CheckAccessThenRegister() {
+  // Where the stream starts is known before it subscribes, but history is read only
+  // once the subscription is confirmed (Hub::Register, then Resync), so whatever is
+  // published in between is still read from Redis.
+  const absl::Status start = ResolveStart();
+  {
+    absl::MutexLock lock(&mu_);
+    backfill_scheduled_ = false;
+    if (finished_) return;
+    if (start.code() == absl::StatusCode::kUnavailable) {
+      // The store could not answer: keep the stream open, the ticker retries.
+      backfill_failed_ = true;
+      last_backfill_failure_ = absl::Now();
+      return;
+    }
+    if (!start.ok()) {
+      FinishLocked(ToGrpcStatus(start));  // NOT_FOUND for someone else's session.
+      return;
+    }
+  }
+  hub_.Register(shared_from_this());
+}
+
 void StreamCore::RunBackfill() {
   bool resolved;
   {
@@ -272,15 +300,8 @@ void StreamCore::RunBackfill() {
     if (finished_) return;
     resolved = resolved_;
   }
-  if (absl::Status start = resolved ? absl::OkStatus() : ResolveStart(); !start.ok()) {
-    absl::MutexLock lock(&mu_);
-    backfill_scheduled_ = false;
-    if (start.code() == absl::StatusCode::kUnavailable) {
-      backfill_failed_ = true;
-      last_backfill_failure_ = absl::Now();
-    } else {
-      FinishLocked(ToGrpcStatus(start));
-    }
+  if (!resolved) {
+    CheckAccessThenRegister();
     return;
   }
   // Bounded: a stream that keeps falling behind is cut by its buffer long before.
@@ -403,11 +424,22 @@ size_t Hub::channel_count() {
   return channels_.size();
 }
 
+void Hub::Open(const std::shared_ptr<StreamCore>& stream) {
+  {
+    absl::MutexLock lock(&mu_);
+    opening_.emplace(stream.get(), stream);
+  }
+  streams_gauge_.Add(1);
+  stream->Start();
+}
+
 void Hub::Register(const std::shared_ptr<StreamCore>& stream) {
   const std::string channel = keys_.EventChannel(stream->session_id());
   bool active = false;
   {
     absl::MutexLock lock(&mu_);
+    // Gone from here means the call ended while its access was being checked.
+    if (opening_.erase(stream.get()) == 0) return;
     auto [it, inserted] = channels_.try_emplace(channel);
     if (inserted) {
       it->second.session_id = stream->session_id();
@@ -419,7 +451,6 @@ void Hub::Register(const std::shared_ptr<StreamCore>& stream) {
     active = it->second.active;
     channels_gauge_.Set(static_cast<double>(channels_.size()));
   }
-  streams_gauge_.Add(1);
   // Subscribed already: read history now. Otherwise OnSubscribed starts the read.
   if (active) stream->Resync();
 }
@@ -427,6 +458,10 @@ void Hub::Register(const std::shared_ptr<StreamCore>& stream) {
 void Hub::Unregister(StreamCore* stream) {
   const std::string channel = keys_.EventChannel(stream->session_id());
   absl::MutexLock lock(&mu_);
+  if (opening_.erase(stream) > 0) {
+    streams_gauge_.Add(-1);
+    return;
+  }
   auto it = channels_.find(channel);
   if (it == channels_.end()) return;
   auto streams = std::make_shared<StreamList>();
@@ -476,15 +511,18 @@ void Hub::Ticker() {
     // The copy-on-write lists themselves, so the lock every event takes is held only
     // for one pointer copy per session.
     std::vector<std::shared_ptr<const StreamList>> lists;
+    StreamList opening;
     {
       absl::MutexLock lock(&mu_);
       lists.reserve(channels_.size());
       for (auto& [name, channel] : channels_) lists.push_back(channel.streams);
+      for (auto& [key, stream] : opening_) opening.push_back(stream);
     }
     const absl::Time now = absl::Now();
     for (const auto& list : lists) {
       for (const auto& stream : *list) stream->Tick(now);
     }
+    for (const auto& stream : opening) stream->Tick(now);
   }
 }
 

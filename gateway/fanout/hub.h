@@ -2,7 +2,11 @@
 //
 // One Redis subscription per session per gateway process, whatever the number of
 // viewers: the hub keeps a Channel per watched session with the streams reading it,
-// subscribes when the first stream arrives and unsubscribes when the last one leaves.
+// subscribes when the first stream joins and unsubscribes when the last one leaves.
+// A stream joins in two steps: Open hands it to a backfill worker, which checks that
+// the session belongs to the caller's tenant and resolves where the stream starts;
+// only a stream that passed joins its channel (Register). A request for someone
+// else's session ends with NOT_FOUND having subscribed to nothing.
 // A published event is parsed once, wrapped once in a shared StreamEventsResponse, and
 // offered to each stream of its channel; the publisher side (Redis) never waits for
 // any client.
@@ -84,6 +88,7 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
 
   const std::string& session_id() const { return params_.session_id; }
 
+  void Start();                              // Schedules the access check (Hub::Open).
   void OnLive(const ResponsePtr& response);  // An event from the channel.
   void RunBackfill();                        // On a backfill worker.
   void Resync();                             // Re-read from the next seq.
@@ -101,7 +106,8 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleBackfillLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool TransientSentLocked(const v1::Event& event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ResolveStart();  // Access check and start position; no lock held.
+  absl::Status ResolveStart();     // Access check and start position; no lock held.
+  void CheckAccessThenRegister();  // The first run on a backfill worker.
 
   Hub& hub_;
   const StreamParams params_;
@@ -139,7 +145,14 @@ class Hub final : public RedisSubscriber::Listener {
 
   void Start();
 
+  // A new stream: its access check runs on a backfill worker, which then calls
+  // Register. Nothing is subscribed until then.
+  void Open(const std::shared_ptr<StreamCore>& stream);
+  // A stream whose access check passed joins its session's channel (subscribing it
+  // if it is the first). No-op for a stream already unregistered.
   void Register(const std::shared_ptr<StreamCore>& stream);
+  // The stream is done, opened or registered; the last viewer of a session
+  // unsubscribes it.
   void Unregister(StreamCore* stream);
   void ScheduleBackfill(std::shared_ptr<StreamCore> stream);
 
@@ -177,6 +190,9 @@ class Hub final : public RedisSubscriber::Listener {
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Channel> channels_ ABSL_GUARDED_BY(mu_);  // By channel.
+  // Opened, access not yet checked: ticked (to retry a check the store could not
+  // answer) but subscribed to nothing.
+  absl::flat_hash_map<StreamCore*, std::shared_ptr<StreamCore>> opening_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex work_mu_;
   std::deque<std::shared_ptr<StreamCore>> work_ ABSL_GUARDED_BY(work_mu_);

@@ -16,6 +16,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 
 class Fanout : public FanoutFixture {};
 
@@ -266,6 +267,42 @@ TEST_F(Fanout, AnotherTenantsSessionIsNotFoundAndNoCredentialsIsUnauthenticated)
   StreamReader no_session(*client, After("", 0));
   EXPECT_TRUE(no_session.ReadEvents(1).empty());
   EXPECT_EQ(no_session.reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Another tenant's session costs this node nothing: the stream is refused with
+// NOT_FOUND before the hub subscribes to the session's channel. Asked of Redis itself:
+// MONITOR lists every command the server ran, so a SUBSCRIBE undone right after the
+// refusal would still show; PUBSUB NUMSUB shows that nothing is left subscribed.
+TEST_F(Fanout, AnotherTenantsStreamIsRefusedBeforeAnythingIsSubscribed) {
+  const std::string theirs = CreateSession("tenant_b");
+  const std::string channel = redis_->keys().EventChannel(theirs);
+  auto monitor = RedisConnection::Connect(redis_->endpoint(), absl::Seconds(10));
+  ASSERT_TRUE(monitor.ok()) << monitor.status();
+  ASSERT_TRUE((*monitor)->Command({"MONITOR"}).ok());
+
+  auto client = NewClient();
+  StreamReader foreign(*client, After(theirs, 0));
+  EXPECT_TRUE(foreign.ReadEvents(1).empty());
+  EXPECT_EQ(foreign.reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  auto subscribers = redis_->connection().Command({"PUBSUB", "NUMSUB", channel});
+  ASSERT_TRUE(subscribers.ok()) << subscribers.status();
+  EXPECT_EQ((*subscribers)->element[1]->integer, 0);
+
+  // Every command Redis ran, in order, up to that NUMSUB: none subscribed the channel.
+  const std::string quoted_channel = absl::StrCat("\"", channel, "\"");
+  std::vector<std::string> subscribes;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (bool seen_numsub = false; !seen_numsub;) {
+    ASSERT_LT(absl::Now(), deadline) << "MONITOR never showed the NUMSUB";
+    auto line = (*monitor)->ReadReply();
+    ASSERT_TRUE(line.ok()) << line.status();
+    const std::string text = ReplyString(line->get());
+    if (!absl::StrContains(text, quoted_channel)) continue;
+    seen_numsub = absl::StrContains(text, "\"NUMSUB\"");
+    if (absl::StrContains(text, "SUBSCRIBE\"")) subscribes.push_back(text);
+  }
+  EXPECT_THAT(subscribes, IsEmpty());
+  EXPECT_EQ(hub_->channel_count(), 0u);
 }
 
 class SlowFanout : public FanoutFixture {
