@@ -1,0 +1,866 @@
+// turns_bench: parley-session's turn scheduling under load, three replicas over one
+// parley-store, measured in one run against the store's own claim ceiling:
+//
+//   raw       `claimers` threads call ClaimNextTurn + CompleteTurn straight against
+//             parley-store (no turn work, no replica running) until `raw_sessions` x
+//             `raw_turns` queued turns are done: claims_per_s_raw, the ceiling.
+//   sustained `replicas` parley-session processes (started here, so the benchmark can
+//             kill one) run scripted turns of 20 events each (TurnStarted, 16 words,
+//             Usage, TurnCompleted, TurnSealed; calibrated on a first turn) over
+//             `sessions` sessions, every session kept busy (two turns in flight: one
+//             running, one queued behind it, the next submitted as soon as a turn is
+//             sealed): turns_per_s, sealed turns over the measured window.
+//   latency   half the sustained rate, open loop, each submit to an idle session:
+//             enqueue-to-claim (SubmitMessage returned -> the turn's start_time, set by
+//             the claim) and claim-to-first-event (start_time -> the first TextDelta's
+//             Event.time), p50/p99. One machine, one clock.
+//   failover  with the half-rate load still on, probe turns that stall (no output) run
+//             on every replica; the replica owning the most probes is killed -9, and
+//             failover_s is the time from the kill to the first event another replica
+//             publishes for a probe the dead one owned (its TurnStarted attempt 2).
+//
+// Events are read the way a gateway reads them: one Redis connection subscribed to every
+// session's channel. Every submit carries an idempotency key, so a submit cut off by the
+// kill is retried on another replica without a duplicate turn.
+//
+//   turns_bench --store_addr=127.0.0.1:7073 --redis_url=redis://127.0.0.1:6379
+//               --session_binary=build/session-svc/parley-session --work_dir=/tmp/x
+//   ... RESULT name=turns turns_per_s=... claims_per_s_raw=... turn_ratio=...
+//       claim_p50_ms=... claim_p99_ms=... first_event_p99_ms=... failover_s=... lease_ttl_s=...
+#include <google/protobuf/util/time_util.h>
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/config.h"
+#include "common/redis.h"
+#include "parley/router/v1/router.grpc.pb.h"
+#include "parley/store/v1/store.grpc.pb.h"
+
+extern char** environ;
+
+namespace {
+
+namespace pb = ::parley::store::v1;
+namespace rv = ::parley::router::v1;
+namespace v1 = ::parley::v1;
+using StoreStub = pb::StoreService::Stub;
+using RouterStub = rv::SessionRouter::Stub;
+
+constexpr char kTenant[] = "bench";
+constexpr char kRawTenant[] = "bench-raw";
+constexpr absl::Duration kCallTimeout = absl::Seconds(30);
+constexpr int kTargetEventsPerTurn = 20;
+
+struct Options {
+  std::string store_addr;
+  std::string redis_url = "redis://127.0.0.1:6379";
+  std::string session_binary;
+  std::string work_dir;
+  int64_t replicas = 3;
+  int64_t turn_slots = 16;
+  absl::Duration lease_ttl = absl::Seconds(5);
+  int64_t sessions = 200;
+  absl::Duration warmup = absl::Seconds(3);
+  absl::Duration duration = absl::Seconds(10);
+  absl::Duration latency_duration = absl::Seconds(10);
+  int64_t submitters = 12;
+  int64_t claimers = 8;
+  int64_t raw_sessions = 200;
+  int64_t raw_turns = 20;
+  int64_t probes = 12;
+};
+
+// ---- gRPC plumbing ----
+
+template <typename Stub, typename Request, typename Response>
+using Method = grpc::Status (Stub::*)(grpc::ClientContext*, const Request&, Response*);
+
+template <typename Stub, typename Request, typename Response>
+absl::Status Call(Stub& stub, Method<Stub, Request, Response> method, const Request& request,
+                  Response* response) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
+  grpc::Status status = (stub.*method)(&context, request, response);
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& addr, int channel_id) {
+  grpc::ChannelArguments args;
+  args.SetInt("grpc.channel_id", channel_id);  // A connection per client thread.
+  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::Time ToTime(const google::protobuf::Timestamp& timestamp) {
+  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(timestamp));
+}
+
+double Percentile(std::vector<double> values, double q) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  return values[std::min(values.size() - 1, static_cast<size_t>(q * values.size()))];
+}
+
+// Runs body(i) on `count` threads; returns the first error.
+absl::Status RunOnThreads(int count, const std::function<absl::Status(int)>& body) {
+  absl::Mutex mu;
+  absl::Status first_error;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < count; ++i) {
+    threads.emplace_back([&, i] {
+      absl::Status s = body(i);
+      absl::MutexLock lock(&mu);
+      if (!s.ok() && first_error.ok()) first_error = s;
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  return first_error;
+}
+
+// ---- Replicas: parley-session processes owned by the benchmark ----
+
+class Replica {
+ public:
+  static absl::StatusOr<std::unique_ptr<Replica>> Start(const Options& o, int index) {
+    auto replica = std::unique_ptr<Replica>(new Replica());
+    replica->worker_id_ = absl::StrCat("bench-replica-", index);
+    replica->log_path_ = absl::StrCat(o.work_dir, "/parley-session-", index, ".log");
+    std::vector<std::string> args = {o.session_binary,
+                                     "--grpc_addr=127.0.0.1:0",
+                                     "--admin_addr=127.0.0.1:0",
+                                     "--store_addr=" + o.store_addr,
+                                     "--redis_url=" + o.redis_url,
+                                     absl::StrCat("--turn_slots=", o.turn_slots),
+                                     "--lease_ttl=" + absl::FormatDuration(o.lease_ttl),
+                                     "--worker_id=" + replica->worker_id_};
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, replica->log_path_.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    const int rc = posix_spawn(&replica->pid_, o.session_binary.c_str(), &actions, nullptr,
+                               argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) return absl::InternalError(absl::StrCat("spawn ", o.session_binary, ": ", rc));
+    if (absl::Status s = replica->WaitUntilServing(); !s.ok()) return s;
+    return replica;
+  }
+
+  // The benchmark is over: nothing to drain.
+  ~Replica() {
+    if (pid_ > 0 && !exited_) Kill();
+  }
+
+  // SIGKILL; returns once the process is gone.
+  void Kill() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    exited_ = true;
+  }
+
+  const std::string& target() const { return target_; }
+  const std::string& worker_id() const { return worker_id_; }
+
+ private:
+  Replica() = default;
+
+  bool Exited() {
+    if (!exited_ && ::waitpid(pid_, nullptr, WNOHANG) == pid_) exited_ = true;
+    return exited_;
+  }
+
+  absl::Status WaitUntilServing() {
+    static const std::regex kServing(R"("msg":"serving".*"grpc_port":([0-9]+))");
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      std::ifstream in(log_path_);
+      std::stringstream log;
+      log << in.rdbuf();
+      std::string text = log.str();
+      std::smatch match;
+      if (std::regex_search(text, match, kServing)) {
+        target_ = absl::StrCat("127.0.0.1:", match[1].str());
+        return absl::OkStatus();
+      }
+      if (Exited()) return absl::InternalError(absl::StrCat("parley-session exited:\n", text));
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return absl::DeadlineExceededError("parley-session never logged \"serving\"");
+  }
+
+  pid_t pid_ = 0;
+  bool exited_ = false;
+  std::string worker_id_;
+  std::string log_path_;
+  std::string target_;
+};
+
+// ---- Fixtures through the store ----
+
+absl::Status CreateTenant(StoreStub& stub, const std::string& tenant) {
+  pb::CreateTenantRequest request;
+  request.set_tenant_id(tenant);
+  pb::CreateTenantResponse response;
+  return Call(stub, &StoreStub::CreateTenant, request, &response);
+}
+
+absl::StatusOr<std::vector<std::string>> CreateSessions(
+    std::vector<std::unique_ptr<StoreStub>>& stubs, const std::string& tenant, int64_t count) {
+  std::vector<std::string> sessions(count);
+  const int threads = static_cast<int>(stubs.size());
+  absl::Status status = RunOnThreads(threads, [&](int t) -> absl::Status {
+    for (int64_t i = t; i < count; i += threads) {
+      pb::CreateSessionRequest request;
+      request.set_tenant_id(tenant);
+      pb::CreateSessionResponse response;
+      if (absl::Status s = Call(*stubs[t], &StoreStub::CreateSession, request, &response);
+          !s.ok()) {
+        return s;
+      }
+      sessions[i] = response.session().id();
+    }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return sessions;
+}
+
+// ---- Raw claims: the store's ceiling ----
+
+absl::StatusOr<double> MeasureRawClaims(const Options& o,
+                                        std::vector<std::unique_ptr<StoreStub>>& stubs) {
+  if (absl::Status s = CreateTenant(*stubs[0], kRawTenant); !s.ok()) return s;
+  auto sessions = CreateSessions(stubs, kRawTenant, o.raw_sessions);
+  if (!sessions.ok()) return sessions.status();
+  const int threads = static_cast<int>(stubs.size());
+  absl::Status enqueued = RunOnThreads(threads, [&](int t) -> absl::Status {
+    for (int64_t i = t; i < o.raw_sessions; i += threads) {
+      for (int64_t n = 0; n < o.raw_turns; ++n) {
+        pb::EnqueueTurnRequest request;
+        request.set_tenant_id(kRawTenant);
+        request.mutable_request()->set_session_id((*sessions)[i]);
+        request.mutable_request()->add_content()->set_text("raw");
+        pb::EnqueueTurnResponse response;
+        if (absl::Status s = Call(*stubs[t], &StoreStub::EnqueueTurn, request, &response);
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!enqueued.ok()) return enqueued;
+
+  const int64_t total = o.raw_sessions * o.raw_turns;
+  std::atomic<int64_t> done{0};
+  const absl::Time start = absl::Now();
+  absl::Status claimed = RunOnThreads(static_cast<int>(o.claimers), [&](int t) -> absl::Status {
+    StoreStub& stub = *stubs[t % stubs.size()];
+    const std::string owner = absl::StrCat("turns-bench/raw-", t);
+    while (done.load() < total) {
+      if (absl::Now() - start > absl::Minutes(2)) return absl::DeadlineExceededError("raw claims");
+      pb::ClaimNextTurnRequest claim;
+      claim.set_owner(owner);
+      claim.set_lease_ttl_ms(60000);
+      pb::ClaimNextTurnResponse claimed;
+      if (absl::Status s = Call(stub, &StoreStub::ClaimNextTurn, claim, &claimed); !s.ok()) {
+        return s;
+      }
+      // Empty while the other claimers hold the sessions' running turns.
+      if (!claimed.has_turn()) continue;
+      pb::CompleteTurnRequest complete;
+      complete.set_tenant_id(kRawTenant);
+      complete.set_turn_id(claimed.turn().id());
+      complete.set_owner(owner);
+      complete.set_lease_epoch(claimed.lease_epoch());
+      complete.set_status(v1::TURN_STATUS_SUCCEEDED);
+      complete.set_finish_reason(v1::FINISH_REASON_STOP);
+      pb::CompleteTurnResponse completed;
+      if (absl::Status s = Call(stub, &StoreStub::CompleteTurn, complete, &completed); !s.ok()) {
+        return s;
+      }
+      ++done;
+    }
+    return absl::OkStatus();
+  });
+  if (!claimed.ok()) return claimed;
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::cout << absl::StrFormat(
+      "raw:       %d claims + completes in %.3f s by %d threads: %.0f claims/s\n", total, seconds,
+      o.claimers, total / seconds);
+  return total / seconds;
+}
+
+// ---- What the event stream says about each turn ----
+
+struct TurnRecord {
+  std::string session;
+  absl::Time submitted;         // SubmitMessage returned.
+  absl::Time started;           // The first TurnStarted's Event.time.
+  absl::Time first_text;        // The first TextDelta's Event.time.
+  absl::Time sealed;            // TurnSealed seen by the listener (local clock).
+  uint32_t last_attempt = 0;    // Of the newest TurnStarted.
+  absl::Time last_attempt_time;  // Its Event.time.
+  int events = 0;               // Durable events of the turn.
+};
+
+// Subscribes to every session's channel and keeps a TurnRecord per turn; calls
+// `on_sealed(session)` for every TurnSealed.
+class Listener {
+ public:
+  Listener(parley::RedisEndpoint endpoint, std::vector<std::string> sessions)
+      : endpoint_(std::move(endpoint)), sessions_(std::move(sessions)) {}
+  ~Listener() { Stop(); }
+
+  absl::Status Start(std::function<void(const std::string&)> on_sealed) {
+    on_sealed_ = std::move(on_sealed);
+    auto connection = parley::RedisConnection::Connect(endpoint_, absl::Seconds(5));
+    if (!connection.ok()) return connection.status();
+    redis_ = *std::move(connection);
+    parley::RedisKeys keys;
+    std::vector<std::string> subscribe = {"SUBSCRIBE"};
+    for (const std::string& session : sessions_) subscribe.push_back(keys.EventChannel(session));
+    // The first confirmation comes back here, the others through the reader.
+    if (auto reply = redis_->Command(subscribe); !reply.ok()) return reply.status();
+    thread_ = std::thread([this] { Read(); });
+    return absl::OkStatus();
+  }
+
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Runs `f` on the records under the lock.
+  void With(const std::function<void(absl::flat_hash_map<std::string, TurnRecord>&)>& f) {
+    absl::MutexLock lock(&mu_);
+    f(turns_);
+  }
+
+  int64_t sealed() const { return sealed_.load(); }
+  absl::Status error() {
+    absl::MutexLock lock(&mu_);
+    return error_;
+  }
+
+ private:
+  void Read() {
+    while (!stop_) {
+      absl::StatusOr<parley::RedisReply> reply = redis_->ReadReplyFor(absl::Milliseconds(100));
+      if (!reply.ok()) {
+        if (absl::IsDeadlineExceeded(reply.status())) continue;
+        absl::MutexLock lock(&mu_);
+        error_ = reply.status();
+        return;
+      }
+      const redisReply* r = reply->get();
+      if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) continue;
+      if (parley::ReplyString(r->element[0]) != "message") continue;
+      v1::Event event;
+      if (!event.ParseFromString(parley::ReplyString(r->element[2]))) continue;
+      Record(event);
+    }
+  }
+
+  void Record(const v1::Event& event) {
+    if (event.turn_id().empty() || event.transient()) return;
+    bool sealed = false;
+    {
+      absl::MutexLock lock(&mu_);
+      TurnRecord& turn = turns_[event.turn_id()];
+      turn.session = event.session_id();
+      ++turn.events;
+      const absl::Time time = ToTime(event.time());
+      if (event.has_turn_started()) {
+        if (turn.started == absl::Time()) turn.started = time;
+        turn.last_attempt = event.turn_started().attempt();
+        turn.last_attempt_time = time;
+      }
+      if (event.has_text_delta() && turn.first_text == absl::Time()) turn.first_text = time;
+      if (event.has_turn_sealed()) {
+        turn.sealed = absl::Now();
+        sealed = true;
+      }
+    }
+    if (sealed) {
+      ++sealed_;
+      on_sealed_(event.session_id());
+    }
+  }
+
+  const parley::RedisEndpoint endpoint_;
+  const std::vector<std::string> sessions_;
+  std::unique_ptr<parley::RedisConnection> redis_;
+  std::function<void(const std::string&)> on_sealed_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> sealed_{0};
+  std::thread thread_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, TurnRecord> turns_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---- Load: submitters fed from a queue of sessions to submit to ----
+
+class Load {
+ public:
+  Load(const Options& o, std::vector<std::unique_ptr<Replica>>& replicas, Listener& listener)
+      : o_(o), replicas_(replicas), listener_(listener) {
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      for (int64_t t = 0; t < o.submitters; ++t) {
+        routers_[r].push_back(
+            rv::SessionRouter::NewStub(Channel(replicas[r]->target(), 1000 + r * 100 + t)));
+      }
+    }
+    dead_.assign(replicas.size(), false);
+  }
+  ~Load() { Stop(); }
+
+  void Start() {
+    for (int64_t t = 0; t < o_.submitters; ++t) threads_.emplace_back([this, t] { Submit(t); });
+  }
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+  }
+
+  void Enqueue(const std::string& session, const std::string& text) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back({session, text});
+    ++outstanding_[session];
+  }
+  void Sealed(const std::string& session) {
+    absl::MutexLock lock(&mu_);
+    if (auto it = outstanding_.find(session); it != outstanding_.end() && it->second > 0) {
+      --it->second;
+    }
+  }
+  int64_t Outstanding(const std::string& session) {
+    absl::MutexLock lock(&mu_);
+    auto it = outstanding_.find(session);
+    return it == outstanding_.end() ? 0 : it->second;
+  }
+  int64_t TotalOutstanding() {
+    absl::MutexLock lock(&mu_);
+    int64_t total = 0;
+    for (const auto& [session, n] : outstanding_) total += n;
+    return total;
+  }
+  void MarkDead(int replica) {
+    absl::MutexLock lock(&mu_);
+    dead_[replica] = true;
+  }
+  int64_t errors() const { return errors_.load(); }
+
+ private:
+  struct Job {
+    std::string session;
+    std::string text;
+  };
+
+  void Submit(int64_t t) {
+    uint64_t n = 0;
+    while (true) {
+      Job job;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Load* load) { return load->stop_ || !load->queue_.empty(); }, this));
+        if (stop_) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      const std::string key = absl::StrCat("t", t, "-", n++);
+      for (int attempt = 0; attempt < 10; ++attempt) {
+        int replica = static_cast<int>((t + attempt + n) % replicas_.size());
+        {
+          absl::MutexLock lock(&mu_);
+          while (dead_[replica]) replica = (replica + 1) % static_cast<int>(replicas_.size());
+        }
+        rv::SubmitMessageRequest request;
+        request.set_tenant_id(kTenant);
+        request.mutable_request()->set_session_id(job.session);
+        request.mutable_request()->add_content()->set_text(job.text);
+        request.mutable_request()->set_idempotency_key(key);
+        v1::SendMessageResponse response;
+        absl::Status s = Call(*routers_[replica][t], &RouterStub::SubmitMessage, request, &response);
+        if (!s.ok()) {
+          ++errors_;
+          continue;
+        }
+        const absl::Time now = absl::Now();
+        listener_.With([&](auto& turns) {
+          TurnRecord& turn = turns[response.turn().id()];
+          turn.session = job.session;
+          turn.submitted = now;
+        });
+        break;
+      }
+    }
+  }
+
+  const Options& o_;
+  std::vector<std::unique_ptr<Replica>>& replicas_;
+  Listener& listener_;
+  std::map<size_t, std::vector<std::unique_ptr<RouterStub>>> routers_;
+  std::vector<std::thread> threads_;
+  std::atomic<int64_t> errors_{0};
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int64_t> outstanding_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> dead_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---- The run ----
+
+struct Results {
+  double claims_per_s_raw = 0;
+  double turns_per_s = 0;
+  int events_per_turn = 0;
+  double claim_p50_ms = 0, claim_p99_ms = 0;
+  double first_event_p50_ms = 0, first_event_p99_ms = 0;
+  int64_t latency_turns = 0;
+  int64_t claimed_before_ack = 0;
+  double failover_s = -1;
+};
+
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
+absl::StatusOr<Results> Run(const Options& o) {
+  Results results;
+  std::vector<std::unique_ptr<StoreStub>> stores;
+  for (int i = 0; i < std::max<int64_t>(o.claimers, 8); ++i) {
+    stores.push_back(pb::StoreService::NewStub(Channel(o.store_addr, i + 1)));
+  }
+
+  // 1. The ceiling, before any replica runs (a replica would claim these turns too).
+  auto raw = MeasureRawClaims(o, stores);
+  if (!raw.ok()) return raw.status();
+  results.claims_per_s_raw = *raw;
+
+  // 2. Replicas, sessions, the listener.
+  if (absl::Status s = CreateTenant(*stores[0], kTenant); !s.ok()) return s;
+  auto sessions = CreateSessions(stores, kTenant, o.sessions);
+  if (!sessions.ok()) return sessions.status();
+  auto probe_sessions = CreateSessions(stores, kTenant, o.probes);
+  if (!probe_sessions.ok()) return probe_sessions.status();
+  std::vector<std::unique_ptr<Replica>> replicas;
+  for (int i = 0; i < o.replicas; ++i) {
+    auto replica = Replica::Start(o, i);
+    if (!replica.ok()) return replica.status();
+    replicas.push_back(*std::move(replica));
+  }
+  auto endpoint = parley::ParseRedisUrl(o.redis_url);
+  if (!endpoint.ok()) return endpoint.status();
+  std::vector<std::string> watched = *sessions;
+  watched.insert(watched.end(), probe_sessions->begin(), probe_sessions->end());
+  // The listener calls into the load and the load into the listener: both stop (load
+  // first) before either is destroyed, on every return path.
+  std::string text;
+  std::atomic<bool> refill{false};
+  Listener listener(*endpoint, watched);
+  auto load = std::make_unique<Load>(o, replicas, listener);
+  struct StopBoth {
+    Load& load;
+    Listener& listener;
+    ~StopBoth() {
+      load.Stop();
+      listener.Stop();
+    }
+  } stop_both{*load, listener};
+  absl::Status started = listener.Start([&](const std::string& session) {
+    load->Sealed(session);
+    if (refill.load()) load->Enqueue(session, text);
+  });
+  if (!started.ok()) return started;
+  load->Start();
+
+  // 3. Calibrate @words so that a turn is 20 durable events.
+  int words = 16;
+  for (int round = 0; round < 3; ++round) {
+    text = absl::StrCat("@words ", words, "\n@delay_ms 0");
+    const int64_t before = listener.sealed();
+    load->Enqueue((*sessions)[0], text);
+    if (!WaitFor([&] { return listener.sealed() > before; }, absl::Seconds(30))) {
+      return absl::DeadlineExceededError("the calibration turn never sealed");
+    }
+    int events = 0;
+    listener.With([&](auto& turns) {
+      for (const auto& [id, turn] : turns) {
+        if (turn.session == (*sessions)[0] && turn.sealed != absl::Time()) events = turn.events;
+      }
+    });
+    // Every turn of the calibration session but the last was erased below.
+    results.events_per_turn = events;
+    listener.With([&](auto& turns) { turns.clear(); });
+    if (events == kTargetEventsPerTurn) break;
+    words += kTargetEventsPerTurn - events;
+    if (words < 1) return absl::InternalError("a turn has more than 20 events without words");
+  }
+  std::cout << absl::StrFormat("turn:      \"@words %d\" makes %d durable events per turn\n",
+                               words, results.events_per_turn);
+
+  // 4. Sustained: two turns in flight per session, the next submitted on each seal.
+  refill = true;
+  for (const std::string& session : *sessions) {
+    load->Enqueue(session, text);
+    load->Enqueue(session, text);
+  }
+  absl::SleepFor(o.warmup);
+  const int64_t sealed_at_start = listener.sealed();
+  const absl::Time window_start = absl::Now();
+  absl::SleepFor(o.duration);
+  const int64_t sealed_in_window = listener.sealed() - sealed_at_start;
+  const double window_s = absl::ToDoubleSeconds(absl::Now() - window_start);
+  results.turns_per_s = sealed_in_window / window_s;
+  std::cout << absl::StrFormat(
+      "sustained: %d turns sealed in %.1f s over %d sessions, %d replicas x %d slots: "
+      "%.0f turns/s (%.0f events/s)\n",
+      sealed_in_window, window_s, o.sessions, o.replicas, o.turn_slots, results.turns_per_s,
+      results.turns_per_s * results.events_per_turn);
+  refill = false;
+  if (!WaitFor([&] { return load->TotalOutstanding() == 0; }, absl::Seconds(60))) {
+    return absl::DeadlineExceededError("the sustained phase's turns never all sealed");
+  }
+  listener.With([&](auto& turns) { turns.clear(); });
+
+  // 5. Latency at half the sustained rate, open loop, each submit to an idle session.
+  const double rate = std::max(1.0, results.turns_per_s / 2);
+  std::atomic<bool> pacing{true};
+  std::atomic<int64_t> skipped{0};
+  std::thread pacer([&] {
+    const absl::Duration interval = absl::Seconds(1) / rate;
+    absl::Time next = absl::Now();
+    size_t cursor = 0;
+    while (pacing.load()) {
+      next += interval;
+      absl::SleepFor(std::max(absl::ZeroDuration(), next - absl::Now()));
+      bool sent = false;
+      for (size_t tries = 0; tries < sessions->size() && !sent; ++tries) {
+        const std::string& session = (*sessions)[cursor++ % sessions->size()];
+        if (load->Outstanding(session) == 0) {
+          load->Enqueue(session, text);
+          sent = true;
+        }
+      }
+      if (!sent) ++skipped;
+    }
+  });
+  absl::SleepFor(o.latency_duration);
+  // Snapshot the latency records: what failover adds comes after.
+  std::vector<std::string> measured_ids;
+  listener.With([&](auto& turns) {
+    for (const auto& [id, turn] : turns) {
+      if (turn.sealed != absl::Time() && turn.submitted != absl::Time()) measured_ids.push_back(id);
+    }
+  });
+
+  // 6. Failover, with the half-rate load still on.
+  std::vector<std::string> probe_turns(o.probes);
+  for (int64_t i = 0; i < o.probes; ++i) {
+    rv::SubmitMessageRequest request;
+    request.set_tenant_id(kTenant);
+    request.mutable_request()->set_session_id((*probe_sessions)[i]);
+    request.mutable_request()->add_content()->set_text("@stall_ms 600000");
+    v1::SendMessageResponse response;
+    auto router = rv::SessionRouter::NewStub(Channel(replicas[i % replicas.size()]->target(), 9));
+    if (absl::Status s = Call(*router, &RouterStub::SubmitMessage, request, &response); !s.ok()) {
+      return s;
+    }
+    probe_turns[i] = response.turn().id();
+  }
+  std::map<std::string, std::vector<std::string>> probes_by_owner;  // worker -> turns
+  if (!WaitFor(
+          [&] {
+            probes_by_owner.clear();
+            int owned = 0;
+            for (int64_t i = 0; i < o.probes; ++i) {
+              pb::GetSessionRequest request;
+              request.set_tenant_id(kTenant);
+              request.set_session_id((*probe_sessions)[i]);
+              pb::GetSessionResponse response;
+              if (!Call(*stores[0], &StoreStub::GetSession, request, &response).ok()) return false;
+              if (response.session().current_turn_id() != probe_turns[i]) continue;
+              if (response.lease_owner().empty()) continue;
+              probes_by_owner[response.lease_owner()].push_back(probe_turns[i]);
+              ++owned;
+            }
+            return owned == o.probes;
+          },
+          absl::Seconds(30))) {
+    return absl::DeadlineExceededError("the probe turns never all ran");
+  }
+  int victim = -1;
+  size_t most = 0;
+  for (size_t r = 0; r < replicas.size(); ++r) {
+    const size_t owned = probes_by_owner[replicas[r]->worker_id()].size();
+    if (owned > most) {
+      most = owned;
+      victim = static_cast<int>(r);
+    }
+  }
+  if (victim < 0) return absl::InternalError("no replica owns a probe turn");
+  const std::vector<std::string>& lost = probes_by_owner[replicas[victim]->worker_id()];
+  load->MarkDead(victim);
+  const absl::Time killed_at = absl::Now();
+  replicas[victim]->Kill();
+  absl::Time first_takeover = absl::InfiniteFuture();
+  WaitFor(
+      [&] {
+        listener.With([&](auto& turns) {
+          for (const std::string& id : lost) {
+            auto it = turns.find(id);
+            if (it != turns.end() && it->second.last_attempt >= 2) {
+              first_takeover = std::min(first_takeover, it->second.last_attempt_time);
+            }
+          }
+        });
+        return first_takeover != absl::InfiniteFuture();
+      },
+      o.lease_ttl + absl::Seconds(60));
+  if (first_takeover != absl::InfiniteFuture()) {
+    results.failover_s = absl::ToDoubleSeconds(first_takeover - killed_at);
+  }
+  std::cout << absl::StrFormat(
+      "failover:  killed %s (owner of %d of %d stalled probes) under load; first takeover "
+      "event after %.2f s (lease %s)\n",
+      replicas[victim]->worker_id(), lost.size(), o.probes, results.failover_s,
+      absl::FormatDuration(o.lease_ttl));
+  pacing = false;
+  pacer.join();
+  load->Stop();
+
+  // Claim times are the store's start_time (set by the claim), read back per turn.
+  std::vector<double> claim_ms(measured_ids.size(), -1), first_ms(measured_ids.size(), -1);
+  std::vector<absl::Time> submitted(measured_ids.size()), first_text(measured_ids.size());
+  listener.With([&](auto& turns) {
+    for (size_t i = 0; i < measured_ids.size(); ++i) {
+      submitted[i] = turns[measured_ids[i]].submitted;
+      first_text[i] = turns[measured_ids[i]].first_text;
+    }
+  });
+  std::atomic<int64_t> before_ack{0};
+  absl::Status read = RunOnThreads(8, [&](int t) -> absl::Status {
+    for (size_t i = t; i < measured_ids.size(); i += 8) {
+      pb::GetTurnRequest request;
+      request.set_tenant_id(kTenant);
+      request.set_turn_id(measured_ids[i]);
+      pb::GetTurnResponse response;
+      if (absl::Status s = Call(*stores[t], &StoreStub::GetTurn, request, &response); !s.ok()) {
+        return s;
+      }
+      const absl::Time claimed = ToTime(response.turn().start_time());
+      const absl::Duration wait = claimed - submitted[i];
+      if (wait < absl::ZeroDuration()) ++before_ack;
+      claim_ms[i] = std::max(0.0, absl::ToDoubleMilliseconds(wait));
+      first_ms[i] = absl::ToDoubleMilliseconds(first_text[i] - claimed);
+    }
+    return absl::OkStatus();
+  });
+  if (!read.ok()) return read;
+  results.latency_turns = static_cast<int64_t>(measured_ids.size());
+  results.claimed_before_ack = before_ack.load();
+  results.claim_p50_ms = Percentile(claim_ms, 0.5);
+  results.claim_p99_ms = Percentile(claim_ms, 0.99);
+  results.first_event_p50_ms = Percentile(first_ms, 0.5);
+  results.first_event_p99_ms = Percentile(first_ms, 0.99);
+  std::cout << absl::StrFormat(
+      "latency:   %d turns at %.0f turns/s (%d pacer ticks found no idle session): "
+      "enqueue->claim p50 %.2f ms p99 %.2f ms (%d claimed before SubmitMessage returned, "
+      "counted as 0); claim->first event p50 %.2f ms p99 %.2f ms\n",
+      results.latency_turns, rate, skipped.load(), results.claim_p50_ms, results.claim_p99_ms,
+      results.claimed_before_ack, results.first_event_p50_ms, results.first_event_p99_ms);
+  std::cout << absl::StrFormat("submit errors (retried elsewhere): %d\n", load->errors());
+  if (absl::Status s = listener.error(); !s.ok()) return s;
+  return results;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  Options o;
+  parley::Flags flags("turns_bench",
+                      "parley-session turn throughput, latency and failover vs the raw claim "
+                      "rate of parley-store.");
+  flags.HostPort("store_addr", &o.store_addr, "the parley-store the replicas use");
+  flags.String("redis_url", &o.redis_url, "the Redis the replicas use", parley::ValidateRedisUrl);
+  flags.String("session_binary", &o.session_binary, "parley-session binary to start",
+               parley::ValidateNonEmpty);
+  flags.String("work_dir", &o.work_dir, "directory for the replicas' logs",
+               parley::ValidateNonEmpty);
+  flags.Int("replicas", &o.replicas, "parley-session processes", 2, 16);
+  flags.Int("turn_slots", &o.turn_slots, "--turn_slots of each replica", 1, 1024);
+  flags.Duration("lease_ttl", &o.lease_ttl, "--lease_ttl of each replica");
+  flags.Int("sessions", &o.sessions, "sessions kept busy", 1, 100000);
+  flags.Duration("warmup", &o.warmup, "sustained load before the measured window");
+  flags.Duration("duration", &o.duration, "measured window of the sustained phase");
+  flags.Duration("latency_duration", &o.latency_duration, "length of the half-rate phase");
+  flags.Int("submitters", &o.submitters, "concurrent SubmitMessage clients", 1, 256);
+  flags.Int("claimers", &o.claimers, "threads of the raw claim phase", 1, 256);
+  flags.Int("raw_sessions", &o.raw_sessions, "sessions of the raw claim phase", 1, 100000);
+  flags.Int("raw_turns", &o.raw_turns, "queued turns per raw session", 1, 10000);
+  flags.Int("probes", &o.probes, "stalled probe turns for the failover phase", 1, 1000);
+  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  if (o.store_addr.empty()) {
+    std::cerr << "turns_bench: --store_addr is required\n";
+    return 2;
+  }
+
+  absl::StatusOr<Results> results = Run(o);
+  if (!results.ok()) {
+    std::cerr << "turns_bench: " << results.status() << "\n";
+    return 1;
+  }
+  const Results& r = *results;
+  const double ratio = r.claims_per_s_raw > 0 ? r.turns_per_s / r.claims_per_s_raw : 0;
+  const double lease_s = absl::ToDoubleSeconds(o.lease_ttl);
+  auto goal = [](bool met) { return met ? "met" : "MISSED"; };
+  std::cout << absl::StrFormat(
+      "goals:     >= 500 turns/s: %s; >= 0.25 x raw claims: %s; enqueue->claim p99 <= 5 ms: "
+      "%s; failover <= lease + 2 s: %s\n",
+      goal(r.turns_per_s >= 500), goal(ratio >= 0.25), goal(r.claim_p99_ms <= 5),
+      goal(r.failover_s >= 0 && r.failover_s <= lease_s + 2));
+  std::cout << absl::StrFormat(
+      "RESULT name=turns turns_per_s=%.0f claims_per_s_raw=%.0f turn_ratio=%.3f "
+      "claim_p50_ms=%.2f claim_p99_ms=%.2f first_event_p99_ms=%.2f failover_s=%.2f "
+      "lease_ttl_s=%.0f\n",
+      r.turns_per_s, r.claims_per_s_raw, ratio, r.claim_p50_ms, r.claim_p99_ms,
+      r.first_event_p99_ms, r.failover_s, lease_s);
+  return 0;
+}
