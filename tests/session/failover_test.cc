@@ -12,7 +12,7 @@
 namespace parley::session::testing {
 namespace {
 
-class Failover : public SessionFixture {
+class SessionFailover : public SessionFixture {
  protected:
   // Waits until `turn_id` has published at least `count` TextDeltas.
   void WaitForOutput(const std::string& session, const std::string& turn_id, int count) {
@@ -72,7 +72,7 @@ class Failover : public SessionFixture {
 // sure: the owner is read from the store's lease and killed while the turn stalls for
 // 10 minutes. The stall applies to the retry too, so the retry is cancelled once its
 // TurnStarted is out: the test does not depend on how long anything takes.
-TEST_F(Failover, KilledOwnerOfATurnWithoutOutputIsRetriedOnAnotherReplica) {
+TEST_F(SessionFailover, KilledOwnerOfATurnWithoutOutputIsRetriedOnAnotherReplica) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 3, .lease_ttl = absl::Seconds(2),
                                         .gateway = true}));
   const std::string session = CreateSession(kTenantA);
@@ -120,7 +120,7 @@ TEST_F(Failover, KilledOwnerOfATurnWithoutOutputIsRetriedOnAnotherReplica) {
 // assistant message, seals it, and runs the next turn; a live subscriber sees 1..N. The
 // turn would stream 200 words over 10 s; the kill comes after the third word, and the
 // test checks that fewer than 200 were streamed, so the owner did die mid-output.
-TEST_F(Failover, KilledOwnerAfterOutputEndsTheTurnWorkerLostAndKeepsItsOutput) {
+TEST_F(SessionFailover, KilledOwnerAfterOutputEndsTheTurnWorkerLostAndKeepsItsOutput) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 3, .lease_ttl = absl::Seconds(2),
                                         .gateway = true}));
   const std::string session = CreateSession(kTenantA);
@@ -173,7 +173,7 @@ TEST_F(Failover, KilledOwnerAfterOutputEndsTheTurnWorkerLostAndKeepsItsOutput) {
 // owner's. Each replica has one slot, so once the resumed zombie claims a new turn its
 // old turn's thread has run to its end (it had to give the slot back): that is when
 // the stream is compared, with no sleep.
-TEST_F(Failover, ZombieOwnerResumedAfterTakeoverWritesNothing) {
+TEST_F(SessionFailover, ZombieOwnerResumedAfterTakeoverWritesNothing) {
   ASSERT_NO_FATAL_FAILURE(
       StartCluster({.replicas = 2, .turn_slots = 1, .lease_ttl = absl::Seconds(2)}));
   const std::string session = CreateSession(kTenantA);
@@ -250,7 +250,7 @@ TEST_F(Failover, ZombieOwnerResumedAfterTakeoverWritesNothing) {
 // (--drain_timeout=1s) hands the turn back at once and another replica runs it as
 // attempt 2. The lease is 30 s, so a retry within 15 s cannot come from lease expiry:
 // it proves the hand-back. The retry stalls again and is then cancelled.
-TEST_F(Failover, DrainHandsBackATurnWithoutOutputToAnotherReplica) {
+TEST_F(SessionFailover, DrainHandsBackATurnWithoutOutputToAnotherReplica) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .lease_ttl = absl::Seconds(30),
                                         .drain_timeout = absl::Seconds(1)}));
   const std::string session = CreateSession(kTenantA);
@@ -285,7 +285,7 @@ TEST_F(Failover, DrainHandsBackATurnWithoutOutputToAnotherReplica) {
 // turn (which would need 20 s) ends FAILED {WORKER_SHUTDOWN} with its partial output
 // committed, by the draining replica itself (the lease is 30 s and the end comes within
 // 15 s, so no takeover did it), and the next queued turn runs on the other replica.
-TEST_F(Failover, DrainEndsATurnWithOutputWorkerShutdownAndKeepsItsOutput) {
+TEST_F(SessionFailover, DrainEndsATurnWithOutputWorkerShutdownAndKeepsItsOutput) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .lease_ttl = absl::Seconds(30),
                                         .drain_timeout = absl::Seconds(1)}));
   const std::string session = CreateSession(kTenantA);
@@ -325,7 +325,7 @@ TEST_F(Failover, DrainEndsATurnWithOutputWorkerShutdownAndKeepsItsOutput) {
 // the first turn's events already persisted. session-svc alone notices (no test writes
 // an epoch) and moves the session to epoch 2: the second turn's events continue after
 // the durable last seq, in epoch 2, and the store agrees.
-TEST_F(Failover, RedisFlushIsRecoveredBySessionSvcWithANewEpoch) {
+TEST_F(SessionFailover, RedisFlushIsRecoveredBySessionSvcWithANewEpoch) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .private_redis = true}));
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> first = SubmitTurn(kTenantA, session, "@delay_ms 0\nbefore");

@@ -14,7 +14,7 @@
 namespace parley::session::testing {
 namespace {
 
-class Policies : public SessionFixture {
+class SessionPolicies : public SessionFixture {
  protected:
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2})); }
 
@@ -33,7 +33,7 @@ class Policies : public SessionFixture {
 // partial output stored, then the new turn runs; all of the old turn's events precede
 // the new one's. The old turn would stream 400 words over 20 s; fewer than 400 prove the
 // interrupt cut it.
-TEST_F(Policies, InterruptCancelsTheRunningTurnKeepsItsOutputAndRunsTheNewOne) {
+TEST_F(SessionPolicies, InterruptCancelsTheRunningTurnKeepsItsOutputAndRunsTheNewOne) {
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> old_turn = SubmitTurn(kTenantA, session, "@words 400\n@delay_ms 50");
   ASSERT_TRUE(old_turn.ok()) << old_turn.status();
@@ -76,7 +76,7 @@ TEST_F(Policies, InterruptCancelsTheRunningTurnKeepsItsOutputAndRunsTheNewOne) {
 // REJECT while a turn runs (as the request's policy, and as the session's own policy):
 // FAILED_PRECONDITION {SESSION_BUSY}, and no message, turn or event is stored. Once the
 // session is idle the same message is accepted.
-TEST_F(Policies, RejectWhileBusyAnswersSessionBusyAndStoresNothing) {
+TEST_F(SessionPolicies, RejectWhileBusyAnswersSessionBusyAndStoresNothing) {
   const std::string session = CreateSession(kTenantA, v1::MULTITASK_POLICY_REJECT);
   absl::StatusOr<std::string> running = SubmitTurn(kTenantA, session, "@stall_ms 600000");
   ASSERT_TRUE(running.ok()) << running.status();
@@ -122,7 +122,7 @@ TEST_F(Policies, RejectWhileBusyAnswersSessionBusyAndStoresNothing) {
 
 // CancelTurn of a turn waiting behind a running one: CANCELLED at once, never started
 // (no TurnStarted, no answer) once the turns around it have run.
-TEST_F(Policies, CancelOfAQueuedTurnMeansItNeverRuns) {
+TEST_F(SessionPolicies, CancelOfAQueuedTurnMeansItNeverRuns) {
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> head = SubmitTurn(kTenantA, session, "@words 20\n@delay_ms 25");
   absl::StatusOr<std::string> queued = SubmitTurn(kTenantA, session, "@delay_ms 0\nskip me");
@@ -153,7 +153,7 @@ TEST_F(Policies, CancelOfAQueuedTurnMeansItNeverRuns) {
 
 // CancelTurn of a streaming turn: its owner stops it, it ends CANCELLED with its partial
 // output stored and sealed. Fewer than the 400 words it would stream prove the cut.
-TEST_F(Policies, CancelOfARunningTurnStopsItAndKeepsItsOutput) {
+TEST_F(SessionPolicies, CancelOfARunningTurnStopsItAndKeepsItsOutput) {
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@words 400\n@delay_ms 50");
   ASSERT_TRUE(turn.ok()) << turn.status();
@@ -189,7 +189,7 @@ TEST_F(Policies, CancelOfARunningTurnStopsItAndKeepsItsOutput) {
 // CloseSession with a turn streaming and two queued: all three end CANCELLED, the
 // session is CLOSED, a SessionStatusChanged ACTIVE → CLOSED is in the stream, and a
 // later message is refused with SESSION_CLOSED.
-TEST_F(Policies, CloseSessionCancelsTheRunningAndQueuedTurns) {
+TEST_F(SessionPolicies, CloseSessionCancelsTheRunningAndQueuedTurns) {
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> running = SubmitTurn(kTenantA, session, "@words 400\n@delay_ms 50");
   absl::StatusOr<std::string> queued1 = SubmitTurn(kTenantA, session, "@delay_ms 0\none");
@@ -238,7 +238,7 @@ TEST_F(Policies, CloseSessionCancelsTheRunningAndQueuedTurns) {
 
 // The same idempotency key twice (through different replicas): one message, one turn,
 // the second answer marked duplicate.
-TEST_F(Policies, ARetriedSubmitReturnsTheFirstResult) {
+TEST_F(SessionPolicies, ARetriedSubmitReturnsTheFirstResult) {
   const std::string session = CreateSession(kTenantA);
   v1::SendMessageResponse first, second;
   ASSERT_TRUE(Submit(kTenantA, session, "@delay_ms 0\nonce", &first,
@@ -262,7 +262,7 @@ TEST_F(Policies, ARetriedSubmitReturnsTheFirstResult) {
 
 // GetSessionStatus while a turn runs and two wait: the snapshot a reconnecting client
 // needs.
-TEST_F(Policies, SessionStatusReportsTheRunningTurnQueueAndStreamPosition) {
+TEST_F(SessionPolicies, SessionStatusReportsTheRunningTurnQueueAndStreamPosition) {
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> running = SubmitTurn(kTenantA, session, "@stall_ms 600000");
   ASSERT_TRUE(running.ok());
@@ -292,7 +292,7 @@ TEST_F(Policies, SessionStatusReportsTheRunningTurnQueueAndStreamPosition) {
 
 // ---- Bad input: INVALID_ARGUMENT naming the field, before any side effect ----
 
-class BadInput : public SessionFixture {
+class SessionBadInput : public SessionFixture {
  protected:
   void SetUp() override {
     ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1}));
@@ -342,7 +342,7 @@ class BadInput : public SessionFixture {
                                        << Describe(s_);                              \
   } while (0)
 
-TEST_F(BadInput, SubmitMessageNamesTheFieldAndStoresNothing) {
+TEST_F(SessionBadInput, SubmitMessageNamesTheFieldAndStoresNothing) {
   struct Case {
     std::string name;
     std::string field;
@@ -382,7 +382,7 @@ TEST_F(BadInput, SubmitMessageNamesTheFieldAndStoresNothing) {
   ASSERT_NO_FATAL_FAILURE(ExpectNothingWritten());
 }
 
-TEST_F(BadInput, CancelTurnNamesTheFieldAndChangesNothing) {
+TEST_F(SessionBadInput, CancelTurnNamesTheFieldAndChangesNothing) {
   absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session_, "@stall_ms 600000");
   ASSERT_TRUE(turn.ok()) << turn.status();
   ASSERT_TRUE(WaitForTurnStatus(kTenantA, *turn, v1::TURN_STATUS_RUNNING).ok());
@@ -399,7 +399,7 @@ TEST_F(BadInput, CancelTurnNamesTheFieldAndChangesNothing) {
   ASSERT_TRUE(CancelTurn(kTenantA, session_, *turn, &response).ok());
 }
 
-TEST_F(BadInput, CloseSessionNamesTheFieldAndLeavesTheSessionOpen) {
+TEST_F(SessionBadInput, CloseSessionNamesTheFieldAndLeavesTheSessionOpen) {
   v1::CloseSessionResponse response;
   EXPECT_INVALID_FIELD(CloseSession("", session_, &response), "tenant_id");
   EXPECT_INVALID_FIELD(CloseSession(kTenantA, "", &response), "session_id");
@@ -407,7 +407,7 @@ TEST_F(BadInput, CloseSessionNamesTheFieldAndLeavesTheSessionOpen) {
   ASSERT_NO_FATAL_FAILURE(ExpectNothingWritten());
 }
 
-TEST_F(BadInput, GetSessionStatusNamesTheField) {
+TEST_F(SessionBadInput, GetSessionStatusNamesTheField) {
   router::v1::GetSessionStatusResponse response;
   EXPECT_INVALID_FIELD(GetSessionStatus("", session_, &response), "tenant_id");
   EXPECT_INVALID_FIELD(GetSessionStatus(kTenantA, "", &response), "session_id");
@@ -417,7 +417,7 @@ TEST_F(BadInput, GetSessionStatusNamesTheField) {
 }
 
 // Another tenant's session behaves like one that does not exist, on every call.
-TEST_F(BadInput, AnotherTenantsSessionIsNotFoundAndUntouched) {
+TEST_F(SessionBadInput, AnotherTenantsSessionIsNotFoundAndUntouched) {
   CreateSession(kTenantB);  // Tenant B exists.
   v1::SendMessageResponse sent;
   grpc::Status status = Submit(kTenantB, session_, "hello", &sent);
