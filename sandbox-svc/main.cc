@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
             4'000'000'000);
   flags.Int("sandbox_uid_count", &config.sandbox_uid_count, "host uids available to sandboxes", 1,
             10'000'000);
-  flags.Choice("cgroup", &config.cgroup, "use cgroup v2 where the host delegates it",
+  flags.Choice("cgroup", &config.cgroup, "auto: cgroup v2 controllers where delegated, else the host's v1 hierarchies",
                {"auto", "off"});
   flags.Choice("pause_mechanism", &config.pause_mechanism,
                "how sandboxes are frozen (auto: cgroup freezer when available, else SIGSTOP)",
@@ -181,7 +181,9 @@ int main(int argc, char** argv) {
     host.logger().Error("the local provider cannot start", {{"error", s.ToString()}});
     return 1;
   }
-  host.logger().Info("sandbox provider ready", {{"capabilities", bwrap.Capabilities()}});
+  host.logger().Info("sandbox provider ready", {{"provider", "local"},
+                                                {"cgroup_mode", bwrap.CgroupMode()},
+                                                {"capabilities", bwrap.Capabilities()}});
 
   std::map<std::string, parley::sandbox::SandboxProvider*> providers = {{"local", &bwrap}};
   // The kubernetes provider exists only when a template asks for it.

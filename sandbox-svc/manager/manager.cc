@@ -86,6 +86,16 @@ SandboxManager::SandboxManager(ManagerOptions options, TemplateSet templates,
                                               "Create-to-ready time by source", {"source"});
     expired_total_ = &registry->AddCounter("parley_sandbox_expired_total", "TTL and idle expiries",
                                            {"reason", "action"});
+    // Fixed for the life of the process: which cgroup limits each provider applies.
+    telemetry::GaugeFamily& cgroup_mode = registry->AddGauge(
+        "parley_sandbox_cgroup_mode",
+        "1 for the cgroup mode (v2, v1, none) whose limits this provider's sandboxes get",
+        {"provider", "mode"});
+    for (const auto& [name, provider] : providers_) {
+      if (std::string mode = provider->CgroupMode(); !mode.empty()) {
+        cgroup_mode.WithLabels({name, mode}).Set(1);
+      }
+    }
   }
 }
 
@@ -237,15 +247,20 @@ void SandboxManager::UpdateGauges() {
 // ---------------------------------------------------------------------------------
 // Templates
 
+sv1::Template SandboxManager::TemplateView(const TemplateConfig& config) {
+  sv1::Template proto = config.proto;
+  auto it = pools_.find(config.proto.name());
+  proto.set_warm_pool_ready(it == pools_.end() ? 0 : static_cast<uint32_t>(it->second.size()));
+  if (auto provider = providers_.find(config.proto.provider()); provider != providers_.end()) {
+    proto.set_cgroup_mode(provider->second->CgroupMode());
+  }
+  return proto;
+}
+
 std::vector<sv1::Template> SandboxManager::ListTemplates() {
   std::vector<sv1::Template> result;
   absl::MutexLock lock(&mu_);
-  for (const auto& [name, config] : templates_.by_name) {
-    sv1::Template proto = config.proto;
-    auto it = pools_.find(name);
-    proto.set_warm_pool_ready(it == pools_.end() ? 0 : static_cast<uint32_t>(it->second.size()));
-    result.push_back(std::move(proto));
-  }
+  for (const auto& [name, config] : templates_.by_name) result.push_back(TemplateView(config));
   return result;
 }
 
@@ -254,11 +269,8 @@ absl::StatusOr<sv1::Template> SandboxManager::GetTemplate(const std::string& nam
   if (config == nullptr || name.empty()) {
     return absl::NotFoundError(absl::StrCat("template \"", name, "\" not found"));
   }
-  sv1::Template proto = config->proto;
   absl::MutexLock lock(&mu_);
-  auto it = pools_.find(config->proto.name());
-  proto.set_warm_pool_ready(it == pools_.end() ? 0 : static_cast<uint32_t>(it->second.size()));
-  return proto;
+  return TemplateView(*config);
 }
 
 int SandboxManager::PoolReady(const std::string& template_name) {

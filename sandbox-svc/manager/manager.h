@@ -198,6 +198,9 @@ class SandboxManager {
   void ReaperLoop();
   void FillerLoop();
   void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A template as the API shows it: with its pool's fill and its provider's cgroup mode.
+  ::parley::sandbox::v1::Template TemplateView(const TemplateConfig& config)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   static absl::Status NotFound(const std::string& sandbox_id);
   static absl::Status Gone(const ::parley::sandbox::v1::Sandbox& sandbox);

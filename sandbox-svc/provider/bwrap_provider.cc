@@ -185,6 +185,14 @@ bool SameFile(const std::string& a, const std::string& b) {
          sa.st_mtim.tv_nsec == sb.st_mtim.tv_nsec;
 }
 
+// The sandbox's group name. Records written before groups were named by id alone hold
+// the group's full cgroup2 path; its last component is the same name.
+std::string CgroupName(const ProviderState& state) {
+  std::string group = StateValue(state, "cgroup");
+  size_t slash = group.rfind('/');
+  return slash == std::string::npos ? group : group.substr(slash + 1);
+}
+
 }  // namespace
 
 BwrapProvider::BwrapProvider(BwrapOptions options) : options_(std::move(options)) {}
@@ -253,9 +261,10 @@ absl::Status BwrapProvider::Init() {
     CopyWorldReadable(absl::StrCat("/etc/", entry), target, 0);
     if (::access(target.c_str(), F_OK) != 0) std::ofstream(target).flush();
   }
-  cgroups_ = CgroupTree::Detect(
+  cgroups_ = DetectCgroups(
       options_.use_cgroups,
-      absl::StrFormat("%08x", static_cast<uint32_t>(std::hash<std::string>{}(dir))));
+      absl::StrFormat("%08x", static_cast<uint32_t>(std::hash<std::string>{}(dir))),
+      &cgroup_report_);
   return absl::OkStatus();
 }
 
@@ -297,10 +306,14 @@ std::string BwrapProvider::Capabilities() const {
   return absl::StrCat(
       "local: ", options_.bwrap_path, "; sandbox host uids: ",
       as_root_ ? absl::StrCat(options_.uid_base, "+") : absl::StrCat(::geteuid(), " (ours)"), "; ",
-      cgroups_.Report(), "; pause: ",
-      cgroups_.available() && options_.pause_mechanism != "signal"
+      cgroup_report_, "; pause: ",
+      cgroups_ != nullptr && cgroups_->CanFreeze() && options_.pause_mechanism != "signal"
           ? "cgroup freezer"
           : "SIGSTOP of the pid namespace");
+}
+
+std::string BwrapProvider::CgroupMode() const {
+  return cgroups_ != nullptr ? cgroups_->LimitsMode() : kCgroupModeNone;
 }
 
 absl::StatusOr<uid_t> BwrapProvider::AllocateUid() {
@@ -330,7 +343,7 @@ absl::StatusOr<ProviderState> BwrapProvider::Plan(const SandboxSpec& spec) {
     if (!uid.ok()) return uid.status();
     state["uid"] = absl::StrCat(*uid);
   }
-  if (cgroups_.available()) state["cgroup"] = absl::StrCat(cgroups_.parent(), "/", spec.id);
+  if (cgroups_ != nullptr) state["cgroup"] = spec.id;
   return state;
 }
 
@@ -415,12 +428,12 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
         absl::StrCat("listen on ", socket_path, ": ", std::strerror(errno)));
   }
 
-  UniqueFd cgroup_procs;
-  if (std::string group = StateValue(state, "cgroup"); !group.empty()) {
-    absl::StatusOr<std::string> created =
-        cgroups_.Create(spec.id, spec.limits, spec.local.cpu_percent);
-    if (!created.ok()) return created.status();
-    absl::StatusOr<UniqueFd> procs = cgroups_.OpenProcs(group);
+  std::vector<UniqueFd> cgroup_procs;
+  if (std::string group = CgroupName(state); !group.empty() && cgroups_ != nullptr) {
+    if (absl::Status s = cgroups_->Create(group, spec.limits, spec.local.cpu_percent); !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<std::vector<UniqueFd>> procs = cgroups_->OpenProcs(group);
     if (!procs.ok()) return procs.status();
     cgroup_procs = *std::move(procs);
   }
@@ -453,7 +466,7 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
   request.env = {"PATH=/usr/bin:/bin"};
   request.fds = {{listener.get(), 3}, {info_write.get(), 4}, {args.get(), 5}};
   request.output_fd = log.get();
-  request.cgroup_procs_fd = cgroup_procs.get();
+  for (const UniqueFd& procs : cgroup_procs) request.cgroup_procs_fds.push_back(procs.get());
   if (uid > 0) {
     request.uid = static_cast<uid_t>(uid);
     request.gid = static_cast<gid_t>(uid);
@@ -504,9 +517,10 @@ bool BwrapProvider::Alive(const ProviderState& state) {
 
 absl::Status BwrapProvider::Pause(const SandboxSpec& spec, ProviderState& state) {
   if (!Alive(state)) return absl::FailedPreconditionError("the sandbox's processes are gone");
-  std::string group = StateValue(state, "cgroup");
-  if (!group.empty() && options_.pause_mechanism != "signal") {
-    if (absl::Status s = cgroups_.Freeze(group, true); !s.ok()) return s;
+  std::string group = CgroupName(state);
+  if (!group.empty() && cgroups_ != nullptr && cgroups_->CanFreeze() &&
+      options_.pause_mechanism != "signal") {
+    if (absl::Status s = cgroups_->Freeze(group, true); !s.ok()) return s;
     state["paused_by"] = "cgroup";
     return absl::OkStatus();
   }
@@ -528,14 +542,17 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Resume(const SandboxSpec& spec, Pr
     for (const char* key : {"bwrap_pid", "bwrap_start", "init_pid", "init_start"}) {
       fresh.erase(key);
     }
-    if (std::string group = StateValue(state, "cgroup"); !group.empty()) cgroups_.Remove(group);
+    if (std::string group = CgroupName(state); !group.empty() && cgroups_ != nullptr) {
+      cgroups_->Remove(group);
+    }
     state = fresh;
     *restarted = true;
     return Start(spec, state, record);
   }
   std::string mechanism = StateValue(state, "paused_by");
   if (mechanism == "cgroup") {
-    if (absl::Status s = cgroups_.Freeze(StateValue(state, "cgroup"), false); !s.ok()) return s;
+    if (cgroups_ == nullptr) return absl::FailedPreconditionError("paused by a cgroup, now off");
+    if (absl::Status s = cgroups_->Freeze(CgroupName(state), false); !s.ok()) return s;
   } else if (mechanism == "signal") {
     if (absl::Status s = ContinuePidNamespace(static_cast<pid_t>(GetInt(state, "init_pid")));
         !s.ok()) {
@@ -547,7 +564,8 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Resume(const SandboxSpec& spec, Pr
 }
 
 absl::Status BwrapProvider::Destroy(const ProviderState& state) {
-  const std::string group = StateValue(state, "cgroup");
+  // Groups only matter when this run of the provider has cgroups at all.
+  const std::string group = cgroups_ != nullptr ? CgroupName(state) : "";
   const std::string workspace = StateValue(state, "workspace");
   const pid_t bwrap = static_cast<pid_t>(GetInt(state, "bwrap_pid"));
   const uint64_t bwrap_start = static_cast<uint64_t>(GetInt(state, "bwrap_start"));
@@ -558,6 +576,10 @@ absl::Status BwrapProvider::Destroy(const ProviderState& state) {
   // frozen ones included. Killing the init first lets the outer bwrap reap it and
   // exit by itself, so no zombie is left for the host's init to collect.
   if (ProcessMatches(init, init_start)) ::kill(init, SIGKILL);
+  // A task frozen by the v1 freezer dies only once thawed (v2 lets SIGKILL through).
+  if (!group.empty() && StateValue(state, "paused_by") == "cgroup") {
+    (void)cgroups_->Freeze(group, false);
+  }
   if (bwrap > 0 && !WaitForExit(bwrap, bwrap_start, absl::Seconds(2))) {
     ::kill(bwrap, SIGKILL);
     if (!WaitForExit(bwrap, bwrap_start, absl::Seconds(5))) {
@@ -570,11 +592,11 @@ absl::Status BwrapProvider::Destroy(const ProviderState& state) {
     for (pid_t pid : ProcessesWithArgument(ProcessMarker(StateValue(state, "id"))))
       ::kill(pid, SIGKILL);
   }
-  if (!group.empty()) (void)cgroups_.Kill(group);  // Anything that is somehow left.
+  if (!group.empty()) (void)cgroups_->Kill(group);  // Anything that is somehow left.
   if (init > 0 && !WaitForExit(init, init_start, absl::Seconds(5))) {
     return absl::UnavailableError(absl::StrCat("sandbox init ", init, " did not exit"));
   }
-  if (!group.empty()) cgroups_.Remove(group);
+  if (!group.empty()) cgroups_->Remove(group);
   if (std::string socket_path = StateValue(state, "socket"); !socket_path.empty()) {
     ::unlink(socket_path.c_str());
   }
@@ -587,7 +609,7 @@ absl::Status BwrapProvider::Destroy(const ProviderState& state) {
 }
 
 void BwrapProvider::ReleaseCgroupParent() {
-  if (cgroups_.available() && cgroups_.ListGroups().empty()) ::rmdir(cgroups_.parent().c_str());
+  if (cgroups_ != nullptr) cgroups_->ReleaseParent();
 }
 
 void BwrapProvider::CollectGarbage(const std::set<std::string>& known_ids) {
@@ -614,11 +636,11 @@ void BwrapProvider::CollectGarbage(const std::set<std::string>& known_ids) {
         [](const std::string&, const std::string& path) { ::unlink(path.c_str()); });
   sweep(options_.state_dir + "/logs", ".log",
         [](const std::string&, const std::string& path) { ::unlink(path.c_str()); });
-  for (const std::string& id : cgroups_.ListGroups()) {
+  if (cgroups_ == nullptr) return;
+  for (const std::string& id : cgroups_->ListGroups()) {
     if (known_ids.count(id)) continue;
-    std::string group = absl::StrCat(cgroups_.parent(), "/", id);
-    (void)cgroups_.Kill(group);
-    cgroups_.Remove(group);
+    (void)cgroups_->Kill(id);
+    cgroups_->Remove(id);
   }
 }
 

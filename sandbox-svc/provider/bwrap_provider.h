@@ -18,6 +18,7 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <set>
 #include <string>
 
@@ -64,6 +65,7 @@ class BwrapProvider final : public SandboxProvider {
   absl::Status Destroy(const ProviderState& state) override;
   void CollectGarbage(const std::set<std::string>& known_ids) override;
   std::string Capabilities() const override;
+  std::string CgroupMode() const override;
   std::string Diagnostics(const ProviderState& state) override;
 
   // Removes this provider's parent cgroup when no sandbox group is left in it (at a
@@ -85,7 +87,8 @@ class BwrapProvider final : public SandboxProvider {
 
   BwrapOptions options_;
   std::string daemon_copy_;
-  CgroupTree cgroups_;
+  std::unique_ptr<SandboxCgroups> cgroups_;  // Null: no cgroups here (rlimits, SIGSTOP).
+  std::string cgroup_report_;
   bool as_root_ = false;
 
   absl::Mutex mu_;

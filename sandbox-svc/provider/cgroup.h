@@ -1,25 +1,31 @@
-// CgroupTree: optional cgroup v2 support for the local provider, detected at start and
-// never assumed.
+// SandboxCgroups: per-sandbox control groups for the local provider — memory, pids and
+// CPU limits across all of a sandbox's processes, freezing for pause, and killing
+// whatever is left at destroy. Detected at start and never assumed.
 //
-// Detect() finds the cgroup2 mount (/proc/self/mountinfo) and this process's cgroup
-// (/proc/self/cgroup "0::/path"), creates a parent group `parley-sandbox.<suffix>`
-// beneath it, and enables whichever of the memory, pids and cpu controllers the host
-// delegates. Each sandbox then gets a child group with memory.max / pids.max / cpu.max
-// when those controllers are on; the core v2 features (cgroup.freeze, cgroup.kill) work
-// without any controller and are used for pause and destroy.
+// Two implementations, chosen by DetectCgroups() in this order:
+//  - CgroupV2Tree (cgroup_v2.h): the cgroup2 hierarchy, where the host delegates the
+//    memory/pids/cpu controllers to our group; its core features (cgroup.freeze,
+//    cgroup.kill) work without any controller, so a cgroup2 mount with none is still
+//    used for pause and destroy when no v1 hierarchy offers limits.
+//  - CgroupV1Tree (cgroup_v1.h): the v1 memory, pids, cpu and freezer hierarchies that
+//    many hosts (hybrid systemd setups, older container runtimes) still mount.
+// A sandbox's group is named after its id and lives under `parley-sandbox.<suffix>/`
+// beneath this process's own group in every hierarchy used, so the host's limits on
+// us still cover our sandboxes.
 //
-//   CgroupTree cgroups = CgroupTree::Detect(/*enabled=*/true, "a1b2c3");
-//   if (cgroups.available()) {
-//     std::string group = *cgroups.Create(id, limits);
-//     UniqueFd procs = cgroups.OpenProcs(group);   // the child writes itself in
+//   std::unique_ptr<SandboxCgroups> cgroups = DetectCgroups(/*enabled=*/true, "a1b2c3");
+//   if (cgroups != nullptr) {
+//     cgroups->Create(id, limits, cpu_percent);
+//     std::vector<UniqueFd> procs = *cgroups->OpenProcs(id);  // the child joins before exec
 //   }
-//   LOG: cgroups.Report()  // "cgroup2 at /sys/fs/cgroup/unified: freeze, kill; no memory, pids,
-//   cpu"
+//   LOG: cgroups->Report(), cgroups->LimitsMode()  // "v1"
 //
-// Thread-safe after Detect() (it only reads its own fields; every group is separate).
+// Thread-safe after construction: implementations only read their own fields, and every
+// sandbox's group is separate.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,40 +36,48 @@
 
 namespace parley::sandbox {
 
-class CgroupTree {
+// Where the per-sandbox memory/pids/CPU limits of the local provider come from.
+inline constexpr char kCgroupModeV2[] = "v2";
+inline constexpr char kCgroupModeV1[] = "v1";
+inline constexpr char kCgroupModeNone[] = "none";
+
+class SandboxCgroups {
  public:
-  static CgroupTree Detect(bool enabled, const std::string& suffix);
+  virtual ~SandboxCgroups() = default;
 
-  bool available() const { return !parent_.empty(); }
-  bool has_memory() const { return memory_; }
-  bool has_pids() const { return pids_; }
-  bool has_cpu() const { return cpu_; }
-  const std::string& parent() const { return parent_; }
-  // What works here, for the start-up log and the README's "detected and reported".
-  std::string Report() const { return report_; }
+  // kCgroupModeV2 or kCgroupModeV1 when at least one of memory/pids/cpu limits a
+  // sandbox, kCgroupModeNone when the groups serve only pause and destroy.
+  virtual std::string LimitsMode() const = 0;
+  // One line on what works here, for the start-up log.
+  virtual std::string Report() const = 0;
+  // Whether Freeze() works (a freezer exists); without it the provider pauses by SIGSTOP.
+  virtual bool CanFreeze() const = 0;
 
-  // Creates the sandbox's group and writes the limits its controllers support
-  // (memory.max, pids.max, and cpu.max from `cpu_percent` of one CPU; 0: no cap).
-  absl::StatusOr<std::string> Create(const std::string& id,
-                                     const ::parley::sandbox::v1::SandboxLimits& limits,
-                                     uint32_t cpu_percent) const;
-  // cgroup.procs of a group, opened for writing (a child writes "0" to join).
-  absl::StatusOr<UniqueFd> OpenProcs(const std::string& group) const;
-  // cgroup.freeze = 1 / 0, waiting (bounded) until cgroup.events says so.
-  absl::Status Freeze(const std::string& group, bool frozen) const;
-  // SIGKILL to every process of the group (cgroup.kill), without waiting.
-  absl::Status Kill(const std::string& group) const;
-  // Removes the group, retrying briefly while its killed processes exit.
-  void Remove(const std::string& group) const;
-  // Groups under the parent (sandbox ids), for garbage collection.
-  std::vector<std::string> ListGroups() const;
-
- private:
-  std::string parent_;
-  std::string report_;
-  bool memory_ = false;
-  bool pids_ = false;
-  bool cpu_ = false;
+  // Creates the group `name` (a sandbox id) and writes the limits its controllers
+  // support: memory (no swap beyond it), processes, and `cpu_percent` of one CPU (0: no
+  // cap). UNAVAILABLE when a group or a limit cannot be written.
+  virtual absl::Status Create(const std::string& name,
+                              const ::parley::sandbox::v1::SandboxLimits& limits,
+                              uint32_t cpu_percent) const = 0;
+  // The group's cgroup.procs files, opened for writing: a child writes "0" to each
+  // before it execs, so nothing of the sandbox ever runs outside its group.
+  virtual absl::StatusOr<std::vector<UniqueFd>> OpenProcs(const std::string& name) const = 0;
+  // Freezes or thaws every process of the group, waiting (bounded) until it is done.
+  virtual absl::Status Freeze(const std::string& name, bool frozen) const = 0;
+  // SIGKILLs every process of the group; frozen ones die too. Bounded.
+  virtual absl::Status Kill(const std::string& name) const = 0;
+  // Removes the group, retrying briefly while killed processes exit. Missing is fine.
+  virtual void Remove(const std::string& name) const = 0;
+  // Names of the groups under our parent, for garbage collection.
+  virtual std::vector<std::string> ListGroups() const = 0;
+  // Removes the parent directories when no group is left in them.
+  virtual void ReleaseParent() const = 0;
 };
+
+// Finds what the host offers (v2 controllers, else v1 hierarchies with limits, else a
+// bare cgroup2 for pause and destroy) and creates our parent groups. Null when cgroups
+// are off or nothing is usable; `report` then says why.
+std::unique_ptr<SandboxCgroups> DetectCgroups(bool enabled, const std::string& suffix,
+                                              std::string* report);
 
 }  // namespace parley::sandbox

@@ -50,8 +50,8 @@ int ChildMain(void* raw) {
 
   ResetSignalsForExec();
 
-  if (request.cgroup_procs_fd >= 0 && ::write(request.cgroup_procs_fd, "0", 1) != 1) {
-    ChildFail(args.error_fd);
+  for (int procs_fd : request.cgroup_procs_fds) {
+    if (::write(procs_fd, "0", 1) != 1) ChildFail(args.error_fd);
   }
   if (::syscall(SYS_setsid) < 0) ChildFail(args.error_fd);
   if (request.gid) {

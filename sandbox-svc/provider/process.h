@@ -32,7 +32,8 @@ struct SpawnRequest {
   // /dev/null unless mapped.
   std::vector<std::pair<int, int>> fds;
   int output_fd = -1;        // stdout and stderr of the child (-1: /dev/null).
-  int cgroup_procs_fd = -1;  // Open cgroup.procs the child joins before exec (-1: none).
+  // Open cgroup.procs files (one per hierarchy) the child joins before it execs.
+  std::vector<int> cgroup_procs_fds;
   std::optional<uid_t> uid;  // Run as this uid/gid with no supplementary groups.
   std::optional<gid_t> gid;
 };

@@ -33,7 +33,9 @@ namespace parley::sandbox {
 // Options of the local provider that a template may set.
 struct LocalTemplateOptions {
   uint64_t tmp_size_bytes = 256ull << 20;  // Size of the sandbox's /tmp tmpfs.
-  uint32_t cpu_percent = 0;  // cgroup cpu.max in percent of one CPU, where delegated; 0: none.
+  // CPU cap in percent of one CPU (cgroup v2 cpu.max, v1 cpu.cfs_quota_us), where a cpu
+  // controller is available; 0: none.
+  uint32_t cpu_percent = 0;
 };
 
 // Options of the kubernetes provider that a template may set.
@@ -129,6 +131,11 @@ class SandboxProvider {
 
   // One line on what this provider can do here (e.g. which cgroup controllers apply).
   virtual std::string Capabilities() const = 0;
+
+  // Where per-sandbox memory/pids/CPU limits come from on this host: "v2", "v1" or
+  // "none" (cgroup.h); empty where the notion does not apply (a Pod's limits are the
+  // cluster's business).
+  virtual std::string CgroupMode() const { return ""; }
 };
 
 }  // namespace parley::sandbox
