@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "parley/sandboxd/v1/sandboxd.grpc.pb.h"
 #include "sandbox-svc/manager/daemon_client.h"
+#include "tests/sandbox/cgroup_probe.h"
 #include "tests/sandbox/sandbox_stack.h"
 
 namespace parley::testing {
@@ -383,13 +384,9 @@ class PauseResume : public ::testing::TestWithParam<std::string> {
   // frozen cgroup).
   bool Frozen(const std::string& id) {
     sandbox::ProviderState state = stack_->StateOf(id);
-    if (state["paused_by"] == "cgroup") {
-      std::ifstream events(state["cgroup"] + "/cgroup.events");
-      std::string text((std::istreambuf_iterator<char>(events)), std::istreambuf_iterator<char>());
-      return text.find("frozen 1") != std::string::npos;
-    }
     int64_t init = 0;
     if (!absl::SimpleAtoi(state["init_pid"], &init)) return false;
+    if (state["paused_by"] == "cgroup") return CgroupFrozen(static_cast<pid_t>(init));
     std::vector<pid_t> pids = sandbox::ProcessesInPidNamespace(static_cast<pid_t>(init));
     if (pids.empty()) return false;
     for (pid_t pid : pids) {

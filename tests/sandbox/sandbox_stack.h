@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
+#include "common/status.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "sandbox-svc/api/service.h"
 #include "sandbox-svc/manager/manager.h"
