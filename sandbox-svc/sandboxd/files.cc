@@ -27,6 +27,8 @@ namespace parley::sandbox {
 namespace {
 
 constexpr int kMaxSymlinks = 40;
+// Looks again at a component that changed type under us, per path (see Walk).
+constexpr int kMaxRaceRetries = 16;
 constexpr int kMaxRemoveDepth = 512;
 constexpr size_t kMaxWalkEntries = 200'000;
 
@@ -35,6 +37,11 @@ absl::Status PathEscapeError(absl::string_view path) {
       absl::StrCat("path \"", path, "\" leaves the workspace through a symlink"));
   SetErrorInfo(status, "PATH_ESCAPE", {{"path", std::string(path)}});
   return status;
+}
+
+// The path kept changing while it was resolved; the caller may simply retry.
+absl::Status RacedError(absl::string_view path) {
+  return absl::UnavailableError(absl::StrCat("open \"", path, "\": raced with a rename"));
 }
 
 absl::Status Reasoned(absl::Status status, absl::string_view reason) {
@@ -227,7 +234,7 @@ absl::StatusOr<UniqueFd> Workspace::OpenBeneath(const std::string& path, int fla
     // retry rather than risk an escape.
     if (errno != EAGAIN && errno != EINTR) return ErrnoToStatus(errno, "open", path);
   }
-  return absl::UnavailableError(absl::StrCat("open \"", path, "\": raced with a rename"));
+  return RacedError(path);
 }
 
 absl::StatusOr<UniqueFd> Workspace::Walk(const std::string& path, int flags, mode_t mode) const {
@@ -244,6 +251,16 @@ absl::StatusOr<UniqueFd> Workspace::Walk(const std::string& path, int flags, mod
   }
   const bool follow_final = (flags & O_NOFOLLOW) == 0;
   int symlinks = 0;
+  // A component can change type between our look (fstatat) and our use of it (a
+  // symlink swapped for a directory, or back). Every use is O_NOFOLLOW, so that is
+  // never an escape; it is looked at again, a bounded number of times, so the answer
+  // is what the path resolves to rather than a misleading error.
+  int races = 0;
+  auto look_again = [&](std::string& name) {
+    if (++races > kMaxRaceRetries) return false;
+    pending.push_front(std::move(name));
+    return true;
+  };
   while (!pending.empty()) {
     std::string name = std::move(pending.front());
     pending.pop_front();
@@ -262,6 +279,11 @@ absl::StatusOr<UniqueFd> Workspace::Walk(const std::string& path, int flags, mod
       if (++symlinks > kMaxSymlinks) return ErrnoToStatus(ELOOP, "open", path);
       char target[kMaxPathBytes + 1];
       ssize_t n = ::readlinkat(dir, name.c_str(), target, kMaxPathBytes);
+      if (n < 0 && (errno == EINVAL || errno == ENOENT)) {  // No longer a symlink.
+        --symlinks;
+        if (look_again(name)) continue;
+        return RacedError(path);
+      }
       if (n < 0) return ErrnoToStatus(errno, "readlink", path);
       absl::string_view link(target, static_cast<size_t>(n));
       if (!link.empty() && link.front() == '/') return PathEscapeError(path);
@@ -272,11 +294,21 @@ absl::StatusOr<UniqueFd> Workspace::Walk(const std::string& path, int flags, mod
     }
     if (last) {
       int fd = ::openat(dir, name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
+      // ELOOP: a symlink appeared where we saw none, and the final one is followed.
+      if (fd < 0 && errno == ELOOP && follow_final) {
+        if (look_again(name)) continue;
+        return RacedError(path);
+      }
       if (fd < 0) return ErrnoToStatus(errno, "open", path);
       return UniqueFd(fd);
     }
     if (!exists) return ErrnoToStatus(ENOENT, "open", path);
     UniqueFd next(::openat(dir, name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    // ENOTDIR or ELOOP: the directory we saw is now a symlink (or gone: ENOENT).
+    if (!next.valid() && (errno == ENOTDIR || errno == ELOOP || errno == ENOENT)) {
+      if (look_again(name)) continue;
+      return RacedError(path);
+    }
     if (!next.valid()) return ErrnoToStatus(errno, "open", path);
     stack.push_back(std::move(next));
   }

@@ -1,13 +1,19 @@
 // parley-sandboxd on its own (no bubblewrap): the protocol handshake, exec semantics
 // (streams, exit, env, cwd, stdin, timeouts and cancel killing the whole tree) and the
 // file API with its path rules, under both path resolvers (openat2 and the walk).
+#include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
@@ -472,6 +478,70 @@ TEST_P(SandboxdFiles, RefusesSymlinksThatLeaveTheWorkspace) {
   ASSERT_TRUE(daemon_->stub().Remove(&rm, remove, &removed).ok());
   struct stat st {};
   EXPECT_EQ(::stat("/etc/passwd", &st), 0);  // Only the link went.
+}
+
+TEST_P(SandboxdFiles, ASymlinkSwappedDuringFileCallsNeverReachesOutside) {
+  // A race a reviewer would try: "d" flips, by atomic exchanges (renameat2
+  // RENAME_EXCHANGE), between a real directory and a symlink to a directory outside the
+  // workspace, while reads and writes go through "d/". No call may ever read the
+  // outside file or write beside it. Both outcomes, "inside" read and PATH_ESCAPE,
+  // must occur, which shows the swaps really landed during the calls. Bounded: 400
+  // calls or 30 s; the swapper stops and is joined on every path out.
+  const std::string outside = TestTempDir() + "/outside";
+  ::mkdir(outside.c_str(), 0755);
+  std::ofstream(outside + "/secret.txt") << "outside";
+  ::mkdir(ws("d").c_str(), 0755);
+  std::ofstream(ws("d/secret.txt")) << "inside";
+  ASSERT_EQ(::symlink(outside.c_str(), ws("d.link").c_str()), 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> swaps{0};
+  std::thread swapper([&] {
+    while (!stop) {
+      if (::renameat2(AT_FDCWD, ws("d").c_str(), AT_FDCWD, ws("d.link").c_str(),
+                      RENAME_EXCHANGE) == 0) {
+        ++swaps;
+      }
+    }
+  });
+  absl::Cleanup stop_swapper = [&] {
+    stop = true;
+    swapper.join();
+  };
+
+  int inside_reads = 0, escapes = 0, raced = 0;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  for (int i = 0; i < 400 && absl::Now() < give_up; ++i) {
+    std::string content;
+    grpc::Status read = Read("d/secret.txt", &content);
+    ASSERT_FALSE(absl::StartsWith(content, "outside")) << "read through the swapped link, call " << i;
+    if (read.ok()) {
+      EXPECT_TRUE(absl::StartsWith(content, "inside")) << content;  // Appends below add to it.
+      ++inside_reads;
+    } else if (ErrorReason(read) == "PATH_ESCAPE") {
+      ++escapes;
+    } else {
+      // What a caller may also see while a path keeps changing: UNAVAILABLE "raced with
+      // a rename" (retry). Never another error, and never a wrong type.
+      EXPECT_EQ(read.error_code(), grpc::StatusCode::UNAVAILABLE) << GrpcStatusText(read);
+      ++raced;
+    }
+    (void)Write(absl::StrCat("d/new-", i, ".txt"), "x");
+    (void)Write("d/secret.txt", "rewritten", /*append=*/true);
+  }
+  std::move(stop_swapper).Invoke();
+  EXPECT_GT(swaps.load(), 0);
+  EXPECT_GT(inside_reads, 0);
+  EXPECT_GT(escapes, 0) << "no call met the symlink: the race was not exercised";
+  EXPECT_LT(raced, inside_reads + escapes);
+  std::string outside_content;
+  std::getline(std::ifstream(outside + "/secret.txt"), outside_content);
+  EXPECT_EQ(outside_content, "outside");
+  DIR* dir = ::opendir(outside.c_str());
+  ASSERT_NE(dir, nullptr);
+  std::vector<std::string> names;
+  while (struct dirent* entry = ::readdir(dir)) names.emplace_back(entry->d_name);
+  ::closedir(dir);
+  EXPECT_EQ(names.size(), 3u) << "something was written outside the workspace";
 }
 
 TEST_P(SandboxdFiles, WritesThroughASymlinkThatStaysInside) {
