@@ -3,11 +3,15 @@
 // memory and file-size limits, exec timeouts, and file-API traversal. Where a test
 // could pass for the wrong reason, a control in the same test shows the probe works.
 #include <arpa/inet.h>
+#include <grp.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -15,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -166,6 +171,333 @@ TEST_F(Security, NoNetworkUnlessTheTemplateAllowsIt) {
   EXPECT_EQ(allowed.exit.exit_code(), 0) << allowed.stderr_text;
   EXPECT_EQ(allowed.stdout_text, "connected\n");
   EXPECT_TRUE(listener.SomeoneConnected());
+}
+
+// A socket of the host, bound to `address` on a free port: a TCP listener or a UDP
+// receiver. Reports whether anything arrived (a connection or a datagram).
+class HostSocket {
+ public:
+  HostSocket(const std::string& protocol, const std::string& address) : protocol_(protocol) {
+    const bool v6 = address.find(':') != std::string::npos;
+    const int type = protocol == "tcp" ? SOCK_STREAM : SOCK_DGRAM;
+    fd_ = ::socket(v6 ? AF_INET6 : AF_INET, type | SOCK_CLOEXEC, 0);
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    if (v6) {
+      auto* in6 = reinterpret_cast<sockaddr_in6*>(&storage);
+      in6->sin6_family = AF_INET6;
+      ::inet_pton(AF_INET6, address.c_str(), &in6->sin6_addr);
+      length = sizeof(sockaddr_in6);
+    } else {
+      auto* in4 = reinterpret_cast<sockaddr_in*>(&storage);
+      in4->sin_family = AF_INET;
+      ::inet_pton(AF_INET, address.c_str(), &in4->sin_addr);
+      length = sizeof(sockaddr_in);
+    }
+    bound_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&storage), length) == 0 &&
+             (type == SOCK_DGRAM || ::listen(fd_, 8) == 0) &&
+             ::getsockname(fd_, reinterpret_cast<sockaddr*>(&storage), &length) == 0;
+    port_ = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port
+                     : reinterpret_cast<sockaddr_in*>(&storage)->sin_port);
+    spec_ = absl::StrCat(protocol, ",", address, ",", port_);
+  }
+  ~HostSocket() { ::close(fd_); }
+  bool bound() const { return bound_; }
+  // "tcp,192.0.2.2,4242": what the probe script below takes.
+  const std::string& spec() const { return spec_; }
+  bool SomethingArrived(int wait_ms) {
+    pollfd pfd{fd_, POLLIN, 0};
+    return ::poll(&pfd, 1, wait_ms) > 0;
+  }
+  // Accepts or reads what arrived, so the next check starts empty.
+  void Drain() {
+    while (SomethingArrived(0)) {
+      if (protocol_ == "tcp") {
+        ::close(::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC));
+      } else {
+        char buffer[64];
+        (void)::recv(fd_, buffer, sizeof(buffer), MSG_DONTWAIT);
+      }
+    }
+  }
+
+ private:
+  std::string protocol_;
+  int fd_ = -1;
+  int port_ = 0;
+  bool bound_ = false;
+  std::string spec_;
+};
+
+// The host's first non-loopback, non-link-local address of a family ("" when none).
+std::string HostAddress(int family) {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return "";
+  std::string found;
+  for (ifaddrs* entry = list; entry != nullptr && found.empty(); entry = entry->ifa_next) {
+    if (entry->ifa_addr == nullptr || entry->ifa_addr->sa_family != family) continue;
+    if (entry->ifa_flags & IFF_LOOPBACK) continue;
+    char text[INET6_ADDRSTRLEN] = {};
+    if (family == AF_INET) {
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(entry->ifa_addr)->sin_addr, text,
+                  sizeof(text));
+    } else {
+      const in6_addr& address = reinterpret_cast<sockaddr_in6*>(entry->ifa_addr)->sin6_addr;
+      if (IN6_IS_ADDR_LINKLOCAL(&address)) continue;
+      ::inet_ntop(AF_INET6, &address, text, sizeof(text));
+    }
+    found = text;
+  }
+  ::freeifaddrs(list);
+  return found;
+}
+
+// Tries each "protocol,address,port" once (TCP connect with a 2 s timeout, one UDP
+// datagram) and prints "<spec> connected|sent|error <errno>" per line.
+constexpr char kNetworkProbe[] = R"(
+import socket, sys
+for spec in sys.argv[1:]:
+    protocol, address, port = spec.split(',')
+    family = socket.AF_INET6 if ':' in address else socket.AF_INET
+    try:
+        if protocol == 'tcp':
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(2)
+            s.connect((address, int(port)))
+            print(spec, 'connected')
+        else:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.sendto(b'probe', (address, int(port)))
+            print(spec, 'sent')
+    except OSError as e:
+        print(spec, 'error', e.errno)
+)";
+
+TEST_F(Security, OnlyLoopbackIsInsideAndNoPacketReachesTheHost) {
+  // Proves: the sandbox's only interface is lo, and neither TCP nor UDP reaches a
+  // non-loopback address of the host, its 127.0.0.1, or its ::1. The host's own
+  // sockets are the witnesses (nothing arrives); the control, the same probe from a
+  // sandbox whose template allows network, shows every one of them can be reached.
+  const std::string v4 = HostAddress(AF_INET);
+  const std::string v6 = HostAddress(AF_INET6);
+  ASSERT_FALSE(v4.empty()) << "the host has no non-loopback IPv4 address to probe";
+  std::vector<std::unique_ptr<HostSocket>> targets;
+  for (const std::string& protocol : {"tcp", "udp"}) {
+    for (const std::string& address : {v4, v6, std::string("127.0.0.1"), std::string("::1")}) {
+      if (address.empty()) continue;
+      targets.push_back(std::make_unique<HostSocket>(protocol, address));
+      ASSERT_TRUE(targets.back()->bound()) << protocol << " " << address;
+    }
+  }
+  std::vector<std::string> argv = {"python3", "-c", kNetworkProbe};
+  for (const auto& target : targets) argv.push_back(target->spec());
+
+  EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(),
+                          "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
+            "lo\n");
+  ExecResult blocked = stack_->Exec(kTenant, sandbox_.id(), argv, 30000);
+  ASSERT_EQ(blocked.exit.exit_code(), 0) << blocked.stderr_text;
+  EXPECT_EQ(blocked.stdout_text.find("connected"), std::string::npos) << blocked.stdout_text;
+  for (const auto& target : targets) {
+    EXPECT_FALSE(target->SomethingArrived(target == targets.back() ? 500 : 50))
+        << target->spec() << " was reached from the sandbox\n" << blocked.stdout_text;
+    target->Drain();
+  }
+
+  sv1::Sandbox open = stack_->Create(kTenant, "networked");
+  EXPECT_NE(stack_->Shell(kTenant, open.id(), "tail -n +3 /proc/net/dev | cut -d: -f1"), " lo\n");
+  ExecResult allowed = stack_->Exec(kTenant, open.id(), argv, 30000);
+  ASSERT_EQ(allowed.exit.exit_code(), 0) << allowed.stderr_text;
+  for (const auto& target : targets) {
+    EXPECT_TRUE(target->SomethingArrived(2000))
+        << "control: " << target->spec() << " not reached\n" << allowed.stdout_text;
+  }
+}
+
+TEST_F(Security, HostAndSiblingSecretsAreNotReadableInProcOrSys) {
+  // Proves: nothing in the sandbox's /proc (nor a /sys, which it does not have) shows
+  // the host's environment, /proc/1/environ of the host included, or a sibling
+  // sandbox's processes. The secrets are planted where a leak would show them: in this
+  // test process's environment (the manager runs here) before the sandbox is created,
+  // and in the environment and command line of a process of a sibling sandbox, which
+  // the sibling itself can read (the control).
+  const std::string host_secret = absl::StrCat("host-secret-", ::getpid(), "-", absl::ToUnixNanos(absl::Now()));
+  ::setenv("PARLEY_PROBE_SECRET", host_secret.c_str(), 1);
+  sv1::Sandbox probe = stack_->Create(kTenant);
+  ::unsetenv("PARLEY_PROBE_SECRET");
+  const std::string sibling_secret = absl::StrCat("sibling-secret-", ::getpid());
+  sv1::Sandbox sibling = stack_->Create(kTenant);
+  {
+    sv1::ExecRequest request;
+    request.set_tenant_id(kTenant);
+    request.set_sandbox_id(sibling.id());
+    // The inner shell carries the secret on its command line and in its environment.
+    for (const char* arg : {"sh", "-c", "sh -c 'while sleep 1; do :; done' \"$0\" >/dev/null 2>&1 &"}) {
+      request.add_argv(arg);
+    }
+    request.add_argv(sibling_secret);
+    (*request.mutable_env())["SIBLING_SECRET"] = sibling_secret;
+    ExecResult started = RunExec(stack_->stub(), request);
+    ASSERT_EQ(started.exit.exit_code(), 0) << started.stderr_text;
+  }
+  std::vector<int> sibling_pids = ProcessesWithMarker(sibling_secret);
+  ASSERT_EQ(sibling_pids.size(), 1u);
+  // The pattern comes on stdin, and grep runs after the scan: on a command line of the
+  // sandbox it would find itself.
+  const std::string search =
+      "cat > /tmp/pattern; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do "
+      "tr '\\0' '\\n' < $f 2>/dev/null; done > /tmp/seen; grep -cEf /tmp/pattern /tmp/seen; true";
+  const std::string pattern = absl::StrCat(host_secret, "|", sibling_secret, "\n");
+  ExecResult leaked = stack_->Exec(kTenant, probe.id(), {"sh", "-c", search}, 0, pattern);
+  EXPECT_EQ(leaked.stdout_text, "0\n") << leaked.stderr_text;
+  // Control: the sibling sees its own secret in the same places.
+  ExecResult own = stack_->Exec(kTenant, sibling.id(), {"sh", "-c", search}, 0, pattern);
+  EXPECT_NE(own.stdout_text, "0\n") << own.stderr_text;
+  // The sibling's process under its host pid is not there for the probe.
+  EXPECT_NE(Run(absl::StrCat("test -e /proc/", sibling_pids[0], "/environ")).exit.exit_code(), 0);
+
+  // /proc/1 is the sandbox's own init, not the host's: its environment is not the host
+  // init's and says nothing of the host.
+  std::ifstream host_init("/proc/1/environ");
+  std::string host_environ((std::istreambuf_iterator<char>(host_init)),
+                           std::istreambuf_iterator<char>());
+  ExecResult init_environ = stack_->Exec(kTenant, probe.id(), {"cat", "/proc/1/environ"});
+  EXPECT_NE(init_environ.stdout_text, host_environ);
+  EXPECT_EQ(init_environ.stdout_text.find("PARLEY_PROBE_SECRET"), std::string::npos);
+  EXPECT_EQ(stack_->Shell(kTenant, probe.id(), "tr '\\0' '\\n' </proc/1/cmdline | head -1"),
+            absl::StrCat("parley-sbx:", probe.id(), "\n"));
+  // No /sys at all, and the kernel's memory is not readable through /proc.
+  EXPECT_NE(Run("ls /sys").exit.exit_code(), 0);
+  EXPECT_NE(Run("head -c 1 /proc/kcore > /dev/null").exit.exit_code(), 0);
+}
+
+TEST_F(Security, SetuidBinariesDoNotRaisePrivilege) {
+  // Proves: a setuid-root program run in the sandbox runs as the sandbox user. The
+  // witness is a setuid-root copy of `id` planted in the workspace from the host; the
+  // control runs the same kind of file on the host as an unprivileged uid and gets
+  // euid 0, so the file really is a working setuid binary. The system's own setuid
+  // programs (mount, passwd, …) cannot act as root either.
+  const std::string workspace = stack_->StateOf(sandbox_.id())["workspace"];
+  ASSERT_FALSE(workspace.empty());
+  const std::string control_dir = TestTempDir();
+  ::chmod(control_dir.c_str(), 0755);
+  for (const std::string& path : {workspace + "/suid-id", control_dir + "/suid-id"}) {
+    std::ifstream in("/usr/bin/id", std::ios::binary);
+    std::ofstream out(path, std::ios::binary);
+    out << in.rdbuf();
+    out.close();
+    ASSERT_EQ(::chown(path.c_str(), 0, 0), 0) << path;
+    ASSERT_EQ(::chmod(path.c_str(), 04755), 0) << path;
+  }
+  if (::geteuid() == 0) {
+    int pipe_fds[2];
+    ASSERT_EQ(::pipe(pipe_fds), 0);
+    pid_t child = ::fork();
+    if (child == 0) {
+      ::dup2(pipe_fds[1], 1);
+      if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+          ::setresuid(65534, 65534, 65534) != 0) {
+        ::_exit(3);
+      }
+      const std::string binary = control_dir + "/suid-id";
+      ::execl(binary.c_str(), "id", "-u", nullptr);
+      ::_exit(4);
+    }
+    ::close(pipe_fds[1]);
+    char buffer[32] = {};
+    ssize_t n = ::read(pipe_fds[0], buffer, sizeof(buffer) - 1);
+    ::close(pipe_fds[0]);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    ASSERT_GT(n, 0);
+    EXPECT_EQ(std::string(buffer, static_cast<size_t>(n)), "0\n") << "control: setuid works";
+  }
+
+  EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(), "./suid-id -u; ./suid-id -g"), "1000\n1000\n");
+  std::string status = stack_->Shell(
+      kTenant, sandbox_.id(), "./suid-id >/dev/null; grep -E '^(NoNewPrivs|CapEff):' /proc/self/status");
+  EXPECT_TRUE(absl::StrContains(status, "NoNewPrivs:\t1")) << status;
+  EXPECT_TRUE(absl::StrContains(status, "CapEff:\t0000000000000000")) << status;
+  // The system's setuid programs are as powerless: mounting needs root.
+  ExecResult mount = Run("/usr/bin/mount -t tmpfs none /tmp");
+  EXPECT_NE(mount.exit.exit_code(), 0) << mount.stdout_text;
+  EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(), "stat -c %u /tmp; touch /tmp/still-ours; echo ok"),
+            "1000\nok\n");
+}
+
+TEST_F(Security, PtraceOfAProcessOutsideTheSandboxFails) {
+  // Proves: no process outside the sandbox can be traced from inside — not this test
+  // process, nor a sibling sandbox's process, by their host pids (they do not exist in
+  // the sandbox's pid namespace: ESRCH), nor the sandbox's own daemon, which is not
+  // dumpable (EPERM). The control traces a child of the probe itself, which works, so
+  // the failures are the isolation's, not a ptrace that is off altogether.
+  sv1::Sandbox sibling = stack_->Create(kTenant);
+  const std::string marker = absl::StrCat("4545.", ::getpid());
+  stack_->Shell(kTenant, sibling.id(), absl::StrCat("sleep ", marker, " >/dev/null 2>&1 &"));
+  std::vector<int> sibling_pids = ProcessesWithMarker(marker);
+  ASSERT_EQ(sibling_pids.size(), 1u);
+  const std::string probe = R"(
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+def attach(pid):
+    if libc.ptrace(16, pid, None, None) == 0:
+        os.waitpid(pid, 0)
+        libc.ptrace(17, pid, None, None)
+        return 'attached'
+    return 'errno %d' % ctypes.get_errno()
+daemon = [int(p) for p in os.listdir('/proc') if p.isdigit() and
+          open('/proc/%s/cmdline' % p, 'rb').read().startswith(b'/.parley/sandboxd')][0]
+child = os.fork()
+if child == 0:
+    time.sleep(30)
+    os._exit(0)
+for name, pid in [('host', int(sys.argv[1])), ('sibling', int(sys.argv[2])),
+                  ('daemon', daemon), ('child', child)]:
+    print(name, attach(pid))
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+)";
+  ExecResult result =
+      stack_->Exec(kTenant, sandbox_.id(),
+                   {"python3", "-c", probe, absl::StrCat(::getpid()), absl::StrCat(sibling_pids[0])},
+                   30000);
+  ASSERT_EQ(result.exit.exit_code(), 0) << result.stderr_text;
+  EXPECT_EQ(result.stdout_text,
+            absl::StrCat("host errno ", ESRCH, "\nsibling errno ", ESRCH, "\ndaemon errno ", EPERM,
+                         "\nchild attached\n"));
+}
+
+TEST_F(Security, OnlyTheUsualDeviceNodesExist) {
+  // Proves: /dev holds exactly what bwrap's --dev makes — the character devices null,
+  // zero, full, random, urandom, tty and pts/ptmx (with the ptmx link), the stdio and
+  // fd links, the core link to /proc/kcore (unreadable, see the secrets test) and the
+  // pts and shm directories — and no block device, console, or anything of the
+  // host's /dev. The listing is compared whole, so anything new fails the test.
+  // stat, not find's %y: readdir reports the mount point bwrap made under each bound
+  // device (a regular file), stat the device mounted over it.
+  std::string listing = stack_->Shell(
+      kTenant, sandbox_.id(), "find /dev -exec stat -c '%n %F %t,%T' {} + | sort");
+  EXPECT_EQ(listing,
+            "/dev directory 0,0\n"
+            "/dev/core symbolic link 0,0\n"
+            "/dev/fd symbolic link 0,0\n"
+            "/dev/full character special file 1,7\n"
+            "/dev/null character special file 1,3\n"
+            "/dev/ptmx symbolic link 0,0\n"
+            "/dev/pts directory 0,0\n"
+            "/dev/pts/ptmx character special file 5,2\n"
+            "/dev/random character special file 1,8\n"
+            "/dev/shm directory 0,0\n"
+            "/dev/stderr symbolic link 0,0\n"
+            "/dev/stdin symbolic link 0,0\n"
+            "/dev/stdout symbolic link 0,0\n"
+            "/dev/tty character special file 5,0\n"
+            "/dev/urandom character special file 1,9\n"
+            "/dev/zero character special file 1,5\n");
+  EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(), "readlink /dev/core"), "/proc/kcore\n");
+  // The control: the host has more (a /dev the sandbox does not see).
+  EXPECT_EQ(::access("/dev/vda", F_OK) == 0 || ::access("/dev/console", F_OK) == 0, true);
 }
 
 TEST_F(Security, AForkBombIsContainedAndTheSandboxSurvives) {
