@@ -12,6 +12,8 @@
 //  - warm acquire (CreateSandbox on a pooled template, waiting for the pool to refill
 //    between acquisitions, so each one is a hand-off);
 //  - exec round trip of /bin/true through the manager;
+//  - the cgroup mode the service reports for its sandboxes (GetTemplate), printed as
+//    cgroup_mode=v2|v1|none: the figures are for sandboxes under those limits;
 //  - memory per idle sandbox with `concurrent` sandboxes alive: the proportional set
 //    size (PSS, shared pages divided among the processes sharing them) of every process
 //    of every sandbox (outer bwrap, namespace init, daemon) plus the manager's RSS
@@ -115,12 +117,18 @@ class Client {
   }
 
   int PoolReady(const std::string& template_name) {
+    absl::StatusOr<sv1::Template> t = Template(template_name);
+    return t.ok() ? static_cast<int>(t->warm_pool_ready()) : -1;
+  }
+
+  absl::StatusOr<sv1::Template> Template(const std::string& name) {
     grpc::ClientContext context;
     sv1::GetTemplateRequest request;
-    request.set_name(template_name);
+    request.set_name(name);
     sv1::GetTemplateResponse response;
-    if (!stub_->GetTemplate(&context, request, &response).ok()) return -1;
-    return static_cast<int>(response.template_().warm_pool_ready());
+    grpc::Status status = stub_->GetTemplate(&context, request, &response);
+    if (!status.ok()) return absl::UnavailableError(status.error_message());
+    return response.template_();
   }
 
  private:
@@ -194,6 +202,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   Client client(target);
+  // The service's cgroup mode (what limits its sandboxes here), as it reports it.
+  absl::StatusOr<sv1::Template> cold_template = client.Template("cold");
+  if (!cold_template.ok()) {
+    std::cerr << "sandbox_bench: GetTemplate: " << cold_template.status() << "\n";
+    return 1;
+  }
+  const std::string cgroup_mode = cold_template->cgroup_mode();
 
   // The limit: the provider's own bwrap command line, running /bin/true instead of the
   // daemon, under an unprivileged uid as the provider does.
@@ -373,16 +388,17 @@ int main(int argc, char** argv) {
       "exec /bin/true:       %d runs, p50 %.3f ms, p99 %.3f ms\n"
       "memory: %d sandboxes alive (%d answering), %d processes; PSS %.1f MiB, RSS %.1f MiB, "
       "manager +%.1f MiB => %.2f MiB per sandbox (naive RSS: %.2f MiB)\n"
+      "cgroup mode: %s\n"
       "errors: %d\n",
       cold.count, cold.p50, cold.p99, cold.mean, bare_stats.count, bare_stats.p50, bare_stats.p99,
       ratio, warm.count, warm.p50, warm.p99, exec.count, exec.p50, exec.p99, alive.size(),
       answering, processes, pss_kib / 1024.0, rss_kib / 1024.0, manager_growth_kib / 1024.0,
-      per_sandbox_mib, naive_per_sandbox_mib, errors);
+      per_sandbox_mib, naive_per_sandbox_mib, cgroup_mode, errors);
   std::cout << absl::StrFormat(
-      "RESULT name=sandbox cold_p50_ms=%.2f cold_p99_ms=%.2f bare_bwrap_p50_ms=%.2f "
+      "RESULT name=sandbox cgroup_mode=%s cold_p50_ms=%.2f cold_p99_ms=%.2f bare_bwrap_p50_ms=%.2f "
       "cold_ratio=%.2f warm_p50_ms=%.3f warm_p99_ms=%.3f exec_p50_ms=%.3f exec_p99_ms=%.3f "
       "rss_per_sandbox_mib=%.2f rss_naive_per_sandbox_mib=%.2f concurrent=%d errors=%d\n",
-      cold.p50, cold.p99, bare_stats.p50, ratio, warm.p50, warm.p99, exec.p50, exec.p99,
+      cgroup_mode, cold.p50, cold.p99, bare_stats.p50, ratio, warm.p50, warm.p99, exec.p50, exec.p99,
       per_sandbox_mib, naive_per_sandbox_mib, answering, errors);
   (void)parley::sandbox::RemoveTree(options.state_dir);
   return errors == 0 ? 0 : 1;
