@@ -33,6 +33,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -88,6 +89,8 @@ struct Options {
   int64_t raw_sessions = 200;
   int64_t raw_turns = 20;
   int64_t probes = 12;
+  int64_t store_pid = 0;  // For CPU accounting only; 0: not reported.
+  int64_t redis_pid = 0;
 };
 
 // ---- gRPC plumbing ----
@@ -137,6 +140,34 @@ absl::Status RunOnThreads(int count, const std::function<absl::Status(int)>& bod
   return first_error;
 }
 
+// ---- CPU accounting: where the two cores went during the sustained window ----
+
+// User + system CPU time of a process so far; zero when it cannot be read.
+absl::Duration ProcessCpu(int64_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');  // The command name may hold spaces.
+  if (close == std::string::npos) return absl::ZeroDuration();
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  int64_t utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i == 14) utime = std::stoll(field);
+    if (i == 15) stime = std::stoll(field);
+  }
+  return absl::Seconds(static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK));
+}
+
+// Busy CPU time of the whole machine so far (every core, everything but idle and iowait).
+absl::Duration MachineBusyCpu() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  int64_t user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  return absl::Seconds(static_cast<double>(user + nice + system + irq + softirq + steal) /
+                       sysconf(_SC_CLK_TCK));
+}
+
 // ---- Replicas: parley-session processes owned by the benchmark ----
 
 class Replica {
@@ -183,6 +214,7 @@ class Replica {
 
   const std::string& target() const { return target_; }
   const std::string& worker_id() const { return worker_id_; }
+  pid_t pid() const { return pid_; }
 
  private:
   Replica() = default;
@@ -539,6 +571,38 @@ class Load {
   std::vector<bool> dead_ ABSL_GUARDED_BY(mu_);
 };
 
+// What the store says about sessions whose submitted turns were not all seen sealed.
+std::string DescribeStuck(StoreStub& store, Load& load, const std::vector<std::string>& sessions,
+                          Listener& listener) {
+  std::string out;
+  int shown = 0;
+  for (const std::string& session : sessions) {
+    const int64_t outstanding = load.Outstanding(session);
+    if (outstanding == 0 || shown++ >= 5) continue;
+    absl::StrAppend(&out, "\n  session ", session, ": ", outstanding, " not seen sealed;");
+    pb::ListTurnsRequest request;
+    request.set_tenant_id(kTenant);
+    request.set_session_id(session);
+    request.set_page_size(1000);
+    pb::ListTurnsResponse response;
+    if (!Call(store, &StoreStub::ListTurns, request, &response).ok()) continue;
+    int shown_turns = 0;
+    for (const v1::Turn& turn : response.turns()) {
+      bool sealed = false;
+      listener.With([&](auto& turns) {
+        auto it = turns.find(turn.id());
+        sealed = it != turns.end() && it->second.sealed != absl::Time();
+      });
+      if (sealed && turn.status() == v1::TURN_STATUS_SUCCEEDED) continue;
+      if (shown_turns++ >= 4) break;
+      absl::StrAppend(&out, "\n    turn ", turn.id(), " ", v1::TurnStatus_Name(turn.status()),
+                      " attempt ", turn.attempt(), " seqs ", turn.first_seq(), "..",
+                      turn.last_seq(), sealed ? " (seal seen)" : " (no seal seen)");
+    }
+  }
+  return out;
+}
+
 // ---- The run ----
 
 struct Results {
@@ -642,11 +706,37 @@ absl::StatusOr<Results> Run(const Options& o) {
     load->Enqueue(session, text);
   }
   absl::SleepFor(o.warmup);
+  auto cpu_snapshot = [&] {
+    std::vector<absl::Duration> cpu;
+    for (const auto& replica : replicas) cpu.push_back(ProcessCpu(replica->pid()));
+    cpu.push_back(o.store_pid > 0 ? ProcessCpu(o.store_pid) : absl::ZeroDuration());
+    cpu.push_back(o.redis_pid > 0 ? ProcessCpu(o.redis_pid) : absl::ZeroDuration());
+    cpu.push_back(ProcessCpu(getpid()));
+    cpu.push_back(MachineBusyCpu());
+    return cpu;
+  };
+  const std::vector<absl::Duration> cpu_before = cpu_snapshot();
   const int64_t sealed_at_start = listener.sealed();
   const absl::Time window_start = absl::Now();
   absl::SleepFor(o.duration);
   const int64_t sealed_in_window = listener.sealed() - sealed_at_start;
-  const double window_s = absl::ToDoubleSeconds(absl::Now() - window_start);
+  const absl::Duration window = absl::Now() - window_start;
+  const double window_s = absl::ToDoubleSeconds(window);
+  const std::vector<absl::Duration> cpu_after = cpu_snapshot();
+  std::string cpu_line = "cpu:       cores used in the window:";
+  for (size_t i = 0; i < cpu_before.size(); ++i) {
+    const double cores = absl::FDivDuration(cpu_after[i] - cpu_before[i], window);
+    std::string name = i < replicas.size() ? replicas[i]->worker_id() : "";
+    if (i == replicas.size()) name = "parley-store";
+    if (i == replicas.size() + 1) name = "redis";
+    if (i == replicas.size() + 2) name = "turns_bench";
+    if (i == replicas.size() + 3) name = "machine (postgres and all else included)";
+    if ((i == replicas.size() && o.store_pid == 0) || (i == replicas.size() + 1 && o.redis_pid == 0)) {
+      continue;
+    }
+    absl::StrAppendFormat(&cpu_line, " %s %.2f;", name, cores);
+  }
+  std::cout << cpu_line << "\n";
   results.turns_per_s = sealed_in_window / window_s;
   std::cout << absl::StrFormat(
       "sustained: %d turns sealed in %.1f s over %d sessions, %d replicas x %d slots: "
@@ -655,7 +745,9 @@ absl::StatusOr<Results> Run(const Options& o) {
       results.turns_per_s * results.events_per_turn);
   refill = false;
   if (!WaitFor([&] { return load->TotalOutstanding() == 0; }, absl::Seconds(60))) {
-    return absl::DeadlineExceededError("the sustained phase's turns never all sealed");
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the sustained phase's turns never all sealed: ",
+        DescribeStuck(*stores[0], *load, *sessions, listener)));
   }
   listener.With([&](auto& turns) { turns.clear(); });
 
@@ -768,10 +860,13 @@ absl::StatusOr<Results> Run(const Options& o) {
   // Claim times are the store's start_time (set by the claim), read back per turn.
   std::vector<double> claim_ms(measured_ids.size(), -1), first_ms(measured_ids.size(), -1);
   std::vector<absl::Time> submitted(measured_ids.size()), first_text(measured_ids.size());
+  std::vector<double> started_ms;  // SubmitMessage returned -> TurnStarted's Event.time.
   listener.With([&](auto& turns) {
     for (size_t i = 0; i < measured_ids.size(); ++i) {
-      submitted[i] = turns[measured_ids[i]].submitted;
-      first_text[i] = turns[measured_ids[i]].first_text;
+      const TurnRecord& turn = turns[measured_ids[i]];
+      submitted[i] = turn.submitted;
+      first_text[i] = turn.first_text;
+      started_ms.push_back(std::max(0.0, absl::ToDoubleMilliseconds(turn.started - turn.submitted)));
     }
   });
   std::atomic<int64_t> before_ack{0};
@@ -805,6 +900,9 @@ absl::StatusOr<Results> Run(const Options& o) {
       "counted as 0); claim->first event p50 %.2f ms p99 %.2f ms\n",
       results.latency_turns, rate, skipped.load(), results.claim_p50_ms, results.claim_p99_ms,
       results.claimed_before_ack, results.first_event_p50_ms, results.first_event_p99_ms);
+  std::cout << absl::StrFormat(
+      "           (enqueue->TurnStarted event, for comparison: p50 %.2f ms p99 %.2f ms)\n",
+      Percentile(started_ms, 0.5), Percentile(started_ms, 0.99));
   std::cout << absl::StrFormat("submit errors (retried elsewhere): %d\n", load->errors());
   if (absl::Status s = listener.error(); !s.ok()) return s;
   return results;
@@ -836,6 +934,10 @@ int main(int argc, char** argv) {
   flags.Int("raw_sessions", &o.raw_sessions, "sessions of the raw claim phase", 1, 100000);
   flags.Int("raw_turns", &o.raw_turns, "queued turns per raw session", 1, 10000);
   flags.Int("probes", &o.probes, "stalled probe turns for the failover phase", 1, 1000);
+  flags.Int("store_pid", &o.store_pid, "parley-store's pid, for its CPU use (0: not shown)", 0,
+            1 << 30);
+  flags.Int("redis_pid", &o.redis_pid, "redis-server's pid, for its CPU use (0: not shown)", 0,
+            1 << 30);
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   if (o.store_addr.empty()) {
     std::cerr << "turns_bench: --store_addr is required\n";
