@@ -28,10 +28,12 @@
 //   ... RESULT name=turns turns_per_s=... claims_per_s_raw=... turn_ratio=...
 //       claim_p50_ms=... claim_p99_ms=... first_event_p99_ms=... failover_s=... lease_ttl_s=...
 #include <google/protobuf/util/time_util.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -168,6 +170,48 @@ absl::Duration MachineBusyCpu() {
                        sysconf(_SC_CLK_TCK));
 }
 
+// ---- Replica metrics: the store calls behind each turn ----
+
+// GET /metrics from 127.0.0.1:port; "" on any failure.
+std::string FetchMetrics(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string body;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buffer[65536];
+      ssize_t n;
+      while ((n = ::read(fd, buffer, sizeof(buffer))) > 0) body.append(buffer, n);
+    }
+  }
+  ::close(fd);
+  return body;
+}
+
+// Counter totals by name (client RPCs as "rpc <method>"), summed over label sets.
+std::map<std::string, double> CallCounters(const std::string& metrics) {
+  static const std::regex kClient(
+      R"re(^parley_grpc_client_handled_total\{[^}]*method="([^"]+)"[^}]*\} ([0-9.e+]+))re");
+  static const std::regex kPlain(R"re(^(parley_session_(?:empty_)?claims_total)(?:\{\})? ([0-9.e+]+))re");
+  std::map<std::string, double> totals;
+  std::istringstream lines(metrics);
+  std::string line;
+  std::smatch match;
+  while (std::getline(lines, line)) {
+    if (std::regex_search(line, match, kClient)) {
+      totals["rpc " + match[1].str()] += std::stod(match[2].str());
+    } else if (std::regex_search(line, match, kPlain)) {
+      totals[match[1].str()] += std::stod(match[2].str());
+    }
+  }
+  return totals;
+}
+
 // ---- Replicas: parley-session processes owned by the benchmark ----
 
 class Replica {
@@ -215,6 +259,7 @@ class Replica {
   const std::string& target() const { return target_; }
   const std::string& worker_id() const { return worker_id_; }
   pid_t pid() const { return pid_; }
+  int admin_port() const { return admin_port_; }
 
  private:
   Replica() = default;
@@ -225,7 +270,8 @@ class Replica {
   }
 
   absl::Status WaitUntilServing() {
-    static const std::regex kServing(R"("msg":"serving".*"grpc_port":([0-9]+))");
+    static const std::regex kServing(
+        R"("msg":"serving".*"grpc_port":([0-9]+),"admin_port":([0-9]+))");
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     while (absl::Now() < deadline) {
       std::ifstream in(log_path_);
@@ -235,6 +281,7 @@ class Replica {
       std::smatch match;
       if (std::regex_search(text, match, kServing)) {
         target_ = absl::StrCat("127.0.0.1:", match[1].str());
+        admin_port_ = std::stoi(match[2].str());
         return absl::OkStatus();
       }
       if (Exited()) return absl::InternalError(absl::StrCat("parley-session exited:\n", text));
@@ -248,6 +295,7 @@ class Replica {
   std::string worker_id_;
   std::string log_path_;
   std::string target_;
+  int admin_port_ = 0;
 };
 
 // ---- Fixtures through the store ----
@@ -530,7 +578,8 @@ class Load {
         queue_.pop_front();
       }
       const std::string key = absl::StrCat("t", t, "-", n++);
-      for (int attempt = 0; attempt < 10; ++attempt) {
+      bool submitted = false;
+      for (int attempt = 0; attempt < 10 && !submitted; ++attempt) {
         int replica = static_cast<int>((t + attempt + n) % replicas_.size());
         {
           absl::MutexLock lock(&mu_);
@@ -553,8 +602,9 @@ class Load {
           turn.session = job.session;
           turn.submitted = now;
         });
-        break;
+        submitted = true;
       }
+      if (!submitted) Sealed(job.session);  // Nothing will ever seal it.
     }
   }
 
@@ -715,6 +765,16 @@ absl::StatusOr<Results> Run(const Options& o) {
     cpu.push_back(MachineBusyCpu());
     return cpu;
   };
+  auto calls_snapshot = [&] {
+    std::map<std::string, double> totals;
+    for (const auto& replica : replicas) {
+      for (const auto& [name, value] : CallCounters(FetchMetrics(replica->admin_port()))) {
+        totals[name] += value;
+      }
+    }
+    return totals;
+  };
+  const std::map<std::string, double> calls_before = calls_snapshot();
   const std::vector<absl::Duration> cpu_before = cpu_snapshot();
   const int64_t sealed_at_start = listener.sealed();
   const absl::Time window_start = absl::Now();
@@ -737,6 +797,16 @@ absl::StatusOr<Results> Run(const Options& o) {
     absl::StrAppendFormat(&cpu_line, " %s %.2f;", name, cores);
   }
   std::cout << cpu_line << "\n";
+  std::string calls_line = "calls:     per sealed turn, by the replicas:";
+  for (const auto& [name, after] : calls_snapshot()) {
+    auto before = calls_before.find(name);
+    const double delta = after - (before == calls_before.end() ? 0 : before->second);
+    if (delta > 0) {
+      absl::StrAppendFormat(&calls_line, " %s %.2f;", name,
+                            delta / std::max<int64_t>(1, sealed_in_window));
+    }
+  }
+  std::cout << calls_line << "\n";
   results.turns_per_s = sealed_in_window / window_s;
   std::cout << absl::StrFormat(
       "sustained: %d turns sealed in %.1f s over %d sessions, %d replicas x %d slots: "
