@@ -27,9 +27,9 @@
 //               --session_binary=build/session-svc/parley-session --work_dir=/tmp/x
 //   ... RESULT name=turns turns_per_s=... claims_per_s_raw=... turn_ratio=...
 //       claim_p50_ms=... claim_p99_ms=... first_event_p99_ms=... failover_s=... lease_ttl_s=...
-#include <google/protobuf/util/time_util.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -197,7 +197,8 @@ std::string FetchMetrics(int port) {
 std::map<std::string, double> CallCounters(const std::string& metrics) {
   static const std::regex kClient(
       R"re(^parley_grpc_client_handled_total\{[^}]*method="([^"]+)"[^}]*\} ([0-9.e+]+))re");
-  static const std::regex kPlain(R"re(^(parley_session_(?:empty_)?claims_total)(?:\{\})? ([0-9.e+]+))re");
+  static const std::regex kPlain(
+      R"re(^(parley_session_(?:empty_)?claims_total)(?:\{\})? ([0-9.e+]+))re");
   std::map<std::string, double> totals;
   std::istringstream lines(metrics);
   std::string line;
@@ -398,13 +399,13 @@ absl::StatusOr<double> MeasureRawClaims(const Options& o,
 
 struct TurnRecord {
   std::string session;
-  absl::Time submitted;         // SubmitMessage returned.
-  absl::Time started;           // The first TurnStarted's Event.time.
-  absl::Time first_text;        // The first TextDelta's Event.time.
-  absl::Time sealed;            // TurnSealed seen by the listener (local clock).
-  uint32_t last_attempt = 0;    // Of the newest TurnStarted.
+  absl::Time submitted;          // SubmitMessage returned.
+  absl::Time started;            // The first TurnStarted's Event.time.
+  absl::Time first_text;         // The first TextDelta's Event.time.
+  absl::Time sealed;             // TurnSealed seen by the listener (local clock).
+  uint32_t last_attempt = 0;     // Of the newest TurnStarted.
   absl::Time last_attempt_time;  // Its Event.time.
-  int events = 0;               // Durable events of the turn.
+  int events = 0;                // Durable events of the turn.
 };
 
 // Subscribes to every session's channel and keeps a TurnRecord per turn; calls
@@ -591,7 +592,8 @@ class Load {
         request.mutable_request()->add_content()->set_text(job.text);
         request.mutable_request()->set_idempotency_key(key);
         v1::SendMessageResponse response;
-        absl::Status s = Call(*routers_[replica][t], &RouterStub::SubmitMessage, request, &response);
+        absl::Status s =
+            Call(*routers_[replica][t], &RouterStub::SubmitMessage, request, &response);
         if (!s.ok()) {
           ++errors_;
           continue;
@@ -746,8 +748,8 @@ absl::StatusOr<Results> Run(const Options& o) {
     words += kTargetEventsPerTurn - events;
     if (words < 1) return absl::InternalError("a turn has more than 20 events without words");
   }
-  std::cout << absl::StrFormat("turn:      \"@words %d\" makes %d durable events per turn\n",
-                               words, results.events_per_turn);
+  std::cout << absl::StrFormat("turn:      \"@words %d\" makes %d durable events per turn\n", words,
+                               results.events_per_turn);
 
   // 4. Sustained: two turns in flight per session, the next submitted on each seal.
   refill = true;
@@ -791,7 +793,8 @@ absl::StatusOr<Results> Run(const Options& o) {
     if (i == replicas.size() + 1) name = "redis";
     if (i == replicas.size() + 2) name = "turns_bench";
     if (i == replicas.size() + 3) name = "machine (postgres and all else included)";
-    if ((i == replicas.size() && o.store_pid == 0) || (i == replicas.size() + 1 && o.redis_pid == 0)) {
+    if ((i == replicas.size() && o.store_pid == 0) ||
+        (i == replicas.size() + 1 && o.redis_pid == 0)) {
       continue;
     }
     absl::StrAppendFormat(&cpu_line, " %s %.2f;", name, cores);
@@ -815,9 +818,9 @@ absl::StatusOr<Results> Run(const Options& o) {
       results.turns_per_s * results.events_per_turn);
   refill = false;
   if (!WaitFor([&] { return load->TotalOutstanding() == 0; }, absl::Seconds(60))) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "the sustained phase's turns never all sealed: ",
-        DescribeStuck(*stores[0], *load, *sessions, listener)));
+    return absl::DeadlineExceededError(
+        absl::StrCat("the sustained phase's turns never all sealed: ",
+                     DescribeStuck(*stores[0], *load, *sessions, listener)));
   }
   listener.With([&](auto& turns) { turns.clear(); });
 
@@ -936,7 +939,8 @@ absl::StatusOr<Results> Run(const Options& o) {
       const TurnRecord& turn = turns[measured_ids[i]];
       submitted[i] = turn.submitted;
       first_text[i] = turn.first_text;
-      started_ms.push_back(std::max(0.0, absl::ToDoubleMilliseconds(turn.started - turn.submitted)));
+      started_ms.push_back(
+          std::max(0.0, absl::ToDoubleMilliseconds(turn.started - turn.submitted)));
     }
   });
   std::atomic<int64_t> before_ack{0};

@@ -56,8 +56,7 @@ class SessionFailover : public SessionFixture {
   }
 
   // Every acknowledged user message is stored.
-  void ExpectUserMessagesStored(const std::string& session,
-                                const std::vector<std::string>& turns) {
+  void ExpectUserMessagesStored(const std::string& session, const std::vector<std::string>& turns) {
     absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
     ASSERT_TRUE(messages.ok()) << messages.status();
     for (const std::string& turn : turns) {
@@ -73,8 +72,8 @@ class SessionFailover : public SessionFixture {
 // 10 minutes. The stall applies to the retry too, so the retry is cancelled once its
 // TurnStarted is out: the test does not depend on how long anything takes.
 TEST_F(SessionFailover, KilledOwnerOfATurnWithoutOutputIsRetriedOnAnotherReplica) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 3, .lease_ttl = absl::Seconds(2),
-                                        .gateway = true}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartCluster({.replicas = 3, .lease_ttl = absl::Seconds(2), .gateway = true}));
   const std::string session = CreateSession(kTenantA);
   LiveSubscriber subscriber(gateway()->grpc_target(), session);
   absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@stall_ms 600000");
@@ -121,8 +120,8 @@ TEST_F(SessionFailover, KilledOwnerOfATurnWithoutOutputIsRetriedOnAnotherReplica
 // turn would stream 200 words over 10 s; the kill comes after the third word, and the
 // test checks that fewer than 200 were streamed, so the owner did die mid-output.
 TEST_F(SessionFailover, KilledOwnerAfterOutputEndsTheTurnWorkerLostAndKeepsItsOutput) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 3, .lease_ttl = absl::Seconds(2),
-                                        .gateway = true}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartCluster({.replicas = 3, .lease_ttl = absl::Seconds(2), .gateway = true}));
   const std::string session = CreateSession(kTenantA);
   LiveSubscriber subscriber(gateway()->grpc_target(), session);
   absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@words 200\n@delay_ms 50");
@@ -201,8 +200,8 @@ TEST_F(SessionFailover, ZombieOwnerResumedAfterTakeoverWritesNothing) {
   std::vector<std::pair<std::string, std::string>> probes;
   for (int i = 0; i < 2; ++i) {
     const std::string probe_session = CreateSession(kTenantA);
-    absl::StatusOr<std::string> probe = SubmitTurn(kTenantA, probe_session, "@stall_ms 600000",
-                                                   {.replica = survivor});
+    absl::StatusOr<std::string> probe =
+        SubmitTurn(kTenantA, probe_session, "@stall_ms 600000", {.replica = survivor});
     ASSERT_TRUE(probe.ok()) << probe.status();
     probes.emplace_back(probe_session, *probe);
   }
@@ -251,8 +250,8 @@ TEST_F(SessionFailover, ZombieOwnerResumedAfterTakeoverWritesNothing) {
 // attempt 2. The lease is 30 s, so a retry within 15 s cannot come from lease expiry:
 // it proves the hand-back. The retry stalls again and is then cancelled.
 TEST_F(SessionFailover, DrainHandsBackATurnWithoutOutputToAnotherReplica) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .lease_ttl = absl::Seconds(30),
-                                        .drain_timeout = absl::Seconds(1)}));
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      {.replicas = 2, .lease_ttl = absl::Seconds(30), .drain_timeout = absl::Seconds(1)}));
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@stall_ms 600000");
   ASSERT_TRUE(turn.ok()) << turn.status();
@@ -286,8 +285,8 @@ TEST_F(SessionFailover, DrainHandsBackATurnWithoutOutputToAnotherReplica) {
 // committed, by the draining replica itself (the lease is 30 s and the end comes within
 // 15 s, so no takeover did it), and the next queued turn runs on the other replica.
 TEST_F(SessionFailover, DrainEndsATurnWithOutputWorkerShutdownAndKeepsItsOutput) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .lease_ttl = absl::Seconds(30),
-                                        .drain_timeout = absl::Seconds(1)}));
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      {.replicas = 2, .lease_ttl = absl::Seconds(30), .drain_timeout = absl::Seconds(1)}));
   const std::string session = CreateSession(kTenantA);
   absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@words 400\n@delay_ms 50");
   ASSERT_TRUE(turn.ok()) << turn.status();

@@ -334,12 +334,12 @@ class SessionBadInput : public SessionFixture {
   std::string session_;
 };
 
-#define EXPECT_INVALID_FIELD(status, field)                                          \
-  do {                                                                               \
-    grpc::Status s_ = (status);                                                      \
-    EXPECT_EQ(s_.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(s_);  \
-    EXPECT_TRUE(NamesField(s_, field)) << "expected a violation of " << field << ": " \
-                                       << Describe(s_);                              \
+#define EXPECT_INVALID_FIELD(status, field)                                         \
+  do {                                                                              \
+    grpc::Status s_ = (status);                                                     \
+    EXPECT_EQ(s_.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(s_); \
+    EXPECT_TRUE(NamesField(s_, field))                                              \
+        << "expected a violation of " << field << ": " << Describe(s_);             \
   } while (0)
 
 TEST_F(SessionBadInput, SubmitMessageNamesTheFieldAndStoresNothing) {
@@ -363,7 +363,9 @@ TEST_F(SessionBadInput, SubmitMessageNamesTheFieldAndStoresNothing) {
          for (int i = 0; i < 64; ++i) r.mutable_request()->add_content()->set_text("x");
        }},
       {"over 1 MiB", "content",
-       [](auto& r) { r.mutable_request()->mutable_content(0)->set_text(std::string(1 << 20, 'x')); }},
+       [](auto& r) {
+         r.mutable_request()->mutable_content(0)->set_text(std::string(1 << 20, 'x'));
+       }},
       {"key too long", "idempotency_key",
        [](auto& r) { r.mutable_request()->set_idempotency_key(std::string(257, 'k')); }},
       {"key not printable", "idempotency_key",
@@ -390,8 +392,7 @@ TEST_F(SessionBadInput, CancelTurnNamesTheFieldAndChangesNothing) {
   EXPECT_INVALID_FIELD(CancelTurn("", session_, *turn, &response), "tenant_id");
   EXPECT_INVALID_FIELD(CancelTurn(std::string(300, 't'), session_, *turn, &response), "tenant_id");
   EXPECT_INVALID_FIELD(CancelTurn(kTenantA, "", *turn, &response), "session_id");
-  EXPECT_INVALID_FIELD(CancelTurn(kTenantA, session_, std::string(300, 'x'), &response),
-                       "turn_id");
+  EXPECT_INVALID_FIELD(CancelTurn(kTenantA, session_, std::string(300, 'x'), &response), "turn_id");
   absl::StatusOr<v1::Turn> still = GetTurn(kTenantA, *turn);
   ASSERT_TRUE(still.ok());
   EXPECT_EQ(still->status(), v1::TURN_STATUS_RUNNING);
@@ -411,8 +412,7 @@ TEST_F(SessionBadInput, GetSessionStatusNamesTheField) {
   router::v1::GetSessionStatusResponse response;
   EXPECT_INVALID_FIELD(GetSessionStatus("", session_, &response), "tenant_id");
   EXPECT_INVALID_FIELD(GetSessionStatus(kTenantA, "", &response), "session_id");
-  EXPECT_INVALID_FIELD(GetSessionStatus(kTenantA, std::string(300, 's'), &response),
-                       "session_id");
+  EXPECT_INVALID_FIELD(GetSessionStatus(kTenantA, std::string(300, 's'), &response), "session_id");
   ASSERT_NO_FATAL_FAILURE(ExpectNothingWritten());
 }
 

@@ -50,13 +50,12 @@ int CountCrossSessionOverlaps(const std::vector<Interval>& intervals) {
     if (event.turn_id().empty()) continue;
     auto it = round.find(event.turn_id());
     if (it == round.end()) {
-      return ::testing::AssertionFailure() << "seq " << event.seq() << " names unknown turn "
-                                           << event.turn_id();
+      return ::testing::AssertionFailure()
+             << "seq " << event.seq() << " names unknown turn " << event.turn_id();
     }
     if (it->second < highest) {
-      return ::testing::AssertionFailure()
-             << "seq " << event.seq() << " of turn #" << it->second << " follows events of turn #"
-             << highest;
+      return ::testing::AssertionFailure() << "seq " << event.seq() << " of turn #" << it->second
+                                           << " follows events of turn #" << highest;
     }
     highest = it->second;
   }

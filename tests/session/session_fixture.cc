@@ -95,11 +95,11 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
 
   // The store persists events from Redis into Postgres, as in production: the
   // recovery paths read back what was trimmed or flushed from there.
-  auto store = ServiceProcess::Start(
-      {.binary = BinaryPath("store-svc/parley-store"),
-       .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
-                "--database_url=" + db_->url(), "--redis_url=" + redis_url_,
-                "--redis_key_prefix=" + keys_.prefix()}});
+  auto store =
+      ServiceProcess::Start({.binary = BinaryPath("store-svc/parley-store"),
+                             .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
+                                      "--database_url=" + db_->url(), "--redis_url=" + redis_url_,
+                                      "--redis_key_prefix=" + keys_.prefix()}});
   ASSERT_TRUE(store.ok()) << store.status();
   store_process_ = *std::move(store);
   absl::Status serving = store_process_->WaitUntilServing(kStartTimeout);
@@ -152,8 +152,8 @@ void SessionFixture::StartReplica(int index, const std::vector<std::string>& ext
   std::vector<std::string> args = ReplicaArgs();
   args.push_back("--worker_id=" + worker_ids_[index]);
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  auto process = ServiceProcess::Start({.binary = BinaryPath("session-svc/parley-session"),
-                                        .args = std::move(args)});
+  auto process = ServiceProcess::Start(
+      {.binary = BinaryPath("session-svc/parley-session"), .args = std::move(args)});
   ASSERT_TRUE(process.ok()) << process.status();
   replicas_[index] = *std::move(process);
   absl::Status serving = replicas_[index]->WaitUntilServing(kStartTimeout);
@@ -245,8 +245,7 @@ grpc::Status SessionFixture::CloseSession(const std::string& tenant, const std::
   return routers_[replica]->CloseSession(&context, request, response);
 }
 
-grpc::Status SessionFixture::GetSessionStatus(const std::string& tenant,
-                                              const std::string& session,
+grpc::Status SessionFixture::GetSessionStatus(const std::string& tenant, const std::string& session,
                                               router::v1::GetSessionStatusResponse* response,
                                               int replica) {
   grpc::ClientContext context;
@@ -352,10 +351,9 @@ absl::StatusOr<v1::Turn> SessionFixture::WaitForTurn(
     if (absl::Now() > deadline) break;
     absl::SleepFor(absl::Milliseconds(20));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat("turn ", turn_id, " never ", what, " within ", absl::FormatDuration(timeout),
-                   "; last seen: ",
-                   turn.ok() ? turn->ShortDebugString() : turn.status().ToString()));
+  return absl::DeadlineExceededError(absl::StrCat(
+      "turn ", turn_id, " never ", what, " within ", absl::FormatDuration(timeout),
+      "; last seen: ", turn.ok() ? turn->ShortDebugString() : turn.status().ToString()));
 }
 
 absl::StatusOr<v1::Turn> SessionFixture::WaitForTurnStatus(const std::string& tenant,
@@ -379,7 +377,8 @@ absl::StatusOr<v1::Turn> SessionFixture::WaitForTurnEnd(const std::string& tenan
   absl::StatusOr<std::vector<v1::Event>> events = WaitForEvents(
       tenant, session,
       [&](const std::vector<v1::Event>& events) { return CountSealed(events, turn_id) > 0; },
-      absl::StrCat("a TurnSealed of ", turn_id), std::max(deadline - absl::Now(), absl::Seconds(1)));
+      absl::StrCat("a TurnSealed of ", turn_id),
+      std::max(deadline - absl::Now(), absl::Seconds(1)));
   if (!events.ok()) return events.status();
   return GetTurn(tenant, turn_id);
 }
@@ -422,9 +421,8 @@ absl::StatusOr<int> SessionFixture::WaitForOwner(const std::string& tenant,
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
-  return absl::DeadlineExceededError(absl::StrCat("turn ", turn_id,
-                                                  " never had a known owner; last lease owner: \"",
-                                                  last_owner, "\""));
+  return absl::DeadlineExceededError(absl::StrCat(
+      "turn ", turn_id, " never had a known owner; last lease owner: \"", last_owner, "\""));
 }
 
 // ---- Events ----
@@ -455,8 +453,8 @@ absl::StatusOr<std::vector<v1::Event>> SessionFixture::ReadRedisEvents(RedisConn
         return absl::InternalError(absl::StrCat(key, ": entry ", last_id, " holds no Event"));
       }
       if (event.transient() != (id_sub != 0)) {
-        return absl::InternalError(absl::StrCat(key, ": entry ", last_id, " has transient = ",
-                                                event.transient()));
+        return absl::InternalError(
+            absl::StrCat(key, ": entry ", last_id, " has transient = ", event.transient()));
       }
       if (event.transient()) continue;
       if (event.seq() != id_seq || event.session_id() != session) {
@@ -525,8 +523,8 @@ absl::StatusOr<std::vector<v1::Event>> SessionFixture::ReadSessionEventsOn(
       continue;
     }
     if (event.seq() != events->size() + 1) {
-      return absl::InternalError(absl::StrCat("session ", session, ": gap before seq ",
-                                              event.seq(), " (have 1..", events->size(), ")"));
+      return absl::InternalError(absl::StrCat("session ", session, ": gap before seq ", event.seq(),
+                                              " (have 1..", events->size(), ")"));
     }
     events->push_back(event);
   }

@@ -133,7 +133,7 @@ class SessionFixture : public ::testing::Test {
   absl::StatusOr<std::vector<v1::Message>> ListMessages(const std::string& tenant,
                                                         const std::string& session);
   absl::StatusOr<store::v1::GetSessionResponse> GetSession(const std::string& tenant,
-                                                          const std::string& session);
+                                                           const std::string& session);
   absl::StatusOr<store::v1::GetLastSeqResponse> GetLastSeq(const std::string& tenant,
                                                            const std::string& session);
 
