@@ -1,4 +1,6 @@
 // parley-gateway: the public gRPC API (parley.v1) that product backends call.
+#include <grpcpp/grpcpp.h>
+
 #include "common/config.h"
 #include "common/redis.h"
 #include "common/server/service_host.h"
@@ -6,6 +8,7 @@
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/history.h"
 #include "gateway/fanout/hub.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 
 namespace {
@@ -20,6 +23,49 @@ struct GatewayConfig {
   std::string redis_key_prefix;
   int64_t stream_buffer = 1024;
   absl::Duration keepalive = absl::Seconds(15);
+};
+
+// Health probe of Redis: PING on a connection of its own, reopened when it broke.
+class RedisProbe {
+ public:
+  explicit RedisProbe(parley::RedisEndpoint endpoint) : endpoint_(std::move(endpoint)) {}
+
+  absl::Status Check() {
+    if (!connection_ || connection_->broken()) {
+      auto connection = parley::RedisConnection::Connect(endpoint_, absl::Seconds(1));
+      if (!connection.ok()) return connection.status();
+      connection_ = *std::move(connection);
+    }
+    return connection_->Command({"PING"}).status();
+  }
+
+ private:
+  const parley::RedisEndpoint endpoint_;
+  std::unique_ptr<parley::RedisConnection> connection_;
+};
+
+// Health probe of store-svc: its own health check, so a store whose Postgres is down
+// counts as down here too (every StreamEvents backfill and key lookup needs it).
+class StoreProbe {
+ public:
+  explicit StoreProbe(std::shared_ptr<grpc::Channel> channel)
+      : health_(grpc::health::v1::Health::NewStub(std::move(channel))) {}
+
+  absl::Status Check() {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    grpc::Status status = health_->Check(&context, request, &response);
+    if (!status.ok()) return absl::UnavailableError(status.error_message());
+    if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+      return absl::UnavailableError("store-svc is not serving");
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
 }  // namespace
@@ -73,5 +119,11 @@ int main(int argc, char** argv) {
   host.AddService(&sessions);
   host.AddService(&sandboxes);
   host.AddService(&api_keys);
+  RedisProbe redis_probe(redis);
+  // A plain channel: probes are not calls worth tracing or counting per method.
+  StoreProbe store_probe(
+      grpc::CreateChannel(config.store_addr, grpc::InsecureChannelCredentials()));
+  host.AddDependency("redis", [&redis_probe] { return redis_probe.Check(); });
+  host.AddDependency("store", [&store_probe] { return store_probe.Check(); });
   return host.Run();
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <iostream>
+#include <pqxx/pqxx>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +24,8 @@ struct StoreConfig {
   std::string database_url = "postgresql://postgres@127.0.0.1:55432/parley";
   std::string redis_url = "redis://127.0.0.1:56379";
   int64_t db_pool_size = 16;
+  // How long a call retries a lost Postgres before it answers UNAVAILABLE.
+  absl::Duration db_retry_max_elapsed = absl::Seconds(20);
   bool persister = true;
   std::string redis_key_prefix;
 };
@@ -39,6 +42,32 @@ absl::Status ValidateDatabaseUrl(absl::string_view url) {
   }
   return absl::InvalidArgumentError("expected postgresql://user@host:port/database");
 }
+
+// The health probe of Postgres: one connection of its own (not the pool's, so a busy
+// pool never reads as a dead database), reopened after a failure.
+class PostgresProbe {
+ public:
+  explicit PostgresProbe(const std::string& url)
+      : url_(absl::StrCat(url, absl::StrContains(url, "?") ? "&" : "?", "connect_timeout=2")) {}
+
+  absl::Status Check() {
+    try {
+      if (!connection_ || !connection_->is_open()) {
+        connection_ = std::make_unique<pqxx::connection>(url_);
+      }
+      pqxx::nontransaction tx(*connection_);
+      tx.exec("SELECT 1");
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      connection_.reset();
+      return absl::UnavailableError(e.what());
+    }
+  }
+
+ private:
+  const std::string url_;
+  std::unique_ptr<pqxx::connection> connection_;
+};
 
 int RunMigrate(const StoreConfig& config, const parley::ServerOptions& server) {
   parley::telemetry::Logger logger("parley-store",
@@ -69,6 +98,9 @@ int main(int argc, char** argv) {
                parley::ValidateRedisUrl);
   flags.Int("db_pool_size", &config.db_pool_size,
             "Postgres connections (and so concurrent queries) per process", 1, 512);
+  flags.Duration("db_retry_max_elapsed", &config.db_retry_max_elapsed,
+                 "how long a call waits for a lost Postgres to return before it answers "
+                 "UNAVAILABLE");
   flags.Bool("persister", &config.persister,
              "move session events from Redis into Postgres in this process");
   flags.String("redis_key_prefix", &config.redis_key_prefix,
@@ -94,11 +126,14 @@ int main(int argc, char** argv) {
   } else {
     host.logger().Warn("database not reachable at start", {{"error", version.status().ToString()}});
   }
-  parley::store::PgPool pool(
-      {.url = config.database_url, .size = static_cast<int>(config.db_pool_size)},
-      parley::RealClock::Get());
+  parley::store::PgPool::Options pool_options{.url = config.database_url,
+                                              .size = static_cast<int>(config.db_pool_size)};
+  pool_options.retry.max_elapsed = config.db_retry_max_elapsed;
+  parley::store::PgPool pool(pool_options, parley::RealClock::Get());
   parley::store::StoreServiceImpl store(pool, parley::store::StoreLimits{});
   host.AddService(&store);
+  PostgresProbe postgres(config.database_url);
+  host.AddDependency("postgres", [&postgres] { return postgres.Check(); });
   std::unique_ptr<parley::store::EventPersister> persister;
   if (config.persister) {
     persister = std::make_unique<parley::store::EventPersister>(

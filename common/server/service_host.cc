@@ -28,6 +28,8 @@ void AddServerFlags(Flags& flags, ServerOptions* options) {
                {"debug", "info", "warn", "error"});
   flags.Duration("drain_timeout", &options->drain_timeout,
                  "on SIGTERM, how long in-flight calls may run before they are cancelled");
+  flags.Duration("dependency_probe_interval", &options->dependency_probe_interval,
+                 "how often health checks the service's hard dependencies");
 }
 
 ServiceHost::ServiceHost(std::string service_name, ServerOptions options)
@@ -56,6 +58,47 @@ ServiceHost::~ServiceHost() {
 
 void ServiceHost::AddService(grpc::Service* service) { services_.push_back(service); }
 
+void ServiceHost::AddDependency(std::string name, std::function<absl::Status()> probe) {
+  telemetry::Gauge& up =
+      registry_
+          .AddGauge("parley_dependency_up", "1 while a hard dependency answers its probe.",
+                    {"dependency"})
+          .WithLabels({name});
+  dependencies_.push_back({.name = std::move(name), .probe = std::move(probe), .up = &up});
+}
+
+bool ServiceHost::ProbeDependencies() {
+  bool all_up = true;
+  for (Dependency& dependency : dependencies_) {
+    absl::Status status = dependency.probe();
+    if (status.ok() != dependency.ok) {
+      if (status.ok()) {
+        logger_->Info("dependency up", {{"dependency", dependency.name}});
+      } else {
+        logger_->Warn("dependency down",
+                      {{"dependency", dependency.name}, {"error", status.ToString()}});
+      }
+    }
+    dependency.ok = status.ok();
+    dependency.up->Set(dependency.ok ? 1 : 0);
+    all_up = all_up && dependency.ok;
+  }
+  return all_up;
+}
+
+void ServiceHost::PublishServingStatus(bool dependencies_up) {
+  absl::MutexLock lock(&status_mu_);
+  const bool serving = dependencies_up && !draining_;
+  server_->GetHealthCheckService()->SetServingStatus(serving);
+  admin_->SetReady(serving);
+}
+
+void ServiceHost::ProbeLoop() {
+  while (!stop_probing_.WaitForNotificationWithTimeout(options_.dependency_probe_interval)) {
+    PublishServingStatus(ProbeDependencies());
+  }
+}
+
 int ServiceHost::admin_port() const { return admin_ ? admin_->port() : 0; }
 
 absl::Status ServiceHost::Start() {
@@ -76,8 +119,10 @@ absl::Status ServiceHost::Start() {
     admin_.reset();
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", options_.grpc_addr));
   }
-  server_->GetHealthCheckService()->SetServingStatus(true);
-  admin_->SetReady(true);
+  // Mark every dependency up first, so one that is down at start logs "dependency down".
+  for (Dependency& dependency : dependencies_) dependency.ok = true;
+  PublishServingStatus(ProbeDependencies());
+  if (!dependencies_.empty()) probe_thread_ = std::thread([this] { ProbeLoop(); });
   logger_->Info("serving", {{"grpc_addr", options_.grpc_addr},
                             {"grpc_port", grpc_port_},
                             {"admin_port", admin_->port()},
@@ -97,8 +142,13 @@ void ServiceHost::WaitForTerminationSignal() {
 
 void ServiceHost::Shutdown() {
   if (!server_) return;
-  server_->GetHealthCheckService()->SetServingStatus(false);
-  admin_->SetReady(false);
+  {
+    absl::MutexLock lock(&status_mu_);
+    draining_ = true;
+  }
+  if (!stop_probing_.HasBeenNotified()) stop_probing_.Notify();
+  if (probe_thread_.joinable()) probe_thread_.join();
+  PublishServingStatus(false);
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.drain_timeout));
   server_->Wait();
   server_.reset();

@@ -10,21 +10,35 @@
 //   host.AddService(&service);
 //   return host.Run();                        // serves until SIGTERM, drains, returns 0
 //
+// Hard dependencies: a service registers a probe per dependency it cannot serve
+// without (store-svc: Postgres; gateway: Redis and store-svc). While any probe fails,
+// health answers NOT_SERVING and /readyz 503, so a balancer stops sending calls that
+// could only fail; when every probe passes again they turn back to SERVING and 200.
+// Each transition is logged and `parley_dependency_up{dependency}` shows the state.
+//
+//   host.AddDependency("postgres", [&] { return probe.Check(); });
+//
 // Shutdown: on SIGTERM or SIGINT the health status turns NOT_SERVING and /readyz 503,
 // the server stops accepting calls, in-flight calls get up to `drain_timeout` to finish
 // (then they are cancelled), and Run() returns 0.
 //
-// Threads: gRPC's own pool runs the handlers; one admin HTTP thread; the thread that
-// calls Run() waits for the signal.
+// Threads: gRPC's own pool runs the handlers; one admin HTTP thread; one probe thread
+// when dependencies are registered (it runs the probes in turn every
+// `dependency_probe_interval`); the thread that calls Run() waits for the signal.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/config.h"
 #include "telemetry/admin_server.h"
@@ -40,9 +54,11 @@ struct ServerOptions {
   std::string admin_addr = "127.0.0.1:0";
   std::string log_level = "info";
   absl::Duration drain_timeout = absl::Seconds(10);
+  absl::Duration dependency_probe_interval = absl::Seconds(1);
 };
 
-// Declares --grpc_addr, --admin_addr, --log_level and --drain_timeout; the current
+// Declares --grpc_addr, --admin_addr, --log_level, --drain_timeout and
+// --dependency_probe_interval; the current
 // values of `options` are the defaults.
 void AddServerFlags(Flags& flags, ServerOptions* options);
 
@@ -62,6 +78,11 @@ class ServiceHost {
   // Registers a service implementation. It must outlive the host. Call before Start().
   void AddService(grpc::Service* service);
 
+  // Registers a hard dependency. `probe` answers OK while the dependency can serve; it
+  // runs on the probe thread (once in Start(), then every dependency_probe_interval)
+  // and must return within about a second. Call before Start().
+  void AddDependency(std::string name, std::function<absl::Status()> probe);
+
   // Binds both ports and starts serving; logs one "serving" line with the ports.
   absl::Status Start();
   // Waits for SIGTERM or SIGINT.
@@ -75,6 +96,18 @@ class ServiceHost {
   int admin_port() const;
 
  private:
+  struct Dependency {
+    std::string name;
+    std::function<absl::Status()> probe;
+    telemetry::Gauge* up = nullptr;
+    bool ok = false;
+  };
+  // Runs every probe once; logs the ones that changed; true when all pass.
+  bool ProbeDependencies();
+  // Health and /readyz: SERVING when started, not draining and every dependency is up.
+  void PublishServingStatus(bool dependencies_up) ABSL_LOCKS_EXCLUDED(status_mu_);
+  void ProbeLoop();
+
   std::string service_name_;
   ServerOptions options_;
   std::unique_ptr<telemetry::Logger> logger_;
@@ -85,6 +118,11 @@ class ServiceHost {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<telemetry::AdminServer> admin_;
   int grpc_port_ = 0;
+  std::vector<Dependency> dependencies_;  // Only the probe thread touches it after Start().
+  absl::Mutex status_mu_;
+  bool draining_ ABSL_GUARDED_BY(status_mu_) = false;
+  absl::Notification stop_probing_;
+  std::thread probe_thread_;
 };
 
 }  // namespace parley

@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cctype>
+#include <map>
+
 #include "tests/harness/reflection.h"
 
 namespace parley::testing {
@@ -21,12 +24,50 @@ struct Binary {
 
 class ServiceBinaryTest : public ::testing::TestWithParam<Binary> {
  protected:
+  // store-svc and the gateway are SERVING only while their hard dependencies answer
+  // (ServiceHost::AddDependency), so they get a database, a Redis and a healthy store.
+  void SetUp() override {
+    if (GetParam().path == "store-svc/parley-store") {
+      auto db = TestDatabase::Create();
+      ASSERT_TRUE(db.ok()) << db.status();
+      db_ = *std::move(db);
+      dependencies_ = {{"database_url", db_->url()}, {"persister", "false"}};
+    } else if (GetParam().path == "gateway/parley-gateway") {
+      auto redis = TestRedis::Create();
+      ASSERT_TRUE(redis.ok()) << redis.status();
+      redis_ = *std::move(redis);
+      auto store = ServingHealthServer::Start();
+      ASSERT_TRUE(store.ok()) << store.status();
+      store_ = *std::move(store);
+      dependencies_ = {{"redis_url", redis_->url()}, {"store_addr", store_->target()}};
+    }
+  }
+
   ProcessOptions Options(std::vector<std::string> extra = {}) {
     ProcessOptions options{.binary = BinaryPath(GetParam().path),
                            .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0"}};
+    for (const auto& [flag, value] : dependencies_) {
+      options.args.push_back("--" + flag + "=" + value);
+    }
     options.args.insert(options.args.end(), extra.begin(), extra.end());
     return options;
   }
+
+  // The dependencies as PARLEY_* environment variables.
+  std::map<std::string, std::string> DependencyEnv() const {
+    std::map<std::string, std::string> env;
+    for (const auto& [flag, value] : dependencies_) {
+      std::string name = "PARLEY_" + flag;
+      for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      env[name] = value;
+    }
+    return env;
+  }
+
+  std::map<std::string, std::string> dependencies_;  // flag name -> value
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<TestRedis> redis_;
+  std::unique_ptr<ServingHealthServer> store_;
 };
 
 TEST_P(ServiceBinaryTest, ServesHealthReflectionAndMetrics) {
@@ -93,10 +134,10 @@ TEST_P(ServiceBinaryTest, BadEnvironmentValueExitsTwoNamingTheVariable) {
 }
 
 TEST_P(ServiceBinaryTest, EnvironmentConfiguresTheService) {
-  ProcessOptions options{.binary = BinaryPath(GetParam().path),
-                         .env = {{"PARLEY_GRPC_ADDR", "127.0.0.1:0"},
-                                 {"PARLEY_ADMIN_ADDR", "127.0.0.1:0"},
-                                 {"PARLEY_LOG_LEVEL", "debug"}}};
+  ProcessOptions options{.binary = BinaryPath(GetParam().path), .env = DependencyEnv()};
+  options.env["PARLEY_GRPC_ADDR"] = "127.0.0.1:0";
+  options.env["PARLEY_ADMIN_ADDR"] = "127.0.0.1:0";
+  options.env["PARLEY_LOG_LEVEL"] = "debug";
   auto process = ServiceProcess::Start(options);
   ASSERT_TRUE(process.ok()) << process.status();
   ASSERT_TRUE((*process)->WaitUntilServing(absl::Seconds(30)).ok()) << (*process)->Output();

@@ -7,11 +7,13 @@
 #include <signal.h>
 
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <thread>
 
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/ids.h"
 #include "common/status.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
@@ -91,10 +93,19 @@ class TracePropagationTest : public ::testing::Test {
     builder.RegisterService(&router_);
     router_server_ = builder.BuildAndStart();
     ASSERT_NE(router_port_, 0);
+    // The gateway serves only while Redis and store-svc answer; these calls need
+    // neither, so a healthy stand-in is enough for the store.
+    auto redis = TestRedis::Create();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    auto store = ServingHealthServer::Start();
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
     auto gateway = ServiceProcess::Start(
         {.binary = BinaryPath("gateway/parley-gateway"),
          .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0", "--log_level=debug",
-                  "--session_addr=127.0.0.1:" + std::to_string(router_port_)},
+                  "--session_addr=127.0.0.1:" + std::to_string(router_port_),
+                  "--redis_url=" + redis_->url(), "--store_addr=" + store_->target()},
          .env = {{"PARLEY_BOOTSTRAP_API_KEY", kApiKey}}});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = *std::move(gateway);
@@ -132,6 +143,8 @@ class TracePropagationTest : public ::testing::Test {
 
   FakeSessionRouter router_;
   std::unique_ptr<grpc::Server> router_server_;
+  std::unique_ptr<TestRedis> redis_;
+  std::unique_ptr<ServingHealthServer> store_;
   int router_port_ = 0;
   std::unique_ptr<ServiceProcess> gateway_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
@@ -175,6 +188,64 @@ TEST_F(TracePropagationTest, TraceIdReachesTheLogAndTheDownstreamCall) {
     }
   }
   EXPECT_TRUE(client_span_found) << gateway_->Output();
+}
+
+// Every label value of a Prometheus text page.
+std::vector<std::string> LabelValues(const std::string& metrics) {
+  static const std::regex kLabel(R"re([a-zA-Z_][a-zA-Z0-9_]*="((?:[^"\\]|\\.)*)")re");
+  std::vector<std::string> values;
+  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
+    if (line.empty() || line.front() == '#') continue;
+    const size_t open = line.find('{');
+    const size_t close = line.rfind('}');
+    if (open == absl::string_view::npos || close == absl::string_view::npos) continue;
+    const std::string labels(line.substr(open + 1, close - open - 1));
+    for (auto it = std::sregex_iterator(labels.begin(), labels.end(), kLabel);
+         it != std::sregex_iterator(); ++it) {
+      values.push_back((*it)[1]);
+    }
+  }
+  return values;
+}
+
+// Proves: ids that calls carry (session ids, trace and span ids, the tenant, the API
+// key) never become metric labels, where each distinct value would be a new series.
+// Making sure ids were there to leak: the calls reached the gateway's handlers (the
+// router saw them, with their trace) and the page does count them.
+TEST_F(TracePropagationTest, MetricsCarryNoIdInAnyLabel) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    const std::string session_id = NewId("ses");
+    TraceContext trace = TraceContext::NewRoot();
+    ASSERT_TRUE(Send(session_id, &trace).ok());
+    ASSERT_FALSE(last_turn_id_.empty());
+    ids.insert(ids.end(), {session_id, trace.TraceIdHex(), trace.SpanIdHex(), last_turn_id_});
+    ASSERT_EQ(Send("ses_busy", &trace).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  EXPECT_EQ(Send(NewId("ses"), nullptr, "pk_wrong").error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_EQ(router_.calls(), 6);
+  ASSERT_FALSE(router_.tenant_id().empty());
+  ids.insert(ids.end(), {"ses_busy", router_.tenant_id(), kApiKey, "pk_wrong"});
+
+  // Handled-call counters are updated as calls end: wait until all seven are counted.
+  std::string metrics;
+  const bool counted = WaitFor(absl::Seconds(10), [&] {
+    auto page = HttpGet(gateway_->admin_port(), "/metrics");
+    if (!page.ok() || page->first != 200) return false;
+    metrics = page->second;
+    return metrics.find("parley_grpc_server_handled_total{method=\"/parley.v1.SessionService/"
+                        "SendMessage\",code=\"OK\"} 3") != std::string::npos;
+  });
+  ASSERT_TRUE(counted) << metrics;
+
+  static const std::regex kIdShape("[a-z]+_[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{16,}");
+  for (const std::string& value : LabelValues(metrics)) {
+    for (const std::string& id : ids) {
+      EXPECT_EQ(value.find(id), std::string::npos) << "label value \"" << value << "\" holds " << id;
+    }
+    EXPECT_FALSE(std::regex_search(value, kIdShape)) << "label value looks like an id: " << value;
+  }
 }
 
 TEST_F(TracePropagationTest, StructuredErrorsPassThroughTheGatewayUnchanged) {

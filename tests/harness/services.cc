@@ -227,6 +227,16 @@ absl::Status PrivateRedis::Restart() {
       "start_redis ", dir_, " ", port_, " durable"));
 }
 
+absl::Status PrivateRedis::Kill() {
+  return RunLibFunction(absl::StrCat(
+      "pid=$(cat ", dir_, "/redis.pid); kill -9 $pid; ",
+      "for i in $(seq 1 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.05; done; exit 1"));
+}
+
+absl::Status PrivateRedis::StartAgain() {
+  return RunLibFunction(absl::StrCat("start_redis ", dir_, " ", port_, " durable"));
+}
+
 absl::StatusOr<std::unique_ptr<PrivatePostgres>> PrivatePostgres::Start() {
   std::string dir = TestTempDir();
   ::chmod(dir.c_str(), 0755);
@@ -245,9 +255,59 @@ std::string PrivatePostgres::url() const {
 }
 
 absl::Status PrivatePostgres::RestartImmediately() {
+  if (absl::Status crashed = Crash(); !crashed.ok()) return crashed;
+  return StartAgain();
+}
+
+absl::Status PrivatePostgres::Crash() {
   return RunLibFunction(absl::StrCat("run_as postgres \"$PG_BIN/pg_ctl\" -D ", dir_,
-                                     "/data -m immediate -w stop >/dev/null; ", "start_postgres ",
-                                     dir_, " ", port_, " durable"));
+                                     "/data -m immediate -w stop >/dev/null"));
+}
+
+absl::Status PrivatePostgres::StartAgain() {
+  return RunLibFunction(absl::StrCat("start_postgres ", dir_, " ", port_, " durable"));
+}
+
+namespace {
+
+// Answers every health check with SERVING.
+class AlwaysServing final : public grpc::health::v1::Health::CallbackService {
+  grpc::ServerUnaryReactor* Check(grpc::CallbackServerContext* context,
+                                  const grpc::health::v1::HealthCheckRequest*,
+                                  grpc::health::v1::HealthCheckResponse* response) override {
+    response->set_status(grpc::health::v1::HealthCheckResponse::SERVING);
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServingHealthServer>> ServingHealthServer::Start() {
+  auto service = std::make_unique<AlwaysServing>();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return absl::UnavailableError("cannot start a health server");
+  return std::unique_ptr<ServingHealthServer>(
+      new ServingHealthServer(std::move(service), std::move(server), port));
+}
+
+ServingHealthServer::~ServingHealthServer() {
+  server_->Shutdown(std::chrono::system_clock::now());
+}
+
+bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition,
+             absl::Duration poll) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    if (condition()) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(poll);
+  }
 }
 
 absl::StatusOr<CommandResult> RunCommand(const ProcessOptions& options, absl::Duration timeout) {

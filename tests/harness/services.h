@@ -14,8 +14,11 @@
 // so in their failure message.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/service_type.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -93,6 +96,10 @@ class PrivatePostgres {
   std::string url() const;
   // Crash-stops the server (no clean shutdown) and starts it again on the same port.
   absl::Status RestartImmediately();
+  // The two halves of RestartImmediately, for tests that look at the world while the
+  // server is down: Crash() returns once it no longer accepts connections.
+  absl::Status Crash();
+  absl::Status StartAgain();
 
  private:
   PrivatePostgres(std::string dir, int port) : dir_(std::move(dir)), port_(port) {}
@@ -115,10 +122,33 @@ class PrivateRedis {
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
   // Stops the server cleanly (its data saved) and starts it again on the same port.
   absl::Status Restart();
+  // kill -9: no clean shutdown; writes not yet fsynced to the append-only file (at
+  // most about a second's) are lost. Returns once the process is gone.
+  absl::Status Kill();
+  // Starts it again on the same port after Kill().
+  absl::Status StartAgain();
 
  private:
   PrivateRedis(std::string dir, int port) : dir_(std::move(dir)), port_(port) {}
   std::string dir_;
+  int port_;
+};
+
+// An in-process gRPC server that answers only health checks, with SERVING: a stand-in
+// for a dependency whose health is all a test needs (the gateway's store-svc, when the
+// test never reaches the store).
+class ServingHealthServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServingHealthServer>> Start();
+  ~ServingHealthServer();
+  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  ServingHealthServer(std::unique_ptr<grpc::Service> service, std::unique_ptr<grpc::Server> server,
+                      int port)
+      : service_(std::move(service)), server_(std::move(server)), port_(port) {}
+  std::unique_ptr<grpc::Service> service_;  // Outlives the server (destroyed after it).
+  std::unique_ptr<grpc::Server> server_;
   int port_;
 };
 
@@ -167,6 +197,11 @@ class ServiceProcess {
   int admin_port_ = 0;
   std::optional<int> exit_code_;
 };
+
+// Checks `condition` every `poll` until it holds (true) or `timeout` passes (false):
+// how tests wait for a state instead of sleeping for a guessed time.
+bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition,
+             absl::Duration poll = absl::Milliseconds(20));
 
 // Issues an HTTP/1.1 GET to 127.0.0.1:port; returns status code and body.
 absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path);
