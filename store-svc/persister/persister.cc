@@ -177,6 +177,9 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
     written += appended->appended();
     events_persisted_.Increment(static_cast<double>(appended->appended()));
     durable = appended->last_seq();
+    if (options_.after_commit) {
+      if (absl::Status hook = options_.after_commit(session_id, durable); !hook.ok()) return hook;
+    }
     // Acknowledge only after the commit: the publisher may now trim below this seq.
     if (absl::StatusOr<RedisReply> ack =
             redis_->Command({"SET", keys_.PersistedSeq(session_id), absl::StrCat(durable)});

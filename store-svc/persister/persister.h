@@ -21,6 +21,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -47,6 +48,12 @@ struct PersisterOptions {
   absl::Duration lock_ttl = absl::Seconds(5);
   int64_t batch_events = 2000;
   int64_t sessions_per_pass = 200;
+  // Called after each batch commits to Postgres and before its persisted seq is
+  // recorded in Redis. A non-OK answer ends the session's flush right there, exactly as
+  // a crash or a lost Redis at that point would; tests inject that failure through it.
+  // Empty in production.
+  std::function<absl::Status(const std::string& session_id, uint64_t committed_seq)>
+      after_commit;
 };
 
 class EventPersister {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <pqxx/pqxx>
 #include <thread>
 
@@ -24,11 +25,22 @@ class PersisterTest : public StoreFixture {
   }
 
   std::unique_ptr<EventPersister> MakePersister(const std::string& owner) {
-    return std::make_unique<EventPersister>(PersisterOptions{.redis = redis_->endpoint(),
-                                                             .key_prefix = redis_->keys().prefix(),
-                                                             .owner = owner,
-                                                             .batch_events = 64},
-                                            pool(), logger_, registry_);
+    return MakePersister(PersisterOptions{.owner = owner});
+  }
+
+  // `options` with this test's Redis and 64-event batches filled in.
+  std::unique_ptr<EventPersister> MakePersister(PersisterOptions options) {
+    options.redis = redis_->endpoint();
+    options.key_prefix = redis_->keys().prefix();
+    options.batch_events = 64;
+    return std::make_unique<EventPersister>(std::move(options), pool(), logger_, registry_);
+  }
+
+  // The persisted seq the persister recorded in Redis; "" when it recorded none.
+  std::string PersistedSeq(const std::string& session_id) {
+    auto reply = redis_->connection().Command({"GET", redis_->keys().PersistedSeq(session_id)});
+    if (!reply.ok() || (*reply)->type != REDIS_REPLY_STRING) return "";
+    return std::string((*reply)->str, (*reply)->len);
   }
 
   parley::v1::Event MakeEvent(const parley::v1::Session& session, uint64_t seq,
@@ -119,6 +131,41 @@ TEST_F(PersisterTest, ResumesFromTheDurableSeqAfterACrash) {
   ASSERT_TRUE(written.ok()) << written.status();
   EXPECT_EQ(*written, 30);
   EXPECT_EQ(StoredSeqs(session.id()), Range(1, 50));
+}
+
+// Proves: a failure after a batch committed to Postgres but before its persisted seq
+// reached Redis (a crash, or Redis lost, at the worst moment) leaves exactly 1..N once
+// a persister runs again: nothing lost, nothing stored twice, the cursor caught up.
+// Making sure it hit that point: the injected failure fires on the second batch's
+// commit, the pass reports it, Postgres then holds both batches while Redis still
+// says only the first is persisted, and the session is still queued.
+TEST_F(PersisterTest, AFailureBetweenCommitAndPersistedSeqLeavesExactlyOneToN) {
+  parley::v1::Session session = CreateSession("tenant_a");
+  for (uint64_t seq = 1; seq <= 150; ++seq) Publish(MakeEvent(session, seq));
+  std::atomic<int> commits{0};
+  auto failing = MakePersister(PersisterOptions{
+      .owner = "replica-1",
+      .after_commit = [&](const std::string&, uint64_t committed_seq) -> absl::Status {
+        if (++commits == 2) {
+          return absl::UnavailableError(absl::StrCat("injected after commit of ", committed_seq));
+        }
+        return absl::OkStatus();
+      }});
+  auto failed = failing->RunOnce();
+  ASSERT_FALSE(failed.ok());
+  ASSERT_EQ(failed.status().message(), "injected after commit of 128");
+  ASSERT_EQ(StoredSeqs(session.id()), Range(1, 128)) << "the second batch must have committed";
+  ASSERT_EQ(PersistedSeq(session.id()), "64") << "its persisted seq must not have been recorded";
+  EXPECT_EQ((*redis_->connection().Command({"ZCARD", redis_->keys().PersistQueue()}))->integer, 1);
+
+  // Publishing goes on meanwhile; the next pass (another replica) finishes the job.
+  for (uint64_t seq = 151; seq <= 200; ++seq) Publish(MakeEvent(session, seq));
+  auto written = MakePersister("replica-2")->RunOnce();
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(*written, 72);  // 129..200: the committed batch is not written again.
+  EXPECT_EQ(StoredSeqs(session.id()), Range(1, 200));
+  EXPECT_EQ(PersistedSeq(session.id()), "200");
+  EXPECT_EQ((*redis_->connection().Command({"ZCARD", redis_->keys().PersistQueue()}))->integer, 0);
 }
 
 TEST_F(PersisterTest, TransientEntriesNeverReachPostgres) {
