@@ -68,6 +68,28 @@ TEST_F(Messages, AppendWithAKnownIdempotencyKeyReturnsTheFirstMessage) {
   EXPECT_EQ(AllMessages(session_id).size(), 1u);
 }
 
+TEST_F(Messages, ConcurrentAppendsWithOneIdempotencyKeyStoreOneMessage) {
+  std::string session_id = CreateSession(kTenant).id();
+  constexpr int kCallers = 8;
+  std::vector<absl::StatusOr<pb::AppendMessageResponse>> results(kCallers,
+                                                                 absl::UnknownError("unrun"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCallers; ++i) {
+    threads.emplace_back(
+        [&, i] { results[i] = AppendMessage(session_id, "attempt " + std::to_string(i), "k"); });
+  }
+  for (std::thread& t : threads) t.join();
+
+  int originals = 0;
+  for (const auto& result : results) {
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(Dump(result->message()), Dump(results[0]->message()));
+    originals += result->duplicate() ? 0 : 1;
+  }
+  EXPECT_EQ(originals, 1);
+  EXPECT_EQ(AllMessages(session_id).size(), 1u);
+}
+
 TEST_F(Messages, AppendToAClosedSessionIsSessionClosed) {
   std::string session_id = CreateSession(kTenant).id();
   ASSERT_TRUE(CloseSession(session_id).ok());
@@ -478,6 +500,95 @@ TEST_F(Turns, ClaimsRacingCancelsNeverStartACancelledTurn) {
     fresh_claimed.insert(claim->turn().id());
   }
   EXPECT_EQ(fresh_claimed, fresh);
+}
+
+TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
+  // Proves: while workers claim, a CloseSession never lets a turn of the closed session
+  // start: no claim answers with a CLOSED session, no turn the close cancelled is ever
+  // claimed, and whatever was running when it closed is flagged for cancellation.
+  // Making sure the race hit: closing starts once claims are under way, and the test
+  // requires a session that had a turn claimed and then another cancelled by its close.
+  constexpr int kSessions = 30;
+  std::vector<std::string> sessions;
+  for (int s = 0; s < kSessions; ++s) {
+    sessions.push_back(CreateSession(kTenant).id());
+    // Enough queued work that closes land while sessions still have turns waiting.
+    for (int t = 0; t < 4; ++t) ASSERT_TRUE(Enqueue(sessions.back(), "turn").ok());
+  }
+  absl::Mutex mu;
+  std::map<std::string, std::string> claimed;  // turn -> session
+  std::vector<std::string> claims_of_closed_sessions;
+  std::map<std::string, pb::CloseSessionResponse> closes;  // session -> its close
+  std::vector<absl::Status> failures;
+  std::atomic<bool> closes_done = false;
+  auto work = [&](const std::string& owner) {
+    for (int i = 0; i < 2000; ++i) {
+      auto claim = Claim(owner);
+      if (!claim.ok() || !claim->has_turn()) {
+        if (!claim.ok()) {
+          absl::MutexLock lock(&mu);
+          failures.push_back(claim.status());
+        }
+        if (closes_done) return;
+        absl::SleepFor(absl::Milliseconds(1));
+        continue;
+      }
+      {
+        absl::MutexLock lock(&mu);
+        claimed[claim->turn().id()] = claim->turn().session_id();
+        if (claim->session().status() == api::SESSION_STATUS_CLOSED) {
+          claims_of_closed_sessions.push_back(claim->turn().id());
+        }
+      }
+      // The owner finishes the turn; a close in between only flags it.
+      (void)Complete(Completion(*claim, owner));
+    }
+  };
+  std::vector<std::thread> claimers;
+  for (int i = 0; i < 4; ++i) claimers.emplace_back(work, "worker-" + std::to_string(i));
+  const bool under_way = parley::testing::WaitFor(absl::Seconds(30), [&] {
+    absl::MutexLock lock(&mu);
+    return claimed.size() >= 5u;
+  });
+  for (const std::string& session_id : sessions) {
+    auto closed = CloseSession(session_id);
+    absl::MutexLock lock(&mu);
+    if (closed.ok()) {
+      closes[session_id] = *closed;
+    } else {
+      failures.push_back(closed.status());
+    }
+  }
+  closes_done = true;
+  for (std::thread& t : claimers) t.join();
+
+  ASSERT_TRUE(under_way) << "no claims before the closes began";
+  EXPECT_THAT(failures, IsEmpty());
+  EXPECT_THAT(claims_of_closed_sessions, IsEmpty());
+  bool claimed_then_cancelled = false;
+  for (const auto& [session_id, close] : closes) {
+    bool session_had_a_claim = false;
+    for (const auto& [turn_id, owner_session] : claimed) {
+      session_had_a_claim = session_had_a_claim || owner_session == session_id;
+    }
+    for (const std::string& turn_id : close.cancelled_turn_ids()) {
+      EXPECT_FALSE(claimed.contains(turn_id)) << turn_id << " was cancelled by the close, then run";
+      EXPECT_EQ(GetTurn(turn_id)->status(), api::TURN_STATUS_CANCELLED) << turn_id;
+      claimed_then_cancelled = claimed_then_cancelled || session_had_a_claim;
+    }
+    if (!close.running_turn_id().empty()) {
+      EXPECT_TRUE(claimed.contains(close.running_turn_id()));
+      EXPECT_TRUE(GetTurn(close.running_turn_id())->cancel_requested());
+    }
+  }
+  EXPECT_TRUE(claimed_then_cancelled) << "no session was closed between two of its turns";
+  for (const std::string& session_id : sessions) {
+    for (const api::Turn& turn : AllTurns(session_id)) {
+      EXPECT_NE(turn.status(), api::TURN_STATUS_QUEUED) << turn.id();
+      if (turn.status() == api::TURN_STATUS_RUNNING) EXPECT_TRUE(turn.cancel_requested());
+    }
+  }
+  EXPECT_FALSE(Claim()->has_turn());
 }
 
 TEST_F(Turns, ASessionWhoseCountersClaimWorkItDoesNotHaveIsRepaired) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -217,6 +218,97 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
               absl::StrCat("code=", static_cast<int>(c.expected)));
   }
   EXPECT_EQ(SnapshotOfA(session_id), before);
+}
+
+TEST_F(Tenancy, GetTenantReturnsTheTenantAsCreatedAndNotFoundForAnUnknownOne) {
+  pb::CreateTenantRequest create;
+  create.set_tenant_id("tenant_get");
+  create.set_name("Get Co");
+  create.set_rate_limit_per_s(7);
+  create.set_rate_limit_burst(21);
+  auto created = Call(&Stub::CreateTenant, create);
+  ASSERT_TRUE(created.ok()) << created.status();
+
+  pb::GetTenantRequest get;
+  get.set_tenant_id("tenant_get");
+  auto got = Call(&Stub::GetTenant, get);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Dump(got->tenant()), Dump(created->tenant()));
+  EXPECT_EQ(got->tenant().name(), "Get Co");
+  EXPECT_EQ(got->tenant().rate_limit_per_s(), 7u);
+  EXPECT_EQ(got->tenant().rate_limit_burst(), 21u);
+
+  get.set_tenant_id("tenant_nobody");
+  EXPECT_EQ(Call(&Stub::GetTenant, get).status().code(), absl::StatusCode::kNotFound);
+}
+
+// The list rpcs filter by tenant inside the query: tenant B sees exactly its own
+// sessions and keys, whatever A holds, and a tenant with nothing sees nothing.
+TEST_F(Tenancy, ListsMadeAsAnotherTenantShowNothingOfTheFirst) {
+  std::set<std::string> sessions_of_a;
+  for (int i = 0; i < 3; ++i) sessions_of_a.insert(CreateSession(kTenant).id());
+  auto key_a = CreateApiKey({"*"}, "a-live");
+  ASSERT_TRUE(key_a.ok()) << key_a.status();
+  auto revoked_a = CreateApiKey({"*"}, "a-revoked");
+  ASSERT_TRUE(revoked_a.ok()) << revoked_a.status();
+  pb::RevokeApiKeyRequest revoke;
+  revoke.set_tenant_id(kTenant);
+  revoke.set_api_key_id(revoked_a->api_key().id());
+  ASSERT_TRUE(Call(&Stub::RevokeApiKey, revoke).ok());
+  const std::string session_of_b = CreateSession(kOther).id();
+  auto key_b = CreateApiKey({"*"}, "b", kOther);
+  ASSERT_TRUE(key_b.ok()) << key_b.status();
+  CreateTenant("tenant_empty");
+
+  auto session_ids = [&](const std::string& tenant) {
+    auto listed = ListSessions(api::ListSessionsRequest(), tenant);
+    EXPECT_TRUE(listed.ok()) << listed.status();
+    std::set<std::string> ids;
+    if (listed.ok()) {
+      for (const api::Session& s : listed->sessions()) ids.insert(s.id());
+    }
+    return ids;
+  };
+  auto key_ids = [&](const std::string& tenant) {
+    pb::ListApiKeysRequest request;
+    request.set_tenant_id(tenant);
+    request.set_include_revoked(true);
+    auto listed = Call(&Stub::ListApiKeys, request);
+    EXPECT_TRUE(listed.ok()) << listed.status();
+    std::set<std::string> ids;
+    if (listed.ok()) {
+      for (const api::ApiKey& k : listed->api_keys()) ids.insert(k.id());
+    }
+    return ids;
+  };
+
+  // A's own lists hold A's resources, so the lists below are not empty by accident.
+  EXPECT_EQ(session_ids(kTenant), sessions_of_a);
+  EXPECT_EQ(key_ids(kTenant),
+            (std::set<std::string>{key_a->api_key().id(), revoked_a->api_key().id()}));
+  EXPECT_EQ(session_ids(kOther), std::set<std::string>{session_of_b});
+  EXPECT_EQ(key_ids(kOther), std::set<std::string>{key_b->api_key().id()});
+  EXPECT_TRUE(session_ids("tenant_empty").empty());
+  EXPECT_TRUE(key_ids("tenant_empty").empty());
+  EXPECT_TRUE(session_ids("tenant_nobody").empty());
+  EXPECT_TRUE(key_ids("tenant_nobody").empty());
+
+  // A page token of A's list, replayed by B, still reads only B's rows.
+  api::ListSessionsRequest first_page;
+  first_page.set_page_size(1);
+  auto page = ListSessions(first_page, kTenant);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_FALSE(page->next_page_token().empty());
+  api::ListSessionsRequest next_page;
+  next_page.set_page_token(page->next_page_token());
+  auto replayed = ListSessions(next_page, kOther);
+  if (replayed.ok()) {
+    for (const api::Session& s : replayed->sessions()) {
+      EXPECT_FALSE(sessions_of_a.contains(s.id())) << s.id();
+    }
+  } else {
+    EXPECT_EQ(replayed.status().code(), absl::StatusCode::kInvalidArgument) << replayed.status();
+  }
 }
 
 }  // namespace
