@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "parley/router/v1/router.grpc.pb.h"
 
 namespace parley::telemetry {
@@ -54,6 +55,28 @@ class ForwardingRouter final : public router::v1::SessionRouter::CallbackService
  private:
   std::unique_ptr<router::v1::SessionRouter::Stub> next_;
 };
+
+// A server span ends when the server has finished the call, which may be just after the
+// client already holds the answer; so tests wait for the spans (bounded, 10 s) instead of
+// reading the sink at once. Returns what the sink holds then.
+std::vector<SpanData> WaitForSpans(RecordingSpanSink& sink, size_t count) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (sink.spans().size() < count && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return sink.spans();
+}
+
+// The same for the registry: server counters are updated when calls end.
+std::string WaitForMetric(const Registry& registry, const std::string& line) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  std::string text = registry.RenderText();
+  while (text.find(line) == std::string::npos && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+    text = registry.RenderText();
+  }
+  return text;
+}
 
 struct Server {
   std::unique_ptr<grpc::Server> server;
@@ -107,7 +130,7 @@ TEST(GrpcTelemetry, TraceContinuesAcrossTwoHopsAndCallsAreCounted) {
   EXPECT_EQ(last.seen_span->trace_id(), caller.trace_id());
 
   // Spans link up: server(middle) <- client(middle->last) <- server(last).
-  std::vector<SpanData> spans = sink.spans();
+  std::vector<SpanData> spans = WaitForSpans(sink, 3);
   ASSERT_EQ(spans.size(), 3u);
   const SpanData* client_span = nullptr;
   for (const SpanData& span : spans) {
@@ -119,7 +142,9 @@ TEST(GrpcTelemetry, TraceContinuesAcrossTwoHopsAndCallsAreCounted) {
   EXPECT_EQ(client_span->context.span_id(), received->span_id());
   EXPECT_EQ(client_span->status_code, "NOT_FOUND");
 
-  std::string metrics = registry.RenderText();
+  std::string metrics = WaitForMetric(
+      registry, "parley_grpc_server_handling_seconds_count{method=\"/parley.router.v1."
+                "SessionRouter/SubmitMessage\"} 2");
   EXPECT_THAT(metrics, HasSubstr("parley_grpc_server_handled_total{method=\"/parley.router.v1."
                                  "SessionRouter/SubmitMessage\",code=\"NOT_FOUND\"} 2"));
   EXPECT_THAT(metrics, HasSubstr("parley_grpc_client_handled_total{method=\"/parley.router.v1."
@@ -144,8 +169,9 @@ TEST(GrpcTelemetry, CallWithoutTraceparentStartsANewTrace) {
   v1::SendMessageResponse response;
   stub->SubmitMessage(&context, request, &response);
   ASSERT_TRUE(last.seen_span.has_value());
-  ASSERT_EQ(sink.spans().size(), 1u);
-  EXPECT_FALSE(sink.spans()[0].parent_span_id.has_value());
+  std::vector<SpanData> spans = WaitForSpans(sink, 1);
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_FALSE(spans[0].parent_span_id.has_value());
   server.server->Shutdown();
 }
 
