@@ -118,6 +118,7 @@ void StreamCore::EnqueueLocked(ResponsePtr response) {
   if (finished_ || finish_after_drain_) return;
   if (static_cast<int>(queue_.size()) >= hub_.options().max_buffered) {
     hub_.cut().Increment();
+    cut_slow_ = true;
     FinishLocked(SlowConsumer(last_written_seq_));
     return;
   }
@@ -159,7 +160,9 @@ void StreamCore::OnWriteDone(bool ok) {
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
   }
   if (deferred_finish_ && writer_ != nullptr) {
-    grpc::Status status = *std::move(deferred_finish_);
+    // A cut's cursor counts the write that was in flight when the cut was decided: that
+    // event reaches the client before the status does.
+    grpc::Status status = cut_slow_ ? SlowConsumer(last_written_seq_) : *std::move(deferred_finish_);
     deferred_finish_.reset();
     writer_->FinishStream(status);
     return;
@@ -259,6 +262,9 @@ absl::Status StreamCore::ResolveStart() {
   }
   absl::MutexLock lock(&mu_);
   next_seq_ = next;
+  // The client holds everything before where its stream starts: a cut before the first
+  // write must hand that back as the cursor, not 0.
+  last_written_seq_ = next - 1;
   resolved_ = true;
   if (current_epoch != 0 && current_epoch != params_.client_epoch) {
     // The client's cursor belongs to a history that no longer exists: it must rebuild
@@ -266,6 +272,7 @@ absl::Status StreamCore::ResolveStart() {
     EnqueueLocked(EpochChanged(params_.client_epoch, current_epoch,
                                "the cursor is from an earlier epoch", 0));
     next_seq_ = 1;
+    last_written_seq_ = 0;
   }
   return absl::OkStatus();
 }

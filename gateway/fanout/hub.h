@@ -133,6 +133,7 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   bool finish_after_drain_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> deferred_finish_ ABSL_GUARDED_BY(mu_);
+  bool cut_slow_ ABSL_GUARDED_BY(mu_) = false;  // Finished as a slow consumer.
   absl::Time last_write_ ABSL_GUARDED_BY(mu_);
   absl::Time last_backfill_failure_ ABSL_GUARDED_BY(mu_);
 };

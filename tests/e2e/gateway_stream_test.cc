@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
+#include <thread>
+
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/events/publisher.h"
@@ -82,16 +85,6 @@ TEST(GatewayStream, PublishedEventsReachAStreamEventsClientOfTheRealBinary) {
   }
 }
 
-std::string Health(const ServiceProcess& process) {
-  absl::StatusOr<std::string> health = CheckHealth(process.grpc_target());
-  return health.ok() ? *health : health.status().ToString();
-}
-
-int Readyz(const ServiceProcess& process) {
-  auto answer = HttpGet(process.admin_port(), "/readyz");
-  return answer.ok() ? answer->first : 0;
-}
-
 std::unique_ptr<ServiceProcess> StartStore(const std::string& database_url,
                                            const std::string& grpc_addr) {
   auto store =
@@ -104,6 +97,174 @@ std::unique_ptr<ServiceProcess> StartStore(const std::string& database_url,
   EXPECT_TRUE(serving.ok()) << serving << (*store)->Output();
   return *std::move(store);
 }
+
+std::unique_ptr<ServiceProcess> StartGateway(const std::string& store_target,
+                                             const TestRedis& redis) {
+  auto gateway = ServiceProcess::Start(
+      {.binary = BinaryPath("gateway/parley-gateway"),
+       .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
+                "--store_addr=" + store_target, "--redis_url=" + redis.url(),
+                "--redis_key_prefix=" + redis.keys().prefix(), "--bootstrap_tenant=tenant_a"},
+       .env = {{"PARLEY_BOOTSTRAP_API_KEY", "pk_e2e"}}});
+  EXPECT_TRUE(gateway.ok()) << gateway.status();
+  if (!gateway.ok()) return nullptr;
+  absl::Status serving = (*gateway)->WaitUntilServing(absl::Seconds(30));
+  EXPECT_TRUE(serving.ok()) << serving << (*gateway)->Output();
+  return *std::move(gateway);
+}
+
+// One client of the restart test: streams from the first gateway, and when that stream
+// breaks, resumes from its last seq on the second. Runs on a thread of its own.
+struct ResumingClient {
+  std::vector<uint64_t> received;
+  std::atomic<size_t> count{0};
+  grpc::Status first_end;
+  size_t held_at_first_end = 0;
+  int connections = 0;
+  std::string failure;
+
+  // Reads until it has `k` events, over at most 10 connections.
+  void Run(const std::vector<std::string>& targets, const std::string& session, uint64_t k) {
+    for (size_t target = 0; received.size() < k && connections < 10;) {
+      ++connections;
+      auto stub = v1::SessionService::NewStub(
+          grpc::CreateChannel(targets[target], grpc::InsecureChannelCredentials()));
+      grpc::ClientContext context;
+      context.AddMetadata("authorization", "Bearer pk_e2e");
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+      v1::StreamEventsRequest request;
+      request.set_session_id(session);
+      request.set_after_seq(received.empty() ? 0 : received.back());
+      auto reader = stub->StreamEvents(&context, request);
+      v1::StreamEventsResponse response;
+      while (received.size() < k && reader->Read(&response)) {
+        if (!response.has_event()) continue;
+        const uint64_t expected = received.empty() ? 1 : received.back() + 1;
+        if (response.event().seq() != expected && failure.empty()) {
+          failure = "expected " + std::to_string(expected) + ", got " +
+                    std::to_string(response.event().seq());
+        }
+        received.push_back(response.event().seq());
+        count = received.size();
+      }
+      if (received.size() >= k) {
+        context.TryCancel();
+        (void)reader->Finish();
+        return;
+      }
+      grpc::Status status = reader->Finish();
+      if (connections == 1) {
+        first_end = status;
+        held_at_first_end = received.size();
+      }
+      // The first gateway is gone: go on on the second.
+      if (target + 1 < targets.size()) ++target;
+    }
+  }
+};
+
+// Proves: a gateway process killed in the middle of its streams costs its clients
+// nothing: each resumes from its last seq on a second gateway that shares the same Redis
+// and store, and ends with exactly 1..K while publishing goes on.
+// Making sure the kill hit mid-stream: it lands once every client holds some events and
+// before the last one is published; every client's first stream then ended UNAVAILABLE
+// with fewer than K events, and the rest came from the second gateway.
+TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplicate) {
+  auto db = TestDatabase::Create();
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto redis = TestRedis::Create();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  auto migrate = RunCommand({.binary = BinaryPath("store-svc/parley-store"),
+                             .args = {"migrate", "--database_url=" + (*db)->url()}});
+  ASSERT_TRUE(migrate.ok() && migrate->exit_code == 0);
+  auto store = StartStore((*db)->url(), "127.0.0.1:0");
+  ASSERT_NE(store, nullptr);
+  auto first = StartGateway(store->grpc_target(), **redis);
+  auto second = StartGateway(store->grpc_target(), **redis);
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+
+  auto store_stub = store::v1::StoreService::NewStub(
+      grpc::CreateChannel(store->grpc_target(), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    store::v1::CreateTenantRequest request;
+    request.set_tenant_id("tenant_a");
+    store::v1::CreateTenantResponse response;
+    ASSERT_TRUE(store_stub->CreateTenant(&context, request, &response).ok());
+  }
+  grpc::ClientContext create_context;
+  store::v1::CreateSessionRequest create;
+  create.set_tenant_id("tenant_a");
+  store::v1::CreateSessionResponse created;
+  ASSERT_TRUE(store_stub->CreateSession(&create_context, create, &created).ok());
+  const std::string session = created.session().id();
+
+  constexpr uint64_t kEvents = 1000;
+  const std::vector<std::string> targets = {first->grpc_target(), second->grpc_target()};
+  std::vector<std::unique_ptr<ResumingClient>> clients;
+  std::vector<std::thread> readers;
+  for (int i = 0; i < 5; ++i) {
+    clients.push_back(std::make_unique<ResumingClient>());
+    readers.emplace_back([&, client = clients.back().get()] {
+      client->Run(targets, session, kEvents);
+    });
+  }
+  std::atomic<uint64_t> published{0};
+  std::thread publisher([&] {
+    auto connection = RedisConnection::Connect((*redis)->endpoint(), absl::Seconds(2));
+    ASSERT_TRUE(connection.ok()) << connection.status();
+    EventPublisher events(**connection, {.key_prefix = (*redis)->keys().prefix()},
+                          RealClock::Get());
+    ASSERT_TRUE(events.AcquireLease(session, "e2e", 1).ok());
+    for (uint64_t seq = 1; seq <= kEvents; ++seq) {
+      v1::Event event;
+      event.set_session_id(session);
+      event.set_seq(seq);
+      event.set_epoch(1);
+      event.mutable_text_delta()->set_text("token");
+      ASSERT_TRUE(events.Publish(event, 1).ok());
+      published = seq;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+  });
+  const bool streaming = WaitFor(absl::Seconds(30), [&] {
+    for (const auto& client : clients) {
+      if (client->count.load() < 20) return false;
+    }
+    return true;
+  });
+  const uint64_t published_at_kill = published.load();
+  first->Signal(SIGKILL);
+  ASSERT_TRUE(first->WaitForExit(absl::Seconds(10)).ok());
+  publisher.join();
+  for (auto& t : readers) t.join();
+
+  ASSERT_TRUE(streaming) << "the clients were not all streaming before the kill";
+  ASSERT_LT(published_at_kill, kEvents) << "the kill came after the last event";
+  std::vector<uint64_t> all(kEvents);
+  for (uint64_t i = 0; i < kEvents; ++i) all[i] = i + 1;
+  for (const auto& client : clients) {
+    EXPECT_EQ(client->first_end.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << client->first_end.error_message();
+    EXPECT_GT(client->held_at_first_end, 0u);
+    EXPECT_LT(client->held_at_first_end, kEvents);
+    EXPECT_EQ(client->connections, 2);
+    EXPECT_EQ(client->failure, "");
+    EXPECT_EQ(client->received, all);
+  }
+}
+
+std::string Health(const ServiceProcess& process) {
+  absl::StatusOr<std::string> health = CheckHealth(process.grpc_target());
+  return health.ok() ? *health : health.status().ToString();
+}
+
+int Readyz(const ServiceProcess& process) {
+  auto answer = HttpGet(process.admin_port(), "/readyz");
+  return answer.ok() ? answer->first : 0;
+}
+
 
 // Proves: the gateway's health and /readyz say NOT_SERVING / 503 while either hard
 // dependency (Redis, store-svc) is down, and SERVING / 200 again once it is back, with

@@ -44,7 +44,9 @@ class FanoutFixture : public ::testing::Test {
     pool_ = std::make_unique<store::PgPool>(store::PgPool::Options{.url = db_->url(), .size = 4},
                                             RealClock::Get());
     store_service_ = std::make_unique<store::StoreServiceImpl>(*pool_, store::StoreLimits{});
-    store_server_ = StartServer(store_service_.get(), &store_port_);
+    store_telemetry_ = std::make_unique<telemetry::GrpcTelemetry>(
+        store_registry_, telemetry_logger_, store_spans_);
+    store_server_ = StartServer(store_service_.get(), &store_port_, store_telemetry_.get());
     store_ = store::v1::StoreService::NewStub(grpc::CreateChannel(
         "127.0.0.1:" + std::to_string(store_port_), grpc::InsecureChannelCredentials()));
 
@@ -151,16 +153,28 @@ class FanoutFixture : public ::testing::Test {
     }
   };
 
+  // Calls of the in-process store answered with `code`, for `method` ("ReadEvents").
+  int64_t StoreCalls(const std::string& method, const std::string& code = "OK") {
+    const std::string prefix = "parley_grpc_server_handled_total{method=\"/parley.store.v1."
+                               "StoreService/" + method + "\",code=\"" + code + "\"} ";
+    const std::string text = store_registry_.RenderText();
+    const size_t at = text.find(prefix);
+    if (at == std::string::npos) return 0;
+    return std::stoll(text.substr(at + prefix.size(), text.find('\n', at) - at - prefix.size()));
+  }
+
+  // `options.key_prefix` is filled in with the test's.
   std::unique_ptr<Writer> NewWriter(const std::string& session_id, uint64_t lease_epoch,
-                                    const RedisEndpoint* endpoint = nullptr) {
+                                    const RedisEndpoint* endpoint = nullptr,
+                                    PublisherOptions options = {}) {
     auto writer = std::make_unique<Writer>();
     auto connection =
         RedisConnection::Connect(endpoint ? *endpoint : redis_->endpoint(), absl::Seconds(2));
     EXPECT_TRUE(connection.ok()) << connection.status();
     writer->connection = *std::move(connection);
-    writer->publisher = std::make_unique<EventPublisher>(
-        *writer->connection, PublisherOptions{.key_prefix = redis_->keys().prefix()},
-        RealClock::Get());
+    options.key_prefix = redis_->keys().prefix();
+    writer->publisher =
+        std::make_unique<EventPublisher>(*writer->connection, options, RealClock::Get());
     writer->session_id = session_id;
     writer->lease_epoch = lease_epoch;
     auto last = writer->publisher->AcquireLease(session_id, "writer", lease_epoch);
@@ -172,6 +186,9 @@ class FanoutFixture : public ::testing::Test {
   std::unique_ptr<parley::testing::TestDatabase> db_;
   std::unique_ptr<store::PgPool> pool_;
   std::unique_ptr<store::StoreServiceImpl> store_service_;
+  telemetry::Registry store_registry_;  // The store's calls, counted by its interceptors.
+  telemetry::RecordingSpanSink store_spans_;
+  std::unique_ptr<telemetry::GrpcTelemetry> store_telemetry_;
   std::unique_ptr<grpc::Server> store_server_;
   int store_port_ = 0;
   std::shared_ptr<store::v1::StoreService::Stub> store_;

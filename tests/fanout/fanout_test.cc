@@ -322,7 +322,8 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
   StreamReader fast(*client, After(session, 0));
   // Make sure both streams are live before the burst.
   ASSERT_TRUE(writer->PublishNext().ok());
-  ASSERT_EQ(slow.ReadEvents(1).size(), 1u);
+  std::vector<v1::Event> slow_got = slow.ReadEvents(1);
+  ASSERT_EQ(slow_got.size(), 1u);
   ASSERT_EQ(fast.ReadEvents(1).size(), 1u);
   // Far more than HTTP/2 flow control lets through to a client that does not read:
   // the slow stream's buffer overflows. The publisher waits for the reading client
@@ -335,6 +336,7 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
   }
 
   std::vector<v1::Event> got = slow.ReadEvents(1000);
+  slow_got.insert(slow_got.end(), got.begin(), got.end());
   grpc::Status cut = slow.reader->Finish();
   ASSERT_EQ(cut.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   auto info = GetErrorInfo(FromGrpcStatus(cut));
@@ -343,9 +345,14 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
   const uint64_t last_seq = std::stoull(info->metadata().at("last_seq"));
   EXPECT_GE(last_seq, 1u);
   EXPECT_LT(last_seq, 401u);
-  // It resumes from its cursor and gets exactly the rest.
+  // Before the cut it got exactly 1..last_seq: the cursor names the last event it holds,
+  // nothing past it arrived and nothing before it is missing.
+  EXPECT_THAT(Seqs(slow_got), ElementsAreArray(Range(1, last_seq)));
+  // It resumes from its cursor and gets exactly the rest, then live events.
   StreamReader resumed(*client, After(session, last_seq));
   EXPECT_THAT(Seqs(resumed.ReadEvents(401 - last_seq)), ElementsAreArray(Range(last_seq + 1, 401)));
+  ASSERT_TRUE(writer->PublishNext().ok());
+  EXPECT_THAT(Seqs(resumed.ReadEvents(1)), ElementsAre(402u));
 }
 
 class KeepaliveFanout : public FanoutFixture {

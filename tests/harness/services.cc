@@ -63,6 +63,10 @@ absl::StatusOr<pid_t> Spawn(const ProcessOptions& options, const std::string& ou
                                    O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  // Nothing else is inherited: scripts/test may run under flock, and a daemon a test
+  // starts (redis-server, postgres) would otherwise hold that lock for as long as it
+  // lives, past a crashed test.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   // The child must not inherit the test's blocked signals (gtest threads may block
   // some), or SIGTERM would never reach it.
   posix_spawnattr_t attr;
