@@ -162,7 +162,8 @@ void StreamCore::OnWriteDone(bool ok) {
   if (deferred_finish_ && writer_ != nullptr) {
     // A cut's cursor counts the write that was in flight when the cut was decided: that
     // event reaches the client before the status does.
-    grpc::Status status = cut_slow_ ? SlowConsumer(last_written_seq_) : *std::move(deferred_finish_);
+    grpc::Status status =
+        cut_slow_ ? SlowConsumer(last_written_seq_) : *std::move(deferred_finish_);
     deferred_finish_.reset();
     writer_->FinishStream(status);
     return;

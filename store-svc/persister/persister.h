@@ -52,8 +52,7 @@ struct PersisterOptions {
   // recorded in Redis. A non-OK answer ends the session's flush right there, exactly as
   // a crash or a lost Redis at that point would; tests inject that failure through it.
   // Empty in production.
-  std::function<absl::Status(const std::string& session_id, uint64_t committed_seq)>
-      after_commit;
+  std::function<absl::Status(const std::string& session_id, uint64_t committed_seq)> after_commit;
 };
 
 class EventPersister {

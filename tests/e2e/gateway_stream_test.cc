@@ -206,9 +206,8 @@ TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplic
   std::vector<std::thread> readers;
   for (int i = 0; i < 5; ++i) {
     clients.push_back(std::make_unique<ResumingClient>());
-    readers.emplace_back([&, client = clients.back().get()] {
-      client->Run(targets, session, kEvents);
-    });
+    readers.emplace_back(
+        [&, client = clients.back().get()] { client->Run(targets, session, kEvents); });
   }
   std::atomic<uint64_t> published{0};
   std::thread publisher([&] {
@@ -264,7 +263,6 @@ int Readyz(const ServiceProcess& process) {
   auto answer = HttpGet(process.admin_port(), "/readyz");
   return answer.ok() ? answer->first : 0;
 }
-
 
 // Proves: the gateway's health and /readyz say NOT_SERVING / 503 while either hard
 // dependency (Redis, store-svc) is down, and SERVING / 200 again once it is back, with

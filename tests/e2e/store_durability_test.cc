@@ -27,8 +27,7 @@ absl::Status Migrate(const std::string& url) {
   return absl::OkStatus();
 }
 
-std::unique_ptr<ServiceProcess> StartStore(const std::string& database_url,
-                                           const TestRedis* redis,
+std::unique_ptr<ServiceProcess> StartStore(const std::string& database_url, const TestRedis* redis,
                                            std::vector<std::string> extra_args = {}) {
   ProcessOptions options{.binary = BinaryPath("store-svc/parley-store"),
                          .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",

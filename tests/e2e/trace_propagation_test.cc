@@ -234,15 +234,17 @@ TEST_F(TracePropagationTest, MetricsCarryNoIdInAnyLabel) {
     auto page = HttpGet(gateway_->admin_port(), "/metrics");
     if (!page.ok() || page->first != 200) return false;
     metrics = page->second;
-    return metrics.find("parley_grpc_server_handled_total{method=\"/parley.v1.SessionService/"
-                        "SendMessage\",code=\"OK\"} 3") != std::string::npos;
+    return metrics.find(
+               "parley_grpc_server_handled_total{method=\"/parley.v1.SessionService/"
+               "SendMessage\",code=\"OK\"} 3") != std::string::npos;
   });
   ASSERT_TRUE(counted) << metrics;
 
   static const std::regex kIdShape("[a-z]+_[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{16,}");
   for (const std::string& value : LabelValues(metrics)) {
     for (const std::string& id : ids) {
-      EXPECT_EQ(value.find(id), std::string::npos) << "label value \"" << value << "\" holds " << id;
+      EXPECT_EQ(value.find(id), std::string::npos)
+          << "label value \"" << value << "\" holds " << id;
     }
     EXPECT_FALSE(std::regex_search(value, kIdShape)) << "label value looks like an id: " << value;
   }

@@ -44,8 +44,8 @@ class FanoutFixture : public ::testing::Test {
     pool_ = std::make_unique<store::PgPool>(store::PgPool::Options{.url = db_->url(), .size = 4},
                                             RealClock::Get());
     store_service_ = std::make_unique<store::StoreServiceImpl>(*pool_, store::StoreLimits{});
-    store_telemetry_ = std::make_unique<telemetry::GrpcTelemetry>(
-        store_registry_, telemetry_logger_, store_spans_);
+    store_telemetry_ = std::make_unique<telemetry::GrpcTelemetry>(store_registry_,
+                                                                  telemetry_logger_, store_spans_);
     store_server_ = StartServer(store_service_.get(), &store_port_, store_telemetry_.get());
     store_ = store::v1::StoreService::NewStub(grpc::CreateChannel(
         "127.0.0.1:" + std::to_string(store_port_), grpc::InsecureChannelCredentials()));
@@ -155,8 +155,10 @@ class FanoutFixture : public ::testing::Test {
 
   // Calls of the in-process store answered with `code`, for `method` ("ReadEvents").
   int64_t StoreCalls(const std::string& method, const std::string& code = "OK") {
-    const std::string prefix = "parley_grpc_server_handled_total{method=\"/parley.store.v1."
-                               "StoreService/" + method + "\",code=\"" + code + "\"} ";
+    const std::string prefix =
+        "parley_grpc_server_handled_total{method=\"/parley.store.v1."
+        "StoreService/" +
+        method + "\",code=\"" + code + "\"} ";
     const std::string text = store_registry_.RenderText();
     const size_t at = text.find(prefix);
     if (at == std::string::npos) return 0;

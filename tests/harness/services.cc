@@ -300,12 +300,9 @@ absl::StatusOr<std::unique_ptr<ServingHealthServer>> ServingHealthServer::Start(
       new ServingHealthServer(std::move(service), std::move(server), port));
 }
 
-ServingHealthServer::~ServingHealthServer() {
-  server_->Shutdown(std::chrono::system_clock::now());
-}
+ServingHealthServer::~ServingHealthServer() { server_->Shutdown(std::chrono::system_clock::now()); }
 
-bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition,
-             absl::Duration poll) {
+bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition, absl::Duration poll) {
   const absl::Time deadline = absl::Now() + timeout;
   for (;;) {
     if (condition()) return true;

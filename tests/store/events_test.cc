@@ -189,9 +189,10 @@ TEST_F(Events, AnEpochChangeWaitsForAnAppendInFlight) {
   for (int i = 0; i < 3000 && !waiting; ++i) {
     pqxx::nontransaction look(observer);
     // Only this test's database: tests running beside it take advisory locks too.
-    waiting = look.exec("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                        "AND database = (SELECT oid FROM pg_database WHERE datname = "
-                        "current_database())")
+    waiting = look.exec(
+                      "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                      "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                      "current_database())")
                   .size() > 0;
     if (!waiting) absl::SleepFor(absl::Milliseconds(10));
   }

@@ -142,9 +142,10 @@ TEST(GrpcTelemetry, TraceContinuesAcrossTwoHopsAndCallsAreCounted) {
   EXPECT_EQ(client_span->context.span_id(), received->span_id());
   EXPECT_EQ(client_span->status_code, "NOT_FOUND");
 
-  std::string metrics = WaitForMetric(
-      registry, "parley_grpc_server_handling_seconds_count{method=\"/parley.router.v1."
-                "SessionRouter/SubmitMessage\"} 2");
+  std::string metrics =
+      WaitForMetric(registry,
+                    "parley_grpc_server_handling_seconds_count{method=\"/parley.router.v1."
+                    "SessionRouter/SubmitMessage\"} 2");
   EXPECT_THAT(metrics, HasSubstr("parley_grpc_server_handled_total{method=\"/parley.router.v1."
                                  "SessionRouter/SubmitMessage\",code=\"NOT_FOUND\"} 2"));
   EXPECT_THAT(metrics, HasSubstr("parley_grpc_client_handled_total{method=\"/parley.router.v1."
