@@ -26,6 +26,8 @@ struct StoreLimits {
   int64_t max_event_batch = 10000;
   int64_t max_event_bytes = 4 << 20;
   int64_t max_lease_ttl_ms = 10 * 60 * 1000;
+  int64_t max_running_per_tenant = 100000;  // The largest cap a claim may ask for.
+  int64_t max_release_reason_bytes = 256;
 };
 
 // Checks for one field; `field` is the path reported to the caller.

@@ -212,4 +212,12 @@ absl::Status DecodePageToken(const std::string& token, uint64_t fingerprint, con
   return absl::OkStatus();
 }
 
+std::string QueuedCancelErrorJson(const std::string& reason) {
+  ::parley::v1::TurnError error;
+  error.set_kind(::parley::v1::TURN_ERROR_KIND_CANCELLED);
+  error.set_reason(reason);
+  error.set_message("the turn was cancelled before it started");
+  return ProtoToJson(error);
+}
+
 }  // namespace parley::store

@@ -25,8 +25,10 @@ extern const char kSessionColumns[];
 extern const char kMessageColumns[];
 extern const char kTurnColumns[];
 extern const char kApiKeyColumns[];
-// How many columns kTurnColumns selects, for queries that read more after a turn.
+// How many columns kTurnColumns and kSessionColumns select, for queries that read more
+// after a turn or a session.
 inline constexpr int kTurnColumnCount = 16;
+inline constexpr int kSessionColumnCount = 16;
 
 // Readers start at column `offset` of the row (for queries that select more first).
 ::parley::v1::Session SessionFromRow(const pqxx::row& row, int offset = 0);
@@ -37,6 +39,10 @@ inline constexpr int kTurnColumnCount = 16;
 // Proto <-> JSON text. ProtoFromJson throws StatusException(INTERNAL) on a row that
 // does not parse, which would be a bug or a corrupted table.
 std::string ProtoToJson(const google::protobuf::Message& message);
+
+// The error stored on a turn cancelled before it ran (kind CANCELLED, `reason` e.g.
+// "CANCELLED_BY_USER", "SESSION_CLOSED", "INTERRUPTED"), as JSON for turns.error.
+std::string QueuedCancelErrorJson(const std::string& reason);
 void ProtoFromJson(const std::string& json, google::protobuf::Message* message);
 
 std::string JsonArray(const google::protobuf::RepeatedPtrField<std::string>& values);

@@ -158,10 +158,30 @@ Status StoreServiceImpl::GetSession(ServerContext*, const pb::GetSessionRequest*
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::GetSessionResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::GetSessionResponse> {
+  // One statement: the session, its queue counter and fencing epoch, and the running
+  // turn's lease (the LATERAL exposes only its own aliases, so kSessionColumns stays
+  // unambiguous).
+  static const std::string* const sql = new std::string(absl::StrCat(
+      "SELECT ", kSessionColumns,
+      ", queued_turns, lease_epoch, coalesce(running.owner, ''), "
+      "(extract(epoch from running.expiry) * 1000000)::bigint "
+      "FROM sessions LEFT JOIN LATERAL (SELECT lease_owner AS owner, lease_expiry AS expiry "
+      "  FROM turns WHERE turns.id = sessions.running_turn_id AND turns.status = $3) running "
+      "ON true WHERE tenant_id = $1 AND id = $2"));
+  constexpr int kQueueColumn = kSessionColumnCount;
+  auto result = pool_.Autocommit<pb::GetSessionResponse>(
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<pb::GetSessionResponse> {
+        pqxx::result row = Exec(tx, *sql, request->tenant_id(), request->session_id(),
+                                static_cast<int>(::parley::v1::TURN_STATUS_RUNNING));
+        if (row.empty()) return absl::NotFoundError("session not found");
         pb::GetSessionResponse out;
-        *out.mutable_session() = SelectSession(tx, request->tenant_id(), request->session_id());
+        *out.mutable_session() = SessionFromRow(row[0]);
+        out.set_queued_turns(row[0][kQueueColumn].as<uint32_t>());
+        out.set_lease_epoch(row[0][kQueueColumn + 1].as<uint64_t>());
+        out.set_lease_owner(row[0][kQueueColumn + 2].as<std::string>());
+        if (!row[0][kQueueColumn + 3].is_null()) {
+          *out.mutable_lease_expiry() = TimestampFromMicros(row[0][kQueueColumn + 3].as<int64_t>());
+        }
         return out;
       });
   return Respond(result, response);
@@ -310,24 +330,32 @@ Status StoreServiceImpl::CloseSession(ServerContext*, const pb::CloseSessionRequ
           out.set_changed(true);
           pqxx::result cancelled =
               Exec(tx,
-                   "UPDATE turns SET status = $3, finish_reason = $4, end_time = now() "
+                   "UPDATE turns SET status = $3, finish_reason = $4, end_time = now(), "
+                   "error = $6::jsonb "
                    "WHERE tenant_id = $1 AND session_id = $2 AND status = $5 RETURNING id",
                    request->tenant_id(), request->session_id(),
                    static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
                    static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED),
-                   static_cast<int>(::parley::v1::TURN_STATUS_QUEUED));
+                   static_cast<int>(::parley::v1::TURN_STATUS_QUEUED),
+                   QueuedCancelErrorJson("SESSION_CLOSED"));
           for (const auto& row : cancelled) out.add_cancelled_turn_ids(row[0].as<std::string>());
           if (!session.running_turn_id.empty()) {
             Exec(tx, "UPDATE turns SET cancel_requested = true WHERE id = $1",
                  session.running_turn_id);
             out.set_running_turn_id(session.running_turn_id);
           }
-          Exec(tx,
-               "UPDATE sessions SET status = $3, close_time = now(), update_time = now(), "
-               "version = version + 1, queued_turns = 0, waiting_since = NULL "
-               "WHERE tenant_id = $1 AND id = $2",
-               request->tenant_id(), request->session_id(),
-               static_cast<int>(::parley::v1::SESSION_STATUS_CLOSED));
+          // With no turn running, the closer takes the next fencing epoch to publish
+          // SessionStatusChanged; otherwise the running turn's owner publishes it.
+          const bool idle = session.running_turn_id.empty();
+          pqxx::result closed =
+              Exec(tx,
+                   "UPDATE sessions SET status = $3, close_time = now(), update_time = now(), "
+                   "version = version + 1, queued_turns = 0, waiting_since = NULL, "
+                   "lease_epoch = lease_epoch + CASE WHEN $4 THEN 1 ELSE 0 END "
+                   "WHERE tenant_id = $1 AND id = $2 RETURNING lease_epoch",
+                   request->tenant_id(), request->session_id(),
+                   static_cast<int>(::parley::v1::SESSION_STATUS_CLOSED), idle);
+          if (idle) out.set_close_lease_epoch(closed[0][0].as<uint64_t>());
         }
         *out.mutable_session() = SelectSession(tx, request->tenant_id(), request->session_id());
         return out;

@@ -8,6 +8,7 @@
 //   tenants_and_keys.cc  tenants, API keys (SHA-256 of the secret, public prefix)
 //   sessions.cc          session CRUD and listing (stable cursors on ULID order)
 //   turns.cc             messages, the turn queue, leases and fencing
+//   claims.cc            ClaimNextTurn: fair order between tenants, the per-tenant cap
 //   events.cc            the durable event log (COPY), epochs
 //
 // Threading: gRPC's sync server runs each call on a pool thread; the handlers share
@@ -70,6 +71,8 @@ class StoreServiceImpl final : public pb::StoreService::Service {
   Status CompleteTurn(ServerContext*, const pb::CompleteTurnRequest*,
                       pb::CompleteTurnResponse*) override;
   Status CancelTurn(ServerContext*, const pb::CancelTurnRequest*, pb::CancelTurnResponse*) override;
+  Status ReleaseTurn(ServerContext*, const pb::ReleaseTurnRequest*,
+                     pb::ReleaseTurnResponse*) override;
   Status ReclaimExpiredLeases(ServerContext*, const pb::ReclaimExpiredLeasesRequest*,
                               pb::ReclaimExpiredLeasesResponse*) override;
   Status GetTurn(ServerContext*, const pb::GetTurnRequest*, pb::GetTurnResponse*) override;

@@ -6,8 +6,8 @@
 // check: the session row records `running_turn_id` and `queued_turns`. Lock order is
 // always session, then turn, so handlers cannot deadlock each other.
 //
-// Fencing: a claim gives the turn `lease_epoch = sessions.lease_epoch + 1`; heartbeat
-// and complete match on (owner, epoch) and report LEASE_LOST otherwise.
+// Fencing: a claim (claims.cc) gives the turn `lease_epoch = sessions.lease_epoch + 1`;
+// heartbeat, complete and release match on (owner, epoch) and report LEASE_LOST otherwise.
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/status.h"
@@ -81,46 +81,6 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
            message.session_id(), position, message.id(), tenant_id, message.turn_id(),
            static_cast<int>(message.role()), ProtoToJson(parts), message.idempotency_key());
   return MessageFromRow(row[0]);
-}
-
-// A claim in one statement: lock the oldest-waiting runnable session (skipping sessions
-// another claimer holds), promote its head turn, then record the running turn and the
-// new fencing epoch on the session. The turn's UPDATE re-checks status = QUEUED, and the
-// session is updated only through what that UPDATE returned, so a turn cancelled after
-// this statement's snapshot was taken is never claimed. Returns no row when nothing is
-// runnable, and a row whose claimed turn id is NULL when a session looked runnable but no
-// turn was promoted.
-//   $1 tenant ('' = any)  $2 session ('' = any)  $3 owner  $4 lease ttl ms
-//   $5 QUEUED  $6 RUNNING
-// Columns: the session locked, the claimed turn id, its session, was_recovery, epoch,
-// expiry micros, the turn (kTurnColumns), the session (kSessionColumns).
-const std::string& ClaimSql() {
-  static const std::string* const sql = new std::string(absl::StrCat(
-      "WITH s AS (SELECT id AS claim_session, lease_epoch + 1 AS claim_epoch FROM sessions "
-      "  WHERE queued_turns > 0 AND running_turn_id IS NULL "
-      "  AND ($1 = '' OR tenant_id = $1) AND ($2 = '' OR id = $2) "
-      "  ORDER BY waiting_since LIMIT 1 FOR UPDATE SKIP LOCKED), "
-      "head AS (SELECT turns.id AS head_id, turns.recovery AS was_recovery "
-      "  FROM turns JOIN s ON turns.session_id = s.claim_session "
-      "  WHERE turns.status = $5 ORDER BY turns.position LIMIT 1), "
-      "claimed AS (UPDATE turns SET status = $6, lease_owner = $3, lease_epoch = s.claim_epoch, "
-      "  lease_expiry = now() + $4 * interval '1 millisecond', "
-      "  start_time = coalesce(start_time, now()), attempt = attempt + 1, recovery = false "
-      "  FROM head, s WHERE turns.id = head.head_id AND turns.status = $5 "
-      "  RETURNING turns.id AS claimed_turn, turns.session_id AS claimed_session, "
-      "  head.was_recovery, s.claim_epoch, "
-      "  (extract(epoch from lease_expiry) * 1000000)::bigint AS expiry_micros, ",
-      kTurnColumns,
-      "), "
-      "bumped AS (UPDATE sessions SET running_turn_id = c.claimed_turn, "
-      "  lease_epoch = c.claim_epoch, queued_turns = queued_turns - 1, waiting_since = NULL "
-      "  FROM (SELECT claimed_turn, claimed_session, claim_epoch FROM claimed) c "
-      "  WHERE sessions.id = c.claimed_session RETURNING ",
-      kSessionColumns,
-      ") "
-      "SELECT s.claim_session, claimed.*, bumped.* FROM s LEFT JOIN claimed ON true "
-      "LEFT JOIN bumped ON true"));
-  return *sql;
 }
 
 }  // namespace
@@ -244,6 +204,9 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
   }
   if (valid.ok()) valid = CheckIdempotencyKey(r.idempotency_key(), "idempotency_key", limits_);
   if (valid.ok()) valid = CheckPrintableAscii(r.idempotency_key(), "idempotency_key");
+  if (valid.ok() && !::parley::v1::MultitaskPolicy_IsValid(r.multitask_policy())) {
+    valid = InvalidArgumentError("multitask_policy", "is not a known policy");
+  }
   if (!valid.ok()) return ToGrpcStatus(valid);
 
   ::parley::v1::Message message;
@@ -287,10 +250,11 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
           // the running one is asked to stop (its owner keeps its partial output).
           pqxx::result cancelled =
               Exec(tx,
-                   "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() "
-                   "WHERE session_id = $1 AND status = $4 RETURNING id, position",
+                   "UPDATE turns SET status = $2, finish_reason = $3, end_time = now(), "
+                   "error = $5::jsonb WHERE session_id = $1 AND status = $4 RETURNING id, position",
                    r.session_id(), static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
-                   static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED), kQueued);
+                   static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED), kQueued,
+                   QueuedCancelErrorJson("INTERRUPTED"));
           queued = 0;
           if (session.running_turn_id.empty() && !cancelled.empty()) {
             // No turn was running: name the oldest queued turn that was cancelled.
@@ -310,8 +274,11 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
             InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
         pqxx::result turn =
             Exec(tx,
+                 // The turn keeps the configuration it was enqueued with (read under the
+                 // session lock): an UpdateSession from now on changes only later turns.
                  absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
-                              "user_message_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+                              "user_message_id, agent_config) VALUES ($1, $2, $3, $4, $5, $6, "
+                              "(SELECT agent_config FROM sessions WHERE id = $3)) RETURNING ",
                               kTurnColumns),
                  turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
                  message.id());
@@ -323,52 +290,6 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
         return out;
       });
   return Respond(result, response);
-}
-
-Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRequest* request,
-                                       pb::ClaimNextTurnResponse* response) {
-  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_, false);
-  if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_, false);
-  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
-  if (valid.ok()) valid = CheckLeaseTtl(request->lease_ttl_ms(), limits_);
-  if (!valid.ok()) return ToGrpcStatus(valid);
-
-  // One statement per claim, without BEGIN/COMMIT. A session that looked runnable but
-  // had no turn to promote (its counters drifted, or a cancel took the turn just before
-  // the claim locked the session) gets its counters recounted, and the claim moves on;
-  // a few rounds bound the work per call.
-  for (int round = 0; round < 4; ++round) {
-    auto claim = pool_.Autocommit<pqxx::result>(
-        [&](pqxx::nontransaction& tx) -> absl::StatusOr<pqxx::result> {
-          return Exec(tx, ClaimSql(), request->tenant_id(), request->session_id(), request->owner(),
-                      static_cast<int64_t>(request->lease_ttl_ms()), kQueued, kRunning);
-        });
-    if (!claim.ok()) return ToGrpcStatus(claim.status());
-    if (claim->empty()) return Status::OK;  // Nothing runnable.
-    const pqxx::row row = (*claim)[0];
-    if (!row[1].is_null()) {
-      response->set_recovery(row[3].as<bool>());
-      response->set_lease_epoch(row[4].as<uint64_t>());
-      *response->mutable_lease_expiry() = TimestampFromMicros(row[5].as<int64_t>());
-      *response->mutable_turn() = TurnFromRow(row, 6);
-      *response->mutable_session() = SessionFromRow(row, 6 + kTurnColumnCount);
-      return Status::OK;
-    }
-    const std::string session_id = row[0].as<std::string>();
-    auto repaired = pool_.Transact<bool>([&](pqxx::work& tx) -> absl::StatusOr<bool> {
-      // Counted after the lock is held, so no enqueue or cancel can slip in between.
-      Exec(tx, "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session_id);
-      Exec(tx,
-           "UPDATE sessions SET queued_turns = q.queued, "
-           "waiting_since = CASE WHEN q.queued > 0 THEN coalesce(waiting_since, now()) END "
-           "FROM (SELECT count(*) AS queued FROM turns WHERE session_id = $1 AND status = $2) q "
-           "WHERE id = $1",
-           session_id, kQueued);
-      return true;
-    });
-    if (!repaired.ok()) return ToGrpcStatus(repaired.status());
-  }
-  return Status::OK;
 }
 
 Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRequest* request,
@@ -532,9 +453,11 @@ Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest*
         const int status = row[0][0].as<int>();
         if (status == kQueued) {
           Exec(tx,
-               "UPDATE turns SET status = $2, finish_reason = $3, end_time = now() WHERE id = $1",
+               "UPDATE turns SET status = $2, finish_reason = $3, end_time = now(), "
+               "error = $4::jsonb WHERE id = $1",
                turn_id, static_cast<int>(::parley::v1::TURN_STATUS_CANCELLED),
-               static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED));
+               static_cast<int>(::parley::v1::FINISH_REASON_CANCELLED),
+               QueuedCancelErrorJson("CANCELLED_BY_USER"));
           Exec(tx,
                "UPDATE sessions SET queued_turns = GREATEST(queued_turns - 1, 0), "
                "waiting_since = CASE WHEN queued_turns > 1 THEN waiting_since END WHERE id = $1",
@@ -544,6 +467,53 @@ Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest*
           out.set_was_running(true);
         }
         *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), turn_id);
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::ReleaseTurn(ServerContext*, const pb::ReleaseTurnRequest* request,
+                                     pb::ReleaseTurnResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
+  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
+  if (valid.ok() &&
+      static_cast<int64_t>(request->reason().size()) > limits_.max_release_reason_bytes) {
+    valid = InvalidArgumentError("reason", "is too long",
+                                 absl::StrCat(limits_.max_release_reason_bytes, " bytes"));
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  auto result = pool_.Transact<pb::ReleaseTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ReleaseTurnResponse> {
+        pqxx::result found =
+            Exec(tx, "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
+                 request->tenant_id(), request->turn_id());
+        if (found.empty()) return absl::NotFoundError("turn not found");
+        const std::string session_id = found[0][0].as<std::string>();
+        LockedSession session = LockSession(tx, request->tenant_id(), session_id);
+        pqxx::result turn =
+            Exec(tx, "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE",
+                 request->turn_id());
+        const bool same_lease =
+            turn[0][0].as<int>() == kRunning && !turn[0][1].is_null() &&
+            turn[0][1].as<std::string>() == request->owner() &&
+            turn[0][2].as<int64_t>() == static_cast<int64_t>(request->lease_epoch());
+        if (!same_lease) return LeaseLost(session.lease_epoch);
+        // Back to QUEUED at its own position, which is the session's lowest queued one: the
+        // FIFO claim hands it out first, with attempt + 1 and a new epoch (the session's
+        // lease_epoch stays, so the next claim's epoch is still greater than this one's).
+        pqxx::result released = Exec(
+            tx,
+            absl::StrCat("UPDATE turns SET status = $2, lease_owner = NULL, lease_expiry = NULL, "
+                         "recovery = false WHERE id = $1 RETURNING ",
+                         kTurnColumns),
+            request->turn_id(), kQueued);
+        Exec(tx,
+             "UPDATE sessions SET running_turn_id = NULL, queued_turns = queued_turns + 1, "
+             "waiting_since = now() WHERE id = $1",
+             session_id);
+        pb::ReleaseTurnResponse out;
+        *out.mutable_turn() = TurnFromRow(released[0]);
         return out;
       });
   return Respond(result, response);
