@@ -108,8 +108,8 @@ int main(int argc, char** argv) {
             executor_options, *store, runner, parley::RealClock::Get(), host.logger());
       },
       host.logger(), host.registry());
-  parley::session::RouterService router(*store, sandbox.get(), signals, scheduler,
-                                        config.redis_key_prefix, host.logger());
+  parley::session::RouterService router(*store, sandbox.get(), signals, scheduler, redis,
+                                        config.redis_key_prefix, config.worker_id, host.logger());
   host.AddService(&router);
 
   if (absl::Status started = host.Start(); !started.ok()) {
@@ -121,8 +121,8 @@ int main(int argc, char** argv) {
                   scheduler.Cancel(turn_id, reason);
                 });
   scheduler.Start();
-  host.logger().Info("scheduler started", {{"worker_id", config.worker_id},
-                                           {"turn_slots", config.turn_slots}});
+  host.logger().Info("scheduler started",
+                     {{"worker_id", config.worker_id}, {"turn_slots", config.turn_slots}});
   host.WaitForTerminationSignal();
   host.logger().Info("draining turns", {{"running", scheduler.running()}});
   scheduler.Drain(server.drain_timeout);

@@ -18,20 +18,51 @@ absl::Status CheckRequired(absl::string_view value, absl::string_view field) {
 }  // namespace
 
 RouterService::RouterService(StoreStub& store, sandbox::v1::SandboxManager::StubInterface* sandbox,
-                             Signals& signals, Scheduler& scheduler, std::string redis_key_prefix,
+                             Signals& signals, Scheduler& scheduler, RedisEndpoint redis,
+                             std::string redis_key_prefix, std::string owner,
                              const telemetry::Logger& logger)
     : store_(store),
       sandbox_(sandbox),
       signals_(signals),
       scheduler_(scheduler),
+      redis_(std::move(redis)),
+      key_prefix_(redis_key_prefix),
       keys_(std::move(redis_key_prefix)),
+      owner_(std::move(owner)),
       logger_(logger) {}
+
+absl::Status RouterService::PublishClosed(const v1::Session& session, uint64_t lease_epoch) {
+  absl::StatusOr<std::unique_ptr<RedisConnection>> redis =
+      RedisConnection::Connect(redis_, absl::Seconds(2));
+  if (!redis.ok()) return redis.status();
+  absl::StatusOr<RedisReply> exists =
+      (*redis)->Command({"HEXISTS", keys_.Lease(session.id()), "epoch"});
+  if (!exists.ok()) return exists.status();
+  if ((*exists)->integer == 0 && lease_epoch > 1) {
+    // Redis lost the session's stream; the seq after the durable one may already have
+    // been used. The next writer recovers the epoch; a closed session has none.
+    return absl::FailedPreconditionError("the session's stream state is gone from redis");
+  }
+  EventPublisher publisher(**redis, {.key_prefix = key_prefix_}, RealClock::Get());
+  absl::StatusOr<uint64_t> last =
+      publisher.AcquireLease(session.id(), owner_, lease_epoch, session.last_seq());
+  if (!last.ok()) return last.status();
+  v1::Event closed;
+  closed.set_session_id(session.id());
+  closed.set_seq(*last + 1);
+  closed.set_epoch(session.epoch());
+  closed.mutable_time()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+  closed.mutable_session_status_changed()->set_old_status(v1::SESSION_STATUS_ACTIVE);
+  closed.mutable_session_status_changed()->set_new_status(v1::SESSION_STATUS_CLOSED);
+  return publisher.Publish(closed, lease_epoch);
+}
 
 void RouterService::SignalCancel(const std::string& turn_id, const std::string& reason) {
   scheduler_.Cancel(turn_id, reason);  // It may run right here.
   if (absl::Status status = signals_.PublishCancel(turn_id, reason); !status.ok()) {
     // The owner still learns it from its next heartbeat.
-    logger_.Warn("cancel signal not published", {{"turn_id", turn_id}, {"error", status.ToString()}});
+    logger_.Warn("cancel signal not published",
+                 {{"turn_id", turn_id}, {"error", status.ToString()}});
   }
 }
 
@@ -126,9 +157,17 @@ grpc::Status RouterService::CloseSession(grpc::ServerContext*,
   close.set_tenant_id(request->tenant_id());
   close.set_session_id(request->request().session_id());
   pb::CloseSessionResponse closed;
-  absl::Status status = StoreCall(store_, &StoreStub::CloseSession, close, &closed, {.attempts = 3});
+  absl::Status status =
+      StoreCall(store_, &StoreStub::CloseSession, close, &closed, {.attempts = 3});
   if (!status.ok()) return ToGrpcStatus(status);
   if (!closed.running_turn_id().empty()) SignalCancel(closed.running_turn_id(), "SESSION_CLOSED");
+  if (closed.close_lease_epoch() > 0) {
+    if (absl::Status published = PublishClosed(closed.session(), closed.close_lease_epoch());
+        !published.ok()) {
+      logger_.Warn("SessionStatusChanged not published",
+                   {{"session_id", closed.session().id()}, {"error", published.ToString()}});
+    }
+  }
   if (closed.changed()) ReleaseSandboxes(request->tenant_id(), request->request().session_id());
   *response->mutable_session() = std::move(*closed.mutable_session());
   return grpc::Status::OK;
@@ -165,7 +204,8 @@ grpc::Status RouterService::GetSessionStatus(grpc::ServerContext*,
   response->set_queued_turns(session.queued_turns());
   response->set_durable_last_seq(s.last_seq());
   response->set_epoch(s.epoch());
-  const uint64_t published = lease_seq.ok() ? static_cast<uint64_t>(ReplyInt64(lease_seq->get())) : 0;
+  const uint64_t published =
+      lease_seq.ok() ? static_cast<uint64_t>(ReplyInt64(lease_seq->get())) : 0;
   response->set_last_seq(std::max<uint64_t>(published, s.last_seq()));
   // A retry still in effect is the newest entry of the stream: no event followed it.
   if (tail.ok() && (*tail)->elements == 1 && !s.current_turn_id().empty()) {

@@ -26,8 +26,8 @@ class RouterService final : public router::v1::SessionRouter::Service {
   // Everything passed in must outlive the service. `sandbox` may be null (no sandbox
   // service configured: nothing to release on close).
   RouterService(StoreStub& store, sandbox::v1::SandboxManager::StubInterface* sandbox,
-                Signals& signals, Scheduler& scheduler, std::string redis_key_prefix,
-                const telemetry::Logger& logger);
+                Signals& signals, Scheduler& scheduler, RedisEndpoint redis,
+                std::string redis_key_prefix, std::string owner, const telemetry::Logger& logger);
 
   grpc::Status SubmitMessage(grpc::ServerContext* context,
                              const router::v1::SubmitMessageRequest* request,
@@ -45,12 +45,18 @@ class RouterService final : public router::v1::SessionRouter::Service {
  private:
   void SignalCancel(const std::string& turn_id, const std::string& reason);
   void ReleaseSandboxes(const std::string& tenant_id, const std::string& session_id);
+  // Publishes SessionStatusChanged(ACTIVE → CLOSED) under the epoch CloseSession took
+  // for an idle session (a running turn's owner publishes it otherwise).
+  absl::Status PublishClosed(const v1::Session& session, uint64_t lease_epoch);
 
   StoreStub& store_;
   sandbox::v1::SandboxManager::StubInterface* sandbox_;
   Signals& signals_;
   Scheduler& scheduler_;
+  const RedisEndpoint redis_;
+  const std::string key_prefix_;
   const RedisKeys keys_;
+  const std::string owner_;
   const telemetry::Logger& logger_;
 };
 

@@ -35,10 +35,10 @@ Scheduler::Scheduler(SchedulerOptions options, StoreStub& store, Signals& signal
       running_gauge_(
           registry.AddGauge("parley_session_running_turns", "Turns running on this replica.")
               .WithLabels({})),
-      claim_latency_(registry
-                         .AddHistogram("parley_session_claim_seconds",
-                                       "Latency of ClaimNextTurn calls.", {})
-                         .WithLabels({})) {}
+      claim_latency_(
+          registry
+              .AddHistogram("parley_session_claim_seconds", "Latency of ClaimNextTurn calls.", {})
+              .WithLabels({})) {}
 
 Scheduler::~Scheduler() {
   if (started_ && !drained_) Drain(absl::ZeroDuration());
@@ -182,10 +182,13 @@ void Scheduler::Heartbeat(const std::string& turn_id, Running& running) {
     return;
   }
   if (ErrorReason(status) == "LEASE_LOST" || status.code() == absl::StatusCode::kNotFound) {
-    // A heartbeat blip is not a death, but a refused one is: another owner has the turn.
+    // A heartbeat blip is not a death, but a refused one is: another owner has the turn,
+    // or the turn just ended here (its seal is published regardless; see Publish).
     running.control.Stop(StopReason::kLeaseLost);
-    logger_.Warn("lease lost; stopping the turn",
-                 {{"session_id", claim.turn().session_id()}, {"turn_id", turn_id}});
+    if (!running.control.committed.load()) {
+      logger_.Warn("lease lost; stopping the turn",
+                   {{"session_id", claim.turn().session_id()}, {"turn_id", turn_id}});
+    }
   }
 }
 

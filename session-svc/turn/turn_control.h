@@ -55,7 +55,8 @@ class TurnControl {
   // stop, true when the whole duration passed.
   bool WaitFor(absl::Duration duration) {
     absl::MutexLock lock(&mu_);
-    auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return reason_ != StopReason::kNone; };
+    auto stopped = [this]()
+                       ABSL_SHARED_LOCKS_REQUIRED(mu_) { return reason_ != StopReason::kNone; };
     return !mu_.AwaitWithTimeout(absl::Condition(&stopped), duration);
   }
 
@@ -63,6 +64,8 @@ class TurnControl {
   std::atomic<uint64_t> first_seq{0};
   std::atomic<uint64_t> last_seq{0};
   std::atomic<uint32_t> steps{0};
+  // Set once CompleteTurn committed the turn: heartbeats refused after it are expected.
+  std::atomic<bool> committed{false};
 
  private:
   mutable absl::Mutex mu_;

@@ -86,7 +86,11 @@ class TurnExecutor::Run_ final : public TurnOutput {
  private:
   absl::Status TakeLease();
   absl::Status RecoverEpoch();
-  absl::Status Publish(v1::Event event);
+  // Publishes under the lease epoch. A lost lease seen locally (a refused heartbeat)
+  // stops it, except `after_commit`: once CompleteTurn committed, a heartbeat refused
+  // because the turn ended says nothing about the stream, and the Redis script is the
+  // fence that counts.
+  absl::Status Publish(v1::Event event, bool after_commit = false);
   void SealPredecessor();
   absl::StatusOr<std::vector<v1::Event>> ReadOwnEvents();
   absl::StatusOr<v1::Message> LoadUserMessage();
@@ -117,7 +121,11 @@ class TurnExecutor::Run_ final : public TurnOutput {
 
 TurnExecutor::TurnExecutor(ExecutorOptions options, StoreStub& store, TurnRunner& runner,
                            Clock& clock, const telemetry::Logger& logger)
-    : options_(std::move(options)), store_(store), runner_(runner), clock_(clock), logger_(logger) {}
+    : options_(std::move(options)),
+      store_(store),
+      runner_(runner),
+      clock_(clock),
+      logger_(logger) {}
 
 TurnExecutor::~TurnExecutor() = default;
 
@@ -181,8 +189,8 @@ absl::Status TurnExecutor::Run_::RecoverEpoch() {
   request.set_expected_epoch(epoch_);
   request.set_reason("redis lost events of the session before they were persisted");
   pb::AdvanceEpochResponse response;
-  absl::Status status = StoreCall(x_.store_, &StoreStub::AdvanceEpoch, request, &response,
-                                  {.attempts = 5});
+  absl::Status status =
+      StoreCall(x_.store_, &StoreStub::AdvanceEpoch, request, &response, {.attempts = 5});
   if (!status.ok()) return status;
   x_.logger_.Warn("redis lost the session's stream; new history epoch",
                   {{"session_id", session_id_},
@@ -198,8 +206,8 @@ absl::Status TurnExecutor::Run_::RecoverEpoch() {
   return absl::OkStatus();
 }
 
-absl::Status TurnExecutor::Run_::Publish(v1::Event event) {
-  if (lease_lost()) return absl::CancelledError("lease lost");
+absl::Status TurnExecutor::Run_::Publish(v1::Event event, bool after_commit) {
+  if (lease_lost() && !after_commit) return absl::CancelledError("lease lost");
   const absl::Time deadline = absl::Now() + retry_budget();
   absl::Status status;
   for (absl::Duration backoff = absl::Milliseconds(20); absl::Now() < deadline;
@@ -319,7 +327,8 @@ absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
   read.set_after_seq(turn_.first_seq() - 1);
   read.set_limit(10000);
   pb::ReadEventsResponse durable;
-  absl::Status status = StoreCall(x_.store_, &StoreStub::ReadEvents, read, &durable, {.attempts = 3});
+  absl::Status status =
+      StoreCall(x_.store_, &StoreStub::ReadEvents, read, &durable, {.attempts = 3});
   if (!status.ok()) return status;
   std::vector<v1::Event> merged;
   for (const v1::Event& event : durable.events()) {
@@ -330,6 +339,7 @@ absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
 }
 
 absl::StatusOr<v1::Message> TurnExecutor::Run_::LoadUserMessage() {
+  if (claim_.user_message().id() == turn_.user_message_id()) return claim_.user_message();
   pb::ListMessagesRequest list;
   list.set_tenant_id(tenant_id_);
   list.mutable_request()->set_session_id(session_id_);
@@ -352,6 +362,7 @@ absl::StatusOr<v1::Message> TurnExecutor::Run_::LoadUserMessage() {
 RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason reason,
                                      std::optional<v1::TurnError> error) {
   if (lease_lost()) return RunResult::kLeaseLost;
+  const std::string stop_detail = control_.detail();  // A later lost lease clears it.
   const std::string why = error ? absl::StrCat("interrupted: ", error->message())
                                 : "interrupted before the tool finished";
   for (v1::Event& result : transcript_.CloseDanglingToolCalls(why)) {
@@ -404,25 +415,24 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
       control_.Stop(StopReason::kLeaseLost);
       return RunResult::kLeaseLost;
     }
-    x_.logger_.Error("could not commit the turn; its lease will expire and it is recovered",
-                     {{"session_id", session_id_},
-                      {"turn_id", turn_.id()},
-                      {"error", committed.ToString()}});
+    x_.logger_.Error(
+        "could not commit the turn; its lease will expire and it is recovered",
+        {{"session_id", session_id_}, {"turn_id", turn_.id()}, {"error", committed.ToString()}});
     return RunResult::kAbandoned;
   }
+  control_.committed.store(true);
   v1::Event sealed;
   sealed.mutable_turn_sealed()->set_turn_id(turn_.id());
   if (response.messages_size() > 0) {
     sealed.mutable_turn_sealed()->set_last_message_id(response.messages().rbegin()->id());
   }
   // Refused only when the next turn's owner already took the lease; it seals for us.
-  (void)Publish(std::move(sealed));
-  if (control_.detail() == "SESSION_CLOSED") {
+  (void)Publish(std::move(sealed), /*after_commit=*/true);
+  if (stop_detail == "SESSION_CLOSED") {
     v1::Event closed;
     closed.mutable_session_status_changed()->set_old_status(v1::SESSION_STATUS_ACTIVE);
     closed.mutable_session_status_changed()->set_new_status(v1::SESSION_STATUS_CLOSED);
-    closed.set_turn_id(std::string());
-    (void)Publish(std::move(closed));
+    (void)Publish(std::move(closed), /*after_commit=*/true);
   }
   return RunResult::kCompleted;
 }
@@ -452,9 +462,9 @@ RunResult TurnExecutor::Run_::HandBack() {
 RunResult TurnExecutor::Run_::Go() {
   if (absl::Status status = TakeLease(); !status.ok()) {
     if (ErrorReason(status) == "LEASE_LOST") return RunResult::kLeaseLost;
-    x_.logger_.Error("could not take the session's stream lease",
-                     {{"session_id", session_id_}, {"turn_id", turn_.id()},
-                      {"error", status.ToString()}});
+    x_.logger_.Error(
+        "could not take the session's stream lease",
+        {{"session_id", session_id_}, {"turn_id", turn_.id()}, {"error", status.ToString()}});
     return RunResult::kAbandoned;
   }
   SealPredecessor();
@@ -473,7 +483,8 @@ RunResult TurnExecutor::Run_::Go() {
       return Finish(finished->status(), finished->finish_reason(),
                     finished->has_error() ? std::optional(finished->error()) : std::nullopt);
     }
-    if (transcript_.has_output() || turn_.attempt() > static_cast<uint32_t>(x_.options_.max_attempts)) {
+    if (transcript_.has_output() ||
+        turn_.attempt() > static_cast<uint32_t>(x_.options_.max_attempts)) {
       return Finish(v1::TURN_STATUS_FAILED, v1::FINISH_REASON_ERROR,
                     MakeError(v1::TURN_ERROR_KIND_INTERNAL, "WORKER_LOST",
                               transcript_.has_output()
@@ -521,9 +532,9 @@ RunResult TurnExecutor::Run_::Stopped(const absl::Status& status, const RunOutco
       return HandBack();
     case StopReason::kCancelled: {
       std::string detail = control_.detail().empty() ? "CANCELLED" : control_.detail();
-      return Finish(v1::TURN_STATUS_CANCELLED, v1::FINISH_REASON_CANCELLED,
-                    MakeError(v1::TURN_ERROR_KIND_CANCELLED, detail, "the turn was cancelled",
-                              false));
+      return Finish(
+          v1::TURN_STATUS_CANCELLED, v1::FINISH_REASON_CANCELLED,
+          MakeError(v1::TURN_ERROR_KIND_CANCELLED, detail, "the turn was cancelled", false));
     }
     case StopReason::kNone:
       break;
