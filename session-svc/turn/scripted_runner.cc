@@ -31,6 +31,10 @@ bool ApplyDirective(absl::string_view line, Script& script) {
     script.stall = absl::Milliseconds(value);
     return true;
   }
+  if (words[0] == "@tool_ms" && value <= kMaxWaitMs) {
+    script.tool = absl::Milliseconds(value);
+    return true;
+  }
   return false;
 }
 
@@ -72,12 +76,36 @@ absl::StatusOr<RunOutcome> ScriptedRunner::Run(const TurnInput& input, TurnOutpu
     }
     v1::Event event;
     event.mutable_text_delta()->set_step(0);
-    event.mutable_text_delta()->set_text(i == 0 ? script.words[i] : absl::StrCat(" ", script.words[i]));
+    event.mutable_text_delta()->set_text(i == 0 ? script.words[i]
+                                                : absl::StrCat(" ", script.words[i]));
     if (absl::Status status = output.Emit(std::move(event)); !status.ok()) return status;
+  }
+  uint64_t output_tokens = script.words.size();
+  if (script.tool) {
+    // One tool round trip: the call, the tool's run (interruptible), its result, and
+    // the model's second step. The call id is unique within the session.
+    const std::string call_id = absl::StrCat("call_", input.turn.id(), "_1");
+    const int64_t ms = absl::ToInt64Milliseconds(*script.tool);
+    v1::Event call;
+    call.mutable_tool_call()->set_call_id(call_id);
+    call.mutable_tool_call()->set_name("scripted_wait");
+    call.mutable_tool_call()->set_arguments_json(absl::StrCat("{\"ms\":", ms, "}"));
+    if (absl::Status status = output.Emit(std::move(call)); !status.ok()) return status;
+    if (!output.WaitFor(*script.tool)) return absl::CancelledError("stopped while the tool ran");
+    v1::Event result;
+    result.mutable_tool_result()->set_call_id(call_id);
+    result.mutable_tool_result()->set_output(absl::StrCat("waited ", ms, " ms"));
+    result.mutable_tool_result()->set_duration_ms(ms);
+    if (absl::Status status = output.Emit(std::move(result)); !status.ok()) return status;
+    v1::Event done;
+    done.mutable_text_delta()->set_step(1);
+    done.mutable_text_delta()->set_text("done.");
+    if (absl::Status status = output.Emit(std::move(done)); !status.ok()) return status;
+    ++output_tokens;
   }
   v1::Event usage;
   usage.mutable_usage()->set_input_tokens(script.input_tokens);
-  usage.mutable_usage()->set_output_tokens(script.words.size());
+  usage.mutable_usage()->set_output_tokens(output_tokens);
   if (absl::Status status = output.Emit(std::move(usage)); !status.ok()) return status;
   return RunOutcome{.finish_reason = v1::FINISH_REASON_STOP};
 }

@@ -7,12 +7,15 @@
 //   @words N       answer with N generated words ("w1 w2 ...") instead of the echo
 //   @delay_ms N    wait N ms before each word (default: ScriptedOptions.word_delay)
 //   @stall_ms N    wait N ms before the first word (a turn with no output yet)
+//   @tool_ms N     after the words, call the tool "scripted_wait", which takes N ms
+//                  and returns "waited N ms"; then say "done." in a second step
 //
 // Every wait ends at once when the turn is asked to stop. The real model providers
 // replace it behind TurnRunner; this one exists so that the demo and the tests need no
 // model at all, and it says so: TurnStarted names the model "scripted/echo".
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +33,7 @@ struct Script {
   std::vector<std::string> words;
   absl::Duration word_delay;
   absl::Duration stall = absl::ZeroDuration();
+  std::optional<absl::Duration> tool;  // Set by @tool_ms: one tool call after the words.
   uint64_t input_tokens = 0;
 };
 

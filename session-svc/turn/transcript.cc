@@ -67,14 +67,13 @@ void Transcript::Add(const v1::Event& event) {
   has_output_ = true;
 }
 
-std::vector<v1::Event> Transcript::CloseDanglingToolCalls(const std::string& why) {
+std::vector<v1::Event> Transcript::DanglingToolCallResults(const std::string& why) const {
   std::vector<v1::Event> results;
-  for (const std::string& call_id : std::vector<std::string>(open_calls_)) {
+  for (const std::string& call_id : open_calls_) {
     v1::Event& event = results.emplace_back();
     event.mutable_tool_result()->set_call_id(call_id);
     event.mutable_tool_result()->set_output(why);
     event.mutable_tool_result()->set_is_error(true);
-    Add(event);
   }
   return results;
 }

@@ -4,12 +4,14 @@
 // dead owner left in the stream. Either way the result is the same: assistant messages
 // (text, reasoning and tool-call parts, in order) and tool messages (results), ready
 // for CompleteTurn, plus the turn's usage and step count. A tool call still without a
-// result when the turn ends gets a synthetic error result (CloseDanglingToolCalls), so
+// result when the turn ends gets a synthetic error result (DanglingToolCallResults), so
 // the history stays valid for the next model request.
 //
 //   Transcript transcript;
 //   for (const v1::Event& e : events) transcript.Add(e);
-//   for (v1::Event& r : transcript.CloseDanglingToolCalls("worker lost")) Publish(r);
+//   for (v1::Event& r : transcript.DanglingToolCallResults("worker lost")) {
+//     transcript.Add(r);  // Or publish it through something that Adds what it sent.
+//   }
 //   request.mutable_messages()->Assign(transcript.messages().begin(), ...);
 //
 // Not thread-safe: one turn, one thread.
@@ -29,8 +31,9 @@ class Transcript {
   void Add(const v1::Event& event);
 
   // ToolResult events (is_error, duration 0) for every call that has no result yet, in
-  // call order; they are also folded in. `why` becomes the result's text.
-  std::vector<v1::Event> CloseDanglingToolCalls(const std::string& why);
+  // call order; `why` becomes the result's text. Not folded in: the caller publishes
+  // them (Publish folds what it published) or Adds them itself.
+  std::vector<v1::Event> DanglingToolCallResults(const std::string& why) const;
 
   // True once any content (text, reasoning, tool activity) was produced.
   bool has_output() const { return has_output_; }

@@ -365,9 +365,10 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   const std::string stop_detail = control_.detail();  // A later lost lease clears it.
   const std::string why = error ? absl::StrCat("interrupted: ", error->message())
                                 : "interrupted before the tool finished";
-  for (v1::Event& result : transcript_.CloseDanglingToolCalls(why)) {
-    // Already folded into the transcript; publish so viewers see the call closed.
-    (void)Publish(std::move(result));
+  for (v1::Event& result : transcript_.DanglingToolCallResults(why)) {
+    // Published so viewers see the call closed (Publish folds it into the transcript);
+    // committed even when the stream is unreachable, so the next model call is valid.
+    if (!Publish(result).ok()) transcript_.Add(result);
   }
   if (error && status == v1::TURN_STATUS_FAILED) {
     v1::Event failed;

@@ -167,6 +167,67 @@ TEST_F(SessionFailover, KilledOwnerAfterOutputEndsTheTurnWorkerLostAndKeepsItsOu
   ASSERT_NO_FATAL_FAILURE(ExpectUserMessagesStored(session, {*turn, *next}));
 }
 
+// The owner dies while a tool runs: the call has no result. The turn ends WORKER_LOST
+// and the replica that ends it closes the call with a synthetic error result (in the
+// stream and in the committed messages), so the next model call sees every call
+// answered.
+TEST_F(SessionFailover, KilledOwnerDuringAToolCallClosesItWithASyntheticErrorResult) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .lease_ttl = absl::Seconds(2)}));
+  const std::string session = CreateSession(kTenantA);
+  absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@words 2\n@tool_ms 600000");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  absl::StatusOr<std::vector<v1::Event>> called = WaitForEvents(
+      kTenantA, session,
+      [&](const std::vector<v1::Event>& events) {
+        for (const v1::Event& event : EventsOfTurn(events, *turn)) {
+          if (event.has_tool_call()) return true;
+        }
+        return false;
+      },
+      "the tool call");
+  ASSERT_TRUE(called.ok()) << called.status();
+  absl::StatusOr<int> owner = WaitForOwner(kTenantA, session, *turn);
+  ASSERT_TRUE(owner.ok()) << owner.status();
+
+  replica(*owner).Signal(SIGKILL);
+  ASSERT_TRUE(replica(*owner).WaitForExit(absl::Seconds(10)).ok());
+  absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->status(), v1::TURN_STATUS_FAILED);
+  EXPECT_EQ(ended->error().reason(), "WORKER_LOST");
+
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  std::string call_id;
+  std::vector<v1::ToolResult> results;
+  for (const v1::Event& event : EventsOfTurn(*events, *turn)) {
+    if (event.has_tool_call()) call_id = event.tool_call().call_id();
+    if (event.has_tool_result()) results.push_back(event.tool_result());
+  }
+  ASSERT_FALSE(call_id.empty());
+  ASSERT_EQ(results.size(), 1u) << "exactly one result closes the call";
+  EXPECT_EQ(results[0].call_id(), call_id);
+  EXPECT_TRUE(results[0].is_error());
+  EXPECT_EQ(results[0].duration_ms(), 0u) << "a synthetic result";
+  EXPECT_NE(results[0].output().find("interrupted"), std::string::npos) << results[0].output();
+
+  // Committed: the assistant message holds the call, a tool message its result.
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  std::vector<v1::Message> assistant = MessagesOf(*messages, *turn, v1::ROLE_ASSISTANT);
+  std::vector<v1::Message> tool = MessagesOf(*messages, *turn, v1::ROLE_TOOL);
+  ASSERT_EQ(assistant.size(), 1u);
+  ASSERT_EQ(tool.size(), 1u);
+  int calls = 0;
+  for (const v1::Part& part : assistant[0].parts()) {
+    calls += part.has_tool_call() && part.tool_call().call_id() == call_id;
+  }
+  EXPECT_EQ(calls, 1);
+  ASSERT_EQ(tool[0].parts_size(), 1);
+  EXPECT_EQ(tool[0].parts(0).tool_result().call_id(), call_id);
+  EXPECT_TRUE(tool[0].parts(0).tool_result().is_error());
+}
+
 // A zombie: the owner is frozen (SIGSTOP) mid-output past its lease, another replica
 // takes the turn over and ends it (WORKER_LOST), then the old owner resumes (SIGCONT)
 // and carries on where it stopped. None of its events or writes may get through: the

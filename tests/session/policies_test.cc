@@ -73,6 +73,40 @@ TEST_F(SessionPolicies, InterruptCancelsTheRunningTurnKeepsItsOutputAndRunsTheNe
             "Echo: new question");
 }
 
+// A turn with a tool round trip, run to the end: the stream and the committed messages
+// hold, in order, the first step's text and the call, the tool's result, then the
+// second step; the turn counts two steps.
+TEST_F(SessionPolicies, AToolRoundTripIsCommittedInOrder) {
+  const std::string session = CreateSession(kTenantA);
+  absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, "@words 2\n@tool_ms 10");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->status(), v1::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(ended->steps(), 2u);
+
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  std::vector<v1::Message> mine;
+  for (const v1::Message& message : *messages) {
+    if (message.turn_id() == *turn && message.role() != v1::ROLE_USER) mine.push_back(message);
+  }
+  ASSERT_EQ(mine.size(), 3u);
+  EXPECT_EQ(mine[0].role(), v1::ROLE_ASSISTANT);
+  ASSERT_EQ(mine[0].parts_size(), 2);
+  EXPECT_EQ(mine[0].parts(0).text(), "w1 w2");
+  const std::string call_id = mine[0].parts(1).tool_call().call_id();
+  EXPECT_FALSE(call_id.empty());
+  EXPECT_EQ(mine[0].parts(1).tool_call().name(), "scripted_wait");
+  EXPECT_EQ(mine[1].role(), v1::ROLE_TOOL);
+  ASSERT_EQ(mine[1].parts_size(), 1);
+  EXPECT_EQ(mine[1].parts(0).tool_result().call_id(), call_id);
+  EXPECT_FALSE(mine[1].parts(0).tool_result().is_error());
+  EXPECT_EQ(mine[1].parts(0).tool_result().output(), "waited 10 ms");
+  EXPECT_EQ(mine[2].role(), v1::ROLE_ASSISTANT);
+  EXPECT_EQ(MessageText(mine[2]), "done.");
+}
+
 // REJECT while a turn runs (as the request's policy, and as the session's own policy):
 // FAILED_PRECONDITION {SESSION_BUSY}, and no message, turn or event is stored. Once the
 // session is idle the same message is accepted.
