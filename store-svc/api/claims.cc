@@ -145,8 +145,12 @@ const std::string& ClaimSql(ClaimScope scope) {
         "  FROM turns JOIN s ON turns.session_id = s.claim_session "
         "  WHERE turns.status = $3 ORDER BY turns.position LIMIT 1), "
         "claimed AS (UPDATE turns SET status = $4, lease_owner = $1, lease_epoch = s.claim_epoch, "
-        "  lease_expiry = now() + $2 * interval '1 millisecond', "
-        "  start_time = coalesce(start_time, now()), attempt = attempt + 1, recovery = false "
+        // clock_timestamp(), not now(): a claim whose transaction waited on a lock
+        // while the session's previous turn completed must not start before that
+        // turn ended, and its lease counts from the claim itself.
+        "  lease_expiry = clock_timestamp() + $2 * interval '1 millisecond', "
+        "  start_time = coalesce(start_time, clock_timestamp()), attempt = attempt + 1, "
+        "  recovery = false "
         "  FROM head, s WHERE turns.id = head.head_id AND turns.status = $3 "
         "  RETURNING turns.id AS claimed_turn, turns.session_id AS claimed_session, "
         "  head.was_recovery, s.claim_epoch, "
