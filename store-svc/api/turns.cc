@@ -83,6 +83,32 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
   return MessageFromRow(row[0]);
 }
 
+// A turn locked the way every lease-holder's write takes it: its session first (the
+// lock order of every session write), then the turn row.
+struct LockedTurn {
+  std::string session_id;
+  LockedSession session;
+  int status = 0;
+  bool held_by_caller = false;  // Leased to the caller's owner at the caller's epoch.
+};
+
+absl::StatusOr<LockedTurn> LockTurn(pqxx::work& tx, const std::string& tenant_id,
+                                    const std::string& turn_id, const std::string& owner,
+                                    uint64_t lease_epoch) {
+  pqxx::result found =
+      Exec(tx, "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2", tenant_id, turn_id);
+  if (found.empty()) return absl::NotFoundError("turn not found");
+  LockedTurn locked;
+  locked.session_id = found[0][0].as<std::string>();
+  locked.session = LockSession(tx, tenant_id, locked.session_id);
+  pqxx::result turn = Exec(
+      tx, "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE", turn_id);
+  locked.status = turn[0][0].as<int>();
+  locked.held_by_caller = !turn[0][1].is_null() && turn[0][1].as<std::string>() == owner &&
+                          turn[0][2].as<int64_t>() == static_cast<int64_t>(lease_epoch);
+  return locked;
+}
+
 }  // namespace
 
 Status StoreServiceImpl::AppendMessage(ServerContext*, const pb::AppendMessageRequest* request,
@@ -358,19 +384,13 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
 
   auto result = pool_.Transact<pb::CompleteTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CompleteTurnResponse> {
-        pqxx::result found =
-            Exec(tx, "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
-                 request->tenant_id(), request->turn_id());
-        if (found.empty()) return absl::NotFoundError("turn not found");
-        const std::string session_id = found[0][0].as<std::string>();
-        LockedSession session = LockSession(tx, request->tenant_id(), session_id);
-        pqxx::result turn =
-            Exec(tx, "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE",
-                 request->turn_id());
-        const int status = turn[0][0].as<int>();
-        const bool same_lease =
-            !turn[0][1].is_null() && turn[0][1].as<std::string>() == request->owner() &&
-            turn[0][2].as<int64_t>() == static_cast<int64_t>(request->lease_epoch());
+        absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
+                                                     request->owner(), request->lease_epoch());
+        if (!locked.ok()) return locked.status();
+        const std::string& session_id = locked->session_id;
+        const LockedSession& session = locked->session;
+        const int status = locked->status;
+        const bool same_lease = locked->held_by_caller;
         pb::CompleteTurnResponse out;
         if (IsTerminal(status) && same_lease) {  // A retry of a completion that committed.
           *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
@@ -485,20 +505,13 @@ Status StoreServiceImpl::ReleaseTurn(ServerContext*, const pb::ReleaseTurnReques
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::ReleaseTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::ReleaseTurnResponse> {
-        pqxx::result found =
-            Exec(tx, "SELECT session_id FROM turns WHERE tenant_id = $1 AND id = $2",
-                 request->tenant_id(), request->turn_id());
-        if (found.empty()) return absl::NotFoundError("turn not found");
-        const std::string session_id = found[0][0].as<std::string>();
-        LockedSession session = LockSession(tx, request->tenant_id(), session_id);
-        pqxx::result turn =
-            Exec(tx, "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE",
-                 request->turn_id());
-        const bool same_lease =
-            turn[0][0].as<int>() == kRunning && !turn[0][1].is_null() &&
-            turn[0][1].as<std::string>() == request->owner() &&
-            turn[0][2].as<int64_t>() == static_cast<int64_t>(request->lease_epoch());
-        if (!same_lease) return LeaseLost(session.lease_epoch);
+        absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
+                                                     request->owner(), request->lease_epoch());
+        if (!locked.ok()) return locked.status();
+        if (locked->status != kRunning || !locked->held_by_caller) {
+          return LeaseLost(locked->session.lease_epoch);
+        }
+        const std::string& session_id = locked->session_id;
         // Back to QUEUED at its own position, which is the session's lowest queued one: the
         // FIFO claim hands it out first, with attempt + 1 and a new epoch (the session's
         // lease_epoch stays, so the next claim's epoch is still greater than this one's).

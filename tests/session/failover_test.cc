@@ -25,6 +25,16 @@ class SessionFailover : public SessionFixture {
     ASSERT_TRUE(events.ok()) << events.status();
   }
 
+  // Kills (-9) the replica whose lease holds `turn_id` and waits for it to exit; sets
+  // `*killed` to its index.
+  void KillOwnerOf(const std::string& session, const std::string& turn_id, int* killed) {
+    absl::StatusOr<int> owner = WaitForOwner(kTenantA, session, turn_id);
+    ASSERT_TRUE(owner.ok()) << owner.status();
+    replica(*owner).Signal(SIGKILL);
+    ASSERT_TRUE(replica(*owner).WaitForExit(absl::Seconds(10)).ok());
+    *killed = *owner;
+  }
+
   void WaitForStartedAttempts(const std::string& session, const std::string& turn_id,
                               std::vector<uint32_t> attempts, absl::Duration timeout) {
     auto events = WaitForEvents(
@@ -81,15 +91,12 @@ TEST_F(SessionFailover, KilledOwnerOfATurnWithoutOutputIsRetriedOnAnotherReplica
   absl::StatusOr<std::string> next = SubmitTurn(kTenantA, session, "@delay_ms 0\nafter failover");
   ASSERT_TRUE(next.ok()) << next.status();
   ASSERT_NO_FATAL_FAILURE(WaitForStartedAttempts(session, *turn, {1}, absl::Seconds(30)));
-  absl::StatusOr<int> owner = WaitForOwner(kTenantA, session, *turn);
-  ASSERT_TRUE(owner.ok()) << owner.status();
-
-  replica(*owner).Signal(SIGKILL);
-  ASSERT_TRUE(replica(*owner).WaitForExit(absl::Seconds(10)).ok());
+  int owner = -1;
+  ASSERT_NO_FATAL_FAILURE(KillOwnerOf(session, *turn, &owner));
   ASSERT_NO_FATAL_FAILURE(WaitForStartedAttempts(session, *turn, {1, 2}, absl::Seconds(30)));
   absl::StatusOr<int> new_owner = WaitForOwner(kTenantA, session, *turn);
   ASSERT_TRUE(new_owner.ok()) << new_owner.status();
-  EXPECT_NE(*new_owner, *owner);
+  EXPECT_NE(*new_owner, owner);
   absl::StatusOr<std::vector<v1::Event>> before_cancel = ReadSessionEvents(kTenantA, session);
   ASSERT_TRUE(before_cancel.ok()) << before_cancel.status();
   EXPECT_EQ(CountTextDeltas(*before_cancel, *turn), 0);
@@ -129,11 +136,8 @@ TEST_F(SessionFailover, KilledOwnerAfterOutputEndsTheTurnWorkerLostAndKeepsItsOu
   absl::StatusOr<std::string> next = SubmitTurn(kTenantA, session, "@delay_ms 0\nstill here");
   ASSERT_TRUE(next.ok()) << next.status();
   ASSERT_NO_FATAL_FAILURE(WaitForOutput(session, *turn, 3));
-  absl::StatusOr<int> owner = WaitForOwner(kTenantA, session, *turn);
-  ASSERT_TRUE(owner.ok()) << owner.status();
-
-  replica(*owner).Signal(SIGKILL);
-  ASSERT_TRUE(replica(*owner).WaitForExit(absl::Seconds(10)).ok());
+  int owner = -1;
+  ASSERT_NO_FATAL_FAILURE(KillOwnerOf(session, *turn, &owner));
   absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn);
   ASSERT_TRUE(ended.ok()) << ended.status();
   EXPECT_EQ(ended->status(), v1::TURN_STATUS_FAILED);
@@ -186,11 +190,8 @@ TEST_F(SessionFailover, KilledOwnerDuringAToolCallClosesItWithASyntheticErrorRes
       },
       "the tool call");
   ASSERT_TRUE(called.ok()) << called.status();
-  absl::StatusOr<int> owner = WaitForOwner(kTenantA, session, *turn);
-  ASSERT_TRUE(owner.ok()) << owner.status();
-
-  replica(*owner).Signal(SIGKILL);
-  ASSERT_TRUE(replica(*owner).WaitForExit(absl::Seconds(10)).ok());
+  int owner = -1;
+  ASSERT_NO_FATAL_FAILURE(KillOwnerOf(session, *turn, &owner));
   absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn);
   ASSERT_TRUE(ended.ok()) << ended.status();
   EXPECT_EQ(ended->status(), v1::TURN_STATUS_FAILED);
