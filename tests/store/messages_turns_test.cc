@@ -506,12 +506,16 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   // Proves: while workers claim, a CloseSession never lets a turn of the closed session
   // start: no claim answers with a CLOSED session, no turn the close cancelled is ever
   // claimed, and whatever was running when it closed is flagged for cancellation.
-  // Making sure the race hit: closing starts once claims are under way, and the test
-  // requires a session that had a turn claimed and then another cancelled by its close.
+  // Making sure the race hit: closing starts once claims are under way, and every third
+  // session is pinned mid-queue — its closer waits for one of its turns to be claimed and
+  // the claimer holds that turn until the close has answered — so at least those sessions
+  // are closed between two of their turns, whatever the scheduling. The rest race freely.
   constexpr int kSessions = 30;
   std::vector<std::string> sessions;
+  std::set<std::string> pinned;
   for (int s = 0; s < kSessions; ++s) {
     sessions.push_back(CreateSession(kTenant).id());
+    if (s % 3 == 0) pinned.insert(sessions.back());
     // Enough queued work that closes land while sessions still have turns waiting.
     for (int t = 0; t < 4; ++t) ASSERT_TRUE(Enqueue(sessions.back(), "turn").ok());
   }
@@ -519,8 +523,15 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   std::map<std::string, std::string> claimed;  // turn -> session
   std::vector<std::string> claims_of_closed_sessions;
   std::map<std::string, pb::CloseSessionResponse> closes;  // session -> its close
+  std::set<std::string> close_answered;                     // sessions, failed closes too
   std::vector<absl::Status> failures;
   std::atomic<bool> closes_done = false;
+  auto claimed_from = [&](const std::string& session_id) {  // under mu while claimers run
+    for (const auto& [turn_id, owner_session] : claimed) {
+      if (owner_session == session_id) return true;
+    }
+    return false;
+  };
   auto work = [&](const std::string& owner) {
     for (int i = 0; i < 2000; ++i) {
       auto claim = Claim(owner);
@@ -550,9 +561,17 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
     absl::MutexLock lock(&mu);
     return claimed.size() >= 5u;
   });
+  bool pinned_sessions_claimed = true;
   for (const std::string& session_id : sessions) {
+    if (pinned.contains(session_id)) {
+      pinned_sessions_claimed &= parley::testing::WaitFor(absl::Seconds(60), [&] {
+        absl::MutexLock lock(&mu);
+        return claimed_from(session_id);
+      });
+    }
     auto closed = CloseSession(session_id);
     absl::MutexLock lock(&mu);
+    close_answered.insert(session_id);
     if (closed.ok()) {
       closes[session_id] = *closed;
     } else {
@@ -563,14 +582,12 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   for (std::thread& t : claimers) t.join();
 
   ASSERT_TRUE(under_way) << "no claims before the closes began";
+  EXPECT_TRUE(pinned_sessions_claimed) << "a pinned session was never claimed";
   EXPECT_THAT(failures, IsEmpty());
   EXPECT_THAT(claims_of_closed_sessions, IsEmpty());
   bool claimed_then_cancelled = false;
   for (const auto& [session_id, close] : closes) {
-    bool session_had_a_claim = false;
-    for (const auto& [turn_id, owner_session] : claimed) {
-      session_had_a_claim = session_had_a_claim || owner_session == session_id;
-    }
+    const bool session_had_a_claim = claimed_from(session_id);
     for (const std::string& turn_id : close.cancelled_turn_ids()) {
       EXPECT_FALSE(claimed.contains(turn_id)) << turn_id << " was cancelled by the close, then run";
       EXPECT_EQ(GetTurn(turn_id)->status(), api::TURN_STATUS_CANCELLED) << turn_id;
@@ -585,7 +602,9 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   for (const std::string& session_id : sessions) {
     for (const api::Turn& turn : AllTurns(session_id)) {
       EXPECT_NE(turn.status(), api::TURN_STATUS_QUEUED) << turn.id();
-      if (turn.status() == api::TURN_STATUS_RUNNING) EXPECT_TRUE(turn.cancel_requested());
+      if (turn.status() == api::TURN_STATUS_RUNNING) {
+        EXPECT_TRUE(turn.cancel_requested()) << turn.id();
+      }
     }
   }
   EXPECT_FALSE(Claim()->has_turn());
