@@ -277,7 +277,12 @@ std::vector<pid_t> ProcessesInPidNamespace(pid_t init_pid) {
 }
 
 absl::Status StopPidNamespace(pid_t init_pid) {
-  for (int pass = 0; pass < 100; ++pass) {
+  // A process stops only when it next runs, which on a loaded host can take a while, and
+  // one may fork between two scans: scan until all are stopped, bounded by time (not by
+  // a number of passes, which a busy scheduler outlasts).
+  constexpr absl::Duration kStopTimeout = absl::Seconds(10);
+  const absl::Time give_up = absl::Now() + kStopTimeout;
+  for (int pass = 0; pass == 0 || absl::Now() < give_up; ++pass) {
     std::vector<pid_t> pids = ProcessesInPidNamespace(init_pid);
     if (pids.empty()) return absl::NotFoundError("the sandbox's processes are gone");
     bool all_stopped = true;
@@ -290,7 +295,8 @@ absl::Status StopPidNamespace(pid_t init_pid) {
     if (all_stopped) return absl::OkStatus();
     absl::SleepFor(absl::Microseconds(pass < 10 ? 200 : 2000));
   }
-  return absl::FailedPreconditionError("the sandbox's processes did not all stop");
+  return absl::FailedPreconditionError(
+      absl::StrCat("the sandbox's processes did not all stop within ", absl::FormatDuration(kStopTimeout)));
 }
 
 absl::Status ContinuePidNamespace(pid_t init_pid) {

@@ -75,8 +75,8 @@ std::map<std::string, std::vector<pid_t>> ProcessesByPidNamespace();
 char ProcessState(pid_t pid);
 
 // Sends SIGSTOP to every process of the namespace until one pass finds all of them
-// stopped (a process may fork between a scan and the signal). Bounded; FAILED when
-// the tree did not settle.
+// stopped (a process may fork between a scan and the signal, and stops only when it
+// next runs). Bounded by 10 s; FAILED_PRECONDITION when the tree did not settle.
 absl::Status StopPidNamespace(pid_t init_pid);
 // SIGCONT to every process of the namespace.
 absl::Status ContinuePidNamespace(pid_t init_pid);
