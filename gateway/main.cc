@@ -4,6 +4,7 @@
 #include "common/config.h"
 #include "common/redis.h"
 #include "common/server/service_host.h"
+#include "gateway/api/api_key_api.h"
 #include "gateway/api/session_api.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/history.h"
@@ -23,6 +24,7 @@ struct GatewayConfig {
   std::string redis_key_prefix;
   int64_t stream_buffer = 1024;
   absl::Duration keepalive = absl::Seconds(15);
+  absl::Duration key_cache_ttl = absl::Seconds(2);
 };
 
 // Health probe of Redis: PING on a connection of its own, reopened when it broke.
@@ -93,14 +95,20 @@ int main(int argc, char** argv) {
             "events buffered per StreamEvents call before a slow client is cut", 16, 1 << 20);
   flags.Duration("keepalive", &config.keepalive,
                  "StreamEvents sends a Keepalive after this long without events");
+  flags.Duration("key_cache_ttl", &config.key_cache_ttl,
+                 "how long a looked-up API key (or its refusal) is reused: the longest a "
+                 "revoked key keeps working on this gateway");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
 
   parley::ServiceHost host("parley-gateway", server);
-  parley::gateway::BootstrapKeyAuthenticator authenticator(config.bootstrap_api_key,
-                                                           config.bootstrap_tenant);
   auto store = std::shared_ptr<parley::store::v1::StoreService::StubInterface>(
       parley::store::v1::StoreService::NewStub(
           host.grpc_telemetry().CreateChannel(config.store_addr)));
+  parley::gateway::KeyAuthenticator authenticator(
+      {.bootstrap_secret = config.bootstrap_api_key,
+       .bootstrap_tenant = config.bootstrap_tenant,
+       .cache_ttl = config.key_cache_ttl},
+      store);
   const parley::RedisEndpoint redis = *parley::ParseRedisUrl(config.redis_url);
   parley::gateway::RedisStoreHistory history(redis, parley::RedisKeys(config.redis_key_prefix),
                                              store);
@@ -113,9 +121,9 @@ int main(int argc, char** argv) {
   hub.Start();
   parley::gateway::SessionApi sessions(authenticator, host.grpc_telemetry(),
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
-                                       config.downstream_timeout, hub);
+                                       store, config.downstream_timeout, hub);
+  parley::gateway::ApiKeyApi api_keys(authenticator, store, config.downstream_timeout);
   parley::v1::SandboxService::CallbackService sandboxes;
-  parley::v1::ApiKeyService::CallbackService api_keys;
   host.AddService(&sessions);
   host.AddService(&sandboxes);
   host.AddService(&api_keys);

@@ -1,52 +1,218 @@
 #include "gateway/api/session_api.h"
 
+#include <utility>
+
+#include "common/status.h"
+#include "gateway/api/authorized_call.h"
 #include "gateway/api/stream_events.h"
 
 namespace parley::gateway {
+namespace {
+
+namespace store_pb = store::v1;
+namespace router_pb = router::v1;
+
+// Builds an internal request that carries the caller's tenant and the public request
+// whole (the shape of most internal requests).
+template <typename Internal, typename Public>
+auto WithTenant(const Public* request) {
+  return [request](const Principal& who, Internal* out) {
+    out->set_tenant_id(who.tenant_id);
+    *out->mutable_request() = *request;
+    return absl::OkStatus();
+  };
+}
+
+// A reply for downstream calls that answer with the public response itself.
+template <typename Response>
+auto AsIs(Response* response) {
+  return [response](Response& out) {
+    response->Swap(&out);
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace
 
 SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
                        std::shared_ptr<grpc::Channel> session_channel,
+                       std::shared_ptr<store::v1::StoreService::StubInterface> store,
                        absl::Duration downstream_timeout, Hub& hub)
     : authenticator_(authenticator),
       telemetry_(telemetry),
       router_(router::v1::SessionRouter::NewStub(std::move(session_channel))),
+      store_(std::move(store)),
       downstream_timeout_(downstream_timeout),
       hub_(hub) {
   telemetry_.InstrumentInHandler(kStreamEventsMethod);
 }
 
-grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
-    grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
-  telemetry::ServerCallTelemetry call(telemetry_, *context, kStreamEventsMethod);
-  absl::StatusOr<Principal> principal = authenticator_.Authenticate(*context);
-  if (!principal.ok()) {
-    return new RejectedStream(ToGrpcStatus(principal.status()), std::move(call));
-  }
-  absl::StatusOr<StreamParams> params = StreamParamsFromRequest(principal->tenant_id, *request);
-  if (!params.ok()) return new RejectedStream(ToGrpcStatus(params.status()), std::move(call));
-  return new StreamEventsReactor(hub_, *std::move(params), std::move(call));
+grpc::ServerUnaryReactor* SessionApi::CreateSession(grpc::CallbackServerContext* context,
+                                                    const v1::CreateSessionRequest* request,
+                                                    v1::CreateSessionResponse* response) {
+  using Call = AuthorizedCall<store_pb::CreateSessionRequest, store_pb::CreateSessionResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsWrite,
+       .build = WithTenant<store_pb::CreateSessionRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->CreateSession(c, req, resp, std::move(done)); },
+       .reply = [response](store_pb::CreateSessionResponse& out) {
+         response->mutable_session()->Swap(out.mutable_session());
+         response->set_created(out.created());
+         return absl::OkStatus();
+       }});
+}
+
+grpc::ServerUnaryReactor* SessionApi::GetSession(grpc::CallbackServerContext* context,
+                                                 const v1::GetSessionRequest* request,
+                                                 v1::GetSessionResponse* response) {
+  using Call = AuthorizedCall<store_pb::GetSessionRequest, store_pb::GetSessionResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsRead,
+       .build = [request](const Principal& who, store_pb::GetSessionRequest* out) {
+         out->set_tenant_id(who.tenant_id);
+         out->set_session_id(request->session_id());
+         return absl::OkStatus();
+       },
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->GetSession(c, req, resp, std::move(done)); },
+       // Lease details are internal: only the session goes out.
+       .reply = [response](store_pb::GetSessionResponse& out) {
+         response->mutable_session()->Swap(out.mutable_session());
+         return absl::OkStatus();
+       }});
+}
+
+grpc::ServerUnaryReactor* SessionApi::ListSessions(grpc::CallbackServerContext* context,
+                                                   const v1::ListSessionsRequest* request,
+                                                   v1::ListSessionsResponse* response) {
+  using Call = AuthorizedCall<store_pb::ListSessionsRequest, store_pb::ListSessionsResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsRead,
+       .build = WithTenant<store_pb::ListSessionsRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->ListSessions(c, req, resp, std::move(done)); },
+       .reply = [response](store_pb::ListSessionsResponse& out) {
+         response->mutable_sessions()->Swap(out.mutable_sessions());
+         response->set_next_page_token(std::move(*out.mutable_next_page_token()));
+         return absl::OkStatus();
+       }});
+}
+
+grpc::ServerUnaryReactor* SessionApi::UpdateSession(grpc::CallbackServerContext* context,
+                                                    const v1::UpdateSessionRequest* request,
+                                                    v1::UpdateSessionResponse* response) {
+  using Call = AuthorizedCall<store_pb::UpdateSessionRequest, store_pb::UpdateSessionResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsWrite,
+       .build = WithTenant<store_pb::UpdateSessionRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->UpdateSession(c, req, resp, std::move(done)); },
+       .reply = [response](store_pb::UpdateSessionResponse& out) {
+         response->mutable_session()->Swap(out.mutable_session());
+         return absl::OkStatus();
+       }});
+}
+
+grpc::ServerUnaryReactor* SessionApi::CloseSession(grpc::CallbackServerContext* context,
+                                                   const v1::CloseSessionRequest* request,
+                                                   v1::CloseSessionResponse* response) {
+  // session-svc closes it: it cancels the running turn and publishes the status change.
+  using Call = AuthorizedCall<router_pb::CloseSessionRequest, v1::CloseSessionResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsWrite,
+       .build = WithTenant<router_pb::CloseSessionRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { router_->async()->CloseSession(c, req, resp, std::move(done)); },
+       .reply = AsIs(response)});
 }
 
 grpc::ServerUnaryReactor* SessionApi::SendMessage(grpc::CallbackServerContext* context,
                                                   const v1::SendMessageRequest* request,
                                                   v1::SendMessageResponse* response) {
-  return Forward<router::v1::SubmitMessageRequest>(
-      context, *request,
-      [this, response](grpc::ClientContext* client, const router::v1::SubmitMessageRequest* req,
-                       ForwardingReactor<router::v1::SubmitMessageRequest>::Done done) {
-        router_->async()->SubmitMessage(client, req, response, std::move(done));
-      });
+  using Call = AuthorizedCall<router_pb::SubmitMessageRequest, v1::SendMessageResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsWrite,
+       .build = WithTenant<router_pb::SubmitMessageRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { router_->async()->SubmitMessage(c, req, resp, std::move(done)); },
+       .reply = AsIs(response)});
+}
+
+grpc::ServerUnaryReactor* SessionApi::ListMessages(grpc::CallbackServerContext* context,
+                                                   const v1::ListMessagesRequest* request,
+                                                   v1::ListMessagesResponse* response) {
+  using Call = AuthorizedCall<store_pb::ListMessagesRequest, store_pb::ListMessagesResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsRead,
+       .build = WithTenant<store_pb::ListMessagesRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->ListMessages(c, req, resp, std::move(done)); },
+       .reply = [response](store_pb::ListMessagesResponse& out) {
+         response->mutable_messages()->Swap(out.mutable_messages());
+         response->set_has_more(out.has_more());
+         return absl::OkStatus();
+       }});
+}
+
+grpc::ServerUnaryReactor* SessionApi::GetTurn(grpc::CallbackServerContext* context,
+                                              const v1::GetTurnRequest* request,
+                                              v1::GetTurnResponse* response) {
+  using Call = AuthorizedCall<store_pb::GetTurnRequest, store_pb::GetTurnResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsRead,
+       .build = [request](const Principal& who, store_pb::GetTurnRequest* out) {
+         if (request->session_id().empty()) {
+           return InvalidArgumentError("session_id", "is required");
+         }
+         if (request->turn_id().empty()) return InvalidArgumentError("turn_id", "is required");
+         out->set_tenant_id(who.tenant_id);
+         out->set_session_id(request->session_id());
+         out->set_turn_id(request->turn_id());
+         return absl::OkStatus();
+       },
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->GetTurn(c, req, resp, std::move(done)); },
+       .reply = [response](store_pb::GetTurnResponse& out) {
+         response->mutable_turn()->Swap(out.mutable_turn());
+         return absl::OkStatus();
+       }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::CancelTurn(grpc::CallbackServerContext* context,
                                                  const v1::CancelTurnRequest* request,
                                                  v1::CancelTurnResponse* response) {
-  return Forward<router::v1::CancelTurnRequest>(
-      context, *request,
-      [this, response](grpc::ClientContext* client, const router::v1::CancelTurnRequest* req,
-                       ForwardingReactor<router::v1::CancelTurnRequest>::Done done) {
-        router_->async()->CancelTurn(client, req, response, std::move(done));
-      });
+  using Call = AuthorizedCall<router_pb::CancelTurnRequest, v1::CancelTurnResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsWrite,
+       .build = WithTenant<router_pb::CancelTurnRequest>(request),
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { router_->async()->CancelTurn(c, req, resp, std::move(done)); },
+       .reply = AsIs(response)});
+}
+
+grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
+    grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
+  auto* stream = new StreamEventsReactor(
+      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kStreamEventsMethod));
+  // The request outlives the call, so the callback may read it after this returns.
+  authenticator_.Authenticate(*context, [stream, request](absl::StatusOr<Principal> who) {
+    absl::Status allowed = who.ok() ? who->Require(kScopeSessionsRead) : who.status();
+    if (!allowed.ok()) return stream->Reject(ToGrpcStatus(allowed));
+    absl::StatusOr<StreamParams> params = StreamParamsFromRequest(who->tenant_id, *request);
+    if (!params.ok()) return stream->Reject(ToGrpcStatus(params.status()));
+    stream->Open(*std::move(params));
+  });
+  return stream;
 }
 
 }  // namespace parley::gateway

@@ -4,16 +4,56 @@
 
 namespace parley::gateway {
 
-StreamEventsReactor::StreamEventsReactor(Hub& hub, StreamParams params,
-                                         telemetry::ServerCallTelemetry call)
-    : InstrumentedWriteReactor(std::move(call)), hub_(hub) {
-  core_ = std::make_shared<StreamCore>(hub, this, std::move(params));
-  hub_.Open(core_);  // Checks access on a backfill worker; this thread never waits.
+StreamEventsReactor::StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call)
+    : InstrumentedWriteReactor(std::move(call)), hub_(hub) {}
+
+void StreamEventsReactor::Open(StreamParams params) {
+  Hub& hub = hub_;  // Once OnCancel can see the core, `this` may be deleted at any time.
+  std::shared_ptr<StreamCore> core;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!cancelled_) core_ = core = std::make_shared<StreamCore>(hub_, this, std::move(params));
+  }
+  if (core == nullptr) {
+    FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+    return;
+  }
+  // Checks access on a backfill worker; this thread never waits. A core cancelled since
+  // the lock was released is not opened.
+  hub.Open(core);
+}
+
+void StreamEventsReactor::Reject(const grpc::Status& status) { FinishCall(status); }
+
+void StreamEventsReactor::OnWriteDone(bool ok) {
+  std::shared_ptr<StreamCore> core;
+  {
+    absl::MutexLock lock(&mu_);
+    core = core_;  // Set: writes only start after Open.
+  }
+  core->OnWriteDone(ok);
+}
+
+void StreamEventsReactor::OnCancel() {
+  std::shared_ptr<StreamCore> core;
+  {
+    absl::MutexLock lock(&mu_);
+    core = core_;
+    cancelled_ = true;  // Before Open, Open finishes the call instead of starting it.
+  }
+  if (core != nullptr) core->Cancel();
 }
 
 void StreamEventsReactor::OnDone() {
-  core_->Detach();
-  hub_.Unregister(core_.get());
+  std::shared_ptr<StreamCore> core;
+  {
+    absl::MutexLock lock(&mu_);
+    core = core_;
+  }
+  if (core != nullptr) {
+    core->Detach();
+    hub_.Unregister(core.get());
+  }
   delete this;
 }
 

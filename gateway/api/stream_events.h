@@ -10,38 +10,39 @@
 
 #include <memory>
 
+#include "absl/synchronization/mutex.h"
+
 #include "gateway/fanout/hub.h"
 #include "parley/v1/parley.pb.h"
 #include "telemetry/grpc_telemetry.h"
 
 namespace parley::gateway {
 
+// One StreamEvents call. It is created before the caller is known (authentication may
+// need a store-svc lookup) and then either opened on the hub or rejected.
 class StreamEventsReactor final
     : public telemetry::InstrumentedWriteReactor<v1::StreamEventsResponse>,
       public StreamWriter {
  public:
-  StreamEventsReactor(Hub& hub, StreamParams params, telemetry::ServerCallTelemetry call);
+  StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call);
+
+  // Exactly one of Open and Reject, once, from any thread.
+  void Open(StreamParams params);
+  void Reject(const grpc::Status& status);
 
   void WriteResponse(const v1::StreamEventsResponse* response) override { StartWrite(response); }
   void FinishStream(const grpc::Status& status) override { FinishCall(status); }
 
-  void OnWriteDone(bool ok) override { core_->OnWriteDone(ok); }
-  void OnCancel() override { core_->Cancel(); }
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
   void OnDone() override;
 
  private:
   Hub& hub_;
-  std::shared_ptr<StreamCore> core_;
-};
-
-// A stream refused before it started (bad request, no credentials).
-class RejectedStream final : public telemetry::InstrumentedWriteReactor<v1::StreamEventsResponse> {
- public:
-  RejectedStream(const grpc::Status& status, telemetry::ServerCallTelemetry call)
-      : InstrumentedWriteReactor(std::move(call)) {
-    FinishCall(status);
-  }
-  void OnDone() override { delete this; }
+  // Orders a cancel against Open. Never held while calling into the hub or the stream.
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<StreamCore> core_ ABSL_GUARDED_BY(mu_);  // Set once, by Open.
 };
 
 // Validates a request and turns it into stream parameters for `tenant_id`.

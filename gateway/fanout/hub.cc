@@ -190,6 +190,11 @@ void StreamCore::Cancel() {
   FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
 }
 
+bool StreamCore::finished() const {
+  absl::MutexLock lock(&mu_);
+  return finished_;
+}
+
 void StreamCore::Detach() {
   absl::MutexLock lock(&mu_);
   writer_ = nullptr;
@@ -435,9 +440,12 @@ size_t Hub::channel_count() {
 void Hub::Open(const std::shared_ptr<StreamCore>& stream) {
   {
     absl::MutexLock lock(&mu_);
+    // A call that ended before it was opened was unregistered already (or will find
+    // nothing to unregister): it must not be left behind here.
+    if (stream->finished()) return;
     opening_.emplace(stream.get(), stream);
+    streams_gauge_.Add(1);
   }
-  streams_gauge_.Add(1);
   stream->Start();
 }
 

@@ -95,6 +95,8 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void Tick(absl::Time now);                 // Keepalives; retries of failed reads.
   void OnWriteDone(bool ok);
   void Cancel();  // The client went away.
+  // Whether the stream has ended (finished, cancelled or detached).
+  bool finished() const;
   void Detach();  // The reactor is done; never touch the writer again.
 
  private:
@@ -112,7 +114,7 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   Hub& hub_;
   const StreamParams params_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   StreamWriter* writer_ ABSL_GUARDED_BY(mu_);
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // Next durable seq to deliver.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "common/ids.h"
 #include "common/status.h"
 #include "parley/router/v1/router.grpc.pb.h"
+#include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 #include "telemetry/trace_context.h"
 #include "tests/harness/services.h"
@@ -85,6 +87,24 @@ class FakeSessionRouter final : public router::v1::SessionRouter::CallbackServic
   std::string tenant_id_ ABSL_GUARDED_BY(mu_);
 };
 
+// The part of store-svc these tests reach: key lookups, answered the way store-svc
+// answers a secret it does not know.
+class UnknownKeysStore final : public store::v1::StoreService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* ResolveApiKey(grpc::CallbackServerContext* context,
+                                          const store::v1::ResolveApiKeyRequest*,
+                                          store::v1::ResolveApiKeyResponse*) override {
+    lookups_.fetch_add(1);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown or revoked api key"));
+    return reactor;
+  }
+  int lookups() const { return lookups_.load(); }
+
+ private:
+  std::atomic<int> lookups_ = 0;
+};
+
 class TracePropagationTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -94,11 +114,11 @@ class TracePropagationTest : public ::testing::Test {
     router_server_ = builder.BuildAndStart();
     ASSERT_NE(router_port_, 0);
     // The gateway serves only while Redis and store-svc answer; these calls need
-    // neither, so a healthy stand-in is enough for the store.
+    // neither, so a healthy stand-in that knows no key is enough for the store.
     auto redis = TestRedis::Create();
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = *std::move(redis);
-    auto store = ServingHealthServer::Start();
+    auto store = ServingHealthServer::Start(&keys_);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
     auto gateway = ServiceProcess::Start(
@@ -144,6 +164,7 @@ class TracePropagationTest : public ::testing::Test {
   FakeSessionRouter router_;
   std::unique_ptr<grpc::Server> router_server_;
   std::unique_ptr<TestRedis> redis_;
+  UnknownKeysStore keys_;  // Outlives store_, which serves it.
   std::unique_ptr<ServingHealthServer> store_;
   int router_port_ = 0;
   std::unique_ptr<ServiceProcess> gateway_;
@@ -262,6 +283,7 @@ TEST_F(TracePropagationTest, MissingOrWrongApiKeyIsRejectedBeforeAnythingIsForwa
   EXPECT_EQ(Send("ses_1", nullptr, nullptr).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   grpc::Status wrong = Send("ses_1", nullptr, "pk_wrong");
   EXPECT_EQ(wrong.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(keys_.lookups(), 1) << "the unknown key was not looked up in store-svc";
   EXPECT_THAT(wrong.error_message(), ::testing::Not(HasSubstr("pk_wrong")));
   EXPECT_EQ(router_.calls(), 0);
   EXPECT_THAT(gateway_->Output(), ::testing::Not(HasSubstr(kApiKey)));

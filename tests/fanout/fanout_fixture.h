@@ -66,13 +66,15 @@ class FanoutFixture : public ::testing::Test {
     history_ = std::make_unique<RedisStoreHistory>(endpoint, redis_->keys(), store_);
     hub_ = std::make_unique<Hub>(options, *history_, registry_);
     hub_->Start();
-    authenticator_ = std::make_unique<BootstrapKeyAuthenticator>(kApiKey, kTenant);
+    authenticator_ = std::make_unique<KeyAuthenticator>(
+        KeyAuthenticatorOptions{.bootstrap_secret = kApiKey, .bootstrap_tenant = kTenant},
+        /*store=*/nullptr);
     grpc_telemetry_ =
         std::make_unique<telemetry::GrpcTelemetry>(registry_, telemetry_logger_, spans_);
     api_ = std::make_unique<SessionApi>(
         *authenticator_, *grpc_telemetry_,
-        grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()), absl::Seconds(5),
-        *hub_);
+        grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()), store_,
+        absl::Seconds(5), *hub_);
     gateway_server_ = StartServer(api_.get(), &gateway_port_, grpc_telemetry_.get());
   }
 
@@ -198,7 +200,7 @@ class FanoutFixture : public ::testing::Test {
   telemetry::Registry registry_;
   std::unique_ptr<RedisStoreHistory> history_;
   std::unique_ptr<Hub> hub_;
-  std::unique_ptr<BootstrapKeyAuthenticator> authenticator_;
+  std::unique_ptr<KeyAuthenticator> authenticator_;
   telemetry::Logger telemetry_logger_{"test", telemetry::LogLevel::kError};
   telemetry::RecordingSpanSink spans_;  // Every SERVER span of the gateway's calls.
   std::unique_ptr<telemetry::GrpcTelemetry> grpc_telemetry_;

@@ -288,12 +288,14 @@ class AlwaysServing final : public grpc::health::v1::Health::CallbackService {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ServingHealthServer>> ServingHealthServer::Start() {
+absl::StatusOr<std::unique_ptr<ServingHealthServer>> ServingHealthServer::Start(
+    grpc::Service* also) {
   auto service = std::make_unique<AlwaysServing>();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(service.get());
+  if (also != nullptr) builder.RegisterService(also);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return absl::UnavailableError("cannot start a health server");
   return std::unique_ptr<ServingHealthServer>(

@@ -134,12 +134,13 @@ class PrivateRedis {
   int port_;
 };
 
-// An in-process gRPC server that answers only health checks, with SERVING: a stand-in
-// for a dependency whose health is all a test needs (the gateway's store-svc, when the
+// An in-process gRPC server that answers health checks with SERVING, and `also` (owned
+// by the caller, outliving the server) when given: a stand-in for a dependency whose
+// health, and perhaps one call, is all a test needs (the gateway's store-svc, when the
 // test never reaches the store).
 class ServingHealthServer {
  public:
-  static absl::StatusOr<std::unique_ptr<ServingHealthServer>> Start();
+  static absl::StatusOr<std::unique_ptr<ServingHealthServer>> Start(grpc::Service* also = nullptr);
   ~ServingHealthServer();
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
 
