@@ -11,10 +11,16 @@ namespace {
 
 namespace store_pb = store::v1;
 
-// OK when `who` holds every scope in `scopes`; else PERMISSION_DENIED naming the first
-// one it lacks.
-absl::Status CheckNoEscalation(const Principal& who,
+// OK when every scope in `scopes` exists and `who` holds it; else INVALID_ARGUMENT for
+// the first unknown one, or PERMISSION_DENIED for the first it lacks.
+absl::Status CheckScopesToGive(const Principal& who,
                                const google::protobuf::RepeatedPtrField<std::string>& scopes) {
+  for (int i = 0; i < scopes.size(); ++i) {
+    if (!IsKnownScope(scopes[i])) {
+      return InvalidArgumentError(absl::StrCat("scopes[", i, "]"),
+                                  absl::StrCat("unknown scope \"", scopes[i], "\""));
+    }
+  }
   for (int i = 0; i < scopes.size(); ++i) {
     if (who.Has(scopes[i])) continue;
     absl::Status status = absl::PermissionDeniedError(
@@ -44,7 +50,7 @@ grpc::ServerUnaryReactor* ApiKeyApi::CreateApiKey(grpc::CallbackServerContext* c
       {.scope = kScopeApiKeysAdmin,
        .build = [request](const Principal& who, store_pb::CreateApiKeyRequest* out) {
          // Names and scope spellings are checked by store-svc before it writes.
-         if (absl::Status allowed = CheckNoEscalation(who, request->scopes()); !allowed.ok()) {
+         if (absl::Status allowed = CheckScopesToGive(who, request->scopes()); !allowed.ok()) {
            return allowed;
          }
          out->set_tenant_id(who.tenant_id);

@@ -34,6 +34,14 @@ absl::Status UnknownKey() { return absl::UnauthenticatedError("unknown or revoke
 
 }  // namespace
 
+bool IsKnownScope(absl::string_view scope) {
+  for (const char* known : {kScopeSessionsRead, kScopeSessionsWrite, kScopeSandboxExec,
+                            kScopeSandboxFiles, kScopeApiKeysAdmin, kScopeAll}) {
+    if (scope == known) return true;
+  }
+  return false;
+}
+
 bool Principal::Has(absl::string_view scope) const {
   return std::any_of(scopes.begin(), scopes.end(), [&](const std::string& held) {
     return held == scope || held == kScopeAll;

@@ -40,6 +40,9 @@ inline constexpr char kScopeSandboxFiles[] = "sandbox:files";
 inline constexpr char kScopeApiKeysAdmin[] = "api_keys:admin";
 inline constexpr char kScopeAll[] = "*";
 
+// Whether `scope` is one of the above.
+bool IsKnownScope(absl::string_view scope);
+
 struct Principal {
   std::string tenant_id;
   std::string key_id;

@@ -115,9 +115,10 @@ Status StoreServiceImpl::GetTenant(ServerContext*, const pb::GetTenantRequest* r
 Status StoreServiceImpl::CreateApiKey(ServerContext*, const pb::CreateApiKeyRequest* request,
                                       pb::CreateApiKeyResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
-  if (valid.ok() && static_cast<int64_t>(request->name().size()) > limits_.max_title_bytes) {
-    valid = InvalidArgumentError("name", "is too long",
-                                 absl::StrCat(limits_.max_title_bytes, " bytes"));
+  constexpr size_t kMaxKeyNameBytes = 128;  // parley.v1.ApiKey.name
+  if (valid.ok() && request->name().empty()) valid = InvalidArgumentError("name", "is required");
+  if (valid.ok() && request->name().size() > kMaxKeyNameBytes) {
+    valid = InvalidArgumentError("name", "is too long", absl::StrCat(kMaxKeyNameBytes, " bytes"));
   }
   if (valid.ok() && request->scopes().empty()) {
     valid = InvalidArgumentError("scopes", "needs at least one scope");

@@ -126,6 +126,16 @@ TEST_F(ApiKeys, AnUnknownScopeIsInvalidArgumentAndCreatesNothing) {
   EXPECT_THAT(ListedIds(/*include_revoked=*/true), IsEmpty());
 }
 
+TEST_F(ApiKeys, AMissingOrOverlongNameIsInvalidArgumentAndCreatesNothing) {
+  for (const std::string& name : {std::string(), std::string(129, 'n')}) {
+    auto created = CreateApiKey({"sessions:read"}, name);
+    EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << created.status();
+    EXPECT_EQ(Violation(created.status()).field(), "name");
+  }
+  EXPECT_THAT(ListedIds(/*include_revoked=*/true), IsEmpty());
+  EXPECT_TRUE(CreateApiKey({"sessions:read"}, std::string(128, 'n')).ok());
+}
+
 TEST_F(ApiKeys, CreateForAnUnknownTenantIsNotFound) {
   auto created = CreateApiKey({"*"}, "ci", "no_such_tenant");
   EXPECT_EQ(created.status().code(), absl::StatusCode::kNotFound) << created.status();

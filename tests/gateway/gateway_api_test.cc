@@ -1,0 +1,560 @@
+// The public API through the real parley-gateway binary, over a real parley-store,
+// parley-session, Postgres and Redis: every unary rpc of SessionService and
+// ApiKeyService, keys resolved through store-svc, scopes, tenancy and revocation.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/status.h"
+#include "parley/v1/parley.grpc.pb.h"
+#include "tests/session/session_fixture.h"
+
+namespace parley::session::testing {
+namespace {
+
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+// A parley.v1 client holding one API key.
+class Client {
+ public:
+  Client(const std::string& target, std::string key)
+      : channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
+        sessions_(v1::SessionService::NewStub(channel_)),
+        keys_(v1::ApiKeyService::NewStub(channel_)),
+        key_(std::move(key)) {}
+
+  // Calls `method` of `stub` with this client's key and a 30 s deadline.
+  template <typename Stub, typename Request, typename Response>
+  grpc::Status Call(grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                    Stub& stub, const Request& request, Response* response) {
+    grpc::ClientContext context;
+    Prepare(context);
+    return (stub.*method)(&context, request, response);
+  }
+  template <typename Request, typename Response>
+  grpc::Status Sessions(grpc::Status (v1::SessionService::Stub::*method)(grpc::ClientContext*,
+                                                                         const Request&, Response*),
+                        const Request& request, Response* response) {
+    return Call(method, *sessions_, request, response);
+  }
+  template <typename Request, typename Response>
+  grpc::Status Keys(grpc::Status (v1::ApiKeyService::Stub::*method)(grpc::ClientContext*,
+                                                                    const Request&, Response*),
+                    const Request& request, Response* response) {
+    return Call(method, *keys_, request, response);
+  }
+
+  // Opens StreamEvents and returns how it ended (reading until then).
+  grpc::Status StreamEventsStatus(const std::string& session) {
+    grpc::ClientContext context;
+    Prepare(context);
+    v1::StreamEventsRequest request;
+    request.set_session_id(session);
+    request.set_until_turn_end(true);
+    auto reader = sessions_->StreamEvents(&context, request);
+    v1::StreamEventsResponse response;
+    while (reader->Read(&response)) {
+    }
+    return reader->Finish();
+  }
+
+ private:
+  void Prepare(grpc::ClientContext& context) {
+    if (!key_.empty()) context.AddMetadata("authorization", "Bearer " + key_);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  }
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::SessionService::Stub> sessions_;
+  std::unique_ptr<v1::ApiKeyService::Stub> keys_;
+  std::string key_;
+};
+
+class GatewayApi : public SessionFixture {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1, .gateway = true}));
+    CreateSession(kTenantA);  // Creates both tenants in the store.
+    CreateSession(kTenantB);
+  }
+
+  // A key of `tenant` made straight in store-svc, as an operator would.
+  std::string StoredKey(const std::string& tenant, const std::vector<std::string>& scopes) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    store::v1::CreateApiKeyRequest request;
+    request.set_tenant_id(tenant);
+    request.set_name("test key");
+    for (const std::string& scope : scopes) request.add_scopes(scope);
+    store::v1::CreateApiKeyResponse response;
+    grpc::Status status = store().CreateApiKey(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << Describe(status);
+    return response.secret();
+  }
+
+  Client As(const std::string& key) { return Client(gateway()->grpc_target(), key); }
+
+  // Polls GetTurn through the gateway until the turn is terminal.
+  absl::StatusOr<v1::Turn> WaitForTurnThroughGateway(Client& client, const std::string& session,
+                                                     const std::string& turn_id) {
+    v1::Turn turn;
+    const bool ended = parley::testing::WaitFor(absl::Seconds(30), [&] {
+      v1::GetTurnRequest request;
+      request.set_session_id(session);
+      request.set_turn_id(turn_id);
+      v1::GetTurnResponse response;
+      if (!client.Sessions(&v1::SessionService::Stub::GetTurn, request, &response).ok()) {
+        return false;
+      }
+      turn = response.turn();
+      return turn.status() == v1::TURN_STATUS_SUCCEEDED ||
+             turn.status() == v1::TURN_STATUS_FAILED ||
+             turn.status() == v1::TURN_STATUS_CANCELLED;
+    });
+    if (!ended) return absl::DeadlineExceededError(absl::StrCat("turn ", turn_id, " never ended"));
+    return turn;
+  }
+
+  // The ids of every session `client`'s tenant can list.
+  std::vector<std::string> ListedSessions(Client& client) {
+    v1::ListSessionsRequest request;
+    request.set_page_size(1000);
+    v1::ListSessionsResponse response;
+    grpc::Status status =
+        client.Sessions(&v1::SessionService::Stub::ListSessions, request, &response);
+    EXPECT_TRUE(status.ok()) << Describe(status);
+    std::vector<std::string> ids;
+    for (const v1::Session& session : response.sessions()) ids.push_back(session.id());
+    return ids;
+  }
+};
+
+void ExpectMissingScope(const grpc::Status& status, const std::string& scope) {
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(status);
+  auto info = GetErrorInfo(FromGrpcStatus(status));
+  ASSERT_TRUE(info.has_value()) << Describe(status);
+  EXPECT_EQ(info->reason(), "MISSING_SCOPE");
+  EXPECT_EQ(info->metadata().at("scope"), scope);
+}
+
+TEST_F(GatewayApi, ASessionsWholeLifeThroughThePublicApi) {
+  Client client = As(StoredKey(kTenantA, {"sessions:read", "sessions:write"}));
+
+  v1::CreateSessionRequest create;
+  create.set_external_id("order-42");
+  create.set_title("first");
+  v1::CreateSessionResponse created;
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::CreateSession, create, &created).ok());
+  EXPECT_TRUE(created.created());
+  const std::string session = created.session().id();
+  EXPECT_EQ(created.session().tenant_id(), kTenantA);
+  // The same external id again: the same session, not a new one.
+  v1::CreateSessionResponse again;
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::CreateSession, create, &again).ok());
+  EXPECT_FALSE(again.created());
+  EXPECT_EQ(again.session().id(), session);
+
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+  EXPECT_EQ(got.session().title(), "first");
+  EXPECT_THAT(ListedSessions(client), ::testing::Contains(session));
+
+  v1::UpdateSessionRequest update;
+  update.set_session_id(session);
+  update.mutable_session()->set_title("renamed");
+  update.mutable_update_mask()->add_paths("title");
+  v1::UpdateSessionResponse updated;
+  grpc::Status status =
+      client.Sessions(&v1::SessionService::Stub::UpdateSession, update, &updated);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(updated.session().title(), "renamed");
+
+  v1::SendMessageRequest send;
+  send.set_session_id(session);
+  send.add_content()->set_text("hello there");
+  v1::SendMessageResponse sent;
+  status = client.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  auto turn = WaitForTurnThroughGateway(client, session, sent.turn().id());
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  EXPECT_EQ(turn->status(), v1::TURN_STATUS_SUCCEEDED);
+
+  v1::ListMessagesRequest list;
+  list.set_session_id(session);
+  v1::ListMessagesResponse messages;
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::ListMessages, list, &messages).ok());
+  ASSERT_GE(messages.messages_size(), 2);
+  EXPECT_EQ(messages.messages(0).id(), sent.message().id());
+  EXPECT_EQ(messages.messages(0).role(), v1::ROLE_USER);
+  EXPECT_EQ(messages.messages(messages.messages_size() - 1).role(), v1::ROLE_ASSISTANT);
+
+  v1::CloseSessionRequest close;
+  close.set_session_id(session);
+  v1::CloseSessionResponse closed;
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::CloseSession, close, &closed).ok());
+  EXPECT_EQ(closed.session().status(), v1::SESSION_STATUS_CLOSED);
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+  EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_CLOSED);
+  // A closed session takes no more messages.
+  send.set_idempotency_key("after-close");
+  EXPECT_EQ(client.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst) {
+  // Tenant A's session with a finished turn, and one of A's keys.
+  Client owner = As(StoredKey(kTenantA, {"*"}));
+  const std::string session = CreateSession(kTenantA);
+  v1::SendMessageRequest send;
+  send.set_session_id(session);
+  send.add_content()->set_text("mine");
+  v1::SendMessageResponse sent;
+  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).ok());
+  ASSERT_TRUE(WaitForTurnThroughGateway(owner, session, sent.turn().id()).ok());
+  v1::ListApiKeysResponse owner_keys;
+  ASSERT_TRUE(
+      owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &owner_keys)
+          .ok());
+  ASSERT_THAT(owner_keys.api_keys(), ::testing::Not(IsEmpty()));
+
+  Client other = As(StoredKey(kTenantB, {"*"}));
+  struct Case {
+    const char* rpc;
+    std::function<grpc::Status()> call;
+  };
+  const std::vector<Case> cases = {
+      {"GetSession",
+       [&] {
+         v1::GetSessionRequest r;
+         r.set_session_id(session);
+         v1::GetSessionResponse out;
+         return other.Sessions(&v1::SessionService::Stub::GetSession, r, &out);
+       }},
+      {"UpdateSession",
+       [&] {
+         v1::UpdateSessionRequest r;
+         r.set_session_id(session);
+         r.mutable_session()->set_title("taken over");
+         r.mutable_update_mask()->add_paths("title");
+         v1::UpdateSessionResponse out;
+         return other.Sessions(&v1::SessionService::Stub::UpdateSession, r, &out);
+       }},
+      {"CloseSession",
+       [&] {
+         v1::CloseSessionRequest r;
+         r.set_session_id(session);
+         v1::CloseSessionResponse out;
+         return other.Sessions(&v1::SessionService::Stub::CloseSession, r, &out);
+       }},
+      {"SendMessage",
+       [&] {
+         v1::SendMessageRequest r = send;
+         r.set_idempotency_key("intruder");
+         v1::SendMessageResponse out;
+         return other.Sessions(&v1::SessionService::Stub::SendMessage, r, &out);
+       }},
+      {"ListMessages",
+       [&] {
+         v1::ListMessagesRequest r;
+         r.set_session_id(session);
+         v1::ListMessagesResponse out;
+         return other.Sessions(&v1::SessionService::Stub::ListMessages, r, &out);
+       }},
+      {"GetTurn",
+       [&] {
+         v1::GetTurnRequest r;
+         r.set_session_id(session);
+         r.set_turn_id(sent.turn().id());
+         v1::GetTurnResponse out;
+         return other.Sessions(&v1::SessionService::Stub::GetTurn, r, &out);
+       }},
+      {"CancelTurn",
+       [&] {
+         v1::CancelTurnRequest r;
+         r.set_session_id(session);
+         r.set_turn_id(sent.turn().id());
+         v1::CancelTurnResponse out;
+         return other.Sessions(&v1::SessionService::Stub::CancelTurn, r, &out);
+       }},
+      {"StreamEvents", [&] { return other.StreamEventsStatus(session); }},
+      {"RevokeApiKey",
+       [&] {
+         v1::RevokeApiKeyRequest r;
+         r.set_api_key_id(owner_keys.api_keys(0).id());
+         v1::RevokeApiKeyResponse out;
+         return other.Keys(&v1::ApiKeyService::Stub::RevokeApiKey, r, &out);
+       }},
+  };
+  for (const Case& c : cases) {
+    grpc::Status status = c.call();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << c.rpc << ": " << Describe(status);
+  }
+
+  // Lists as B show nothing of A.
+  EXPECT_THAT(ListedSessions(other), ::testing::Not(::testing::Contains(session)));
+  v1::ListApiKeysResponse other_keys;
+  ASSERT_TRUE(
+      other.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &other_keys)
+          .ok());
+  for (const v1::ApiKey& key : other_keys.api_keys()) EXPECT_EQ(key.tenant_id(), kTenantB);
+
+  // And none of B's calls changed anything of A's.
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+  EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_ACTIVE);
+  EXPECT_NE(got.session().title(), "taken over");
+  auto messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok());
+  for (const v1::Message& message : *messages) {
+    for (const v1::Part& part : message.parts()) EXPECT_NE(part.text(), "intruder");
+  }
+  v1::GetSessionRequest probe;
+  probe.set_session_id(session);
+  EXPECT_TRUE(owner.Sessions(&v1::SessionService::Stub::GetSession, probe, &got).ok())
+      << "A's key stopped working";
+}
+
+TEST_F(GatewayApi, AKeyWithoutTheScopeIsDeniedNamingItAndNothingIsWritten) {
+  const std::string session = CreateSession(kTenantA);
+  Client reader = As(StoredKey(kTenantA, {"sessions:read"}));
+  Client sandbox_only = As(StoredKey(kTenantA, {"sandbox:exec"}));
+  const std::vector<std::string> sessions_before = ListedSessions(reader);
+
+  v1::CreateSessionRequest create;
+  create.set_title("not allowed");
+  v1::CreateSessionResponse created;
+  ExpectMissingScope(reader.Sessions(&v1::SessionService::Stub::CreateSession, create, &created),
+                     "sessions:write");
+  v1::SendMessageRequest send;
+  send.set_session_id(session);
+  send.add_content()->set_text("not allowed");
+  v1::SendMessageResponse sent;
+  ExpectMissingScope(reader.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent),
+                     "sessions:write");
+  v1::CloseSessionRequest close;
+  close.set_session_id(session);
+  v1::CloseSessionResponse closed;
+  ExpectMissingScope(reader.Sessions(&v1::SessionService::Stub::CloseSession, close, &closed),
+                     "sessions:write");
+  v1::CreateApiKeyRequest create_key;
+  create_key.set_name("more");
+  create_key.add_scopes("sessions:read");
+  v1::CreateApiKeyResponse key;
+  ExpectMissingScope(reader.Keys(&v1::ApiKeyService::Stub::CreateApiKey, create_key, &key),
+                     "api_keys:admin");
+  ExpectMissingScope(sandbox_only.StreamEventsStatus(session), "sessions:read");
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+  ExpectMissingScope(sandbox_only.Sessions(&v1::SessionService::Stub::GetSession, get, &got),
+                     "sessions:read");
+
+  // The read key reads; nothing above was written.
+  ASSERT_TRUE(reader.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+  EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_ACTIVE);
+  EXPECT_EQ(ListedSessions(reader), sessions_before);
+  auto messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok());
+  EXPECT_THAT(*messages, IsEmpty());
+}
+
+TEST_F(GatewayApi, MissingUnknownAndMalformedKeysAreUnauthenticatedWithoutEchoingThem) {
+  const std::string session = CreateSession(kTenantA);
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+  const std::string real = StoredKey(kTenantA, {"*"});
+  // A well-formed secret that was never issued, and the real one with a changed letter.
+  std::string forged = real;
+  forged.back() = forged.back() == 'a' ? 'b' : 'a';
+  for (const std::string& key : {std::string(), std::string("pk_nope"), forged}) {
+    Client client = As(key);
+    grpc::Status status = client.Sessions(&v1::SessionService::Stub::GetSession, get, &got);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "key \"" << key << "\"";
+    if (!key.empty()) {
+      EXPECT_EQ(status.error_message().find(key), std::string::npos);
+    }
+    EXPECT_EQ(client.StreamEventsStatus(session).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  Client client = As(real);
+  EXPECT_TRUE(client.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+  EXPECT_EQ(gateway()->Output().find(real), std::string::npos) << "a secret was logged";
+}
+
+TEST_F(GatewayApi, AKeyMadeThroughTheApiWorksAtOnceAndStopsWithinFiveSecondsOfItsRevocation) {
+  const std::string session = CreateSession(kTenantA);
+  Client admin = As(kGatewayApiKey);
+  v1::CreateApiKeyRequest create;
+  create.set_name("short-lived");
+  create.add_scopes("sessions:read");
+  v1::CreateApiKeyResponse created;
+  grpc::Status status = admin.Keys(&v1::ApiKeyService::Stub::CreateApiKey, create, &created);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(created.api_key().tenant_id(), kTenantA);
+  EXPECT_THAT(created.api_key().scopes(), ::testing::ElementsAre("sessions:read"));
+
+  Client client = As(created.secret());
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+  // The refusal of a secret is cached too, yet a new key works at once: its secret was
+  // never presented before.
+  status = client.Sessions(&v1::SessionService::Stub::GetSession, get, &got);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+
+  v1::RevokeApiKeyRequest revoke;
+  revoke.set_api_key_id(created.api_key().id());
+  v1::RevokeApiKeyResponse revoked;
+  ASSERT_TRUE(admin.Keys(&v1::ApiKeyService::Stub::RevokeApiKey, revoke, &revoked).ok());
+  EXPECT_TRUE(revoked.api_key().has_revoke_time());
+  const absl::Time revoke_time = absl::Now();
+  const bool refused = parley::testing::WaitFor(absl::Seconds(5), [&] {
+    return client.Sessions(&v1::SessionService::Stub::GetSession, get, &got).error_code() ==
+           grpc::StatusCode::UNAUTHENTICATED;
+  });
+  EXPECT_TRUE(refused) << "the revoked key still worked " << absl::Now() - revoke_time
+                       << " after its revocation";
+  // Revoking again returns it unchanged; it stays refused.
+  ASSERT_TRUE(admin.Keys(&v1::ApiKeyService::Stub::RevokeApiKey, revoke, &revoked).ok());
+  EXPECT_EQ(client.Sessions(&v1::SessionService::Stub::GetSession, get, &got).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(GatewayApi, AKeyCannotHandOutAScopeItDoesNotHold) {
+  Client limited = As(StoredKey(kTenantA, {"api_keys:admin", "sessions:read"}));
+  auto create = [&](const std::vector<std::string>& scopes, v1::CreateApiKeyResponse* out) {
+    v1::CreateApiKeyRequest request;
+    request.set_name("child");
+    for (const std::string& scope : scopes) request.add_scopes(scope);
+    return limited.Keys(&v1::ApiKeyService::Stub::CreateApiKey, request, out);
+  };
+  v1::ListApiKeysResponse before;
+  ASSERT_TRUE(
+      limited.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &before).ok());
+
+  v1::CreateApiKeyResponse created;
+  for (const std::vector<std::string>& scopes :
+       std::vector<std::vector<std::string>>{{"sessions:write"}, {"sessions:read", "*"}}) {
+    grpc::Status status = create(scopes, &created);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(status);
+    auto info = GetErrorInfo(FromGrpcStatus(status));
+    ASSERT_TRUE(info.has_value());
+    EXPECT_EQ(info->reason(), "SCOPE_ESCALATION");
+  }
+  // Bad input is INVALID_ARGUMENT naming the field.
+  grpc::Status bad = create({"sessions:reed"}, &created);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(bad);
+  auto violations = GetBadRequest(FromGrpcStatus(bad));
+  ASSERT_TRUE(violations.has_value());
+  EXPECT_EQ(violations->field_violations(0).field(), "scopes[0]");
+  v1::CreateApiKeyRequest unnamed;
+  unnamed.add_scopes("sessions:read");
+  bad = limited.Keys(&v1::ApiKeyService::Stub::CreateApiKey, unnamed, &created);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(bad);
+
+  v1::ListApiKeysResponse after;
+  ASSERT_TRUE(
+      limited.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &after).ok());
+  EXPECT_EQ(after.api_keys_size(), before.api_keys_size()) << "a refused create wrote a key";
+  // What it holds, it can give.
+  grpc::Status status = create({"sessions:read"}, &created);
+  EXPECT_TRUE(status.ok()) << Describe(status);
+}
+
+TEST_F(GatewayApi, TenConcurrentSendsWithOneIdempotencyKeyMakeOneMessageAndOneTurn) {
+  const std::string session = CreateSession(kTenantA);
+  const std::string key = StoredKey(kTenantA, {"sessions:write"});
+  absl::Mutex mu;
+  std::vector<v1::SendMessageResponse> answers;
+  std::vector<grpc::Status> failures;
+  std::vector<std::thread> senders;
+  for (int i = 0; i < 10; ++i) {
+    senders.emplace_back([&] {
+      Client client = As(key);
+      v1::SendMessageRequest send;
+      send.set_session_id(session);
+      send.add_content()->set_text("once");
+      send.set_idempotency_key("retry-me");
+      v1::SendMessageResponse sent;
+      grpc::Status status = client.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent);
+      absl::MutexLock lock(&mu);
+      if (status.ok()) {
+        answers.push_back(sent);
+      } else {
+        failures.push_back(status);
+      }
+    });
+  }
+  for (std::thread& sender : senders) sender.join();
+  ASSERT_THAT(failures, IsEmpty());
+  ASSERT_THAT(answers, SizeIs(10));
+  int firsts = 0;
+  for (const v1::SendMessageResponse& answer : answers) {
+    firsts += answer.duplicate() ? 0 : 1;
+    EXPECT_EQ(answer.turn().id(), answers[0].turn().id());
+    EXPECT_EQ(answer.message().id(), answers[0].message().id());
+  }
+  EXPECT_EQ(firsts, 1);
+  auto turns = ListTurns(kTenantA, session);
+  ASSERT_TRUE(turns.ok());
+  EXPECT_THAT(*turns, SizeIs(1));
+  auto messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok());
+  int user_messages = 0;
+  for (const v1::Message& message : *messages) user_messages += message.role() == v1::ROLE_USER;
+  EXPECT_EQ(user_messages, 1);
+}
+
+TEST_F(GatewayApi, OversizedAndMalformedInputIsInvalidArgumentAndWritesNothing) {
+  Client client = As(StoredKey(kTenantA, {"*"}));
+  const std::vector<std::string> before = ListedSessions(client);
+  v1::CreateSessionRequest create;
+  create.set_title(std::string(64 * 1024, 't'));
+  v1::CreateSessionResponse created;
+  grpc::Status status = client.Sessions(&v1::SessionService::Stub::CreateSession, create, &created);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  auto bad_request = GetBadRequest(FromGrpcStatus(status));
+  ASSERT_TRUE(bad_request.has_value());
+  EXPECT_EQ(bad_request->field_violations(0).field(), "title");
+
+  const std::string session = CreateSession(kTenantA);
+  v1::SendMessageRequest send;
+  send.set_session_id(session);  // No content.
+  v1::SendMessageResponse sent;
+  status = client.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  v1::GetTurnRequest get_turn;  // No ids.
+  v1::GetTurnResponse turn;
+  status = client.Sessions(&v1::SessionService::Stub::GetTurn, get_turn, &turn);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  v1::ListSessionsRequest list;
+  list.set_page_size(5000);
+  v1::ListSessionsResponse listed;
+  status = client.Sessions(&v1::SessionService::Stub::ListSessions, list, &listed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+
+  std::vector<std::string> after = ListedSessions(client);
+  after.erase(std::remove(after.begin(), after.end(), session), after.end());
+  EXPECT_EQ(after, before);
+  auto messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok());
+  EXPECT_THAT(*messages, IsEmpty());
+}
+
+}  // namespace
+}  // namespace parley::session::testing
