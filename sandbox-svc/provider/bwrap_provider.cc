@@ -520,7 +520,11 @@ absl::Status BwrapProvider::Pause(const SandboxSpec& spec, ProviderState& state)
   std::string group = CgroupName(state);
   if (!group.empty() && cgroups_ != nullptr && cgroups_->CanFreeze() &&
       options_.pause_mechanism != "signal") {
-    if (absl::Status s = cgroups_->Freeze(group, true); !s.ok()) return s;
+    if (absl::Status s = cgroups_->Freeze(group, true); !s.ok()) {
+      // A failed pause leaves the sandbox running, not half frozen under a READY state.
+      (void)cgroups_->Freeze(group, false);
+      return s;
+    }
     state["paused_by"] = "cgroup";
     return absl::OkStatus();
   }

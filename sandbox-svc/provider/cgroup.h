@@ -62,7 +62,7 @@ class SandboxCgroups {
   // The group's cgroup.procs files, opened for writing: a child writes "0" to each
   // before it execs, so nothing of the sandbox ever runs outside its group.
   virtual absl::StatusOr<std::vector<UniqueFd>> OpenProcs(const std::string& name) const = 0;
-  // Freezes or thaws every process of the group, waiting (bounded) until it is done.
+  // Freezes or thaws every process of the group, waiting (up to 10 s) until it is done.
   virtual absl::Status Freeze(const std::string& name, bool frozen) const = 0;
   // SIGKILLs every process of the group; frozen ones die too. Bounded.
   virtual absl::Status Kill(const std::string& name) const = 0;

@@ -163,11 +163,22 @@ absl::Status CgroupV1Tree::Freeze(const std::string& name, bool frozen) const {
     return absl::UnavailableError(absl::StrCat("write ", want, " to ", path, ": ",
                                                std::strerror(errno)));
   }
-  // FREEZING until every task has stopped; reading the file advances the state.
-  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  // FREEZING until every task has stopped; reading the file advances the state. A task
+  // the kernel could not freeze yet (busy in the kernel, or forked meanwhile) keeps the
+  // group FREEZING until FROZEN is written again, so the wait re-writes it now and then.
+  // On a loaded host a task may take seconds to get there: bounded by time.
+  constexpr absl::Duration kSettleTimeout = absl::Seconds(10);
+  const absl::Time give_up = absl::Now() + kSettleTimeout;
+  absl::Time rewrite = absl::Now() + absl::Milliseconds(100);
   while (Trimmed(ReadControlFile(path)) != want) {
-    if (absl::Now() > give_up) {
-      return absl::DeadlineExceededError(absl::StrCat(path, " did not become ", want));
+    const absl::Time now = absl::Now();
+    if (now > give_up) {
+      return absl::DeadlineExceededError(absl::StrCat(path, " did not become ", want, " within ",
+                                                      absl::FormatDuration(kSettleTimeout)));
+    }
+    if (now > rewrite) {
+      (void)WriteControlFile(path, want);
+      rewrite = now + absl::Milliseconds(100);
     }
     absl::SleepFor(absl::Microseconds(200));
   }

@@ -115,7 +115,8 @@ absl::Status CgroupV2Tree::Freeze(const std::string& name, bool frozen) const {
         absl::StrCat("write ", group, "/cgroup.freeze: ", std::strerror(errno)));
   }
   const std::string want = frozen ? "frozen 1" : "frozen 0";
-  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  // As v1: on a loaded host the tasks can take seconds to stop.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (!absl::StrContains(ReadControlFile(absl::StrCat(group, "/cgroup.events")), want)) {
     if (absl::Now() > give_up) {
       return absl::DeadlineExceededError(absl::StrCat(group, " did not become ", want));
