@@ -1067,7 +1067,11 @@ void SandboxManager::ReapOnce() {
         }
         const std::string why = reason == "ttl" ? "ttl expired" : "idle timeout";
         if (pause) {
-          (void)PauseLocked(*entry, why);
+          absl::StatusOr<sv1::Sandbox> paused = PauseLocked(*entry, why);
+          if (!paused.ok() && logger_ != nullptr) {  // Stays READY; the next pass retries.
+            logger_->Warn("expired sandbox not paused", {{"sandbox_id", id},
+                                                         {"error", paused.status().ToString()}});
+          }
         } else {
           (void)DestroyLocked(*entry, why);
         }

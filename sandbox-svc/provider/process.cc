@@ -18,7 +18,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -218,6 +220,23 @@ char ProcessState(pid_t pid) {
   return fields.empty() || fields[0].empty() ? '\0' : fields[0][0];
 }
 
+bool StopPending(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  const uint64_t stop_bit = uint64_t{1} << (SIGSTOP - 1);
+  while (std::getline(in, line)) {
+    absl::string_view value(line);
+    if (!absl::ConsumePrefix(&value, "SigPnd:") && !absl::ConsumePrefix(&value, "ShdPnd:")) {
+      continue;
+    }
+    uint64_t mask = 0;
+    if (absl::SimpleHexAtoi(absl::StripAsciiWhitespace(value), &mask) && (mask & stop_bit) != 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 bool ProcessMatches(pid_t pid, uint64_t start_time) {
   if (pid <= 0) return false;
   std::vector<std::string> fields = StatFields(pid);
@@ -282,21 +301,29 @@ absl::Status StopPidNamespace(pid_t init_pid) {
   // a number of passes, which a busy scheduler outlasts).
   constexpr absl::Duration kStopTimeout = absl::Seconds(10);
   const absl::Time give_up = absl::Now() + kStopTimeout;
+  std::string running;  // The processes of the last scan that had not stopped.
   for (int pass = 0; pass == 0 || absl::Now() < give_up; ++pass) {
     std::vector<pid_t> pids = ProcessesInPidNamespace(init_pid);
     if (pids.empty()) return absl::NotFoundError("the sandbox's processes are gone");
     bool all_stopped = true;
+    running.clear();
     for (pid_t pid : pids) {
       char state = ProcessState(pid);
       if (state == 'T' || state == 't' || state == 'Z' || state == 'X' || state == '\0') continue;
+      // Blocked in the kernel with the stop pending: it stops before it runs any more of
+      // its own code. (A vfork parent whose child was stopped before its exec stays here
+      // until the resume: waiting for it would never end.)
+      if (state == 'D' && StopPending(pid)) continue;
       ::kill(pid, SIGSTOP);
       all_stopped = false;
+      absl::StrAppend(&running, running.empty() ? "" : ", ", pid, " (", std::string(1, state), ")");
     }
     if (all_stopped) return absl::OkStatus();
     absl::SleepFor(absl::Microseconds(pass < 10 ? 200 : 2000));
   }
   return absl::FailedPreconditionError(
-      absl::StrCat("the sandbox's processes did not all stop within ", absl::FormatDuration(kStopTimeout)));
+      absl::StrCat("the sandbox's processes did not all stop within ",
+                   absl::FormatDuration(kStopTimeout), "; still running: ", running));
 }
 
 absl::Status ContinuePidNamespace(pid_t init_pid) {

@@ -74,9 +74,13 @@ std::map<std::string, std::vector<pid_t>> ProcessesByPidNamespace();
 // The one-letter state of a process ('R', 'S', 'T', 'Z', ...), or '\0' when gone.
 char ProcessState(pid_t pid);
 
+// Whether SIGSTOP is pending for `pid` (sent, not yet acted on).
+bool StopPending(pid_t pid);
+
 // Sends SIGSTOP to every process of the namespace until one pass finds all of them
 // stopped (a process may fork between a scan and the signal, and stops only when it
-// next runs). Bounded by 10 s; FAILED_PRECONDITION when the tree did not settle.
+// next runs; one blocked in the kernel ('D') with the stop pending counts as stopped).
+// Bounded by 10 s; FAILED_PRECONDITION when the tree did not settle.
 absl::Status StopPidNamespace(pid_t init_pid);
 // SIGCONT to every process of the namespace.
 absl::Status ContinuePidNamespace(pid_t init_pid);
