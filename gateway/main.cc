@@ -104,11 +104,10 @@ int main(int argc, char** argv) {
   auto store = std::shared_ptr<parley::store::v1::StoreService::StubInterface>(
       parley::store::v1::StoreService::NewStub(
           host.grpc_telemetry().CreateChannel(config.store_addr)));
-  parley::gateway::KeyAuthenticator authenticator(
-      {.bootstrap_secret = config.bootstrap_api_key,
-       .bootstrap_tenant = config.bootstrap_tenant,
-       .cache_ttl = config.key_cache_ttl},
-      store);
+  parley::gateway::KeyAuthenticator authenticator({.bootstrap_secret = config.bootstrap_api_key,
+                                                   .bootstrap_tenant = config.bootstrap_tenant,
+                                                   .cache_ttl = config.key_cache_ttl},
+                                                  store);
   const parley::RedisEndpoint redis = *parley::ParseRedisUrl(config.redis_url);
   parley::gateway::RedisStoreHistory history(redis, parley::RedisKeys(config.redis_key_prefix),
                                              store);

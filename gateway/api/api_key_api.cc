@@ -23,9 +23,8 @@ absl::Status CheckScopesToGive(const Principal& who,
   }
   for (int i = 0; i < scopes.size(); ++i) {
     if (who.Has(scopes[i])) continue;
-    absl::Status status = absl::PermissionDeniedError(
-        absl::StrCat("scopes[", i, "]: the calling key does not hold \"", scopes[i],
-                     "\" and cannot give it"));
+    absl::Status status = absl::PermissionDeniedError(absl::StrCat(
+        "scopes[", i, "]: the calling key does not hold \"", scopes[i], "\" and cannot give it"));
     SetErrorInfo(status, "SCOPE_ESCALATION", {{"scope", scopes[i]}});
     return status;
   }
@@ -48,23 +47,25 @@ grpc::ServerUnaryReactor* ApiKeyApi::CreateApiKey(grpc::CallbackServerContext* c
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeApiKeysAdmin,
-       .build = [request](const Principal& who, store_pb::CreateApiKeyRequest* out) {
-         // Names and scope spellings are checked by store-svc before it writes.
-         if (absl::Status allowed = CheckScopesToGive(who, request->scopes()); !allowed.ok()) {
-           return allowed;
-         }
-         out->set_tenant_id(who.tenant_id);
-         out->set_name(request->name());
-         *out->mutable_scopes() = request->scopes();
-         return absl::OkStatus();
-       },
+       .build =
+           [request](const Principal& who, store_pb::CreateApiKeyRequest* out) {
+             // Names and scope spellings are checked by store-svc before it writes.
+             if (absl::Status allowed = CheckScopesToGive(who, request->scopes()); !allowed.ok()) {
+               return allowed;
+             }
+             out->set_tenant_id(who.tenant_id);
+             out->set_name(request->name());
+             *out->mutable_scopes() = request->scopes();
+             return absl::OkStatus();
+           },
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->CreateApiKey(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::CreateApiKeyResponse& out) {
-         response->mutable_api_key()->Swap(out.mutable_api_key());
-         response->set_secret(std::move(*out.mutable_secret()));
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::CreateApiKeyResponse& out) {
+             response->mutable_api_key()->Swap(out.mutable_api_key());
+             response->set_secret(std::move(*out.mutable_secret()));
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* ApiKeyApi::ListApiKeys(grpc::CallbackServerContext* context,
@@ -74,20 +75,22 @@ grpc::ServerUnaryReactor* ApiKeyApi::ListApiKeys(grpc::CallbackServerContext* co
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeApiKeysAdmin,
-       .build = [request](const Principal& who, store_pb::ListApiKeysRequest* out) {
-         out->set_tenant_id(who.tenant_id);
-         out->set_page_size(request->page_size());
-         out->set_page_token(request->page_token());
-         out->set_include_revoked(request->include_revoked());
-         return absl::OkStatus();
-       },
+       .build =
+           [request](const Principal& who, store_pb::ListApiKeysRequest* out) {
+             out->set_tenant_id(who.tenant_id);
+             out->set_page_size(request->page_size());
+             out->set_page_token(request->page_token());
+             out->set_include_revoked(request->include_revoked());
+             return absl::OkStatus();
+           },
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->ListApiKeys(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::ListApiKeysResponse& out) {
-         response->mutable_api_keys()->Swap(out.mutable_api_keys());
-         response->set_next_page_token(std::move(*out.mutable_next_page_token()));
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::ListApiKeysResponse& out) {
+             response->mutable_api_keys()->Swap(out.mutable_api_keys());
+             response->set_next_page_token(std::move(*out.mutable_next_page_token()));
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* ApiKeyApi::RevokeApiKey(grpc::CallbackServerContext* context,
@@ -97,20 +100,22 @@ grpc::ServerUnaryReactor* ApiKeyApi::RevokeApiKey(grpc::CallbackServerContext* c
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeApiKeysAdmin,
-       .build = [request](const Principal& who, store_pb::RevokeApiKeyRequest* out) {
-         if (request->api_key_id().empty()) {
-           return InvalidArgumentError("api_key_id", "is required");
-         }
-         out->set_tenant_id(who.tenant_id);
-         out->set_api_key_id(request->api_key_id());
-         return absl::OkStatus();
-       },
+       .build =
+           [request](const Principal& who, store_pb::RevokeApiKeyRequest* out) {
+             if (request->api_key_id().empty()) {
+               return InvalidArgumentError("api_key_id", "is required");
+             }
+             out->set_tenant_id(who.tenant_id);
+             out->set_api_key_id(request->api_key_id());
+             return absl::OkStatus();
+           },
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->RevokeApiKey(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::RevokeApiKeyResponse& out) {
-         response->mutable_api_key()->Swap(out.mutable_api_key());
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::RevokeApiKeyResponse& out) {
+             response->mutable_api_key()->Swap(out.mutable_api_key());
+             return absl::OkStatus();
+           }});
 }
 
 }  // namespace parley::gateway

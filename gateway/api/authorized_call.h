@@ -51,8 +51,8 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
   };
 
   static grpc::ServerUnaryReactor* Start(grpc::CallbackServerContext* context,
-                                         Authenticator& authenticator,
-                                         absl::Duration max_timeout, Steps steps) {
+                                         Authenticator& authenticator, absl::Duration max_timeout,
+                                         Steps steps) {
     return new AuthorizedCall(context, authenticator, max_timeout, std::move(steps));
   }
 

@@ -57,11 +57,12 @@ grpc::ServerUnaryReactor* SessionApi::CreateSession(grpc::CallbackServerContext*
        .build = WithTenant<store_pb::CreateSessionRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->CreateSession(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::CreateSessionResponse& out) {
-         response->mutable_session()->Swap(out.mutable_session());
-         response->set_created(out.created());
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::CreateSessionResponse& out) {
+             response->mutable_session()->Swap(out.mutable_session());
+             response->set_created(out.created());
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::GetSession(grpc::CallbackServerContext* context,
@@ -71,18 +72,20 @@ grpc::ServerUnaryReactor* SessionApi::GetSession(grpc::CallbackServerContext* co
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsRead,
-       .build = [request](const Principal& who, store_pb::GetSessionRequest* out) {
-         out->set_tenant_id(who.tenant_id);
-         out->set_session_id(request->session_id());
-         return absl::OkStatus();
-       },
+       .build =
+           [request](const Principal& who, store_pb::GetSessionRequest* out) {
+             out->set_tenant_id(who.tenant_id);
+             out->set_session_id(request->session_id());
+             return absl::OkStatus();
+           },
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->GetSession(c, req, resp, std::move(done)); },
        // Lease details are internal: only the session goes out.
-       .reply = [response](store_pb::GetSessionResponse& out) {
-         response->mutable_session()->Swap(out.mutable_session());
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::GetSessionResponse& out) {
+             response->mutable_session()->Swap(out.mutable_session());
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::ListSessions(grpc::CallbackServerContext* context,
@@ -95,11 +98,12 @@ grpc::ServerUnaryReactor* SessionApi::ListSessions(grpc::CallbackServerContext* 
        .build = WithTenant<store_pb::ListSessionsRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->ListSessions(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::ListSessionsResponse& out) {
-         response->mutable_sessions()->Swap(out.mutable_sessions());
-         response->set_next_page_token(std::move(*out.mutable_next_page_token()));
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::ListSessionsResponse& out) {
+             response->mutable_sessions()->Swap(out.mutable_sessions());
+             response->set_next_page_token(std::move(*out.mutable_next_page_token()));
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::UpdateSession(grpc::CallbackServerContext* context,
@@ -112,10 +116,11 @@ grpc::ServerUnaryReactor* SessionApi::UpdateSession(grpc::CallbackServerContext*
        .build = WithTenant<store_pb::UpdateSessionRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->UpdateSession(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::UpdateSessionResponse& out) {
-         response->mutable_session()->Swap(out.mutable_session());
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::UpdateSessionResponse& out) {
+             response->mutable_session()->Swap(out.mutable_session());
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::CloseSession(grpc::CallbackServerContext* context,
@@ -136,13 +141,14 @@ grpc::ServerUnaryReactor* SessionApi::SendMessage(grpc::CallbackServerContext* c
                                                   const v1::SendMessageRequest* request,
                                                   v1::SendMessageResponse* response) {
   using Call = AuthorizedCall<router_pb::SubmitMessageRequest, v1::SendMessageResponse>;
-  return Call::Start(
-      context, authenticator_, downstream_timeout_,
-      {.scope = kScopeSessionsWrite,
-       .build = WithTenant<router_pb::SubmitMessageRequest>(request),
-       .call = [this](auto* c, auto* req, auto* resp,
-                      auto done) { router_->async()->SubmitMessage(c, req, resp, std::move(done)); },
-       .reply = AsIs(response)});
+  return Call::Start(context, authenticator_, downstream_timeout_,
+                     {.scope = kScopeSessionsWrite,
+                      .build = WithTenant<router_pb::SubmitMessageRequest>(request),
+                      .call =
+                          [this](auto* c, auto* req, auto* resp, auto done) {
+                            router_->async()->SubmitMessage(c, req, resp, std::move(done));
+                          },
+                      .reply = AsIs(response)});
 }
 
 grpc::ServerUnaryReactor* SessionApi::ListMessages(grpc::CallbackServerContext* context,
@@ -155,11 +161,12 @@ grpc::ServerUnaryReactor* SessionApi::ListMessages(grpc::CallbackServerContext* 
        .build = WithTenant<store_pb::ListMessagesRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->ListMessages(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::ListMessagesResponse& out) {
-         response->mutable_messages()->Swap(out.mutable_messages());
-         response->set_has_more(out.has_more());
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::ListMessagesResponse& out) {
+             response->mutable_messages()->Swap(out.mutable_messages());
+             response->set_has_more(out.has_more());
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::GetTurn(grpc::CallbackServerContext* context,
@@ -169,22 +176,24 @@ grpc::ServerUnaryReactor* SessionApi::GetTurn(grpc::CallbackServerContext* conte
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsRead,
-       .build = [request](const Principal& who, store_pb::GetTurnRequest* out) {
-         if (request->session_id().empty()) {
-           return InvalidArgumentError("session_id", "is required");
-         }
-         if (request->turn_id().empty()) return InvalidArgumentError("turn_id", "is required");
-         out->set_tenant_id(who.tenant_id);
-         out->set_session_id(request->session_id());
-         out->set_turn_id(request->turn_id());
-         return absl::OkStatus();
-       },
+       .build =
+           [request](const Principal& who, store_pb::GetTurnRequest* out) {
+             if (request->session_id().empty()) {
+               return InvalidArgumentError("session_id", "is required");
+             }
+             if (request->turn_id().empty()) return InvalidArgumentError("turn_id", "is required");
+             out->set_tenant_id(who.tenant_id);
+             out->set_session_id(request->session_id());
+             out->set_turn_id(request->turn_id());
+             return absl::OkStatus();
+           },
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->GetTurn(c, req, resp, std::move(done)); },
-       .reply = [response](store_pb::GetTurnResponse& out) {
-         response->mutable_turn()->Swap(out.mutable_turn());
-         return absl::OkStatus();
-       }});
+       .reply =
+           [response](store_pb::GetTurnResponse& out) {
+             response->mutable_turn()->Swap(out.mutable_turn());
+             return absl::OkStatus();
+           }});
 }
 
 grpc::ServerUnaryReactor* SessionApi::CancelTurn(grpc::CallbackServerContext* context,
@@ -204,7 +213,7 @@ grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
     grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
   auto* stream = new StreamEventsReactor(
       hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kStreamEventsMethod));
-  // The request outlives the call, so the callback may read it after this returns.
+  // `request` lives until the call is done, which is after this callback has run.
   authenticator_.Authenticate(*context, [stream, request](absl::StatusOr<Principal> who) {
     absl::Status allowed = who.ok() ? who->Require(kScopeSessionsRead) : who.status();
     if (!allowed.ok()) return stream->Reject(ToGrpcStatus(allowed));

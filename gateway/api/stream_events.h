@@ -11,7 +11,6 @@
 #include <memory>
 
 #include "absl/synchronization/mutex.h"
-
 #include "gateway/fanout/hub.h"
 #include "parley/v1/parley.pb.h"
 #include "telemetry/grpc_telemetry.h"

@@ -43,9 +43,8 @@ bool IsKnownScope(absl::string_view scope) {
 }
 
 bool Principal::Has(absl::string_view scope) const {
-  return std::any_of(scopes.begin(), scopes.end(), [&](const std::string& held) {
-    return held == scope || held == kScopeAll;
-  });
+  return std::any_of(scopes.begin(), scopes.end(),
+                     [&](const std::string& held) { return held == scope || held == kScopeAll; });
 }
 
 absl::Status Principal::Require(absl::string_view scope) const {
@@ -75,8 +74,7 @@ KeyAuthenticator::KeyAuthenticator(KeyAuthenticatorOptions options,
                                    std::shared_ptr<store::v1::StoreService::StubInterface> store)
     : options_(std::move(options)), store_(std::move(store)) {}
 
-void KeyAuthenticator::Authenticate(const grpc::ServerContextBase& context,
-                                    AuthenticateDone done) {
+void KeyAuthenticator::Authenticate(const grpc::ServerContextBase& context, AuthenticateDone done) {
   absl::StatusOr<std::string> secret = BearerToken(context);
   if (!secret.ok()) return done(secret.status());
   if (!options_.bootstrap_secret.empty() &&

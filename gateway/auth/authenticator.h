@@ -95,7 +95,7 @@ class KeyAuthenticator final : public Authenticator {
 
  private:
   struct Entry {
-    bool pending = false;                  // a lookup is in flight
+    bool pending = false;  // a lookup is in flight
     absl::Time answered = absl::InfinitePast();
     absl::StatusOr<Principal> answer = absl::UnauthenticatedError("");
     std::vector<AuthenticateDone> waiters;  // while pending

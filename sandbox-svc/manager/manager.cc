@@ -1069,8 +1069,8 @@ void SandboxManager::ReapOnce() {
         if (pause) {
           absl::StatusOr<sv1::Sandbox> paused = PauseLocked(*entry, why);
           if (!paused.ok() && logger_ != nullptr) {  // Stays READY; the next pass retries.
-            logger_->Warn("expired sandbox not paused", {{"sandbox_id", id},
-                                                         {"error", paused.status().ToString()}});
+            logger_->Warn("expired sandbox not paused",
+                          {{"sandbox_id", id}, {"error", paused.status().ToString()}});
           }
         } else {
           (void)DestroyLocked(*entry, why);
