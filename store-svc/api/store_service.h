@@ -37,6 +37,10 @@ class StoreServiceImpl final : public pb::StoreService::Service {
   Status CreateTenant(ServerContext*, const pb::CreateTenantRequest*,
                       pb::CreateTenantResponse*) override;
   Status GetTenant(ServerContext*, const pb::GetTenantRequest*, pb::GetTenantResponse*) override;
+  Status ListTenants(ServerContext*, const pb::ListTenantsRequest*,
+                     pb::ListTenantsResponse*) override;
+  Status SetTenantDisabled(ServerContext*, const pb::SetTenantDisabledRequest*,
+                           pb::SetTenantDisabledResponse*) override;
   Status CreateApiKey(ServerContext*, const pb::CreateApiKeyRequest*,
                       pb::CreateApiKeyResponse*) override;
   Status RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequest*,

@@ -31,7 +31,8 @@ std::string RandomToken(size_t length) {
 
 absl::Status CheckScopes(const google::protobuf::RepeatedPtrField<std::string>& scopes) {
   static const char* kKnown[] = {
-      "*", "sessions:read", "sessions:write", "sandbox:exec", "sandbox:files", "api_keys:admin"};
+      "*",    "sessions:read", "sessions:write", "sandbox:exec", "sandbox:files", "api_keys:admin",
+      "admin"};
   for (int i = 0; i < scopes.size(); ++i) {
     bool known = false;
     for (const char* k : kKnown) known = known || scopes[i] == k;
@@ -50,12 +51,15 @@ pb::Tenant TenantFromRow(const pqxx::row& row) {
   *tenant.mutable_create_time() = TimestampFromMicros(row[2].as<int64_t>());
   tenant.set_rate_limit_per_s(row[3].as<uint32_t>());
   tenant.set_rate_limit_burst(row[4].as<uint32_t>());
+  if (!row[5].is_null()) {
+    *tenant.mutable_disable_time() = TimestampFromMicros(row[5].as<int64_t>());
+  }
   return tenant;
 }
 
 constexpr char kTenantColumns[] =
     "id, name, (extract(epoch from create_time) * 1000000)::bigint, rate_limit_per_s, "
-    "rate_limit_burst";
+    "rate_limit_burst, (extract(epoch from disable_time) * 1000000)::bigint";
 
 }  // namespace
 
@@ -104,6 +108,64 @@ Status StoreServiceImpl::GetTenant(ServerContext*, const pb::GetTenantRequest* r
     pqxx::result row =
         Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
              request->tenant_id());
+    if (row.empty()) return absl::NotFoundError("tenant not found");
+    return TenantFromRow(row[0]);
+  });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response->mutable_tenant() = *std::move(result);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::ListTenants(ServerContext*, const pb::ListTenantsRequest* request,
+                                     pb::ListTenantsResponse* response) {
+  absl::Status valid = CheckPageSize(request->page_size(), "page_size", limits_.max_page_size);
+  pb::ListTenantsRequest query = *request;
+  query.clear_page_token();
+  query.clear_page_size();
+  std::string after;
+  if (valid.ok() && !request->page_token().empty()) {
+    valid = DecodePageToken(request->page_token(), Fingerprint(query), "page_token", &after);
+  }
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  const int64_t page_size =
+      request->page_size() == 0 ? limits_.default_page_size : request->page_size();
+  auto result = pool_.Transact<pb::ListTenantsResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListTenantsResponse> {
+        pqxx::result rows =
+            Exec(tx,
+                 absl::StrCat("SELECT ", kTenantColumns,
+                              " FROM tenants WHERE id > $1 "
+                              "AND ($2 OR disable_time IS NULL) ORDER BY id LIMIT $3"),
+                 after, request->include_disabled(), page_size + 1);
+        pb::ListTenantsResponse out;
+        for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
+          *out.add_tenants() = TenantFromRow(rows[i]);
+        }
+        if (static_cast<int64_t>(rows.size()) > page_size) {
+          out.set_next_page_token(
+              EncodePageToken(out.tenants().rbegin()->id(), Fingerprint(query)));
+        }
+        return out;
+      });
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return Status::OK;
+}
+
+Status StoreServiceImpl::SetTenantDisabled(ServerContext*,
+                                           const pb::SetTenantDisabledRequest* request,
+                                           pb::SetTenantDisabledResponse* response) {
+  if (absl::Status s = CheckId(request->tenant_id(), "tenant_id", limits_); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  auto result = pool_.Transact<pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<pb::Tenant> {
+    // Disabling twice keeps the first time; enabling clears it.
+    pqxx::result row =
+        Exec(tx,
+             absl::StrCat("UPDATE tenants SET disable_time = CASE WHEN $2 THEN "
+                          "coalesce(disable_time, now()) END WHERE id = $1 RETURNING ",
+                          kTenantColumns),
+             request->tenant_id(), request->disabled());
     if (row.empty()) return absl::NotFoundError("tenant not found");
     return TenantFromRow(row[0]);
   });
@@ -194,6 +256,9 @@ Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRe
             Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
                  out.api_key().tenant_id());
         *out.mutable_tenant() = TenantFromRow(tenant[0]);
+        if (out.tenant().has_disable_time()) {
+          return absl::UnauthenticatedError("unknown or revoked api key");
+        }
         // A cosmetic write: at most once a minute per key, so hot keys do not churn rows.
         Exec(tx,
              "UPDATE api_keys SET last_used_time = now() WHERE prefix = $1 AND "

@@ -141,5 +141,64 @@ TEST_F(ApiKeys, CreateForAnUnknownTenantIsNotFound) {
   EXPECT_EQ(created.status().code(), absl::StatusCode::kNotFound) << created.status();
 }
 
+// An operator disables a tenant: its keys stop resolving, exactly like unknown ones, and
+// work again once it is enabled; disabling twice keeps the first time.
+TEST_F(ApiKeys, KeysOfADisabledTenantDoNotResolveUntilItIsEnabledAgain) {
+  auto created = CreateApiKey({"sessions:read"});
+  ASSERT_TRUE(created.ok()) << created.status();
+  pb::SetTenantDisabledRequest disable;
+  disable.set_tenant_id(kTenant);
+  disable.set_disabled(true);
+  auto disabled = Call(&Stub::SetTenantDisabled, disable);
+  ASSERT_TRUE(disabled.ok()) << disabled.status();
+  ASSERT_TRUE(disabled->tenant().has_disable_time());
+
+  auto refused = Resolve(created->secret());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated) << refused.status();
+  EXPECT_EQ(refused.status().message(), Resolve("pk_unknown").status().message());
+  auto again = Call(&Stub::SetTenantDisabled, disable);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(Dump(again->tenant().disable_time()), Dump(disabled->tenant().disable_time()));
+
+  disable.set_disabled(false);
+  auto enabled = Call(&Stub::SetTenantDisabled, disable);
+  ASSERT_TRUE(enabled.ok()) << enabled.status();
+  EXPECT_FALSE(enabled->tenant().has_disable_time());
+  EXPECT_TRUE(Resolve(created->secret()).ok());
+
+  disable.set_tenant_id("no_such_tenant");
+  EXPECT_EQ(Call(&Stub::SetTenantDisabled, disable).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ApiKeys, ListTenantsPagesInIdOrderAndHidesDisabledOnesUnlessAsked) {
+  for (const char* id : {"t_c", "t_a", "t_b"}) CreateTenant(id);
+  pb::SetTenantDisabledRequest disable;
+  disable.set_tenant_id("t_b");
+  disable.set_disabled(true);
+  ASSERT_TRUE(Call(&Stub::SetTenantDisabled, disable).ok());
+
+  auto listed_ids = [&](bool include_disabled) {
+    std::vector<std::string> ids;
+    pb::ListTenantsRequest request;
+    request.set_page_size(1);
+    request.set_include_disabled(include_disabled);
+    for (int page = 0; page < 10; ++page) {
+      auto listed = Call(&Stub::ListTenants, request);
+      EXPECT_TRUE(listed.ok()) << listed.status();
+      if (!listed.ok()) break;
+      for (const pb::Tenant& t : listed->tenants()) ids.push_back(t.id());
+      if (listed->next_page_token().empty()) break;
+      request.set_page_token(listed->next_page_token());
+    }
+    return ids;
+  };
+  EXPECT_THAT(listed_ids(false), ElementsAre("t_a", "t_c", kTenant));
+  EXPECT_THAT(listed_ids(true), ElementsAre("t_a", "t_b", "t_c", kTenant));
+
+  pb::ListTenantsRequest bad;
+  bad.set_page_token("garbage");
+  EXPECT_EQ(Call(&Stub::ListTenants, bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace parley::store::testing
