@@ -4,6 +4,7 @@
 #include "common/config.h"
 #include "common/redis.h"
 #include "common/server/service_host.h"
+#include "gateway/api/admin_api.h"
 #include "gateway/api/api_key_api.h"
 #include "gateway/api/session_api.h"
 #include "gateway/auth/authenticator.h"
@@ -83,8 +84,8 @@ int main(int argc, char** argv) {
   flags.String("redis_url", &config.redis_url, "Redis for session event fan-out",
                parley::ValidateRedisUrl);
   flags.String("bootstrap_api_key", &config.bootstrap_api_key,
-               "an API key accepted for --bootstrap_tenant with every scope, to create the "
-               "first real keys; empty disables it");
+               "the operator key: holds \"admin\" (parley.admin.v1, to create tenants and "
+               "their keys) and every scope of --bootstrap_tenant; empty disables it");
   flags.String("bootstrap_tenant", &config.bootstrap_tenant, "tenant of the bootstrap API key",
                parley::ValidateNonEmpty);
   flags.Duration("downstream_timeout", &config.downstream_timeout,
@@ -122,10 +123,12 @@ int main(int argc, char** argv) {
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
                                        store, config.downstream_timeout, hub);
   parley::gateway::ApiKeyApi api_keys(authenticator, store, config.downstream_timeout);
+  parley::gateway::AdminApi admin(authenticator, store, config.downstream_timeout);
   parley::v1::SandboxService::CallbackService sandboxes;
   host.AddService(&sessions);
   host.AddService(&sandboxes);
   host.AddService(&api_keys);
+  host.AddService(&admin);
   RedisProbe redis_probe(redis);
   // A plain channel: probes are not calls worth tracing or counting per method.
   StoreProbe store_probe(

@@ -15,12 +15,7 @@ namespace store_pb = store::v1;
 // the first unknown one, or PERMISSION_DENIED for the first it lacks.
 absl::Status CheckScopesToGive(const Principal& who,
                                const google::protobuf::RepeatedPtrField<std::string>& scopes) {
-  for (int i = 0; i < scopes.size(); ++i) {
-    if (!IsKnownScope(scopes[i])) {
-      return InvalidArgumentError(absl::StrCat("scopes[", i, "]"),
-                                  absl::StrCat("unknown scope \"", scopes[i], "\""));
-    }
-  }
+  if (absl::Status known = CheckKnownScopes(scopes); !known.ok()) return known;
   for (int i = 0; i < scopes.size(); ++i) {
     if (who.Has(scopes[i])) continue;
     absl::Status status = absl::PermissionDeniedError(absl::StrCat(

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gateway/api/authorized_call.h"
 #include "gateway/api/stream_events.h"
@@ -192,6 +193,42 @@ grpc::ServerUnaryReactor* SessionApi::GetTurn(grpc::CallbackServerContext* conte
        .reply =
            [response](store_pb::GetTurnResponse& out) {
              response->mutable_turn()->Swap(out.mutable_turn());
+             return absl::OkStatus();
+           }});
+}
+
+grpc::ServerUnaryReactor* SessionApi::ListTurns(grpc::CallbackServerContext* context,
+                                                const v1::ListTurnsRequest* request,
+                                                v1::ListTurnsResponse* response) {
+  using Call = AuthorizedCall<store_pb::ListTurnsRequest, store_pb::ListTurnsResponse>;
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsRead,
+       .build =
+           [request](const Principal& who, store_pb::ListTurnsRequest* out) {
+             if (request->session_id().empty()) {
+               return InvalidArgumentError("session_id", "is required");
+             }
+             for (int i = 0; i < request->statuses_size(); ++i) {
+               const int status = request->statuses(i);
+               if (status == v1::TURN_STATUS_UNSPECIFIED || !v1::TurnStatus_IsValid(status)) {
+                 return InvalidArgumentError(absl::StrCat("statuses[", i, "]"),
+                                             absl::StrCat("is not a turn status: ", status));
+               }
+             }
+             out->set_tenant_id(who.tenant_id);
+             out->set_session_id(request->session_id());
+             *out->mutable_statuses() = request->statuses();
+             out->set_page_size(request->page_size());
+             out->set_page_token(request->page_token());
+             return absl::OkStatus();
+           },
+       .call = [this](auto* c, auto* req, auto* resp,
+                      auto done) { store_->async()->ListTurns(c, req, resp, std::move(done)); },
+       .reply =
+           [response](store_pb::ListTurnsResponse& out) {
+             response->mutable_turns()->Swap(out.mutable_turns());
+             response->set_next_page_token(std::move(*out.mutable_next_page_token()));
              return absl::OkStatus();
            }});
 }

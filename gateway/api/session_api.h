@@ -57,6 +57,9 @@ class SessionApi final : public v1::SessionService::CallbackService {
   grpc::ServerUnaryReactor* GetTurn(grpc::CallbackServerContext* context,
                                     const v1::GetTurnRequest* request,
                                     v1::GetTurnResponse* response) override;
+  grpc::ServerUnaryReactor* ListTurns(grpc::CallbackServerContext* context,
+                                      const v1::ListTurnsRequest* request,
+                                      v1::ListTurnsResponse* response) override;
   grpc::ServerUnaryReactor* CancelTurn(grpc::CallbackServerContext* context,
                                        const v1::CancelTurnRequest* request,
                                        v1::CancelTurnResponse* response) override;

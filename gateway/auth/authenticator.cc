@@ -36,15 +36,28 @@ absl::Status UnknownKey() { return absl::UnauthenticatedError("unknown or revoke
 
 bool IsKnownScope(absl::string_view scope) {
   for (const char* known : {kScopeSessionsRead, kScopeSessionsWrite, kScopeSandboxExec,
-                            kScopeSandboxFiles, kScopeApiKeysAdmin, kScopeAll}) {
+                            kScopeSandboxFiles, kScopeApiKeysAdmin, kScopeAll, kScopeAdmin}) {
     if (scope == known) return true;
   }
   return false;
 }
 
+absl::Status CheckKnownScopes(const google::protobuf::RepeatedPtrField<std::string>& scopes) {
+  for (int i = 0; i < scopes.size(); ++i) {
+    if (!IsKnownScope(scopes[i])) {
+      return InvalidArgumentError(absl::StrCat("scopes[", i, "]"),
+                                  absl::StrCat("unknown scope \"", scopes[i], "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool Principal::Has(absl::string_view scope) const {
-  return std::any_of(scopes.begin(), scopes.end(),
-                     [&](const std::string& held) { return held == scope || held == kScopeAll; });
+  // "*" is every tenant scope; the operator scope is only ever held by name.
+  const bool wildcard_covers = scope != kScopeAdmin;
+  return std::any_of(scopes.begin(), scopes.end(), [&](const std::string& held) {
+    return held == scope || (wildcard_covers && held == kScopeAll);
+  });
 }
 
 absl::Status Principal::Require(absl::string_view scope) const {
@@ -79,7 +92,7 @@ void KeyAuthenticator::Authenticate(const grpc::ServerContextBase& context, Auth
   if (!secret.ok()) return done(secret.status());
   if (!options_.bootstrap_secret.empty() &&
       ConstantTimeEquals(*secret, options_.bootstrap_secret)) {
-    return done(Principal{options_.bootstrap_tenant, "bootstrap", {kScopeAll}});
+    return done(Principal{options_.bootstrap_tenant, "bootstrap", {kScopeAll, kScopeAdmin}});
   }
   if (store_ == nullptr || secret->empty() || secret->size() > 1024) return done(UnknownKey());
 

@@ -2,8 +2,8 @@
 //
 // Every public RPC starts with Authenticate(); the principal's tenant id then scopes
 // everything the call touches, and Require() checks the scope the RPC names.
-// KeyAuthenticator accepts the bootstrap key from configuration (an operator key with
-// every scope) and keys stored by store-svc, resolved through ResolveApiKey behind a
+// KeyAuthenticator accepts the bootstrap key from configuration (an operator key: "*"
+// and "admin") and keys stored by store-svc, resolved through ResolveApiKey behind a
 // short-lived cache: a revoked key stops working on every gateway within the cache's
 // TTL, without any invalidation between gateways.
 //
@@ -32,23 +32,27 @@
 
 namespace parley::gateway {
 
-// The scopes of parley.v1 (ApiKey.scopes); "*" holds every one of them.
+// The scopes of parley.v1 (ApiKey.scopes); "*" holds every one of them. kScopeAdmin is
+// the operator's (parley.admin.v1): "*" does not include it.
 inline constexpr char kScopeSessionsRead[] = "sessions:read";
 inline constexpr char kScopeSessionsWrite[] = "sessions:write";
 inline constexpr char kScopeSandboxExec[] = "sandbox:exec";
 inline constexpr char kScopeSandboxFiles[] = "sandbox:files";
 inline constexpr char kScopeApiKeysAdmin[] = "api_keys:admin";
 inline constexpr char kScopeAll[] = "*";
+inline constexpr char kScopeAdmin[] = "admin";
 
 // Whether `scope` is one of the above.
 bool IsKnownScope(absl::string_view scope);
+// OK, or INVALID_ARGUMENT naming the first unknown one ("scopes[i]").
+absl::Status CheckKnownScopes(const google::protobuf::RepeatedPtrField<std::string>& scopes);
 
 struct Principal {
   std::string tenant_id;
   std::string key_id;
   std::vector<std::string> scopes;
 
-  // Whether the key may do what `scope` allows ("*" allows everything).
+  // Whether the key may do what `scope` allows ("*" allows all but kScopeAdmin).
   bool Has(absl::string_view scope) const;
   // OK, or PERMISSION_DENIED with ErrorInfo{reason "MISSING_SCOPE", {"scope": scope}}.
   absl::Status Require(absl::string_view scope) const;

@@ -1,6 +1,7 @@
 // The public API through the real parley-gateway binary, over a real parley-store,
 // parley-session, Postgres and Redis: every unary rpc of SessionService and
-// ApiKeyService, keys resolved through store-svc, scopes, tenancy and revocation.
+// ApiKeyService, the operator's AdminService, keys resolved through store-svc, scopes,
+// tenancy, revocation and disabled tenants.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
+#include "parley/admin/v1/admin.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 #include "tests/session/session_fixture.h"
 
@@ -31,6 +33,7 @@ class Client {
       : channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
         sessions_(v1::SessionService::NewStub(channel_)),
         keys_(v1::ApiKeyService::NewStub(channel_)),
+        admin_(admin::v1::AdminService::NewStub(channel_)),
         key_(std::move(key)) {}
 
   // Calls `method` of `stub` with this client's key and a 30 s deadline.
@@ -52,6 +55,13 @@ class Client {
                                                                     const Request&, Response*),
                     const Request& request, Response* response) {
     return Call(method, *keys_, request, response);
+  }
+  template <typename Request, typename Response>
+  grpc::Status Admin(grpc::Status (admin::v1::AdminService::Stub::*method)(grpc::ClientContext*,
+                                                                           const Request&,
+                                                                           Response*),
+                     const Request& request, Response* response) {
+    return Call(method, *admin_, request, response);
   }
 
   // Opens StreamEvents and returns how it ended (reading until then).
@@ -77,6 +87,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> sessions_;
   std::unique_ptr<v1::ApiKeyService::Stub> keys_;
+  std::unique_ptr<admin::v1::AdminService::Stub> admin_;
   std::string key_;
 };
 
@@ -188,6 +199,20 @@ TEST_F(GatewayApi, ASessionsWholeLifeThroughThePublicApi) {
   auto turn = WaitForTurnThroughGateway(client, session, sent.turn().id());
   ASSERT_TRUE(turn.ok()) << turn.status();
   EXPECT_EQ(turn->status(), v1::TURN_STATUS_SUCCEEDED);
+  v1::ListTurnsRequest list_turns;
+  list_turns.set_session_id(session);
+  list_turns.add_statuses(v1::TURN_STATUS_SUCCEEDED);
+  v1::ListTurnsResponse turns;
+  status = client.Sessions(&v1::SessionService::Stub::ListTurns, list_turns, &turns);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  ASSERT_EQ(turns.turns_size(), 1);
+  EXPECT_EQ(turns.turns(0).id(), sent.turn().id());
+  list_turns.set_statuses(0, v1::TURN_STATUS_QUEUED);
+  ASSERT_TRUE(client.Sessions(&v1::SessionService::Stub::ListTurns, list_turns, &turns).ok());
+  EXPECT_THAT(turns.turns(), IsEmpty());
+  list_turns.set_statuses(0, static_cast<v1::TurnStatus>(77));
+  status = client.Sessions(&v1::SessionService::Stub::ListTurns, list_turns, &turns);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
 
   v1::ListMessagesRequest list;
   list.set_session_id(session);
@@ -277,6 +302,13 @@ TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst)
          r.set_turn_id(sent.turn().id());
          v1::GetTurnResponse out;
          return other.Sessions(&v1::SessionService::Stub::GetTurn, r, &out);
+       }},
+      {"ListTurns",
+       [&] {
+         v1::ListTurnsRequest r;
+         r.set_session_id(session);
+         v1::ListTurnsResponse out;
+         return other.Sessions(&v1::SessionService::Stub::ListTurns, r, &out);
        }},
       {"CancelTurn",
        [&] {
@@ -468,6 +500,193 @@ TEST_F(GatewayApi, AKeyCannotHandOutAScopeItDoesNotHold) {
   // What it holds, it can give.
   grpc::Status status = create({"sessions:read"}, &created);
   EXPECT_TRUE(status.ok()) << Describe(status);
+}
+
+// The operator onboards a tenant without touching the database: creates it, gives it a
+// key, and disabling the tenant stops that key on the gateway within 5 s (enabling it
+// again brings it back).
+TEST_F(GatewayApi, TheOperatorOnboardsATenantAndDisablingItStopsItsKeys) {
+  Client operator_client = As(kGatewayApiKey);
+  admin::v1::CreateTenantRequest create;
+  create.set_tenant_id("acme");
+  create.set_name("Acme Corp");
+  admin::v1::CreateTenantResponse created;
+  grpc::Status status =
+      operator_client.Admin(&admin::v1::AdminService::Stub::CreateTenant, create, &created);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_TRUE(created.created());
+  EXPECT_EQ(created.tenant().name(), "Acme Corp");
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::CreateTenant, create, &created).ok());
+  EXPECT_FALSE(created.created()) << "creating a tenant again is idempotent";
+
+  admin::v1::CreateApiKeyRequest make_key;
+  make_key.set_tenant_id("acme");
+  make_key.set_name("acme backend");
+  make_key.add_scopes("*");
+  admin::v1::CreateApiKeyResponse key;
+  status = operator_client.Admin(&admin::v1::AdminService::Stub::CreateApiKey, make_key, &key);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(key.api_key().tenant_id(), "acme");
+  Client acme = As(key.secret());
+  auto create_session = [&] {
+    v1::CreateSessionResponse out;
+    return acme.Sessions(&v1::SessionService::Stub::CreateSession, v1::CreateSessionRequest(),
+                         &out);
+  };
+  status = create_session();
+  ASSERT_TRUE(status.ok()) << Describe(status);
+
+  admin::v1::ListTenantsResponse listed;
+  ASSERT_TRUE(operator_client
+                  .Admin(&admin::v1::AdminService::Stub::ListTenants,
+                         admin::v1::ListTenantsRequest(), &listed)
+                  .ok());
+  std::vector<std::string> ids;
+  for (const admin::v1::Tenant& t : listed.tenants()) ids.push_back(t.id());
+  EXPECT_THAT(ids, ::testing::Contains("acme"));
+  admin::v1::ListApiKeysRequest list_keys;
+  list_keys.set_tenant_id("acme");
+  admin::v1::ListApiKeysResponse keys;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::ListApiKeys, list_keys, &keys).ok());
+  ASSERT_EQ(keys.api_keys_size(), 1);
+  EXPECT_EQ(keys.api_keys(0).id(), key.api_key().id());
+
+  admin::v1::DisableTenantRequest disable;
+  disable.set_tenant_id("acme");
+  admin::v1::DisableTenantResponse disabled;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::DisableTenant, disable, &disabled)
+          .ok());
+  EXPECT_TRUE(disabled.tenant().has_disable_time());
+  const absl::Time disabled_at = absl::Now();
+  EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] {
+    return create_session().error_code() == grpc::StatusCode::UNAUTHENTICATED;
+  }));
+  EXPECT_LE(absl::Now() - disabled_at, absl::Seconds(5)) << "the key outlived the cache's TTL";
+  // Disabled tenants are left out of the listing unless asked for.
+  ASSERT_TRUE(operator_client
+                  .Admin(&admin::v1::AdminService::Stub::ListTenants,
+                         admin::v1::ListTenantsRequest(), &listed)
+                  .ok());
+  for (const admin::v1::Tenant& t : listed.tenants()) EXPECT_NE(t.id(), "acme");
+
+  admin::v1::EnableTenantRequest enable;
+  enable.set_tenant_id("acme");
+  admin::v1::EnableTenantResponse enabled;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::EnableTenant, enable, &enabled).ok());
+  EXPECT_FALSE(enabled.tenant().has_disable_time());
+  EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return create_session().ok(); }));
+
+  admin::v1::RevokeApiKeyRequest revoke;
+  revoke.set_tenant_id("acme");
+  revoke.set_api_key_id(key.api_key().id());
+  admin::v1::RevokeApiKeyResponse revoked;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::RevokeApiKey, revoke, &revoked).ok());
+  EXPECT_TRUE(revoked.api_key().has_revoke_time());
+  EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] {
+    return create_session().error_code() == grpc::StatusCode::UNAUTHENTICATED;
+  }));
+}
+
+// "admin" is held only by name: a tenant's "*" key is not an operator, cannot make itself
+// one through ApiKeyService, and an operator key made by the admin API works.
+TEST_F(GatewayApi, OnlyKeysHoldingAdminByNameReachTheOperatorApi) {
+  Client tenant_root = As(StoredKey(kTenantB, {"*"}));
+  admin::v1::ListTenantsResponse listed;
+  ExpectMissingScope(tenant_root.Admin(&admin::v1::AdminService::Stub::ListTenants,
+                                       admin::v1::ListTenantsRequest(), &listed),
+                     "admin");
+  admin::v1::CreateTenantRequest grab;
+  grab.set_tenant_id("grabbed");
+  admin::v1::CreateTenantResponse grabbed;
+  ExpectMissingScope(
+      tenant_root.Admin(&admin::v1::AdminService::Stub::CreateTenant, grab, &grabbed), "admin");
+
+  v1::CreateApiKeyRequest escalate;
+  escalate.set_name("sneaky");
+  escalate.add_scopes("admin");
+  v1::CreateApiKeyResponse escalated;
+  grpc::Status status =
+      tenant_root.Keys(&v1::ApiKeyService::Stub::CreateApiKey, escalate, &escalated);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(status);
+  auto info = GetErrorInfo(FromGrpcStatus(status));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "SCOPE_ESCALATION");
+
+  Client operator_client = As(kGatewayApiKey);
+  admin::v1::GetTenantRequest get;
+  get.set_tenant_id("grabbed");
+  admin::v1::GetTenantResponse got;
+  EXPECT_EQ(
+      operator_client.Admin(&admin::v1::AdminService::Stub::GetTenant, get, &got).error_code(),
+      grpc::StatusCode::NOT_FOUND)
+      << "a refused CreateTenant wrote a tenant";
+
+  admin::v1::CreateApiKeyRequest make_operator;
+  make_operator.set_tenant_id(kTenantB);
+  make_operator.set_name("second operator");
+  make_operator.add_scopes("admin");
+  admin::v1::CreateApiKeyResponse second;
+  status =
+      operator_client.Admin(&admin::v1::AdminService::Stub::CreateApiKey, make_operator, &second);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  Client second_operator = As(second.secret());
+  status = second_operator.Admin(&admin::v1::AdminService::Stub::ListTenants,
+                                 admin::v1::ListTenantsRequest(), &listed);
+  EXPECT_TRUE(status.ok()) << Describe(status);
+  // ... and only that: "admin" alone reads no sessions.
+  v1::ListSessionsResponse sessions;
+  ExpectMissingScope(second_operator.Sessions(&v1::SessionService::Stub::ListSessions,
+                                              v1::ListSessionsRequest(), &sessions),
+                     "sessions:read");
+}
+
+TEST_F(GatewayApi, TheAdminApiRefusesMalformedTenantIdsAndUnknownScopesBeforeWriting) {
+  Client operator_client = As(kGatewayApiKey);
+  for (const std::string& id : {std::string("has space"), std::string("a/b"), std::string(65, 't'),
+                                std::string("caf\xc3\xa9")}) {
+    admin::v1::CreateTenantRequest create;
+    create.set_tenant_id(id);
+    admin::v1::CreateTenantResponse created;
+    grpc::Status status =
+        operator_client.Admin(&admin::v1::AdminService::Stub::CreateTenant, create, &created);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << id;
+    auto violations = GetBadRequest(FromGrpcStatus(status));
+    ASSERT_TRUE(violations.has_value()) << Describe(status);
+    EXPECT_EQ(violations->field_violations(0).field(), "tenant_id");
+  }
+  admin::v1::CreateApiKeyRequest make_key;
+  make_key.set_tenant_id(kTenantA);
+  make_key.set_name("typo");
+  make_key.add_scopes("sessions:reed");
+  admin::v1::CreateApiKeyResponse key;
+  grpc::Status status =
+      operator_client.Admin(&admin::v1::AdminService::Stub::CreateApiKey, make_key, &key);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  make_key.set_tenant_id("no_such_tenant");
+  make_key.set_scopes(0, "sessions:read");
+  status = operator_client.Admin(&admin::v1::AdminService::Stub::CreateApiKey, make_key, &key);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(status);
+
+  admin::v1::ListTenantsRequest all;
+  all.set_include_disabled(true);
+  admin::v1::ListTenantsResponse listed;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::ListTenants, all, &listed).ok());
+  std::vector<std::string> ids;
+  for (const admin::v1::Tenant& t : listed.tenants()) ids.push_back(t.id());
+  EXPECT_THAT(ids, ::testing::UnorderedElementsAre(kTenantA, kTenantB));
+  // With no id, the operator gets a generated one.
+  admin::v1::CreateTenantResponse generated;
+  ASSERT_TRUE(operator_client
+                  .Admin(&admin::v1::AdminService::Stub::CreateTenant,
+                         admin::v1::CreateTenantRequest(), &generated)
+                  .ok());
+  EXPECT_THAT(generated.tenant().id(), ::testing::StartsWith("ten_"));
 }
 
 TEST_F(GatewayApi, TenConcurrentSendsWithOneIdempotencyKeyMakeOneMessageAndOneTurn) {
