@@ -9,11 +9,13 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "google/protobuf/util/time_util.h"
 
 namespace parley::gateway {
 namespace {
 
 using StoreStub = store::v1::StoreService::StubInterface;
+using google::protobuf::util::TimeUtil;
 
 // One blocking call to store-svc, within a bound of its own.
 template <typename Request, typename Response>
@@ -186,7 +188,59 @@ absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tena
   request.set_turn_id(turn_id);
   auto response = CallStore(*store_, &StoreStub::GetTurn, request);
   if (!response.ok()) return response.status();
-  return response->turn().first_seq();
+  const v1::Turn& turn = response->turn();
+  if (turn.first_seq() > 0) return turn.first_seq();
+  if (turn.status() != v1::TURN_STATUS_QUEUED && turn.status() != v1::TURN_STATUS_RUNNING) {
+    return 0;  // Ended without ever starting (cancelled while queued).
+  }
+  // session-svc reports the first seq with its first heartbeat, seconds after the turn
+  // started: until then the hot window is where its start is found.
+  absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();
+  if (!redis.ok()) return redis.status();
+  absl::StatusOr<uint64_t> start = FindTurnStart(**redis, session_id, turn);
+  Return(*std::move(redis));
+  return start;
+}
+
+absl::StatusOr<uint64_t> RedisStoreHistory::FindTurnStart(RedisConnection& redis,
+                                                          const std::string& session_id,
+                                                          const v1::Turn& turn) {
+  constexpr int kBatch = 256;
+  constexpr int kMaxEntries = 16 * 1024;
+  constexpr int64_t kClockSkewNanos = 2'000'000'000;
+  const std::string stream = keys_.EventStream(session_id);
+  std::string end = "+";
+  uint64_t newest_seq = 0;
+  for (int scanned = 0; scanned < kMaxEntries; scanned += kBatch) {
+    absl::StatusOr<RedisReply> reply =
+        redis.Command({"XREVRANGE", stream, end, "-", "COUNT", absl::StrCat(kBatch)});
+    if (!reply.ok()) return reply.status();
+    const redisReply* entries = reply->get();
+    for (size_t i = 0; i < entries->elements; ++i) {
+      const EntryId id = EntryId::Of(entries->element[i]);
+      newest_seq = std::max(newest_seq, id.seq);
+      const redisReply* payload = StreamEntryField(entries->element[i], "e");
+      v1::Event event;
+      if (id.sub != 0 || payload == nullptr ||
+          !event.ParseFromArray(payload->str, static_cast<int>(payload->len))) {
+        continue;  // Transients and unreadable entries cannot be the start.
+      }
+      // Newest first: the first TurnStarted met is the current attempt's.
+      if (event.has_turn_started() && event.turn_id() == turn.id()) return event.seq();
+      // Published before the turn existed (allowing for clock skew between hosts):
+      // nothing older can be the turn's, so it has not started, and whatever it
+      // publishes comes after the newest entry read.
+      if (event.has_time() && turn.has_create_time() &&
+          TimeUtil::TimestampToNanoseconds(event.time()) <
+              TimeUtil::TimestampToNanoseconds(turn.create_time()) - kClockSkewNanos) {
+        return newest_seq + 1;
+      }
+    }
+    if (entries->elements < static_cast<size_t>(kBatch)) break;  // The window's start.
+    end = absl::StrCat("(", EntryId::Of(entries->element[entries->elements - 1]).ToString());
+  }
+  // Neither found within reach: from what is newest now, as before the window was read.
+  return newest_seq > 0 ? newest_seq + 1 : 0;
 }
 
 }  // namespace parley::gateway

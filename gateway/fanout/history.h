@@ -45,7 +45,9 @@ class HistorySource {
   // The session's current history epoch (0 when unknown).
   virtual absl::StatusOr<uint64_t> CurrentEpoch(const std::string& tenant_id,
                                                 const std::string& session_id) = 0;
-  // The first seq of a turn (0 while it has not started).
+  // Where a stream from the start of a turn begins: the seq of its first event (its
+  // newest attempt's TurnStarted); while it has not started, a seq no greater than the
+  // one its first event will get. 0 when unknown (the caller starts from the newest).
   virtual absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id,
                                                 const std::string& session_id,
                                                 const std::string& turn_id) = 0;
@@ -74,6 +76,10 @@ class RedisStoreHistory final : public HistorySource {
  private:
   absl::StatusOr<std::unique_ptr<RedisConnection>> Borrow();
   void Return(std::unique_ptr<RedisConnection> connection);
+  // TurnFirstSeq before session-svc has reported the turn's first seq: the hot window,
+  // newest first, down to the turn's TurnStarted or to events older than the turn.
+  absl::StatusOr<uint64_t> FindTurnStart(RedisConnection& redis, const std::string& session_id,
+                                         const v1::Turn& turn);
   absl::StatusOr<std::vector<v1::Event>> ReadHot(RedisConnection& redis,
                                                  const std::string& session_id, uint64_t from_seq,
                                                  int max);

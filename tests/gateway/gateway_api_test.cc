@@ -689,6 +689,53 @@ TEST_F(GatewayApi, TheAdminApiRefusesMalformedTenantIdsAndUnknownScopesBeforeWri
   EXPECT_THAT(generated.tenant().id(), ::testing::StartsWith("ten_"));
 }
 
+// A stream from a turn's start begins with its TurnStarted even while session-svc has not
+// yet reported the turn's first seq to the store (its first heartbeat, a third of the
+// lease later: 20 s here): the start is found in the hot window.
+class GatewayStreamFromTurn : public SessionFixture {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(
+        StartCluster({.replicas = 1, .lease_ttl = absl::Seconds(60), .gateway = true}));
+  }
+};
+
+TEST_F(GatewayStreamFromTurn, StartsAtTheTurnsFirstEventBeforeItsFirstSeqIsStored) {
+  const std::string session = CreateSession(kTenantA);
+  auto turn_id = SubmitTurn(kTenantA, session, "@delay_ms 100\n@words 8");
+  ASSERT_TRUE(turn_id.ok()) << turn_id.status();
+  auto running = WaitForTurnStatus(kTenantA, *turn_id, v1::TURN_STATUS_RUNNING);
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_EQ(running->first_seq(), 0u) << "the witness needs the first seq not yet stored";
+
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", std::string("Bearer ") + kGatewayApiKey);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto stub = v1::SessionService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_from_turn_id(*turn_id);
+  request.set_until_turn_end(true);
+  auto reader = stub->StreamEvents(&context, request);
+  std::vector<v1::Event> events;
+  v1::StreamEventsResponse item;
+  while (reader->Read(&item)) {
+    if (item.has_event()) events.push_back(item.event());
+  }
+  grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  ASSERT_THAT(events, ::testing::Not(IsEmpty()));
+  EXPECT_TRUE(events.front().has_turn_started()) << events.front().ShortDebugString();
+  EXPECT_EQ(events.front().turn_id(), *turn_id);
+  std::string text;
+  for (const v1::Event& event : events) {
+    if (event.has_text_delta()) text += event.text_delta().text();
+  }
+  EXPECT_EQ(text, "w1 w2 w3 w4 w5 w6 w7 w8");
+  EXPECT_TRUE(events.back().has_turn_sealed());
+}
+
 TEST_F(GatewayApi, TenConcurrentSendsWithOneIdempotencyKeyMakeOneMessageAndOneTurn) {
   const std::string session = CreateSession(kTenantA);
   const std::string key = StoredKey(kTenantA, {"sessions:write"});
