@@ -1,12 +1,12 @@
-// parley: the command-line client.
-//
-//   parley health ADDR [--service=NAME] [--wait=30s]   SERVING? (exit 0) else exit 1
-//   parley version
+// parley: the command-line client of a Parley gateway (and health checks of any
+// Parley service). `parley help` lists the commands; cli/cli.h has the exit statuses.
 #include <grpcpp/grpcpp.h>
 
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "cli/commands.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -15,9 +15,22 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: parley <command> [flags]\n"
-    "  health ADDR    check a service's gRPC health (exit 0 when SERVING)\n"
-    "  version        print the version\n"
-    "Run 'parley <command> --help' for its flags.\n";
+    "\n"
+    "  sessions create|list|get|update|close   manage sessions\n"
+    "  send SESSION TEXT [--follow]            send a message (and stream the turn)\n"
+    "  watch SESSION [--after N|--from_latest] stream a session's events, resuming by itself\n"
+    "  turns list|get|cancel SESSION [TURN]    a session's turns\n"
+    "  messages SESSION                        a session's stored messages\n"
+    "  keys create|list|revoke                 your tenant's API keys\n"
+    "  admin tenants create|list|get|disable|enable\n"
+    "  admin keys create|list|revoke --tenant T   (operator key)\n"
+    "  health ADDR                             a service's gRPC health (exit 0 when SERVING)\n"
+    "  version                                 print the version\n"
+    "\n"
+    "The gateway and key come from --addr and --api_key, or PARLEY_ADDR and PARLEY_API_KEY\n"
+    "(`eval \"$(scripts/dev env)\"` sets both for the local stack). --json prints one JSON\n"
+    "object per line. Exit status: 0 ok, 1 failed, 2 usage, 3 auth, 4 not found,\n"
+    "5 unavailable, 6 conflict. Run 'parley <command> --help' for its flags.\n";
 
 std::string StatusName(grpc::health::v1::HealthCheckResponse::ServingStatus status) {
   return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status);
@@ -68,7 +81,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   absl::string_view command = argv[1];
+  const parley::cli::Invocation call{absl::StrCat("parley ", command), argc - 1, argv + 1};
   if (command == "health") return Health(argc - 1, argv + 1);
+  if (command == "sessions") return parley::cli::SessionsCommand(call);
+  if (command == "send") return parley::cli::SendCommand(call);
+  if (command == "watch") return parley::cli::WatchCommand(call);
+  if (command == "turns") return parley::cli::TurnsCommand(call);
+  if (command == "messages") return parley::cli::MessagesCommand(call);
+  if (command == "keys") return parley::cli::KeysCommand(call);
+  if (command == "admin") return parley::cli::AdminCommand(call);
   if (command == "version") {
     std::cout << "parley " << PARLEY_VERSION << "\n";
     return 0;

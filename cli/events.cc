@@ -1,0 +1,171 @@
+#include "cli/events.h"
+
+#include <algorithm>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+
+namespace parley::cli {
+namespace {
+
+constexpr int kMaxAttemptsWithoutProgress = 5;
+
+// Renders events for a person. Text deltas continue the current line; everything else
+// starts a line of its own.
+class EventPrinter {
+ public:
+  explicit EventPrinter(Style style) : style_(style) {}
+
+  void Print(const v1::StreamEventsResponse& item) {
+    if (item.has_epoch_changed()) {
+      const v1::EpochChanged& changed = item.epoch_changed();
+      Line(
+          style_.Yellow(absl::StrCat("[history moved to epoch ", changed.new_epoch(), " after seq ",
+                                     changed.resume_after_seq(), ": ", changed.reason(), "]")));
+      return;
+    }
+    if (!item.has_event()) return;  // A keepalive says nothing to a person.
+    const v1::Event& event = item.event();
+    switch (event.payload_case()) {
+      case v1::Event::kMessageAppended: {
+        const v1::Message& message = event.message_appended().message();
+        if (message.role() != v1::ROLE_USER) return;
+        std::string text;
+        for (const v1::Part& part : message.parts()) absl::StrAppend(&text, part.text());
+        Line(style_.Bold(absl::StrCat("> ", text)));
+        return;
+      }
+      case v1::Event::kTurnStarted: {
+        const v1::TurnStarted& started = event.turn_started();
+        std::string what = absl::StrCat("[turn ", started.turn_id(), " started");
+        if (!started.model().empty()) absl::StrAppend(&what, ", model ", started.model());
+        if (started.attempt() > 1) absl::StrAppend(&what, ", attempt ", started.attempt());
+        Line(style_.Dim(what + "]"));
+        return;
+      }
+      case v1::Event::kTextDelta:
+        Inline(event.text_delta().text());
+        return;
+      case v1::Event::kReasoningDelta:
+        Inline(style_.Dim(event.reasoning_delta().text()));
+        return;
+      case v1::Event::kToolCall:
+        Line(style_.Cyan(absl::StrCat("[tool ", event.tool_call().name(), " ",
+                                      event.tool_call().arguments_json(), "]")));
+        return;
+      case v1::Event::kToolOutputDelta:
+        Inline(style_.Dim(event.tool_output_delta().data()));
+        return;
+      case v1::Event::kToolResult: {
+        const v1::ToolResult& result = event.tool_result();
+        Line(style_.Cyan(absl::StrCat("[tool result", result.is_error() ? " (error)" : "", ", ",
+                                      result.duration_ms(), " ms]")));
+        return;
+      }
+      case v1::Event::kRetryScheduled: {
+        const v1::RetryScheduled& retry = event.retry_scheduled();
+        Line(style_.Yellow(absl::StrCat("[retrying in ", retry.delay_ms(), " ms (attempt ",
+                                        retry.attempt(), "): ", retry.reason(), "]")));
+        return;
+      }
+      case v1::Event::kTurnCompleted: {
+        const v1::TurnCompleted& done = event.turn_completed();
+        std::string what = absl::StrCat(
+            "[turn ", EnumWord(v1::TurnStatus_Name(done.status()), "TURN_STATUS_"), " (",
+            EnumWord(v1::FinishReason_Name(done.finish_reason()), "FINISH_REASON_"), "), ",
+            done.usage().input_tokens(), " tokens in, ", done.usage().output_tokens(), " out, ",
+            done.duration_ms(), " ms]");
+        if (done.has_error()) absl::StrAppend(&what, " ", done.error().message());
+        Line(done.status() == v1::TURN_STATUS_SUCCEEDED ? style_.Dim(what) : style_.Red(what));
+        return;
+      }
+      case v1::Event::kSessionStatusChanged:
+        Line(style_.Dim(absl::StrCat(
+            "[session ",
+            EnumWord(v1::SessionStatus_Name(event.session_status_changed().new_status()),
+                     "SESSION_STATUS_"),
+            "]")));
+        return;
+      case v1::Event::kError:
+        Line(style_.Red(absl::StrCat(
+            "[error ", EnumWord(v1::TurnErrorKind_Name(event.error().kind()), "TURN_ERROR_KIND_"),
+            ": ", event.error().message(), "]")));
+        return;
+      default:
+        return;  // Usage, TurnSealed, and payloads newer than this client.
+    }
+  }
+
+  // Ends a line of streamed text, if one is open.
+  void Finish() {
+    if (mid_line_) std::cout << "\n" << std::flush;
+    mid_line_ = false;
+  }
+
+ private:
+  void Inline(const std::string& text) {
+    std::cout << text << std::flush;
+    mid_line_ = !text.empty() && text.back() != '\n';
+  }
+  void Line(const std::string& text) {
+    Finish();
+    std::cout << text << "\n" << std::flush;
+  }
+
+  Style style_;
+  bool mid_line_ = false;
+};
+
+}  // namespace
+
+int FollowEvents(Connection& connection, v1::StreamEventsRequest request) {
+  const bool json = connection.options().json;
+  EventPrinter printer(Style::ForStdout());
+  std::optional<v1::TurnStatus> completed;
+  int fruitless_attempts = 0;
+  for (;;) {
+    std::unique_ptr<grpc::ClientContext> context = connection.Context(/*stream=*/true);
+    auto reader = connection.sessions().StreamEvents(context.get(), request);
+    v1::StreamEventsResponse item;
+    bool progressed = false;
+    while (reader->Read(&item)) {
+      if (json) {
+        PrintJson(item);
+      } else {
+        printer.Print(item);
+      }
+      if (item.has_event()) {
+        progressed = true;
+        // The resume cursor: everything up to this seq of this epoch has arrived.
+        request.set_after_seq(item.event().seq());
+        request.set_epoch(item.event().epoch());
+        if (item.event().has_turn_completed()) completed = item.event().turn_completed().status();
+      } else if (item.has_epoch_changed()) {
+        request.set_epoch(item.epoch_changed().new_epoch());
+      }
+    }
+    const grpc::Status status = reader->Finish();
+    printer.Finish();
+    if (status.ok()) {
+      if (!request.until_turn_end()) return kExitOk;
+      return completed == v1::TURN_STATUS_SUCCEEDED ? kExitOk : kExitFailed;
+    }
+    // A dropped connection, a gateway shutting down, or this client reading too slowly:
+    // each is resumable from the cursor.
+    const bool resumable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+    fruitless_attempts = progressed ? 1 : fruitless_attempts + 1;
+    if (!resumable || fruitless_attempts >= kMaxAttemptsWithoutProgress) {
+      return ReportError(status, connection.options());
+    }
+    if (!json) {
+      std::cerr << "parley: stream interrupted (" << status.error_message()
+                << "); resuming after seq " << request.after_seq() << "\n";
+    }
+    absl::SleepFor(std::min(absl::Milliseconds(250) * (1 << fruitless_attempts), absl::Seconds(4)));
+  }
+}
+
+}  // namespace parley::cli
