@@ -1,0 +1,190 @@
+// The real `parley` binary against a real gateway, session-svc, store-svc, Postgres and
+// Redis: what a person sees, what a script parses (--json), and the exit status of each
+// class of failure.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "google/protobuf/util/json_util.h"
+#include "parley/v1/parley.pb.h"
+#include "tests/harness/services.h"
+#include "tests/session/session_fixture.h"
+
+namespace parley::session::testing {
+namespace {
+
+using ::parley::testing::BinaryPath;
+using ::parley::testing::ProcessOptions;
+using ::parley::testing::RunCommand;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+// What one run of the CLI printed and how it exited.
+struct CliRun {
+  int exit_code = -1;
+  std::string output;
+  std::vector<std::string> Lines() const {
+    return absl::StrSplit(absl::StripSuffix(output, "\n"), '\n', absl::SkipEmpty());
+  }
+};
+
+template <typename Message>
+Message FromJson(const std::string& line) {
+  Message message;
+  auto status = google::protobuf::util::JsonStringToMessage(line, &message);
+  EXPECT_TRUE(status.ok()) << status << " in: " << line;
+  return message;
+}
+
+class ParleyCli : public SessionFixture {
+ protected:
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1, .gateway = true})); }
+
+  // Runs `parley ARGS...` with PARLEY_ADDR pointing at the gateway and `key` (if any)
+  // in PARLEY_API_KEY.
+  CliRun Parley(const std::string& key, std::vector<std::string> args,
+                const std::string& addr = "") {
+    ProcessOptions options{.binary = BinaryPath("cli/parley"), .args = std::move(args)};
+    options.env["PARLEY_ADDR"] = addr.empty() ? gateway()->grpc_target() : addr;
+    if (!key.empty()) options.env["PARLEY_API_KEY"] = key;
+    auto result = RunCommand(options, absl::Seconds(60));
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) return {};
+    return {result->exit_code, result->output};
+  }
+
+  // A tenant and a key of it with every tenant scope, made as an operator would.
+  std::string OnboardTenant(const std::string& tenant) {
+    CliRun created = Parley(kGatewayApiKey, {"admin", "tenants", "create", tenant, "--name=Acme"});
+    EXPECT_EQ(created.exit_code, 0) << created.output;
+    CliRun key = Parley(kGatewayApiKey,
+                        {"admin", "keys", "create", "ci key", "--tenant=" + tenant, "--json"});
+    EXPECT_EQ(key.exit_code, 0) << key.output;
+    return FromJson<v1::CreateApiKeyResponse>(key.Lines().at(0)).secret();
+  }
+};
+
+TEST_F(ParleyCli, ASessionsLifeForPeopleAndForScripts) {
+  const std::string key = OnboardTenant("acme");
+
+  CliRun created = Parley(key, {"sessions", "create", "--title=Support chat", "--json"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  const std::string session =
+      FromJson<v1::CreateSessionResponse>(created.Lines().at(0)).session().id();
+  ASSERT_THAT(session, StartsWith("ses_"));
+
+  // For a person: the answer streamed as text, the turn's end on a line of its own.
+  CliRun sent = Parley(key, {"send", session, "hello there", "--follow"});
+  EXPECT_EQ(sent.exit_code, 0) << sent.output;
+  EXPECT_THAT(sent.output, HasSubstr("Echo: hello there\n"));
+  EXPECT_THAT(sent.output, HasSubstr("[turn succeeded (stop)"));
+  EXPECT_THAT(sent.output, Not(HasSubstr("\x1b["))) << "no colour when stdout is not a terminal";
+
+  // For a script: one StreamEventsResponse per line, from TurnStarted to TurnSealed.
+  CliRun followed = Parley(key, {"send", session, "again", "--follow", "--json"});
+  ASSERT_EQ(followed.exit_code, 0) << followed.output;
+  std::vector<v1::Event> events;
+  for (const std::string& line : followed.Lines()) {
+    auto item = FromJson<v1::StreamEventsResponse>(line);
+    if (item.has_event()) events.push_back(item.event());
+  }
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(events.front().has_turn_started());
+  EXPECT_TRUE(events.back().has_turn_sealed());
+  for (size_t i = 1; i < events.size(); ++i) EXPECT_EQ(events[i].seq(), events[i - 1].seq() + 1);
+
+  CliRun turns = Parley(key, {"turns", "list", session, "--json"});
+  ASSERT_EQ(turns.exit_code, 0) << turns.output;
+  ASSERT_EQ(turns.Lines().size(), 2u) << turns.output;
+  EXPECT_EQ(FromJson<v1::Turn>(turns.Lines()[1]).status(), v1::TURN_STATUS_SUCCEEDED);
+  CliRun table = Parley(key, {"turns", "list", session});
+  EXPECT_THAT(table.Lines().at(0), StartsWith("ID "));
+  EXPECT_THAT(table.output, HasSubstr("succeeded"));
+
+  CliRun messages = Parley(key, {"messages", session});
+  EXPECT_EQ(messages.exit_code, 0) << messages.output;
+  EXPECT_THAT(messages.output, HasSubstr("user: hello there\n"));
+  EXPECT_THAT(messages.output, HasSubstr("assistant: Echo: hello there\n"));
+
+  // Watching from the start replays the same history, then stops at a turn's end.
+  CliRun watched = Parley(key, {"watch", session, "--after=0", "--until_turn_end"});
+  EXPECT_EQ(watched.exit_code, 0) << watched.output;
+  EXPECT_THAT(watched.output, HasSubstr("Echo: hello there"));
+
+  CliRun renamed = Parley(key, {"sessions", "update", session, "--title=Renamed", "--tags=a,b"});
+  EXPECT_EQ(renamed.exit_code, 0) << renamed.output;
+  EXPECT_THAT(renamed.output, HasSubstr("title:        Renamed"));
+  CliRun listed = Parley(key, {"sessions", "list", "--json"});
+  ASSERT_EQ(listed.Lines().size(), 1u) << listed.output;
+  EXPECT_EQ(FromJson<v1::Session>(listed.Lines()[0]).title(), "Renamed");
+
+  CliRun closed = Parley(key, {"sessions", "close", session});
+  EXPECT_EQ(closed.exit_code, 0) << closed.output;
+  CliRun refused = Parley(key, {"send", session, "too late"});
+  EXPECT_EQ(refused.exit_code, 6) << refused.output;  // conflict: FAILED_PRECONDITION
+  EXPECT_THAT(refused.output, StartsWith("parley: FAILED_PRECONDITION: "));
+}
+
+TEST_F(ParleyCli, EachClassOfFailureHasItsOwnExitStatusAndOneClearLine) {
+  const std::string key = OnboardTenant("acme");
+
+  CliRun missing_key = Parley("", {"sessions", "list"});
+  EXPECT_EQ(missing_key.exit_code, 3) << missing_key.output;
+  CliRun wrong_key = Parley("pk_not_a_real_key", {"sessions", "list"});
+  EXPECT_EQ(wrong_key.exit_code, 3) << wrong_key.output;
+  EXPECT_EQ(wrong_key.output, "parley: UNAUTHENTICATED: unknown or revoked api key\n")
+      << "one line, no table header, the key never echoed";
+  CliRun not_operator = Parley(key, {"admin", "tenants", "list"});
+  EXPECT_EQ(not_operator.exit_code, 3) << not_operator.output;
+  EXPECT_THAT(not_operator.output, HasSubstr("MISSING_SCOPE"));
+
+  CliRun not_found = Parley(key, {"sessions", "get", "ses_nope"});
+  EXPECT_EQ(not_found.exit_code, 4) << not_found.output;
+  EXPECT_EQ(not_found.Lines().size(), 1u) << not_found.output;
+  CliRun as_json = Parley(key, {"sessions", "get", "ses_nope", "--json"});
+  EXPECT_EQ(as_json.exit_code, 4);
+  EXPECT_THAT(as_json.output, StartsWith("{\"error\":{"));
+  EXPECT_THAT(as_json.output, HasSubstr("\"code\":\"NOT_FOUND\""));
+
+  CliRun bad_scope = Parley(key, {"keys", "create", "typo", "--scopes=sessions:reed"});
+  EXPECT_EQ(bad_scope.exit_code, 2) << bad_scope.output;
+  EXPECT_THAT(bad_scope.output, HasSubstr("scopes[0]"));
+  CliRun no_args = Parley(key, {"sessions", "get"});
+  EXPECT_EQ(no_args.exit_code, 2) << no_args.output;
+  CliRun unknown = Parley(key, {"sessions", "explode"});
+  EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
+  CliRun bad_flag = Parley(key, {"watch", "ses_x", "--after=1", "--from_latest"});
+  EXPECT_EQ(bad_flag.exit_code, 2) << bad_flag.output;
+
+  // Nothing listens on port 1 of loopback.
+  CliRun unreachable = Parley(key, {"sessions", "list", "--timeout=2s"}, "127.0.0.1:1");
+  EXPECT_EQ(unreachable.exit_code, 5) << unreachable.output;
+  EXPECT_THAT(unreachable.output, StartsWith("parley: UNAVAILABLE: "));
+}
+
+TEST_F(ParleyCli, FollowingATurnThatDidNotSucceedExitsOne) {
+  const std::string key = OnboardTenant("acme");
+  CliRun created = Parley(key, {"sessions", "create"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  const std::string session(absl::StripSuffix(created.output, "\n"));
+  CliRun sent = Parley(key, {"send", session, "@stall_ms 60000\nwait"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.output;
+  const std::string turn(absl::StripSuffix(sent.output, "\n"));
+  ASSERT_TRUE(WaitForTurnStatus("acme", turn, v1::TURN_STATUS_RUNNING).ok());
+
+  CliRun cancelled = Parley(key, {"turns", "cancel", session});
+  EXPECT_EQ(cancelled.exit_code, 0) << cancelled.output;
+  CliRun watched = Parley(key, {"watch", session, "--from_turn=" + turn, "--until_turn_end"});
+  EXPECT_EQ(watched.exit_code, 1) << watched.output;
+  EXPECT_THAT(watched.output, HasSubstr("[turn cancelled (cancelled)"));
+  CliRun got = Parley(key, {"turns", "get", session, turn});
+  EXPECT_THAT(got.output, HasSubstr("status:      cancelled"));
+}
+
+}  // namespace
+}  // namespace parley::session::testing
