@@ -46,6 +46,7 @@ SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& t
       downstream_timeout_(downstream_timeout),
       hub_(hub) {
   telemetry_.InstrumentInHandler(kStreamEventsMethod);
+  telemetry_.InstrumentInHandler(kSendMessageAndStreamMethod);
 }
 
 grpc::ServerUnaryReactor* SessionApi::CreateSession(grpc::CallbackServerContext* context,
@@ -258,6 +259,44 @@ grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
     if (!params.ok()) return stream->Reject(ToGrpcStatus(params.status()));
     stream->Open(*std::move(params));
   });
+  return stream;
+}
+
+grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::SendMessageAndStream(
+    grpc::CallbackServerContext* context, const v1::SendMessageRequest* request) {
+  auto* stream = new StreamEventsReactor(
+      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kSendMessageAndStreamMethod));
+  // `context` and `request` live until the call is done, which is after `stream` has
+  // been opened or rejected below.
+  authenticator_.Authenticate(
+      *context, [this, context, stream, request](absl::StatusOr<Principal> who) {
+        absl::Status allowed = who.ok() ? who->Require(kScopeSessionsWrite) : who.status();
+        if (allowed.ok()) allowed = who->Require(kScopeSessionsRead);
+        if (!allowed.ok()) return stream->Reject(ToGrpcStatus(allowed));
+        struct Submit {
+          grpc::ClientContext context;
+          router_pb::SubmitMessageRequest request;
+          v1::SendMessageResponse response;
+        };
+        auto submit = std::make_shared<Submit>();
+        telemetry::PrepareDownstream(*context, submit->context, downstream_timeout_);
+        submit->request.set_tenant_id(who->tenant_id);
+        *submit->request.mutable_request() = *request;
+        router_->async()->SubmitMessage(
+            &submit->context, &submit->request, &submit->response,
+            [submit, stream, tenant_id = who->tenant_id](grpc::Status status) {
+              if (!status.ok()) return stream->Reject(status);
+              StreamParams params;
+              params.tenant_id = tenant_id;
+              params.session_id = submit->request.request().session_id();
+              params.start = StreamParams::Start::kTurn;
+              params.turn_id = submit->response.turn().id();
+              params.until_turn_end = true;
+              v1::StreamEventsResponse sent;
+              *sent.mutable_sent() = std::move(submit->response);
+              stream->OpenAfter(std::move(sent), std::move(params));
+            });
+      });
   return stream;
 }
 

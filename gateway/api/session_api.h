@@ -20,8 +20,10 @@
 
 namespace parley::gateway {
 
-// gRPC's path of StreamEvents, whose calls SessionApi records itself.
+// gRPC's paths of the streams, whose calls SessionApi records itself.
 inline constexpr char kStreamEventsMethod[] = "/parley.v1.SessionService/StreamEvents";
+inline constexpr char kSendMessageAndStreamMethod[] =
+    "/parley.v1.SessionService/SendMessageAndStream";
 
 class SessionApi final : public v1::SessionService::CallbackService {
  public:
@@ -65,6 +67,10 @@ class SessionApi final : public v1::SessionService::CallbackService {
                                        v1::CancelTurnResponse* response) override;
   grpc::ServerWriteReactor<v1::StreamEventsResponse>* StreamEvents(
       grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) override;
+  // SendMessage through session-svc, then the hub's stream of that turn: its answer is
+  // written first, and the stream opens only after that write completed.
+  grpc::ServerWriteReactor<v1::StreamEventsResponse>* SendMessageAndStream(
+      grpc::CallbackServerContext* context, const v1::SendMessageRequest* request) override;
 
  private:
   Authenticator& authenticator_;

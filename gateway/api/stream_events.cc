@@ -23,13 +23,38 @@ void StreamEventsReactor::Open(StreamParams params) {
   hub.Open(core);
 }
 
+void StreamEventsReactor::OpenAfter(v1::StreamEventsResponse first, StreamParams params) {
+  bool cancelled = false;
+  {
+    absl::MutexLock lock(&mu_);
+    cancelled = cancelled_;
+    if (!cancelled) {
+      first_ = std::move(first);
+      after_first_ = std::move(params);
+      writing_first_ = true;
+    }
+  }
+  if (cancelled) {
+    FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+    return;
+  }
+  StartWrite(&first_);
+}
+
 void StreamEventsReactor::Reject(const grpc::Status& status) { FinishCall(status); }
 
 void StreamEventsReactor::OnWriteDone(bool ok) {
   std::shared_ptr<StreamCore> core;
+  bool first_written = false;
   {
     absl::MutexLock lock(&mu_);
-    core = core_;  // Set: writes only start after Open.
+    first_written = writing_first_;
+    writing_first_ = false;
+    core = core_;  // Set otherwise: the hub's writes only start after Open.
+  }
+  if (first_written) {
+    if (!ok) return FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    return Open(std::move(after_first_));
   }
   core->OnWriteDone(ok);
 }

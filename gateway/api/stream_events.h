@@ -25,8 +25,10 @@ class StreamEventsReactor final
  public:
   StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call);
 
-  // Exactly one of Open and Reject, once, from any thread.
+  // Exactly one of Open, OpenAfter and Reject, once, from any thread.
   void Open(StreamParams params);
+  // Writes `first`, then opens the stream (SendMessageAndStream's acknowledgement).
+  void OpenAfter(v1::StreamEventsResponse first, StreamParams params);
   void Reject(const grpc::Status& status);
 
   void WriteResponse(const v1::StreamEventsResponse* response) override { StartWrite(response); }
@@ -42,6 +44,10 @@ class StreamEventsReactor final
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<StreamCore> core_ ABSL_GUARDED_BY(mu_);  // Set once, by Open.
+  // OpenAfter's first response while it is being written, and the stream to open then.
+  v1::StreamEventsResponse first_;
+  StreamParams after_first_;
+  bool writing_first_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Validates a request and turns it into stream parameters for `tenant_id`.

@@ -736,6 +736,81 @@ TEST_F(GatewayStreamFromTurn, StartsAtTheTurnsFirstEventBeforeItsFirstSeqIsStore
   EXPECT_TRUE(events.back().has_turn_sealed());
 }
 
+// Everything one SendMessageAndStream call delivered.
+struct SentAndStreamed {
+  grpc::Status status;
+  std::vector<v1::StreamEventsResponse> items;
+};
+
+SentAndStreamed SendAndStream(const std::string& target, const std::string& key,
+                              const v1::SendMessageRequest& request) {
+  auto stub =
+      v1::SessionService::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + key);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = stub->SendMessageAndStream(&context, request);
+  SentAndStreamed out;
+  v1::StreamEventsResponse item;
+  while (reader->Read(&item)) out.items.push_back(item);
+  out.status = reader->Finish();
+  return out;
+}
+
+TEST_F(GatewayApi, SendMessageAndStreamAnswersFirstThenStreamsThatTurnUntilSealed) {
+  const std::string key = StoredKey(kTenantA, {"sessions:read", "sessions:write"});
+  const std::string session = CreateSession(kTenantA);
+  v1::SendMessageRequest request;
+  request.set_session_id(session);
+  request.add_content()->set_text("stream me");
+  request.set_idempotency_key("once");
+
+  SentAndStreamed first = SendAndStream(gateway()->grpc_target(), key, request);
+  ASSERT_TRUE(first.status.ok()) << Describe(first.status);
+  ASSERT_GE(first.items.size(), 3u);
+  ASSERT_TRUE(first.items.front().has_sent());
+  const v1::SendMessageResponse& sent = first.items.front().sent();
+  EXPECT_FALSE(sent.duplicate());
+  std::string text;
+  std::vector<uint64_t> seqs;
+  for (size_t i = 1; i < first.items.size(); ++i) {
+    const v1::StreamEventsResponse& item = first.items[i];
+    EXPECT_FALSE(item.has_sent()) << "the answer comes once, first";
+    if (!item.has_event()) continue;
+    EXPECT_EQ(item.event().turn_id(), sent.turn().id());
+    seqs.push_back(item.event().seq());
+    if (item.event().has_text_delta()) text += item.event().text_delta().text();
+  }
+  EXPECT_TRUE(first.items[1].event().has_turn_started());
+  EXPECT_TRUE(first.items.back().event().has_turn_sealed());
+  for (size_t i = 1; i < seqs.size(); ++i) EXPECT_EQ(seqs[i], seqs[i - 1] + 1);
+  EXPECT_EQ(text, "Echo: stream me");
+
+  // The same idempotency key again: the same turn, streamed again, nothing new written.
+  SentAndStreamed again = SendAndStream(gateway()->grpc_target(), key, request);
+  ASSERT_TRUE(again.status.ok()) << Describe(again.status);
+  ASSERT_TRUE(again.items.front().has_sent());
+  EXPECT_TRUE(again.items.front().sent().duplicate());
+  EXPECT_EQ(again.items.front().sent().turn().id(), sent.turn().id());
+  EXPECT_EQ(again.items.size(), first.items.size());
+  auto turns = ListTurns(kTenantA, session);
+  ASSERT_TRUE(turns.ok());
+  EXPECT_EQ(turns->size(), 1u);
+
+  // Both scopes are needed, and another tenant's session is NOT_FOUND; neither writes.
+  request.set_idempotency_key("refused");
+  SentAndStreamed write_only =
+      SendAndStream(gateway()->grpc_target(), StoredKey(kTenantA, {"sessions:write"}), request);
+  ExpectMissingScope(write_only.status, "sessions:read");
+  EXPECT_TRUE(write_only.items.empty());
+  SentAndStreamed other =
+      SendAndStream(gateway()->grpc_target(), StoredKey(kTenantB, {"*"}), request);
+  EXPECT_EQ(other.status.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(other.status);
+  auto messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok());
+  EXPECT_EQ(messages->size(), 2u) << "only the first send's message and its answer";
+}
+
 TEST_F(GatewayApi, TenConcurrentSendsWithOneIdempotencyKeyMakeOneMessageAndOneTurn) {
   const std::string session = CreateSession(kTenantA);
   const std::string key = StoredKey(kTenantA, {"sessions:write"});
