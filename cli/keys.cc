@@ -121,14 +121,20 @@ void PrintTenantRow(const admin::v1::Tenant& tenant, const Options& options, Tab
 int TenantsCreate(const Invocation& call) {
   Options options;
   std::string name;
+  int64_t rate_limit = 0, rate_burst = 0;
   Flags flags(call.program, "Creates a tenant (or returns the existing one with this id).");
   AddConnectionFlags(flags, &options);
   flags.String("name", &name, "display name");
+  flags.Int("rate_limit", &rate_limit, "requests per second (0: the gateway's default)", 0,
+            1'000'000);
+  flags.Int("rate_burst", &rate_burst, "requests at once (0: the rate)", 0, 10'000'000);
   std::vector<std::string> args = ParseArgs(flags, call, 0, 1, "[TENANT_ID]");
   Connection connection(options);
   admin::v1::CreateTenantRequest request;
   if (!args.empty()) request.set_tenant_id(args[0]);
   request.set_name(name);
+  request.set_rate_limit_per_s(static_cast<uint32_t>(rate_limit));
+  request.set_rate_limit_burst(static_cast<uint32_t>(rate_burst));
   admin::v1::CreateTenantResponse response;
   grpc::Status status =
       connection.admin().CreateTenant(connection.Context().get(), request, &response);

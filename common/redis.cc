@@ -124,6 +124,7 @@ absl::StatusOr<std::vector<RedisReply>> RedisConnection::Pipeline(
 
 int64_t ReplyInt64(const redisReply* reply) {
   int64_t value = 0;
+  if (reply != nullptr && reply->type == REDIS_REPLY_INTEGER) return reply->integer;
   if (reply != nullptr && reply->type == REDIS_REPLY_STRING) {
     (void)absl::SimpleAtoi(absl::string_view(reply->str, reply->len), &value);
   }
@@ -185,5 +186,11 @@ std::string RedisKeys::PersisterLock(absl::string_view session_id) const {
   return absl::StrCat(Tag(session_id), ":persister");
 }
 std::string RedisKeys::PersistQueue() const { return absl::StrCat(prefix_, "parley:persist"); }
+std::string RedisKeys::TenantRate(absl::string_view tenant_id) const {
+  return absl::StrCat(prefix_, "{t:", tenant_id, "}:rate");
+}
+std::string RedisKeys::KeyRate(absl::string_view tenant_id, absl::string_view key_id) const {
+  return absl::StrCat(prefix_, "{t:", tenant_id, "}:rate:", key_id);
+}
 
 }  // namespace parley

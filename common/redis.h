@@ -41,7 +41,8 @@ inline std::string ReplyString(const redisReply* reply) {
   return reply != nullptr && reply->str != nullptr ? std::string(reply->str, reply->len) : "";
 }
 
-// A number Redis keeps as a string (GET, HGET); 0 for nil or anything else.
+// An integer reply, or a number Redis keeps as a string (GET, HGET); 0 for nil or
+// anything else.
 int64_t ReplyInt64(const redisReply* reply);
 
 // The value of field `name` of one XRANGE entry ([id, [field, value, ...]]); null when
@@ -110,6 +111,10 @@ class RedisKeys {
   // Sorted set of sessions with events not yet in Postgres, scored by the time (ms)
   // they were first marked. One key for all sessions: its own Cluster slot.
   std::string PersistQueue() const;
+  // The gateway's rate limiter state (GCRA: the theoretical arrival time) of a tenant
+  // and of one of its keys; both on the tenant's Cluster slot, so one script sees both.
+  std::string TenantRate(absl::string_view tenant_id) const;
+  std::string KeyRate(absl::string_view tenant_id, absl::string_view key_id) const;
 
   const std::string& prefix() const { return prefix_; }
 

@@ -8,6 +8,7 @@
 #include "gateway/api/api_key_api.h"
 #include "gateway/api/session_api.h"
 #include "gateway/auth/authenticator.h"
+#include "gateway/auth/rate_limiter.h"
 #include "gateway/fanout/history.h"
 #include "gateway/fanout/hub.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -26,6 +27,10 @@ struct GatewayConfig {
   int64_t stream_buffer = 1024;
   absl::Duration keepalive = absl::Seconds(15);
   absl::Duration key_cache_ttl = absl::Seconds(2);
+  int64_t tenant_rate_limit = 500;
+  int64_t tenant_rate_burst = 1000;
+  int64_t key_rate_limit = 0;
+  int64_t key_rate_burst = 0;
 };
 
 // Health probe of Redis: PING on a connection of its own, reopened when it broke.
@@ -99,6 +104,15 @@ int main(int argc, char** argv) {
   flags.Duration("key_cache_ttl", &config.key_cache_ttl,
                  "how long a looked-up API key (or its refusal) is reused: the longest a "
                  "revoked key keeps working on this gateway");
+  flags.Int("tenant_rate_limit", &config.tenant_rate_limit,
+            "requests per second a tenant may make, where its own limit is 0 (0: none)", 0,
+            1'000'000);
+  flags.Int("tenant_rate_burst", &config.tenant_rate_burst,
+            "requests a tenant may make at once (0: the rate)", 0, 10'000'000);
+  flags.Int("key_rate_limit", &config.key_rate_limit,
+            "requests per second one API key may make (0: only its tenant's limit)", 0, 1'000'000);
+  flags.Int("key_rate_burst", &config.key_rate_burst,
+            "requests one API key may make at once (0: the rate)", 0, 10'000'000);
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
 
   parley::ServiceHost host("parley-gateway", server);
@@ -110,6 +124,15 @@ int main(int argc, char** argv) {
                                                    .cache_ttl = config.key_cache_ttl},
                                                   store);
   const parley::RedisEndpoint redis = *parley::ParseRedisUrl(config.redis_url);
+  parley::gateway::RateLimiter rate_limiter(
+      {.redis = redis,
+       .keys = parley::RedisKeys(config.redis_key_prefix),
+       .tenant_default = {.per_s = static_cast<uint32_t>(config.tenant_rate_limit),
+                          .burst = static_cast<uint32_t>(config.tenant_rate_burst)},
+       .key_default = {.per_s = static_cast<uint32_t>(config.key_rate_limit),
+                       .burst = static_cast<uint32_t>(config.key_rate_burst)}},
+      host.registry());
+  parley::gateway::RateLimitedAuthenticator limited(authenticator, rate_limiter);
   parley::gateway::RedisStoreHistory history(redis, parley::RedisKeys(config.redis_key_prefix),
                                              store);
   parley::gateway::HubOptions hub_options;
@@ -119,11 +142,11 @@ int main(int argc, char** argv) {
   hub_options.keepalive = config.keepalive;
   parley::gateway::Hub hub(hub_options, history, host.registry());
   hub.Start();
-  parley::gateway::SessionApi sessions(authenticator, host.grpc_telemetry(),
+  parley::gateway::SessionApi sessions(limited, host.grpc_telemetry(),
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
                                        store, config.downstream_timeout, hub);
-  parley::gateway::ApiKeyApi api_keys(authenticator, store, config.downstream_timeout);
-  parley::gateway::AdminApi admin(authenticator, store, config.downstream_timeout);
+  parley::gateway::ApiKeyApi api_keys(limited, store, config.downstream_timeout);
+  parley::gateway::AdminApi admin(limited, store, config.downstream_timeout);
   parley::v1::SandboxService::CallbackService sandboxes;
   host.AddService(&sessions);
   host.AddService(&sandboxes);

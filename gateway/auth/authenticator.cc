@@ -134,8 +134,13 @@ void KeyAuthenticator::Lookup(std::string digest, std::string secret) {
       [this, call, digest = std::move(digest)](grpc::Status status) {
         if (status.ok()) {
           const v1::ApiKey& key = call->response.api_key();
+          const store::v1::Tenant& tenant = call->response.tenant();
           Answer(digest,
-                 Principal{key.tenant_id(), key.id(), {key.scopes().begin(), key.scopes().end()}},
+                 Principal{.tenant_id = key.tenant_id(),
+                           .key_id = key.id(),
+                           .scopes = {key.scopes().begin(), key.scopes().end()},
+                           .tenant_rate_per_s = tenant.rate_limit_per_s(),
+                           .tenant_rate_burst = tenant.rate_limit_burst()},
                  /*cacheable=*/true);
         } else if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
           Answer(digest, UnknownKey(), /*cacheable=*/true);

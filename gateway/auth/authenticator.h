@@ -51,6 +51,9 @@ struct Principal {
   std::string tenant_id;
   std::string key_id;
   std::vector<std::string> scopes;
+  // The tenant's own rate limit (store-svc's Tenant); 0 means the gateway's default.
+  uint32_t tenant_rate_per_s = 0;
+  uint32_t tenant_rate_burst = 0;
 
   // Whether the key may do what `scope` allows ("*" allows all but kScopeAdmin).
   bool Has(absl::string_view scope) const;

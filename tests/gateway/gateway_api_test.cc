@@ -811,6 +811,61 @@ TEST_F(GatewayApi, SendMessageAndStreamAnswersFirstThenStreamsThatTurnUntilSeale
   EXPECT_EQ(messages->size(), 2u) << "only the first send's message and its answer";
 }
 
+// A tenant's own limit (1/s, burst 2) is enforced across its keys with a retry delay,
+// nothing of a refused call reaches the services behind, and calls succeed again later.
+TEST_F(GatewayApi, ATenantsRateLimitRefusesWithARetryDelayAndRecovers) {
+  Client operator_client = As(kGatewayApiKey);
+  admin::v1::CreateTenantRequest create;
+  create.set_tenant_id("slow");
+  create.set_rate_limit_per_s(1);
+  create.set_rate_limit_burst(2);
+  admin::v1::CreateTenantResponse created;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::CreateTenant, create, &created).ok());
+  admin::v1::CreateApiKeyRequest make_key;
+  make_key.set_tenant_id("slow");
+  make_key.set_name("slow key");
+  make_key.add_scopes("*");
+  admin::v1::CreateApiKeyResponse key;
+  ASSERT_TRUE(
+      operator_client.Admin(&admin::v1::AdminService::Stub::CreateApiKey, make_key, &key).ok());
+  Client slow = As(key.secret());
+
+  auto create_session = [&](const std::string& title) {
+    v1::CreateSessionRequest request;
+    request.set_title(title);
+    v1::CreateSessionResponse out;
+    return slow.Sessions(&v1::SessionService::Stub::CreateSession, request, &out);
+  };
+  grpc::Status refused;
+  int admitted = 0;
+  for (int i = 0; i < 100 && refused.ok(); ++i) {
+    refused = create_session("burst");
+    if (refused.ok()) ++admitted;
+  }
+  ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(refused);
+  auto info = GetErrorInfo(FromGrpcStatus(refused));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "RATE_LIMITED");
+  EXPECT_EQ(info->metadata().at("limit"), "tenant");
+  auto retry = GetRetryInfo(FromGrpcStatus(refused));
+  ASSERT_TRUE(retry.has_value()) << Describe(refused);
+  EXPECT_GT(retry->retry_delay_ms(), 0);
+  EXPECT_LE(retry->retry_delay_ms(), 1000) << "one request a second: never a longer wait";
+
+  // A refused call wrote nothing: only the admitted ones made sessions.
+  v1::ListSessionsRequest list;
+  list.set_page_size(1000);
+  v1::ListSessionsResponse listed;
+  EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] {
+    return slow.Sessions(&v1::SessionService::Stub::ListSessions, list, &listed).ok();
+  }));
+  EXPECT_EQ(listed.sessions_size(), admitted);
+  // And it recovers: after the delay a call is admitted again.
+  EXPECT_TRUE(
+      parley::testing::WaitFor(absl::Seconds(30), [&] { return create_session("later").ok(); }));
+}
+
 TEST_F(GatewayApi, TenConcurrentSendsWithOneIdempotencyKeyMakeOneMessageAndOneTurn) {
   const std::string session = CreateSession(kTenantA);
   const std::string key = StoredKey(kTenantA, {"sessions:write"});

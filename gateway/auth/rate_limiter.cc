@@ -1,0 +1,153 @@
+#include "gateway/auth/rate_limiter.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace parley::gateway {
+namespace {
+
+// KEYS: the limited things (tenant, then key). ARGV: per key, its emission interval
+// and burst, in microseconds and requests. Returns 0 when admitted (and records it in
+// every key), else how many microseconds until it would be, and which key refused
+// ("1" the tenant, "2" the key) — recording nothing.
+constexpr char kGcraScript[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait, refused, tats = 0, 0, {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat + interval
+  local over = tats[i] - now - burst * interval
+  if over > wait then wait, refused = over, i end
+end
+if refused > 0 then return {wait, refused} end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]),
+             'PX', math.ceil((tats[i] - now) / 1000) + 1000)
+end
+return {0, 0}
+)lua";
+
+RateLimit Effective(uint32_t per_s, uint32_t burst, const RateLimit& fallback) {
+  RateLimit limit = per_s > 0 ? RateLimit{per_s, burst} : fallback;
+  if (limit.burst == 0) limit.burst = std::max<uint32_t>(1, limit.per_s);
+  return limit;
+}
+
+}  // namespace
+
+RateLimiter::RateLimiter(RateLimiterOptions options, telemetry::Registry& registry)
+    : options_(std::move(options)),
+      limited_(registry.AddCounter("parley_gateway_rate_limited_total",
+                                   "Requests refused by a rate limit, by which limit.", {"limit"})),
+      limited_tenant_(limited_.WithLabels({"tenant"})),
+      limited_key_(limited_.WithLabels({"key"})),
+      unchecked_(registry
+                     .AddCounter("parley_gateway_rate_limit_unchecked_total",
+                                 "Requests admitted without a check because Redis was "
+                                 "unreachable.")
+                     .WithLabels({})) {
+  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Work(); });
+}
+
+RateLimiter::~RateLimiter() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& worker : workers_) worker.join();
+}
+
+void RateLimiter::Admit(const Principal& who, std::function<void(absl::Status)> done) {
+  if (who.Has(kScopeAdmin)) return done(absl::OkStatus());  // The operator.
+  absl::MutexLock lock(&mu_);
+  queue_.push_back({who, std::move(done)});
+}
+
+void RateLimiter::Work() {
+  std::unique_ptr<RedisConnection> redis;
+  for (;;) {
+    Request request;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](RateLimiter* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+            return self->stopping_ || !self->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // Stopping, and nothing left to answer.
+      request = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    if (redis == nullptr || redis->broken()) {
+      absl::StatusOr<std::unique_ptr<RedisConnection>> connected =
+          RedisConnection::Connect(options_.redis, absl::Milliseconds(500));
+      redis = connected.ok() ? *std::move(connected) : nullptr;
+    }
+    absl::Status verdict = absl::OkStatus();
+    if (redis == nullptr) {
+      unchecked_.Increment();
+    } else {
+      verdict = Check(*redis, request.who);
+    }
+    request.done(std::move(verdict));
+  }
+}
+
+absl::Status RateLimiter::Check(RedisConnection& redis, const Principal& who) {
+  const RateLimit tenant =
+      Effective(who.tenant_rate_per_s, who.tenant_rate_burst, options_.tenant_default);
+  const RateLimit key = Effective(options_.key_default.per_s, options_.key_default.burst, {});
+  std::vector<std::string> args = {"EVAL", kGcraScript, "0"};
+  std::vector<std::string> keys, argv;
+  for (const auto& [name, limit] :
+       {std::pair{options_.keys.TenantRate(who.tenant_id), tenant},
+        std::pair{options_.keys.KeyRate(who.tenant_id, who.key_id), key}}) {
+    if (limit.per_s == 0) continue;
+    keys.push_back(name);
+    argv.push_back(absl::StrCat(1'000'000 / limit.per_s));
+    argv.push_back(absl::StrCat(limit.burst));
+  }
+  if (keys.empty()) return absl::OkStatus();
+  args[2] = absl::StrCat(keys.size());
+  args.insert(args.end(), keys.begin(), keys.end());
+  args.insert(args.end(), argv.begin(), argv.end());
+  absl::StatusOr<RedisReply> reply = redis.Command(args);
+  if (!reply.ok() || (*reply)->type != REDIS_REPLY_ARRAY || (*reply)->elements != 2) {
+    unchecked_.Increment();
+    return absl::OkStatus();
+  }
+  const int64_t wait_us = ReplyInt64((*reply)->element[0]);
+  if (wait_us <= 0) return absl::OkStatus();
+  // Which limit refused: the first key is the tenant's when it is limited at all.
+  const bool by_tenant = ReplyInt64((*reply)->element[1]) == 1 && tenant.per_s > 0;
+  (by_tenant ? limited_tenant_ : limited_key_).Increment();
+  const int64_t wait_ms = (wait_us + 999) / 1000;
+  absl::Status status = absl::ResourceExhaustedError(
+      absl::StrCat("rate limit of the ", by_tenant ? "tenant" : "api key", " (",
+                   by_tenant ? tenant.per_s : key.per_s, "/s) reached; retry in ", wait_ms, " ms"));
+  SetErrorInfo(status, "RATE_LIMITED", {{"limit", by_tenant ? "tenant" : "key"}});
+  SetRetryDelay(status, wait_ms);
+  return status;
+}
+
+void RateLimitedAuthenticator::Authenticate(const grpc::ServerContextBase& context,
+                                            AuthenticateDone done) {
+  inner_.Authenticate(context, [this, done = std::move(done)](absl::StatusOr<Principal> who) {
+    if (!who.ok()) return done(std::move(who));
+    Principal principal = *std::move(who);
+    const Principal copy = principal;
+    limiter_.Admit(copy, [done, principal = std::move(principal)](absl::Status admitted) {
+      if (!admitted.ok()) return done(std::move(admitted));
+      done(principal);
+    });
+  });
+}
+
+}  // namespace parley::gateway
