@@ -25,6 +25,7 @@ struct GatewayConfig {
   absl::Duration downstream_timeout = absl::Seconds(30);
   std::string redis_key_prefix;
   int64_t stream_buffer = 1024;
+  int64_t max_streams_per_tenant = 10'000;
   absl::Duration keepalive = absl::Seconds(15);
   absl::Duration key_cache_ttl = absl::Seconds(2);
   int64_t tenant_rate_limit = 500;
@@ -97,6 +98,8 @@ int main(int argc, char** argv) {
                  "longest a forwarded call may take, within the caller's own deadline");
   flags.String("redis_key_prefix", &config.redis_key_prefix,
                "prefix of every Redis key (tests use it to share one server)");
+  flags.Int("max_streams_per_tenant", &config.max_streams_per_tenant,
+            "open event streams one tenant may hold on this gateway (0: no cap)", 0, 10'000'000);
   flags.Int("stream_buffer", &config.stream_buffer,
             "events buffered per StreamEvents call before a slow client is cut", 16, 1 << 20);
   flags.Duration("keepalive", &config.keepalive,
@@ -140,6 +143,7 @@ int main(int argc, char** argv) {
   hub_options.key_prefix = config.redis_key_prefix;
   hub_options.max_buffered = static_cast<int>(config.stream_buffer);
   hub_options.keepalive = config.keepalive;
+  hub_options.max_streams_per_tenant = static_cast<int>(config.max_streams_per_tenant);
   parley::gateway::Hub hub(hub_options, history, host.registry());
   hub.Start();
   parley::gateway::SessionApi sessions(limited, host.grpc_telemetry(),

@@ -171,6 +171,11 @@ void StreamCore::OnWriteDone(bool ok) {
   MaybeWriteLocked();
 }
 
+void StreamCore::Refuse(const grpc::Status& status) {
+  absl::MutexLock lock(&mu_);
+  FinishLocked(status);
+}
+
 void StreamCore::FinishLocked(const grpc::Status& status) {
   if (finished_) return;
   finished_ = true;
@@ -438,15 +443,36 @@ size_t Hub::channel_count() {
 }
 
 void Hub::Open(const std::shared_ptr<StreamCore>& stream) {
+  bool over_cap = false;
   {
     absl::MutexLock lock(&mu_);
     // A call that ended before it was opened was unregistered already (or will find
     // nothing to unregister): it must not be left behind here.
     if (stream->finished()) return;
-    opening_.emplace(stream.get(), stream);
-    streams_gauge_.Add(1);
+    const int cap = options_.max_streams_per_tenant;
+    auto held = tenant_streams_.find(stream->tenant_id());
+    over_cap = cap > 0 && held != tenant_streams_.end() && held->second >= cap;
+    if (!over_cap) {
+      ++tenant_streams_[stream->tenant_id()];
+      opening_.emplace(stream.get(), stream);
+      streams_gauge_.Add(1);
+    }
   }
-  stream->Start();
+  if (!over_cap) return stream->Start();
+  // Outside the lock: finishing the call may reach back into the hub. Never counted,
+  // so its Unregister finds nothing to take away.
+  absl::Status refused = absl::ResourceExhaustedError(
+      absl::StrCat("this tenant holds ", options_.max_streams_per_tenant,
+                   " open streams on this gateway, its limit; close one or use another gateway"));
+  SetErrorInfo(refused, "TOO_MANY_STREAMS",
+               {{"limit", absl::StrCat(options_.max_streams_per_tenant)}});
+  stream->Refuse(ToGrpcStatus(refused));
+}
+
+void Hub::StreamGoneLocked(const StreamCore& stream) {
+  streams_gauge_.Add(-1);
+  auto it = tenant_streams_.find(stream.tenant_id());
+  if (it != tenant_streams_.end() && --it->second <= 0) tenant_streams_.erase(it);
 }
 
 void Hub::Register(const std::shared_ptr<StreamCore>& stream) {
@@ -475,7 +501,7 @@ void Hub::Unregister(StreamCore* stream) {
   const std::string channel = keys_.EventChannel(stream->session_id());
   absl::MutexLock lock(&mu_);
   if (opening_.erase(stream) > 0) {
-    streams_gauge_.Add(-1);
+    StreamGoneLocked(*stream);
     return;
   }
   auto it = channels_.find(channel);
@@ -484,7 +510,7 @@ void Hub::Unregister(StreamCore* stream) {
   for (const auto& other : *it->second.streams) {
     if (other.get() != stream) streams->push_back(other);
   }
-  if (streams->size() < it->second.streams->size()) streams_gauge_.Add(-1);
+  if (streams->size() < it->second.streams->size()) StreamGoneLocked(*stream);
   if (streams->empty()) {
     subscriber_.Unsubscribe(channel);
     channels_.erase(it);

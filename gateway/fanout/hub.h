@@ -58,6 +58,9 @@ struct HubOptions {
   absl::Duration keepalive = absl::Seconds(15);  // After this long without a write.
   int backfill_batch = 500;
   int backfill_workers = 2;
+  // Open streams one tenant may hold on this gateway; more are refused with
+  // RESOURCE_EXHAUSTED "TOO_MANY_STREAMS". 0: no cap.
+  int max_streams_per_tenant = 0;
 };
 
 // What a stream writes to: the gRPC reactor, or a test double.
@@ -87,6 +90,7 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   StreamCore(Hub& hub, StreamWriter* writer, StreamParams params);
 
   const std::string& session_id() const { return params_.session_id; }
+  const std::string& tenant_id() const { return params_.tenant_id; }
 
   void Start();                              // Schedules the access check (Hub::Open).
   void OnLive(const ResponsePtr& response);  // An event from the channel.
@@ -97,7 +101,8 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void Cancel();  // The client went away.
   // Whether the stream has ended (finished, cancelled or detached).
   bool finished() const;
-  void Detach();  // The reactor is done; never touch the writer again.
+  void Detach();                            // The reactor is done; never touch the writer again.
+  void Refuse(const grpc::Status& status);  // Ends a stream that was never opened.
 
  private:
   enum class Offer { kAccepted, kDropped, kGap };
@@ -196,12 +201,17 @@ class Hub final : public RedisSubscriber::Listener {
   // Opened, access not yet checked: ticked (to retry a check the store could not
   // answer) but subscribed to nothing.
   absl::flat_hash_map<StreamCore*, std::shared_ptr<StreamCore>> opening_ ABSL_GUARDED_BY(mu_);
+  // Open streams (opening or registered) per tenant, for max_streams_per_tenant.
+  absl::flat_hash_map<std::string, int> tenant_streams_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex work_mu_;
   std::deque<std::shared_ptr<StreamCore>> work_ ABSL_GUARDED_BY(work_mu_);
   bool stopping_ ABSL_GUARDED_BY(work_mu_) = false;
   std::vector<std::thread> workers_;
   std::thread ticker_;
+
+  // One stream fewer: the gauge and its tenant's count.
+  void StreamGoneLocked(const StreamCore& stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   telemetry::Gauge& streams_gauge_;
   telemetry::Gauge& channels_gauge_;

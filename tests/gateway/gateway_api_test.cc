@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -864,6 +865,91 @@ TEST_F(GatewayApi, ATenantsRateLimitRefusesWithARetryDelayAndRecovers) {
   // And it recovers: after the delay a call is admitted again.
   EXPECT_TRUE(
       parley::testing::WaitFor(absl::Seconds(30), [&] { return create_session("later").ok(); }));
+}
+
+// A tenant may hold --max_streams_per_tenant open streams on a gateway: one more is
+// refused with TOO_MANY_STREAMS, other tenants are unaffected, and a closed stream
+// frees its place.
+class GatewayStreamCap : public SessionFixture {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartCluster(
+        {.replicas = 1, .gateway = true, .gateway_flags = {"--max_streams_per_tenant=2"}}));
+  }
+
+  // The gateway's count of open streams (its parley_fanout_streams gauge); -1 unread.
+  int OpenStreams() {
+    auto page = parley::testing::HttpGet(gateway()->admin_port(), "/metrics");
+    if (!page.ok() || page->first != 200) return -1;
+    const std::string name = "\nparley_fanout_streams ";
+    const size_t at = page->second.find(name);
+    if (at == std::string::npos) return -1;
+    return std::atoi(page->second.c_str() + at + name.size());
+  }
+
+  // An open StreamEvents call (live only, so it stays open until cancelled).
+  struct OpenStream {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientReader<v1::StreamEventsResponse>> reader;
+  };
+  OpenStream Open(v1::SessionService::Stub& stub, const std::string& key,
+                  const std::string& session) {
+    OpenStream open{std::make_unique<grpc::ClientContext>(), nullptr};
+    open.context->AddMetadata("authorization", "Bearer " + key);
+    open.context->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    v1::StreamEventsRequest request;
+    request.set_session_id(session);
+    request.set_from_latest(true);
+    open.reader = stub.StreamEvents(open.context.get(), request);
+    return open;
+  }
+};
+
+TEST_F(GatewayStreamCap, OneStreamOverTheTenantsCapIsRefusedAndAClosedOneFreesItsPlace) {
+  auto stub = v1::SessionService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  const std::string session_a = CreateSession(kTenantA);
+  const std::string session_b = CreateSession(kTenantB);
+  const std::string key_a = kGatewayApiKey;
+  const std::string key_b = [&] {
+    grpc::ClientContext context;
+    store::v1::CreateApiKeyRequest request;
+    request.set_tenant_id(kTenantB);
+    request.set_name("b");
+    request.add_scopes("*");
+    store::v1::CreateApiKeyResponse response;
+    EXPECT_TRUE(store().CreateApiKey(&context, request, &response).ok());
+    return response.secret();
+  }();
+
+  OpenStream first = Open(*stub, key_a, session_a);
+  OpenStream second = Open(*stub, key_a, session_a);
+  // Both are counted once the gateway has them: wait until its gauge says so.
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return OpenStreams() >= 2; }));
+  OpenStream third = Open(*stub, key_a, session_a);
+  v1::StreamEventsResponse item;
+  EXPECT_FALSE(third.reader->Read(&item));
+  grpc::Status refused = third.reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(refused);
+  auto info = GetErrorInfo(FromGrpcStatus(refused));
+  ASSERT_TRUE(info.has_value()) << Describe(refused);
+  EXPECT_EQ(info->reason(), "TOO_MANY_STREAMS");
+
+  // Another tenant has its own budget.
+  OpenStream other = Open(*stub, key_b, session_b);
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return OpenStreams() >= 3; }));
+
+  // Closing one of A's frees a place for the next.
+  first.context->TryCancel();
+  first.reader->Finish();
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return OpenStreams() == 2; }));
+  OpenStream again = Open(*stub, key_a, session_a);
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return OpenStreams() >= 3; }));
+  for (OpenStream* open : {&second, &other, &again}) {
+    open->context->TryCancel();
+    grpc::Status ended = open->reader->Finish();
+    EXPECT_EQ(ended.error_code(), grpc::StatusCode::CANCELLED) << Describe(ended);
+  }
 }
 
 TEST_F(GatewayApi, TenConcurrentSendsWithOneIdempotencyKeyMakeOneMessageAndOneTurn) {

@@ -115,14 +115,17 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
   }
 
   if (options.gateway) {
-    auto gateway = ServiceProcess::Start(
-        {.binary = BinaryPath("gateway/parley-gateway"),
-         .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
-                  "--store_addr=" + store_process_->grpc_target(),
-                  "--session_addr=" + replicas_[0]->grpc_target(), "--redis_url=" + redis_url_,
-                  "--redis_key_prefix=" + keys_.prefix(),
-                  std::string("--bootstrap_tenant=") + kTenantA},
-         .env = {{"PARLEY_BOOTSTRAP_API_KEY", kGatewayApiKey}}});
+    std::vector<std::string> args = {"--grpc_addr=127.0.0.1:0",
+                                     "--admin_addr=127.0.0.1:0",
+                                     "--store_addr=" + store_process_->grpc_target(),
+                                     "--session_addr=" + replicas_[0]->grpc_target(),
+                                     "--redis_url=" + redis_url_,
+                                     "--redis_key_prefix=" + keys_.prefix(),
+                                     std::string("--bootstrap_tenant=") + kTenantA};
+    args.insert(args.end(), options.gateway_flags.begin(), options.gateway_flags.end());
+    auto gateway = ServiceProcess::Start({.binary = BinaryPath("gateway/parley-gateway"),
+                                          .args = std::move(args),
+                                          .env = {{"PARLEY_BOOTSTRAP_API_KEY", kGatewayApiKey}}});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = *std::move(gateway);
     serving = gateway_->WaitUntilServing(kStartTimeout);

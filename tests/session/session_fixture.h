@@ -66,6 +66,8 @@ struct ClusterOptions {
   // Starts a parley-gateway (bootstrap key kGatewayApiKey, tenant kTenantA) for
   // StreamEvents subscribers.
   bool gateway = false;
+  // More flags of that gateway.
+  std::vector<std::string> gateway_flags;
 };
 
 struct SubmitOptions {
