@@ -123,32 +123,49 @@ class EventPrinter {
 int FollowEvents(Connection& connection, v1::StreamEventsRequest request) {
   const bool json = connection.options().json;
   EventPrinter printer(Style::ForStdout());
+  // With from_turn_id, the turn being followed: the start is kept until its TurnStarted
+  // arrived (a resume from a seq would end at the next TurnSealed of any turn), and
+  // only its end counts.
+  const std::string turn_id = request.from_turn_id();
+  bool turn_started = turn_id.empty();
   std::optional<v1::TurnStatus> completed;
   int fruitless_attempts = 0;
   for (;;) {
     std::unique_ptr<grpc::ClientContext> context = connection.Context(/*stream=*/true);
     auto reader = connection.sessions().StreamEvents(context.get(), request);
     v1::StreamEventsResponse item;
-    bool progressed = false;
-    while (reader->Read(&item)) {
-      if (json) {
+    bool progressed = false, sealed = false;
+    while (!sealed && reader->Read(&item)) {
+      // Following one turn: another turn still running ahead of it is not shown.
+      const bool other_turn = !turn_id.empty() && item.has_event() &&
+                              !item.event().turn_id().empty() && item.event().turn_id() != turn_id;
+      if (json && !other_turn) {
         PrintJson(item);
-      } else {
+      } else if (!other_turn) {
         printer.Print(item);
       }
       if (item.has_event()) {
+        const v1::Event& event = item.event();
         progressed = true;
-        // The resume cursor: everything up to this seq of this epoch has arrived.
-        request.set_after_seq(item.event().seq());
-        request.set_epoch(item.event().epoch());
-        if (item.event().has_turn_completed()) completed = item.event().turn_completed().status();
-      } else if (item.has_epoch_changed()) {
+        const bool ours = turn_id.empty() || event.turn_id() == turn_id;
+        turn_started = turn_started || (ours && event.has_turn_started());
+        if (turn_started) {
+          // The resume cursor: everything up to this seq of this epoch has arrived.
+          request.set_after_seq(event.seq());
+          request.set_epoch(event.epoch());
+        }
+        if (ours && event.has_turn_completed()) completed = event.turn_completed().status();
+        sealed = request.until_turn_end() && ours && event.has_turn_sealed();
+      } else if (item.has_epoch_changed() && turn_started) {
+        // The new epoch's numbering: resume after the point it gives.
+        request.set_after_seq(item.epoch_changed().resume_after_seq());
         request.set_epoch(item.epoch_changed().new_epoch());
       }
     }
+    if (sealed) context->TryCancel();  // Done; the server ends the stream anyway.
     const grpc::Status status = reader->Finish();
     printer.Finish();
-    if (status.ok()) {
+    if (status.ok() || sealed) {
       if (!request.until_turn_end()) return kExitOk;
       return completed == v1::TURN_STATUS_SUCCEEDED ? kExitOk : kExitFailed;
     }
@@ -161,8 +178,10 @@ int FollowEvents(Connection& connection, v1::StreamEventsRequest request) {
       return ReportError(status, connection.options());
     }
     if (!json) {
-      std::cerr << "parley: stream interrupted (" << status.error_message()
-                << "); resuming after seq " << request.after_seq() << "\n";
+      std::cerr << "parley: stream interrupted (" << status.error_message() << "); resuming "
+                << (turn_started ? absl::StrCat("after seq ", request.after_seq())
+                                 : std::string("from the turn's start"))
+                << "\n";
     }
     absl::SleepFor(std::min(absl::Milliseconds(250) * (1 << fruitless_attempts), absl::Seconds(4)));
   }

@@ -61,6 +61,15 @@ grpc::ServerUnaryReactor* AdminApi::CreateTenant(grpc::CallbackServerContext* co
            [request](const Principal&, store_pb::CreateTenantRequest* out) {
              std::string id = request->tenant_id().empty() ? NewId("ten") : request->tenant_id();
              if (absl::Status valid = CheckTenantId(id, "tenant_id"); !valid.ok()) return valid;
+             constexpr uint32_t kMaxRate = 1'000'000, kMaxBurst = 10'000'000;
+             if (request->rate_limit_per_s() > kMaxRate) {
+               return InvalidArgumentError("rate_limit_per_s", "is too large",
+                                           absl::StrCat(kMaxRate, " per second"));
+             }
+             if (request->rate_limit_burst() > kMaxBurst) {
+               return InvalidArgumentError("rate_limit_burst", "is too large",
+                                           absl::StrCat(kMaxBurst));
+             }
              out->set_tenant_id(std::move(id));
              out->set_name(request->name());
              out->set_rate_limit_per_s(request->rate_limit_per_s());

@@ -66,8 +66,22 @@ RateLimiter::~RateLimiter() {
 
 void RateLimiter::Admit(const Principal& who, std::function<void(absl::Status)> done) {
   if (who.Has(kScopeAdmin)) return done(absl::OkStatus());  // The operator.
+  {
+    absl::MutexLock lock(&mu_);
+    // Checks are cheap while Redis answers; when it does not, requests are admitted
+    // unchecked rather than queued behind timeouts.
+    if (absl::Now() >= unreachable_until_ && queue_.size() < kMaxQueued) {
+      queue_.push_back({who, std::move(done)});
+      return;
+    }
+  }
+  unchecked_.Increment();
+  done(absl::OkStatus());
+}
+
+void RateLimiter::MarkUnreachable() {
   absl::MutexLock lock(&mu_);
-  queue_.push_back({who, std::move(done)});
+  unreachable_until_ = absl::Now() + kUnreachableBackoff;
 }
 
 void RateLimiter::Work() {
@@ -93,8 +107,10 @@ void RateLimiter::Work() {
     absl::Status verdict = absl::OkStatus();
     if (redis == nullptr) {
       unchecked_.Increment();
+      MarkUnreachable();
     } else {
       verdict = Check(*redis, request.who);
+      if (redis->broken()) MarkUnreachable();
     }
     request.done(std::move(verdict));
   }
@@ -123,7 +139,7 @@ absl::Status RateLimiter::Check(RedisConnection& redis, const Principal& who) {
     unchecked_.Increment();
     return absl::OkStatus();
   }
-  const int64_t wait_us = ReplyInt64((*reply)->element[0]);
+  const int64_t wait_us = ReplyInt64((*reply)->element[0]);  // Script time: microseconds.
   if (wait_us <= 0) return absl::OkStatus();
   // Which limit refused: the first key is the tenant's when it is limited at all.
   const bool by_tenant = ReplyInt64((*reply)->element[1]) == 1 && tenant.per_s > 0;

@@ -9,9 +9,11 @@
 //
 // A refusal is RESOURCE_EXHAUSTED with ErrorInfo.reason "RATE_LIMITED" (metadata
 // "limit": "tenant" or "key") and a RetryInfo saying when the request would be
-// admitted. When Redis cannot be reached the request is admitted and counted
-// (parley_gateway_rate_limit_unchecked_total): losing the limiter must not take the
-// API down with it. Operator keys (scope "admin") are not limited.
+// admitted. When Redis cannot be reached (a failed call, and for a second after one),
+// requests are admitted unchecked and counted
+// (parley_gateway_rate_limit_unchecked_total), as are requests beyond 10,000 waiting
+// for a check: losing the limiter must not take the API down with it. Operator keys
+// (scope "admin") are not limited.
 //
 // Threading: Admit() only queues; a few worker threads, each with its own blocking
 // Redis connection, run the script and call `done` on the worker thread.
@@ -27,6 +29,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/redis.h"
 #include "gateway/auth/authenticator.h"
 #include "telemetry/metrics.h"
@@ -61,8 +65,14 @@ class RateLimiter {
     Principal who;
     std::function<void(absl::Status)> done;
   };
+  // Requests waiting for a check, at most; more are admitted unchecked.
+  static constexpr size_t kMaxQueued = 10'000;
+  // After Redis failed to answer, how long requests are admitted without asking it.
+  static constexpr absl::Duration kUnreachableBackoff = absl::Seconds(1);
+
   void Work();
   absl::Status Check(RedisConnection& redis, const Principal& who);
+  void MarkUnreachable();
 
   const RateLimiterOptions options_;
   telemetry::CounterFamily& limited_;
@@ -73,6 +83,7 @@ class RateLimiter {
   absl::Mutex mu_;
   std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time unreachable_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::vector<std::thread> workers_;
 };
 

@@ -167,6 +167,24 @@ TEST_F(ParleyCli, EachClassOfFailureHasItsOwnExitStatusAndOneClearLine) {
   EXPECT_THAT(unreachable.output, StartsWith("parley: UNAVAILABLE: "));
 }
 
+// Following a turn queued behind a running one shows that turn only, and its outcome.
+TEST_F(ParleyCli, FollowingAQueuedTurnShowsOnlyThatTurn) {
+  const std::string key = OnboardTenant("acme");
+  CliRun created = Parley(key, {"sessions", "create"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  const std::string session(absl::StripSuffix(created.output, "\n"));
+  CliRun ahead = Parley(key, {"send", session, "@delay_ms 200\n@words 10"});
+  ASSERT_EQ(ahead.exit_code, 0) << ahead.output;
+  const std::string ahead_turn(absl::StripSuffix(ahead.output, "\n"));
+  ASSERT_TRUE(WaitForTurnStatus("acme", ahead_turn, v1::TURN_STATUS_RUNNING).ok());
+
+  CliRun mine = Parley(key, {"send", session, "mine", "--policy=enqueue", "--follow"});
+  EXPECT_EQ(mine.exit_code, 0) << mine.output;
+  EXPECT_THAT(mine.output, HasSubstr("Echo: mine\n"));
+  EXPECT_THAT(mine.output, Not(HasSubstr("w1"))) << "the turn ahead was shown";
+  EXPECT_THAT(mine.output, Not(HasSubstr(ahead_turn)));
+}
+
 TEST_F(ParleyCli, FollowingATurnThatDidNotSucceedExitsOne) {
   const std::string key = OnboardTenant("acme");
   CliRun created = Parley(key, {"sessions", "create"});
