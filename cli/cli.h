@@ -79,6 +79,24 @@ class Connection {
   std::unique_ptr<admin::v1::AdminService::Stub> admin_;
 };
 
+// Every page of a listing, in order: calls `method` of `stub` with `request` and then
+// each next page's token, handing each page to `each`; stops after the last page or at
+// the first failure, whose status it returns.
+template <typename Stub, typename Request, typename Response, typename Each>
+grpc::Status ForEachPage(const Connection& connection, Stub& stub,
+                         grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                                      Response*),
+                         Request request, Each each) {
+  do {
+    Response response;
+    grpc::Status status = (stub.*method)(connection.Context().get(), request, &response);
+    if (!status.ok()) return status;
+    each(response);
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  return grpc::Status::OK;
+}
+
 // Declares --addr, --api_key, --timeout and --json.
 void AddConnectionFlags(Flags& flags, Options* options);
 

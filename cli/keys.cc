@@ -73,15 +73,12 @@ int KeysList(const Invocation& call) {
   v1::ListApiKeysRequest request;
   request.set_include_revoked(revoked);
   Table table = KeyTable();
-  do {
-    v1::ListApiKeysResponse response;
-    grpc::Status status =
-        connection.keys().ListApiKeys(connection.Context().get(), request, &response);
-    if (!status.ok()) return ReportError(status, options);
-    for (const v1::ApiKey& key : response.api_keys()) PrintKeyRow(key, options, table);
-    request.set_page_token(response.next_page_token());
-  } while (!request.page_token().empty());
-  return kExitOk;
+  grpc::Status status =
+      ForEachPage(connection, connection.keys(), &v1::ApiKeyService::Stub::ListApiKeys, request,
+                  [&](const v1::ListApiKeysResponse& page) {
+                    for (const v1::ApiKey& key : page.api_keys()) PrintKeyRow(key, options, table);
+                  });
+  return status.ok() ? kExitOk : ReportError(status, options);
 }
 
 int KeysRevoke(const Invocation& call) {
@@ -159,16 +156,13 @@ int TenantsList(const Invocation& call) {
   admin::v1::ListTenantsRequest request;
   request.set_include_disabled(disabled);
   Table table = TenantTable();
-  do {
-    admin::v1::ListTenantsResponse response;
-    grpc::Status status =
-        connection.admin().ListTenants(connection.Context().get(), request, &response);
-    if (!status.ok()) return ReportError(status, options);
-    for (const admin::v1::Tenant& tenant : response.tenants())
-      PrintTenantRow(tenant, options, table);
-    request.set_page_token(response.next_page_token());
-  } while (!request.page_token().empty());
-  return kExitOk;
+  grpc::Status status = ForEachPage(connection, connection.admin(), &AdminStub::ListTenants,
+                                    request, [&](const admin::v1::ListTenantsResponse& page) {
+                                      for (const admin::v1::Tenant& tenant : page.tenants()) {
+                                        PrintTenantRow(tenant, options, table);
+                                      }
+                                    });
+  return status.ok() ? kExitOk : ReportError(status, options);
 }
 
 // get, disable and enable: one tenant id in, the tenant out.
@@ -249,15 +243,13 @@ int AdminKeys(const Invocation& call) {
     request.set_tenant_id(tenant);
     request.set_include_revoked(revoked);
     Table table = KeyTable();
-    do {
-      admin::v1::ListApiKeysResponse response;
-      grpc::Status status =
-          connection.admin().ListApiKeys(connection.Context().get(), request, &response);
-      if (!status.ok()) return ReportError(status, options);
-      for (const v1::ApiKey& key : response.api_keys()) PrintKeyRow(key, options, table);
-      request.set_page_token(response.next_page_token());
-    } while (!request.page_token().empty());
-    return kExitOk;
+    grpc::Status status = ForEachPage(connection, connection.admin(), &AdminStub::ListApiKeys,
+                                      request, [&](const admin::v1::ListApiKeysResponse& page) {
+                                        for (const v1::ApiKey& key : page.api_keys()) {
+                                          PrintKeyRow(key, options, table);
+                                        }
+                                      });
+    return status.ok() ? kExitOk : ReportError(status, options);
   }
   admin::v1::RevokeApiKeyRequest request;
   request.set_tenant_id(tenant);

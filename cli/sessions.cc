@@ -361,28 +361,25 @@ int TurnsList(const Invocation& call) {
   Connection connection(options);
   Table table(absl::StrFormat("%-32s %-10s %-12s %-22s %s", "ID", "STATUS", "FINISH", "CREATED",
                               "TOKENS IN/OUT"));
-  do {
-    v1::ListTurnsResponse response;
-    grpc::Status status =
-        connection.sessions().ListTurns(connection.Context().get(), request, &response);
-    if (!status.ok()) return ReportError(status, options);
-    for (const v1::Turn& t : response.turns()) {
-      if (options.json) {
-        PrintJson(t);
-        continue;
-      }
-      std::string finish =
-          t.finish_reason() == v1::FINISH_REASON_UNSPECIFIED
-              ? "-"
-              : EnumWord(v1::FinishReason_Name(t.finish_reason()), "FINISH_REASON_");
-      table.Row(absl::StrFormat("%-32s %-10s %-12s %-22s %d/%d", t.id(),
-                                EnumWord(v1::TurnStatus_Name(t.status()), "TURN_STATUS_"), finish,
-                                FormatTime(t.create_time()), t.usage().input_tokens(),
-                                t.usage().output_tokens()));
-    }
-    request.set_page_token(response.next_page_token());
-  } while (!request.page_token().empty());
-  return kExitOk;
+  grpc::Status status = ForEachPage(
+      connection, connection.sessions(), &SessionStub::ListTurns, request,
+      [&](const v1::ListTurnsResponse& page) {
+        for (const v1::Turn& t : page.turns()) {
+          if (options.json) {
+            PrintJson(t);
+            continue;
+          }
+          std::string finish =
+              t.finish_reason() == v1::FINISH_REASON_UNSPECIFIED
+                  ? "-"
+                  : EnumWord(v1::FinishReason_Name(t.finish_reason()), "FINISH_REASON_");
+          table.Row(absl::StrFormat("%-32s %-10s %-12s %-22s %d/%d", t.id(),
+                                    EnumWord(v1::TurnStatus_Name(t.status()), "TURN_STATUS_"),
+                                    finish, FormatTime(t.create_time()), t.usage().input_tokens(),
+                                    t.usage().output_tokens()));
+        }
+      });
+  return status.ok() ? kExitOk : ReportError(status, options);
 }
 
 int TurnsGet(const Invocation& call) {

@@ -64,19 +64,19 @@ RateLimiter::~RateLimiter() {
   for (std::thread& worker : workers_) worker.join();
 }
 
-void RateLimiter::Admit(const Principal& who, std::function<void(absl::Status)> done) {
-  if (who.Has(kScopeAdmin)) return done(absl::OkStatus());  // The operator.
+void RateLimiter::Admit(Principal who, AuthenticateDone done) {
+  if (who.Has(kScopeAdmin)) return done(std::move(who));  // The operator.
   {
     absl::MutexLock lock(&mu_);
     // Checks are cheap while Redis answers; when it does not, requests are admitted
     // unchecked rather than queued behind timeouts.
     if (absl::Now() >= unreachable_until_ && queue_.size() < kMaxQueued) {
-      queue_.push_back({who, std::move(done)});
+      queue_.push_back({std::move(who), std::move(done)});
       return;
     }
   }
   unchecked_.Increment();
-  done(absl::OkStatus());
+  done(std::move(who));
 }
 
 void RateLimiter::MarkUnreachable() {
@@ -112,7 +112,11 @@ void RateLimiter::Work() {
       verdict = Check(*redis, request.who);
       if (redis->broken()) MarkUnreachable();
     }
-    request.done(std::move(verdict));
+    if (!verdict.ok()) {
+      request.done(std::move(verdict));
+    } else {
+      request.done(std::move(request.who));
+    }
   }
 }
 
@@ -155,15 +159,11 @@ absl::Status RateLimiter::Check(RedisConnection& redis, const Principal& who) {
 
 void RateLimitedAuthenticator::Authenticate(const grpc::ServerContextBase& context,
                                             AuthenticateDone done) {
-  inner_.Authenticate(context, [this, done = std::move(done)](absl::StatusOr<Principal> who) {
-    if (!who.ok()) return done(std::move(who));
-    Principal principal = *std::move(who);
-    const Principal copy = principal;
-    limiter_.Admit(copy, [done, principal = std::move(principal)](absl::Status admitted) {
-      if (!admitted.ok()) return done(std::move(admitted));
-      done(principal);
-    });
-  });
+  inner_.Authenticate(context,
+                      [this, done = std::move(done)](absl::StatusOr<Principal> who) mutable {
+                        if (!who.ok()) return done(std::move(who));
+                        limiter_.Admit(*std::move(who), std::move(done));
+                      });
 }
 
 }  // namespace parley::gateway

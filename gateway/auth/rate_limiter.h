@@ -57,13 +57,14 @@ class RateLimiter {
   RateLimiter(RateLimiterOptions options, telemetry::Registry& registry);
   ~RateLimiter();  // Runs what is queued, then joins the workers.
 
-  // OK, or RESOURCE_EXHAUSTED (RATE_LIMITED with the retry delay). Thread-safe.
-  void Admit(const Principal& who, std::function<void(absl::Status)> done);
+  // Hands `who` back when admitted, else RESOURCE_EXHAUSTED (RATE_LIMITED with the
+  // retry delay). Thread-safe.
+  void Admit(Principal who, AuthenticateDone done);
 
  private:
   struct Request {
     Principal who;
-    std::function<void(absl::Status)> done;
+    AuthenticateDone done;
   };
   // Requests waiting for a check, at most; more are admitted unchecked.
   static constexpr size_t kMaxQueued = 10'000;
