@@ -14,7 +14,8 @@
 #include "session-svc/api/router_service.h"
 #include "session-svc/scheduler/scheduler.h"
 #include "session-svc/scheduler/signals.h"
-#include "session-svc/turn/scripted_runner.h"
+#include "session-svc/agent/agent_runner.h"
+#include "session-svc/model/scripted.h"
 #include "session-svc/turn/turn_executor.h"
 
 namespace {
@@ -32,6 +33,8 @@ struct SessionConfig {
   absl::Duration queued_turn_ttl = absl::Hours(24);
   int64_t max_running_per_tenant = 0;
   absl::Duration scripted_delay = absl::ZeroDuration();
+  absl::Duration tool_timeout = absl::Minutes(10);
+  std::string sandbox_template;
 };
 
 std::string DefaultWorkerId() {
@@ -68,6 +71,9 @@ int main(int argc, char** argv) {
             "running turns per tenant across all replicas; 0 = no cap", 0, 100000);
   flags.Duration("scripted_delay", &config.scripted_delay,
                  "the scripted model's default pause before each word");
+  flags.Duration("tool_timeout", &config.tool_timeout, "wall-clock limit of one tool call");
+  flags.String("sandbox_template", &config.sandbox_template,
+               "sandbox template of sessions that name none (empty: sandbox-svc's default)");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   if (config.worker_id.empty()) config.worker_id = DefaultWorkerId();
   if (config.lease_ttl < absl::Seconds(1) || config.lease_ttl > absl::Minutes(10)) {
@@ -86,7 +92,12 @@ int main(int argc, char** argv) {
   auto sandbox = parley::sandbox::v1::SandboxManager::NewStub(
       host.grpc_telemetry().CreateChannel(config.sandbox_addr));
 
-  parley::session::ScriptedRunner runner({.word_delay = config.scripted_delay});
+  parley::session::model::ProviderRegistry providers("scripted");
+  providers.Add(std::make_unique<parley::session::model::ScriptedProvider>(
+      parley::session::model::ScriptedOptions{.word_delay = config.scripted_delay}));
+  parley::session::AgentRunner runner({.tool_timeout = config.tool_timeout,
+                                       .default_sandbox_template = config.sandbox_template},
+                                      providers, *store, sandbox.get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},
                                    host.logger());
   const parley::session::ExecutorOptions executor_options{

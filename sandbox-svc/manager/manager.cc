@@ -106,6 +106,8 @@ SandboxManager::~SandboxManager() { Stop(false); }
 
 absl::Status SandboxManager::NotFound(const std::string& sandbox_id) {
   absl::Status status = absl::NotFoundError(absl::StrCat("sandbox \"", sandbox_id, "\" not found"));
+  // Tells callers a missing sandbox from a missing file (both NOT_FOUND).
+  SetErrorInfo(status, "SANDBOX_NOT_FOUND");
   return status;
 }
 

@@ -7,11 +7,28 @@
 
 namespace parley::session {
 
+v1::Message& Transcript::NewMessage(v1::Role role) {
+  message_steps_.push_back(step_);
+  v1::Message& message = messages_.emplace_back();
+  message.set_role(role);
+  return message;
+}
+
 v1::Message& Transcript::Assistant() {
-  if (messages_.empty() || messages_.back().role() != v1::ROLE_ASSISTANT) {
-    messages_.emplace_back().set_role(v1::ROLE_ASSISTANT);
+  if (messages_.empty() || messages_.back().role() != v1::ROLE_ASSISTANT ||
+      message_steps_.back() != step_) {
+    return NewMessage(v1::ROLE_ASSISTANT);
   }
   return messages_.back();
+}
+
+std::vector<v1::Message> Transcript::Uncommitted() const {
+  return std::vector<v1::Message>(messages_.begin() + static_cast<ptrdiff_t>(committed_),
+                                  messages_.end());
+}
+
+void Transcript::MarkStepsCommitted(uint32_t steps) {
+  while (committed_ < messages_.size() && message_steps_[committed_] < steps) ++committed_;
 }
 
 void Transcript::AppendText(v1::Message& message, bool reasoning, const std::string& text) {
@@ -29,36 +46,48 @@ void Transcript::AppendText(v1::Message& message, bool reasoning, const std::str
 
 void Transcript::Add(const v1::Event& event) {
   if (event.transient()) return;
+  // Deltas carried their step before events did; older streams set only theirs.
+  step_ = event.has_text_delta()        ? event.text_delta().step()
+          : event.has_reasoning_delta() ? event.reasoning_delta().step()
+                                        : event.step();
   auto step_seen = [this](uint32_t step) { steps_ = std::max(steps_, step + 1); };
   switch (event.payload_case()) {
     case v1::Event::kTextDelta:
       AppendText(Assistant(), false, event.text_delta().text());
-      step_seen(event.text_delta().step());
+      step_seen(step_);
       break;
     case v1::Event::kReasoningDelta:
       AppendText(Assistant(), true, event.reasoning_delta().text());
-      step_seen(event.reasoning_delta().step());
+      step_seen(step_);
       break;
     case v1::Event::kToolCall:
+      step_seen(step_);
       *Assistant().add_parts()->mutable_tool_call() = event.tool_call();
-      open_calls_.push_back(event.tool_call().call_id());
+      open_calls_.emplace_back(event.tool_call().call_id(), step_);
       break;
     case v1::Event::kToolResult: {
       if (messages_.empty() || messages_.back().role() != v1::ROLE_TOOL) {
-        messages_.emplace_back().set_role(v1::ROLE_TOOL);
+        NewMessage(v1::ROLE_TOOL);
       }
       *messages_.back().add_parts()->mutable_tool_result() = event.tool_result();
-      std::erase(open_calls_, event.tool_result().call_id());
+      std::erase_if(open_calls_, [&](const auto& call) {
+        return call.first == event.tool_result().call_id();
+      });
       break;
     }
     case v1::Event::kToolOutputDelta:
       break;  // Informational: the model sees only the result.
+    case v1::Event::kStepCompleted:
+      step_seen(step_);
+      return;
     case v1::Event::kUsage: {
       const v1::Usage& step = event.usage();
       usage_.set_input_tokens(usage_.input_tokens() + step.input_tokens());
       usage_.set_output_tokens(usage_.output_tokens() + step.output_tokens());
       usage_.set_cache_read_tokens(usage_.cache_read_tokens() + step.cache_read_tokens());
       usage_.set_cache_write_tokens(usage_.cache_write_tokens() + step.cache_write_tokens());
+      context_tokens_ = step.input_tokens() + step.cache_read_tokens() +
+                        step.cache_write_tokens() + step.output_tokens();
       return;  // Usage is accounting, not output.
     }
     default:
@@ -69,8 +98,9 @@ void Transcript::Add(const v1::Event& event) {
 
 std::vector<v1::Event> Transcript::DanglingToolCallResults(const std::string& why) const {
   std::vector<v1::Event> results;
-  for (const std::string& call_id : open_calls_) {
+  for (const auto& [call_id, step] : open_calls_) {
     v1::Event& event = results.emplace_back();
+    event.set_step(step);
     event.mutable_tool_result()->set_call_id(call_id);
     event.mutable_tool_result()->set_output(why);
     event.mutable_tool_result()->set_is_error(true);

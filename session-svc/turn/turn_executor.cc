@@ -75,13 +75,18 @@ class TurnExecutor::Run_ final : public TurnOutput {
   // TurnOutput: the runner's content. Refused once the turn is asked to stop.
   absl::Status Emit(v1::Event event) override {
     if (control_.stopping()) return absl::CancelledError("the turn is stopping");
-    if (!first_output_ && event.payload_case() != v1::Event::kUsage) {
+    if (!first_output_ && (event.has_text_delta() || event.has_reasoning_delta() ||
+                           event.has_tool_call())) {
       first_output_ = x_.clock_.Now();
     }
     return Publish(std::move(event));
   }
+  absl::Status EndStep(v1::StepCompleted done) override;
   bool stopping() const override { return control_.stopping(); }
   bool WaitFor(absl::Duration duration) override { return control_.WaitFor(duration); }
+  std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
+    return control_.OnStop(std::move(hook));
+  }
 
  private:
   absl::Status TakeLease();
@@ -115,6 +120,7 @@ class TurnExecutor::Run_ final : public TurnOutput {
   uint64_t last_seq_ = 0;
   uint64_t first_seq_ = 0;
   Transcript transcript_;
+  std::string last_message_id_;  // Of the newest message a step commit stored.
   absl::Time started_ = absl::InfinitePast();
   std::optional<absl::Time> first_output_;
 };
@@ -382,6 +388,7 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   done.set_status(status);
   *done.mutable_usage() = transcript_.usage();
   done.set_steps(transcript_.steps());
+  done.set_context_tokens(transcript_.context_tokens());
   if (first_output_ && started_ != absl::InfinitePast()) {
     done.set_time_to_first_token_ms(absl::ToInt64Milliseconds(*first_output_ - started_));
   }
@@ -402,7 +409,7 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   request.set_finish_reason(reason);
   *request.mutable_usage() = transcript_.usage();
   if (error) *request.mutable_error() = *error;
-  for (const v1::Message& m : transcript_.messages()) *request.add_messages() = m;
+  for (v1::Message& m : transcript_.Uncommitted()) *request.add_messages() = std::move(m);
   request.set_steps(transcript_.steps());
   request.set_time_to_first_token_ms(done.time_to_first_token_ms());
   request.set_first_seq(first_seq_);
@@ -424,9 +431,8 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   control_.committed.store(true);
   v1::Event sealed;
   sealed.mutable_turn_sealed()->set_turn_id(turn_.id());
-  if (response.messages_size() > 0) {
-    sealed.mutable_turn_sealed()->set_last_message_id(response.messages().rbegin()->id());
-  }
+  sealed.mutable_turn_sealed()->set_last_message_id(
+      response.messages_size() > 0 ? response.messages().rbegin()->id() : last_message_id_);
   // Refused only when the next turn's owner already took the lease; it seals for us.
   (void)Publish(std::move(sealed), /*after_commit=*/true);
   if (stop_detail == "SESSION_CLOSED") {
@@ -436,6 +442,39 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
     (void)Publish(std::move(closed), /*after_commit=*/true);
   }
   return RunResult::kCompleted;
+}
+
+absl::Status TurnExecutor::Run_::EndStep(v1::StepCompleted done) {
+  if (control_.stopping()) return absl::CancelledError("the turn is stopping");
+  const uint32_t step = done.step();
+  pb::CommitTurnStepRequest request;
+  request.set_tenant_id(tenant_id_);
+  request.set_turn_id(turn_.id());
+  request.set_owner(x_.options_.owner);
+  request.set_lease_epoch(lease_epoch_);
+  request.set_step(step);
+  for (v1::Message& m : transcript_.Uncommitted()) *request.add_messages() = std::move(m);
+  *request.mutable_usage() = transcript_.usage();
+  request.set_first_seq(first_seq_);
+  request.set_last_seq(last_seq_);
+  pb::CommitTurnStepResponse response;
+  absl::Status committed =
+      StoreCall(x_.store_, &StoreStub::CommitTurnStep, request, &response, {.attempts = 3});
+  if (committed.ok()) {
+    transcript_.MarkCommitted();
+    if (response.messages_size() > 0) last_message_id_ = response.messages().rbegin()->id();
+  } else if (ErrorReason(committed) == "LEASE_LOST") {
+    control_.Stop(StopReason::kLeaseLost);
+    return absl::CancelledError("lease lost: another owner holds the session");
+  } else {
+    // Not fatal: the messages stay uncommitted and go with the next commit.
+    x_.logger_.Warn("could not commit a step; it is committed with the turn",
+                    {{"turn_id", turn_.id()}, {"step", static_cast<int64_t>(step)}, {"error", committed.ToString()}});
+  }
+  v1::Event event;
+  event.set_step(step);
+  *event.mutable_step_completed() = std::move(done);
+  return Emit(std::move(event));
 }
 
 RunResult TurnExecutor::Run_::HandBack() {
@@ -479,6 +518,8 @@ RunResult TurnExecutor::Run_::Go() {
       if (first_seq_ == 0) first_seq_ = event.seq();
       if (event.has_turn_completed()) finished = event.turn_completed();
     }
+    // What the dead owner committed step by step is stored; only the rest goes along.
+    transcript_.MarkStepsCommitted(claim_.committed_steps());
     if (finished) {
       // The old owner ended the turn but died before committing it.
       return Finish(finished->status(), finished->finish_reason(),
@@ -506,7 +547,7 @@ RunResult TurnExecutor::Run_::Go() {
   started_ = x_.clock_.Now();
   v1::Event started;
   started.mutable_turn_started()->set_turn_id(turn_.id());
-  started.mutable_turn_started()->set_model(x_.options_.model);
+  started.mutable_turn_started()->set_model(x_.runner_.ModelName(claim_.agent_config()));
   started.mutable_turn_started()->set_attempt(std::max<uint32_t>(1, turn_.attempt()));
   if (!Publish(std::move(started)).ok() && lease_lost()) return RunResult::kLeaseLost;
 

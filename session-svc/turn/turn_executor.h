@@ -39,7 +39,6 @@ struct ExecutorOptions {
   absl::Duration queued_turn_ttl = absl::Hours(24);
   RedisEndpoint redis;
   std::string key_prefix;
-  std::string model = "scripted/echo";  // Named in TurnStarted.
 };
 
 // How a run ended, for the scheduler.

@@ -14,8 +14,8 @@
 //     }
 //   };
 //
-// The scripted model (ScriptedRunner) fills it today; the real agent loop (model
-// providers and tools) goes behind the same interface.
+// The agent loop (session-svc/agent/AgentRunner: model providers and tools) is the
+// runner in production; tests may plug in their own.
 #pragma once
 
 #include <optional>
@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "parley/v1/events.pb.h"
 #include "parley/v1/resources.pb.h"
+#include "session-svc/turn/turn_control.h"
 
 namespace parley::session {
 
@@ -39,19 +40,20 @@ struct TurnInput {
   const v1::Message& user_message;
 };
 
-// Where a runner's content goes. Implemented by the executor.
-class TurnOutput {
+// Where a runner's content goes. Implemented by the executor. Its StopSignal side says
+// when the turn must stop (cancel, lost lease, drain).
+class TurnOutput : public StopSignal {
  public:
-  virtual ~TurnOutput() = default;
-  // Publishes `event` (payload set; seq, epoch, session, turn and time are filled in)
-  // as the turn's next event. Errors: CANCELLED once the turn must stop (cancel, lost
-  // lease, drain): the runner returns promptly; UNAVAILABLE when the event could not
-  // be published after retries.
+  // Publishes `event` (payload and step set; seq, epoch, session, turn and time are
+  // filled in) as the turn's next event. Errors: CANCELLED once the turn must stop: the
+  // runner returns promptly; UNAVAILABLE when the event could not be published after
+  // retries.
   virtual absl::Status Emit(v1::Event event) = 0;
-  // True once the turn is asked to stop.
-  virtual bool stopping() const = 0;
-  // Waits up to `duration`; false at once when the turn is asked to stop.
-  virtual bool WaitFor(absl::Duration duration) = 0;
+  // Ends model step `done.step()`: commits the messages of the events emitted since the
+  // previous step ended (so ListMessages shows them), then publishes StepCompleted.
+  // Errors: CANCELLED once the turn must stop. A store that cannot be reached is not
+  // an error: the messages are committed with the turn instead.
+  virtual absl::Status EndStep(v1::StepCompleted done) = 0;
 };
 
 // How the content ended, as the runner saw it.
@@ -67,6 +69,8 @@ class TurnRunner {
   // Produces the turn's content. Called on a slot thread; may block (it is the turn).
   // A stop request makes Emit/WaitFor fail; the runner then returns whatever it has.
   virtual absl::StatusOr<RunOutcome> Run(const TurnInput& input, TurnOutput& output) = 0;
+  // The model a turn with `config` runs, as "provider/model" (named in TurnStarted).
+  virtual std::string ModelName(const v1::AgentConfig& config) const = 0;
 };
 
 }  // namespace parley::session

@@ -34,6 +34,13 @@ absl::Status CheckAgentConfig(const ::parley::v1::AgentConfig& config, const cha
   if (config.has_temperature() && (config.temperature() < 0 || config.temperature() > 2)) {
     return InvalidArgumentError(absl::StrCat(field, ".temperature"), "must be in [0, 2]");
   }
+  if (config.retry_max_attempts() > 100) {
+    return InvalidArgumentError(absl::StrCat(field, ".retry_max_attempts"), "is too large", "100");
+  }
+  if (config.retry_max_duration_ms() > 3600000) {
+    return InvalidArgumentError(absl::StrCat(field, ".retry_max_duration_ms"), "is too large",
+                                "3600000");
+  }
   if (config.system_prompt().size() > (1u << 20)) {
     return InvalidArgumentError(absl::StrCat(field, ".system_prompt"), "is too long",
                                 "1048576 bytes");

@@ -74,6 +74,8 @@ class StoreServiceImpl final : public pb::StoreService::Service {
                        pb::HeartbeatTurnResponse*) override;
   Status CompleteTurn(ServerContext*, const pb::CompleteTurnRequest*,
                       pb::CompleteTurnResponse*) override;
+  Status CommitTurnStep(ServerContext*, const pb::CommitTurnStepRequest*,
+                        pb::CommitTurnStepResponse*) override;
   Status CancelTurn(ServerContext*, const pb::CancelTurnRequest*, pb::CancelTurnResponse*) override;
   Status ReleaseTurn(ServerContext*, const pb::ReleaseTurnRequest*,
                      pb::ReleaseTurnResponse*) override;

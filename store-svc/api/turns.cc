@@ -83,6 +83,36 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
   return MessageFromRow(row[0]);
 }
 
+// The assistant and tool messages a lease holder commits (CompleteTurn, CommitTurnStep).
+absl::Status CheckTurnMessages(
+    const google::protobuf::RepeatedPtrField<::parley::v1::Message>& messages,
+    const StoreLimits& limits) {
+  for (int i = 0; i < messages.size(); ++i) {
+    const ::parley::v1::Message& m = messages[i];
+    if (m.role() != ::parley::v1::ROLE_ASSISTANT && m.role() != ::parley::v1::ROLE_TOOL) {
+      return InvalidArgumentError(absl::StrCat("messages[", i, "].role"),
+                                  "must be ASSISTANT or TOOL");
+    }
+    if (absl::Status parts = CheckParts(m.parts(), "messages.parts", limits); !parts.ok()) {
+      return parts;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Ids are fixed before the transaction, so a retried commit stores the same rows.
+std::vector<::parley::v1::Message> PrepareTurnMessages(
+    const google::protobuf::RepeatedPtrField<::parley::v1::Message>& messages,
+    const std::string& turn_id) {
+  std::vector<::parley::v1::Message> prepared(messages.begin(), messages.end());
+  for (::parley::v1::Message& m : prepared) {
+    if (m.id().empty()) m.set_id(NewId("msg"));
+    m.set_turn_id(turn_id);
+    m.clear_idempotency_key();
+  }
+  return prepared;
+}
+
 // A turn locked the way every lease-holder's write takes it: its session first (the
 // lock order of every session write), then the turn row.
 struct LockedTurn {
@@ -363,24 +393,10 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
   if (valid.ok() && !IsTerminal(request->status())) {
     valid = InvalidArgumentError("status", "must be SUCCEEDED, FAILED or CANCELLED");
   }
-  for (int i = 0; valid.ok() && i < request->messages_size(); ++i) {
-    const ::parley::v1::Message& m = request->messages(i);
-    if (m.role() != ::parley::v1::ROLE_ASSISTANT && m.role() != ::parley::v1::ROLE_TOOL) {
-      valid =
-          InvalidArgumentError(absl::StrCat("messages[", i, "].role"), "must be ASSISTANT or TOOL");
-    } else {
-      valid = CheckParts(m.parts(), "messages.parts", limits_);
-    }
-  }
+  if (valid.ok()) valid = CheckTurnMessages(request->messages(), limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  // Ids are fixed before the transaction, so a retried commit stores the same rows.
-  std::vector<::parley::v1::Message> messages(request->messages().begin(),
-                                              request->messages().end());
-  for (::parley::v1::Message& m : messages) {
-    if (m.id().empty()) m.set_id(NewId("msg"));
-    m.set_turn_id(request->turn_id());
-    m.clear_idempotency_key();
-  }
+  std::vector<::parley::v1::Message> messages =
+      PrepareTurnMessages(request->messages(), request->turn_id());
 
   auto result = pool_.Transact<pb::CompleteTurnResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::CompleteTurnResponse> {
@@ -440,6 +456,47 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
              static_cast<int64_t>(usage.output_tokens()),
              static_cast<int64_t>(usage.cache_read_tokens()),
              static_cast<int64_t>(usage.cache_write_tokens()));
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::CommitTurnStep(ServerContext*, const pb::CommitTurnStepRequest* request,
+                                        pb::CommitTurnStepResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
+  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
+  if (valid.ok()) valid = CheckTurnMessages(request->messages(), limits_);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  std::vector<::parley::v1::Message> messages =
+      PrepareTurnMessages(request->messages(), request->turn_id());
+  auto result = pool_.Transact<pb::CommitTurnStepResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::CommitTurnStepResponse> {
+        absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
+                                                     request->owner(), request->lease_epoch());
+        if (!locked.ok()) return locked.status();
+        if (locked->status != kRunning || !locked->held_by_caller) {
+          return LeaseLost(locked->session.lease_epoch);
+        }
+        pb::CommitTurnStepResponse out;
+        pqxx::result committed =
+            Exec(tx, "SELECT committed_steps FROM turns WHERE id = $1", request->turn_id());
+        if (committed[0][0].as<int64_t>() > static_cast<int64_t>(request->step())) return out;
+        int64_t position = locked->session.message_count;
+        for (::parley::v1::Message& m : messages) {
+          m.set_session_id(locked->session_id);
+          *out.add_messages() = InsertMessage(tx, request->tenant_id(), m, ++position);
+        }
+        Exec(tx,
+             "UPDATE turns SET committed_steps = $2, usage = $3::jsonb, "
+             "steps = GREATEST(steps, $2), "
+             "first_seq = CASE WHEN first_seq = 0 THEN $4 ELSE first_seq END, "
+             "last_seq = GREATEST(last_seq, $5) WHERE id = $1",
+             request->turn_id(), static_cast<int64_t>(request->step()) + 1,
+             ProtoToJson(request->usage()), static_cast<int64_t>(request->first_seq()),
+             static_cast<int64_t>(request->last_seq()));
+        Exec(tx, "UPDATE sessions SET message_count = $2 WHERE id = $1", locked->session_id,
+             position);
         return out;
       });
   return Respond(result, response);

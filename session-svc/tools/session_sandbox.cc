@@ -1,0 +1,185 @@
+// The session's sandbox for one turn: lazy acquisition, loss detection, and calls that a
+// stop request cancels.
+#include "session-svc/tools/session_sandbox.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "session-svc/store_call.h"
+
+namespace parley::session::tools {
+
+namespace sv1 = ::parley::sandbox::v1;
+
+bool IsSandboxGone(const absl::Status& status) {
+  const std::string reason = ::parley::session::ErrorReason(status);
+  return reason == "SANDBOX_GONE" || reason == "SANDBOX_NOT_FOUND";
+}
+
+SessionSandbox::SessionSandbox(SandboxStub& stub, SandboxTarget target, StopSignal& stop)
+    : stub_(stub), target_(std::move(target)), stop_(stop) {}
+
+std::unique_ptr<SessionSandbox::Call> SessionSandbox::NewCall(absl::Duration timeout) {
+  auto call = std::make_unique<Call>();
+  call->context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  grpc::ClientContext* context = &call->context;
+  call->hook = stop_.OnStop([context] { context->TryCancel(); });
+  return call;
+}
+
+absl::Status SessionSandbox::Attach(std::optional<v1::SandboxAttached>* attached) {
+  std::string replaced;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!sandbox_id_.empty()) return absl::OkStatus();
+    replaced = lost_sandbox_id_;
+  }
+  sv1::AcquireForSessionRequest request;
+  request.set_tenant_id(target_.tenant_id);
+  request.set_session_id(target_.session_id);
+  request.set_template_(target_.template_name);
+  sv1::AcquireForSessionResponse response;
+  // Creation may wait for a cold start or a quota check: generous, and still cancellable.
+  std::unique_ptr<Call> call = NewCall(absl::Minutes(2));
+  grpc::Status status = stub_.AcquireForSession(&call->context, request, &response);
+  if (stop_.stopping()) return absl::CancelledError("the turn is stopping");
+  if (!status.ok()) return FromGrpcStatus(status);
+  absl::MutexLock lock(&mu_);
+  sandbox_id_ = response.sandbox().id();
+  if (response.created() || response.resumed() || !replaced.empty()) {
+    v1::SandboxAttached& event = attached->emplace();
+    event.set_sandbox_id(sandbox_id_);
+    event.set_created(response.created());
+    event.set_resumed(response.resumed());
+    if (replaced != sandbox_id_) event.set_replaced_sandbox_id(replaced);
+  }
+  lost_sandbox_id_.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SessionSandbox::Current() {
+  absl::MutexLock lock(&mu_);
+  if (sandbox_id_.empty()) return absl::FailedPreconditionError("no sandbox is attached");
+  return sandbox_id_;
+}
+
+absl::Status SessionSandbox::Finished(const std::string& sandbox_id, const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  if (stop_.stopping()) return absl::CancelledError("the turn is stopping");
+  absl::Status result = FromGrpcStatus(status);
+  if (IsSandboxGone(result)) {
+    absl::MutexLock lock(&mu_);
+    if (sandbox_id_ == sandbox_id) {
+      lost_sandbox_id_ = sandbox_id_;
+      sandbox_id_.clear();
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>& argv,
+                                                  absl::Duration timeout,
+                                                  const OutputFn& on_output) {
+  absl::StatusOr<std::string> id = Current();
+  if (!id.ok()) return id.status();
+  sv1::ExecRequest request;
+  request.set_tenant_id(target_.tenant_id);
+  request.set_sandbox_id(*id);
+  for (const std::string& arg : argv) request.add_argv(arg);
+  request.set_timeout_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(timeout)));
+  // The process's own timeout ends it first; the call's deadline is only a backstop.
+  std::unique_ptr<Call> call = NewCall(timeout + absl::Seconds(30));
+  std::unique_ptr<grpc::ClientReaderInterface<sv1::ExecResponse>> reader =
+      stub_.Exec(&call->context, request);
+  sv1::ExecResponse response;
+  std::optional<v1::ExecExit> exit;
+  while (reader->Read(&response)) {
+    switch (response.output_case()) {
+      case sv1::ExecResponse::kStdout:
+        on_output(v1::OUTPUT_STREAM_STDOUT, response.stdout());
+        break;
+      case sv1::ExecResponse::kStderr:
+        on_output(v1::OUTPUT_STREAM_STDERR, response.stderr());
+        break;
+      case sv1::ExecResponse::kExit:
+        exit = response.exit();
+        break;
+      case sv1::ExecResponse::OUTPUT_NOT_SET:
+        break;
+    }
+  }
+  if (absl::Status status = Finished(*id, reader->Finish()); !status.ok()) return status;
+  if (!exit) return absl::InternalError("the sandbox ended the command without its exit status");
+  return *exit;
+}
+
+absl::StatusOr<std::string> SessionSandbox::ReadFile(const std::string& path, uint64_t max_bytes,
+                                                     uint64_t* size_bytes,
+                                                     absl::Duration timeout) {
+  absl::StatusOr<std::string> id = Current();
+  if (!id.ok()) return id.status();
+  sv1::ReadFileRequest request;
+  request.set_tenant_id(target_.tenant_id);
+  request.set_sandbox_id(*id);
+  request.set_path(path);
+  request.set_limit_bytes(max_bytes);
+  std::unique_ptr<Call> call = NewCall(timeout);
+  std::unique_ptr<grpc::ClientReaderInterface<sv1::ReadFileResponse>> reader =
+      stub_.ReadFile(&call->context, request);
+  sv1::ReadFileResponse chunk;
+  std::string content;
+  while (reader->Read(&chunk)) {
+    if (chunk.has_info()) *size_bytes = chunk.info().size_bytes();
+    content += chunk.data();
+  }
+  if (absl::Status status = Finished(*id, reader->Finish()); !status.ok()) return status;
+  return content;
+}
+
+absl::Status SessionSandbox::WriteFile(const std::string& path, const std::string& content,
+                                       absl::Duration timeout) {
+  absl::StatusOr<std::string> id = Current();
+  if (!id.ok()) return id.status();
+  std::unique_ptr<Call> call = NewCall(timeout);
+  sv1::WriteFileResponse response;
+  std::unique_ptr<grpc::ClientWriterInterface<sv1::WriteFileRequest>> writer =
+      stub_.WriteFile(&call->context, &response);
+  sv1::WriteFileRequest header;
+  header.mutable_header()->set_tenant_id(target_.tenant_id);
+  header.mutable_header()->set_sandbox_id(*id);
+  header.mutable_header()->set_path(path);
+  header.mutable_header()->set_create_parents(true);
+  bool open = writer->Write(header);
+  constexpr size_t kChunk = 1 << 20;
+  for (size_t at = 0; open && at < content.size(); at += kChunk) {
+    sv1::WriteFileRequest data;
+    data.set_data(content.substr(at, kChunk));
+    open = writer->Write(data);
+  }
+  writer->WritesDone();
+  return Finished(*id, writer->Finish());
+}
+
+absl::StatusOr<sv1::ListFilesResponse> SessionSandbox::ListFiles(const std::string& path,
+                                                                 bool recursive,
+                                                                 uint32_t max_entries,
+                                                                 absl::Duration timeout) {
+  absl::StatusOr<std::string> id = Current();
+  if (!id.ok()) return id.status();
+  sv1::ListFilesRequest request;
+  request.set_tenant_id(target_.tenant_id);
+  request.set_sandbox_id(*id);
+  request.set_path(path);
+  request.set_recursive(recursive);
+  request.set_max_entries(max_entries);
+  std::unique_ptr<Call> call = NewCall(timeout);
+  sv1::ListFilesResponse response;
+  if (absl::Status status = Finished(*id, stub_.ListFiles(&call->context, request, &response));
+      !status.ok()) {
+    return status;
+  }
+  return response;
+}
+
+}  // namespace parley::session::tools
