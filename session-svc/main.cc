@@ -35,6 +35,8 @@ struct SessionConfig {
   absl::Duration scripted_delay = absl::ZeroDuration();
   absl::Duration tool_timeout = absl::Minutes(10);
   std::string sandbox_template;
+  absl::Duration retry_backoff = absl::Milliseconds(500);
+  absl::Duration retry_max_backoff = absl::Seconds(30);
 };
 
 std::string DefaultWorkerId() {
@@ -72,6 +74,10 @@ int main(int argc, char** argv) {
   flags.Duration("scripted_delay", &config.scripted_delay,
                  "the scripted model's default pause before each word");
   flags.Duration("tool_timeout", &config.tool_timeout, "wall-clock limit of one tool call");
+  flags.Duration("retry_backoff", &config.retry_backoff,
+                 "first delay before retrying a failed model request (doubles per retry)");
+  flags.Duration("retry_max_backoff", &config.retry_max_backoff,
+                 "longest delay between model request retries");
   flags.String("sandbox_template", &config.sandbox_template,
                "sandbox template of sessions that name none (empty: sandbox-svc's default)");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
@@ -96,6 +102,8 @@ int main(int argc, char** argv) {
   providers.Add(std::make_unique<parley::session::model::ScriptedProvider>(
       parley::session::model::ScriptedOptions{.word_delay = config.scripted_delay}));
   parley::session::AgentRunner runner({.tool_timeout = config.tool_timeout,
+                                       .retry_first_backoff = config.retry_backoff,
+                                       .retry_max_backoff = config.retry_max_backoff,
                                        .default_sandbox_template = config.sandbox_template},
                                       providers, *store, sandbox.get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},

@@ -38,8 +38,8 @@ v1::TurnError TurnErrorOf(v1::TurnErrorKind kind, std::string message, bool retr
 
 v1::TurnError ProviderTurnError(const std::string& provider, const model::ProviderError& failure,
                                 std::string message) {
-  v1::TurnError error = TurnErrorOf(v1::TURN_ERROR_KIND_PROVIDER, std::move(message),
-                                    failure.retryable);
+  v1::TurnError error =
+      TurnErrorOf(v1::TURN_ERROR_KIND_PROVIDER, std::move(message), failure.retryable);
   error.set_provider(provider);
   error.set_status_code(failure.status_code);
   return error;
@@ -165,8 +165,8 @@ class TurnLoop final : public model::StepSink {
   absl::Time deadline_ = absl::InfiniteFuture();
 
   uint32_t step_ = 0;
-  std::vector<v1::ToolCall> calls_;  // The current step's.
-  bool streamed_ = false;            // The current attempt emitted output.
+  std::vector<v1::ToolCall> calls_;         // The current step's.
+  bool streamed_ = false;                   // The current attempt emitted output.
   std::optional<absl::Time> first_output_;  // Of the current step.
   uint32_t retries_ = 0;                    // Over the turn.
   std::optional<absl::Time> first_failure_;
@@ -189,8 +189,8 @@ absl::Status TurnLoop::LoadHistory() {
   for (int page = 0; page < 100; ++page) {
     list.mutable_request()->set_before_message_id(before);
     pb::ListMessagesResponse messages;
-    absl::Status status = StoreCall(runner_.store_, &StoreStub::ListMessages, list, &messages,
-                                    {.attempts = 5});
+    absl::Status status =
+        StoreCall(runner_.store_, &StoreStub::ListMessages, list, &messages, {.attempts = 5});
     if (!status.ok()) return status;
     for (auto it = messages.messages().rbegin(); it != messages.messages().rend(); ++it) {
       newest_first.push_back(*it);
@@ -260,14 +260,13 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
       return end;
     }
     if (!first_failure_) first_failure_ = Now();
-    const bool budget_left =
-        retries_ < max_retries && Now() - *first_failure_ < max_retrying;
+    const bool budget_left = retries_ < max_retries && Now() - *first_failure_ < max_retrying;
     if (!failure.retryable || !budget_left) {
       end.turn_over = Failed(ProviderTurnError(
           provider_.name(), failure,
-          failure.retryable ? absl::StrCat(failure.message, " (gave up after ", retries_,
-                                           " retries)")
-                            : failure.message));
+          failure.retryable
+              ? absl::StrCat(failure.message, " (gave up after ", retries_, " retries)")
+              : failure.message));
       return end;
     }
     ++retries_;
@@ -332,7 +331,8 @@ absl::StatusOr<v1::ToolResult> TurnLoop::RunCall(const v1::ToolCall& call, bool 
   }
   absl::StatusOr<tools::ToolRun> run = tool->Run(*arguments, context);
   if (out_.stopping()) return absl::CancelledError("the turn is stopping");
-  result.set_duration_ms(static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(Now() - start))));
+  result.set_duration_ms(
+      static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(Now() - start))));
   if (!run.ok()) return error(SandboxFailureText(run.status()));
   result.set_output(tools::CapForModel(run->output, runner_.options_.max_tool_result_bytes));
   result.set_is_error(run->is_error);
@@ -355,11 +355,10 @@ absl::Status TurnLoop::RunGroup(size_t begin, size_t end) {
     absl::Status status = sandbox_->Attach(&attached);
     if (out_.stopping()) return absl::CancelledError("the turn is stopping");
     if (!status.ok()) {
-      fatal_ = TurnErrorOf(
-          v1::TURN_ERROR_KIND_SANDBOX,
-          absl::StrCat("could not get the session's sandbox: ", status.message()),
-          status.code() == absl::StatusCode::kUnavailable ||
-              status.code() == absl::StatusCode::kResourceExhausted);
+      fatal_ = TurnErrorOf(v1::TURN_ERROR_KIND_SANDBOX,
+                           absl::StrCat("could not get the session's sandbox: ", status.message()),
+                           status.code() == absl::StatusCode::kUnavailable ||
+                               status.code() == absl::StatusCode::kResourceExhausted);
       return absl::AbortedError("no sandbox");
     }
     if (attached) {
@@ -472,13 +471,13 @@ std::string AgentRunner::ModelName(const v1::AgentConfig& config) const {
 absl::StatusOr<RunOutcome> AgentRunner::Run(const TurnInput& input, TurnOutput& output) {
   model::ModelProvider* provider = providers_.Find(input.config.provider());
   if (provider == nullptr) {
-    v1::TurnError error = TurnErrorOf(
-        v1::TURN_ERROR_KIND_PROVIDER,
-        absl::StrCat("no model provider \"",
-                     input.config.provider().empty() ? providers_.default_name()
-                                                     : input.config.provider(),
-                     "\" is configured on this server"),
-        false);
+    v1::TurnError error =
+        TurnErrorOf(v1::TURN_ERROR_KIND_PROVIDER,
+                    absl::StrCat("no model provider \"",
+                                 input.config.provider().empty() ? providers_.default_name()
+                                                                 : input.config.provider(),
+                                 "\" is configured on this server"),
+                    false);
     error.set_provider(input.config.provider());
     return Failed(std::move(error));
   }

@@ -19,9 +19,9 @@ ProviderError HttpStatusError(int status_code, absl::string_view detail,
   } else {
     error.reason = absl::StrCat("request refused (", status_code, ")");
   }
-  error.message = detail.empty() ? absl::StrCat("the model provider answered HTTP ", status_code)
-                                 : absl::StrCat("the model provider answered HTTP ", status_code,
-                                                ": ", detail);
+  error.message =
+      detail.empty() ? absl::StrCat("the model provider answered HTTP ", status_code)
+                     : absl::StrCat("the model provider answered HTTP ", status_code, ": ", detail);
   return error;
 }
 

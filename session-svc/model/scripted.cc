@@ -33,7 +33,8 @@ bool ParseMs(absl::string_view text, absl::Duration* out) {
 }
 
 // "[after] [xN]" after @fail STATUS or @reset.
-bool ParseFailureTail(const std::vector<std::string>& words, size_t from, ScriptedFailure& failure) {
+bool ParseFailureTail(const std::vector<std::string>& words, size_t from,
+                      ScriptedFailure& failure) {
   for (size_t i = from; i < words.size(); ++i) {
     int64_t times = 0;
     if (words[i] == "after") {
@@ -92,8 +93,7 @@ class Parser {
     } else if (name == "@tool_ms" && args.size() == 1 && ParseMs(args[0], &duration)) {
       v1::ToolCall& call = script_.steps.back().tool_calls.emplace_back();
       call.set_name(ScriptedProvider::kWaitTool);
-      call.set_arguments_json(
-          absl::StrCat("{\"ms\":", absl::ToInt64Milliseconds(duration), "}"));
+      call.set_arguments_json(absl::StrCat("{\"ms\":", absl::ToInt64Milliseconds(duration), "}"));
     } else if (name == "@fail" && !args.empty() && absl::SimpleAtoi(args[0], &number) &&
                number >= 100 && number <= 599) {
       ScriptedFailure failure{.status_code = static_cast<int>(number)};
@@ -193,11 +193,12 @@ StepOutcome ScriptedProvider::Stream(const ModelRequest& request, StepSink& sink
   const Script script = ParseScript(user != nullptr ? *user : v1::Message(), options_);
   ScriptStep step;
   if (request.step < script.steps.size()) step = script.steps[request.step];
-  if (!step.has_text && request.step == 0) {
-    step.words = {"Echo:"};
-    step.words.insert(step.words.end(), script.user_words.begin(), script.user_words.end());
-  } else if (!step.has_text && step.tool_calls.empty()) {
-    step.words = {"done."};
+  if (!step.has_text && step.tool_calls.empty()) {
+    // A step that sets neither text nor tools: the echo first, "done." after tools.
+    step.words = {request.step == 0 ? "Echo:" : "done."};
+    if (request.step == 0) {
+      step.words.insert(step.words.end(), script.user_words.begin(), script.user_words.end());
+    }
   }
 
   StepOutcome outcome;

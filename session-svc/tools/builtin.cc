@@ -54,7 +54,11 @@ absl::StatusOr<ToolRun> OperationFailed(const absl::Status& status, absl::string
 bool IsUtf8(absl::string_view text) {
   for (size_t i = 0; i < text.size();) {
     const auto c = static_cast<unsigned char>(text[i]);
-    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    const size_t n = c < 0x80           ? 1
+                     : (c >> 5) == 0x6  ? 2
+                     : (c >> 4) == 0xE  ? 3
+                     : (c >> 3) == 0x1E ? 4
+                                        : 0;
     if (n == 0 || i + n > text.size()) return false;
     for (size_t k = 1; k < n; ++k) {
       if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
@@ -78,7 +82,8 @@ class HeadTail {
     const size_t tail = std::min(tail_.size(), kKeepBytes);
     const uint64_t cut = total_ - head_.size() - tail;
     if (cut == 0) return head_ + tail_;
-    return absl::StrCat(head_, "\n[... ", cut, " bytes cut ...]\n", tail_.substr(tail_.size() - tail));
+    return absl::StrCat(head_, "\n[... ", cut, " bytes cut ...]\n",
+                        tail_.substr(tail_.size() - tail));
   }
   uint64_t total() const { return total_; }
 
@@ -108,12 +113,12 @@ class BashTool final : public BuiltinTool {
       timeout = std::min(timeout, absl::Milliseconds(arguments["timeout_ms"].get<int64_t>()));
     }
     HeadTail output;
-    absl::StatusOr<v1::ExecExit> exit = context.sandbox->Exec(
-        {"bash", "-c", arguments["command"].get<std::string>()}, timeout,
-        [&](v1::OutputStream stream, const std::string& data) {
-          output.Append(data);
-          if (context.on_output) context.on_output(stream, data);
-        });
+    absl::StatusOr<v1::ExecExit> exit =
+        context.sandbox->Exec({"bash", "-c", arguments["command"].get<std::string>()}, timeout,
+                              [&](v1::OutputStream stream, const std::string& data) {
+                                output.Append(data);
+                                if (context.on_output) context.on_output(stream, data);
+                              });
     if (!exit.ok()) return OperationFailed(exit.status(), "bash");
     ToolRun run{.output = output.Text()};
     if (output.total() == 0) run.output = "(no output)";
@@ -153,7 +158,8 @@ class ReadFileTool final : public BuiltinTool {
         context.sandbox->ReadFile(path, kMaxFileBytes, &size, context.timeout);
     if (!content.ok()) return OperationFailed(content.status(), path);
     if (!IsUtf8(*content)) {
-      return Failed(absl::StrCat(path, " is not a text file (", size, " bytes); use bash to inspect it"));
+      return Failed(
+          absl::StrCat(path, " is not a text file (", size, " bytes); use bash to inspect it"));
     }
     std::string text = *std::move(content);
     if (arguments.contains("offset") || arguments.contains("limit")) {
@@ -161,9 +167,8 @@ class ReadFileTool final : public BuiltinTool {
       const int64_t limit = arguments.value("limit", int64_t{1} << 40);
       std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
       std::string selected;
-      for (int64_t i = first - 1; i >= 0 && i < static_cast<int64_t>(lines.size()) &&
-                                  i < first - 1 + limit;
-           ++i) {
+      for (int64_t i = first - 1;
+           i >= 0 && i < static_cast<int64_t>(lines.size()) && i < first - 1 + limit; ++i) {
         absl::StrAppend(&selected, lines[i], "\n");
       }
       text = std::move(selected);
@@ -257,8 +262,7 @@ class ListFilesTool final : public BuiltinTool {
     const std::string path = arguments.value("path", std::string());
     constexpr uint32_t kMaxEntries = 1000;
     absl::StatusOr<sandbox::v1::ListFilesResponse> listing = context.sandbox->ListFiles(
-        path == "." ? "" : path, arguments.value("recursive", false), kMaxEntries,
-        context.timeout);
+        path == "." ? "" : path, arguments.value("recursive", false), kMaxEntries, context.timeout);
     if (!listing.ok()) return OperationFailed(listing.status(), path.empty() ? "." : path);
     std::string text;
     for (const v1::FileInfo& entry : listing->entries()) {

@@ -10,10 +10,10 @@
 //   if (!args.ok()) return ErrorResult(args.status().message());
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include <nlohmann/json.hpp>
 
 namespace parley::session::tools {
 

@@ -115,8 +115,7 @@ absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>
 }
 
 absl::StatusOr<std::string> SessionSandbox::ReadFile(const std::string& path, uint64_t max_bytes,
-                                                     uint64_t* size_bytes,
-                                                     absl::Duration timeout) {
+                                                     uint64_t* size_bytes, absl::Duration timeout) {
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
   sv1::ReadFileRequest request;

@@ -67,8 +67,8 @@ class SessionSandbox {
   // Replaces a file atomically, creating missing parent directories.
   absl::Status WriteFile(const std::string& path, const std::string& content,
                          absl::Duration timeout);
-  absl::StatusOr<sandbox::v1::ListFilesResponse> ListFiles(const std::string& path,
-                                                           bool recursive, uint32_t max_entries,
+  absl::StatusOr<sandbox::v1::ListFilesResponse> ListFiles(const std::string& path, bool recursive,
+                                                           uint32_t max_entries,
                                                            absl::Duration timeout);
 
  private:

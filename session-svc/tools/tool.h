@@ -11,12 +11,12 @@
 //   absl::StatusOr<ToolRun> run = bash->Run(*args, context);
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include <nlohmann/json.hpp>
 #include "session-svc/model/model.h"
 #include "session-svc/tools/session_sandbox.h"
 #include "session-svc/turn/turn_control.h"

@@ -6,6 +6,8 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 
+#include <unistd.h>
+
 #include <iostream>
 
 #include "absl/strings/match.h"
@@ -58,6 +60,31 @@ void SessionFixture::TearDown() {
   // Replicas first: they must not outlive their store and Redis.
   routers_.clear();
   replicas_.clear();
+  if (sandbox_process_ != nullptr) {
+    // Session sandboxes outlive a sandbox-svc restart by design: destroy them.
+    for (const char* tenant : {kTenantA, kTenantB}) {
+      grpc::ClientContext context;
+      SetDeadline(context);
+      sandbox::v1::ListSandboxesRequest list;
+      list.set_tenant_id(tenant);
+      sandbox::v1::ListSandboxesResponse listed;
+      if (!sandbox_stub_->ListSandboxes(&context, list, &listed).ok()) continue;
+      for (const sandbox::v1::Sandbox& sandbox : listed.sandboxes()) {
+        grpc::ClientContext destroy_context;
+        SetDeadline(destroy_context);
+        sandbox::v1::DestroySandboxRequest destroy;
+        destroy.set_tenant_id(tenant);
+        destroy.set_sandbox_id(sandbox.id());
+        sandbox::v1::DestroySandboxResponse destroyed;
+        (void)sandbox_stub_->DestroySandbox(&destroy_context, destroy, &destroyed);
+      }
+    }
+    if (HasFailure()) {
+      std::cerr << "---- parley-sandbox (tail) ----\n" << Tail(*sandbox_process_) << "\n";
+    }
+    sandbox_stub_.reset();
+    sandbox_process_.reset();
+  }
   gateway_.reset();
   store_process_.reset();
 }
@@ -107,6 +134,23 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
   store_ = store::v1::StoreService::NewStub(
       grpc::CreateChannel(store_process_->grpc_target(), grpc::InsecureChannelCredentials()));
 
+  if (options.sandbox) {
+    // Each test process gets uids of its own: tests run in parallel.
+    const int64_t uid_base = 2'300'000 + static_cast<int64_t>(::getpid() % 1000) * 1000;
+    auto sandbox = ServiceProcess::Start(
+        {.binary = BinaryPath("sandbox-svc/parley-sandbox"),
+         .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
+                  "--state_dir=" + parley::testing::TestTempDir() + "/sandbox-state",
+                  "--sandboxd_path=" + BinaryPath("sandbox-svc/parley-sandboxd"),
+                  absl::StrCat("--sandbox_uid_base=", uid_base), "--sandbox_uid_count=1000"}});
+    ASSERT_TRUE(sandbox.ok()) << sandbox.status();
+    sandbox_process_ = *std::move(sandbox);
+    serving = sandbox_process_->WaitUntilServing(kStartTimeout);
+    ASSERT_TRUE(serving.ok()) << serving << sandbox_process_->Output();
+    sandbox_stub_ = sandbox::v1::SandboxManager::NewStub(grpc::CreateChannel(
+        sandbox_process_->grpc_target(), grpc::InsecureChannelCredentials()));
+  }
+
   replicas_.resize(options.replicas);
   worker_ids_.resize(options.replicas);
   routers_.resize(options.replicas);
@@ -134,7 +178,7 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
 }
 
 std::vector<std::string> SessionFixture::ReplicaArgs() const {
-  return {"--grpc_addr=127.0.0.1:0",
+  std::vector<std::string> args = {"--grpc_addr=127.0.0.1:0",
           "--admin_addr=127.0.0.1:0",
           "--store_addr=" + store_process_->grpc_target(),
           "--redis_url=" + redis_url_,
@@ -147,6 +191,11 @@ std::vector<std::string> SessionFixture::ReplicaArgs() const {
           absl::StrCat("--max_running_per_tenant=", options_.max_running_per_tenant),
           Flag("scripted_delay", options_.scripted_delay),
           Flag("drain_timeout", options_.drain_timeout)};
+  if (sandbox_process_ != nullptr) {
+    args.push_back("--sandbox_addr=" + sandbox_process_->grpc_target());
+  }
+  args.insert(args.end(), options_.replica_flags.begin(), options_.replica_flags.end());
+  return args;
 }
 
 void SessionFixture::StartReplica(int index, const std::vector<std::string>& extra_args) {
@@ -175,6 +224,27 @@ int SessionFixture::ReplicaOfWorker(const std::string& worker_id) const {
 // ---- Store fixtures ----
 
 std::string SessionFixture::CreateSession(const std::string& tenant, v1::MultitaskPolicy policy) {
+  v1::AgentConfig config;
+  config.set_multitask_policy(policy);
+  return CreateSessionWith(tenant, config);
+}
+
+absl::StatusOr<std::vector<sandbox::v1::Sandbox>> SessionFixture::SessionSandboxes(
+    const std::string& tenant, const std::string& session) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  sandbox::v1::ListSandboxesRequest request;
+  request.set_tenant_id(tenant);
+  request.set_session_id(session);
+  sandbox::v1::ListSandboxesResponse response;
+  grpc::Status status = sandbox_stub_->ListSandboxes(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<sandbox::v1::Sandbox>(response.sandboxes().begin(),
+                                           response.sandboxes().end());
+}
+
+std::string SessionFixture::CreateSessionWith(const std::string& tenant,
+                                              const v1::AgentConfig& config) {
   {
     grpc::ClientContext context;
     SetDeadline(context);
@@ -188,9 +258,7 @@ std::string SessionFixture::CreateSession(const std::string& tenant, v1::Multita
   SetDeadline(context);
   store::v1::CreateSessionRequest request;
   request.set_tenant_id(tenant);
-  if (policy != v1::MULTITASK_POLICY_UNSPECIFIED) {
-    request.mutable_request()->mutable_agent_config()->set_multitask_policy(policy);
-  }
+  *request.mutable_request()->mutable_agent_config() = config;
   store::v1::CreateSessionResponse response;
   grpc::Status status = store_->CreateSession(&context, request, &response);
   EXPECT_TRUE(status.ok()) << Describe(status);

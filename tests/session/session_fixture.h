@@ -38,6 +38,7 @@
 #include "absl/time/time.h"
 #include "common/redis.h"
 #include "parley/router/v1/router.grpc.pb.h"
+#include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 #include "tests/harness/services.h"
@@ -68,6 +69,10 @@ struct ClusterOptions {
   bool gateway = false;
   // More flags of that gateway.
   std::vector<std::string> gateway_flags;
+  // Starts a parley-sandbox (bubblewrap) for the agent's tools; the replicas use it.
+  bool sandbox = false;
+  // More flags of every replica.
+  std::vector<std::string> replica_flags;
 };
 
 struct SubmitOptions {
@@ -107,6 +112,16 @@ class SessionFixture : public ::testing::Test {
   // Creates the tenant (idempotent) and a new session of it.
   std::string CreateSession(const std::string& tenant,
                             v1::MultitaskPolicy policy = v1::MULTITASK_POLICY_UNSPECIFIED);
+  // The same with an agent configuration (tools, limits, retry budget).
+  std::string CreateSessionWith(const std::string& tenant, const v1::AgentConfig& config);
+
+  // ---- sandbox-svc (ClusterOptions.sandbox) ----
+
+  sandbox::v1::SandboxManager::Stub& sandboxes() { return *sandbox_stub_; }
+  parley::testing::ServiceProcess* sandbox_process() { return sandbox_process_.get(); }
+  // The session's live sandboxes (not DESTROYED), newest first.
+  absl::StatusOr<std::vector<sandbox::v1::Sandbox>> SessionSandboxes(const std::string& tenant,
+                                                                     const std::string& session);
 
   // ---- SessionRouter, as the gateway calls it ----
 
@@ -197,6 +212,8 @@ class SessionFixture : public ::testing::Test {
   std::unique_ptr<RedisConnection> redis_connection_;
   std::unique_ptr<parley::testing::ServiceProcess> store_process_;
   std::unique_ptr<parley::testing::ServiceProcess> gateway_;
+  std::unique_ptr<parley::testing::ServiceProcess> sandbox_process_;
+  std::unique_ptr<sandbox::v1::SandboxManager::Stub> sandbox_stub_;
   std::unique_ptr<store::v1::StoreService::Stub> store_;
   std::vector<std::unique_ptr<parley::testing::ServiceProcess>> replicas_;
   std::vector<std::string> worker_ids_;

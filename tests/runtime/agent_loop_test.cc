@@ -1,0 +1,448 @@
+// The agent loop end to end: parley-session replicas running turns of the scripted model
+// whose tools run in real bubblewrap sandboxes (a real parley-sandbox), with a real
+// parley-store, Postgres and Redis. What a client sees is asserted: the events of the
+// turn, the messages stored, the turn's end — and, for cancel and lost sandboxes, what
+// is left in the sandbox.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "tests/session/session_fixture.h"
+
+namespace parley::session::testing {
+namespace {
+
+namespace sv1 = ::parley::sandbox::v1;
+
+// The events of `turn_id` with payload `kind`.
+std::vector<v1::Event> OfKind(const std::vector<v1::Event>& events, const std::string& turn_id,
+                              v1::Event::PayloadCase kind) {
+  std::vector<v1::Event> found;
+  for (const v1::Event& event : EventsOfTurn(events, turn_id)) {
+    if (event.payload_case() == kind) found.push_back(event);
+  }
+  return found;
+}
+
+std::vector<v1::ToolResult> Results(const std::vector<v1::Event>& events,
+                                    const std::string& turn_id) {
+  std::vector<v1::ToolResult> results;
+  for (const v1::Event& e : OfKind(events, turn_id, v1::Event::kToolResult)) {
+    results.push_back(e.tool_result());
+  }
+  return results;
+}
+
+v1::AgentConfig WithTools(std::vector<std::string> tools) {
+  v1::AgentConfig config;
+  for (std::string& tool : tools) config.add_tools(std::move(tool));
+  return config;
+}
+
+class AgentLoop : public SessionFixture {
+ protected:
+  void Start(bool gateway = false) {
+    ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1,
+                                          .gateway = gateway,
+                                          .sandbox = true,
+                                          .replica_flags = {"--retry_backoff=20ms"}}));
+  }
+
+  // Runs one turn to its seal; the turn and the session's checked events.
+  struct Ran {
+    v1::Turn turn;
+    std::vector<v1::Event> events;
+  };
+  Ran RunTurn(const std::string& session, const std::string& text) {
+    absl::StatusOr<std::string> turn_id = SubmitTurn(kTenantA, session, text);
+    EXPECT_TRUE(turn_id.ok()) << turn_id.status();
+    if (!turn_id.ok()) return {};
+    absl::StatusOr<v1::Turn> turn = WaitForTurnEnd(kTenantA, session, *turn_id, absl::Seconds(90));
+    EXPECT_TRUE(turn.ok()) << turn.status();
+    absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (!turn.ok() || !events.ok()) return {};
+    return {*turn, *events};
+  }
+
+  // Runs `argv` in `sandbox_id` through sandbox-svc; its stdout.
+  std::string ExecIn(const std::string& sandbox_id, const std::string& command) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    sv1::ExecRequest request;
+    request.set_tenant_id(kTenantA);
+    request.set_sandbox_id(sandbox_id);
+    for (const char* arg : {"bash", "-c"}) request.add_argv(arg);
+    request.add_argv(command);
+    auto reader = sandboxes().Exec(&context, request);
+    sv1::ExecResponse response;
+    std::string out;
+    while (reader->Read(&response)) out += response.stdout();
+    grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << Describe(status);
+    return out;
+  }
+};
+
+// A five-step turn with real tools in a real sandbox: write a script, run it, edit it,
+// run it again and read it back. Each step's output is an event with its step, bash
+// output streams as ToolOutputDelta, each step is committed and announced by
+// StepCompleted, and the stored messages alternate assistant and tool.
+TEST_F(AgentLoop, AMultiStepTurnWritesRunsEditsAndReadsAFileInARealSandbox) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSessionWith(
+      kTenantA, WithTools({"bash", "read_file", "write_file", "edit_file", "list_files"}));
+  Ran ran = RunTurn(session, R"(@say Writing it.
+@tool write_file {"path": "bin/hello.sh", "content": "echo hello from the sandbox\n"}
+@say Running it.
+@tool bash {"command": "bash bin/hello.sh"}
+@say Editing it.
+@tool edit_file {"path": "bin/hello.sh", "old_string": "hello", "new_string": "goodbye"}
+@say Checking it.
+@tool bash {"command": "bash bin/hello.sh"}
+@tool read_file {"path": "bin/hello.sh"}
+@tool list_files {"recursive": true}
+@say All done.)");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  EXPECT_EQ(ran.turn.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(ran.turn.steps(), 5u);
+
+  const std::string turn = ran.turn.id();
+  std::vector<v1::ToolResult> results = Results(ran.events, turn);
+  ASSERT_EQ(results.size(), 6u);
+  for (const v1::ToolResult& r : results) EXPECT_FALSE(r.is_error()) << r.output();
+  EXPECT_EQ(results[0].output(), "wrote 28 bytes to bin/hello.sh");
+  EXPECT_EQ(results[1].output(), "hello from the sandbox\n");
+  EXPECT_EQ(results[2].output(), "edited bin/hello.sh");
+  EXPECT_EQ(results[3].output(), "goodbye from the sandbox\n");
+  EXPECT_EQ(results[4].output(), "echo goodbye from the sandbox\n");
+  EXPECT_TRUE(absl::StrContains(results[5].output(), "bin/\nbin/hello.sh (30 bytes)"))
+      << results[5].output();
+
+  // The sandbox was created for the first call, once, before any result.
+  std::vector<v1::Event> attached = OfKind(ran.events, turn, v1::Event::kSandboxAttached);
+  ASSERT_EQ(attached.size(), 1u);
+  EXPECT_TRUE(attached[0].sandbox_attached().created());
+  EXPECT_LT(attached[0].seq(), OfKind(ran.events, turn, v1::Event::kToolResult)[0].seq());
+  absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();
+  ASSERT_EQ(sandboxes->size(), 1u);
+  EXPECT_EQ((*sandboxes)[0].id(), attached[0].sandbox_attached().sandbox_id());
+
+  // bash output streamed while it ran, tagged with its call.
+  std::string streamed;
+  for (const v1::Event& e : OfKind(ran.events, turn, v1::Event::kToolOutputDelta)) {
+    if (e.tool_output_delta().call_id() == results[1].call_id()) {
+      streamed += e.tool_output_delta().data();
+    }
+  }
+  EXPECT_EQ(streamed, "hello from the sandbox\n");
+
+  // Every step announced in order; every tool event carries the step of its call.
+  std::vector<v1::Event> steps = OfKind(ran.events, turn, v1::Event::kStepCompleted);
+  ASSERT_EQ(steps.size(), 5u);
+  for (uint32_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(steps[i].step_completed().step(), i);
+    EXPECT_EQ(steps[i].step(), i);
+    EXPECT_EQ(steps[i].step_completed().finish_reason(),
+              i < 4 ? v1::FINISH_REASON_TOOL_CALLS : v1::FINISH_REASON_STOP);
+  }
+  for (const v1::Event& e : OfKind(ran.events, turn, v1::Event::kToolResult)) {
+    for (const v1::Event& call : OfKind(ran.events, turn, v1::Event::kToolCall)) {
+      if (call.tool_call().call_id() == e.tool_result().call_id()) EXPECT_EQ(e.step(), call.step());
+    }
+  }
+  const v1::TurnCompleted* completed = CompletedOf(ran.events, turn);
+  ASSERT_NE(completed, nullptr);
+  EXPECT_EQ(completed->steps(), 5u);
+  EXPECT_GT(completed->context_tokens(), 0u);
+
+  // Stored: five assistant messages, four tool messages (the results of a step in one),
+  // alternating, each once.
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  std::vector<v1::Role> roles;
+  for (const v1::Message& m : *messages) {
+    if (m.turn_id() == turn && m.role() != v1::ROLE_USER) roles.push_back(m.role());
+  }
+  const std::vector<v1::Role> expected = {
+      v1::ROLE_ASSISTANT, v1::ROLE_TOOL,      v1::ROLE_ASSISTANT,
+      v1::ROLE_TOOL,      v1::ROLE_ASSISTANT, v1::ROLE_TOOL,
+      v1::ROLE_ASSISTANT, v1::ROLE_TOOL,      v1::ROLE_ASSISTANT};
+  EXPECT_EQ(roles, expected);
+  EXPECT_EQ(MessageText(MessagesOf(*messages, turn, v1::ROLE_ASSISTANT).back()), "All done.");
+}
+
+// A call the model gets wrong — an unknown tool, arguments that break the schema or are
+// not JSON, a file that does not exist — becomes an error result the model sees, never a
+// failed turn; nothing runs for the invalid ones.
+TEST_F(AgentLoop, BadToolCallsGoBackToTheModelAsErrorResults) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSessionWith(kTenantA, WithTools({"read_file"}));
+  Ran ran = RunTurn(session, R"(@tool read_file {"path": 7}
+@tool read_file {"path": "a", "mode": "fast"}
+@tool read_file {not json
+@tool launch_rockets {}
+@tool read_file {"path": "missing.txt"})");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
+  ASSERT_EQ(results.size(), 5u);
+  for (const v1::ToolResult& r : results) EXPECT_TRUE(r.is_error()) << r.output();
+  EXPECT_TRUE(absl::StrContains(results[0].output(), "arguments.path: must be string"))
+      << results[0].output();
+  EXPECT_TRUE(absl::StrContains(results[1].output(), "arguments.mode: unknown argument"))
+      << results[1].output();
+  EXPECT_TRUE(absl::StrContains(results[2].output(), "not valid JSON")) << results[2].output();
+  EXPECT_TRUE(absl::StrContains(results[3].output(), "unknown tool \"launch_rockets\""))
+      << results[3].output();
+  EXPECT_TRUE(absl::StrContains(results[4].output(), "missing.txt")) << results[4].output();
+  EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "done.");
+}
+
+// Failed requests before any output are retried, each retry announced live by a
+// transient RetryScheduled (attempt, delay honouring Retry-After, reason); the text
+// then streams exactly once.
+TEST_F(AgentLoop, RetriesAreAnnouncedAndTheTextStreamsOnce) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*gateway=*/true));
+  const std::string session = CreateSession(kTenantA);
+  LiveSubscriber live(gateway()->grpc_target(), session);
+  Ran ran = RunTurn(session, "@fail 429 x2\n@retry_after_ms 60\n@say finally here");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  ASSERT_TRUE(live.WaitFor(
+      [&](const std::vector<v1::Event>& events) { return CountSealed(events, ran.turn.id()) == 1; },
+      absl::Seconds(30)));
+  std::vector<v1::RetryScheduled> retries;
+  std::string text;
+  for (const v1::Event& e : live.events()) {
+    if (e.has_retry_scheduled()) {
+      EXPECT_TRUE(e.transient());
+      retries.push_back(e.retry_scheduled());
+    }
+    if (e.has_text_delta()) text += e.text_delta().text();
+  }
+  ASSERT_EQ(retries.size(), 2u);
+  EXPECT_EQ(retries[0].attempt(), 2u);
+  EXPECT_EQ(retries[1].attempt(), 3u);
+  for (const v1::RetryScheduled& r : retries) {
+    EXPECT_GE(r.delay_ms(), 60u);
+    EXPECT_EQ(r.reason(), "rate limited (429)");
+    EXPECT_EQ(r.error().status_code(), 429);
+    EXPECT_TRUE(r.error().retryable());
+  }
+  EXPECT_EQ(text, "finally here");
+  EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "finally here");
+}
+
+// A failure after the step had streamed text is not retried (that would repeat the
+// text): the turn fails with a PROVIDER error and keeps what streamed.
+TEST_F(AgentLoop, AFailureAfterOutputFailsTheTurnWithoutRepeatingText) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSession(kTenantA);
+  Ran ran = RunTurn(session, "@fail 500 after\n@say some words");
+  EXPECT_EQ(ran.turn.status(), v1::TURN_STATUS_FAILED);
+  EXPECT_EQ(ran.turn.error().kind(), v1::TURN_ERROR_KIND_PROVIDER);
+  EXPECT_EQ(ran.turn.error().status_code(), 500);
+  EXPECT_EQ(ran.turn.error().provider(), "scripted");
+  EXPECT_TRUE(ran.turn.error().retryable());
+  EXPECT_TRUE(absl::StrContains(ran.turn.error().message(), "not retried"))
+      << ran.turn.error().message();
+  EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "some words");
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  std::vector<v1::Message> assistant = MessagesOf(*messages, ran.turn.id(), v1::ROLE_ASSISTANT);
+  ASSERT_EQ(assistant.size(), 1u);
+  EXPECT_EQ(MessageText(assistant[0]), "some words");
+}
+
+// A request the provider refuses (400) is not retried; a retryable failure that outlasts
+// the session's retry budget ends the turn too, saying so.
+TEST_F(AgentLoop, RefusedRequestsAndAnExhaustedRetryBudgetFailTheTurn) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string refused_session = CreateSession(kTenantA);
+  Ran refused = RunTurn(refused_session, "@fail 400\n@say never");
+  EXPECT_EQ(refused.turn.status(), v1::TURN_STATUS_FAILED);
+  EXPECT_EQ(refused.turn.error().status_code(), 400);
+  EXPECT_FALSE(refused.turn.error().retryable());
+  EXPECT_EQ(TextOf(refused.events, refused.turn.id()), "");
+
+  v1::AgentConfig budget;
+  budget.set_retry_max_attempts(2);
+  const std::string session = CreateSessionWith(kTenantA, budget);
+  Ran exhausted = RunTurn(session, "@fail 503 x5\n@say never");
+  EXPECT_EQ(exhausted.turn.status(), v1::TURN_STATUS_FAILED);
+  EXPECT_EQ(exhausted.turn.error().status_code(), 503);
+  EXPECT_TRUE(absl::StrContains(exhausted.turn.error().message(), "gave up after 2 retries"))
+      << exhausted.turn.error().message();
+}
+
+// Cancel while bash runs `sleep 600` in the sandbox: the turn ends CANCELLED at once,
+// the interrupted call gets a synthetic error result, and no process of the command is
+// left in the sandbox.
+TEST_F(AgentLoop, CancelDuringASandboxCommandKillsItsProcessTree) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSessionWith(kTenantA, WithTools({"bash"}));
+  absl::StatusOr<std::string> turn = SubmitTurn(
+      kTenantA, session, R"(@tool bash {"command": "sleep 600 & sleep 600 & echo started; wait"})");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  auto started = WaitForEvents(
+      kTenantA, session,
+      [&](const std::vector<v1::Event>& events) {
+        for (const v1::Event& e : OfKind(events, *turn, v1::Event::kToolOutputDelta)) {
+          if (absl::StrContains(e.tool_output_delta().data(), "started")) return true;
+        }
+        return false;
+      },
+      "the command's output", absl::Seconds(60));
+  ASSERT_TRUE(started.ok()) << started.status();
+  absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok() && sandboxes->size() == 1u);
+  const std::string sandbox_id = (*sandboxes)[0].id();
+  const std::string count_sleeps =
+      "n=0; for f in /proc/[0-9]*/cmdline; do "
+      "[ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = 'sleep 600 ' ] && n=$((n+1)); done; echo $n";
+  EXPECT_EQ(ExecIn(sandbox_id, count_sleeps), "2\n");
+
+  v1::CancelTurnResponse cancelled;
+  grpc::Status status = CancelTurn(kTenantA, session, *turn, &cancelled);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->status(), v1::TURN_STATUS_CANCELLED);
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  std::vector<v1::ToolResult> results = Results(*events, *turn);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results[0].is_error());
+  EXPECT_EQ(results[0].duration_ms(), 0u);
+  EXPECT_TRUE(
+      WaitUntil([&] { return ExecIn(sandbox_id, count_sleeps) == "0\n"; }, absl::Seconds(20)))
+      << "sleep 600 still runs in the sandbox";
+}
+
+// The sandbox destroyed while a tool runs: the call that finds it gone says so — that
+// the sandbox was lost and the workspace may be new — and the next call gets a new
+// sandbox, announced with the one it replaces; the turn goes on. (Whether the running
+// command itself reports the loss or ends killed depends on which the daemon noticed
+// first; the call after it then reports the loss. Either way exactly one does.)
+TEST_F(AgentLoop, ALostSandboxIsReportedAndReplaced) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSessionWith(kTenantA, WithTools({"bash"}));
+  absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, R"(@say First.
+@tool bash {"command": "echo kept > notes.txt; echo started; sleep 600"}
+@say Again.
+@tool bash {"command": "cat notes.txt || echo gone"}
+@say Once more.
+@tool bash {"command": "cat notes.txt || echo gone"})");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  auto started = WaitForEvents(
+      kTenantA, session,
+      [&](const std::vector<v1::Event>& events) {
+        return !OfKind(events, *turn, v1::Event::kToolOutputDelta).empty();
+      },
+      "the first command's output", absl::Seconds(60));
+  ASSERT_TRUE(started.ok()) << started.status();
+  const std::string first =
+      OfKind(*started, *turn, v1::Event::kSandboxAttached)[0].sandbox_attached().sandbox_id();
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    sv1::DestroySandboxRequest request;
+    request.set_tenant_id(kTenantA);
+    request.set_sandbox_id(first);
+    sv1::DestroySandboxResponse response;
+    grpc::Status status = sandboxes().DestroySandbox(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << Describe(status);
+  }
+  absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn, absl::Seconds(90));
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->status(), v1::TURN_STATUS_SUCCEEDED) << ended->error().message();
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  std::vector<v1::ToolResult> results = Results(*events, *turn);
+  ASSERT_EQ(results.size(), 3u);
+  int lost = 0;
+  for (const v1::ToolResult& r : results) {
+    if (!absl::StrContains(r.output(), "sandbox was lost")) continue;
+    ++lost;
+    EXPECT_TRUE(r.is_error());
+    EXPECT_TRUE(absl::StrContains(r.output(), "may be empty")) << r.output();
+  }
+  EXPECT_EQ(lost, 1) << results[0].output() << "\n---\n" << results[1].output();
+  EXPECT_TRUE(results[0].is_error()) << results[0].output();
+  EXPECT_EQ(results[2].output(), "cat: notes.txt: No such file or directory\ngone\n");
+  std::vector<v1::Event> attached = OfKind(*events, *turn, v1::Event::kSandboxAttached);
+  ASSERT_EQ(attached.size(), 2u);
+  EXPECT_TRUE(attached[1].sandbox_attached().created());
+  EXPECT_EQ(attached[1].sandbox_attached().replaced_sandbox_id(), first);
+  EXPECT_NE(attached[1].sandbox_attached().sandbox_id(), first);
+}
+
+// Each limit ends the turn SUCCEEDED with its own finish reason: max steps before the
+// next step, max output tokens after a step's usage (its tool call then gets a synthetic
+// result), max duration in the middle of a stream.
+TEST_F(AgentLoop, LimitsEndTheTurnWithTheirFinishReason) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  v1::AgentConfig steps;
+  steps.set_max_steps(2);
+  Ran by_steps = RunTurn(CreateSessionWith(kTenantA, steps),
+                         "@tool_ms 1\n@say two\n@tool_ms 1\n@say three\n@tool_ms 1");
+  EXPECT_EQ(by_steps.turn.status(), v1::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(by_steps.turn.finish_reason(), v1::FINISH_REASON_MAX_STEPS);
+  EXPECT_EQ(by_steps.turn.steps(), 2u);
+
+  v1::AgentConfig tokens;
+  tokens.set_max_output_tokens(3);
+  Ran by_tokens = RunTurn(CreateSessionWith(kTenantA, tokens), "@words 5\n@tool_ms 1\n@say more");
+  EXPECT_EQ(by_tokens.turn.status(), v1::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(by_tokens.turn.finish_reason(), v1::FINISH_REASON_MAX_OUTPUT_TOKENS);
+  std::vector<v1::ToolResult> results = Results(by_tokens.events, by_tokens.turn.id());
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results[0].is_error());
+
+  v1::AgentConfig duration;
+  duration.set_max_turn_duration_ms(400);
+  Ran by_time = RunTurn(CreateSessionWith(kTenantA, duration), "@rate 20\n@words 400");
+  EXPECT_EQ(by_time.turn.status(), v1::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(by_time.turn.finish_reason(), v1::FINISH_REASON_MAX_DURATION);
+  EXPECT_LT(CountTextDeltas(by_time.events, by_time.turn.id()), 400);
+}
+
+// A finished step is readable with ListMessages while the turn still runs, and is stored
+// once: the turn's end does not store it again.
+TEST_F(AgentLoop, AFinishedStepIsStoredBeforeTheTurnEndsAndOnlyOnce) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSession(kTenantA);
+  absl::StatusOr<std::string> turn =
+      SubmitTurn(kTenantA, session, "@say first\n@tool_ms 1\n@stall_ms 600000\n@say second");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  std::vector<v1::Message> stored;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+        if (!messages.ok()) return false;
+        stored = *messages;
+        return MessagesOf(stored, *turn, v1::ROLE_TOOL).size() == 1;
+      },
+      absl::Seconds(30)));
+  std::vector<v1::Message> assistant = MessagesOf(stored, *turn, v1::ROLE_ASSISTANT);
+  ASSERT_EQ(assistant.size(), 1u);
+  EXPECT_EQ(MessageText(assistant[0]), "first");
+  absl::StatusOr<v1::Turn> running = GetTurn(kTenantA, *turn);
+  ASSERT_TRUE(running.ok()) << running.status();
+  EXPECT_EQ(running->status(), v1::TURN_STATUS_RUNNING);
+
+  v1::CancelTurnResponse cancelled;
+  ASSERT_TRUE(CancelTurn(kTenantA, session, *turn, &cancelled).ok());
+  ASSERT_TRUE(WaitForTurnEnd(kTenantA, session, *turn).ok());
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  EXPECT_EQ(MessagesOf(*messages, *turn, v1::ROLE_ASSISTANT).size(), 1u);
+  EXPECT_EQ(MessagesOf(*messages, *turn, v1::ROLE_TOOL).size(), 1u);
+}
+
+}  // namespace
+}  // namespace parley::session::testing
