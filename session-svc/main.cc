@@ -6,16 +6,20 @@
 // the server drains.
 #include <unistd.h>
 
+#include <cstdlib>
+#include <optional>
+
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "common/config.h"
 #include "common/redis.h"
 #include "common/server/service_host.h"
+#include "session-svc/agent/agent_runner.h"
 #include "session-svc/api/router_service.h"
+#include "session-svc/model/provider_config.h"
+#include "session-svc/model/scripted.h"
 #include "session-svc/scheduler/scheduler.h"
 #include "session-svc/scheduler/signals.h"
-#include "session-svc/agent/agent_runner.h"
-#include "session-svc/model/scripted.h"
 #include "session-svc/turn/turn_executor.h"
 
 namespace {
@@ -35,6 +39,7 @@ struct SessionConfig {
   absl::Duration scripted_delay = absl::ZeroDuration();
   absl::Duration tool_timeout = absl::Minutes(10);
   std::string sandbox_template;
+  std::string providers_file;
   absl::Duration retry_backoff = absl::Milliseconds(500);
   absl::Duration retry_max_backoff = absl::Seconds(30);
 };
@@ -73,6 +78,9 @@ int main(int argc, char** argv) {
             "running turns per tenant across all replicas; 0 = no cap", 0, 100000);
   flags.Duration("scripted_delay", &config.scripted_delay,
                  "the scripted model's default pause before each word");
+  flags.String("providers_file", &config.providers_file,
+               "JSON file of the model providers (see session-svc/README.md); empty: only the "
+               "built-in scripted model");
   flags.Duration("tool_timeout", &config.tool_timeout, "wall-clock limit of one tool call");
   flags.Duration("retry_backoff", &config.retry_backoff,
                  "first delay before retrying a failed model request (doubles per retry)");
@@ -98,9 +106,26 @@ int main(int argc, char** argv) {
   auto sandbox = parley::sandbox::v1::SandboxManager::NewStub(
       host.grpc_telemetry().CreateChannel(config.sandbox_addr));
 
-  parley::session::model::ProviderRegistry providers("scripted");
-  providers.Add(std::make_unique<parley::session::model::ScriptedProvider>(
-      parley::session::model::ScriptedOptions{.word_delay = config.scripted_delay}));
+  namespace model = parley::session::model;
+  model::ProviderRegistry providers("scripted");
+  providers.Add(std::make_unique<model::ScriptedProvider>(
+      model::ScriptedOptions{.word_delay = config.scripted_delay}));
+  if (!config.providers_file.empty()) {
+    // Provider keys come from the variables the file names, read once, here.
+    absl::StatusOr<model::ProvidersFile> file = model::LoadProvidersFile(
+        config.providers_file, [](const std::string& name) -> std::optional<std::string> {
+          const char* value = std::getenv(name.c_str());
+          return value == nullptr ? std::nullopt : std::optional<std::string>(value);
+        });
+    if (!file.ok()) {
+      std::fprintf(stderr, "parley-session: %s\n", std::string(file.status().message()).c_str());
+      return 2;
+    }
+    for (model::ProviderConfig& provider : file->providers) {
+      providers.Add(model::MakeProvider(std::move(provider)));
+    }
+    if (!file->default_provider.empty()) providers.set_default_name(file->default_provider);
+  }
   parley::session::AgentRunner runner({.tool_timeout = config.tool_timeout,
                                        .retry_first_backoff = config.retry_backoff,
                                        .retry_max_backoff = config.retry_max_backoff,

@@ -96,6 +96,12 @@ class TurnLoop final : public model::StepSink {
     event.mutable_reasoning_delta()->set_text(std::string(text));
     return EmitOutput(std::move(event));
   }
+  absl::Status ReasoningMetadata(const std::string& key, const std::string& value) override {
+    v1::Event event;
+    event.mutable_reasoning_delta()->set_step(step_);
+    (*event.mutable_reasoning_delta()->mutable_provider_metadata())[key] = value;
+    return EmitOutput(std::move(event));
+  }
   absl::Status ToolCall(v1::ToolCall call) override {
     calls_.push_back(call);
     v1::Event event;
@@ -110,6 +116,11 @@ class TurnLoop final : public model::StepSink {
     return false;
   }
   bool stopping() const override { return out_.stopping() || past_deadline(); }
+  std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
+    // The turn's time limit fires no hook: providers also poll stopping() while they
+    // wait for bytes (every 200 ms at most), and it is checked at every piece.
+    return out_.OnStop(std::move(hook));
+  }
 
  private:
   // How a step's model request ended: the outcome, or the turn's end.

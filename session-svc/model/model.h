@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "parley/v1/resources.pb.h"
+#include "session-svc/turn/turn_control.h"
 
 namespace parley::session::model {
 
@@ -56,18 +57,18 @@ struct ModelRequest {
 };
 
 // Where a provider streams one step's output, in the order it arrives. Each call
-// returns non-OK once the turn must stop (cancel, lost lease, drain); the provider then
-// returns promptly with whatever it has.
-class StepSink {
+// returns non-OK once the turn must stop (cancel, lost lease, drain, the turn's time
+// limit); the provider then returns promptly with whatever it has. Its StopSignal side
+// lets a provider wait (WaitFor) or be woken from a blocking read (OnStop).
+class StepSink : public StopSignal {
  public:
-  virtual ~StepSink() = default;
   virtual absl::Status Text(absl::string_view text) = 0;
   virtual absl::Status Reasoning(absl::string_view text) = 0;
+  // Opaque provider data for the reasoning just streamed, to send back with it in
+  // later requests (e.g. "anthropic.signature"). Stored on the reasoning part.
+  virtual absl::Status ReasoningMetadata(const std::string& key, const std::string& value) = 0;
   // A complete tool call (arguments assembled). call_id is unique within the session.
   virtual absl::Status ToolCall(v1::ToolCall call) = 0;
-  // Waits up to `duration`; false at once when the turn must stop.
-  virtual bool WaitFor(absl::Duration duration) = 0;
-  virtual bool stopping() const = 0;
 };
 
 // A step that did not complete.

@@ -56,10 +56,15 @@ void Transcript::Add(const v1::Event& event) {
       AppendText(Assistant(), false, event.text_delta().text());
       step_seen(step_);
       break;
-    case v1::Event::kReasoningDelta:
-      AppendText(Assistant(), true, event.reasoning_delta().text());
+    case v1::Event::kReasoningDelta: {
+      v1::Message& message = Assistant();
+      AppendText(message, true, event.reasoning_delta().text());
+      for (const auto& [key, value] : event.reasoning_delta().provider_metadata()) {
+        (*message.mutable_parts()->rbegin()->mutable_provider_metadata())[key] = value;
+      }
       step_seen(step_);
       break;
+    }
     case v1::Event::kToolCall:
       step_seen(step_);
       *Assistant().add_parts()->mutable_tool_call() = event.tool_call();

@@ -15,13 +15,17 @@ namespace parley::store {
 namespace {
 
 absl::Status CheckAgentConfig(const ::parley::v1::AgentConfig& config, const char* field) {
-  static const char* kProviders[] = {"", "scripted", "openai", "anthropic"};
   static const char* kTools[] = {"bash", "read_file", "write_file", "edit_file", "list_files"};
-  bool known = false;
-  for (const char* p : kProviders) known = known || config.provider() == p;
-  if (!known) {
+  // Providers are configured on session-svc by name; a name no replica knows fails the
+  // turn with a PROVIDER error that says so.
+  bool well_formed = config.provider().size() <= 64;
+  for (char c : config.provider()) {
+    well_formed = well_formed &&
+                  ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_');
+  }
+  if (!well_formed) {
     return InvalidArgumentError(absl::StrCat(field, ".provider"),
-                                "must be scripted, openai or anthropic");
+                                "must be a provider name: up to 64 of [a-z0-9_-]");
   }
   for (int i = 0; i < config.tools_size(); ++i) {
     bool tool_known = false;
