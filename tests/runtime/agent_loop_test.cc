@@ -6,11 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "tests/runtime/fake_model_server.h"
 #include "tests/session/session_fixture.h"
 
 namespace parley::session::testing {
@@ -442,6 +446,89 @@ TEST_F(AgentLoop, AFinishedStepIsStoredBeforeTheTurnEndsAndOnlyOnce) {
   ASSERT_TRUE(messages.ok()) << messages.status();
   EXPECT_EQ(MessagesOf(*messages, *turn, v1::ROLE_ASSISTANT).size(), 1u);
   EXPECT_EQ(MessagesOf(*messages, *turn, v1::ROLE_TOOL).size(), 1u);
+}
+
+// A real provider kind end to end: session-svc configured with a providers file names
+// an OpenAI-compatible endpoint (a fake speaking the wire format) whose key comes from
+// the environment. The model asks for bash, the command runs in the sandbox, the next
+// request carries its result, the answer streams. The key is sent to the endpoint and
+// appears nowhere else: not in events, messages, errors or the replica's logs.
+TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
+  constexpr char kKey[] = "sk-e2e-9f8e7d6c5b4a-secret";
+  auto server = parley::testing::FakeModelServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string providers = parley::testing::TestTempDir() + "/providers.json";
+  {
+    std::ofstream out(providers);
+    out << nlohmann::json{{"providers",
+                           {{{"name", "fake-openai"},
+                             {"kind", "openai"},
+                             {"base_url", (*server)->base_url()},
+                             {"api_key_env", "FAKE_MODEL_KEY"},
+                             {"default_model", "gpt-test"}}}}}
+               .dump();
+  }
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1,
+                                        .sandbox = true,
+                                        .replica_flags = {"--providers_file=" + providers,
+                                                          "--retry_backoff=20ms"},
+                                        .replica_env = {{"FAKE_MODEL_KEY", kKey}}}));
+  auto data = [](const nlohmann::json& chunk) { return "data: " + chunk.dump() + "\n\n"; };
+  nlohmann::json call = {{"index", 0},
+                         {"id", "call_e2e_1"},
+                         {"type", "function"},
+                         {"function", {{"name", "bash"}, {"arguments", R"({"command":"echo hi"})"}}}};
+  (*server)->Enqueue({.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"tool_calls", {call}}}}}}}}),
+                                 data({{"choices", {{{"index", 0}, {"delta", nlohmann::json::object()},
+                                                     {"finish_reason", "tool_calls"}}}}}),
+                                 data({{"choices", nlohmann::json::array()},
+                                       {"usage", {{"prompt_tokens", 50}, {"completion_tokens", 9}}}}),
+                                 "data: [DONE]\n\n"}});
+  (*server)->Enqueue({.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", "It printed hi."}}}}}}}),
+                                 data({{"choices", {{{"index", 0}, {"delta", nlohmann::json::object()},
+                                                     {"finish_reason", "stop"}}}}}),
+                                 "data: [DONE]\n\n"}});
+  v1::AgentConfig config = WithTools({"bash"});
+  config.set_provider("fake-openai");
+  config.set_system_prompt("You run commands.");
+  const std::string session = CreateSessionWith(kTenantA, config);
+  Ran ran = RunTurn(session, "what does echo hi print?");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It printed hi.");
+  std::vector<v1::Event> started = OfKind(ran.events, ran.turn.id(), v1::Event::kTurnStarted);
+  ASSERT_EQ(started.size(), 1u);
+  EXPECT_EQ(started[0].turn_started().model(), "fake-openai/gpt-test");
+  std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].call_id(), "call_e2e_1");
+  EXPECT_EQ(results[0].output(), "hi\n");
+
+  std::vector<parley::testing::RecordedRequest> requests = (*server)->requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].headers["authorization"], std::string("Bearer ") + kKey);
+  nlohmann::json second = nlohmann::json::parse(requests[1].body);
+  EXPECT_EQ(second["messages"][0], (nlohmann::json{{"role", "system"}, {"content", "You run commands."}}));
+  EXPECT_EQ(second["messages"][1]["content"], "what does echo hi print?");
+  EXPECT_EQ(second["messages"][3],
+            (nlohmann::json{{"role", "tool"}, {"tool_call_id", "call_e2e_1"}, {"content", "hi\n"}}));
+
+  // A second turn whose request is refused with the key echoed back: FAILED, redacted.
+  (*server)->Enqueue({.status = 401,
+                      .chunks = {std::string(R"({"error":{"message":"bad key )") + kKey + R"("}})"}});
+  Ran refused = RunTurn(session, "again");
+  EXPECT_EQ(refused.turn.status(), v1::TURN_STATUS_FAILED);
+  EXPECT_EQ(refused.turn.error().status_code(), 401);
+  EXPECT_TRUE(absl::StrContains(refused.turn.error().message(), "[redacted]"))
+      << refused.turn.error().message();
+
+  for (const v1::Event& event : refused.events) {
+    EXPECT_FALSE(absl::StrContains(event.SerializeAsString(), kKey)) << event.DebugString();
+  }
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  for (const v1::Message& m : *messages) EXPECT_FALSE(absl::StrContains(m.SerializeAsString(), kKey));
+  EXPECT_FALSE(absl::StrContains(refused.turn.SerializeAsString(), kKey));
+  EXPECT_FALSE(absl::StrContains(replica(0).Output(), kKey));
 }
 
 }  // namespace

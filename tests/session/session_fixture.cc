@@ -204,8 +204,9 @@ void SessionFixture::StartReplica(int index, const std::vector<std::string>& ext
   std::vector<std::string> args = ReplicaArgs();
   args.push_back("--worker_id=" + worker_ids_[index]);
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  auto process = ServiceProcess::Start(
-      {.binary = BinaryPath("session-svc/parley-session"), .args = std::move(args)});
+  auto process = ServiceProcess::Start({.binary = BinaryPath("session-svc/parley-session"),
+                                        .args = std::move(args),
+                                        .env = options_.replica_env});
   ASSERT_TRUE(process.ok()) << process.status();
   replicas_[index] = *std::move(process);
   absl::Status serving = replicas_[index]->WaitUntilServing(kStartTimeout);

@@ -28,6 +28,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -73,6 +74,8 @@ struct ClusterOptions {
   bool sandbox = false;
   // More flags of every replica.
   std::vector<std::string> replica_flags;
+  // More environment of every replica (e.g. a model provider's key).
+  std::map<std::string, std::string> replica_env;
 };
 
 struct SubmitOptions {
