@@ -40,6 +40,7 @@ struct SessionConfig {
   absl::Duration tool_timeout = absl::Minutes(10);
   std::string sandbox_template;
   std::string providers_file;
+  int64_t history_token_budget = 100000;
   absl::Duration retry_backoff = absl::Milliseconds(500);
   absl::Duration retry_max_backoff = absl::Seconds(30);
 };
@@ -81,6 +82,10 @@ int main(int argc, char** argv) {
   flags.String("providers_file", &config.providers_file,
                "JSON file of the model providers (see session-svc/README.md); empty: only the "
                "built-in scripted model");
+  flags.Int("history_token_budget", &config.history_token_budget,
+            "estimated tokens of stored history per model request (older turns are left "
+            "out); 0 = no budget",
+            0, 100000000);
   flags.Duration("tool_timeout", &config.tool_timeout, "wall-clock limit of one tool call");
   flags.Duration("retry_backoff", &config.retry_backoff,
                  "first delay before retrying a failed model request (doubles per retry)");
@@ -129,6 +134,8 @@ int main(int argc, char** argv) {
   parley::session::AgentRunner runner({.tool_timeout = config.tool_timeout,
                                        .retry_first_backoff = config.retry_backoff,
                                        .retry_max_backoff = config.retry_max_backoff,
+                                       .history_token_budget =
+                                           static_cast<uint64_t>(config.history_token_budget),
                                        .default_sandbox_template = config.sandbox_template},
                                       providers, *store, sandbox.get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},

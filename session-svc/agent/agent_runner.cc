@@ -12,6 +12,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "session-svc/agent/history.h"
 #include "session-svc/model/scripted.h"
 #include "session-svc/tools/schema.h"
 #include "session-svc/tools/tool.h"
@@ -209,9 +210,20 @@ absl::Status TurnLoop::LoadHistory() {
     if (!messages.has_more() || messages.messages().empty()) break;
     before = messages.messages(0).id();
   }
-  history_.assign(newest_first.rbegin(), newest_first.rend());
-  history_.push_back(input_.user_message);
-  return absl::OkStatus();
+  std::vector<v1::Message> stored(newest_first.rbegin(), newest_first.rend());
+  stored.push_back(input_.user_message);
+  const size_t stored_count = stored.size();
+  HistoryWindow window = FitToBudget(RepairHistory(std::move(stored), nullptr),
+                                     runner_.options_.history_token_budget);
+  history_ = std::move(window.messages);
+  if (window.dropped_messages == 0) return absl::OkStatus();
+  v1::Event trimmed;
+  v1::HistoryTrimmed& what = *trimmed.mutable_history_trimmed();
+  what.set_dropped_messages(stored_count - history_.size());
+  what.set_kept_messages(history_.size());
+  what.set_estimated_tokens(window.estimated_tokens);
+  what.set_budget_tokens(runner_.options_.history_token_budget);
+  return Emit(std::move(trimmed));
 }
 
 void TurnLoop::ResolveTools() {

@@ -44,6 +44,9 @@ struct AgentOptions {
   // Defaults of the session's retry budget (AgentConfig.retry_max_*).
   uint32_t retry_max_attempts = 10;
   absl::Duration retry_max_duration = absl::Minutes(10);
+  // Estimated tokens of stored history a request may carry; older whole turns are left
+  // out (HistoryTrimmed). 0: no budget.
+  uint64_t history_token_budget = 100000;
   // Sandbox template when the session names none (empty: sandbox-svc's default).
   std::string default_sandbox_template;
 };

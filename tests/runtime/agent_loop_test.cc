@@ -490,6 +490,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
                                  "data: [DONE]\n\n"}});
   v1::AgentConfig config = WithTools({"bash"});
   config.set_provider("fake-openai");
+  config.set_model("gpt-test-large");  // The session's model, not the provider's default.
   config.set_system_prompt("You run commands.");
   const std::string session = CreateSessionWith(kTenantA, config);
   Ran ran = RunTurn(session, "what does echo hi print?");
@@ -497,7 +498,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It printed hi.");
   std::vector<v1::Event> started = OfKind(ran.events, ran.turn.id(), v1::Event::kTurnStarted);
   ASSERT_EQ(started.size(), 1u);
-  EXPECT_EQ(started[0].turn_started().model(), "fake-openai/gpt-test");
+  EXPECT_EQ(started[0].turn_started().model(), "fake-openai/gpt-test-large");
   std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0].call_id(), "call_e2e_1");
@@ -506,6 +507,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   std::vector<parley::testing::RecordedRequest> requests = (*server)->requests();
   ASSERT_EQ(requests.size(), 2u);
   EXPECT_EQ(requests[0].headers["authorization"], std::string("Bearer ") + kKey);
+  EXPECT_EQ(nlohmann::json::parse(requests[0].body)["model"], "gpt-test-large");
   nlohmann::json second = nlohmann::json::parse(requests[1].body);
   EXPECT_EQ(second["messages"][0], (nlohmann::json{{"role", "system"}, {"content", "You run commands."}}));
   EXPECT_EQ(second["messages"][1]["content"], "what does echo hi print?");
