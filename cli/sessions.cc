@@ -30,13 +30,14 @@ void AddSessionFlags(Flags& flags, SessionFields* f) {
   flags.String("model", &f->model, "model name");
   flags.String("system_prompt", &f->system_prompt, "system prompt of every turn");
   flags.Choice("policy", &f->policy, "what a message does while a turn runs",
-               {"", "enqueue", "interrupt", "reject"});
+               {"", "enqueue", "interrupt", "reject", "steer"});
 }
 
 v1::MultitaskPolicy PolicyFromName(const std::string& name) {
   if (name == "enqueue") return v1::MULTITASK_POLICY_ENQUEUE;
   if (name == "interrupt") return v1::MULTITASK_POLICY_INTERRUPT;
   if (name == "reject") return v1::MULTITASK_POLICY_REJECT;
+  if (name == "steer") return v1::MULTITASK_POLICY_STEER;
   return v1::MULTITASK_POLICY_UNSPECIFIED;
 }
 
@@ -284,8 +285,10 @@ int SendCommand(const Invocation& call) {
               "with --follow streams the turn until it ends (exit 1 if it did not succeed).");
   AddConnectionFlags(flags, &options);
   flags.Bool("follow", &follow, "stream the turn's events until it ends");
-  flags.Choice("policy", &policy, "if a turn is running: queue behind it, interrupt it, or refuse",
-               {"", "enqueue", "interrupt", "reject"});
+  flags.Choice("policy", &policy,
+               "if a turn is running: queue behind it, interrupt it, refuse, or steer it (the "
+               "running turn sees the message at its next step)",
+               {"", "enqueue", "interrupt", "reject", "steer"});
   flags.String("idempotency_key", &idempotency_key,
                "the same key again returns the first send's message and turn");
   std::vector<std::string> args = ParseArgs(flags, call, 2, 2, "SESSION TEXT");

@@ -213,8 +213,8 @@ absl::Status TurnLoop::LoadHistory() {
   std::vector<v1::Message> stored(newest_first.rbegin(), newest_first.rend());
   stored.push_back(input_.user_message);
   const size_t stored_count = stored.size();
-  HistoryWindow window = FitToBudget(RepairHistory(std::move(stored), nullptr),
-                                     runner_.options_.history_token_budget);
+  HistoryWindow window =
+      FitToBudget(RepairHistory(std::move(stored), nullptr), runner_.options_.history_token_budget);
   history_ = std::move(window.messages);
   if (window.dropped_messages == 0) return absl::OkStatus();
   v1::Event trimmed;
@@ -438,6 +438,14 @@ absl::StatusOr<RunOutcome> TurnLoop::Run() {
       return Ended(v1::FINISH_REASON_MAX_STEPS);
     }
     if (past_deadline()) return Ended(v1::FINISH_REASON_MAX_DURATION);
+    if (step_ > 0) {
+      // The step boundary, once another step will run: messages that steer the turn join
+      // the conversation here, after the tool results the model asked for. (A turn that
+      // ends instead leaves them to start the next turn.)
+      absl::StatusOr<std::vector<v1::Message>> steering = out_.TakeSteering();
+      if (!steering.ok()) return steering.status();
+      for (const v1::Message& message : *steering) transcript_.AddUserMessage(message);
+    }
     const absl::Time step_start = Now();
     first_output_.reset();
     absl::StatusOr<StepEnd> stepped = StreamStep();

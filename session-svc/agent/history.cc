@@ -27,7 +27,8 @@ std::vector<v1::Message> RepairHistory(std::vector<v1::Message> messages, int* r
   for (const v1::Message& message : messages) {
     if (message.role() != v1::ROLE_TOOL) continue;
     for (const v1::Part& part : message.parts()) {
-      if (part.has_tool_result()) results.try_emplace(part.tool_result().call_id(), part.tool_result());
+      if (part.has_tool_result())
+        results.try_emplace(part.tool_result().call_id(), part.tool_result());
     }
   }
   absl::flat_hash_set<std::string> seen_calls;
@@ -126,8 +127,9 @@ HistoryWindow FitToBudget(std::vector<v1::Message> messages, uint64_t budget_tok
   }
   window.dropped_messages = keep_from;
   window.estimated_tokens = kept;
-  window.messages.assign(std::make_move_iterator(messages.begin() + static_cast<ptrdiff_t>(keep_from)),
-                         std::make_move_iterator(messages.end()));
+  window.messages.assign(
+      std::make_move_iterator(messages.begin() + static_cast<ptrdiff_t>(keep_from)),
+      std::make_move_iterator(messages.end()));
   return window;
 }
 

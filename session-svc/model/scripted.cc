@@ -186,17 +186,25 @@ absl::Status ScriptedProvider::CheckConfig(
 }
 
 StepOutcome ScriptedProvider::Stream(const ModelRequest& request, StepSink& sink) {
+  // The newest user message scripts the step: the turn's own, or one that steered it.
+  // Steps count from that message (the assistant messages after it).
   const v1::Message* user = nullptr;
+  uint32_t local_step = 0;
   for (const v1::Message& message : request.messages) {
-    if (message.role() == v1::ROLE_USER) user = &message;
+    if (message.role() == v1::ROLE_USER) {
+      user = &message;
+      local_step = 0;
+    } else if (message.role() == v1::ROLE_ASSISTANT) {
+      ++local_step;
+    }
   }
   const Script script = ParseScript(user != nullptr ? *user : v1::Message(), options_);
   ScriptStep step;
-  if (request.step < script.steps.size()) step = script.steps[request.step];
+  if (local_step < script.steps.size()) step = script.steps[local_step];
   if (!step.has_text && step.tool_calls.empty()) {
     // A step that sets neither text nor tools: the echo first, "done." after tools.
-    step.words = {request.step == 0 ? "Echo:" : "done."};
-    if (request.step == 0) {
+    step.words = {local_step == 0 ? "Echo:" : "done."};
+    if (local_step == 0) {
       step.words.insert(step.words.end(), script.user_words.begin(), script.user_words.end());
     }
   }

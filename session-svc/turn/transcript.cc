@@ -22,6 +22,11 @@ v1::Message& Transcript::Assistant() {
   return messages_.back();
 }
 
+void Transcript::AddUserMessage(const v1::Message& message) {
+  NewMessage(v1::ROLE_USER) = message;
+  committed_ = messages_.size();  // Never committed by the turn: stored already.
+}
+
 std::vector<v1::Message> Transcript::Uncommitted() const {
   return std::vector<v1::Message>(messages_.begin() + static_cast<ptrdiff_t>(committed_),
                                   messages_.end());
@@ -75,9 +80,8 @@ void Transcript::Add(const v1::Event& event) {
         NewMessage(v1::ROLE_TOOL);
       }
       *messages_.back().add_parts()->mutable_tool_result() = event.tool_result();
-      std::erase_if(open_calls_, [&](const auto& call) {
-        return call.first == event.tool_result().call_id();
-      });
+      std::erase_if(open_calls_,
+                    [&](const auto& call) { return call.first == event.tool_result().call_id(); });
       break;
     }
     case v1::Event::kToolOutputDelta:
@@ -91,8 +95,8 @@ void Transcript::Add(const v1::Event& event) {
       usage_.set_output_tokens(usage_.output_tokens() + step.output_tokens());
       usage_.set_cache_read_tokens(usage_.cache_read_tokens() + step.cache_read_tokens());
       usage_.set_cache_write_tokens(usage_.cache_write_tokens() + step.cache_write_tokens());
-      context_tokens_ = step.input_tokens() + step.cache_read_tokens() +
-                        step.cache_write_tokens() + step.output_tokens();
+      context_tokens_ = step.input_tokens() + step.cache_read_tokens() + step.cache_write_tokens() +
+                        step.output_tokens();
       return;  // Usage is accounting, not output.
     }
     default:

@@ -4,8 +4,8 @@
 // dead owner left in the stream. Either way the result is the same: assistant messages
 // (text, reasoning and tool-call parts, in order) and tool messages (results), ready
 // for CommitTurnStep and CompleteTurn, plus the turn's usage and step count. Each step
-// gets its own assistant message; a step's results follow it in one tool message. A tool call still without a
-// result when the turn ends gets a synthetic error result (DanglingToolCallResults), so
+// gets its own assistant message; a step's results follow it in one tool message. A tool call still
+// without a result when the turn ends gets a synthetic error result (DanglingToolCallResults), so
 // the history stays valid for the next model request.
 //
 //   Transcript transcript;
@@ -36,6 +36,11 @@ class Transcript {
   // call order; `why` becomes the result's text. Not folded in: the caller publishes
   // them (Publish folds what it published) or Adds them itself.
   std::vector<v1::Event> DanglingToolCallResults(const std::string& why) const;
+
+  // Adds a user message that joined the turn (steering) to the conversation. For the
+  // agent loop's view of the conversation only: such messages are stored already and
+  // are not part of what the turn commits.
+  void AddUserMessage(const v1::Message& message);
 
   // True once any content (text, reasoning, tool activity) was produced.
   bool has_output() const { return has_output_; }

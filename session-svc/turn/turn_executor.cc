@@ -75,13 +75,14 @@ class TurnExecutor::Run_ final : public TurnOutput {
   // TurnOutput: the runner's content. Refused once the turn is asked to stop.
   absl::Status Emit(v1::Event event) override {
     if (control_.stopping()) return absl::CancelledError("the turn is stopping");
-    if (!first_output_ && (event.has_text_delta() || event.has_reasoning_delta() ||
-                           event.has_tool_call())) {
+    if (!first_output_ &&
+        (event.has_text_delta() || event.has_reasoning_delta() || event.has_tool_call())) {
       first_output_ = x_.clock_.Now();
     }
     return Publish(std::move(event));
   }
   absl::Status EndStep(v1::StepCompleted done) override;
+  absl::StatusOr<std::vector<v1::Message>> TakeSteering() override;
   bool stopping() const override { return control_.stopping(); }
   bool WaitFor(absl::Duration duration) override { return control_.WaitFor(duration); }
   std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
@@ -469,12 +470,42 @@ absl::Status TurnExecutor::Run_::EndStep(v1::StepCompleted done) {
   } else {
     // Not fatal: the messages stay uncommitted and go with the next commit.
     x_.logger_.Warn("could not commit a step; it is committed with the turn",
-                    {{"turn_id", turn_.id()}, {"step", static_cast<int64_t>(step)}, {"error", committed.ToString()}});
+                    {{"turn_id", turn_.id()},
+                     {"step", static_cast<int64_t>(step)},
+                     {"error", committed.ToString()}});
   }
   v1::Event event;
   event.set_step(step);
   *event.mutable_step_completed() = std::move(done);
   return Emit(std::move(event));
+}
+
+absl::StatusOr<std::vector<v1::Message>> TurnExecutor::Run_::TakeSteering() {
+  if (control_.stopping()) return absl::CancelledError("the turn is stopping");
+  pb::TakeSteeringMessagesRequest request;
+  request.set_tenant_id(tenant_id_);
+  request.set_turn_id(turn_.id());
+  request.set_owner(x_.options_.owner);
+  request.set_lease_epoch(lease_epoch_);
+  pb::TakeSteeringMessagesResponse response;
+  absl::Status taken =
+      StoreCall(x_.store_, &StoreStub::TakeSteeringMessages, request, &response, {.attempts = 3});
+  if (ErrorReason(taken) == "LEASE_LOST") {
+    control_.Stop(StopReason::kLeaseLost);
+    return absl::CancelledError("lease lost: another owner holds the session");
+  }
+  if (!taken.ok()) {
+    x_.logger_.Warn("could not read steering messages; trying at the next step",
+                    {{"turn_id", turn_.id()}, {"error", taken.ToString()}});
+    return std::vector<v1::Message>();
+  }
+  std::vector<v1::Message> messages(response.messages().begin(), response.messages().end());
+  for (const v1::Message& message : messages) {
+    v1::Event appended;
+    *appended.mutable_message_appended()->mutable_message() = message;
+    if (absl::Status status = Emit(std::move(appended)); !status.ok()) return status;
+  }
+  return messages;
 }
 
 RunResult TurnExecutor::Run_::HandBack() {

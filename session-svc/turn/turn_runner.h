@@ -54,6 +54,11 @@ class TurnOutput : public StopSignal {
   // Errors: CANCELLED once the turn must stop. A store that cannot be reached is not
   // an error: the messages are committed with the turn instead.
   virtual absl::Status EndStep(v1::StepCompleted done) = 0;
+  // The steering messages (MULTITASK_POLICY_STEER) that joined the turn since the last
+  // call, oldest first, each published as MessageAppended. Call at a step boundary.
+  // Empty when there are none or store-svc cannot be reached (they are then taken at a
+  // later boundary, or start the next turn). Errors: CANCELLED once the turn must stop.
+  virtual absl::StatusOr<std::vector<v1::Message>> TakeSteering() = 0;
 };
 
 // How the content ended, as the runner saw it.

@@ -76,6 +76,8 @@ class StoreServiceImpl final : public pb::StoreService::Service {
                       pb::CompleteTurnResponse*) override;
   Status CommitTurnStep(ServerContext*, const pb::CommitTurnStepRequest*,
                         pb::CommitTurnStepResponse*) override;
+  Status TakeSteeringMessages(ServerContext*, const pb::TakeSteeringMessagesRequest*,
+                              pb::TakeSteeringMessagesResponse*) override;
   Status CancelTurn(ServerContext*, const pb::CancelTurnRequest*, pb::CancelTurnResponse*) override;
   Status ReleaseTurn(ServerContext*, const pb::ReleaseTurnRequest*,
                      pb::ReleaseTurnResponse*) override;

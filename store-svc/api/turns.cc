@@ -113,6 +113,58 @@ std::vector<::parley::v1::Message> PrepareTurnMessages(
   return prepared;
 }
 
+// Steering messages of `turn_id` (user messages that joined it after it started) that it
+// has not taken yet. $1 session  $2 turn  $3 ROLE_USER
+constexpr char kUntakenSteeringWhere[] =
+    " FROM messages m JOIN turns t ON t.id = m.turn_id WHERE m.session_id = $1 AND "
+    "m.turn_id = $2 AND m.role = $3 AND m.id <> t.user_message_id AND "
+    "m.position > t.steered_position";
+
+// Moves messages `ids` (in that order) to the end of the session's history, after
+// `last_position`; returns the new last position. A steering message takes its place
+// where the model saw it, after the step it interrupted. The caller holds the session
+// lock and sets sessions.message_count to the result. (Positions may have gaps: every
+// reader orders by them, none counts them.)
+int64_t MoveToEnd(pqxx::work& tx, const std::string& session_id,
+                  const std::vector<std::string>& ids, int64_t last_position) {
+  for (const std::string& id : ids) {
+    Exec(tx, "UPDATE messages SET position = $3 WHERE session_id = $1 AND id = $2", session_id, id,
+         ++last_position);
+  }
+  return last_position;
+}
+
+// Moves the steering messages a completing turn never took into a new queued turn, after
+// the turn's own messages, so they are answered. Returns the new last message position;
+// `*turn_id` gets the new turn's id ("" when there were none). The caller holds the
+// session lock and clears running_turn_id afterwards.
+int64_t RequeueUntakenSteering(pqxx::work& tx, const std::string& tenant_id,
+                               const std::string& session_id, const std::string& turn_id,
+                               int64_t turn_position, int64_t last_position,
+                               std::string* requeued) {
+  pqxx::result untaken =
+      Exec(tx, absl::StrCat("SELECT m.id", kUntakenSteeringWhere, " ORDER BY m.position"),
+           session_id, turn_id, static_cast<int>(::parley::v1::ROLE_USER));
+  if (untaken.empty()) return last_position;
+  std::vector<std::string> ids;
+  for (const auto& row : untaken) ids.push_back(row[0].as<std::string>());
+  *requeued = NewId("turn");
+  Exec(tx,
+       "INSERT INTO turns (id, tenant_id, session_id, position, status, user_message_id, "
+       "agent_config) VALUES ($1, $2, $3, $4, $5, $6, "
+       "(SELECT agent_config FROM sessions WHERE id = $3))",
+       *requeued, tenant_id, session_id, turn_position, kQueued, ids[0]);
+  for (const std::string& id : ids) {
+    Exec(tx, "UPDATE messages SET turn_id = $3 WHERE session_id = $1 AND id = $2", session_id, id,
+         *requeued);
+  }
+  Exec(tx,
+       "UPDATE sessions SET turn_count = turn_count + 1, queued_turns = queued_turns + 1 "
+       "WHERE id = $1",
+       session_id);
+  return MoveToEnd(tx, session_id, ids, last_position);
+}
+
 // A turn locked the way every lease-holder's write takes it: its session first (the
 // lock order of every session write), then the turn row.
 struct LockedTurn {
@@ -326,6 +378,18 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
             out.set_interrupted_turn_id(session.running_turn_id);
           }
         }
+        if (policy == ::parley::v1::MULTITASK_POLICY_STEER && !session.running_turn_id.empty()) {
+          // The message joins the running turn, which takes it at its next step boundary
+          // (TakeSteeringMessages) or leaves it to start a turn of its own (CompleteTurn).
+          ::parley::v1::Message steering = message;
+          steering.set_turn_id(session.running_turn_id);
+          *out.mutable_message() =
+              InsertMessage(tx, request->tenant_id(), steering, session.message_count + 1);
+          *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), session.running_turn_id);
+          Exec(tx, "UPDATE sessions SET message_count = message_count + 1 WHERE id = $1",
+               r.session_id());
+          return out;
+        }
         *out.mutable_message() =
             InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
         pqxx::result turn =
@@ -442,6 +506,13 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
             static_cast<int64_t>(request->time_to_first_token_ms()),
             static_cast<int64_t>(request->first_seq()), static_cast<int64_t>(request->last_seq()));
         *out.mutable_turn() = TurnFromRow(updated[0]);
+        if (session.status != ::parley::v1::SESSION_STATUS_CLOSED) {
+          std::string requeued;
+          position =
+              RequeueUntakenSteering(tx, request->tenant_id(), session_id, request->turn_id(),
+                                     session.turn_count + 1, position, &requeued);
+          out.set_requeued_turn_id(requeued);
+        }
         Exec(tx,
              "UPDATE sessions SET message_count = $2, running_turn_id = NULL, "
              "waiting_since = CASE WHEN queued_turns > 0 THEN now() END WHERE id = $1",
@@ -497,6 +568,43 @@ Status StoreServiceImpl::CommitTurnStep(ServerContext*, const pb::CommitTurnStep
              static_cast<int64_t>(request->last_seq()));
         Exec(tx, "UPDATE sessions SET message_count = $2 WHERE id = $1", locked->session_id,
              position);
+        return out;
+      });
+  return Respond(result, response);
+}
+
+Status StoreServiceImpl::TakeSteeringMessages(ServerContext*,
+                                              const pb::TakeSteeringMessagesRequest* request,
+                                              pb::TakeSteeringMessagesResponse* response) {
+  absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
+  if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
+  if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  auto result = pool_.Transact<pb::TakeSteeringMessagesResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<pb::TakeSteeringMessagesResponse> {
+        absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
+                                                     request->owner(), request->lease_epoch());
+        if (!locked.ok()) return locked.status();
+        if (locked->status != kRunning || !locked->held_by_caller) {
+          return LeaseLost(locked->session.lease_epoch);
+        }
+        pb::TakeSteeringMessagesResponse out;
+        pqxx::result rows =
+            Exec(tx,
+                 absl::StrCat("SELECT m.id, m.session_id, m.turn_id, m.role, m.parts::text, "
+                              "coalesce(m.idempotency_key, ''), "
+                              "(extract(epoch from m.create_time) * 1000000)::bigint",
+                              kUntakenSteeringWhere, " ORDER BY m.position"),
+                 locked->session_id, request->turn_id(), static_cast<int>(::parley::v1::ROLE_USER));
+        if (rows.empty()) return out;
+        std::vector<std::string> ids;
+        for (const auto& row : rows) {
+          *out.add_messages() = MessageFromRow(row);
+          ids.push_back(row[0].as<std::string>());
+        }
+        const int64_t last = MoveToEnd(tx, locked->session_id, ids, locked->session.message_count);
+        Exec(tx, "UPDATE sessions SET message_count = $2 WHERE id = $1", locked->session_id, last);
+        Exec(tx, "UPDATE turns SET steered_position = $2 WHERE id = $1", request->turn_id(), last);
         return out;
       });
   return Respond(result, response);

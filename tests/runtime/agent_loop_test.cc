@@ -7,10 +7,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -468,26 +467,33 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
                              {"default_model", "gpt-test"}}}}}
                .dump();
   }
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1,
-                                        .sandbox = true,
-                                        .replica_flags = {"--providers_file=" + providers,
-                                                          "--retry_backoff=20ms"},
-                                        .replica_env = {{"FAKE_MODEL_KEY", kKey}}}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartCluster({.replicas = 1,
+                    .sandbox = true,
+                    .replica_flags = {"--providers_file=" + providers, "--retry_backoff=20ms"},
+                    .replica_env = {{"FAKE_MODEL_KEY", kKey}}}));
   auto data = [](const nlohmann::json& chunk) { return "data: " + chunk.dump() + "\n\n"; };
-  nlohmann::json call = {{"index", 0},
-                         {"id", "call_e2e_1"},
-                         {"type", "function"},
-                         {"function", {{"name", "bash"}, {"arguments", R"({"command":"echo hi"})"}}}};
-  (*server)->Enqueue({.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"tool_calls", {call}}}}}}}}),
-                                 data({{"choices", {{{"index", 0}, {"delta", nlohmann::json::object()},
-                                                     {"finish_reason", "tool_calls"}}}}}),
-                                 data({{"choices", nlohmann::json::array()},
-                                       {"usage", {{"prompt_tokens", 50}, {"completion_tokens", 9}}}}),
-                                 "data: [DONE]\n\n"}});
-  (*server)->Enqueue({.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", "It printed hi."}}}}}}}),
-                                 data({{"choices", {{{"index", 0}, {"delta", nlohmann::json::object()},
-                                                     {"finish_reason", "stop"}}}}}),
-                                 "data: [DONE]\n\n"}});
+  nlohmann::json call = {
+      {"index", 0},
+      {"id", "call_e2e_1"},
+      {"type", "function"},
+      {"function", {{"name", "bash"}, {"arguments", R"({"command":"echo hi"})"}}}};
+  (*server)->Enqueue(
+      {.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"tool_calls", {call}}}}}}}}),
+                  data({{"choices",
+                         {{{"index", 0},
+                           {"delta", nlohmann::json::object()},
+                           {"finish_reason", "tool_calls"}}}}}),
+                  data({{"choices", nlohmann::json::array()},
+                        {"usage", {{"prompt_tokens", 50}, {"completion_tokens", 9}}}}),
+                  "data: [DONE]\n\n"}});
+  (*server)->Enqueue(
+      {.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", "It printed hi."}}}}}}}),
+                  data({{"choices",
+                         {{{"index", 0},
+                           {"delta", nlohmann::json::object()},
+                           {"finish_reason", "stop"}}}}}),
+                  "data: [DONE]\n\n"}});
   v1::AgentConfig config = WithTools({"bash"});
   config.set_provider("fake-openai");
   config.set_model("gpt-test-large");  // The session's model, not the provider's default.
@@ -509,14 +515,17 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   EXPECT_EQ(requests[0].headers["authorization"], std::string("Bearer ") + kKey);
   EXPECT_EQ(nlohmann::json::parse(requests[0].body)["model"], "gpt-test-large");
   nlohmann::json second = nlohmann::json::parse(requests[1].body);
-  EXPECT_EQ(second["messages"][0], (nlohmann::json{{"role", "system"}, {"content", "You run commands."}}));
+  EXPECT_EQ(second["messages"][0],
+            (nlohmann::json{{"role", "system"}, {"content", "You run commands."}}));
   EXPECT_EQ(second["messages"][1]["content"], "what does echo hi print?");
-  EXPECT_EQ(second["messages"][3],
-            (nlohmann::json{{"role", "tool"}, {"tool_call_id", "call_e2e_1"}, {"content", "hi\n"}}));
+  EXPECT_EQ(
+      second["messages"][3],
+      (nlohmann::json{{"role", "tool"}, {"tool_call_id", "call_e2e_1"}, {"content", "hi\n"}}));
 
   // A second turn whose request is refused with the key echoed back: FAILED, redacted.
-  (*server)->Enqueue({.status = 401,
-                      .chunks = {std::string(R"({"error":{"message":"bad key )") + kKey + R"("}})"}});
+  (*server)->Enqueue(
+      {.status = 401,
+       .chunks = {std::string(R"({"error":{"message":"bad key )") + kKey + R"("}})"}});
   Ran refused = RunTurn(session, "again");
   EXPECT_EQ(refused.turn.status(), v1::TURN_STATUS_FAILED);
   EXPECT_EQ(refused.turn.error().status_code(), 401);
@@ -528,9 +537,118 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   }
   absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
   ASSERT_TRUE(messages.ok()) << messages.status();
-  for (const v1::Message& m : *messages) EXPECT_FALSE(absl::StrContains(m.SerializeAsString(), kKey));
+  for (const v1::Message& m : *messages)
+    EXPECT_FALSE(absl::StrContains(m.SerializeAsString(), kKey));
   EXPECT_FALSE(absl::StrContains(refused.turn.SerializeAsString(), kKey));
   EXPECT_FALSE(absl::StrContains(replica(0).Output(), kKey));
+}
+
+// The tool the steering tests hold a turn in until the test opens the gate, so that a
+// message arrives while the turn is inside a known step — no timing involved.
+constexpr char kGatedTool[] =
+    R"(@tool bash {"command": "while [ ! -f gate ]; do sleep 0.02; done; echo through"})";
+
+class Steering : public AgentLoop {
+ protected:
+  // Waits until the turn's gated command runs, returns its sandbox.
+  std::string WaitInsideTheGate(const std::string& session, const std::string& turn) {
+    auto started = WaitForEvents(
+        kTenantA, session,
+        [&](const std::vector<v1::Event>& events) {
+          return !OfKind(events, turn, v1::Event::kSandboxAttached).empty() &&
+                 !OfKind(events, turn, v1::Event::kToolCall).empty();
+        },
+        "the gated tool call", absl::Seconds(60));
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (!started.ok()) return "";
+    return OfKind(*started, turn, v1::Event::kSandboxAttached)[0].sandbox_attached().sandbox_id();
+  }
+};
+
+// A message sent with STEER while a turn runs joins that turn and reaches the model at
+// the next step boundary, after the tool results: the next step answers it, inside the
+// same turn, and clients see it in order as MessageAppended.
+TEST_F(Steering, AMessageSteersTheRunningTurnAtItsNextStep) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSessionWith(kTenantA, WithTools({"bash"}));
+  absl::StatusOr<std::string> turn =
+      SubmitTurn(kTenantA, session, absl::StrCat("@say working\n", kGatedTool, "\n@say never"));
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  const std::string sandbox = WaitInsideTheGate(session, *turn);
+  ASSERT_FALSE(sandbox.empty());
+
+  v1::SendMessageResponse steered;
+  grpc::Status status =
+      Submit(kTenantA, session, "@say steered!", &steered, {.policy = v1::MULTITASK_POLICY_STEER});
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(steered.turn().id(), *turn);
+  EXPECT_EQ(steered.message().turn_id(), *turn);
+  ExecIn(sandbox, "touch gate");
+
+  absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->status(), v1::TURN_STATUS_SUCCEEDED) << ended->error().message();
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_EQ(TextOf(*events, *turn), "workingsteered!");
+  std::vector<v1::Event> appended = OfKind(*events, *turn, v1::Event::kMessageAppended);
+  ASSERT_EQ(appended.size(), 1u);
+  EXPECT_EQ(appended[0].message_appended().message().id(), steered.message().id());
+  EXPECT_GT(appended[0].seq(), OfKind(*events, *turn, v1::Event::kToolResult)[0].seq());
+  EXPECT_LT(appended[0].seq(), OfKind(*events, *turn, v1::Event::kStepCompleted)[1].seq());
+
+  absl::StatusOr<std::vector<v1::Turn>> turns = ListTurns(kTenantA, session);
+  ASSERT_TRUE(turns.ok()) << turns.status();
+  EXPECT_EQ(turns->size(), 1u);
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  std::vector<v1::Role> roles;
+  for (const v1::Message& m : *messages) roles.push_back(m.role());
+  const std::vector<v1::Role> expected = {v1::ROLE_USER, v1::ROLE_ASSISTANT, v1::ROLE_TOOL,
+                                          v1::ROLE_USER, v1::ROLE_ASSISTANT};
+  EXPECT_EQ(roles, expected);
+}
+
+// A steering message the turn never reaches a step boundary for (here the turn ends at
+// its step limit) is not lost: it starts the next turn, which answers it.
+TEST_F(Steering, AMessageTheTurnCannotTakeStartsTheNextTurn) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  v1::AgentConfig config = WithTools({"bash"});
+  config.set_max_steps(1);
+  const std::string session = CreateSessionWith(kTenantA, config);
+  absl::StatusOr<std::string> turn = SubmitTurn(kTenantA, session, kGatedTool);
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  const std::string sandbox = WaitInsideTheGate(session, *turn);
+  ASSERT_FALSE(sandbox.empty());
+  v1::SendMessageResponse steered;
+  grpc::Status status =
+      Submit(kTenantA, session, "@say next", &steered, {.policy = v1::MULTITASK_POLICY_STEER});
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(steered.turn().id(), *turn);
+  ExecIn(sandbox, "touch gate");
+
+  absl::StatusOr<v1::Turn> first = WaitForTurnEnd(kTenantA, session, *turn);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->finish_reason(), v1::FINISH_REASON_MAX_STEPS);
+  absl::StatusOr<std::vector<v1::Turn>> turns;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        turns = ListTurns(kTenantA, session);
+        return turns.ok() && turns->size() == 2 && IsTerminal((*turns)[1].status());
+      },
+      absl::Seconds(60)));
+  const v1::Turn& next = (*turns)[1];
+  EXPECT_EQ(next.user_message_id(), steered.message().id());
+  EXPECT_EQ(next.status(), v1::TURN_STATUS_SUCCEEDED);
+  ASSERT_TRUE(WaitForTurnEnd(kTenantA, session, next.id()).ok());
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_EQ(TextOf(*events, next.id()), "next");
+  absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  for (const v1::Message& m : *messages) {
+    if (m.id() == steered.message().id()) EXPECT_EQ(m.turn_id(), next.id());
+  }
 }
 
 }  // namespace

@@ -49,7 +49,7 @@ std::string Shape(const std::vector<v1::Message>& messages) {
     if (!shape.empty()) shape += " ";
     std::string ids;
     for (const v1::Part& p : m.parts()) {
-      const std::string id = p.has_tool_call() ? p.tool_call().call_id()
+      const std::string id = p.has_tool_call()     ? p.tool_call().call_id()
                              : p.has_tool_result() ? p.tool_result().call_id()
                                                    : "";
       if (!id.empty()) ids += (ids.empty() ? "" : ",") + id;
@@ -70,28 +70,28 @@ TEST(HistoryRepair, AValidConversationIsUnchanged) {
 
 TEST(HistoryRepair, ACallWithoutAResultGetsASyntheticOne) {
   int repairs = 0;
-  std::vector<v1::Message> out =
-      RepairHistory({User("hi"), Calls({{"c1", "{}"}, {"c2", "{}"}}), Results({"c1"}), User("next")},
-                    &repairs);
+  std::vector<v1::Message> out = RepairHistory(
+      {User("hi"), Calls({{"c1", "{}"}, {"c2", "{}"}}), Results({"c1"}), User("next")}, &repairs);
   EXPECT_EQ(repairs, 1);
   EXPECT_EQ(Shape(out), "U A[c1,c2] T[c1,c2] U");
   EXPECT_TRUE(out[2].parts(1).tool_result().is_error());
-  EXPECT_NE(out[2].parts(1).tool_result().output().find("no result was recorded"), std::string::npos);
+  EXPECT_NE(out[2].parts(1).tool_result().output().find("no result was recorded"),
+            std::string::npos);
 }
 
 TEST(HistoryRepair, AnOrphanedResultIsDropped) {
   int repairs = 0;
-  std::vector<v1::Message> out = RepairHistory({User("hi"), Results({"ghost"}), Calls({}, "ok")}, &repairs);
+  std::vector<v1::Message> out =
+      RepairHistory({User("hi"), Results({"ghost"}), Calls({}, "ok")}, &repairs);
   EXPECT_EQ(repairs, 1);
   EXPECT_EQ(Shape(out), "U A");
 }
 
 TEST(HistoryRepair, ADuplicatedCallKeepsItsFirstOccurrence) {
   int repairs = 0;
-  std::vector<v1::Message> out = RepairHistory(
-      {User("hi"), Calls({{"c1", "{}"}}), Results({"c1"}), Calls({{"c1", "{}"}}, "again"),
-       Results({"c1"})},
-      &repairs);
+  std::vector<v1::Message> out = RepairHistory({User("hi"), Calls({{"c1", "{}"}}), Results({"c1"}),
+                                                Calls({{"c1", "{}"}}, "again"), Results({"c1"})},
+                                               &repairs);
   EXPECT_EQ(Shape(out), "U A[c1] T[c1] A");
   EXPECT_EQ(repairs, 2);  // The second call and its second result.
 }
@@ -114,9 +114,9 @@ TEST(HistoryRepair, AResultFarFromItsCallMovesRightAfterIt) {
 
 TEST(HistoryRepair, InvalidJsonArgumentsBecomeAnEmptyObject) {
   int repairs = 0;
-  std::vector<v1::Message> out =
-      RepairHistory({User("hi"), Calls({{"c1", "{\"command\": "}, {"c2", "[1]"}}), Results({"c1", "c2"})},
-                    &repairs);
+  std::vector<v1::Message> out = RepairHistory(
+      {User("hi"), Calls({{"c1", "{\"command\": "}, {"c2", "[1]"}}), Results({"c1", "c2"})},
+      &repairs);
   EXPECT_EQ(repairs, 2);
   EXPECT_EQ(out[1].parts(0).tool_call().arguments_json(), "{}");
   EXPECT_EQ(out[1].parts(1).tool_call().arguments_json(), "{}");
