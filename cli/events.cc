@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <iostream>
+#include <set>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -56,14 +58,40 @@ class EventPrinter {
                                       event.tool_call().arguments_json(), "]")));
         return;
       case v1::Event::kToolOutputDelta:
+        streamed_calls_.insert(event.tool_output_delta().call_id());
         Inline(style_.Dim(event.tool_output_delta().data()));
         return;
       case v1::Event::kToolResult: {
         const v1::ToolResult& result = event.tool_result();
+        // A tool that streamed nothing (file tools, errors) shows its result instead.
+        if (streamed_calls_.erase(result.call_id()) == 0 && !result.output().empty()) {
+          constexpr size_t kShown = 2000;
+          std::string shown = result.output().substr(0, kShown);
+          if (result.output().size() > kShown) absl::StrAppend(&shown, "…");
+          Inline(style_.Dim(shown));
+          Finish();
+        }
         Line(style_.Cyan(absl::StrCat("[tool result", result.is_error() ? " (error)" : "", ", ",
                                       result.duration_ms(), " ms]")));
         return;
       }
+      case v1::Event::kSandboxAttached: {
+        const v1::SandboxAttached& attached = event.sandbox_attached();
+        std::string what = absl::StrCat("[sandbox ", attached.sandbox_id(),
+                                        attached.created()   ? " created"
+                                        : attached.resumed() ? " resumed"
+                                                             : " attached");
+        if (!attached.replaced_sandbox_id().empty()) {
+          absl::StrAppend(&what, ", replacing lost ", attached.replaced_sandbox_id(),
+                          ": earlier files are gone");
+        }
+        Line(style_.Dim(what + "]"));
+        return;
+      }
+      case v1::Event::kHistoryTrimmed:
+        Line(style_.Dim(absl::StrCat("[", event.history_trimmed().dropped_messages(),
+                                     " older messages left out of the model's context]")));
+        return;
       case v1::Event::kRetryScheduled: {
         const v1::RetryScheduled& retry = event.retry_scheduled();
         Line(style_.Yellow(absl::StrCat("[retrying in ", retry.delay_ms(), " ms (attempt ",
@@ -116,6 +144,7 @@ class EventPrinter {
 
   Style style_;
   bool mid_line_ = false;
+  std::set<std::string> streamed_calls_;  // Calls whose output was shown as it came.
 };
 
 }  // namespace

@@ -18,7 +18,7 @@ using SessionStub = v1::SessionService::Stub;
 // The settings a session can be created or updated with; an empty value is "not given".
 struct SessionFields {
   std::string title, external_id, user_id, tags, metadata;
-  std::string provider, model, system_prompt, policy;
+  std::string provider, model, system_prompt, policy, tools;
 };
 
 void AddSessionFlags(Flags& flags, SessionFields* f) {
@@ -29,6 +29,9 @@ void AddSessionFlags(Flags& flags, SessionFields* f) {
   flags.String("provider", &f->provider, "model provider name (the server's configuration)");
   flags.String("model", &f->model, "model name");
   flags.String("system_prompt", &f->system_prompt, "system prompt of every turn");
+  flags.String("tools", &f->tools,
+               "comma-separated tools the model may call in the session's sandbox: bash, "
+               "read_file, write_file, edit_file, list_files");
   flags.Choice("policy", &f->policy, "what a message does while a turn runs",
                {"", "enqueue", "interrupt", "reject", "steer"});
 }
@@ -72,6 +75,11 @@ absl::Status ApplySessionFields(const SessionFields& f, v1::Session* session,
   if (given(f.system_prompt, "agent_config.system_prompt")) {
     agent->set_system_prompt(f.system_prompt);
   }
+  if (given(f.tools, "agent_config.tools")) {
+    for (absl::string_view tool : absl::StrSplit(f.tools, ',', absl::SkipEmpty())) {
+      agent->add_tools(std::string(tool));
+    }
+  }
   if (given(f.policy, "agent_config.multitask_policy")) {
     agent->set_multitask_policy(PolicyFromName(f.policy));
   }
@@ -93,6 +101,9 @@ void PrintSession(const v1::Session& s, const Options& options) {
   const v1::AgentConfig& agent = s.agent_config();
   if (!agent.provider().empty() || !agent.model().empty()) {
     std::cout << "model:        " << agent.provider() << "/" << agent.model() << "\n";
+  }
+  if (agent.tools_size() > 0) {
+    std::cout << "tools:        " << absl::StrJoin(agent.tools(), ",") << "\n";
   }
   std::cout << "current_turn: " << (s.current_turn_id().empty() ? "-" : s.current_turn_id()) << "\n"
             << "last_seq:     " << s.last_seq() << "\n"
