@@ -31,6 +31,36 @@ redis.call('PUBLISH', KEYS[3], ARGV[4])
 return seq
 )lua";
 
+// The same for several events in order. KEYS: lease hash, stream, channel. ARGV: lease
+// epoch, publish time ms, then per event: seq, transient (0/1), serialized event. Every
+// seq is checked before anything is written, so a refused batch writes nothing.
+constexpr char kPublishBatchScript[] = R"lua(
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then
+  return redis.error_reply('PARLEY_LEASE_LOST ' .. tostring(epoch or 0))
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0')
+local expect = last
+for i = 3, #ARGV, 3 do
+  local seq = tonumber(ARGV[i])
+  if ARGV[i + 1] == '0' then
+    if seq ~= expect + 1 then return redis.error_reply('PARLEY_SEQ_MISMATCH ' .. last) end
+    expect = seq
+  elseif seq ~= expect then
+    return redis.error_reply('PARLEY_SEQ_MISMATCH ' .. last)
+  end
+end
+local sub = tonumber(redis.call('HGET', KEYS[1], 'sub') or '0')
+for i = 3, #ARGV, 3 do
+  local seq = ARGV[i]
+  if ARGV[i + 1] == '0' then sub = 0 else sub = sub + 1 end
+  redis.call('XADD', KEYS[2], seq .. '-' .. sub, 'e', ARGV[i + 2], 't', ARGV[2])
+  redis.call('PUBLISH', KEYS[3], ARGV[i + 2])
+end
+redis.call('HSET', KEYS[1], 'last_seq', expect, 'sub', sub)
+return expect
+)lua";
+
 // KEYS: lease hash. ARGV: epoch, owner, floor seq. Returns last_seq.
 constexpr char kAcquireScript[] = R"lua(
 local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
@@ -119,6 +149,36 @@ absl::Status EventPublisher::Publish(const v1::Event& event, uint64_t lease_epoc
     if (sha.ok()) publish_sha_ = std::string((*sha)->str, (*sha)->len);
   }
   if (++since_trim_ >= options_.trim_every) {
+    since_trim_ = 0;
+    return Trim(session);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EventPublisher::PublishBatch(const std::vector<v1::Event>& events,
+                                          uint64_t lease_epoch) {
+  if (events.empty()) return absl::OkStatus();
+  const std::string& session = events.front().session_id();
+  const std::string now_ms = absl::StrCat(absl::ToUnixMillis(clock_.Now()));
+  std::vector<std::string> keys_and_args = {keys_.Lease(session), keys_.EventStream(session),
+                                            keys_.EventChannel(session), absl::StrCat(lease_epoch),
+                                            now_ms};
+  keys_and_args.reserve(5 + 3 * events.size());
+  for (const v1::Event& event : events) {
+    keys_and_args.push_back(absl::StrCat(event.seq()));
+    keys_and_args.push_back(event.transient() ? "1" : "0");
+    keys_and_args.push_back(event.SerializeAsString());
+  }
+  absl::StatusOr<RedisReply> reply =
+      RunScript(publish_batch_sha_, kPublishBatchScript, std::move(keys_and_args), 3,
+                {"ZADD", keys_.PersistQueue(), "NX", now_ms, session});
+  if (!reply.ok()) return reply.status();
+  if (publish_batch_sha_.empty()) {
+    auto sha = redis_.Command({"SCRIPT", "LOAD", kPublishBatchScript});
+    if (sha.ok()) publish_batch_sha_ = std::string((*sha)->str, (*sha)->len);
+  }
+  since_trim_ += static_cast<int64_t>(events.size());
+  if (since_trim_ >= options_.trim_every) {
     since_trim_ = 0;
     return Trim(session);
   }

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -59,6 +60,12 @@ class EventPublisher {
   // last_seq); UNAVAILABLE when Redis is unreachable.
   absl::Status Publish(const v1::Event& event, uint64_t lease_epoch);
 
+  // Publishes `events` (one session's, in seq order, transient ones carrying the seq of
+  // the durable event before them) in one round trip, as Publish would one by one. All
+  // or nothing: a batch refused for its epoch or a seq writes no event. Errors: as
+  // Publish.
+  absl::Status PublishBatch(const std::vector<v1::Event>& events, uint64_t lease_epoch);
+
   // Trims the session's hot window (see above).
   absl::Status Trim(const std::string& session_id);
 
@@ -72,6 +79,7 @@ class EventPublisher {
   const RedisKeys keys_;
   Clock& clock_;
   std::string publish_sha_;
+  std::string publish_batch_sha_;
   std::string acquire_sha_;
   int64_t since_trim_ = 0;
 };

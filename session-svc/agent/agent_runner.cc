@@ -109,6 +109,7 @@ class TurnLoop final : public model::StepSink {
     *event.mutable_tool_call() = std::move(call);
     return EmitOutput(std::move(event));
   }
+  absl::Status Flush() override { return out_.Flush(); }
   bool WaitFor(absl::Duration duration) override {
     const absl::Duration left = deadline_ - Now();
     if (left <= absl::ZeroDuration()) return false;

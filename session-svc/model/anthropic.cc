@@ -351,7 +351,8 @@ StepOutcome AnthropicProvider::Stream(const ModelRequest& request, StepSink& sin
           malformed = true;
           outcome.error = TransportError(std::string(fed.message()), /*retryable=*/false);
         }
-        return fed.ok();
+        // Everything this read brought is handed over: send it before waiting again.
+        return fed.ok() && sink.Flush().ok();
       },
       sink);
   if (http.aborted || malformed || outcome.error) {

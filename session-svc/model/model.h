@@ -69,6 +69,9 @@ class StepSink : public StopSignal {
   virtual absl::Status ReasoningMetadata(const std::string& key, const std::string& value) = 0;
   // A complete tool call (arguments assembled). call_id is unique within the session.
   virtual absl::Status ToolCall(v1::ToolCall call) = 0;
+  // Sends what the calls above may have batched. Providers call it once they have
+  // handed over everything that arrived and are about to wait for more.
+  virtual absl::Status Flush() = 0;
 };
 
 // A step that did not complete.

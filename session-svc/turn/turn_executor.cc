@@ -79,12 +79,27 @@ class TurnExecutor::Run_ final : public TurnOutput {
         (event.has_text_delta() || event.has_reasoning_delta() || event.has_tool_call())) {
       first_output_ = x_.clock_.Now();
     }
-    return Publish(std::move(event));
+    // Text and reasoning deltas that arrive back to back go out together (one Redis
+    // round trip for a batch); anything else, a full batch, or Flush() sends them.
+    const bool delta = event.has_text_delta() || event.has_reasoning_delta();
+    Stage(std::move(event));
+    if (delta && pending_.size() < kMaxBatchEvents && pending_bytes_ < kMaxBatchBytes) {
+      return absl::OkStatus();
+    }
+    return FlushPending();
+  }
+  absl::Status Flush() override {
+    if (control_.stopping()) return absl::CancelledError("the turn is stopping");
+    return FlushPending();
   }
   absl::Status EndStep(v1::StepCompleted done) override;
   absl::StatusOr<std::vector<v1::Message>> TakeSteering() override;
   bool stopping() const override { return control_.stopping(); }
-  bool WaitFor(absl::Duration duration) override { return control_.WaitFor(duration); }
+  bool WaitFor(absl::Duration duration) override {
+    // Nothing waits in the batch while the runner waits.
+    if (!FlushPending().ok()) return false;
+    return control_.WaitFor(duration);
+  }
   std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
     return control_.OnStop(std::move(hook));
   }
@@ -92,11 +107,18 @@ class TurnExecutor::Run_ final : public TurnOutput {
  private:
   absl::Status TakeLease();
   absl::Status RecoverEpoch();
-  // Publishes under the lease epoch. A lost lease seen locally (a refused heartbeat)
-  // stops it, except `after_commit`: once CompleteTurn committed, a heartbeat refused
-  // because the turn ended says nothing about the stream, and the Redis script is the
-  // fence that counts.
-  absl::Status Publish(v1::Event event, bool after_commit = false);
+  absl::Status Publish(v1::Event event, bool after_commit = false) {
+    Stage(std::move(event));
+    return FlushPending(after_commit);
+  }
+  // Adds `event` to the batch going out next (session, turn and time filled in).
+  void Stage(v1::Event event);
+  // Publishes the batch under the lease epoch, each event with the next seq, and folds
+  // it into the transcript. A lost lease seen locally (a refused heartbeat) stops it,
+  // except `after_commit`: once CompleteTurn committed, a heartbeat refused because the
+  // turn ended says nothing about the stream, and the Redis script is the fence that
+  // counts. On failure the batch is dropped (its events were never published).
+  absl::Status FlushPending(bool after_commit = false);
   void SealPredecessor();
   absl::StatusOr<std::vector<v1::Event>> ReadOwnEvents();
   absl::StatusOr<v1::Message> LoadUserMessage();
@@ -118,6 +140,10 @@ class TurnExecutor::Run_ final : public TurnOutput {
   const uint64_t lease_epoch_;
   uint64_t epoch_;  // History epoch of the events we write.
   TurnControl& control_;
+  static constexpr size_t kMaxBatchEvents = 64;
+  static constexpr size_t kMaxBatchBytes = 64 << 10;
+  std::vector<v1::Event> pending_;  // Staged, not published yet.
+  size_t pending_bytes_ = 0;
   uint64_t last_seq_ = 0;
   uint64_t first_seq_ = 0;
   Transcript transcript_;
@@ -213,29 +239,45 @@ absl::Status TurnExecutor::Run_::RecoverEpoch() {
   return absl::OkStatus();
 }
 
-absl::Status TurnExecutor::Run_::Publish(v1::Event event, bool after_commit) {
+void TurnExecutor::Run_::Stage(v1::Event event) {
+  event.set_session_id(session_id_);
+  if (event.turn_id().empty() && !event.has_session_status_changed()) {
+    event.set_turn_id(turn_.id());
+  }
+  *event.mutable_time() = ToProto(x_.clock_.Now());
+  pending_bytes_ += event.ByteSizeLong();
+  pending_.push_back(std::move(event));
+}
+
+absl::Status TurnExecutor::Run_::FlushPending(bool after_commit) {
+  if (pending_.empty()) return absl::OkStatus();
+  std::vector<v1::Event> batch;
+  batch.swap(pending_);
+  pending_bytes_ = 0;
   if (lease_lost() && !after_commit) return absl::CancelledError("lease lost");
   const absl::Time deadline = absl::Now() + retry_budget();
   absl::Status status;
   for (absl::Duration backoff = absl::Milliseconds(20); absl::Now() < deadline;
        backoff = std::min(backoff * 2, absl::Seconds(1))) {
-    event.set_session_id(session_id_);
-    if (event.turn_id().empty() && !event.has_session_status_changed()) {
-      event.set_turn_id(turn_.id());
+    // Seqs and the epoch are set per attempt: recovering the epoch changes both.
+    uint64_t seq = last_seq_;
+    for (v1::Event& event : batch) {
+      if (!event.transient()) ++seq;
+      event.set_seq(seq);
+      event.set_epoch(epoch_);
     }
-    event.set_epoch(epoch_);
-    event.set_seq(event.transient() ? last_seq_ : last_seq_ + 1);
-    *event.mutable_time() = ToProto(x_.clock_.Now());
     status = x_.EnsureRedis();
-    if (status.ok()) status = x_.publisher_->Publish(event, lease_epoch_);
+    if (status.ok()) status = x_.publisher_->PublishBatch(batch, lease_epoch_);
     if (status.ok()) {
-      if (!event.transient()) {
-        last_seq_ = event.seq();
-        if (first_seq_ == 0) first_seq_ = event.seq();
-        control_.first_seq.store(first_seq_);
-        control_.last_seq.store(last_seq_);
+      for (const v1::Event& event : batch) {
+        if (!event.transient()) {
+          last_seq_ = event.seq();
+          if (first_seq_ == 0) first_seq_ = event.seq();
+        }
+        transcript_.Add(event);
       }
-      transcript_.Add(event);
+      control_.first_seq.store(first_seq_);
+      control_.last_seq.store(last_seq_);
       control_.steps.store(transcript_.steps());
       return absl::OkStatus();
     }
@@ -447,6 +489,8 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
 
 absl::Status TurnExecutor::Run_::EndStep(v1::StepCompleted done) {
   if (control_.stopping()) return absl::CancelledError("the turn is stopping");
+  // The step's last deltas belong to what is committed.
+  if (absl::Status flushed = FlushPending(); !flushed.ok()) return flushed;
   const uint32_t step = done.step();
   pb::CommitTurnStepRequest request;
   request.set_tenant_id(tenant_id_);

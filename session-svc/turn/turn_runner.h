@@ -49,6 +49,11 @@ class TurnOutput : public StopSignal {
   // runner returns promptly; UNAVAILABLE when the event could not be published after
   // retries.
   virtual absl::Status Emit(v1::Event event) = 0;
+  // Text and reasoning deltas emitted back to back may be held briefly to go out in one
+  // batch; Flush() sends what is held. Call it before blocking on anything that is not
+  // a TurnOutput call (a network read): WaitFor, EndStep and every other event flush
+  // by themselves.
+  virtual absl::Status Flush() = 0;
   // Ends model step `done.step()`: commits the messages of the events emitted since the
   // previous step ended (so ListMessages shows them), then publishes StepCompleted.
   // Errors: CANCELLED once the turn must stop. A store that cannot be reached is not

@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -421,6 +422,61 @@ TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {
   clock.Advance(absl::Minutes(11));  // Everything so far is older than the age limit.
   publish(221, 230);
   EXPECT_EQ(first_seq(), "211-0");  // Persisted up to 210 only.
+}
+
+// A batch goes in as its events would one by one (ids, the lease hash's seq and sub, so
+// a single publish continues it), live subscribers get every event, and a batch refused
+// for a seq or an epoch writes nothing at all.
+TEST_F(Fanout, ABatchPublishesLikeSingleEventsAndARefusedBatchWritesNothing) {
+  std::string session = CreateSession();
+  auto connection = RedisConnection::Connect(redis_->endpoint(), absl::Seconds(2));
+  ASSERT_TRUE(connection.ok());
+  EventPublisher publisher(**connection, PublisherOptions{.key_prefix = redis_->keys().prefix()},
+                           RealClock::Get());
+  ASSERT_TRUE(publisher.AcquireLease(session, "writer", 2).ok());
+  auto event = [&](uint64_t seq, bool transient) {
+    v1::Event e;
+    e.set_session_id(session);
+    e.set_seq(seq);
+    e.set_epoch(1);
+    e.set_transient(transient);
+    e.mutable_text_delta()->set_text(absl::StrCat("t", seq));
+    return e;
+  };
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 0));
+  ASSERT_TRUE(
+      publisher.PublishBatch({event(1, false), event(1, true), event(2, false), event(3, false)}, 2)
+          .ok());
+  ASSERT_TRUE(publisher.Publish(event(3, true), 2).ok());  // The single script continues it.
+  ASSERT_TRUE(publisher.PublishBatch({event(4, false)}, 2).ok());
+  auto ids = [&] {
+    std::vector<std::string> out;
+    auto range = (*connection)->Command({"XRANGE", redis_->keys().EventStream(session), "-", "+"});
+    for (size_t i = 0; i < (*range)->elements; ++i) {
+      const redisReply* id = (*range)->element[i]->element[0];
+      out.emplace_back(id->str, id->len);
+    }
+    return out;
+  };
+  EXPECT_THAT(ids(), ElementsAre("1-0", "1-1", "2-0", "3-0", "3-1", "4-0"));
+  // A subscriber gets them all, whether it catches up from history (the durable ones:
+  // each transient here was followed by a durable event) or was live in time.
+  std::vector<uint64_t> seen;
+  for (uint64_t seq : Seqs(stream.ReadEvents(4))) seen.push_back(seq);
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  EXPECT_EQ(seen.front(), 1u);
+
+  auto reason = [](const absl::Status& status) {
+    std::optional<v1::ErrorInfo> info = GetErrorInfo(status);
+    return info ? info->reason() : std::string();
+  };
+  absl::Status gap = publisher.PublishBatch({event(5, false), event(7, false)}, 2);
+  EXPECT_EQ(reason(gap), "SEQ_MISMATCH") << gap;
+  absl::Status stale = publisher.PublishBatch({event(5, false)}, 1);
+  EXPECT_EQ(reason(stale), "LEASE_LOST") << stale;
+  EXPECT_EQ(ids().size(), 6u);
+  EXPECT_TRUE(publisher.PublishBatch({event(5, false)}, 2).ok());
 }
 
 // StreamEvents is recorded by its handler, not by an interceptor (which would put every

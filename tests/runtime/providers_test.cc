@@ -45,6 +45,10 @@ class RecordingSink final : public StepSink {
     calls_.push_back(std::move(call));
     return absl::OkStatus();
   }
+  absl::Status Flush() override {
+    ++flushes_;
+    return absl::OkStatus();
+  }
   bool WaitFor(absl::Duration duration) override { return control_.WaitFor(duration); }
   bool stopping() const override { return control_.stopping(); }
   std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
@@ -54,6 +58,7 @@ class RecordingSink final : public StepSink {
   TurnControl control_;
   std::string text_, reasoning_;
   int text_pieces_ = 0;
+  int flushes_ = 0;
   std::vector<v1::ToolCall> calls_;
   std::map<std::string, std::string> metadata_;
 };
