@@ -11,6 +11,11 @@
 //          each: raw_redis_per_s, the ceiling. delta_ratio = deltas_per_s / raw.
 //   sse    SseParser over a recorded-like OpenAI chat-completions stream fed in 16 KiB
 //          pieces, against a plain line split of the same bytes: sse_mb_per_s, sse_ratio.
+//   first  `first_turns` turns one after another on a session whose provider is an
+//          OpenAI-compatible fake served by this process on `fake_port` (scripts/bench
+//          configures parley-session with it): from the moment the fake writes the first
+//          byte of its answer to the moment the first TextDelta reaches a subscriber of
+//          the session's Redis channel (what the gateway subscribes to), p50 and p99.
 //
 //   runtime_bench --store_addr=... --session_addr=... --session_pid=... --redis_url=...
 //   ... RESULT name=runtime deltas_per_s=... raw_redis_per_s=... delta_ratio=...
@@ -24,6 +29,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -38,6 +44,7 @@
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "session-svc/model/sse.h"
+#include "tests/runtime/fake_model_server.h"
 
 namespace {
 
@@ -57,6 +64,8 @@ struct Options {
   int64_t raw_threads = 8;
   int64_t raw_events = 20000;  // Per thread.
   int64_t sse_chunks = 200000;
+  int64_t fake_port = 0;
+  int64_t first_turns = 200;
 };
 
 absl::Status FromGrpc(const grpc::Status& status) {
@@ -284,6 +293,89 @@ SseResult MeasureSse(const Options& o) {
   return result;
 }
 
+double Percentile(std::vector<double> values, double q) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  return values[std::min(values.size() - 1, static_cast<size_t>(q * values.size()))];
+}
+
+struct FirstDelta {
+  double p50_ms = 0;
+  double p99_ms = 0;
+};
+
+absl::StatusOr<FirstDelta> MeasureFirstDelta(const Options& o) {
+  auto server = parley::testing::FakeModelServer::Start(static_cast<int>(o.fake_port));
+  if (!server.ok()) return server.status();
+  auto store = pb::StoreService::NewStub(
+      grpc::CreateChannel(o.store_addr, grpc::InsecureChannelCredentials()));
+  auto router = rv::SessionRouter::NewStub(
+      grpc::CreateChannel(o.session_addr, grpc::InsecureChannelCredentials()));
+  pb::CreateSessionRequest create;
+  create.set_tenant_id(kTenant);
+  create.mutable_request()->mutable_agent_config()->set_provider("fake");
+  pb::CreateSessionResponse created;
+  absl::Status status = WithDeadline(
+      [&](grpc::ClientContext* c) { return store->CreateSession(c, create, &created); });
+  if (!status.ok()) return status;
+  const std::string session = created.session().id();
+  absl::StatusOr<parley::RedisEndpoint> endpoint = parley::ParseRedisUrl(o.redis_url);
+  if (!endpoint.ok()) return endpoint.status();
+  auto redis = parley::RedisConnection::Connect(*endpoint, absl::Seconds(5));
+  if (!redis.ok()) return redis.status();
+  parley::RedisKeys keys;
+  if (auto sub = (*redis)->Command({"SUBSCRIBE", keys.EventChannel(session)}); !sub.ok()) {
+    return sub.status();
+  }
+  const std::string chunk =
+      "data: {\"object\":\"chat.completion.chunk\",\"model\":\"fake\",\"choices\":[{\"index\":0,"
+      "\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n";
+  const std::string finish =
+      "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+      "data: [DONE]\n\n";
+  std::vector<double> latencies_ms;
+  for (int64_t i = 0; i < o.first_turns; ++i) {
+    (*server)->Enqueue({.chunks = {chunk, finish}});
+    rv::SubmitMessageRequest request;
+    request.set_tenant_id(kTenant);
+    request.mutable_request()->set_session_id(session);
+    request.mutable_request()->add_content()->set_text("hi");
+    v1::SendMessageResponse sent;
+    status = WithDeadline(
+        [&](grpc::ClientContext* c) { return router->SubmitMessage(c, request, &sent); });
+    if (!status.ok()) return status;
+    std::optional<absl::Time> first_delta;
+    for (const absl::Time deadline = absl::Now() + absl::Seconds(30);;) {
+      if (absl::Now() > deadline) return absl::DeadlineExceededError("no TurnSealed");
+      absl::StatusOr<parley::RedisReply> reply = (*redis)->ReadReplyFor(absl::Milliseconds(100));
+      if (!reply.ok()) {
+        if (absl::IsDeadlineExceeded(reply.status())) continue;
+        return reply.status();
+      }
+      const absl::Time now = absl::Now();
+      const redisReply* r = reply->get();
+      if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) continue;
+      v1::Event event;
+      if (!event.ParseFromString(parley::ReplyString(r->element[2]))) continue;
+      if (event.turn_id() != sent.turn().id()) continue;
+      if (event.has_text_delta() && !first_delta) first_delta = now;
+      if (event.has_turn_completed() &&
+          event.turn_completed().status() != v1::TURN_STATUS_SUCCEEDED) {
+        return absl::InternalError(
+            absl::StrCat("a turn failed: ", event.turn_completed().error().message()));
+      }
+      if (event.has_turn_sealed()) break;
+    }
+    std::vector<absl::Time> sent_times = (*server)->first_chunk_times();
+    if (!first_delta || sent_times.size() != static_cast<size_t>(i + 1)) {
+      return absl::InternalError("the fake provider and the stream disagree");
+    }
+    latencies_ms.push_back(absl::ToDoubleMilliseconds(*first_delta - sent_times.back()));
+  }
+  return FirstDelta{.p50_ms = Percentile(latencies_ms, 0.5),
+                    .p99_ms = Percentile(latencies_ms, 0.99)};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -298,6 +390,11 @@ int main(int argc, char** argv) {
   flags.Int("raw_threads", &o.raw_threads, "threads of the raw Redis ceiling", 1, 256);
   flags.Int("raw_events", &o.raw_events, "events per raw thread", 1, 10000000);
   flags.Int("sse_chunks", &o.sse_chunks, "chunks of the recorded stream", 1, 10000000);
+  flags.Int("fake_port", &o.fake_port,
+            "port of the fake OpenAI-compatible provider parley-session is configured with "
+            "as \"fake\"; 0 skips the first-delta phase",
+            0, 65535);
+  flags.Int("first_turns", &o.first_turns, "turns of the first-delta phase", 1, 100000);
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
 
   SseResult sse = MeasureSse(o);
@@ -313,10 +410,20 @@ int main(int argc, char** argv) {
     std::cerr << "loop: " << loop.status() << "\n";
     return 1;
   }
+  FirstDelta first;
+  if (o.fake_port > 0) {
+    absl::StatusOr<FirstDelta> measured = MeasureFirstDelta(o);
+    if (!measured.ok()) {
+      std::cerr << "first delta: " << measured.status() << "\n";
+      return 1;
+    }
+    first = *measured;
+  }
   std::cout << absl::StrFormat(
       "RESULT name=runtime deltas_per_s=%.0f raw_redis_per_s=%.0f delta_ratio=%.2f "
-      "cpu_us_per_delta=%.1f sse_mb_per_s=%.1f sse_ratio=%.2f turns=%d words=%d\n",
+      "cpu_us_per_delta=%.1f sse_mb_per_s=%.1f sse_ratio=%.2f first_delta_p50_ms=%.2f "
+      "first_delta_p99_ms=%.2f turns=%d words=%d\n",
       loop->deltas_per_s, *raw, loop->deltas_per_s / *raw, loop->cpu_us_per_delta, sse.mb_per_s,
-      sse.ratio, o.turns, o.words);
+      sse.ratio, first.p50_ms, first.p99_ms, o.turns, o.words);
   return 0;
 }

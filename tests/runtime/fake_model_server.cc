@@ -83,12 +83,15 @@ const char* Reason(int status) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<FakeModelServer>> FakeModelServer::Start() {
+absl::StatusOr<std::unique_ptr<FakeModelServer>> FakeModelServer::Start(int port) {
   std::unique_ptr<FakeModelServer> server(new FakeModelServer());
   server->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  int one = 1;
+  ::setsockopt(server->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   socklen_t size = sizeof(address);
   if (server->listen_fd_ < 0 ||
       ::bind(server->listen_fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
@@ -119,6 +122,11 @@ std::string FakeModelServer::base_url() const { return absl::StrCat("http://127.
 void FakeModelServer::Enqueue(FakeResponse response) {
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(response));
+}
+
+std::vector<absl::Time> FakeModelServer::first_chunk_times() const {
+  absl::MutexLock lock(&mu_);
+  return first_chunk_times_;
 }
 
 std::vector<RecordedRequest> FakeModelServer::requests() const {
@@ -177,6 +185,10 @@ void FakeModelServer::Serve(int fd) {
   for (size_t i = 0; open && i < response.chunks.size(); ++i) {
     if (i > 0 && response.chunk_delay > absl::ZeroDuration()) absl::SleepFor(response.chunk_delay);
     const std::string& chunk = response.chunks[i];
+    if (i == 0) {  // Stamped as it leaves: the client cannot see it sooner.
+      absl::MutexLock lock(&mu_);
+      first_chunk_times_.push_back(absl::Now());
+    }
     open = WriteAll(fd, absl::StrCat(absl::Hex(chunk.size()), "\r\n", chunk, "\r\n"));
   }
   switch (response.end) {

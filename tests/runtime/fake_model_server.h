@@ -46,7 +46,8 @@ struct RecordedRequest {
 
 class FakeModelServer {
  public:
-  static absl::StatusOr<std::unique_ptr<FakeModelServer>> Start();
+  // Listens on 127.0.0.1:`port` (0: any free port).
+  static absl::StatusOr<std::unique_ptr<FakeModelServer>> Start(int port = 0);
   ~FakeModelServer();
 
   std::string base_url() const;
@@ -54,6 +55,9 @@ class FakeModelServer {
   std::vector<RecordedRequest> requests() const;
   // Waits until at least `count` requests arrived.
   bool WaitForRequests(size_t count, absl::Duration timeout) const;
+  // When the first body chunk of each response was written, in request order (for
+  // latency measurements from the provider's first byte).
+  std::vector<absl::Time> first_chunk_times() const;
   // True once a stalled response's client closed its connection.
   bool stalled_client_left() const { return stalled_client_left_.load(); }
 
@@ -70,6 +74,7 @@ class FakeModelServer {
   mutable absl::Mutex mu_;
   std::deque<FakeResponse> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<RecordedRequest> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Time> first_chunk_times_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> connections_ ABSL_GUARDED_BY(mu_);
 };
 
