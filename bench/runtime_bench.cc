@@ -37,6 +37,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/events/publisher.h"
@@ -47,6 +48,9 @@
 #include "tests/runtime/fake_model_server.h"
 
 namespace {
+
+using parley::bench::Percentile;
+using parley::bench::ProcessCpu;
 
 namespace pb = ::parley::store::v1;
 namespace rv = ::parley::router::v1;
@@ -78,21 +82,6 @@ absl::Status WithDeadline(Call call) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   return FromGrpc(call(&context));
-}
-
-absl::Duration ProcessCpu(int64_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos) return absl::ZeroDuration();
-  std::istringstream fields(stat.substr(close + 2));
-  std::string field;
-  int64_t utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i == 14) utime = std::stoll(field);
-    if (i == 15) stime = std::stoll(field);
-  }
-  return absl::Seconds(static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK));
 }
 
 absl::Time ToTime(const google::protobuf::Timestamp& t) {
@@ -291,12 +280,6 @@ SseResult MeasureSse(const Options& o) {
   std::cerr << absl::StrFormat("sse: %.1f MB, parser %.1f MB/s, line split %.1f MB/s\n", mb,
                                result.mb_per_s, mb / split_s);
   return result;
-}
-
-double Percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, static_cast<size_t>(q * values.size()))];
 }
 
 struct FirstDelta {

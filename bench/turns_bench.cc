@@ -54,6 +54,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "common/config.h"
 #include "common/redis.h"
 #include "parley/router/v1/router.grpc.pb.h"
@@ -62,6 +63,9 @@
 extern char** environ;
 
 namespace {
+
+using parley::bench::Percentile;
+using parley::bench::ProcessCpu;
 
 namespace pb = ::parley::store::v1;
 namespace rv = ::parley::router::v1;
@@ -120,12 +124,6 @@ absl::Time ToTime(const google::protobuf::Timestamp& timestamp) {
   return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(timestamp));
 }
 
-double Percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, static_cast<size_t>(q * values.size()))];
-}
-
 // Runs body(i) on `count` threads; returns the first error.
 absl::Status RunOnThreads(int count, const std::function<absl::Status(int)>& body) {
   absl::Mutex mu;
@@ -143,22 +141,6 @@ absl::Status RunOnThreads(int count, const std::function<absl::Status(int)>& bod
 }
 
 // ---- CPU accounting: where the two cores went during the sustained window ----
-
-// User + system CPU time of a process so far; zero when it cannot be read.
-absl::Duration ProcessCpu(int64_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const size_t close = stat.rfind(')');  // The command name may hold spaces.
-  if (close == std::string::npos) return absl::ZeroDuration();
-  std::istringstream fields(stat.substr(close + 2));
-  std::string field;
-  int64_t utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i == 14) utime = std::stoll(field);
-    if (i == 15) stime = std::stoll(field);
-  }
-  return absl::Seconds(static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK));
-}
 
 // Busy CPU time of the whole machine so far (every core, everything but idle and iowait).
 absl::Duration MachineBusyCpu() {

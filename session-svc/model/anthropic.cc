@@ -341,34 +341,12 @@ StepOutcome AnthropicProvider::Stream(const ModelRequest& request, StepSink& sin
   if (!config_.api_key.empty())
     post.headers.push_back(absl::StrCat("x-api-key: ", config_.api_key));
   EventReader reader(sink, outcome);
-  SseParser parser([&](const SseEvent& event) { return reader.OnEvent(event); });
-  bool malformed = false;
-  HttpResult http = PostStream(
-      post,
-      [&](absl::string_view bytes) {
-        absl::Status fed = parser.Feed(bytes);
-        if (fed.code() == absl::StatusCode::kInvalidArgument) {
-          malformed = true;
-          outcome.error = TransportError(std::string(fed.message()), /*retryable=*/false);
-        }
-        // Everything this read brought is handed over: send it before waiting again.
-        return fed.ok() && sink.Flush().ok();
-      },
-      sink);
-  if (http.aborted || malformed || outcome.error) {
-    if (outcome.error) outcome.error->message = Redact(outcome.error->message, config_.api_key);
-    return outcome;
-  }
-  if (http.transport_error) {
-    outcome.error = TransportError(*http.transport_error);
-  } else if (http.status / 100 != 2) {
-    // 529 (overloaded) is retryable like any 5xx.
-    outcome.error = HttpStatusError(
-        http.status, Redact(ErrorMessage(http.error_body), config_.api_key), http.retry_after);
-  } else {
-    reader.Finish(parser.pending());
-  }
-  if (outcome.error) outcome.error->message = Redact(outcome.error->message, config_.api_key);
+  RunSseStep({.post = std::move(post),
+              .on_event = [&](const SseEvent& event) { return reader.OnEvent(event); },
+              .on_end = [&](bool truncated) { reader.Finish(truncated); },
+              .error_message = ErrorMessage,
+              .secret = config_.api_key},
+             sink, outcome);
   return outcome;
 }
 

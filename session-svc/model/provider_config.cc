@@ -145,4 +145,32 @@ std::string Redact(std::string text, const std::string& secret) {
   return text;
 }
 
+void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
+  SseParser parser(step.on_event);
+  bool malformed = false;
+  HttpResult http = PostStream(
+      step.post,
+      [&](absl::string_view bytes) {
+        absl::Status fed = parser.Feed(bytes);
+        if (fed.code() == absl::StatusCode::kInvalidArgument) {
+          malformed = true;
+          outcome.error = TransportError(std::string(fed.message()), /*retryable=*/false);
+        }
+        // Everything this read brought is handed over: send it before waiting again.
+        return fed.ok() && sink.Flush().ok();
+      },
+      sink);
+  if (!http.aborted && !malformed && !outcome.error) {
+    if (http.transport_error) {
+      outcome.error = TransportError(*http.transport_error);
+    } else if (http.status / 100 != 2) {
+      outcome.error =
+          HttpStatusError(http.status, step.error_message(http.error_body), http.retry_after);
+    } else {
+      step.on_end(parser.pending());
+    }
+  }
+  if (outcome.error) outcome.error->message = Redact(outcome.error->message, step.secret);
+}
+
 }  // namespace parley::session::model

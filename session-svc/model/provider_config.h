@@ -18,7 +18,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "session-svc/model/http_stream.h"
 #include "session-svc/model/model.h"
+#include "session-svc/model/sse.h"
 
 namespace parley::session::model {
 
@@ -56,5 +58,19 @@ std::unique_ptr<ModelProvider> MakeProvider(ProviderConfig config);
 absl::Status CheckModelAllowed(const ProviderConfig& config, const std::string& model);
 // `text` with every occurrence of the secret replaced (error bodies may echo headers).
 std::string Redact(std::string text, const std::string& secret);
+
+// One streamed step over HTTP and SSE, as both wire formats run it: POST `post`, feed
+// the 2xx body's events to `on_event` (false stops), flush the sink after each read.
+// Then `on_end(truncated)` judges a body that ended normally; a non-2xx answer becomes
+// HttpStatusError with `error_message(body)`, a transport failure TransportError. Every
+// message in `outcome.error` has `secret` redacted.
+struct SseStep {
+  HttpPost post;
+  std::function<bool(const SseEvent&)> on_event;
+  std::function<void(bool truncated)> on_end;
+  std::function<std::string(const std::string& body)> error_message;
+  std::string secret;
+};
+void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome);
 
 }  // namespace parley::session::model
