@@ -508,8 +508,10 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   // claimed, and whatever was running when it closed is flagged for cancellation.
   // Making sure the race hit: closing starts once claims are under way, and every third
   // session is pinned mid-queue — its closer waits for one of its turns to be claimed and
-  // the claimer holds that turn until the close has answered — so at least those sessions
-  // are closed between two of their turns, whatever the scheduling. The rest race freely.
+  // the claimer holds that turn until the close has answered (at most two claimers hold
+  // at a time, so the pinned session being waited for can always be claimed) — so some
+  // session is closed between two of its turns, whatever the scheduling. The rest race
+  // freely.
   constexpr int kSessions = 30;
   std::vector<std::string> sessions;
   std::set<std::string> pinned;
@@ -523,9 +525,10 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   std::map<std::string, std::string> claimed;  // turn -> session
   std::vector<std::string> claims_of_closed_sessions;
   std::map<std::string, pb::CloseSessionResponse> closes;  // session -> its close
-  std::set<std::string> close_answered;                     // sessions, failed closes too
+  std::set<std::string> close_answered;                    // sessions, failed closes too
   std::vector<absl::Status> failures;
   std::atomic<bool> closes_done = false;
+  int holders = 0;  // Claimers holding a pinned session's turn (under mu).
   auto claimed_from = [&](const std::string& session_id) {  // under mu while claimers run
     for (const auto& [turn_id, owner_session] : claimed) {
       if (owner_session == session_id) return true;
@@ -544,12 +547,27 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
         absl::SleepFor(absl::Milliseconds(1));
         continue;
       }
+      const std::string session_id = claim->turn().session_id();
+      bool hold = false;
       {
         absl::MutexLock lock(&mu);
-        claimed[claim->turn().id()] = claim->turn().session_id();
+        claimed[claim->turn().id()] = session_id;
         if (claim->session().status() == api::SESSION_STATUS_CLOSED) {
           claims_of_closed_sessions.push_back(claim->turn().id());
         }
+        // A pinned session's turn is held until its close has answered, so the close
+        // lands between two of its turns. At most two claimers hold at once: the others
+        // stay free to claim the pinned session the closer is waiting for.
+        hold = pinned.contains(session_id) && !close_answered.contains(session_id) && holders < 2;
+        if (hold) ++holders;
+      }
+      if (hold) {
+        (void)parley::testing::WaitFor(absl::Seconds(120), [&] {
+          absl::MutexLock lock(&mu);
+          return close_answered.contains(session_id);
+        });
+        absl::MutexLock lock(&mu);
+        --holders;
       }
       // The owner finishes the turn; a close in between only flags it.
       (void)Complete(Completion(*claim, owner));
