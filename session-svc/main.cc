@@ -131,13 +131,13 @@ int main(int argc, char** argv) {
     }
     if (!file->default_provider.empty()) providers.set_default_name(file->default_provider);
   }
-  parley::session::AgentRunner runner({.tool_timeout = config.tool_timeout,
-                                       .retry_first_backoff = config.retry_backoff,
-                                       .retry_max_backoff = config.retry_max_backoff,
-                                       .history_token_budget =
-                                           static_cast<uint64_t>(config.history_token_budget),
-                                       .default_sandbox_template = config.sandbox_template},
-                                      providers, *store, sandbox.get(), parley::RealClock::Get());
+  parley::session::AgentRunner runner(
+      {.tool_timeout = config.tool_timeout,
+       .retry_first_backoff = config.retry_backoff,
+       .retry_max_backoff = config.retry_max_backoff,
+       .history_token_budget = static_cast<uint64_t>(config.history_token_budget),
+       .default_sandbox_template = config.sandbox_template},
+      providers, *store, sandbox.get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},
                                    host.logger());
   const parley::session::ExecutorOptions executor_options{

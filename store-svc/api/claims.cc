@@ -376,11 +376,12 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
                                                        : ClaimCapped(pool_, *request);
   if (result.ok() && result->recovery()) {
     // A recovered turn may have committed steps; its new owner must not store them again.
-    auto steps = pool_.Autocommit<uint32_t>([&](pqxx::nontransaction& tx) -> absl::StatusOr<uint32_t> {
-      pqxx::result row = Exec(tx, "SELECT committed_steps FROM turns WHERE id = $1",
-                              result->turn().id());
-      return row.empty() ? 0u : row[0][0].as<uint32_t>();
-    });
+    auto steps =
+        pool_.Autocommit<uint32_t>([&](pqxx::nontransaction& tx) -> absl::StatusOr<uint32_t> {
+          pqxx::result row =
+              Exec(tx, "SELECT committed_steps FROM turns WHERE id = $1", result->turn().id());
+          return row.empty() ? 0u : row[0][0].as<uint32_t>();
+        });
     if (!steps.ok()) return ToGrpcStatus(steps.status());
     result->set_committed_steps(*steps);
   }

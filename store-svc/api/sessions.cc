@@ -20,8 +20,8 @@ absl::Status CheckAgentConfig(const ::parley::v1::AgentConfig& config, const cha
   // turn with a PROVIDER error that says so.
   bool well_formed = config.provider().size() <= 64;
   for (char c : config.provider()) {
-    well_formed = well_formed &&
-                  ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_');
+    well_formed =
+        well_formed && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_');
   }
   if (!well_formed) {
     return InvalidArgumentError(absl::StrCat(field, ".provider"),

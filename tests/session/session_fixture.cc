@@ -5,7 +5,6 @@
 
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
-
 #include <unistd.h>
 
 #include <iostream>
@@ -147,8 +146,8 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
     sandbox_process_ = *std::move(sandbox);
     serving = sandbox_process_->WaitUntilServing(kStartTimeout);
     ASSERT_TRUE(serving.ok()) << serving << sandbox_process_->Output();
-    sandbox_stub_ = sandbox::v1::SandboxManager::NewStub(grpc::CreateChannel(
-        sandbox_process_->grpc_target(), grpc::InsecureChannelCredentials()));
+    sandbox_stub_ = sandbox::v1::SandboxManager::NewStub(
+        grpc::CreateChannel(sandbox_process_->grpc_target(), grpc::InsecureChannelCredentials()));
   }
 
   replicas_.resize(options.replicas);
@@ -178,19 +177,20 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
 }
 
 std::vector<std::string> SessionFixture::ReplicaArgs() const {
-  std::vector<std::string> args = {"--grpc_addr=127.0.0.1:0",
-          "--admin_addr=127.0.0.1:0",
-          "--store_addr=" + store_process_->grpc_target(),
-          "--redis_url=" + redis_url_,
-          "--redis_key_prefix=" + keys_.prefix(),
-          absl::StrCat("--turn_slots=", options_.turn_slots),
-          Flag("lease_ttl", options_.lease_ttl),
-          Flag("poll_interval", options_.poll_interval),
-          absl::StrCat("--max_attempts=", options_.max_attempts),
-          Flag("queued_turn_ttl", options_.queued_turn_ttl),
-          absl::StrCat("--max_running_per_tenant=", options_.max_running_per_tenant),
-          Flag("scripted_delay", options_.scripted_delay),
-          Flag("drain_timeout", options_.drain_timeout)};
+  std::vector<std::string> args = {
+      "--grpc_addr=127.0.0.1:0",
+      "--admin_addr=127.0.0.1:0",
+      "--store_addr=" + store_process_->grpc_target(),
+      "--redis_url=" + redis_url_,
+      "--redis_key_prefix=" + keys_.prefix(),
+      absl::StrCat("--turn_slots=", options_.turn_slots),
+      Flag("lease_ttl", options_.lease_ttl),
+      Flag("poll_interval", options_.poll_interval),
+      absl::StrCat("--max_attempts=", options_.max_attempts),
+      Flag("queued_turn_ttl", options_.queued_turn_ttl),
+      absl::StrCat("--max_running_per_tenant=", options_.max_running_per_tenant),
+      Flag("scripted_delay", options_.scripted_delay),
+      Flag("drain_timeout", options_.drain_timeout)};
   if (sandbox_process_ != nullptr) {
     args.push_back("--sandbox_addr=" + sandbox_process_->grpc_target());
   }
