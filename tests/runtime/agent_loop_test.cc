@@ -543,6 +543,93 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   EXPECT_FALSE(absl::StrContains(replica(0).Output(), kKey));
 }
 
+// The same with an Anthropic Messages endpoint: thinking streamed as reasoning, its
+// signature kept on the stored part and sent back with the tool result in the next
+// request, as the API requires for tool use with thinking.
+TEST_F(AgentLoop, AConfiguredAnthropicProviderSendsSignedThinkingBackWithTheToolResult) {
+  auto server = parley::testing::FakeModelServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string providers = parley::testing::TestTempDir() + "/providers.json";
+  {
+    std::ofstream out(providers);
+    out << nlohmann::json{{"providers",
+                           {{{"name", "claude"},
+                             {"kind", "anthropic"},
+                             {"base_url", (*server)->base_url()},
+                             {"default_model", "claude-test"}}}}}
+               .dump();
+  }
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      {.replicas = 1, .sandbox = true, .replica_flags = {"--providers_file=" + providers}}));
+  auto event = [](const std::string& type, nlohmann::json data) {
+    data["type"] = type;
+    return "event: " + type + "\ndata: " + data.dump() + "\n\n";
+  };
+  auto block = [&](int index, nlohmann::json start, std::vector<nlohmann::json> deltas) {
+    std::vector<std::string> out = {
+        event("content_block_start", {{"index", index}, {"content_block", std::move(start)}})};
+    for (nlohmann::json& delta : deltas) {
+      out.push_back(event("content_block_delta", {{"index", index}, {"delta", std::move(delta)}}));
+    }
+    out.push_back(event("content_block_stop", {{"index", index}}));
+    return out;
+  };
+  std::vector<std::string> first = {
+      event("message_start",
+            {{"message", {{"model", "claude-test"}, {"usage", {{"input_tokens", 30}}}}}})};
+  for (auto part :
+       {block(0, {{"type", "thinking"}, {"thinking", ""}},
+              {{{"type", "thinking_delta"}, {"thinking", "I will run it."}},
+               {{"type", "signature_delta"}, {"signature", "c2lnbmVk"}}}),
+        block(1,
+              {{"type", "tool_use"},
+               {"id", "toolu_e2e"},
+               {"name", "bash"},
+               {"input", nlohmann::json::object()}},
+              {{{"type", "input_json_delta"}, {"partial_json", "{\"command\": \"echo hi\"}"}}})}) {
+    first.insert(first.end(), part.begin(), part.end());
+  }
+  first.push_back(event("message_delta", {{"delta", {{"stop_reason", "tool_use"}}},
+                                          {"usage", {{"output_tokens", 12}}}}));
+  first.push_back(event("message_stop", nlohmann::json::object()));
+  (*server)->Enqueue({.chunks = first});
+  std::vector<std::string> second = {
+      event("message_start", {{"message", {{"usage", {{"input_tokens", 60}}}}}})};
+  for (const std::string& piece : block(0, {{"type", "text"}, {"text", ""}},
+                                        {{{"type", "text_delta"}, {"text", "It printed hi."}}})) {
+    second.push_back(piece);
+  }
+  second.push_back(event("message_delta", {{"delta", {{"stop_reason", "end_turn"}}}}));
+  second.push_back(event("message_stop", nlohmann::json::object()));
+  (*server)->Enqueue({.chunks = second});
+
+  v1::AgentConfig config = WithTools({"bash"});
+  config.set_provider("claude");
+  const std::string session = CreateSessionWith(kTenantA, config);
+  Ran ran = RunTurn(session, "run echo hi");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It printed hi.");
+  std::vector<parley::testing::RecordedRequest> requests = (*server)->requests();
+  ASSERT_EQ(requests.size(), 2u);
+  nlohmann::json messages = nlohmann::json::parse(requests[1].body)["messages"];
+  ASSERT_EQ(messages.size(), 3u);
+  EXPECT_EQ(messages[1]["content"][0],
+            (nlohmann::json{
+                {"type", "thinking"}, {"thinking", "I will run it."}, {"signature", "c2lnbmVk"}}));
+  EXPECT_EQ(messages[1]["content"][1]["id"], "toolu_e2e");
+  EXPECT_EQ(messages[2]["content"][0]["type"], "tool_result");
+  EXPECT_EQ(messages[2]["content"][0]["content"], "hi\n");
+
+  // Stored: the reasoning part carries its signature, so later turns can send it back.
+  absl::StatusOr<std::vector<v1::Message>> stored = ListMessages(kTenantA, session);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  std::vector<v1::Message> assistant = MessagesOf(*stored, ran.turn.id(), v1::ROLE_ASSISTANT);
+  ASSERT_EQ(assistant.size(), 2u);
+  ASSERT_GE(assistant[0].parts_size(), 1);
+  EXPECT_EQ(assistant[0].parts(0).reasoning(), "I will run it.");
+  EXPECT_EQ(assistant[0].parts(0).provider_metadata().at("anthropic.signature"), "c2lnbmVk");
+}
+
 // The tool the steering tests hold a turn in until the test opens the gate, so that a
 // message arrives while the turn is inside a known step — no timing involved.
 constexpr char kGatedTool[] =
