@@ -13,7 +13,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "session-svc/agent/history.h"
-#include "session-svc/model/scripted.h"
 #include "session-svc/tools/schema.h"
 #include "session-svc/tools/tool.h"
 #include "session-svc/turn/transcript.h"
@@ -228,11 +227,10 @@ absl::Status TurnLoop::LoadHistory() {
 }
 
 void TurnLoop::ResolveTools() {
-  for (const std::string& name : config_.tools()) {
+  std::vector<std::string> names(config_.tools().begin(), config_.tools().end());
+  for (std::string& name : provider_.own_tools()) names.push_back(std::move(name));
+  for (const std::string& name : names) {
     if (const tools::Tool* tool = tools::FindBuiltinTool(name)) tools_.push_back(tool);
-  }
-  if (provider_.name() == "scripted") {
-    tools_.push_back(tools::FindBuiltinTool(model::ScriptedProvider::kWaitTool));
   }
 }
 

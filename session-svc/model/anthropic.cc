@@ -101,14 +101,6 @@ json Messages(const ModelRequest& request) {
   return messages;
 }
 
-std::string ErrorMessage(const std::string& body) {
-  json parsed = json::parse(body, nullptr, false);
-  if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_object()) {
-    return parsed["error"].value("message", parsed["error"].dump());
-  }
-  return body.substr(0, 512);
-}
-
 v1::FinishReason FinishReasonOf(const std::string& reason) {
   if (reason == "tool_use") return v1::FINISH_REASON_TOOL_CALLS;
   if (reason == "max_tokens") return v1::FINISH_REASON_MAX_OUTPUT_TOKENS;
@@ -344,7 +336,6 @@ StepOutcome AnthropicProvider::Stream(const ModelRequest& request, StepSink& sin
   RunSseStep({.post = std::move(post),
               .on_event = [&](const SseEvent& event) { return reader.OnEvent(event); },
               .on_end = [&](bool truncated) { reader.Finish(truncated); },
-              .error_message = ErrorMessage,
               .secret = config_.api_key},
              sink, outcome);
   return outcome;

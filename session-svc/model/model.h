@@ -119,6 +119,9 @@ class ModelProvider {
                                    const std::map<std::string, std::string>& options) const = 0;
   // Whether requests need the session's stored history (a scripted model does not).
   virtual bool needs_history() const { return true; }
+  // Tools the provider brings itself, offered besides the session's (the scripted
+  // model's own wait tool); built-in tool names.
+  virtual std::vector<std::string> own_tools() const { return {}; }
   // Runs one step. Thread-safe.
   virtual StepOutcome Stream(const ModelRequest& request, StepSink& sink) = 0;
 };

@@ -101,19 +101,6 @@ json Messages(const ModelRequest& request) {
   return messages;
 }
 
-// The error message inside an error body ({"error": {"message": ...}}), or the body.
-std::string ErrorMessage(const std::string& body) {
-  json parsed = json::parse(body, nullptr, false);
-  if (parsed.is_object() && parsed.contains("error")) {
-    const json& error = parsed["error"];
-    if (error.is_object() && error.contains("message") && error["message"].is_string()) {
-      return error["message"].get<std::string>();
-    }
-    if (error.is_string()) return error.get<std::string>();
-  }
-  return body.substr(0, 512);
-}
-
 v1::FinishReason FinishReasonOf(const std::string& reason) {
   if (reason == "tool_calls" || reason == "function_call") return v1::FINISH_REASON_TOOL_CALLS;
   if (reason == "length") return v1::FINISH_REASON_MAX_OUTPUT_TOKENS;
@@ -341,7 +328,6 @@ StepOutcome OpenAiProvider::Stream(const ModelRequest& request, StepSink& sink) 
   RunSseStep({.post = std::move(post),
               .on_event = [&](const SseEvent& event) { return reader.OnEvent(event); },
               .on_end = [&](bool truncated) { reader.Finish(truncated); },
-              .error_message = ErrorMessage,
               .secret = config_.api_key},
              sink, outcome);
   return outcome;

@@ -79,6 +79,20 @@ absl::StatusOr<ProviderConfig> ParseEntry(const json& entry, const std::string& 
   return config;
 }
 
+// The message of an error body ({"error": {"message": ...}} or {"error": "..."}), or the
+// body's start.
+std::string ErrorBodyMessage(const std::string& body) {
+  json parsed = json::parse(body, nullptr, false);
+  if (parsed.is_object() && parsed.contains("error")) {
+    const json& error = parsed["error"];
+    if (error.is_object() && error.contains("message") && error["message"].is_string()) {
+      return error["message"].get<std::string>();
+    }
+    if (error.is_string()) return error.get<std::string>();
+  }
+  return body.substr(0, 512);
+}
+
 }  // namespace
 
 absl::StatusOr<ProvidersFile> ParseProvidersFile(const std::string& text, const EnvLookup& env) {
@@ -165,7 +179,7 @@ void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
       outcome.error = TransportError(*http.transport_error);
     } else if (http.status / 100 != 2) {
       outcome.error =
-          HttpStatusError(http.status, step.error_message(http.error_body), http.retry_after);
+          HttpStatusError(http.status, ErrorBodyMessage(http.error_body), http.retry_after);
     } else {
       step.on_end(parser.pending());
     }

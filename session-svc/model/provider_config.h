@@ -62,13 +62,13 @@ std::string Redact(std::string text, const std::string& secret);
 // One streamed step over HTTP and SSE, as both wire formats run it: POST `post`, feed
 // the 2xx body's events to `on_event` (false stops), flush the sink after each read.
 // Then `on_end(truncated)` judges a body that ended normally; a non-2xx answer becomes
-// HttpStatusError with `error_message(body)`, a transport failure TransportError. Every
-// message in `outcome.error` has `secret` redacted.
+// HttpStatusError with the body's {"error": {"message": ...}} (the shape both APIs use),
+// a transport failure TransportError. Every message in `outcome.error` has `secret`
+// redacted.
 struct SseStep {
   HttpPost post;
   std::function<bool(const SseEvent&)> on_event;
   std::function<void(bool truncated)> on_end;
-  std::function<std::string(const std::string& body)> error_message;
   std::string secret;
 };
 void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome);

@@ -66,7 +66,7 @@ Script ParseScript(const v1::Message& user_message, const ScriptedOptions& optio
 
 class ScriptedProvider final : public ModelProvider {
  public:
-  // The tool @tool_ms calls; the agent loop offers it with this provider only.
+  // The tool @tool_ms calls: this provider's own (own_tools()).
   static constexpr char kWaitTool[] = "scripted_wait";
 
   explicit ScriptedProvider(ScriptedOptions options);
@@ -75,6 +75,7 @@ class ScriptedProvider final : public ModelProvider {
   absl::Status CheckConfig(const std::string& model,
                            const std::map<std::string, std::string>& options) const override;
   bool needs_history() const override { return false; }
+  std::vector<std::string> own_tools() const override { return {kWaitTool}; }
   StepOutcome Stream(const ModelRequest& request, StepSink& sink) override;
 
  private:

@@ -114,7 +114,9 @@ std::vector<::parley::v1::Message> PrepareTurnMessages(
 }
 
 // Steering messages of `turn_id` (user messages that joined it after it started) that it
-// has not taken yet. $1 session  $2 turn  $3 ROLE_USER
+// has not taken yet. steered_position starts at the turn's own user message, so only
+// the messages after it are scanned, not the session's whole history.
+// $1 session  $2 turn  $3 ROLE_USER
 constexpr char kUntakenSteeringWhere[] =
     " FROM messages m JOIN turns t ON t.id = m.turn_id WHERE m.session_id = $1 AND "
     "m.turn_id = $2 AND m.role = $3 AND m.id <> t.user_message_id AND "
@@ -151,9 +153,9 @@ int64_t RequeueUntakenSteering(pqxx::work& tx, const std::string& tenant_id,
   *requeued = NewId("turn");
   Exec(tx,
        "INSERT INTO turns (id, tenant_id, session_id, position, status, user_message_id, "
-       "agent_config) VALUES ($1, $2, $3, $4, $5, $6, "
+       "steered_position, agent_config) VALUES ($1, $2, $3, $4, $5, $6, $7, "
        "(SELECT agent_config FROM sessions WHERE id = $3))",
-       *requeued, tenant_id, session_id, turn_position, kQueued, ids[0]);
+       *requeued, tenant_id, session_id, turn_position, kQueued, ids[0], last_position + 1);
   for (const std::string& id : ids) {
     Exec(tx, "UPDATE messages SET turn_id = $3 WHERE session_id = $1 AND id = $2", session_id, id,
          *requeued);
@@ -172,6 +174,7 @@ struct LockedTurn {
   LockedSession session;
   int status = 0;
   bool held_by_caller = false;  // Leased to the caller's owner at the caller's epoch.
+  int64_t committed_steps = 0;
 };
 
 absl::StatusOr<LockedTurn> LockTurn(pqxx::work& tx, const std::string& tenant_id,
@@ -183,11 +186,14 @@ absl::StatusOr<LockedTurn> LockTurn(pqxx::work& tx, const std::string& tenant_id
   LockedTurn locked;
   locked.session_id = found[0][0].as<std::string>();
   locked.session = LockSession(tx, tenant_id, locked.session_id);
-  pqxx::result turn = Exec(
-      tx, "SELECT status, lease_owner, lease_epoch FROM turns WHERE id = $1 FOR UPDATE", turn_id);
+  pqxx::result turn = Exec(tx,
+                           "SELECT status, lease_owner, lease_epoch, committed_steps FROM turns "
+                           "WHERE id = $1 FOR UPDATE",
+                           turn_id);
   locked.status = turn[0][0].as<int>();
   locked.held_by_caller = !turn[0][1].is_null() && turn[0][1].as<std::string>() == owner &&
                           turn[0][2].as<int64_t>() == static_cast<int64_t>(lease_epoch);
+  locked.committed_steps = turn[0][3].as<int64_t>();
   return locked;
 }
 
@@ -397,11 +403,12 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
                  // The turn keeps the configuration it was enqueued with (read under the
                  // session lock): an UpdateSession from now on changes only later turns.
                  absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
-                              "user_message_id, agent_config) VALUES ($1, $2, $3, $4, $5, $6, "
-                              "(SELECT agent_config FROM sessions WHERE id = $3)) RETURNING ",
+                              "user_message_id, steered_position, agent_config) VALUES ($1, $2, "
+                              "$3, $4, $5, $6, $7, (SELECT agent_config FROM sessions WHERE id = "
+                              "$3)) RETURNING ",
                               kTurnColumns),
                  turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
-                 message.id());
+                 message.id(), session.message_count + 1);
         *out.mutable_turn() = TurnFromRow(turn[0]);
         Exec(tx,
              "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "
@@ -550,9 +557,7 @@ Status StoreServiceImpl::CommitTurnStep(ServerContext*, const pb::CommitTurnStep
           return LeaseLost(locked->session.lease_epoch);
         }
         pb::CommitTurnStepResponse out;
-        pqxx::result committed =
-            Exec(tx, "SELECT committed_steps FROM turns WHERE id = $1", request->turn_id());
-        if (committed[0][0].as<int64_t>() > static_cast<int64_t>(request->step())) return out;
+        if (locked->committed_steps > static_cast<int64_t>(request->step())) return out;
         int64_t position = locked->session.message_count;
         for (::parley::v1::Message& m : messages) {
           m.set_session_id(locked->session_id);

@@ -3,6 +3,7 @@
 // (libcurl to a loopback server). Also the SSE parser on its own and the providers file.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -57,7 +58,7 @@ class RecordingSink final : public StepSink {
 
   TurnControl control_;
   std::string text_, reasoning_;
-  int text_pieces_ = 0;
+  std::atomic<int> text_pieces_{0};  // Read by the test's stopper thread.
   int flushes_ = 0;
   std::vector<v1::ToolCall> calls_;
   std::map<std::string, std::string> metadata_;
