@@ -9,7 +9,29 @@
 namespace parley {
 namespace {
 
-// Appends and publishes events in order. KEYS: lease hash, stream, channel. ARGV: lease
+// KEYS: lease hash, stream, channel. ARGV: lease epoch, seq, transient (0/1),
+// serialized event, publish time ms.
+constexpr char kPublishScript[] = R"lua(
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then
+  return redis.error_reply('PARLEY_LEASE_LOST ' .. tostring(epoch or 0))
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0')
+local seq = tonumber(ARGV[2])
+local sub = 0
+if ARGV[3] == '0' then
+  if seq ~= last + 1 then return redis.error_reply('PARLEY_SEQ_MISMATCH ' .. last) end
+  redis.call('HSET', KEYS[1], 'last_seq', seq, 'sub', 0)
+else
+  if seq ~= last then return redis.error_reply('PARLEY_SEQ_MISMATCH ' .. last) end
+  sub = redis.call('HINCRBY', KEYS[1], 'sub', 1)
+end
+redis.call('XADD', KEYS[2], seq .. '-' .. sub, 'e', ARGV[4], 't', ARGV[5])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+return seq
+)lua";
+
+// The same for several events in order. KEYS: lease hash, stream, channel. ARGV: lease
 // epoch, publish time ms, then per event: seq, transient (0/1), serialized event. Every
 // seq is checked before anything is written, so a refused batch writes nothing.
 constexpr char kPublishBatchScript[] = R"lua(
@@ -113,7 +135,24 @@ absl::StatusOr<uint64_t> EventPublisher::AcquireLease(const std::string& session
 }
 
 absl::Status EventPublisher::Publish(const v1::Event& event, uint64_t lease_epoch) {
-  return PublishBatch({event}, lease_epoch);
+  const std::string& session = event.session_id();
+  const std::string now_ms = absl::StrCat(absl::ToUnixMillis(clock_.Now()));
+  absl::StatusOr<RedisReply> reply =
+      RunScript(publish_sha_, kPublishScript,
+                {keys_.Lease(session), keys_.EventStream(session), keys_.EventChannel(session),
+                 absl::StrCat(lease_epoch), absl::StrCat(event.seq()),
+                 event.transient() ? "1" : "0", event.SerializeAsString(), now_ms},
+                3, {"ZADD", keys_.PersistQueue(), "NX", now_ms, session});
+  if (!reply.ok()) return reply.status();
+  if (publish_sha_.empty()) {
+    auto sha = redis_.Command({"SCRIPT", "LOAD", kPublishScript});
+    if (sha.ok()) publish_sha_ = std::string((*sha)->str, (*sha)->len);
+  }
+  if (++since_trim_ >= options_.trim_every) {
+    since_trim_ = 0;
+    return Trim(session);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status EventPublisher::PublishBatch(const std::vector<v1::Event>& events,

@@ -1,6 +1,6 @@
 // EventPublisher: the only way events enter a session's stream.
 //
-// Events go to Redis in one Lua script per call (one event, or a batch) that, atomically:
+// Each event goes to Redis in one Lua script that, atomically:
 //   1. checks the writer's fencing epoch against the session's lease hash — a writer
 //      whose lease was taken over (a zombie) gets LEASE_LOST and writes nothing;
 //   2. checks the seq: a durable event must be last_seq + 1 (SEQ_MISMATCH otherwise);
@@ -78,6 +78,7 @@ class EventPublisher {
   const PublisherOptions options_;
   const RedisKeys keys_;
   Clock& clock_;
+  std::string publish_sha_;
   std::string publish_batch_sha_;
   std::string acquire_sha_;
   int64_t since_trim_ = 0;
