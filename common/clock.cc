@@ -20,6 +20,13 @@ void FakeClock::SleepFor(absl::Duration duration) {
   if (duration > absl::ZeroDuration()) now_ += duration;
 }
 
+bool FakeClock::AwaitWithTimeout(absl::Mutex& /*mu*/, const absl::Condition& condition,
+                                 absl::Duration timeout) {
+  if (condition.Eval()) return true;
+  SleepFor(timeout);
+  return condition.Eval();
+}
+
 void FakeClock::Advance(absl::Duration duration) {
   absl::MutexLock lock(&mu_);
   now_ += duration;

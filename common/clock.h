@@ -19,6 +19,12 @@ class Clock {
   virtual absl::Time Now() = 0;
   // Blocks the calling thread for `duration` of this clock's time.
   virtual void SleepFor(absl::Duration duration) = 0;
+  // With `mu` held, waits until `condition` holds or `timeout` of this clock's time has
+  // passed, releasing `mu` meanwhile (as absl::Mutex::AwaitWithTimeout). Returns whether
+  // the condition holds at the end: interruptible sleeps (a retry's backoff that a cancel
+  // must cut short) go through here.
+  virtual bool AwaitWithTimeout(absl::Mutex& mu, const absl::Condition& condition,
+                                absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
 };
 
 // Wall-clock time and real sleeps. Thread-safe; one process-wide instance.
@@ -27,6 +33,10 @@ class RealClock final : public Clock {
   static RealClock& Get();
   absl::Time Now() override { return absl::Now(); }
   void SleepFor(absl::Duration duration) override { absl::SleepFor(duration); }
+  bool AwaitWithTimeout(absl::Mutex& mu, const absl::Condition& condition,
+                        absl::Duration timeout) override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return mu.AwaitWithTimeout(condition, timeout);
+  }
 };
 
 // A clock that moves only when told. SleepFor() does not block: it advances the clock by
@@ -37,6 +47,10 @@ class FakeClock final : public Clock {
   explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1'700'000'000));
   absl::Time Now() override;
   void SleepFor(absl::Duration duration) override;
+  // Never blocks: when `condition` does not hold, the whole timeout is slept (recorded,
+  // and the clock advanced) and the condition is asked again.
+  bool AwaitWithTimeout(absl::Mutex& mu, const absl::Condition& condition,
+                        absl::Duration timeout) override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void Advance(absl::Duration duration);
 
   // Every SleepFor() request so far, in order.

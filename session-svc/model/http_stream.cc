@@ -81,6 +81,27 @@ void GlobalInit() {
 
 }  // namespace
 
+bool IsRetryableCurlError(int code) {
+  switch (static_cast<CURLcode>(code)) {
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_HTTP2:         // The HTTP/2 session failed (GOAWAY, framing, reset).
+    case CURLE_PARTIAL_FILE:  // The body ended before its announced length.
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_HTTP2_STREAM:  // RST_STREAM on this request's stream.
+    case CURLE_HTTP3:
+    case CURLE_QUIC_CONNECT_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
 HttpResult PostStream(const HttpPost& post, const std::function<bool(absl::string_view)>& on_body,
                       StopSignal& stop) {
   GlobalInit();
@@ -144,6 +165,7 @@ HttpResult PostStream(const HttpPost& post, const std::function<bool(absl::strin
         result.aborted = true;
       } else {
         result.transport_error = curl_easy_strerror(message->data.result);
+        result.transport_retryable = IsRetryableCurlError(message->data.result);
       }
     }
   }

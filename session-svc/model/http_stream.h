@@ -43,9 +43,18 @@ struct HttpResult {
   std::optional<absl::Duration> retry_after;
   // Set when the transfer failed below HTTP (reset, timeout, refused, truncated).
   std::optional<std::string> transport_error;
+  // Whether trying the same request again may succeed (see IsRetryableCurlError).
+  bool transport_retryable = true;
   // True when the turn's stop or the body callback ended the transfer.
   bool aborted = false;
 };
+
+// Whether a transfer that failed with libcurl's CURLcode `code` may succeed when sent
+// again: connection failures, resets, timeouts, truncated bodies and HTTP/2 stream or
+// session resets (a proxy restarting, a server shedding load) are; a malformed URL, an
+// unsupported protocol, a certificate that does not verify or a refused login are not,
+// and retrying them only delays the error the user must fix.
+bool IsRetryableCurlError(int code);
 
 // `on_body` gets the chunks of a 2xx body in order and returns false to abort.
 HttpResult PostStream(const HttpPost& post, const std::function<bool(absl::string_view)>& on_body,

@@ -176,7 +176,7 @@ void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
       sink);
   if (!http.aborted && !malformed && !outcome.error) {
     if (http.transport_error) {
-      outcome.error = TransportError(*http.transport_error);
+      outcome.error = TransportError(*http.transport_error, http.transport_retryable);
     } else if (http.status / 100 != 2) {
       outcome.error =
           HttpStatusError(http.status, ErrorBodyMessage(http.error_body), http.retry_after);

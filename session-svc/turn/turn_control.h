@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 
 namespace parley::session {
 
@@ -52,6 +53,9 @@ class StopSignal {
 
 class TurnControl final : public StopSignal {
  public:
+  // Waits (WaitFor) are measured by `clock`, which must outlive the control.
+  explicit TurnControl(Clock& clock = RealClock::Get()) : clock_(clock) {}
+
   // Asks the turn to stop. The first reason wins, except that a lost lease overrides
   // everything (nothing may be written after it). `detail` is the machine-readable
   // reason carried into the turn's error (e.g. "INTERRUPTED"). Thread-safe.
@@ -78,13 +82,13 @@ class TurnControl final : public StopSignal {
     return detail_;
   }
 
-  // Waits up to `duration` (real time); returns false at once when the turn is asked to
-  // stop, true when the whole duration passed.
+  // Waits up to `duration` of the clock's time; returns false at once when the turn is
+  // asked to stop, true when the whole duration passed.
   bool WaitFor(absl::Duration duration) override {
     absl::MutexLock lock(&mu_);
     auto stopped = [this]()
                        ABSL_SHARED_LOCKS_REQUIRED(mu_) { return reason_ != StopReason::kNone; };
-    return !mu_.AwaitWithTimeout(absl::Condition(&stopped), duration);
+    return !clock_.AwaitWithTimeout(mu_, absl::Condition(&stopped), duration);
   }
 
   std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
@@ -106,6 +110,7 @@ class TurnControl final : public StopSignal {
   std::atomic<bool> committed{false};
 
  private:
+  Clock& clock_;
   mutable absl::Mutex mu_;
   StopReason reason_ ABSL_GUARDED_BY(mu_) = StopReason::kNone;
   std::string detail_ ABSL_GUARDED_BY(mu_);

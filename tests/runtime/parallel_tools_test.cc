@@ -14,6 +14,7 @@
 #include "parley/store/v1/store.grpc.pb.h"
 #include "session-svc/agent/agent_runner.h"
 #include "session-svc/model/scripted.h"
+#include "tests/runtime/recording_output.h"
 
 namespace parley::session {
 namespace {
@@ -49,33 +50,6 @@ class OverlapSandbox final : public sv1::SandboxManager::Service {
   const int expected_;
   absl::Mutex mu_;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-// Records the turn's events; commits nothing.
-class RecordingOutput final : public TurnOutput {
- public:
-  absl::Status Emit(v1::Event event) override {
-    events.push_back(std::move(event));
-    return absl::OkStatus();
-  }
-  absl::Status Flush() override { return absl::OkStatus(); }
-  absl::Status EndStep(v1::StepCompleted done) override {
-    v1::Event event;
-    *event.mutable_step_completed() = std::move(done);
-    events.push_back(std::move(event));
-    return absl::OkStatus();
-  }
-  absl::StatusOr<std::vector<v1::Message>> TakeSteering() override {
-    return std::vector<v1::Message>();
-  }
-  bool stopping() const override { return control.stopping(); }
-  bool WaitFor(absl::Duration duration) override { return control.WaitFor(duration); }
-  std::unique_ptr<StopHook> OnStop(std::function<void()> hook) override {
-    return control.OnStop(std::move(hook));
-  }
-
-  TurnControl control;
-  std::vector<v1::Event> events;
 };
 
 TEST(ParallelTools, ReadOnlyCallsOfOneStepRunTogether) {

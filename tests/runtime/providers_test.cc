@@ -1,6 +1,7 @@
 // The model providers against fake servers that speak the real wire formats: OpenAI
 // chat-completions chunks and Anthropic Messages events over SSE, through real HTTP
 // (libcurl to a loopback server). Also the SSE parser on its own and the providers file.
+#include <curl/curl.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "session-svc/model/anthropic.h"
+#include "session-svc/model/http_stream.h"
 #include "session-svc/model/openai.h"
 #include "session-svc/model/provider_config.h"
 #include "session-svc/model/sse.h"
@@ -336,6 +338,29 @@ TEST_F(Providers, OpenAiMalformedTruncatedAndResetStreamsAreClearErrors) {
     ASSERT_TRUE(outcome.error);
     EXPECT_TRUE(outcome.error->retryable);
   }
+}
+
+// What a retry may cure is retried, what it cannot is not: an HTTP/2 stream reset (a
+// proxy restarting, a server shedding load) is transient; a URL curl cannot parse is not.
+TEST(HttpStream, HttpTwoResetsAreRetryableAndConfigurationErrorsAreNot) {
+  EXPECT_TRUE(IsRetryableCurlError(CURLE_HTTP2_STREAM));
+  EXPECT_TRUE(IsRetryableCurlError(CURLE_HTTP2));
+  EXPECT_TRUE(IsRetryableCurlError(CURLE_RECV_ERROR));
+  EXPECT_TRUE(IsRetryableCurlError(CURLE_OPERATION_TIMEDOUT));
+  EXPECT_FALSE(IsRetryableCurlError(CURLE_URL_MALFORMAT));
+  EXPECT_FALSE(IsRetryableCurlError(CURLE_UNSUPPORTED_PROTOCOL));
+  EXPECT_FALSE(IsRetryableCurlError(CURLE_PEER_FAILED_VERIFICATION));
+
+  ProviderConfig config;
+  config.name = "misconfigured";
+  config.kind = "openai";
+  config.base_url = "unknown-scheme://127.0.0.1:1/v1";
+  config.default_model = "m";
+  OpenAiProvider provider(config);
+  RecordingSink sink;
+  StepOutcome outcome = provider.Stream(Hello(), sink);
+  ASSERT_TRUE(outcome.error);
+  EXPECT_FALSE(outcome.error->retryable) << outcome.error->message;
 }
 
 // A model that stalls mid-stream: a stop request ends the request at once (the client
