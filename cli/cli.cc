@@ -52,6 +52,7 @@ Connection::Connection(const Options& options)
       channel_(grpc::CreateChannel(options.addr, grpc::InsecureChannelCredentials())),
       sessions_(v1::SessionService::NewStub(channel_)),
       keys_(v1::ApiKeyService::NewStub(channel_)),
+      sandboxes_(v1::SandboxService::NewStub(channel_)),
       admin_(admin::v1::AdminService::NewStub(channel_)) {}
 
 std::unique_ptr<grpc::ClientContext> Connection::Context(bool stream) const {

@@ -68,6 +68,7 @@ class Connection {
 
   v1::SessionService::Stub& sessions() { return *sessions_; }
   v1::ApiKeyService::Stub& keys() { return *keys_; }
+  v1::SandboxService::Stub& sandboxes() { return *sandboxes_; }
   admin::v1::AdminService::Stub& admin() { return *admin_; }
   const Options& options() const { return options_; }
 
@@ -76,6 +77,7 @@ class Connection {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> sessions_;
   std::unique_ptr<v1::ApiKeyService::Stub> keys_;
+  std::unique_ptr<v1::SandboxService::Stub> sandboxes_;
   std::unique_ptr<admin::v1::AdminService::Stub> admin_;
 };
 

@@ -18,6 +18,11 @@ int TurnsCommand(const Invocation& call);
 int MessagesCommand(const Invocation& call);
 // keys create|list|revoke (the caller's tenant)
 int KeysCommand(const Invocation& call);
+// exec SESSION [--cwd D] [--process_timeout T] -- CMD [ARG...]
+// (exits with the command's own status)
+int ExecCommand(const Invocation& call);
+// files put SESSION LOCAL REMOTE | get SESSION REMOTE [LOCAL] | ls SESSION [PATH]
+int FilesCommand(const Invocation& call);
 // admin tenants create|list|get|disable|enable; admin keys create|list|revoke --tenant T
 int AdminCommand(const Invocation& call);
 

@@ -21,6 +21,8 @@ constexpr char kUsage[] =
     "  watch SESSION [--after N|--from_latest] stream a session's events, resuming by itself\n"
     "  turns list|get|cancel SESSION [TURN]    a session's turns\n"
     "  messages SESSION                        a session's stored messages\n"
+    "  exec SESSION -- CMD [ARG...]            run a command in the session's sandbox\n"
+    "  files put|get|ls SESSION ...            files in the session's sandbox\n"
     "  keys create|list|revoke                 your tenant's API keys\n"
     "  admin tenants create|list|get|disable|enable\n"
     "  admin keys create|list|revoke --tenant T   (operator key)\n"
@@ -89,6 +91,8 @@ int main(int argc, char** argv) {
   if (command == "turns") return parley::cli::TurnsCommand(call);
   if (command == "messages") return parley::cli::MessagesCommand(call);
   if (command == "keys") return parley::cli::KeysCommand(call);
+  if (command == "exec") return parley::cli::ExecCommand(call);
+  if (command == "files") return parley::cli::FilesCommand(call);
   if (command == "admin") return parley::cli::AdminCommand(call);
   if (command == "version") {
     std::cout << "parley " << PARLEY_VERSION << "\n";

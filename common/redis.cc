@@ -192,5 +192,9 @@ std::string RedisKeys::TenantRate(absl::string_view tenant_id) const {
 std::string RedisKeys::KeyRate(absl::string_view tenant_id, absl::string_view key_id) const {
   return absl::StrCat(prefix_, "{t:", tenant_id, "}:rate:", key_id);
 }
+std::string RedisKeys::Idempotency(absl::string_view tenant_id, absl::string_view method,
+                                   absl::string_view key_digest) const {
+  return absl::StrCat(prefix_, "{t:", tenant_id, "}:idem:", method, ":", key_digest);
+}
 
 }  // namespace parley

@@ -115,6 +115,10 @@ class RedisKeys {
   // and of one of its keys; both on the tenant's Cluster slot, so one script sees both.
   std::string TenantRate(absl::string_view tenant_id) const;
   std::string KeyRate(absl::string_view tenant_id, absl::string_view key_id) const;
+  // The outcome of a call made with an idempotency key (gateway): per tenant, method
+  // and the key's digest (hex).
+  std::string Idempotency(absl::string_view tenant_id, absl::string_view method,
+                          absl::string_view key_digest) const;
 
   const std::string& prefix() const { return prefix_; }
 

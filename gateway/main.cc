@@ -6,6 +6,7 @@
 #include "common/server/service_host.h"
 #include "gateway/api/admin_api.h"
 #include "gateway/api/api_key_api.h"
+#include "gateway/api/sandbox_api.h"
 #include "gateway/api/session_api.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/auth/rate_limiter.h"
@@ -18,6 +19,7 @@ namespace {
 
 struct GatewayConfig {
   std::string session_addr = "127.0.0.1:7071";
+  std::string sandbox_addr = "127.0.0.1:7072";
   std::string store_addr = "127.0.0.1:7073";
   std::string redis_url = "redis://127.0.0.1:56379";
   std::string bootstrap_api_key;
@@ -26,7 +28,7 @@ struct GatewayConfig {
   std::string redis_key_prefix;
   int64_t stream_buffer = 1024;
   int64_t max_streams_per_tenant = 10'000;
-  absl::Duration keepalive = absl::Seconds(15);
+  absl::Duration keepalive = absl::Seconds(5);
   absl::Duration key_cache_ttl = absl::Seconds(2);
   int64_t tenant_rate_limit = 500;
   int64_t tenant_rate_burst = 1000;
@@ -86,6 +88,8 @@ int main(int argc, char** argv) {
                       "The public Parley API: authentication, tenancy, rate limits, fan-out.");
   parley::AddServerFlags(flags, &server);
   flags.HostPort("session_addr", &config.session_addr, "session-svc address (any replica)");
+  flags.HostPort("sandbox_addr", &config.sandbox_addr,
+                 "sandbox-svc address (any replica): SandboxService calls go there");
   flags.HostPort("store_addr", &config.store_addr, "store-svc address");
   flags.String("redis_url", &config.redis_url, "Redis for session event fan-out",
                parley::ValidateRedisUrl);
@@ -146,12 +150,21 @@ int main(int argc, char** argv) {
   hub_options.max_streams_per_tenant = static_cast<int>(config.max_streams_per_tenant);
   parley::gateway::Hub hub(hub_options, history, host.registry());
   hub.Start();
+  // On SIGTERM every open stream ends UNAVAILABLE with its resume cursor at once, rather
+  // than being cut without one when the drain timeout runs out.
+  host.OnDrain([&hub] { hub.Drain(); });
+  parley::gateway::IdempotencyStore idempotency(
+      {.redis = redis, .keys = parley::RedisKeys(config.redis_key_prefix)});
   parley::gateway::SessionApi sessions(limited, host.grpc_telemetry(),
                                        host.grpc_telemetry().CreateChannel(config.session_addr),
-                                       store, config.downstream_timeout, hub);
-  parley::gateway::ApiKeyApi api_keys(limited, store, config.downstream_timeout);
-  parley::gateway::AdminApi admin(limited, store, config.downstream_timeout);
-  parley::v1::SandboxService::CallbackService sandboxes;
+                                       store, config.downstream_timeout, hub, &idempotency);
+  parley::gateway::ApiKeyApi api_keys(limited, store, config.downstream_timeout, &idempotency);
+  parley::gateway::AdminApi admin(limited, store, config.downstream_timeout, &idempotency);
+  parley::gateway::SandboxApi sandboxes(
+      limited, {.store = store,
+                .sandbox = parley::sandbox::v1::SandboxManager::NewStub(
+                    host.grpc_telemetry().CreateChannel(config.sandbox_addr)),
+                .unary_timeout = config.downstream_timeout});
   host.AddService(&sessions);
   host.AddService(&sandboxes);
   host.AddService(&api_keys);

@@ -30,6 +30,12 @@ void AddServerFlags(Flags& flags, ServerOptions* options) {
                  "on SIGTERM, how long in-flight calls may run before they are cancelled");
   flags.Duration("dependency_probe_interval", &options->dependency_probe_interval,
                  "how often health checks the service's hard dependencies");
+  flags.Int("max_message_bytes", &options->max_message_bytes,
+            "largest gRPC message this service accepts", 64 << 10, 64 << 20);
+  flags.Duration("keepalive_time", &options->keepalive_time,
+                 "ping a connection after this long without traffic (HTTP/2 keepalive)");
+  flags.Duration("keepalive_timeout", &options->keepalive_timeout,
+                 "drop a connection whose keepalive ping is not answered within this");
 }
 
 ServiceHost::ServiceHost(std::string service_name, ServerOptions options)
@@ -57,6 +63,8 @@ ServiceHost::~ServiceHost() {
 }
 
 void ServiceHost::AddService(grpc::Service* service) { services_.push_back(service); }
+
+void ServiceHost::OnDrain(std::function<void()> hook) { drain_hooks_.push_back(std::move(hook)); }
 
 void ServiceHost::AddDependency(std::string name, std::function<absl::Status()> probe) {
   telemetry::Gauge& up =
@@ -112,6 +120,18 @@ absl::Status ServiceHost::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.grpc_addr, grpc::InsecureServerCredentials(), &grpc_port_);
   for (grpc::Service* service : services_) builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive_time)));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive_timeout)));
+  // Accept clients' own keepalive pings down to every 5 s, with or without calls open;
+  // gRPC's default would answer a client pinging more often than every 5 minutes with
+  // GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.experimental().SetInterceptorCreators(grpc_telemetry_->ServerInterceptors());
   server_ = builder.BuildAndStart();
   if (!server_ || grpc_port_ == 0) {
@@ -149,6 +169,7 @@ void ServiceHost::Shutdown() {
   if (!stop_probing_.HasBeenNotified()) stop_probing_.Notify();
   if (probe_thread_.joinable()) probe_thread_.join();
   PublishServingStatus(false);
+  for (const std::function<void()>& hook : drain_hooks_) hook();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.drain_timeout));
   server_->Wait();
   server_.reset();

@@ -55,11 +55,20 @@ struct ServerOptions {
   std::string log_level = "info";
   absl::Duration drain_timeout = absl::Seconds(10);
   absl::Duration dependency_probe_interval = absl::Seconds(1);
+  // Largest gRPC message accepted (the biggest legitimate ones are 1 MiB file chunks
+  // and 1 MiB messages, with their framing).
+  int64_t max_message_bytes = 4 << 20;
+  // HTTP/2 PING on a connection idle this long, dropped when unanswered for
+  // keepalive_timeout: finds clients that vanished without a FIN (and keeps NAT and
+  // load-balancer connection tables warm). Clients may ping as often as every 5 s,
+  // even with no call open, without being told "too many pings".
+  absl::Duration keepalive_time = absl::Seconds(20);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
 };
 
-// Declares --grpc_addr, --admin_addr, --log_level, --drain_timeout and
-// --dependency_probe_interval; the current
-// values of `options` are the defaults.
+// Declares --grpc_addr, --admin_addr, --log_level, --drain_timeout,
+// --dependency_probe_interval, --max_message_bytes, --keepalive_time and
+// --keepalive_timeout; the current values of `options` are the defaults.
 void AddServerFlags(Flags& flags, ServerOptions* options);
 
 class ServiceHost {
@@ -82,6 +91,11 @@ class ServiceHost {
   // runs on the probe thread (once in Start(), then every dependency_probe_interval)
   // and must return within about a second. Call before Start().
   void AddDependency(std::string name, std::function<absl::Status()> probe);
+
+  // Runs `hook` when shutdown begins, once health reports NOT_SERVING and before the
+  // server stops taking calls: for services that hold long streams, to end them with a
+  // status that tells each client where to resume elsewhere. Call before Start().
+  void OnDrain(std::function<void()> hook);
 
   // Binds both ports and starts serving; logs one "serving" line with the ports.
   absl::Status Start();
@@ -119,6 +133,7 @@ class ServiceHost {
   std::unique_ptr<telemetry::AdminServer> admin_;
   int grpc_port_ = 0;
   std::vector<Dependency> dependencies_;  // Only the probe thread touches it after Start().
+  std::vector<std::function<void()>> drain_hooks_;
   absl::Mutex status_mu_;
   bool draining_ ABSL_GUARDED_BY(status_mu_) = false;
   absl::Notification stop_probing_;

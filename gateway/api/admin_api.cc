@@ -45,10 +45,11 @@ admin_pb::Tenant PublicTenant(store_pb::Tenant& stored) {
 
 AdminApi::AdminApi(Authenticator& authenticator,
                    std::shared_ptr<store::v1::StoreService::StubInterface> store,
-                   absl::Duration downstream_timeout)
+                   absl::Duration downstream_timeout, IdempotencyStore* idempotency)
     : authenticator_(authenticator),
       store_(std::move(store)),
-      downstream_timeout_(downstream_timeout) {}
+      downstream_timeout_(downstream_timeout),
+      idempotency_(idempotency) {}
 
 grpc::ServerUnaryReactor* AdminApi::CreateTenant(grpc::CallbackServerContext* context,
                                                  const admin_pb::CreateTenantRequest* request,
@@ -57,6 +58,8 @@ grpc::ServerUnaryReactor* AdminApi::CreateTenant(grpc::CallbackServerContext* co
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeAdmin,
+       .idempotency = idempotency_,
+       .method = "admin.CreateTenant",
        .build =
            [request](const Principal&, store_pb::CreateTenantRequest* out) {
              std::string id = request->tenant_id().empty() ? NewId("ten") : request->tenant_id();
@@ -157,6 +160,8 @@ grpc::ServerUnaryReactor* AdminApi::SetDisabled(grpc::CallbackServerContext* con
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeAdmin,
+       .idempotency = idempotency_,
+       .method = disabled ? "admin.DisableTenant" : "admin.EnableTenant",
        .build =
            [tenant_id, disabled](const Principal&, store_pb::SetTenantDisabledRequest* out) {
              if (absl::Status valid = CheckTenantId(tenant_id, "tenant_id"); !valid.ok()) {
@@ -184,6 +189,8 @@ grpc::ServerUnaryReactor* AdminApi::CreateApiKey(grpc::CallbackServerContext* co
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeAdmin,
+       .idempotency = idempotency_,
+       .method = "admin.CreateApiKey",
        .build =
            [request](const Principal&, store_pb::CreateApiKeyRequest* out) {
              if (absl::Status valid = CheckTenantId(request->tenant_id(), "tenant_id");
@@ -244,6 +251,8 @@ grpc::ServerUnaryReactor* AdminApi::RevokeApiKey(grpc::CallbackServerContext* co
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeAdmin,
+       .idempotency = idempotency_,
+       .method = "admin.RevokeApiKey",
        .build =
            [request](const Principal&, store_pb::RevokeApiKeyRequest* out) {
              if (absl::Status valid = CheckTenantId(request->tenant_id(), "tenant_id");

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "gateway/api/idempotency.h"
 #include "gateway/auth/authenticator.h"
 #include "parley/admin/v1/admin.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
@@ -20,10 +21,10 @@ namespace parley::gateway {
 
 class AdminApi final : public admin::v1::AdminService::CallbackService {
  public:
-  // `authenticator` must outlive this object.
+  // `authenticator` and `idempotency` must outlive this object.
   AdminApi(Authenticator& authenticator,
            std::shared_ptr<store::v1::StoreService::StubInterface> store,
-           absl::Duration downstream_timeout);
+           absl::Duration downstream_timeout, IdempotencyStore* idempotency);
 
   grpc::ServerUnaryReactor* CreateTenant(grpc::CallbackServerContext* context,
                                          const admin::v1::CreateTenantRequest* request,
@@ -59,6 +60,7 @@ class AdminApi final : public admin::v1::AdminService::CallbackService {
   Authenticator& authenticator_;
   std::shared_ptr<store::v1::StoreService::StubInterface> store_;
   absl::Duration downstream_timeout_;
+  IdempotencyStore* idempotency_;
 };
 
 }  // namespace parley::gateway

@@ -30,10 +30,11 @@ absl::Status CheckScopesToGive(const Principal& who,
 
 ApiKeyApi::ApiKeyApi(Authenticator& authenticator,
                      std::shared_ptr<store::v1::StoreService::StubInterface> store,
-                     absl::Duration downstream_timeout)
+                     absl::Duration downstream_timeout, IdempotencyStore* idempotency)
     : authenticator_(authenticator),
       store_(std::move(store)),
-      downstream_timeout_(downstream_timeout) {}
+      downstream_timeout_(downstream_timeout),
+      idempotency_(idempotency) {}
 
 grpc::ServerUnaryReactor* ApiKeyApi::CreateApiKey(grpc::CallbackServerContext* context,
                                                   const v1::CreateApiKeyRequest* request,
@@ -42,6 +43,8 @@ grpc::ServerUnaryReactor* ApiKeyApi::CreateApiKey(grpc::CallbackServerContext* c
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeApiKeysAdmin,
+       .idempotency = idempotency_,
+       .method = "CreateApiKey",
        .build =
            [request](const Principal& who, store_pb::CreateApiKeyRequest* out) {
              // Names and scope spellings are checked by store-svc before it writes.
@@ -95,6 +98,8 @@ grpc::ServerUnaryReactor* ApiKeyApi::RevokeApiKey(grpc::CallbackServerContext* c
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeApiKeysAdmin,
+       .idempotency = idempotency_,
+       .method = "RevokeApiKey",
        .build =
            [request](const Principal& who, store_pb::RevokeApiKeyRequest* out) {
              if (request->api_key_id().empty()) {

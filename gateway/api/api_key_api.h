@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "gateway/api/idempotency.h"
 #include "gateway/auth/authenticator.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
@@ -19,10 +20,10 @@ namespace parley::gateway {
 
 class ApiKeyApi final : public v1::ApiKeyService::CallbackService {
  public:
-  // `authenticator` must outlive this object.
+  // `authenticator` and `idempotency` must outlive this object.
   ApiKeyApi(Authenticator& authenticator,
             std::shared_ptr<store::v1::StoreService::StubInterface> store,
-            absl::Duration downstream_timeout);
+            absl::Duration downstream_timeout, IdempotencyStore* idempotency);
 
   grpc::ServerUnaryReactor* CreateApiKey(grpc::CallbackServerContext* context,
                                          const v1::CreateApiKeyRequest* request,
@@ -38,6 +39,7 @@ class ApiKeyApi final : public v1::ApiKeyService::CallbackService {
   Authenticator& authenticator_;
   std::shared_ptr<store::v1::StoreService::StubInterface> store_;
   absl::Duration downstream_timeout_;
+  IdempotencyStore* idempotency_;
 };
 
 }  // namespace parley::gateway

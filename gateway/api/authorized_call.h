@@ -6,9 +6,10 @@
 // the lifetime of the call, continues the trace and the deadline downstream
 // (PrepareDownstream), cancels the downstream call when the client goes away, and
 // finishes with whatever status came back — structured details included, since a
-// failed status is passed through untouched. Nothing blocks: the key lookup and the
-// downstream call are asynchronous and each step runs on the thread that completed the
-// one before.
+// failed status is passed through untouched. A call that changes something names its
+// IdempotencyStore, which makes an `idempotency-key` header replay the first outcome. Nothing
+// blocks: the key lookup and the downstream call are asynchronous and each step runs on the thread
+// that completed the one before.
 //
 //   return AuthorizedCall<store::v1::GetTurnRequest, store::v1::GetTurnResponse>::Start(
 //       context, authenticator, timeout,
@@ -23,11 +24,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <functional>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/status.h"
+#include "gateway/api/idempotency.h"
 #include "gateway/auth/authenticator.h"
 #include "telemetry/grpc_telemetry.h"
 
@@ -39,6 +43,11 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
   struct Steps {
     // The scope the rpc needs (parley.proto names it).
     const char* scope = nullptr;
+    // For calls that change something: with an `idempotency-key` header the first
+    // outcome is kept and a retry gets it again (gateway/api/idempotency.h), filed under
+    // `method`. Null: the header is ignored.
+    IdempotencyStore* idempotency = nullptr;
+    const char* method = nullptr;
     // Fills the downstream request for the caller (its tenant, the public request). An
     // error ends the call with it, before anything is sent.
     std::function<absl::Status(const Principal&, Request*)> build;
@@ -62,7 +71,7 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
  private:
   AuthorizedCall(grpc::CallbackServerContext* context, Authenticator& authenticator,
                  absl::Duration max_timeout, Steps steps)
-      : steps_(std::move(steps)) {
+      : context_(context), steps_(std::move(steps)) {
     telemetry::PrepareDownstream(*context, client_context_, max_timeout);
     // The callback may run before this constructor returns; Finish() is safe then.
     authenticator.Authenticate(*context, [this](absl::StatusOr<Principal> who) {
@@ -75,13 +84,44 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
     absl::Status allowed = who.Require(steps_.scope);
     if (allowed.ok()) allowed = steps_.build(who, &request_);
     if (!allowed.ok()) return Finish(ToGrpcStatus(allowed));
+    if (steps_.idempotency != nullptr) {
+      absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context_);
+      if (!key.ok()) return Finish(ToGrpcStatus(key.status()));
+      if (key->has_value()) {
+        return steps_.idempotency->Begin(who.tenant_id, steps_.method, **key, request_,
+                                         [this](absl::StatusOr<IdempotencyStore::Started> started) {
+                                           OnClaimed(std::move(started));
+                                         });
+      }
+    }
+    CallDownstream();
+  }
+
+  void OnClaimed(absl::StatusOr<IdempotencyStore::Started> started) {
+    if (!started.ok()) return Finish(ToGrpcStatus(started.status()));
+    if (!started->claim) {  // An earlier call with this key ended: its outcome again.
+      context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
+      if (!started->replay_status.ok()) return Finish(started->replay_status);
+      if (!response_.ParseFromString(started->replay_response)) {
+        return Finish(grpc::Status(grpc::StatusCode::INTERNAL, "unreadable recorded response"));
+      }
+      return Finish(ToGrpcStatus(steps_.reply(response_)));
+    }
+    claim_ = std::move(started->claim);
+    CallDownstream();
+  }
+
+  void CallDownstream() {
     steps_.call(&client_context_, &request_, &response_, [this](grpc::Status status) {
+      if (claim_) steps_.idempotency->Complete(*std::move(claim_), status, &response_);
       if (!status.ok()) return Finish(status);
       Finish(ToGrpcStatus(steps_.reply(response_)));
     });
   }
 
+  grpc::CallbackServerContext* const context_;
   Steps steps_;
+  std::optional<IdempotencyStore::Claim> claim_;
   Request request_;
   Response response_;
   grpc::ClientContext client_context_;

@@ -38,13 +38,14 @@ auto AsIs(Response* response) {
 SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
                        std::shared_ptr<grpc::Channel> session_channel,
                        std::shared_ptr<store::v1::StoreService::StubInterface> store,
-                       absl::Duration downstream_timeout, Hub& hub)
+                       absl::Duration downstream_timeout, Hub& hub, IdempotencyStore* idempotency)
     : authenticator_(authenticator),
       telemetry_(telemetry),
       router_(router::v1::SessionRouter::NewStub(std::move(session_channel))),
       store_(std::move(store)),
       downstream_timeout_(downstream_timeout),
-      hub_(hub) {
+      hub_(hub),
+      idempotency_(idempotency) {
   telemetry_.InstrumentInHandler(kStreamEventsMethod);
   telemetry_.InstrumentInHandler(kSendMessageAndStreamMethod);
 }
@@ -56,6 +57,8 @@ grpc::ServerUnaryReactor* SessionApi::CreateSession(grpc::CallbackServerContext*
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsWrite,
+       .idempotency = idempotency_,
+       .method = "CreateSession",
        .build = WithTenant<store_pb::CreateSessionRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->CreateSession(c, req, resp, std::move(done)); },
@@ -115,6 +118,8 @@ grpc::ServerUnaryReactor* SessionApi::UpdateSession(grpc::CallbackServerContext*
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsWrite,
+       .idempotency = idempotency_,
+       .method = "UpdateSession",
        .build = WithTenant<store_pb::UpdateSessionRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { store_->async()->UpdateSession(c, req, resp, std::move(done)); },
@@ -133,6 +138,8 @@ grpc::ServerUnaryReactor* SessionApi::CloseSession(grpc::CallbackServerContext* 
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsWrite,
+       .idempotency = idempotency_,
+       .method = "CloseSession",
        .build = WithTenant<router_pb::CloseSessionRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { router_->async()->CloseSession(c, req, resp, std::move(done)); },
@@ -143,14 +150,26 @@ grpc::ServerUnaryReactor* SessionApi::SendMessage(grpc::CallbackServerContext* c
                                                   const v1::SendMessageRequest* request,
                                                   v1::SendMessageResponse* response) {
   using Call = AuthorizedCall<router_pb::SubmitMessageRequest, v1::SendMessageResponse>;
-  return Call::Start(context, authenticator_, downstream_timeout_,
-                     {.scope = kScopeSessionsWrite,
-                      .build = WithTenant<router_pb::SubmitMessageRequest>(request),
-                      .call =
-                          [this](auto* c, auto* req, auto* resp, auto done) {
-                            router_->async()->SubmitMessage(c, req, resp, std::move(done));
-                          },
-                      .reply = AsIs(response)});
+  return Call::Start(
+      context, authenticator_, downstream_timeout_,
+      {.scope = kScopeSessionsWrite,
+       // Its idempotency is the store's own, durable: the header is the
+       // request's idempotency_key when that is empty.
+       .build =
+           [context, request](const Principal& who, router_pb::SubmitMessageRequest* out) {
+             out->set_tenant_id(who.tenant_id);
+             *out->mutable_request() = *request;
+             absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context);
+             if (!key.ok()) return key.status();
+             if (key->has_value() && request->idempotency_key().empty()) {
+               out->mutable_request()->set_idempotency_key(**key);
+             }
+             return absl::OkStatus();
+           },
+       .call = [this](
+                   auto* c, auto* req, auto* resp,
+                   auto done) { router_->async()->SubmitMessage(c, req, resp, std::move(done)); },
+       .reply = AsIs(response)});
 }
 
 grpc::ServerUnaryReactor* SessionApi::ListMessages(grpc::CallbackServerContext* context,
@@ -241,6 +260,8 @@ grpc::ServerUnaryReactor* SessionApi::CancelTurn(grpc::CallbackServerContext* co
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsWrite,
+       .idempotency = idempotency_,
+       .method = "CancelTurn",
        .build = WithTenant<router_pb::CancelTurnRequest>(request),
        .call = [this](auto* c, auto* req, auto* resp,
                       auto done) { router_->async()->CancelTurn(c, req, resp, std::move(done)); },

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "gateway/api/idempotency.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/hub.h"
 #include "parley/router/v1/router.grpc.pb.h"
@@ -27,13 +28,13 @@ inline constexpr char kSendMessageAndStreamMethod[] =
 
 class SessionApi final : public v1::SessionService::CallbackService {
  public:
-  // `authenticator`, `telemetry` and `hub` must outlive this object; construct it before
-  // the server is built (StreamEvents calls are recorded by their handler, not by an
+  // `authenticator`, `telemetry`, `hub` and `idempotency` must outlive this object; construct it
+  // before the server is built (StreamEvents calls are recorded by their handler, not by an
   // interceptor: see GrpcTelemetry::InstrumentInHandler).
   SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
              std::shared_ptr<grpc::Channel> session_channel,
              std::shared_ptr<store::v1::StoreService::StubInterface> store,
-             absl::Duration downstream_timeout, Hub& hub);
+             absl::Duration downstream_timeout, Hub& hub, IdempotencyStore* idempotency);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,
@@ -79,6 +80,7 @@ class SessionApi final : public v1::SessionService::CallbackService {
   std::shared_ptr<store::v1::StoreService::StubInterface> store_;
   absl::Duration downstream_timeout_;
   Hub& hub_;
+  IdempotencyStore* idempotency_;
 };
 
 }  // namespace parley::gateway

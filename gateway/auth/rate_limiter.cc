@@ -1,6 +1,7 @@
 #include "gateway/auth/rate_limiter.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -52,31 +53,25 @@ RateLimiter::RateLimiter(RateLimiterOptions options, telemetry::Registry& regist
                      .AddCounter("parley_gateway_rate_limit_unchecked_total",
                                  "Requests admitted without a check because Redis was "
                                  "unreachable.")
-                     .WithLabels({})) {
-  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Work(); });
-}
-
-RateLimiter::~RateLimiter() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  for (std::thread& worker : workers_) worker.join();
-}
+                     .WithLabels({})),
+      pool_({.redis = options_.redis, .workers = options_.workers, .max_queued = kMaxQueued}) {}
 
 void RateLimiter::Admit(Principal who, AuthenticateDone done) {
   if (who.Has(kScopeAdmin)) return done(std::move(who));  // The operator.
+  bool reachable;
   {
     absl::MutexLock lock(&mu_);
-    // Checks are cheap while Redis answers; when it does not, requests are admitted
-    // unchecked rather than queued behind timeouts.
-    if (absl::Now() >= unreachable_until_ && queue_.size() < kMaxQueued) {
-      queue_.push_back({std::move(who), std::move(done)});
-      return;
-    }
+    reachable = absl::Now() >= unreachable_until_;
+  }
+  // Checks are cheap while Redis answers; when it does not, requests are admitted
+  // unchecked rather than queued behind timeouts.
+  auto request = std::make_shared<Request>(Request{std::move(who), std::move(done)});
+  if (reachable &&
+      pool_.Submit([this, request](RedisConnection* redis) { Answer(redis, *request); })) {
+    return;
   }
   unchecked_.Increment();
-  done(std::move(who));
+  request->done(std::move(request->who));
 }
 
 void RateLimiter::MarkUnreachable() {
@@ -84,39 +79,19 @@ void RateLimiter::MarkUnreachable() {
   unreachable_until_ = absl::Now() + kUnreachableBackoff;
 }
 
-void RateLimiter::Work() {
-  std::unique_ptr<RedisConnection> redis;
-  for (;;) {
-    Request request;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](RateLimiter* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-            return self->stopping_ || !self->queue_.empty();
-          },
-          this));
-      if (queue_.empty()) return;  // Stopping, and nothing left to answer.
-      request = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    if (redis == nullptr || redis->broken()) {
-      absl::StatusOr<std::unique_ptr<RedisConnection>> connected =
-          RedisConnection::Connect(options_.redis, absl::Milliseconds(500));
-      redis = connected.ok() ? *std::move(connected) : nullptr;
-    }
-    absl::Status verdict = absl::OkStatus();
-    if (redis == nullptr) {
-      unchecked_.Increment();
-      MarkUnreachable();
-    } else {
-      verdict = Check(*redis, request.who);
-      if (redis->broken()) MarkUnreachable();
-    }
-    if (!verdict.ok()) {
-      request.done(std::move(verdict));
-    } else {
-      request.done(std::move(request.who));
-    }
+void RateLimiter::Answer(RedisConnection* redis, Request& request) {
+  absl::Status verdict = absl::OkStatus();
+  if (redis == nullptr) {
+    unchecked_.Increment();
+    MarkUnreachable();
+  } else {
+    verdict = Check(*redis, request.who);
+    if (redis->broken()) MarkUnreachable();
+  }
+  if (!verdict.ok()) {
+    request.done(std::move(verdict));
+  } else {
+    request.done(std::move(request.who));
   }
 }
 

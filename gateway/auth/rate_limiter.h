@@ -15,16 +15,13 @@
 // for a check: losing the limiter must not take the API down with it. Operator keys
 // (scope "admin") are not limited.
 //
-// Threading: Admit() only queues; a few worker threads, each with its own blocking
-// Redis connection, run the script and call `done` on the worker thread.
+// Threading: Admit() only queues; a RedisWorkerPool (a few threads, each with its own
+// blocking Redis connection) runs the script and calls `done` on its thread.
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <thread>
-#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -32,6 +29,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/redis.h"
+#include "common/redis_worker_pool.h"
 #include "gateway/auth/authenticator.h"
 #include "telemetry/metrics.h"
 
@@ -55,7 +53,7 @@ struct RateLimiterOptions {
 class RateLimiter {
  public:
   RateLimiter(RateLimiterOptions options, telemetry::Registry& registry);
-  ~RateLimiter();  // Runs what is queued, then joins the workers.
+  // Answers what is queued, then joins the workers.
 
   // Hands `who` back when admitted, else RESOURCE_EXHAUSTED (RATE_LIMITED with the
   // retry delay). Thread-safe.
@@ -71,7 +69,8 @@ class RateLimiter {
   // After Redis failed to answer, how long requests are admitted without asking it.
   static constexpr absl::Duration kUnreachableBackoff = absl::Seconds(1);
 
-  void Work();
+  // On a worker: the verdict for `request`, handed to its `done`.
+  void Answer(RedisConnection* redis, Request& request);
   absl::Status Check(RedisConnection& redis, const Principal& who);
   void MarkUnreachable();
 
@@ -82,10 +81,9 @@ class RateLimiter {
   telemetry::Counter& unchecked_;
 
   absl::Mutex mu_;
-  std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time unreachable_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  std::vector<std::thread> workers_;
+  // Last, so it is destroyed first: its jobs use everything above.
+  RedisWorkerPool pool_;
 };
 
 // Authenticates with `inner`, then admits the principal through `limiter`.

@@ -34,6 +34,22 @@ grpc::Status SlowConsumer(uint64_t last_seq) {
   return ToGrpcStatus(status);
 }
 
+// The gateway is shutting down. With the cursor when the stream knows where it is
+// (`last_seq`), so the client resumes on another replica exactly there; without it
+// (the start was not resolved yet) the client repeats its request as it was.
+grpc::Status Draining(std::optional<uint64_t> last_seq) {
+  absl::Status status = absl::UnavailableError(
+      last_seq ? absl::StrCat("this gateway is shutting down; resume on another with after_seq=",
+                              *last_seq)
+               : std::string("this gateway is shutting down; send the request again"));
+  if (last_seq) {
+    SetErrorInfo(status, "GATEWAY_DRAINING", {{"last_seq", absl::StrCat(*last_seq)}});
+  } else {
+    SetErrorInfo(status, "GATEWAY_DRAINING");
+  }
+  return ToGrpcStatus(status);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------
@@ -162,8 +178,9 @@ void StreamCore::OnWriteDone(bool ok) {
   if (deferred_finish_ && writer_ != nullptr) {
     // A cut's cursor counts the write that was in flight when the cut was decided: that
     // event reaches the client before the status does.
-    grpc::Status status =
-        cut_slow_ ? SlowConsumer(last_written_seq_) : *std::move(deferred_finish_);
+    grpc::Status status = cut_slow_ ? SlowConsumer(last_written_seq_)
+                          : shed_   ? Draining(last_written_seq_)
+                                    : *std::move(deferred_finish_);
     deferred_finish_.reset();
     writer_->FinishStream(status);
     return;
@@ -188,6 +205,13 @@ void StreamCore::FinishLocked(const grpc::Status& status) {
   } else {
     writer_->FinishStream(status);
   }
+}
+
+void StreamCore::Shed() {
+  absl::MutexLock lock(&mu_);
+  if (finished_) return;
+  shed_ = resolved_;
+  FinishLocked(Draining(resolved_ ? std::optional<uint64_t>(last_written_seq_) : std::nullopt));
 }
 
 void StreamCore::Cancel() {
@@ -444,29 +468,46 @@ size_t Hub::channel_count() {
 
 void Hub::Open(const std::shared_ptr<StreamCore>& stream) {
   bool over_cap = false;
+  bool draining = false;
   {
     absl::MutexLock lock(&mu_);
+    draining = draining_;
     // A call that ended before it was opened was unregistered already (or will find
     // nothing to unregister): it must not be left behind here.
     if (stream->finished()) return;
     const int cap = options_.max_streams_per_tenant;
     auto held = tenant_streams_.find(stream->tenant_id());
     over_cap = cap > 0 && held != tenant_streams_.end() && held->second >= cap;
-    if (!over_cap) {
+    if (!over_cap && !draining) {
       ++tenant_streams_[stream->tenant_id()];
       opening_.emplace(stream.get(), stream);
       streams_gauge_.Add(1);
     }
   }
+  // Outside the lock: finishing the call may reach back into the hub. A refused stream
+  // was never counted, so its Unregister finds nothing to take away.
+  if (draining) return stream->Refuse(Draining(std::nullopt));
   if (!over_cap) return stream->Start();
-  // Outside the lock: finishing the call may reach back into the hub. Never counted,
-  // so its Unregister finds nothing to take away.
   absl::Status refused = absl::ResourceExhaustedError(
       absl::StrCat("this tenant holds ", options_.max_streams_per_tenant,
                    " open streams on this gateway, its limit; close one or use another gateway"));
   SetErrorInfo(refused, "TOO_MANY_STREAMS",
                {{"limit", absl::StrCat(options_.max_streams_per_tenant)}});
   stream->Refuse(ToGrpcStatus(refused));
+}
+
+void Hub::Drain() {
+  std::vector<std::shared_ptr<StreamCore>> open;
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    for (const auto& [raw, stream] : opening_) open.push_back(stream);
+    for (const auto& [name, channel] : channels_) {
+      open.insert(open.end(), channel.streams->begin(), channel.streams->end());
+    }
+  }
+  // Outside the lock: finishing a call may reach back into the hub (Unregister).
+  for (const std::shared_ptr<StreamCore>& stream : open) stream->Shed();
 }
 
 void Hub::StreamGoneLocked(const StreamCore& stream) {

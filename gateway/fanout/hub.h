@@ -54,8 +54,8 @@ using ResponsePtr = std::shared_ptr<const v1::StreamEventsResponse>;
 struct HubOptions {
   RedisEndpoint redis;
   std::string key_prefix;
-  int max_buffered = 1024;                       // Per stream, before it is cut.
-  absl::Duration keepalive = absl::Seconds(15);  // After this long without a write.
+  int max_buffered = 1024;                      // Per stream, before it is cut.
+  absl::Duration keepalive = absl::Seconds(5);  // After this long without a write.
   int backfill_batch = 500;
   int backfill_workers = 2;
   // Open streams one tenant may hold on this gateway; more are refused with
@@ -99,6 +99,8 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void Tick(absl::Time now);                 // Keepalives; retries of failed reads.
   void OnWriteDone(bool ok);
   void Cancel();  // The client went away.
+  // The gateway is draining: end UNAVAILABLE, GATEWAY_DRAINING, with the resume cursor.
+  void Shed();
   // Whether the stream has ended (finished, cancelled or detached).
   bool finished() const;
   void Detach();                            // The reactor is done; never touch the writer again.
@@ -141,6 +143,7 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> deferred_finish_ ABSL_GUARDED_BY(mu_);
   bool cut_slow_ ABSL_GUARDED_BY(mu_) = false;  // Finished as a slow consumer.
+  bool shed_ ABSL_GUARDED_BY(mu_) = false;      // Finished by a drain, with a cursor.
   absl::Time last_write_ ABSL_GUARDED_BY(mu_);
   absl::Time last_backfill_failure_ ABSL_GUARDED_BY(mu_);
 };
@@ -163,6 +166,10 @@ class Hub final : public RedisSubscriber::Listener {
   // unsubscribes it.
   void Unregister(StreamCore* stream);
   void ScheduleBackfill(std::shared_ptr<StreamCore> stream);
+  // The gateway is shutting down: every open stream ends UNAVAILABLE (ErrorInfo
+  // GATEWAY_DRAINING with `last_seq`, the cursor to resume from on another replica,
+  // once the stream knows it) and streams opened from now on are refused the same way.
+  void Drain();
 
   const HubOptions& options() const { return options_; }
   HistorySource& history() { return history_; }
@@ -203,6 +210,7 @@ class Hub final : public RedisSubscriber::Listener {
   absl::flat_hash_map<StreamCore*, std::shared_ptr<StreamCore>> opening_ ABSL_GUARDED_BY(mu_);
   // Open streams (opening or registered) per tenant, for max_streams_per_tenant.
   absl::flat_hash_map<std::string, int> tenant_streams_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
 
   absl::Mutex work_mu_;
   std::deque<std::shared_ptr<StreamCore>> work_ ABSL_GUARDED_BY(work_mu_);

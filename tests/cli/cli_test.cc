@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -202,6 +204,71 @@ TEST_F(ParleyCli, FollowingATurnThatDidNotSucceedExitsOne) {
   EXPECT_THAT(watched.output, HasSubstr("[turn cancelled (cancelled)"));
   CliRun got = Parley(key, {"turns", "get", session, turn});
   EXPECT_THAT(got.output, HasSubstr("status:      cancelled"));
+}
+
+}  // namespace
+}  // namespace parley::session::testing
+
+namespace parley::session::testing {
+namespace {
+
+class ParleyCliSandbox : public ParleyCli {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1, .gateway = true, .sandbox = true}));
+  }
+};
+
+TEST_F(ParleyCliSandbox, FilesGoInAndOutAndCommandsRunWithTheirOwnExitStatus) {
+  const std::string key = OnboardTenant("acme");
+  CliRun created = Parley(key, {"sessions", "create", "--json"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  const std::string session =
+      FromJson<v1::CreateSessionResponse>(created.Lines().at(0)).session().id();
+
+  const std::string local = parley::testing::TestTempDir() + "/cli-upload.sh";
+  {
+    std::ofstream out(local, std::ios::binary);
+    out << "echo \"args: $*\"\necho to-stderr >&2\nexit 7\n";
+  }
+  CliRun put = Parley(key, {"files", "put", session, local, "tools/run.sh"});
+  ASSERT_EQ(put.exit_code, 0) << put.output;
+  EXPECT_THAT(put.output, HasSubstr("tools/run.sh: 42 bytes"));
+
+  CliRun listed = Parley(key, {"files", "ls", session, "--recursive"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_THAT(listed.output, HasSubstr("tools/"));
+  EXPECT_THAT(listed.output, HasSubstr("tools/run.sh"));
+
+  const std::string downloaded = parley::testing::TestTempDir() + "/cli-download.sh";
+  CliRun got = Parley(key, {"files", "get", session, "tools/run.sh", downloaded});
+  ASSERT_EQ(got.exit_code, 0) << got.output;
+  std::ifstream in(downloaded, std::ios::binary);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(content, "echo \"args: $*\"\necho to-stderr >&2\nexit 7\n");
+
+  // The command's own exit status, its output as it came.
+  CliRun ran = Parley(key, {"exec", session, "--", "bash", "tools/run.sh", "one", "--two"});
+  EXPECT_EQ(ran.exit_code, 7) << ran.output;
+  EXPECT_THAT(ran.output, HasSubstr("args: one --two\n"));
+  EXPECT_THAT(ran.output, HasSubstr("to-stderr\n"));
+
+  CliRun json = Parley(key, {"exec", session, "--json", "--", "bash", "-c", "echo hi"});
+  EXPECT_EQ(json.exit_code, 0) << json.output;
+  ASSERT_EQ(json.Lines().size(), 2u) << json.output;
+  EXPECT_EQ(FromJson<v1::ExecResponse>(json.Lines()[0]).stdout(), "hi\n");
+  EXPECT_EQ(FromJson<v1::ExecResponse>(json.Lines()[1]).exit().exit_code(), 0);
+
+  // A file that is not there: not found, and the local file is left as it was.
+  CliRun missing = Parley(key, {"files", "get", session, "nope.txt", downloaded});
+  EXPECT_EQ(missing.exit_code, 4) << missing.output;
+  std::ifstream again(downloaded, std::ios::binary);
+  std::string kept((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(kept, content);
+
+  // Another tenant's session is not found, and no command ran.
+  CliRun other = Parley(kGatewayApiKey, {"exec", session, "--", "true"});
+  EXPECT_EQ(other.exit_code, 4) << other.output;
 }
 
 }  // namespace

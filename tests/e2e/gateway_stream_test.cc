@@ -5,11 +5,14 @@
 #include <signal.h>
 
 #include <atomic>
+#include <optional>
+#include <string>
 #include <thread>
 
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/events/publisher.h"
+#include "common/status.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 #include "tests/harness/services.h"
@@ -122,6 +125,10 @@ struct ResumingClient {
   size_t held_at_first_end = 0;
   int connections = 0;
   std::string failure;
+  // Resume from the cursor the server's status carried (ErrorInfo last_seq), when it
+  // carried one, instead of from the last seq received.
+  bool trust_server_cursor = false;
+  std::optional<uint64_t> server_cursor;
 
   // Reads until it has `k` events, over at most 10 connections.
   void Run(const std::vector<std::string>& targets, const std::string& session, uint64_t k) {
@@ -134,7 +141,9 @@ struct ResumingClient {
       context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
       v1::StreamEventsRequest request;
       request.set_session_id(session);
-      request.set_after_seq(received.empty() ? 0 : received.back());
+      uint64_t after = received.empty() ? 0 : received.back();
+      if (trust_server_cursor && server_cursor) after = *server_cursor;
+      request.set_after_seq(after);
       auto reader = stub->StreamEvents(&context, request);
       v1::StreamEventsResponse response;
       while (received.size() < k && reader->Read(&response)) {
@@ -156,6 +165,10 @@ struct ResumingClient {
       if (connections == 1) {
         first_end = status;
         held_at_first_end = received.size();
+        std::optional<v1::ErrorInfo> info = GetErrorInfo(FromGrpcStatus(status));
+        if (info && info->metadata().contains("last_seq")) {
+          server_cursor = std::stoull(info->metadata().at("last_seq"));
+        }
       }
       // The first gateway is gone: go on on the second.
       if (target + 1 < targets.size()) ++target;
@@ -163,13 +176,12 @@ struct ResumingClient {
   }
 };
 
-// Proves: a gateway process killed in the middle of its streams costs its clients
-// nothing: each resumes from its last seq on a second gateway that shares the same Redis
-// and store, and ends with exactly 1..K while publishing goes on.
+// Streams 1..kEvents to five clients through the first of two gateways, stops the first
+// with `signal` mid-stream, and checks every client ended with exactly 1..kEvents.
 // Making sure the kill hit mid-stream: it lands once every client holds some events and
 // before the last one is published; every client's first stream then ended UNAVAILABLE
 // with fewer than K events, and the rest came from the second gateway.
-TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplicate) {
+void StopAGatewayMidStream(int signal) {
   auto db = TestDatabase::Create();
   ASSERT_TRUE(db.ok()) << db.status();
   auto redis = TestRedis::Create();
@@ -206,6 +218,7 @@ TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplic
   std::vector<std::thread> readers;
   for (int i = 0; i < 5; ++i) {
     clients.push_back(std::make_unique<ResumingClient>());
+    clients.back()->trust_server_cursor = signal == SIGTERM;
     readers.emplace_back(
         [&, client = clients.back().get()] { client->Run(targets, session, kEvents); });
   }
@@ -234,7 +247,7 @@ TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplic
     return true;
   });
   const uint64_t published_at_kill = published.load();
-  first->Signal(SIGKILL);
+  first->Signal(signal);
   ASSERT_TRUE(first->WaitForExit(absl::Seconds(10)).ok());
   publisher.join();
   for (auto& t : readers) t.join();
@@ -251,7 +264,29 @@ TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplic
     EXPECT_EQ(client->connections, 2);
     EXPECT_EQ(client->failure, "");
     EXPECT_EQ(client->received, all);
+    if (signal == SIGTERM) {
+      // A drain tells each client where it stands, and that is exactly what it holds.
+      std::optional<v1::ErrorInfo> info = GetErrorInfo(FromGrpcStatus(client->first_end));
+      ASSERT_TRUE(info.has_value()) << client->first_end.error_message();
+      EXPECT_EQ(info->reason(), "GATEWAY_DRAINING");
+      ASSERT_TRUE(client->server_cursor.has_value());
+      EXPECT_EQ(*client->server_cursor, client->held_at_first_end);
+    }
   }
+}
+
+// Proves: a gateway process killed in the middle of its streams costs its clients
+// nothing: each resumes from its last seq on a second gateway that shares the same Redis
+// and store, and ends with exactly 1..K while publishing goes on.
+TEST(GatewayRestart, ClientsResumeOnASecondGatewaySharingRedisWithoutGapOrDuplicate) {
+  StopAGatewayMidStream(SIGKILL);
+}
+
+// Proves: a gateway asked to stop (SIGTERM, as Kubernetes does) ends every open stream at
+// once with UNAVAILABLE, GATEWAY_DRAINING and the stream's cursor, and a client resuming
+// from that cursor on another gateway misses and repeats nothing.
+TEST(GatewayRestart, ADrainingGatewayHandsEachStreamItsCursorToResumeElsewhere) {
+  StopAGatewayMidStream(SIGTERM);
 }
 
 std::string Health(const ServiceProcess& process) {

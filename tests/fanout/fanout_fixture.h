@@ -74,7 +74,7 @@ class FanoutFixture : public ::testing::Test {
     api_ = std::make_unique<SessionApi>(
         *authenticator_, *grpc_telemetry_,
         grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()), store_,
-        absl::Seconds(5), *hub_);
+        absl::Seconds(5), *hub_, /*idempotency=*/nullptr);
     gateway_server_ = StartServer(api_.get(), &gateway_port_, grpc_telemetry_.get());
   }
 

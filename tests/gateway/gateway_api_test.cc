@@ -1034,3 +1034,153 @@ TEST_F(GatewayApi, OversizedAndMalformedInputIsInvalidArgumentAndWritesNothing) 
 
 }  // namespace
 }  // namespace parley::session::testing
+
+namespace parley::session::testing {
+namespace {
+
+// A unary call through the gateway with an `idempotency-key` header: how it ended, and
+// whether the gateway said it replayed an earlier outcome.
+struct Keyed {
+  grpc::Status status;
+  bool replayed = false;
+};
+
+template <typename Stub, typename Request, typename Response>
+Keyed CallWithKey(Stub& stub,
+                  grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                  const std::string& api_key, const std::string& idempotency_key,
+                  const Request& request, Response* response) {
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + api_key);
+  context.AddMetadata("idempotency-key", idempotency_key);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  Keyed keyed;
+  keyed.status = (stub.*method)(&context, request, response);
+  auto replayed = context.GetServerTrailingMetadata().find("idempotent-replayed");
+  keyed.replayed = replayed != context.GetServerTrailingMetadata().end() &&
+                   replayed->second == grpc::string_ref("true");
+  return keyed;
+}
+
+std::string Reason(const grpc::Status& status) {
+  auto info = GetErrorInfo(FromGrpcStatus(status));
+  return info.has_value() ? info->reason() : "";
+}
+
+TEST_F(GatewayApi, AnIdempotencyKeyMakesARetryGetTheFirstOutcomeAgain) {
+  const std::string admin = StoredKey(kTenantA, {"api_keys:admin"});
+  auto keys = v1::ApiKeyService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  v1::CreateApiKeyRequest create;
+  create.set_name("deploy bot");
+  create.add_scopes("api_keys:admin");
+  v1::CreateApiKeyResponse first, again;
+  Keyed made = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1",
+                           create, &first);
+  ASSERT_TRUE(made.status.ok()) << Describe(made.status);
+  EXPECT_FALSE(made.replayed);
+  // The retry gets the same key, secret included, and makes no second one.
+  Keyed retried = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1",
+                              create, &again);
+  ASSERT_TRUE(retried.status.ok()) << Describe(retried.status);
+  EXPECT_TRUE(retried.replayed);
+  EXPECT_EQ(again.api_key().id(), first.api_key().id());
+  EXPECT_EQ(again.secret(), first.secret());
+  Client client = As(admin);
+  v1::ListApiKeysRequest list;
+  v1::ListApiKeysResponse listed;
+  ASSERT_TRUE(client.Keys(&v1::ApiKeyService::Stub::ListApiKeys, list, &listed).ok());
+  int named = 0;
+  for (const v1::ApiKey& key : listed.api_keys()) named += key.name() == "deploy bot";
+  EXPECT_EQ(named, 1);
+
+  // The same key for a different request is refused, and nothing is made.
+  create.set_name("another bot");
+  v1::CreateApiKeyResponse other;
+  Keyed reused = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1",
+                             create, &other);
+  EXPECT_EQ(reused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Reason(reused.status), "IDEMPOTENCY_KEY_REUSED");
+
+  // A failure a retry cannot change is kept too.
+  auto sessions = v1::SessionService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  const std::string writer = StoredKey(kTenantA, {"sessions:write"});
+  v1::CancelTurnRequest cancel;
+  cancel.set_session_id(CreateSession(kTenantA));
+  cancel.set_turn_id("turn_missing");
+  v1::CancelTurnResponse cancelled;
+  Keyed missing = CallWithKey(*sessions, &v1::SessionService::Stub::CancelTurn, writer,
+                              "cancel-1", cancel, &cancelled);
+  EXPECT_EQ(missing.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  Keyed missing_again = CallWithKey(*sessions, &v1::SessionService::Stub::CancelTurn, writer,
+                                    "cancel-1", cancel, &cancelled);
+  EXPECT_EQ(missing_again.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(missing_again.replayed);
+
+  // A malformed key is refused before anything runs.
+  v1::CreateApiKeyResponse none;
+  Keyed malformed = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin,
+                                std::string(300, 'k'), create, &none);
+  EXPECT_EQ(malformed.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(client.Keys(&v1::ApiKeyService::Stub::ListApiKeys, list, &listed).ok());
+  for (const v1::ApiKey& key : listed.api_keys()) EXPECT_NE(key.name(), "another bot");
+}
+
+TEST_F(GatewayApi, TenConcurrentCreatesWithOneIdempotencyKeyMakeOneSession) {
+  const std::string writer = StoredKey(kTenantA, {"sessions:write", "sessions:read"});
+  Client reader = As(writer);
+  const size_t before = ListedSessions(reader).size();
+  auto sessions = v1::SessionService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  absl::Mutex mu;
+  std::vector<std::string> created;
+  std::vector<grpc::Status> refused;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 10; ++i) {
+    callers.emplace_back([&] {
+      v1::CreateSessionRequest request;
+      request.set_title("made once");
+      v1::CreateSessionResponse response;
+      Keyed keyed = CallWithKey(*sessions, &v1::SessionService::Stub::CreateSession, writer,
+                                "create-once", request, &response);
+      absl::MutexLock lock(&mu);
+      if (keyed.status.ok()) {
+        created.push_back(response.session().id());
+      } else {
+        refused.push_back(keyed.status);
+      }
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  // Each call either got the one session or was told the first was still running.
+  ASSERT_FALSE(created.empty());
+  for (const std::string& id : created) EXPECT_EQ(id, created[0]);
+  for (const grpc::Status& status : refused) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << Describe(status);
+    EXPECT_EQ(Reason(status), "IDEMPOTENCY_KEY_IN_USE");
+  }
+  EXPECT_EQ(ListedSessions(reader).size(), before + 1);
+  // Once it ended, every retry gets it.
+  v1::CreateSessionRequest request;
+  request.set_title("made once");
+  v1::CreateSessionResponse response;
+  Keyed late = CallWithKey(*sessions, &v1::SessionService::Stub::CreateSession, writer,
+                           "create-once", request, &response);
+  ASSERT_TRUE(late.status.ok()) << Describe(late.status);
+  EXPECT_TRUE(late.replayed);
+  EXPECT_EQ(response.session().id(), created[0]);
+
+  // Keys are the tenant's own: another tenant's same key is another call.
+  CreateSession(kTenantB);
+  const std::string other = StoredKey(kTenantB, {"sessions:write"});
+  v1::CreateSessionResponse theirs;
+  Keyed separate = CallWithKey(*sessions, &v1::SessionService::Stub::CreateSession, other,
+                               "create-once", request, &theirs);
+  ASSERT_TRUE(separate.status.ok()) << Describe(separate.status);
+  EXPECT_FALSE(separate.replayed);
+  EXPECT_NE(theirs.session().id(), created[0]);
+}
+
+}  // namespace
+}  // namespace parley::session::testing

@@ -114,6 +114,10 @@ std::string BinaryPath(const std::string& relative) {
   return absl::StrCat(PARLEY_BUILD_DIR, "/", relative);
 }
 
+std::string SourcePath(const std::string& relative) {
+  return absl::StrCat(PARLEY_SOURCE_DIR, "/", relative);
+}
+
 std::string TestTempDir() {
   const char* base = std::getenv("PARLEY_TEST_TMPDIR");
   std::string dir = absl::StrCat(base != nullptr ? base : "/tmp", "/t-", RandomSuffix());

@@ -36,6 +36,8 @@ absl::StatusOr<std::string> TestEnv(const std::string& name);
 
 // Absolute path of a binary in the build tree, e.g. "gateway/parley-gateway".
 std::string BinaryPath(const std::string& relative);
+// A file of the source tree.
+std::string SourcePath(const std::string& relative);
 
 // A directory for this test's files, removed by scripts/test at the end of the run.
 std::string TestTempDir();

@@ -165,6 +165,9 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
                                      "--redis_url=" + redis_url_,
                                      "--redis_key_prefix=" + keys_.prefix(),
                                      std::string("--bootstrap_tenant=") + kTenantA};
+    if (sandbox_process_ != nullptr) {
+      args.push_back("--sandbox_addr=" + sandbox_process_->grpc_target());
+    }
     args.insert(args.end(), options.gateway_flags.begin(), options.gateway_flags.end());
     auto gateway = ServiceProcess::Start({.binary = BinaryPath("gateway/parley-gateway"),
                                           .args = std::move(args),

@@ -1,0 +1,478 @@
+#include "gateway/api/sandbox_api.h"
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "common/status.h"
+#include "telemetry/grpc_telemetry.h"
+
+namespace parley::gateway {
+namespace {
+
+namespace sv1 = sandbox::v1;
+namespace store_pb = store::v1;
+
+using SandboxAsync = sv1::SandboxManager::StubInterface::async_interface;
+
+// A status of sandbox-svc as the public API states it. A sandbox lost between the
+// lookup and the operation (destroyed, failed, reaped) is UNAVAILABLE for the caller:
+// trying again acquires a new one. Everything else passes through unchanged.
+grpc::Status Public(const grpc::Status& status) {
+  if (status.ok()) return status;
+  std::optional<v1::ErrorInfo> info = GetErrorInfo(FromGrpcStatus(status));
+  if (!info || (info->reason() != "SANDBOX_GONE" && info->reason() != "SANDBOX_NOT_FOUND")) {
+    return status;
+  }
+  absl::Status lost =
+      absl::UnavailableError("the session's sandbox was lost during the call; retry for a new one");
+  SetErrorInfo(lost, "SANDBOX_GONE");
+  return ToGrpcStatus(lost);
+}
+
+// What every SandboxService call does before its operation: check the key and the
+// scope, then find the sandbox of the caller's session. Owned by the call's reactor; the
+// downstream contexts live here so that a cancel by the caller reaches whichever call is
+// in flight, or the next one to start.
+class SandboxCall {
+ protected:
+  using Located = std::function<void(absl::StatusOr<std::string> sandbox_id)>;
+
+  SandboxCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
+              grpc::CallbackServerContext* context)
+      : context_(context), authenticator_(authenticator), downstream_(downstream) {}
+
+  // Authenticates the caller, checks `scope` and `session_id` (named `field` in errors),
+  // then finds the session's sandbox. `done` runs exactly once, on a gRPC thread (perhaps
+  // before Locate returns), with the sandbox's id or the status to answer with.
+  void Locate(const char* scope, std::string session_id, const char* field, Located done) {
+    session_id_ = std::move(session_id);
+    located_ = std::move(done);
+    authenticator_.Authenticate(*context_, [this, scope, field](absl::StatusOr<Principal> who) {
+      absl::Status allowed = who.ok() ? who->Require(scope) : who.status();
+      if (allowed.ok() && session_id_.empty()) allowed = InvalidArgumentError(field, "is required");
+      if (!allowed.ok()) return located_(allowed);
+      tenant_id_ = who->tenant_id;
+      FindSession();
+    });
+  }
+
+  // Readies `client` for a downstream call made for this caller: its trace and deadline.
+  void Prepare(grpc::ClientContext& client, absl::Duration cap) const {
+    telemetry::PrepareDownstream(*context_, client, cap);
+  }
+
+  // Cancels the downstream call in flight, and any not yet started.
+  void CancelDownstream() {
+    session_context_.TryCancel();
+    acquire_context_.TryCancel();
+    call_context_.TryCancel();
+  }
+
+  const std::string& tenant_id() const { return tenant_id_; }
+  SandboxAsync* sandbox() const { return downstream_.sandbox->async(); }
+  const SandboxApi::Downstream& downstream() const { return downstream_; }
+
+  grpc::CallbackServerContext* const context_;
+  // The operation's own call to sandbox-svc.
+  grpc::ClientContext call_context_;
+
+ private:
+  void FindSession() {
+    Prepare(session_context_, downstream_.unary_timeout);
+    get_session_.set_tenant_id(tenant_id_);
+    get_session_.set_session_id(session_id_);
+    downstream_.store->async()->GetSession(
+        &session_context_, &get_session_, &session_, [this](grpc::Status status) {
+          if (!status.ok()) return located_(FromGrpcStatus(status));
+          if (session_.session().status() == v1::SESSION_STATUS_CLOSED) {
+            absl::Status closed = absl::FailedPreconditionError("the session is closed");
+            SetErrorInfo(closed, "SESSION_CLOSED");
+            return located_(closed);
+          }
+          AcquireSandbox();
+        });
+  }
+
+  void AcquireSandbox() {
+    Prepare(acquire_context_, downstream_.unary_timeout);
+    acquire_.set_tenant_id(tenant_id_);
+    acquire_.set_session_id(session_id_);
+    acquire_.set_template_(session_.session().agent_config().sandbox_template());
+    sandbox()->AcquireForSession(&acquire_context_, &acquire_, &acquired_,
+                                 [this](grpc::Status status) {
+                                   if (!status.ok()) return located_(FromGrpcStatus(status));
+                                   located_(acquired_.sandbox().id());
+                                 });
+  }
+
+  Authenticator& authenticator_;
+  const SandboxApi::Downstream& downstream_;
+  Located located_;
+  std::string session_id_;
+  std::string tenant_id_;
+  grpc::ClientContext session_context_;
+  store_pb::GetSessionRequest get_session_;
+  store_pb::GetSessionResponse session_;
+  grpc::ClientContext acquire_context_;
+  sv1::AcquireForSessionRequest acquire_;
+  sv1::AcquireForSessionResponse acquired_;
+};
+
+// ---------------------------------------------------------------------------------
+// Server streams (Exec, ReadFile): sandbox-svc's stream relayed message by message.
+
+template <typename PublicReq, typename PublicMsg, typename InternalReq, typename InternalMsg>
+class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<PublicMsg> {
+ public:
+  struct Ops {
+    const char* scope;
+    // The internal request for the public one (tenant and sandbox are set afterwards).
+    void (*build)(const PublicReq&, InternalReq*);
+    void (*launch)(SandboxAsync*, grpc::ClientContext*, const InternalReq*,
+                   grpc::ClientReadReactor<InternalMsg>*);
+    // One message of sandbox-svc's stream as the public message.
+    absl::Status (*convert)(InternalMsg&, PublicMsg*);
+  };
+
+  DownloadCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
+               grpc::CallbackServerContext* context, const PublicReq& request, Ops ops)
+      : SandboxCall(authenticator, downstream, context), ops_(ops) {
+    upstream_.call = this;
+    ops_.build(request, &request_);
+    Locate(ops_.scope, request.session_id(), "session_id",
+           [this](absl::StatusOr<std::string> sandbox_id) {
+             if (!sandbox_id.ok()) return this->Finish(ToGrpcStatus(sandbox_id.status()));
+             Start(*sandbox_id);
+           });
+  }
+
+  void OnCancel() override { CancelDownstream(); }
+  void OnWriteDone(bool ok) override {
+    if (ok) return upstream_.StartRead(&in_);
+    call_context_.TryCancel();  // The caller is gone: read no further.
+    upstream_.RemoveHold();
+  }
+  void OnDone() override { Release(); }
+
+ private:
+  struct Upstream final : grpc::ClientReadReactor<InternalMsg> {
+    DownloadCall* call;
+    void OnReadDone(bool ok) override { call->OnUpstreamRead(ok); }
+    void OnDone(const grpc::Status& status) override { call->OnUpstreamDone(status); }
+  };
+
+  void Start(const std::string& sandbox_id) {
+    request_.set_tenant_id(tenant_id());
+    request_.set_sandbox_id(sandbox_id);
+    refs_.fetch_add(1);  // The upstream side, until its OnDone.
+    Prepare(call_context_, downstream().stream_timeout);
+    ops_.launch(sandbox(), &call_context_, &request_, &upstream_);
+    // The next read starts from OnWriteDone, outside the upstream call's reactions: the
+    // hold keeps that call from completing until no further read will be made.
+    upstream_.AddHold();
+    upstream_.StartRead(&in_);
+    upstream_.StartCall();
+  }
+
+  void OnUpstreamRead(bool ok) {
+    if (!ok) {
+      upstream_.RemoveHold();  // The stream ended; OnDone follows with its status.
+      return;
+    }
+    out_.Clear();
+    if (absl::Status converted = ops_.convert(in_, &out_); !converted.ok()) {
+      failure_ = ToGrpcStatus(converted);
+      call_context_.TryCancel();
+      upstream_.RemoveHold();
+      return;
+    }
+    this->StartWrite(&out_);
+  }
+
+  void OnUpstreamDone(const grpc::Status& status) {
+    this->Finish(failure_.ok() ? Public(status) : failure_);
+    Release();
+  }
+
+  void Release() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+  const Ops ops_;
+  InternalReq request_;
+  Upstream upstream_;
+  InternalMsg in_;
+  PublicMsg out_;
+  grpc::Status failure_;      // Set before the upstream is cancelled for a reason of ours.
+  std::atomic<int> refs_{1};  // The server side, until its OnDone.
+};
+
+absl::Status ConvertExec(sv1::ExecResponse& in, v1::ExecResponse* out) {
+  switch (in.output_case()) {
+    case sv1::ExecResponse::kStdout:
+      out->set_stdout(std::move(*in.mutable_stdout()));
+      return absl::OkStatus();
+    case sv1::ExecResponse::kStderr:
+      out->set_stderr(std::move(*in.mutable_stderr()));
+      return absl::OkStatus();
+    case sv1::ExecResponse::kExit:
+      out->mutable_exit()->Swap(in.mutable_exit());
+      return absl::OkStatus();
+    default:
+      return absl::InternalError("sandbox-svc sent an exec message of an unknown kind");
+  }
+}
+
+absl::Status ConvertRead(sv1::ReadFileResponse& in, v1::ReadFileResponse* out) {
+  if (in.has_info()) out->mutable_info()->Swap(in.mutable_info());
+  out->set_data(std::move(*in.mutable_data()));
+  return absl::OkStatus();
+}
+
+using ExecCall =
+    DownloadCall<v1::ExecRequest, v1::ExecResponse, sv1::ExecRequest, sv1::ExecResponse>;
+using ReadCall = DownloadCall<v1::ReadFileRequest, v1::ReadFileResponse, sv1::ReadFileRequest,
+                              sv1::ReadFileResponse>;
+
+// ---------------------------------------------------------------------------------
+// WriteFile: the caller's stream relayed message by message, committed on half-close.
+
+class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::WriteFileRequest> {
+ public:
+  UploadCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
+             grpc::CallbackServerContext* context, v1::WriteFileResponse* response)
+      : SandboxCall(authenticator, downstream, context), response_(response) {
+    upstream_.call = this;
+    StartRead(&in_);  // The header names the session.
+  }
+
+  void OnCancel() override { CancelDownstream(); }
+  void OnReadDone(bool ok) override {
+    if (!started_) return OnHeader(ok);
+    if (!ok) {
+      // A half-close commits the file; a cancelled call must leave it untouched (the
+      // cancel also reaches the upstream call through OnCancel).
+      if (context_->IsCancelled()) {
+        call_context_.TryCancel();
+      } else {
+        upstream_.StartWritesDone();
+      }
+      upstream_.RemoveHold();
+      return;
+    }
+    if (in_.has_header()) {
+      failure_ =
+          ToGrpcStatus(InvalidArgumentError("header", "only the first message may be a header"));
+      call_context_.TryCancel();
+      upstream_.RemoveHold();
+      return;
+    }
+    out_.Clear();
+    out_.set_data(std::move(*in_.mutable_data()));
+    upstream_.StartWrite(&out_);
+  }
+  void OnDone() override { Release(); }
+
+ private:
+  struct Upstream final : grpc::ClientWriteReactor<sv1::WriteFileRequest> {
+    UploadCall* call;
+    void OnWriteDone(bool ok) override { call->OnUpstreamWriteDone(ok); }
+    void OnDone(const grpc::Status& status) override { call->OnUpstreamDone(status); }
+  };
+
+  void OnHeader(bool ok) {
+    if (!ok || !in_.has_header()) {
+      return Finish(ToGrpcStatus(
+          InvalidArgumentError("header", "the first message must be a WriteFileHeader")));
+    }
+    const v1::WriteFileHeader& header = in_.header();
+    sv1::WriteFileHeader* out = out_.mutable_header();
+    out->set_path(header.path());
+    out->set_mode(header.mode());
+    out->set_create_parents(header.create_parents());
+    out->set_append(header.append());
+    Locate(kScopeSandboxFiles, header.session_id(), "header.session_id",
+           [this](absl::StatusOr<std::string> sandbox_id) {
+             if (!sandbox_id.ok()) return Finish(ToGrpcStatus(sandbox_id.status()));
+             Start(*sandbox_id);
+           });
+  }
+
+  void Start(const std::string& sandbox_id) {
+    started_ = true;
+    out_.mutable_header()->set_tenant_id(tenant_id());
+    out_.mutable_header()->set_sandbox_id(sandbox_id);
+    refs_.fetch_add(1);  // The upstream side, until its OnDone.
+    Prepare(call_context_, downstream().stream_timeout);
+    sandbox()->WriteFile(&call_context_, &upstream_response_, &upstream_);
+    // Writes start from OnReadDone, outside the upstream call's reactions: hold the call
+    // open until the last one is issued.
+    upstream_.AddHold();
+    upstream_.StartWrite(&out_);
+    upstream_.StartCall();
+  }
+
+  void OnUpstreamWriteDone(bool ok) {
+    if (ok) return StartRead(&in_);
+    upstream_.RemoveHold();  // The upstream call ended; its OnDone has the status.
+  }
+
+  void OnUpstreamDone(const grpc::Status& status) {
+    if (!failure_.ok()) {
+      Finish(failure_);
+    } else {
+      if (status.ok()) {
+        response_->mutable_info()->Swap(upstream_response_.mutable_info());
+        response_->set_bytes_written(upstream_response_.bytes_written());
+      }
+      Finish(Public(status));
+    }
+    Release();
+  }
+
+  void Release() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+  v1::WriteFileResponse* const response_;
+  Upstream upstream_;
+  v1::WriteFileRequest in_;
+  sv1::WriteFileRequest out_;
+  sv1::WriteFileResponse upstream_response_;
+  // Reads and the upstream's start happen one after another (each read is started only
+  // once the previous step is over), so these need no lock.
+  bool started_ = false;
+  grpc::Status failure_;
+  std::atomic<int> refs_{1};  // The server side, until its OnDone.
+};
+
+// ---------------------------------------------------------------------------------
+// Unary calls (ListFiles, StatFile).
+
+template <typename PublicResp, typename InternalReq, typename InternalResp>
+class UnaryCall final : public SandboxCall, public grpc::ServerUnaryReactor {
+ public:
+  using Launch = void (*)(SandboxAsync*, grpc::ClientContext*, const InternalReq*, InternalResp*,
+                          std::function<void(grpc::Status)>);
+  using Reply = void (*)(InternalResp&, PublicResp*);
+
+  UnaryCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
+            grpc::CallbackServerContext* context, const std::string& session_id,
+            InternalReq request, PublicResp* response, Launch launch, Reply reply)
+      : SandboxCall(authenticator, downstream, context),
+        request_(std::move(request)),
+        response_(response),
+        launch_(launch),
+        reply_(reply) {
+    Locate(kScopeSandboxFiles, session_id, "session_id",
+           [this](absl::StatusOr<std::string> sandbox_id) {
+             if (!sandbox_id.ok()) return Finish(ToGrpcStatus(sandbox_id.status()));
+             request_.set_tenant_id(tenant_id());
+             request_.set_sandbox_id(*sandbox_id);
+             Prepare(call_context_, this->downstream().unary_timeout);
+             launch_(sandbox(), &call_context_, &request_, &internal_, [this](grpc::Status status) {
+               if (status.ok()) reply_(internal_, response_);
+               Finish(Public(status));
+             });
+           });
+  }
+
+  void OnCancel() override { CancelDownstream(); }
+  void OnDone() override { delete this; }
+
+ private:
+  InternalReq request_;
+  InternalResp internal_;
+  PublicResp* const response_;
+  const Launch launch_;
+  const Reply reply_;
+};
+
+}  // namespace
+
+SandboxApi::SandboxApi(Authenticator& authenticator, Downstream downstream)
+    : authenticator_(authenticator), downstream_(std::move(downstream)) {}
+
+grpc::ServerWriteReactor<v1::ExecResponse>* SandboxApi::Exec(grpc::CallbackServerContext* context,
+                                                             const v1::ExecRequest* request) {
+  return new ExecCall(
+      authenticator_, downstream_, context, *request,
+      {.scope = kScopeSandboxExec,
+       .build =
+           [](const v1::ExecRequest& in, sv1::ExecRequest* out) {
+             *out->mutable_argv() = in.argv();
+             *out->mutable_env() = in.env();
+             out->set_cwd(in.cwd());
+             out->set_stdin(in.stdin());
+             out->set_timeout_ms(in.timeout_ms());
+           },
+       .launch =
+           [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ExecRequest* req,
+              grpc::ClientReadReactor<sv1::ExecResponse>* reactor) {
+             stub->Exec(context, req, reactor);
+           },
+       .convert = ConvertExec});
+}
+
+grpc::ServerWriteReactor<v1::ReadFileResponse>* SandboxApi::ReadFile(
+    grpc::CallbackServerContext* context, const v1::ReadFileRequest* request) {
+  return new ReadCall(
+      authenticator_, downstream_, context, *request,
+      {.scope = kScopeSandboxFiles,
+       .build =
+           [](const v1::ReadFileRequest& in, sv1::ReadFileRequest* out) {
+             out->set_path(in.path());
+             out->set_offset_bytes(in.offset_bytes());
+             out->set_limit_bytes(in.limit_bytes());
+           },
+       .launch =
+           [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ReadFileRequest* req,
+              grpc::ClientReadReactor<sv1::ReadFileResponse>* reactor) {
+             stub->ReadFile(context, req, reactor);
+           },
+       .convert = ConvertRead});
+}
+
+grpc::ServerReadReactor<v1::WriteFileRequest>* SandboxApi::WriteFile(
+    grpc::CallbackServerContext* context, v1::WriteFileResponse* response) {
+  return new UploadCall(authenticator_, downstream_, context, response);
+}
+
+grpc::ServerUnaryReactor* SandboxApi::ListFiles(grpc::CallbackServerContext* context,
+                                                const v1::ListFilesRequest* request,
+                                                v1::ListFilesResponse* response) {
+  sv1::ListFilesRequest internal;
+  internal.set_path(request->path());
+  internal.set_recursive(request->recursive());
+  internal.set_max_entries(request->max_entries());
+  return new UnaryCall<v1::ListFilesResponse, sv1::ListFilesRequest, sv1::ListFilesResponse>(
+      authenticator_, downstream_, context, request->session_id(), std::move(internal), response,
+      [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ListFilesRequest* req,
+         sv1::ListFilesResponse* resp,
+         std::function<void(grpc::Status)> done) { stub->ListFiles(context, req, resp, done); },
+      [](sv1::ListFilesResponse& in, v1::ListFilesResponse* out) {
+        out->mutable_entries()->Swap(in.mutable_entries());
+        out->set_truncated(in.truncated());
+      });
+}
+
+grpc::ServerUnaryReactor* SandboxApi::StatFile(grpc::CallbackServerContext* context,
+                                               const v1::StatFileRequest* request,
+                                               v1::StatFileResponse* response) {
+  sv1::StatFileRequest internal;
+  internal.set_path(request->path());
+  return new UnaryCall<v1::StatFileResponse, sv1::StatFileRequest, sv1::StatFileResponse>(
+      authenticator_, downstream_, context, request->session_id(), std::move(internal), response,
+      [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::StatFileRequest* req,
+         sv1::StatFileResponse* resp,
+         std::function<void(grpc::Status)> done) { stub->StatFile(context, req, resp, done); },
+      [](sv1::StatFileResponse& in, v1::StatFileResponse* out) {
+        out->mutable_info()->Swap(in.mutable_info());
+      });
+}
+
+}  // namespace parley::gateway

@@ -1,0 +1,298 @@
+// parley.v1.SandboxService through the real parley-gateway, over a real parley-sandbox
+// (bubblewrap), parley-store, parley-session, Postgres and Redis: files and processes in
+// a session's sandbox — the same sandbox its agent's tools use — with tenancy, scopes,
+// closed sessions and an aborted upload that leaves the file as it was.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "parley/v1/parley.grpc.pb.h"
+#include "tests/session/session_fixture.h"
+
+namespace parley::session::testing {
+namespace {
+
+// What an Exec call produced.
+struct Ran {
+  grpc::Status status;
+  std::string out;
+  std::string err;
+  int exit_code = -1;
+};
+
+// A SandboxService client holding one API key.
+class SandboxClient {
+ public:
+  SandboxClient(const std::string& target, std::string key)
+      : stub_(v1::SandboxService::NewStub(
+            grpc::CreateChannel(target, grpc::InsecureChannelCredentials()))),
+        key_(std::move(key)) {}
+
+  Ran Exec(const std::string& session, const std::vector<std::string>& argv) {
+    grpc::ClientContext context;
+    Prepare(context);
+    v1::ExecRequest request;
+    request.set_session_id(session);
+    for (const std::string& arg : argv) request.add_argv(arg);
+    auto reader = stub_->Exec(&context, request);
+    Ran ran;
+    v1::ExecResponse response;
+    while (reader->Read(&response)) {
+      ran.out += response.stdout();
+      ran.err += response.stderr();
+      if (response.has_exit()) ran.exit_code = response.exit().exit_code();
+    }
+    ran.status = reader->Finish();
+    return ran;
+  }
+
+  // Writes `chunks` to `path`; with `abort`, the stream is cancelled instead of closed.
+  grpc::Status Write(const std::string& session, const std::string& path,
+                     const std::vector<std::string>& chunks, v1::WriteFileResponse* response,
+                     bool abort = false) {
+    grpc::ClientContext context;
+    Prepare(context);
+    auto writer = stub_->WriteFile(&context, response);
+    v1::WriteFileRequest header;
+    header.mutable_header()->set_session_id(session);
+    header.mutable_header()->set_path(path);
+    header.mutable_header()->set_create_parents(true);
+    if (!writer->Write(header)) return writer->Finish();
+    for (const std::string& chunk : chunks) {
+      v1::WriteFileRequest data;
+      data.set_data(chunk);
+      if (!writer->Write(data)) return writer->Finish();
+    }
+    if (abort) {
+      context.TryCancel();
+      return writer->Finish();
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  grpc::Status Read(const std::string& session, const std::string& path, std::string* content,
+                    v1::FileInfo* info = nullptr) {
+    grpc::ClientContext context;
+    Prepare(context);
+    v1::ReadFileRequest request;
+    request.set_session_id(session);
+    request.set_path(path);
+    auto reader = stub_->ReadFile(&context, request);
+    v1::ReadFileResponse response;
+    content->clear();
+    while (reader->Read(&response)) {
+      if (response.has_info() && info != nullptr) *info = response.info();
+      *content += response.data();
+    }
+    return reader->Finish();
+  }
+
+  grpc::Status List(const std::string& session, const std::string& path,
+                    v1::ListFilesResponse* response) {
+    grpc::ClientContext context;
+    Prepare(context);
+    v1::ListFilesRequest request;
+    request.set_session_id(session);
+    request.set_path(path);
+    request.set_recursive(true);
+    return stub_->ListFiles(&context, request, response);
+  }
+
+  grpc::Status Stat(const std::string& session, const std::string& path,
+                    v1::StatFileResponse* response) {
+    grpc::ClientContext context;
+    Prepare(context);
+    v1::StatFileRequest request;
+    request.set_session_id(session);
+    request.set_path(path);
+    return stub_->StatFile(&context, request, response);
+  }
+
+  // Every rpc of the service once on `session`, each with how it ended.
+  std::vector<std::pair<std::string, grpc::Status>> CallEach(const std::string& session) {
+    std::vector<std::pair<std::string, grpc::Status>> out;
+    out.emplace_back("Exec", Exec(session, {"true"}).status);
+    std::string content;
+    out.emplace_back("ReadFile", Read(session, "a.txt", &content));
+    v1::WriteFileResponse written;
+    out.emplace_back("WriteFile", Write(session, "b.txt", {"x"}, &written));
+    v1::ListFilesResponse listed;
+    out.emplace_back("ListFiles", List(session, "", &listed));
+    v1::StatFileResponse stat;
+    out.emplace_back("StatFile", Stat(session, "a.txt", &stat));
+    return out;
+  }
+
+ private:
+  void Prepare(grpc::ClientContext& context) {
+    if (!key_.empty()) context.AddMetadata("authorization", "Bearer " + key_);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  }
+
+  std::unique_ptr<v1::SandboxService::Stub> stub_;
+  std::string key_;
+};
+
+class GatewaySandbox : public SessionFixture {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1, .gateway = true, .sandbox = true}));
+  }
+
+  SandboxClient As(const std::string& key) { return SandboxClient(gateway()->grpc_target(), key); }
+
+  std::string StoredKey(const std::string& tenant, const std::vector<std::string>& scopes) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    store::v1::CreateApiKeyRequest request;
+    request.set_tenant_id(tenant);
+    request.set_name("test key");
+    for (const std::string& scope : scopes) request.add_scopes(scope);
+    store::v1::CreateApiKeyResponse response;
+    grpc::Status status = store().CreateApiKey(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << Describe(status);
+    return response.secret();
+  }
+};
+
+TEST_F(GatewaySandbox, FilesAndProcessesOfASessionAreTheSandboxItsAgentUses) {
+  v1::AgentConfig config;
+  config.add_tools("read_file");
+  const std::string session = CreateSessionWith(kTenantA, config);
+  SandboxClient client = As(StoredKey(kTenantA, {"sandbox:exec", "sandbox:files"}));
+
+  const std::string program = "print('hello from the sandbox')\n";
+  v1::WriteFileResponse written;
+  grpc::Status status =
+      client.Write(session, "src/hello.py", {program.substr(0, 13), program.substr(13)}, &written);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(written.bytes_written(), program.size());
+  EXPECT_EQ(written.info().path(), "src/hello.py");
+
+  std::string content;
+  v1::FileInfo info;
+  status = client.Read(session, "src/hello.py", &content, &info);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(content, program);
+  EXPECT_EQ(info.size_bytes(), program.size());
+
+  v1::ListFilesResponse listed;
+  status = client.List(session, "", &listed);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  std::vector<std::string> paths;
+  for (const v1::FileInfo& entry : listed.entries()) paths.push_back(entry.path());
+  EXPECT_EQ(paths, (std::vector<std::string>{"src", "src/hello.py"}));
+
+  v1::StatFileResponse stat;
+  status = client.Stat(session, "src", &stat);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(stat.info().type(), v1::FILE_TYPE_DIRECTORY);
+
+  Ran ran = client.Exec(session, {"bash", "-c", "cat src/hello.py; echo oops >&2; exit 3"});
+  ASSERT_TRUE(ran.status.ok()) << Describe(ran.status);
+  EXPECT_EQ(ran.out, program);
+  EXPECT_EQ(ran.err, "oops\n");
+  EXPECT_EQ(ran.exit_code, 3);
+
+  // One sandbox for the session, and the agent's read_file sees the file written above.
+  absl::StatusOr<std::vector<sandbox::v1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();
+  EXPECT_EQ(sandboxes->size(), 1u);
+  absl::StatusOr<std::string> turn_id =
+      SubmitTurn(kTenantA, session, "@tool read_file {\"path\": \"src/hello.py\"}\n@say done");
+  ASSERT_TRUE(turn_id.ok()) << turn_id.status();
+  absl::StatusOr<v1::Turn> turn = WaitForTurnEnd(kTenantA, session, *turn_id, absl::Seconds(90));
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  EXPECT_EQ(turn->status(), v1::TURN_STATUS_SUCCEEDED);
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  int results = 0;
+  for (const v1::Event& event : *events) {
+    if (!event.has_tool_result()) continue;
+    ++results;
+    EXPECT_FALSE(event.tool_result().is_error()) << event.tool_result().output();
+    EXPECT_NE(event.tool_result().output().find("hello from the sandbox"), std::string::npos)
+        << event.tool_result().output();
+  }
+  EXPECT_EQ(results, 1);
+  sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();
+  EXPECT_EQ(sandboxes->size(), 1u);
+}
+
+TEST_F(GatewaySandbox, AnAbortedUploadLeavesTheFileAsItWas) {
+  const std::string session = CreateSession(kTenantA);
+  SandboxClient client = As(kGatewayApiKey);
+  v1::WriteFileResponse written;
+  grpc::Status status = client.Write(session, "notes.txt", {"first version\n"}, &written);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+
+  status = client.Write(session, "notes.txt", {"half of a second", " version"}, &written,
+                        /*abort=*/true);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << Describe(status);
+  std::string content;
+  status = client.Read(session, "notes.txt", &content);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(content, "first version\n");
+}
+
+TEST_F(GatewaySandbox, AnotherTenantsSessionIsNotFoundAndNoSandboxIsMadeForIt) {
+  const std::string session = CreateSession(kTenantA);
+  CreateSession(kTenantB);  // Tenant B exists, with a key of every scope.
+  SandboxClient other = As(StoredKey(kTenantB, {"*"}));
+  for (const auto& [rpc, status] : other.CallEach(session)) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << rpc << ": " << Describe(status);
+  }
+  SandboxClient mine = As(StoredKey(kTenantA, {"*"}));
+  for (const auto& [rpc, status] : mine.CallEach("ses_does_not_exist")) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << rpc << ": " << Describe(status);
+  }
+  absl::StatusOr<std::vector<sandbox::v1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();
+  EXPECT_TRUE(sandboxes->empty());
+}
+
+TEST_F(GatewaySandbox, EachCallNeedsItsScopeAndAnOpenSessionNamedByItsId) {
+  const std::string session = CreateSession(kTenantA);
+  SandboxClient reader = As(StoredKey(kTenantA, {"sessions:read", "sessions:write"}));
+  for (const auto& [rpc, status] : reader.CallEach(session)) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+        << rpc << ": " << Describe(status);
+    std::optional<v1::ErrorInfo> info = GetErrorInfo(FromGrpcStatus(status));
+    ASSERT_TRUE(info.has_value()) << rpc;
+    EXPECT_EQ(info->metadata().at("scope"), rpc == "Exec" ? "sandbox:exec" : "sandbox:files")
+        << rpc;
+  }
+  // Files only: Exec is refused, files work.
+  SandboxClient files = As(StoredKey(kTenantA, {"sandbox:files"}));
+  EXPECT_EQ(files.Exec(session, {"true"}).status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  v1::ListFilesResponse listed;
+  grpc::Status status = files.List(session, "", &listed);
+  EXPECT_TRUE(status.ok()) << Describe(status);
+
+  SandboxClient all = As(kGatewayApiKey);
+  for (const auto& [rpc, status] : all.CallEach("")) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << rpc << ": " << Describe(status);
+  }
+  v1::CloseSessionResponse closed;
+  status = CloseSession(kTenantA, session, &closed);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  for (const auto& [rpc, status] : all.CallEach(session)) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << rpc << ": " << Describe(status);
+    std::optional<v1::ErrorInfo> info = GetErrorInfo(FromGrpcStatus(status));
+    ASSERT_TRUE(info.has_value()) << rpc;
+    EXPECT_EQ(info->reason(), "SESSION_CLOSED") << rpc;
+  }
+}
+
+}  // namespace
+}  // namespace parley::session::testing
