@@ -92,12 +92,25 @@ absl::StatusOr<RedisReply> RedisConnection::Command(const std::vector<std::strin
 
 absl::StatusOr<std::vector<RedisReply>> RedisConnection::Pipeline(
     const std::vector<std::vector<std::string>>& commands) {
+  absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> each = PipelineEach(commands);
+  if (!each.ok()) return each.status();
+  std::vector<RedisReply> replies;
+  replies.reserve(each->size());
+  for (absl::StatusOr<RedisReply>& reply : *each) {
+    if (!reply.ok()) return reply.status();
+    replies.push_back(*std::move(reply));
+  }
+  return replies;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> RedisConnection::PipelineEach(
+    const std::vector<std::vector<std::string>>& commands) {
   if (broken()) return absl::UnavailableError("redis: connection is broken");
+  std::vector<const char*> argv;
+  std::vector<size_t> argvlen;
   for (const std::vector<std::string>& args : commands) {
-    std::vector<const char*> argv;
-    std::vector<size_t> argvlen;
-    argv.reserve(args.size());
-    argvlen.reserve(args.size());
+    argv.clear();
+    argvlen.clear();
     for (const std::string& arg : args) {
       argv.push_back(arg.data());
       argvlen.push_back(arg.size());
@@ -107,18 +120,18 @@ absl::StatusOr<std::vector<RedisReply>> RedisConnection::Pipeline(
       return absl::UnavailableError(absl::StrCat("redis: ", context_->errstr));
     }
   }
-  // Every reply is read, even after an error, so the connection stays in step.
-  std::vector<RedisReply> replies;
-  absl::Status first_error;
+  // Every reply is read, even after an error reply, so the connection stays in step.
+  std::vector<absl::StatusOr<RedisReply>> replies;
+  replies.reserve(commands.size());
   for (size_t i = 0; i < commands.size(); ++i) {
     absl::StatusOr<RedisReply> reply = ReadReply();
     if (!reply.ok()) return reply.status();
-    if ((*reply)->type == REDIS_REPLY_ERROR && first_error.ok()) {
-      first_error = ErrorReplyStatus(**reply);
+    if ((*reply)->type == REDIS_REPLY_ERROR) {
+      replies.push_back(ErrorReplyStatus(**reply));
+    } else {
+      replies.push_back(*std::move(reply));
     }
-    replies.push_back(*std::move(reply));
   }
-  if (!first_error.ok()) return first_error;
   return replies;
 }
 

@@ -71,6 +71,11 @@ class RedisConnection {
   // first error (a reply of type error, or a broken connection) is returned instead.
   absl::StatusOr<std::vector<RedisReply>> Pipeline(
       const std::vector<std::vector<std::string>>& commands);
+  // Like Pipeline, but each command keeps its own outcome: an error reply becomes that
+  // command's status (as Command reports it) and the others still succeed. Only a
+  // broken connection fails the whole batch.
+  absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> PipelineEach(
+      const std::vector<std::vector<std::string>>& commands);
 
   // Waits, within the connection's timeout, for the next reply: for a connection that
   // has subscribed, the next pub/sub message. An error reply is returned as a reply.

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -232,13 +234,11 @@ void IdempotencyStore::Begin(absl::string_view tenant, absl::string_view method,
   claim.seal_key = Sha256(absl::StrCat("parley idempotency seal\n", tenant, "\n", key));
   claim.fingerprint = Sha256(absl::StrCat(method, "\n", DeterministicBytes(request)));
   auto state = std::make_shared<std::pair<Claim, BeginDone>>(std::move(claim), std::move(done));
-  const bool queued = pool_.Submit([this, state](RedisConnection* redis) {
+  std::vector<std::string> command = {
+      "EVAL",          kBeginScript, "1", state->first.redis_key, "P" + state->first.fingerprint,
+      absl::StrCat(absl::ToInt64Milliseconds(options_.in_flight_ttl))};
+  const bool queued = pool_.Submit(std::move(command), [state](absl::StatusOr<RedisReply> reply) {
     auto& [claim, done] = *state;
-    if (redis == nullptr) return done(NoRedis());
-    const std::string pending = "P" + claim.fingerprint;
-    absl::StatusOr<RedisReply> reply =
-        redis->Command({"EVAL", kBeginScript, "1", claim.redis_key, pending,
-                        absl::StrCat(absl::ToInt64Milliseconds(options_.in_flight_ttl))});
     if (!reply.ok()) return done(NoRedis());
     if ((*reply)->type == REDIS_REPLY_NIL) return done(Started{.claim = std::move(claim)});
     if ((*reply)->type != REDIS_REPLY_STRING) return done(NoRedis());
@@ -269,13 +269,10 @@ void IdempotencyStore::Complete(Claim claim, const grpc::Status& status,
     if (sealed) outcome = absl::StrCat("D", claim.fingerprint, *sealed);
   }
   const std::string ttl_ms = absl::StrCat(absl::ToInt64Milliseconds(options_.ttl));
-  (void)pool_.Submit(
-      [claim = std::move(claim), outcome = std::move(outcome), ttl_ms](RedisConnection* redis) {
-        // Unreachable: the pending marker expires by itself (in_flight_ttl).
-        if (redis == nullptr) return;
-        (void)redis->Command({"EVAL", kCompleteScript, "1", claim.redis_key,
-                              "P" + claim.fingerprint, outcome, ttl_ms});
-      });
+  // Unreachable or refused: the pending marker expires by itself (in_flight_ttl).
+  (void)pool_.Submit({"EVAL", kCompleteScript, "1", claim.redis_key, "P" + claim.fingerprint,
+                      std::move(outcome), ttl_ms},
+                     [](const absl::StatusOr<RedisReply>&) {});
 }
 
 }  // namespace parley::gateway

@@ -58,6 +58,8 @@ RateLimiter::RateLimiter(RateLimiterOptions options, telemetry::Registry& regist
 
 void RateLimiter::Admit(Principal who, AuthenticateDone done) {
   if (who.Has(kScopeAdmin)) return done(std::move(who));  // The operator.
+  auto check = std::make_shared<Check>(CheckFor(who));
+  if (check->command.empty()) return done(std::move(who));
   bool reachable;
   {
     absl::MutexLock lock(&mu_);
@@ -65,13 +67,20 @@ void RateLimiter::Admit(Principal who, AuthenticateDone done) {
   }
   // Checks are cheap while Redis answers; when it does not, requests are admitted
   // unchecked rather than queued behind timeouts.
-  auto request = std::make_shared<Request>(Request{std::move(who), std::move(done)});
+  auto request = std::make_shared<std::pair<Principal, AuthenticateDone>>(std::move(who),
+                                                                          std::move(done));
   if (reachable &&
-      pool_.Submit([this, request](RedisConnection* redis) { Answer(redis, *request); })) {
+      pool_.Submit(check->command,
+                   [this, check, request](absl::StatusOr<RedisReply> reply) {
+                     absl::Status verdict = Verdict(*check, reply);
+                     auto& [who, done] = *request;
+                     if (!verdict.ok()) return done(std::move(verdict));
+                     done(std::move(who));
+                   })) {
     return;
   }
   unchecked_.Increment();
-  request->done(std::move(request->who));
+  request->second(std::move(request->first));
 }
 
 void RateLimiter::MarkUnreachable() {
@@ -79,54 +88,42 @@ void RateLimiter::MarkUnreachable() {
   unreachable_until_ = absl::Now() + kUnreachableBackoff;
 }
 
-void RateLimiter::Answer(RedisConnection* redis, Request& request) {
-  absl::Status verdict = absl::OkStatus();
-  if (redis == nullptr) {
-    unchecked_.Increment();
-    MarkUnreachable();
-  } else {
-    verdict = Check(*redis, request.who);
-    if (redis->broken()) MarkUnreachable();
-  }
-  if (!verdict.ok()) {
-    request.done(std::move(verdict));
-  } else {
-    request.done(std::move(request.who));
-  }
-}
-
-absl::Status RateLimiter::Check(RedisConnection& redis, const Principal& who) {
-  const RateLimit tenant =
-      Effective(who.tenant_rate_per_s, who.tenant_rate_burst, options_.tenant_default);
-  const RateLimit key = Effective(options_.key_default.per_s, options_.key_default.burst, {});
-  std::vector<std::string> args = {"EVAL", kGcraScript, "0"};
+RateLimiter::Check RateLimiter::CheckFor(const Principal& who) const {
+  Check check{
+      .tenant = Effective(who.tenant_rate_per_s, who.tenant_rate_burst, options_.tenant_default),
+      .key = Effective(options_.key_default.per_s, options_.key_default.burst, {})};
   std::vector<std::string> keys, argv;
   for (const auto& [name, limit] :
-       {std::pair{options_.keys.TenantRate(who.tenant_id), tenant},
-        std::pair{options_.keys.KeyRate(who.tenant_id, who.key_id), key}}) {
+       {std::pair{options_.keys.TenantRate(who.tenant_id), check.tenant},
+        std::pair{options_.keys.KeyRate(who.tenant_id, who.key_id), check.key}}) {
     if (limit.per_s == 0) continue;
     keys.push_back(name);
     argv.push_back(absl::StrCat(1'000'000 / limit.per_s));
     argv.push_back(absl::StrCat(limit.burst));
   }
-  if (keys.empty()) return absl::OkStatus();
-  args[2] = absl::StrCat(keys.size());
-  args.insert(args.end(), keys.begin(), keys.end());
-  args.insert(args.end(), argv.begin(), argv.end());
-  absl::StatusOr<RedisReply> reply = redis.Command(args);
+  if (keys.empty()) return check;
+  check.command = {"EVAL", kGcraScript, absl::StrCat(keys.size())};
+  check.command.insert(check.command.end(), keys.begin(), keys.end());
+  check.command.insert(check.command.end(), argv.begin(), argv.end());
+  return check;
+}
+
+absl::Status RateLimiter::Verdict(const Check& check, const absl::StatusOr<RedisReply>& reply) {
   if (!reply.ok() || (*reply)->type != REDIS_REPLY_ARRAY || (*reply)->elements != 2) {
+    // Unreachable or broken: admit, and stop asking for a while.
+    if (!reply.ok() && absl::IsUnavailable(reply.status())) MarkUnreachable();
     unchecked_.Increment();
     return absl::OkStatus();
   }
   const int64_t wait_us = ReplyInt64((*reply)->element[0]);  // Script time: microseconds.
   if (wait_us <= 0) return absl::OkStatus();
   // Which limit refused: the first key is the tenant's when it is limited at all.
-  const bool by_tenant = ReplyInt64((*reply)->element[1]) == 1 && tenant.per_s > 0;
+  const bool by_tenant = ReplyInt64((*reply)->element[1]) == 1 && check.tenant.per_s > 0;
   (by_tenant ? limited_tenant_ : limited_key_).Increment();
   const int64_t wait_ms = (wait_us + 999) / 1000;
-  absl::Status status = absl::ResourceExhaustedError(
-      absl::StrCat("rate limit of the ", by_tenant ? "tenant" : "api key", " (",
-                   by_tenant ? tenant.per_s : key.per_s, "/s) reached; retry in ", wait_ms, " ms"));
+  absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
+      "rate limit of the ", by_tenant ? "tenant" : "api key", " (",
+      by_tenant ? check.tenant.per_s : check.key.per_s, "/s) reached; retry in ", wait_ms, " ms"));
   SetErrorInfo(status, "RATE_LIMITED", {{"limit", by_tenant ? "tenant" : "key"}});
   SetRetryDelay(status, wait_ms);
   return status;

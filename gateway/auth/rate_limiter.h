@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -60,18 +62,21 @@ class RateLimiter {
   void Admit(Principal who, AuthenticateDone done);
 
  private:
-  struct Request {
-    Principal who;
-    AuthenticateDone done;
-  };
   // Requests waiting for a check, at most; more are admitted unchecked.
   static constexpr size_t kMaxQueued = 10'000;
   // After Redis failed to answer, how long requests are admitted without asking it.
   static constexpr absl::Duration kUnreachableBackoff = absl::Seconds(1);
 
-  // On a worker: the verdict for `request`, handed to its `done`.
-  void Answer(RedisConnection* redis, Request& request);
-  absl::Status Check(RedisConnection& redis, const Principal& who);
+  // The limits that apply to `who`, and the GCRA script call that checks them (empty
+  // when none applies).
+  struct Check {
+    RateLimit tenant;
+    RateLimit key;
+    std::vector<std::string> command;
+  };
+  Check CheckFor(const Principal& who) const;
+  // The verdict of the script's reply: OK, or RESOURCE_EXHAUSTED naming the limit.
+  absl::Status Verdict(const Check& check, const absl::StatusOr<RedisReply>& reply);
   void MarkUnreachable();
 
   const RateLimiterOptions options_;

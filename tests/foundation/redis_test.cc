@@ -2,6 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "common/redis_worker_pool.h"
+
 #include "tests/harness/services.h"
 
 namespace parley {
@@ -56,6 +63,81 @@ TEST(RedisConnection, UnreachableServerIsUnavailable) {
   RedisEndpoint endpoint{.host = "127.0.0.1", .port = 1};
   auto connection = RedisConnection::Connect(endpoint, absl::Seconds(1));
   EXPECT_EQ(connection.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// Results of commands run through a RedisWorkerPool, in the order they arrived.
+class Collected {
+ public:
+  RedisWorkerPool::Done Add(std::string name) {
+    return [this, name = std::move(name)](absl::StatusOr<RedisReply> reply) {
+      absl::MutexLock lock(&mu_);
+      results_.emplace_back(name, reply.ok() ? ReplyString(reply->get()) : reply.status().ToString(),
+                            reply.status().code());
+    };
+  }
+  // Waits (bounded) until `count` results are in; all of them.
+  std::vector<std::tuple<std::string, std::string, absl::StatusCode>> Await(size_t count) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&] {
+      mu_.AssertHeld();
+      return results_.size() >= count;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(30));
+    return results_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::tuple<std::string, std::string, absl::StatusCode>> results_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(RedisWorkerPool, EachPipelinedCommandGetsItsOwnReplyOrError) {
+  auto redis = testing::TestRedis::Create();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string key = (*redis)->keys().prefix() + "pool";
+  Collected collected;
+  {
+    // One worker, so the replies come back in the order the commands were queued.
+    RedisWorkerPool pool({.redis = (*redis)->endpoint(), .workers = 1, .max_batch = 64});
+    ASSERT_TRUE(pool.Submit({"SET", key, "v1"}, collected.Add("set")));
+    ASSERT_TRUE(pool.Submit({"NOSUCHCOMMAND"}, collected.Add("bad")));
+    ASSERT_TRUE(pool.Submit({"GET", key}, collected.Add("get")));
+    for (int i = 0; i < 200; ++i) {
+      ASSERT_TRUE(pool.Submit({"INCR", key + ":n"}, collected.Add("incr")));
+    }
+  }  // Runs everything queued, then joins.
+  auto results = collected.Await(203);
+  ASSERT_EQ(results.size(), 203u);
+  EXPECT_EQ(results[0], std::make_tuple("set", "OK", absl::StatusCode::kOk));
+  EXPECT_EQ(std::get<0>(results[1]), "bad");
+  EXPECT_EQ(std::get<2>(results[1]), absl::StatusCode::kInternal);  // Only that command failed.
+  EXPECT_EQ(results[2], std::make_tuple("get", "v1", absl::StatusCode::kOk));
+  auto count = (*redis)->connection().Command({"GET", key + ":n"});
+  ASSERT_TRUE(count.ok());
+  EXPECT_EQ(ReplyString(count->get()), "200");  // Batches larger than max_batch: all ran.
+}
+
+TEST(RedisWorkerPool, EveryCommandIsUnavailableWhileRedisCannotBeReached) {
+  Collected collected;
+  {
+    RedisWorkerPool pool({.redis = {.host = "127.0.0.1", .port = 1}, .workers = 2});
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(pool.Submit({"PING"}, collected.Add("ping")));
+  }
+  auto results = collected.Await(5);
+  ASSERT_EQ(results.size(), 5u);
+  for (const auto& [name, text, code] : results) EXPECT_EQ(code, absl::StatusCode::kUnavailable);
+}
+
+TEST(RedisWorkerPool, RefusesWhenTheQueueIsFull) {
+  // No worker ever runs: everything stays queued, so the limit is exact.
+  RedisWorkerPool pool({.redis = {.host = "127.0.0.1", .port = 1}, .workers = 0,
+                        .max_queued = 3});
+  int ran = 0;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(pool.Submit({"PING"}, [&](absl::StatusOr<RedisReply>) { ++ran; }));
+  }
+  EXPECT_FALSE(pool.Submit({"PING"}, [&](absl::StatusOr<RedisReply>) { ++ran; }));
+  EXPECT_EQ(ran, 0);
 }
 
 }  // namespace
