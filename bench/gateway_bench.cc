@@ -1,0 +1,298 @@
+// gateway_bench: what the gateway adds to a call, and how soon a sent message streams.
+//
+// (a) Unary overhead. GetSession at a fixed rate, open loop (each call is due at its
+//     slot and its latency counts from that slot, so a stall is not hidden by sending
+//     less), alternately straight to store-svc (store.v1 GetSession with the tenant) and
+//     through the gateway (parley.v1 GetSession with a tenant's API key, which the
+//     gateway authenticates, rate-checks and forwards to the same store-svc). The rounds
+//     alternate so both see the same machine; added_p99_ms = gateway p99 - direct p99.
+// (b) SendMessage -> first text delta. One StreamEvents subscriber on the session,
+//     through the gateway; each sample sends a message (the scripted model answers with
+//     a short streamed reply) and times from the send to the first TextDelta the
+//     subscriber receives, then waits for the turn to seal before the next.
+//
+//   gateway_bench --gateway_addr=... --store_addr=... --api_key=... --tenant=...
+//   ... RESULT name=gateway rps=5000 direct_p99_ms=... gateway_p99_ms=... added_p99_ms=...
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "bench/bench_util.h"
+#include "common/config.h"
+#include "parley/store/v1/store.grpc.pb.h"
+#include "parley/v1/parley.grpc.pb.h"
+
+namespace parley::bench {
+namespace {
+
+struct Config {
+  std::string gateway_addr;
+  std::string store_addr;
+  std::string api_key;
+  std::string tenant;
+  int64_t rate = 5000;
+  absl::Duration round = absl::Seconds(2);
+  int64_t rounds = 3;
+  int64_t samples = 200;
+};
+
+// One side of the unary comparison: starts one GetSession and runs `done` when it ends.
+using StartCall = std::function<void(std::function<void(bool ok)> done)>;
+
+struct Round {
+  std::vector<double> latencies_ms;
+  int64_t failures = 0;
+  double achieved_rps = 0;
+};
+
+// Sends `rate` calls per second for `duration`, open loop: call i is due at start + i /
+// rate and its latency is measured from then.
+Round RunPaced(const StartCall& start_call, int64_t rate, absl::Duration duration) {
+  const int64_t total = static_cast<int64_t>(absl::ToDoubleSeconds(duration) * rate);
+  const absl::Duration interval = absl::Seconds(1) / rate;
+  std::vector<double> latencies(total, -1);
+  std::atomic<int64_t> finished{0};
+  std::atomic<int64_t> failures{0};
+  absl::Notification all_done;
+  const absl::Time begin = absl::Now() + absl::Milliseconds(10);
+  for (int64_t i = 0; i < total; ++i) {
+    const absl::Time due = begin + i * interval;
+    const absl::Time now = absl::Now();
+    if (due > now) absl::SleepFor(due - now);
+    start_call([&, i, due](bool ok) {
+      latencies[i] = absl::ToDoubleMilliseconds(absl::Now() - due);
+      if (!ok) failures.fetch_add(1);
+      if (finished.fetch_add(1) + 1 == total) all_done.Notify();
+    });
+  }
+  const absl::Duration sending = absl::Now() - begin;
+  all_done.WaitForNotificationWithTimeout(absl::Seconds(60));
+  Round round;
+  for (double latency : latencies) {
+    if (latency >= 0) round.latencies_ms.push_back(latency);
+  }
+  round.failures = failures.load() + (total - finished.load());
+  round.achieved_rps = total / absl::ToDoubleSeconds(sending);
+  return round;
+}
+
+template <typename Stub, typename Request, typename Response>
+StartCall UnaryCaller(Stub* stub, Request request, std::string key,
+                      void (Stub::async_interface::*method)(grpc::ClientContext*, const Request*,
+                                                            Response*,
+                                                            std::function<void(grpc::Status)>)) {
+  return [stub, request = std::move(request), key = std::move(key),
+          method](std::function<void(bool)> done) {
+    struct Call {
+      grpc::ClientContext context;
+      Request request;
+      Response response;
+    };
+    auto* call = new Call;
+    call->request = request;
+    if (!key.empty()) call->context.AddMetadata("authorization", "Bearer " + key);
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    (stub->async()->*method)(&call->context, &call->request, &call->response,
+                             [call, done = std::move(done)](grpc::Status status) {
+                               done(status.ok());
+                               delete call;
+                             });
+  };
+}
+
+// A StreamEvents subscriber that reports when the first TextDelta after Arm() arrives
+// and when the turn it belongs to seals.
+class DeltaWatcher {
+ public:
+  DeltaWatcher(v1::SessionService::Stub& stub, const std::string& key, const std::string& session)
+      : stub_(stub) {
+    context_.AddMetadata("authorization", "Bearer " + key);
+    v1::StreamEventsRequest request;
+    request.set_session_id(session);
+    request.set_from_latest(true);
+    reader_ = stub_.StreamEvents(&context_, request);
+    thread_ = std::thread([this] { Read(); });
+  }
+  ~DeltaWatcher() {
+    context_.TryCancel();
+    thread_.join();
+  }
+
+  void Arm(absl::Time sent) {
+    absl::MutexLock lock(&mu_);
+    sent_ = sent;
+    first_delta_.reset();
+    sealed_ = false;
+  }
+
+  // Waits for the armed turn's seal; the send-to-first-delta time, if a delta came.
+  std::optional<absl::Duration> WaitForSeal(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&sealed_), timeout);
+    if (!sealed_ || !first_delta_) return std::nullopt;
+    return *first_delta_ - sent_;
+  }
+
+ private:
+  void Read() {
+    v1::StreamEventsResponse response;
+    while (reader_->Read(&response)) {
+      if (!response.has_event()) continue;
+      const v1::Event& event = response.event();
+      const absl::Time now = absl::Now();
+      absl::MutexLock lock(&mu_);
+      if (event.has_text_delta() && !first_delta_ && sent_ != absl::InfinitePast()) {
+        first_delta_ = now;
+      }
+      if (event.has_turn_sealed() && first_delta_) sealed_ = true;
+    }
+    (void)reader_->Finish();
+  }
+
+  v1::SessionService::Stub& stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReader<v1::StreamEventsResponse>> reader_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  absl::Time sent_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::optional<absl::Time> first_delta_ ABSL_GUARDED_BY(mu_);
+  bool sealed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+int Main(const Config& config) {
+  auto gateway_channel =
+      grpc::CreateChannel(config.gateway_addr, grpc::InsecureChannelCredentials());
+  auto store_channel = grpc::CreateChannel(config.store_addr, grpc::InsecureChannelCredentials());
+  auto sessions = v1::SessionService::NewStub(gateway_channel);
+  auto store = store::v1::StoreService::NewStub(store_channel);
+
+  // The session both sides read, made through the gateway.
+  std::string session;
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + config.api_key);
+    v1::CreateSessionRequest request;
+    request.set_title("gateway bench");
+    v1::CreateSessionResponse response;
+    grpc::Status status = sessions->CreateSession(&context, request, &response);
+    if (!status.ok()) {
+      std::fprintf(stderr, "CreateSession failed: %s\n", status.error_message().c_str());
+      return 1;
+    }
+    session = response.session().id();
+  }
+
+  store::v1::GetSessionRequest direct_request;
+  direct_request.set_tenant_id(config.tenant);
+  direct_request.set_session_id(session);
+  StartCall direct = UnaryCaller(store.get(), direct_request, "",
+                                 &store::v1::StoreService::Stub::async_interface::GetSession);
+  v1::GetSessionRequest public_request;
+  public_request.set_session_id(session);
+  StartCall through_gateway = UnaryCaller(sessions.get(), public_request, config.api_key,
+                                          &v1::SessionService::Stub::async_interface::GetSession);
+
+  // A warm-up round of each (connections, caches, the key), then alternating rounds.
+  RunPaced(direct, config.rate, absl::Seconds(1));
+  RunPaced(through_gateway, config.rate, absl::Seconds(1));
+  Round direct_all, gateway_all;
+  double direct_rps = 0, gateway_rps = 0;
+  for (int64_t r = 0; r < config.rounds; ++r) {
+    for (bool via_gateway : {false, true}) {
+      Round round = RunPaced(via_gateway ? through_gateway : direct, config.rate, config.round);
+      Round& all = via_gateway ? gateway_all : direct_all;
+      all.latencies_ms.insert(all.latencies_ms.end(), round.latencies_ms.begin(),
+                              round.latencies_ms.end());
+      all.failures += round.failures;
+      (via_gateway ? gateway_rps : direct_rps) += round.achieved_rps / config.rounds;
+      std::fprintf(stderr, "round %lld %-7s p50 %.3f ms  p99 %.3f ms  failures %lld  %.0f rps\n",
+                   static_cast<long long>(r), via_gateway ? "gateway" : "direct",
+                   Percentile(round.latencies_ms, 0.5), Percentile(round.latencies_ms, 0.99),
+                   static_cast<long long>(round.failures), round.achieved_rps);
+    }
+  }
+  const double direct_p50 = Percentile(direct_all.latencies_ms, 0.5);
+  const double direct_p99 = Percentile(direct_all.latencies_ms, 0.99);
+  const double gateway_p50 = Percentile(gateway_all.latencies_ms, 0.5);
+  const double gateway_p99 = Percentile(gateway_all.latencies_ms, 0.99);
+
+  // (b) SendMessage -> first TextDelta at a subscriber.
+  std::vector<double> first_delta_ms;
+  int64_t lost = 0;
+  {
+    DeltaWatcher watcher(*sessions, config.api_key, session);
+    absl::SleepFor(absl::Milliseconds(500));  // Let the stream go live before the first send.
+    for (int64_t i = 0; i < config.samples + 5; ++i) {
+      v1::SendMessageRequest request;
+      request.set_session_id(session);
+      request.add_content()->set_text("Say hello.");
+      grpc::ClientContext context;
+      context.AddMetadata("authorization", "Bearer " + config.api_key);
+      v1::SendMessageResponse response;
+      const absl::Time sent = absl::Now();
+      watcher.Arm(sent);
+      grpc::Status status = sessions->SendMessage(&context, request, &response);
+      std::optional<absl::Duration> latency =
+          status.ok() ? watcher.WaitForSeal(absl::Seconds(30)) : std::nullopt;
+      if (!latency) {
+        ++lost;
+        if (!status.ok()) {
+          std::fprintf(stderr, "SendMessage failed: %s\n", status.error_message().c_str());
+        }
+        continue;
+      }
+      if (i >= 5) first_delta_ms.push_back(absl::ToDoubleMilliseconds(*latency));
+    }
+  }
+  const double delta_p50 = Percentile(first_delta_ms, 0.5);
+  const double delta_p99 = Percentile(first_delta_ms, 0.99);
+
+  std::printf("direct to store-svc: p50 %.3f ms, p99 %.3f ms at %.0f rps (%lld failed)\n",
+              direct_p50, direct_p99, direct_rps, static_cast<long long>(direct_all.failures));
+  std::printf("through the gateway: p50 %.3f ms, p99 %.3f ms at %.0f rps (%lld failed)\n",
+              gateway_p50, gateway_p99, gateway_rps, static_cast<long long>(gateway_all.failures));
+  std::printf("added p99: %.3f ms (goal <= 1 ms at 5,000 rps)\n", gateway_p99 - direct_p99);
+  std::printf(
+      "SendMessage -> first delta: p50 %.3f ms, p99 %.3f ms over %zu turns, %lld lost "
+      "(goals p50 <= 3 ms, p99 <= 15 ms)\n",
+      delta_p50, delta_p99, first_delta_ms.size(), static_cast<long long>(lost));
+  std::printf(
+      "RESULT name=gateway rps=%lld direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f "
+      "gateway_p99_ms=%.3f added_p99_ms=%.3f first_delta_p50_ms=%.3f first_delta_p99_ms=%.3f "
+      "failures=%lld\n",
+      static_cast<long long>(config.rate), direct_p50, direct_p99, gateway_p50, gateway_p99,
+      gateway_p99 - direct_p99, delta_p50, delta_p99,
+      static_cast<long long>(direct_all.failures + gateway_all.failures + lost));
+  return 0;
+}
+
+}  // namespace
+}  // namespace parley::bench
+
+int main(int argc, char** argv) {
+  parley::bench::Config config;
+  parley::Flags flags("gateway_bench",
+                      "What the gateway adds to a unary call, and how soon a "
+                      "sent message's first delta reaches a subscriber.");
+  flags.HostPort("gateway_addr", &config.gateway_addr, "parley-gateway");
+  flags.HostPort("store_addr", &config.store_addr, "parley-store (the direct path)");
+  flags.String("api_key", &config.api_key, "a tenant's key with sessions:read and :write");
+  flags.String("tenant", &config.tenant, "that key's tenant");
+  flags.Int("rate", &config.rate, "GetSession calls per second", 1, 100000);
+  flags.Duration("round", &config.round, "length of each measured round");
+  flags.Int("rounds", &config.rounds, "rounds of each path, alternating", 1, 100);
+  flags.Int("samples", &config.samples, "SendMessage samples", 1, 100000);
+  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  return parley::bench::Main(config);
+}
