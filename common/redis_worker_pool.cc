@@ -56,8 +56,7 @@ void RedisWorkerPool::Work() {
     }
     commands.clear();
     for (Queued& queued : batch) commands.push_back(std::move(queued.command));
-    absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> replies =
-        redis->PipelineEach(commands);
+    absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> replies = redis->PipelineEach(commands);
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].done(replies.ok() ? std::move((*replies)[i]) : replies.status());
     }

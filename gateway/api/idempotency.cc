@@ -235,7 +235,11 @@ void IdempotencyStore::Begin(absl::string_view tenant, absl::string_view method,
   claim.fingerprint = Sha256(absl::StrCat(method, "\n", DeterministicBytes(request)));
   auto state = std::make_shared<std::pair<Claim, BeginDone>>(std::move(claim), std::move(done));
   std::vector<std::string> command = {
-      "EVAL",          kBeginScript, "1", state->first.redis_key, "P" + state->first.fingerprint,
+      "EVAL",
+      kBeginScript,
+      "1",
+      state->first.redis_key,
+      "P" + state->first.fingerprint,
       absl::StrCat(absl::ToInt64Milliseconds(options_.in_flight_ttl))};
   const bool queued = pool_.Submit(std::move(command), [state](absl::StatusOr<RedisReply> reply) {
     auto& [claim, done] = *state;

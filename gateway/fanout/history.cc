@@ -140,8 +140,22 @@ absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadFrom(const std::st
   return hot;  // Possibly later events; the caller sees the gap.
 }
 
-absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id,
-                                                    const std::string& session_id) {
+absl::StatusOr<StreamStart> RedisStoreHistory::Start(const std::string& tenant_id,
+                                                     const std::string& session_id,
+                                                     const std::string& turn_id) {
+  store::v1::GetLastSeqRequest request;
+  request.set_tenant_id(tenant_id);
+  request.set_session_id(session_id);
+  request.set_turn_id(turn_id);
+  auto response = CallStore(*store_, &StoreStub::GetLastSeq, request);
+  if (!response.ok()) return response.status();
+  StreamStart start{.durable_last_seq = response->last_seq(), .epoch = response->epoch()};
+  if (!turn_id.empty()) start.turn = std::move(*response->mutable_turn());
+  return start;
+}
+
+absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& session_id,
+                                                    const StreamStart& start) {
   absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();
   if (!redis.ok()) return redis.status();
   absl::StatusOr<RedisReply> reply =
@@ -149,46 +163,12 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& tenant_id
   Return(*std::move(redis));
   if (!reply.ok()) return reply.status();
   const auto last = static_cast<uint64_t>(std::max<int64_t>(0, ReplyInt64(reply->get())));
-  if (last > 0) return last;
   // Nothing in Redis (e.g. after a flush): the durable log knows.
-  absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
-  if (!durable.ok()) return durable.status();
-  return durable->last_seq();
+  return std::max(last, start.durable_last_seq);
 }
 
-absl::StatusOr<store::v1::GetLastSeqResponse> RedisStoreHistory::DurableLastSeq(
-    const std::string& tenant_id, const std::string& session_id) {
-  store::v1::GetLastSeqRequest request;
-  request.set_tenant_id(tenant_id);
-  request.set_session_id(session_id);
-  return CallStore(*store_, &StoreStub::GetLastSeq, request);
-}
-
-absl::Status RedisStoreHistory::CheckAccess(const std::string& tenant_id,
-                                            const std::string& session_id) {
-  store::v1::GetSessionRequest request;
-  request.set_tenant_id(tenant_id);
-  request.set_session_id(session_id);
-  return CallStore(*store_, &StoreStub::GetSession, request).status();
-}
-
-absl::StatusOr<uint64_t> RedisStoreHistory::CurrentEpoch(const std::string& tenant_id,
-                                                         const std::string& session_id) {
-  absl::StatusOr<store::v1::GetLastSeqResponse> durable = DurableLastSeq(tenant_id, session_id);
-  if (!durable.ok()) return durable.status();
-  return durable->epoch();
-}
-
-absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& tenant_id,
-                                                         const std::string& session_id,
-                                                         const std::string& turn_id) {
-  store::v1::GetTurnRequest request;
-  request.set_tenant_id(tenant_id);
-  request.set_session_id(session_id);
-  request.set_turn_id(turn_id);
-  auto response = CallStore(*store_, &StoreStub::GetTurn, request);
-  if (!response.ok()) return response.status();
-  const v1::Turn& turn = response->turn();
+absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& session_id,
+                                                         const v1::Turn& turn) {
   if (turn.first_seq() > 0) return turn.first_seq();
   if (turn.status() != v1::TURN_STATUS_QUEUED && turn.status() != v1::TURN_STATUS_RUNNING) {
     return 0;  // Ended without ever starting (cancelled while queued).

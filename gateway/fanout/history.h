@@ -14,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,13 @@
 
 namespace parley::gateway {
 
+// What store-svc knows of a session when a stream starts.
+struct StreamStart {
+  uint64_t durable_last_seq = 0;  // 0: no event persisted yet.
+  uint64_t epoch = 0;
+  std::optional<v1::Turn> turn;  // The turn asked for, if any.
+};
+
 class HistorySource {
  public:
   virtual ~HistorySource() = default;
@@ -36,42 +44,41 @@ class HistorySource {
   virtual absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
                                                           const std::string& session_id,
                                                           uint64_t from_seq, int max) = 0;
-  // The newest seq the session has published (0 when none), for from_latest.
-  virtual absl::StatusOr<uint64_t> LastSeq(const std::string& tenant_id,
-                                           const std::string& session_id) = 0;
-  // OK when the session exists and belongs to the tenant; NOT_FOUND otherwise (another
-  // tenant's session is indistinguishable from a missing one).
-  virtual absl::Status CheckAccess(const std::string& tenant_id, const std::string& session_id) = 0;
-  // The session's current history epoch (0 when unknown).
-  virtual absl::StatusOr<uint64_t> CurrentEpoch(const std::string& tenant_id,
-                                                const std::string& session_id) = 0;
-  // Where a stream from the start of a turn begins: the seq of its first event (its
+  // Everything a stream needs before it starts, in one store-svc call: NOT_FOUND when
+  // the session is missing or another tenant's (indistinguishable), or when turn_id is
+  // set and is not a turn of the session.
+  virtual absl::StatusOr<StreamStart> Start(const std::string& tenant_id,
+                                            const std::string& session_id,
+                                            const std::string& turn_id) = 0;
+  // The newest seq the session has published (0 when none), for from_latest: the hot
+  // window's, else the durable one `start` holds.
+  virtual absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
+                                           const StreamStart& start) = 0;
+  // Where a stream from the start of `turn` begins: the seq of its first event (its
   // newest attempt's TurnStarted); while it has not started, a seq no greater than the
   // one its first event will get. 0 when unknown (the caller starts from the newest).
-  virtual absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id,
-                                                const std::string& session_id,
-                                                const std::string& turn_id) = 0;
+  virtual absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
+                                                const v1::Turn& turn) = 0;
 };
 
 // Redis first, store-svc for what Redis no longer (or never) had. Thread-safe: each
 // call borrows one of a few blocking Redis connections.
 class RedisStoreHistory final : public HistorySource {
  public:
-  // `store` must not be null: it answers the access check, the epoch, turns, and the
-  // events older than the hot window.
+  // `store` must not be null: it answers Start and holds the events older than the hot
+  // window.
   RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
                     std::shared_ptr<store::v1::StoreService::StubInterface> store);
 
   absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
                                                   const std::string& session_id, uint64_t from_seq,
                                                   int max) override;
-  absl::StatusOr<uint64_t> LastSeq(const std::string& tenant_id,
-                                   const std::string& session_id) override;
-  absl::Status CheckAccess(const std::string& tenant_id, const std::string& session_id) override;
-  absl::StatusOr<uint64_t> CurrentEpoch(const std::string& tenant_id,
-                                        const std::string& session_id) override;
-  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& tenant_id, const std::string& session_id,
-                                        const std::string& turn_id) override;
+  absl::StatusOr<StreamStart> Start(const std::string& tenant_id, const std::string& session_id,
+                                    const std::string& turn_id) override;
+  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
+                                   const StreamStart& start) override;
+  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
+                                        const v1::Turn& turn) override;
 
  private:
   absl::StatusOr<std::unique_ptr<RedisConnection>> Borrow();
@@ -83,9 +90,6 @@ class RedisStoreHistory final : public HistorySource {
   absl::StatusOr<std::vector<v1::Event>> ReadHot(RedisConnection& redis,
                                                  const std::string& session_id, uint64_t from_seq,
                                                  int max);
-  // store-svc's GetLastSeq: the durable last seq and the epoch.
-  absl::StatusOr<store::v1::GetLastSeqResponse> DurableLastSeq(const std::string& tenant_id,
-                                                               const std::string& session_id);
   absl::StatusOr<std::vector<v1::Event>> ReadCold(const std::string& tenant_id,
                                                   const std::string& session_id, uint64_t from_seq,
                                                   int max);

@@ -270,31 +270,27 @@ void StreamCore::Tick(absl::Time now) {
 
 absl::Status StreamCore::ResolveStart() {
   HistorySource& history = hub_.history();
-  absl::Status access = history.CheckAccess(params_.tenant_id, params_.session_id);
-  if (!access.ok()) return access;
+  // One store call answers the access check, the epoch and the turn to start from.
+  absl::StatusOr<StreamStart> start =
+      history.Start(params_.tenant_id, params_.session_id,
+                    params_.start == StreamParams::Start::kTurn ? params_.turn_id : "");
+  if (!start.ok()) return start.status();
   uint64_t next = params_.after_seq + 1;
-  if (params_.start == StreamParams::Start::kLatest) {
-    absl::StatusOr<uint64_t> last = history.LastSeq(params_.tenant_id, params_.session_id);
-    if (!last.ok()) return last.status();
-    next = *last + 1;
-  } else if (params_.start == StreamParams::Start::kTurn) {
-    absl::StatusOr<uint64_t> first =
-        history.TurnFirstSeq(params_.tenant_id, params_.session_id, params_.turn_id);
-    if (!first.ok()) return first.status();
-    if (*first > 0) {
+  if (params_.start == StreamParams::Start::kTurn) {
+    next = 0;  // Unknown until the turn says: then from the newest, below.
+    if (start->turn.has_value()) {
+      absl::StatusOr<uint64_t> first = history.TurnFirstSeq(params_.session_id, *start->turn);
+      if (!first.ok()) return first.status();
       next = *first;
-    } else {
-      absl::StatusOr<uint64_t> last = history.LastSeq(params_.tenant_id, params_.session_id);
-      if (!last.ok()) return last.status();
-      next = *last + 1;
     }
   }
-  uint64_t current_epoch = 0;
-  if (params_.client_epoch != 0) {
-    absl::StatusOr<uint64_t> epoch = history.CurrentEpoch(params_.tenant_id, params_.session_id);
-    if (!epoch.ok()) return epoch.status();
-    current_epoch = *epoch;
+  if (params_.start == StreamParams::Start::kLatest ||
+      (params_.start == StreamParams::Start::kTurn && next == 0)) {
+    absl::StatusOr<uint64_t> last = history.LastSeq(params_.session_id, *start);
+    if (!last.ok()) return last.status();
+    next = *last + 1;
   }
+  const uint64_t current_epoch = params_.client_epoch != 0 ? start->epoch : 0;
   absl::MutexLock lock(&mu_);
   next_seq_ = next;
   // The client holds everything before where its stream starts: a cut before the first

@@ -190,6 +190,9 @@ Status StoreServiceImpl::GetLastSeq(ServerContext*, const pb::GetLastSeqRequest*
                                     pb::GetLastSeqResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
+  if (valid.ok() && !request->turn_id().empty()) {
+    valid = CheckId(request->turn_id(), "turn_id", limits_);
+  }
   if (!valid.ok()) return ToGrpcStatus(valid);
   auto result = pool_.Transact<pb::GetLastSeqResponse>(
       [&](pqxx::work& tx) -> absl::StatusOr<pb::GetLastSeqResponse> {
@@ -197,6 +200,12 @@ Status StoreServiceImpl::GetLastSeq(ServerContext*, const pb::GetLastSeqRequest*
         pb::GetLastSeqResponse out;
         out.set_last_seq(static_cast<uint64_t>(session.last_seq));
         out.set_epoch(static_cast<uint64_t>(session.epoch));
+        if (!request->turn_id().empty()) {
+          *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
+          if (out.turn().session_id() != request->session_id()) {
+            return absl::NotFoundError("turn not found");
+          }
+        }
         return out;
       });
   return Respond(result, response);

@@ -115,6 +115,15 @@ const char kApiKeyColumns[] =
   return t;
 }
 
+::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,
+                              const std::string& turn_id) {
+  pqxx::result row = Exec(
+      tx, absl::StrCat("SELECT ", kTurnColumns, " FROM turns WHERE tenant_id = $1 AND id = $2"),
+      tenant_id, turn_id);
+  if (row.empty()) throw StatusException{absl::NotFoundError("turn not found")};
+  return TurnFromRow(row[0]);
+}
+
 ::parley::v1::ApiKey ApiKeyFromRow(const pqxx::row& row, int o) {
   ::parley::v1::ApiKey k;
   k.set_id(row[o + 0].as<std::string>());

@@ -36,6 +36,10 @@ inline constexpr int kSessionColumnCount = 16;
 ::parley::v1::Turn TurnFromRow(const pqxx::row& row, int offset = 0);
 ::parley::v1::ApiKey ApiKeyFromRow(const pqxx::row& row, int offset = 0);
 
+// The tenant's turn `turn_id`; throws StatusException(NOT_FOUND) when there is none.
+::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,
+                              const std::string& turn_id);
+
 // Proto <-> JSON text. ProtoFromJson throws StatusException(INTERNAL) on a row that
 // does not parse, which would be a bug or a corrupted table.
 std::string ProtoToJson(const google::protobuf::Message& message);

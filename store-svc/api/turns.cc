@@ -46,15 +46,6 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
   return absl::OkStatus();
 }
 
-::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,
-                              const std::string& turn_id) {
-  pqxx::result row = Exec(
-      tx, absl::StrCat("SELECT ", kTurnColumns, " FROM turns WHERE tenant_id = $1 AND id = $2"),
-      tenant_id, turn_id);
-  if (row.empty()) throw StatusException{absl::NotFoundError("turn not found")};
-  return TurnFromRow(row[0]);
-}
-
 ::parley::v1::Message SelectMessageByKey(pqxx::work& tx, const std::string& session_id,
                                          const std::string& key, bool* found) {
   pqxx::result row =

@@ -8,7 +8,6 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/redis_worker_pool.h"
-
 #include "tests/harness/services.h"
 
 namespace parley {
@@ -71,7 +70,8 @@ class Collected {
   RedisWorkerPool::Done Add(std::string name) {
     return [this, name = std::move(name)](absl::StatusOr<RedisReply> reply) {
       absl::MutexLock lock(&mu_);
-      results_.emplace_back(name, reply.ok() ? ReplyString(reply->get()) : reply.status().ToString(),
+      results_.emplace_back(name,
+                            reply.ok() ? ReplyString(reply->get()) : reply.status().ToString(),
                             reply.status().code());
     };
   }
@@ -130,8 +130,7 @@ TEST(RedisWorkerPool, EveryCommandIsUnavailableWhileRedisCannotBeReached) {
 
 TEST(RedisWorkerPool, RefusesWhenTheQueueIsFull) {
   // No worker ever runs: everything stays queued, so the limit is exact.
-  RedisWorkerPool pool({.redis = {.host = "127.0.0.1", .port = 1}, .workers = 0,
-                        .max_queued = 3});
+  RedisWorkerPool pool({.redis = {.host = "127.0.0.1", .port = 1}, .workers = 0, .max_queued = 3});
   int ran = 0;
   for (int i = 0; i < 3; ++i) {
     EXPECT_TRUE(pool.Submit({"PING"}, [&](absl::StatusOr<RedisReply>) { ++ran; }));

@@ -737,6 +737,61 @@ TEST_F(GatewayStreamFromTurn, StartsAtTheTurnsFirstEventBeforeItsFirstSeqIsStore
   EXPECT_TRUE(events.back().has_turn_sealed());
 }
 
+// How many calls the gateway has made to store-svc's `method`, whatever their outcome
+// (its parley_grpc_client_handled_total); -1 when /metrics cannot be read.
+int64_t StoreCalls(parley::testing::ServiceProcess& gateway, const std::string& method) {
+  auto page = parley::testing::HttpGet(gateway.admin_port(), "/metrics");
+  if (!page.ok() || page->first != 200) return -1;
+  const std::string prefix = absl::StrCat(
+      "parley_grpc_client_handled_total{method=\"/parley.store.v1.StoreService/", method, "\",");
+  int64_t total = 0;
+  for (size_t at = page->second.find(prefix); at != std::string::npos;
+       at = page->second.find(prefix, at + 1)) {
+    const size_t value = page->second.find("} ", at);
+    if (value != std::string::npos) total += std::atoll(page->second.c_str() + value + 2);
+  }
+  return total;
+}
+
+// A stream that starts from a turn, with an epoch to check, costs one store-svc call:
+// the access check, the durable last seq, the epoch and the turn come in one answer.
+TEST_F(GatewayStreamFromTurn, AStreamStartIsOneStoreCall) {
+  const std::string session = CreateSession(kTenantA);
+  auto turn_id = SubmitTurn(kTenantA, session, "@words 3");
+  ASSERT_TRUE(turn_id.ok()) << turn_id.status();
+  ASSERT_TRUE(WaitForTurnStatus(kTenantA, *turn_id, v1::TURN_STATUS_SUCCEEDED).ok());
+  auto stub = v1::SessionService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  auto stream_from_turn = [&] {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", std::string("Bearer ") + kGatewayApiKey);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    v1::StreamEventsRequest request;
+    request.set_session_id(session);
+    request.set_from_turn_id(*turn_id);
+    request.set_epoch(1);
+    request.set_until_turn_end(true);
+    auto reader = stub->StreamEvents(&context, request);
+    int events = 0;
+    v1::StreamEventsResponse item;
+    while (reader->Read(&item)) events += item.has_event() ? 1 : 0;
+    grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << Describe(status);
+    return events;
+  };
+  ASSERT_GT(stream_from_turn(), 0);  // Warms the key cache.
+  const std::vector<std::string> start_methods = {"GetLastSeq", "GetSession", "GetTurn"};
+  std::vector<int64_t> before;
+  for (const std::string& method : start_methods) before.push_back(StoreCalls(*gateway(), method));
+  ASSERT_GT(stream_from_turn(), 0);
+  for (size_t i = 0; i < start_methods.size(); ++i) {
+    ASSERT_GE(before[i], 0);
+    EXPECT_EQ(StoreCalls(*gateway(), start_methods[i]) - before[i],
+              start_methods[i] == "GetLastSeq" ? 1 : 0)
+        << start_methods[i];
+  }
+}
+
 // Everything one SendMessageAndStream call delivered.
 struct SentAndStreamed {
   grpc::Status status;
@@ -1075,13 +1130,13 @@ TEST_F(GatewayApi, AnIdempotencyKeyMakesARetryGetTheFirstOutcomeAgain) {
   create.set_name("deploy bot");
   create.add_scopes("api_keys:admin");
   v1::CreateApiKeyResponse first, again;
-  Keyed made = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1",
-                           create, &first);
+  Keyed made =
+      CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1", create, &first);
   ASSERT_TRUE(made.status.ok()) << Describe(made.status);
   EXPECT_FALSE(made.replayed);
   // The retry gets the same key, secret included, and makes no second one.
-  Keyed retried = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1",
-                              create, &again);
+  Keyed retried =
+      CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1", create, &again);
   ASSERT_TRUE(retried.status.ok()) << Describe(retried.status);
   EXPECT_TRUE(retried.replayed);
   EXPECT_EQ(again.api_key().id(), first.api_key().id());
@@ -1097,8 +1152,8 @@ TEST_F(GatewayApi, AnIdempotencyKeyMakesARetryGetTheFirstOutcomeAgain) {
   // The same key for a different request is refused, and nothing is made.
   create.set_name("another bot");
   v1::CreateApiKeyResponse other;
-  Keyed reused = CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1",
-                             create, &other);
+  Keyed reused =
+      CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1", create, &other);
   EXPECT_EQ(reused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(Reason(reused.status), "IDEMPOTENCY_KEY_REUSED");
 
@@ -1110,8 +1165,8 @@ TEST_F(GatewayApi, AnIdempotencyKeyMakesARetryGetTheFirstOutcomeAgain) {
   cancel.set_session_id(CreateSession(kTenantA));
   cancel.set_turn_id("turn_missing");
   v1::CancelTurnResponse cancelled;
-  Keyed missing = CallWithKey(*sessions, &v1::SessionService::Stub::CancelTurn, writer,
-                              "cancel-1", cancel, &cancelled);
+  Keyed missing = CallWithKey(*sessions, &v1::SessionService::Stub::CancelTurn, writer, "cancel-1",
+                              cancel, &cancelled);
   EXPECT_EQ(missing.status.error_code(), grpc::StatusCode::NOT_FOUND);
   Keyed missing_again = CallWithKey(*sessions, &v1::SessionService::Stub::CancelTurn, writer,
                                     "cancel-1", cancel, &cancelled);

@@ -148,6 +148,35 @@ TEST_F(Events, GetLastSeqReportsTheDurableEndAndTheEpoch) {
   EXPECT_EQ(GetSession(session_id_)->last_seq(), 3u);
 }
 
+// With turn_id, the same answer carries the turn: what a stream that starts from a turn
+// needs, in one call. A turn of another session, or any id of another tenant, is
+// NOT_FOUND; a malformed id is refused before any query.
+TEST_F(Events, GetLastSeqWithATurnAnswersForTheSessionsTurnOnly) {
+  auto enqueued = Enqueue(session_id_, "hello");
+  ASSERT_TRUE(enqueued.ok()) << enqueued.status();
+  pb::GetLastSeqRequest request;
+  request.set_tenant_id(kTenant);
+  request.set_session_id(session_id_);
+  request.set_turn_id(enqueued->turn().id());
+  auto answer = Call(&Stub::GetLastSeq, request);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->epoch(), 1u);
+  EXPECT_EQ(answer->turn().id(), enqueued->turn().id());
+  EXPECT_EQ(answer->turn().status(), api::TURN_STATUS_QUEUED);
+
+  pb::GetLastSeqRequest other_session = request;
+  other_session.set_session_id(CreateSession(kTenant).id());
+  EXPECT_EQ(Call(&Stub::GetLastSeq, other_session).status().code(), absl::StatusCode::kNotFound);
+  pb::GetLastSeqRequest other_tenant = request;
+  other_tenant.set_tenant_id("tenant_b");
+  EXPECT_EQ(Call(&Stub::GetLastSeq, other_tenant).status().code(), absl::StatusCode::kNotFound);
+  pb::GetLastSeqRequest malformed = request;
+  malformed.set_turn_id("turn\nwith a control character");
+  auto refused = Call(&Stub::GetLastSeq, malformed);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Violation(refused.status()).field(), "turn_id");
+}
+
 TEST_F(Events, AdvanceEpochIsACompareAndSet) {
   ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 3)).ok());
   pb::AdvanceEpochRequest request;
