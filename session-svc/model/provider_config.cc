@@ -184,7 +184,11 @@ void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
       step.on_end(parser.pending());
     }
   }
-  if (outcome.error) outcome.error->message = Redact(outcome.error->message, step.secret);
+  if (outcome.error) {
+    // Both go out: the message with the failed turn, the reason with RetryScheduled.
+    outcome.error->message = Redact(outcome.error->message, step.secret);
+    outcome.error->reason = Redact(outcome.error->reason, step.secret);
+  }
 }
 
 }  // namespace parley::session::model

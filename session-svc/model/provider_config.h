@@ -63,8 +63,8 @@ std::string Redact(std::string text, const std::string& secret);
 // the 2xx body's events to `on_event` (false stops), flush the sink after each read.
 // Then `on_end(truncated)` judges a body that ended normally; a non-2xx answer becomes
 // HttpStatusError with the body's {"error": {"message": ...}} (the shape both APIs use),
-// a transport failure TransportError. Every message in `outcome.error` has `secret`
-// redacted.
+// a transport failure TransportError. The message and the reason of `outcome.error`
+// have `secret` redacted.
 struct SseStep {
   HttpPost post;
   std::function<bool(const SseEvent&)> on_event;

@@ -280,6 +280,22 @@ TEST_F(Providers, TheKeyNeverAppearsInAnError) {
   EXPECT_TRUE(absl::StrContains(outcome.error->message, "[redacted]")) << outcome.error->message;
 }
 
+// A server that echoes the key inside the stream (an error event after content): the
+// retryable failure's message and its RetryScheduled reason are both redacted.
+TEST_F(Providers, AKeyEchoedInsideTheStreamIsRedactedFromTheRetryReasonToo) {
+  server_->Enqueue(
+      {.chunks = {
+           Data(TextChunk("partial ")),
+           Data({{"error",
+                  {{"message", absl::StrCat("upstream saw key ", kKey)}, {"code", 500}}}})}});
+  OpenAiProvider provider(Config("openai"));
+  RecordingSink sink;
+  StepOutcome outcome = provider.Stream(Hello(), sink);
+  ASSERT_TRUE(outcome.error);
+  EXPECT_FALSE(absl::StrContains(outcome.error->message, kKey)) << outcome.error->message;
+  EXPECT_FALSE(absl::StrContains(outcome.error->reason, kKey)) << outcome.error->reason;
+}
+
 // Content, then an error in the stream (a 500 after content): the text is delivered once
 // and the step fails retryably; the agent loop does not retry a step that streamed.
 TEST_F(Providers, OpenAiErrorAfterContentFailsTheStepAfterTheText) {
