@@ -60,6 +60,7 @@ grpc::ServerUnaryReactor* AdminApi::CreateTenant(grpc::CallbackServerContext* co
       {.scope = kScopeAdmin,
        .idempotency = idempotency_,
        .method = "admin.CreateTenant",
+       .caller_request = request,  // build makes up the id when none is given.
        .build =
            [request](const Principal&, store_pb::CreateTenantRequest* out) {
              std::string id = request->tenant_id().empty() ? NewId("ten") : request->tenant_id();

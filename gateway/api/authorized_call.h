@@ -48,6 +48,10 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
     // `method`. Null: the header is ignored.
     IdempotencyStore* idempotency = nullptr;
     const char* method = nullptr;
+    // What a retry must repeat to be the same call: the caller's request. Null: the
+    // downstream request, which is only right when `build` adds nothing generated (a
+    // new id would make every retry look like a different call).
+    const google::protobuf::Message* caller_request = nullptr;
     // Fills the downstream request for the caller (its tenant, the public request). An
     // error ends the call with it, before anything is sent.
     std::function<absl::Status(const Principal&, Request*)> build;
@@ -88,7 +92,9 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
       absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context_);
       if (!key.ok()) return Finish(ToGrpcStatus(key.status()));
       if (key->has_value()) {
-        return steps_.idempotency->Begin(who.tenant_id, steps_.method, **key, request_,
+        const google::protobuf::Message& same_call =
+            steps_.caller_request != nullptr ? *steps_.caller_request : request_;
+        return steps_.idempotency->Begin(who.tenant_id, steps_.method, **key, same_call,
                                          [this](absl::StatusOr<IdempotencyStore::Started> started) {
                                            OnClaimed(std::move(started));
                                          });
@@ -113,10 +119,17 @@ class AuthorizedCall final : public grpc::ServerUnaryReactor {
 
   void CallDownstream() {
     steps_.call(&client_context_, &request_, &response_, [this](grpc::Status status) {
-      if (claim_) steps_.idempotency->Complete(*std::move(claim_), status, &response_);
-      if (!status.ok()) return Finish(status);
-      Finish(ToGrpcStatus(steps_.reply(response_)));
+      if (!claim_) return Answer(status);
+      // The outcome is recorded before the caller hears it, so a retry sent after the
+      // answer finds it rather than the claim still pending.
+      steps_.idempotency->Complete(*std::move(claim_), status, &response_,
+                                   [this, status] { Answer(status); });
     });
+  }
+
+  void Answer(const grpc::Status& status) {
+    if (!status.ok()) return Finish(status);
+    Finish(ToGrpcStatus(steps_.reply(response_)));
   }
 
   grpc::CallbackServerContext* const context_;

@@ -264,7 +264,8 @@ void IdempotencyStore::Begin(absl::string_view tenant, absl::string_view method,
 }
 
 void IdempotencyStore::Complete(Claim claim, const grpc::Status& status,
-                                const google::protobuf::Message* response) {
+                                const google::protobuf::Message* response,
+                                std::function<void()> done) {
   std::string outcome;  // Empty: release the key.
   if (!RetryMayChange(status.error_code())) {
     std::string bytes;
@@ -274,9 +275,10 @@ void IdempotencyStore::Complete(Claim claim, const grpc::Status& status,
   }
   const std::string ttl_ms = absl::StrCat(absl::ToInt64Milliseconds(options_.ttl));
   // Unreachable or refused: the pending marker expires by itself (in_flight_ttl).
-  (void)pool_.Submit({"EVAL", kCompleteScript, "1", claim.redis_key, "P" + claim.fingerprint,
-                      std::move(outcome), ttl_ms},
-                     [](const absl::StatusOr<RedisReply>&) {});
+  const bool queued = pool_.Submit({"EVAL", kCompleteScript, "1", claim.redis_key,
+                                    "P" + claim.fingerprint, std::move(outcome), ttl_ms},
+                                   [done](const absl::StatusOr<RedisReply>&) { done(); });
+  if (!queued) done();
 }
 
 }  // namespace parley::gateway

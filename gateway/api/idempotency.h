@@ -84,8 +84,12 @@ class IdempotencyStore {
   void Begin(absl::string_view tenant, absl::string_view method, absl::string_view key,
              const google::protobuf::Message& request, BeginDone done);
   // Records how the claimed call ended (`response` when `status` is OK), or releases the
-  // key when a retry could end otherwise. Fire and forget. Thread-safe.
-  void Complete(Claim claim, const grpc::Status& status, const google::protobuf::Message* response);
+  // key when a retry could end otherwise, then runs `done` (on a worker thread). Answer
+  // the caller from `done`: a retry sent after the answer must find the outcome, not
+  // the pending claim. When Redis fails, `done` still runs and the claim expires by
+  // itself (in_flight_ttl). Thread-safe.
+  void Complete(Claim claim, const grpc::Status& status, const google::protobuf::Message* response,
+                std::function<void()> done);
 
  private:
   const IdempotencyOptions options_;
