@@ -8,6 +8,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/status.h"
+#include "sandbox-svc/util/exec_validation.h"
+#include "sandbox-svc/util/paths.h"
+#include "sandbox-svc/util/request_validation.h"
 #include "telemetry/grpc_telemetry.h"
 
 namespace parley::gateway {
@@ -17,6 +20,9 @@ namespace sv1 = sandbox::v1;
 namespace store_pb = store::v1;
 
 using SandboxAsync = sv1::SandboxManager::StubInterface::async_interface;
+// The same limits sandbox-svc applies, checked here before a sandbox is touched.
+using sandbox::CheckCallerPath;
+using sandbox::ValidateMode;
 
 // A status of sandbox-svc as the public API states it. A sandbox lost between the
 // lookup and the operation (destroyed, failed, reaped) is UNAVAILABLE for the caller:
@@ -45,19 +51,25 @@ class SandboxCall {
               grpc::CallbackServerContext* context)
       : context_(context), authenticator_(authenticator), downstream_(downstream) {}
 
-  // Authenticates the caller, checks `scope` and `session_id` (named `field` in errors),
-  // then finds the session's sandbox. `done` runs exactly once, on a gRPC thread (perhaps
-  // before Locate returns), with the sandbox's id or the status to answer with.
-  void Locate(const char* scope, std::string session_id, const char* field, Located done) {
+  // Authenticates the caller, checks `scope`, `session_id` (named `field` in errors)
+  // and `valid` (the operation's own fields, checked by the caller: a malformed request
+  // must not create or resume a sandbox), then finds the session's sandbox. `done` runs
+  // exactly once, on a gRPC thread (perhaps before Locate returns), with the sandbox's
+  // id or the status to answer with.
+  void Locate(const char* scope, std::string session_id, const char* field, absl::Status valid,
+              Located done) {
     session_id_ = std::move(session_id);
     located_ = std::move(done);
-    authenticator_.Authenticate(*context_, [this, scope, field](absl::StatusOr<Principal> who) {
-      absl::Status allowed = who.ok() ? who->Require(scope) : who.status();
-      if (allowed.ok() && session_id_.empty()) allowed = InvalidArgumentError(field, "is required");
-      if (!allowed.ok()) return located_(allowed);
-      tenant_id_ = who->tenant_id;
-      FindSession();
-    });
+    authenticator_.Authenticate(
+        *context_, [this, scope, field, valid = std::move(valid)](absl::StatusOr<Principal> who) {
+          absl::Status allowed = who.ok() ? who->Require(scope) : who.status();
+          if (allowed.ok() && session_id_.empty())
+            allowed = InvalidArgumentError(field, "is required");
+          if (allowed.ok()) allowed = valid;
+          if (!allowed.ok()) return located_(allowed);
+          tenant_id_ = who->tenant_id;
+          FindSession();
+        });
   }
 
   // Readies `client` for a downstream call made for this caller: its trace and deadline.
@@ -136,6 +148,8 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
                    grpc::ClientReadReactor<InternalMsg>*);
     // One message of sandbox-svc's stream as the public message.
     absl::Status (*convert)(InternalMsg&, PublicMsg*);
+    // The internal request's own fields, checked before any sandbox is touched.
+    absl::Status (*validate)(const InternalReq&);
   };
 
   DownloadCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
@@ -143,7 +157,7 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
       : SandboxCall(authenticator, downstream, context), ops_(ops) {
     upstream_.call = this;
     ops_.build(request, &request_);
-    Locate(ops_.scope, request.session_id(), "session_id",
+    Locate(ops_.scope, request.session_id(), "session_id", ops_.validate(request_),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (!sandbox_id.ok()) return this->Finish(ToGrpcStatus(sandbox_id.status()));
              Start(*sandbox_id);
@@ -295,7 +309,9 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
     out->set_mode(header.mode());
     out->set_create_parents(header.create_parents());
     out->set_append(header.append());
-    Locate(kScopeSandboxFiles, header.session_id(), "header.session_id",
+    absl::Status valid = CheckCallerPath(header.path(), "header.path");
+    if (valid.ok()) valid = ValidateMode(header.mode(), "header.mode");
+    Locate(kScopeSandboxFiles, header.session_id(), "header.session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (!sandbox_id.ok()) return Finish(ToGrpcStatus(sandbox_id.status()));
              Start(*sandbox_id);
@@ -361,14 +377,14 @@ class UnaryCall final : public SandboxCall, public grpc::ServerUnaryReactor {
   using Reply = void (*)(InternalResp&, PublicResp*);
 
   UnaryCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
-            grpc::CallbackServerContext* context, const std::string& session_id,
+            grpc::CallbackServerContext* context, const std::string& session_id, absl::Status valid,
             InternalReq request, PublicResp* response, Launch launch, Reply reply)
       : SandboxCall(authenticator, downstream, context),
         request_(std::move(request)),
         response_(response),
         launch_(launch),
         reply_(reply) {
-    Locate(kScopeSandboxFiles, session_id, "session_id",
+    Locate(kScopeSandboxFiles, session_id, "session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (!sandbox_id.ok()) return Finish(ToGrpcStatus(sandbox_id.status()));
              request_.set_tenant_id(tenant_id());
@@ -415,7 +431,8 @@ grpc::ServerWriteReactor<v1::ExecResponse>* SandboxApi::Exec(grpc::CallbackServe
               grpc::ClientReadReactor<sv1::ExecResponse>* reactor) {
              stub->Exec(context, req, reactor);
            },
-       .convert = ConvertExec});
+       .convert = ConvertExec,
+       .validate = [](const sv1::ExecRequest& req) { return sandbox::ValidateExecFields(req); }});
 }
 
 grpc::ServerWriteReactor<v1::ReadFileResponse>* SandboxApi::ReadFile(
@@ -434,7 +451,8 @@ grpc::ServerWriteReactor<v1::ReadFileResponse>* SandboxApi::ReadFile(
               grpc::ClientReadReactor<sv1::ReadFileResponse>* reactor) {
              stub->ReadFile(context, req, reactor);
            },
-       .convert = ConvertRead});
+       .convert = ConvertRead,
+       .validate = [](const sv1::ReadFileRequest& req) { return CheckCallerPath(req.path()); }});
 }
 
 grpc::ServerReadReactor<v1::WriteFileRequest>* SandboxApi::WriteFile(
@@ -449,8 +467,11 @@ grpc::ServerUnaryReactor* SandboxApi::ListFiles(grpc::CallbackServerContext* con
   internal.set_path(request->path());
   internal.set_recursive(request->recursive());
   internal.set_max_entries(request->max_entries());
+  absl::Status valid = CheckCallerPath(internal.path());
+  if (valid.ok()) valid = sandbox::ValidateMaxEntries(internal.max_entries());
   return new UnaryCall<v1::ListFilesResponse, sv1::ListFilesRequest, sv1::ListFilesResponse>(
-      authenticator_, downstream_, context, request->session_id(), std::move(internal), response,
+      authenticator_, downstream_, context, request->session_id(), std::move(valid),
+      std::move(internal), response,
       [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ListFilesRequest* req,
          sv1::ListFilesResponse* resp,
          std::function<void(grpc::Status)> done) { stub->ListFiles(context, req, resp, done); },
@@ -465,8 +486,10 @@ grpc::ServerUnaryReactor* SandboxApi::StatFile(grpc::CallbackServerContext* cont
                                                v1::StatFileResponse* response) {
   sv1::StatFileRequest internal;
   internal.set_path(request->path());
+  absl::Status valid = CheckCallerPath(internal.path());
   return new UnaryCall<v1::StatFileResponse, sv1::StatFileRequest, sv1::StatFileResponse>(
-      authenticator_, downstream_, context, request->session_id(), std::move(internal), response,
+      authenticator_, downstream_, context, request->session_id(), std::move(valid),
+      std::move(internal), response,
       [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::StatFileRequest* req,
          sv1::StatFileResponse* resp,
          std::function<void(grpc::Status)> done) { stub->StatFile(context, req, resp, done); },

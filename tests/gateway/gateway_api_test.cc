@@ -100,20 +100,6 @@ class GatewayApi : public SessionFixture {
     CreateSession(kTenantB);
   }
 
-  // A key of `tenant` made straight in store-svc, as an operator would.
-  std::string StoredKey(const std::string& tenant, const std::vector<std::string>& scopes) {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    store::v1::CreateApiKeyRequest request;
-    request.set_tenant_id(tenant);
-    request.set_name("test key");
-    for (const std::string& scope : scopes) request.add_scopes(scope);
-    store::v1::CreateApiKeyResponse response;
-    grpc::Status status = store().CreateApiKey(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << Describe(status);
-    return response.secret();
-  }
-
   Client As(const std::string& key) { return Client(gateway()->grpc_target(), key); }
 
   // Polls GetTurn through the gateway until the turn is terminal.
@@ -1156,6 +1142,22 @@ TEST_F(GatewayApi, AnIdempotencyKeyMakesARetryGetTheFirstOutcomeAgain) {
       CallWithKey(*keys, &v1::ApiKeyService::Stub::CreateApiKey, admin, "key-op-1", create, &other);
   EXPECT_EQ(reused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(Reason(reused.status), "IDEMPOTENCY_KEY_REUSED");
+
+  // A tenant the gateway names itself (no tenant_id): the retry gets the same tenant,
+  // not a second one, though the id is made up anew on every attempt.
+  auto admin_stub = admin::v1::AdminService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  admin::v1::CreateTenantRequest tenant;
+  tenant.set_name("Named by the gateway");
+  admin::v1::CreateTenantResponse tenant_first, tenant_again;
+  Keyed onboarded = CallWithKey(*admin_stub, &admin::v1::AdminService::Stub::CreateTenant,
+                                kGatewayApiKey, "tenant-op-1", tenant, &tenant_first);
+  ASSERT_TRUE(onboarded.status.ok()) << Describe(onboarded.status);
+  Keyed onboarded_again = CallWithKey(*admin_stub, &admin::v1::AdminService::Stub::CreateTenant,
+                                      kGatewayApiKey, "tenant-op-1", tenant, &tenant_again);
+  ASSERT_TRUE(onboarded_again.status.ok()) << Describe(onboarded_again.status);
+  EXPECT_TRUE(onboarded_again.replayed);
+  EXPECT_EQ(tenant_again.tenant().id(), tenant_first.tenant().id());
 
   // A failure a retry cannot change is kept too.
   auto sessions = v1::SessionService::NewStub(

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -147,19 +148,6 @@ class GatewaySandbox : public SessionFixture {
   }
 
   SandboxClient As(const std::string& key) { return SandboxClient(gateway()->grpc_target(), key); }
-
-  std::string StoredKey(const std::string& tenant, const std::vector<std::string>& scopes) {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    store::v1::CreateApiKeyRequest request;
-    request.set_tenant_id(tenant);
-    request.set_name("test key");
-    for (const std::string& scope : scopes) request.add_scopes(scope);
-    store::v1::CreateApiKeyResponse response;
-    grpc::Status status = store().CreateApiKey(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << Describe(status);
-    return response.secret();
-  }
 };
 
 TEST_F(GatewaySandbox, FilesAndProcessesOfASessionAreTheSandboxItsAgentUses) {
@@ -253,6 +241,34 @@ TEST_F(GatewaySandbox, AnotherTenantsSessionIsNotFoundAndNoSandboxIsMadeForIt) {
   SandboxClient mine = As(StoredKey(kTenantA, {"*"}));
   for (const auto& [rpc, status] : mine.CallEach("ses_does_not_exist")) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << rpc << ": " << Describe(status);
+  }
+  absl::StatusOr<std::vector<sandbox::v1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();
+  EXPECT_TRUE(sandboxes->empty());
+}
+
+// A malformed request on a valid session is INVALID_ARGUMENT naming its field, and
+// touches nothing: no sandbox is created for it.
+TEST_F(GatewaySandbox, AMalformedRequestIsRefusedBeforeASandboxIsMade) {
+  const std::string session = CreateSession(kTenantA);
+  SandboxClient all = As(StoredKey(kTenantA, {"*"}));
+  std::string content;
+  v1::WriteFileResponse written;
+  v1::ListFilesResponse listed;
+  v1::StatFileResponse stat;
+  const std::vector<std::tuple<std::string, grpc::Status, std::string>> refused = {
+      {"Exec", all.Exec(session, {}).status, "argv"},
+      {"ReadFile", all.Read(session, "../outside", &content), "path"},
+      {"WriteFile", all.Write(session, "/etc/passwd", {"x"}, &written), "header.path"},
+      {"ListFiles", all.List(session, "a/../..", &listed), "path"},
+      {"StatFile", all.Stat(session, "/", &stat), "path"},
+  };
+  for (const auto& [rpc, status, field] : refused) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << rpc << ": " << Describe(status);
+    auto violations = GetBadRequest(FromGrpcStatus(status));
+    ASSERT_TRUE(violations.has_value() && violations->field_violations_size() > 0) << rpc;
+    EXPECT_EQ(violations->field_violations(0).field(), field) << rpc;
   }
   absl::StatusOr<std::vector<sandbox::v1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
   ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();

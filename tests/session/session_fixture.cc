@@ -247,6 +247,20 @@ absl::StatusOr<std::vector<sandbox::v1::Sandbox>> SessionFixture::SessionSandbox
                                            response.sandboxes().end());
 }
 
+std::string SessionFixture::StoredKey(const std::string& tenant,
+                                      const std::vector<std::string>& scopes) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  store::v1::CreateApiKeyRequest request;
+  request.set_tenant_id(tenant);
+  request.set_name("test key");
+  for (const std::string& scope : scopes) request.add_scopes(scope);
+  store::v1::CreateApiKeyResponse response;
+  grpc::Status status = store().CreateApiKey(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << Describe(status);
+  return response.secret();
+}
+
 std::string SessionFixture::CreateSessionWith(const std::string& tenant,
                                               const v1::AgentConfig& config) {
   {

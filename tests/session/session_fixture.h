@@ -117,6 +117,9 @@ class SessionFixture : public ::testing::Test {
                             v1::MultitaskPolicy policy = v1::MULTITASK_POLICY_UNSPECIFIED);
   // The same with an agent configuration (tools, limits, retry budget).
   std::string CreateSessionWith(const std::string& tenant, const v1::AgentConfig& config);
+  // The secret of a new API key of `tenant` made straight in store-svc, as an operator
+  // would (the tenant must exist).
+  std::string StoredKey(const std::string& tenant, const std::vector<std::string>& scopes);
 
   // ---- sandbox-svc (ClusterOptions.sandbox) ----
 
