@@ -12,9 +12,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/serialize.h"
 #include "common/status.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace parley::gateway {
 namespace {
@@ -46,18 +45,6 @@ std::string Sha256(absl::string_view data) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
   return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
-}
-
-// The same bytes for equal messages (map entries in a fixed order).
-std::string DeterministicBytes(const google::protobuf::Message& message) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream stream(&out);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    message.SerializeToCodedStream(&coded);
-  }
-  return out;
 }
 
 void PutU32(std::string& out, uint32_t value) {
@@ -232,7 +219,7 @@ void IdempotencyStore::Begin(absl::string_view tenant, absl::string_view method,
   claim.redis_key = options_.keys.Idempotency(
       tenant, method, absl::BytesToHexString(Sha256(absl::StrCat("parley idempotency id\n", key))));
   claim.seal_key = Sha256(absl::StrCat("parley idempotency seal\n", tenant, "\n", key));
-  claim.fingerprint = Sha256(absl::StrCat(method, "\n", DeterministicBytes(request)));
+  claim.fingerprint = Sha256(absl::StrCat(method, "\n", SerializeDeterministic(request)));
   auto state = std::make_shared<std::pair<Claim, BeginDone>>(std::move(claim), std::move(done));
   std::vector<std::string> command = {
       "EVAL",

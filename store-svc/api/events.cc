@@ -7,6 +7,7 @@
 // row is rewritten per batch.
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/serialize.h"
 #include "common/status.h"
 #include "store-svc/api/rows.h"
 #include "store-svc/api/store_service.h"

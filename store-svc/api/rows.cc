@@ -1,13 +1,12 @@
 #include "store-svc/api/rows.h"
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/serialize.h"
 #include "common/status.h"
 #include "store-svc/db/pool.h"
 
@@ -178,16 +177,6 @@ google::protobuf::Timestamp TimestampFromMicros(int64_t micros) {
 
 int64_t MicrosFromTimestamp(const google::protobuf::Timestamp& timestamp) {
   return timestamp.seconds() * 1000000 + timestamp.nanos() / 1000;
-}
-
-std::string SerializeDeterministic(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  message.SerializeToCodedStream(&coded);
-  coded.Trim();
-  return out;
 }
 
 uint64_t Fingerprint(const google::protobuf::Message& message) {

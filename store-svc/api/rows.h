@@ -55,9 +55,6 @@ std::string JsonObject(const google::protobuf::Map<std::string, std::string>& va
 google::protobuf::Timestamp TimestampFromMicros(int64_t micros);
 int64_t MicrosFromTimestamp(const google::protobuf::Timestamp& timestamp);
 
-// Bytes serialized with deterministic map order, so equal messages give equal bytes.
-std::string SerializeDeterministic(const google::protobuf::Message& message);
-
 // Opaque, URL-safe page tokens that remember the last row and a fingerprint of the
 // query they belong to. DecodePageToken fails with INVALID_ARGUMENT on a malformed
 // token or one issued for another query.
