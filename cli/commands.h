@@ -10,7 +10,7 @@ namespace parley::cli {
 int SessionsCommand(const Invocation& call);
 // send SESSION TEXT [--follow] [--policy P] [--idempotency_key K]
 int SendCommand(const Invocation& call);
-// watch SESSION [--after N | --from_latest | --from_turn T] [--until_turn_end]
+// watch SESSION [--after N | --from-latest | --from_turn T] [--until_turn_end]
 int WatchCommand(const Invocation& call);
 // turns list|get|cancel
 int TurnsCommand(const Invocation& call);

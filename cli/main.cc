@@ -18,7 +18,7 @@ constexpr char kUsage[] =
     "\n"
     "  sessions create|list|get|update|close   manage sessions\n"
     "  send SESSION TEXT [--follow]            send a message (and stream the turn)\n"
-    "  watch SESSION [--after N|--from_latest] stream a session's events, resuming by itself\n"
+    "  watch SESSION [--after N|--from-latest] stream a session's events, resuming by itself\n"
     "  turns list|get|cancel SESSION [TURN]    a session's turns\n"
     "  messages SESSION                        a session's stored messages\n"
     "  exec SESSION -- CMD [ARG...]            run a command in the session's sandbox\n"
@@ -26,7 +26,7 @@ constexpr char kUsage[] =
     "  keys create|list|revoke                 your tenant's API keys\n"
     "  admin tenants create|list|get|disable|enable\n"
     "  admin keys create|list|revoke --tenant T   (operator key)\n"
-    "  health ADDR                             a service's gRPC health (exit 0 when SERVING)\n"
+    "  health [ADDR]                           a service's gRPC health (exit 0 when SERVING)\n"
     "  version                                 print the version\n"
     "\n"
     "The gateway and key come from --addr and --api_key, or PARLEY_ADDR and PARLEY_API_KEY\n"
@@ -39,21 +39,26 @@ std::string StatusName(grpc::health::v1::HealthCheckResponse::ServingStatus stat
 }
 
 int Health(int argc, char** argv) {
+  std::string addr = "127.0.0.1:7070";
   std::string service;
   absl::Duration wait = absl::ZeroDuration();
   absl::Duration timeout = absl::Seconds(2);
-  parley::Flags flags("parley health", "Checks the gRPC health of the service at ADDR.");
+  parley::Flags flags("parley health",
+                      "Checks the gRPC health of the service at ADDR (default: --addr, which is "
+                      "the gateway).");
+  flags.HostPort("addr", &addr, "the service's address when ADDR is not given");
   flags.String("service", &service, "service name to check (empty: the whole server)");
   flags.Duration("wait", &wait, "keep trying until SERVING or this much time has passed");
   flags.Duration("timeout", &timeout, "deadline of each check");
   std::vector<std::string> args = parley::ParseFlagsOrExit(
       flags, argc, argv, parley::ProcessEnvironment(), /*allow_positional=*/true);
-  if (args.size() != 1 || parley::ValidateHostPort(args[0]).ok() == false) {
-    std::cerr << "parley health: expected one argument, the service address host:port\n";
+  if (args.size() > 1 || (args.size() == 1 && !parley::ValidateHostPort(args[0]).ok())) {
+    std::cerr << "parley health: expected at most one argument, the service address host:port\n";
     return 2;
   }
+  if (args.size() == 1) addr = args[0];
   auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(args[0], grpc::InsecureChannelCredentials()));
+      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   const absl::Time give_up = absl::Now() + wait;
   std::string last = "UNREACHABLE";
   do {

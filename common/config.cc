@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 
 extern char** environ;
@@ -58,8 +59,10 @@ Flags::Flags(std::string program, std::string summary)
 void Flags::Add(Option option) { options_.push_back(std::move(option)); }
 
 const Flags::Option* Flags::Find(absl::string_view name) const {
+  // "--from-latest" and "--from_latest" name the same flag.
+  const std::string canonical = absl::StrReplaceAll(name, {{"-", "_"}});
   for (const Option& option : options_) {
-    if (option.name == name) return &option;
+    if (option.name == canonical) return &option;
   }
   return nullptr;
 }

@@ -57,7 +57,8 @@ class Flags {
 
   // Applies environment values, then argv flags (argv[0] is skipped). Returns the
   // positional arguments in order. `--` ends flag parsing. Sets help_requested()
-  // on --help/-h and stops.
+  // on --help/-h and stops. A dash in a flag's name may stand for an underscore
+  // (--from-latest is --from_latest).
   absl::StatusOr<std::vector<std::string>> Parse(int argc, const char* const* argv,
                                                  const Environment& env);
 

@@ -114,7 +114,7 @@ TEST_F(ParleyCli, ASessionsLifeForPeopleAndForScripts) {
   EXPECT_THAT(messages.output, HasSubstr("assistant: Echo: hello there\n"));
 
   // Watching from the start replays the same history, then stops at a turn's end.
-  CliRun watched = Parley(key, {"watch", session, "--after=0", "--until_turn_end"});
+  CliRun watched = Parley(key, {"watch", session, "--after=0", "--until-turn-end"});
   EXPECT_EQ(watched.exit_code, 0) << watched.output;
   EXPECT_THAT(watched.output, HasSubstr("Echo: hello there"));
 
@@ -160,8 +160,16 @@ TEST_F(ParleyCli, EachClassOfFailureHasItsOwnExitStatusAndOneClearLine) {
   EXPECT_EQ(no_args.exit_code, 2) << no_args.output;
   CliRun unknown = Parley(key, {"sessions", "explode"});
   EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
-  CliRun bad_flag = Parley(key, {"watch", "ses_x", "--after=1", "--from_latest"});
+  CliRun bad_flag = Parley(key, {"watch", "ses_x", "--after=1", "--from-latest"});
   EXPECT_EQ(bad_flag.exit_code, 2) << bad_flag.output;
+  EXPECT_THAT(bad_flag.output, HasSubstr("exclude each other"));
+
+  // `health` without an address checks the gateway PARLEY_ADDR names.
+  CliRun health = Parley("", {"health"});
+  EXPECT_EQ(health.exit_code, 0) << health.output;
+  EXPECT_EQ(health.output, "SERVING\n");
+  CliRun health_down = Parley("", {"health", "--timeout=1s"}, "127.0.0.1:1");
+  EXPECT_EQ(health_down.exit_code, 1) << health_down.output;
 
   // Nothing listens on port 1 of loopback.
   CliRun unreachable = Parley(key, {"sessions", "list", "--timeout=2s"}, "127.0.0.1:1");

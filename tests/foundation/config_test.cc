@@ -58,6 +58,21 @@ TEST(Config, AcceptsSpaceSeparatedValuesBoolsAndDurations) {
   EXPECT_FALSE(p.verbose);
 }
 
+TEST(Config, DashesInAFlagNameStandForUnderscores) {
+  Flags flags("prog", "test");
+  bool from_latest = false;
+  int64_t after_seq = 0;
+  flags.Bool("from_latest", &from_latest, "newest only");
+  flags.Int("after_seq", &after_seq, "start after", 0, 100);
+  const char* argv[] = {"prog", "--from-latest", "--after-seq=7"};
+  ASSERT_TRUE(flags.Parse(3, argv, {}).ok());
+  EXPECT_TRUE(from_latest);
+  EXPECT_EQ(after_seq, 7);
+  const char* negated[] = {"prog", "--nofrom-latest"};
+  ASSERT_TRUE(flags.Parse(2, negated, {}).ok());
+  EXPECT_FALSE(from_latest);
+}
+
 TEST(Config, ReturnsPositionalArgumentsInOrder) {
   Parsed p;
   auto args = ParseInto(p, {"migrate", "--count=2", "--", "--not-a-flag"});
