@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -73,6 +74,17 @@ class Client {
     request.set_session_id(session);
     request.set_until_turn_end(true);
     auto reader = sessions_->StreamEvents(&context, request);
+    v1::StreamEventsResponse response;
+    while (reader->Read(&response)) {
+    }
+    return reader->Finish();
+  }
+
+  // Calls SendMessageAndStream and returns how it ended (reading until then).
+  grpc::Status SendMessageAndStreamStatus(const v1::SendMessageRequest& request) {
+    grpc::ClientContext context;
+    Prepare(context);
+    auto reader = sessions_->SendMessageAndStream(&context, request);
     v1::StreamEventsResponse response;
     while (reader->Read(&response)) {
     }
@@ -223,6 +235,106 @@ TEST_F(GatewayApi, ASessionsWholeLifeThroughThePublicApi) {
             grpc::StatusCode::FAILED_PRECONDITION);
 }
 
+// The ids of one tenant's resources that the calls below name.
+struct OwnedIds {
+  std::string session;
+  std::string turn;
+  std::string api_key;
+};
+
+// One public rpc that takes an id, the scope it needs, and a call of it by `caller` on
+// `ids` that would change something if it were allowed.
+struct IdCall {
+  const char* rpc;
+  const char* scope;
+  std::function<grpc::Status(Client& caller)> call;
+};
+
+// Every unary and streaming rpc of SessionService and ApiKeyService that takes an id
+// (the SandboxService's have their own table in gateway_sandbox_test.cc).
+std::vector<IdCall> CallsTakingAnId(const OwnedIds& ids) {
+  return {
+      {"GetSession", "sessions:read",
+       [ids](Client& c) {
+         v1::GetSessionRequest r;
+         r.set_session_id(ids.session);
+         v1::GetSessionResponse out;
+         return c.Sessions(&v1::SessionService::Stub::GetSession, r, &out);
+       }},
+      {"UpdateSession", "sessions:write",
+       [ids](Client& c) {
+         v1::UpdateSessionRequest r;
+         r.set_session_id(ids.session);
+         r.mutable_session()->set_title("taken over");
+         r.mutable_update_mask()->add_paths("title");
+         v1::UpdateSessionResponse out;
+         return c.Sessions(&v1::SessionService::Stub::UpdateSession, r, &out);
+       }},
+      {"CloseSession", "sessions:write",
+       [ids](Client& c) {
+         v1::CloseSessionRequest r;
+         r.set_session_id(ids.session);
+         v1::CloseSessionResponse out;
+         return c.Sessions(&v1::SessionService::Stub::CloseSession, r, &out);
+       }},
+      {"SendMessage", "sessions:write",
+       [ids](Client& c) {
+         v1::SendMessageRequest r;
+         r.set_session_id(ids.session);
+         r.add_content()->set_text("intruder");
+         r.set_idempotency_key("intruder");
+         v1::SendMessageResponse out;
+         return c.Sessions(&v1::SessionService::Stub::SendMessage, r, &out);
+       }},
+      {"SendMessageAndStream", "sessions:write",
+       [ids](Client& c) {
+         v1::SendMessageRequest r;
+         r.set_session_id(ids.session);
+         r.add_content()->set_text("intruder");
+         return c.SendMessageAndStreamStatus(r);
+       }},
+      {"ListMessages", "sessions:read",
+       [ids](Client& c) {
+         v1::ListMessagesRequest r;
+         r.set_session_id(ids.session);
+         v1::ListMessagesResponse out;
+         return c.Sessions(&v1::SessionService::Stub::ListMessages, r, &out);
+       }},
+      {"GetTurn", "sessions:read",
+       [ids](Client& c) {
+         v1::GetTurnRequest r;
+         r.set_session_id(ids.session);
+         r.set_turn_id(ids.turn);
+         v1::GetTurnResponse out;
+         return c.Sessions(&v1::SessionService::Stub::GetTurn, r, &out);
+       }},
+      {"ListTurns", "sessions:read",
+       [ids](Client& c) {
+         v1::ListTurnsRequest r;
+         r.set_session_id(ids.session);
+         v1::ListTurnsResponse out;
+         return c.Sessions(&v1::SessionService::Stub::ListTurns, r, &out);
+       }},
+      {"CancelTurn", "sessions:write",
+       [ids](Client& c) {
+         v1::CancelTurnRequest r;
+         r.set_session_id(ids.session);
+         r.set_turn_id(ids.turn);
+         v1::CancelTurnResponse out;
+         return c.Sessions(&v1::SessionService::Stub::CancelTurn, r, &out);
+       }},
+      {"StreamEvents", "sessions:read",
+       [ids](Client& c) { return c.StreamEventsStatus(ids.session); }},
+      {"RevokeApiKey", "api_keys:admin",
+       [ids](Client& c) {
+         v1::RevokeApiKeyRequest r;
+         r.set_api_key_id(ids.api_key);
+         v1::RevokeApiKeyResponse out;
+         return c.Keys(&v1::ApiKeyService::Stub::RevokeApiKey, r, &out);
+       }},
+  };
+}
+
 TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst) {
   // Tenant A's session with a finished turn, and one of A's keys.
   Client owner = As(StoredKey(kTenantA, {"*"}));
@@ -240,82 +352,10 @@ TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst)
   ASSERT_THAT(owner_keys.api_keys(), ::testing::Not(IsEmpty()));
 
   Client other = As(StoredKey(kTenantB, {"*"}));
-  struct Case {
-    const char* rpc;
-    std::function<grpc::Status()> call;
-  };
-  const std::vector<Case> cases = {
-      {"GetSession",
-       [&] {
-         v1::GetSessionRequest r;
-         r.set_session_id(session);
-         v1::GetSessionResponse out;
-         return other.Sessions(&v1::SessionService::Stub::GetSession, r, &out);
-       }},
-      {"UpdateSession",
-       [&] {
-         v1::UpdateSessionRequest r;
-         r.set_session_id(session);
-         r.mutable_session()->set_title("taken over");
-         r.mutable_update_mask()->add_paths("title");
-         v1::UpdateSessionResponse out;
-         return other.Sessions(&v1::SessionService::Stub::UpdateSession, r, &out);
-       }},
-      {"CloseSession",
-       [&] {
-         v1::CloseSessionRequest r;
-         r.set_session_id(session);
-         v1::CloseSessionResponse out;
-         return other.Sessions(&v1::SessionService::Stub::CloseSession, r, &out);
-       }},
-      {"SendMessage",
-       [&] {
-         v1::SendMessageRequest r = send;
-         r.set_idempotency_key("intruder");
-         v1::SendMessageResponse out;
-         return other.Sessions(&v1::SessionService::Stub::SendMessage, r, &out);
-       }},
-      {"ListMessages",
-       [&] {
-         v1::ListMessagesRequest r;
-         r.set_session_id(session);
-         v1::ListMessagesResponse out;
-         return other.Sessions(&v1::SessionService::Stub::ListMessages, r, &out);
-       }},
-      {"GetTurn",
-       [&] {
-         v1::GetTurnRequest r;
-         r.set_session_id(session);
-         r.set_turn_id(sent.turn().id());
-         v1::GetTurnResponse out;
-         return other.Sessions(&v1::SessionService::Stub::GetTurn, r, &out);
-       }},
-      {"ListTurns",
-       [&] {
-         v1::ListTurnsRequest r;
-         r.set_session_id(session);
-         v1::ListTurnsResponse out;
-         return other.Sessions(&v1::SessionService::Stub::ListTurns, r, &out);
-       }},
-      {"CancelTurn",
-       [&] {
-         v1::CancelTurnRequest r;
-         r.set_session_id(session);
-         r.set_turn_id(sent.turn().id());
-         v1::CancelTurnResponse out;
-         return other.Sessions(&v1::SessionService::Stub::CancelTurn, r, &out);
-       }},
-      {"StreamEvents", [&] { return other.StreamEventsStatus(session); }},
-      {"RevokeApiKey",
-       [&] {
-         v1::RevokeApiKeyRequest r;
-         r.set_api_key_id(owner_keys.api_keys(0).id());
-         v1::RevokeApiKeyResponse out;
-         return other.Keys(&v1::ApiKeyService::Stub::RevokeApiKey, r, &out);
-       }},
-  };
-  for (const Case& c : cases) {
-    grpc::Status status = c.call();
+  const std::vector<IdCall> cases =
+      CallsTakingAnId({session, sent.turn().id(), owner_keys.api_keys(0).id()});
+  for (const IdCall& c : cases) {
+    grpc::Status status = c.call(other);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND)
         << c.rpc << ": " << Describe(status);
   }
@@ -339,6 +379,55 @@ TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst)
   ASSERT_TRUE(messages.ok());
   for (const v1::Message& message : *messages) {
     for (const v1::Part& part : message.parts()) EXPECT_NE(part.text(), "intruder");
+  }
+}
+
+TEST_F(GatewayApi, EveryCallTakingAnIdIsDeniedToAKeyLackingItsScopeAndChangesNothing) {
+  Client owner = As(StoredKey(kTenantA, {"*"}));
+  const std::string session = CreateSession(kTenantA);
+  v1::SendMessageRequest send;
+  send.set_session_id(session);
+  send.add_content()->set_text("mine");
+  v1::SendMessageResponse sent;
+  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).ok());
+  ASSERT_TRUE(WaitForTurnThroughGateway(owner, session, sent.turn().id()).ok());
+  v1::ListApiKeysResponse keys_before;
+  ASSERT_TRUE(
+      owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &keys_before)
+          .ok());
+  ASSERT_THAT(keys_before.api_keys(), ::testing::Not(IsEmpty()));
+  auto messages_before = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages_before.ok());
+
+  const std::vector<std::string> tenant_scopes = {"sessions:read", "sessions:write", "sandbox:exec",
+                                                  "sandbox:files", "api_keys:admin"};
+  for (const IdCall& c :
+       CallsTakingAnId({session, sent.turn().id(), keys_before.api_keys(0).id()})) {
+    SCOPED_TRACE(c.rpc);
+    // The tenant's own key with every scope but the one this call needs.
+    std::vector<std::string> others;
+    std::copy_if(tenant_scopes.begin(), tenant_scopes.end(), std::back_inserter(others),
+                 [&](const std::string& scope) { return scope != c.scope; });
+    Client lacking = As(StoredKey(kTenantA, others));
+    ExpectMissingScope(c.call(lacking), c.scope);
+  }
+
+  // Nothing changed: the session, its messages and the keys are as they were.
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+  EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_ACTIVE);
+  EXPECT_NE(got.session().title(), "taken over");
+  auto messages = ListMessages(kTenantA, session);
+  ASSERT_TRUE(messages.ok());
+  EXPECT_EQ(messages->size(), messages_before->size());
+  v1::ListApiKeysRequest list_keys;
+  list_keys.set_include_revoked(true);
+  v1::ListApiKeysResponse keys_after;
+  ASSERT_TRUE(owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, list_keys, &keys_after).ok());
+  for (const v1::ApiKey& key : keys_after.api_keys()) {
+    if (key.id() == keys_before.api_keys(0).id()) EXPECT_FALSE(key.has_revoke_time());
   }
 }
 
@@ -906,6 +995,48 @@ TEST_F(GatewayApi, ATenantsRateLimitRefusesWithARetryDelayAndRecovers) {
   // And it recovers: after the delay a call is admitted again.
   EXPECT_TRUE(
       parley::testing::WaitFor(absl::Seconds(30), [&] { return create_session("later").ok(); }));
+}
+
+// Every key limited on its own (--key_rate_limit), well below its tenant's limit.
+class GatewayKeyRateLimit : public GatewayApi {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(
+        StartCluster({.replicas = 1,
+                      .gateway = true,
+                      .gateway_flags = {"--key_rate_limit=1", "--key_rate_burst=2"}}));
+  }
+};
+
+TEST_F(GatewayKeyRateLimit, OneKeyOverItsLimitIsRefusedWhileAnotherKeyOfTheTenantIsNot) {
+  const std::string session = CreateSession(kTenantA);
+  Client busy = As(StoredKey(kTenantA, {"*"}));
+  Client calm = As(StoredKey(kTenantA, {"*"}));
+  v1::GetSessionRequest get;
+  get.set_session_id(session);
+  v1::GetSessionResponse got;
+
+  grpc::Status refused;
+  for (int i = 0; i < 100 && refused.ok(); ++i) {
+    refused = busy.Sessions(&v1::SessionService::Stub::GetSession, get, &got);
+  }
+  ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(refused);
+  auto info = GetErrorInfo(FromGrpcStatus(refused));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "RATE_LIMITED");
+  EXPECT_EQ(info->metadata().at("limit"), "key");
+  auto retry = GetRetryInfo(FromGrpcStatus(refused));
+  ASSERT_TRUE(retry.has_value()) << Describe(refused);
+  EXPECT_GT(retry->retry_delay_ms(), 0);
+  EXPECT_LE(retry->retry_delay_ms(), 1000);
+
+  // The tenant's other key has its own budget.
+  grpc::Status other = calm.Sessions(&v1::SessionService::Stub::GetSession, get, &got);
+  EXPECT_TRUE(other.ok()) << Describe(other);
+  // And the busy key recovers after the delay.
+  EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] {
+    return busy.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok();
+  }));
 }
 
 // A tenant may hold --max_streams_per_tenant open streams on a gateway: one more is
