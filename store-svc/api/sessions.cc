@@ -207,6 +207,12 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
   if (valid.ok()) valid = CheckMetadata(r.metadata(), "metadata", limits_);
   if (valid.ok()) valid = CheckId(r.user_id(), "user_id", limits_, false);
   if (valid.ok()) valid = CheckId(r.external_id(), "external_id", limits_, false);
+  if (valid.ok() && !::parley::v1::SessionStatus_IsValid(r.status())) {
+    valid = InvalidArgumentError("status", absl::StrCat("is not a session status: ", r.status()));
+  }
+  if (valid.ok() && !::parley::v1::SortOrder_IsValid(r.order())) {
+    valid = InvalidArgumentError("order", absl::StrCat("is not a sort order: ", r.order()));
+  }
   pb::ListSessionsRequest query = *request;
   query.mutable_request()->clear_page_token();
   query.mutable_request()->clear_page_size();

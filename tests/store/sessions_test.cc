@@ -291,6 +291,19 @@ TEST_F(Sessions, PageTokenReusedWithOtherFiltersIsInvalidArgument) {
   EXPECT_EQ(Violation(reused.status()).field(), "page_token");
 }
 
+TEST_F(Sessions, ListWithAnUnknownStatusOrOrderIsInvalidArgumentNamingIt) {
+  api::ListSessionsRequest filters;
+  filters.set_status(static_cast<api::SessionStatus>(7));
+  auto status = ListSessions(filters);
+  EXPECT_EQ(status.status().code(), absl::StatusCode::kInvalidArgument) << status.status();
+  EXPECT_EQ(Violation(status.status()).field(), "status");
+  filters.clear_status();
+  filters.set_order(static_cast<api::SortOrder>(-1));
+  auto order = ListSessions(filters);
+  EXPECT_EQ(order.status().code(), absl::StatusCode::kInvalidArgument) << order.status();
+  EXPECT_EQ(Violation(order.status()).field(), "order");
+}
+
 // ---- Update ----
 
 TEST_F(Sessions, UpdateReplacesOnlyTheMaskedFields) {
