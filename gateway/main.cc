@@ -155,9 +155,11 @@ int main(int argc, char** argv) {
   host.OnDrain([&hub] { hub.Drain(); });
   parley::gateway::IdempotencyStore idempotency(
       {.redis = redis, .keys = parley::RedisKeys(config.redis_key_prefix)});
-  parley::gateway::SessionApi sessions(limited, host.grpc_telemetry(),
-                                       host.grpc_telemetry().CreateChannel(config.session_addr),
-                                       store, config.downstream_timeout, hub, &idempotency);
+  // A revoked key's open streams end within a second plus the key cache's TTL.
+  parley::gateway::StreamRevalidator revalidator(authenticator, absl::Seconds(1));
+  parley::gateway::SessionApi sessions(
+      limited, host.grpc_telemetry(), host.grpc_telemetry().CreateChannel(config.session_addr),
+      store, config.downstream_timeout, hub, &idempotency, &revalidator);
   parley::gateway::ApiKeyApi api_keys(limited, store, config.downstream_timeout, &idempotency);
   parley::gateway::AdminApi admin(limited, store, config.downstream_timeout, &idempotency);
   parley::gateway::SandboxApi sandboxes(

@@ -33,19 +33,37 @@ auto AsIs(Response* response) {
   };
 }
 
+// The router's request for a SendMessage or SendMessageAndStream call. A message's
+// idempotency is the store's own, durable: the `idempotency-key` header stands for the
+// request's idempotency_key when that is empty.
+absl::Status BuildSubmit(const grpc::ServerContextBase& context, const Principal& who,
+                         const v1::SendMessageRequest& request,
+                         router_pb::SubmitMessageRequest* out) {
+  out->set_tenant_id(who.tenant_id);
+  *out->mutable_request() = request;
+  absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(context);
+  if (!key.ok()) return key.status();
+  if (key->has_value() && request.idempotency_key().empty()) {
+    out->mutable_request()->set_idempotency_key(**key);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
                        std::shared_ptr<grpc::Channel> session_channel,
                        std::shared_ptr<store::v1::StoreService::StubInterface> store,
-                       absl::Duration downstream_timeout, Hub& hub, IdempotencyStore* idempotency)
+                       absl::Duration downstream_timeout, Hub& hub, IdempotencyStore* idempotency,
+                       StreamRevalidator* revalidator)
     : authenticator_(authenticator),
       telemetry_(telemetry),
       router_(router::v1::SessionRouter::NewStub(std::move(session_channel))),
       store_(std::move(store)),
       downstream_timeout_(downstream_timeout),
       hub_(hub),
-      idempotency_(idempotency) {
+      idempotency_(idempotency),
+      revalidator_(revalidator) {
   telemetry_.InstrumentInHandler(kStreamEventsMethod);
   telemetry_.InstrumentInHandler(kSendMessageAndStreamMethod);
 }
@@ -153,18 +171,9 @@ grpc::ServerUnaryReactor* SessionApi::SendMessage(grpc::CallbackServerContext* c
   return Call::Start(
       context, authenticator_, downstream_timeout_,
       {.scope = kScopeSessionsWrite,
-       // Its idempotency is the store's own, durable: the header is the
-       // request's idempotency_key when that is empty.
        .build =
            [context, request](const Principal& who, router_pb::SubmitMessageRequest* out) {
-             out->set_tenant_id(who.tenant_id);
-             *out->mutable_request() = *request;
-             absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context);
-             if (!key.ok()) return key.status();
-             if (key->has_value() && request->idempotency_key().empty()) {
-               out->mutable_request()->set_idempotency_key(**key);
-             }
-             return absl::OkStatus();
+             return BuildSubmit(*context, who, *request, out);
            },
        .call = [this](
                    auto* c, auto* req, auto* resp,
@@ -268,10 +277,18 @@ grpc::ServerUnaryReactor* SessionApi::CancelTurn(grpc::CallbackServerContext* co
        .reply = AsIs(response)});
 }
 
+StreamEventsReactor::OnOpen SessionApi::WatchKeyOf(grpc::CallbackServerContext* context) {
+  if (revalidator_ == nullptr) return nullptr;
+  return [revalidator = revalidator_, context](std::weak_ptr<StreamCore> stream) {
+    revalidator->Watch(*context, std::move(stream));
+  };
+}
+
 grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
     grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
   auto* stream = new StreamEventsReactor(
-      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kStreamEventsMethod));
+      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kStreamEventsMethod),
+      WatchKeyOf(context));
   // `request` lives until the call is done, which is after this callback has run.
   authenticator_.Authenticate(*context, [stream, request](absl::StatusOr<Principal> who) {
     absl::Status allowed = who.ok() ? who->Require(kScopeSessionsRead) : who.status();
@@ -286,7 +303,8 @@ grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
 grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::SendMessageAndStream(
     grpc::CallbackServerContext* context, const v1::SendMessageRequest* request) {
   auto* stream = new StreamEventsReactor(
-      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kSendMessageAndStreamMethod));
+      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kSendMessageAndStreamMethod),
+      WatchKeyOf(context));
   // `context` and `request` live until the call is done, which is after `stream` has
   // been opened or rejected below.
   authenticator_.Authenticate(
@@ -300,9 +318,9 @@ grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::SendMessageAndSt
           v1::SendMessageResponse response;
         };
         auto submit = std::make_shared<Submit>();
+        absl::Status built = BuildSubmit(*context, *who, *request, &submit->request);
+        if (!built.ok()) return stream->Reject(ToGrpcStatus(built));
         telemetry::PrepareDownstream(*context, submit->context, downstream_timeout_);
-        submit->request.set_tenant_id(who->tenant_id);
-        *submit->request.mutable_request() = *request;
         router_->async()->SubmitMessage(
             &submit->context, &submit->request, &submit->response,
             [submit, stream, tenant_id = who->tenant_id](grpc::Status status) {

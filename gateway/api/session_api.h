@@ -12,6 +12,8 @@
 
 #include "absl/time/time.h"
 #include "gateway/api/idempotency.h"
+#include "gateway/api/stream_events.h"
+#include "gateway/api/stream_revalidator.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/hub.h"
 #include "parley/router/v1/router.grpc.pb.h"
@@ -28,13 +30,15 @@ inline constexpr char kSendMessageAndStreamMethod[] =
 
 class SessionApi final : public v1::SessionService::CallbackService {
  public:
-  // `authenticator`, `telemetry`, `hub` and `idempotency` must outlive this object; construct it
+  // `authenticator`, `telemetry`, `hub`, `idempotency` and `revalidator` (which ends
+  // the open streams of a revoked key; optional) must outlive this object; construct it
   // before the server is built (StreamEvents calls are recorded by their handler, not by an
   // interceptor: see GrpcTelemetry::InstrumentInHandler).
   SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& telemetry,
              std::shared_ptr<grpc::Channel> session_channel,
              std::shared_ptr<store::v1::StoreService::StubInterface> store,
-             absl::Duration downstream_timeout, Hub& hub, IdempotencyStore* idempotency);
+             absl::Duration downstream_timeout, Hub& hub, IdempotencyStore* idempotency,
+             StreamRevalidator* revalidator = nullptr);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,
@@ -79,8 +83,12 @@ class SessionApi final : public v1::SessionService::CallbackService {
   std::unique_ptr<router::v1::SessionRouter::Stub> router_;
   std::shared_ptr<store::v1::StoreService::StubInterface> store_;
   absl::Duration downstream_timeout_;
+  // The hook that lets `revalidator_` watch a stream's key; null without one.
+  StreamEventsReactor::OnOpen WatchKeyOf(grpc::CallbackServerContext* context);
+
   Hub& hub_;
   IdempotencyStore* idempotency_;
+  StreamRevalidator* revalidator_;
 };
 
 }  // namespace parley::gateway

@@ -4,15 +4,22 @@
 
 namespace parley::gateway {
 
-StreamEventsReactor::StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call)
-    : InstrumentedWriteReactor(std::move(call)), hub_(hub) {}
+StreamEventsReactor::StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call,
+                                         OnOpen on_open)
+    : InstrumentedWriteReactor(std::move(call)), hub_(hub), on_open_(std::move(on_open)) {}
 
 void StreamEventsReactor::Open(StreamParams params) {
   Hub& hub = hub_;  // Once OnCancel can see the core, `this` may be deleted at any time.
   std::shared_ptr<StreamCore> core;
   {
     absl::MutexLock lock(&mu_);
-    if (!cancelled_) core_ = core = std::make_shared<StreamCore>(hub_, this, std::move(params));
+    if (!cancelled_) {
+      core = std::make_shared<StreamCore>(hub_, this, std::move(params));
+      // While the core is not yet visible to OnCancel the call cannot end, so the call's
+      // context is still there for `on_open_`.
+      if (on_open_) on_open_(core);
+      core_ = core;
+    }
   }
   if (core == nullptr) {
     FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));

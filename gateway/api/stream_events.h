@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 
 #include "absl/synchronization/mutex.h"
@@ -23,7 +24,9 @@ class StreamEventsReactor final
     : public telemetry::InstrumentedWriteReactor<v1::StreamEventsResponse>,
       public StreamWriter {
  public:
-  StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call);
+  // `on_open`, when given, sees the stream's core once it is made (before it opens).
+  using OnOpen = std::function<void(std::weak_ptr<StreamCore>)>;
+  StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call, OnOpen on_open = nullptr);
 
   // Exactly one of Open, OpenAfter and Reject, once, from any thread.
   void Open(StreamParams params);
@@ -40,6 +43,7 @@ class StreamEventsReactor final
 
  private:
   Hub& hub_;
+  const OnOpen on_open_;
   // Orders a cancel against Open. Never held while calling into the hub or the stream.
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

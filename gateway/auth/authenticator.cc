@@ -90,13 +90,16 @@ KeyAuthenticator::KeyAuthenticator(KeyAuthenticatorOptions options,
 void KeyAuthenticator::Authenticate(const grpc::ServerContextBase& context, AuthenticateDone done) {
   absl::StatusOr<std::string> secret = BearerToken(context);
   if (!secret.ok()) return done(secret.status());
-  if (!options_.bootstrap_secret.empty() &&
-      ConstantTimeEquals(*secret, options_.bootstrap_secret)) {
+  Resolve(*std::move(secret), std::move(done));
+}
+
+void KeyAuthenticator::Resolve(std::string secret, AuthenticateDone done) {
+  if (!options_.bootstrap_secret.empty() && ConstantTimeEquals(secret, options_.bootstrap_secret)) {
     return done(Principal{options_.bootstrap_tenant, "bootstrap", {kScopeAll, kScopeAdmin}});
   }
-  if (store_ == nullptr || secret->empty() || secret->size() > 1024) return done(UnknownKey());
+  if (store_ == nullptr || secret.empty() || secret.size() > 1024) return done(UnknownKey());
 
-  std::string digest = Sha256(*secret);
+  std::string digest = Sha256(secret);
   std::optional<absl::StatusOr<Principal>> cached;
   bool start_lookup = false;
   {
@@ -117,7 +120,7 @@ void KeyAuthenticator::Authenticate(const grpc::ServerContextBase& context, Auth
     }
   }
   if (cached.has_value()) return done(*std::move(cached));
-  if (start_lookup) Lookup(std::move(digest), *std::move(secret));
+  if (start_lookup) Lookup(std::move(digest), std::move(secret));
 }
 
 void KeyAuthenticator::Lookup(std::string digest, std::string secret) {

@@ -99,6 +99,9 @@ class KeyAuthenticator final : public Authenticator {
   ~KeyAuthenticator() override = default;
 
   void Authenticate(const grpc::ServerContextBase& context, AuthenticateDone done) override;
+  // Authenticate for a secret already taken from its call (StreamRevalidator checks the
+  // keys of open streams this way); the same cache and answers.
+  void Resolve(std::string secret, AuthenticateDone done);
 
  private:
   struct Entry {

@@ -215,8 +215,13 @@ void StreamCore::Shed() {
 }
 
 void StreamCore::Cancel() {
+  End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+}
+
+void StreamCore::End(const grpc::Status& status) {
   absl::MutexLock lock(&mu_);
-  FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+  if (finished_) return;
+  FinishLocked(status);
 }
 
 bool StreamCore::finished() const {

@@ -99,6 +99,8 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void Tick(absl::Time now);                 // Keepalives; retries of failed reads.
   void OnWriteDone(bool ok);
   void Cancel();  // The client went away.
+  // Ends the stream with `status` (its caller may no longer read it); no-op once ended.
+  void End(const grpc::Status& status);
   // The gateway is draining: end UNAVAILABLE, GATEWAY_DRAINING, with the resume cursor.
   void Shed();
   // Whether the stream has ended (finished, cancelled or detached).

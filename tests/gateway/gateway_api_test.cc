@@ -80,6 +80,16 @@ class Client {
     return reader->Finish();
   }
 
+  // An open StreamEvents call of `session` from its first event; `context` must outlive
+  // it.
+  std::unique_ptr<grpc::ClientReader<v1::StreamEventsResponse>> OpenStream(
+      grpc::ClientContext& context, const std::string& session) {
+    Prepare(context);
+    v1::StreamEventsRequest request;
+    request.set_session_id(session);
+    return sessions_->StreamEvents(&context, request);
+  }
+
   // Calls SendMessageAndStream and returns how it ended (reading until then).
   grpc::Status SendMessageAndStreamStatus(const v1::SendMessageRequest& request) {
     grpc::ClientContext context;
@@ -132,6 +142,19 @@ class GatewayApi : public SessionFixture {
     });
     if (!ended) return absl::DeadlineExceededError(absl::StrCat("turn ", turn_id, " never ended"));
     return turn;
+  }
+
+  // Sends a message to tenant A's `session` with a key of its own and waits for the
+  // turn to end, so the session has a history.
+  void SendAndWait(const std::string& session) {
+    Client writer = As(StoredKey(kTenantA, {"*"}));
+    v1::SendMessageRequest send;
+    send.set_session_id(session);
+    send.add_content()->set_text("history");
+    v1::SendMessageResponse sent;
+    grpc::Status status = writer.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent);
+    ASSERT_TRUE(status.ok()) << Describe(status);
+    ASSERT_TRUE(WaitForTurnThroughGateway(writer, session, sent.turn().id()).ok());
   }
 
   // The ids of every session `client`'s tenant can list.
@@ -518,6 +541,12 @@ TEST_F(GatewayApi, AKeyMadeThroughTheApiWorksAtOnceAndStopsWithinFiveSecondsOfIt
   // never presented before.
   status = client.Sessions(&v1::SessionService::Stub::GetSession, get, &got);
   ASSERT_TRUE(status.ok()) << Describe(status);
+  // A stream the key opened: it has read the session's history and waits for more.
+  SendAndWait(session);
+  grpc::ClientContext stream_context;
+  auto stream = client.OpenStream(stream_context, session);
+  v1::StreamEventsResponse item;
+  ASSERT_TRUE(stream->Read(&item));
 
   v1::RevokeApiKeyRequest revoke;
   revoke.set_api_key_id(created.api_key().id());
@@ -531,6 +560,11 @@ TEST_F(GatewayApi, AKeyMadeThroughTheApiWorksAtOnceAndStopsWithinFiveSecondsOfIt
   });
   EXPECT_TRUE(refused) << "the revoked key still worked " << absl::Now() - revoke_time
                        << " after its revocation";
+  // The open stream ends too, refused the same way, rather than outliving its key.
+  while (stream->Read(&item)) {
+  }
+  status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << Describe(status);
   // Revoking again returns it unchanged; it stays refused.
   ASSERT_TRUE(admin.Keys(&v1::ApiKeyService::Stub::RevokeApiKey, revoke, &revoked).ok());
   EXPECT_EQ(client.Sessions(&v1::SessionService::Stub::GetSession, get, &got).error_code(),
@@ -610,8 +644,19 @@ TEST_F(GatewayApi, TheOperatorOnboardsATenantAndDisablingItStopsItsKeys) {
     return acme.Sessions(&v1::SessionService::Stub::CreateSession, v1::CreateSessionRequest(),
                          &out);
   };
-  status = create_session();
+  v1::CreateSessionResponse session;
+  status =
+      acme.Sessions(&v1::SessionService::Stub::CreateSession, v1::CreateSessionRequest(), &session);
   ASSERT_TRUE(status.ok()) << Describe(status);
+  v1::SendMessageRequest send;
+  send.set_session_id(session.session().id());
+  send.add_content()->set_text("hello");
+  v1::SendMessageResponse sent;
+  ASSERT_TRUE(acme.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).ok());
+  grpc::ClientContext stream_context;
+  auto stream = acme.OpenStream(stream_context, session.session().id());
+  v1::StreamEventsResponse item;
+  ASSERT_TRUE(stream->Read(&item)) << "the stream opened";
 
   admin::v1::ListTenantsResponse listed;
   ASSERT_TRUE(operator_client
@@ -641,6 +686,11 @@ TEST_F(GatewayApi, TheOperatorOnboardsATenantAndDisablingItStopsItsKeys) {
     return create_session().error_code() == grpc::StatusCode::UNAUTHENTICATED;
   }));
   EXPECT_LE(absl::Now() - disabled_at, absl::Seconds(5)) << "the key outlived the cache's TTL";
+  // Its open stream ends as well.
+  while (stream->Read(&item)) {
+  }
+  status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << Describe(status);
   // Disabled tenants are left out of the listing unless asked for.
   ASSERT_TRUE(operator_client
                   .Admin(&admin::v1::AdminService::Stub::ListTenants,
@@ -873,12 +923,16 @@ struct SentAndStreamed {
   std::vector<v1::StreamEventsResponse> items;
 };
 
+// Calls SendMessageAndStream (with an `idempotency-key` header when `header_key` is
+// given) and reads it to its end.
 SentAndStreamed SendAndStream(const std::string& target, const std::string& key,
-                              const v1::SendMessageRequest& request) {
+                              const v1::SendMessageRequest& request,
+                              const std::string& header_key = "") {
   auto stub =
       v1::SessionService::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.AddMetadata("authorization", "Bearer " + key);
+  if (!header_key.empty()) context.AddMetadata("idempotency-key", header_key);
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   auto reader = stub->SendMessageAndStream(&context, request);
   SentAndStreamed out;
@@ -928,6 +982,25 @@ TEST_F(GatewayApi, SendMessageAndStreamAnswersFirstThenStreamsThatTurnUntilSeale
   ASSERT_TRUE(turns.ok());
   EXPECT_EQ(turns->size(), 1u);
 
+  // The `idempotency-key` header serves as well as the field.
+  v1::SendMessageRequest by_header = request;
+  by_header.clear_idempotency_key();
+  SentAndStreamed header_first =
+      SendAndStream(gateway()->grpc_target(), key, by_header, "by-header");
+  ASSERT_TRUE(header_first.status.ok()) << Describe(header_first.status);
+  ASSERT_TRUE(header_first.items.front().has_sent());
+  EXPECT_FALSE(header_first.items.front().sent().duplicate());
+  SentAndStreamed header_again =
+      SendAndStream(gateway()->grpc_target(), key, by_header, "by-header");
+  ASSERT_TRUE(header_again.status.ok()) << Describe(header_again.status);
+  ASSERT_TRUE(header_again.items.front().has_sent());
+  EXPECT_TRUE(header_again.items.front().sent().duplicate());
+  EXPECT_EQ(header_again.items.front().sent().turn().id(),
+            header_first.items.front().sent().turn().id());
+  turns = ListTurns(kTenantA, session);
+  ASSERT_TRUE(turns.ok());
+  EXPECT_EQ(turns->size(), 2u);
+
   // Both scopes are needed, and another tenant's session is NOT_FOUND; neither writes.
   request.set_idempotency_key("refused");
   SentAndStreamed write_only =
@@ -939,7 +1012,7 @@ TEST_F(GatewayApi, SendMessageAndStreamAnswersFirstThenStreamsThatTurnUntilSeale
   EXPECT_EQ(other.status.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(other.status);
   auto messages = ListMessages(kTenantA, session);
   ASSERT_TRUE(messages.ok());
-  EXPECT_EQ(messages->size(), 2u) << "only the first send's message and its answer";
+  EXPECT_EQ(messages->size(), 4u) << "only the two first sends' messages and their answers";
 }
 
 // A tenant's own limit (1/s, burst 2) is enforced across its keys with a retry delay,
