@@ -556,6 +556,123 @@ TEST_F(Providers, AnthropicOverloadIsRetryableInTheStreamAndAsAStatus) {
   }
 }
 
+// Parallel tool use: one message holds a text block and then two tool_use blocks, one
+// after the other (each block starts, streams its partial JSON and stops before the
+// next starts); they come out as two calls in block order.
+TEST_F(Providers, AnthropicStreamsParallelToolUsesAsSeparateCalls) {
+  auto tool_start = [](int index, const std::string& id, const std::string& name) {
+    return Event("content_block_start",
+                 {{"index", index},
+                  {"content_block",
+                   {{"type", "tool_use"}, {"id", id}, {"name", name}, {"input", json::object()}}}});
+  };
+  auto json_delta = [](int index, const std::string& piece) {
+    return Event(
+        "content_block_delta",
+        {{"index", index}, {"delta", {{"type", "input_json_delta"}, {"partial_json", piece}}}});
+  };
+  server_->Enqueue(
+      {.chunks = {Event("message_start", {{"message", {{"usage", {{"input_tokens", 5}}}}}}),
+                  Event("content_block_start",
+                        {{"index", 0}, {"content_block", {{"type", "text"}, {"text", ""}}}}),
+                  Event("content_block_delta",
+                        {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", "Both."}}}}),
+                  Event("content_block_stop", {{"index", 0}}),
+                  tool_start(1, "toolu_a", "read_file"), json_delta(1, "{\"path\": "),
+                  json_delta(1, "\"a.txt\"}"), Event("content_block_stop", {{"index", 1}}),
+                  tool_start(2, "toolu_b", "list_files"), json_delta(2, "{\"path\""),
+                  json_delta(2, ": \".\"}"), Event("content_block_stop", {{"index", 2}}),
+                  Event("message_delta", {{"delta", {{"stop_reason", "tool_use"}}},
+                                          {"usage", {{"output_tokens", 9}}}}),
+                  Event("message_stop", json::object())}});
+  AnthropicProvider provider(Config("anthropic"));
+  RecordingSink sink;
+  StepOutcome outcome = provider.Stream(Hello(), sink);
+  ASSERT_FALSE(outcome.error) << outcome.error->message;
+  EXPECT_EQ(sink.text_, "Both.");
+  ASSERT_EQ(sink.calls_.size(), 2u);
+  EXPECT_EQ(sink.calls_[0].call_id(), "toolu_a");
+  EXPECT_EQ(sink.calls_[0].name(), "read_file");
+  EXPECT_EQ(json::parse(sink.calls_[0].arguments_json()), json::parse(R"({"path":"a.txt"})"));
+  EXPECT_EQ(sink.calls_[1].call_id(), "toolu_b");
+  EXPECT_EQ(sink.calls_[1].name(), "list_files");
+  EXPECT_EQ(json::parse(sink.calls_[1].arguments_json()), json::parse(R"({"path":"."})"));
+  EXPECT_EQ(outcome.finish_reason, v1::FINISH_REASON_TOOL_CALLS);
+}
+
+TEST_F(Providers, AnthropicRateLimitIsRetryableWithItsRetryAfter) {
+  server_->Enqueue(
+      {.status = 429,
+       .headers = {{"retry-after", "3"}},
+       .chunks = {
+           R"({"type":"error","error":{"type":"rate_limit_error","message":"Slow down"}})"}});
+  AnthropicProvider provider(Config("anthropic"));
+  RecordingSink sink;
+  StepOutcome outcome = provider.Stream(Hello(), sink);
+  ASSERT_TRUE(outcome.error);
+  EXPECT_EQ(outcome.error->status_code, 429);
+  EXPECT_TRUE(outcome.error->retryable);
+  ASSERT_TRUE(outcome.error->retry_after);
+  EXPECT_EQ(*outcome.error->retry_after, absl::Seconds(3));
+  EXPECT_TRUE(absl::StrContains(outcome.error->message, "Slow down")) << outcome.error->message;
+  EXPECT_TRUE(sink.text_.empty());
+}
+
+TEST_F(Providers, AnthropicMalformedTruncatedAndResetStreamsAreClearErrors) {
+  AnthropicProvider provider(Config("anthropic"));
+  const std::string start =
+      Event("message_start", {{"message", {{"usage", {{"input_tokens", 1}}}}}});
+  const std::string text_start =
+      Event("content_block_start", {{"index", 0}, {"content_block", {{"type", "text"}}}});
+  const std::string text =
+      Event("content_block_delta",
+            {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", "partial"}}}});
+  {
+    server_->Enqueue(
+        {.chunks = {start, text_start, text, "event: content_block_delta\ndata: {oops\n\n"}});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_FALSE(outcome.error->retryable);
+    EXPECT_TRUE(absl::StrContains(outcome.error->message, "malformed stream"))
+        << outcome.error->message;
+    EXPECT_EQ(sink.text_, "partial") << "what streamed before the bad event stays";
+  }
+  {  // The HTTP body ends cleanly, but message_stop never came.
+    server_->Enqueue({.chunks = {start, text_start, text}});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_TRUE(outcome.error->retryable);
+    EXPECT_TRUE(absl::StrContains(outcome.error->message, "ended before the model finished"))
+        << outcome.error->message;
+  }
+  {  // The connection drops inside the chunked body.
+    server_->Enqueue({.chunks = {start, text_start, text}, .end = FakeResponse::End::kTruncated});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_TRUE(outcome.error->retryable);
+    EXPECT_EQ(outcome.error->status_code, 0);
+  }
+  {  // Reset.
+    server_->Enqueue({.chunks = {start, text_start, text}, .end = FakeResponse::End::kReset});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_TRUE(outcome.error->retryable);
+  }
+  {  // An error status with a body that is not Anthropic's error JSON still says what failed.
+    server_->Enqueue({.status = 502, .chunks = {"<html>Bad Gateway</html>"}});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_EQ(outcome.error->status_code, 502);
+    EXPECT_TRUE(outcome.error->retryable);
+    EXPECT_TRUE(absl::StrContains(outcome.error->message, "502")) << outcome.error->message;
+  }
+}
+
 // ---- SSE ----
 
 std::vector<SseEvent> ParseAll(const std::vector<std::string>& pieces) {
