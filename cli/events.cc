@@ -88,6 +88,11 @@ class EventPrinter {
         Line(style_.Dim(what + "]"));
         return;
       }
+      case v1::Event::kSandboxLost:
+        Line(style_.Yellow(absl::StrCat("[sandbox ", event.sandbox_lost().sandbox_id(),
+                                        " lost: ", event.sandbox_lost().reason(),
+                                        "; its files may be gone]")));
+        return;
       case v1::Event::kHistoryTrimmed:
         Line(style_.Dim(absl::StrCat("[", event.history_trimmed().dropped_messages(),
                                      " older messages left out of the model's context]")));

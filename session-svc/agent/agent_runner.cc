@@ -152,7 +152,14 @@ class TurnLoop final : public model::StepSink {
   absl::StatusOr<StepEnd> StreamStep();
   absl::Status RunTools();
   absl::Status RunGroup(size_t begin, size_t end);
-  absl::StatusOr<v1::ToolResult> RunCall(const v1::ToolCall& call, bool stream_output);
+  // A call's result, and the output the model got only part of when no output event has
+  // carried it yet (a tool that does not stream, such as read_file): the loop emits that
+  // as output events before the result, so the full output is always in the events.
+  struct CallRun {
+    v1::ToolResult result;
+    std::string unstreamed_output;
+  };
+  absl::StatusOr<CallRun> RunCall(const v1::ToolCall& call, bool stream_output);
   absl::Duration ToolTimeout() const {
     return std::min(runner_.options_.tool_timeout, deadline_ - Now());
   }
@@ -238,9 +245,12 @@ model::ModelRequest TurnLoop::Request(uint32_t attempt) const {
   model::ModelRequest request;
   request.model = model_;
   request.system_prompt = config_.system_prompt();
-  request.messages = history_;
-  request.messages.insert(request.messages.end(), transcript_.messages().begin(),
-                          transcript_.messages().end());
+  // Repaired as a whole before every call, the turn's own steps included: a model may
+  // have called a tool with arguments that are not JSON (answered with an error result)
+  // or reused a call id, and some providers refuse such a request outright.
+  std::vector<v1::Message> messages = history_;
+  messages.insert(messages.end(), transcript_.messages().begin(), transcript_.messages().end());
+  request.messages = RepairHistory(std::move(messages), nullptr);
   for (const tools::Tool* tool : tools_) request.tools.push_back(tool->spec());
   if (config_.max_output_tokens() > 0) {
     const uint64_t used = transcript_.usage().output_tokens();
@@ -282,16 +292,6 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
       return end;
     }
     if (!first_failure_) first_failure_ = Now();
-    const bool budget_left = retries_ < max_retries && Now() - *first_failure_ < max_retrying;
-    if (!failure.retryable || !budget_left) {
-      end.turn_over = Failed(ProviderTurnError(
-          provider_.name(), failure,
-          failure.retryable
-              ? absl::StrCat(failure.message, " (gave up after ", retries_, " retries)")
-              : failure.message));
-      return end;
-    }
-    ++retries_;
     // Full jitter over the upper half of the capped exponential delay; a server's
     // Retry-After wins when it asks for longer.
     absl::Duration delay = runner_.options_.retry_first_backoff;
@@ -299,6 +299,25 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
     delay = std::min(delay, runner_.options_.retry_max_backoff);
     delay *= absl::Uniform(jitter_, 0.5, 1.0);
     if (failure.retry_after) delay = std::max(delay, *failure.retry_after);
+    // A retry whose wait would end past the budget's duration is given up now: waiting
+    // for it would only delay the same failure.
+    const bool budget_left =
+        retries_ < max_retries && Now() + delay - *first_failure_ <= max_retrying;
+    if (!failure.retryable || !budget_left) {
+      std::string why = failure.message;
+      if (failure.retryable) {
+        absl::StrAppend(&why, " (gave up after ", retries_, " retries");
+        if (retries_ < max_retries) {
+          absl::StrAppend(&why, ": the next one, in ", absl::FormatDuration(delay),
+                          ", would have been past the retry budget of ",
+                          absl::FormatDuration(max_retrying));
+        }
+        absl::StrAppend(&why, ")");
+      }
+      end.turn_over = Failed(ProviderTurnError(provider_.name(), failure, why));
+      return end;
+    }
+    ++retries_;
     v1::Event retry;
     retry.set_transient(true);
     v1::RetryScheduled& scheduled = *retry.mutable_retry_scheduled();
@@ -315,14 +334,15 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
   }
 }
 
-absl::StatusOr<v1::ToolResult> TurnLoop::RunCall(const v1::ToolCall& call, bool stream_output) {
+absl::StatusOr<TurnLoop::CallRun> TurnLoop::RunCall(const v1::ToolCall& call, bool stream_output) {
   const absl::Time start = Now();
-  v1::ToolResult result;
+  CallRun ran;
+  v1::ToolResult& result = ran.result;
   result.set_call_id(call.call_id());
   auto error = [&](std::string text) {
     result.set_output(std::move(text));
     result.set_is_error(true);
-    return result;
+    return ran;
   };
   const tools::Tool* tool = FindTool(call.name());
   if (tool == nullptr) {
@@ -342,8 +362,10 @@ absl::StatusOr<v1::ToolResult> TurnLoop::RunCall(const v1::ToolCall& call, bool 
   tools::ToolContext context{.sandbox = tool->needs_sandbox() ? sandbox_.get() : nullptr,
                              .stop = out_,
                              .timeout = timeout};
+  bool streamed = false;
   if (stream_output) {
     context.on_output = [&](v1::OutputStream stream, const std::string& data) {
+      streamed = true;
       v1::Event event;
       event.mutable_tool_output_delta()->set_call_id(call.call_id());
       event.mutable_tool_output_delta()->set_stream(stream);
@@ -358,7 +380,10 @@ absl::StatusOr<v1::ToolResult> TurnLoop::RunCall(const v1::ToolCall& call, bool 
   if (!run.ok()) return error(SandboxFailureText(run.status()));
   result.set_output(tools::CapForModel(run->output, runner_.options_.max_tool_result_bytes));
   result.set_is_error(run->is_error);
-  return result;
+  if (!streamed && result.output().size() != run->output.size()) {
+    ran.unstreamed_output = std::move(run->output);
+  }
+  return ran;
 }
 
 absl::Status TurnLoop::RunGroup(size_t begin, size_t end) {
@@ -389,7 +414,7 @@ absl::Status TurnLoop::RunGroup(size_t begin, size_t end) {
       if (absl::Status emitted = Emit(std::move(event)); !emitted.ok()) return emitted;
     }
   }
-  std::vector<absl::StatusOr<v1::ToolResult>> results(end - begin, absl::UnknownError("not run"));
+  std::vector<absl::StatusOr<CallRun>> results(end - begin, absl::UnknownError("not run"));
   if (end - begin == 1) {
     results[0] = RunCall(calls_[begin], /*stream_output=*/true);
   } else {
@@ -400,10 +425,26 @@ absl::Status TurnLoop::RunGroup(size_t begin, size_t end) {
     }
     for (std::thread& thread : threads) thread.join();
   }
-  for (absl::StatusOr<v1::ToolResult>& result : results) {
-    if (!result.ok()) return result.status();
+  // A sandbox lost under these calls is announced before their results, which say so.
+  if (std::optional<v1::SandboxLost> lost = sandbox_ ? sandbox_->TakeLoss() : std::nullopt) {
     v1::Event event;
-    *event.mutable_tool_result() = *std::move(result);
+    *event.mutable_sandbox_lost() = *std::move(lost);
+    if (absl::Status status = Emit(std::move(event)); !status.ok()) return status;
+  }
+  constexpr size_t kOutputChunk = 64 << 10;
+  for (absl::StatusOr<CallRun>& ran : results) {
+    if (!ran.ok()) return ran.status();
+    const absl::string_view unstreamed = ran->unstreamed_output;
+    for (size_t at = 0; at < unstreamed.size(); at += kOutputChunk) {
+      v1::Event event;
+      v1::ToolOutputDelta& delta = *event.mutable_tool_output_delta();
+      delta.set_call_id(ran->result.call_id());
+      delta.set_stream(v1::OUTPUT_STREAM_STDOUT);
+      delta.set_data(std::string(unstreamed.substr(at, kOutputChunk)));
+      if (absl::Status status = Emit(std::move(event)); !status.ok()) return status;
+    }
+    v1::Event event;
+    *event.mutable_tool_result() = std::move(ran->result);
     if (absl::Status status = Emit(std::move(event)); !status.ok()) return status;
   }
   return absl::OkStatus();

@@ -73,9 +73,17 @@ absl::Status SessionSandbox::Finished(const std::string& sandbox_id, const grpc:
     if (sandbox_id_ == sandbox_id) {
       lost_sandbox_id_ = sandbox_id_;
       sandbox_id_.clear();
+      v1::SandboxLost& loss = unreported_loss_.emplace();
+      loss.set_sandbox_id(sandbox_id);
+      loss.set_reason(std::string(result.message()));
     }
   }
   return result;
+}
+
+std::optional<v1::SandboxLost> SessionSandbox::TakeLoss() {
+  absl::MutexLock lock(&mu_);
+  return std::exchange(unreported_loss_, std::nullopt);
 }
 
 absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>& argv,

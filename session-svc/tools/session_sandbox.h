@@ -71,6 +71,10 @@ class SessionSandbox {
                                                            uint32_t max_entries,
                                                            absl::Duration timeout);
 
+  // A loss of the attached sandbox seen by an operation since the last call (an event
+  // for clients), once; nullopt when there was none.
+  std::optional<v1::SandboxLost> TakeLoss();
+
  private:
   // The attached sandbox's id; FAILED_PRECONDITION when none is.
   absl::StatusOr<std::string> Current();
@@ -89,6 +93,7 @@ class SessionSandbox {
   absl::Mutex mu_;
   std::string sandbox_id_ ABSL_GUARDED_BY(mu_);
   std::string lost_sandbox_id_ ABSL_GUARDED_BY(mu_);  // Forgotten after a loss.
+  std::optional<v1::SandboxLost> unreported_loss_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace parley::session::tools

@@ -88,6 +88,7 @@ void Transcript::Add(const v1::Event& event) {
       break;  // Informational: the model sees only the result.
     case v1::Event::kStepCompleted:
       step_seen(step_);
+      decode_ms_ += event.step_completed().decode_ms();
       return;
     case v1::Event::kUsage: {
       const v1::Usage& step = event.usage();

@@ -57,6 +57,8 @@ class Transcript {
   // (cached or not) plus its output.
   uint64_t context_tokens() const { return context_tokens_; }
   uint32_t steps() const { return steps_; }
+  // The steps' decode times (StepCompleted.decode_ms), summed.
+  uint64_t decode_ms() const { return decode_ms_; }
 
  private:
   v1::Message& Assistant();
@@ -72,6 +74,7 @@ class Transcript {
   v1::Usage usage_;
   uint64_t context_tokens_ = 0;
   uint32_t steps_ = 0;
+  uint64_t decode_ms_ = 0;
   bool has_output_ = false;
 };
 

@@ -432,6 +432,7 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   *done.mutable_usage() = transcript_.usage();
   done.set_steps(transcript_.steps());
   done.set_context_tokens(transcript_.context_tokens());
+  done.set_decode_ms(transcript_.decode_ms());
   if (first_output_ && started_ != absl::InfinitePast()) {
     done.set_time_to_first_token_ms(absl::ToInt64Milliseconds(*first_output_ - started_));
   }

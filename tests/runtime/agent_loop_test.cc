@@ -48,11 +48,11 @@ v1::AgentConfig WithTools(std::vector<std::string> tools) {
 
 class AgentLoop : public SessionFixture {
  protected:
-  void Start(bool gateway = false) {
-    ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1,
-                                          .gateway = gateway,
-                                          .sandbox = true,
-                                          .replica_flags = {"--retry_backoff=20ms"}}));
+  void Start(bool gateway = false, std::vector<std::string> more_flags = {}) {
+    std::vector<std::string> flags = {"--retry_backoff=20ms"};
+    flags.insert(flags.end(), more_flags.begin(), more_flags.end());
+    ASSERT_NO_FATAL_FAILURE(
+        StartCluster({.replicas = 1, .gateway = gateway, .sandbox = true, .replica_flags = flags}));
   }
 
   // Runs one turn to its seal; the turn and the session's checked events.
@@ -70,6 +70,32 @@ class AgentLoop : public SessionFixture {
     EXPECT_TRUE(events.ok()) << events.status();
     if (!turn.ok() || !events.ok()) return {};
     return {*turn, *events};
+  }
+
+  // A providers file naming `base_url` as the OpenAI-compatible provider "fake-openai",
+  // whose key is in the replica's FAKE_MODEL_KEY.
+  static std::string FakeOpenAiProvidersFile(const std::string& base_url) {
+    const std::string path = parley::testing::TestTempDir() + "/providers.json";
+    std::ofstream out(path);
+    out << nlohmann::json{{"providers",
+                           {{{"name", "fake-openai"},
+                             {"kind", "openai"},
+                             {"base_url", base_url},
+                             {"api_key_env", "FAKE_MODEL_KEY"},
+                             {"default_model", "gpt-test"}}}}}
+               .dump();
+    return path;
+  }
+
+  // A streamed OpenAI chat completion answering `text`.
+  static parley::testing::FakeResponse OpenAiAnswer(const std::string& text) {
+    auto data = [](const nlohmann::json& chunk) { return "data: " + chunk.dump() + "\n\n"; };
+    return {.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", text}}}}}}}),
+                       data({{"choices",
+                              {{{"index", 0},
+                                {"delta", nlohmann::json::object()},
+                                {"finish_reason", "stop"}}}}}),
+                       "data: [DONE]\n\n"}};
   }
 
   // Runs `argv` in `sandbox_id` through sandbox-svc; its stdout.
@@ -183,6 +209,34 @@ TEST_F(AgentLoop, AMultiStepTurnWritesRunsEditsAndReadsAFileInARealSandbox) {
 // A call the model gets wrong — an unknown tool, arguments that break the schema or are
 // not JSON, a file that does not exist — becomes an error result the model sees, never a
 // failed turn; nothing runs for the invalid ones.
+// edit_file replaces exactly one occurrence: none, or several, is an error result that
+// says which, and the file stays as it was.
+TEST_F(AgentLoop, EditFileRefusesZeroOrSeveralMatchesAndLeavesTheFileAlone) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session =
+      CreateSessionWith(kTenantA, WithTools({"read_file", "write_file", "edit_file"}));
+  Ran ran = RunTurn(session, R"(@tool write_file {"path": "notes.txt", "content": "one two two\n"}
+@say Editing.
+@tool edit_file {"path": "notes.txt", "old_string": "three", "new_string": "3"}
+@say Again.
+@tool edit_file {"path": "notes.txt", "old_string": "two", "new_string": "2"}
+@say Reading.
+@tool read_file {"path": "notes.txt"}
+@say Unchanged.)");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_FALSE(results[0].is_error()) << results[0].output();
+  EXPECT_TRUE(results[1].is_error());
+  EXPECT_TRUE(absl::StrContains(results[1].output(), "old_string was not found in notes.txt"))
+      << results[1].output();
+  EXPECT_TRUE(results[2].is_error());
+  EXPECT_TRUE(absl::StrContains(results[2].output(), "old_string occurs 2 times in notes.txt"))
+      << results[2].output();
+  EXPECT_FALSE(results[3].is_error()) << results[3].output();
+  EXPECT_EQ(results[3].output(), "one two two\n");
+}
+
 TEST_F(AgentLoop, BadToolCallsGoBackToTheModelAsErrorResults) {
   ASSERT_NO_FATAL_FAILURE(Start());
   const std::string session = CreateSessionWith(kTenantA, WithTools({"read_file"}));
@@ -334,9 +388,111 @@ TEST_F(AgentLoop, CancelDuringASandboxCommandKillsItsProcessTree) {
       << "sleep 600 still runs in the sandbox";
 }
 
+// A call over the per-tool limit (--tool_timeout) is killed with its processes and goes
+// back to the model as an error result saying so; the turn goes on.
+TEST_F(AgentLoop, AToolOverItsTimeLimitIsKilledAndTheModelIsTold) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*gateway=*/false, {"--tool_timeout=2s"}));
+  const std::string session = CreateSessionWith(kTenantA, WithTools({"bash"}));
+  Ran ran = RunTurn(session, R"(@tool bash {"command": "echo started; sleep 600"}
+@say It took too long.)");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results[0].is_error());
+  EXPECT_TRUE(absl::StrContains(results[0].output(), "started")) << results[0].output();
+  EXPECT_TRUE(absl::StrContains(results[0].output(), "[timed out after 2s")) << results[0].output();
+  EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It took too long.");
+  absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(sandboxes.ok() && sandboxes->size() == 1u);
+  const std::string count_sleeps =
+      "n=0; for f in /proc/[0-9]*/cmdline; do "
+      "[ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = 'sleep 600 ' ] && n=$((n+1)); done; echo $n";
+  EXPECT_EQ(ExecIn((*sandboxes)[0].id(), count_sleeps), "0\n") << "sleep 600 outlived its call";
+}
+
+// A file read that is larger than what goes back to the model: the model gets the head
+// and the tail with a marker, and the full content is in the call's output events, as
+// the marker says.
+TEST_F(AgentLoop, WhatIsCutFromAToolResultIsInTheOutputEvents) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string session = CreateSessionWith(kTenantA, WithTools({"bash", "read_file"}));
+  Ran ran = RunTurn(session, R"(@tool bash {"command": "seq 1 20000 > numbers.txt"}
+@say Reading.
+@tool read_file {"path": "numbers.txt"}
+@say Read.)");
+  ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
+  std::string expected;
+  for (int i = 1; i <= 20000; ++i) absl::StrAppend(&expected, i, "\n");
+  std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
+  ASSERT_EQ(results.size(), 2u);
+  const v1::ToolResult& read = results[1];
+  EXPECT_FALSE(read.is_error()) << read.output();
+  EXPECT_LT(read.output().size(), expected.size());
+  EXPECT_TRUE(absl::StrContains(read.output(),
+                                "bytes cut; the full output is in the tool's "
+                                "output events"));
+  EXPECT_TRUE(absl::StartsWith(read.output(), "1\n2\n3\n")) << "the head is kept";
+  EXPECT_TRUE(absl::EndsWith(read.output(), "19999\n20000\n")) << "the tail is kept";
+  std::string streamed;
+  uint64_t result_seq = 0;
+  for (const v1::Event& e : OfKind(ran.events, ran.turn.id(), v1::Event::kToolResult)) {
+    if (e.tool_result().call_id() == read.call_id()) result_seq = e.seq();
+  }
+  for (const v1::Event& e : OfKind(ran.events, ran.turn.id(), v1::Event::kToolOutputDelta)) {
+    if (e.tool_output_delta().call_id() != read.call_id()) continue;
+    EXPECT_LT(e.seq(), result_seq) << "the output comes before its result";
+    EXPECT_LE(e.tool_output_delta().data().size(), 64u << 10);
+    streamed += e.tool_output_delta().data();
+  }
+  EXPECT_EQ(streamed, expected);
+}
+
+// Stored history over --history_token_budget: the oldest whole turns are left out of the
+// model's request, and a HistoryTrimmed event says how much, before the turn's output.
+// (The scripted model reads no history, so a provider that does stands in.)
+TEST_F(AgentLoop, HistoryOverTheTokenBudgetIsTrimmedAndTheClientIsTold) {
+  auto server = parley::testing::FakeModelServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      {.replicas = 1,
+       .replica_flags = {"--providers_file=" + FakeOpenAiProvidersFile((*server)->base_url()),
+                         "--history_token_budget=200"},
+       .replica_env = {{"FAKE_MODEL_KEY", "sk-unused"}}}));
+  v1::AgentConfig config;
+  config.set_provider("fake-openai");
+  const std::string session = CreateSessionWith(kTenantA, config);
+  std::string long_answer;
+  for (int i = 0; i < 400; ++i) absl::StrAppend(&long_answer, "word", i, " ");
+  (*server)->Enqueue(OpenAiAnswer(long_answer));  // About 600 tokens: over the budget.
+  Ran first = RunTurn(session, "tell me a lot");
+  ASSERT_EQ(first.turn.status(), v1::TURN_STATUS_SUCCEEDED) << first.turn.error().message();
+  EXPECT_TRUE(OfKind(first.events, first.turn.id(), v1::Event::kHistoryTrimmed).empty());
+
+  (*server)->Enqueue(OpenAiAnswer("Short."));
+  Ran second = RunTurn(session, "and now?");
+  ASSERT_EQ(second.turn.status(), v1::TURN_STATUS_SUCCEEDED) << second.turn.error().message();
+  std::vector<v1::Event> trimmed =
+      OfKind(second.events, second.turn.id(), v1::Event::kHistoryTrimmed);
+  ASSERT_EQ(trimmed.size(), 1u);
+  EXPECT_EQ(trimmed[0].history_trimmed().dropped_messages(), 2u) << "the first turn, whole";
+  EXPECT_EQ(trimmed[0].history_trimmed().kept_messages(), 1u);
+  EXPECT_EQ(trimmed[0].history_trimmed().budget_tokens(), 200u);
+  EXPECT_LE(trimmed[0].history_trimmed().estimated_tokens(), 200u);
+  std::vector<v1::Event> text = OfKind(second.events, second.turn.id(), v1::Event::kTextDelta);
+  ASSERT_FALSE(text.empty());
+  EXPECT_LT(trimmed[0].seq(), text[0].seq());
+  // What the model was sent: the new message alone.
+  std::vector<parley::testing::RecordedRequest> requests = (*server)->requests();
+  ASSERT_EQ(requests.size(), 2u);
+  nlohmann::json messages = nlohmann::json::parse(requests[1].body)["messages"];
+  ASSERT_EQ(messages.size(), 1u) << messages.dump();
+  EXPECT_EQ(messages[0]["content"], "and now?");
+}
+
 // The sandbox destroyed while a tool runs: the call that finds it gone says so — that
-// the sandbox was lost and the workspace may be new — and the next call gets a new
-// sandbox, announced with the one it replaces; the turn goes on. (Whether the running
+// the sandbox was lost and the workspace may be new — and a SandboxLost event tells
+// clients; the next call gets a new sandbox, announced with the one it replaces; the
+// turn goes on. (Whether the running
 // command itself reports the loss or ends killed depends on which the daemon noticed
 // first; the call after it then reports the loss. Either way exactly one does.)
 TEST_F(AgentLoop, ALostSandboxIsReportedAndReplaced) {
@@ -390,6 +546,18 @@ TEST_F(AgentLoop, ALostSandboxIsReportedAndReplaced) {
   EXPECT_TRUE(attached[1].sandbox_attached().created());
   EXPECT_EQ(attached[1].sandbox_attached().replaced_sandbox_id(), first);
   EXPECT_NE(attached[1].sandbox_attached().sandbox_id(), first);
+  // The loss itself is an event, once, as soon as a call saw it: before that call's
+  // result, and before the replacement.
+  std::vector<v1::Event> losses = OfKind(*events, *turn, v1::Event::kSandboxLost);
+  ASSERT_EQ(losses.size(), 1u);
+  EXPECT_EQ(losses[0].sandbox_lost().sandbox_id(), first);
+  EXPECT_FALSE(losses[0].sandbox_lost().reason().empty());
+  EXPECT_LT(losses[0].seq(), attached[1].seq());
+  for (const v1::Event& e : OfKind(*events, *turn, v1::Event::kToolResult)) {
+    if (absl::StrContains(e.tool_result().output(), "sandbox was lost")) {
+      EXPECT_LT(losses[0].seq(), e.seq());
+    }
+  }
 }
 
 // Each limit ends the turn SUCCEEDED with its own finish reason: max steps before the
@@ -464,17 +632,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   constexpr char kKey[] = "sk-e2e-9f8e7d6c5b4a-secret";
   auto server = parley::testing::FakeModelServer::Start();
   ASSERT_TRUE(server.ok()) << server.status();
-  const std::string providers = parley::testing::TestTempDir() + "/providers.json";
-  {
-    std::ofstream out(providers);
-    out << nlohmann::json{{"providers",
-                           {{{"name", "fake-openai"},
-                             {"kind", "openai"},
-                             {"base_url", (*server)->base_url()},
-                             {"api_key_env", "FAKE_MODEL_KEY"},
-                             {"default_model", "gpt-test"}}}}}
-               .dump();
-  }
+  const std::string providers = FakeOpenAiProvidersFile((*server)->base_url());
   ASSERT_NO_FATAL_FAILURE(
       StartCluster({.replicas = 1,
                     .sandbox = true,
@@ -495,13 +653,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
                   data({{"choices", nlohmann::json::array()},
                         {"usage", {{"prompt_tokens", 50}, {"completion_tokens", 9}}}}),
                   "data: [DONE]\n\n"}});
-  (*server)->Enqueue(
-      {.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", "It printed hi."}}}}}}}),
-                  data({{"choices",
-                         {{{"index", 0},
-                           {"delta", nlohmann::json::object()},
-                           {"finish_reason", "stop"}}}}}),
-                  "data: [DONE]\n\n"}});
+  (*server)->Enqueue(OpenAiAnswer("It printed hi."));
   v1::AgentConfig config = WithTools({"bash"});
   config.set_provider("fake-openai");
   config.set_model("gpt-test-large");  // The session's model, not the provider's default.
@@ -549,6 +701,28 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
     EXPECT_FALSE(absl::StrContains(m.SerializeAsString(), kKey));
   EXPECT_FALSE(absl::StrContains(refused.turn.SerializeAsString(), kKey));
   EXPECT_FALSE(absl::StrContains(replica(0).Output(), kKey));
+
+  // Rate limited, then served: the step is retried and its text streams once.
+  (*server)->Enqueue({.status = 429,
+                      .headers = {{"retry-after-ms", "50"}},
+                      .chunks = {R"({"error":{"message":"Rate limit reached"}})"}});
+  (*server)->Enqueue(OpenAiAnswer("Served at last."));
+  Ran retried = RunTurn(session, "once more");
+  ASSERT_EQ(retried.turn.status(), v1::TURN_STATUS_SUCCEEDED) << retried.turn.error().message();
+  EXPECT_EQ(TextOf(retried.events, retried.turn.id()), "Served at last.");
+  EXPECT_EQ((*server)->requests().size(), 5u) << "the refused request and its retry";
+
+  // A server error after text had streamed: the turn fails with that text kept once,
+  // and the request is not sent again (a retry would repeat the text).
+  (*server)->Enqueue(
+      {.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", "Half an "}}}}}}}),
+                  data({{"error", {{"message", "upstream crashed"}, {"code", 500}}}})}});
+  Ran broken = RunTurn(session, "and the last one");
+  EXPECT_EQ(broken.turn.status(), v1::TURN_STATUS_FAILED);
+  EXPECT_TRUE(absl::StrContains(broken.turn.error().message(), "upstream crashed"))
+      << broken.turn.error().message();
+  EXPECT_EQ(TextOf(broken.events, broken.turn.id()), "Half an ");
+  EXPECT_EQ((*server)->requests().size(), 6u) << "no retry after output";
 }
 
 // The same with an Anthropic Messages endpoint: thinking streamed as reasoning, its

@@ -12,6 +12,7 @@
 #include "parley/store/v1/store.grpc.pb.h"
 #include "session-svc/agent/agent_runner.h"
 #include "session-svc/model/scripted.h"
+#include "session-svc/turn/transcript.h"
 #include "tests/runtime/recording_output.h"
 
 namespace parley::session {
@@ -81,18 +82,31 @@ TEST_F(LoopClockTest, RetryAfterIsWaitedOnTheClock) {
 
 TEST_F(LoopClockTest, TheRetryBudgetsDurationIsClockTime) {
   RecordingOutput output(clock_);
-  // Failures come at 0, 4, 8 and 12 minutes: the first three are inside the default
-  // budget of ten minutes and are retried; the fourth is past it, and the turn fails.
+  // Failures come at 0, 4 and 8 minutes, each asking for 4 more: the first two retries
+  // are inside the default budget of ten minutes; the third would start at 12, past
+  // it, so the turn fails at 8 rather than wait 4 minutes for nothing.
   absl::StatusOr<RunOutcome> outcome =
       Run("@fail 503 x4\n@retry_after_ms 240000\n@say never", output);
   ASSERT_TRUE(outcome.ok()) << outcome.status();
   EXPECT_EQ(outcome->finish_reason, v1::FINISH_REASON_ERROR);
   ASSERT_TRUE(outcome->error.has_value());
-  EXPECT_NE(outcome->error->message().find("gave up after 3 retries"), std::string::npos)
+  EXPECT_NE(outcome->error->message().find("gave up after 2 retries: the next one, in 4m, would "
+                                           "have been past the retry budget of 10m"),
+            std::string::npos)
       << outcome->error->message();
-  EXPECT_EQ(Retries(output).size(), 3u);
-  EXPECT_EQ(clock_.total_slept(), absl::Minutes(12));
+  EXPECT_EQ(Retries(output).size(), 2u);
+  EXPECT_EQ(clock_.total_slept(), absl::Minutes(8));
   EXPECT_EQ(Text(output), "");
+}
+
+TEST_F(LoopClockTest, ARetryAfterLongerThanTheWholeBudgetFailsAtOnce) {
+  RecordingOutput output(clock_);
+  absl::StatusOr<RunOutcome> outcome =
+      Run("@fail 429 x1\n@retry_after_ms 3600000\n@say never", output);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->finish_reason, v1::FINISH_REASON_ERROR);
+  EXPECT_TRUE(Retries(output).empty());
+  EXPECT_EQ(clock_.total_slept(), absl::ZeroDuration());
 }
 
 TEST_F(LoopClockTest, TheTurnsTimeLimitIsClockTime) {
@@ -104,6 +118,74 @@ TEST_F(LoopClockTest, TheTurnsTimeLimitIsClockTime) {
   EXPECT_EQ(outcome->finish_reason, v1::FINISH_REASON_MAX_DURATION);
   EXPECT_EQ(clock_.total_slept(), absl::Minutes(1));
   EXPECT_EQ(Text(output), "");
+}
+
+// Each step reports its time to first token (request to first output) and its decode
+// time (first output to the end of the stream), on the clock; the turn's decode time is
+// their sum.
+TEST_F(LoopClockTest, StepsReportTimeToFirstTokenAndDecodeTimeAndTheTurnSumsThem) {
+  RecordingOutput output(clock_);
+  absl::StatusOr<RunOutcome> outcome = Run(
+      "@delay_ms 100\n@stall_ms 3000\n@say one two three\n@tool_ms 500\n@say four five", output);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  ASSERT_EQ(outcome->finish_reason, v1::FINISH_REASON_STOP);
+  std::vector<v1::StepCompleted> steps;
+  Transcript transcript;
+  for (const v1::Event& event : output.events) {
+    if (event.has_step_completed()) steps.push_back(event.step_completed());
+    transcript.Add(event);
+  }
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[0].time_to_first_token_ms(), 3000u);  // The stall.
+  EXPECT_EQ(steps[0].decode_ms(), 200u);                // Two gaps between three words.
+  EXPECT_EQ(steps[1].time_to_first_token_ms(), 0u);
+  EXPECT_EQ(steps[1].decode_ms(), 100u);
+  EXPECT_EQ(transcript.decode_ms(), 300u);
+}
+
+// The scripted model, keeping every request it is sent.
+class RecordingProvider final : public model::ModelProvider {
+ public:
+  const std::string& name() const override { return name_; }
+  const std::string& default_model() const override { return scripted_.default_model(); }
+  absl::Status CheckConfig(const std::string& model,
+                           const std::map<std::string, std::string>& options) const override {
+    return scripted_.CheckConfig(model, options);
+  }
+  bool needs_history() const override { return false; }
+  std::vector<std::string> own_tools() const override { return scripted_.own_tools(); }
+  model::StepOutcome Stream(const model::ModelRequest& request, model::StepSink& sink) override {
+    requests.push_back(request);
+    return scripted_.Stream(request, sink);
+  }
+
+  std::vector<model::ModelRequest> requests;
+
+ private:
+  const std::string name_ = "recorder";
+  model::ScriptedProvider scripted_{model::ScriptedOptions{}};
+};
+
+// A call the model made with arguments that are not JSON gets an error result, and the
+// next request of the same turn carries it repaired ("{}"), as stored history would be:
+// a provider that needs an object there (Anthropic's tool_use input) never sees it.
+TEST_F(LoopClockTest, TheTurnsOwnStepsAreRepairedBeforeTheNextRequest) {
+  auto recorder = std::make_unique<RecordingProvider>();
+  RecordingProvider* requests = recorder.get();
+  providers_.Add(std::move(recorder));
+  config_.set_provider("recorder");
+  RecordingOutput output(clock_);
+  absl::StatusOr<RunOutcome> outcome = Run("@tool scripted_wait {not json\n@say after", output);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  ASSERT_EQ(outcome->finish_reason, v1::FINISH_REASON_STOP);
+  ASSERT_EQ(requests->requests.size(), 2u);
+  const std::vector<v1::Message>& sent = requests->requests[1].messages;
+  ASSERT_EQ(sent.size(), 3u);  // The user's message, the call, its result.
+  ASSERT_EQ(sent[1].parts_size(), 1);
+  EXPECT_EQ(sent[1].parts(0).tool_call().arguments_json(), "{}");
+  EXPECT_TRUE(sent[2].parts(0).tool_result().is_error());
+  EXPECT_NE(sent[2].parts(0).tool_result().output().find("not valid JSON"), std::string::npos)
+      << sent[2].parts(0).tool_result().output();
 }
 
 TEST(TurnControlClock, AWaitSleepsOnTheClockUnlessTheTurnIsStopping) {
