@@ -136,11 +136,20 @@ class DeltaWatcher {
     sealed_ = false;
   }
 
+  // Where the time to a first delta went, from the events' server timestamps (one
+  // machine, one clock): send -> TurnStarted (enqueue, wake, claim, lease), TurnStarted
+  // -> the delta's publish (the runner's start and the model's first word), publish ->
+  // received (the fan-out).
+  struct Phases {
+    absl::Duration to_started, to_published, to_received;
+  };
+
   // Waits for the armed turn's seal; the send-to-first-delta time, if a delta came.
-  std::optional<absl::Duration> WaitForSeal(absl::Duration timeout) {
+  std::optional<absl::Duration> WaitForSeal(absl::Duration timeout, Phases* phases) {
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithTimeout(absl::Condition(&sealed_), timeout);
     if (!sealed_ || !first_delta_) return std::nullopt;
+    *phases = {started_time_ - sent_, delta_time_ - started_time_, *first_delta_ - delta_time_};
     return *first_delta_ - sent_;
   }
 
@@ -152,8 +161,12 @@ class DeltaWatcher {
       const v1::Event& event = response.event();
       const absl::Time now = absl::Now();
       absl::MutexLock lock(&mu_);
+      const absl::Time stamped =
+          absl::FromUnixSeconds(event.time().seconds()) + absl::Nanoseconds(event.time().nanos());
+      if (event.has_turn_started()) started_time_ = stamped;
       if (event.has_text_delta() && !first_delta_ && sent_ != absl::InfinitePast()) {
         first_delta_ = now;
+        delta_time_ = stamped;
       }
       if (event.has_turn_sealed() && first_delta_) sealed_ = true;
     }
@@ -167,6 +180,8 @@ class DeltaWatcher {
   absl::Mutex mu_;
   absl::Time sent_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::optional<absl::Time> first_delta_ ABSL_GUARDED_BY(mu_);
+  absl::Time started_time_ ABSL_GUARDED_BY(mu_);  // The TurnStarted event's stamp.
+  absl::Time delta_time_ ABSL_GUARDED_BY(mu_);    // The first TextDelta's stamp.
   bool sealed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -228,7 +243,7 @@ int Main(const Config& config) {
   const double gateway_p99 = Percentile(gateway_all.latencies_ms, 0.99);
 
   // (b) SendMessage -> first TextDelta at a subscriber.
-  std::vector<double> first_delta_ms;
+  std::vector<double> first_delta_ms, to_ack_ms, to_started_ms, to_published_ms, to_received_ms;
   int64_t lost = 0;
   {
     DeltaWatcher watcher(*sessions, config.api_key, session);
@@ -243,8 +258,10 @@ int Main(const Config& config) {
       const absl::Time sent = absl::Now();
       watcher.Arm(sent);
       grpc::Status status = sessions->SendMessage(&context, request, &response);
+      const absl::Duration ack = absl::Now() - sent;
+      DeltaWatcher::Phases phases;
       std::optional<absl::Duration> latency =
-          status.ok() ? watcher.WaitForSeal(absl::Seconds(30)) : std::nullopt;
+          status.ok() ? watcher.WaitForSeal(absl::Seconds(30), &phases) : std::nullopt;
       if (!latency) {
         ++lost;
         if (!status.ok()) {
@@ -252,7 +269,12 @@ int Main(const Config& config) {
         }
         continue;
       }
-      if (i >= 5) first_delta_ms.push_back(absl::ToDoubleMilliseconds(*latency));
+      if (i < 5) continue;
+      first_delta_ms.push_back(absl::ToDoubleMilliseconds(*latency));
+      to_ack_ms.push_back(absl::ToDoubleMilliseconds(ack));
+      to_started_ms.push_back(absl::ToDoubleMilliseconds(phases.to_started));
+      to_published_ms.push_back(absl::ToDoubleMilliseconds(phases.to_published));
+      to_received_ms.push_back(absl::ToDoubleMilliseconds(phases.to_received));
     }
   }
   const double delta_p50 = Percentile(first_delta_ms, 0.5);
@@ -267,6 +289,11 @@ int Main(const Config& config) {
       "SendMessage -> first delta: p50 %.3f ms, p99 %.3f ms over %zu turns, %lld lost "
       "(goals p50 <= 3 ms, p99 <= 15 ms)\n",
       delta_p50, delta_p99, first_delta_ms.size(), static_cast<long long>(lost));
+  std::printf(
+      "  p50 by phase: send -> answered %.3f ms; send -> TurnStarted %.3f ms, -> delta "
+      "published %.3f ms, -> received %.3f ms\n",
+      Percentile(to_ack_ms, 0.5), Percentile(to_started_ms, 0.5), Percentile(to_published_ms, 0.5),
+      Percentile(to_received_ms, 0.5));
   std::printf(
       "RESULT name=gateway rps=%lld direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f "
       "gateway_p99_ms=%.3f added_p99_ms=%.3f first_delta_p50_ms=%.3f first_delta_p99_ms=%.3f "
