@@ -166,7 +166,8 @@ int main(int argc, char** argv) {
       limited, {.store = store,
                 .sandbox = parley::sandbox::v1::SandboxManager::NewStub(
                     host.grpc_telemetry().CreateChannel(config.sandbox_addr)),
-                .unary_timeout = config.downstream_timeout});
+                .unary_timeout = config.downstream_timeout,
+                .idempotency = &idempotency});
   host.AddService(&sessions);
   host.AddService(&sandboxes);
   host.AddService(&api_keys);

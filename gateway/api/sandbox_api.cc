@@ -150,6 +150,12 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
     absl::Status (*convert)(InternalMsg&, PublicMsg*);
     // The internal request's own fields, checked before any sandbox is touched.
     absl::Status (*validate)(const InternalReq&);
+    // For a call that changes something (Exec): filed under this method, an
+    // `idempotency-key` header makes it run at most once, and a retry gets the message
+    // `outcome` picks (the exit) again instead of running it (the output is not kept).
+    // Null: the header is ignored.
+    const char* idempotent_method = nullptr;
+    bool (*outcome)(const PublicMsg&) = nullptr;
   };
 
   DownloadCall(Authenticator& authenticator, const SandboxApi::Downstream& downstream,
@@ -157,15 +163,26 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
       : SandboxCall(authenticator, downstream, context), ops_(ops) {
     upstream_.call = this;
     ops_.build(request, &request_);
-    Locate(ops_.scope, request.session_id(), "session_id", ops_.validate(request_),
+    absl::Status valid = ops_.validate(request_);
+    if (valid.ok() && ops_.idempotent_method != nullptr && downstream.idempotency != nullptr) {
+      absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context);
+      if (key.ok()) {
+        key_ = *std::move(key);
+      } else {
+        valid = key.status();
+      }
+    }
+    Locate(ops_.scope, request.session_id(), "session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (!sandbox_id.ok()) return this->Finish(ToGrpcStatus(sandbox_id.status()));
-             Start(*sandbox_id);
+             if (!key_) return Start(*sandbox_id);
+             Claim(*sandbox_id);
            });
   }
 
   void OnCancel() override { CancelDownstream(); }
   void OnWriteDone(bool ok) override {
+    if (replaying_) return this->Finish(grpc::Status::OK);
     if (ok) return upstream_.StartRead(&in_);
     call_context_.TryCancel();  // The caller is gone: read no further.
     upstream_.RemoveHold();
@@ -178,6 +195,30 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
     void OnReadDone(bool ok) override { call->OnUpstreamRead(ok); }
     void OnDone(const grpc::Status& status) override { call->OnUpstreamDone(status); }
   };
+
+  // Claims the idempotency key for this call (the same call: the caller's tenant and
+  // request, whichever sandbox now serves the session), or replays its first outcome.
+  void Claim(const std::string& sandbox_id) {
+    sandbox_id_ = sandbox_id;
+    request_.set_tenant_id(tenant_id());
+    downstream().idempotency->Begin(
+        tenant_id(), ops_.idempotent_method, *key_, request_,
+        [this](absl::StatusOr<IdempotencyStore::Started> started) {
+          if (!started.ok()) return this->Finish(ToGrpcStatus(started.status()));
+          if (started->claim) {
+            claim_ = std::move(started->claim);
+            return Start(sandbox_id_);
+          }
+          this->context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
+          if (!started->replay_status.ok()) return this->Finish(started->replay_status);
+          if (!out_.ParseFromString(started->replay_response)) {
+            return this->Finish(
+                grpc::Status(grpc::StatusCode::INTERNAL, "unreadable recorded outcome"));
+          }
+          replaying_ = true;
+          this->StartWrite(&out_);
+        });
+  }
 
   void Start(const std::string& sandbox_id) {
     request_.set_tenant_id(tenant_id());
@@ -204,12 +245,22 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
       upstream_.RemoveHold();
       return;
     }
+    if (claim_ && ops_.outcome(out_)) outcome_ = out_;
     this->StartWrite(&out_);
   }
 
   void OnUpstreamDone(const grpc::Status& status) {
-    this->Finish(failure_.ok() ? Public(status) : failure_);
-    Release();
+    const grpc::Status answer = failure_.ok() ? Public(status) : failure_;
+    if (!claim_) {
+      this->Finish(answer);
+      return Release();
+    }
+    // Recorded before the caller hears the end, so a retry sent after it finds the
+    // outcome rather than the claim still pending.
+    downstream().idempotency->Complete(*std::move(claim_), answer, &outcome_, [this, answer] {
+      this->Finish(answer);
+      Release();
+    });
   }
 
   void Release() {
@@ -223,6 +274,13 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
   PublicMsg out_;
   grpc::Status failure_;      // Set before the upstream is cancelled for a reason of ours.
   std::atomic<int> refs_{1};  // The server side, until its OnDone.
+  // With an idempotency key: the key, the claim while the call runs, the outcome it
+  // records, and whether the call only replays an earlier outcome.
+  std::optional<std::string> key_;
+  std::optional<IdempotencyStore::Claim> claim_;
+  std::string sandbox_id_;
+  PublicMsg outcome_;
+  bool replaying_ = false;
 };
 
 absl::Status ConvertExec(sv1::ExecResponse& in, v1::ExecResponse* out) {
@@ -432,7 +490,9 @@ grpc::ServerWriteReactor<v1::ExecResponse>* SandboxApi::Exec(grpc::CallbackServe
              stub->Exec(context, req, reactor);
            },
        .convert = ConvertExec,
-       .validate = [](const sv1::ExecRequest& req) { return sandbox::ValidateExecFields(req); }});
+       .validate = [](const sv1::ExecRequest& req) { return sandbox::ValidateExecFields(req); },
+       .idempotent_method = "Exec",
+       .outcome = [](const v1::ExecResponse& message) { return message.has_exit(); }});
 }
 
 grpc::ServerWriteReactor<v1::ReadFileResponse>* SandboxApi::ReadFile(

@@ -17,6 +17,14 @@
 // lost between the lookup and the operation (SANDBOX_GONE) is answered UNAVAILABLE: the
 // caller's retry acquires a new one.
 //
+// Exec changes the sandbox, so it honours an `idempotency-key` header like the other
+// mutating calls (gateway/api/idempotency.h): the command runs at most once, and a
+// retry with the key gets the first run's exit again — the exit only, since the output
+// is not kept — with `idempotent-replayed: true`. A run that ended UNAVAILABLE (its
+// sandbox lost) or was cancelled releases the key, as for every call, so its retry runs
+// the command again. WriteFile replaces the file atomically: repeating it is harmless,
+// except with `append`, which a client must not retry blindly.
+//
 // Threading: handlers run on gRPC's callback threads and never block; each call's state
 // lives in its reactor, freed when both its server and its downstream side are done.
 #pragma once
@@ -26,6 +34,7 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "gateway/api/idempotency.h"
 #include "gateway/auth/authenticator.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
@@ -42,6 +51,9 @@ class SandboxApi final : public v1::SandboxService::CallbackService {
     absl::Duration unary_timeout = absl::Seconds(30);
     // Cap on the deadline of Exec, ReadFile and WriteFile (an Exec may run for an hour).
     absl::Duration stream_timeout = absl::Hours(2);
+    // Makes an Exec with an `idempotency-key` header run at most once; null: the header
+    // is ignored. Must outlive the SandboxApi.
+    IdempotencyStore* idempotency = nullptr;
   };
 
   // `authenticator` must outlive this object.

@@ -35,9 +35,11 @@ class SandboxClient {
             grpc::CreateChannel(target, grpc::InsecureChannelCredentials()))),
         key_(std::move(key)) {}
 
-  Ran Exec(const std::string& session, const std::vector<std::string>& argv) {
+  Ran Exec(const std::string& session, const std::vector<std::string>& argv,
+           const std::string& idempotency_key = "", bool* replayed = nullptr) {
     grpc::ClientContext context;
     Prepare(context);
+    if (!idempotency_key.empty()) context.AddMetadata("idempotency-key", idempotency_key);
     v1::ExecRequest request;
     request.set_session_id(session);
     for (const std::string& arg : argv) request.add_argv(arg);
@@ -50,6 +52,10 @@ class SandboxClient {
       if (response.has_exit()) ran.exit_code = response.exit().exit_code();
     }
     ran.status = reader->Finish();
+    if (replayed != nullptr) {
+      const auto& trailers = context.GetServerTrailingMetadata();
+      *replayed = trailers.find("idempotent-replayed") != trailers.end();
+    }
     return ran;
   }
 
@@ -308,6 +314,42 @@ TEST_F(GatewaySandbox, EachCallNeedsItsScopeAndAnOpenSessionNamedByItsId) {
     ASSERT_TRUE(info.has_value()) << rpc;
     EXPECT_EQ(info->reason(), "SESSION_CLOSED") << rpc;
   }
+}
+
+// An Exec with an idempotency key runs once: a retry gets the first run's exit again
+// and its trailer says so, without running the command (the file it appends to has one
+// line); the same key with another command is refused, and another key runs again.
+TEST_F(GatewaySandbox, AnExecWithAnIdempotencyKeyRunsAtMostOnce) {
+  const std::string session = CreateSession(kTenantA);
+  SandboxClient client = As(StoredKey(kTenantA, {"*"}));
+  const std::vector<std::string> append = {"bash", "-c", "echo ran >> runs.txt; exit 3"};
+  bool replayed = true;
+  Ran first = client.Exec(session, append, "exec-once", &replayed);
+  ASSERT_TRUE(first.status.ok()) << Describe(first.status);
+  EXPECT_EQ(first.exit_code, 3);
+  EXPECT_FALSE(replayed);
+  Ran again = client.Exec(session, append, "exec-once", &replayed);
+  ASSERT_TRUE(again.status.ok()) << Describe(again.status);
+  EXPECT_EQ(again.exit_code, 3) << "the first run's exit";
+  EXPECT_TRUE(replayed);
+  std::string runs;
+  ASSERT_TRUE(client.Read(session, "runs.txt", &runs).ok());
+  EXPECT_EQ(runs, "ran\n") << "the command ran once";
+
+  Ran reused = client.Exec(session, {"bash", "-c", "echo other >> runs.txt"}, "exec-once");
+  EXPECT_EQ(reused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << Describe(reused.status);
+  auto info = GetErrorInfo(FromGrpcStatus(reused.status));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "IDEMPOTENCY_KEY_REUSED");
+  Ran other = client.Exec(session, append, "exec-twice");
+  ASSERT_TRUE(other.status.ok()) << Describe(other.status);
+  ASSERT_TRUE(client.Read(session, "runs.txt", &runs).ok());
+  EXPECT_EQ(runs, "ran\nran\n");
+
+  Ran malformed = client.Exec(session, append, std::string(300, 'k'));
+  EXPECT_EQ(malformed.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << Describe(malformed.status);
 }
 
 }  // namespace
