@@ -635,6 +635,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   const std::string providers = FakeOpenAiProvidersFile((*server)->base_url());
   ASSERT_NO_FATAL_FAILURE(
       StartCluster({.replicas = 1,
+                    .gateway = true,
                     .sandbox = true,
                     .replica_flags = {"--providers_file=" + providers, "--retry_backoff=20ms"},
                     .replica_env = {{"FAKE_MODEL_KEY", kKey}}}));
@@ -659,6 +660,8 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   config.set_model("gpt-test-large");  // The session's model, not the provider's default.
   config.set_system_prompt("You run commands.");
   const std::string session = CreateSessionWith(kTenantA, config);
+  // Transient events (RetryScheduled) reach live subscribers only.
+  LiveSubscriber live(gateway()->grpc_target(), session);
   Ran ran = RunTurn(session, "what does echo hi print?");
   ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
   EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It printed hi.");
@@ -707,10 +710,32 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
                       .headers = {{"retry-after-ms", "50"}},
                       .chunks = {R"({"error":{"message":"Rate limit reached"}})"}});
   (*server)->Enqueue(OpenAiAnswer("Served at last."));
+  ASSERT_TRUE(live.WaitFor(
+      [&](const std::vector<v1::Event>& events) {
+        return CountSealed(events, refused.turn.id()) == 1;
+      },
+      absl::Seconds(30)))
+      << "the subscriber is live";
   Ran retried = RunTurn(session, "once more");
   ASSERT_EQ(retried.turn.status(), v1::TURN_STATUS_SUCCEEDED) << retried.turn.error().message();
   EXPECT_EQ(TextOf(retried.events, retried.turn.id()), "Served at last.");
   EXPECT_EQ((*server)->requests().size(), 5u) << "the refused request and its retry";
+  ASSERT_TRUE(live.WaitFor(
+      [&](const std::vector<v1::Event>& events) {
+        return CountSealed(events, retried.turn.id()) == 1;
+      },
+      absl::Seconds(30)));
+  int retries = 0;
+  std::string live_text;
+  for (const v1::Event& e : EventsOfTurn(live.events(), retried.turn.id())) {
+    if (e.has_retry_scheduled()) {
+      ++retries;
+      EXPECT_EQ(e.retry_scheduled().reason(), "rate limited (429)");
+    }
+    if (e.has_text_delta()) live_text += e.text_delta().text();
+  }
+  EXPECT_EQ(retries, 1);
+  EXPECT_EQ(live_text, "Served at last.") << "streamed once, live too";
 
   // A server error after text had streamed: the turn fails with that text kept once,
   // and the request is not sent again (a retry would repeat the text).
