@@ -51,6 +51,10 @@ constexpr int kTurnConfigColumn = 6;
 constexpr int kTurnColumn = 7;
 constexpr int kSessionColumn = kTurnColumn + kTurnColumnCount;
 constexpr int kUserMessageColumn = kSessionColumn + kSessionColumnCount;
+constexpr int kMessageColumnCount = 7;  // kMessageColumns.
+// True when a message of another turn that ran lies after the claimed turn's user
+// message (it was sent while that turn ran): see OrderQueuedMessagesLast.
+constexpr int kAnswersAfterColumn = kUserMessageColumn + kMessageColumnCount;
 
 #define PARLEY_RUNNABLE "queued_turns > 0 AND running_turn_id IS NULL"
 
@@ -170,7 +174,14 @@ const std::string& ClaimSql(ClaimScope scope) {
             ? ", stamped AS (UPDATE tenants SET last_claim_time = clock_timestamp() "
               "  FROM bumped WHERE tenants.id = bumped.tenant_id AND EXISTS (SELECT 1 FROM busy)) "
             : " ",
-        "SELECT s.claim_session, claimed.*, bumped.*, um.* FROM s LEFT JOIN claimed ON true "
+        "SELECT s.claim_session, claimed.*, bumped.*, um.*, "
+        "EXISTS (SELECT 1 FROM messages later JOIN turns t ON t.id = later.turn_id "
+        "  WHERE later.session_id = claimed.claimed_session "
+        "  AND later.turn_id <> claimed.claimed_turn AND t.status <> $3 "
+        "  AND later.position > (SELECT position FROM messages "
+        "    WHERE session_id = claimed.claimed_session AND id = claimed.user_message_id)) "
+        "  AS answers_after "
+        "FROM s LEFT JOIN claimed ON true "
         "LEFT JOIN bumped ON true LEFT JOIN LATERAL (SELECT ",
         kMessageColumns,
         " FROM messages WHERE messages.session_id = claimed.claimed_session "
@@ -240,6 +251,7 @@ struct ClaimRound {
   // kDrifted: the session whose counters need repair. kPassOver: the tenant to skip.
   std::string id;
   pb::ClaimNextTurnResponse claim;  // kClaimed.
+  bool answers_after = false;       // kClaimed: see kAnswersAfterColumn.
 };
 
 // Reads a claim statement's result into a round.
@@ -250,12 +262,13 @@ ClaimRound ToRound(const pqxx::result& rows) {
   } else if (!ReadClaim(rows[0], &round.claim)) {
     round.outcome = ClaimRound::kDrifted;
     round.id = rows[0][kLockedSessionColumn].as<std::string>();
+  } else {
+    round.answers_after = rows[0][kAnswersAfterColumn].as<bool>();
   }
   return round;
 }
 
-absl::StatusOr<pb::ClaimNextTurnResponse> ClaimUncapped(PgPool& pool,
-                                                        const pb::ClaimNextTurnRequest& request) {
+absl::StatusOr<ClaimRound> ClaimUncapped(PgPool& pool, const pb::ClaimNextTurnRequest& request) {
   const ClaimScope scope = ScopeOf(request);
   for (int round = 0; round < kClaimRounds; ++round) {
     auto result =
@@ -263,14 +276,14 @@ absl::StatusOr<pb::ClaimNextTurnResponse> ClaimUncapped(PgPool& pool,
           return ToRound(RunClaim(tx, scope, request, request.tenant_id()));
         });
     if (!result.ok()) return result.status();
-    if (result->outcome != ClaimRound::kDrifted) return std::move(result->claim);
+    if (result->outcome != ClaimRound::kDrifted) return result;
     auto repaired = pool.Transact<bool>([&](pqxx::work& tx) -> absl::StatusOr<bool> {
       RepairQueueCounters(tx, result->id);
       return true;
     });
     if (!repaired.ok()) return repaired.status();
   }
-  return pb::ClaimNextTurnResponse();
+  return ClaimRound{ClaimRound::kNothingRunnable};
 }
 
 // The tenant of the first candidate in fair order among tenants below the cap (counted
@@ -339,8 +352,7 @@ ClaimRound ClaimCappedRound(pqxx::work& tx, const pb::ClaimNextTurnRequest& requ
   }
 }
 
-absl::StatusOr<pb::ClaimNextTurnResponse> ClaimCapped(PgPool& pool,
-                                                      const pb::ClaimNextTurnRequest& request) {
+absl::StatusOr<ClaimRound> ClaimCapped(PgPool& pool, const pb::ClaimNextTurnRequest& request) {
   google::protobuf::RepeatedPtrField<std::string> passed_over;
   for (int round = 0; round < kCappedClaimRounds; ++round) {
     auto result = pool.Transact<ClaimRound>([&](pqxx::work& tx) -> absl::StatusOr<ClaimRound> {
@@ -352,10 +364,46 @@ absl::StatusOr<pb::ClaimNextTurnResponse> ClaimCapped(PgPool& pool,
       if (ScopeOf(request) != ClaimScope::kAnyTenant) break;
       passed_over.Add()->assign(result->id);
     } else if (result->outcome != ClaimRound::kRepaired) {
-      return std::move(result->claim);
+      return result;
     }
   }
-  return pb::ClaimNextTurnResponse();
+  return ClaimRound{ClaimRound::kNothingRunnable};
+}
+
+// Messages sent while a turn ran were stored then, before that turn's answer: left
+// there, a queued turn's prompt would lack the answer before it, and the conversation
+// would read out of order. So when the claimed turn's user message has messages of
+// another turn that ran after it, the user messages of the claimed turn and of every
+// turn queued behind it move to the end, in turn order (each turn's own user messages
+// keep their order, and its steered_position follows its user message). The session
+// lock orders this with enqueues and completions.
+absl::Status OrderQueuedMessagesLast(PgPool& pool, const std::string& session_id,
+                                     const std::string& claimed_turn_id) {
+  return pool
+      .Transact<bool>([&](pqxx::work& tx) -> absl::StatusOr<bool> {
+        pqxx::result session =
+            Exec(tx, "SELECT message_count FROM sessions WHERE id = $1 FOR UPDATE", session_id);
+        if (session.empty()) return false;
+        pqxx::result waiting =
+            Exec(tx,
+                 "SELECT m.id FROM messages m JOIN turns t ON t.id = m.turn_id "
+                 "WHERE m.session_id = $1 AND m.role = $2 AND (t.id = $3 OR t.status = $4) "
+                 "ORDER BY t.position, m.position",
+                 session_id, static_cast<int>(::parley::v1::ROLE_USER), claimed_turn_id, kQueued);
+        int64_t last = session[0][0].as<int64_t>();
+        for (const auto& row : waiting) {
+          Exec(tx, "UPDATE messages SET position = $3 WHERE session_id = $1 AND id = $2",
+               session_id, row[0].as<std::string>(), ++last);
+        }
+        Exec(tx,
+             "UPDATE turns SET steered_position = m.position FROM messages m "
+             "WHERE turns.session_id = $1 AND (turns.id = $2 OR turns.status = $3) "
+             "AND m.session_id = $1 AND m.id = turns.user_message_id",
+             session_id, claimed_turn_id, kQueued);
+        Exec(tx, "UPDATE sessions SET message_count = $2 WHERE id = $1", session_id, last);
+        return true;
+      })
+      .status();
 }
 
 }  // namespace
@@ -372,8 +420,15 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
                                  absl::StrCat(limits_.max_running_per_tenant));
   }
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = request->max_running_per_tenant() == 0 ? ClaimUncapped(pool_, *request)
-                                                       : ClaimCapped(pool_, *request);
+  absl::StatusOr<ClaimRound> round = request->max_running_per_tenant() == 0
+                                         ? ClaimUncapped(pool_, *request)
+                                         : ClaimCapped(pool_, *request);
+  if (!round.ok()) return ToGrpcStatus(round.status());
+  absl::StatusOr<pb::ClaimNextTurnResponse> result = std::move(round->claim);
+  if (round->answers_after && !result->recovery()) {
+    // Best effort: should it fail, the turn still runs, its history in stored order.
+    (void)OrderQueuedMessagesLast(pool_, result->turn().session_id(), result->turn().id());
+  }
   if (result.ok() && result->recovery()) {
     // A recovered turn may have committed steps; its new owner must not store them again.
     auto steps =

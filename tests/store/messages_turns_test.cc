@@ -329,6 +329,53 @@ TEST_F(Turns, TurnsOfOneSessionAreClaimedInOrderEachAfterThePreviousEnds) {
   EXPECT_FALSE(Claim()->has_turn());
 }
 
+// Messages sent while a turn runs are stored at once, before that turn's answer. When
+// their turns run, they move behind it, so each queued turn's history holds every answer
+// before its message, and the stored conversation reads in the order it happened.
+TEST_F(Turns, AMessageSentWhileATurnRanMovesBehindThatTurnsAnswerWhenItsTurnRuns) {
+  std::string session_id = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(session_id, "first").ok());
+  auto first = Claim();
+  ASSERT_TRUE(first.ok() && first->has_turn()) << first.status();
+  auto second = Enqueue(session_id, "second");
+  auto third = Enqueue(session_id, "third");
+  ASSERT_TRUE(second.ok() && third.ok());
+  auto texts = [&] {
+    std::vector<std::string> out;
+    for (const api::Message& m : AllMessages(session_id)) out.push_back(m.parts(0).text());
+    return out;
+  };
+  auto answer = [&](const pb::ClaimNextTurnResponse& claim, const std::string& text) {
+    pb::CompleteTurnRequest completion = Completion(claim);
+    api::Message* message = completion.add_messages();
+    message->set_role(api::ROLE_ASSISTANT);
+    *message->add_parts() = TextPart(text);
+    ASSERT_TRUE(Complete(completion).ok());
+  };
+  answer(*first, "answer one");
+  EXPECT_THAT(texts(), ElementsAre("first", "second", "third", "answer one"));
+
+  auto claimed = Claim();
+  ASSERT_TRUE(claimed.ok() && claimed->turn().id() == second->turn().id()) << claimed.status();
+  EXPECT_THAT(texts(), ElementsAre("first", "answer one", "second", "third"));
+  // What the running turn's history reads: everything before its own message.
+  api::ListMessagesRequest cursor;
+  cursor.set_session_id(session_id);
+  cursor.set_before_message_id(second->message().id());
+  auto before = ListMessages(cursor);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->messages_size(), 2);
+  EXPECT_EQ(before->messages(1).parts(0).text(), "answer one");
+
+  answer(*claimed, "answer two");
+  claimed = Claim();
+  ASSERT_TRUE(claimed.ok() && claimed->turn().id() == third->turn().id()) << claimed.status();
+  EXPECT_THAT(texts(), ElementsAre("first", "answer one", "second", "answer two", "third"));
+  answer(*claimed, "answer three");
+  EXPECT_THAT(texts(),
+              ElementsAre("first", "answer one", "second", "answer two", "third", "answer three"));
+}
+
 TEST_F(Turns, ASessionNeverHasTwoRunningTurns) {
   std::string session_id = CreateSession(kTenant).id();
   ASSERT_TRUE(Enqueue(session_id, "one").ok());
