@@ -219,14 +219,13 @@ absl::Status TurnLoop::LoadHistory() {
   }
   std::vector<v1::Message> stored(newest_first.rbegin(), newest_first.rend());
   stored.push_back(input_.user_message);
-  const size_t stored_count = stored.size();
   HistoryWindow window =
       FitToBudget(RepairHistory(std::move(stored), nullptr), runner_.options_.history_token_budget);
   history_ = std::move(window.messages);
   if (window.dropped_messages == 0) return absl::OkStatus();
   v1::Event trimmed;
   v1::HistoryTrimmed& what = *trimmed.mutable_history_trimmed();
-  what.set_dropped_messages(stored_count - history_.size());
+  what.set_dropped_messages(window.dropped_messages);
   what.set_kept_messages(history_.size());
   what.set_estimated_tokens(window.estimated_tokens);
   what.set_budget_tokens(runner_.options_.history_token_budget);
@@ -378,7 +377,8 @@ absl::StatusOr<TurnLoop::CallRun> TurnLoop::RunCall(const v1::ToolCall& call, bo
   result.set_duration_ms(
       static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(Now() - start))));
   if (!run.ok()) return error(SandboxFailureText(run.status()));
-  result.set_output(tools::CapForModel(run->output, runner_.options_.max_tool_result_bytes));
+  result.set_output(
+      tools::CapForModel(run->output, runner_.options_.max_tool_result_bytes, run->already_cut));
   result.set_is_error(run->is_error);
   if (!streamed && result.output().size() != run->output.size()) {
     ran.unstreamed_output = std::move(run->output);
@@ -389,8 +389,12 @@ absl::StatusOr<TurnLoop::CallRun> TurnLoop::RunCall(const v1::ToolCall& call, bo
 absl::Status TurnLoop::RunGroup(size_t begin, size_t end) {
   bool needs_sandbox = false;
   for (size_t i = begin; i < end; ++i) {
+    // A call that will not run (unknown tool, invalid arguments) needs no sandbox: it is
+    // an error result for the model even when no sandbox can be had.
     const tools::Tool* tool = FindTool(calls_[i].name());
-    needs_sandbox = needs_sandbox || (tool != nullptr && tool->needs_sandbox());
+    needs_sandbox =
+        needs_sandbox || (tool != nullptr && tool->needs_sandbox() &&
+                          tools::CheckArguments(tool->schema(), calls_[i].arguments_json()).ok());
   }
   if (needs_sandbox) {
     if (sandbox_ == nullptr) {

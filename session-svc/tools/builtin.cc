@@ -121,6 +121,9 @@ class BashTool final : public BuiltinTool {
                               });
     if (!exit.ok()) return OperationFailed(exit.status(), "bash");
     ToolRun run{.output = output.Text()};
+    // What the model's marker must count beyond what it cuts itself: every byte of the
+    // real output not in this text (the text's own marker line counts as cut).
+    run.already_cut = output.total() > run.output.size() ? output.total() - run.output.size() : 0;
     if (output.total() == 0) run.output = "(no output)";
     if (exit->timed_out()) {
       absl::StrAppend(&run.output, "\n[timed out after ", absl::FormatDuration(timeout),
@@ -324,7 +327,7 @@ const Tool* FindBuiltinTool(absl::string_view name) {
   return nullptr;
 }
 
-std::string CapForModel(absl::string_view output, size_t max_bytes) {
+std::string CapForModel(absl::string_view output, size_t max_bytes, uint64_t already_cut) {
   if (output.size() <= max_bytes) return std::string(output);
   // Back off to a character boundary: never start or end inside a UTF-8 sequence.
   auto continuation = [&](size_t i) {
@@ -334,7 +337,7 @@ std::string CapForModel(absl::string_view output, size_t max_bytes) {
   while (head > 0 && continuation(head)) --head;
   size_t tail_start = output.size() - max_bytes / 2;
   while (tail_start < output.size() && continuation(tail_start)) ++tail_start;
-  return absl::StrCat(output.substr(0, head), "\n[... ", tail_start - head,
+  return absl::StrCat(output.substr(0, head), "\n[... ", tail_start - head + already_cut,
                       " bytes cut; the full output is in the tool's output events ...]\n",
                       output.substr(tail_start));
 }

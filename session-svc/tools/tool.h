@@ -39,6 +39,9 @@ struct ToolRun {
   // Everything the tool has to say; the loop caps what goes back to the model.
   std::string output;
   bool is_error = false;
+  // Bytes the tool cut from `output` already (bash keeps only the head and tail of a
+  // very long output); counted in the model's cut marker.
+  uint64_t already_cut = 0;
 };
 
 class Tool {
@@ -61,7 +64,8 @@ class Tool {
 const Tool* FindBuiltinTool(absl::string_view name);
 
 // `output` as the model gets it: at most `max_bytes`, keeping the head and the tail
-// with a line saying how much was cut in between (cuts never split a UTF-8 character).
-std::string CapForModel(absl::string_view output, size_t max_bytes);
+// with a line saying how much was cut in between (cuts never split a UTF-8 character),
+// `already_cut` bytes (cut before) included.
+std::string CapForModel(absl::string_view output, size_t max_bytes, uint64_t already_cut = 0);
 
 }  // namespace parley::session::tools

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "tests/runtime/fake_model_server.h"
 #include "tests/session/session_fixture.h"
@@ -419,12 +420,14 @@ TEST_F(AgentLoop, WhatIsCutFromAToolResultIsInTheOutputEvents) {
   Ran ran = RunTurn(session, R"(@tool bash {"command": "seq 1 20000 > numbers.txt"}
 @say Reading.
 @tool read_file {"path": "numbers.txt"}
+@say Printing far more.
+@tool bash {"command": "seq 1 200000"}
 @say Read.)");
   ASSERT_EQ(ran.turn.status(), v1::TURN_STATUS_SUCCEEDED) << ran.turn.error().message();
   std::string expected;
   for (int i = 1; i <= 20000; ++i) absl::StrAppend(&expected, i, "\n");
   std::vector<v1::ToolResult> results = Results(ran.events, ran.turn.id());
-  ASSERT_EQ(results.size(), 2u);
+  ASSERT_EQ(results.size(), 3u);
   const v1::ToolResult& read = results[1];
   EXPECT_FALSE(read.is_error()) << read.output();
   EXPECT_LT(read.output().size(), expected.size());
@@ -445,6 +448,20 @@ TEST_F(AgentLoop, WhatIsCutFromAToolResultIsInTheOutputEvents) {
     streamed += e.tool_output_delta().data();
   }
   EXPECT_EQ(streamed, expected);
+
+  // bash keeps only the head and tail of a huge output itself; the model's marker still
+  // counts every byte it does not see.
+  uint64_t printed = 0;
+  for (int i = 1; i <= 200000; ++i) printed += absl::StrCat(i).size() + 1;
+  const std::string& huge = results[2].output();
+  const size_t start = huge.find("\n[... ");
+  const size_t end = huge.find(" ...]\n", start);
+  ASSERT_NE(start, std::string::npos) << huge.substr(0, 200);
+  ASSERT_NE(end, std::string::npos);
+  uint64_t cut = 0;
+  ASSERT_TRUE(
+      absl::SimpleAtoi(huge.substr(start + 6, huge.find(' ', start + 6) - start - 6), &cut));
+  EXPECT_EQ(cut + huge.size() - (end + 6 - start), printed) << huge.substr(start, end + 6 - start);
 }
 
 // Stored history over --history_token_budget: the oldest whole turns are left out of the

@@ -188,6 +188,27 @@ TEST_F(LoopClockTest, TheTurnsOwnStepsAreRepairedBeforeTheNextRequest) {
       << sent[2].parts(0).tool_result().output();
 }
 
+// A sandbox tool called with invalid arguments never runs, so it needs no sandbox: with
+// none to be had (here no sandbox service at all) it is still an error result for the
+// model, not a failed turn.
+TEST_F(LoopClockTest, AnInvalidCallNeedsNoSandboxAndGoesBackToTheModel) {
+  config_.add_tools("bash");
+  RecordingOutput output(clock_);
+  absl::StatusOr<RunOutcome> outcome = Run("@tool bash {\"command\": 7}\n@say fine", output);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->finish_reason, v1::FINISH_REASON_STOP)
+      << (outcome->error ? outcome->error->message() : "");
+  std::vector<v1::ToolResult> results;
+  for (const v1::Event& event : output.events) {
+    if (event.has_tool_result()) results.push_back(event.tool_result());
+  }
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results[0].is_error());
+  EXPECT_NE(results[0].output().find("arguments.command: must be string"), std::string::npos)
+      << results[0].output();
+  EXPECT_EQ(Text(output), "fine");
+}
+
 TEST(TurnControlClock, AWaitSleepsOnTheClockUnlessTheTurnIsStopping) {
   FakeClock clock;
   TurnControl control(clock);

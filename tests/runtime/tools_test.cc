@@ -54,6 +54,9 @@ TEST(ToolOutput, WhatGoesBackToTheModelKeepsHeadAndTailAndSaysWhatWasCut) {
   EXPECT_TRUE(absl::EndsWith(capped, std::string(100, 't'))) << capped;
   EXPECT_TRUE(absl::StrContains(capped, "[... 2800 bytes cut")) << capped;
   EXPECT_FALSE(absl::StrContains(capped, "m"));
+  // Bytes the tool cut before (bash keeps only the head and tail of a huge output) are
+  // part of the count.
+  EXPECT_TRUE(absl::StrContains(CapForModel(long_output, 200, 5000), "[... 7800 bytes cut"));
   // A cut never splits a UTF-8 character: "é" is two bytes.
   std::string accents;
   for (int i = 0; i < 500; ++i) accents += "\xC3\xA9";
