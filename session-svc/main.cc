@@ -152,7 +152,8 @@ int main(int argc, char** argv) {
        .slots = static_cast<int>(config.turn_slots),
        .lease_ttl = config.lease_ttl,
        .poll_interval = config.poll_interval,
-       .max_running_per_tenant = static_cast<uint32_t>(config.max_running_per_tenant)},
+       .max_running_per_tenant = static_cast<uint32_t>(config.max_running_per_tenant),
+       .clock = &parley::RealClock::Get()},
       *store, signals,
       [&] {
         return std::make_unique<parley::session::TurnExecutor>(

@@ -219,8 +219,8 @@ absl::Status TurnLoop::LoadHistory() {
   }
   std::vector<v1::Message> stored(newest_first.rbegin(), newest_first.rend());
   stored.push_back(input_.user_message);
-  HistoryWindow window =
-      FitToBudget(RepairHistory(std::move(stored), nullptr), runner_.options_.history_token_budget);
+  HistoryWindow window = runner_.options_.history_policy->Fit(
+      RepairHistory(std::move(stored), nullptr), runner_.options_.history_token_budget);
   history_ = std::move(window.messages);
   if (window.dropped_messages == 0) return absl::OkStatus();
   v1::Event trimmed;

@@ -25,6 +25,7 @@
 
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "session-svc/agent/history.h"
 #include "session-svc/model/registry.h"
 #include "session-svc/store_call.h"
 #include "session-svc/tools/session_sandbox.h"
@@ -47,6 +48,8 @@ struct AgentOptions {
   // Estimated tokens of stored history a request may carry; older whole turns are left
   // out (HistoryTrimmed). 0: no budget.
   uint64_t history_token_budget = 100000;
+  // How history is fitted to that budget (must outlive the runner).
+  const HistoryPolicy* history_policy = &DropOldestTurns::Get();
   // Sandbox template when the session names none (empty: sandbox-svc's default).
   std::string default_sandbox_template;
 };

@@ -16,13 +16,15 @@
 //
 // FitToBudget then keeps the newest whole turns (a user message and what followed it)
 // within a token budget — estimated at 4 bytes per token — always keeping the newest
-// turn; a summarizer can replace it behind the same signature later.
+// turn. The agent loop reaches it through HistoryPolicy, which a summarizer can
+// implement instead.
 //
 //   std::vector<v1::Message> history = RepairHistory(stored, &repairs);
 //   HistoryWindow window = FitToBudget(std::move(history), 100000);
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "parley/v1/resources.pb.h"
@@ -41,6 +43,28 @@ struct HistoryWindow {
 
 // The newest whole turns of `messages` within `budget_tokens` (0: no budget).
 HistoryWindow FitToBudget(std::vector<v1::Message> messages, uint64_t budget_tokens);
+
+// How stored history is made to fit a request's token budget: the seam where a
+// summarizer (which would replace the oldest turns with a summary) takes over from
+// leaving them out. Implementations are thread-safe (turns run concurrently).
+class HistoryPolicy {
+ public:
+  virtual ~HistoryPolicy() = default;
+  // `messages` are repaired, oldest first, the turn's user message last (always kept).
+  virtual HistoryWindow Fit(std::vector<v1::Message> messages, uint64_t budget_tokens) const = 0;
+};
+
+// FitToBudget: the oldest whole turns are left out.
+class DropOldestTurns final : public HistoryPolicy {
+ public:
+  HistoryWindow Fit(std::vector<v1::Message> messages, uint64_t budget_tokens) const override {
+    return FitToBudget(std::move(messages), budget_tokens);
+  }
+  static const DropOldestTurns& Get() {
+    static const DropOldestTurns policy;
+    return policy;
+  }
+};
 
 // The estimated tokens of one message (4 bytes per token, rounded up, plus overhead).
 uint64_t EstimateTokens(const v1::Message& message);

@@ -101,7 +101,7 @@ void Scheduler::ClaimLoop() {
     request.set_owner(options_.owner);
     request.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
     request.set_max_running_per_tenant(options_.max_running_per_tenant);
-    auto running = std::make_shared<Running>();
+    auto running = std::make_shared<Running>(*options_.clock);
     const absl::Time start = absl::Now();
     absl::Status status = StoreCall(store_, &StoreStub::ClaimNextTurn, request, &running->claim);
     claim_latency_.Observe(absl::ToDoubleSeconds(absl::Now() - start));

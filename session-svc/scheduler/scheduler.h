@@ -43,6 +43,9 @@ struct SchedulerOptions {
   absl::Duration lease_ttl = absl::Seconds(10);
   absl::Duration poll_interval = absl::Seconds(1);
   uint32_t max_running_per_tenant = 0;
+  // Measures the waits of the turns it runs (their TurnControl); must outlive the
+  // scheduler. The same clock as the executors' and the agent runner's.
+  Clock* clock = &RealClock::Get();
 };
 
 class Scheduler {
@@ -68,6 +71,7 @@ class Scheduler {
 
  private:
   struct Running {
+    explicit Running(Clock& clock) : control(clock) {}
     store::v1::ClaimNextTurnResponse claim;
     TurnControl control;
   };

@@ -156,10 +156,16 @@ class RecordingProvider final : public model::ModelProvider {
   std::vector<std::string> own_tools() const override { return scripted_.own_tools(); }
   model::StepOutcome Stream(const model::ModelRequest& request, model::StepSink& sink) override {
     requests.push_back(request);
-    return scripted_.Stream(request, sink);
+    model::StepOutcome outcome = scripted_.Stream(request, sink);
+    // As a provider with prompt caching reports it.
+    outcome.usage.set_cache_read_tokens(cache_read_per_step);
+    outcome.usage.set_cache_write_tokens(cache_write_per_step);
+    return outcome;
   }
 
   std::vector<model::ModelRequest> requests;
+  uint64_t cache_read_per_step = 0;
+  uint64_t cache_write_per_step = 0;
 
  private:
   const std::string name_ = "recorder";
@@ -207,6 +213,48 @@ TEST_F(LoopClockTest, AnInvalidCallNeedsNoSandboxAndGoesBackToTheModel) {
   EXPECT_NE(results[0].output().find("arguments.command: must be string"), std::string::npos)
       << results[0].output();
   EXPECT_EQ(Text(output), "fine");
+}
+
+// Each step's usage is a Usage event carrying its step, the same figures are on its
+// StepCompleted, and the turn's usage sums them (cache tokens included); the context
+// size is the last step's input (cached or not) plus its output.
+TEST_F(LoopClockTest, UsageIsReportedPerStepAndSummedForTheTurn) {
+  auto recorder = std::make_unique<RecordingProvider>();
+  recorder->cache_read_per_step = 100;
+  recorder->cache_write_per_step = 20;
+  providers_.Add(std::move(recorder));
+  config_.set_provider("recorder");
+  RecordingOutput output(clock_);
+  absl::StatusOr<RunOutcome> outcome = Run("@say one two\n@tool_ms 1\n@say three", output);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  ASSERT_EQ(outcome->finish_reason, v1::FINISH_REASON_STOP);
+  std::vector<v1::Event> usage;
+  std::vector<v1::StepCompleted> steps;
+  Transcript transcript;
+  for (const v1::Event& event : output.events) {
+    if (event.has_usage()) usage.push_back(event);
+    if (event.has_step_completed()) steps.push_back(event.step_completed());
+    transcript.Add(event);
+  }
+  ASSERT_EQ(usage.size(), 2u);
+  ASSERT_EQ(steps.size(), 2u);
+  uint64_t input = 0, output_tokens = 0;
+  for (uint32_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(usage[i].step(), i);
+    EXPECT_EQ(usage[i].usage().cache_read_tokens(), 100u);
+    EXPECT_EQ(usage[i].usage().cache_write_tokens(), 20u);
+    EXPECT_GT(usage[i].usage().input_tokens(), 0u);
+    EXPECT_EQ(steps[i].usage().SerializeAsString(), usage[i].usage().SerializeAsString());
+    input += usage[i].usage().input_tokens();
+    output_tokens += usage[i].usage().output_tokens();
+  }
+  EXPECT_EQ(usage[0].usage().output_tokens(), 3u);  // "one", "two" and the tool call.
+  EXPECT_EQ(usage[1].usage().output_tokens(), 1u);
+  EXPECT_EQ(transcript.usage().input_tokens(), input);
+  EXPECT_EQ(transcript.usage().output_tokens(), output_tokens);
+  EXPECT_EQ(transcript.usage().cache_read_tokens(), 200u);
+  EXPECT_EQ(transcript.usage().cache_write_tokens(), 40u);
+  EXPECT_EQ(transcript.context_tokens(), usage[1].usage().input_tokens() + 100 + 20 + 1);
 }
 
 TEST(TurnControlClock, AWaitSleepsOnTheClockUnlessTheTurnIsStopping) {
