@@ -780,11 +780,15 @@ TEST_F(AgentLoop, AConfiguredAnthropicProviderSendsSignedThinkingBackWithTheTool
                            {{{"name", "claude"},
                              {"kind", "anthropic"},
                              {"base_url", (*server)->base_url()},
+                             {"api_key_env", "FAKE_ANTHROPIC_KEY"},
                              {"default_model", "claude-test"}}}}}
                .dump();
   }
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
-      {.replicas = 1, .sandbox = true, .replica_flags = {"--providers_file=" + providers}}));
+  constexpr char kKey[] = "sk-ant-e2e-0a1b2c3d4e5f-secret";
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1,
+                                        .sandbox = true,
+                                        .replica_flags = {"--providers_file=" + providers},
+                                        .replica_env = {{"FAKE_ANTHROPIC_KEY", kKey}}}));
   auto event = [](const std::string& type, nlohmann::json data) {
     data["type"] = type;
     return "event: " + type + "\ndata: " + data.dump() + "\n\n";
@@ -852,6 +856,34 @@ TEST_F(AgentLoop, AConfiguredAnthropicProviderSendsSignedThinkingBackWithTheTool
   ASSERT_GE(assistant[0].parts_size(), 1);
   EXPECT_EQ(assistant[0].parts(0).reasoning(), "I will run it.");
   EXPECT_EQ(assistant[0].parts(0).provider_metadata().at("anthropic.signature"), "c2lnbmVk");
+  EXPECT_EQ(requests[0].headers["x-api-key"], kKey);
+
+  // An overloaded error after text had streamed: the turn fails with its text once and
+  // is not sent again; the key the server echoed is redacted everywhere.
+  std::vector<std::string> broken = {
+      event("message_start", {{"message", {{"usage", {{"input_tokens", 70}}}}}}),
+      event("content_block_start",
+            {{"index", 0}, {"content_block", {{"type", "text"}, {"text", ""}}}}),
+      event("content_block_delta",
+            {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", "Partial "}}}}),
+      event("error", {{"error",
+                       {{"type", "overloaded_error"},
+                        {"message", std::string("Overloaded for key ") + kKey}}}})};
+  (*server)->Enqueue({.chunks = broken});
+  Ran failed = RunTurn(session, "again");
+  EXPECT_EQ(failed.turn.status(), v1::TURN_STATUS_FAILED);
+  EXPECT_EQ(TextOf(failed.events, failed.turn.id()), "Partial ");
+  EXPECT_EQ((*server)->requests().size(), 3u) << "no retry after output";
+  EXPECT_TRUE(absl::StrContains(failed.turn.error().message(), "[redacted]"))
+      << failed.turn.error().message();
+  for (const v1::Event& e : failed.events) {
+    EXPECT_FALSE(absl::StrContains(e.SerializeAsString(), kKey)) << e.DebugString();
+  }
+  EXPECT_FALSE(absl::StrContains(failed.turn.SerializeAsString(), kKey));
+  absl::StatusOr<std::vector<v1::Message>> all = ListMessages(kTenantA, session);
+  ASSERT_TRUE(all.ok()) << all.status();
+  for (const v1::Message& m : *all) EXPECT_FALSE(absl::StrContains(m.SerializeAsString(), kKey));
+  EXPECT_FALSE(absl::StrContains(replica(0).Output(), kKey));
 }
 
 // The tool the steering tests hold a turn in until the test opens the gate, so that a
