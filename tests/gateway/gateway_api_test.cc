@@ -114,6 +114,13 @@ class Client {
   std::string key_;
 };
 
+// The ids of one tenant's resources that the calls below name.
+struct OwnedIds {
+  std::string session;
+  std::string turn;
+  std::string api_key;
+};
+
 class GatewayApi : public SessionFixture {
  protected:
   void SetUp() override {
@@ -155,6 +162,49 @@ class GatewayApi : public SessionFixture {
     grpc::Status status = writer.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent);
     ASSERT_TRUE(status.ok()) << Describe(status);
     ASSERT_TRUE(WaitForTurnThroughGateway(writer, session, sent.turn().id()).ok());
+  }
+
+  // Tenant A's session with a finished turn, and one of A's keys (listed by `owner`, a
+  // key of A): what the calls of CallsTakingAnId name.
+  OwnedIds OwnResources(Client& owner) {
+    OwnedIds ids;
+    ids.session = CreateSession(kTenantA);
+    v1::SendMessageRequest send;
+    send.set_session_id(ids.session);
+    send.add_content()->set_text("mine");
+    v1::SendMessageResponse sent;
+    EXPECT_TRUE(owner.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).ok());
+    ids.turn = sent.turn().id();
+    EXPECT_TRUE(WaitForTurnThroughGateway(owner, ids.session, ids.turn).ok());
+    v1::ListApiKeysResponse keys;
+    EXPECT_TRUE(
+        owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &keys).ok());
+    if (keys.api_keys_size() > 0) ids.api_key = keys.api_keys(0).id();
+    EXPECT_FALSE(ids.api_key.empty());
+    return ids;
+  }
+
+  // What CallsTakingAnId's calls would have changed is as it was: the session active and
+  // titled as before, its messages without the intruder's, the key not revoked.
+  void ExpectUntouched(Client& owner, const OwnedIds& ids) {
+    v1::GetSessionRequest get;
+    get.set_session_id(ids.session);
+    v1::GetSessionResponse got;
+    ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
+    EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_ACTIVE);
+    EXPECT_NE(got.session().title(), "taken over");
+    auto messages = ListMessages(kTenantA, ids.session);
+    ASSERT_TRUE(messages.ok());
+    for (const v1::Message& message : *messages) {
+      for (const v1::Part& part : message.parts()) EXPECT_NE(part.text(), "intruder");
+    }
+    v1::ListApiKeysRequest list_keys;
+    list_keys.set_include_revoked(true);
+    v1::ListApiKeysResponse keys;
+    ASSERT_TRUE(owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, list_keys, &keys).ok());
+    for (const v1::ApiKey& key : keys.api_keys()) {
+      if (key.id() == ids.api_key) EXPECT_FALSE(key.has_revoke_time());
+    }
   }
 
   // The ids of every session `client`'s tenant can list.
@@ -258,13 +308,6 @@ TEST_F(GatewayApi, ASessionsWholeLifeThroughThePublicApi) {
             grpc::StatusCode::FAILED_PRECONDITION);
 }
 
-// The ids of one tenant's resources that the calls below name.
-struct OwnedIds {
-  std::string session;
-  std::string turn;
-  std::string api_key;
-};
-
 // One public rpc that takes an id, the scope it needs, and a call of it by `caller` on
 // `ids` that would change something if it were allowed.
 struct IdCall {
@@ -359,32 +402,17 @@ std::vector<IdCall> CallsTakingAnId(const OwnedIds& ids) {
 }
 
 TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst) {
-  // Tenant A's session with a finished turn, and one of A's keys.
   Client owner = As(StoredKey(kTenantA, {"*"}));
-  const std::string session = CreateSession(kTenantA);
-  v1::SendMessageRequest send;
-  send.set_session_id(session);
-  send.add_content()->set_text("mine");
-  v1::SendMessageResponse sent;
-  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).ok());
-  ASSERT_TRUE(WaitForTurnThroughGateway(owner, session, sent.turn().id()).ok());
-  v1::ListApiKeysResponse owner_keys;
-  ASSERT_TRUE(
-      owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &owner_keys)
-          .ok());
-  ASSERT_THAT(owner_keys.api_keys(), ::testing::Not(IsEmpty()));
-
+  const OwnedIds ids = OwnResources(owner);
   Client other = As(StoredKey(kTenantB, {"*"}));
-  const std::vector<IdCall> cases =
-      CallsTakingAnId({session, sent.turn().id(), owner_keys.api_keys(0).id()});
-  for (const IdCall& c : cases) {
+  for (const IdCall& c : CallsTakingAnId(ids)) {
     grpc::Status status = c.call(other);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND)
         << c.rpc << ": " << Describe(status);
   }
 
   // Lists as B show nothing of A.
-  EXPECT_THAT(ListedSessions(other), ::testing::Not(::testing::Contains(session)));
+  EXPECT_THAT(ListedSessions(other), ::testing::Not(::testing::Contains(ids.session)));
   v1::ListApiKeysResponse other_keys;
   ASSERT_TRUE(
       other.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &other_keys)
@@ -392,40 +420,18 @@ TEST_F(GatewayApi, AnotherTenantsIdsAreNotFoundAndItsListsShowNothingOfTheFirst)
   for (const v1::ApiKey& key : other_keys.api_keys()) EXPECT_EQ(key.tenant_id(), kTenantB);
 
   // And none of B's calls changed anything of A's.
-  v1::GetSessionRequest get;
-  get.set_session_id(session);
-  v1::GetSessionResponse got;
-  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
-  EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_ACTIVE);
-  EXPECT_NE(got.session().title(), "taken over");
-  auto messages = ListMessages(kTenantA, session);
-  ASSERT_TRUE(messages.ok());
-  for (const v1::Message& message : *messages) {
-    for (const v1::Part& part : message.parts()) EXPECT_NE(part.text(), "intruder");
-  }
+  ExpectUntouched(owner, ids);
 }
 
 TEST_F(GatewayApi, EveryCallTakingAnIdIsDeniedToAKeyLackingItsScopeAndChangesNothing) {
   Client owner = As(StoredKey(kTenantA, {"*"}));
-  const std::string session = CreateSession(kTenantA);
-  v1::SendMessageRequest send;
-  send.set_session_id(session);
-  send.add_content()->set_text("mine");
-  v1::SendMessageResponse sent;
-  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::SendMessage, send, &sent).ok());
-  ASSERT_TRUE(WaitForTurnThroughGateway(owner, session, sent.turn().id()).ok());
-  v1::ListApiKeysResponse keys_before;
-  ASSERT_TRUE(
-      owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, v1::ListApiKeysRequest(), &keys_before)
-          .ok());
-  ASSERT_THAT(keys_before.api_keys(), ::testing::Not(IsEmpty()));
-  auto messages_before = ListMessages(kTenantA, session);
+  const OwnedIds ids = OwnResources(owner);
+  auto messages_before = ListMessages(kTenantA, ids.session);
   ASSERT_TRUE(messages_before.ok());
 
   const std::vector<std::string> tenant_scopes = {"sessions:read", "sessions:write", "sandbox:exec",
                                                   "sandbox:files", "api_keys:admin"};
-  for (const IdCall& c :
-       CallsTakingAnId({session, sent.turn().id(), keys_before.api_keys(0).id()})) {
+  for (const IdCall& c : CallsTakingAnId(ids)) {
     SCOPED_TRACE(c.rpc);
     // The tenant's own key with every scope but the one this call needs.
     std::vector<std::string> others;
@@ -435,23 +441,10 @@ TEST_F(GatewayApi, EveryCallTakingAnIdIsDeniedToAKeyLackingItsScopeAndChangesNot
     ExpectMissingScope(c.call(lacking), c.scope);
   }
 
-  // Nothing changed: the session, its messages and the keys are as they were.
-  v1::GetSessionRequest get;
-  get.set_session_id(session);
-  v1::GetSessionResponse got;
-  ASSERT_TRUE(owner.Sessions(&v1::SessionService::Stub::GetSession, get, &got).ok());
-  EXPECT_EQ(got.session().status(), v1::SESSION_STATUS_ACTIVE);
-  EXPECT_NE(got.session().title(), "taken over");
-  auto messages = ListMessages(kTenantA, session);
+  ExpectUntouched(owner, ids);
+  auto messages = ListMessages(kTenantA, ids.session);
   ASSERT_TRUE(messages.ok());
   EXPECT_EQ(messages->size(), messages_before->size());
-  v1::ListApiKeysRequest list_keys;
-  list_keys.set_include_revoked(true);
-  v1::ListApiKeysResponse keys_after;
-  ASSERT_TRUE(owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, list_keys, &keys_after).ok());
-  for (const v1::ApiKey& key : keys_after.api_keys()) {
-    if (key.id() == keys_before.api_keys(0).id()) EXPECT_FALSE(key.has_revoke_time());
-  }
 }
 
 TEST_F(GatewayApi, AKeyWithoutTheScopeIsDeniedNamingItAndNothingIsWritten) {

@@ -250,20 +250,25 @@ TEST_F(Providers, OpenAiReadsReasoningFromEitherField) {
 }
 
 // 429 with Retry-After: retryable, the delay read, the server's message kept.
+// A 429 as every provider must report it: retryable, with the server's delay and words.
+void ExpectRateLimited(const StepOutcome& outcome, absl::Duration retry_after,
+                       const std::string& words) {
+  ASSERT_TRUE(outcome.error);
+  EXPECT_EQ(outcome.error->status_code, 429);
+  EXPECT_TRUE(outcome.error->retryable);
+  ASSERT_TRUE(outcome.error->retry_after);
+  EXPECT_EQ(*outcome.error->retry_after, retry_after);
+  EXPECT_TRUE(absl::StrContains(outcome.error->message, words)) << outcome.error->message;
+  EXPECT_EQ(outcome.error->reason, "rate limited (429)");
+}
+
 TEST_F(Providers, OpenAiRateLimitIsRetryableWithItsRetryAfter) {
   server_->Enqueue({.status = 429,
                     .headers = {{"Retry-After", "2"}},
                     .chunks = {R"({"error":{"message":"Rate limit reached","type":"requests"}})"}});
   OpenAiProvider provider(Config("openai"));
   RecordingSink sink;
-  StepOutcome outcome = provider.Stream(Hello(), sink);
-  ASSERT_TRUE(outcome.error);
-  EXPECT_EQ(outcome.error->status_code, 429);
-  EXPECT_TRUE(outcome.error->retryable);
-  ASSERT_TRUE(outcome.error->retry_after);
-  EXPECT_EQ(*outcome.error->retry_after, absl::Seconds(2));
-  EXPECT_TRUE(absl::StrContains(outcome.error->message, "Rate limit reached"));
-  EXPECT_EQ(outcome.error->reason, "rate limited (429)");
+  ExpectRateLimited(provider.Stream(Hello(), sink), absl::Seconds(2), "Rate limit reached");
 }
 
 // A server that echoes the request's credentials in its error never gets them shown.
@@ -608,13 +613,7 @@ TEST_F(Providers, AnthropicRateLimitIsRetryableWithItsRetryAfter) {
            R"({"type":"error","error":{"type":"rate_limit_error","message":"Slow down"}})"}});
   AnthropicProvider provider(Config("anthropic"));
   RecordingSink sink;
-  StepOutcome outcome = provider.Stream(Hello(), sink);
-  ASSERT_TRUE(outcome.error);
-  EXPECT_EQ(outcome.error->status_code, 429);
-  EXPECT_TRUE(outcome.error->retryable);
-  ASSERT_TRUE(outcome.error->retry_after);
-  EXPECT_EQ(*outcome.error->retry_after, absl::Seconds(3));
-  EXPECT_TRUE(absl::StrContains(outcome.error->message, "Slow down")) << outcome.error->message;
+  ExpectRateLimited(provider.Stream(Hello(), sink), absl::Seconds(3), "Slow down");
   EXPECT_TRUE(sink.text_.empty());
 }
 
