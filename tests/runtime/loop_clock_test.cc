@@ -257,6 +257,25 @@ TEST_F(LoopClockTest, UsageIsReportedPerStepAndSummedForTheTurn) {
   EXPECT_EQ(transcript.context_tokens(), usage[1].usage().input_tokens() + 100 + 20 + 1);
 }
 
+// The scripted model's reasoning and connection reset: the reset before any output is
+// retried as a transport failure, and the retried step streams its reasoning and text
+// once each.
+TEST_F(LoopClockTest, AScriptedResetIsRetriedAndTheReasoningStreamsOnce) {
+  RecordingOutput output(clock_);
+  absl::StatusOr<RunOutcome> outcome = Run("@think Let me see.\n@reset x1\n@say All good.", output);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->finish_reason, v1::FINISH_REASON_STOP);
+  std::vector<v1::RetryScheduled> retries = Retries(output);
+  ASSERT_EQ(retries.size(), 1u);
+  EXPECT_EQ(retries[0].attempt(), 2u);
+  std::string reasoning;
+  for (const v1::Event& event : output.events) {
+    if (event.has_reasoning_delta()) reasoning += event.reasoning_delta().text();
+  }
+  EXPECT_EQ(reasoning, "Let me see.");
+  EXPECT_EQ(Text(output), "All good.");
+}
+
 TEST(TurnControlClock, AWaitSleepsOnTheClockUnlessTheTurnIsStopping) {
   FakeClock clock;
   TurnControl control(clock);
