@@ -76,18 +76,27 @@ grpc::Status RouterService::SubmitMessage(grpc::ServerContext*,
   pb::EnqueueTurnRequest enqueue;
   enqueue.set_tenant_id(request->tenant_id());
   *enqueue.mutable_request() = request->request();
+  // With a free slot here the store may claim the turn for this replica as it enqueues
+  // it: the turn then starts without a claim round trip or a wake-up.
+  const std::optional<pb::ClaimOnEnqueue> claim = scheduler_.ReserveSlot();
+  if (claim) *enqueue.mutable_claim() = *claim;
   pb::EnqueueTurnResponse enqueued;
   absl::Status status =
       StoreCall(store_, &StoreStub::EnqueueTurn, enqueue, &enqueued, {.attempts = 3});
+  const bool claimed = status.ok() && enqueued.claim().has_turn();
+  if (claim)
+    scheduler_.RunReserved(status.ok() ? *enqueued.mutable_claim() : pb::ClaimNextTurnResponse());
   if (!status.ok()) return ToGrpcStatus(status);
 
   if (!enqueued.interrupted_turn_id().empty() && !enqueued.duplicate()) {
     SignalCancel(enqueued.interrupted_turn_id(), "INTERRUPTED");
   }
-  scheduler_.Wake();
-  if (absl::Status wake = signals_.PublishWake(request->request().session_id()); !wake.ok()) {
-    logger_.Warn("wake not published; replicas find the turn at their next poll",
-                 {{"error", wake.ToString()}});
+  if (!claimed) {
+    scheduler_.Wake();
+    if (absl::Status wake = signals_.PublishWake(request->request().session_id()); !wake.ok()) {
+      logger_.Warn("wake not published; replicas find the turn at their next poll",
+                   {{"error", wake.ToString()}});
+    }
   }
   *response->mutable_message() = std::move(*enqueued.mutable_message());
   *response->mutable_turn() = std::move(*enqueued.mutable_turn());

@@ -72,6 +72,33 @@ void Scheduler::Cancel(const std::string& turn_id, const std::string& reason) {
   running->control.Stop(StopReason::kCancelled, reason);
 }
 
+std::optional<pb::ClaimOnEnqueue> Scheduler::ReserveSlot() {
+  if (options_.max_running_per_tenant > 0) return std::nullopt;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || !claiming_ || free_slots_ == 0) return std::nullopt;
+    --free_slots_;
+  }
+  pb::ClaimOnEnqueue claim;
+  claim.set_owner(options_.owner);
+  claim.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
+  return claim;
+}
+
+void Scheduler::RunReserved(pb::ClaimNextTurnResponse claim) {
+  absl::MutexLock lock(&mu_);
+  if (!claim.has_turn()) {
+    ++free_slots_;
+    return;
+  }
+  claims_.Increment();
+  auto running = std::make_shared<Running>(*options_.clock);
+  running->claim = std::move(claim);
+  running_[running->claim.turn().id()] = running;
+  ready_.push_back(std::move(running));
+  running_gauge_.Set(static_cast<double>(running_.size()));
+}
+
 int Scheduler::running() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(running_.size());

@@ -21,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -68,6 +69,15 @@ class Scheduler {
   void Drain(absl::Duration grace);
 
   int running() const;
+
+  // Claim on enqueue (store::v1::ClaimOnEnqueue): reserves a free slot for a turn the
+  // store may claim for this replica while enqueuing it, and returns the claim's
+  // parameters; nullopt when no slot is free, the replica is draining, or a per-tenant
+  // cap is set (the store then never claims on enqueue). Every reservation must end in
+  // RunReserved, with the claim the store made or an empty one.
+  std::optional<store::v1::ClaimOnEnqueue> ReserveSlot();
+  // Runs `claim` in the slot ReserveSlot reserved; without a turn, frees the slot.
+  void RunReserved(store::v1::ClaimNextTurnResponse claim);
 
  private:
   struct Running {

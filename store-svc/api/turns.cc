@@ -113,6 +113,43 @@ constexpr char kUntakenSteeringWhere[] =
     "m.turn_id = $2 AND m.role = $3 AND m.id <> t.user_message_id AND "
     "m.position > t.steered_position";
 
+// Claims the turn just enqueued (its session idle, locked by the caller) for
+// `claim.owner()` as ClaimNextTurn's statement would — RUNNING with a lease under the
+// session's next fencing epoch, recorded on the session — unless another session has a
+// turn waiting for a worker (the new turn must not jump ahead of it). One statement.
+void ClaimOnEnqueue(pqxx::work& tx, const pb::ClaimOnEnqueue& claim, const std::string& turn_id,
+                    const std::string& session_id, pb::EnqueueTurnResponse* out) {
+  pqxx::result rows = Exec(
+      tx,
+      absl::StrCat(
+          "WITH claimed AS (UPDATE turns SET status = $3, lease_owner = $4, "
+          "  lease_epoch = (SELECT lease_epoch + 1 FROM sessions WHERE id = $2), "
+          "  lease_expiry = clock_timestamp() + $5 * interval '1 millisecond', "
+          "  start_time = coalesce(start_time, clock_timestamp()), attempt = attempt + 1, "
+          "  recovery = false "
+          "  WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM sessions WHERE queued_turns > 0 "
+          "    AND running_turn_id IS NULL AND id <> $2) "
+          "  RETURNING lease_epoch AS claim_epoch, "
+          "  (extract(epoch from lease_expiry) * 1000000)::bigint, agent_config::text, ",
+          kTurnColumns,
+          "), bumped AS (UPDATE sessions SET running_turn_id = $1, lease_epoch = c.claim_epoch, "
+          "  queued_turns = queued_turns - 1, waiting_since = NULL "
+          "  FROM (SELECT claim_epoch FROM claimed) c "
+          "  WHERE sessions.id = $2 RETURNING ",
+          kSessionColumns, ") SELECT claimed.*, bumped.* FROM claimed, bumped"),
+      turn_id, session_id, kRunning, claim.owner(), static_cast<int64_t>(claim.lease_ttl_ms()));
+  if (rows.empty()) return;  // Another session waits: the claimers take it in order.
+  const pqxx::row& row = rows[0];
+  pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
+  claimed.set_lease_epoch(row[0].as<uint64_t>());
+  *claimed.mutable_lease_expiry() = TimestampFromMicros(row[1].as<int64_t>());
+  ProtoFromJson(row[2].as<std::string>(), claimed.mutable_agent_config());
+  *claimed.mutable_turn() = TurnFromRow(row, 3);
+  *claimed.mutable_session() = SessionFromRow(row, 3 + kTurnColumnCount);
+  *claimed.mutable_user_message() = out->message();
+  *out->mutable_turn() = claimed.turn();
+}
+
 // Moves messages `ids` (in that order) to the end of the session's history, after
 // `last_position`; returns the new last position. A steering message takes its place
 // where the model saw it, after the step it interrupted. The caller holds the session
@@ -312,6 +349,11 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
   if (valid.ok() && !::parley::v1::MultitaskPolicy_IsValid(r.multitask_policy())) {
     valid = InvalidArgumentError("multitask_policy", "is not a known policy");
   }
+  const bool claim_for_worker = !request->claim().owner().empty();
+  if (valid.ok() && claim_for_worker) {
+    valid = CheckId(request->claim().owner(), "claim.owner", limits_);
+    if (valid.ok()) valid = CheckLeaseTtl(request->claim().lease_ttl_ms(), limits_);
+  }
   if (!valid.ok()) return ToGrpcStatus(valid);
 
   ::parley::v1::Message message;
@@ -405,6 +447,9 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
              "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "
              "queued_turns = $2, waiting_since = coalesce(waiting_since, now()) WHERE id = $1",
              r.session_id(), queued + 1);
+        if (claim_for_worker && queued == 0 && session.running_turn_id.empty()) {
+          ClaimOnEnqueue(tx, request->claim(), turn_id, r.session_id(), &out);
+        }
         return out;
       });
   return Respond(result, response);

@@ -311,6 +311,87 @@ TEST_F(Turns, EnqueuePolicyQueuesBehindTheRunningTurn) {
   EXPECT_FALSE(GetTurn(running)->cancel_requested());
 }
 
+// ---- Claim on enqueue ----
+
+class ClaimOnEnqueue : public StoreTest {
+ protected:
+  // Enqueues `text` asking the store to claim the new turn for kOwner.
+  absl::StatusOr<pb::EnqueueTurnResponse> EnqueueClaiming(const std::string& session_id,
+                                                          const std::string& text) {
+    pb::EnqueueTurnRequest request;
+    request.set_tenant_id(kTenant);
+    request.mutable_request()->set_session_id(session_id);
+    *request.mutable_request()->add_content() = TextPart(text);
+    request.mutable_claim()->set_owner(kOwner);
+    request.mutable_claim()->set_lease_ttl_ms(kLeaseTtlMs);
+    return Call(&Stub::EnqueueTurn, request);
+  }
+};
+
+// An idle session's new turn is claimed as it is enqueued, exactly as ClaimNextTurn
+// would have handed it out: RUNNING under a new fencing epoch that heartbeats and
+// completes, the session recording it, nothing left for the claimers.
+TEST_F(ClaimOnEnqueue, AnIdleSessionsTurnIsClaimedAsItIsEnqueuedWhenNothingElseWaits) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto enqueued = EnqueueClaiming(session_id, "hello");
+  ASSERT_TRUE(enqueued.ok()) << enqueued.status();
+  ASSERT_TRUE(enqueued->claim().has_turn());
+  const pb::ClaimNextTurnResponse& claim = enqueued->claim();
+  EXPECT_EQ(claim.turn().id(), enqueued->turn().id());
+  EXPECT_EQ(claim.turn().status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(enqueued->turn().status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(claim.turn().attempt(), 1u);
+  EXPECT_GE(claim.lease_epoch(), 1u);
+  EXPECT_FALSE(claim.recovery());
+  EXPECT_EQ(claim.session().id(), session_id);
+  EXPECT_EQ(claim.session().current_turn_id(), claim.turn().id());
+  EXPECT_EQ(claim.user_message().id(), enqueued->message().id());
+  EXPECT_TRUE(claim.has_lease_expiry());
+  EXPECT_FALSE(Claim()->has_turn()) << "the claimers find nothing left";
+  EXPECT_TRUE(Heartbeat(claim.turn().id(), kOwner, claim.lease_epoch()).ok());
+  ASSERT_TRUE(Complete(Completion(claim)).ok());
+  EXPECT_EQ(GetTurn(claim.turn().id())->status(), api::TURN_STATUS_SUCCEEDED);
+
+  // The next turn of the session takes a greater epoch, claimed on enqueue as well.
+  auto next = EnqueueClaiming(session_id, "again");
+  ASSERT_TRUE(next.ok() && next->claim().has_turn()) << next.status();
+  EXPECT_GT(next->claim().lease_epoch(), claim.lease_epoch());
+}
+
+// It never jumps a queue: not behind a running or queued turn of its session, and not
+// while another session waits for a worker. Those turns stay QUEUED for the claimers.
+TEST_F(ClaimOnEnqueue, ATurnIsNeverClaimedBehindWorkOrAheadOfAWaitingSession) {
+  std::string busy = CreateSession(kTenant).id();
+  auto running = EnqueueClaiming(busy, "first");
+  ASSERT_TRUE(running.ok() && running->claim().has_turn()) << running.status();
+  auto behind = EnqueueClaiming(busy, "second");
+  ASSERT_TRUE(behind.ok()) << behind.status();
+  EXPECT_FALSE(behind->claim().has_turn());
+  EXPECT_EQ(behind->turn().status(), api::TURN_STATUS_QUEUED);
+
+  std::string waiting = CreateSession(kTenant).id();
+  ASSERT_TRUE(Enqueue(waiting, "waits").ok());  // Runnable, unclaimed.
+  std::string idle = CreateSession(kTenant).id();
+  auto jumper = EnqueueClaiming(idle, "me first?");
+  ASSERT_TRUE(jumper.ok()) << jumper.status();
+  EXPECT_FALSE(jumper->claim().has_turn());
+  EXPECT_EQ(jumper->turn().status(), api::TURN_STATUS_QUEUED);
+  // The claimers take the waiting session first.
+  auto claimed = Claim();
+  ASSERT_TRUE(claimed.ok() && claimed->has_turn());
+  EXPECT_EQ(claimed->turn().session_id(), waiting);
+
+  // A malformed claim request is refused before anything is written.
+  pb::EnqueueTurnRequest bad;
+  bad.set_tenant_id(kTenant);
+  bad.mutable_request()->set_session_id(idle);
+  *bad.mutable_request()->add_content() = TextPart("x");
+  bad.mutable_claim()->set_owner(kOwner);
+  bad.mutable_claim()->set_lease_ttl_ms(0);
+  EXPECT_EQ(Call(&Stub::EnqueueTurn, bad).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(AllTurns(idle).size(), 1u);
+}
+
 // ---- Claims ----
 
 TEST_F(Turns, TurnsOfOneSessionAreClaimedInOrderEachAfterThePreviousEnds) {
