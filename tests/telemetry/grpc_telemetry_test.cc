@@ -26,12 +26,14 @@ class RecordingRouter final : public router::v1::SessionRouter::CallbackService 
       seen_traceparent = std::string(it->second.data(), it->second.size());
     }
     seen_span = CurrentSpan(context);
+    seen_deadline = absl::FromChrono(context->deadline());
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "no such session"));
     return reactor;
   }
   std::string seen_traceparent;
   std::optional<TraceContext> seen_span;
+  absl::Time seen_deadline = absl::InfinitePast();
 };
 
 // The middle hop: forwards to the last one with PrepareDownstream.
@@ -109,10 +111,16 @@ TEST(GrpcTelemetry, TraceContinuesAcrossTwoHopsAndCallsAreCounted) {
       "127.0.0.1:" + std::to_string(middle_server.port), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.AddMetadata("traceparent", caller.ToTraceparent());
+  const absl::Time caller_deadline = absl::Now() + absl::Seconds(3);
+  context.set_deadline(absl::ToChronoTime(caller_deadline));
   router::v1::SubmitMessageRequest request;
   v1::SendMessageResponse response;
   grpc::Status status = stub->SubmitMessage(&context, request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // The caller's deadline reached the last hop (not the middle hop's 5 s cap).
+  EXPECT_LE(last.seen_deadline, caller_deadline + absl::Milliseconds(50));
+  EXPECT_GT(last.seen_deadline, caller_deadline - absl::Seconds(3));
 
   // The middle server's span is a child of the caller's span, in the same trace.
   ASSERT_TRUE(middle.seen_span.has_value());
@@ -174,6 +182,30 @@ TEST(GrpcTelemetry, CallWithoutTraceparentStartsANewTrace) {
   ASSERT_EQ(spans.size(), 1u);
   EXPECT_FALSE(spans[0].parent_span_id.has_value());
   server.server->Shutdown();
+}
+
+// A caller without a deadline: the middle hop caps the call it makes (5 s here), so no
+// backend call waits forever.
+TEST(GrpcTelemetry, ACallWithoutADeadlineIsCappedDownstream) {
+  Registry registry;
+  Logger logger("test", LogLevel::kError);
+  RecordingSpanSink sink;
+  GrpcTelemetry telemetry(registry, logger, sink);
+  RecordingRouter last;
+  Server last_server = StartServer(&last, telemetry);
+  ForwardingRouter middle(telemetry.CreateChannel("127.0.0.1:" + std::to_string(last_server.port)));
+  Server middle_server = StartServer(&middle, telemetry);
+  auto stub = router::v1::SessionRouter::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(middle_server.port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  router::v1::SubmitMessageRequest request;
+  v1::SendMessageResponse response;
+  const absl::Time sent = absl::Now();
+  stub->SubmitMessage(&context, request, &response);
+  EXPECT_LE(last.seen_deadline, absl::Now() + absl::Seconds(5) + absl::Milliseconds(50));
+  EXPECT_GT(last.seen_deadline, sent);
+  middle_server.server->Shutdown();
+  last_server.server->Shutdown();
 }
 
 }  // namespace
