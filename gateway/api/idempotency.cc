@@ -212,7 +212,7 @@ IdempotencyStore::IdempotencyStore(IdempotencyOptions options)
 
 void IdempotencyStore::Begin(absl::string_view tenant, absl::string_view method,
                              absl::string_view key, const google::protobuf::Message& request,
-                             BeginDone done) {
+                             BeginDone done, std::optional<absl::Duration> in_flight_ttl) {
   // Two digests of the key: one names the record, the other seals it; neither can be
   // had from the other.
   Claim claim;
@@ -227,7 +227,7 @@ void IdempotencyStore::Begin(absl::string_view tenant, absl::string_view method,
       "1",
       state->first.redis_key,
       "P" + state->first.fingerprint,
-      absl::StrCat(absl::ToInt64Milliseconds(options_.in_flight_ttl))};
+      absl::StrCat(absl::ToInt64Milliseconds(in_flight_ttl.value_or(options_.in_flight_ttl)))};
   const bool queued = pool_.Submit(std::move(command), [state](absl::StatusOr<RedisReply> reply) {
     auto& [claim, done] = *state;
     if (!reply.ok()) return done(NoRedis());

@@ -81,8 +81,11 @@ class IdempotencyStore {
   // Claims `key` of `tenant` for a call of `method` with `request`, or finds its
   // outcome. `done` gets the claim, the outcome to replay, or the error to answer with
   // (IDEMPOTENCY_KEY_IN_USE, IDEMPOTENCY_KEY_REUSED, UNAVAILABLE). Thread-safe.
+  // `in_flight_ttl` overrides the option for a call that may run longer (an Exec runs
+  // up to its stream deadline: its key must stay held until then).
   void Begin(absl::string_view tenant, absl::string_view method, absl::string_view key,
-             const google::protobuf::Message& request, BeginDone done);
+             const google::protobuf::Message& request, BeginDone done,
+             std::optional<absl::Duration> in_flight_ttl = std::nullopt);
   // Records how the claimed call ended (`response` when `status` is OK), or releases the
   // key when a retry could end otherwise, then runs `done` (on a worker thread). Answer
   // the caller from `done`: a retry sent after the answer must find the outcome, not

@@ -201,6 +201,10 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
   void Claim(const std::string& sandbox_id) {
     sandbox_id_ = sandbox_id;
     request_.set_tenant_id(tenant_id());
+    // The key stays held for as long as the call may run (its stream deadline, and a
+    // margin for the relay), so a retry can never start a second run while the first
+    // one still runs.
+    const absl::Duration held = downstream().stream_timeout + absl::Minutes(1);
     downstream().idempotency->Begin(
         tenant_id(), ops_.idempotent_method, *key_, request_,
         [this](absl::StatusOr<IdempotencyStore::Started> started) {
@@ -217,7 +221,8 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
           }
           replaying_ = true;
           this->StartWrite(&out_);
-        });
+        },
+        held);
   }
 
   void Start(const std::string& sandbox_id) {

@@ -86,17 +86,43 @@ std::optional<pb::ClaimOnEnqueue> Scheduler::ReserveSlot() {
 }
 
 void Scheduler::RunReserved(pb::ClaimNextTurnResponse claim) {
-  absl::MutexLock lock(&mu_);
-  if (!claim.has_turn()) {
+  {
+    absl::MutexLock lock(&mu_);
+    // No claim, or a claim of a turn already running here (the store hands a claim out
+    // again to its owner when a retried enqueue finds it unstarted): the slot is free.
+    if (!claim.has_turn() || running_.contains(claim.turn().id())) {
+      ++free_slots_;
+      return;
+    }
+    if (!stopping_) {
+      claims_.Increment();
+      auto running = std::make_shared<Running>(*options_.clock);
+      running->claim = std::move(claim);
+      // Claimed while this replica drains: it is handed back unstarted, like the turns
+      // Drain found waiting (its slot thread releases it and wakes another replica).
+      if (!claiming_) running->control.Stop(StopReason::kHandBack, "WORKER_SHUTDOWN");
+      running_[running->claim.turn().id()] = running;
+      ready_.push_back(std::move(running));
+      running_gauge_.Set(static_cast<double>(running_.size()));
+      return;
+    }
     ++free_slots_;
-    return;
   }
-  claims_.Increment();
-  auto running = std::make_shared<Running>(*options_.clock);
-  running->claim = std::move(claim);
-  running_[running->claim.turn().id()] = running;
-  ready_.push_back(std::move(running));
-  running_gauge_.Set(static_cast<double>(running_.size()));
+  // The slot threads are gone: hand it back here so that another replica runs it now
+  // rather than after its lease expires.
+  pb::ReleaseTurnRequest release;
+  release.set_tenant_id(claim.session().tenant_id());
+  release.set_turn_id(claim.turn().id());
+  release.set_owner(options_.owner);
+  release.set_lease_epoch(claim.lease_epoch());
+  release.set_reason("drain");
+  pb::ReleaseTurnResponse released;
+  if (StoreCall(store_, &StoreStub::ReleaseTurn, release, &released, {.attempts = 3}).ok()) {
+    (void)signals_.PublishWake(claim.turn().session_id());
+  } else {
+    logger_.Warn("could not hand back a turn claimed during shutdown; its lease will expire",
+                 {{"turn_id", claim.turn().id()}});
+  }
 }
 
 int Scheduler::running() const {

@@ -76,7 +76,8 @@ class Scheduler {
   // cap is set (the store then never claims on enqueue). Every reservation must end in
   // RunReserved, with the claim the store made or an empty one.
   std::optional<store::v1::ClaimOnEnqueue> ReserveSlot();
-  // Runs `claim` in the slot ReserveSlot reserved; without a turn, frees the slot.
+  // Runs `claim` in the slot ReserveSlot reserved; without a turn, or with one already
+  // running here, frees the slot. While draining the turn is handed back unstarted.
   void RunReserved(store::v1::ClaimNextTurnResponse claim);
 
  private:

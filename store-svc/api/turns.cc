@@ -150,6 +150,33 @@ void ClaimOnEnqueue(pqxx::work& tx, const pb::ClaimOnEnqueue& claim, const std::
   *out->mutable_turn() = claimed.turn();
 }
 
+// A retry of an enqueue whose turn was claimed for `owner` and has published nothing
+// yet (its first answer was lost, or a concurrent retry raced it): the same claim again,
+// so that the worker runs it now rather than after its lease expires. The worker runs a
+// turn it already runs only once (Scheduler::RunReserved), so handing the claim out
+// twice to one owner is safe; another owner never gets it.
+void RepeatClaim(pqxx::work& tx, const std::string& owner, const std::string& turn_id,
+                 const std::string& session_id, pb::EnqueueTurnResponse* out) {
+  pqxx::result turn =
+      Exec(tx,
+           absl::StrCat("SELECT lease_epoch, (extract(epoch from lease_expiry) * 1000000)::bigint, "
+                        "agent_config::text, ",
+                        kTurnColumns,
+                        " FROM turns WHERE id = $1 AND session_id = $2 AND status = $3 AND "
+                        "lease_owner = $4 AND first_seq = 0 AND NOT recovery"),
+           turn_id, session_id, kRunning, owner);
+  if (turn.empty()) return;
+  pqxx::result session = Exec(
+      tx, absl::StrCat("SELECT ", kSessionColumns, " FROM sessions WHERE id = $1"), session_id);
+  pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
+  claimed.set_lease_epoch(turn[0][0].as<uint64_t>());
+  *claimed.mutable_lease_expiry() = TimestampFromMicros(turn[0][1].as<int64_t>());
+  ProtoFromJson(turn[0][2].as<std::string>(), claimed.mutable_agent_config());
+  *claimed.mutable_turn() = TurnFromRow(turn[0], 3);
+  *claimed.mutable_session() = SessionFromRow(session[0]);
+  *claimed.mutable_user_message() = out->message();
+}
+
 // Moves messages `ids` (in that order) to the end of the session's history, after
 // `last_position`; returns the new last position. A steering message takes its place
 // where the model saw it, after the step it interrupted. The caller holds the session
@@ -377,6 +404,9 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
             *out.mutable_message() = existing;
             *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), existing.turn_id());
             out.set_duplicate(true);
+            if (claim_for_worker) {
+              RepeatClaim(tx, request->claim().owner(), existing.turn_id(), r.session_id(), &out);
+            }
             return out;
           }
         }

@@ -315,14 +315,17 @@ TEST_F(Turns, EnqueuePolicyQueuesBehindTheRunningTurn) {
 
 class ClaimOnEnqueue : public StoreTest {
  protected:
-  // Enqueues `text` asking the store to claim the new turn for kOwner.
+  // Enqueues `text` asking the store to claim the new turn for `owner`.
   absl::StatusOr<pb::EnqueueTurnResponse> EnqueueClaiming(const std::string& session_id,
-                                                          const std::string& text) {
+                                                          const std::string& text,
+                                                          const std::string& key = "",
+                                                          const std::string& owner = kOwner) {
     pb::EnqueueTurnRequest request;
     request.set_tenant_id(kTenant);
     request.mutable_request()->set_session_id(session_id);
     *request.mutable_request()->add_content() = TextPart(text);
-    request.mutable_claim()->set_owner(kOwner);
+    request.mutable_request()->set_idempotency_key(key);
+    request.mutable_claim()->set_owner(owner);
     request.mutable_claim()->set_lease_ttl_ms(kLeaseTtlMs);
     return Call(&Stub::EnqueueTurn, request);
   }
@@ -360,6 +363,40 @@ TEST_F(ClaimOnEnqueue, AnIdleSessionsTurnIsClaimedAsItIsEnqueuedWhenNothingElseW
 
 // It never jumps a queue: not behind a running or queued turn of its session, and not
 // while another session waits for a worker. Those turns stay QUEUED for the claimers.
+// A retried enqueue (same idempotency key) whose answer was lost gets the claim again,
+// for the same worker only and only while the turn has published nothing, so the turn
+// need not wait for its lease to expire.
+TEST_F(ClaimOnEnqueue, ARetryGetsItsUnstartedClaimAgainButNoOtherWorkerDoes) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto first = EnqueueClaiming(session_id, "hello", "key-1");
+  ASSERT_TRUE(first.ok() && first->claim().has_turn()) << first.status();
+  auto again = EnqueueClaiming(session_id, "hello", "key-1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate());
+  ASSERT_TRUE(again->claim().has_turn());
+  EXPECT_EQ(again->claim().turn().id(), first->claim().turn().id());
+  EXPECT_EQ(again->claim().lease_epoch(), first->claim().lease_epoch());
+  EXPECT_EQ(again->claim().user_message().id(), first->message().id());
+  auto other = EnqueueClaiming(session_id, "hello", "key-1", "worker-2");
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_TRUE(other->duplicate());
+  EXPECT_FALSE(other->claim().has_turn());
+  // Once it has published (its first seq reported), a retry gets no claim.
+  ASSERT_TRUE(Heartbeat(first->claim().turn().id(), kOwner, first->claim().lease_epoch()).ok());
+  pb::HeartbeatTurnRequest progress;
+  progress.set_tenant_id(kTenant);
+  progress.set_turn_id(first->claim().turn().id());
+  progress.set_owner(kOwner);
+  progress.set_lease_epoch(first->claim().lease_epoch());
+  progress.set_lease_ttl_ms(kLeaseTtlMs);
+  progress.set_first_seq(1);
+  progress.set_last_seq(1);
+  ASSERT_TRUE(Call(&Stub::HeartbeatTurn, progress).ok());
+  auto late = EnqueueClaiming(session_id, "hello", "key-1");
+  ASSERT_TRUE(late.ok()) << late.status();
+  EXPECT_FALSE(late->claim().has_turn());
+}
+
 TEST_F(ClaimOnEnqueue, ATurnIsNeverClaimedBehindWorkOrAheadOfAWaitingSession) {
   std::string busy = CreateSession(kTenant).id();
   auto running = EnqueueClaiming(busy, "first");
