@@ -315,6 +315,27 @@ TEST_F(Providers, OpenAiErrorAfterContentFailsTheStepAfterTheText) {
   EXPECT_EQ(sink.text_, "partial ");
 }
 
+// Streams cut short after `partial` (a body that ends cleanly before the model
+// finished, a connection dropped inside the chunked body, a reset) are retryable
+// transport failures, whichever provider reads them.
+void ExpectCutStreamsAreRetryable(FakeModelServer& server, ModelProvider& provider,
+                                  const std::vector<std::string>& partial) {
+  for (FakeResponse::End end :
+       {FakeResponse::End::kClean, FakeResponse::End::kTruncated, FakeResponse::End::kReset}) {
+    SCOPED_TRACE(static_cast<int>(end));
+    server.Enqueue({.chunks = partial, .end = end});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_TRUE(outcome.error->retryable) << outcome.error->message;
+    EXPECT_EQ(outcome.error->status_code, 0);
+    if (end == FakeResponse::End::kClean) {
+      EXPECT_TRUE(absl::StrContains(outcome.error->message, "ended before the model finished"))
+          << outcome.error->message;
+    }
+  }
+}
+
 TEST_F(Providers, OpenAiMalformedTruncatedAndResetStreamsAreClearErrors) {
   OpenAiProvider provider(Config("openai"));
   {
@@ -326,30 +347,7 @@ TEST_F(Providers, OpenAiMalformedTruncatedAndResetStreamsAreClearErrors) {
     EXPECT_TRUE(absl::StrContains(outcome.error->message, "malformed stream"))
         << outcome.error->message;
   }
-  {  // The HTTP body ends cleanly, but the model never finished.
-    server_->Enqueue({.chunks = {Data(TextChunk("a"))}});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_TRUE(outcome.error->retryable);
-    EXPECT_TRUE(absl::StrContains(outcome.error->message, "ended before the model finished"))
-        << outcome.error->message;
-  }
-  {  // The connection drops inside the chunked body.
-    server_->Enqueue({.chunks = {Data(TextChunk("a"))}, .end = FakeResponse::End::kTruncated});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_TRUE(outcome.error->retryable);
-    EXPECT_EQ(outcome.error->status_code, 0);
-  }
-  {  // Reset.
-    server_->Enqueue({.chunks = {Data(TextChunk("a"))}, .end = FakeResponse::End::kReset});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_TRUE(outcome.error->retryable);
-  }
+  ExpectCutStreamsAreRetryable(*server_, provider, {Data(TextChunk("a"))});
   {  // Nothing listens.
     ProviderConfig config = Config("openai");
     config.base_url = "http://127.0.0.1:1";
@@ -637,30 +635,7 @@ TEST_F(Providers, AnthropicMalformedTruncatedAndResetStreamsAreClearErrors) {
         << outcome.error->message;
     EXPECT_EQ(sink.text_, "partial") << "what streamed before the bad event stays";
   }
-  {  // The HTTP body ends cleanly, but message_stop never came.
-    server_->Enqueue({.chunks = {start, text_start, text}});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_TRUE(outcome.error->retryable);
-    EXPECT_TRUE(absl::StrContains(outcome.error->message, "ended before the model finished"))
-        << outcome.error->message;
-  }
-  {  // The connection drops inside the chunked body.
-    server_->Enqueue({.chunks = {start, text_start, text}, .end = FakeResponse::End::kTruncated});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_TRUE(outcome.error->retryable);
-    EXPECT_EQ(outcome.error->status_code, 0);
-  }
-  {  // Reset.
-    server_->Enqueue({.chunks = {start, text_start, text}, .end = FakeResponse::End::kReset});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_TRUE(outcome.error->retryable);
-  }
+  ExpectCutStreamsAreRetryable(*server_, provider, {start, text_start, text});
   {  // An error status with a body that is not Anthropic's error JSON still says what failed.
     server_->Enqueue({.status = 502, .chunks = {"<html>Bad Gateway</html>"}});
     RecordingSink sink;
