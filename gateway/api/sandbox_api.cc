@@ -105,10 +105,16 @@ class SandboxCall {
             SetErrorInfo(closed, "SESSION_CLOSED");
             return located_(closed);
           }
-          AcquireSandbox();
+          SessionFound();
         });
   }
 
+ protected:
+  // Runs once the caller's session is found, before its sandbox is acquired: an
+  // override that may end the call without a sandbox calls AcquireSandbox() to go on.
+  virtual void SessionFound() { AcquireSandbox(); }
+
+  // Acquires the session's sandbox, then answers Locate's `done`.
   void AcquireSandbox() {
     Prepare(acquire_context_, downstream_.unary_timeout);
     acquire_.set_tenant_id(tenant_id_);
@@ -121,6 +127,7 @@ class SandboxCall {
                                  });
   }
 
+ private:
   Authenticator& authenticator_;
   const SandboxApi::Downstream& downstream_;
   Located located_;
@@ -174,9 +181,13 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
     }
     Locate(ops_.scope, request.session_id(), "session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
-             if (!sandbox_id.ok()) return this->Finish(ToGrpcStatus(sandbox_id.status()));
-             if (!key_) return Start(*sandbox_id);
-             Claim(*sandbox_id);
+             if (sandbox_id.ok()) return Start(*sandbox_id);
+             const grpc::Status failed = ToGrpcStatus(sandbox_id.status());
+             if (!claim_) return this->Finish(failed);
+             // No sandbox for a claimed call: its outcome (or the key's release, for a
+             // failure a retry may not meet) is recorded before the caller hears it.
+             this->downstream().idempotency->Complete(*std::move(claim_), failed, nullptr,
+                                                      [this, failed] { this->Finish(failed); });
            });
   }
 
@@ -196,10 +207,17 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
     void OnDone(const grpc::Status& status) override { call->OnUpstreamDone(status); }
   };
 
+  // With an idempotency key, the key is claimed once the session is found and before a
+  // sandbox is acquired: a retry that only replays the first outcome never creates or
+  // resumes one.
+  void SessionFound() override {
+    if (!key_) return AcquireSandbox();
+    Claim();
+  }
+
   // Claims the idempotency key for this call (the same call: the caller's tenant and
-  // request, whichever sandbox now serves the session), or replays its first outcome.
-  void Claim(const std::string& sandbox_id) {
-    sandbox_id_ = sandbox_id;
+  // request, whichever sandbox serves the session), or replays its first outcome.
+  void Claim() {
     request_.set_tenant_id(tenant_id());
     // The key stays held for as long as the call may run (its stream deadline, and a
     // margin for the relay), so a retry can never start a second run while the first
@@ -211,7 +229,7 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
           if (!started.ok()) return this->Finish(ToGrpcStatus(started.status()));
           if (started->claim) {
             claim_ = std::move(started->claim);
-            return Start(sandbox_id_);
+            return AcquireSandbox();
           }
           this->context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
           if (!started->replay_status.ok()) return this->Finish(started->replay_status);
@@ -283,7 +301,6 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
   // records, and whether the call only replays an earlier outcome.
   std::optional<std::string> key_;
   std::optional<IdempotencyStore::Claim> claim_;
-  std::string sandbox_id_;
   PublicMsg outcome_;
   bool replaying_ = false;
 };

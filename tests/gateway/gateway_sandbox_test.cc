@@ -328,13 +328,31 @@ TEST_F(GatewaySandbox, AnExecWithAnIdempotencyKeyRunsAtMostOnce) {
   ASSERT_TRUE(first.status.ok()) << Describe(first.status);
   EXPECT_EQ(first.exit_code, 3);
   EXPECT_FALSE(replayed);
+  std::string runs;
+  ASSERT_TRUE(client.Read(session, "runs.txt", &runs).ok());
+  EXPECT_EQ(runs, "ran\n");
+
+  // The session's sandbox goes away; the retry only replays, so it makes no new one.
+  absl::StatusOr<std::vector<sandbox::v1::Sandbox>> before = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(before.ok() && before->size() == 1u) << before.status();
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    sandbox::v1::DestroySandboxRequest destroy;
+    destroy.set_tenant_id(kTenantA);
+    destroy.set_sandbox_id((*before)[0].id());
+    sandbox::v1::DestroySandboxResponse destroyed;
+    ASSERT_TRUE(sandboxes().DestroySandbox(&context, destroy, &destroyed).ok());
+  }
   Ran again = client.Exec(session, append, "exec-once", &replayed);
   ASSERT_TRUE(again.status.ok()) << Describe(again.status);
   EXPECT_EQ(again.exit_code, 3) << "the first run's exit";
   EXPECT_TRUE(replayed);
-  std::string runs;
-  ASSERT_TRUE(client.Read(session, "runs.txt", &runs).ok());
-  EXPECT_EQ(runs, "ran\n") << "the command ran once";
+  absl::StatusOr<std::vector<sandbox::v1::Sandbox>> after = SessionSandboxes(kTenantA, session);
+  ASSERT_TRUE(after.ok()) << after.status();
+  for (const sandbox::v1::Sandbox& box : *after) {
+    EXPECT_EQ(box.id(), (*before)[0].id()) << "a replay acquired a sandbox";
+  }
 
   Ran reused = client.Exec(session, {"bash", "-c", "echo other >> runs.txt"}, "exec-once");
   EXPECT_EQ(reused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
@@ -345,7 +363,7 @@ TEST_F(GatewaySandbox, AnExecWithAnIdempotencyKeyRunsAtMostOnce) {
   Ran other = client.Exec(session, append, "exec-twice");
   ASSERT_TRUE(other.status.ok()) << Describe(other.status);
   ASSERT_TRUE(client.Read(session, "runs.txt", &runs).ok());
-  EXPECT_EQ(runs, "ran\nran\n");
+  EXPECT_EQ(runs, "ran\n") << "a new key runs again, in the new sandbox";
 
   Ran malformed = client.Exec(session, append, std::string(300, 'k'));
   EXPECT_EQ(malformed.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
