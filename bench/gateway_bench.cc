@@ -115,13 +115,12 @@ StartCall UnaryCaller(Stub* stub, Request request, std::string key,
 // and when the turn it belongs to seals.
 class DeltaWatcher {
  public:
-  DeltaWatcher(v1::SessionService::Stub& stub, const std::string& key, const std::string& session)
-      : stub_(stub) {
+  DeltaWatcher(v1::SessionService::Stub& stub, const std::string& key, const std::string& session) {
     context_.AddMetadata("authorization", "Bearer " + key);
     v1::StreamEventsRequest request;
     request.set_session_id(session);
     request.set_from_latest(true);
-    reader_ = stub_.StreamEvents(&context_, request);
+    reader_ = stub.StreamEvents(&context_, request);
     thread_ = std::thread([this] { Read(); });
   }
   ~DeltaWatcher() {
@@ -173,7 +172,6 @@ class DeltaWatcher {
     (void)reader_->Finish();
   }
 
-  v1::SessionService::Stub& stub_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReader<v1::StreamEventsResponse>> reader_;
   std::thread thread_;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "cli/cli.h"
 #include "cli/commands.h"
 #include "common/clock.h"
 #include "common/config.h"
@@ -39,7 +40,7 @@ std::string StatusName(grpc::health::v1::HealthCheckResponse::ServingStatus stat
 }
 
 int Health(int argc, char** argv) {
-  std::string addr = "127.0.0.1:7070";
+  std::string addr = parley::cli::Options{}.addr;  // The gateway, as every command's.
   std::string service;
   absl::Duration wait = absl::ZeroDuration();
   absl::Duration timeout = absl::Seconds(2);

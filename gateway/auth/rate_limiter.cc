@@ -69,13 +69,13 @@ void RateLimiter::Admit(Principal who, AuthenticateDone done) {
   // unchecked rather than queued behind timeouts.
   auto request =
       std::make_shared<std::pair<Principal, AuthenticateDone>>(std::move(who), std::move(done));
-  if (reachable &&
-      pool_.Submit(check->command, [this, check, request](absl::StatusOr<RedisReply> reply) {
-        absl::Status verdict = Verdict(*check, reply);
-        auto& [who, done] = *request;
-        if (!verdict.ok()) return done(std::move(verdict));
-        done(std::move(who));
-      })) {
+  if (reachable && pool_.Submit(std::move(check->command),
+                                [this, check, request](absl::StatusOr<RedisReply> reply) {
+                                  absl::Status verdict = Verdict(*check, reply);
+                                  auto& [who, done] = *request;
+                                  if (!verdict.ok()) return done(std::move(verdict));
+                                  done(std::move(who));
+                                })) {
     return;
   }
   unchecked_.Increment();

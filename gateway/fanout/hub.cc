@@ -188,11 +188,6 @@ void StreamCore::OnWriteDone(bool ok) {
   MaybeWriteLocked();
 }
 
-void StreamCore::Refuse(const grpc::Status& status) {
-  absl::MutexLock lock(&mu_);
-  FinishLocked(status);
-}
-
 void StreamCore::FinishLocked(const grpc::Status& status) {
   if (finished_) return;
   finished_ = true;
@@ -220,7 +215,6 @@ void StreamCore::Cancel() {
 
 void StreamCore::End(const grpc::Status& status) {
   absl::MutexLock lock(&mu_);
-  if (finished_) return;
   FinishLocked(status);
 }
 
@@ -487,14 +481,14 @@ void Hub::Open(const std::shared_ptr<StreamCore>& stream) {
   }
   // Outside the lock: finishing the call may reach back into the hub. A refused stream
   // was never counted, so its Unregister finds nothing to take away.
-  if (draining) return stream->Refuse(Draining(std::nullopt));
+  if (draining) return stream->End(Draining(std::nullopt));
   if (!over_cap) return stream->Start();
   absl::Status refused = absl::ResourceExhaustedError(
       absl::StrCat("this tenant holds ", options_.max_streams_per_tenant,
                    " open streams on this gateway, its limit; close one or use another gateway"));
   SetErrorInfo(refused, "TOO_MANY_STREAMS",
                {{"limit", absl::StrCat(options_.max_streams_per_tenant)}});
-  stream->Refuse(ToGrpcStatus(refused));
+  stream->End(ToGrpcStatus(refused));
 }
 
 void Hub::Drain() {

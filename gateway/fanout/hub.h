@@ -99,14 +99,14 @@ class StreamCore : public std::enable_shared_from_this<StreamCore> {
   void Tick(absl::Time now);                 // Keepalives; retries of failed reads.
   void OnWriteDone(bool ok);
   void Cancel();  // The client went away.
-  // Ends the stream with `status` (its caller may no longer read it); no-op once ended.
+  // Ends the stream with `status`, opened or not (its caller may no longer read it, or
+  // was refused); no-op once ended.
   void End(const grpc::Status& status);
   // The gateway is draining: end UNAVAILABLE, GATEWAY_DRAINING, with the resume cursor.
   void Shed();
   // Whether the stream has ended (finished, cancelled or detached).
   bool finished() const;
-  void Detach();                            // The reactor is done; never touch the writer again.
-  void Refuse(const grpc::Status& status);  // Ends a stream that was never opened.
+  void Detach();  // The reactor is done; never touch the writer again.
 
  private:
   enum class Offer { kAccepted, kDropped, kGap };

@@ -95,15 +95,12 @@ void Scheduler::RunReserved(pb::ClaimNextTurnResponse claim) {
       return;
     }
     if (!stopping_) {
-      claims_.Increment();
       auto running = std::make_shared<Running>(*options_.clock);
       running->claim = std::move(claim);
       // Claimed while this replica drains: it is handed back unstarted, like the turns
       // Drain found waiting (its slot thread releases it and wakes another replica).
       if (!claiming_) running->control.Stop(StopReason::kHandBack, "WORKER_SHUTDOWN");
-      running_[running->claim.turn().id()] = running;
-      ready_.push_back(std::move(running));
-      running_gauge_.Set(static_cast<double>(running_.size()));
+      QueueLocked(std::move(running));
       return;
     }
     ++free_slots_;
@@ -123,6 +120,13 @@ void Scheduler::RunReserved(pb::ClaimNextTurnResponse claim) {
     logger_.Warn("could not hand back a turn claimed during shutdown; its lease will expire",
                  {{"turn_id", claim.turn().id()}});
   }
+}
+
+void Scheduler::QueueLocked(std::shared_ptr<Running> running) {
+  claims_.Increment();
+  running_[running->claim.turn().id()] = running;
+  ready_.push_back(std::move(running));
+  running_gauge_.Set(static_cast<double>(running_.size()));
 }
 
 int Scheduler::running() const {
@@ -173,12 +177,9 @@ void Scheduler::ClaimLoop() {
       next_poll = absl::Now() + options_.poll_interval;
       continue;
     }
-    claims_.Increment();
     more = true;
     absl::MutexLock lock(&mu_);
-    running_[running->claim.turn().id()] = running;
-    ready_.push_back(std::move(running));
-    running_gauge_.Set(static_cast<double>(running_.size()));
+    QueueLocked(std::move(running));
   }
 }
 

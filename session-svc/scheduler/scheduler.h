@@ -87,6 +87,8 @@ class Scheduler {
     TurnControl control;
   };
 
+  // A claimed turn (in its reserved slot) joins the turns the slot threads run.
+  void QueueLocked(std::shared_ptr<Running> running) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ClaimLoop();
   void SlotLoop();
   void LeaseKeeperLoop();

@@ -45,11 +45,9 @@ constexpr int kCappedClaimRounds = 16;
 constexpr int kLockedSessionColumn = 0;
 constexpr int kClaimedTurnColumn = 1;  // NULL when the locked session had no turn to promote.
 constexpr int kRecoveryColumn = 3;
-constexpr int kEpochColumn = 4;
-constexpr int kExpiryColumn = 5;
-constexpr int kTurnConfigColumn = 6;
-constexpr int kTurnColumn = 7;
-constexpr int kSessionColumn = kTurnColumn + kTurnColumnCount;
+// Epoch, expiry, agent config and the turn, as kClaimedTurnColumns lays them out.
+constexpr int kLeaseColumn = 4;
+constexpr int kSessionColumn = kLeaseColumn + kClaimedTurnColumnCount;
 constexpr int kUserMessageColumn = kSessionColumn + kSessionColumnCount;
 constexpr int kMessageColumnCount = 7;  // kMessageColumns.
 // True when a message of another turn that ran lies after the claimed turn's user
@@ -223,10 +221,7 @@ pqxx::result RunClaim(pqxx::transaction_base& tx, ClaimScope scope,
 bool ReadClaim(const pqxx::row& row, pb::ClaimNextTurnResponse* response) {
   if (row[kClaimedTurnColumn].is_null()) return false;
   response->set_recovery(row[kRecoveryColumn].as<bool>());
-  response->set_lease_epoch(row[kEpochColumn].as<uint64_t>());
-  *response->mutable_lease_expiry() = TimestampFromMicros(row[kExpiryColumn].as<int64_t>());
-  ProtoFromJson(row[kTurnConfigColumn].as<std::string>(), response->mutable_agent_config());
-  *response->mutable_turn() = TurnFromRow(row, kTurnColumn);
+  ClaimedTurnFromRow(row, kLeaseColumn, response);
   *response->mutable_session() = SessionFromRow(row, kSessionColumn);
   if (!row[kUserMessageColumn].is_null()) {
     *response->mutable_user_message() = MessageFromRow(row, kUserMessageColumn);

@@ -41,11 +41,15 @@ const char kMessageColumns[] =
     "id, session_id, turn_id, role, parts::text, coalesce(idempotency_key, ''), " PARLEY_MICROS(
         "create_time");
 
-const char kTurnColumns[] =
-    "id, session_id, status, user_message_id, finish_reason, usage::text, "
-    "coalesce(error::text, ''), attempt, first_seq, last_seq, steps, cancel_requested, "
-    "time_to_first_token_ms, " PARLEY_MICROS("create_time") ", " PARLEY_MICROS(
-        "start_time") ", " PARLEY_MICROS("end_time");
+#define PARLEY_TURN_COLUMNS                                                            \
+  "id, session_id, status, user_message_id, finish_reason, usage::text, "              \
+  "coalesce(error::text, ''), attempt, first_seq, last_seq, steps, cancel_requested, " \
+  "time_to_first_token_ms, " PARLEY_MICROS("create_time") ", " PARLEY_MICROS(          \
+      "start_time") ", " PARLEY_MICROS("end_time")
+const char kTurnColumns[] = PARLEY_TURN_COLUMNS;
+const char kClaimedTurnColumns[] =
+    "lease_epoch, " PARLEY_MICROS("lease_expiry") ", agent_config::text, " PARLEY_TURN_COLUMNS;
+#undef PARLEY_TURN_COLUMNS
 
 const char kApiKeyColumns[] =
     "id, tenant_id, name, prefix, array_to_json(scopes)::text, " PARLEY_MICROS(
@@ -112,6 +116,14 @@ const char kApiKeyColumns[] =
   if (!row[o + 15].is_null())
     *t.mutable_end_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
   return t;
+}
+
+void ClaimedTurnFromRow(const pqxx::row& row, int o,
+                        ::parley::store::v1::ClaimNextTurnResponse* claim) {
+  claim->set_lease_epoch(row[o + 0].as<uint64_t>());
+  *claim->mutable_lease_expiry() = TimestampFromMicros(row[o + 1].as<int64_t>());
+  ProtoFromJson(row[o + 2].as<std::string>(), claim->mutable_agent_config());
+  *claim->mutable_turn() = TurnFromRow(row, o + 3);
 }
 
 ::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "parley/store/v1/store.pb.h"
 #include "parley/v1/resources.pb.h"
 
 namespace parley::store {
@@ -28,12 +29,18 @@ extern const char kApiKeyColumns[];
 // How many columns kTurnColumns and kSessionColumns select, for queries that read more
 // after a turn or a session.
 inline constexpr int kTurnColumnCount = 16;
+// A claimed turn: its lease epoch, lease expiry and agent configuration, then
+// kTurnColumns; ClaimedTurnFromRow reads them into a claim.
+extern const char kClaimedTurnColumns[];
+inline constexpr int kClaimedTurnColumnCount = 3 + kTurnColumnCount;
 inline constexpr int kSessionColumnCount = 16;
 
 // Readers start at column `offset` of the row (for queries that select more first).
 ::parley::v1::Session SessionFromRow(const pqxx::row& row, int offset = 0);
 ::parley::v1::Message MessageFromRow(const pqxx::row& row, int offset = 0);
 ::parley::v1::Turn TurnFromRow(const pqxx::row& row, int offset = 0);
+void ClaimedTurnFromRow(const pqxx::row& row, int offset,
+                        ::parley::store::v1::ClaimNextTurnResponse* claim);
 ::parley::v1::ApiKey ApiKeyFromRow(const pqxx::row& row, int offset = 0);
 
 // The tenant's turn `turn_id`; throws StatusException(NOT_FOUND) when there is none.

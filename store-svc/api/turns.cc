@@ -129,23 +129,18 @@ void ClaimOnEnqueue(pqxx::work& tx, const pb::ClaimOnEnqueue& claim, const std::
           "  recovery = false "
           "  WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM sessions WHERE queued_turns > 0 "
           "    AND running_turn_id IS NULL AND id <> $2) "
-          "  RETURNING lease_epoch AS claim_epoch, "
-          "  (extract(epoch from lease_expiry) * 1000000)::bigint, agent_config::text, ",
-          kTurnColumns,
+          "  RETURNING ",
+          kClaimedTurnColumns,
           "), bumped AS (UPDATE sessions SET running_turn_id = $1, lease_epoch = c.claim_epoch, "
           "  queued_turns = queued_turns - 1, waiting_since = NULL "
-          "  FROM (SELECT claim_epoch FROM claimed) c "
+          "  FROM (SELECT lease_epoch AS claim_epoch FROM claimed) c "
           "  WHERE sessions.id = $2 RETURNING ",
           kSessionColumns, ") SELECT claimed.*, bumped.* FROM claimed, bumped"),
       turn_id, session_id, kRunning, claim.owner(), static_cast<int64_t>(claim.lease_ttl_ms()));
   if (rows.empty()) return;  // Another session waits: the claimers take it in order.
-  const pqxx::row& row = rows[0];
   pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
-  claimed.set_lease_epoch(row[0].as<uint64_t>());
-  *claimed.mutable_lease_expiry() = TimestampFromMicros(row[1].as<int64_t>());
-  ProtoFromJson(row[2].as<std::string>(), claimed.mutable_agent_config());
-  *claimed.mutable_turn() = TurnFromRow(row, 3);
-  *claimed.mutable_session() = SessionFromRow(row, 3 + kTurnColumnCount);
+  ClaimedTurnFromRow(rows[0], 0, &claimed);
+  *claimed.mutable_session() = SessionFromRow(rows[0], kClaimedTurnColumnCount);
   *claimed.mutable_user_message() = out->message();
   *out->mutable_turn() = claimed.turn();
 }
@@ -159,9 +154,7 @@ void RepeatClaim(pqxx::work& tx, const std::string& owner, const std::string& tu
                  const std::string& session_id, pb::EnqueueTurnResponse* out) {
   pqxx::result turn =
       Exec(tx,
-           absl::StrCat("SELECT lease_epoch, (extract(epoch from lease_expiry) * 1000000)::bigint, "
-                        "agent_config::text, ",
-                        kTurnColumns,
+           absl::StrCat("SELECT ", kClaimedTurnColumns,
                         " FROM turns WHERE id = $1 AND session_id = $2 AND status = $3 AND "
                         "lease_owner = $4 AND first_seq = 0 AND NOT recovery"),
            turn_id, session_id, kRunning, owner);
@@ -169,10 +162,7 @@ void RepeatClaim(pqxx::work& tx, const std::string& owner, const std::string& tu
   pqxx::result session = Exec(
       tx, absl::StrCat("SELECT ", kSessionColumns, " FROM sessions WHERE id = $1"), session_id);
   pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
-  claimed.set_lease_epoch(turn[0][0].as<uint64_t>());
-  *claimed.mutable_lease_expiry() = TimestampFromMicros(turn[0][1].as<int64_t>());
-  ProtoFromJson(turn[0][2].as<std::string>(), claimed.mutable_agent_config());
-  *claimed.mutable_turn() = TurnFromRow(turn[0], 3);
+  ClaimedTurnFromRow(turn[0], 0, &claimed);
   *claimed.mutable_session() = SessionFromRow(session[0]);
   *claimed.mutable_user_message() = out->message();
 }

@@ -202,9 +202,13 @@ class GatewayApi : public SessionFixture {
     list_keys.set_include_revoked(true);
     v1::ListApiKeysResponse keys;
     ASSERT_TRUE(owner.Keys(&v1::ApiKeyService::Stub::ListApiKeys, list_keys, &keys).ok());
+    bool listed = false;
     for (const v1::ApiKey& key : keys.api_keys()) {
-      if (key.id() == ids.api_key) EXPECT_FALSE(key.has_revoke_time());
+      if (key.id() != ids.api_key) continue;
+      listed = true;
+      EXPECT_FALSE(key.has_revoke_time());
     }
+    EXPECT_TRUE(listed) << "key " << ids.api_key << " is gone";
   }
 
   // The ids of every session `client`'s tenant can list.
@@ -220,6 +224,20 @@ class GatewayApi : public SessionFixture {
     return ids;
   }
 };
+
+// A refusal by the rate limit `limit` ("tenant" or "key") with a retry delay of at most
+// `max_delay_ms`.
+void ExpectRateLimited(const grpc::Status& status, const std::string& limit, int64_t max_delay_ms) {
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(status);
+  auto info = GetErrorInfo(FromGrpcStatus(status));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "RATE_LIMITED");
+  EXPECT_EQ(info->metadata().at("limit"), limit);
+  auto retry = GetRetryInfo(FromGrpcStatus(status));
+  ASSERT_TRUE(retry.has_value()) << Describe(status);
+  EXPECT_GT(retry->retry_delay_ms(), 0);
+  EXPECT_LE(retry->retry_delay_ms(), max_delay_ms);
+}
 
 void ExpectMissingScope(const grpc::Status& status, const std::string& scope) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(status);
@@ -1040,15 +1058,8 @@ TEST_F(GatewayApi, ATenantsRateLimitRefusesWithARetryDelayAndRecovers) {
     refused = create_session("burst");
     if (refused.ok()) ++admitted;
   }
-  ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(refused);
-  auto info = GetErrorInfo(FromGrpcStatus(refused));
-  ASSERT_TRUE(info.has_value());
-  EXPECT_EQ(info->reason(), "RATE_LIMITED");
-  EXPECT_EQ(info->metadata().at("limit"), "tenant");
-  auto retry = GetRetryInfo(FromGrpcStatus(refused));
-  ASSERT_TRUE(retry.has_value()) << Describe(refused);
-  EXPECT_GT(retry->retry_delay_ms(), 0);
-  EXPECT_LE(retry->retry_delay_ms(), 1000) << "one request a second: never a longer wait";
+  // One request a second: never a longer wait.
+  ExpectRateLimited(refused, "tenant", 1000);
 
   // A refused call wrote nothing: only the admitted ones made sessions.
   v1::ListSessionsRequest list;
@@ -1086,15 +1097,7 @@ TEST_F(GatewayKeyRateLimit, OneKeyOverItsLimitIsRefusedWhileAnotherKeyOfTheTenan
   for (int i = 0; i < 100 && refused.ok(); ++i) {
     refused = busy.Sessions(&v1::SessionService::Stub::GetSession, get, &got);
   }
-  ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(refused);
-  auto info = GetErrorInfo(FromGrpcStatus(refused));
-  ASSERT_TRUE(info.has_value());
-  EXPECT_EQ(info->reason(), "RATE_LIMITED");
-  EXPECT_EQ(info->metadata().at("limit"), "key");
-  auto retry = GetRetryInfo(FromGrpcStatus(refused));
-  ASSERT_TRUE(retry.has_value()) << Describe(refused);
-  EXPECT_GT(retry->retry_delay_ms(), 0);
-  EXPECT_LE(retry->retry_delay_ms(), 1000);
+  ExpectRateLimited(refused, "key", 1000);
 
   // The tenant's other key has its own budget.
   grpc::Status other = calm.Sessions(&v1::SessionService::Stub::GetSession, get, &got);

@@ -99,6 +99,14 @@ class AgentLoop : public SessionFixture {
                        "data: [DONE]\n\n"}};
   }
 
+  // How many `sleep 600` processes run in `sandbox_id`, as a line ("2\n").
+  std::string SleepsIn(const std::string& sandbox_id) {
+    return ExecIn(sandbox_id,
+                  "n=0; for f in /proc/[0-9]*/cmdline; do "
+                  "[ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = 'sleep 600 ' ] && n=$((n+1)); "
+                  "done; echo $n");
+  }
+
   // Runs `argv` in `sandbox_id` through sandbox-svc; its stdout.
   std::string ExecIn(const std::string& sandbox_id, const std::string& command) {
     grpc::ClientContext context;
@@ -207,9 +215,6 @@ TEST_F(AgentLoop, AMultiStepTurnWritesRunsEditsAndReadsAFileInARealSandbox) {
   EXPECT_EQ(MessageText(MessagesOf(*messages, turn, v1::ROLE_ASSISTANT).back()), "All done.");
 }
 
-// A call the model gets wrong — an unknown tool, arguments that break the schema or are
-// not JSON, a file that does not exist — becomes an error result the model sees, never a
-// failed turn; nothing runs for the invalid ones.
 // edit_file replaces exactly one occurrence: none, or several, is an error result that
 // says which, and the file stays as it was.
 TEST_F(AgentLoop, EditFileRefusesZeroOrSeveralMatchesAndLeavesTheFileAlone) {
@@ -238,6 +243,9 @@ TEST_F(AgentLoop, EditFileRefusesZeroOrSeveralMatchesAndLeavesTheFileAlone) {
   EXPECT_EQ(results[3].output(), "one two two\n");
 }
 
+// A call the model gets wrong — an unknown tool, arguments that break the schema or are
+// not JSON, a file that does not exist — becomes an error result the model sees, never a
+// failed turn; nothing runs for the invalid ones.
 TEST_F(AgentLoop, BadToolCallsGoBackToTheModelAsErrorResults) {
   ASSERT_NO_FATAL_FAILURE(Start());
   const std::string session = CreateSessionWith(kTenantA, WithTools({"read_file"}));
@@ -367,10 +375,7 @@ TEST_F(AgentLoop, CancelDuringASandboxCommandKillsItsProcessTree) {
   absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
   ASSERT_TRUE(sandboxes.ok() && sandboxes->size() == 1u);
   const std::string sandbox_id = (*sandboxes)[0].id();
-  const std::string count_sleeps =
-      "n=0; for f in /proc/[0-9]*/cmdline; do "
-      "[ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = 'sleep 600 ' ] && n=$((n+1)); done; echo $n";
-  EXPECT_EQ(ExecIn(sandbox_id, count_sleeps), "2\n");
+  EXPECT_EQ(SleepsIn(sandbox_id), "2\n");
 
   v1::CancelTurnResponse cancelled;
   grpc::Status status = CancelTurn(kTenantA, session, *turn, &cancelled);
@@ -384,8 +389,7 @@ TEST_F(AgentLoop, CancelDuringASandboxCommandKillsItsProcessTree) {
   ASSERT_EQ(results.size(), 1u);
   EXPECT_TRUE(results[0].is_error());
   EXPECT_EQ(results[0].duration_ms(), 0u);
-  EXPECT_TRUE(
-      WaitUntil([&] { return ExecIn(sandbox_id, count_sleeps) == "0\n"; }, absl::Seconds(20)))
+  EXPECT_TRUE(WaitUntil([&] { return SleepsIn(sandbox_id) == "0\n"; }, absl::Seconds(20)))
       << "sleep 600 still runs in the sandbox";
 }
 
@@ -405,10 +409,7 @@ TEST_F(AgentLoop, AToolOverItsTimeLimitIsKilledAndTheModelIsTold) {
   EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It took too long.");
   absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
   ASSERT_TRUE(sandboxes.ok() && sandboxes->size() == 1u);
-  const std::string count_sleeps =
-      "n=0; for f in /proc/[0-9]*/cmdline; do "
-      "[ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = 'sleep 600 ' ] && n=$((n+1)); done; echo $n";
-  EXPECT_EQ(ExecIn((*sandboxes)[0].id(), count_sleeps), "0\n") << "sleep 600 outlived its call";
+  EXPECT_EQ(SleepsIn((*sandboxes)[0].id()), "0\n") << "sleep 600 outlived its call";
 }
 
 // A file read that is larger than what goes back to the model: the model gets the head

@@ -249,7 +249,6 @@ TEST_F(Providers, OpenAiReadsReasoningFromEitherField) {
   EXPECT_EQ(sink.text_, "answer");
 }
 
-// 429 with Retry-After: retryable, the delay read, the server's message kept.
 // A 429 as every provider must report it: retryable, with the server's delay and words.
 void ExpectRateLimited(const StepOutcome& outcome, absl::Duration retry_after,
                        const std::string& words) {
@@ -315,11 +314,26 @@ TEST_F(Providers, OpenAiErrorAfterContentFailsTheStepAfterTheText) {
   EXPECT_EQ(sink.text_, "partial ");
 }
 
-// Streams cut short after `partial` (a body that ends cleanly before the model
-// finished, a connection dropped inside the chunked body, a reset) are retryable
-// transport failures, whichever provider reads them.
-void ExpectCutStreamsAreRetryable(FakeModelServer& server, ModelProvider& provider,
-                                  const std::vector<std::string>& partial) {
+// How every provider reports a broken stream after `partial` (which streams
+// `partial_text`): a malformed event next is a clear, final error that keeps the text
+// before it; a body that ends cleanly before the model finished, a connection dropped
+// inside the chunked body and a reset are retryable transport failures.
+void ExpectBrokenStreamsAreClearErrors(FakeModelServer& server, ModelProvider& provider,
+                                       const std::vector<std::string>& partial,
+                                       const std::string& malformed_event,
+                                       const std::string& partial_text) {
+  {
+    std::vector<std::string> chunks = partial;
+    chunks.push_back(malformed_event);
+    server.Enqueue({.chunks = chunks});
+    RecordingSink sink;
+    StepOutcome outcome = provider.Stream(Hello(), sink);
+    ASSERT_TRUE(outcome.error);
+    EXPECT_FALSE(outcome.error->retryable);
+    EXPECT_TRUE(absl::StrContains(outcome.error->message, "malformed stream"))
+        << outcome.error->message;
+    EXPECT_EQ(sink.text_, partial_text) << "what streamed before the bad event stays";
+  }
   for (FakeResponse::End end :
        {FakeResponse::End::kClean, FakeResponse::End::kTruncated, FakeResponse::End::kReset}) {
     SCOPED_TRACE(static_cast<int>(end));
@@ -338,16 +352,8 @@ void ExpectCutStreamsAreRetryable(FakeModelServer& server, ModelProvider& provid
 
 TEST_F(Providers, OpenAiMalformedTruncatedAndResetStreamsAreClearErrors) {
   OpenAiProvider provider(Config("openai"));
-  {
-    server_->Enqueue({.chunks = {Data(TextChunk("a")), "data: {not json\n\n"}});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_FALSE(outcome.error->retryable);
-    EXPECT_TRUE(absl::StrContains(outcome.error->message, "malformed stream"))
-        << outcome.error->message;
-  }
-  ExpectCutStreamsAreRetryable(*server_, provider, {Data(TextChunk("a"))});
+  ExpectBrokenStreamsAreClearErrors(*server_, provider, {Data(TextChunk("a"))},
+                                    "data: {not json\n\n", "a");
   {  // Nothing listens.
     ProviderConfig config = Config("openai");
     config.base_url = "http://127.0.0.1:1";
@@ -624,18 +630,8 @@ TEST_F(Providers, AnthropicMalformedTruncatedAndResetStreamsAreClearErrors) {
   const std::string text =
       Event("content_block_delta",
             {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", "partial"}}}});
-  {
-    server_->Enqueue(
-        {.chunks = {start, text_start, text, "event: content_block_delta\ndata: {oops\n\n"}});
-    RecordingSink sink;
-    StepOutcome outcome = provider.Stream(Hello(), sink);
-    ASSERT_TRUE(outcome.error);
-    EXPECT_FALSE(outcome.error->retryable);
-    EXPECT_TRUE(absl::StrContains(outcome.error->message, "malformed stream"))
-        << outcome.error->message;
-    EXPECT_EQ(sink.text_, "partial") << "what streamed before the bad event stays";
-  }
-  ExpectCutStreamsAreRetryable(*server_, provider, {start, text_start, text});
+  ExpectBrokenStreamsAreClearErrors(*server_, provider, {start, text_start, text},
+                                    "event: content_block_delta\ndata: {oops\n\n", "partial");
   {  // An error status with a body that is not Anthropic's error JSON still says what failed.
     server_->Enqueue({.status = 502, .chunks = {"<html>Bad Gateway</html>"}});
     RecordingSink sink;

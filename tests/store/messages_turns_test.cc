@@ -320,11 +320,7 @@ class ClaimOnEnqueue : public StoreTest {
                                                           const std::string& text,
                                                           const std::string& key = "",
                                                           const std::string& owner = kOwner) {
-    pb::EnqueueTurnRequest request;
-    request.set_tenant_id(kTenant);
-    request.mutable_request()->set_session_id(session_id);
-    *request.mutable_request()->add_content() = TextPart(text);
-    request.mutable_request()->set_idempotency_key(key);
+    pb::EnqueueTurnRequest request = EnqueueRequest(session_id, text, key);
     request.mutable_claim()->set_owner(owner);
     request.mutable_claim()->set_lease_ttl_ms(kLeaseTtlMs);
     return Call(&Stub::EnqueueTurn, request);
@@ -361,8 +357,6 @@ TEST_F(ClaimOnEnqueue, AnIdleSessionsTurnIsClaimedAsItIsEnqueuedWhenNothingElseW
   EXPECT_GT(next->claim().lease_epoch(), claim.lease_epoch());
 }
 
-// It never jumps a queue: not behind a running or queued turn of its session, and not
-// while another session waits for a worker. Those turns stay QUEUED for the claimers.
 // A retried enqueue (same idempotency key) whose answer was lost gets the claim again,
 // for the same worker only and only while the turn has published nothing, so the turn
 // need not wait for its lease to expire.
@@ -397,6 +391,8 @@ TEST_F(ClaimOnEnqueue, ARetryGetsItsUnstartedClaimAgainButNoOtherWorkerDoes) {
   EXPECT_FALSE(late->claim().has_turn());
 }
 
+// It never jumps a queue: not behind a running or queued turn of its session, and not
+// while another session waits for a worker. Those turns stay QUEUED for the claimers.
 TEST_F(ClaimOnEnqueue, ATurnIsNeverClaimedBehindWorkOrAheadOfAWaitingSession) {
   std::string busy = CreateSession(kTenant).id();
   auto running = EnqueueClaiming(busy, "first");
@@ -419,10 +415,7 @@ TEST_F(ClaimOnEnqueue, ATurnIsNeverClaimedBehindWorkOrAheadOfAWaitingSession) {
   EXPECT_EQ(claimed->turn().session_id(), waiting);
 
   // A malformed claim request is refused before anything is written.
-  pb::EnqueueTurnRequest bad;
-  bad.set_tenant_id(kTenant);
-  bad.mutable_request()->set_session_id(idle);
-  *bad.mutable_request()->add_content() = TextPart("x");
+  pb::EnqueueTurnRequest bad = EnqueueRequest(idle, "x");
   bad.mutable_claim()->set_owner(kOwner);
   bad.mutable_claim()->set_lease_ttl_ms(0);
   EXPECT_EQ(Call(&Stub::EnqueueTurn, bad).status().code(), absl::StatusCode::kInvalidArgument);

@@ -175,7 +175,7 @@ class StoreTest : public StoreFixture {
 
   // ---- Turns ----
 
-  absl::StatusOr<pb::EnqueueTurnResponse> Enqueue(
+  static pb::EnqueueTurnRequest EnqueueRequest(
       const std::string& session_id, const std::string& text,
       const std::string& idempotency_key = "",
       api::MultitaskPolicy policy = api::MULTITASK_POLICY_UNSPECIFIED,
@@ -187,7 +187,16 @@ class StoreTest : public StoreFixture {
     *send->add_content() = TextPart(text);
     send->set_idempotency_key(idempotency_key);
     send->set_multitask_policy(policy);
-    return Call(&Stub::EnqueueTurn, request);
+    return request;
+  }
+
+  absl::StatusOr<pb::EnqueueTurnResponse> Enqueue(
+      const std::string& session_id, const std::string& text,
+      const std::string& idempotency_key = "",
+      api::MultitaskPolicy policy = api::MULTITASK_POLICY_UNSPECIFIED,
+      const std::string& tenant = kTenant) {
+    return Call(&Stub::EnqueueTurn,
+                EnqueueRequest(session_id, text, idempotency_key, policy, tenant));
   }
 
   // Claims the next runnable turn of any tenant (of `session_id` when given).

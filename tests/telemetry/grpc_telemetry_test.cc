@@ -164,8 +164,10 @@ TEST(GrpcTelemetry, TraceAndDeadlineContinueAcrossTwoHopsAndCallsAreCounted) {
   // A caller without a deadline: the middle hop caps the call it makes (5 s here), so
   // no backend call waits forever.
   grpc::ClientContext no_deadline;
+  last.seen_deadline = absl::InfinitePast();
   const absl::Time sent = absl::Now();
-  stub->SubmitMessage(&no_deadline, request, &response);
+  EXPECT_EQ(stub->SubmitMessage(&no_deadline, request, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
   EXPECT_LE(last.seen_deadline, absl::Now() + absl::Seconds(5) + absl::Milliseconds(50));
   EXPECT_GT(last.seen_deadline, sent);
   middle_server.server->Shutdown();
