@@ -2,6 +2,7 @@
 #include "session-svc/api/router_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 
 namespace parley::session {
@@ -51,7 +52,7 @@ absl::Status RouterService::PublishClosed(const v1::Session& session, uint64_t l
   closed.set_session_id(session.id());
   closed.set_seq(*last + 1);
   closed.set_epoch(session.epoch());
-  closed.mutable_time()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+  *closed.mutable_time() = ToTimestamp(absl::Now());
   closed.mutable_session_status_changed()->set_old_status(v1::SESSION_STATUS_ACTIVE);
   closed.mutable_session_status_changed()->set_new_status(v1::SESSION_STATUS_CLOSED);
   return publisher.Publish(closed, lease_epoch);

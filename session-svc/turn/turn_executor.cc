@@ -2,30 +2,19 @@
 // session-svc/README.md for why each step is where it is.
 #include "session-svc/turn/turn_executor.h"
 
-#include <google/protobuf/util/time_util.h>
-
 #include <algorithm>
 #include <optional>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/proto_time.h"
 #include "session-svc/turn/transcript.h"
 
 namespace parley::session {
 namespace {
 
 namespace pb = ::parley::store::v1;
-using google::protobuf::util::TimeUtil;
-
-google::protobuf::Timestamp ToProto(absl::Time time) {
-  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(time));
-}
-
-absl::Time FromProto(const google::protobuf::Timestamp& time) {
-  return absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(time));
-}
-
 v1::TurnError MakeError(v1::TurnErrorKind kind, std::string reason, std::string message,
                         bool retryable) {
   v1::TurnError error;
@@ -244,7 +233,7 @@ void TurnExecutor::Run_::Stage(v1::Event event) {
   if (event.turn_id().empty() && !event.has_session_status_changed()) {
     event.set_turn_id(turn_.id());
   }
-  *event.mutable_time() = ToProto(x_.clock_.Now());
+  *event.mutable_time() = ToTimestamp(x_.clock_.Now());
   pending_bytes_ += event.ByteSizeLong();
   pending_.push_back(std::move(event));
 }
@@ -611,7 +600,7 @@ RunResult TurnExecutor::Run_::Go() {
                               true));
     }
     first_seq_ = 0;  // A fresh attempt: its TurnStarted is the turn's new first event.
-  } else if (x_.clock_.Now() - FromProto(turn_.create_time()) > x_.options_.queued_turn_ttl) {
+  } else if (x_.clock_.Now() - FromTimestamp(turn_.create_time()) > x_.options_.queued_turn_ttl) {
     return Finish(v1::TURN_STATUS_CANCELLED, v1::FINISH_REASON_CANCELLED,
                   MakeError(v1::TURN_ERROR_KIND_CANCELLED, "QUEUED_TTL_EXPIRED",
                             absl::StrCat("the turn waited longer than the queue allows (",

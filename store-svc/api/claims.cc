@@ -28,6 +28,9 @@
 #include "store-svc/api/store_service.h"
 
 namespace parley::store {
+
+using grpc::ServerContext;
+using grpc::Status;
 namespace {
 
 constexpr int kQueued = ::parley::v1::TURN_STATUS_QUEUED;

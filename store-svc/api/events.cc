@@ -13,6 +13,9 @@
 #include "store-svc/api/store_service.h"
 
 namespace parley::store {
+
+using grpc::ServerContext;
+using grpc::Status;
 namespace {
 
 absl::Status WithInfo(absl::Status status, const char* reason, const char* key, int64_t value) {

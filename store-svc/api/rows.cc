@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/proto_time.h"
 #include "common/serialize.h"
 #include "common/status.h"
 #include "store-svc/db/pool.h"
@@ -72,10 +73,10 @@ const char kApiKeyColumns[] =
   s.set_epoch(row[o + 10].as<uint64_t>());
   s.set_last_seq(row[o + 11].as<uint64_t>());
   s.set_current_turn_id(row[o + 12].as<std::string>());
-  *s.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 13]));
-  *s.mutable_update_time() = TimestampFromMicros(MicrosOrZero(row[o + 14]));
+  *s.mutable_create_time() = ToTimestamp(absl::FromUnixMicros(MicrosOrZero(row[o + 13])));
+  *s.mutable_update_time() = ToTimestamp(absl::FromUnixMicros(MicrosOrZero(row[o + 14])));
   if (!row[o + 15].is_null())
-    *s.mutable_close_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
+    *s.mutable_close_time() = ToTimestamp(absl::FromUnixMicros(row[o + 15].as<int64_t>()));
   return s;
 }
 
@@ -89,7 +90,7 @@ const char kApiKeyColumns[] =
   ProtoFromJson(row[o + 4].as<std::string>(), &parts);
   *m.mutable_parts() = std::move(*parts.mutable_parts());
   m.set_idempotency_key(row[o + 5].as<std::string>());
-  *m.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 6]));
+  *m.mutable_create_time() = ToTimestamp(absl::FromUnixMicros(MicrosOrZero(row[o + 6])));
   return m;
 }
 
@@ -110,18 +111,18 @@ const char kApiKeyColumns[] =
   t.set_steps(row[o + 10].as<uint32_t>());
   t.set_cancel_requested(row[o + 11].as<bool>());
   t.set_time_to_first_token_ms(row[o + 12].as<uint64_t>());
-  *t.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 13]));
+  *t.mutable_create_time() = ToTimestamp(absl::FromUnixMicros(MicrosOrZero(row[o + 13])));
   if (!row[o + 14].is_null())
-    *t.mutable_start_time() = TimestampFromMicros(row[o + 14].as<int64_t>());
+    *t.mutable_start_time() = ToTimestamp(absl::FromUnixMicros(row[o + 14].as<int64_t>()));
   if (!row[o + 15].is_null())
-    *t.mutable_end_time() = TimestampFromMicros(row[o + 15].as<int64_t>());
+    *t.mutable_end_time() = ToTimestamp(absl::FromUnixMicros(row[o + 15].as<int64_t>()));
   return t;
 }
 
 void ClaimedTurnFromRow(const pqxx::row& row, int o,
                         ::parley::store::v1::ClaimNextTurnResponse* claim) {
   claim->set_lease_epoch(row[o + 0].as<uint64_t>());
-  *claim->mutable_lease_expiry() = TimestampFromMicros(row[o + 1].as<int64_t>());
+  *claim->mutable_lease_expiry() = ToTimestamp(absl::FromUnixMicros(row[o + 1].as<int64_t>()));
   ProtoFromJson(row[o + 2].as<std::string>(), claim->mutable_agent_config());
   *claim->mutable_turn() = TurnFromRow(row, o + 3);
 }
@@ -142,11 +143,11 @@ void ClaimedTurnFromRow(const pqxx::row& row, int o,
   k.set_name(row[o + 2].as<std::string>());
   k.set_prefix(row[o + 3].as<std::string>());
   FillStrings(row[o + 4].as<std::string>(), k.mutable_scopes());
-  *k.mutable_create_time() = TimestampFromMicros(MicrosOrZero(row[o + 5]));
+  *k.mutable_create_time() = ToTimestamp(absl::FromUnixMicros(MicrosOrZero(row[o + 5])));
   if (!row[o + 6].is_null())
-    *k.mutable_last_used_time() = TimestampFromMicros(row[o + 6].as<int64_t>());
+    *k.mutable_last_used_time() = ToTimestamp(absl::FromUnixMicros(row[o + 6].as<int64_t>()));
   if (!row[o + 7].is_null())
-    *k.mutable_revoke_time() = TimestampFromMicros(row[o + 7].as<int64_t>());
+    *k.mutable_revoke_time() = ToTimestamp(absl::FromUnixMicros(row[o + 7].as<int64_t>()));
   return k;
 }
 
@@ -178,17 +179,6 @@ std::string JsonObject(const google::protobuf::Map<std::string, std::string>& va
   nlohmann::json object = nlohmann::json::object();
   for (const auto& [key, value] : values) object[key] = value;
   return object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-google::protobuf::Timestamp TimestampFromMicros(int64_t micros) {
-  google::protobuf::Timestamp t;
-  t.set_seconds(micros / 1000000);
-  t.set_nanos(static_cast<int32_t>((micros % 1000000) * 1000));
-  return t;
-}
-
-int64_t MicrosFromTimestamp(const google::protobuf::Timestamp& timestamp) {
-  return timestamp.seconds() * 1000000 + timestamp.nanos() / 1000;
 }
 
 uint64_t Fingerprint(const google::protobuf::Message& message) {

@@ -59,9 +59,6 @@ void ProtoFromJson(const std::string& json, google::protobuf::Message* message);
 std::string JsonArray(const google::protobuf::RepeatedPtrField<std::string>& values);
 std::string JsonObject(const google::protobuf::Map<std::string, std::string>& values);
 
-google::protobuf::Timestamp TimestampFromMicros(int64_t micros);
-int64_t MicrosFromTimestamp(const google::protobuf::Timestamp& timestamp);
-
 // Opaque, URL-safe page tokens that remember the last row and a fingerprint of the
 // query they belong to. DecodePageToken fails with INVALID_ARGUMENT on a malformed
 // token or one issued for another query.

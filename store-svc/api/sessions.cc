@@ -7,11 +7,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/ids.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 #include "store-svc/api/rows.h"
 #include "store-svc/api/store_service.h"
 
 namespace parley::store {
+
+using grpc::ServerContext;
+using grpc::Status;
 namespace {
 
 absl::Status CheckAgentConfig(const ::parley::v1::AgentConfig& config, const char* field) {
@@ -191,7 +195,8 @@ Status StoreServiceImpl::GetSession(ServerContext*, const pb::GetSessionRequest*
         out.set_lease_epoch(row[0][kQueueColumn + 1].as<uint64_t>());
         out.set_lease_owner(row[0][kQueueColumn + 2].as<std::string>());
         if (!row[0][kQueueColumn + 3].is_null()) {
-          *out.mutable_lease_expiry() = TimestampFromMicros(row[0][kQueueColumn + 3].as<int64_t>());
+          *out.mutable_lease_expiry() =
+              ToTimestamp(absl::FromUnixMicros(row[0][kQueueColumn + 3].as<int64_t>()));
         }
         return out;
       });
@@ -243,8 +248,10 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
         pqxx::result rows = tx.exec_params(
             sql, request->tenant_id(), static_cast<int>(r.status()), JsonArray(r.tags()),
             JsonObject(r.metadata()), r.user_id(),
-            r.has_created_after() ? MicrosFromTimestamp(r.created_after()) : int64_t{0},
-            r.has_created_before() ? MicrosFromTimestamp(r.created_before()) : int64_t{0},
+            r.has_created_after() ? absl::ToUnixMicros(FromTimestamp(r.created_after()))
+                                  : int64_t{0},
+            r.has_created_before() ? absl::ToUnixMicros(FromTimestamp(r.created_before()))
+                                   : int64_t{0},
             r.external_id(), after, page_size + 1);
         pb::ListSessionsResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {

@@ -26,72 +26,77 @@
 namespace parley::store {
 
 namespace pb = ::parley::store::v1;
-using grpc::ServerContext;
-using grpc::Status;
 
 class StoreServiceImpl final : public pb::StoreService::Service {
  public:
-  // `pool` and `clock` must outlive the service.
+  // `pool` must outlive the service.
   StoreServiceImpl(PgPool& pool, StoreLimits limits);
 
-  Status CreateTenant(ServerContext*, const pb::CreateTenantRequest*,
-                      pb::CreateTenantResponse*) override;
-  Status GetTenant(ServerContext*, const pb::GetTenantRequest*, pb::GetTenantResponse*) override;
-  Status ListTenants(ServerContext*, const pb::ListTenantsRequest*,
-                     pb::ListTenantsResponse*) override;
-  Status SetTenantDisabled(ServerContext*, const pb::SetTenantDisabledRequest*,
-                           pb::SetTenantDisabledResponse*) override;
-  Status CreateApiKey(ServerContext*, const pb::CreateApiKeyRequest*,
-                      pb::CreateApiKeyResponse*) override;
-  Status RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequest*,
-                      pb::RevokeApiKeyResponse*) override;
-  Status ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRequest*,
-                       pb::ResolveApiKeyResponse*) override;
-  Status ListApiKeys(ServerContext*, const pb::ListApiKeysRequest*,
-                     pb::ListApiKeysResponse*) override;
+  grpc::Status CreateTenant(grpc::ServerContext*, const pb::CreateTenantRequest*,
+                            pb::CreateTenantResponse*) override;
+  grpc::Status GetTenant(grpc::ServerContext*, const pb::GetTenantRequest*,
+                         pb::GetTenantResponse*) override;
+  grpc::Status ListTenants(grpc::ServerContext*, const pb::ListTenantsRequest*,
+                           pb::ListTenantsResponse*) override;
+  grpc::Status SetTenantDisabled(grpc::ServerContext*, const pb::SetTenantDisabledRequest*,
+                                 pb::SetTenantDisabledResponse*) override;
+  grpc::Status CreateApiKey(grpc::ServerContext*, const pb::CreateApiKeyRequest*,
+                            pb::CreateApiKeyResponse*) override;
+  grpc::Status RevokeApiKey(grpc::ServerContext*, const pb::RevokeApiKeyRequest*,
+                            pb::RevokeApiKeyResponse*) override;
+  grpc::Status ResolveApiKey(grpc::ServerContext*, const pb::ResolveApiKeyRequest*,
+                             pb::ResolveApiKeyResponse*) override;
+  grpc::Status ListApiKeys(grpc::ServerContext*, const pb::ListApiKeysRequest*,
+                           pb::ListApiKeysResponse*) override;
 
-  Status CreateSession(ServerContext*, const pb::CreateSessionRequest*,
-                       pb::CreateSessionResponse*) override;
-  Status GetSession(ServerContext*, const pb::GetSessionRequest*, pb::GetSessionResponse*) override;
-  Status ListSessions(ServerContext*, const pb::ListSessionsRequest*,
-                      pb::ListSessionsResponse*) override;
-  Status UpdateSession(ServerContext*, const pb::UpdateSessionRequest*,
-                       pb::UpdateSessionResponse*) override;
-  Status CloseSession(ServerContext*, const pb::CloseSessionRequest*,
-                      pb::CloseSessionResponse*) override;
-  Status DeleteSession(ServerContext*, const pb::DeleteSessionRequest*,
-                       pb::DeleteSessionResponse*) override;
+  grpc::Status CreateSession(grpc::ServerContext*, const pb::CreateSessionRequest*,
+                             pb::CreateSessionResponse*) override;
+  grpc::Status GetSession(grpc::ServerContext*, const pb::GetSessionRequest*,
+                          pb::GetSessionResponse*) override;
+  grpc::Status ListSessions(grpc::ServerContext*, const pb::ListSessionsRequest*,
+                            pb::ListSessionsResponse*) override;
+  grpc::Status UpdateSession(grpc::ServerContext*, const pb::UpdateSessionRequest*,
+                             pb::UpdateSessionResponse*) override;
+  grpc::Status CloseSession(grpc::ServerContext*, const pb::CloseSessionRequest*,
+                            pb::CloseSessionResponse*) override;
+  grpc::Status DeleteSession(grpc::ServerContext*, const pb::DeleteSessionRequest*,
+                             pb::DeleteSessionResponse*) override;
 
-  Status AppendMessage(ServerContext*, const pb::AppendMessageRequest*,
-                       pb::AppendMessageResponse*) override;
-  Status ListMessages(ServerContext*, const pb::ListMessagesRequest*,
-                      pb::ListMessagesResponse*) override;
-  Status EnqueueTurn(ServerContext*, const pb::EnqueueTurnRequest*,
-                     pb::EnqueueTurnResponse*) override;
-  Status ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRequest*,
-                       pb::ClaimNextTurnResponse*) override;
-  Status HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRequest*,
-                       pb::HeartbeatTurnResponse*) override;
-  Status CompleteTurn(ServerContext*, const pb::CompleteTurnRequest*,
-                      pb::CompleteTurnResponse*) override;
-  Status CommitTurnStep(ServerContext*, const pb::CommitTurnStepRequest*,
-                        pb::CommitTurnStepResponse*) override;
-  Status TakeSteeringMessages(ServerContext*, const pb::TakeSteeringMessagesRequest*,
-                              pb::TakeSteeringMessagesResponse*) override;
-  Status CancelTurn(ServerContext*, const pb::CancelTurnRequest*, pb::CancelTurnResponse*) override;
-  Status ReleaseTurn(ServerContext*, const pb::ReleaseTurnRequest*,
-                     pb::ReleaseTurnResponse*) override;
-  Status ReclaimExpiredLeases(ServerContext*, const pb::ReclaimExpiredLeasesRequest*,
-                              pb::ReclaimExpiredLeasesResponse*) override;
-  Status GetTurn(ServerContext*, const pb::GetTurnRequest*, pb::GetTurnResponse*) override;
-  Status ListTurns(ServerContext*, const pb::ListTurnsRequest*, pb::ListTurnsResponse*) override;
+  grpc::Status AppendMessage(grpc::ServerContext*, const pb::AppendMessageRequest*,
+                             pb::AppendMessageResponse*) override;
+  grpc::Status ListMessages(grpc::ServerContext*, const pb::ListMessagesRequest*,
+                            pb::ListMessagesResponse*) override;
+  grpc::Status EnqueueTurn(grpc::ServerContext*, const pb::EnqueueTurnRequest*,
+                           pb::EnqueueTurnResponse*) override;
+  grpc::Status ClaimNextTurn(grpc::ServerContext*, const pb::ClaimNextTurnRequest*,
+                             pb::ClaimNextTurnResponse*) override;
+  grpc::Status HeartbeatTurn(grpc::ServerContext*, const pb::HeartbeatTurnRequest*,
+                             pb::HeartbeatTurnResponse*) override;
+  grpc::Status CompleteTurn(grpc::ServerContext*, const pb::CompleteTurnRequest*,
+                            pb::CompleteTurnResponse*) override;
+  grpc::Status CommitTurnStep(grpc::ServerContext*, const pb::CommitTurnStepRequest*,
+                              pb::CommitTurnStepResponse*) override;
+  grpc::Status TakeSteeringMessages(grpc::ServerContext*, const pb::TakeSteeringMessagesRequest*,
+                                    pb::TakeSteeringMessagesResponse*) override;
+  grpc::Status CancelTurn(grpc::ServerContext*, const pb::CancelTurnRequest*,
+                          pb::CancelTurnResponse*) override;
+  grpc::Status ReleaseTurn(grpc::ServerContext*, const pb::ReleaseTurnRequest*,
+                           pb::ReleaseTurnResponse*) override;
+  grpc::Status ReclaimExpiredLeases(grpc::ServerContext*, const pb::ReclaimExpiredLeasesRequest*,
+                                    pb::ReclaimExpiredLeasesResponse*) override;
+  grpc::Status GetTurn(grpc::ServerContext*, const pb::GetTurnRequest*,
+                       pb::GetTurnResponse*) override;
+  grpc::Status ListTurns(grpc::ServerContext*, const pb::ListTurnsRequest*,
+                         pb::ListTurnsResponse*) override;
 
-  Status AppendEvents(ServerContext*, const pb::AppendEventsRequest*,
-                      pb::AppendEventsResponse*) override;
-  Status ReadEvents(ServerContext*, const pb::ReadEventsRequest*, pb::ReadEventsResponse*) override;
-  Status GetLastSeq(ServerContext*, const pb::GetLastSeqRequest*, pb::GetLastSeqResponse*) override;
-  Status AdvanceEpoch(ServerContext*, const pb::AdvanceEpochRequest*,
-                      pb::AdvanceEpochResponse*) override;
+  grpc::Status AppendEvents(grpc::ServerContext*, const pb::AppendEventsRequest*,
+                            pb::AppendEventsResponse*) override;
+  grpc::Status ReadEvents(grpc::ServerContext*, const pb::ReadEventsRequest*,
+                          pb::ReadEventsResponse*) override;
+  grpc::Status GetLastSeq(grpc::ServerContext*, const pb::GetLastSeqRequest*,
+                          pb::GetLastSeqResponse*) override;
+  grpc::Status AdvanceEpoch(grpc::ServerContext*, const pb::AdvanceEpochRequest*,
+                            pb::AdvanceEpochResponse*) override;
 
  private:
   PgPool& pool_;
@@ -101,13 +106,13 @@ class StoreServiceImpl final : public pb::StoreService::Service {
 // Ends a handler: the result's status, and on success the response (moved out of
 // `result`, not copied: a page of events can be large).
 template <typename Response>
-Status Respond(absl::StatusOr<Response>&& result, Response* response) {
+grpc::Status Respond(absl::StatusOr<Response>&& result, Response* response) {
   if (!result.ok()) return ToGrpcStatus(result.status());
   response->Swap(&*result);
-  return Status::OK;
+  return grpc::Status::OK;
 }
 template <typename Response>
-Status Respond(absl::StatusOr<Response>& result, Response* response) {
+grpc::Status Respond(absl::StatusOr<Response>& result, Response* response) {
   return Respond(std::move(result), response);
 }
 

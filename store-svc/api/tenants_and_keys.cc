@@ -5,11 +5,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 #include "store-svc/api/rows.h"
 #include "store-svc/api/store_service.h"
 
 namespace parley::store {
+
+using grpc::ServerContext;
+using grpc::Status;
 namespace {
 
 constexpr char kAlphabet[] = "abcdefghijkmnopqrstuvwxyz23456789";  // No look-alikes.
@@ -48,11 +52,11 @@ pb::Tenant TenantFromRow(const pqxx::row& row) {
   pb::Tenant tenant;
   tenant.set_id(row[0].as<std::string>());
   tenant.set_name(row[1].as<std::string>());
-  *tenant.mutable_create_time() = TimestampFromMicros(row[2].as<int64_t>());
+  *tenant.mutable_create_time() = ToTimestamp(absl::FromUnixMicros(row[2].as<int64_t>()));
   tenant.set_rate_limit_per_s(row[3].as<uint32_t>());
   tenant.set_rate_limit_burst(row[4].as<uint32_t>());
   if (!row[5].is_null()) {
-    *tenant.mutable_disable_time() = TimestampFromMicros(row[5].as<int64_t>());
+    *tenant.mutable_disable_time() = ToTimestamp(absl::FromUnixMicros(row[5].as<int64_t>()));
   }
   return tenant;
 }

@@ -10,11 +10,15 @@
 // heartbeat, complete and release match on (owner, epoch) and report LEASE_LOST otherwise.
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 #include "store-svc/api/rows.h"
 #include "store-svc/api/store_service.h"
 
 namespace parley::store {
+
+using grpc::ServerContext;
+using grpc::Status;
 namespace {
 
 constexpr int kQueued = ::parley::v1::TURN_STATUS_QUEUED;
@@ -505,7 +509,7 @@ Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRe
           return LeaseLost(turn[0][0].as<int64_t>());
         }
         pb::HeartbeatTurnResponse out;
-        *out.mutable_lease_expiry() = TimestampFromMicros(row[0][0].as<int64_t>());
+        *out.mutable_lease_expiry() = ToTimestamp(absl::FromUnixMicros(row[0][0].as<int64_t>()));
         out.set_cancel_requested(row[0][1].as<bool>());
         return out;
       });
