@@ -1,13 +1,14 @@
 // Command-line flags and PARLEY_* environment variables, in one place per binary.
 //
-// Each binary fills a plain config struct from a `Flags` declaration in its main.cc and
-// passes the struct down; nothing deeper reads the environment. Precedence is
+// Each server fills a plain config struct from a `Flags` declaration in its main.cc and
+// passes the struct down; nothing deeper reads the environment. (The CLI declares each
+// command's flags next to the command and parses them per command.) Precedence is
 // flag > environment > default. A flag `--grpc_addr` is also read from the variable
 // `PARLEY_GRPC_ADDR`.
 //
-//   ServerConfig config;
+//   ServerOptions options;
 //   Flags flags("parley-store", "Owns every Postgres table.");
-//   flags.HostPort("grpc_addr", &config.grpc_addr, "gRPC listen address");
+//   flags.HostPort("grpc_addr", &options.grpc_addr, "gRPC listen address");
 //   std::vector<std::string> args = ParseFlagsOrExit(flags, argc, argv, ProcessEnvironment());
 //
 // Errors (unknown flag, missing or malformed value, value out of range) name the flag or
@@ -30,7 +31,7 @@ namespace parley {
 
 using Environment = std::map<std::string, std::string, std::less<>>;
 
-// The PARLEY_* variables of this process. Call from main() only.
+// The PARLEY_* variables of this process. Call from main() (or the CLI's argument parser) only.
 Environment ProcessEnvironment();
 
 // The environment variable that backs a flag: "grpc_addr" -> "PARLEY_GRPC_ADDR".

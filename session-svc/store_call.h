@@ -1,7 +1,7 @@
 // StoreCall: one blocking call to store-svc, retried while store-svc is unreachable.
 //
 //   store::v1::GetTurnResponse turn;
-//   RETURN_IF_ERROR(StoreCall(stub, &Stub::GetTurn, request, &turn, {.attempts = 5}));
+//   absl::Status s = StoreCall(stub, &Stub::GetTurn, request, &turn, {.attempts = 5});
 //
 // Only UNAVAILABLE is retried: every store write is idempotent or fenced (store.proto),
 // so repeating a call whose answer was lost is safe. Error details survive

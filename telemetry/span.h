@@ -2,8 +2,8 @@
 //
 // A SpanData is one unit of traced work (an RPC served, an RPC made, a model call, a
 // tool run) with W3C ids and OpenTelemetry-style attributes. Producers hand finished
-// spans to a SpanSink; the OTLP exporter is one sink, LogSpanSink (debug log lines) and
-// RecordingSpanSink (tests) are others.
+// spans to a SpanSink: LogSpanSink (debug log lines) and RecordingSpanSink (tests) today;
+// an OTLP exporter (P10, not written yet) will be another.
 #pragma once
 
 #include <map>

@@ -2,9 +2,10 @@
 //
 // Every rpc needs the scope "admin" (the bootstrap key, or a key created here with that
 // scope; "*" does not include it). Tenant ids are checked here, before anything is
-// forwarded: 1 to 64 characters of [A-Za-z0-9_-]. Names and scopes are checked by
-// store-svc, which owns the rows. Disabling a tenant makes every one of its keys fail
-// to resolve, so it takes effect on each gateway within the key cache's TTL.
+// forwarded: 1 to 64 characters of [A-Za-z0-9_-]. Scope spellings are checked here
+// (CheckKnownScopes) and again by store-svc, which owns the rows and checks names. Disabling a
+// tenant makes every one of its keys fail to resolve, so it takes effect on each gateway within the
+// key cache's TTL.
 //
 // Threading: handlers run on gRPC's callback threads and never block.
 #pragma once

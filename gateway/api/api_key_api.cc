@@ -47,7 +47,7 @@ grpc::ServerUnaryReactor* ApiKeyApi::CreateApiKey(grpc::CallbackServerContext* c
        .method = "CreateApiKey",
        .build =
            [request](const Principal& who, store_pb::CreateApiKeyRequest* out) {
-             // Names and scope spellings are checked by store-svc before it writes.
+             // Scope spellings are checked here and again by store-svc, names by store-svc.
              if (absl::Status allowed = CheckScopesToGive(who, request->scopes()); !allowed.ok()) {
                return allowed;
              }

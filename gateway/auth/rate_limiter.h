@@ -54,8 +54,8 @@ struct RateLimiterOptions {
 
 class RateLimiter {
  public:
+  // Destruction (the worker pool's) answers what is queued, then joins the workers.
   RateLimiter(RateLimiterOptions options, telemetry::Registry& registry);
-  // Answers what is queued, then joins the workers.
 
   // Hands `who` back when admitted, else RESOURCE_EXHAUSTED (RATE_LIMITED with the
   // retry delay). Thread-safe.

@@ -48,7 +48,7 @@ struct ModelRequest {
   // Per-request output cap; 0 means the provider's default.
   uint32_t max_output_tokens = 0;
   std::optional<double> temperature;
-  // AgentConfig.provider_options, checked by the provider's CheckOptions().
+  // AgentConfig.provider_options, checked by the provider's CheckConfig().
   std::map<std::string, std::string> options;
   // Where the request stands in the turn: the 0-based step and its 1-based attempt.
   std::string turn_id;

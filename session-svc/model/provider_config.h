@@ -1,7 +1,7 @@
 // ProviderConfig: how one model provider is reached, and the providers file that lists
 // them (--providers_file; format in session-svc/README.md, "Model providers").
 //
-//   absl::StatusOr<ProvidersFile> file = LoadProvidersFile(path, GetEnv);
+//   absl::StatusOr<ProvidersFile> file = LoadProvidersFile(path, env);  // env: an EnvLookup
 //   for (const ProviderConfig& c : file->providers) registry.Add(MakeProvider(c));
 //
 // The API key is read from the environment variable the file names, once at start; it

@@ -8,7 +8,7 @@
 // lease, stops a turn whose lease was lost, delivers cancels the heartbeat reports,
 // and makes expired leases of dead replicas claimable again (ReclaimExpiredLeases).
 //
-//   Scheduler scheduler(options, store, signals, make_executor, logger);
+//   Scheduler scheduler(options, store, signals, make_executor, logger, registry);
 //   scheduler.Start();
 //   ...                                   // SIGTERM
 //   scheduler.Drain(absl::Seconds(10));  // stop claiming, finish or hand back, join

@@ -7,7 +7,9 @@
 // back to it as the tool's result.
 //
 //   absl::StatusOr<nlohmann::json> args = CheckArguments(schema, call.arguments_json());
-//   if (!args.ok()) return ErrorResult(args.status().message());
+//   if (!args.ok()) {
+//     return ToolRun{.output = std::string(args.status().message()), .is_error = true};
+//   }
 #pragma once
 
 #include <nlohmann/json.hpp>

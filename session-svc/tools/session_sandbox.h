@@ -9,7 +9,7 @@
 // (sandbox-svc then kills the process tree of an Exec).
 //
 //   SessionSandbox sandbox(stub, {.tenant_id = t, .session_id = s}, stop);
-//   RETURN_IF_ERROR(sandbox.Attach(&attached));  // Emit *attached if set.
+//   if (absl::Status s = sandbox.Attach(&attached); !s.ok()) return s;  // Emit *attached if set.
 //   absl::StatusOr<v1::ExecExit> exit = sandbox.Exec({"ls"}, absl::Seconds(10), on_chunk);
 //
 // Thread-safe: read-only tools of one step run in parallel on one handle.

@@ -9,13 +9,13 @@
 //   class EchoRunner : public TurnRunner {
 //     absl::StatusOr<RunOutcome> Run(const TurnInput& in, TurnOutput& out) override {
 //       v1::Event e; e.mutable_text_delta()->set_text("hi");
-//       RETURN_IF_ERROR(out.Emit(std::move(e)));
+//       if (absl::Status s = out.Emit(std::move(e)); !s.ok()) return s;
 //       return RunOutcome{.finish_reason = v1::FINISH_REASON_STOP};
 //     }
 //   };
 //
-// The agent loop (session-svc/agent/AgentRunner: model providers and tools) is the
-// runner in production; tests may plug in their own.
+// The agent loop (AgentRunner in session-svc/agent/agent_runner.h: model providers and tools) is
+// the runner in production; tests may plug in their own.
 #pragma once
 
 #include <optional>

@@ -8,7 +8,7 @@
 // Every migration is also written to be idempotent (IF NOT EXISTS), because a table
 // may exist that was created outside this system.
 //
-//   absl::StatusOr<int> version = Migrate(database_url, logger);
+//   absl::StatusOr<int> version = Migrate(database_url, BuiltinMigrations(), logger);
 #pragma once
 
 #include <string>
