@@ -4,6 +4,7 @@
 #include "sandbox-svc/manager/lifecycle.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/timestamp.h"
@@ -11,6 +12,19 @@
 namespace parley::sandbox {
 
 namespace sv1 = ::parley::sandbox::v1;
+
+namespace {
+
+// Before a transition `from` → `to`: the sandbox as it is when it is in `to` already
+// (nothing to do), SANDBOX_GONE when it is in neither, nullopt when the transition runs.
+std::optional<absl::StatusOr<sv1::Sandbox>> Settled(const sv1::Sandbox& sandbox,
+                                                    sv1::SandboxState from, sv1::SandboxState to) {
+  if (sandbox.state() == to) return sandbox;
+  if (sandbox.state() != from) return SandboxGone(sandbox);
+  return std::nullopt;
+}
+
+}  // namespace
 
 Lifecycle::Lifecycle(const ManagerOptions& options, const TemplateSet& templates,
                      const std::map<std::string, SandboxProvider*>& providers, StateStore* store,
@@ -241,9 +255,8 @@ absl::StatusOr<sv1::Sandbox> Lifecycle::Destroy(Sandbox& sandbox, const std::str
 
 absl::StatusOr<sv1::Sandbox> Lifecycle::Pause(Sandbox& sandbox, const std::string& why) {
   const SandboxRecord snapshot = sandbox.Record();
-  const sv1::SandboxState state = snapshot.sandbox.state();
-  if (state == sv1::SANDBOX_STATE_PAUSED) return snapshot.sandbox;
-  if (state != sv1::SANDBOX_STATE_READY) return SandboxGone(snapshot.sandbox);
+  auto settled = Settled(snapshot.sandbox, sv1::SANDBOX_STATE_READY, sv1::SANDBOX_STATE_PAUSED);
+  if (settled.has_value()) return *std::move(settled);
   SandboxProvider* provider = ProviderFor(snapshot);
   ProviderState provider_state = snapshot.provider_state;
   absl::Status paused = provider->Pause(SpecFor(snapshot), provider_state);
@@ -261,9 +274,8 @@ absl::StatusOr<sv1::Sandbox> Lifecycle::Pause(Sandbox& sandbox, const std::strin
 absl::StatusOr<sv1::Sandbox> Lifecycle::Resume(Sandbox& sandbox, bool* resumed) {
   *resumed = false;
   const SandboxRecord snapshot = sandbox.Record();
-  const sv1::SandboxState state = snapshot.sandbox.state();
-  if (state == sv1::SANDBOX_STATE_READY) return snapshot.sandbox;
-  if (state != sv1::SANDBOX_STATE_PAUSED) return SandboxGone(snapshot.sandbox);
+  auto settled = Settled(snapshot.sandbox, sv1::SANDBOX_STATE_PAUSED, sv1::SANDBOX_STATE_READY);
+  if (settled.has_value()) return *std::move(settled);
   SandboxProvider* provider = ProviderFor(snapshot);
   ProviderState provider_state = snapshot.provider_state;
   bool restarted = false;
