@@ -11,7 +11,6 @@
 #include "common/status.h"
 #include "common/timestamp.h"
 #include "sandbox-svc/manager/recovery.h"
-#include "sandbox-svc/util/request_validation.h"
 
 namespace parley::sandbox {
 namespace {
@@ -19,58 +18,6 @@ namespace {
 namespace sv1 = ::parley::sandbox::v1;
 
 constexpr uint32_t kDefaultPageSize = 50;
-constexpr int kMaxLabels = 32;
-constexpr size_t kMaxLabelBytes = 63;
-constexpr uint64_t kMaxDurationS = 366ull * 24 * 3600;
-constexpr uint32_t kMaxPageSize = 1000;
-
-absl::Status ValidateLabels(const google::protobuf::Map<std::string, std::string>& labels,
-                            absl::string_view field) {
-  if (labels.size() > static_cast<size_t>(kMaxLabels)) {
-    return InvalidArgumentError(field, "too many labels", "32 entries");
-  }
-  for (const auto& [key, value] : labels) {
-    if (key.empty()) return InvalidArgumentError(field, "label keys must not be empty");
-    if (key.size() > kMaxLabelBytes) {
-      return InvalidArgumentError(absl::StrCat(field, "[", key.substr(0, 16), "…]"),
-                                  "label key too long", "63 bytes");
-    }
-    if (value.size() > kMaxLabelBytes) {
-      return InvalidArgumentError(absl::StrCat(field, "[", key, "]"), "label value too long",
-                                  "63 bytes");
-    }
-  }
-  return absl::OkStatus();
-}
-
-template <typename Request>
-absl::Status ValidateCreate(const Request& request, bool session_required) {
-  if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
-  if (absl::Status s = ValidateId(request.session_id(), "session_id", session_required); !s.ok()) {
-    return s;
-  }
-  if (request.ttl_s() > kMaxDurationS)
-    return InvalidArgumentError("ttl_s", "too long", "31622400 s");
-  if (request.idle_timeout_s() > kMaxDurationS) {
-    return InvalidArgumentError("idle_timeout_s", "too long", "31622400 s");
-  }
-  if (!sv1::OnExpiry_IsValid(request.on_expiry())) {
-    return InvalidArgumentError("on_expiry", "unknown value");
-  }
-  return ValidateLabels(request.labels(), "labels");
-}
-
-absl::Status ValidateList(const sv1::ListSandboxesRequest& request) {
-  if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
-  if (absl::Status s = ValidateLabels(request.label_selector(), "label_selector"); !s.ok()) {
-    return s;
-  }
-  if (request.page_size() > kMaxPageSize) {
-    return InvalidArgumentError("page_size", "too large", "1000");
-  }
-  return absl::OkStatus();
-}
-
 // A List cursor: "<create time in unix nanos>/<id>" of the last sandbox returned.
 using Cursor = std::pair<int64_t, std::string>;
 
@@ -218,7 +165,6 @@ absl::StatusOr<SandboxManager::CreateParams> SandboxManager::ResolveCreate(
 }
 
 absl::StatusOr<sv1::Sandbox> SandboxManager::Create(const sv1::CreateSandboxRequest& request) {
-  if (absl::Status s = ValidateCreate(request, false); !s.ok()) return s;
   absl::StatusOr<CreateParams> params = ResolveCreate(request);
   if (!params.ok()) return params.status();
   return CreateFrom(*params);
@@ -279,13 +225,10 @@ std::optional<absl::StatusOr<SandboxManager::Acquired>> SandboxManager::ReuseSes
 
 absl::StatusOr<SandboxManager::Acquired> SandboxManager::AcquireForSession(
     const sv1::AcquireForSessionRequest& request) {
-  if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
-  if (absl::Status s = ValidateId(request.session_id(), "session_id", true); !s.ok()) return s;
   const auto key = std::make_pair(request.tenant_id(), request.session_id());
   EnterSession(key);
   absl::StatusOr<Acquired> result = [&]() -> absl::StatusOr<Acquired> {
     if (auto reused = ReuseSession(request); reused.has_value()) return *std::move(reused);
-    if (absl::Status s = ValidateCreate(request, true); !s.ok()) return s;
     absl::StatusOr<CreateParams> params = ResolveCreate(request);
     if (!params.ok()) return params.status();
     absl::StatusOr<sv1::Sandbox> sandbox = CreateFrom(*params);
@@ -301,7 +244,6 @@ absl::StatusOr<SandboxManager::Acquired> SandboxManager::AcquireForSession(
 
 absl::StatusOr<std::shared_ptr<Sandbox>> SandboxManager::FindOrNotFound(
     const std::string& tenant_id, const std::string& sandbox_id) {
-  if (absl::Status s = ValidateId(tenant_id, "tenant_id", true); !s.ok()) return s;
   std::shared_ptr<Sandbox> sandbox = table_.Find(sandbox_id);
   // Another tenant's sandbox and a warm one behave exactly like a missing one.
   if (sandbox == nullptr || !sandbox->BelongsTo(tenant_id)) return SandboxNotFound(sandbox_id);
@@ -317,7 +259,6 @@ absl::StatusOr<sv1::Sandbox> SandboxManager::Get(const std::string& tenant_id,
 
 absl::StatusOr<sv1::ListSandboxesResponse> SandboxManager::List(
     const sv1::ListSandboxesRequest& request) {
-  if (absl::Status s = ValidateList(request); !s.ok()) return s;
   std::optional<Cursor> after;
   if (!request.page_token().empty()) {
     absl::StatusOr<Cursor> parsed = ParsePageToken(request.page_token());
