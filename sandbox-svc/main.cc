@@ -24,7 +24,6 @@
 namespace {
 
 struct SandboxConfig {
-  std::string store_addr = "127.0.0.1:7073";
   std::string templates;  // Path of the template file; empty: built-in defaults.
   std::string state_dir;
   std::string sandboxd_path;
@@ -105,7 +104,6 @@ int main(int argc, char** argv) {
   parley::Flags flags("parley-sandbox",
                       "Sandbox lifecycle: create, warm pools, pause/resume, reaping, exec, files.");
   parley::AddServerFlags(flags, &server);
-  flags.HostPort("store_addr", &config.store_addr, "store-svc address");
   flags.String("templates", &config.templates,
                "path of the sandbox template file (empty: built-in defaults)");
   flags.String("state_dir", &config.state_dir,

@@ -8,8 +8,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/status.h"
+#include "sandbox-svc/api/paths.h"
 #include "sandbox-svc/util/exec_validation.h"
-#include "sandbox-svc/util/paths.h"
 #include "sandbox-svc/util/request_validation.h"
 #include "telemetry/grpc_telemetry.h"
 

@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "sandbox-svc/api/paths.h"
 #include "sandbox-svc/util/exec_validation.h"
-#include "sandbox-svc/util/paths.h"
 #include "sandbox-svc/util/request_validation.h"
 
 namespace parley::sandbox {

@@ -14,9 +14,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "common/thread_pool.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "sandbox-svc/manager/manager.h"
-#include "sandbox-svc/util/thread_pool.h"
 
 namespace parley::sandbox {
 

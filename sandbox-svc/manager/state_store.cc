@@ -15,7 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "sandbox-svc/util/unique_fd.h"
+#include "common/unique_fd.h"
 
 namespace parley::sandbox {
 

@@ -31,8 +31,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/unique_fd.h"
 #include "parley/sandbox/v1/sandbox.pb.h"
-#include "sandbox-svc/util/unique_fd.h"
 
 namespace parley::sandbox {
 

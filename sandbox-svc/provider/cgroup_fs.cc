@@ -14,7 +14,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "sandbox-svc/util/unique_fd.h"
+#include "common/unique_fd.h"
 
 namespace parley::sandbox {
 

@@ -20,12 +20,12 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "sandbox-svc/util/posix.h"
-#include "sandbox-svc/util/unique_fd.h"
+#include "common/posix.h"
+#include "common/unique_fd.h"
 
 namespace parley::sandbox {
 namespace {

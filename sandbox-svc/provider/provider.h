@@ -4,9 +4,9 @@
 // (DESIGN §6). Implementations: BwrapProvider ("local"), KubernetesProvider
 // ("kubernetes").
 //
-//   ProviderState state = *provider.Plan(id, spec);   // names resources, creates nothing
+//   ProviderState state = *provider.Plan(spec);        // names resources, creates nothing
 //   store.Write(record_with(state));                   // recorded before any work
-//   DaemonEndpoint endpoint = *provider.Start(id, spec, state, record);
+//   DaemonEndpoint endpoint = *provider.Start(spec, state, record);
 //   ... connect to endpoint.target, Hello ...
 //   provider.Destroy(state);                           // idempotent
 //
@@ -14,7 +14,8 @@
 // their start times, Pod name) as string pairs that the manager persists verbatim in
 // the sandbox's record; after a restart the provider gets it back through Adopt().
 // Thread-safety: every method may be called concurrently for different sandboxes; the
-// manager never calls two lifecycle methods for the same sandbox at once.
+// manager never calls two lifecycle methods for the same sandbox at once (each runs in
+// the sandbox's turn, manager/sandbox.h).
 #pragma once
 
 #include <cstdint>

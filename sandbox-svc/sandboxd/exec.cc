@@ -22,7 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "sandbox-svc/util/posix.h"
+#include "common/posix.h"
 
 namespace parley::sandbox {
 namespace {

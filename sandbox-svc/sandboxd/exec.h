@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "sandbox-svc/util/unique_fd.h"
+#include "common/unique_fd.h"
 
 namespace parley::sandbox {
 

@@ -20,8 +20,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/posix.h"
 #include "common/status.h"
-#include "sandbox-svc/util/posix.h"
 
 namespace parley::sandbox {
 namespace {

@@ -27,9 +27,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/unique_fd.h"
 #include "parley/v1/resources.pb.h"
-#include "sandbox-svc/util/paths.h"
-#include "sandbox-svc/util/unique_fd.h"
+#include "sandbox-svc/api/paths.h"
 
 namespace parley::sandbox {
 

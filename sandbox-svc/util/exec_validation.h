@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
-#include "sandbox-svc/util/paths.h"
+#include "sandbox-svc/api/paths.h"
 
 namespace parley::sandbox {
 

@@ -1,5 +1,5 @@
 // Lexical path rules; no file system access here.
-#include "sandbox-svc/util/paths.h"
+#include "sandbox-svc/api/paths.h"
 
 #include <vector>
 

@@ -1,6 +1,6 @@
 // See posix.h. Nothing here allocates before the directory is open or takes a lock in
 // ResetSignalsForExec, which runs in children that share the parent's memory.
-#include "sandbox-svc/util/posix.h"
+#include "common/posix.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -13,7 +13,7 @@
 
 #include "absl/strings/string_view.h"
 
-namespace parley::sandbox {
+namespace parley {
 
 void ResetSignalsForExec() {
   struct sigaction dfl {};
@@ -46,4 +46,4 @@ absl::StatusOr<std::vector<std::string>> ListDirNames(
   return names;
 }
 
-}  // namespace parley::sandbox
+}  // namespace parley

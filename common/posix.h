@@ -1,5 +1,5 @@
-// Low-level process and directory steps shared by the providers (parley-sandbox) and
-// parley-sandboxd, where both need exactly the same careful version.
+// Low-level process and directory steps where every user needs exactly the same careful
+// version (today the sandbox providers in parley-sandbox, and parley-sandboxd).
 //
 //   ResetSignalsForExec();  // in a child, before execve
 //   absl::StatusOr<std::vector<std::string>> names = ListDirNames(dir_fd, [&](int error) {
@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace parley::sandbox {
+namespace parley {
 
 // Puts every catchable signal back to its default action and unblocks all signals, so a
 // program started next inherits none of this process's handlers or mask. Uses only
@@ -29,4 +29,4 @@ void ResetSignalsForExec();
 absl::StatusOr<std::vector<std::string>> ListDirNames(
     int dir_fd, absl::FunctionRef<absl::Status(int error)> error_for);
 
-}  // namespace parley::sandbox
+}  // namespace parley

@@ -1,5 +1,5 @@
-// ThreadPool: a fixed set of threads running queued closures, for gRPC handlers whose
-// work blocks (a sandbox create waits for bwrap and a Hello; a Kubernetes Pod takes
+// ThreadPool: a fixed set of threads running queued closures, for work that blocks (in
+// parley-sandbox: a create that waits for bwrap and a Hello, a Kubernetes Pod that takes
 // seconds), so that gRPC's own callback threads never block.
 //
 //   ThreadPool pool(8);
@@ -16,7 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 
-namespace parley::sandbox {
+namespace parley {
 
 class ThreadPool {
  public:
@@ -63,4 +63,4 @@ class ThreadPool {
   std::vector<std::thread> workers_;
 };
 
-}  // namespace parley::sandbox
+}  // namespace parley

@@ -1,5 +1,4 @@
-// UniqueFd: the one owner of a file descriptor (closed on destruction), shared by the
-// daemon and the providers.
+// UniqueFd: the one owner of a file descriptor (closed on destruction).
 //
 //   UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
 //   if (!fd.valid()) return ErrnoToStatus(errno, ...);
@@ -10,7 +9,7 @@
 
 #include <utility>
 
-namespace parley::sandbox {
+namespace parley {
 
 class UniqueFd {
  public:
@@ -38,4 +37,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace parley::sandbox
+}  // namespace parley
