@@ -1,9 +1,12 @@
 // Redis connection helpers on hiredis 0.14 (RESP2), plus the key layout every service
 // agrees on.
 //
-//   ASSIGN_OR_RETURN(RedisEndpoint endpoint, ParseRedisUrl("redis://127.0.0.1:6379/0"));
-//   ASSIGN_OR_RETURN(auto redis, RedisConnection::Connect(endpoint, absl::Seconds(2)));
-//   ASSIGN_OR_RETURN(RedisReply pong, redis->Command({"PING"}));
+//   absl::StatusOr<RedisEndpoint> endpoint = ParseRedisUrl("redis://127.0.0.1:6379/0");
+//   if (!endpoint.ok()) return endpoint.status();
+//   absl::StatusOr<std::unique_ptr<RedisConnection>> redis =
+//       RedisConnection::Connect(*endpoint, absl::Seconds(2));
+//   if (!redis.ok()) return redis.status();
+//   absl::StatusOr<RedisReply> pong = (*redis)->Command({"PING"});
 //
 // RedisConnection is a blocking connection for one thread at a time; the fan-out hub
 // uses hiredis' async API separately. Keys are built by RedisKeys so that all keys of a

@@ -12,10 +12,11 @@
 // persist queue). Every key of a session shares the `{s:<id>}` hash tag, so the
 // script runs on one Redis Cluster slot.
 //
-//   EventPublisher publisher(redis, {});
-//   ASSIGN_OR_RETURN(uint64_t last_seq, publisher.AcquireLease(session, owner, epoch));
-//   event.set_seq(last_seq + 1);
-//   RETURN_IF_ERROR(publisher.Publish(event, epoch));
+//   EventPublisher publisher(redis, {}, RealClock::Get());
+//   absl::StatusOr<uint64_t> last_seq = publisher.AcquireLease(session, owner, epoch);
+//   if (!last_seq.ok()) return last_seq.status();
+//   event.set_seq(*last_seq + 1);
+//   if (absl::Status published = publisher.Publish(event, epoch); !published.ok()) ...
 //
 // Trim() drops stream entries below what store-svc has persisted, keeping at most
 // `hot_window_events` entries and none older than `hot_window_age`; entries not yet
