@@ -105,11 +105,13 @@ class RedisKeys {
   // `prefix` is prepended to every key and channel; empty in production.
   explicit RedisKeys(std::string prefix = "") : prefix_(std::move(prefix)) {}
 
-  // The session's event stream: entry ids "<seq>-0".
+  // The session's event stream: entry ids "<seq>-0" for durable events, "<seq>-1", … for
+  // the transient ones after them (common/events/event_log_reader.h reads it).
   std::string EventStream(absl::string_view session_id) const;
   // The pub/sub channel on which each event is published.
   std::string EventChannel(absl::string_view session_id) const;
-  // Owner and fencing epoch of the session's current writer.
+  // Owner and fencing epoch of the session's current writer, and the last seq it
+  // published (`last_seq`, read through EventLogReader::LastSeq).
   std::string Lease(absl::string_view session_id) const;
   // The highest seq store-svc has committed to Postgres; the publisher trims the
   // stream only below it.

@@ -18,6 +18,8 @@
 //   event.set_seq(*last_seq + 1);
 //   if (absl::Status published = publisher.Publish(event, epoch); !published.ok()) ...
 //
+// What it writes is read back only through EventLogReader (event_log_reader.h).
+//
 // Trim() drops stream entries below what store-svc has persisted, keeping at most
 // `hot_window_events` entries and none older than `hot_window_age`; entries not yet
 // persisted are never dropped. Publish() trims every `trim_every` events.
@@ -32,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/events/event_log_reader.h"
 #include "common/redis.h"
 #include "parley/v1/events.pb.h"
 
@@ -78,6 +81,7 @@ class EventPublisher {
   RedisConnection& redis_;
   const PublisherOptions options_;
   const RedisKeys keys_;
+  const EventLogReader log_;
   Clock& clock_;
   std::string publish_sha_;
   std::string publish_batch_sha_;
