@@ -310,7 +310,7 @@ class SlowFanout : public FanoutFixture {
  protected:
   HubOptions Options() override {
     HubOptions options;
-    options.max_buffered = 32;
+    options.stream.max_buffered = 32;
     return options;
   }
 };
@@ -362,13 +362,17 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
   EXPECT_THAT(Seqs(resumed.ReadEvents(1)), ElementsAre(402u));
 }
 
+// The hub on a FakeClock with no ticker thread: the test moves time and ticks.
 class KeepaliveFanout : public FanoutFixture {
  protected:
   HubOptions Options() override {
     HubOptions options;
-    options.keepalive = absl::Milliseconds(100);
+    options.stream.keepalive = absl::Milliseconds(100);
+    options.clock = &clock_;
+    options.tick_interval = absl::ZeroDuration();
     return options;
   }
+  FakeClock clock_;
 };
 
 TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
@@ -377,14 +381,36 @@ TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
   ASSERT_TRUE(writer->PublishNext().ok());
   auto client = NewClient();
   StreamReader stream(*client, After(session, 0));
+  ASSERT_THAT(Seqs(stream.ReadEvents(1)), ElementsAre(1u));
+  // Each tick is a keepalive's worth of idle time later. The first may land before the
+  // write of event 1 has completed (nothing is sent while a write is outstanding), so
+  // tick until the client has its keepalive.
+  const absl::Time idle_since = clock_.Now();
+  std::atomic<bool> received{false};
+  std::thread ticker([&] {
+    while (!received.load()) {
+      clock_.Advance(absl::Milliseconds(100));
+      hub_->TickOnce();
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  });
   v1::StreamEventsResponse response;
   bool keepalive = false;
   for (int i = 0; i < 10 && !keepalive && stream.reader->Read(&response); ++i) {
     keepalive = response.has_keepalive();
     if (keepalive) {
       EXPECT_EQ(response.keepalive().last_seq(), 1u);
+      // Stamped by the hub's clock, not the wall clock.
+      EXPECT_GE(
+          google::protobuf::util::TimeUtil::TimestampToNanoseconds(response.keepalive().time()),
+          absl::ToUnixNanos(idle_since));
+      EXPECT_LT(
+          google::protobuf::util::TimeUtil::TimestampToNanoseconds(response.keepalive().time()),
+          absl::ToUnixNanos(absl::Now() - absl::Hours(24)));
     }
   }
+  received = true;
+  ticker.join();
   EXPECT_TRUE(keepalive);
 }
 
