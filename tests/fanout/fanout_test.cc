@@ -414,6 +414,87 @@ TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
   EXPECT_TRUE(keepalive);
 }
 
+// A history whose first start and first read fail as an unreachable store would.
+class FlakyHistory final : public HistorySource {
+ public:
+  explicit FlakyHistory(HistorySource& real) : real_(real) {}
+  absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
+                                                  const std::string& session_id, uint64_t from_seq,
+                                                  int max) override {
+    if (reads_++ == 0) return absl::UnavailableError("store-svc is down");
+    return real_.ReadFrom(tenant_id, session_id, from_seq, max);
+  }
+  absl::StatusOr<StreamStart> Start(const std::string& tenant_id, const std::string& session_id,
+                                    const std::string& turn_id) override {
+    if (starts_++ == 0) return absl::UnavailableError("store-svc is down");
+    return real_.Start(tenant_id, session_id, turn_id);
+  }
+  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
+                                   const StreamStart& start) override {
+    return real_.LastSeq(session_id, start);
+  }
+  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
+                                        const v1::Turn& turn) override {
+    return real_.TurnFirstSeq(session_id, turn);
+  }
+  int starts() const { return starts_.load(); }
+  int reads() const { return reads_.load(); }
+
+ private:
+  HistorySource& real_;
+  std::atomic<int> starts_{0};
+  std::atomic<int> reads_{0};
+};
+
+// The hub on a FakeClock with no ticker thread, reading a history that fails once at
+// each step: each failure is retried after a second of the hub's clock, by a tick.
+class RetryFanout : public FanoutFixture {
+ protected:
+  HubOptions Options() override {
+    HubOptions options;
+    options.clock = &clock_;
+    options.tick_interval = absl::ZeroDuration();
+    return options;
+  }
+  HistorySource& HubHistory(RedisStoreHistory& real) override {
+    flaky_ = std::make_unique<FlakyHistory>(real);
+    return *flaky_;
+  }
+  // Ticks at `step` of the hub's clock until the test says stop.
+  void TickUntil(const std::atomic<bool>& stop, absl::Duration step) {
+    while (!stop.load()) {
+      clock_.Advance(step);
+      hub_->TickOnce();
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+  FakeClock clock_;
+  std::unique_ptr<FlakyHistory> flaky_;
+};
+
+TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  auto client = NewClient();
+  StreamReader stream(*client, After(session, 0));
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return flaky_->starts() == 1; }));
+  // Not yet a second later: the stream stays open and nothing is retried.
+  hub_->TickOnce();
+  clock_.Advance(absl::Milliseconds(900));
+  hub_->TickOnce();
+  EXPECT_EQ(flaky_->starts(), 1);
+
+  std::atomic<bool> received{false};
+  std::thread ticker([&] { TickUntil(received, absl::Milliseconds(600)); });
+  std::vector<v1::Event> events = stream.ReadEvents(1);
+  received = true;
+  ticker.join();
+  EXPECT_THAT(Seqs(events), ElementsAre(1u));
+  EXPECT_EQ(flaky_->starts(), 2);
+  EXPECT_GE(flaky_->reads(), 2);
+}
+
 TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {
   std::string session = CreateSession();
   auto connection = RedisConnection::Connect(redis_->endpoint(), absl::Seconds(2));
