@@ -363,40 +363,56 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
 }
 
 // The hub on a FakeClock with no ticker thread: the test moves time and ticks.
-class KeepaliveFanout : public FanoutFixture {
+class FakeClockFanout : public FanoutFixture {
  protected:
   HubOptions Options() override {
     HubOptions options;
-    options.stream.keepalive = absl::Milliseconds(100);
     options.clock = &clock_;
     options.tick_interval = absl::ZeroDuration();
     return options;
   }
+  // Moves the hub's clock by `step` and ticks, again and again, until `done`.
+  void TickUntil(const std::atomic<bool>& done, absl::Duration step) {
+    while (!done.load()) {
+      clock_.Advance(step);
+      hub_->TickOnce();
+      absl::SleepFor(absl::Milliseconds(5));  // Lets the stream's writes complete.
+    }
+  }
+  // Publishes event 1 of a new session and opens a stream of it from the start.
+  std::unique_ptr<StreamReader> StreamOfOneEvent() {
+    const std::string session = CreateSession();
+    writer_ = NewWriter(session, 1);
+    EXPECT_TRUE(writer_->PublishNext().ok());
+    client_ = NewClient();
+    return std::make_unique<StreamReader>(*client_, After(session, 0));
+  }
   FakeClock clock_;
+  std::unique_ptr<Writer> writer_;
+  std::unique_ptr<v1::SessionService::Stub> client_;
+};
+
+class KeepaliveFanout : public FakeClockFanout {
+ protected:
+  HubOptions Options() override {
+    HubOptions options = FakeClockFanout::Options();
+    options.stream.keepalive = absl::Milliseconds(100);
+    return options;
+  }
 };
 
 TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
-  std::string session = CreateSession();
-  auto writer = NewWriter(session, 1);
-  ASSERT_TRUE(writer->PublishNext().ok());
-  auto client = NewClient();
-  StreamReader stream(*client, After(session, 0));
-  ASSERT_THAT(Seqs(stream.ReadEvents(1)), ElementsAre(1u));
+  std::unique_ptr<StreamReader> stream = StreamOfOneEvent();
+  ASSERT_THAT(Seqs(stream->ReadEvents(1)), ElementsAre(1u));
   // Each tick is a keepalive's worth of idle time later. The first may land before the
   // write of event 1 has completed (nothing is sent while a write is outstanding), so
   // tick until the client has its keepalive.
   const absl::Time idle_since = clock_.Now();
   std::atomic<bool> received{false};
-  std::thread ticker([&] {
-    while (!received.load()) {
-      clock_.Advance(absl::Milliseconds(100));
-      hub_->TickOnce();
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  });
+  std::thread ticker([&] { TickUntil(received, absl::Milliseconds(100)); });
   v1::StreamEventsResponse response;
   bool keepalive = false;
-  for (int i = 0; i < 10 && !keepalive && stream.reader->Read(&response); ++i) {
+  for (int i = 0; i < 10 && !keepalive && stream->reader->Read(&response); ++i) {
     keepalive = response.has_keepalive();
     if (keepalive) {
       EXPECT_EQ(response.keepalive().last_seq(), 1u);
@@ -446,38 +462,19 @@ class FlakyHistory final : public HistorySource {
   std::atomic<int> reads_{0};
 };
 
-// The hub on a FakeClock with no ticker thread, reading a history that fails once at
-// each step: each failure is retried after a second of the hub's clock, by a tick.
-class RetryFanout : public FanoutFixture {
+// The hub reads a history that fails once at each step: each failure is retried after
+// a second of the hub's clock, by a tick.
+class RetryFanout : public FakeClockFanout {
  protected:
-  HubOptions Options() override {
-    HubOptions options;
-    options.clock = &clock_;
-    options.tick_interval = absl::ZeroDuration();
-    return options;
-  }
   HistorySource& HubHistory(RedisStoreHistory& real) override {
     flaky_ = std::make_unique<FlakyHistory>(real);
     return *flaky_;
   }
-  // Ticks at `step` of the hub's clock until the test says stop.
-  void TickUntil(const std::atomic<bool>& stop, absl::Duration step) {
-    while (!stop.load()) {
-      clock_.Advance(step);
-      hub_->TickOnce();
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  }
-  FakeClock clock_;
   std::unique_ptr<FlakyHistory> flaky_;
 };
 
 TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) {
-  std::string session = CreateSession();
-  auto writer = NewWriter(session, 1);
-  ASSERT_TRUE(writer->PublishNext().ok());
-  auto client = NewClient();
-  StreamReader stream(*client, After(session, 0));
+  std::unique_ptr<StreamReader> stream = StreamOfOneEvent();
   ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return flaky_->starts() == 1; }));
   // Not yet a second later: the stream stays open and nothing is retried.
   hub_->TickOnce();
@@ -487,7 +484,7 @@ TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) 
 
   std::atomic<bool> received{false};
   std::thread ticker([&] { TickUntil(received, absl::Milliseconds(600)); });
-  std::vector<v1::Event> events = stream.ReadEvents(1);
+  std::vector<v1::Event> events = stream->ReadEvents(1);
   received = true;
   ticker.join();
   EXPECT_THAT(Seqs(events), ElementsAre(1u));
