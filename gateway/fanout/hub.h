@@ -122,7 +122,7 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   // answer) but subscribed to nothing.
   absl::flat_hash_map<SubscriberStream*, std::shared_ptr<SubscriberStream>> opening_
       ABSL_GUARDED_BY(mu_);
-  // Open streams (opening or registered) per tenant, for max_streams_per_tenant.
+  // Open streams (opening or joined) per tenant, for max_streams_per_tenant.
   absl::flat_hash_map<std::string, int> tenant_streams_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 

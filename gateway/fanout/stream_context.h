@@ -10,9 +10,9 @@
 //   auto stream = std::make_shared<SubscriberStream>(hub, writer, params);
 //   hub.Open(stream);
 //
-// Every method may be called from any thread, with the calling stream's lock held
-// (ScheduleBackfill is, Join is not): an implementation takes no lock that a stream's
-// caller could hold while calling the stream.
+// Every method may be called from any thread. ScheduleBackfill is called with the
+// stream's lock held, so it may take only locks that are never held while calling into
+// a stream (the hub's queue lock, not Hub::mu_); Join is called without it.
 #pragma once
 
 #include <memory>
