@@ -1,9 +1,12 @@
 // Redis connection helpers on hiredis 0.14 (RESP2), plus the key layout every service
 // agrees on.
 //
-//   ASSIGN_OR_RETURN(RedisEndpoint endpoint, ParseRedisUrl("redis://127.0.0.1:6379/0"));
-//   ASSIGN_OR_RETURN(auto redis, RedisConnection::Connect(endpoint, absl::Seconds(2)));
-//   ASSIGN_OR_RETURN(RedisReply pong, redis->Command({"PING"}));
+//   absl::StatusOr<RedisEndpoint> endpoint = ParseRedisUrl("redis://127.0.0.1:6379/0");
+//   if (!endpoint.ok()) return endpoint.status();
+//   absl::StatusOr<std::unique_ptr<RedisConnection>> redis =
+//       RedisConnection::Connect(*endpoint, absl::Seconds(2));
+//   if (!redis.ok()) return redis.status();
+//   absl::StatusOr<RedisReply> pong = (*redis)->Command({"PING"});
 //
 // RedisConnection is a blocking connection for one thread at a time; the fan-out hub
 // uses hiredis' async API separately. Keys are built by RedisKeys so that all keys of a
@@ -102,11 +105,13 @@ class RedisKeys {
   // `prefix` is prepended to every key and channel; empty in production.
   explicit RedisKeys(std::string prefix = "") : prefix_(std::move(prefix)) {}
 
-  // The session's event stream: entry ids "<seq>-0".
+  // The session's event stream: entry ids "<seq>-0" for durable events, "<seq>-1", … for
+  // the transient ones after them (common/events/event_log_reader.h reads it).
   std::string EventStream(absl::string_view session_id) const;
   // The pub/sub channel on which each event is published.
   std::string EventChannel(absl::string_view session_id) const;
-  // Owner and fencing epoch of the session's current writer.
+  // Owner and fencing epoch of the session's current writer, and the last seq it
+  // published (`last_seq`, read through EventLogReader::LastSeq).
   std::string Lease(absl::string_view session_id) const;
   // The highest seq store-svc has committed to Postgres; the publisher trims the
   // stream only below it.

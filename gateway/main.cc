@@ -145,8 +145,8 @@ int main(int argc, char** argv) {
   parley::gateway::HubOptions hub_options;
   hub_options.redis = redis;
   hub_options.key_prefix = config.redis_key_prefix;
-  hub_options.max_buffered = static_cast<int>(config.stream_buffer);
-  hub_options.keepalive = config.keepalive;
+  hub_options.stream.max_buffered = static_cast<int>(config.stream_buffer);
+  hub_options.stream.keepalive = config.keepalive;
   hub_options.max_streams_per_tenant = static_cast<int>(config.max_streams_per_tenant);
   parley::gateway::Hub hub(hub_options, history, host.registry());
   hub.Start();

@@ -94,7 +94,11 @@ absl::Status ScriptError(const absl::Status& status) {
 }  // namespace
 
 EventPublisher::EventPublisher(RedisConnection& redis, PublisherOptions options, Clock& clock)
-    : redis_(redis), options_(std::move(options)), keys_(options_.key_prefix), clock_(clock) {}
+    : redis_(redis),
+      options_(std::move(options)),
+      keys_(options_.key_prefix),
+      log_(keys_),
+      clock_(clock) {}
 
 absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
                                                      const std::string& body,
@@ -188,23 +192,17 @@ absl::Status EventPublisher::PublishBatch(const std::vector<v1::Event>& events,
 absl::Status EventPublisher::Trim(const std::string& session_id) {
   absl::StatusOr<std::vector<RedisReply>> state =
       redis_.Pipeline({{"GET", keys_.PersistedSeq(session_id)},
-                       {"HGET", keys_.Lease(session_id), "last_seq"},
-                       {"XRANGE", keys_.EventStream(session_id), "-", "+", "COUNT", "128"}});
+                       log_.LastSeqCommand(session_id),
+                       log_.RangeCommand(session_id, EntryId{}, 128)});
   if (!state.ok()) return state.status();
   const int64_t persisted = ReplyInt64((*state)[0].get());
-  const int64_t last = ReplyInt64((*state)[1].get());
+  const auto last = static_cast<int64_t>(EventLogReader::LastSeqOf((*state)[1].get()));
   int64_t floor = last - options_.hot_window_events + 1;  // Keep at most N entries.
   // Entries older than the age limit may go too; the oldest come first.
   const int64_t too_old_ms = absl::ToUnixMillis(clock_.Now() - options_.hot_window_age);
-  const redisReply* entries = (*state)[2].get();
-  for (size_t i = 0; i < entries->elements; ++i) {
-    const int64_t published_ms = ReplyInt64(StreamEntryField(entries->element[i], "t"));
-    if (published_ms >= too_old_ms) break;
-    int64_t seq = 0;
-    absl::string_view id(entries->element[i]->element[0]->str,
-                         entries->element[i]->element[0]->len);
-    (void)absl::SimpleAtoi(id.substr(0, id.find('-')), &seq);
-    floor = std::max(floor, seq + 1);
+  for (const EventLogEntry& entry : EventLogReader::EntriesOf((*state)[2].get())) {
+    if (entry.published_ms >= too_old_ms) break;
+    floor = std::max(floor, static_cast<int64_t>(entry.id.seq) + 1);
   }
   const int64_t min_kept = std::min(floor, persisted + 1);  // Never drop unpersisted events.
   if (min_kept <= 1) return absl::OkStatus();

@@ -12,10 +12,13 @@
 // persist queue). Every key of a session shares the `{s:<id>}` hash tag, so the
 // script runs on one Redis Cluster slot.
 //
-//   EventPublisher publisher(redis, {});
-//   ASSIGN_OR_RETURN(uint64_t last_seq, publisher.AcquireLease(session, owner, epoch));
-//   event.set_seq(last_seq + 1);
-//   RETURN_IF_ERROR(publisher.Publish(event, epoch));
+//   EventPublisher publisher(redis, {}, RealClock::Get());
+//   absl::StatusOr<uint64_t> last_seq = publisher.AcquireLease(session, owner, epoch);
+//   if (!last_seq.ok()) return last_seq.status();
+//   event.set_seq(*last_seq + 1);
+//   if (absl::Status published = publisher.Publish(event, epoch); !published.ok()) ...
+//
+// What it writes is read back only through EventLogReader (event_log_reader.h).
 //
 // Trim() drops stream entries below what store-svc has persisted, keeping at most
 // `hot_window_events` entries and none older than `hot_window_age`; entries not yet
@@ -31,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/events/event_log_reader.h"
 #include "common/redis.h"
 #include "parley/v1/events.pb.h"
 
@@ -77,6 +81,7 @@ class EventPublisher {
   RedisConnection& redis_;
   const PublisherOptions options_;
   const RedisKeys keys_;
+  const EventLogReader log_;
   Clock& clock_;
   std::string publish_sha_;
   std::string publish_batch_sha_;

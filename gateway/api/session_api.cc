@@ -279,7 +279,7 @@ grpc::ServerUnaryReactor* SessionApi::CancelTurn(grpc::CallbackServerContext* co
 
 StreamEventsReactor::OnOpen SessionApi::WatchKeyOf(grpc::CallbackServerContext* context) {
   if (revalidator_ == nullptr) return nullptr;
-  return [revalidator = revalidator_, context](std::weak_ptr<StreamCore> stream) {
+  return [revalidator = revalidator_, context](std::weak_ptr<SubscriberStream> stream) {
     revalidator->Watch(*context, std::move(stream));
   };
 }

@@ -10,11 +10,11 @@ StreamEventsReactor::StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetr
 
 void StreamEventsReactor::Open(StreamParams params) {
   Hub& hub = hub_;  // Once OnCancel can see the core, `this` may be deleted at any time.
-  std::shared_ptr<StreamCore> core;
+  std::shared_ptr<SubscriberStream> core;
   {
     absl::MutexLock lock(&mu_);
     if (!cancelled_) {
-      core = std::make_shared<StreamCore>(hub_, this, std::move(params));
+      core = std::make_shared<SubscriberStream>(hub_, this, std::move(params));
       // While the core is not yet visible to OnCancel the call cannot end, so the call's
       // context is still there for `on_open_`.
       if (on_open_) on_open_(core);
@@ -51,7 +51,7 @@ void StreamEventsReactor::OpenAfter(v1::StreamEventsResponse first, StreamParams
 void StreamEventsReactor::Reject(const grpc::Status& status) { FinishCall(status); }
 
 void StreamEventsReactor::OnWriteDone(bool ok) {
-  std::shared_ptr<StreamCore> core;
+  std::shared_ptr<SubscriberStream> core;
   bool first_written = false;
   {
     absl::MutexLock lock(&mu_);
@@ -67,7 +67,7 @@ void StreamEventsReactor::OnWriteDone(bool ok) {
 }
 
 void StreamEventsReactor::OnCancel() {
-  std::shared_ptr<StreamCore> core;
+  std::shared_ptr<SubscriberStream> core;
   {
     absl::MutexLock lock(&mu_);
     core = core_;
@@ -77,7 +77,7 @@ void StreamEventsReactor::OnCancel() {
 }
 
 void StreamEventsReactor::OnDone() {
-  std::shared_ptr<StreamCore> core;
+  std::shared_ptr<SubscriberStream> core;
   {
     absl::MutexLock lock(&mu_);
     core = core_;

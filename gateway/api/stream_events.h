@@ -1,8 +1,8 @@
 // StreamEvents: the gRPC side of one event stream.
 //
-// The reactor is thin: it turns StreamCore's WriteResponse/FinishStream into gRPC
+// The reactor is thin: it turns SubscriberStream's WriteResponse/FinishStream into gRPC
 // writes and relays completions and cancellation back. All stream logic (positions,
-// backfill, buffering, keepalives) lives in gateway/fanout/hub.h, so no thread ever
+// backfill, buffering, keepalives) lives in gateway/fanout/subscriber_stream.h, so no thread ever
 // blocks for a stream.
 #pragma once
 
@@ -25,7 +25,7 @@ class StreamEventsReactor final
       public StreamWriter {
  public:
   // `on_open`, when given, sees the stream's core once it is made (before it opens).
-  using OnOpen = std::function<void(std::weak_ptr<StreamCore>)>;
+  using OnOpen = std::function<void(std::weak_ptr<SubscriberStream>)>;
   StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call, OnOpen on_open = nullptr);
 
   // Exactly one of Open, OpenAfter and Reject, once, from any thread.
@@ -47,7 +47,7 @@ class StreamEventsReactor final
   // Orders a cancel against Open. Never held while calling into the hub or the stream.
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<StreamCore> core_ ABSL_GUARDED_BY(mu_);  // Set once, by Open.
+  std::shared_ptr<SubscriberStream> core_ ABSL_GUARDED_BY(mu_);  // Set once, by Open.
   // OpenAfter's first response while it is being written, and the stream to open then.
   v1::StreamEventsResponse first_;
   StreamParams after_first_;

@@ -4,9 +4,7 @@
 
 #include <algorithm>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "google/protobuf/util/time_util.h"
@@ -31,29 +29,11 @@ absl::StatusOr<Response> CallStore(StoreStub& store,
   return response;
 }
 
-// A Redis stream entry id, "<seq>-<sub>": sub 0 is the durable event seq, 1, 2, … the
-// transient events published after it (see common/events/publisher.cc).
-struct EntryId {
-  uint64_t seq = 0;
-  uint64_t sub = 0;
-
-  // The id of one XRANGE/XREVRANGE entry ([id, [field, value, ...]]).
-  static EntryId Of(const redisReply* entry) {
-    absl::string_view id(entry->element[0]->str, entry->element[0]->len);
-    EntryId parsed;
-    const size_t dash = id.find('-');
-    (void)absl::SimpleAtoi(id.substr(0, dash), &parsed.seq);
-    if (dash != absl::string_view::npos) (void)absl::SimpleAtoi(id.substr(dash + 1), &parsed.sub);
-    return parsed;
-  }
-  std::string ToString() const { return absl::StrCat(seq, "-", sub); }
-};
-
 }  // namespace
 
 RedisStoreHistory::RedisStoreHistory(RedisEndpoint redis, RedisKeys keys,
                                      std::shared_ptr<store::v1::StoreService::StubInterface> store)
-    : redis_(std::move(redis)), keys_(std::move(keys)), store_(std::move(store)) {}
+    : redis_(std::move(redis)), log_(std::move(keys)), store_(std::move(store)) {}
 
 absl::StatusOr<std::unique_ptr<RedisConnection>> RedisStoreHistory::Borrow() {
   {
@@ -76,36 +56,26 @@ void RedisStoreHistory::Return(std::unique_ptr<RedisConnection> connection) {
 absl::StatusOr<std::vector<v1::Event>> RedisStoreHistory::ReadHot(RedisConnection& redis,
                                                                   const std::string& session_id,
                                                                   uint64_t from_seq, int max) {
-  const std::string stream = keys_.EventStream(session_id);
   // Transients still in effect for a reader at from_seq follow seq from_seq - 1.
-  EntryId start{from_seq > 0 ? from_seq - 1 : 0, 1};
+  EntryId start{.seq = from_seq > 0 ? from_seq - 1 : 0, .sub = 1};
   std::vector<v1::Event> events;
   for (;;) {
-    // The newest entry in the same round trip: it tells which transients are in effect.
-    // Read a moment after the range, it can only make more of them look superseded,
-    // and a durable event that superseded them is then read or arrives live.
-    absl::StatusOr<std::vector<RedisReply>> replies =
-        redis.Pipeline({{"XRANGE", stream, start.ToString(), "+", "COUNT", absl::StrCat(max)},
-                        {"XREVRANGE", stream, "+", "-", "COUNT", "1"}});
-    if (!replies.ok()) return replies.status();
-    const redisReply* entries = (*replies)[0].get();
-    const redisReply* newest = (*replies)[1].get();
-    const uint64_t newest_seq = newest->elements > 0 ? EntryId::Of(newest->element[0]).seq : 0;
-    for (size_t i = 0; i < entries->elements; ++i) {
-      const redisReply* payload = StreamEntryField(entries->element[i], "e");
-      if (payload == nullptr) continue;
-      v1::Event event;
-      if (!event.ParseFromArray(payload->str, static_cast<int>(payload->len))) {
-        return absl::DataLossError(
-            absl::StrCat("a hot-window entry of ", session_id, " does not parse"));
-      }
-      if (event.transient() && event.seq() != newest_seq) continue;  // Over.
-      events.push_back(std::move(event));
+    // The newest entry comes in the same round trip: it tells which transients are in
+    // effect. Read a moment after the range, it can only make more of them look
+    // superseded, and a durable event that superseded them is then read or arrives live.
+    absl::StatusOr<EventLogRange> range = log_.Read(redis, session_id, start, max);
+    if (!range.ok()) return range.status();
+    for (const EventLogEntry& entry : range->entries) {
+      if (!entry.event.has_value()) continue;
+      absl::StatusOr<v1::Event> event = entry.Parse(session_id);
+      if (!event.ok()) return event.status();
+      if (event->transient() && event->seq() != range->newest.seq) continue;  // Over.
+      events.push_back(*std::move(event));
     }
     // A full batch of nothing but superseded transients says nothing about what
     // follows: look past it rather than report "nothing new".
-    if (!events.empty() || entries->elements < static_cast<size_t>(max)) return events;
-    start = EntryId::Of(entries->element[entries->elements - 1]);
+    if (!events.empty() || range->entries.size() < static_cast<size_t>(max)) return events;
+    start = range->entries.back().id;
     ++start.sub;
   }
 }
@@ -158,13 +128,11 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& session_i
                                                     const StreamStart& start) {
   absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();
   if (!redis.ok()) return redis.status();
-  absl::StatusOr<RedisReply> reply =
-      (*redis)->Command({"HGET", keys_.Lease(session_id), "last_seq"});
+  absl::StatusOr<uint64_t> last = log_.LastSeq(**redis, session_id);
   Return(*std::move(redis));
-  if (!reply.ok()) return reply.status();
-  const auto last = static_cast<uint64_t>(std::max<int64_t>(0, ReplyInt64(reply->get())));
+  if (!last.ok()) return last.status();
   // Nothing in Redis (e.g. after a flush): the durable log knows.
-  return std::max(last, start.durable_last_seq);
+  return std::max(*last, start.durable_last_seq);
 }
 
 absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& session_id,
@@ -188,36 +156,30 @@ absl::StatusOr<uint64_t> RedisStoreHistory::FindTurnStart(RedisConnection& redis
   constexpr int kBatch = 256;
   constexpr int kMaxEntries = 16 * 1024;
   constexpr int64_t kClockSkewNanos = 2'000'000'000;
-  const std::string stream = keys_.EventStream(session_id);
-  std::string end = "+";
+  std::optional<EntryId> before;  // From the newest.
   uint64_t newest_seq = 0;
   for (int scanned = 0; scanned < kMaxEntries; scanned += kBatch) {
-    absl::StatusOr<RedisReply> reply =
-        redis.Command({"XREVRANGE", stream, end, "-", "COUNT", absl::StrCat(kBatch)});
-    if (!reply.ok()) return reply.status();
-    const redisReply* entries = reply->get();
-    for (size_t i = 0; i < entries->elements; ++i) {
-      const EntryId id = EntryId::Of(entries->element[i]);
-      newest_seq = std::max(newest_seq, id.seq);
-      const redisReply* payload = StreamEntryField(entries->element[i], "e");
-      v1::Event event;
-      if (id.sub != 0 || payload == nullptr ||
-          !event.ParseFromArray(payload->str, static_cast<int>(payload->len))) {
-        continue;  // Transients and unreadable entries cannot be the start.
-      }
+    absl::StatusOr<std::vector<EventLogEntry>> entries =
+        log_.ReadBackward(redis, session_id, before, kBatch);
+    if (!entries.ok()) return entries.status();
+    for (const EventLogEntry& entry : *entries) {
+      newest_seq = std::max(newest_seq, entry.id.seq);
+      if (!entry.id.durable()) continue;  // A transient cannot be the start.
+      absl::StatusOr<v1::Event> event = entry.Parse(session_id);
+      if (!event.ok()) continue;  // Nor can an unreadable entry.
       // Newest first: the first TurnStarted met is the current attempt's.
-      if (event.has_turn_started() && event.turn_id() == turn.id()) return event.seq();
+      if (event->has_turn_started() && event->turn_id() == turn.id()) return event->seq();
       // Published before the turn existed (allowing for clock skew between hosts):
       // nothing older can be the turn's, so it has not started, and whatever it
       // publishes comes after the newest entry read.
-      if (event.has_time() && turn.has_create_time() &&
-          TimeUtil::TimestampToNanoseconds(event.time()) <
+      if (event->has_time() && turn.has_create_time() &&
+          TimeUtil::TimestampToNanoseconds(event->time()) <
               TimeUtil::TimestampToNanoseconds(turn.create_time()) - kClockSkewNanos) {
         return newest_seq + 1;
       }
     }
-    if (entries->elements < static_cast<size_t>(kBatch)) break;  // The window's start.
-    end = absl::StrCat("(", EntryId::Of(entries->element[entries->elements - 1]).ToString());
+    if (entries->size() < static_cast<size_t>(kBatch)) break;  // The window's start.
+    before = entries->back().id;
   }
   // Neither found within reach: from what is newest now, as before the window was read.
   return newest_seq > 0 ? newest_seq + 1 : 0;

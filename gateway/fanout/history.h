@@ -10,7 +10,8 @@
 // see it just as a live one did. A transient is in effect while no durable event has
 // followed it, i.e. while it carries the seq of the newest entry of the Redis stream
 // (entry ids are "<seq>-0" for a durable event, "<seq>-1", "<seq>-2", … for the
-// transients after it). Transients a durable event followed are over and never read.
+// transients after it; common/events/event_log_reader.h reads them). Transients a
+// durable event followed are over and never read.
 #pragma once
 
 #include <memory>
@@ -21,6 +22,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/events/event_log_reader.h"
 #include "common/redis.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/events.pb.h"
@@ -95,7 +97,7 @@ class RedisStoreHistory final : public HistorySource {
                                                   int max);
 
   const RedisEndpoint redis_;
-  const RedisKeys keys_;
+  const EventLogReader log_;
   std::shared_ptr<store::v1::StoreService::StubInterface> store_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<RedisConnection>> idle_ ABSL_GUARDED_BY(mu_);

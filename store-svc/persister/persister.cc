@@ -20,19 +20,13 @@ constexpr char kExtendLock[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
     "end return 0";
 
-// The seq of a stream entry id "<seq>-<n>".
-uint64_t SeqOfEntryId(const std::string& id) {
-  uint64_t seq = 0;
-  (void)absl::SimpleAtoi(id.substr(0, id.find('-')), &seq);
-  return seq;
-}
-
 }  // namespace
 
 EventPersister::EventPersister(PersisterOptions options, PgPool& pool,
                                const telemetry::Logger& logger, telemetry::Registry& registry)
     : options_(std::move(options)),
       keys_(options_.key_prefix),
+      log_(keys_),
       pool_(pool),
       logger_(logger),
       events_persisted_(
@@ -141,7 +135,6 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
         return std::make_pair(row[0][0].as<std::string>(), row[0][1].as<int64_t>());
       });
   if (!session.ok()) return session.status();
-  const std::string stream = keys_.EventStream(session_id);
   if (session->first.empty()) {
     // The session was deleted: its events have nowhere to go.
     (void)redis_->Command({"ZREM", keys_.PersistQueue(), session_id});
@@ -150,27 +143,19 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
   uint64_t durable = static_cast<uint64_t>(session->second);
   int64_t written = 0;
   for (;;) {
-    absl::StatusOr<RedisReply> entries =
-        redis_->Command({"XRANGE", stream, absl::StrCat(durable + 1, "-0"), "+", "COUNT",
-                         absl::StrCat(options_.batch_events)});
-    if (!entries.ok()) return entries.status();
-    const redisReply* list = entries->get();
-    if (list->elements == 0) break;
+    absl::StatusOr<EventLogRange> range = log_.Read(
+        *redis_, session_id, EntryId{.seq = durable + 1}, static_cast<int>(options_.batch_events));
+    if (!range.ok()) return range.status();
+    if (range->entries.empty()) break;
     pb::AppendEventsRequest batch;
     batch.set_tenant_id(session->first);
     batch.set_session_id(session_id);
-    for (size_t i = 0; i < list->elements; ++i) {
-      const redisReply* entry = list->element[i];
-      const redisReply* fields = entry->element[1];
-      for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-        if (ReplyString(fields->element[f]) != "e") continue;
-        ::parley::v1::Event* event = batch.add_events();
-        if (!event->ParseFromString(ReplyString(fields->element[f + 1]))) {
-          return absl::DataLossError(absl::StrCat("stream entry ", ReplyString(entry->element[0]),
-                                                  " of ", session_id, " does not parse"));
-        }
-        event->set_seq(SeqOfEntryId(ReplyString(entry->element[0])));
-      }
+    for (const EventLogEntry& entry : range->entries) {
+      if (!entry.event.has_value()) continue;
+      absl::StatusOr<::parley::v1::Event> event = entry.Parse(session_id);
+      if (!event.ok()) return event.status();
+      event->set_seq(entry.id.seq);
+      *batch.add_events() = *std::move(event);
     }
     absl::StatusOr<pb::AppendEventsResponse> appended = AppendEventBatch(pool_, batch);
     if (!appended.ok()) return appended.status();
@@ -186,7 +171,7 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
         !ack.ok()) {
       return ack.status();
     }
-    if (static_cast<int64_t>(list->elements) < options_.batch_events) break;
+    if (static_cast<int64_t>(range->entries.size()) < options_.batch_events) break;
     // A long backlog: keep the session ours while we work through it.
     (void)redis_->Command({"EVAL", kExtendLock, "1", keys_.PersisterLock(session_id),
                            options_.owner,
@@ -199,10 +184,10 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
       !removed.ok()) {
     return removed.status();
   }
-  absl::StatusOr<RedisReply> tail = redis_->Command({"XREVRANGE", stream, "+", "-", "COUNT", "1"});
+  absl::StatusOr<std::vector<EventLogEntry>> tail =
+      log_.ReadBackward(*redis_, session_id, std::nullopt, 1);
   if (!tail.ok()) return tail.status();
-  if ((*tail)->elements == 1 &&
-      SeqOfEntryId(ReplyString((*tail)->element[0]->element[0])) > durable) {
+  if (!tail->empty() && tail->front().id.seq > durable) {
     (void)redis_->Command({"ZADD", keys_.PersistQueue(), "NX",
                            absl::StrCat(absl::ToUnixMillis(absl::Now())), session_id});
   }

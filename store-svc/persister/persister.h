@@ -1,11 +1,11 @@
 // EventPersister: moves session events from Redis into Postgres, in batches, so that
 // durability never sits on a turn's latency path (DESIGN §2.6).
 //
-// Contract with the publisher (session-svc): each event is appended to the session's
-// stream `{s:<id>}:ev` with entry id "<seq>-0" and one field "e" holding the
-// serialized parley.v1.Event (transient events use "<seq>-1", "<seq>-2", …); after the
-// append the publisher adds the session to the persist queue (ZADD NX, a sorted set
-// scored by first-marked time in ms).
+// Contract with the publisher (common/events/publisher.h, used by session-svc): each
+// event is appended to the session's stream `{s:<id>}:ev`, which this reads through
+// EventLogReader (common/events/event_log_reader.h, the one parser of that format);
+// after the append the publisher adds the session to the persist queue (ZADD NX, a
+// sorted set scored by first-marked time in ms).
 //
 // One pass (RunOnce) takes the oldest queued sessions; for each it takes a short
 // per-session lock in Redis (SET NX PX, so replicas share the work without writing the
@@ -30,6 +30,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/events/event_log_reader.h"
 #include "common/redis.h"
 #include "store-svc/db/pool.h"
 #include "telemetry/log.h"
@@ -76,6 +77,7 @@ class EventPersister {
 
   const PersisterOptions options_;
   const RedisKeys keys_;
+  const EventLogReader log_;
   PgPool& pool_;
   const telemetry::Logger& logger_;
   std::unique_ptr<RedisConnection> redis_;

@@ -307,7 +307,7 @@ class HotWindowChecker : public FanoutFixture {
  protected:
   HubOptions Options() override {
     HubOptions options;
-    options.max_buffered = 16;
+    options.stream.max_buffered = 16;
     return options;
   }
   void SetUp() override {

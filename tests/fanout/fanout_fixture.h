@@ -58,13 +58,15 @@ class FanoutFixture : public ::testing::Test {
 
   // The Redis the hub subscribes to; tests that restart Redis use their own.
   virtual RedisEndpoint HubRedis() { return redis_->endpoint(); }
+  // Where the hub reads history; tests may wrap the real one.
+  virtual HistorySource& HubHistory(RedisStoreHistory& real) { return real; }
 
   void StartHub(const RedisEndpoint& endpoint) {
     HubOptions options = Options();
     options.redis = endpoint;
     options.key_prefix = redis_->keys().prefix();
     history_ = std::make_unique<RedisStoreHistory>(endpoint, redis_->keys(), store_);
-    hub_ = std::make_unique<Hub>(options, *history_, registry_);
+    hub_ = std::make_unique<Hub>(options, HubHistory(*history_), registry_);
     hub_->Start();
     authenticator_ = std::make_unique<KeyAuthenticator>(
         KeyAuthenticatorOptions{.bootstrap_secret = kApiKey, .bootstrap_tenant = kTenant},

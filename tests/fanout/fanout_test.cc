@@ -310,7 +310,7 @@ class SlowFanout : public FanoutFixture {
  protected:
   HubOptions Options() override {
     HubOptions options;
-    options.max_buffered = 32;
+    options.stream.max_buffered = 32;
     return options;
   }
 };
@@ -362,30 +362,134 @@ TEST_F(SlowFanout, ASlowConsumerIsCutWithItsCursorAndOthersAreUnaffected) {
   EXPECT_THAT(Seqs(resumed.ReadEvents(1)), ElementsAre(402u));
 }
 
-class KeepaliveFanout : public FanoutFixture {
+// The hub on a FakeClock with no ticker thread: the test moves time and ticks.
+class FakeClockFanout : public FanoutFixture {
  protected:
   HubOptions Options() override {
     HubOptions options;
-    options.keepalive = absl::Milliseconds(100);
+    options.clock = &clock_;
+    options.tick_interval = absl::ZeroDuration();
+    return options;
+  }
+  // Moves the hub's clock by `step` and ticks, again and again, until `done`.
+  void TickUntil(const std::atomic<bool>& done, absl::Duration step) {
+    while (!done.load()) {
+      clock_.Advance(step);
+      hub_->TickOnce();
+      absl::SleepFor(absl::Milliseconds(5));  // Lets the stream's writes complete.
+    }
+  }
+  // Publishes event 1 of a new session and opens a stream of it from the start.
+  std::unique_ptr<StreamReader> StreamOfOneEvent() {
+    const std::string session = CreateSession();
+    writer_ = NewWriter(session, 1);
+    EXPECT_TRUE(writer_->PublishNext().ok());
+    client_ = NewClient();
+    return std::make_unique<StreamReader>(*client_, After(session, 0));
+  }
+  FakeClock clock_;
+  std::unique_ptr<Writer> writer_;
+  std::unique_ptr<v1::SessionService::Stub> client_;
+};
+
+class KeepaliveFanout : public FakeClockFanout {
+ protected:
+  HubOptions Options() override {
+    HubOptions options = FakeClockFanout::Options();
+    options.stream.keepalive = absl::Milliseconds(100);
     return options;
   }
 };
 
 TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
-  std::string session = CreateSession();
-  auto writer = NewWriter(session, 1);
-  ASSERT_TRUE(writer->PublishNext().ok());
-  auto client = NewClient();
-  StreamReader stream(*client, After(session, 0));
+  std::unique_ptr<StreamReader> stream = StreamOfOneEvent();
+  ASSERT_THAT(Seqs(stream->ReadEvents(1)), ElementsAre(1u));
+  // Each tick is a keepalive's worth of idle time later. The first may land before the
+  // write of event 1 has completed (nothing is sent while a write is outstanding), so
+  // tick until the client has its keepalive.
+  const absl::Time idle_since = clock_.Now();
+  std::atomic<bool> received{false};
+  std::thread ticker([&] { TickUntil(received, absl::Milliseconds(100)); });
   v1::StreamEventsResponse response;
   bool keepalive = false;
-  for (int i = 0; i < 10 && !keepalive && stream.reader->Read(&response); ++i) {
+  for (int i = 0; i < 10 && !keepalive && stream->reader->Read(&response); ++i) {
     keepalive = response.has_keepalive();
     if (keepalive) {
       EXPECT_EQ(response.keepalive().last_seq(), 1u);
+      // Stamped by the hub's clock, not the wall clock.
+      EXPECT_GE(
+          google::protobuf::util::TimeUtil::TimestampToNanoseconds(response.keepalive().time()),
+          absl::ToUnixNanos(idle_since));
+      EXPECT_LT(
+          google::protobuf::util::TimeUtil::TimestampToNanoseconds(response.keepalive().time()),
+          absl::ToUnixNanos(absl::Now() - absl::Hours(24)));
     }
   }
+  received = true;
+  ticker.join();
   EXPECT_TRUE(keepalive);
+}
+
+// A history whose first start and first read fail as an unreachable store would.
+class FlakyHistory final : public HistorySource {
+ public:
+  explicit FlakyHistory(HistorySource& real) : real_(real) {}
+  absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
+                                                  const std::string& session_id, uint64_t from_seq,
+                                                  int max) override {
+    if (reads_++ == 0) return absl::UnavailableError("store-svc is down");
+    return real_.ReadFrom(tenant_id, session_id, from_seq, max);
+  }
+  absl::StatusOr<StreamStart> Start(const std::string& tenant_id, const std::string& session_id,
+                                    const std::string& turn_id) override {
+    if (starts_++ == 0) return absl::UnavailableError("store-svc is down");
+    return real_.Start(tenant_id, session_id, turn_id);
+  }
+  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
+                                   const StreamStart& start) override {
+    return real_.LastSeq(session_id, start);
+  }
+  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
+                                        const v1::Turn& turn) override {
+    return real_.TurnFirstSeq(session_id, turn);
+  }
+  int starts() const { return starts_.load(); }
+  int reads() const { return reads_.load(); }
+
+ private:
+  HistorySource& real_;
+  std::atomic<int> starts_{0};
+  std::atomic<int> reads_{0};
+};
+
+// The hub reads a history that fails once at each step: each failure is retried after
+// a second of the hub's clock, by a tick.
+class RetryFanout : public FakeClockFanout {
+ protected:
+  HistorySource& HubHistory(RedisStoreHistory& real) override {
+    flaky_ = std::make_unique<FlakyHistory>(real);
+    return *flaky_;
+  }
+  std::unique_ptr<FlakyHistory> flaky_;
+};
+
+TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) {
+  std::unique_ptr<StreamReader> stream = StreamOfOneEvent();
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return flaky_->starts() == 1; }));
+  // Not yet a second later: the stream stays open and nothing is retried.
+  hub_->TickOnce();
+  clock_.Advance(absl::Milliseconds(900));
+  hub_->TickOnce();
+  EXPECT_EQ(flaky_->starts(), 1);
+
+  std::atomic<bool> received{false};
+  std::thread ticker([&] { TickUntil(received, absl::Milliseconds(600)); });
+  std::vector<v1::Event> events = stream->ReadEvents(1);
+  received = true;
+  ticker.join();
+  EXPECT_THAT(Seqs(events), ElementsAre(1u));
+  EXPECT_EQ(flaky_->starts(), 2);
+  EXPECT_GE(flaky_->reads(), 2);
 }
 
 TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {

@@ -1,0 +1,61 @@
+// StreamContext: all that a SubscriberStream sees of the hub that runs it.
+//
+// A stream needs a few fixed settings, the history it reads, the clock its keepalives
+// and retries are timed by, the metrics it counts into, and two ways back into the hub:
+// "run my next backfill step on a worker" and "my access check passed, put me on my
+// session's channel". The Hub implements this; a test may implement it to drive one
+// stream alone.
+//
+//   class Hub : public StreamContext { ... };
+//   auto stream = std::make_shared<SubscriberStream>(hub, writer, params);
+//   hub.Open(stream);
+//
+// Every method may be called from any thread. ScheduleBackfill is called with the
+// stream's lock held, so it may take only locks that are never held while calling into
+// a stream (the hub's queue lock, not Hub::mu_); Join is called without it.
+#pragma once
+
+#include <memory>
+
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "gateway/fanout/history.h"
+#include "telemetry/metrics.h"
+
+namespace parley::gateway {
+
+class SubscriberStream;
+
+// Fixed for the life of the hub.
+struct StreamSettings {
+  int max_buffered = 1024;                      // Queued responses before a stream is cut.
+  int backfill_batch = 500;                     // Events per history read.
+  absl::Duration keepalive = absl::Seconds(5);  // After this long without a write.
+};
+
+// What streams count, shared by all of them.
+struct StreamMetrics {
+  telemetry::Counter& delivered;  // Events written to clients.
+  telemetry::Counter& cut;        // Streams ended as slow consumers.
+  telemetry::Histogram& lag;      // From an event's timestamp to its delivery.
+};
+
+class StreamContext {
+ public:
+  virtual ~StreamContext() = default;
+
+  virtual const StreamSettings& settings() const = 0;
+  virtual HistorySource& history() = 0;
+  virtual Clock& clock() = 0;
+  virtual StreamMetrics& metrics() = 0;
+
+  // Runs stream->RunBackfill() on a backfill worker, soon. Called with the stream's
+  // lock held.
+  virtual void ScheduleBackfill(std::shared_ptr<SubscriberStream> stream) = 0;
+  // The stream's access check passed: it joins its session's channel and is resynced
+  // once the channel's subscription is confirmed. No-op for a stream that has ended
+  // meanwhile. Called without the stream's lock.
+  virtual void Join(const std::shared_ptr<SubscriberStream>& stream) = 0;
+};
+
+}  // namespace parley::gateway
