@@ -20,7 +20,6 @@
 //   runtime_bench --store_addr=... --session_addr=... --session_pid=... --redis_url=...
 //   ... RESULT name=runtime deltas_per_s=... raw_redis_per_s=... delta_ratio=...
 //       cpu_us_per_delta=... sse_mb_per_s=... sse_ratio=...
-#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -41,6 +40,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/events/publisher.h"
+#include "common/proto_time.h"
 #include "common/redis.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
@@ -82,10 +82,6 @@ absl::Status WithDeadline(Call call) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   return FromGrpc(call(&context));
-}
-
-absl::Time ToTime(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
 }
 
 struct LoopResult {
@@ -152,8 +148,8 @@ absl::StatusOr<LoopResult> MeasureLoop(const Options& o) {
       if (!status.ok()) return status;
       const v1::Turn& turn = response.turn();
       if (turn.status() == v1::TURN_STATUS_SUCCEEDED) {
-        first_start = std::min(first_start, ToTime(turn.start_time()));
-        last_end = std::max(last_end, ToTime(turn.end_time()));
+        first_start = std::min(first_start, parley::FromTimestamp(turn.start_time()));
+        last_end = std::max(last_end, parley::FromTimestamp(turn.end_time()));
         break;
       }
       if (turn.status() == v1::TURN_STATUS_FAILED || turn.status() == v1::TURN_STATUS_CANCELLED) {

@@ -29,7 +29,6 @@
 //       claim_p50_ms=... claim_p99_ms=... first_event_p99_ms=... failover_s=... lease_ttl_s=...
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -56,6 +55,7 @@
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
 #include "common/config.h"
+#include "common/proto_time.h"
 #include "common/redis.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
@@ -118,10 +118,6 @@ std::shared_ptr<grpc::Channel> Channel(const std::string& addr, int channel_id) 
   grpc::ChannelArguments args;
   args.SetInt("grpc.channel_id", channel_id);  // A connection per client thread.
   return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
-}
-
-absl::Time ToTime(const google::protobuf::Timestamp& timestamp) {
-  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(timestamp));
 }
 
 // Runs body(i) on `count` threads; returns the first error.
@@ -456,7 +452,7 @@ class Listener {
       TurnRecord& turn = turns_[event.turn_id()];
       turn.session = event.session_id();
       ++turn.events;
-      const absl::Time time = ToTime(event.time());
+      const absl::Time time = parley::FromTimestamp(event.time());
       if (event.has_turn_started()) {
         if (turn.started == absl::Time()) turn.started = time;
         turn.last_attempt = event.turn_started().attempt();
@@ -935,7 +931,7 @@ absl::StatusOr<Results> Run(const Options& o) {
       if (absl::Status s = Call(*stores[t], &StoreStub::GetTurn, request, &response); !s.ok()) {
         return s;
       }
-      const absl::Time claimed = ToTime(response.turn().start_time());
+      const absl::Time claimed = parley::FromTimestamp(response.turn().start_time());
       const absl::Duration wait = claimed - submitted[i];
       if (wait < absl::ZeroDuration()) ++before_ack;
       claim_ms[i] = std::max(0.0, absl::ToDoubleMilliseconds(wait));

@@ -72,11 +72,16 @@ absl::StatusOr<EventLogRange> EventLogReader::Read(RedisConnection& redis,
 absl::StatusOr<std::vector<EventLogEntry>> EventLogReader::ReadBackward(
     RedisConnection& redis, const std::string& session_id, std::optional<EntryId> before,
     int max) const {
-  const std::string end = before.has_value() ? absl::StrCat("(", before->ToString()) : "+";
-  absl::StatusOr<RedisReply> reply = redis.Command(
-      {"XREVRANGE", keys_.EventStream(session_id), end, "-", "COUNT", absl::StrCat(max)});
+  absl::StatusOr<RedisReply> reply = redis.Command(BackwardCommand(session_id, before, max));
   if (!reply.ok()) return reply.status();
   return EntriesOf(reply->get());
+}
+
+std::vector<std::string> EventLogReader::BackwardCommand(const std::string& session_id,
+                                                         std::optional<EntryId> before,
+                                                         int max) const {
+  const std::string end = before.has_value() ? absl::StrCat("(", before->ToString()) : "+";
+  return {"XREVRANGE", keys_.EventStream(session_id), end, "-", "COUNT", absl::StrCat(max)};
 }
 
 absl::StatusOr<uint64_t> EventLogReader::LastSeq(RedisConnection& redis,

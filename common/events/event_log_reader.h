@@ -5,8 +5,8 @@
 // "<seq>-1", "<seq>-2", … for the transient events published after it (they carry its
 // seq), fields e=<serialized parley.v1.Event> and t=<publish time, ms>. The lease hash
 // `{s:<id>}:lease` holds `last_seq`, the newest durable seq published. Nothing else
-// parses either: the gateway's hot window, store-svc's persister and the publisher's own
-// trimming all read through here.
+// parses either: the gateway's hot window, store-svc's persister, session-svc's executor
+// and router, and the publisher's own trimming all read through here.
 //
 //   EventLogReader log(keys);
 //   absl::StatusOr<EventLogRange> range = log.Read(redis, session_id, EntryId{next_seq}, 500);
@@ -82,6 +82,8 @@ class EventLogReader {
 
   // The same reads as commands and replies, for a caller that pipelines them with its own.
   std::vector<std::string> RangeCommand(const std::string& session_id, EntryId from, int max) const;
+  std::vector<std::string> BackwardCommand(const std::string& session_id,
+                                           std::optional<EntryId> before, int max) const;
   std::vector<std::string> LastSeqCommand(const std::string& session_id) const;
   // The entries of an XRANGE / XREVRANGE reply, in its order.
   static std::vector<EventLogEntry> EntriesOf(const redisReply* reply);

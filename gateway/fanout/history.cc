@@ -6,14 +6,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/proto_time.h"
 #include "common/status.h"
-#include "google/protobuf/util/time_util.h"
 
 namespace parley::gateway {
 namespace {
 
 using StoreStub = store::v1::StoreService::StubInterface;
-using google::protobuf::util::TimeUtil;
 
 // One blocking call to store-svc, within a bound of its own.
 template <typename Request, typename Response>
@@ -155,7 +154,7 @@ absl::StatusOr<uint64_t> RedisStoreHistory::FindTurnStart(RedisConnection& redis
                                                           const v1::Turn& turn) {
   constexpr int kBatch = 256;
   constexpr int kMaxEntries = 16 * 1024;
-  constexpr int64_t kClockSkewNanos = 2'000'000'000;
+  constexpr absl::Duration kClockSkew = absl::Seconds(2);
   std::optional<EntryId> before;  // From the newest.
   uint64_t newest_seq = 0;
   for (int scanned = 0; scanned < kMaxEntries; scanned += kBatch) {
@@ -173,8 +172,7 @@ absl::StatusOr<uint64_t> RedisStoreHistory::FindTurnStart(RedisConnection& redis
       // nothing older can be the turn's, so it has not started, and whatever it
       // publishes comes after the newest entry read.
       if (event->has_time() && turn.has_create_time() &&
-          TimeUtil::TimestampToNanoseconds(event->time()) <
-              TimeUtil::TimestampToNanoseconds(turn.create_time()) - kClockSkewNanos) {
+          FromTimestamp(event->time()) < FromTimestamp(turn.create_time()) - kClockSkew) {
         return newest_seq + 1;
       }
     }

@@ -2,11 +2,11 @@
 #include "gateway/fanout/subscriber_stream.h"
 
 #include <google/protobuf/util/message_differencer.h>
-#include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 
 namespace parley::gateway {
@@ -168,10 +168,8 @@ void SubscriberStream::OnWriteDone(bool ok) {
     const v1::Event& event = in_flight_->event();
     if (ok && !event.transient()) last_written_seq_ = event.seq();
     if (ok && event.has_time()) {
-      context_.metrics().lag.Observe(absl::ToDoubleSeconds(
-          context_.clock().Now() -
-          absl::FromUnixNanos(
-              google::protobuf::util::TimeUtil::TimestampToNanoseconds(event.time()))));
+      context_.metrics().lag.Observe(
+          absl::ToDoubleSeconds(context_.clock().Now() - FromTimestamp(event.time())));
     }
     if (ok) context_.metrics().delivered.Increment();
   }
@@ -269,8 +267,7 @@ void SubscriberStream::Tick(absl::Time now) {
   if (in_flight_ == nullptr && queue_.empty() &&
       now - last_write_ >= context_.settings().keepalive) {
     auto keepalive = std::make_shared<v1::StreamEventsResponse>();
-    *keepalive->mutable_keepalive()->mutable_time() =
-        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now));
+    *keepalive->mutable_keepalive()->mutable_time() = ToTimestamp(now);
     keepalive->mutable_keepalive()->set_last_seq(next_seq_ > 0 ? next_seq_ - 1 : 0);
     EnqueueLocked(std::move(keepalive));
   }

@@ -2,6 +2,7 @@
 #include "session-svc/api/router_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/events/event_log_reader.h"
 #include "common/proto_time.h"
 #include "common/status.h"
 
@@ -192,10 +193,11 @@ grpc::Status RouterService::GetSessionStatus(grpc::ServerContext*,
 
   // Redis first, then the store: a turn that starts in between shows as running with
   // a stream position no newer than its start, never the other way round.
+  const EventLogReader log(keys_);
   absl::StatusOr<RedisReply> lease_seq =
-      signals_.Command({"HGET", keys_.Lease(request->session_id()), "last_seq"});
-  absl::StatusOr<RedisReply> tail = signals_.Command(
-      {"XREVRANGE", keys_.EventStream(request->session_id()), "+", "-", "COUNT", "1"});
+      signals_.Command(log.LastSeqCommand(request->session_id()));
+  absl::StatusOr<RedisReply> tail =
+      signals_.Command(log.BackwardCommand(request->session_id(), std::nullopt, 1));
 
   pb::GetSessionRequest get;
   get.set_tenant_id(request->tenant_id());
@@ -214,16 +216,15 @@ grpc::Status RouterService::GetSessionStatus(grpc::ServerContext*,
   response->set_queued_turns(session.queued_turns());
   response->set_durable_last_seq(s.last_seq());
   response->set_epoch(s.epoch());
-  const uint64_t published =
-      lease_seq.ok() ? static_cast<uint64_t>(ReplyInt64(lease_seq->get())) : 0;
+  const uint64_t published = lease_seq.ok() ? EventLogReader::LastSeqOf(lease_seq->get()) : 0;
   response->set_last_seq(std::max<uint64_t>(published, s.last_seq()));
   // A retry still in effect is the newest entry of the stream: no event followed it.
-  if (tail.ok() && (*tail)->elements == 1 && !s.current_turn_id().empty()) {
-    const redisReply* field = StreamEntryField((*tail)->element[0], "e");
-    v1::Event event;
-    if (field != nullptr && event.ParseFromArray(field->str, static_cast<int>(field->len)) &&
-        event.has_retry_scheduled() && event.turn_id() == s.current_turn_id()) {
-      *response->mutable_retry() = event.retry_scheduled();
+  const std::vector<EventLogEntry> newest =
+      tail.ok() ? EventLogReader::EntriesOf(tail->get()) : std::vector<EventLogEntry>();
+  if (newest.size() == 1 && !s.current_turn_id().empty()) {
+    absl::StatusOr<v1::Event> event = newest[0].Parse(s.id());
+    if (event.ok() && event->has_retry_scheduled() && event->turn_id() == s.current_turn_id()) {
+      *response->mutable_retry() = event->retry_scheduled();
     }
   }
   return grpc::Status::OK;

@@ -6,8 +6,8 @@
 #include <optional>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/events/event_log_reader.h"
 #include "common/proto_time.h"
 #include "session-svc/turn/transcript.h"
 
@@ -23,25 +23,6 @@ v1::TurnError MakeError(v1::TurnErrorKind kind, std::string reason, std::string 
   error.set_message(std::move(message));
   error.set_retryable(retryable);
   return error;
-}
-
-// The entry id "<seq>-<sub>" of a Redis stream entry.
-std::pair<uint64_t, uint64_t> EntryId(const redisReply* entry) {
-  absl::string_view id(entry->element[0]->str, entry->element[0]->len);
-  uint64_t seq = 0, sub = 0;
-  size_t dash = id.find('-');
-  (void)absl::SimpleAtoi(id.substr(0, dash), &seq);
-  if (dash != absl::string_view::npos) (void)absl::SimpleAtoi(id.substr(dash + 1), &sub);
-  return {seq, sub};
-}
-
-std::optional<v1::Event> EntryEvent(const redisReply* entry) {
-  const redisReply* field = StreamEntryField(entry, "e");
-  v1::Event event;
-  if (field == nullptr || !event.ParseFromArray(field->str, static_cast<int>(field->len))) {
-    return std::nullopt;
-  }
-  return event;
 }
 
 }  // namespace
@@ -295,15 +276,14 @@ absl::Status TurnExecutor::Run_::FlushPending(bool after_commit) {
 }
 
 void TurnExecutor::Run_::SealPredecessor() {
-  const RedisKeys keys(x_.options_.key_prefix);
-  absl::StatusOr<RedisReply> tail =
-      x_.redis_->Command({"XREVRANGE", keys.EventStream(session_id_), "+", "-", "COUNT", "16"});
+  const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
+  absl::StatusOr<std::vector<EventLogEntry>> tail =
+      log.ReadBackward(*x_.redis_, session_id_, std::nullopt, 16);
   if (!tail.ok()) return;
-  for (size_t i = 0; i < (*tail)->elements; ++i) {
-    const redisReply* entry = (*tail)->element[i];
-    if (EntryId(entry).second != 0) continue;  // Transient: look further back.
-    std::optional<v1::Event> last = EntryEvent(entry);
-    if (!last || !last->has_turn_completed() || last->turn_id() == turn_.id()) return;
+  for (const EventLogEntry& entry : *tail) {
+    if (!entry.id.durable()) continue;  // Transient: look further back.
+    absl::StatusOr<v1::Event> last = entry.Parse(session_id_);
+    if (!last.ok() || !last->has_turn_completed() || last->turn_id() == turn_.id()) return;
     // The predecessor committed (the store freed the session only then) but its seal
     // lost the race for the lease. Find its last message and seal it.
     pb::ListMessagesRequest list;
@@ -330,23 +310,22 @@ void TurnExecutor::Run_::SealPredecessor() {
 absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
   // Newest first through the hot window until an event of another turn; what the hot
   // window no longer holds is durable, so the rest comes from store-svc.
-  const RedisKeys keys(x_.options_.key_prefix);
+  const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
   std::vector<v1::Event> newest_first;
-  std::string before = "+";
+  std::optional<EntryId> before;  // None: from the newest entry.
   uint64_t oldest_seen = 0;
   bool boundary = false;
   while (!boundary) {
-    absl::StatusOr<RedisReply> page = x_.redis_->Command(
-        {"XREVRANGE", keys.EventStream(session_id_), before, "-", "COUNT", "256"});
+    absl::StatusOr<std::vector<EventLogEntry>> page =
+        log.ReadBackward(*x_.redis_, session_id_, before, 256);
     if (!page.ok()) return page.status();
-    if ((*page)->elements == 0) break;
-    for (size_t i = 0; i < (*page)->elements && !boundary; ++i) {
-      const redisReply* entry = (*page)->element[i];
-      auto [seq, sub] = EntryId(entry);
-      oldest_seen = seq;
-      before = absl::StrCat("(", seq, "-", sub);
-      std::optional<v1::Event> event = EntryEvent(entry);
-      if (!event || event->transient()) continue;
+    if (page->empty()) break;
+    for (size_t i = 0; i < page->size() && !boundary; ++i) {
+      const EventLogEntry& entry = (*page)[i];
+      oldest_seen = entry.id.seq;
+      before = entry.id;
+      absl::StatusOr<v1::Event> event = entry.Parse(session_id_);
+      if (!event.ok() || event->transient()) continue;
       if (event->turn_id() != turn_.id()) {
         boundary = true;
       } else {

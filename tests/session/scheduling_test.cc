@@ -155,10 +155,11 @@ TEST_F(SessionScheduling, ThousandTurnsOverHundredSessionsRunOnceInOrderAndInPar
       EXPECT_EQ(MessageText(answers[0]), TextOf(*events, id));
       EXPECT_EQ(TextOf(*events, id), absl::StrCat("Echo: session ", s, " round ", round));
       if (round > 0) {
-        EXPECT_GE(ToTime(turn.start_time()), ToTime((*stored)[round - 1].end_time()))
+        EXPECT_GE(FromTimestamp(turn.start_time()), FromTimestamp((*stored)[round - 1].end_time()))
             << "a session runs one turn at a time";
       }
-      intervals.push_back({ToTime(turn.start_time()), ToTime(turn.end_time()), sessions[s], id});
+      intervals.push_back(
+          {FromTimestamp(turn.start_time()), FromTimestamp(turn.end_time()), sessions[s], id});
     }
   }
   std::sort(intervals.begin(), intervals.end(),
@@ -218,17 +219,17 @@ TEST_F(SessionScheduling, AnotherTenantsSingleTurnIsNotStarvedByAThousandQueuedT
     absl::StatusOr<v1::Turn> a = GetTurn(kTenantA, id);
     ASSERT_TRUE(a.ok()) << a.status();
     if (!a->has_start_time()) continue;
-    first_a_start = std::min(first_a_start, ToTime(a->start_time()));
-    if (ToTime(a->start_time()) < ToTime(b->start_time())) ++a_started_before_b;
+    first_a_start = std::min(first_a_start, FromTimestamp(a->start_time()));
+    if (FromTimestamp(a->start_time()) < FromTimestamp(b->start_time())) ++a_started_before_b;
   }
-  const absl::Time blocker_end = ToTime(blocker_state->end_time());
+  const absl::Time blocker_end = FromTimestamp(blocker_state->end_time());
   std::cout << a_started_before_b << " of tenant A's queued turns started before tenant B's\n";
   ASSERT_GE(first_a_start, blocker_end)
       << "tenant A's turns started " << (blocker_end - first_a_start)
       << " before the blocker released the only slot: the claim order was not tested";
   EXPECT_LT(a_started_before_b, 10)
       << "tenant B's single turn waited behind " << a_started_before_b
-      << " of tenant A's; B started " << (ToTime(b->start_time()) - blocker_end)
+      << " of tenant A's; B started " << (FromTimestamp(b->start_time()) - blocker_end)
       << " after the slot was freed";
 }
 
@@ -260,7 +261,8 @@ TEST_F(SessionScheduling, PerTenantCapNeverRunsTwoTurnsOfATenantAtOnce) {
     absl::StatusOr<v1::Turn> turn = WaitForTurnEnd(kTenantA, session, id, absl::Seconds(60));
     ASSERT_TRUE(turn.ok()) << turn.status();
     EXPECT_EQ(turn->status(), v1::TURN_STATUS_SUCCEEDED);
-    a_intervals.push_back({ToTime(turn->start_time()), ToTime(turn->end_time()), session, id});
+    a_intervals.push_back(
+        {FromTimestamp(turn->start_time()), FromTimestamp(turn->end_time()), session, id});
   }
   absl::StatusOr<v1::Turn> b = WaitForTurnEnd(kTenantB, b_session, *b_turn, absl::Seconds(60));
   ASSERT_TRUE(b.ok()) << b.status();
@@ -276,7 +278,8 @@ TEST_F(SessionScheduling, PerTenantCapNeverRunsTwoTurnsOfATenantAtOnce) {
   }
   bool b_overlapped_a = false;
   for (const Interval& a : a_intervals) {
-    if (a.start < ToTime(b->end_time()) && ToTime(b->start_time()) < a.end) b_overlapped_a = true;
+    if (a.start < FromTimestamp(b->end_time()) && FromTimestamp(b->start_time()) < a.end)
+      b_overlapped_a = true;
   }
   EXPECT_TRUE(b_overlapped_a) << "tenant B's turn waited for tenant A's: the cap acted globally";
 }
@@ -296,7 +299,7 @@ TEST_F(SessionScheduling, ATurnQueuedLongerThanTheTtlEndsCancelledWhenItReachesT
   absl::StatusOr<v1::Turn> queued = GetTurn(kTenantA, *late);
   ASSERT_TRUE(queued.ok()) << queued.status();
   ASSERT_EQ(queued->status(), v1::TURN_STATUS_QUEUED);
-  const absl::Time expired_at = ToTime(queued->create_time()) + absl::Seconds(1);
+  const absl::Time expired_at = FromTimestamp(queued->create_time()) + absl::Seconds(1);
   ASSERT_TRUE(WaitUntil([&] { return absl::Now() > expired_at + absl::Milliseconds(300); },
                         absl::Seconds(10)));
 

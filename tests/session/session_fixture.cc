@@ -4,7 +4,6 @@
 #include "tests/session/session_fixture.h"
 
 #include <google/protobuf/util/message_differencer.h>
-#include <google/protobuf/util/time_util.h>
 #include <unistd.h>
 
 #include <iostream>
@@ -14,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 
 namespace parley::session::testing {
@@ -635,10 +635,6 @@ bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout,
 bool IsTerminal(v1::TurnStatus status) {
   return status == v1::TURN_STATUS_SUCCEEDED || status == v1::TURN_STATUS_FAILED ||
          status == v1::TURN_STATUS_CANCELLED;
-}
-
-absl::Time ToTime(const google::protobuf::Timestamp& timestamp) {
-  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(timestamp));
 }
 
 std::vector<v1::Event> EventsOfTurn(const std::vector<v1::Event>& events,

@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/proto_time.h"
 #include "common/redis.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
@@ -235,7 +236,6 @@ bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout,
                absl::Duration poll = absl::Milliseconds(20));
 
 bool IsTerminal(v1::TurnStatus status);
-absl::Time ToTime(const google::protobuf::Timestamp& timestamp);
 
 // The events of one turn, in order.
 std::vector<v1::Event> EventsOfTurn(const std::vector<v1::Event>& events,
