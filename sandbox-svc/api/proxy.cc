@@ -35,9 +35,10 @@ void PrepareDaemonCall(Operation& operation, const grpc::CallbackServerContext* 
   if (deadline != std::chrono::system_clock::time_point::max()) client.set_deadline(deadline);
 }
 
-// What the two streaming proxies share about their daemon call: its client context and
-// whether the caller cancelled before or after the call started. A cancel after the start
-// cancels the daemon call; one before it makes Start finish without starting it.
+// What the two streaming proxies share about their daemon call: the operation it runs
+// under, its client context, and whether the caller cancelled before or after the call
+// started. A cancel after the start cancels the daemon call; one before it makes the
+// proxy finish without starting it.
 class DaemonCallOwner {
  protected:
   void OnServerCancel() {
@@ -50,6 +51,28 @@ class DaemonCallOwner {
     if (started) client_context_.TryCancel();
   }
 
+  // Takes `operation` for the daemon call and readies the client context for `server`'s
+  // caller. False (and `operation` dropped) when the caller cancelled first or `*finished`
+  // (then set) says the server side is done: answer CancelledByCaller() then.
+  bool TakeOperation(std::unique_ptr<Operation> operation,
+                     const grpc::CallbackServerContext* server, bool* finished = nullptr) {
+    {
+      absl::MutexLock lock(&mu_);
+      const bool stop = cancelled_ || (finished != nullptr && *finished);
+      if (finished != nullptr) *finished = *finished || stop;
+      if (stop) return false;
+      daemon_started_ = true;
+    }
+    operation_ = std::move(operation);
+    PrepareDaemonCall(*operation_, server, client_context_);
+    return true;
+  }
+
+  static grpc::Status CancelledByCaller() {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller");
+  }
+
+  std::unique_ptr<Operation> operation_;
   grpc::ClientContext client_context_;
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -111,17 +134,11 @@ class StreamProxy : private DaemonCallOwner {
       server_.Finish(ToGrpcStatus(operation.status()));
       return;
     }
-    {
-      absl::MutexLock lock(&mu_);
-      if (cancelled_) {
-        server_.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller"));
-        return;
-      }
-      daemon_started_ = true;
+    if (!TakeOperation(*std::move(operation), context_)) {
+      server_.Finish(CancelledByCaller());
+      return;
     }
     refs_.fetch_add(1);  // The daemon side.
-    operation_ = *std::move(operation);
-    PrepareDaemonCall(*operation_, context_, client_context_);
     SandboxdAsync* daemon = operation_->daemon().stub().async();
     (daemon->*launch_)(&client_context_, &daemon_request_, &daemon_);
     // Reads are started from the server side's OnWriteDone, outside the daemon call's
@@ -176,21 +193,9 @@ class StreamProxy : private DaemonCallOwner {
   Launch launch_;
   ServerSide server_;
   DaemonSide daemon_;
-  std::unique_ptr<Operation> operation_;
   Message message_;           // Read from the daemon, then written to the caller: one at a time.
   std::atomic<int> refs_{1};  // The server side.
 };
-
-// Starts a StreamProxy for `request`, whose embedded `daemon_request` goes to `launch`.
-template <typename Message, typename Request, typename DaemonReq>
-grpc::ServerWriteReactor<Message>* ProxyStream(
-    ProxyContext& proxies, grpc::CallbackServerContext* context, const Request& request,
-    const DaemonReq& daemon_request, typename StreamProxy<DaemonReq, Message>::Launch launch,
-    const absl::Status& validation) {
-  auto* proxy = new StreamProxy<DaemonReq, Message>(proxies, context, request.sandbox_id(),
-                                                    daemon_request, launch);
-  return proxy->Begin(request.tenant_id(), validation);
-}
 
 // ---------------------------------------------------------------------------------
 // Client-streaming proxy (WriteFile): the header's file message and the data chunks are
@@ -289,18 +294,11 @@ class WriteProxy : private DaemonCallOwner {
       FinishServer(ToGrpcStatus(operation.status()));
       return;
     }
-    {
-      absl::MutexLock lock(&mu_);
-      if (cancelled_ || finished_) {
-        finished_ = true;
-        server_.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller"));
-        return;
-      }
-      daemon_started_ = true;
+    if (!TakeOperation(*std::move(operation), context_, &finished_)) {
+      server_.Finish(CancelledByCaller());
+      return;
     }
     refs_.fetch_add(1);  // The daemon side.
-    operation_ = *std::move(operation);
-    PrepareDaemonCall(*operation_, context_, client_context_);
     operation_->daemon().stub().async()->WriteFile(&client_context_, response_, &daemon_);
     // Writes are started from the server side's OnReadDone, outside the daemon call's
     // own reactions: hold the call open until the last one is issued.
@@ -353,7 +351,6 @@ class WriteProxy : private DaemonCallOwner {
   sbd::WriteFileResponse* response_;
   ServerSide server_;
   DaemonSide daemon_;
-  std::unique_ptr<Operation> operation_;
   std::string sandbox_id_;
   sv1::WriteFileRequest in_;
   sbd::WriteFileRequest out_;
@@ -431,21 +428,26 @@ grpc::ServerUnaryReactor* ProxyUnaryCall(ProxyContext& proxies,
   return reactor;
 }
 
-grpc::ServerWriteReactor<sbd::ExecResponse>* ProxyExec(ProxyContext& proxies,
-                                                       grpc::CallbackServerContext* context,
-                                                       const sv1::ExecRequest& request,
-                                                       const absl::Status& validation) {
-  return ProxyStream<sbd::ExecResponse>(proxies, context, request, request.command(),
-                                        &SandboxdAsync::Exec, validation);
+template <typename Request, typename DaemonReq, typename Message>
+grpc::ServerWriteReactor<Message>* ProxyStream(ProxyContext& proxies,
+                                               grpc::CallbackServerContext* context,
+                                               const Request& request,
+                                               const DaemonReq& daemon_request,
+                                               StreamMethod<DaemonReq, Message> method,
+                                               const absl::Status& validation) {
+  auto* proxy = new StreamProxy<DaemonReq, Message>(proxies, context, request.sandbox_id(),
+                                                    daemon_request, method);
+  return proxy->Begin(request.tenant_id(), validation);
 }
 
-grpc::ServerWriteReactor<sbd::ReadFileResponse>* ProxyReadFile(ProxyContext& proxies,
-                                                               grpc::CallbackServerContext* context,
-                                                               const sv1::ReadFileRequest& request,
-                                                               const absl::Status& validation) {
-  return ProxyStream<sbd::ReadFileResponse>(proxies, context, request, request.file(),
-                                            &SandboxdAsync::ReadFile, validation);
-}
+// The two streams there are.
+template grpc::ServerWriteReactor<sbd::ExecResponse>* ProxyStream(
+    ProxyContext&, grpc::CallbackServerContext*, const sv1::ExecRequest&, const sbd::ExecRequest&,
+    StreamMethod<sbd::ExecRequest, sbd::ExecResponse>, const absl::Status&);
+template grpc::ServerWriteReactor<sbd::ReadFileResponse>* ProxyStream(
+    ProxyContext&, grpc::CallbackServerContext*, const sv1::ReadFileRequest&,
+    const sbd::ReadFileRequest&, StreamMethod<sbd::ReadFileRequest, sbd::ReadFileResponse>,
+    const absl::Status&);
 
 grpc::ServerReadReactor<sv1::WriteFileRequest>* ProxyWriteFile(ProxyContext& proxies,
                                                                grpc::CallbackServerContext* context,

@@ -4,7 +4,8 @@
 // unchanged.
 //
 //   ProxyContext proxies(manager, pool);
-//   return ProxyExec(proxies, context, *request, ValidateCall(*request));
+//   return ProxyStream(proxies, context, *request, request->command(), &SandboxdAsync::Exec,
+//                      ValidateCall(*request));
 //
 // One message is in flight in each direction, so flow control reaches from the caller to
 // the process in the sandbox, and cancelling the caller's call cancels the daemon's (which
@@ -55,21 +56,35 @@ class ProxyContext {
   ThreadPool& pool_;
 };
 
+// The daemon's client stub, whose methods the proxies are given.
+using SandboxdAsync = ::parley::sandboxd::v1::Sandboxd::StubInterface::async_interface;
+
 // Each proxy finishes the call at once with `validation` when it is not OK (the request's
 // ValidateCall result), else proxies it; it returns the reactor for gRPC and frees itself
 // once both sides are done. The request and response objects are gRPC's, alive until then.
-grpc::ServerWriteReactor<::parley::sandboxd::v1::ExecResponse>* ProxyExec(
-    ProxyContext& proxies, grpc::CallbackServerContext* context,
-    const ::parley::sandbox::v1::ExecRequest& request, const absl::Status& validation);
-grpc::ServerWriteReactor<::parley::sandboxd::v1::ReadFileResponse>* ProxyReadFile(
-    ProxyContext& proxies, grpc::CallbackServerContext* context,
-    const ::parley::sandbox::v1::ReadFileRequest& request, const absl::Status& validation);
-// The stream is validated as it arrives: its header with ValidateCall, each data chunk
-// with ValidateWriteChunk.
+
+// The server-streaming proxy (Exec, ReadFile): `daemon_request` (embedded in `request`) goes
+// to the daemon's `method`, whose messages are written to the caller as they arrive.
+// Defined for the Exec and ReadFile requests.
+//
+//   return ProxyStream(proxies_, context, *request, request->command(), &SandboxdAsync::Exec,
+//                      ValidateCall(*request));
+template <typename DaemonReq, typename Message>
+using StreamMethod = void (SandboxdAsync::*)(grpc::ClientContext*, const DaemonReq*,
+                                             grpc::ClientReadReactor<Message>*);
+template <typename Request, typename DaemonReq, typename Message>
+grpc::ServerWriteReactor<Message>* ProxyStream(ProxyContext& proxies,
+                                               grpc::CallbackServerContext* context,
+                                               const Request& request,
+                                               const DaemonReq& daemon_request,
+                                               StreamMethod<DaemonReq, Message> method,
+                                               const absl::Status& validation);
+
+// The client-streaming proxy (WriteFile). The stream is validated as it arrives: its header
+// with ValidateCall, each data chunk with ValidateWriteChunk.
 grpc::ServerReadReactor<::parley::sandbox::v1::WriteFileRequest>* ProxyWriteFile(
     ProxyContext& proxies, grpc::CallbackServerContext* context,
     ::parley::sandboxd::v1::WriteFileResponse* response);
-using SandboxdAsync = ::parley::sandboxd::v1::Sandboxd::StubInterface::async_interface;
 
 // The unary proxy's core: `launch` starts the daemon call on `daemon` and reports its end
 // to `done`. Use ProxyUnary below.

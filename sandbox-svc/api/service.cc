@@ -138,12 +138,14 @@ grpc::ServerUnaryReactor* SandboxManagerService::DestroySandbox(
 
 grpc::ServerWriteReactor<sbd::ExecResponse>* SandboxManagerService::Exec(
     grpc::CallbackServerContext* context, const sv1::ExecRequest* request) {
-  return ProxyExec(proxies_, context, *request, ValidateCall(*request));
+  return ProxyStream(proxies_, context, *request, request->command(), &SandboxdAsync::Exec,
+                     ValidateCall(*request));
 }
 
 grpc::ServerWriteReactor<sbd::ReadFileResponse>* SandboxManagerService::ReadFile(
     grpc::CallbackServerContext* context, const sv1::ReadFileRequest* request) {
-  return ProxyReadFile(proxies_, context, *request, ValidateCall(*request));
+  return ProxyStream(proxies_, context, *request, request->file(), &SandboxdAsync::ReadFile,
+                     ValidateCall(*request));
 }
 
 grpc::ServerReadReactor<sv1::WriteFileRequest>* SandboxManagerService::WriteFile(
