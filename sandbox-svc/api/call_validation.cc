@@ -5,8 +5,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "sandbox-svc/api/exec_validation.h"
@@ -63,6 +67,18 @@ absl::Status ValidateOperation(const Request& request, const Operation& operatio
   return validate(operation);
 }
 
+// A ListSandboxes cursor: empty, or "<create time in unix nanos>/<id>" as the manager
+// writes it (SandboxManager::List decodes it).
+absl::Status ValidatePageToken(const std::string& token) {
+  if (token.empty()) return absl::OkStatus();
+  std::vector<std::string> parts = absl::StrSplit(token, '/');
+  int64_t nanos = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &nanos) || parts[1].empty()) {
+    return InvalidArgumentError("page_token", "not a token from a previous response");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateTarget(const std::string& tenant_id, const std::string& sandbox_id) {
@@ -96,7 +112,7 @@ absl::Status ValidateCall(const sv1::ListSandboxesRequest& request) {
   if (request.page_size() > kMaxPageSize) {
     return InvalidArgumentError("page_size", "too large", "1000");
   }
-  return absl::OkStatus();
+  return ValidatePageToken(request.page_token());
 }
 
 absl::Status ValidateCall(const sv1::PauseSandboxRequest& request) {
