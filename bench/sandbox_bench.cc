@@ -104,9 +104,9 @@ class Client {
     sv1::ExecRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
-    request.add_argv("/bin/true");
+    request.mutable_command()->add_argv("/bin/true");
     auto reader = stub_->Exec(&context, request);
-    sv1::ExecResponse message;
+    ::parley::sandboxd::v1::ExecResponse message;
     bool exited_zero = false;
     while (reader->Read(&message)) {
       if (message.has_exit()) exited_zero = message.exit().exit_code() == 0;
@@ -398,8 +398,8 @@ int main(int argc, char** argv) {
       "RESULT name=sandbox cgroup_mode=%s cold_p50_ms=%.2f cold_p99_ms=%.2f bare_bwrap_p50_ms=%.2f "
       "cold_ratio=%.2f warm_p50_ms=%.3f warm_p99_ms=%.3f exec_p50_ms=%.3f exec_p99_ms=%.3f "
       "rss_per_sandbox_mib=%.2f rss_naive_per_sandbox_mib=%.2f concurrent=%d errors=%d\n",
-      cgroup_mode, cold.p50, cold.p99, bare_stats.p50, ratio, warm.p50, warm.p99, exec.p50, exec.p99,
-      per_sandbox_mib, naive_per_sandbox_mib, answering, errors);
+      cgroup_mode, cold.p50, cold.p99, bare_stats.p50, ratio, warm.p50, warm.p99, exec.p50,
+      exec.p99, per_sandbox_mib, naive_per_sandbox_mib, answering, errors);
   (void)parley::sandbox::RemoveTree(options.state_dir);
   return errors == 0 ? 0 : 1;
 }

@@ -8,21 +8,26 @@
 
 #include "absl/status/statusor.h"
 #include "common/status.h"
+#include "sandbox-svc/api/exec_validation.h"
+#include "sandbox-svc/api/file_validation.h"
 #include "sandbox-svc/api/paths.h"
-#include "sandbox-svc/util/exec_validation.h"
-#include "sandbox-svc/util/request_validation.h"
 #include "telemetry/grpc_telemetry.h"
 
 namespace parley::gateway {
 namespace {
 
 namespace sv1 = sandbox::v1;
+namespace sbd = sandboxd::v1;
 namespace store_pb = store::v1;
 
 using SandboxAsync = sv1::SandboxManager::StubInterface::async_interface;
-// The same limits sandbox-svc applies, checked here before a sandbox is touched.
-using sandbox::CheckCallerPath;
-using sandbox::ValidateMode;
+// The same validators sandbox-svc and its daemon apply, run here before a sandbox is
+// touched.
+using sandbox::ValidateExecCommand;
+using sandbox::ValidateListDir;
+using sandbox::ValidateReadFile;
+using sandbox::ValidateStat;
+using sandbox::ValidateWriteHeader;
 
 // A status of sandbox-svc as the public API states it. A sandbox lost between the
 // lookup and the operation (destroyed, failed, reaped) is UNAVAILABLE for the caller:
@@ -305,15 +310,15 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
   bool replaying_ = false;
 };
 
-absl::Status ConvertExec(sv1::ExecResponse& in, v1::ExecResponse* out) {
+absl::Status ConvertExec(sbd::ExecResponse& in, v1::ExecResponse* out) {
   switch (in.output_case()) {
-    case sv1::ExecResponse::kStdout:
+    case sbd::ExecResponse::kStdout:
       out->set_stdout(std::move(*in.mutable_stdout()));
       return absl::OkStatus();
-    case sv1::ExecResponse::kStderr:
+    case sbd::ExecResponse::kStderr:
       out->set_stderr(std::move(*in.mutable_stderr()));
       return absl::OkStatus();
-    case sv1::ExecResponse::kExit:
+    case sbd::ExecResponse::kExit:
       out->mutable_exit()->Swap(in.mutable_exit());
       return absl::OkStatus();
     default:
@@ -321,16 +326,16 @@ absl::Status ConvertExec(sv1::ExecResponse& in, v1::ExecResponse* out) {
   }
 }
 
-absl::Status ConvertRead(sv1::ReadFileResponse& in, v1::ReadFileResponse* out) {
+absl::Status ConvertRead(sbd::ReadFileResponse& in, v1::ReadFileResponse* out) {
   if (in.has_info()) out->mutable_info()->Swap(in.mutable_info());
   out->set_data(std::move(*in.mutable_data()));
   return absl::OkStatus();
 }
 
 using ExecCall =
-    DownloadCall<v1::ExecRequest, v1::ExecResponse, sv1::ExecRequest, sv1::ExecResponse>;
+    DownloadCall<v1::ExecRequest, v1::ExecResponse, sv1::ExecRequest, sbd::ExecResponse>;
 using ReadCall = DownloadCall<v1::ReadFileRequest, v1::ReadFileResponse, sv1::ReadFileRequest,
-                              sv1::ReadFileResponse>;
+                              sbd::ReadFileResponse>;
 
 // ---------------------------------------------------------------------------------
 // WriteFile: the caller's stream relayed message by message, committed on half-close.
@@ -384,13 +389,12 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
           InvalidArgumentError("header", "the first message must be a WriteFileHeader")));
     }
     const v1::WriteFileHeader& header = in_.header();
-    sv1::WriteFileHeader* out = out_.mutable_header();
+    sbd::WriteFileHeader* out = out_.mutable_header()->mutable_file();
     out->set_path(header.path());
     out->set_mode(header.mode());
     out->set_create_parents(header.create_parents());
     out->set_append(header.append());
-    absl::Status valid = CheckCallerPath(header.path(), "header.path");
-    if (valid.ok()) valid = ValidateMode(header.mode(), "header.mode");
+    absl::Status valid = ValidateWriteHeader(*out, "header.");
     Locate(kScopeSandboxFiles, header.session_id(), "header.session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (!sandbox_id.ok()) return Finish(ToGrpcStatus(sandbox_id.status()));
@@ -438,7 +442,7 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
   Upstream upstream_;
   v1::WriteFileRequest in_;
   sv1::WriteFileRequest out_;
-  sv1::WriteFileResponse upstream_response_;
+  sbd::WriteFileResponse upstream_response_;
   // Reads and the upstream's start happen one after another (each read is started only
   // once the previous step is over), so these need no lock.
   bool started_ = false;
@@ -500,19 +504,20 @@ grpc::ServerWriteReactor<v1::ExecResponse>* SandboxApi::Exec(grpc::CallbackServe
       {.scope = kScopeSandboxExec,
        .build =
            [](const v1::ExecRequest& in, sv1::ExecRequest* out) {
-             *out->mutable_argv() = in.argv();
-             *out->mutable_env() = in.env();
-             out->set_cwd(in.cwd());
-             out->set_stdin(in.stdin());
-             out->set_timeout_ms(in.timeout_ms());
+             sbd::ExecRequest* command = out->mutable_command();
+             *command->mutable_argv() = in.argv();
+             *command->mutable_env() = in.env();
+             command->set_cwd(in.cwd());
+             command->set_stdin(in.stdin());
+             command->set_timeout_ms(in.timeout_ms());
            },
        .launch =
            [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ExecRequest* req,
-              grpc::ClientReadReactor<sv1::ExecResponse>* reactor) {
+              grpc::ClientReadReactor<sbd::ExecResponse>* reactor) {
              stub->Exec(context, req, reactor);
            },
        .convert = ConvertExec,
-       .validate = [](const sv1::ExecRequest& req) { return sandbox::ValidateExecFields(req); },
+       .validate = [](const sv1::ExecRequest& req) { return ValidateExecCommand(req.command()); },
        .idempotent_method = "Exec",
        .outcome = [](const v1::ExecResponse& message) { return message.has_exit(); }});
 }
@@ -524,17 +529,18 @@ grpc::ServerWriteReactor<v1::ReadFileResponse>* SandboxApi::ReadFile(
       {.scope = kScopeSandboxFiles,
        .build =
            [](const v1::ReadFileRequest& in, sv1::ReadFileRequest* out) {
-             out->set_path(in.path());
-             out->set_offset_bytes(in.offset_bytes());
-             out->set_limit_bytes(in.limit_bytes());
+             sbd::ReadFileRequest* file = out->mutable_file();
+             file->set_path(in.path());
+             file->set_offset_bytes(in.offset_bytes());
+             file->set_limit_bytes(in.limit_bytes());
            },
        .launch =
            [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ReadFileRequest* req,
-              grpc::ClientReadReactor<sv1::ReadFileResponse>* reactor) {
+              grpc::ClientReadReactor<sbd::ReadFileResponse>* reactor) {
              stub->ReadFile(context, req, reactor);
            },
        .convert = ConvertRead,
-       .validate = [](const sv1::ReadFileRequest& req) { return CheckCallerPath(req.path()); }});
+       .validate = [](const sv1::ReadFileRequest& req) { return ValidateReadFile(req.file()); }});
 }
 
 grpc::ServerReadReactor<v1::WriteFileRequest>* SandboxApi::WriteFile(
@@ -546,18 +552,18 @@ grpc::ServerUnaryReactor* SandboxApi::ListFiles(grpc::CallbackServerContext* con
                                                 const v1::ListFilesRequest* request,
                                                 v1::ListFilesResponse* response) {
   sv1::ListFilesRequest internal;
-  internal.set_path(request->path());
-  internal.set_recursive(request->recursive());
-  internal.set_max_entries(request->max_entries());
-  absl::Status valid = CheckCallerPath(internal.path());
-  if (valid.ok()) valid = sandbox::ValidateMaxEntries(internal.max_entries());
-  return new UnaryCall<v1::ListFilesResponse, sv1::ListFilesRequest, sv1::ListFilesResponse>(
+  sbd::ListDirRequest* list = internal.mutable_list();
+  list->set_path(request->path());
+  list->set_recursive(request->recursive());
+  list->set_max_entries(request->max_entries());
+  absl::Status valid = ValidateListDir(*list);
+  return new UnaryCall<v1::ListFilesResponse, sv1::ListFilesRequest, sbd::ListDirResponse>(
       authenticator_, downstream_, context, request->session_id(), std::move(valid),
       std::move(internal), response,
       [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ListFilesRequest* req,
-         sv1::ListFilesResponse* resp,
+         sbd::ListDirResponse* resp,
          std::function<void(grpc::Status)> done) { stub->ListFiles(context, req, resp, done); },
-      [](sv1::ListFilesResponse& in, v1::ListFilesResponse* out) {
+      [](sbd::ListDirResponse& in, v1::ListFilesResponse* out) {
         out->mutable_entries()->Swap(in.mutable_entries());
         out->set_truncated(in.truncated());
       });
@@ -567,15 +573,15 @@ grpc::ServerUnaryReactor* SandboxApi::StatFile(grpc::CallbackServerContext* cont
                                                const v1::StatFileRequest* request,
                                                v1::StatFileResponse* response) {
   sv1::StatFileRequest internal;
-  internal.set_path(request->path());
-  absl::Status valid = CheckCallerPath(internal.path());
-  return new UnaryCall<v1::StatFileResponse, sv1::StatFileRequest, sv1::StatFileResponse>(
+  internal.mutable_stat()->set_path(request->path());
+  absl::Status valid = ValidateStat(internal.stat());
+  return new UnaryCall<v1::StatFileResponse, sv1::StatFileRequest, sbd::StatResponse>(
       authenticator_, downstream_, context, request->session_id(), std::move(valid),
       std::move(internal), response,
       [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::StatFileRequest* req,
-         sv1::StatFileResponse* resp,
+         sbd::StatResponse* resp,
          std::function<void(grpc::Status)> done) { stub->StatFile(context, req, resp, done); },
-      [](sv1::StatFileResponse& in, v1::StatFileResponse* out) {
+      [](sbd::StatResponse& in, v1::StatFileResponse* out) {
         out->mutable_info()->Swap(in.mutable_info());
       });
 }

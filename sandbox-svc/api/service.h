@@ -3,19 +3,18 @@
 //   SandboxManagerService service(&manager, /*lifecycle_threads=*/8);
 //   host.AddService(&service);
 //
-// Reads (templates, get, list) answer inline. Lifecycle calls that block on a provider
-// (create, acquire, pause, resume, destroy) run on a fixed worker pool so gRPC's
-// callback threads never block. Exec and file calls are proxied to the sandbox's
-// daemon with client reactors: one message in flight in each direction, so flow
-// control reaches from the caller to the process in the sandbox, and cancelling the
-// caller's call cancels the daemon's (which kills the process tree). Only when the
-// sandbox must first be resumed or reconnected does the proxy hop onto the pool.
+// Every call is validated first (call_validation.h); the manager behind assumes valid
+// input. Reads (templates, get, list) answer inline. Lifecycle calls that block on a
+// provider (create, acquire, pause, resume, destroy) run on a fixed worker pool so gRPC's
+// callback threads never block. Exec and file calls go to the proxies (proxy.h), which
+// forward the embedded daemon request whole and relay the daemon's answers unchanged.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
 #include "common/thread_pool.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
+#include "sandbox-svc/api/proxy.h"
 #include "sandbox-svc/manager/manager.h"
 
 namespace parley::sandbox {
@@ -60,35 +59,32 @@ class SandboxManagerService final : public ::parley::sandbox::v1::SandboxManager
       const ::parley::sandbox::v1::DestroySandboxRequest* request,
       ::parley::sandbox::v1::DestroySandboxResponse* response) override;
 
-  grpc::ServerWriteReactor< ::parley::sandbox::v1::ExecResponse>* Exec(
+  grpc::ServerWriteReactor< ::parley::sandboxd::v1::ExecResponse>* Exec(
       grpc::CallbackServerContext* context,
       const ::parley::sandbox::v1::ExecRequest* request) override;
-  grpc::ServerWriteReactor< ::parley::sandbox::v1::ReadFileResponse>* ReadFile(
+  grpc::ServerWriteReactor< ::parley::sandboxd::v1::ReadFileResponse>* ReadFile(
       grpc::CallbackServerContext* context,
       const ::parley::sandbox::v1::ReadFileRequest* request) override;
   grpc::ServerReadReactor< ::parley::sandbox::v1::WriteFileRequest>* WriteFile(
       grpc::CallbackServerContext* context,
-      ::parley::sandbox::v1::WriteFileResponse* response) override;
+      ::parley::sandboxd::v1::WriteFileResponse* response) override;
   grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context,
                                       const ::parley::sandbox::v1::ListFilesRequest* request,
-                                      ::parley::sandbox::v1::ListFilesResponse* response) override;
+                                      ::parley::sandboxd::v1::ListDirResponse* response) override;
   grpc::ServerUnaryReactor* StatFile(grpc::CallbackServerContext* context,
                                      const ::parley::sandbox::v1::StatFileRequest* request,
-                                     ::parley::sandbox::v1::StatFileResponse* response) override;
+                                     ::parley::sandboxd::v1::StatResponse* response) override;
   grpc::ServerUnaryReactor* MakeDir(grpc::CallbackServerContext* context,
                                     const ::parley::sandbox::v1::MakeDirRequest* request,
-                                    ::parley::sandbox::v1::MakeDirResponse* response) override;
+                                    ::parley::sandboxd::v1::MakeDirResponse* response) override;
   grpc::ServerUnaryReactor* Remove(grpc::CallbackServerContext* context,
                                    const ::parley::sandbox::v1::RemoveRequest* request,
-                                   ::parley::sandbox::v1::RemoveResponse* response) override;
-
-  // Used by the proxies.
-  SandboxManager& manager() { return *manager_; }
-  ThreadPool& pool() { return pool_; }
+                                   ::parley::sandboxd::v1::RemoveResponse* response) override;
 
  private:
   SandboxManager* manager_;
   ThreadPool pool_;
+  ProxyContext proxies_{*manager_, pool_};
 };
 
 }  // namespace parley::sandbox

@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "sandbox-svc/util/exec_validation.h"
+#include "sandbox-svc/api/exec_validation.h"
 
 namespace parley::sandbox {
 namespace {

@@ -3,7 +3,6 @@
 // try to signal the other threads of this (the parent's) process.
 #include "sandbox-svc/provider/process.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -26,6 +25,7 @@
 #include "absl/time/clock.h"
 #include "common/posix.h"
 #include "common/unique_fd.h"
+#include "sandbox-svc/util/proc_stat.h"
 
 namespace parley::sandbox {
 namespace {
@@ -95,34 +95,6 @@ int ChildMain(void* raw) {
   ::close_range(static_cast<unsigned>(error_fd) + 1, ~0U, 0);
   ::execve(request.path.c_str(), args.argv, args.envp);
   ChildFail(error_fd);
-}
-
-std::string ReadSmallFile(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return "";
-  char buffer[4096];
-  ssize_t n = ::read(fd.get(), buffer, sizeof(buffer) - 1);
-  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "";
-}
-
-// Fields of /proc/<pid>/stat after the command name: index 0 is the state (field 3).
-std::vector<std::string> StatFields(pid_t pid) {
-  std::string line = ReadSmallFile(absl::StrCat("/proc/", pid, "/stat"));
-  size_t paren = line.rfind(')');
-  if (paren == std::string::npos) return {};
-  return absl::StrSplit(line.substr(paren + 2), ' ', absl::SkipEmpty());
-}
-
-std::vector<pid_t> AllPids() {
-  std::vector<pid_t> pids;
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) return pids;
-  while (struct dirent* entry = ::readdir(proc)) {
-    int pid = 0;
-    if (absl::SimpleAtoi(entry->d_name, &pid)) pids.push_back(pid);
-  }
-  ::closedir(proc);
-  return pids;
 }
 
 absl::Status RemoveAt(int dir_fd, const std::string& name, const std::string& shown, int depth) {
@@ -209,15 +181,13 @@ absl::StatusOr<pid_t> Spawn(const SpawnRequest& request) {
 }
 
 uint64_t ProcessStartTime(pid_t pid) {
-  std::vector<std::string> fields = StatFields(pid);
-  uint64_t start = 0;
-  if (fields.size() > 19 && absl::SimpleAtoi(fields[19], &start)) return start;
-  return 0;
+  std::optional<ProcStat> stat = ReadProcStat(pid);
+  return stat ? stat->start_time : 0;
 }
 
 char ProcessState(pid_t pid) {
-  std::vector<std::string> fields = StatFields(pid);
-  return fields.empty() || fields[0].empty() ? '\0' : fields[0][0];
+  std::optional<ProcStat> stat = ReadProcStat(pid);
+  return stat ? stat->state : '\0';
 }
 
 bool StopPending(pid_t pid) {
@@ -239,10 +209,8 @@ bool StopPending(pid_t pid) {
 
 bool ProcessMatches(pid_t pid, uint64_t start_time) {
   if (pid <= 0) return false;
-  std::vector<std::string> fields = StatFields(pid);
-  if (fields.size() <= 19 || fields[0] == "Z" || fields[0] == "X") return false;
-  uint64_t start = 0;
-  return absl::SimpleAtoi(fields[19], &start) && start == start_time;
+  std::optional<ProcStat> stat = ReadProcStat(pid);
+  return stat && !stat->dead() && stat->start_time != 0 && stat->start_time == start_time;
 }
 
 bool ReapIfExited(pid_t pid) {

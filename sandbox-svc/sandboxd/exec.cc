@@ -3,7 +3,6 @@
 // handlers that could take locks held by other threads.
 #include "sandbox-svc/sandboxd/exec.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -18,11 +17,11 @@
 #include <map>
 #include <sstream>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/posix.h"
+#include "sandbox-svc/util/proc_stat.h"
 
 namespace parley::sandbox {
 namespace {
@@ -146,47 +145,16 @@ void SetLimit(int resource, uint64_t value) {
   }
 }
 
-struct ProcStat {
-  pid_t ppid;
-  char state;
-};
-
-// Parses /proc/<pid>/stat; the command name may contain spaces and parentheses, so the
-// fields start after the last ')'.
-bool ReadProcStat(const char* pid_name, ProcStat& out) {
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%s/stat", pid_name);
-  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return false;
-  char buffer[1024];
-  ssize_t n = ::read(fd.get(), buffer, sizeof(buffer) - 1);
-  if (n <= 0) return false;
-  buffer[n] = '\0';
-  char* close_paren = std::strrchr(buffer, ')');
-  if (close_paren == nullptr) return false;
-  int ppid = 0;
-  char state = '?';
-  if (std::sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) return false;
-  out.ppid = ppid;
-  out.state = state;
-  return true;
-}
-
 // Pids of every live (non-zombie) descendant of `root`, from /proc.
 std::vector<pid_t> LiveDescendants(pid_t root) {
   std::multimap<pid_t, pid_t> children;
-  std::map<pid_t, char> states;
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) return {};
-  while (struct dirent* entry = ::readdir(proc)) {
-    int pid = 0;
-    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
-    ProcStat st{};
-    if (!ReadProcStat(entry->d_name, st)) continue;
-    children.emplace(st.ppid, pid);
-    states[pid] = st.state;
+  std::map<pid_t, ProcStat> stats;
+  for (pid_t pid : AllPids()) {
+    std::optional<ProcStat> stat = ReadProcStat(pid);
+    if (!stat) continue;
+    children.emplace(stat->ppid, pid);
+    stats[pid] = *stat;
   }
-  ::closedir(proc);
   std::vector<pid_t> result;
   std::vector<pid_t> frontier = {root};
   while (!frontier.empty()) {
@@ -195,8 +163,7 @@ std::vector<pid_t> LiveDescendants(pid_t root) {
     auto [begin, end] = children.equal_range(parent);
     for (auto it = begin; it != end; ++it) {
       frontier.push_back(it->second);
-      char state = states[it->second];
-      if (state != 'Z' && state != 'X') result.push_back(it->second);
+      if (!stats[it->second].dead()) result.push_back(it->second);
     }
   }
   return result;

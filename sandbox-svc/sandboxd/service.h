@@ -3,17 +3,18 @@
 //   SandboxdService service(options, std::move(workspace));
 //   builder.RegisterService(&service);
 //
-// Hello checks the protocol version; Exec runs a ProcessTree per call (exec.h) with a
-// pump thread that streams its output under gRPC flow control; file calls go to the
-// Workspace (files.h) inline in their reactors, one bounded read or write per step.
-// When a token is configured every call must carry `x-parley-sandbox-token`.
+// Hello checks the protocol version; Exec starts an ExecReactor (exec_reactor.h), which
+// runs a ProcessTree (exec.h) and streams its output from a pump thread under gRPC flow
+// control; file calls go to the Workspace (files.h) inline in their reactors, one bounded
+// read or write per step. The requests are the shared operation messages
+// (parley/sandboxd/v1/operations.proto), checked by the same validators parley-sandbox
+// uses. When a token is configured every call must carry `x-parley-sandbox-token`.
 // Thread-safe: per-call state lives in the reactors; the service holds only settings
-// and the count of running execs.
+// and the exec slots.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "absl/status/status.h"
 #include "parley/sandboxd/v1/sandboxd.grpc.pb.h"
 #include "sandbox-svc/sandboxd/exec.h"
+#include "sandbox-svc/sandboxd/exec_reactor.h"
 #include "sandbox-svc/sandboxd/files.h"
 
 namespace parley::sandbox {
@@ -65,17 +67,14 @@ class SandboxdService final : public ::parley::sandboxd::v1::Sandboxd::CallbackS
                                    const ::parley::sandboxd::v1::RemoveRequest* request,
                                    ::parley::sandboxd::v1::RemoveResponse* response) override;
 
-  // Used by the reactors.
-  const SandboxdOptions& options() const { return options_; }
-  const Workspace& workspace() const { return *workspace_; }
-  absl::Status CheckToken(grpc::CallbackServerContext* context) const;
-  bool TryBeginExec();
-  void EndExec();
-
  private:
-  SandboxdOptions options_;
-  std::unique_ptr<Workspace> workspace_;
-  std::atomic<int> running_execs_{0};
+  // OK when no token is configured or the call carries the right one; else UNAUTHENTICATED.
+  absl::Status CheckToken(grpc::CallbackServerContext* context) const;
+
+  const SandboxdOptions options_;
+  const std::unique_ptr<Workspace> workspace_;
+  ExecSlots exec_slots_;
+  const ExecContext exec_context_;  // Refers to the three members above.
 };
 
 }  // namespace parley::sandbox

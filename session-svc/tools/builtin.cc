@@ -264,7 +264,7 @@ class ListFilesTool final : public BuiltinTool {
   absl::StatusOr<ToolRun> Run(const json& arguments, ToolContext& context) const override {
     const std::string path = arguments.value("path", std::string());
     constexpr uint32_t kMaxEntries = 1000;
-    absl::StatusOr<sandbox::v1::ListFilesResponse> listing = context.sandbox->ListFiles(
+    absl::StatusOr<sandboxd::v1::ListDirResponse> listing = context.sandbox->ListFiles(
         path == "." ? "" : path, arguments.value("recursive", false), kMaxEntries, context.timeout);
     if (!listing.ok()) return OperationFailed(listing.status(), path.empty() ? "." : path);
     std::string text;

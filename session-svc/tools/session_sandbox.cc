@@ -11,6 +11,7 @@
 namespace parley::session::tools {
 
 namespace sv1 = ::parley::sandbox::v1;
+namespace sbd = ::parley::sandboxd::v1;
 
 bool IsSandboxGone(const absl::Status& status) {
   const std::string reason = ::parley::session::ErrorReason(status);
@@ -94,26 +95,27 @@ absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>
   sv1::ExecRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_sandbox_id(*id);
-  for (const std::string& arg : argv) request.add_argv(arg);
-  request.set_timeout_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(timeout)));
+  sbd::ExecRequest* command = request.mutable_command();
+  for (const std::string& arg : argv) command->add_argv(arg);
+  command->set_timeout_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(timeout)));
   // The process's own timeout ends it first; the call's deadline is only a backstop.
   std::unique_ptr<Call> call = NewCall(timeout + absl::Seconds(30));
-  std::unique_ptr<grpc::ClientReaderInterface<sv1::ExecResponse>> reader =
+  std::unique_ptr<grpc::ClientReaderInterface<sbd::ExecResponse>> reader =
       stub_.Exec(&call->context, request);
-  sv1::ExecResponse response;
+  sbd::ExecResponse response;
   std::optional<v1::ExecExit> exit;
   while (reader->Read(&response)) {
     switch (response.output_case()) {
-      case sv1::ExecResponse::kStdout:
+      case sbd::ExecResponse::kStdout:
         on_output(v1::OUTPUT_STREAM_STDOUT, response.stdout());
         break;
-      case sv1::ExecResponse::kStderr:
+      case sbd::ExecResponse::kStderr:
         on_output(v1::OUTPUT_STREAM_STDERR, response.stderr());
         break;
-      case sv1::ExecResponse::kExit:
+      case sbd::ExecResponse::kExit:
         exit = response.exit();
         break;
-      case sv1::ExecResponse::OUTPUT_NOT_SET:
+      case sbd::ExecResponse::OUTPUT_NOT_SET:
         break;
     }
   }
@@ -129,12 +131,12 @@ absl::StatusOr<std::string> SessionSandbox::ReadFile(const std::string& path, ui
   sv1::ReadFileRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_sandbox_id(*id);
-  request.set_path(path);
-  request.set_limit_bytes(max_bytes);
+  request.mutable_file()->set_path(path);
+  request.mutable_file()->set_limit_bytes(max_bytes);
   std::unique_ptr<Call> call = NewCall(timeout);
-  std::unique_ptr<grpc::ClientReaderInterface<sv1::ReadFileResponse>> reader =
+  std::unique_ptr<grpc::ClientReaderInterface<sbd::ReadFileResponse>> reader =
       stub_.ReadFile(&call->context, request);
-  sv1::ReadFileResponse chunk;
+  sbd::ReadFileResponse chunk;
   std::string content;
   while (reader->Read(&chunk)) {
     if (chunk.has_info()) *size_bytes = chunk.info().size_bytes();
@@ -149,14 +151,14 @@ absl::Status SessionSandbox::WriteFile(const std::string& path, const std::strin
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
   std::unique_ptr<Call> call = NewCall(timeout);
-  sv1::WriteFileResponse response;
+  sbd::WriteFileResponse response;
   std::unique_ptr<grpc::ClientWriterInterface<sv1::WriteFileRequest>> writer =
       stub_.WriteFile(&call->context, &response);
   sv1::WriteFileRequest header;
   header.mutable_header()->set_tenant_id(target_.tenant_id);
   header.mutable_header()->set_sandbox_id(*id);
-  header.mutable_header()->set_path(path);
-  header.mutable_header()->set_create_parents(true);
+  header.mutable_header()->mutable_file()->set_path(path);
+  header.mutable_header()->mutable_file()->set_create_parents(true);
   bool open = writer->Write(header);
   constexpr size_t kChunk = 1 << 20;
   for (size_t at = 0; open && at < content.size(); at += kChunk) {
@@ -168,20 +170,20 @@ absl::Status SessionSandbox::WriteFile(const std::string& path, const std::strin
   return Finished(*id, writer->Finish());
 }
 
-absl::StatusOr<sv1::ListFilesResponse> SessionSandbox::ListFiles(const std::string& path,
-                                                                 bool recursive,
-                                                                 uint32_t max_entries,
-                                                                 absl::Duration timeout) {
+absl::StatusOr<sbd::ListDirResponse> SessionSandbox::ListFiles(const std::string& path,
+                                                               bool recursive, uint32_t max_entries,
+                                                               absl::Duration timeout) {
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
   sv1::ListFilesRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_sandbox_id(*id);
-  request.set_path(path);
-  request.set_recursive(recursive);
-  request.set_max_entries(max_entries);
+  sbd::ListDirRequest* list = request.mutable_list();
+  list->set_path(path);
+  list->set_recursive(recursive);
+  list->set_max_entries(max_entries);
   std::unique_ptr<Call> call = NewCall(timeout);
-  sv1::ListFilesResponse response;
+  sbd::ListDirResponse response;
   if (absl::Status status = Finished(*id, stub_.ListFiles(&call->context, request, &response));
       !status.ok()) {
     return status;

@@ -67,9 +67,9 @@ class SessionSandbox {
   // Replaces a file atomically, creating missing parent directories.
   absl::Status WriteFile(const std::string& path, const std::string& content,
                          absl::Duration timeout);
-  absl::StatusOr<sandbox::v1::ListFilesResponse> ListFiles(const std::string& path, bool recursive,
-                                                           uint32_t max_entries,
-                                                           absl::Duration timeout);
+  absl::StatusOr<sandboxd::v1::ListDirResponse> ListFiles(const std::string& path, bool recursive,
+                                                          uint32_t max_entries,
+                                                          absl::Duration timeout);
 
   // A loss of the attached sandbox seen by an operation since the last call (an event
   // for clients), once; nullopt when there was none.

@@ -114,10 +114,10 @@ class AgentLoop : public SessionFixture {
     sv1::ExecRequest request;
     request.set_tenant_id(kTenantA);
     request.set_sandbox_id(sandbox_id);
-    for (const char* arg : {"bash", "-c"}) request.add_argv(arg);
-    request.add_argv(command);
+    for (const char* arg : {"bash", "-c"}) request.mutable_command()->add_argv(arg);
+    request.mutable_command()->add_argv(command);
     auto reader = sandboxes().Exec(&context, request);
-    sv1::ExecResponse response;
+    sandboxd::v1::ExecResponse response;
     std::string out;
     while (reader->Read(&response)) out += response.stdout();
     grpc::Status status = reader->Finish();

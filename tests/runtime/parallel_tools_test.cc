@@ -35,7 +35,7 @@ class OverlapSandbox final : public sv1::SandboxManager::Service {
   }
 
   grpc::Status ListFiles(grpc::ServerContext*, const sv1::ListFilesRequest*,
-                         sv1::ListFilesResponse* response) override {
+                         sandboxd::v1::ListDirResponse* response) override {
     absl::MutexLock lock(&mu_);
     ++in_flight_;
     auto all_here = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return in_flight_ >= expected_; };

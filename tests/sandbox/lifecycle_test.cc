@@ -91,8 +91,8 @@ TEST_F(Lifecycle, CreateRunsCommandsAndFilesThenDestroyRemovesEverything) {
   sv1::StatFileRequest stat;
   stat.set_tenant_id(kTenant);
   stat.set_sandbox_id(sandbox.id());
-  stat.set_path("a.txt");
-  sv1::StatFileResponse stat_response;
+  stat.mutable_stat()->set_path("a.txt");
+  sandboxd::v1::StatResponse stat_response;
   ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::StatFile, stat, &stat_response).ok());
   EXPECT_EQ(stat_response.info().size_bytes(), 7u);
 

@@ -118,9 +118,9 @@ class Recovery : public ::testing::Test {
     sv1::ExecRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
-    request.add_argv("sh");
-    request.add_argv("-c");
-    request.add_argv(script);
+    request.mutable_command()->add_argv("sh");
+    request.mutable_command()->add_argv("-c");
+    request.mutable_command()->add_argv(script);
     return RunExec(*stub_, request);
   }
 

@@ -143,9 +143,9 @@ class SandboxStack {
     sv1::ExecRequest request;
     request.set_tenant_id(tenant);
     request.set_sandbox_id(id);
-    for (auto& arg : argv) request.add_argv(arg);
-    request.set_timeout_ms(timeout_ms);
-    request.set_stdin(stdin_data);
+    for (auto& arg : argv) request.mutable_command()->add_argv(arg);
+    request.mutable_command()->set_timeout_ms(timeout_ms);
+    request.mutable_command()->set_stdin(stdin_data);
     return RunExec(*stub_, request);
   }
 
@@ -178,12 +178,12 @@ class SandboxStack {
   grpc::Status WriteFile(const std::string& tenant, const std::string& id, const std::string& path,
                          const std::string& content) {
     grpc::ClientContext context;
-    sv1::WriteFileResponse response;
+    sandboxd::v1::WriteFileResponse response;
     auto writer = stub_->WriteFile(&context, &response);
     sv1::WriteFileRequest header;
     header.mutable_header()->set_tenant_id(tenant);
     header.mutable_header()->set_sandbox_id(id);
-    header.mutable_header()->set_path(path);
+    header.mutable_header()->mutable_file()->set_path(path);
     writer->Write(header);
     for (size_t offset = 0; offset < content.size(); offset += 1 << 20) {
       sv1::WriteFileRequest chunk;
@@ -200,9 +200,9 @@ class SandboxStack {
     sv1::ReadFileRequest request;
     request.set_tenant_id(tenant);
     request.set_sandbox_id(id);
-    request.set_path(path);
+    request.mutable_file()->set_path(path);
     auto reader = stub_->ReadFile(&context, request);
-    sv1::ReadFileResponse message;
+    sandboxd::v1::ReadFileResponse message;
     content->clear();
     while (reader->Read(&message)) *content += message.data();
     return reader->Finish();

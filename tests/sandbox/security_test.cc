@@ -334,10 +334,10 @@ TEST_F(Security, HostAndSiblingSecretsAreNotReadableInProcOrSys) {
     // The inner shell carries the secret on its command line and in its environment. It
     // forks once (sleep), so after that brief copy it is the only process showing it.
     for (const char* arg : {"sh", "-c", "sh -c 'sleep 600; :' \"$0\" >/dev/null 2>&1 &"}) {
-      request.add_argv(arg);
+      request.mutable_command()->add_argv(arg);
     }
-    request.add_argv(sibling_secret);
-    (*request.mutable_env())["SIBLING_SECRET"] = sibling_secret;
+    request.mutable_command()->add_argv(sibling_secret);
+    (*request.mutable_command()->mutable_env())["SIBLING_SECRET"] = sibling_secret;
     ExecResult started = RunExec(stack_->stub(), request);
     ASSERT_EQ(started.exit.exit_code(), 0) << started.stderr_text;
   }
@@ -568,7 +568,7 @@ TEST_F(Security, CancellingAnExecKillsItsTree) {
   request.set_sandbox_id(sandbox_.id());
   for (const std::string& arg : {std::string("sh"), std::string("-c"),
                                  absl::StrCat("setsid sleep ", marker, " & sleep ", marker)}) {
-    request.add_argv(arg);
+    request.mutable_command()->add_argv(arg);
   }
   std::thread canceller([&] {
     const absl::Time give_up = absl::Now() + absl::Seconds(10);
@@ -608,8 +608,8 @@ TEST_F(Security, FileApiTraversalIsRefused) {
   sv1::ListFilesRequest list;
   list.set_tenant_id(kTenant);
   list.set_sandbox_id(sandbox_.id());
-  list.set_path("root");
-  sv1::ListFilesResponse listed;
+  list.mutable_list()->set_path("root");
+  sandboxd::v1::ListDirResponse listed;
   EXPECT_EQ(ErrorReasonOf(stack_->Call(&sv1::SandboxManager::Stub::ListFiles, list, &listed)),
             "PATH_ESCAPE");
 }

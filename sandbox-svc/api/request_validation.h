@@ -1,6 +1,8 @@
 // Limits on request fields that more than one part of the sandbox service checks: the
-// public API at the edge, the manager behind it, and parley-sandboxd again inside the
-// sandbox. One definition keeps the ends agreeing on a limit and on its error.
+// gateway at the edge, parley-sandbox's API, and parley-sandboxd again inside the
+// sandbox. One definition keeps the ends agreeing on a limit and on its error. The
+// validators of whole messages (exec_validation.h, file_validation.h,
+// call_validation.h) are built from these.
 //
 //   if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
 //   if (absl::Status s = ValidateMode(request.mode(), "mode"); !s.ok()) return s;

@@ -1,8 +1,9 @@
-// Validation of exec requests, shared by parley-sandbox (at the edge) and
-// parley-sandboxd (again, before anything runs). Both ExecRequest messages have the
-// same fields (argv, env, cwd, stdin, timeout_ms), so one template serves both.
+// The one validator of the exec command (parley.sandboxd.v1.ExecRequest, defined once in
+// operations.proto): the gateway runs it before it acquires a sandbox, parley-sandbox on
+// every Exec, and parley-sandboxd again before anything runs. A new exec field gets its
+// rule here and nowhere else.
 //
-//   if (absl::Status s = ValidateExecFields(request); !s.ok()) return s;
+//   if (absl::Status s = ValidateExecCommand(request.command()); !s.ok()) return s;
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
+#include "parley/sandboxd/v1/operations.pb.h"
 #include "sandbox-svc/api/paths.h"
 
 namespace parley::sandbox {
@@ -33,8 +35,9 @@ inline bool IsValidEnvName(absl::string_view name) {
   return true;
 }
 
-template <typename Request>
-absl::Status ValidateExecFields(const Request& request) {
+// argv, env, cwd, stdin and timeout_ms of a command. Errors: INVALID_ARGUMENT naming the
+// field.
+inline absl::Status ValidateExecCommand(const ::parley::sandboxd::v1::ExecRequest& request) {
   if (request.argv_size() == 0)
     return InvalidArgumentError("argv", "must not be empty", "1 to 1024 entries");
   if (request.argv_size() > kMaxArgvEntries) {
