@@ -52,8 +52,8 @@ namespace {
 using parley::bench::Percentile;
 using parley::bench::ProcessCpu;
 
-namespace pb = ::parley::store::v1;
-namespace rv = ::parley::router::v1;
+namespace store_pb = ::parley::store::v1;
+namespace router_pb = ::parley::router::v1;
 namespace v1 = ::parley::v1;
 
 constexpr char kTenant[] = "bench";
@@ -90,21 +90,21 @@ struct LoopResult {
 };
 
 absl::StatusOr<LoopResult> MeasureLoop(const Options& o) {
-  auto store = pb::StoreService::NewStub(
+  auto store = store_pb::StoreService::NewStub(
       grpc::CreateChannel(o.store_addr, grpc::InsecureChannelCredentials()));
-  auto router = rv::SessionRouter::NewStub(
+  auto router = router_pb::SessionRouter::NewStub(
       grpc::CreateChannel(o.session_addr, grpc::InsecureChannelCredentials()));
-  pb::CreateTenantRequest tenant;
+  store_pb::CreateTenantRequest tenant;
   tenant.set_tenant_id(kTenant);
-  pb::CreateTenantResponse created_tenant;
+  store_pb::CreateTenantResponse created_tenant;
   absl::Status status = WithDeadline(
       [&](grpc::ClientContext* c) { return store->CreateTenant(c, tenant, &created_tenant); });
   if (!status.ok()) return status;
   std::vector<std::string> sessions;
   for (int64_t i = 0; i < o.turns; ++i) {
-    pb::CreateSessionRequest request;
+    store_pb::CreateSessionRequest request;
     request.set_tenant_id(kTenant);
-    pb::CreateSessionResponse response;
+    store_pb::CreateSessionResponse response;
     status = WithDeadline(
         [&](grpc::ClientContext* c) { return store->CreateSession(c, request, &response); });
     if (!status.ok()) return status;
@@ -118,7 +118,7 @@ absl::StatusOr<LoopResult> MeasureLoop(const Options& o) {
   for (int t = 0; t < 4; ++t) {
     submitters.emplace_back([&, t] {
       for (size_t i = t; i < sessions.size(); i += 4) {
-        rv::SubmitMessageRequest request;
+        router_pb::SubmitMessageRequest request;
         request.set_tenant_id(kTenant);
         request.mutable_request()->set_session_id(sessions[i]);
         request.mutable_request()->add_content()->set_text(absl::StrCat("@words ", o.words));
@@ -138,11 +138,11 @@ absl::StatusOr<LoopResult> MeasureLoop(const Options& o) {
   absl::Time first_start = absl::InfiniteFuture(), last_end = absl::InfinitePast();
   for (size_t i = 0; i < turns.size(); ++i) {
     for (const absl::Time deadline = absl::Now() + absl::Minutes(5);;) {
-      pb::GetTurnRequest request;
+      store_pb::GetTurnRequest request;
       request.set_tenant_id(kTenant);
       request.set_session_id(sessions[i]);
       request.set_turn_id(turns[i]);
-      pb::GetTurnResponse response;
+      store_pb::GetTurnResponse response;
       status = WithDeadline(
           [&](grpc::ClientContext* c) { return store->GetTurn(c, request, &response); });
       if (!status.ok()) return status;
@@ -286,14 +286,14 @@ struct FirstDelta {
 absl::StatusOr<FirstDelta> MeasureFirstDelta(const Options& o) {
   auto server = parley::testing::FakeModelServer::Start(static_cast<int>(o.fake_port));
   if (!server.ok()) return server.status();
-  auto store = pb::StoreService::NewStub(
+  auto store = store_pb::StoreService::NewStub(
       grpc::CreateChannel(o.store_addr, grpc::InsecureChannelCredentials()));
-  auto router = rv::SessionRouter::NewStub(
+  auto router = router_pb::SessionRouter::NewStub(
       grpc::CreateChannel(o.session_addr, grpc::InsecureChannelCredentials()));
-  pb::CreateSessionRequest create;
+  store_pb::CreateSessionRequest create;
   create.set_tenant_id(kTenant);
   create.mutable_request()->mutable_agent_config()->set_provider("fake");
-  pb::CreateSessionResponse created;
+  store_pb::CreateSessionResponse created;
   absl::Status status = WithDeadline(
       [&](grpc::ClientContext* c) { return store->CreateSession(c, create, &created); });
   if (!status.ok()) return status;
@@ -315,7 +315,7 @@ absl::StatusOr<FirstDelta> MeasureFirstDelta(const Options& o) {
   std::vector<double> latencies_ms;
   for (int64_t i = 0; i < o.first_turns; ++i) {
     (*server)->Enqueue({.chunks = {chunk, finish}});
-    rv::SubmitMessageRequest request;
+    router_pb::SubmitMessageRequest request;
     request.set_tenant_id(kTenant);
     request.mutable_request()->set_session_id(session);
     request.mutable_request()->add_content()->set_text("hi");

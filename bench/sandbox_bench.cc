@@ -44,7 +44,7 @@
 
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 constexpr char kTenant[] = "bench";
 
 struct Stats {
@@ -73,16 +73,16 @@ double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 class Client {
  public:
   explicit Client(const std::string& target)
-      : stub_(sv1::SandboxManager::NewStub(
+      : stub_(sandbox_pb::SandboxManager::NewStub(
             grpc::CreateChannel(target, grpc::InsecureChannelCredentials()))) {}
 
-  absl::StatusOr<sv1::Sandbox> Create(const std::string& template_name) {
+  absl::StatusOr<sandbox_pb::Sandbox> Create(const std::string& template_name) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
-    sv1::CreateSandboxRequest request;
+    sandbox_pb::CreateSandboxRequest request;
     request.set_tenant_id(kTenant);
     request.set_template_(template_name);
-    sv1::CreateSandboxResponse response;
+    sandbox_pb::CreateSandboxResponse response;
     grpc::Status status = stub_->CreateSandbox(&context, request, &response);
     if (!status.ok()) return absl::UnavailableError(status.error_message());
     return response.sandbox();
@@ -91,17 +91,17 @@ class Client {
   void Destroy(const std::string& id) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
-    sv1::DestroySandboxRequest request;
+    sandbox_pb::DestroySandboxRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
-    sv1::DestroySandboxResponse response;
+    sandbox_pb::DestroySandboxResponse response;
     (void)stub_->DestroySandbox(&context, request, &response);
   }
 
   absl::Status ExecTrue(const std::string& id) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    sv1::ExecRequest request;
+    sandbox_pb::ExecRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
     request.mutable_command()->add_argv("/bin/true");
@@ -117,22 +117,22 @@ class Client {
   }
 
   int PoolReady(const std::string& template_name) {
-    absl::StatusOr<sv1::Template> t = Template(template_name);
+    absl::StatusOr<sandbox_pb::Template> t = Template(template_name);
     return t.ok() ? static_cast<int>(t->warm_pool_ready()) : -1;
   }
 
-  absl::StatusOr<sv1::Template> Template(const std::string& name) {
+  absl::StatusOr<sandbox_pb::Template> Template(const std::string& name) {
     grpc::ClientContext context;
-    sv1::GetTemplateRequest request;
+    sandbox_pb::GetTemplateRequest request;
     request.set_name(name);
-    sv1::GetTemplateResponse response;
+    sandbox_pb::GetTemplateResponse response;
     grpc::Status status = stub_->GetTemplate(&context, request, &response);
     if (!status.ok()) return absl::UnavailableError(status.error_message());
     return response.template_();
   }
 
  private:
-  std::unique_ptr<sv1::SandboxManager::Stub> stub_;
+  std::unique_ptr<sandbox_pb::SandboxManager::Stub> stub_;
 };
 
 // Runs `argv` to completion and returns the wall time, or an error.
@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
   }
   Client client(target);
   // The service's cgroup mode (what limits its sandboxes here), as it reports it.
-  absl::StatusOr<sv1::Template> cold_template = client.Template("cold");
+  absl::StatusOr<sandbox_pb::Template> cold_template = client.Template("cold");
   if (!cold_template.ok()) {
     std::cerr << "sandbox_bench: GetTemplate: " << cold_template.status() << "\n";
     return 1;
@@ -352,7 +352,7 @@ int main(int argc, char** argv) {
   if (records.ok()) {
     for (const auto& record : *records) {
       if (!alive_ids.contains(record.sandbox.id())) continue;
-      if (record.sandbox.state() != sv1::SANDBOX_STATE_READY) continue;
+      if (record.sandbox.state() != sandbox_pb::SANDBOX_STATE_READY) continue;
       const auto& state = record.provider_state;
       std::vector<pid_t> pids;
       if (auto it = state.find("bwrap_pid"); it != state.end())

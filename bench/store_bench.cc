@@ -52,9 +52,9 @@ extern char** environ;
 
 namespace {
 
-namespace pb = ::parley::store::v1;
+namespace store_pb = ::parley::store::v1;
 namespace v1 = ::parley::v1;
-using Stub = pb::StoreService::Stub;
+using Stub = store_pb::StoreService::Stub;
 
 constexpr char kTenant[] = "bench";
 constexpr absl::Duration kCallTimeout = absl::Seconds(30);
@@ -82,7 +82,7 @@ struct Options {
 std::unique_ptr<Stub> Connect(const std::string& addr, int channel_id) {
   grpc::ChannelArguments args;
   args.SetInt("grpc.channel_id", channel_id);  // A connection per client thread.
-  return pb::StoreService::NewStub(
+  return store_pb::StoreService::NewStub(
       grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
 }
 
@@ -107,9 +107,9 @@ absl::StatusOr<std::vector<std::unique_ptr<Stub>>> ConnectWarm(const std::string
   std::vector<std::unique_ptr<Stub>> stubs;
   for (int i = 0; i < count; ++i) {
     stubs.push_back(Connect(addr, first_channel_id + i));
-    pb::GetTenantRequest request;
+    store_pb::GetTenantRequest request;
     request.set_tenant_id(kTenant);
-    pb::GetTenantResponse response;
+    store_pb::GetTenantResponse response;
     if (absl::Status s = Call(*stubs.back(), &Stub::GetTenant, request, &response); !s.ok()) {
       return s;
     }
@@ -142,10 +142,10 @@ double Percentile(const std::vector<double>& sorted, double q) {
 // ---- Fixtures through the RPC ----
 
 absl::Status CreateTenant(Stub& stub) {
-  pb::CreateTenantRequest request;
+  store_pb::CreateTenantRequest request;
   request.set_tenant_id(kTenant);
   request.set_name("store bench");
-  pb::CreateTenantResponse response;
+  store_pb::CreateTenantResponse response;
   return Call(stub, &Stub::CreateTenant, request, &response);
 }
 
@@ -156,10 +156,10 @@ absl::StatusOr<std::vector<v1::Session>> CreateSessions(std::vector<std::unique_
   const int threads = static_cast<int>(stubs.size());
   absl::Status status = RunOnThreads(stubs, [&](int t, Stub& stub) -> absl::Status {
     for (int64_t i = t; i < count; i += threads) {
-      pb::CreateSessionRequest request;
+      store_pb::CreateSessionRequest request;
       request.set_tenant_id(kTenant);
       request.mutable_request()->set_title(absl::StrCat("bench ", i));
-      pb::CreateSessionResponse response;
+      store_pb::CreateSessionResponse response;
       if (absl::Status s = Call(stub, &Stub::CreateSession, request, &response); !s.ok()) return s;
       sessions[i] = response.session();
     }
@@ -240,13 +240,13 @@ absl::StatusOr<Throughput> MeasureAppend(const Options& o,
     for (const Batch& batch : plan[t]) {
       if (absl::Now() - start > kPhaseTimeout) return absl::DeadlineExceededError("append phase");
       const EventStream& stream = streams[batch.session];
-      pb::AppendEventsRequest request;
+      store_pb::AppendEventsRequest request;
       request.set_tenant_id(kTenant);
       request.set_session_id(stream.session_id);
       for (int64_t seq = batch.first_seq; seq < batch.first_seq + o.batch_size; ++seq) {
         *request.add_events() = TextDeltaEvent(stream, seq, event_time);
       }
-      pb::AppendEventsResponse response;
+      store_pb::AppendEventsResponse response;
       if (absl::Status s = Call(stub, &Stub::AppendEvents, request, &response); !s.ok()) return s;
       if (response.appended() != static_cast<uint32_t>(o.batch_size)) {
         return absl::InternalError(absl::StrCat("AppendEvents stored ", response.appended(), " of ",
@@ -437,7 +437,7 @@ struct Latency {
 // One call: a random kind of page. Checks the page has the size the cursor implies.
 absl::Status ListOnce(Stub& stub, const Options& o, const std::string& session_id,
                       absl::BitGen& random, Page* page, double* ms) {
-  pb::ListMessagesRequest request;
+  store_pb::ListMessagesRequest request;
   request.set_tenant_id(kTenant);
   v1::ListMessagesRequest& r = *request.mutable_request();
   r.set_session_id(session_id);
@@ -459,7 +459,7 @@ absl::Status ListOnce(Stub& stub, const Options& o, const std::string& session_i
       expected = std::min(o.list_limit, n - position);
       break;
   }
-  pb::ListMessagesResponse response;
+  store_pb::ListMessagesResponse response;
   const absl::Time before = absl::Now();
   absl::Status status = Call(stub, &Stub::ListMessages, request, &response);
   *ms = absl::ToDoubleMilliseconds(absl::Now() - before);
@@ -502,11 +502,11 @@ absl::StatusOr<std::vector<std::string>> EnqueueTurns(std::vector<std::unique_pt
   const size_t threads = stubs.size();
   absl::Status status = RunOnThreads(stubs, [&](int t, Stub& stub) -> absl::Status {
     for (size_t i = t; i < sessions.size(); i += threads) {
-      pb::EnqueueTurnRequest request;
+      store_pb::EnqueueTurnRequest request;
       request.set_tenant_id(kTenant);
       request.mutable_request()->set_session_id(sessions[i].id());
       request.mutable_request()->add_content()->set_text("hello");
-      pb::EnqueueTurnResponse response;
+      store_pb::EnqueueTurnResponse response;
       if (absl::Status s = Call(stub, &Stub::EnqueueTurn, request, &response); !s.ok()) return s;
       turn_ids[i] = response.turn().id();
     }
@@ -523,12 +523,12 @@ absl::StatusOr<Throughput> MeasureClaims(std::vector<std::unique_ptr<Stub>>& stu
   std::vector<std::vector<std::string>> per_worker(stubs.size());
   const absl::Time start = absl::Now();
   absl::Status status = RunOnThreads(stubs, [&](int t, Stub& stub) -> absl::Status {
-    pb::ClaimNextTurnRequest request;
+    store_pb::ClaimNextTurnRequest request;
     request.set_owner(absl::StrCat("store-bench/claimer-", t));
     request.set_lease_ttl_ms(60000);
     for (int64_t i = 0; i <= turns; ++i) {
       if (absl::Now() - start > kPhaseTimeout) return absl::DeadlineExceededError("claim phase");
-      pb::ClaimNextTurnResponse response;
+      store_pb::ClaimNextTurnResponse response;
       if (absl::Status s = Call(stub, &Stub::ClaimNextTurn, request, &response); !s.ok()) return s;
       if (!response.has_turn()) return absl::OkStatus();
       per_worker[t].push_back(response.turn().id());

@@ -67,11 +67,11 @@ namespace {
 using parley::bench::Percentile;
 using parley::bench::ProcessCpu;
 
-namespace pb = ::parley::store::v1;
-namespace rv = ::parley::router::v1;
+namespace store_pb = ::parley::store::v1;
+namespace router_pb = ::parley::router::v1;
 namespace v1 = ::parley::v1;
-using StoreStub = pb::StoreService::Stub;
-using RouterStub = rv::SessionRouter::Stub;
+using StoreStub = store_pb::StoreService::Stub;
+using RouterStub = router_pb::SessionRouter::Stub;
 
 constexpr char kTenant[] = "bench";
 constexpr char kRawTenant[] = "bench-raw";
@@ -280,9 +280,9 @@ class Replica {
 // ---- Fixtures through the store ----
 
 absl::Status CreateTenant(StoreStub& stub, const std::string& tenant) {
-  pb::CreateTenantRequest request;
+  store_pb::CreateTenantRequest request;
   request.set_tenant_id(tenant);
-  pb::CreateTenantResponse response;
+  store_pb::CreateTenantResponse response;
   return Call(stub, &StoreStub::CreateTenant, request, &response);
 }
 
@@ -292,9 +292,9 @@ absl::StatusOr<std::vector<std::string>> CreateSessions(
   const int threads = static_cast<int>(stubs.size());
   absl::Status status = RunOnThreads(threads, [&](int t) -> absl::Status {
     for (int64_t i = t; i < count; i += threads) {
-      pb::CreateSessionRequest request;
+      store_pb::CreateSessionRequest request;
       request.set_tenant_id(tenant);
-      pb::CreateSessionResponse response;
+      store_pb::CreateSessionResponse response;
       if (absl::Status s = Call(*stubs[t], &StoreStub::CreateSession, request, &response);
           !s.ok()) {
         return s;
@@ -318,11 +318,11 @@ absl::StatusOr<double> MeasureRawClaims(const Options& o,
   absl::Status enqueued = RunOnThreads(threads, [&](int t) -> absl::Status {
     for (int64_t i = t; i < o.raw_sessions; i += threads) {
       for (int64_t n = 0; n < o.raw_turns; ++n) {
-        pb::EnqueueTurnRequest request;
+        store_pb::EnqueueTurnRequest request;
         request.set_tenant_id(kRawTenant);
         request.mutable_request()->set_session_id((*sessions)[i]);
         request.mutable_request()->add_content()->set_text("raw");
-        pb::EnqueueTurnResponse response;
+        store_pb::EnqueueTurnResponse response;
         if (absl::Status s = Call(*stubs[t], &StoreStub::EnqueueTurn, request, &response);
             !s.ok()) {
           return s;
@@ -341,23 +341,23 @@ absl::StatusOr<double> MeasureRawClaims(const Options& o,
     const std::string owner = absl::StrCat("turns-bench/raw-", t);
     while (done.load() < total) {
       if (absl::Now() - start > absl::Minutes(2)) return absl::DeadlineExceededError("raw claims");
-      pb::ClaimNextTurnRequest claim;
+      store_pb::ClaimNextTurnRequest claim;
       claim.set_owner(owner);
       claim.set_lease_ttl_ms(60000);
-      pb::ClaimNextTurnResponse claimed;
+      store_pb::ClaimNextTurnResponse claimed;
       if (absl::Status s = Call(stub, &StoreStub::ClaimNextTurn, claim, &claimed); !s.ok()) {
         return s;
       }
       // Empty while the other claimers hold the sessions' running turns.
       if (!claimed.has_turn()) continue;
-      pb::CompleteTurnRequest complete;
+      store_pb::CompleteTurnRequest complete;
       complete.set_tenant_id(kRawTenant);
       complete.set_turn_id(claimed.turn().id());
       complete.set_owner(owner);
       complete.set_lease_epoch(claimed.lease_epoch());
       complete.set_status(v1::TURN_STATUS_SUCCEEDED);
       complete.set_finish_reason(v1::FINISH_REASON_STOP);
-      pb::CompleteTurnResponse completed;
+      store_pb::CompleteTurnResponse completed;
       if (absl::Status s = Call(stub, &StoreStub::CompleteTurn, complete, &completed); !s.ok()) {
         return s;
       }
@@ -491,7 +491,7 @@ class Load {
     for (size_t r = 0; r < replicas.size(); ++r) {
       for (int64_t t = 0; t < o.submitters; ++t) {
         routers_[r].push_back(
-            rv::SessionRouter::NewStub(Channel(replicas[r]->target(), 1000 + r * 100 + t)));
+            router_pb::SessionRouter::NewStub(Channel(replicas[r]->target(), 1000 + r * 100 + t)));
       }
     }
     dead_.assign(replicas.size(), false);
@@ -564,7 +564,7 @@ class Load {
           absl::MutexLock lock(&mu_);
           while (dead_[replica]) replica = (replica + 1) % static_cast<int>(replicas_.size());
         }
-        rv::SubmitMessageRequest request;
+        router_pb::SubmitMessageRequest request;
         request.set_tenant_id(kTenant);
         request.mutable_request()->set_session_id(job.session);
         request.mutable_request()->add_content()->set_text(job.text);
@@ -610,11 +610,11 @@ std::string DescribeStuck(StoreStub& store, Load& load, const std::vector<std::s
     const int64_t outstanding = load.Outstanding(session);
     if (outstanding == 0 || shown++ >= 5) continue;
     absl::StrAppend(&out, "\n  session ", session, ": ", outstanding, " not seen sealed;");
-    pb::ListTurnsRequest request;
+    store_pb::ListTurnsRequest request;
     request.set_tenant_id(kTenant);
     request.set_session_id(session);
     request.set_page_size(1000);
-    pb::ListTurnsResponse response;
+    store_pb::ListTurnsResponse response;
     if (!Call(store, &StoreStub::ListTurns, request, &response).ok()) continue;
     int shown_turns = 0;
     for (const v1::Turn& turn : response.turns()) {
@@ -659,7 +659,7 @@ absl::StatusOr<Results> Run(const Options& o) {
   Results results;
   std::vector<std::unique_ptr<StoreStub>> stores;
   for (int i = 0; i < std::max<int64_t>(o.claimers, 8); ++i) {
-    stores.push_back(pb::StoreService::NewStub(Channel(o.store_addr, i + 1)));
+    stores.push_back(store_pb::StoreService::NewStub(Channel(o.store_addr, i + 1)));
   }
 
   // 1. The ceiling, before any replica runs (a replica would claim these turns too).
@@ -836,12 +836,13 @@ absl::StatusOr<Results> Run(const Options& o) {
   // 6. Failover, with the half-rate load still on.
   std::vector<std::string> probe_turns(o.probes);
   for (int64_t i = 0; i < o.probes; ++i) {
-    rv::SubmitMessageRequest request;
+    router_pb::SubmitMessageRequest request;
     request.set_tenant_id(kTenant);
     request.mutable_request()->set_session_id((*probe_sessions)[i]);
     request.mutable_request()->add_content()->set_text("@stall_ms 600000");
     v1::SendMessageResponse response;
-    auto router = rv::SessionRouter::NewStub(Channel(replicas[i % replicas.size()]->target(), 9));
+    auto router =
+        router_pb::SessionRouter::NewStub(Channel(replicas[i % replicas.size()]->target(), 9));
     if (absl::Status s = Call(*router, &RouterStub::SubmitMessage, request, &response); !s.ok()) {
       return s;
     }
@@ -853,10 +854,10 @@ absl::StatusOr<Results> Run(const Options& o) {
             probes_by_owner.clear();
             int owned = 0;
             for (int64_t i = 0; i < o.probes; ++i) {
-              pb::GetSessionRequest request;
+              store_pb::GetSessionRequest request;
               request.set_tenant_id(kTenant);
               request.set_session_id((*probe_sessions)[i]);
-              pb::GetSessionResponse response;
+              store_pb::GetSessionResponse response;
               if (!Call(*stores[0], &StoreStub::GetSession, request, &response).ok()) return false;
               if (response.session().current_turn_id() != probe_turns[i]) continue;
               if (response.lease_owner().empty()) continue;
@@ -924,10 +925,10 @@ absl::StatusOr<Results> Run(const Options& o) {
   std::atomic<int64_t> before_ack{0};
   absl::Status read = RunOnThreads(8, [&](int t) -> absl::Status {
     for (size_t i = t; i < measured_ids.size(); i += 8) {
-      pb::GetTurnRequest request;
+      store_pb::GetTurnRequest request;
       request.set_tenant_id(kTenant);
       request.set_turn_id(measured_ids[i]);
-      pb::GetTurnResponse response;
+      store_pb::GetTurnResponse response;
       if (absl::Status s = Call(*stores[t], &StoreStub::GetTurn, request, &response); !s.ok()) {
         return s;
       }

@@ -16,11 +16,11 @@
 namespace parley::gateway {
 namespace {
 
-namespace sv1 = sandbox::v1;
-namespace sbd = sandboxd::v1;
+namespace sandbox_pb = sandbox::v1;
+namespace sandboxd_pb = sandboxd::v1;
 namespace store_pb = store::v1;
 
-using SandboxAsync = sv1::SandboxManager::StubInterface::async_interface;
+using SandboxAsync = sandbox_pb::SandboxManager::StubInterface::async_interface;
 // The same validators sandbox-svc and its daemon apply, run here before a sandbox is
 // touched.
 using sandbox::ValidateExecCommand;
@@ -142,8 +142,8 @@ class SandboxCall {
   store_pb::GetSessionRequest get_session_;
   store_pb::GetSessionResponse session_;
   grpc::ClientContext acquire_context_;
-  sv1::AcquireForSessionRequest acquire_;
-  sv1::AcquireForSessionResponse acquired_;
+  sandbox_pb::AcquireForSessionRequest acquire_;
+  sandbox_pb::AcquireForSessionResponse acquired_;
 };
 
 // ---------------------------------------------------------------------------------
@@ -310,15 +310,15 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
   bool replaying_ = false;
 };
 
-absl::Status ConvertExec(sbd::ExecResponse& in, v1::ExecResponse* out) {
+absl::Status ConvertExec(sandboxd_pb::ExecResponse& in, v1::ExecResponse* out) {
   switch (in.output_case()) {
-    case sbd::ExecResponse::kStdout:
+    case sandboxd_pb::ExecResponse::kStdout:
       out->set_stdout(std::move(*in.mutable_stdout()));
       return absl::OkStatus();
-    case sbd::ExecResponse::kStderr:
+    case sandboxd_pb::ExecResponse::kStderr:
       out->set_stderr(std::move(*in.mutable_stderr()));
       return absl::OkStatus();
-    case sbd::ExecResponse::kExit:
+    case sandboxd_pb::ExecResponse::kExit:
       out->mutable_exit()->Swap(in.mutable_exit());
       return absl::OkStatus();
     default:
@@ -326,16 +326,16 @@ absl::Status ConvertExec(sbd::ExecResponse& in, v1::ExecResponse* out) {
   }
 }
 
-absl::Status ConvertRead(sbd::ReadFileResponse& in, v1::ReadFileResponse* out) {
+absl::Status ConvertRead(sandboxd_pb::ReadFileResponse& in, v1::ReadFileResponse* out) {
   if (in.has_info()) out->mutable_info()->Swap(in.mutable_info());
   out->set_data(std::move(*in.mutable_data()));
   return absl::OkStatus();
 }
 
-using ExecCall =
-    DownloadCall<v1::ExecRequest, v1::ExecResponse, sv1::ExecRequest, sbd::ExecResponse>;
-using ReadCall = DownloadCall<v1::ReadFileRequest, v1::ReadFileResponse, sv1::ReadFileRequest,
-                              sbd::ReadFileResponse>;
+using ExecCall = DownloadCall<v1::ExecRequest, v1::ExecResponse, sandbox_pb::ExecRequest,
+                              sandboxd_pb::ExecResponse>;
+using ReadCall = DownloadCall<v1::ReadFileRequest, v1::ReadFileResponse,
+                              sandbox_pb::ReadFileRequest, sandboxd_pb::ReadFileResponse>;
 
 // ---------------------------------------------------------------------------------
 // WriteFile: the caller's stream relayed message by message, committed on half-close.
@@ -377,7 +377,7 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
   void OnDone() override { Release(); }
 
  private:
-  struct Upstream final : grpc::ClientWriteReactor<sv1::WriteFileRequest> {
+  struct Upstream final : grpc::ClientWriteReactor<sandbox_pb::WriteFileRequest> {
     UploadCall* call;
     void OnWriteDone(bool ok) override { call->OnUpstreamWriteDone(ok); }
     void OnDone(const grpc::Status& status) override { call->OnUpstreamDone(status); }
@@ -389,7 +389,7 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
           InvalidArgumentError("header", "the first message must be a WriteFileHeader")));
     }
     const v1::WriteFileHeader& header = in_.header();
-    sbd::WriteFileHeader* out = out_.mutable_header()->mutable_file();
+    sandboxd_pb::WriteFileHeader* out = out_.mutable_header()->mutable_file();
     out->set_path(header.path());
     out->set_mode(header.mode());
     out->set_create_parents(header.create_parents());
@@ -441,8 +441,8 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
   v1::WriteFileResponse* const response_;
   Upstream upstream_;
   v1::WriteFileRequest in_;
-  sv1::WriteFileRequest out_;
-  sbd::WriteFileResponse upstream_response_;
+  sandbox_pb::WriteFileRequest out_;
+  sandboxd_pb::WriteFileResponse upstream_response_;
   // Reads and the upstream's start happen one after another (each read is started only
   // once the previous step is over), so these need no lock.
   bool started_ = false;
@@ -503,8 +503,8 @@ grpc::ServerWriteReactor<v1::ExecResponse>* SandboxApi::Exec(grpc::CallbackServe
       authenticator_, downstream_, context, *request,
       {.scope = kScopeSandboxExec,
        .build =
-           [](const v1::ExecRequest& in, sv1::ExecRequest* out) {
-             sbd::ExecRequest* command = out->mutable_command();
+           [](const v1::ExecRequest& in, sandbox_pb::ExecRequest* out) {
+             sandboxd_pb::ExecRequest* command = out->mutable_command();
              *command->mutable_argv() = in.argv();
              *command->mutable_env() = in.env();
              command->set_cwd(in.cwd());
@@ -512,12 +512,13 @@ grpc::ServerWriteReactor<v1::ExecResponse>* SandboxApi::Exec(grpc::CallbackServe
              command->set_timeout_ms(in.timeout_ms());
            },
        .launch =
-           [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ExecRequest* req,
-              grpc::ClientReadReactor<sbd::ExecResponse>* reactor) {
+           [](SandboxAsync* stub, grpc::ClientContext* context, const sandbox_pb::ExecRequest* req,
+              grpc::ClientReadReactor<sandboxd_pb::ExecResponse>* reactor) {
              stub->Exec(context, req, reactor);
            },
        .convert = ConvertExec,
-       .validate = [](const sv1::ExecRequest& req) { return ValidateExecCommand(req.command()); },
+       .validate =
+           [](const sandbox_pb::ExecRequest& req) { return ValidateExecCommand(req.command()); },
        .idempotent_method = "Exec",
        .outcome = [](const v1::ExecResponse& message) { return message.has_exit(); }});
 }
@@ -528,19 +529,21 @@ grpc::ServerWriteReactor<v1::ReadFileResponse>* SandboxApi::ReadFile(
       authenticator_, downstream_, context, *request,
       {.scope = kScopeSandboxFiles,
        .build =
-           [](const v1::ReadFileRequest& in, sv1::ReadFileRequest* out) {
-             sbd::ReadFileRequest* file = out->mutable_file();
+           [](const v1::ReadFileRequest& in, sandbox_pb::ReadFileRequest* out) {
+             sandboxd_pb::ReadFileRequest* file = out->mutable_file();
              file->set_path(in.path());
              file->set_offset_bytes(in.offset_bytes());
              file->set_limit_bytes(in.limit_bytes());
            },
        .launch =
-           [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ReadFileRequest* req,
-              grpc::ClientReadReactor<sbd::ReadFileResponse>* reactor) {
+           [](SandboxAsync* stub, grpc::ClientContext* context,
+              const sandbox_pb::ReadFileRequest* req,
+              grpc::ClientReadReactor<sandboxd_pb::ReadFileResponse>* reactor) {
              stub->ReadFile(context, req, reactor);
            },
        .convert = ConvertRead,
-       .validate = [](const sv1::ReadFileRequest& req) { return ValidateReadFile(req.file()); }});
+       .validate =
+           [](const sandbox_pb::ReadFileRequest& req) { return ValidateReadFile(req.file()); }});
 }
 
 grpc::ServerReadReactor<v1::WriteFileRequest>* SandboxApi::WriteFile(
@@ -551,19 +554,20 @@ grpc::ServerReadReactor<v1::WriteFileRequest>* SandboxApi::WriteFile(
 grpc::ServerUnaryReactor* SandboxApi::ListFiles(grpc::CallbackServerContext* context,
                                                 const v1::ListFilesRequest* request,
                                                 v1::ListFilesResponse* response) {
-  sv1::ListFilesRequest internal;
-  sbd::ListDirRequest* list = internal.mutable_list();
+  sandbox_pb::ListFilesRequest internal;
+  sandboxd_pb::ListDirRequest* list = internal.mutable_list();
   list->set_path(request->path());
   list->set_recursive(request->recursive());
   list->set_max_entries(request->max_entries());
   absl::Status valid = ValidateListDir(*list);
-  return new UnaryCall<v1::ListFilesResponse, sv1::ListFilesRequest, sbd::ListDirResponse>(
+  return new UnaryCall<v1::ListFilesResponse, sandbox_pb::ListFilesRequest,
+                       sandboxd_pb::ListDirResponse>(
       authenticator_, downstream_, context, request->session_id(), std::move(valid),
       std::move(internal), response,
-      [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::ListFilesRequest* req,
-         sbd::ListDirResponse* resp,
+      [](SandboxAsync* stub, grpc::ClientContext* context, const sandbox_pb::ListFilesRequest* req,
+         sandboxd_pb::ListDirResponse* resp,
          std::function<void(grpc::Status)> done) { stub->ListFiles(context, req, resp, done); },
-      [](sbd::ListDirResponse& in, v1::ListFilesResponse* out) {
+      [](sandboxd_pb::ListDirResponse& in, v1::ListFilesResponse* out) {
         out->mutable_entries()->Swap(in.mutable_entries());
         out->set_truncated(in.truncated());
       });
@@ -572,16 +576,17 @@ grpc::ServerUnaryReactor* SandboxApi::ListFiles(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* SandboxApi::StatFile(grpc::CallbackServerContext* context,
                                                const v1::StatFileRequest* request,
                                                v1::StatFileResponse* response) {
-  sv1::StatFileRequest internal;
+  sandbox_pb::StatFileRequest internal;
   internal.mutable_stat()->set_path(request->path());
   absl::Status valid = ValidateStat(internal.stat());
-  return new UnaryCall<v1::StatFileResponse, sv1::StatFileRequest, sbd::StatResponse>(
+  return new UnaryCall<v1::StatFileResponse, sandbox_pb::StatFileRequest,
+                       sandboxd_pb::StatResponse>(
       authenticator_, downstream_, context, request->session_id(), std::move(valid),
       std::move(internal), response,
-      [](SandboxAsync* stub, grpc::ClientContext* context, const sv1::StatFileRequest* req,
-         sbd::StatResponse* resp,
+      [](SandboxAsync* stub, grpc::ClientContext* context, const sandbox_pb::StatFileRequest* req,
+         sandboxd_pb::StatResponse* resp,
          std::function<void(grpc::Status)> done) { stub->StatFile(context, req, resp, done); },
-      [](sbd::StatResponse& in, v1::StatFileResponse* out) {
+      [](sandboxd_pb::StatResponse& in, v1::StatFileResponse* out) {
         out->mutable_info()->Swap(in.mutable_info());
       });
 }

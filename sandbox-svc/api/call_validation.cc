@@ -20,7 +20,7 @@
 namespace parley::sandbox {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 constexpr size_t kMaxLabels = 32;
 constexpr size_t kMaxLabelBytes = 63;
@@ -47,13 +47,15 @@ absl::Status ValidateLabels(const google::protobuf::Map<std::string, std::string
 }
 
 // The settings of a new sandbox, shared by CreateSandbox and AcquireForSession.
-absl::Status ValidateNewSandbox(uint64_t ttl_s, uint64_t idle_timeout_s, sv1::OnExpiry on_expiry,
+absl::Status ValidateNewSandbox(uint64_t ttl_s, uint64_t idle_timeout_s,
+                                sandbox_pb::OnExpiry on_expiry,
                                 const google::protobuf::Map<std::string, std::string>& labels) {
   if (ttl_s > kMaxDurationS) return InvalidArgumentError("ttl_s", "too long", "31622400 s");
   if (idle_timeout_s > kMaxDurationS) {
     return InvalidArgumentError("idle_timeout_s", "too long", "31622400 s");
   }
-  if (!sv1::OnExpiry_IsValid(on_expiry)) return InvalidArgumentError("on_expiry", "unknown value");
+  if (!sandbox_pb::OnExpiry_IsValid(on_expiry))
+    return InvalidArgumentError("on_expiry", "unknown value");
   return ValidateLabels(labels, "labels");
 }
 
@@ -86,25 +88,25 @@ absl::Status ValidateTarget(const std::string& tenant_id, const std::string& san
   return ValidateId(sandbox_id, "sandbox_id", true);
 }
 
-absl::Status ValidateCall(const sv1::CreateSandboxRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::CreateSandboxRequest& request) {
   if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
   if (absl::Status s = ValidateId(request.session_id(), "session_id", false); !s.ok()) return s;
   return ValidateNewSandbox(request.ttl_s(), request.idle_timeout_s(), request.on_expiry(),
                             request.labels());
 }
 
-absl::Status ValidateCall(const sv1::AcquireForSessionRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::AcquireForSessionRequest& request) {
   if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
   if (absl::Status s = ValidateId(request.session_id(), "session_id", true); !s.ok()) return s;
   return ValidateNewSandbox(request.ttl_s(), request.idle_timeout_s(), request.on_expiry(),
                             request.labels());
 }
 
-absl::Status ValidateCall(const sv1::GetSandboxRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::GetSandboxRequest& request) {
   return ValidateTarget(request.tenant_id(), request.sandbox_id());
 }
 
-absl::Status ValidateCall(const sv1::ListSandboxesRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::ListSandboxesRequest& request) {
   if (absl::Status s = ValidateId(request.tenant_id(), "tenant_id", true); !s.ok()) return s;
   if (absl::Status s = ValidateLabels(request.label_selector(), "label_selector"); !s.ok()) {
     return s;
@@ -115,44 +117,44 @@ absl::Status ValidateCall(const sv1::ListSandboxesRequest& request) {
   return ValidatePageToken(request.page_token());
 }
 
-absl::Status ValidateCall(const sv1::PauseSandboxRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::PauseSandboxRequest& request) {
   return ValidateTarget(request.tenant_id(), request.sandbox_id());
 }
 
-absl::Status ValidateCall(const sv1::ResumeSandboxRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::ResumeSandboxRequest& request) {
   return ValidateTarget(request.tenant_id(), request.sandbox_id());
 }
 
-absl::Status ValidateCall(const sv1::DestroySandboxRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::DestroySandboxRequest& request) {
   return ValidateTarget(request.tenant_id(), request.sandbox_id());
 }
 
-absl::Status ValidateCall(const sv1::ExecRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::ExecRequest& request) {
   return ValidateOperation(request, request.command(), ValidateExecCommand);
 }
 
-absl::Status ValidateCall(const sv1::ReadFileRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::ReadFileRequest& request) {
   return ValidateOperation(request, request.file(), ValidateReadFile);
 }
 
-absl::Status ValidateCall(const sv1::WriteFileHeader& header) {
+absl::Status ValidateCall(const sandbox_pb::WriteFileHeader& header) {
   if (absl::Status s = ValidateTarget(header.tenant_id(), header.sandbox_id()); !s.ok()) return s;
   return ValidateWriteHeader(header.file(), "header.");
 }
 
-absl::Status ValidateCall(const sv1::ListFilesRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::ListFilesRequest& request) {
   return ValidateOperation(request, request.list(), ValidateListDir);
 }
 
-absl::Status ValidateCall(const sv1::StatFileRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::StatFileRequest& request) {
   return ValidateOperation(request, request.stat(), ValidateStat);
 }
 
-absl::Status ValidateCall(const sv1::MakeDirRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::MakeDirRequest& request) {
   return ValidateOperation(request, request.make_dir(), ValidateMakeDir);
 }
 
-absl::Status ValidateCall(const sv1::RemoveRequest& request) {
+absl::Status ValidateCall(const sandbox_pb::RemoveRequest& request) {
   return ValidateOperation(request, request.remove(), ValidateRemove);
 }
 

@@ -22,8 +22,8 @@
 namespace parley::sandbox {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
-namespace sbd = ::parley::sandboxd::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
 using Operation = ProxyContext::Operation;
 
 // Readies a daemon call made on behalf of `server`'s caller: the daemon's token and the
@@ -204,25 +204,25 @@ class StreamProxy : private DaemonCallOwner {
 class WriteProxy : private DaemonCallOwner {
  public:
   WriteProxy(ProxyContext& proxies, grpc::CallbackServerContext* context,
-             sbd::WriteFileResponse* response)
+             sandboxd_pb::WriteFileResponse* response)
       : proxies_(proxies), context_(context), response_(response) {
     server_.proxy = this;
     daemon_.proxy = this;
   }
 
-  grpc::ServerReadReactor<sv1::WriteFileRequest>* Begin() {
+  grpc::ServerReadReactor<sandbox_pb::WriteFileRequest>* Begin() {
     server_.StartRead(&in_);
     return &server_;
   }
 
  private:
-  struct ServerSide : grpc::ServerReadReactor<sv1::WriteFileRequest> {
+  struct ServerSide : grpc::ServerReadReactor<sandbox_pb::WriteFileRequest> {
     WriteProxy* proxy;
     void OnReadDone(bool ok) override { proxy->OnServerRead(ok); }
     void OnCancel() override { proxy->OnServerCancel(); }
     void OnDone() override { proxy->Release(); }
   };
-  struct DaemonSide : grpc::ClientWriteReactor<sbd::WriteFileRequest> {
+  struct DaemonSide : grpc::ClientWriteReactor<sandboxd_pb::WriteFileRequest> {
     WriteProxy* proxy;
     void OnWriteDone(bool ok) override { proxy->OnDaemonWriteDone(ok); }
     void OnDone(const grpc::Status& status) override { proxy->OnDaemonDone(status); }
@@ -278,7 +278,7 @@ class WriteProxy : private DaemonCallOwner {
       return;
     }
     header_seen_ = true;
-    sv1::WriteFileHeader& header = *in_.mutable_header();
+    sandbox_pb::WriteFileHeader& header = *in_.mutable_header();
     sandbox_id_ = header.sandbox_id();
     out_.mutable_header()->Swap(header.mutable_file());
     refs_.fetch_add(1);
@@ -348,12 +348,12 @@ class WriteProxy : private DaemonCallOwner {
 
   ProxyContext& proxies_;
   grpc::CallbackServerContext* context_;
-  sbd::WriteFileResponse* response_;
+  sandboxd_pb::WriteFileResponse* response_;
   ServerSide server_;
   DaemonSide daemon_;
   std::string sandbox_id_;
-  sv1::WriteFileRequest in_;
-  sbd::WriteFileRequest out_;
+  sandbox_pb::WriteFileRequest in_;
+  sandboxd_pb::WriteFileRequest out_;
   bool header_seen_ = false;  // Only the gRPC read callbacks touch it, one at a time.
   absl::Status pending_error_;
   std::atomic<int> refs_{1};
@@ -441,17 +441,18 @@ grpc::ServerWriteReactor<Message>* ProxyStream(ProxyContext& proxies,
 }
 
 // The two streams there are.
-template grpc::ServerWriteReactor<sbd::ExecResponse>* ProxyStream(
-    ProxyContext&, grpc::CallbackServerContext*, const sv1::ExecRequest&, const sbd::ExecRequest&,
-    StreamMethod<sbd::ExecRequest, sbd::ExecResponse>, const absl::Status&);
-template grpc::ServerWriteReactor<sbd::ReadFileResponse>* ProxyStream(
-    ProxyContext&, grpc::CallbackServerContext*, const sv1::ReadFileRequest&,
-    const sbd::ReadFileRequest&, StreamMethod<sbd::ReadFileRequest, sbd::ReadFileResponse>,
-    const absl::Status&);
+template grpc::ServerWriteReactor<sandboxd_pb::ExecResponse>* ProxyStream(
+    ProxyContext&, grpc::CallbackServerContext*, const sandbox_pb::ExecRequest&,
+    const sandboxd_pb::ExecRequest&,
+    StreamMethod<sandboxd_pb::ExecRequest, sandboxd_pb::ExecResponse>, const absl::Status&);
+template grpc::ServerWriteReactor<sandboxd_pb::ReadFileResponse>* ProxyStream(
+    ProxyContext&, grpc::CallbackServerContext*, const sandbox_pb::ReadFileRequest&,
+    const sandboxd_pb::ReadFileRequest&,
+    StreamMethod<sandboxd_pb::ReadFileRequest, sandboxd_pb::ReadFileResponse>, const absl::Status&);
 
-grpc::ServerReadReactor<sv1::WriteFileRequest>* ProxyWriteFile(ProxyContext& proxies,
-                                                               grpc::CallbackServerContext* context,
-                                                               sbd::WriteFileResponse* response) {
+grpc::ServerReadReactor<sandbox_pb::WriteFileRequest>* ProxyWriteFile(
+    ProxyContext& proxies, grpc::CallbackServerContext* context,
+    sandboxd_pb::WriteFileResponse* response) {
   return (new WriteProxy(proxies, context, response))->Begin();
 }
 

@@ -9,8 +9,8 @@
 namespace parley::sandbox {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
-namespace sbd = ::parley::sandboxd::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                     const absl::Status& status) {
@@ -25,7 +25,7 @@ grpc::ServerUnaryReactor* RunOnPool(ThreadPool& pool, grpc::CallbackServerContex
                                     Response* response, Op op) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   pool.Schedule([reactor, response, op = std::move(op)] {
-    absl::StatusOr<sv1::Sandbox> result = op();
+    absl::StatusOr<sandbox_pb::Sandbox> result = op();
     if (result.ok()) *response->mutable_sandbox() = *std::move(result);
     reactor->Finish(ToGrpcStatus(result.status()));
   });
@@ -33,7 +33,7 @@ grpc::ServerUnaryReactor* RunOnPool(ThreadPool& pool, grpc::CallbackServerContex
 }
 
 // A lifecycle change of one sandbox (Pause, Resume, Destroy).
-using LifecycleChange = absl::StatusOr<sv1::Sandbox> (SandboxManager::*)(
+using LifecycleChange = absl::StatusOr<sandbox_pb::Sandbox> (SandboxManager::*)(
     const std::string& tenant_id, const std::string& sandbox_id);
 
 // Validates the request inline, then runs `change` on the pool.
@@ -56,34 +56,36 @@ SandboxManagerService::SandboxManagerService(SandboxManager* manager, int lifecy
 // Templates and reads (inline)
 
 grpc::ServerUnaryReactor* SandboxManagerService::ListTemplates(
-    grpc::CallbackServerContext* context, const sv1::ListTemplatesRequest* request,
-    sv1::ListTemplatesResponse* response) {
-  for (sv1::Template& t : manager_->ListTemplates()) *response->add_templates() = std::move(t);
+    grpc::CallbackServerContext* context, const sandbox_pb::ListTemplatesRequest* request,
+    sandbox_pb::ListTemplatesResponse* response) {
+  for (sandbox_pb::Template& t : manager_->ListTemplates())
+    *response->add_templates() = std::move(t);
   return FinishNow(context, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* SandboxManagerService::GetTemplate(grpc::CallbackServerContext* context,
-                                                             const sv1::GetTemplateRequest* request,
-                                                             sv1::GetTemplateResponse* response) {
-  absl::StatusOr<sv1::Template> result = manager_->GetTemplate(request->name());
+grpc::ServerUnaryReactor* SandboxManagerService::GetTemplate(
+    grpc::CallbackServerContext* context, const sandbox_pb::GetTemplateRequest* request,
+    sandbox_pb::GetTemplateResponse* response) {
+  absl::StatusOr<sandbox_pb::Template> result = manager_->GetTemplate(request->name());
   if (result.ok()) *response->mutable_template_() = *std::move(result);
   return FinishNow(context, result.status());
 }
 
-grpc::ServerUnaryReactor* SandboxManagerService::GetSandbox(grpc::CallbackServerContext* context,
-                                                            const sv1::GetSandboxRequest* request,
-                                                            sv1::GetSandboxResponse* response) {
+grpc::ServerUnaryReactor* SandboxManagerService::GetSandbox(
+    grpc::CallbackServerContext* context, const sandbox_pb::GetSandboxRequest* request,
+    sandbox_pb::GetSandboxResponse* response) {
   if (absl::Status s = ValidateCall(*request); !s.ok()) return FinishNow(context, s);
-  absl::StatusOr<sv1::Sandbox> result = manager_->Get(request->tenant_id(), request->sandbox_id());
+  absl::StatusOr<sandbox_pb::Sandbox> result =
+      manager_->Get(request->tenant_id(), request->sandbox_id());
   if (result.ok()) *response->mutable_sandbox() = *std::move(result);
   return FinishNow(context, result.status());
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::ListSandboxes(
-    grpc::CallbackServerContext* context, const sv1::ListSandboxesRequest* request,
-    sv1::ListSandboxesResponse* response) {
+    grpc::CallbackServerContext* context, const sandbox_pb::ListSandboxesRequest* request,
+    sandbox_pb::ListSandboxesResponse* response) {
   if (absl::Status s = ValidateCall(*request); !s.ok()) return FinishNow(context, s);
-  absl::StatusOr<sv1::ListSandboxesResponse> result = manager_->List(*request);
+  absl::StatusOr<sandbox_pb::ListSandboxesResponse> result = manager_->List(*request);
   if (result.ok()) *response = *std::move(result);
   return FinishNow(context, result.status());
 }
@@ -92,16 +94,16 @@ grpc::ServerUnaryReactor* SandboxManagerService::ListSandboxes(
 // Lifecycle (on the worker pool)
 
 grpc::ServerUnaryReactor* SandboxManagerService::CreateSandbox(
-    grpc::CallbackServerContext* context, const sv1::CreateSandboxRequest* request,
-    sv1::CreateSandboxResponse* response) {
+    grpc::CallbackServerContext* context, const sandbox_pb::CreateSandboxRequest* request,
+    sandbox_pb::CreateSandboxResponse* response) {
   if (absl::Status s = ValidateCall(*request); !s.ok()) return FinishNow(context, s);
   return RunOnPool(pool_, context, response,
                    [this, request] { return manager_->Create(*request); });
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::AcquireForSession(
-    grpc::CallbackServerContext* context, const sv1::AcquireForSessionRequest* request,
-    sv1::AcquireForSessionResponse* response) {
+    grpc::CallbackServerContext* context, const sandbox_pb::AcquireForSessionRequest* request,
+    sandbox_pb::AcquireForSessionResponse* response) {
   if (absl::Status s = ValidateCall(*request); !s.ok()) return FinishNow(context, s);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   pool_.Schedule([this, reactor, request, response] {
@@ -117,67 +119,67 @@ grpc::ServerUnaryReactor* SandboxManagerService::AcquireForSession(
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::PauseSandbox(
-    grpc::CallbackServerContext* context, const sv1::PauseSandboxRequest* request,
-    sv1::PauseSandboxResponse* response) {
+    grpc::CallbackServerContext* context, const sandbox_pb::PauseSandboxRequest* request,
+    sandbox_pb::PauseSandboxResponse* response) {
   return ChangeOnPool(*manager_, pool_, context, request, response, &SandboxManager::Pause);
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::ResumeSandbox(
-    grpc::CallbackServerContext* context, const sv1::ResumeSandboxRequest* request,
-    sv1::ResumeSandboxResponse* response) {
+    grpc::CallbackServerContext* context, const sandbox_pb::ResumeSandboxRequest* request,
+    sandbox_pb::ResumeSandboxResponse* response) {
   return ChangeOnPool(*manager_, pool_, context, request, response, &SandboxManager::Resume);
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::DestroySandbox(
-    grpc::CallbackServerContext* context, const sv1::DestroySandboxRequest* request,
-    sv1::DestroySandboxResponse* response) {
+    grpc::CallbackServerContext* context, const sandbox_pb::DestroySandboxRequest* request,
+    sandbox_pb::DestroySandboxResponse* response) {
   return ChangeOnPool(*manager_, pool_, context, request, response, &SandboxManager::Destroy);
 }
 
 // ---------------------------------------------------------------------------------
 // Operations inside a sandbox (proxied)
 
-grpc::ServerWriteReactor<sbd::ExecResponse>* SandboxManagerService::Exec(
-    grpc::CallbackServerContext* context, const sv1::ExecRequest* request) {
+grpc::ServerWriteReactor<sandboxd_pb::ExecResponse>* SandboxManagerService::Exec(
+    grpc::CallbackServerContext* context, const sandbox_pb::ExecRequest* request) {
   return ProxyStream(proxies_, context, *request, request->command(), &SandboxdAsync::Exec,
                      ValidateCall(*request));
 }
 
-grpc::ServerWriteReactor<sbd::ReadFileResponse>* SandboxManagerService::ReadFile(
-    grpc::CallbackServerContext* context, const sv1::ReadFileRequest* request) {
+grpc::ServerWriteReactor<sandboxd_pb::ReadFileResponse>* SandboxManagerService::ReadFile(
+    grpc::CallbackServerContext* context, const sandbox_pb::ReadFileRequest* request) {
   return ProxyStream(proxies_, context, *request, request->file(), &SandboxdAsync::ReadFile,
                      ValidateCall(*request));
 }
 
-grpc::ServerReadReactor<sv1::WriteFileRequest>* SandboxManagerService::WriteFile(
-    grpc::CallbackServerContext* context, sbd::WriteFileResponse* response) {
+grpc::ServerReadReactor<sandbox_pb::WriteFileRequest>* SandboxManagerService::WriteFile(
+    grpc::CallbackServerContext* context, sandboxd_pb::WriteFileResponse* response) {
   return ProxyWriteFile(proxies_, context, response);
 }
 
-grpc::ServerUnaryReactor* SandboxManagerService::ListFiles(grpc::CallbackServerContext* context,
-                                                           const sv1::ListFilesRequest* request,
-                                                           sbd::ListDirResponse* response) {
+grpc::ServerUnaryReactor* SandboxManagerService::ListFiles(
+    grpc::CallbackServerContext* context, const sandbox_pb::ListFilesRequest* request,
+    sandboxd_pb::ListDirResponse* response) {
   return ProxyUnary(proxies_, context, *request, request->list(), &SandboxdAsync::ListDir, response,
                     ValidateCall(*request));
 }
 
-grpc::ServerUnaryReactor* SandboxManagerService::StatFile(grpc::CallbackServerContext* context,
-                                                          const sv1::StatFileRequest* request,
-                                                          sbd::StatResponse* response) {
+grpc::ServerUnaryReactor* SandboxManagerService::StatFile(
+    grpc::CallbackServerContext* context, const sandbox_pb::StatFileRequest* request,
+    sandboxd_pb::StatResponse* response) {
   return ProxyUnary(proxies_, context, *request, request->stat(), &SandboxdAsync::Stat, response,
                     ValidateCall(*request));
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::MakeDir(grpc::CallbackServerContext* context,
-                                                         const sv1::MakeDirRequest* request,
-                                                         sbd::MakeDirResponse* response) {
+                                                         const sandbox_pb::MakeDirRequest* request,
+                                                         sandboxd_pb::MakeDirResponse* response) {
   return ProxyUnary(proxies_, context, *request, request->make_dir(), &SandboxdAsync::MakeDir,
                     response, ValidateCall(*request));
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::Remove(grpc::CallbackServerContext* context,
-                                                        const sv1::RemoveRequest* request,
-                                                        sbd::RemoveResponse* response) {
+                                                        const sandbox_pb::RemoveRequest* request,
+                                                        sandboxd_pb::RemoveResponse* response) {
   return ProxyUnary(proxies_, context, *request, request->remove(), &SandboxdAsync::Remove,
                     response, ValidateCall(*request));
 }

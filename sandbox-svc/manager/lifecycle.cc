@@ -11,14 +11,15 @@
 
 namespace parley::sandbox {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 namespace {
 
 // Before a transition `from` → `to`: the sandbox as it is when it is in `to` already
 // (nothing to do), SANDBOX_GONE when it is in neither, nullopt when the transition runs.
-std::optional<absl::StatusOr<sv1::Sandbox>> Settled(const sv1::Sandbox& sandbox,
-                                                    sv1::SandboxState from, sv1::SandboxState to) {
+std::optional<absl::StatusOr<sandbox_pb::Sandbox>> Settled(const sandbox_pb::Sandbox& sandbox,
+                                                           sandbox_pb::SandboxState from,
+                                                           sandbox_pb::SandboxState to) {
   if (sandbox.state() == to) return sandbox;
   if (sandbox.state() != from) return SandboxGone(sandbox);
   return std::nullopt;
@@ -82,11 +83,11 @@ RecordFn Lifecycle::Recorder(Sandbox& sandbox) {
 // ---------------------------------------------------------------------------------
 // Create
 
-absl::StatusOr<sv1::Sandbox> Lifecycle::ColdCreate(const TemplateConfig& config,
-                                                   const SandboxTerms& terms, bool pooled) {
+absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::ColdCreate(const TemplateConfig& config,
+                                                          const SandboxTerms& terms, bool pooled) {
   const absl::Time now = clock_.Now();
   SandboxRecord record;
-  sv1::Sandbox& proto = record.sandbox;
+  sandbox_pb::Sandbox& proto = record.sandbox;
   proto.set_id(ids_.Next("sbx"));
   if (!pooled) {
     proto.set_tenant_id(terms.tenant_id);
@@ -95,7 +96,7 @@ absl::StatusOr<sv1::Sandbox> Lifecycle::ColdCreate(const TemplateConfig& config,
   }
   proto.set_template_(config.proto.name());
   proto.set_provider(config.proto.provider());
-  proto.set_state(sv1::SANDBOX_STATE_CREATING);
+  proto.set_state(sandbox_pb::SANDBOX_STATE_CREATING);
   *proto.mutable_create_time() = ToTimestamp(now);
   *proto.mutable_update_time() = ToTimestamp(now);
   *proto.mutable_last_active_time() = ToTimestamp(now);
@@ -228,9 +229,9 @@ absl::Status Lifecycle::FailGone(Sandbox& sandbox, const std::string& message) {
   return SandboxGone(sandbox.View());
 }
 
-absl::StatusOr<sv1::Sandbox> Lifecycle::Destroy(Sandbox& sandbox, const std::string& why) {
+absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Destroy(Sandbox& sandbox, const std::string& why) {
   const SandboxRecord snapshot = sandbox.Record();
-  if (snapshot.sandbox.state() == sv1::SANDBOX_STATE_DESTROYED) return snapshot.sandbox;
+  if (snapshot.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) return snapshot.sandbox;
   SandboxProvider* provider = ProviderFor(snapshot);
   if (provider != nullptr && !snapshot.provider_state.empty()) {
     absl::Status destroyed = provider->Destroy(snapshot.provider_state);
@@ -253,9 +254,10 @@ absl::StatusOr<sv1::Sandbox> Lifecycle::Destroy(Sandbox& sandbox, const std::str
   return sandbox.View();
 }
 
-absl::StatusOr<sv1::Sandbox> Lifecycle::Pause(Sandbox& sandbox, const std::string& why) {
+absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Pause(Sandbox& sandbox, const std::string& why) {
   const SandboxRecord snapshot = sandbox.Record();
-  auto settled = Settled(snapshot.sandbox, sv1::SANDBOX_STATE_READY, sv1::SANDBOX_STATE_PAUSED);
+  auto settled =
+      Settled(snapshot.sandbox, sandbox_pb::SANDBOX_STATE_READY, sandbox_pb::SANDBOX_STATE_PAUSED);
   if (settled.has_value()) return *std::move(settled);
   SandboxProvider* provider = ProviderFor(snapshot);
   ProviderState provider_state = snapshot.provider_state;
@@ -271,10 +273,11 @@ absl::StatusOr<sv1::Sandbox> Lifecycle::Pause(Sandbox& sandbox, const std::strin
   return sandbox.View();
 }
 
-absl::StatusOr<sv1::Sandbox> Lifecycle::Resume(Sandbox& sandbox, bool* resumed) {
+absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Resume(Sandbox& sandbox, bool* resumed) {
   *resumed = false;
   const SandboxRecord snapshot = sandbox.Record();
-  auto settled = Settled(snapshot.sandbox, sv1::SANDBOX_STATE_PAUSED, sv1::SANDBOX_STATE_READY);
+  auto settled =
+      Settled(snapshot.sandbox, sandbox_pb::SANDBOX_STATE_PAUSED, sandbox_pb::SANDBOX_STATE_READY);
   if (settled.has_value()) return *std::move(settled);
   SandboxProvider* provider = ProviderFor(snapshot);
   ProviderState provider_state = snapshot.provider_state;

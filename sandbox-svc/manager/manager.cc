@@ -15,13 +15,13 @@
 namespace parley::sandbox {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 constexpr uint32_t kDefaultPageSize = 50;
 // A List cursor: "<create time in unix nanos>/<id>" of the last sandbox returned.
 using Cursor = std::pair<int64_t, std::string>;
 
-Cursor PositionOf(const sv1::Sandbox& sandbox) {
+Cursor PositionOf(const sandbox_pb::Sandbox& sandbox) {
   return {absl::ToUnixNanos(FromTimestamp(sandbox.create_time())), sandbox.id()};
 }
 
@@ -35,9 +35,9 @@ absl::StatusOr<Cursor> ParsePageToken(const std::string& token) {
   return cursor;
 }
 
-bool Matches(const sv1::ListSandboxesRequest& request, const std::set<int>& states,
-             const sv1::Sandbox& sandbox) {
-  if (states.empty() ? sandbox.state() == sv1::SANDBOX_STATE_DESTROYED
+bool Matches(const sandbox_pb::ListSandboxesRequest& request, const std::set<int>& states,
+             const sandbox_pb::Sandbox& sandbox) {
+  if (states.empty() ? sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED
                      : !states.count(sandbox.state())) {
     return false;
   }
@@ -110,8 +110,8 @@ void SandboxManager::Stop(bool destroy_pooled) {
 // ---------------------------------------------------------------------------------
 // Templates
 
-sv1::Template SandboxManager::TemplateView(const TemplateConfig& config) {
-  sv1::Template proto = config.proto;
+sandbox_pb::Template SandboxManager::TemplateView(const TemplateConfig& config) {
+  sandbox_pb::Template proto = config.proto;
   proto.set_warm_pool_ready(static_cast<uint32_t>(table_.PoolReady(config.proto.name())));
   if (auto provider = providers_.find(config.proto.provider()); provider != providers_.end()) {
     proto.set_cgroup_mode(provider->second->CgroupMode());
@@ -119,13 +119,13 @@ sv1::Template SandboxManager::TemplateView(const TemplateConfig& config) {
   return proto;
 }
 
-std::vector<sv1::Template> SandboxManager::ListTemplates() {
-  std::vector<sv1::Template> result;
+std::vector<sandbox_pb::Template> SandboxManager::ListTemplates() {
+  std::vector<sandbox_pb::Template> result;
   for (const auto& [name, config] : templates_.by_name) result.push_back(TemplateView(config));
   return result;
 }
 
-absl::StatusOr<sv1::Template> SandboxManager::GetTemplate(const std::string& name) {
+absl::StatusOr<sandbox_pb::Template> SandboxManager::GetTemplate(const std::string& name) {
   const TemplateConfig* config = templates_.Find(name);
   if (config == nullptr || name.empty()) {
     return absl::NotFoundError(absl::StrCat("template \"", name, "\" not found"));
@@ -144,7 +144,7 @@ absl::StatusOr<SandboxManager::CreateParams> SandboxManager::ResolveCreate(
   if (params.config == nullptr) {
     return absl::NotFoundError(absl::StrCat("template \"", request.template_(), "\" not found"));
   }
-  const sv1::Template& defaults = params.config->proto;
+  const sandbox_pb::Template& defaults = params.config->proto;
   if (providers_.find(defaults.provider()) == providers_.end()) {
     return absl::FailedPreconditionError(
         absl::StrCat("template \"", defaults.name(), "\" uses the provider \"", defaults.provider(),
@@ -157,24 +157,27 @@ absl::StatusOr<SandboxManager::CreateParams> SandboxManager::ResolveCreate(
   terms.ttl_s = request.ttl_s() != 0 ? request.ttl_s() : defaults.default_ttl_s();
   terms.idle_timeout_s =
       request.idle_timeout_s() != 0 ? request.idle_timeout_s() : defaults.default_idle_timeout_s();
-  terms.on_expiry = request.on_expiry() != sv1::ON_EXPIRY_UNSPECIFIED
+  terms.on_expiry = request.on_expiry() != sandbox_pb::ON_EXPIRY_UNSPECIFIED
                         ? request.on_expiry()
                         : defaults.default_on_expiry();
-  if (terms.on_expiry == sv1::ON_EXPIRY_UNSPECIFIED) terms.on_expiry = sv1::ON_EXPIRY_DESTROY;
+  if (terms.on_expiry == sandbox_pb::ON_EXPIRY_UNSPECIFIED)
+    terms.on_expiry = sandbox_pb::ON_EXPIRY_DESTROY;
   return params;
 }
 
-absl::StatusOr<sv1::Sandbox> SandboxManager::Create(const sv1::CreateSandboxRequest& request) {
+absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Create(
+    const sandbox_pb::CreateSandboxRequest& request) {
   absl::StatusOr<CreateParams> params = ResolveCreate(request);
   if (!params.ok()) return params.status();
   return CreateFrom(*params);
 }
 
-absl::StatusOr<sv1::Sandbox> SandboxManager::CreateFrom(const CreateParams& params) {
+absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::CreateFrom(const CreateParams& params) {
   const absl::Time started = clock_.Now();
-  std::optional<absl::StatusOr<sv1::Sandbox>> warm = pool_.Take(*params.config, params.terms);
+  std::optional<absl::StatusOr<sandbox_pb::Sandbox>> warm =
+      pool_.Take(*params.config, params.terms);
   const bool from_pool = warm.has_value();
-  absl::StatusOr<sv1::Sandbox> sandbox =
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox =
       from_pool ? *std::move(warm)
                 : lifecycle_.ColdCreate(*params.config, params.terms, /*pooled=*/false);
   if (create_seconds_ != nullptr && sandbox.ok()) {
@@ -199,23 +202,23 @@ void SandboxManager::LeaveSession(const std::pair<std::string, std::string>& key
 }
 
 std::optional<absl::StatusOr<SandboxManager::Acquired>> SandboxManager::ReuseSession(
-    const sv1::AcquireForSessionRequest& request) {
+    const sandbox_pb::AcquireForSessionRequest& request) {
   std::shared_ptr<Sandbox> sandbox =
       table_.FindBySession(request.tenant_id(), request.session_id());
   if (sandbox == nullptr) return std::nullopt;
   Sandbox::Turn turn = sandbox->WaitForTurn();
   const SandboxRecord record = sandbox->Record();
-  const sv1::SandboxState state = record.sandbox.state();
-  if (state == sv1::SANDBOX_STATE_READY) {
+  const sandbox_pb::SandboxState state = record.sandbox.state();
+  if (state == sandbox_pb::SANDBOX_STATE_READY) {
     if (lifecycle_.Alive(record)) {
       sandbox->Touch(clock_.Now());
       return Acquired{sandbox->View(), false, false};
     }
     lifecycle_.Fail(*sandbox, "the sandbox's processes exited unexpectedly");
   }
-  if (state == sv1::SANDBOX_STATE_PAUSED) {
+  if (state == sandbox_pb::SANDBOX_STATE_PAUSED) {
     bool resumed = false;
-    absl::StatusOr<sv1::Sandbox> view = lifecycle_.Resume(*sandbox, &resumed);
+    absl::StatusOr<sandbox_pb::Sandbox> view = lifecycle_.Resume(*sandbox, &resumed);
     if (view.ok()) return Acquired{*std::move(view), false, resumed};
     if (view.status().code() != absl::StatusCode::kFailedPrecondition) return view.status();
   }
@@ -224,14 +227,14 @@ std::optional<absl::StatusOr<SandboxManager::Acquired>> SandboxManager::ReuseSes
 }
 
 absl::StatusOr<SandboxManager::Acquired> SandboxManager::AcquireForSession(
-    const sv1::AcquireForSessionRequest& request) {
+    const sandbox_pb::AcquireForSessionRequest& request) {
   const auto key = std::make_pair(request.tenant_id(), request.session_id());
   EnterSession(key);
   absl::StatusOr<Acquired> result = [&]() -> absl::StatusOr<Acquired> {
     if (auto reused = ReuseSession(request); reused.has_value()) return *std::move(reused);
     absl::StatusOr<CreateParams> params = ResolveCreate(request);
     if (!params.ok()) return params.status();
-    absl::StatusOr<sv1::Sandbox> sandbox = CreateFrom(*params);
+    absl::StatusOr<sandbox_pb::Sandbox> sandbox = CreateFrom(*params);
     if (!sandbox.ok()) return sandbox.status();
     return Acquired{*std::move(sandbox), true, false};
   }();
@@ -250,15 +253,15 @@ absl::StatusOr<std::shared_ptr<Sandbox>> SandboxManager::FindOrNotFound(
   return sandbox;
 }
 
-absl::StatusOr<sv1::Sandbox> SandboxManager::Get(const std::string& tenant_id,
-                                                 const std::string& sandbox_id) {
+absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Get(const std::string& tenant_id,
+                                                        const std::string& sandbox_id) {
   absl::StatusOr<std::shared_ptr<Sandbox>> found = FindOrNotFound(tenant_id, sandbox_id);
   if (!found.ok()) return found.status();
   return (*found)->View();
 }
 
-absl::StatusOr<sv1::ListSandboxesResponse> SandboxManager::List(
-    const sv1::ListSandboxesRequest& request) {
+absl::StatusOr<sandbox_pb::ListSandboxesResponse> SandboxManager::List(
+    const sandbox_pb::ListSandboxesRequest& request) {
   std::optional<Cursor> after;
   if (!request.page_token().empty()) {
     absl::StatusOr<Cursor> parsed = ParsePageToken(request.page_token());
@@ -266,17 +269,17 @@ absl::StatusOr<sv1::ListSandboxesResponse> SandboxManager::List(
     after = *std::move(parsed);
   }
   const std::set<int> states(request.states().begin(), request.states().end());
-  std::vector<sv1::Sandbox> matches;
+  std::vector<sandbox_pb::Sandbox> matches;
   for (const std::shared_ptr<Sandbox>& sandbox : table_.All()) {
     if (!sandbox->BelongsTo(request.tenant_id())) continue;
-    sv1::Sandbox view = sandbox->View();
+    sandbox_pb::Sandbox view = sandbox->View();
     if (Matches(request, states, view)) matches.push_back(std::move(view));
   }
   std::sort(matches.begin(), matches.end(),
             [](const auto& a, const auto& b) { return PositionOf(a) > PositionOf(b); });
   const uint32_t page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
-  sv1::ListSandboxesResponse response;
-  for (const sv1::Sandbox& sandbox : matches) {
+  sandbox_pb::ListSandboxesResponse response;
+  for (const sandbox_pb::Sandbox& sandbox : matches) {
     if (after.has_value() && !(PositionOf(sandbox) < *after)) continue;
     if (static_cast<uint32_t>(response.sandboxes_size()) == page_size) {
       const Cursor last = PositionOf(response.sandboxes(response.sandboxes_size() - 1));
@@ -288,16 +291,16 @@ absl::StatusOr<sv1::ListSandboxesResponse> SandboxManager::List(
   return response;
 }
 
-absl::StatusOr<sv1::Sandbox> SandboxManager::Pause(const std::string& tenant_id,
-                                                   const std::string& sandbox_id) {
+absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Pause(const std::string& tenant_id,
+                                                          const std::string& sandbox_id) {
   absl::StatusOr<std::shared_ptr<Sandbox>> found = FindOrNotFound(tenant_id, sandbox_id);
   if (!found.ok()) return found.status();
   Sandbox::Turn turn = (*found)->WaitForTurn();
   return lifecycle_.Pause(**found, "paused by request");
 }
 
-absl::StatusOr<sv1::Sandbox> SandboxManager::Resume(const std::string& tenant_id,
-                                                    const std::string& sandbox_id) {
+absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Resume(const std::string& tenant_id,
+                                                           const std::string& sandbox_id) {
   absl::StatusOr<std::shared_ptr<Sandbox>> found = FindOrNotFound(tenant_id, sandbox_id);
   if (!found.ok()) return found.status();
   Sandbox::Turn turn = (*found)->WaitForTurn();
@@ -305,8 +308,8 @@ absl::StatusOr<sv1::Sandbox> SandboxManager::Resume(const std::string& tenant_id
   return lifecycle_.Resume(**found, &resumed);
 }
 
-absl::StatusOr<sv1::Sandbox> SandboxManager::Destroy(const std::string& tenant_id,
-                                                     const std::string& sandbox_id) {
+absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Destroy(const std::string& tenant_id,
+                                                            const std::string& sandbox_id) {
   absl::StatusOr<std::shared_ptr<Sandbox>> found = FindOrNotFound(tenant_id, sandbox_id);
   if (!found.ok()) return found.status();
   Sandbox::Turn turn = (*found)->WaitForTurn();
@@ -344,14 +347,14 @@ absl::StatusOr<std::unique_ptr<Operation>> SandboxManager::Operate(const std::st
   if (!found.ok()) return found.status();
   std::shared_ptr<Sandbox> sandbox = *std::move(found);
   Sandbox::Turn turn = sandbox->WaitForTurn();
-  const sv1::Sandbox view = sandbox->View();
-  if (view.state() == sv1::SANDBOX_STATE_PAUSED) {
+  const sandbox_pb::Sandbox view = sandbox->View();
+  if (view.state() == sandbox_pb::SANDBOX_STATE_PAUSED) {
     bool resumed = false;
-    absl::StatusOr<sv1::Sandbox> result = lifecycle_.Resume(*sandbox, &resumed);
+    absl::StatusOr<sandbox_pb::Sandbox> result = lifecycle_.Resume(*sandbox, &resumed);
     if (!result.ok()) return result.status();
-  } else if (view.state() == sv1::SANDBOX_STATE_CREATING) {
+  } else if (view.state() == sandbox_pb::SANDBOX_STATE_CREATING) {
     return absl::UnavailableError(absl::StrCat("sandbox ", sandbox_id, " is still being created"));
-  } else if (view.state() != sv1::SANDBOX_STATE_READY) {
+  } else if (view.state() != sandbox_pb::SANDBOX_STATE_READY) {
     return SandboxGone(view);
   }
   if (absl::Status s = lifecycle_.Connect(*sandbox); !s.ok()) return s;
@@ -371,7 +374,7 @@ absl::Status SandboxManager::DaemonFailed(const std::string& sandbox_id,
   if (sandbox == nullptr) return error;
   Sandbox::Turn turn = sandbox->WaitForTurn();
   const SandboxRecord record = sandbox->Record();
-  if (record.sandbox.state() != sv1::SANDBOX_STATE_READY) return SandboxGone(record.sandbox);
+  if (record.sandbox.state() != sandbox_pb::SANDBOX_STATE_READY) return SandboxGone(record.sandbox);
   if (lifecycle_.Alive(record)) return error;
   lifecycle_.Fail(*sandbox, "the sandbox's processes exited unexpectedly");
   return SandboxGone(sandbox->View());

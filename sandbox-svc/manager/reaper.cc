@@ -9,12 +9,12 @@
 
 namespace parley::sandbox {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 namespace {
 
 // "ttl" or "idle" when a READY sandbox has expired at `now`; empty otherwise.
-std::string ExpiryReason(const sv1::Sandbox& sandbox, int operations, absl::Time now) {
+std::string ExpiryReason(const sandbox_pb::Sandbox& sandbox, int operations, absl::Time now) {
   if (sandbox.has_expire_time() && now >= FromTimestamp(sandbox.expire_time())) return "ttl";
   if (sandbox.idle_timeout_s() > 0 && operations == 0 &&
       now >= FromTimestamp(sandbox.last_active_time()) + absl::Seconds(sandbox.idle_timeout_s())) {
@@ -86,11 +86,11 @@ void Reaper::ReapOnce() {
 
 void Reaper::ReapOne(Sandbox& sandbox, absl::Time now, std::vector<std::string>* forget) {
   const SandboxRecord snapshot = sandbox.Record();
-  const sv1::Sandbox& view = snapshot.sandbox;
+  const sandbox_pb::Sandbox& view = snapshot.sandbox;
   const bool retention_over =
       now >= FromTimestamp(view.update_time()) + options_.destroyed_retention;
   switch (view.state()) {
-    case sv1::SANDBOX_STATE_READY: {
+    case sandbox_pb::SANDBOX_STATE_READY: {
       if (!lifecycle_->Alive(snapshot)) {
         lifecycle_->Fail(sandbox, "the sandbox's processes exited unexpectedly");
         return;
@@ -100,14 +100,14 @@ void Reaper::ReapOne(Sandbox& sandbox, absl::Time now, std::vector<std::string>*
       if (!reason.empty()) Expire(sandbox, view, reason);
       return;
     }
-    case sv1::SANDBOX_STATE_FAILED:
+    case sandbox_pb::SANDBOX_STATE_FAILED:
       if (!snapshot.provider_state.empty()) {
         lifecycle_->Fail(sandbox, view.state_message());  // Retries the cleanup.
       } else if (retention_over) {
         forget->push_back(sandbox.id());
       }
       return;
-    case sv1::SANDBOX_STATE_DESTROYED:
+    case sandbox_pb::SANDBOX_STATE_DESTROYED:
       if (retention_over) forget->push_back(sandbox.id());
       return;
     default:
@@ -115,8 +115,8 @@ void Reaper::ReapOne(Sandbox& sandbox, absl::Time now, std::vector<std::string>*
   }
 }
 
-void Reaper::Expire(Sandbox& sandbox, const sv1::Sandbox& view, const std::string& reason) {
-  const bool pause = view.on_expiry() == sv1::ON_EXPIRY_PAUSE;
+void Reaper::Expire(Sandbox& sandbox, const sandbox_pb::Sandbox& view, const std::string& reason) {
+  const bool pause = view.on_expiry() == sandbox_pb::ON_EXPIRY_PAUSE;
   if (logger_ != nullptr) {
     logger_->Info("sandbox expired", {{"sandbox_id", sandbox.id()},
                                       {"tenant_id", view.tenant_id()},
@@ -131,7 +131,7 @@ void Reaper::Expire(Sandbox& sandbox, const sv1::Sandbox& view, const std::strin
     (void)lifecycle_->Destroy(sandbox, why);
     return;
   }
-  absl::StatusOr<sv1::Sandbox> paused = lifecycle_->Pause(sandbox, why);
+  absl::StatusOr<sandbox_pb::Sandbox> paused = lifecycle_->Pause(sandbox, why);
   if (!paused.ok() && logger_ != nullptr) {  // Stays READY; the next pass retries.
     logger_->Warn("expired sandbox not paused",
                   {{"sandbox_id", sandbox.id()}, {"error", paused.status().ToString()}});
@@ -140,13 +140,14 @@ void Reaper::Expire(Sandbox& sandbox, const sv1::Sandbox& view, const std::strin
 
 void Reaper::UpdateGauges() {
   if (live_gauge_ == nullptr) return;
-  std::map<sv1::SandboxState, int> counts;
+  std::map<sandbox_pb::SandboxState, int> counts;
   for (const std::shared_ptr<Sandbox>& sandbox : table_->All()) {
     counts[sandbox->View().state()]++;
   }
-  for (int state = sv1::SANDBOX_STATE_CREATING; state <= sv1::SANDBOX_STATE_FAILED; ++state) {
-    auto typed = static_cast<sv1::SandboxState>(state);
-    live_gauge_->WithLabels({sv1::SandboxState_Name(typed)}).Set(counts[typed]);
+  for (int state = sandbox_pb::SANDBOX_STATE_CREATING; state <= sandbox_pb::SANDBOX_STATE_FAILED;
+       ++state) {
+    auto typed = static_cast<sandbox_pb::SandboxState>(state);
+    live_gauge_->WithLabels({sandbox_pb::SandboxState_Name(typed)}).Set(counts[typed]);
   }
   for (const auto& [name, config] : templates_.by_name) {
     pool_gauge_->WithLabels({name}).Set(table_->PoolReady(name));

@@ -10,7 +10,7 @@
 
 namespace parley::sandbox {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 namespace {
 
@@ -19,7 +19,7 @@ enum class Outcome { kAdopted, kReaped, kOther };
 // Decides the fate of one recovered sandbox; the caller holds its turn.
 Outcome RecoverOne(Lifecycle& lifecycle, SandboxTable& table, Sandbox& sandbox) {
   const SandboxRecord record = sandbox.Record();
-  const sv1::SandboxState state = record.sandbox.state();
+  const sandbox_pb::SandboxState state = record.sandbox.state();
   SandboxProvider* provider = lifecycle.ProviderFor(record);
   if (provider == nullptr) {
     if (IsLive(state)) {
@@ -31,27 +31,27 @@ Outcome RecoverOne(Lifecycle& lifecycle, SandboxTable& table, Sandbox& sandbox) 
     return Outcome::kOther;
   }
   provider->Adopt(record.provider_state);
-  if (state == sv1::SANDBOX_STATE_CREATING) {
+  if (state == sandbox_pb::SANDBOX_STATE_CREATING) {
     // A crash mid-creation: whatever it started is an orphan.
     lifecycle.Fail(sandbox, "parley-sandbox restarted while the sandbox was being created");
     return Outcome::kReaped;
   }
   const bool alive = provider->Alive(record.provider_state);
-  if (state == sv1::SANDBOX_STATE_READY && !alive) {
+  if (state == sandbox_pb::SANDBOX_STATE_READY && !alive) {
     lifecycle.Fail(sandbox, "the sandbox's processes were gone after a restart of parley-sandbox");
     return Outcome::kReaped;
   }
-  if (state == sv1::SANDBOX_STATE_FAILED && !record.provider_state.empty()) {
+  if (state == sandbox_pb::SANDBOX_STATE_FAILED && !record.provider_state.empty()) {
     lifecycle.Fail(sandbox, record.sandbox.state_message());
     return Outcome::kOther;
   }
-  if (state != sv1::SANDBOX_STATE_READY && state != sv1::SANDBOX_STATE_PAUSED) {
+  if (state != sandbox_pb::SANDBOX_STATE_READY && state != sandbox_pb::SANDBOX_STATE_PAUSED) {
     return Outcome::kOther;
   }
   const bool warm = record.pooled;
   table.Adopt(sandbox.id(), {warm ? "" : record.sandbox.tenant_id(),
                              warm ? "" : record.sandbox.session_id(), record.sandbox.template_()});
-  if (warm && state == sv1::SANDBOX_STATE_READY) table.AddToPool(sandbox.id());
+  if (warm && state == sandbox_pb::SANDBOX_STATE_READY) table.AddToPool(sandbox.id());
   return Outcome::kAdopted;
 }
 

@@ -8,7 +8,7 @@
 
 namespace parley::sandbox {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 absl::Status SandboxNotFound(const std::string& sandbox_id) {
   absl::Status status = absl::NotFoundError(absl::StrCat("sandbox \"", sandbox_id, "\" not found"));
@@ -17,17 +17,17 @@ absl::Status SandboxNotFound(const std::string& sandbox_id) {
   return status;
 }
 
-absl::Status SandboxGone(const sv1::Sandbox& sandbox) {
+absl::Status SandboxGone(const sandbox_pb::Sandbox& sandbox) {
   absl::Status status = absl::FailedPreconditionError(absl::StrCat(
-      "sandbox ", sandbox.id(), " is ", sv1::SandboxState_Name(sandbox.state()),
+      "sandbox ", sandbox.id(), " is ", sandbox_pb::SandboxState_Name(sandbox.state()),
       sandbox.state_message().empty() ? "" : absl::StrCat(": ", sandbox.state_message())));
-  SetErrorInfo(status, "SANDBOX_GONE", {{"state", sv1::SandboxState_Name(sandbox.state())}});
+  SetErrorInfo(status, "SANDBOX_GONE", {{"state", sandbox_pb::SandboxState_Name(sandbox.state())}});
   return status;
 }
 
-bool IsLive(sv1::SandboxState state) {
-  return state == sv1::SANDBOX_STATE_CREATING || state == sv1::SANDBOX_STATE_READY ||
-         state == sv1::SANDBOX_STATE_PAUSED;
+bool IsLive(sandbox_pb::SandboxState state) {
+  return state == sandbox_pb::SANDBOX_STATE_CREATING || state == sandbox_pb::SANDBOX_STATE_READY ||
+         state == sandbox_pb::SANDBOX_STATE_PAUSED;
 }
 
 Sandbox::Sandbox(SandboxRecord record) : id_(record.sandbox.id()), record_(std::move(record)) {}
@@ -37,7 +37,7 @@ SandboxRecord Sandbox::Record() const {
   return record_;
 }
 
-sv1::Sandbox Sandbox::View() const {
+sandbox_pb::Sandbox Sandbox::View() const {
   absl::MutexLock lock(&mu_);
   return record_.sandbox;
 }
@@ -87,12 +87,12 @@ void Sandbox::EndTurn() {
 // ---------------------------------------------------------------------------------
 // Transitions
 
-void Sandbox::SetState(sv1::SandboxState state, std::string message, absl::Time now) {
-  sv1::Sandbox& sandbox = record_.sandbox;
+void Sandbox::SetState(sandbox_pb::SandboxState state, std::string message, absl::Time now) {
+  sandbox_pb::Sandbox& sandbox = record_.sandbox;
   sandbox.set_state(state);
   sandbox.set_state_message(std::move(message));
   *sandbox.mutable_update_time() = ToTimestamp(now);
-  if (state != sv1::SANDBOX_STATE_READY) sandbox.clear_expire_time();
+  if (state != sandbox_pb::SANDBOX_STATE_READY) sandbox.clear_expire_time();
 }
 
 void Sandbox::SetProviderState(ProviderState state) {
@@ -108,17 +108,17 @@ void Sandbox::SetDaemon(std::shared_ptr<DaemonConnection> daemon) {
 absl::Status Sandbox::Ready(std::shared_ptr<DaemonConnection> daemon, std::string message,
                             absl::Time now) {
   absl::MutexLock lock(&mu_);
-  sv1::Sandbox& sandbox = record_.sandbox;
-  const sv1::SandboxState from = sandbox.state();
-  if (from != sv1::SANDBOX_STATE_CREATING && from != sv1::SANDBOX_STATE_PAUSED) {
+  sandbox_pb::Sandbox& sandbox = record_.sandbox;
+  const sandbox_pb::SandboxState from = sandbox.state();
+  if (from != sandbox_pb::SANDBOX_STATE_CREATING && from != sandbox_pb::SANDBOX_STATE_PAUSED) {
     return SandboxGone(sandbox);
   }
   daemon_ = std::move(daemon);
-  SetState(sv1::SANDBOX_STATE_READY, std::move(message), now);
+  SetState(sandbox_pb::SANDBOX_STATE_READY, std::move(message), now);
   *sandbox.mutable_last_active_time() = ToTimestamp(now);
   if (!record_.pooled && sandbox.ttl_s() > 0) {
     const absl::Time start =
-        from == sv1::SANDBOX_STATE_CREATING ? FromTimestamp(sandbox.create_time()) : now;
+        from == sandbox_pb::SANDBOX_STATE_CREATING ? FromTimestamp(sandbox.create_time()) : now;
     *sandbox.mutable_expire_time() = ToTimestamp(start + absl::Seconds(sandbox.ttl_s()));
   }
   return absl::OkStatus();
@@ -126,15 +126,16 @@ absl::Status Sandbox::Ready(std::shared_ptr<DaemonConnection> daemon, std::strin
 
 absl::Status Sandbox::Paused(ProviderState state, std::string why, absl::Time now) {
   absl::MutexLock lock(&mu_);
-  if (record_.sandbox.state() != sv1::SANDBOX_STATE_READY) return SandboxGone(record_.sandbox);
+  if (record_.sandbox.state() != sandbox_pb::SANDBOX_STATE_READY)
+    return SandboxGone(record_.sandbox);
   record_.provider_state = std::move(state);
-  SetState(sv1::SANDBOX_STATE_PAUSED, std::move(why), now);
+  SetState(sandbox_pb::SANDBOX_STATE_PAUSED, std::move(why), now);
   return absl::OkStatus();
 }
 
 void Sandbox::Destroyed(std::string why, absl::Time now) {
   absl::MutexLock lock(&mu_);
-  SetState(sv1::SANDBOX_STATE_DESTROYED, std::move(why), now);
+  SetState(sandbox_pb::SANDBOX_STATE_DESTROYED, std::move(why), now);
   record_.provider_state.clear();
   daemon_.reset();
 }
@@ -142,20 +143,20 @@ void Sandbox::Destroyed(std::string why, absl::Time now) {
 void Sandbox::Failed(std::string message, bool cleaned, absl::Time now) {
   absl::MutexLock lock(&mu_);
   record_.pooled = false;
-  SetState(sv1::SANDBOX_STATE_FAILED, std::move(message), now);
+  SetState(sandbox_pb::SANDBOX_STATE_FAILED, std::move(message), now);
   if (cleaned) record_.provider_state.clear();
   daemon_.reset();
 }
 
 void Sandbox::FailedAsIs(std::string message, absl::Time now) {
   absl::MutexLock lock(&mu_);
-  SetState(sv1::SANDBOX_STATE_FAILED, std::move(message), now);
+  SetState(sandbox_pb::SANDBOX_STATE_FAILED, std::move(message), now);
 }
 
 bool Sandbox::Claim(const SandboxTerms& terms, absl::Time now) {
   absl::MutexLock lock(&mu_);
   if (!record_.pooled) return false;
-  sv1::Sandbox& sandbox = record_.sandbox;
+  sandbox_pb::Sandbox& sandbox = record_.sandbox;
   record_.pooled = false;
   sandbox.set_tenant_id(terms.tenant_id);
   sandbox.set_session_id(terms.session_id);
@@ -183,11 +184,11 @@ void Sandbox::Touch(absl::Time now) {
 absl::StatusOr<std::shared_ptr<DaemonConnection>> Sandbox::BeginOperation(
     absl::Time now, absl::Duration persist_interval, bool* persist) {
   absl::MutexLock lock(&mu_);
-  const sv1::SandboxState state = record_.sandbox.state();
-  if (state == sv1::SANDBOX_STATE_DESTROYED || state == sv1::SANDBOX_STATE_FAILED) {
+  const sandbox_pb::SandboxState state = record_.sandbox.state();
+  if (state == sandbox_pb::SANDBOX_STATE_DESTROYED || state == sandbox_pb::SANDBOX_STATE_FAILED) {
     return SandboxGone(record_.sandbox);
   }
-  if (state != sv1::SANDBOX_STATE_READY || daemon_ == nullptr) return nullptr;
+  if (state != sandbox_pb::SANDBOX_STATE_READY || daemon_ == nullptr) return nullptr;
   *record_.sandbox.mutable_last_active_time() = ToTimestamp(now);
   ++operations_;
   *persist = now - touch_persisted_ >= persist_interval;
@@ -198,7 +199,7 @@ absl::StatusOr<std::shared_ptr<DaemonConnection>> Sandbox::BeginOperation(
 void Sandbox::EndOperation(absl::Time now) {
   absl::MutexLock lock(&mu_);
   if (operations_ > 0) --operations_;
-  if (record_.sandbox.state() == sv1::SANDBOX_STATE_READY) {
+  if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_READY) {
     *record_.sandbox.mutable_last_active_time() = ToTimestamp(now);
   }
 }

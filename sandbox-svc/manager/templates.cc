@@ -15,7 +15,7 @@ namespace parley::sandbox {
 namespace {
 
 using nlohmann::json;
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 absl::Status Bad(const std::string& path, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
@@ -84,7 +84,8 @@ absl::Status GetStringMap(const json& object, const std::string& path, const cha
     if (!_status.ok()) return _status; \
   } while (false)
 
-absl::Status ParseLimits(const json& object, const std::string& path, sv1::SandboxLimits* limits) {
+absl::Status ParseLimits(const json& object, const std::string& path,
+                         sandbox_pb::SandboxLimits* limits) {
   RETURN_IF_ERROR(CheckKeys(object, path,
                             {"cpu_ms", "memory_bytes", "max_processes", "max_open_files",
                              "max_file_size_bytes", "network"}));
@@ -184,8 +185,8 @@ absl::Status ParseTemplate(const json& object, const std::string& path, Template
   config.proto.set_image(image);
   config.proto.set_default_ttl_s(ttl);
   config.proto.set_default_idle_timeout_s(idle);
-  config.proto.set_default_on_expiry(on_expiry == "pause" ? sv1::ON_EXPIRY_PAUSE
-                                                          : sv1::ON_EXPIRY_DESTROY);
+  config.proto.set_default_on_expiry(on_expiry == "pause" ? sandbox_pb::ON_EXPIRY_PAUSE
+                                                          : sandbox_pb::ON_EXPIRY_DESTROY);
   config.proto.set_warm_pool_target(pool);
   *out = std::move(config);
   return absl::OkStatus();
@@ -198,7 +199,7 @@ TemplateSet DefaultTemplates() {
   config.proto.set_name("default");
   config.proto.set_description("Debian userland, no network (built-in)");
   config.proto.set_provider("local");
-  sv1::SandboxLimits* limits = config.proto.mutable_limits();
+  sandbox_pb::SandboxLimits* limits = config.proto.mutable_limits();
   limits->set_memory_bytes(1ull << 30);
   limits->set_max_processes(256);
   limits->set_max_open_files(1024);
@@ -206,7 +207,7 @@ TemplateSet DefaultTemplates() {
   limits->set_network(false);
   config.proto.set_default_ttl_s(3600);
   config.proto.set_default_idle_timeout_s(900);
-  config.proto.set_default_on_expiry(sv1::ON_EXPIRY_DESTROY);
+  config.proto.set_default_on_expiry(sandbox_pb::ON_EXPIRY_DESTROY);
   config.proto.set_warm_pool_target(0);
   TemplateSet set;
   set.default_name = "default";

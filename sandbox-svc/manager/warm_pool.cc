@@ -7,7 +7,7 @@
 
 namespace parley::sandbox {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 WarmPool::WarmPool(const ManagerOptions& options, const TemplateSet& templates,
                    Lifecycle* lifecycle, SandboxTable* table, Clock& clock,
@@ -31,13 +31,13 @@ void WarmPool::Stop() {
   if (filler_.joinable()) filler_.join();
 }
 
-std::optional<absl::StatusOr<sv1::Sandbox>> WarmPool::Take(const TemplateConfig& config,
-                                                           const SandboxTerms& terms) {
+std::optional<absl::StatusOr<sandbox_pb::Sandbox>> WarmPool::Take(const TemplateConfig& config,
+                                                                  const SandboxTerms& terms) {
   // A warm sandbox may have died since it was made; try a few before building one.
   for (int attempt = 0; attempt < 3; ++attempt) {
     absl::StatusOr<std::shared_ptr<Sandbox>> taken =
         table_->TakeWarm(config.proto.name(), terms.tenant_id, terms.session_id);
-    if (!taken.ok()) return absl::StatusOr<sv1::Sandbox>(taken.status());
+    if (!taken.ok()) return absl::StatusOr<sandbox_pb::Sandbox>(taken.status());
     if (*taken == nullptr) return std::nullopt;
     Sandbox& sandbox = **taken;
     {
@@ -52,14 +52,14 @@ std::optional<absl::StatusOr<sv1::Sandbox>> WarmPool::Take(const TemplateConfig&
       continue;
     }
     if (absl::Status s = lifecycle_->Persist(sandbox); !s.ok()) {
-      return absl::StatusOr<sv1::Sandbox>(s);
+      return absl::StatusOr<sandbox_pb::Sandbox>(s);
     }
     if (logger_ != nullptr) {
       logger_->Info("sandbox handed out from the warm pool", {{"sandbox_id", sandbox.id()},
                                                               {"tenant_id", terms.tenant_id},
                                                               {"template", config.proto.name()}});
     }
-    return absl::StatusOr<sv1::Sandbox>(sandbox.View());
+    return absl::StatusOr<sandbox_pb::Sandbox>(sandbox.View());
   }
   return std::nullopt;
 }
@@ -82,7 +82,8 @@ bool WarmPool::FillOne(const TemplateConfig& config) {
   terms.ttl_s = config.proto.default_ttl_s();
   terms.idle_timeout_s = config.proto.default_idle_timeout_s();
   terms.on_expiry = config.proto.default_on_expiry();
-  absl::StatusOr<sv1::Sandbox> sandbox = lifecycle_->ColdCreate(config, terms, /*pooled=*/true);
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox =
+      lifecycle_->ColdCreate(config, terms, /*pooled=*/true);
   if (sandbox.ok()) table_->AddToPool(sandbox->id());
   absl::MutexLock lock(&mu_);
   filling_[name]--;

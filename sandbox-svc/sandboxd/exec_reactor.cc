@@ -24,7 +24,7 @@
 namespace parley::sandbox {
 namespace {
 
-namespace sbd = ::parley::sandboxd::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
 
 // One stdout or stderr message at most (ExecResponse).
 constexpr size_t kOutputChunkBytes = 64 * 1024;
@@ -44,9 +44,9 @@ std::vector<std::string> BuildEnv(const std::vector<std::string>& base,
   return env;
 }
 
-class ExecReactor final : public grpc::ServerWriteReactor<sbd::ExecResponse> {
+class ExecReactor final : public grpc::ServerWriteReactor<sandboxd_pb::ExecResponse> {
  public:
-  ExecReactor(const ExecContext& context, const sbd::ExecRequest& request,
+  ExecReactor(const ExecContext& context, const sandboxd_pb::ExecRequest& request,
               const absl::Status& admitted)
       : context_(context) {
     absl::Status status = admitted.ok() ? Begin(request) : admitted;
@@ -77,7 +77,7 @@ class ExecReactor final : public grpc::ServerWriteReactor<sbd::ExecResponse> {
   }
 
  private:
-  absl::Status Begin(const sbd::ExecRequest& request) {
+  absl::Status Begin(const sandboxd_pb::ExecRequest& request) {
     if (absl::Status s = ValidateExecCommand(request); !s.ok()) return s;
     absl::StatusOr<UniqueFd> cwd = context_.workspace.OpenDirectory(request.cwd());
     if (!cwd.ok()) {
@@ -137,7 +137,7 @@ class ExecReactor final : public grpc::ServerWriteReactor<sbd::ExecResponse> {
     return ready ? Slot::kFree : Slot::kDeadline;
   }
 
-  void Send(sbd::ExecResponse message) {
+  void Send(sandboxd_pb::ExecResponse message) {
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = true;
@@ -182,7 +182,7 @@ class ExecReactor final : public grpc::ServerWriteReactor<sbd::ExecResponse> {
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return ReadResult::kNothing;
     if (n <= 0) return ReadResult::kEof;
     buffer.resize(static_cast<size_t>(n));
-    sbd::ExecResponse message;
+    sandboxd_pb::ExecResponse message;
     if (is_stdout) {
       message.set_stdout(std::move(buffer));
     } else {
@@ -197,7 +197,7 @@ class ExecReactor final : public grpc::ServerWriteReactor<sbd::ExecResponse> {
     size_t stdin_offset = 0;
     bool prefer_stderr = false;
     if (!tree_->startup_message().empty()) {
-      sbd::ExecResponse message;
+      sandboxd_pb::ExecResponse message;
       message.set_stderr(tree_->startup_message());
       Send(std::move(message));
     }
@@ -273,7 +273,7 @@ class ExecReactor final : public grpc::ServerWriteReactor<sbd::ExecResponse> {
   absl::Time deadline_;
   absl::Time end_ = absl::InfinitePast();
   std::optional<int> wait_status_;
-  sbd::ExecResponse current_;  // The message being written (one at a time).
+  sandboxd_pb::ExecResponse current_;  // The message being written (one at a time).
 
   absl::Mutex mu_;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
@@ -291,9 +291,9 @@ bool ExecSlots::TryAcquire() {
   return false;
 }
 
-grpc::ServerWriteReactor<sbd::ExecResponse>* StartExec(const ExecContext& context,
-                                                       const sbd::ExecRequest& request,
-                                                       const absl::Status& admitted) {
+grpc::ServerWriteReactor<sandboxd_pb::ExecResponse>* StartExec(
+    const ExecContext& context, const sandboxd_pb::ExecRequest& request,
+    const absl::Status& admitted) {
   return new ExecReactor(context, request, admitted);
 }
 

@@ -15,7 +15,7 @@
 #include "sandbox-svc/api/request_validation.h"
 
 namespace parley::sandbox {
-namespace sbd = ::parley::sandboxd::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
 
 namespace {
 
@@ -33,9 +33,9 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 // ---------------------------------------------------------------------------------
 // ReadFile
 
-class ReadFileReactor final : public grpc::ServerWriteReactor<sbd::ReadFileResponse> {
+class ReadFileReactor final : public grpc::ServerWriteReactor<sandboxd_pb::ReadFileResponse> {
  public:
-  ReadFileReactor(const Workspace& workspace, const sbd::ReadFileRequest& request,
+  ReadFileReactor(const Workspace& workspace, const sandboxd_pb::ReadFileRequest& request,
                   const absl::Status& admitted) {
     absl::Status status = admitted.ok() ? ValidateReadFile(request) : admitted;
     if (!status.ok()) {
@@ -98,15 +98,15 @@ class ReadFileReactor final : public grpc::ServerWriteReactor<sbd::ReadFileRespo
   UniqueFd fd_;
   uint64_t offset_ = 0;
   uint64_t remaining_ = 0;
-  sbd::ReadFileResponse message_;
+  sandboxd_pb::ReadFileResponse message_;
 };
 
 // ---------------------------------------------------------------------------------
 // WriteFile
 
-class WriteFileReactor final : public grpc::ServerReadReactor<sbd::WriteFileRequest> {
+class WriteFileReactor final : public grpc::ServerReadReactor<sandboxd_pb::WriteFileRequest> {
  public:
-  WriteFileReactor(const Workspace& workspace, sbd::WriteFileResponse* response,
+  WriteFileReactor(const Workspace& workspace, sandboxd_pb::WriteFileResponse* response,
                    const absl::Status& admitted)
       : workspace_(workspace), response_(response) {
     if (!admitted.ok()) {
@@ -135,7 +135,7 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sbd::WriteFileRequ
       if (!request_.has_header()) {
         return InvalidArgumentError("header", "the first message must be a WriteFileHeader");
       }
-      const sbd::WriteFileHeader& header = request_.header();
+      const sandboxd_pb::WriteFileHeader& header = request_.header();
       if (absl::Status s = ValidateWriteHeader(header, ""); !s.ok()) return s;
       absl::StatusOr<std::unique_ptr<FileWriter>> writer = workspace_.OpenForWrite(
           header.path(), header.mode(), header.create_parents(), header.append());
@@ -167,8 +167,8 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sbd::WriteFileRequ
   }
 
   const Workspace& workspace_;
-  sbd::WriteFileResponse* response_;
-  sbd::WriteFileRequest request_;
+  sandboxd_pb::WriteFileResponse* response_;
+  sandboxd_pb::WriteFileRequest request_;
   std::unique_ptr<FileWriter> writer_;
 };
 
@@ -201,8 +201,8 @@ absl::Status SandboxdService::CheckToken(grpc::CallbackServerContext* context) c
 }
 
 grpc::ServerUnaryReactor* SandboxdService::Hello(grpc::CallbackServerContext* context,
-                                                 const sbd::HelloRequest* request,
-                                                 sbd::HelloResponse* response) {
+                                                 const sandboxd_pb::HelloRequest* request,
+                                                 sandboxd_pb::HelloResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (request->client_protocol_version() != kSandboxdProtocolVersion) {
     absl::Status status = absl::FailedPreconditionError(
@@ -219,24 +219,24 @@ grpc::ServerUnaryReactor* SandboxdService::Hello(grpc::CallbackServerContext* co
   return FinishUnary(context, absl::OkStatus());
 }
 
-grpc::ServerWriteReactor<sbd::ExecResponse>* SandboxdService::Exec(
-    grpc::CallbackServerContext* context, const sbd::ExecRequest* request) {
+grpc::ServerWriteReactor<sandboxd_pb::ExecResponse>* SandboxdService::Exec(
+    grpc::CallbackServerContext* context, const sandboxd_pb::ExecRequest* request) {
   return StartExec(exec_context_, *request, CheckToken(context));
 }
 
-grpc::ServerWriteReactor<sbd::ReadFileResponse>* SandboxdService::ReadFile(
-    grpc::CallbackServerContext* context, const sbd::ReadFileRequest* request) {
+grpc::ServerWriteReactor<sandboxd_pb::ReadFileResponse>* SandboxdService::ReadFile(
+    grpc::CallbackServerContext* context, const sandboxd_pb::ReadFileRequest* request) {
   return new ReadFileReactor(*workspace_, *request, CheckToken(context));
 }
 
-grpc::ServerReadReactor<sbd::WriteFileRequest>* SandboxdService::WriteFile(
-    grpc::CallbackServerContext* context, sbd::WriteFileResponse* response) {
+grpc::ServerReadReactor<sandboxd_pb::WriteFileRequest>* SandboxdService::WriteFile(
+    grpc::CallbackServerContext* context, sandboxd_pb::WriteFileResponse* response) {
   return new WriteFileReactor(*workspace_, response, CheckToken(context));
 }
 
 grpc::ServerUnaryReactor* SandboxdService::ListDir(grpc::CallbackServerContext* context,
-                                                   const sbd::ListDirRequest* request,
-                                                   sbd::ListDirResponse* response) {
+                                                   const sandboxd_pb::ListDirRequest* request,
+                                                   sandboxd_pb::ListDirResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (absl::Status s = ValidateListDir(*request); !s.ok()) return FinishUnary(context, s);
   uint32_t max_entries = request->max_entries() == 0 ? kDefaultMaxEntries : request->max_entries();
@@ -249,8 +249,8 @@ grpc::ServerUnaryReactor* SandboxdService::ListDir(grpc::CallbackServerContext* 
 }
 
 grpc::ServerUnaryReactor* SandboxdService::Stat(grpc::CallbackServerContext* context,
-                                                const sbd::StatRequest* request,
-                                                sbd::StatResponse* response) {
+                                                const sandboxd_pb::StatRequest* request,
+                                                sandboxd_pb::StatResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (absl::Status s = ValidateStat(*request); !s.ok()) return FinishUnary(context, s);
   absl::StatusOr<::parley::v1::FileInfo> info = workspace_->Stat(request->path());
@@ -260,8 +260,8 @@ grpc::ServerUnaryReactor* SandboxdService::Stat(grpc::CallbackServerContext* con
 }
 
 grpc::ServerUnaryReactor* SandboxdService::MakeDir(grpc::CallbackServerContext* context,
-                                                   const sbd::MakeDirRequest* request,
-                                                   sbd::MakeDirResponse* response) {
+                                                   const sandboxd_pb::MakeDirRequest* request,
+                                                   sandboxd_pb::MakeDirResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (absl::Status s = ValidateMakeDir(*request); !s.ok()) return FinishUnary(context, s);
   absl::StatusOr<::parley::v1::FileInfo> info =
@@ -272,8 +272,8 @@ grpc::ServerUnaryReactor* SandboxdService::MakeDir(grpc::CallbackServerContext* 
 }
 
 grpc::ServerUnaryReactor* SandboxdService::Remove(grpc::CallbackServerContext* context,
-                                                  const sbd::RemoveRequest* request,
-                                                  sbd::RemoveResponse* response) {
+                                                  const sandboxd_pb::RemoveRequest* request,
+                                                  sandboxd_pb::RemoveResponse* response) {
   if (absl::Status s = CheckToken(context); !s.ok()) return FinishUnary(context, s);
   if (absl::Status s = ValidateRemove(*request); !s.ok()) return FinishUnary(context, s);
   absl::StatusOr<bool> removed =

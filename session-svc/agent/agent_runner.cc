@@ -20,7 +20,7 @@
 namespace parley::session {
 namespace {
 
-namespace pb = ::parley::store::v1;
+namespace store_pb = ::parley::store::v1;
 
 RunOutcome Ended(v1::FinishReason reason) { return RunOutcome{.finish_reason = reason}; }
 
@@ -200,14 +200,14 @@ absl::Status TurnLoop::LoadHistory() {
   }
   // Newest first, page by page back from the user's message.
   std::vector<v1::Message> newest_first;
-  pb::ListMessagesRequest list;
+  store_pb::ListMessagesRequest list;
   list.set_tenant_id(input_.session.tenant_id());
   list.mutable_request()->set_session_id(input_.session.id());
   list.mutable_request()->set_limit(1000);
   std::string before = input_.user_message.id();
   for (int page = 0; page < 100; ++page) {
     list.mutable_request()->set_before_message_id(before);
-    pb::ListMessagesResponse messages;
+    store_pb::ListMessagesResponse messages;
     absl::Status status =
         StoreCall(runner_.store_, &StoreStub::ListMessages, list, &messages, {.attempts = 5});
     if (!status.ok()) return status;

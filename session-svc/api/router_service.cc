@@ -9,7 +9,7 @@
 namespace parley::session {
 namespace {
 
-namespace pb = ::parley::store::v1;
+namespace store_pb = ::parley::store::v1;
 
 // Fields every call needs; the store validates the rest (and names the field).
 absl::Status CheckRequired(absl::string_view value, absl::string_view field) {
@@ -75,19 +75,20 @@ grpc::Status RouterService::SubmitMessage(grpc::ServerContext*,
   if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);
 
-  pb::EnqueueTurnRequest enqueue;
+  store_pb::EnqueueTurnRequest enqueue;
   enqueue.set_tenant_id(request->tenant_id());
   *enqueue.mutable_request() = request->request();
   // With a free slot here the store may claim the turn for this replica as it enqueues
   // it: the turn then starts without a claim round trip or a wake-up.
-  const std::optional<pb::ClaimOnEnqueue> claim = scheduler_.ReserveSlot();
+  const std::optional<store_pb::ClaimOnEnqueue> claim = scheduler_.ReserveSlot();
   if (claim) *enqueue.mutable_claim() = *claim;
-  pb::EnqueueTurnResponse enqueued;
+  store_pb::EnqueueTurnResponse enqueued;
   absl::Status status =
       StoreCall(store_, &StoreStub::EnqueueTurn, enqueue, &enqueued, {.attempts = 3});
   const bool claimed = status.ok() && enqueued.claim().has_turn();
   if (claim)
-    scheduler_.RunReserved(status.ok() ? *enqueued.mutable_claim() : pb::ClaimNextTurnResponse());
+    scheduler_.RunReserved(status.ok() ? *enqueued.mutable_claim()
+                                       : store_pb::ClaimNextTurnResponse());
   if (!status.ok()) return ToGrpcStatus(status);
 
   if (!enqueued.interrupted_turn_id().empty() && !enqueued.duplicate()) {
@@ -114,11 +115,11 @@ grpc::Status RouterService::CancelTurn(grpc::ServerContext*,
   if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);
 
-  pb::CancelTurnRequest cancel;
+  store_pb::CancelTurnRequest cancel;
   cancel.set_tenant_id(request->tenant_id());
   cancel.set_session_id(request->request().session_id());
   cancel.set_turn_id(request->request().turn_id());
-  pb::CancelTurnResponse cancelled;
+  store_pb::CancelTurnResponse cancelled;
   absl::Status status =
       StoreCall(store_, &StoreStub::CancelTurn, cancel, &cancelled, {.attempts = 3});
   if (!status.ok()) return ToGrpcStatus(status);
@@ -164,10 +165,10 @@ grpc::Status RouterService::CloseSession(grpc::ServerContext*,
   if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);
 
-  pb::CloseSessionRequest close;
+  store_pb::CloseSessionRequest close;
   close.set_tenant_id(request->tenant_id());
   close.set_session_id(request->request().session_id());
-  pb::CloseSessionResponse closed;
+  store_pb::CloseSessionResponse closed;
   absl::Status status =
       StoreCall(store_, &StoreStub::CloseSession, close, &closed, {.attempts = 3});
   if (!status.ok()) return ToGrpcStatus(status);
@@ -199,10 +200,10 @@ grpc::Status RouterService::GetSessionStatus(grpc::ServerContext*,
   absl::StatusOr<RedisReply> tail =
       signals_.Command(log.BackwardCommand(request->session_id(), std::nullopt, 1));
 
-  pb::GetSessionRequest get;
+  store_pb::GetSessionRequest get;
   get.set_tenant_id(request->tenant_id());
   get.set_session_id(request->session_id());
-  pb::GetSessionResponse session;
+  store_pb::GetSessionResponse session;
   absl::Status status = StoreCall(store_, &StoreStub::GetSession, get, &session, {.attempts = 3});
   if (!status.ok()) return ToGrpcStatus(status);
 

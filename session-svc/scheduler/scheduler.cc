@@ -14,7 +14,7 @@
 namespace parley::session {
 namespace {
 
-namespace pb = ::parley::store::v1;
+namespace store_pb = ::parley::store::v1;
 
 }  // namespace
 
@@ -72,20 +72,20 @@ void Scheduler::Cancel(const std::string& turn_id, const std::string& reason) {
   running->control.Stop(StopReason::kCancelled, reason);
 }
 
-std::optional<pb::ClaimOnEnqueue> Scheduler::ReserveSlot() {
+std::optional<store_pb::ClaimOnEnqueue> Scheduler::ReserveSlot() {
   if (options_.max_running_per_tenant > 0) return std::nullopt;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_ || !claiming_ || free_slots_ == 0) return std::nullopt;
     --free_slots_;
   }
-  pb::ClaimOnEnqueue claim;
+  store_pb::ClaimOnEnqueue claim;
   claim.set_owner(options_.owner);
   claim.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
   return claim;
 }
 
-void Scheduler::RunReserved(pb::ClaimNextTurnResponse claim) {
+void Scheduler::RunReserved(store_pb::ClaimNextTurnResponse claim) {
   {
     absl::MutexLock lock(&mu_);
     // No claim, or a claim of a turn already running here (the store hands a claim out
@@ -107,13 +107,13 @@ void Scheduler::RunReserved(pb::ClaimNextTurnResponse claim) {
   }
   // The slot threads are gone: hand it back here so that another replica runs it now
   // rather than after its lease expires.
-  pb::ReleaseTurnRequest release;
+  store_pb::ReleaseTurnRequest release;
   release.set_tenant_id(claim.session().tenant_id());
   release.set_turn_id(claim.turn().id());
   release.set_owner(options_.owner);
   release.set_lease_epoch(claim.lease_epoch());
   release.set_reason("drain");
-  pb::ReleaseTurnResponse released;
+  store_pb::ReleaseTurnResponse released;
   if (StoreCall(store_, &StoreStub::ReleaseTurn, release, &released, {.attempts = 3}).ok()) {
     (void)signals_.PublishWake(claim.turn().session_id());
   } else {
@@ -154,7 +154,7 @@ void Scheduler::ClaimLoop() {
       generation = wake_generation_;
       --free_slots_;  // Reserved for what this claim brings.
     }
-    pb::ClaimNextTurnRequest request;
+    store_pb::ClaimNextTurnRequest request;
     request.set_owner(options_.owner);
     request.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
     request.set_max_running_per_tenant(options_.max_running_per_tenant);
@@ -218,8 +218,8 @@ void Scheduler::SlotLoop() {
 }
 
 void Scheduler::Heartbeat(const std::string& turn_id, Running& running) {
-  const pb::ClaimNextTurnResponse& claim = running.claim;
-  pb::HeartbeatTurnRequest request;
+  const store_pb::ClaimNextTurnResponse& claim = running.claim;
+  store_pb::HeartbeatTurnRequest request;
   request.set_tenant_id(claim.session().tenant_id());
   request.set_turn_id(turn_id);
   request.set_owner(options_.owner);
@@ -228,7 +228,7 @@ void Scheduler::Heartbeat(const std::string& turn_id, Running& running) {
   request.set_first_seq(running.control.first_seq.load());
   request.set_last_seq(running.control.last_seq.load());
   request.set_steps(running.control.steps.load());
-  pb::HeartbeatTurnResponse response;
+  store_pb::HeartbeatTurnResponse response;
   absl::Status status = StoreCall(store_, &StoreStub::HeartbeatTurn, request, &response,
                                   {.timeout = options_.lease_ttl / 3});
   if (status.ok()) {
@@ -247,8 +247,8 @@ void Scheduler::Heartbeat(const std::string& turn_id, Running& running) {
 }
 
 void Scheduler::Reclaim() {
-  pb::ReclaimExpiredLeasesRequest request;
-  pb::ReclaimExpiredLeasesResponse response;
+  store_pb::ReclaimExpiredLeasesRequest request;
+  store_pb::ReclaimExpiredLeasesResponse response;
   if (!StoreCall(store_, &StoreStub::ReclaimExpiredLeases, request, &response).ok()) return;
   if (response.turns_size() == 0) return;
   logger_.Info("reclaimed turns of lost workers", {{"count", response.turns_size()}});

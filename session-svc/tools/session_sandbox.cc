@@ -10,8 +10,8 @@
 
 namespace parley::session::tools {
 
-namespace sv1 = ::parley::sandbox::v1;
-namespace sbd = ::parley::sandboxd::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
 
 bool IsSandboxGone(const absl::Status& status) {
   const std::string reason = ::parley::session::ErrorReason(status);
@@ -36,11 +36,11 @@ absl::Status SessionSandbox::Attach(std::optional<v1::SandboxAttached>* attached
     if (!sandbox_id_.empty()) return absl::OkStatus();
     replaced = lost_sandbox_id_;
   }
-  sv1::AcquireForSessionRequest request;
+  sandbox_pb::AcquireForSessionRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_session_id(target_.session_id);
   request.set_template_(target_.template_name);
-  sv1::AcquireForSessionResponse response;
+  sandbox_pb::AcquireForSessionResponse response;
   // Creation may wait for a cold start or a quota check: generous, and still cancellable.
   std::unique_ptr<Call> call = NewCall(absl::Minutes(2));
   grpc::Status status = stub_.AcquireForSession(&call->context, request, &response);
@@ -92,30 +92,30 @@ absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>
                                                   const OutputFn& on_output) {
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
-  sv1::ExecRequest request;
+  sandbox_pb::ExecRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_sandbox_id(*id);
-  sbd::ExecRequest* command = request.mutable_command();
+  sandboxd_pb::ExecRequest* command = request.mutable_command();
   for (const std::string& arg : argv) command->add_argv(arg);
   command->set_timeout_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(timeout)));
   // The process's own timeout ends it first; the call's deadline is only a backstop.
   std::unique_ptr<Call> call = NewCall(timeout + absl::Seconds(30));
-  std::unique_ptr<grpc::ClientReaderInterface<sbd::ExecResponse>> reader =
+  std::unique_ptr<grpc::ClientReaderInterface<sandboxd_pb::ExecResponse>> reader =
       stub_.Exec(&call->context, request);
-  sbd::ExecResponse response;
+  sandboxd_pb::ExecResponse response;
   std::optional<v1::ExecExit> exit;
   while (reader->Read(&response)) {
     switch (response.output_case()) {
-      case sbd::ExecResponse::kStdout:
+      case sandboxd_pb::ExecResponse::kStdout:
         on_output(v1::OUTPUT_STREAM_STDOUT, response.stdout());
         break;
-      case sbd::ExecResponse::kStderr:
+      case sandboxd_pb::ExecResponse::kStderr:
         on_output(v1::OUTPUT_STREAM_STDERR, response.stderr());
         break;
-      case sbd::ExecResponse::kExit:
+      case sandboxd_pb::ExecResponse::kExit:
         exit = response.exit();
         break;
-      case sbd::ExecResponse::OUTPUT_NOT_SET:
+      case sandboxd_pb::ExecResponse::OUTPUT_NOT_SET:
         break;
     }
   }
@@ -128,15 +128,15 @@ absl::StatusOr<std::string> SessionSandbox::ReadFile(const std::string& path, ui
                                                      uint64_t* size_bytes, absl::Duration timeout) {
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
-  sv1::ReadFileRequest request;
+  sandbox_pb::ReadFileRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_sandbox_id(*id);
   request.mutable_file()->set_path(path);
   request.mutable_file()->set_limit_bytes(max_bytes);
   std::unique_ptr<Call> call = NewCall(timeout);
-  std::unique_ptr<grpc::ClientReaderInterface<sbd::ReadFileResponse>> reader =
+  std::unique_ptr<grpc::ClientReaderInterface<sandboxd_pb::ReadFileResponse>> reader =
       stub_.ReadFile(&call->context, request);
-  sbd::ReadFileResponse chunk;
+  sandboxd_pb::ReadFileResponse chunk;
   std::string content;
   while (reader->Read(&chunk)) {
     if (chunk.has_info()) *size_bytes = chunk.info().size_bytes();
@@ -151,10 +151,10 @@ absl::Status SessionSandbox::WriteFile(const std::string& path, const std::strin
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
   std::unique_ptr<Call> call = NewCall(timeout);
-  sbd::WriteFileResponse response;
-  std::unique_ptr<grpc::ClientWriterInterface<sv1::WriteFileRequest>> writer =
+  sandboxd_pb::WriteFileResponse response;
+  std::unique_ptr<grpc::ClientWriterInterface<sandbox_pb::WriteFileRequest>> writer =
       stub_.WriteFile(&call->context, &response);
-  sv1::WriteFileRequest header;
+  sandbox_pb::WriteFileRequest header;
   header.mutable_header()->set_tenant_id(target_.tenant_id);
   header.mutable_header()->set_sandbox_id(*id);
   header.mutable_header()->mutable_file()->set_path(path);
@@ -162,7 +162,7 @@ absl::Status SessionSandbox::WriteFile(const std::string& path, const std::strin
   bool open = writer->Write(header);
   constexpr size_t kChunk = 1 << 20;
   for (size_t at = 0; open && at < content.size(); at += kChunk) {
-    sv1::WriteFileRequest data;
+    sandbox_pb::WriteFileRequest data;
     data.set_data(content.substr(at, kChunk));
     open = writer->Write(data);
   }
@@ -170,20 +170,21 @@ absl::Status SessionSandbox::WriteFile(const std::string& path, const std::strin
   return Finished(*id, writer->Finish());
 }
 
-absl::StatusOr<sbd::ListDirResponse> SessionSandbox::ListFiles(const std::string& path,
-                                                               bool recursive, uint32_t max_entries,
-                                                               absl::Duration timeout) {
+absl::StatusOr<sandboxd_pb::ListDirResponse> SessionSandbox::ListFiles(const std::string& path,
+                                                                       bool recursive,
+                                                                       uint32_t max_entries,
+                                                                       absl::Duration timeout) {
   absl::StatusOr<std::string> id = Current();
   if (!id.ok()) return id.status();
-  sv1::ListFilesRequest request;
+  sandbox_pb::ListFilesRequest request;
   request.set_tenant_id(target_.tenant_id);
   request.set_sandbox_id(*id);
-  sbd::ListDirRequest* list = request.mutable_list();
+  sandboxd_pb::ListDirRequest* list = request.mutable_list();
   list->set_path(path);
   list->set_recursive(recursive);
   list->set_max_entries(max_entries);
   std::unique_ptr<Call> call = NewCall(timeout);
-  sbd::ListDirResponse response;
+  sandboxd_pb::ListDirResponse response;
   if (absl::Status status = Finished(*id, stub_.ListFiles(&call->context, request, &response));
       !status.ok()) {
     return status;

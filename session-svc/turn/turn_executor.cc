@@ -14,7 +14,7 @@
 namespace parley::session {
 namespace {
 
-namespace pb = ::parley::store::v1;
+namespace store_pb = ::parley::store::v1;
 v1::TurnError MakeError(v1::TurnErrorKind kind, std::string reason, std::string message,
                         bool retryable) {
   v1::TurnError error;
@@ -30,7 +30,7 @@ v1::TurnError MakeError(v1::TurnErrorKind kind, std::string reason, std::string 
 // The state of one run. Implements TurnOutput for the runner.
 class TurnExecutor::Run_ final : public TurnOutput {
  public:
-  Run_(TurnExecutor& executor, const pb::ClaimNextTurnResponse& claim, TurnControl& control)
+  Run_(TurnExecutor& executor, const store_pb::ClaimNextTurnResponse& claim, TurnControl& control)
       : x_(executor),
         claim_(claim),
         turn_(claim.turn()),
@@ -103,7 +103,7 @@ class TurnExecutor::Run_ final : public TurnOutput {
   absl::Duration retry_budget() const { return x_.options_.lease_ttl; }
 
   TurnExecutor& x_;
-  const pb::ClaimNextTurnResponse& claim_;
+  const store_pb::ClaimNextTurnResponse& claim_;
   const v1::Turn& turn_;
   const std::string session_id_;
   const std::string tenant_id_;
@@ -149,7 +149,7 @@ void TurnExecutor::DropRedis() {
   redis_.reset();
 }
 
-RunResult TurnExecutor::Run(const pb::ClaimNextTurnResponse& claim, TurnControl& control) {
+RunResult TurnExecutor::Run(const store_pb::ClaimNextTurnResponse& claim, TurnControl& control) {
   Run_ run(*this, claim, control);
   return run.Go();
 }
@@ -186,12 +186,12 @@ absl::Status TurnExecutor::Run_::TakeLease() {
 }
 
 absl::Status TurnExecutor::Run_::RecoverEpoch() {
-  pb::AdvanceEpochRequest request;
+  store_pb::AdvanceEpochRequest request;
   request.set_tenant_id(tenant_id_);
   request.set_session_id(session_id_);
   request.set_expected_epoch(epoch_);
   request.set_reason("redis lost events of the session before they were persisted");
-  pb::AdvanceEpochResponse response;
+  store_pb::AdvanceEpochResponse response;
   absl::Status status =
       StoreCall(x_.store_, &StoreStub::AdvanceEpoch, request, &response, {.attempts = 5});
   if (!status.ok()) return status;
@@ -286,12 +286,12 @@ void TurnExecutor::Run_::SealPredecessor() {
     if (!last.ok() || !last->has_turn_completed() || last->turn_id() == turn_.id()) return;
     // The predecessor committed (the store freed the session only then) but its seal
     // lost the race for the lease. Find its last message and seal it.
-    pb::ListMessagesRequest list;
+    store_pb::ListMessagesRequest list;
     list.set_tenant_id(tenant_id_);
     list.mutable_request()->set_session_id(session_id_);
     list.mutable_request()->set_latest(true);
     list.mutable_request()->set_limit(64);
-    pb::ListMessagesResponse messages;
+    store_pb::ListMessagesResponse messages;
     v1::Event sealed;
     sealed.set_turn_id(last->turn_id());
     sealed.mutable_turn_sealed()->set_turn_id(last->turn_id());
@@ -338,12 +338,12 @@ absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
     return events;
   }
   // The hot window was trimmed past the turn's start: read the durable part.
-  pb::ReadEventsRequest read;
+  store_pb::ReadEventsRequest read;
   read.set_tenant_id(tenant_id_);
   read.set_session_id(session_id_);
   read.set_after_seq(turn_.first_seq() - 1);
   read.set_limit(10000);
-  pb::ReadEventsResponse durable;
+  store_pb::ReadEventsResponse durable;
   absl::Status status =
       StoreCall(x_.store_, &StoreStub::ReadEvents, read, &durable, {.attempts = 3});
   if (!status.ok()) return status;
@@ -357,13 +357,13 @@ absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
 
 absl::StatusOr<v1::Message> TurnExecutor::Run_::LoadUserMessage() {
   if (claim_.user_message().id() == turn_.user_message_id()) return claim_.user_message();
-  pb::ListMessagesRequest list;
+  store_pb::ListMessagesRequest list;
   list.set_tenant_id(tenant_id_);
   list.mutable_request()->set_session_id(session_id_);
   list.mutable_request()->set_latest(true);
   list.mutable_request()->set_limit(100);
   for (int page = 0; page < 100; ++page) {
-    pb::ListMessagesResponse messages;
+    store_pb::ListMessagesResponse messages;
     absl::Status status =
         StoreCall(x_.store_, &StoreStub::ListMessages, list, &messages, {.attempts = 5});
     if (!status.ok()) return status;
@@ -412,7 +412,7 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   if (!Publish(completed).ok() && lease_lost()) return RunResult::kLeaseLost;
   const uint64_t completed_seq = last_seq_ > before ? last_seq_ : 0;
 
-  pb::CompleteTurnRequest request;
+  store_pb::CompleteTurnRequest request;
   request.set_tenant_id(tenant_id_);
   request.set_turn_id(turn_.id());
   request.set_owner(x_.options_.owner);
@@ -426,7 +426,7 @@ RunResult TurnExecutor::Run_::Finish(v1::TurnStatus status, v1::FinishReason rea
   request.set_time_to_first_token_ms(done.time_to_first_token_ms());
   request.set_first_seq(first_seq_);
   request.set_last_seq(completed_seq);
-  pb::CompleteTurnResponse response;
+  store_pb::CompleteTurnResponse response;
   absl::Status committed =
       StoreCall(x_.store_, &StoreStub::CompleteTurn, request, &response,
                 {.attempts = std::max<int>(3, absl::ToInt64Seconds(x_.options_.lease_ttl))});
@@ -461,7 +461,7 @@ absl::Status TurnExecutor::Run_::EndStep(v1::StepCompleted done) {
   // The step's last deltas belong to what is committed.
   if (absl::Status flushed = FlushPending(); !flushed.ok()) return flushed;
   const uint32_t step = done.step();
-  pb::CommitTurnStepRequest request;
+  store_pb::CommitTurnStepRequest request;
   request.set_tenant_id(tenant_id_);
   request.set_turn_id(turn_.id());
   request.set_owner(x_.options_.owner);
@@ -471,7 +471,7 @@ absl::Status TurnExecutor::Run_::EndStep(v1::StepCompleted done) {
   *request.mutable_usage() = transcript_.usage();
   request.set_first_seq(first_seq_);
   request.set_last_seq(last_seq_);
-  pb::CommitTurnStepResponse response;
+  store_pb::CommitTurnStepResponse response;
   absl::Status committed =
       StoreCall(x_.store_, &StoreStub::CommitTurnStep, request, &response, {.attempts = 3});
   if (committed.ok()) {
@@ -495,12 +495,12 @@ absl::Status TurnExecutor::Run_::EndStep(v1::StepCompleted done) {
 
 absl::StatusOr<std::vector<v1::Message>> TurnExecutor::Run_::TakeSteering() {
   if (control_.stopping()) return absl::CancelledError("the turn is stopping");
-  pb::TakeSteeringMessagesRequest request;
+  store_pb::TakeSteeringMessagesRequest request;
   request.set_tenant_id(tenant_id_);
   request.set_turn_id(turn_.id());
   request.set_owner(x_.options_.owner);
   request.set_lease_epoch(lease_epoch_);
-  pb::TakeSteeringMessagesResponse response;
+  store_pb::TakeSteeringMessagesResponse response;
   absl::Status taken =
       StoreCall(x_.store_, &StoreStub::TakeSteeringMessages, request, &response, {.attempts = 3});
   if (ErrorReason(taken) == "LEASE_LOST") {
@@ -527,13 +527,13 @@ RunResult TurnExecutor::Run_::HandBack() {
                   MakeError(v1::TURN_ERROR_KIND_INTERNAL, "WORKER_SHUTDOWN",
                             "the worker running the turn shut down before it finished", true));
   }
-  pb::ReleaseTurnRequest request;
+  store_pb::ReleaseTurnRequest request;
   request.set_tenant_id(tenant_id_);
   request.set_turn_id(turn_.id());
   request.set_owner(x_.options_.owner);
   request.set_lease_epoch(lease_epoch_);
   request.set_reason("drain");
-  pb::ReleaseTurnResponse response;
+  store_pb::ReleaseTurnResponse response;
   absl::Status status =
       StoreCall(x_.store_, &StoreStub::ReleaseTurn, request, &response, {.attempts = 5});
   if (status.ok()) return RunResult::kReleased;

@@ -74,7 +74,7 @@ constexpr char kTenantsWithWork[] =
 
 enum class ClaimScope { kAnyTenant, kOneTenant, kOneSession };
 
-ClaimScope ScopeOf(const pb::ClaimNextTurnRequest& request) {
+ClaimScope ScopeOf(const store_pb::ClaimNextTurnRequest& request) {
   if (!request.session_id().empty()) return ClaimScope::kOneSession;
   if (!request.tenant_id().empty()) return ClaimScope::kOneTenant;
   return ClaimScope::kAnyTenant;
@@ -204,7 +204,7 @@ const std::string& ClaimSql(ClaimScope scope) {
 }
 
 pqxx::result RunClaim(pqxx::transaction_base& tx, ClaimScope scope,
-                      const pb::ClaimNextTurnRequest& request, const std::string& tenant_id) {
+                      const store_pb::ClaimNextTurnRequest& request, const std::string& tenant_id) {
   const std::string& sql = ClaimSql(scope);
   const auto ttl_ms = static_cast<int64_t>(request.lease_ttl_ms());
   switch (scope) {
@@ -221,7 +221,7 @@ pqxx::result RunClaim(pqxx::transaction_base& tx, ClaimScope scope,
 
 // Fills `response` from a claim row; false when the row claimed nothing (the locked
 // session's counters promised a turn it does not have).
-bool ReadClaim(const pqxx::row& row, pb::ClaimNextTurnResponse* response) {
+bool ReadClaim(const pqxx::row& row, store_pb::ClaimNextTurnResponse* response) {
   if (row[kClaimedTurnColumn].is_null()) return false;
   response->set_recovery(row[kRecoveryColumn].as<bool>());
   ClaimedTurnFromRow(row, kLeaseColumn, response);
@@ -249,8 +249,8 @@ struct ClaimRound {
   enum Outcome { kClaimed, kNothingRunnable, kDrifted, kPassOver, kRepaired } outcome;
   // kDrifted: the session whose counters need repair. kPassOver: the tenant to skip.
   std::string id;
-  pb::ClaimNextTurnResponse claim;  // kClaimed.
-  bool answers_after = false;       // kClaimed: see kAnswersAfterColumn.
+  store_pb::ClaimNextTurnResponse claim;  // kClaimed.
+  bool answers_after = false;             // kClaimed: see kAnswersAfterColumn.
 };
 
 // Reads a claim statement's result into a round.
@@ -267,7 +267,8 @@ ClaimRound ToRound(const pqxx::result& rows) {
   return round;
 }
 
-absl::StatusOr<ClaimRound> ClaimUncapped(PgPool& pool, const pb::ClaimNextTurnRequest& request) {
+absl::StatusOr<ClaimRound> ClaimUncapped(PgPool& pool,
+                                         const store_pb::ClaimNextTurnRequest& request) {
   const ClaimScope scope = ScopeOf(request);
   for (int round = 0; round < kClaimRounds; ++round) {
     auto result =
@@ -307,7 +308,7 @@ const std::string& PickTenantSql() {
 
 // The tenant a capped claim tries next: the request's (or its session's), or the fairest
 // one not passed over yet. Empty when there is none.
-std::string CappedClaimTenant(pqxx::work& tx, const pb::ClaimNextTurnRequest& request,
+std::string CappedClaimTenant(pqxx::work& tx, const store_pb::ClaimNextTurnRequest& request,
                               const google::protobuf::RepeatedPtrField<std::string>& passed_over) {
   const auto cap = static_cast<int64_t>(request.max_running_per_tenant());
   pqxx::result row;
@@ -324,7 +325,7 @@ std::string CappedClaimTenant(pqxx::work& tx, const pb::ClaimNextTurnRequest& re
 
 // One round of a capped claim, in one transaction: choose a tenant, lock it, count its
 // running turns, claim below the cap.
-ClaimRound ClaimCappedRound(pqxx::work& tx, const pb::ClaimNextTurnRequest& request,
+ClaimRound ClaimCappedRound(pqxx::work& tx, const store_pb::ClaimNextTurnRequest& request,
                             const google::protobuf::RepeatedPtrField<std::string>& passed_over) {
   const std::string tenant_id = CappedClaimTenant(tx, request, passed_over);
   if (tenant_id.empty()) return {ClaimRound::kNothingRunnable};
@@ -351,7 +352,8 @@ ClaimRound ClaimCappedRound(pqxx::work& tx, const pb::ClaimNextTurnRequest& requ
   }
 }
 
-absl::StatusOr<ClaimRound> ClaimCapped(PgPool& pool, const pb::ClaimNextTurnRequest& request) {
+absl::StatusOr<ClaimRound> ClaimCapped(PgPool& pool,
+                                       const store_pb::ClaimNextTurnRequest& request) {
   google::protobuf::RepeatedPtrField<std::string> passed_over;
   for (int round = 0; round < kCappedClaimRounds; ++round) {
     auto result = pool.Transact<ClaimRound>([&](pqxx::work& tx) -> absl::StatusOr<ClaimRound> {
@@ -407,8 +409,9 @@ absl::Status OrderQueuedMessagesLast(PgPool& pool, const std::string& session_id
 
 }  // namespace
 
-Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRequest* request,
-                                       pb::ClaimNextTurnResponse* response) {
+Status StoreServiceImpl::ClaimNextTurn(ServerContext*,
+                                       const store_pb::ClaimNextTurnRequest* request,
+                                       store_pb::ClaimNextTurnResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_, false);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_, false);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
@@ -423,7 +426,7 @@ Status StoreServiceImpl::ClaimNextTurn(ServerContext*, const pb::ClaimNextTurnRe
                                          ? ClaimUncapped(pool_, *request)
                                          : ClaimCapped(pool_, *request);
   if (!round.ok()) return ToGrpcStatus(round.status());
-  absl::StatusOr<pb::ClaimNextTurnResponse> result = std::move(round->claim);
+  absl::StatusOr<store_pb::ClaimNextTurnResponse> result = std::move(round->claim);
   if (round->answers_after && !result->recovery()) {
     // Best effort: should it fail, the turn still runs, its history in stored order.
     (void)OrderQueuedMessagesLast(pool_, result->turn().session_id(), result->turn().id());

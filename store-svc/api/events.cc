@@ -39,7 +39,8 @@ SessionEpoch ReadEpoch(pqxx::work& tx, const std::string& tenant_id,
   return {row[0][0].as<int64_t>(), row[0][1].as<int64_t>()};
 }
 
-absl::Status ValidateBatch(const pb::AppendEventsRequest& request, const StoreLimits& limits) {
+absl::Status ValidateBatch(const store_pb::AppendEventsRequest& request,
+                           const StoreLimits& limits) {
   absl::Status valid = CheckId(request.tenant_id(), "tenant_id", limits);
   if (valid.ok()) valid = CheckId(request.session_id(), "session_id", limits);
   if (!valid.ok()) return valid;
@@ -76,8 +77,8 @@ void LockEventLog(pqxx::work& tx, const std::string& session_id) {
 
 }  // namespace
 
-absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
-                                                          const pb::AppendEventsRequest& request) {
+absl::StatusOr<store_pb::AppendEventsResponse> AppendEventBatch(
+    PgPool& pool, const store_pb::AppendEventsRequest& request) {
   // Payloads are computed once, outside any retry.
   std::vector<const ::parley::v1::Event*> durable;
   std::vector<std::string> payloads;
@@ -88,7 +89,7 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
     payloads.push_back(SerializeDeterministic(copy));
     durable.push_back(&event);
   }
-  pb::AppendEventsResponse out;
+  store_pb::AppendEventsResponse out;
   absl::Status status = pool.Run([&](pqxx::connection& connection) -> absl::Status {
     out.Clear();
     pqxx::work tx(connection);
@@ -152,23 +153,23 @@ absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
   return out;
 }
 
-Status StoreServiceImpl::AppendEvents(ServerContext*, const pb::AppendEventsRequest* request,
-                                      pb::AppendEventsResponse* response) {
+Status StoreServiceImpl::AppendEvents(ServerContext*, const store_pb::AppendEventsRequest* request,
+                                      store_pb::AppendEventsResponse* response) {
   if (absl::Status valid = ValidateBatch(*request, limits_); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
   return Respond(AppendEventBatch(pool_, *request), response);
 }
 
-Status StoreServiceImpl::ReadEvents(ServerContext*, const pb::ReadEventsRequest* request,
-                                    pb::ReadEventsResponse* response) {
+Status StoreServiceImpl::ReadEvents(ServerContext*, const store_pb::ReadEventsRequest* request,
+                                    store_pb::ReadEventsResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (valid.ok()) valid = CheckPageSize(request->limit(), "limit", limits_.max_read_events);
   if (!valid.ok()) return ToGrpcStatus(valid);
   const int64_t limit = request->limit() == 0 ? 1000 : request->limit();
-  auto result = pool_.Transact<pb::ReadEventsResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ReadEventsResponse> {
+  auto result = pool_.Transact<store_pb::ReadEventsResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ReadEventsResponse> {
         SessionEpoch session = ReadEpoch(tx, request->tenant_id(), request->session_id());
         pqxx::result rows =
             Exec(tx,
@@ -176,7 +177,7 @@ Status StoreServiceImpl::ReadEvents(ServerContext*, const pb::ReadEventsRequest*
                  "ORDER BY seq LIMIT $4",
                  request->session_id(), request->tenant_id(),
                  static_cast<int64_t>(request->after_seq()), limit + 1);
-        pb::ReadEventsResponse out;
+        store_pb::ReadEventsResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
           if (!out.add_events()->ParseFromString(pqxx::binarystring(rows[i][0]).str())) {
             return absl::DataLossError("a stored event does not parse");
@@ -190,18 +191,18 @@ Status StoreServiceImpl::ReadEvents(ServerContext*, const pb::ReadEventsRequest*
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::GetLastSeq(ServerContext*, const pb::GetLastSeqRequest* request,
-                                    pb::GetLastSeqResponse* response) {
+Status StoreServiceImpl::GetLastSeq(ServerContext*, const store_pb::GetLastSeqRequest* request,
+                                    store_pb::GetLastSeqResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (valid.ok() && !request->turn_id().empty()) {
     valid = CheckId(request->turn_id(), "turn_id", limits_);
   }
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::GetLastSeqResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::GetLastSeqResponse> {
+  auto result = pool_.Transact<store_pb::GetLastSeqResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::GetLastSeqResponse> {
         SessionEpoch session = ReadEpoch(tx, request->tenant_id(), request->session_id());
-        pb::GetLastSeqResponse out;
+        store_pb::GetLastSeqResponse out;
         out.set_last_seq(static_cast<uint64_t>(session.last_seq));
         out.set_epoch(static_cast<uint64_t>(session.epoch));
         if (!request->turn_id().empty()) {
@@ -215,16 +216,16 @@ Status StoreServiceImpl::GetLastSeq(ServerContext*, const pb::GetLastSeqRequest*
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::AdvanceEpoch(ServerContext*, const pb::AdvanceEpochRequest* request,
-                                      pb::AdvanceEpochResponse* response) {
+Status StoreServiceImpl::AdvanceEpoch(ServerContext*, const store_pb::AdvanceEpochRequest* request,
+                                      store_pb::AdvanceEpochResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (valid.ok() && request->expected_epoch() == 0) {
     valid = InvalidArgumentError("expected_epoch", "is required (epochs start at 1)");
   }
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::AdvanceEpochResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::AdvanceEpochResponse> {
+  auto result = pool_.Transact<store_pb::AdvanceEpochResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::AdvanceEpochResponse> {
         // After any append in flight: its events belong to the epoch it read, and the
         // new epoch must start after them.
         LockEventLog(tx, request->session_id());
@@ -235,7 +236,7 @@ Status StoreServiceImpl::AdvanceEpoch(ServerContext*, const pb::AdvanceEpochRequ
                  request->tenant_id(), request->session_id(),
                  static_cast<int64_t>(request->expected_epoch()));
         SessionEpoch session = ReadEpoch(tx, request->tenant_id(), request->session_id());
-        pb::AdvanceEpochResponse out;
+        store_pb::AdvanceEpochResponse out;
         out.set_advanced(!advanced.empty());
         out.set_epoch(static_cast<uint64_t>(session.epoch));
         out.set_resume_after_seq(static_cast<uint64_t>(session.last_seq));

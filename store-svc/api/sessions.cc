@@ -108,8 +108,9 @@ LockedSession LockSession(pqxx::work& tx, const std::string& tenant_id,
   return s;
 }
 
-Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRequest* request,
-                                       pb::CreateSessionResponse* response) {
+Status StoreServiceImpl::CreateSession(ServerContext*,
+                                       const store_pb::CreateSessionRequest* request,
+                                       store_pb::CreateSessionResponse* response) {
   const ::parley::v1::CreateSessionRequest& r = request->request();
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(r.external_id(), "external_id", limits_, false);
@@ -125,9 +126,9 @@ Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRe
   if (!valid.ok()) return ToGrpcStatus(valid);
 
   const std::string id = request->session_id().empty() ? NewId("ses") : request->session_id();
-  auto result = pool_.Transact<pb::CreateSessionResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::CreateSessionResponse> {
-        pb::CreateSessionResponse out;
+  auto result = pool_.Transact<store_pb::CreateSessionResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::CreateSessionResponse> {
+        store_pb::CreateSessionResponse out;
         if (Exec(tx, "SELECT 1 FROM tenants WHERE id = $1", request->tenant_id()).empty()) {
           return absl::NotFoundError("tenant not found");
         }
@@ -168,8 +169,8 @@ Status StoreServiceImpl::CreateSession(ServerContext*, const pb::CreateSessionRe
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::GetSession(ServerContext*, const pb::GetSessionRequest* request,
-                                    pb::GetSessionResponse* response) {
+Status StoreServiceImpl::GetSession(ServerContext*, const store_pb::GetSessionRequest* request,
+                                    store_pb::GetSessionResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
@@ -184,12 +185,12 @@ Status StoreServiceImpl::GetSession(ServerContext*, const pb::GetSessionRequest*
       "  FROM turns WHERE turns.id = sessions.running_turn_id AND turns.status = $3) running "
       "ON true WHERE tenant_id = $1 AND id = $2"));
   constexpr int kQueueColumn = kSessionColumnCount;
-  auto result = pool_.Autocommit<pb::GetSessionResponse>(
-      [&](pqxx::nontransaction& tx) -> absl::StatusOr<pb::GetSessionResponse> {
+  auto result = pool_.Autocommit<store_pb::GetSessionResponse>(
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<store_pb::GetSessionResponse> {
         pqxx::result row = Exec(tx, *sql, request->tenant_id(), request->session_id(),
                                 static_cast<int>(::parley::v1::TURN_STATUS_RUNNING));
         if (row.empty()) return absl::NotFoundError("session not found");
-        pb::GetSessionResponse out;
+        store_pb::GetSessionResponse out;
         *out.mutable_session() = SessionFromRow(row[0]);
         out.set_queued_turns(row[0][kQueueColumn].as<uint32_t>());
         out.set_lease_epoch(row[0][kQueueColumn + 1].as<uint64_t>());
@@ -203,8 +204,8 @@ Status StoreServiceImpl::GetSession(ServerContext*, const pb::GetSessionRequest*
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequest* request,
-                                      pb::ListSessionsResponse* response) {
+Status StoreServiceImpl::ListSessions(ServerContext*, const store_pb::ListSessionsRequest* request,
+                                      store_pb::ListSessionsResponse* response) {
   const ::parley::v1::ListSessionsRequest& r = request->request();
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckPageSize(r.page_size(), "page_size", limits_.max_page_size);
@@ -218,7 +219,7 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
   if (valid.ok() && !::parley::v1::SortOrder_IsValid(r.order())) {
     valid = InvalidArgumentError("order", absl::StrCat("is not a sort order: ", r.order()));
   }
-  pb::ListSessionsRequest query = *request;
+  store_pb::ListSessionsRequest query = *request;
   query.mutable_request()->clear_page_token();
   query.mutable_request()->clear_page_size();
   std::string after;
@@ -241,8 +242,8 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
       " AND ($8 = '' OR external_id = $8)"
       " AND ($9 = '' OR id ",
       oldest_first ? ">" : "<", " $9) ORDER BY id ", oldest_first ? "ASC" : "DESC", " LIMIT $10");
-  auto result = pool_.Transact<pb::ListSessionsResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListSessionsResponse> {
+  auto result = pool_.Transact<store_pb::ListSessionsResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ListSessionsResponse> {
         // Planned per call, not prepared: which of the optional filters are in play
         // decides the best index, and a generic plan cannot know.
         pqxx::result rows = tx.exec_params(
@@ -253,7 +254,7 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
             r.has_created_before() ? absl::ToUnixMicros(FromTimestamp(r.created_before()))
                                    : int64_t{0},
             r.external_id(), after, page_size + 1);
-        pb::ListSessionsResponse out;
+        store_pb::ListSessionsResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
           *out.add_sessions() = SessionFromRow(rows[i]);
         }
@@ -266,8 +267,9 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const pb::ListSessionsRequ
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::UpdateSession(ServerContext*, const pb::UpdateSessionRequest* request,
-                                       pb::UpdateSessionResponse* response) {
+Status StoreServiceImpl::UpdateSession(ServerContext*,
+                                       const store_pb::UpdateSessionRequest* request,
+                                       store_pb::UpdateSessionResponse* response) {
   const ::parley::v1::UpdateSessionRequest& r = request->request();
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(r.session_id(), "session_id", limits_);
@@ -299,7 +301,8 @@ Status StoreServiceImpl::UpdateSession(ServerContext*, const pb::UpdateSessionRe
   if (!valid.ok()) return ToGrpcStatus(valid);
 
   auto result = pool_.Transact<
-      pb::UpdateSessionResponse>([&](pqxx::work& tx) -> absl::StatusOr<pb::UpdateSessionResponse> {
+      store_pb::UpdateSessionResponse>([&](pqxx::work& tx)
+                                           -> absl::StatusOr<store_pb::UpdateSessionResponse> {
     pqxx::result locked =
         Exec(tx,
              absl::StrCat("SELECT ", kSessionColumns,
@@ -334,22 +337,22 @@ Status StoreServiceImpl::UpdateSession(ServerContext*, const pb::UpdateSessionRe
                           kSessionColumns),
              request->tenant_id(), r.session_id(), current.title(), current.user_id(),
              JsonArray(current.tags()), JsonObject(current.metadata()), ProtoToJson(config));
-    pb::UpdateSessionResponse out;
+    store_pb::UpdateSessionResponse out;
     *out.mutable_session() = SessionFromRow(row[0]);
     return out;
   });
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::CloseSession(ServerContext*, const pb::CloseSessionRequest* request,
-                                      pb::CloseSessionResponse* response) {
+Status StoreServiceImpl::CloseSession(ServerContext*, const store_pb::CloseSessionRequest* request,
+                                      store_pb::CloseSessionResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::CloseSessionResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::CloseSessionResponse> {
+  auto result = pool_.Transact<store_pb::CloseSessionResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::CloseSessionResponse> {
         LockedSession session = LockSession(tx, request->tenant_id(), request->session_id());
-        pb::CloseSessionResponse out;
+        store_pb::CloseSessionResponse out;
         if (session.status != ::parley::v1::SESSION_STATUS_CLOSED) {
           out.set_changed(true);
           pqxx::result cancelled =
@@ -387,14 +390,15 @@ Status StoreServiceImpl::CloseSession(ServerContext*, const pb::CloseSessionRequ
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::DeleteSession(ServerContext*, const pb::DeleteSessionRequest* request,
-                                       pb::DeleteSessionResponse* response) {
+Status StoreServiceImpl::DeleteSession(ServerContext*,
+                                       const store_pb::DeleteSessionRequest* request,
+                                       store_pb::DeleteSessionResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::DeleteSessionResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::DeleteSessionResponse> {
-        pb::DeleteSessionResponse out;
+  auto result = pool_.Transact<store_pb::DeleteSessionResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::DeleteSessionResponse> {
+        store_pb::DeleteSessionResponse out;
         pqxx::result running = Exec(
             tx, "SELECT running_turn_id FROM sessions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
             request->tenant_id(), request->session_id());

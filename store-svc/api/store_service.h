@@ -25,78 +25,80 @@
 
 namespace parley::store {
 
-namespace pb = ::parley::store::v1;
+namespace store_pb = ::parley::store::v1;
 
-class StoreServiceImpl final : public pb::StoreService::Service {
+class StoreServiceImpl final : public store_pb::StoreService::Service {
  public:
   // `pool` must outlive the service.
   StoreServiceImpl(PgPool& pool, StoreLimits limits);
 
-  grpc::Status CreateTenant(grpc::ServerContext*, const pb::CreateTenantRequest*,
-                            pb::CreateTenantResponse*) override;
-  grpc::Status GetTenant(grpc::ServerContext*, const pb::GetTenantRequest*,
-                         pb::GetTenantResponse*) override;
-  grpc::Status ListTenants(grpc::ServerContext*, const pb::ListTenantsRequest*,
-                           pb::ListTenantsResponse*) override;
-  grpc::Status SetTenantDisabled(grpc::ServerContext*, const pb::SetTenantDisabledRequest*,
-                                 pb::SetTenantDisabledResponse*) override;
-  grpc::Status CreateApiKey(grpc::ServerContext*, const pb::CreateApiKeyRequest*,
-                            pb::CreateApiKeyResponse*) override;
-  grpc::Status RevokeApiKey(grpc::ServerContext*, const pb::RevokeApiKeyRequest*,
-                            pb::RevokeApiKeyResponse*) override;
-  grpc::Status ResolveApiKey(grpc::ServerContext*, const pb::ResolveApiKeyRequest*,
-                             pb::ResolveApiKeyResponse*) override;
-  grpc::Status ListApiKeys(grpc::ServerContext*, const pb::ListApiKeysRequest*,
-                           pb::ListApiKeysResponse*) override;
+  grpc::Status CreateTenant(grpc::ServerContext*, const store_pb::CreateTenantRequest*,
+                            store_pb::CreateTenantResponse*) override;
+  grpc::Status GetTenant(grpc::ServerContext*, const store_pb::GetTenantRequest*,
+                         store_pb::GetTenantResponse*) override;
+  grpc::Status ListTenants(grpc::ServerContext*, const store_pb::ListTenantsRequest*,
+                           store_pb::ListTenantsResponse*) override;
+  grpc::Status SetTenantDisabled(grpc::ServerContext*, const store_pb::SetTenantDisabledRequest*,
+                                 store_pb::SetTenantDisabledResponse*) override;
+  grpc::Status CreateApiKey(grpc::ServerContext*, const store_pb::CreateApiKeyRequest*,
+                            store_pb::CreateApiKeyResponse*) override;
+  grpc::Status RevokeApiKey(grpc::ServerContext*, const store_pb::RevokeApiKeyRequest*,
+                            store_pb::RevokeApiKeyResponse*) override;
+  grpc::Status ResolveApiKey(grpc::ServerContext*, const store_pb::ResolveApiKeyRequest*,
+                             store_pb::ResolveApiKeyResponse*) override;
+  grpc::Status ListApiKeys(grpc::ServerContext*, const store_pb::ListApiKeysRequest*,
+                           store_pb::ListApiKeysResponse*) override;
 
-  grpc::Status CreateSession(grpc::ServerContext*, const pb::CreateSessionRequest*,
-                             pb::CreateSessionResponse*) override;
-  grpc::Status GetSession(grpc::ServerContext*, const pb::GetSessionRequest*,
-                          pb::GetSessionResponse*) override;
-  grpc::Status ListSessions(grpc::ServerContext*, const pb::ListSessionsRequest*,
-                            pb::ListSessionsResponse*) override;
-  grpc::Status UpdateSession(grpc::ServerContext*, const pb::UpdateSessionRequest*,
-                             pb::UpdateSessionResponse*) override;
-  grpc::Status CloseSession(grpc::ServerContext*, const pb::CloseSessionRequest*,
-                            pb::CloseSessionResponse*) override;
-  grpc::Status DeleteSession(grpc::ServerContext*, const pb::DeleteSessionRequest*,
-                             pb::DeleteSessionResponse*) override;
+  grpc::Status CreateSession(grpc::ServerContext*, const store_pb::CreateSessionRequest*,
+                             store_pb::CreateSessionResponse*) override;
+  grpc::Status GetSession(grpc::ServerContext*, const store_pb::GetSessionRequest*,
+                          store_pb::GetSessionResponse*) override;
+  grpc::Status ListSessions(grpc::ServerContext*, const store_pb::ListSessionsRequest*,
+                            store_pb::ListSessionsResponse*) override;
+  grpc::Status UpdateSession(grpc::ServerContext*, const store_pb::UpdateSessionRequest*,
+                             store_pb::UpdateSessionResponse*) override;
+  grpc::Status CloseSession(grpc::ServerContext*, const store_pb::CloseSessionRequest*,
+                            store_pb::CloseSessionResponse*) override;
+  grpc::Status DeleteSession(grpc::ServerContext*, const store_pb::DeleteSessionRequest*,
+                             store_pb::DeleteSessionResponse*) override;
 
-  grpc::Status AppendMessage(grpc::ServerContext*, const pb::AppendMessageRequest*,
-                             pb::AppendMessageResponse*) override;
-  grpc::Status ListMessages(grpc::ServerContext*, const pb::ListMessagesRequest*,
-                            pb::ListMessagesResponse*) override;
-  grpc::Status EnqueueTurn(grpc::ServerContext*, const pb::EnqueueTurnRequest*,
-                           pb::EnqueueTurnResponse*) override;
-  grpc::Status ClaimNextTurn(grpc::ServerContext*, const pb::ClaimNextTurnRequest*,
-                             pb::ClaimNextTurnResponse*) override;
-  grpc::Status HeartbeatTurn(grpc::ServerContext*, const pb::HeartbeatTurnRequest*,
-                             pb::HeartbeatTurnResponse*) override;
-  grpc::Status CompleteTurn(grpc::ServerContext*, const pb::CompleteTurnRequest*,
-                            pb::CompleteTurnResponse*) override;
-  grpc::Status CommitTurnStep(grpc::ServerContext*, const pb::CommitTurnStepRequest*,
-                              pb::CommitTurnStepResponse*) override;
-  grpc::Status TakeSteeringMessages(grpc::ServerContext*, const pb::TakeSteeringMessagesRequest*,
-                                    pb::TakeSteeringMessagesResponse*) override;
-  grpc::Status CancelTurn(grpc::ServerContext*, const pb::CancelTurnRequest*,
-                          pb::CancelTurnResponse*) override;
-  grpc::Status ReleaseTurn(grpc::ServerContext*, const pb::ReleaseTurnRequest*,
-                           pb::ReleaseTurnResponse*) override;
-  grpc::Status ReclaimExpiredLeases(grpc::ServerContext*, const pb::ReclaimExpiredLeasesRequest*,
-                                    pb::ReclaimExpiredLeasesResponse*) override;
-  grpc::Status GetTurn(grpc::ServerContext*, const pb::GetTurnRequest*,
-                       pb::GetTurnResponse*) override;
-  grpc::Status ListTurns(grpc::ServerContext*, const pb::ListTurnsRequest*,
-                         pb::ListTurnsResponse*) override;
+  grpc::Status AppendMessage(grpc::ServerContext*, const store_pb::AppendMessageRequest*,
+                             store_pb::AppendMessageResponse*) override;
+  grpc::Status ListMessages(grpc::ServerContext*, const store_pb::ListMessagesRequest*,
+                            store_pb::ListMessagesResponse*) override;
+  grpc::Status EnqueueTurn(grpc::ServerContext*, const store_pb::EnqueueTurnRequest*,
+                           store_pb::EnqueueTurnResponse*) override;
+  grpc::Status ClaimNextTurn(grpc::ServerContext*, const store_pb::ClaimNextTurnRequest*,
+                             store_pb::ClaimNextTurnResponse*) override;
+  grpc::Status HeartbeatTurn(grpc::ServerContext*, const store_pb::HeartbeatTurnRequest*,
+                             store_pb::HeartbeatTurnResponse*) override;
+  grpc::Status CompleteTurn(grpc::ServerContext*, const store_pb::CompleteTurnRequest*,
+                            store_pb::CompleteTurnResponse*) override;
+  grpc::Status CommitTurnStep(grpc::ServerContext*, const store_pb::CommitTurnStepRequest*,
+                              store_pb::CommitTurnStepResponse*) override;
+  grpc::Status TakeSteeringMessages(grpc::ServerContext*,
+                                    const store_pb::TakeSteeringMessagesRequest*,
+                                    store_pb::TakeSteeringMessagesResponse*) override;
+  grpc::Status CancelTurn(grpc::ServerContext*, const store_pb::CancelTurnRequest*,
+                          store_pb::CancelTurnResponse*) override;
+  grpc::Status ReleaseTurn(grpc::ServerContext*, const store_pb::ReleaseTurnRequest*,
+                           store_pb::ReleaseTurnResponse*) override;
+  grpc::Status ReclaimExpiredLeases(grpc::ServerContext*,
+                                    const store_pb::ReclaimExpiredLeasesRequest*,
+                                    store_pb::ReclaimExpiredLeasesResponse*) override;
+  grpc::Status GetTurn(grpc::ServerContext*, const store_pb::GetTurnRequest*,
+                       store_pb::GetTurnResponse*) override;
+  grpc::Status ListTurns(grpc::ServerContext*, const store_pb::ListTurnsRequest*,
+                         store_pb::ListTurnsResponse*) override;
 
-  grpc::Status AppendEvents(grpc::ServerContext*, const pb::AppendEventsRequest*,
-                            pb::AppendEventsResponse*) override;
-  grpc::Status ReadEvents(grpc::ServerContext*, const pb::ReadEventsRequest*,
-                          pb::ReadEventsResponse*) override;
-  grpc::Status GetLastSeq(grpc::ServerContext*, const pb::GetLastSeqRequest*,
-                          pb::GetLastSeqResponse*) override;
-  grpc::Status AdvanceEpoch(grpc::ServerContext*, const pb::AdvanceEpochRequest*,
-                            pb::AdvanceEpochResponse*) override;
+  grpc::Status AppendEvents(grpc::ServerContext*, const store_pb::AppendEventsRequest*,
+                            store_pb::AppendEventsResponse*) override;
+  grpc::Status ReadEvents(grpc::ServerContext*, const store_pb::ReadEventsRequest*,
+                          store_pb::ReadEventsResponse*) override;
+  grpc::Status GetLastSeq(grpc::ServerContext*, const store_pb::GetLastSeqRequest*,
+                          store_pb::GetLastSeqResponse*) override;
+  grpc::Status AdvanceEpoch(grpc::ServerContext*, const store_pb::AdvanceEpochRequest*,
+                            store_pb::AdvanceEpochResponse*) override;
 
  private:
   PgPool& pool_;
@@ -118,8 +120,8 @@ grpc::Status Respond(absl::StatusOr<Response>& result, Response* response) {
 
 // Persists a batch of one session's events: the body of AppendEvents, shared with the
 // persister. Runs in its own transaction on `pool`.
-absl::StatusOr<pb::AppendEventsResponse> AppendEventBatch(PgPool& pool,
-                                                          const pb::AppendEventsRequest& request);
+absl::StatusOr<store_pb::AppendEventsResponse> AppendEventBatch(
+    PgPool& pool, const store_pb::AppendEventsRequest& request);
 
 // Shared by the handlers: the session row locked FOR UPDATE (NOT_FOUND, thrown as a
 // StatusException, when it is not this tenant's).

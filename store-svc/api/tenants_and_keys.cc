@@ -48,8 +48,8 @@ absl::Status CheckScopes(const google::protobuf::RepeatedPtrField<std::string>& 
   return absl::OkStatus();
 }
 
-pb::Tenant TenantFromRow(const pqxx::row& row) {
-  pb::Tenant tenant;
+store_pb::Tenant TenantFromRow(const pqxx::row& row) {
+  store_pb::Tenant tenant;
   tenant.set_id(row[0].as<std::string>());
   tenant.set_name(row[1].as<std::string>());
   *tenant.mutable_create_time() = ToTimestamp(absl::FromUnixMicros(row[2].as<int64_t>()));
@@ -70,8 +70,8 @@ constexpr char kTenantColumns[] =
 StoreServiceImpl::StoreServiceImpl(PgPool& pool, StoreLimits limits)
     : pool_(pool), limits_(limits) {}
 
-Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequest* request,
-                                      pb::CreateTenantResponse* response) {
+Status StoreServiceImpl::CreateTenant(ServerContext*, const store_pb::CreateTenantRequest* request,
+                                      store_pb::CreateTenantResponse* response) {
   if (absl::Status s = CheckId(request->tenant_id(), "tenant_id", limits_); !s.ok()) {
     return ToGrpcStatus(s);
   }
@@ -79,8 +79,8 @@ Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequ
     return ToGrpcStatus(InvalidArgumentError("name", "is too long",
                                              absl::StrCat(limits_.max_title_bytes, " bytes")));
   }
-  auto result = pool_.Transact<pb::CreateTenantResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::CreateTenantResponse> {
+  auto result = pool_.Transact<store_pb::CreateTenantResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::CreateTenantResponse> {
         pqxx::result inserted =
             Exec(tx,
                  absl::StrCat("INSERT INTO tenants (id, name, rate_limit_per_s, rate_limit_burst) "
@@ -88,7 +88,7 @@ Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequ
                               kTenantColumns),
                  request->tenant_id(), request->name(), request->rate_limit_per_s(),
                  request->rate_limit_burst());
-        pb::CreateTenantResponse out;
+        store_pb::CreateTenantResponse out;
         out.set_created(!inserted.empty());
         pqxx::result row =
             inserted.empty()
@@ -103,27 +103,28 @@ Status StoreServiceImpl::CreateTenant(ServerContext*, const pb::CreateTenantRequ
   return Status::OK;
 }
 
-Status StoreServiceImpl::GetTenant(ServerContext*, const pb::GetTenantRequest* request,
-                                   pb::GetTenantResponse* response) {
+Status StoreServiceImpl::GetTenant(ServerContext*, const store_pb::GetTenantRequest* request,
+                                   store_pb::GetTenantResponse* response) {
   if (absl::Status s = CheckId(request->tenant_id(), "tenant_id", limits_); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  auto result = pool_.Transact<pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<pb::Tenant> {
-    pqxx::result row =
-        Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
-             request->tenant_id());
-    if (row.empty()) return absl::NotFoundError("tenant not found");
-    return TenantFromRow(row[0]);
-  });
+  auto result =
+      pool_.Transact<store_pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<store_pb::Tenant> {
+        pqxx::result row =
+            Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
+                 request->tenant_id());
+        if (row.empty()) return absl::NotFoundError("tenant not found");
+        return TenantFromRow(row[0]);
+      });
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response->mutable_tenant() = *std::move(result);
   return Status::OK;
 }
 
-Status StoreServiceImpl::ListTenants(ServerContext*, const pb::ListTenantsRequest* request,
-                                     pb::ListTenantsResponse* response) {
+Status StoreServiceImpl::ListTenants(ServerContext*, const store_pb::ListTenantsRequest* request,
+                                     store_pb::ListTenantsResponse* response) {
   absl::Status valid = CheckPageSize(request->page_size(), "page_size", limits_.max_page_size);
-  pb::ListTenantsRequest query = *request;
+  store_pb::ListTenantsRequest query = *request;
   query.clear_page_token();
   query.clear_page_size();
   std::string after;
@@ -133,15 +134,15 @@ Status StoreServiceImpl::ListTenants(ServerContext*, const pb::ListTenantsReques
   if (!valid.ok()) return ToGrpcStatus(valid);
   const int64_t page_size =
       request->page_size() == 0 ? limits_.default_page_size : request->page_size();
-  auto result = pool_.Transact<pb::ListTenantsResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListTenantsResponse> {
+  auto result = pool_.Transact<store_pb::ListTenantsResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ListTenantsResponse> {
         pqxx::result rows =
             Exec(tx,
                  absl::StrCat("SELECT ", kTenantColumns,
                               " FROM tenants WHERE id > $1 "
                               "AND ($2 OR disable_time IS NULL) ORDER BY id LIMIT $3"),
                  after, request->include_disabled(), page_size + 1);
-        pb::ListTenantsResponse out;
+        store_pb::ListTenantsResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
           *out.add_tenants() = TenantFromRow(rows[i]);
         }
@@ -157,29 +158,30 @@ Status StoreServiceImpl::ListTenants(ServerContext*, const pb::ListTenantsReques
 }
 
 Status StoreServiceImpl::SetTenantDisabled(ServerContext*,
-                                           const pb::SetTenantDisabledRequest* request,
-                                           pb::SetTenantDisabledResponse* response) {
+                                           const store_pb::SetTenantDisabledRequest* request,
+                                           store_pb::SetTenantDisabledResponse* response) {
   if (absl::Status s = CheckId(request->tenant_id(), "tenant_id", limits_); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  auto result = pool_.Transact<pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<pb::Tenant> {
-    // Disabling twice keeps the first time; enabling clears it.
-    pqxx::result row =
-        Exec(tx,
-             absl::StrCat("UPDATE tenants SET disable_time = CASE WHEN $2 THEN "
-                          "coalesce(disable_time, now()) END WHERE id = $1 RETURNING ",
-                          kTenantColumns),
-             request->tenant_id(), request->disabled());
-    if (row.empty()) return absl::NotFoundError("tenant not found");
-    return TenantFromRow(row[0]);
-  });
+  auto result =
+      pool_.Transact<store_pb::Tenant>([&](pqxx::work& tx) -> absl::StatusOr<store_pb::Tenant> {
+        // Disabling twice keeps the first time; enabling clears it.
+        pqxx::result row =
+            Exec(tx,
+                 absl::StrCat("UPDATE tenants SET disable_time = CASE WHEN $2 THEN "
+                              "coalesce(disable_time, now()) END WHERE id = $1 RETURNING ",
+                              kTenantColumns),
+                 request->tenant_id(), request->disabled());
+        if (row.empty()) return absl::NotFoundError("tenant not found");
+        return TenantFromRow(row[0]);
+      });
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response->mutable_tenant() = *std::move(result);
   return Status::OK;
 }
 
-Status StoreServiceImpl::CreateApiKey(ServerContext*, const pb::CreateApiKeyRequest* request,
-                                      pb::CreateApiKeyResponse* response) {
+Status StoreServiceImpl::CreateApiKey(ServerContext*, const store_pb::CreateApiKeyRequest* request,
+                                      store_pb::CreateApiKeyResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   constexpr size_t kMaxKeyNameBytes = 128;  // parley.v1.ApiKey.name
   if (valid.ok() && request->name().empty()) valid = InvalidArgumentError("name", "is required");
@@ -215,8 +217,8 @@ Status StoreServiceImpl::CreateApiKey(ServerContext*, const pb::CreateApiKeyRequ
   return Status::OK;
 }
 
-Status StoreServiceImpl::RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequest* request,
-                                      pb::RevokeApiKeyResponse* response) {
+Status StoreServiceImpl::RevokeApiKey(ServerContext*, const store_pb::RevokeApiKeyRequest* request,
+                                      store_pb::RevokeApiKeyResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->api_key_id(), "api_key_id", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
@@ -237,16 +239,17 @@ Status StoreServiceImpl::RevokeApiKey(ServerContext*, const pb::RevokeApiKeyRequ
   return Status::OK;
 }
 
-Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRequest* request,
-                                       pb::ResolveApiKeyResponse* response) {
+Status StoreServiceImpl::ResolveApiKey(ServerContext*,
+                                       const store_pb::ResolveApiKeyRequest* request,
+                                       store_pb::ResolveApiKeyResponse* response) {
   // "pk_<12>_<40>"; anything else cannot be a key and is refused without a query.
   const std::string& secret = request->secret();
   if (secret.size() != 3 + 12 + 1 + 40 || secret.compare(0, 3, "pk_") != 0 || secret[15] != '_') {
     return ToGrpcStatus(absl::UnauthenticatedError("unknown or revoked api key"));
   }
   const std::string prefix = secret.substr(3, 12);
-  auto result = pool_.Transact<pb::ResolveApiKeyResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ResolveApiKeyResponse> {
+  auto result = pool_.Transact<store_pb::ResolveApiKeyResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ResolveApiKeyResponse> {
         pqxx::result row =
             Exec(tx,
                  absl::StrCat("SELECT ", kApiKeyColumns,
@@ -254,7 +257,7 @@ Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRe
                               "AND secret_sha256 = sha256(convert_to($2, 'UTF8'))"),
                  prefix, secret);
         if (row.empty()) return absl::UnauthenticatedError("unknown or revoked api key");
-        pb::ResolveApiKeyResponse out;
+        store_pb::ResolveApiKeyResponse out;
         *out.mutable_api_key() = ApiKeyFromRow(row[0]);
         pqxx::result tenant =
             Exec(tx, absl::StrCat("SELECT ", kTenantColumns, " FROM tenants WHERE id = $1"),
@@ -275,11 +278,11 @@ Status StoreServiceImpl::ResolveApiKey(ServerContext*, const pb::ResolveApiKeyRe
   return Status::OK;
 }
 
-Status StoreServiceImpl::ListApiKeys(ServerContext*, const pb::ListApiKeysRequest* request,
-                                     pb::ListApiKeysResponse* response) {
+Status StoreServiceImpl::ListApiKeys(ServerContext*, const store_pb::ListApiKeysRequest* request,
+                                     store_pb::ListApiKeysResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckPageSize(request->page_size(), "page_size", limits_.max_page_size);
-  pb::ListApiKeysRequest query = *request;
+  store_pb::ListApiKeysRequest query = *request;
   query.clear_page_token();
   query.clear_page_size();
   std::string after;
@@ -289,15 +292,15 @@ Status StoreServiceImpl::ListApiKeys(ServerContext*, const pb::ListApiKeysReques
   if (!valid.ok()) return ToGrpcStatus(valid);
   const int64_t page_size =
       request->page_size() == 0 ? limits_.default_page_size : request->page_size();
-  auto result = pool_.Transact<pb::ListApiKeysResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListApiKeysResponse> {
+  auto result = pool_.Transact<store_pb::ListApiKeysResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ListApiKeysResponse> {
         pqxx::result rows =
             Exec(tx,
                  absl::StrCat("SELECT ", kApiKeyColumns,
                               " FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR id < $2) "
                               "AND ($3 OR revoke_time IS NULL) ORDER BY id DESC LIMIT $4"),
                  request->tenant_id(), after, request->include_revoked(), page_size + 1);
-        pb::ListApiKeysResponse out;
+        store_pb::ListApiKeysResponse out;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
           *out.add_api_keys() = ApiKeyFromRow(rows[i]);
         }

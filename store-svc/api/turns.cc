@@ -121,8 +121,9 @@ constexpr char kUntakenSteeringWhere[] =
 // `claim.owner()` as ClaimNextTurn's statement would — RUNNING with a lease under the
 // session's next fencing epoch, recorded on the session — unless another session has a
 // turn waiting for a worker (the new turn must not jump ahead of it). One statement.
-void ClaimOnEnqueue(pqxx::work& tx, const pb::ClaimOnEnqueue& claim, const std::string& turn_id,
-                    const std::string& session_id, pb::EnqueueTurnResponse* out) {
+void ClaimOnEnqueue(pqxx::work& tx, const store_pb::ClaimOnEnqueue& claim,
+                    const std::string& turn_id, const std::string& session_id,
+                    store_pb::EnqueueTurnResponse* out) {
   pqxx::result rows = Exec(
       tx,
       absl::StrCat(
@@ -142,7 +143,7 @@ void ClaimOnEnqueue(pqxx::work& tx, const pb::ClaimOnEnqueue& claim, const std::
           kSessionColumns, ") SELECT claimed.*, bumped.* FROM claimed, bumped"),
       turn_id, session_id, kRunning, claim.owner(), static_cast<int64_t>(claim.lease_ttl_ms()));
   if (rows.empty()) return;  // Another session waits: the claimers take it in order.
-  pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
+  store_pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
   ClaimedTurnFromRow(rows[0], 0, &claimed);
   *claimed.mutable_session() = SessionFromRow(rows[0], kClaimedTurnColumnCount);
   *claimed.mutable_user_message() = out->message();
@@ -155,7 +156,7 @@ void ClaimOnEnqueue(pqxx::work& tx, const pb::ClaimOnEnqueue& claim, const std::
 // turn it already runs only once (Scheduler::RunReserved), so handing the claim out
 // twice to one owner is safe; another owner never gets it.
 void RepeatClaim(pqxx::work& tx, const std::string& owner, const std::string& turn_id,
-                 const std::string& session_id, pb::EnqueueTurnResponse* out) {
+                 const std::string& session_id, store_pb::EnqueueTurnResponse* out) {
   pqxx::result turn =
       Exec(tx,
            absl::StrCat("SELECT ", kClaimedTurnColumns,
@@ -165,7 +166,7 @@ void RepeatClaim(pqxx::work& tx, const std::string& owner, const std::string& tu
   if (turn.empty()) return;
   pqxx::result session = Exec(
       tx, absl::StrCat("SELECT ", kSessionColumns, " FROM sessions WHERE id = $1"), session_id);
-  pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
+  store_pb::ClaimNextTurnResponse& claimed = *out->mutable_claim();
   ClaimedTurnFromRow(turn[0], 0, &claimed);
   *claimed.mutable_session() = SessionFromRow(session[0]);
   *claimed.mutable_user_message() = out->message();
@@ -248,8 +249,9 @@ absl::StatusOr<LockedTurn> LockTurn(pqxx::work& tx, const std::string& tenant_id
 
 }  // namespace
 
-Status StoreServiceImpl::AppendMessage(ServerContext*, const pb::AppendMessageRequest* request,
-                                       pb::AppendMessageResponse* response) {
+Status StoreServiceImpl::AppendMessage(ServerContext*,
+                                       const store_pb::AppendMessageRequest* request,
+                                       store_pb::AppendMessageResponse* response) {
   ::parley::v1::Message message = request->message();
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(message.session_id(), "message.session_id", limits_);
@@ -265,10 +267,10 @@ Status StoreServiceImpl::AppendMessage(ServerContext*, const pb::AppendMessageRe
   if (!valid.ok()) return ToGrpcStatus(valid);
   if (message.id().empty()) message.set_id(NewId("msg"));
 
-  auto result = pool_.Transact<pb::AppendMessageResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::AppendMessageResponse> {
+  auto result = pool_.Transact<store_pb::AppendMessageResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::AppendMessageResponse> {
         LockedSession session = LockSession(tx, request->tenant_id(), message.session_id());
-        pb::AppendMessageResponse out;
+        store_pb::AppendMessageResponse out;
         if (!message.idempotency_key().empty()) {
           bool found = false;
           ::parley::v1::Message existing =
@@ -289,8 +291,8 @@ Status StoreServiceImpl::AppendMessage(ServerContext*, const pb::AppendMessageRe
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequest* request,
-                                      pb::ListMessagesResponse* response) {
+Status StoreServiceImpl::ListMessages(ServerContext*, const store_pb::ListMessagesRequest* request,
+                                      store_pb::ListMessagesResponse* response) {
   const ::parley::v1::ListMessagesRequest& r = request->request();
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(r.session_id(), "session_id", limits_);
@@ -322,8 +324,8 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequ
   }
   const std::string sql = absl::StrCat("SELECT ", kMessageColumns, " FROM messages WHERE ", where,
                                        " ORDER BY position", backwards ? " DESC" : "", " LIMIT $3");
-  auto result = pool_.Autocommit<pb::ListMessagesResponse>(
-      [&](pqxx::nontransaction& tx) -> absl::StatusOr<pb::ListMessagesResponse> {
+  auto result = pool_.Autocommit<store_pb::ListMessagesResponse>(
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<store_pb::ListMessagesResponse> {
         pqxx::result rows =
             cursor.empty() ? Exec(tx, sql, r.session_id(), request->tenant_id(), limit + 1)
                            : Exec(tx, sql, r.session_id(), request->tenant_id(), limit + 1, cursor);
@@ -340,7 +342,7 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequ
             return absl::NotFoundError("cursor message not found");
           }
         }
-        pb::ListMessagesResponse out;
+        store_pb::ListMessagesResponse out;
         const int64_t n = std::min<int64_t>(limit, rows.size());
         for (int64_t i = 0; i < n; ++i) {
           *out.add_messages() = MessageFromRow(rows[backwards ? n - 1 - i : i]);
@@ -351,8 +353,8 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const pb::ListMessagesRequ
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnRequest* request,
-                                     pb::EnqueueTurnResponse* response) {
+Status StoreServiceImpl::EnqueueTurn(ServerContext*, const store_pb::EnqueueTurnRequest* request,
+                                     store_pb::EnqueueTurnResponse* response) {
   const ::parley::v1::SendMessageRequest& r = request->request();
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(r.session_id(), "session_id", limits_);
@@ -386,10 +388,10 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
   const std::string turn_id = NewId("turn");
   message.set_turn_id(turn_id);
 
-  auto result = pool_.Transact<pb::EnqueueTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::EnqueueTurnResponse> {
+  auto result = pool_.Transact<store_pb::EnqueueTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::EnqueueTurnResponse> {
         LockedSession session = LockSession(tx, request->tenant_id(), r.session_id());
-        pb::EnqueueTurnResponse out;
+        store_pb::EnqueueTurnResponse out;
         if (!r.idempotency_key().empty()) {
           bool found = false;
           ::parley::v1::Message existing =
@@ -479,15 +481,16 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const pb::EnqueueTurnReques
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRequest* request,
-                                       pb::HeartbeatTurnResponse* response) {
+Status StoreServiceImpl::HeartbeatTurn(ServerContext*,
+                                       const store_pb::HeartbeatTurnRequest* request,
+                                       store_pb::HeartbeatTurnResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
   if (valid.ok()) valid = CheckLeaseTtl(request->lease_ttl_ms(), limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::HeartbeatTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::HeartbeatTurnResponse> {
+  auto result = pool_.Transact<store_pb::HeartbeatTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::HeartbeatTurnResponse> {
         pqxx::result row =
             Exec(tx,
                  "UPDATE turns SET lease_expiry = now() + $5 * interval '1 millisecond', "
@@ -508,7 +511,7 @@ Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRe
           if (turn.empty()) return absl::NotFoundError("turn not found");
           return LeaseLost(turn[0][0].as<int64_t>());
         }
-        pb::HeartbeatTurnResponse out;
+        store_pb::HeartbeatTurnResponse out;
         *out.mutable_lease_expiry() = ToTimestamp(absl::FromUnixMicros(row[0][0].as<int64_t>()));
         out.set_cancel_requested(row[0][1].as<bool>());
         return out;
@@ -516,8 +519,8 @@ Status StoreServiceImpl::HeartbeatTurn(ServerContext*, const pb::HeartbeatTurnRe
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequest* request,
-                                      pb::CompleteTurnResponse* response) {
+Status StoreServiceImpl::CompleteTurn(ServerContext*, const store_pb::CompleteTurnRequest* request,
+                                      store_pb::CompleteTurnResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
@@ -529,8 +532,8 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
   std::vector<::parley::v1::Message> messages =
       PrepareTurnMessages(request->messages(), request->turn_id());
 
-  auto result = pool_.Transact<pb::CompleteTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::CompleteTurnResponse> {
+  auto result = pool_.Transact<store_pb::CompleteTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::CompleteTurnResponse> {
         absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
                                                      request->owner(), request->lease_epoch());
         if (!locked.ok()) return locked.status();
@@ -538,7 +541,7 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
         const LockedSession& session = locked->session;
         const int status = locked->status;
         const bool same_lease = locked->held_by_caller;
-        pb::CompleteTurnResponse out;
+        store_pb::CompleteTurnResponse out;
         if (IsTerminal(status) && same_lease) {  // A retry of a completion that committed.
           *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
           pqxx::result rows = Exec(
@@ -599,8 +602,9 @@ Status StoreServiceImpl::CompleteTurn(ServerContext*, const pb::CompleteTurnRequ
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::CommitTurnStep(ServerContext*, const pb::CommitTurnStepRequest* request,
-                                        pb::CommitTurnStepResponse* response) {
+Status StoreServiceImpl::CommitTurnStep(ServerContext*,
+                                        const store_pb::CommitTurnStepRequest* request,
+                                        store_pb::CommitTurnStepResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
@@ -608,15 +612,15 @@ Status StoreServiceImpl::CommitTurnStep(ServerContext*, const pb::CommitTurnStep
   if (!valid.ok()) return ToGrpcStatus(valid);
   std::vector<::parley::v1::Message> messages =
       PrepareTurnMessages(request->messages(), request->turn_id());
-  auto result = pool_.Transact<pb::CommitTurnStepResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::CommitTurnStepResponse> {
+  auto result = pool_.Transact<store_pb::CommitTurnStepResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::CommitTurnStepResponse> {
         absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
                                                      request->owner(), request->lease_epoch());
         if (!locked.ok()) return locked.status();
         if (locked->status != kRunning || !locked->held_by_caller) {
           return LeaseLost(locked->session.lease_epoch);
         }
-        pb::CommitTurnStepResponse out;
+        store_pb::CommitTurnStepResponse out;
         if (locked->committed_steps > static_cast<int64_t>(request->step())) return out;
         int64_t position = locked->session.message_count;
         for (::parley::v1::Message& m : messages) {
@@ -639,21 +643,21 @@ Status StoreServiceImpl::CommitTurnStep(ServerContext*, const pb::CommitTurnStep
 }
 
 Status StoreServiceImpl::TakeSteeringMessages(ServerContext*,
-                                              const pb::TakeSteeringMessagesRequest* request,
-                                              pb::TakeSteeringMessagesResponse* response) {
+                                              const store_pb::TakeSteeringMessagesRequest* request,
+                                              store_pb::TakeSteeringMessagesResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::TakeSteeringMessagesResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::TakeSteeringMessagesResponse> {
+  auto result = pool_.Transact<store_pb::TakeSteeringMessagesResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::TakeSteeringMessagesResponse> {
         absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
                                                      request->owner(), request->lease_epoch());
         if (!locked.ok()) return locked.status();
         if (locked->status != kRunning || !locked->held_by_caller) {
           return LeaseLost(locked->session.lease_epoch);
         }
-        pb::TakeSteeringMessagesResponse out;
+        store_pb::TakeSteeringMessagesResponse out;
         pqxx::result rows =
             Exec(tx,
                  absl::StrCat("SELECT m.id, m.session_id, m.turn_id, m.role, m.parts::text, "
@@ -675,14 +679,14 @@ Status StoreServiceImpl::TakeSteeringMessages(ServerContext*,
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest* request,
-                                    pb::CancelTurnResponse* response) {
+Status StoreServiceImpl::CancelTurn(ServerContext*, const store_pb::CancelTurnRequest* request,
+                                    store_pb::CancelTurnResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_, false);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::CancelTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::CancelTurnResponse> {
+  auto result = pool_.Transact<store_pb::CancelTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::CancelTurnResponse> {
         LockedSession session = LockSession(tx, request->tenant_id(), request->session_id());
         std::string turn_id = request->turn_id();
         if (turn_id.empty()) {
@@ -699,7 +703,7 @@ Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest*
                  "FOR UPDATE",
                  request->tenant_id(), request->session_id(), turn_id);
         if (row.empty()) return absl::NotFoundError("turn not found");
-        pb::CancelTurnResponse out;
+        store_pb::CancelTurnResponse out;
         const int status = row[0][0].as<int>();
         if (status == kQueued) {
           Exec(tx,
@@ -722,8 +726,8 @@ Status StoreServiceImpl::CancelTurn(ServerContext*, const pb::CancelTurnRequest*
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::ReleaseTurn(ServerContext*, const pb::ReleaseTurnRequest* request,
-                                     pb::ReleaseTurnResponse* response) {
+Status StoreServiceImpl::ReleaseTurn(ServerContext*, const store_pb::ReleaseTurnRequest* request,
+                                     store_pb::ReleaseTurnResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->owner(), "owner", limits_);
@@ -733,8 +737,8 @@ Status StoreServiceImpl::ReleaseTurn(ServerContext*, const pb::ReleaseTurnReques
                                  absl::StrCat(limits_.max_release_reason_bytes, " bytes"));
   }
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::ReleaseTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ReleaseTurnResponse> {
+  auto result = pool_.Transact<store_pb::ReleaseTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ReleaseTurnResponse> {
         absl::StatusOr<LockedTurn> locked = LockTurn(tx, request->tenant_id(), request->turn_id(),
                                                      request->owner(), request->lease_epoch());
         if (!locked.ok()) return locked.status();
@@ -755,7 +759,7 @@ Status StoreServiceImpl::ReleaseTurn(ServerContext*, const pb::ReleaseTurnReques
              "UPDATE sessions SET running_turn_id = NULL, queued_turns = queued_turns + 1, "
              "waiting_since = now() WHERE id = $1",
              session_id);
-        pb::ReleaseTurnResponse out;
+        store_pb::ReleaseTurnResponse out;
         *out.mutable_turn() = TurnFromRow(released[0]);
         return out;
       });
@@ -763,20 +767,20 @@ Status StoreServiceImpl::ReleaseTurn(ServerContext*, const pb::ReleaseTurnReques
 }
 
 Status StoreServiceImpl::ReclaimExpiredLeases(ServerContext*,
-                                              const pb::ReclaimExpiredLeasesRequest* request,
-                                              pb::ReclaimExpiredLeasesResponse* response) {
+                                              const store_pb::ReclaimExpiredLeasesRequest* request,
+                                              store_pb::ReclaimExpiredLeasesResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_, false);
   if (valid.ok()) valid = CheckPageSize(request->limit(), "limit", limits_.max_page_size);
   if (!valid.ok()) return ToGrpcStatus(valid);
   const int64_t limit = request->limit() == 0 ? 100 : request->limit();
-  auto result = pool_.Transact<pb::ReclaimExpiredLeasesResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ReclaimExpiredLeasesResponse> {
+  auto result = pool_.Transact<store_pb::ReclaimExpiredLeasesResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ReclaimExpiredLeasesResponse> {
         pqxx::result expired =
             Exec(tx,
                  "SELECT session_id FROM turns WHERE status = $3 AND lease_expiry < now() AND "
                  "($1 = '' OR tenant_id = $1) ORDER BY lease_expiry LIMIT $2",
                  request->tenant_id(), limit, kRunning);
-        pb::ReclaimExpiredLeasesResponse out;
+        store_pb::ReclaimExpiredLeasesResponse out;
         for (const auto& candidate : expired) {
           const std::string session_id = candidate[0].as<std::string>();
           // Session first (the lock order), skipping sessions someone else holds.
@@ -802,15 +806,15 @@ Status StoreServiceImpl::ReclaimExpiredLeases(ServerContext*,
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::GetTurn(ServerContext*, const pb::GetTurnRequest* request,
-                                 pb::GetTurnResponse* response) {
+Status StoreServiceImpl::GetTurn(ServerContext*, const store_pb::GetTurnRequest* request,
+                                 store_pb::GetTurnResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->turn_id(), "turn_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_, false);
   if (!valid.ok()) return ToGrpcStatus(valid);
-  auto result = pool_.Transact<pb::GetTurnResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::GetTurnResponse> {
-        pb::GetTurnResponse out;
+  auto result = pool_.Transact<store_pb::GetTurnResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::GetTurnResponse> {
+        store_pb::GetTurnResponse out;
         *out.mutable_turn() = SelectTurn(tx, request->tenant_id(), request->turn_id());
         if (!request->session_id().empty() && out.turn().session_id() != request->session_id()) {
           return absl::NotFoundError("turn not found");
@@ -820,12 +824,12 @@ Status StoreServiceImpl::GetTurn(ServerContext*, const pb::GetTurnRequest* reque
   return Respond(result, response);
 }
 
-Status StoreServiceImpl::ListTurns(ServerContext*, const pb::ListTurnsRequest* request,
-                                   pb::ListTurnsResponse* response) {
+Status StoreServiceImpl::ListTurns(ServerContext*, const store_pb::ListTurnsRequest* request,
+                                   store_pb::ListTurnsResponse* response) {
   absl::Status valid = CheckId(request->tenant_id(), "tenant_id", limits_);
   if (valid.ok()) valid = CheckId(request->session_id(), "session_id", limits_);
   if (valid.ok()) valid = CheckPageSize(request->page_size(), "page_size", limits_.max_page_size);
-  pb::ListTurnsRequest query = *request;
+  store_pb::ListTurnsRequest query = *request;
   query.clear_page_size();
   query.clear_page_token();
   std::string after = "0";
@@ -840,8 +844,8 @@ Status StoreServiceImpl::ListTurns(ServerContext*, const pb::ListTurnsRequest* r
   statuses += "]";
   const int64_t page_size =
       request->page_size() == 0 ? limits_.default_page_size : request->page_size();
-  auto result = pool_.Transact<pb::ListTurnsResponse>(
-      [&](pqxx::work& tx) -> absl::StatusOr<pb::ListTurnsResponse> {
+  auto result = pool_.Transact<store_pb::ListTurnsResponse>(
+      [&](pqxx::work& tx) -> absl::StatusOr<store_pb::ListTurnsResponse> {
         pqxx::result session = Exec(tx, "SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2",
                                     request->tenant_id(), request->session_id());
         if (session.empty()) return absl::NotFoundError("session not found");
@@ -854,7 +858,7 @@ Status StoreServiceImpl::ListTurns(ServerContext*, const pb::ListTurnsRequest* r
                          "ORDER BY position LIMIT $5"),
             request->tenant_id(), request->session_id(), std::stoll(after), statuses,
             page_size + 1);
-        pb::ListTurnsResponse out;
+        store_pb::ListTurnsResponse out;
         std::string last_position;
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
           last_position = rows[i][0].as<std::string>();

@@ -147,7 +147,7 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
         *redis_, session_id, EntryId{.seq = durable + 1}, static_cast<int>(options_.batch_events));
     if (!range.ok()) return range.status();
     if (range->entries.empty()) break;
-    pb::AppendEventsRequest batch;
+    store_pb::AppendEventsRequest batch;
     batch.set_tenant_id(session->first);
     batch.set_session_id(session_id);
     for (const EventLogEntry& entry : range->entries) {
@@ -157,7 +157,7 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
       event->set_seq(entry.id.seq);
       *batch.add_events() = *std::move(event);
     }
-    absl::StatusOr<pb::AppendEventsResponse> appended = AppendEventBatch(pool_, batch);
+    absl::StatusOr<store_pb::AppendEventsResponse> appended = AppendEventBatch(pool_, batch);
     if (!appended.ok()) return appended.status();
     written += appended->appended();
     events_persisted_.Increment(static_cast<double>(appended->appended()));

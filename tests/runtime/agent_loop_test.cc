@@ -20,7 +20,7 @@
 namespace parley::session::testing {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 // The events of `turn_id` with payload `kind`.
 std::vector<v1::Event> OfKind(const std::vector<v1::Event>& events, const std::string& turn_id,
@@ -111,7 +111,7 @@ class AgentLoop : public SessionFixture {
   std::string ExecIn(const std::string& sandbox_id, const std::string& command) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    sv1::ExecRequest request;
+    sandbox_pb::ExecRequest request;
     request.set_tenant_id(kTenantA);
     request.set_sandbox_id(sandbox_id);
     for (const char* arg : {"bash", "-c"}) request.mutable_command()->add_argv(arg);
@@ -166,7 +166,7 @@ TEST_F(AgentLoop, AMultiStepTurnWritesRunsEditsAndReadsAFileInARealSandbox) {
   ASSERT_EQ(attached.size(), 1u);
   EXPECT_TRUE(attached[0].sandbox_attached().created());
   EXPECT_LT(attached[0].seq(), OfKind(ran.events, turn, v1::Event::kToolResult)[0].seq());
-  absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  absl::StatusOr<std::vector<sandbox_pb::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
   ASSERT_TRUE(sandboxes.ok()) << sandboxes.status();
   ASSERT_EQ(sandboxes->size(), 1u);
   EXPECT_EQ((*sandboxes)[0].id(), attached[0].sandbox_attached().sandbox_id());
@@ -372,7 +372,7 @@ TEST_F(AgentLoop, CancelDuringASandboxCommandKillsItsProcessTree) {
       },
       "the command's output", absl::Seconds(60));
   ASSERT_TRUE(started.ok()) << started.status();
-  absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  absl::StatusOr<std::vector<sandbox_pb::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
   ASSERT_TRUE(sandboxes.ok() && sandboxes->size() == 1u);
   const std::string sandbox_id = (*sandboxes)[0].id();
   EXPECT_EQ(SleepsIn(sandbox_id), "2\n");
@@ -407,7 +407,7 @@ TEST_F(AgentLoop, AToolOverItsTimeLimitIsKilledAndTheModelIsTold) {
   EXPECT_TRUE(absl::StrContains(results[0].output(), "started")) << results[0].output();
   EXPECT_TRUE(absl::StrContains(results[0].output(), "[timed out after 2s")) << results[0].output();
   EXPECT_EQ(TextOf(ran.events, ran.turn.id()), "It took too long.");
-  absl::StatusOr<std::vector<sv1::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
+  absl::StatusOr<std::vector<sandbox_pb::Sandbox>> sandboxes = SessionSandboxes(kTenantA, session);
   ASSERT_TRUE(sandboxes.ok() && sandboxes->size() == 1u);
   EXPECT_EQ(SleepsIn((*sandboxes)[0].id()), "0\n") << "sleep 600 outlived its call";
 }
@@ -535,10 +535,10 @@ TEST_F(AgentLoop, ALostSandboxIsReportedAndReplaced) {
   {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    sv1::DestroySandboxRequest request;
+    sandbox_pb::DestroySandboxRequest request;
     request.set_tenant_id(kTenantA);
     request.set_sandbox_id(first);
-    sv1::DestroySandboxResponse response;
+    sandbox_pb::DestroySandboxResponse response;
     grpc::Status status = sandboxes().DestroySandbox(&context, request, &response);
     ASSERT_TRUE(status.ok()) << Describe(status);
   }

@@ -19,22 +19,22 @@
 namespace parley::session {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 // ListFiles answers only once `expected` calls are in flight together (or fails after
 // ten seconds): calls made one after another can never satisfy it.
-class OverlapSandbox final : public sv1::SandboxManager::Service {
+class OverlapSandbox final : public sandbox_pb::SandboxManager::Service {
  public:
   explicit OverlapSandbox(int expected) : expected_(expected) {}
 
-  grpc::Status AcquireForSession(grpc::ServerContext*, const sv1::AcquireForSessionRequest*,
-                                 sv1::AcquireForSessionResponse* response) override {
+  grpc::Status AcquireForSession(grpc::ServerContext*, const sandbox_pb::AcquireForSessionRequest*,
+                                 sandbox_pb::AcquireForSessionResponse* response) override {
     response->mutable_sandbox()->set_id("sbx_fake");
     response->set_created(true);
     return grpc::Status::OK;
   }
 
-  grpc::Status ListFiles(grpc::ServerContext*, const sv1::ListFilesRequest*,
+  grpc::Status ListFiles(grpc::ServerContext*, const sandbox_pb::ListFilesRequest*,
                          sandboxd::v1::ListDirResponse* response) override {
     absl::MutexLock lock(&mu_);
     ++in_flight_;
@@ -60,7 +60,7 @@ TEST(ParallelTools, ReadOnlyCallsOfOneStepRunTogether) {
   builder.RegisterService(&sandbox);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ASSERT_NE(server, nullptr);
-  auto sandbox_stub = sv1::SandboxManager::NewStub(
+  auto sandbox_stub = sandbox_pb::SandboxManager::NewStub(
       grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
   // The scripted model needs no history, so the store is never called.
   auto store_stub = store::v1::StoreService::NewStub(

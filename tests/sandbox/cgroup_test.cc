@@ -127,18 +127,18 @@ class Cgroups : public ::testing::Test {
 
 TEST_F(Cgroups, TheModeIsReportedAndEverySandboxProcessIsInItsGroupWithItsLimits) {
   // Reported where an operator looks: ListTemplates (and the provider's start-up line).
-  sv1::ListTemplatesResponse templates;
-  ASSERT_TRUE(
-      stack_
-          ->Call(&sv1::SandboxManager::Stub::ListTemplates, sv1::ListTemplatesRequest(), &templates)
-          .ok());
+  sandbox_pb::ListTemplatesResponse templates;
+  ASSERT_TRUE(stack_
+                  ->Call(&sandbox_pb::SandboxManager::Stub::ListTemplates,
+                         sandbox_pb::ListTemplatesRequest(), &templates)
+                  .ok());
   ASSERT_EQ(templates.templates_size(), 1);
   EXPECT_EQ(templates.templates(0).cgroup_mode(), ExpectedCgroupMode());
   EXPECT_TRUE(absl::StrContains(stack_->provider().Capabilities(),
                                 absl::StrCat("mode ", ExpectedCgroupMode())))
       << stack_->provider().Capabilities();
 
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
   const std::string id = sandbox.id();
   const pid_t init = InitPid(id);
   int64_t bwrap = 0;
@@ -191,8 +191,8 @@ TEST_F(Cgroups, MemoryIsCappedAcrossAllProcessesOfASandbox) {
   // 256 MiB, which would fail with MemoryError, not a kill), together 400 MiB are over
   // the sandbox's 256 MiB. The kernel's OOM counter of the sandbox's own group shows
   // the kills came from the group.
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
-  sv1::Sandbox sibling = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sibling = stack_->Create(kTenant);
   const std::string hog =
       "python3 -c \"import time; b = b'x' * (100 << 20); print('held', flush=True); "
       "time.sleep(4)\"";
@@ -240,8 +240,8 @@ TEST_F(Cgroups, AForkBombIsHeldByThePidsLimitWhileASiblingAndTheHostStillFork) {
   // for it on every path out of this test, and teardown destroys both sandboxes. The
   // group's pids.events "max" counter (forks refused by pids.max) shows the group held
   // it: pids.max counts the outer bwrap too, so it binds before RLIMIT_NPROC does.
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
-  sv1::Sandbox sibling = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sibling = stack_->Create(kTenant);
   const std::string pids = Group(sandbox.id(), "pids");
   const int64_t refused_before = KeyedCounter(ReadText(pids + "/pids.events"), "max");
   ASSERT_GE(refused_before, 0) << ReadText(pids + "/pids.events");
@@ -304,7 +304,7 @@ TEST_F(Cgroups, PauseFreezesTheProcessesSoTheirCpuTimeStops) {
   // A busy loop's CPU time (utime + stime of its host process) advances while the
   // sandbox runs (the control), stands still while it is paused, and advances again
   // after resume. The group's own freezer state shows who froze it.
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
   const std::string marker = absl::StrCat("spin-", ::getpid());
   stack_->Shell(kTenant, sandbox.id(),
                 absl::StrCat("sh -c 'while :; do :; done' ", marker, " >/dev/null 2>&1 &"));
@@ -322,38 +322,39 @@ TEST_F(Cgroups, PauseFreezesTheProcessesSoTheirCpuTimeStops) {
   };
   ASSERT_TRUE(advances_within(absl::Seconds(5))) << "the control: a busy loop uses CPU";
 
-  sv1::PauseSandboxRequest pause;
+  sandbox_pb::PauseSandboxRequest pause;
   pause.set_tenant_id(kTenant);
   pause.set_sandbox_id(sandbox.id());
-  sv1::PauseSandboxResponse paused;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
+  sandbox_pb::PauseSandboxResponse paused;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
   EXPECT_EQ(stack_->StateOf(sandbox.id())["paused_by"], "cgroup");
   EXPECT_TRUE(CgroupFrozen(spinner));
   const int64_t frozen_at = CpuTicks(spinner);
   absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(CpuTicks(spinner), frozen_at) << "a paused process kept running";
 
-  sv1::ResumeSandboxRequest resume;
+  sandbox_pb::ResumeSandboxRequest resume;
   resume.set_tenant_id(kTenant);
   resume.set_sandbox_id(sandbox.id());
-  sv1::ResumeSandboxResponse resumed;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ResumeSandbox, resume, &resumed).ok());
+  sandbox_pb::ResumeSandboxResponse resumed;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::ResumeSandbox, resume, &resumed).ok());
   EXPECT_FALSE(CgroupFrozen(spinner));
   EXPECT_TRUE(advances_within(absl::Seconds(5)));
 }
 
 TEST_F(Cgroups, DestroyingAPausedSandboxKillsItsFrozenProcesses) {
   // A v1-frozen task dies only once thawed: destroy must not leave it behind, frozen.
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
   const std::string marker = absl::StrCat("4343.", ::getpid());
   stack_->Shell(kTenant, sandbox.id(), absl::StrCat("sleep ", marker, " >/dev/null 2>&1 &"));
   ASSERT_EQ(ProcessesWithMarker(marker).size(), 1u);
   const std::string group = Group(sandbox.id(), "freezer");
-  sv1::PauseSandboxRequest pause;
+  sandbox_pb::PauseSandboxRequest pause;
   pause.set_tenant_id(kTenant);
   pause.set_sandbox_id(sandbox.id());
-  sv1::PauseSandboxResponse paused;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
+  sandbox_pb::PauseSandboxResponse paused;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
   ASSERT_TRUE(CgroupFrozen(ProcessesWithMarker(marker)[0]));
 
   ASSERT_TRUE(stack_->manager().Destroy(kTenant, sandbox.id()).ok());

@@ -28,7 +28,7 @@
 namespace parley::testing {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 using nlohmann::json;
 
 constexpr char kToken[] = "test-api-token";
@@ -94,7 +94,7 @@ class Kubernetes : public ::testing::Test {
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
-    stub_ = sv1::SandboxManager::NewStub(
+    stub_ = sandbox_pb::SandboxManager::NewStub(
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
   }
 
@@ -108,17 +108,17 @@ class Kubernetes : public ::testing::Test {
     manager_.reset();
   }
 
-  absl::StatusOr<sv1::Sandbox> Create(const std::string& template_name) {
-    sv1::CreateSandboxRequest request;
+  absl::StatusOr<sandbox_pb::Sandbox> Create(const std::string& template_name) {
+    sandbox_pb::CreateSandboxRequest request;
     request.set_tenant_id(kTenant);
     request.set_template_(template_name);
-    absl::StatusOr<sv1::Sandbox> sandbox = manager_->Create(request);
+    absl::StatusOr<sandbox_pb::Sandbox> sandbox = manager_->Create(request);
     if (sandbox.ok()) created_.push_back(sandbox->id());
     return sandbox;
   }
 
   ExecResult Shell(const std::string& id, const std::string& script) {
-    sv1::ExecRequest request;
+    sandbox_pb::ExecRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
     request.mutable_command()->add_argv("sh");
@@ -156,14 +156,14 @@ class Kubernetes : public ::testing::Test {
   std::unique_ptr<sandbox::SandboxManager> manager_;
   std::unique_ptr<sandbox::SandboxManagerService> service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<sv1::SandboxManager::Stub> stub_;
+  std::unique_ptr<sandbox_pb::SandboxManager::Stub> stub_;
   std::vector<std::string> created_;
 };
 
 TEST_F(Kubernetes, CreatesAHardenedPodWithItsRuntimeClassLimitsAndADenyEgressPolicy) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
-  EXPECT_EQ(sandbox->state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(sandbox->state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(sandbox->provider(), "kubernetes");
   const std::string pod_name = PodName(sandbox->id());
   json pod = api_.Object("pods", "sandboxes", pod_name);
@@ -205,7 +205,7 @@ TEST_F(Kubernetes, CreatesAHardenedPodWithItsRuntimeClassLimitsAndADenyEgressPol
 }
 
 TEST_F(Kubernetes, ExecAndFilesGoToTheDaemonInThePodWithItsToken) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   ExecResult result = Shell(sandbox->id(), "echo from-pod > f && cat f");
   ASSERT_TRUE(result.status.ok()) << GrpcStatusText(result.status);
@@ -226,7 +226,7 @@ TEST_F(Kubernetes, ExecAndFilesGoToTheDaemonInThePodWithItsToken) {
 }
 
 TEST_F(Kubernetes, NetworkAllowedTemplatesGetAnAllowEgressPolicy) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s-net");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s-net");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   json policy = api_.Object("networkpolicies", "sandboxes", PodName(sandbox->id()));
   EXPECT_EQ(policy["spec"]["egress"], json::array({json::object()}));
@@ -235,7 +235,7 @@ TEST_F(Kubernetes, NetworkAllowedTemplatesGetAnAllowEgressPolicy) {
 }
 
 TEST_F(Kubernetes, TheWorkspaceIsAClaimOfTheTemplatesSizeAndClassMountedByThePod) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   const std::string name = PodName(sandbox->id());
   json claim = api_.Object("persistentvolumeclaims", "sandboxes", name);
@@ -266,7 +266,7 @@ TEST_F(Kubernetes, TheWorkspaceIsAClaimOfTheTemplatesSizeAndClassMountedByThePod
 }
 
 TEST_F(Kubernetes, WithoutStorageSettingsTheClaimIsOneGibibyteOfTheDefaultClass) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s-net");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s-net");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   json claim = api_.Object("persistentvolumeclaims", "sandboxes", PodName(sandbox->id()));
   EXPECT_EQ(claim["spec"]["resources"]["requests"]["storage"], "1073741824");
@@ -274,7 +274,7 @@ TEST_F(Kubernetes, WithoutStorageSettingsTheClaimIsOneGibibyteOfTheDefaultClass)
 }
 
 TEST_F(Kubernetes, TheDaemonTokenIsInASecretAndNeverInThePodSpec) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   const std::string name = PodName(sandbox->id());
   json secret = api_.Object("secrets", "sandboxes", name);
@@ -298,7 +298,7 @@ TEST_F(Kubernetes, TheDaemonTokenIsInASecretAndNeverInThePodSpec) {
 }
 
 TEST_F(Kubernetes, DestroyDeletesAllFourObjectsAndASecondDestroySucceeds) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   const std::string name = PodName(sandbox->id());
   ASSERT_TRUE(api_.DaemonRunning("sandboxes", name));
@@ -310,7 +310,7 @@ TEST_F(Kubernetes, DestroyDeletesAllFourObjectsAndASecondDestroySucceeds) {
   EXPECT_FALSE(std::filesystem::exists(api_.VolumePath("sandboxes", name)));
   auto again = manager_->Destroy(kTenant, sandbox->id());
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->state(), sv1::SANDBOX_STATE_DESTROYED);
+  EXPECT_EQ(again->state(), sandbox_pb::SANDBOX_STATE_DESTROYED);
   // The provider itself is idempotent too: every object answers 404, which is success.
   const size_t before = api_.Requests().size();
   EXPECT_TRUE(
@@ -328,14 +328,14 @@ TEST_F(Kubernetes, DestroyDeletesAllFourObjectsAndASecondDestroySucceeds) {
 
 TEST_F(Kubernetes, APodThatFailsMakesCreateUnavailableAndIsCleanedUp) {
   api_.set_fail_pods(true);
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_FALSE(sandbox.ok());
   EXPECT_EQ(sandbox.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(sandbox.status().message().find("fake image failure"), std::string::npos)
       << sandbox.status();
-  sv1::ListSandboxesRequest list;
+  sandbox_pb::ListSandboxesRequest list;
   list.set_tenant_id(kTenant);
-  list.add_states(sv1::SANDBOX_STATE_FAILED);
+  list.add_states(sandbox_pb::SANDBOX_STATE_FAILED);
   auto failed = manager_->List(list);
   ASSERT_TRUE(failed.ok());
   ASSERT_EQ(failed->sandboxes_size(), 1);
@@ -343,14 +343,14 @@ TEST_F(Kubernetes, APodThatFailsMakesCreateUnavailableAndIsCleanedUp) {
 }
 
 TEST_F(Kubernetes, PauseDeletesOnlyThePodAndTheClaimKeepsTheWorkspace) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   const std::string name = PodName(sandbox->id());
   ASSERT_EQ(Shell(sandbox->id(), "echo before-pause > state.txt").status.error_code(),
             grpc::StatusCode::OK);
   auto paused = manager_->Pause(kTenant, sandbox->id());
   ASSERT_TRUE(paused.ok()) << paused.status();
-  EXPECT_EQ(paused->state(), sv1::SANDBOX_STATE_PAUSED);
+  EXPECT_EQ(paused->state(), sandbox_pb::SANDBOX_STATE_PAUSED);
   EXPECT_TRUE(api_.Object("pods", "sandboxes", name).is_null());
   EXPECT_FALSE(api_.DaemonRunning("sandboxes", name));
   EXPECT_TRUE(NoneMissingButThePod(name));
@@ -361,7 +361,7 @@ TEST_F(Kubernetes, PauseDeletesOnlyThePodAndTheClaimKeepsTheWorkspace) {
 }
 
 TEST_F(Kubernetes, ResumeCreatesAPodOnTheSameClaimAndTheFilesAreStillThere) {
-  absl::StatusOr<sv1::Sandbox> sandbox = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> sandbox = Create("k8s");
   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
   const std::string name = PodName(sandbox->id());
   ASSERT_EQ(
@@ -372,7 +372,7 @@ TEST_F(Kubernetes, ResumeCreatesAPodOnTheSameClaimAndTheFilesAreStillThere) {
   ASSERT_TRUE(manager_->Pause(kTenant, sandbox->id()).ok());
   auto resumed = manager_->Resume(kTenant, sandbox->id());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_EQ(resumed->state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(resumed->state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(resumed->ttl_s(), sandbox->ttl_s());
   json pod = api_.Object("pods", "sandboxes", name);
   ASSERT_FALSE(pod.is_null());
@@ -387,9 +387,9 @@ TEST_F(Kubernetes, ResumeCreatesAPodOnTheSameClaimAndTheFilesAreStillThere) {
 }
 
 TEST_F(Kubernetes, ARestartAdoptsRecordedSandboxesAndCollectsOnlyItsOwnUnrecordedObjects) {
-  absl::StatusOr<sv1::Sandbox> kept = Create("k8s");
-  absl::StatusOr<sv1::Sandbox> paused = Create("k8s");
-  absl::StatusOr<sv1::Sandbox> lost = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> kept = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> paused = Create("k8s");
+  absl::StatusOr<sandbox_pb::Sandbox> lost = Create("k8s");
   ASSERT_TRUE(kept.ok() && paused.ok() && lost.ok());
   ASSERT_EQ(Shell(paused->id(), "echo paused-file > f").status.error_code(), grpc::StatusCode::OK);
   ASSERT_TRUE(manager_->Pause(kTenant, paused->id()).ok());

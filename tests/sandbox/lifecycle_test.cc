@@ -69,8 +69,8 @@ class Lifecycle : public ::testing::Test {
 };
 
 TEST_F(Lifecycle, CreateRunsCommandsAndFilesThenDestroyRemovesEverything) {
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
-  ASSERT_EQ(sandbox.state(), sv1::SANDBOX_STATE_READY);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
+  ASSERT_EQ(sandbox.state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(sandbox.tenant_id(), kTenant);
   EXPECT_EQ(sandbox.template_(), "default");
   EXPECT_EQ(sandbox.provider(), "local");
@@ -88,12 +88,12 @@ TEST_F(Lifecycle, CreateRunsCommandsAndFilesThenDestroyRemovesEverything) {
   std::string back;
   ASSERT_TRUE(stack_->ReadFile(kTenant, sandbox.id(), "a.txt", &back).ok());
   EXPECT_EQ(back, "content");
-  sv1::StatFileRequest stat;
+  sandbox_pb::StatFileRequest stat;
   stat.set_tenant_id(kTenant);
   stat.set_sandbox_id(sandbox.id());
   stat.mutable_stat()->set_path("a.txt");
   sandboxd::v1::StatResponse stat_response;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::StatFile, stat, &stat_response).ok());
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::StatFile, stat, &stat_response).ok());
   EXPECT_EQ(stat_response.info().size_bytes(), 7u);
 
   sandbox::ProviderState state = stack_->StateOf(sandbox.id());
@@ -101,26 +101,28 @@ TEST_F(Lifecycle, CreateRunsCommandsAndFilesThenDestroyRemovesEverything) {
   struct stat st {};
   ASSERT_EQ(::stat(workspace.c_str(), &st), 0);
 
-  sv1::DestroySandboxRequest destroy;
+  sandbox_pb::DestroySandboxRequest destroy;
   destroy.set_tenant_id(kTenant);
   destroy.set_sandbox_id(sandbox.id());
-  sv1::DestroySandboxResponse destroyed;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::DestroySandbox, destroy, &destroyed).ok());
-  EXPECT_EQ(destroyed.sandbox().state(), sv1::SANDBOX_STATE_DESTROYED);
+  sandbox_pb::DestroySandboxResponse destroyed;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::DestroySandbox, destroy, &destroyed).ok());
+  EXPECT_EQ(destroyed.sandbox().state(), sandbox_pb::SANDBOX_STATE_DESTROYED);
   EXPECT_NE(::stat(workspace.c_str(), &st), 0) << "workspace survived";
   int64_t init = 0;
   ASSERT_TRUE(absl::SimpleAtoi(state["init_pid"], &init));
   EXPECT_EQ(sandbox::ProcessState(static_cast<pid_t>(init)), '\0');
   // Idempotent, and the sandbox is then gone for operations.
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::DestroySandbox, destroy, &destroyed).ok());
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::DestroySandbox, destroy, &destroyed).ok());
   ExecResult after = stack_->Exec(kTenant, sandbox.id(), {"true"});
   EXPECT_EQ(after.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(ErrorReasonOf(after.status), "SANDBOX_GONE");
 }
 
 TEST_F(Lifecycle, AnotherTenantsSandboxLooksExactlyLikeAMissingOne) {
-  sv1::Sandbox sandbox = stack_->Create(kTenant);
-  sv1::Sandbox out;
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
+  sandbox_pb::Sandbox out;
   grpc::Status other = stack_->Get("tenant-b", sandbox.id(), &out);
   grpc::Status missing = stack_->Get("tenant-b", "sbx_01AAAAAAAAAAAAAAAAAAAAAAAA", &out);
   EXPECT_EQ(other.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -131,16 +133,16 @@ TEST_F(Lifecycle, AnotherTenantsSandboxLooksExactlyLikeAMissingOne) {
 }
 
 TEST_F(Lifecycle, AcquireForSessionIsIdempotentUnderConcurrentCalls) {
-  std::vector<sv1::AcquireForSessionResponse> responses(4);
+  std::vector<sandbox_pb::AcquireForSessionResponse> responses(4);
   std::vector<grpc::Status> statuses(4);
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i) {
     threads.emplace_back([&, i] {
-      sv1::AcquireForSessionRequest request;
+      sandbox_pb::AcquireForSessionRequest request;
       request.set_tenant_id(kTenant);
       request.set_session_id("ses_1");
-      statuses[i] =
-          stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &responses[i]);
+      statuses[i] = stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request,
+                                 &responses[i]);
     });
   }
   for (auto& thread : threads) thread.join();
@@ -158,15 +160,17 @@ TEST_F(Lifecycle, AcquireForSessionIsIdempotentUnderConcurrentCalls) {
 }
 
 TEST_F(Lifecycle, AcquireReplacesADestroyedSandboxWithAFreshOne) {
-  sv1::AcquireForSessionRequest request;
+  sandbox_pb::AcquireForSessionRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id("ses_2");
-  sv1::AcquireForSessionResponse first, second;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &first).ok());
+  sandbox_pb::AcquireForSessionResponse first, second;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request, &first).ok());
   stack_->Track(kTenant, first.sandbox().id());
   stack_->Shell(kTenant, first.sandbox().id(), "echo x > kept");
   ASSERT_TRUE(stack_->manager().Destroy(kTenant, first.sandbox().id()).ok());
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &second).ok());
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request, &second).ok());
   stack_->Track(kTenant, second.sandbox().id());
   EXPECT_NE(second.sandbox().id(), first.sandbox().id());
   EXPECT_TRUE(second.created());
@@ -175,7 +179,7 @@ TEST_F(Lifecycle, AcquireReplacesADestroyedSandboxWithAFreshOne) {
 
 TEST_F(Lifecycle, TenantQuotaIsResourceExhaustedWithTheLimit) {
   for (int i = 0; i < 3; ++i) stack_->Create(kTenant);
-  sv1::CreateSandboxRequest request;
+  sandbox_pb::CreateSandboxRequest request;
   request.set_tenant_id(kTenant);
   grpc::Status status = stack_->TryCreate(request, nullptr);
   ASSERT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -195,7 +199,7 @@ TEST(LifecycleNodeQuota, NodeQuotaCountsEverySandboxOnTheNode) {
   SandboxStack stack(options);
   stack.Create("t1");
   stack.Create("t2");
-  sv1::CreateSandboxRequest request;
+  sandbox_pb::CreateSandboxRequest request;
   request.set_tenant_id("t3");
   grpc::Status status = stack.TryCreate(request, nullptr);
   ASSERT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -205,47 +209,48 @@ TEST(LifecycleNodeQuota, NodeQuotaCountsEverySandboxOnTheNode) {
 TEST_F(Lifecycle, ListFiltersByLabelsAndStatesNewestFirstWithPages) {
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) {
-    sv1::CreateSandboxRequest request;
+    sandbox_pb::CreateSandboxRequest request;
     request.set_tenant_id(kTenant);
     (*request.mutable_labels())["team"] = i < 2 ? "red" : "blue";
-    sv1::Sandbox sandbox;
+    sandbox_pb::Sandbox sandbox;
     ASSERT_TRUE(stack_->TryCreate(request, &sandbox).ok());
     ids.push_back(sandbox.id());
     clock_.Advance(absl::Seconds(1));
   }
-  sv1::ListSandboxesRequest list;
+  sandbox_pb::ListSandboxesRequest list;
   list.set_tenant_id(kTenant);
   (*list.mutable_label_selector())["team"] = "red";
   list.set_page_size(1);
-  sv1::ListSandboxesResponse page1, page2, page3;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, list, &page1).ok());
+  sandbox_pb::ListSandboxesResponse page1, page2, page3;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, list, &page1).ok());
   ASSERT_EQ(page1.sandboxes_size(), 1);
   EXPECT_EQ(page1.sandboxes(0).id(), ids[1]);
   ASSERT_FALSE(page1.next_page_token().empty());
   list.set_page_token(page1.next_page_token());
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, list, &page2).ok());
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, list, &page2).ok());
   ASSERT_EQ(page2.sandboxes_size(), 1);
   EXPECT_EQ(page2.sandboxes(0).id(), ids[0]);
   EXPECT_TRUE(page2.next_page_token().empty());
   list.set_page_token("garbage");
-  EXPECT_EQ(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, list, &page3).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, list, &page3).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
   // Destroyed ones are hidden unless asked for.
   ASSERT_TRUE(stack_->manager().Destroy(kTenant, ids[2]).ok());
-  sv1::ListSandboxesRequest all;
+  sandbox_pb::ListSandboxesRequest all;
   all.set_tenant_id(kTenant);
-  sv1::ListSandboxesResponse live, destroyed;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, all, &live).ok());
+  sandbox_pb::ListSandboxesResponse live, destroyed;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, all, &live).ok());
   EXPECT_EQ(live.sandboxes_size(), 2);
-  all.add_states(sv1::SANDBOX_STATE_DESTROYED);
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, all, &destroyed).ok());
+  all.add_states(sandbox_pb::SANDBOX_STATE_DESTROYED);
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, all, &destroyed).ok());
   ASSERT_EQ(destroyed.sandboxes_size(), 1);
   EXPECT_EQ(destroyed.sandboxes(0).id(), ids[2]);
 }
 
 TEST_F(Lifecycle, BadRequestsChangeNothing) {
-  sv1::CreateSandboxRequest request;
-  sv1::Sandbox sandbox;
+  sandbox_pb::CreateSandboxRequest request;
+  sandbox_pb::Sandbox sandbox;
   EXPECT_EQ(stack_->TryCreate(request, &sandbox).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   request.set_tenant_id(kTenant);
   request.set_template_("nope");
@@ -255,44 +260,44 @@ TEST_F(Lifecycle, BadRequestsChangeNothing) {
   grpc::Status labels = stack_->TryCreate(request, &sandbox);
   EXPECT_EQ(labels.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(GetBadRequest(FromGrpcStatus(labels))->field_violations(0).limit(), "32 entries");
-  sv1::ListSandboxesRequest list;
+  sandbox_pb::ListSandboxesRequest list;
   list.set_tenant_id(kTenant);
-  sv1::ListSandboxesResponse listed;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, list, &listed).ok());
+  sandbox_pb::ListSandboxesResponse listed;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, list, &listed).ok());
   EXPECT_EQ(listed.sandboxes_size(), 0);
 }
 
 TEST_F(Lifecycle, TtlExpiryDestroysOnTheClockNotBefore) {
-  sv1::Sandbox sandbox = stack_->Create(kTenant, "", 60);
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant, "", 60);
   clock_.Advance(absl::Seconds(59));
   stack_->manager().ReapOnce();
-  sv1::Sandbox now;
+  sandbox_pb::Sandbox now;
   ASSERT_TRUE(stack_->Get(kTenant, sandbox.id(), &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_READY);
   clock_.Advance(absl::Seconds(2));
   stack_->manager().ReapOnce();
   ASSERT_TRUE(stack_->Get(kTenant, sandbox.id(), &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_DESTROYED);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_DESTROYED);
   EXPECT_EQ(now.state_message(), "ttl expired");
 }
 
 TEST_F(Lifecycle, IdleExpiryCountsFromTheLastOperation) {
-  sv1::CreateSandboxRequest request;
+  sandbox_pb::CreateSandboxRequest request;
   request.set_tenant_id(kTenant);
   request.set_idle_timeout_s(30);
-  sv1::Sandbox sandbox;
+  sandbox_pb::Sandbox sandbox;
   ASSERT_TRUE(stack_->TryCreate(request, &sandbox).ok());
   clock_.Advance(absl::Seconds(20));
   stack_->Shell(kTenant, sandbox.id(), "true");  // Resets the idle timer.
   clock_.Advance(absl::Seconds(20));
   stack_->manager().ReapOnce();
-  sv1::Sandbox now;
+  sandbox_pb::Sandbox now;
   ASSERT_TRUE(stack_->Get(kTenant, sandbox.id(), &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_READY);
   clock_.Advance(absl::Seconds(11));
   stack_->manager().ReapOnce();
   ASSERT_TRUE(stack_->Get(kTenant, sandbox.id(), &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_DESTROYED);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_DESTROYED);
   EXPECT_EQ(now.state_message(), "idle timeout");
 }
 
@@ -306,25 +311,25 @@ TEST_F(Lifecycle, WarmPoolHandsOffAReadySandboxAndRefills) {
   }
   ASSERT_EQ(warm.size(), 2u);
   // Warm sandboxes belong to nobody.
-  sv1::ListSandboxesRequest list;
+  sandbox_pb::ListSandboxesRequest list;
   list.set_tenant_id(kTenant);
-  sv1::ListSandboxesResponse listed;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ListSandboxes, list, &listed).ok());
+  sandbox_pb::ListSandboxesResponse listed;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListSandboxes, list, &listed).ok());
   EXPECT_EQ(listed.sandboxes_size(), 0);
 
-  sv1::Sandbox sandbox = stack_->Create(kTenant, "pooled");
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant, "pooled");
   EXPECT_TRUE(warm.count(sandbox.id())) << "not handed out from the pool";
-  EXPECT_EQ(sandbox.state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(sandbox.state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(sandbox.tenant_id(), kTenant);
   EXPECT_EQ(TimeOf(sandbox.expire_time()), clock_.Now() + absl::Seconds(600));
   EXPECT_EQ(stack_->Shell(kTenant, sandbox.id(), "echo warm"), "warm\n");
   EXPECT_EQ(stack_->manager().PoolReady("pooled"), 1);
   stack_->manager().FillPoolsOnce();
   EXPECT_EQ(stack_->manager().PoolReady("pooled"), 2);
-  sv1::GetTemplateRequest get;
+  sandbox_pb::GetTemplateRequest get;
   get.set_name("pooled");
-  sv1::GetTemplateResponse got;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::GetTemplate, get, &got).ok());
+  sandbox_pb::GetTemplateResponse got;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::GetTemplate, get, &got).ok());
   EXPECT_EQ(got.template_().warm_pool_target(), 2u);
   EXPECT_EQ(got.template_().warm_pool_ready(), 2u);
 }
@@ -342,11 +347,12 @@ TEST(LifecyclePool, BackgroundFillerRefillsAfterAHandOff) {
 }
 
 TEST_F(Lifecycle, ASandboxWhoseProcessesDiedIsFailedAndReplacedOnAcquire) {
-  sv1::AcquireForSessionRequest request;
+  sandbox_pb::AcquireForSessionRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id("ses_dead");
-  sv1::AcquireForSessionResponse first;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &first).ok());
+  sandbox_pb::AcquireForSessionResponse first;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request, &first).ok());
   stack_->Track(kTenant, first.sandbox().id());
   int64_t init = 0;
   ASSERT_TRUE(absl::SimpleAtoi(stack_->StateOf(first.sandbox().id())["init_pid"], &init));
@@ -356,11 +362,12 @@ TEST_F(Lifecycle, ASandboxWhoseProcessesDiedIsFailedAndReplacedOnAcquire) {
            sandbox::ProcessState(static_cast<pid_t>(init)) == 'Z';
   }));
   stack_->manager().ReapOnce();
-  sv1::Sandbox now;
+  sandbox_pb::Sandbox now;
   ASSERT_TRUE(stack_->Get(kTenant, first.sandbox().id(), &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_FAILED);
-  sv1::AcquireForSessionResponse second;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &second).ok());
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_FAILED);
+  sandbox_pb::AcquireForSessionResponse second;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request, &second).ok());
   stack_->Track(kTenant, second.sandbox().id());
   EXPECT_TRUE(second.created());
   EXPECT_NE(second.sandbox().id(), first.sandbox().id());
@@ -405,7 +412,7 @@ class PauseResume : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(PauseResume, KeepsTtlLimitsProcessesAndWorkspaceAcrossPauseAndResume) {
-  sv1::Sandbox sandbox = stack_->Create(kTenant, "pausing");
+  sandbox_pb::Sandbox sandbox = stack_->Create(kTenant, "pausing");
   const std::string id = sandbox.id();
   const std::string limits_before = stack_->Shell(kTenant, id, "ulimit -n; ulimit -v; ulimit -f");
   EXPECT_EQ(limits_before, "321\n524288\n4096\n");
@@ -413,31 +420,32 @@ TEST_P(PauseResume, KeepsTtlLimitsProcessesAndWorkspaceAcrossPauseAndResume) {
   stack_->Shell(kTenant, id,
                 "(while true; do echo tick >> ticks; sleep 0.01; done) >/dev/null 2>&1 &");
 
-  sv1::PauseSandboxRequest pause;
+  sandbox_pb::PauseSandboxRequest pause;
   pause.set_tenant_id(kTenant);
   pause.set_sandbox_id(id);
-  sv1::PauseSandboxResponse paused;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
-  EXPECT_EQ(paused.sandbox().state(), sv1::SANDBOX_STATE_PAUSED);
+  sandbox_pb::PauseSandboxResponse paused;
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
+  EXPECT_EQ(paused.sandbox().state(), sandbox_pb::SANDBOX_STATE_PAUSED);
   EXPECT_FALSE(paused.sandbox().has_expire_time());
   EXPECT_TRUE(Frozen(id)) << "processes still running while PAUSED";
   // Pausing again is fine; paused time does not count against the TTL.
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
+  ASSERT_TRUE(stack_->Call(&sandbox_pb::SandboxManager::Stub::PauseSandbox, pause, &paused).ok());
   clock_.Advance(absl::Hours(5));
   stack_->manager().ReapOnce();
-  sv1::Sandbox now;
+  sandbox_pb::Sandbox now;
   ASSERT_TRUE(stack_->Get(kTenant, id, &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_PAUSED);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_PAUSED);
 
-  sv1::ResumeSandboxRequest resume;
+  sandbox_pb::ResumeSandboxRequest resume;
   resume.set_tenant_id(kTenant);
   resume.set_sandbox_id(id);
-  sv1::ResumeSandboxResponse resumed;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::ResumeSandbox, resume, &resumed).ok());
-  const sv1::Sandbox& after = resumed.sandbox();
-  EXPECT_EQ(after.state(), sv1::SANDBOX_STATE_READY);
+  sandbox_pb::ResumeSandboxResponse resumed;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::ResumeSandbox, resume, &resumed).ok());
+  const sandbox_pb::Sandbox& after = resumed.sandbox();
+  EXPECT_EQ(after.state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(after.ttl_s(), 120u);
-  EXPECT_EQ(after.on_expiry(), sv1::ON_EXPIRY_PAUSE);
+  EXPECT_EQ(after.on_expiry(), sandbox_pb::ON_EXPIRY_PAUSE);
   EXPECT_EQ(after.idle_timeout_s(), sandbox.idle_timeout_s());
   EXPECT_EQ(after.limits().SerializeAsString(), sandbox.limits().SerializeAsString());
   EXPECT_EQ(TimeOf(after.expire_time()), clock_.Now() + absl::Seconds(120));
@@ -452,31 +460,33 @@ TEST_P(PauseResume, KeepsTtlLimitsProcessesAndWorkspaceAcrossPauseAndResume) {
   clock_.Advance(absl::Seconds(119));
   stack_->manager().ReapOnce();
   ASSERT_TRUE(stack_->Get(kTenant, id, &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_READY);
   clock_.Advance(absl::Seconds(2));
   stack_->manager().ReapOnce();
   ASSERT_TRUE(stack_->Get(kTenant, id, &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_PAUSED);  // on_expiry: pause.
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_PAUSED);  // on_expiry: pause.
   EXPECT_EQ(now.state_message(), "ttl expired");
   EXPECT_TRUE(Frozen(id));
 
   // An operation on a paused sandbox resumes it first.
   EXPECT_EQ(stack_->Shell(kTenant, id, "echo back"), "back\n");
   ASSERT_TRUE(stack_->Get(kTenant, id, &now).ok());
-  EXPECT_EQ(now.state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(TimeOf(now.expire_time()), clock_.Now() + absl::Seconds(120));
 }
 
 TEST_P(PauseResume, AcquireResumesThePausedSessionSandbox) {
-  sv1::AcquireForSessionRequest request;
+  sandbox_pb::AcquireForSessionRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id("ses_p");
-  sv1::AcquireForSessionResponse first, second;
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &first).ok());
+  sandbox_pb::AcquireForSessionResponse first, second;
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request, &first).ok());
   stack_->Track(kTenant, first.sandbox().id());
   stack_->Shell(kTenant, first.sandbox().id(), "echo kept > f");
   ASSERT_TRUE(stack_->manager().Pause(kTenant, first.sandbox().id()).ok());
-  ASSERT_TRUE(stack_->Call(&sv1::SandboxManager::Stub::AcquireForSession, request, &second).ok());
+  ASSERT_TRUE(
+      stack_->Call(&sandbox_pb::SandboxManager::Stub::AcquireForSession, request, &second).ok());
   EXPECT_EQ(second.sandbox().id(), first.sandbox().id());
   EXPECT_TRUE(second.resumed());
   EXPECT_FALSE(second.created());

@@ -22,7 +22,7 @@
 namespace parley::testing {
 namespace {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 constexpr char kTenant[] = "tenant-r";
 
 template <typename Predicate>
@@ -49,10 +49,10 @@ class Recovery : public ::testing::Test {
     if (manager_ == nullptr || !manager_->running()) Start();
     for (const std::string& id : created_) {
       grpc::ClientContext context;
-      sv1::DestroySandboxRequest request;
+      sandbox_pb::DestroySandboxRequest request;
       request.set_tenant_id(kTenant);
       request.set_sandbox_id(id);
-      sv1::DestroySandboxResponse response;
+      sandbox_pb::DestroySandboxResponse response;
       (void)stub_->DestroySandbox(&context, request, &response);
     }
     manager_->Signal(SIGTERM);
@@ -79,7 +79,7 @@ class Recovery : public ::testing::Test {
     manager_ = *std::move(process);
     absl::Status serving = manager_->WaitUntilServing(absl::Seconds(30));
     ASSERT_TRUE(serving.ok()) << serving << manager_->Output();
-    stub_ = sv1::SandboxManager::NewStub(
+    stub_ = sandbox_pb::SandboxManager::NewStub(
         grpc::CreateChannel(manager_->grpc_target(), grpc::InsecureChannelCredentials()));
   }
 
@@ -94,28 +94,28 @@ class Recovery : public ::testing::Test {
     return context;
   }
 
-  sv1::Sandbox Create() {
-    sv1::CreateSandboxRequest request;
+  sandbox_pb::Sandbox Create() {
+    sandbox_pb::CreateSandboxRequest request;
     request.set_tenant_id(kTenant);
-    sv1::CreateSandboxResponse response;
+    sandbox_pb::CreateSandboxResponse response;
     grpc::Status status = stub_->CreateSandbox(Context().get(), request, &response);
     EXPECT_TRUE(status.ok()) << GrpcStatusText(status) << manager_->Output();
     created_.push_back(response.sandbox().id());
     return response.sandbox();
   }
 
-  sv1::Sandbox Get(const std::string& id) {
-    sv1::GetSandboxRequest request;
+  sandbox_pb::Sandbox Get(const std::string& id) {
+    sandbox_pb::GetSandboxRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
-    sv1::GetSandboxResponse response;
+    sandbox_pb::GetSandboxResponse response;
     grpc::Status status = stub_->GetSandbox(Context().get(), request, &response);
     EXPECT_TRUE(status.ok()) << GrpcStatusText(status);
     return response.sandbox();
   }
 
   ExecResult Shell(const std::string& id, const std::string& script) {
-    sv1::ExecRequest request;
+    sandbox_pb::ExecRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(id);
     request.mutable_command()->add_argv("sh");
@@ -132,22 +132,22 @@ class Recovery : public ::testing::Test {
 
   std::string state_dir_;
   std::unique_ptr<ServiceProcess> manager_;
-  std::unique_ptr<sv1::SandboxManager::Stub> stub_;
+  std::unique_ptr<sandbox_pb::SandboxManager::Stub> stub_;
   std::vector<std::string> created_;
 };
 
 TEST_F(Recovery, AfterACrashLiveSandboxesAreFoundAgainAndOrphansReaped) {
   Start();
-  sv1::Sandbox kept = Create();
+  sandbox_pb::Sandbox kept = Create();
   ASSERT_EQ(Shell(kept.id(), "echo survived > note").exit.exit_code(), 0);
-  sv1::Sandbox paused = Create();
+  sandbox_pb::Sandbox paused = Create();
   ASSERT_EQ(Shell(paused.id(), "echo paused-data > note").exit.exit_code(), 0);
-  sv1::PauseSandboxRequest pause;
+  sandbox_pb::PauseSandboxRequest pause;
   pause.set_tenant_id(kTenant);
   pause.set_sandbox_id(paused.id());
-  sv1::PauseSandboxResponse pause_response;
+  sandbox_pb::PauseSandboxResponse pause_response;
   ASSERT_TRUE(stub_->PauseSandbox(Context().get(), pause, &pause_response).ok());
-  sv1::Sandbox doomed = Create();
+  sandbox_pb::Sandbox doomed = Create();
   const std::string doomed_workspace = Record(doomed.id()).provider_state["workspace"];
 
   Crash();
@@ -162,7 +162,7 @@ TEST_F(Recovery, AfterACrashLiveSandboxesAreFoundAgainAndOrphansReaped) {
   orphan.sandbox.set_tenant_id(kTenant);
   orphan.sandbox.set_template_("default");
   orphan.sandbox.set_provider("local");
-  orphan.sandbox.set_state(sv1::SANDBOX_STATE_CREATING);
+  orphan.sandbox.set_state(sandbox_pb::SANDBOX_STATE_CREATING);
   const std::string orphan_workspace = absl::StrCat(state_dir_, "/workspaces/", orphan_id);
   orphan.provider_state = {{"id", orphan_id}, {"workspace", orphan_workspace}};
   ASSERT_TRUE(sandbox::StateStore(state_dir_ + "/sandboxes").Write(orphan).ok());
@@ -179,20 +179,20 @@ TEST_F(Recovery, AfterACrashLiveSandboxesAreFoundAgainAndOrphansReaped) {
   std::ofstream(stray + "/left-behind") << "x";
 
   Start();
-  sv1::Sandbox found = Get(kept.id());
-  EXPECT_EQ(found.state(), sv1::SANDBOX_STATE_READY);
+  sandbox_pb::Sandbox found = Get(kept.id());
+  EXPECT_EQ(found.state(), sandbox_pb::SANDBOX_STATE_READY);
   ExecResult note = Shell(kept.id(), "cat note");
   EXPECT_EQ(note.stdout_text, "survived\n") << GrpcStatusText(note.status);
-  EXPECT_EQ(Get(paused.id()).state(), sv1::SANDBOX_STATE_PAUSED);
+  EXPECT_EQ(Get(paused.id()).state(), sandbox_pb::SANDBOX_STATE_PAUSED);
   ExecResult resumed = Shell(paused.id(), "cat note");  // Resumes it first.
   EXPECT_EQ(resumed.stdout_text, "paused-data\n") << GrpcStatusText(resumed.status);
-  EXPECT_EQ(Get(paused.id()).state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(Get(paused.id()).state(), sandbox_pb::SANDBOX_STATE_READY);
 
-  sv1::Sandbox dead = Get(doomed.id());
-  EXPECT_EQ(dead.state(), sv1::SANDBOX_STATE_FAILED);
+  sandbox_pb::Sandbox dead = Get(doomed.id());
+  EXPECT_EQ(dead.state(), sandbox_pb::SANDBOX_STATE_FAILED);
   EXPECT_FALSE(Exists(doomed_workspace));
-  sv1::Sandbox interrupted = Get(orphan_id);
-  EXPECT_EQ(interrupted.state(), sv1::SANDBOX_STATE_FAILED);
+  sandbox_pb::Sandbox interrupted = Get(orphan_id);
+  EXPECT_EQ(interrupted.state(), sandbox_pb::SANDBOX_STATE_FAILED);
   EXPECT_NE(interrupted.state_message().find("being created"), std::string::npos);
   EXPECT_TRUE(Eventually([&] { return !(*orphan_process)->running(); }))
       << "the orphan process survived the restart";
@@ -205,8 +205,9 @@ TEST_F(Recovery, GracefulShutdownKeepsTenantSandboxesAndReleasesWarmOnes) {
   std::ofstream(templates) << R"({"templates": [{"name": "default", "warm_pool_target": 1}]})";
   Start(templates);
   ASSERT_TRUE(Eventually([&] {
-    sv1::ListTemplatesResponse response;
-    return stub_->ListTemplates(Context().get(), sv1::ListTemplatesRequest(), &response).ok() &&
+    sandbox_pb::ListTemplatesResponse response;
+    return stub_->ListTemplates(Context().get(), sandbox_pb::ListTemplatesRequest(), &response)
+               .ok() &&
            response.templates(0).warm_pool_ready() == 1;
   })) << manager_->Output();
   std::set<std::string> warm;
@@ -216,11 +217,12 @@ TEST_F(Recovery, GracefulShutdownKeepsTenantSandboxesAndReleasesWarmOnes) {
     if (record.pooled) warm.insert(record.sandbox.id());
   }
   ASSERT_EQ(warm.size(), 1u);
-  sv1::Sandbox tenant = Create();
+  sandbox_pb::Sandbox tenant = Create();
   EXPECT_TRUE(warm.count(tenant.id())) << "not handed out from the pool";
   ASSERT_TRUE(Eventually([&] {
-    sv1::ListTemplatesResponse response;
-    return stub_->ListTemplates(Context().get(), sv1::ListTemplatesRequest(), &response).ok() &&
+    sandbox_pb::ListTemplatesResponse response;
+    return stub_->ListTemplates(Context().get(), sandbox_pb::ListTemplatesRequest(), &response)
+               .ok() &&
            response.templates(0).warm_pool_ready() == 1;
   }));
   manager_->Signal(SIGTERM);
@@ -236,7 +238,7 @@ TEST_F(Recovery, GracefulShutdownKeepsTenantSandboxesAndReleasesWarmOnes) {
   }
   EXPECT_EQ(workspaces, std::vector<std::string>{tenant.id()});
   Start(templates);
-  EXPECT_EQ(Get(tenant.id()).state(), sv1::SANDBOX_STATE_READY);
+  EXPECT_EQ(Get(tenant.id()).state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(Shell(tenant.id(), "echo still here").stdout_text, "still here\n");
 }
 

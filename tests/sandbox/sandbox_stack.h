@@ -4,7 +4,7 @@
 // for expiry, through ReapOnce()/FillPoolsOnce() with a FakeClock.
 //
 //   SandboxStack stack({.templates_json = kTemplates});
-//   sv1::Sandbox sandbox = stack.Create("tenant-a");
+//   sandbox_pb::Sandbox sandbox = stack.Create("tenant-a");
 //   ExecResult result = stack.Exec("tenant-a", sandbox.id(), {"echo", "hi"});
 //
 // Teardown destroys every sandbox it created (a finally, even when a test fails half
@@ -31,7 +31,7 @@
 
 namespace parley::testing {
 
-namespace sv1 = ::parley::sandbox::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
 
 struct StackOptions {
   std::string templates_json;  // Empty: the built-in default template.
@@ -80,7 +80,7 @@ class SandboxStack {
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
-    stub_ = sv1::SandboxManager::NewStub(
+    stub_ = sandbox_pb::SandboxManager::NewStub(
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
   }
 
@@ -104,7 +104,7 @@ class SandboxStack {
     }
   }
 
-  sv1::SandboxManager::Stub& stub() { return *stub_; }
+  sandbox_pb::SandboxManager::Stub& stub() { return *stub_; }
   sandbox::SandboxManager& manager() { return *manager_; }
   sandbox::BwrapProvider& provider() { return *provider_; }
   const std::string& state_dir() const { return state_dir_; }
@@ -114,10 +114,11 @@ class SandboxStack {
     created_.emplace_back(tenant, id);
   }
 
-  grpc::Status TryCreate(const sv1::CreateSandboxRequest& request, sv1::Sandbox* out) {
+  grpc::Status TryCreate(const sandbox_pb::CreateSandboxRequest& request,
+                         sandbox_pb::Sandbox* out) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
-    sv1::CreateSandboxResponse response;
+    sandbox_pb::CreateSandboxResponse response;
     grpc::Status status = stub_->CreateSandbox(&context, request, &response);
     if (status.ok()) {
       Track(request.tenant_id(), response.sandbox().id());
@@ -126,13 +127,13 @@ class SandboxStack {
     return status;
   }
 
-  sv1::Sandbox Create(const std::string& tenant, const std::string& template_name = "",
-                      uint64_t ttl_s = 0) {
-    sv1::CreateSandboxRequest request;
+  sandbox_pb::Sandbox Create(const std::string& tenant, const std::string& template_name = "",
+                             uint64_t ttl_s = 0) {
+    sandbox_pb::CreateSandboxRequest request;
     request.set_tenant_id(tenant);
     request.set_template_(template_name);
     request.set_ttl_s(ttl_s);
-    sv1::Sandbox sandbox;
+    sandbox_pb::Sandbox sandbox;
     grpc::Status status = TryCreate(request, &sandbox);
     EXPECT_TRUE(status.ok()) << GrpcStatusText(status);
     return sandbox;
@@ -140,7 +141,7 @@ class SandboxStack {
 
   ExecResult Exec(const std::string& tenant, const std::string& id, std::vector<std::string> argv,
                   uint64_t timeout_ms = 0, const std::string& stdin_data = "") {
-    sv1::ExecRequest request;
+    sandbox_pb::ExecRequest request;
     request.set_tenant_id(tenant);
     request.set_sandbox_id(id);
     for (auto& arg : argv) request.mutable_command()->add_argv(arg);
@@ -157,12 +158,12 @@ class SandboxStack {
     return result.stdout_text;
   }
 
-  grpc::Status Get(const std::string& tenant, const std::string& id, sv1::Sandbox* out) {
+  grpc::Status Get(const std::string& tenant, const std::string& id, sandbox_pb::Sandbox* out) {
     grpc::ClientContext context;
-    sv1::GetSandboxRequest request;
+    sandbox_pb::GetSandboxRequest request;
     request.set_tenant_id(tenant);
     request.set_sandbox_id(id);
-    sv1::GetSandboxResponse response;
+    sandbox_pb::GetSandboxResponse response;
     grpc::Status status = stub_->GetSandbox(&context, request, &response);
     if (out != nullptr) *out = response.sandbox();
     return status;
@@ -180,13 +181,13 @@ class SandboxStack {
     grpc::ClientContext context;
     sandboxd::v1::WriteFileResponse response;
     auto writer = stub_->WriteFile(&context, &response);
-    sv1::WriteFileRequest header;
+    sandbox_pb::WriteFileRequest header;
     header.mutable_header()->set_tenant_id(tenant);
     header.mutable_header()->set_sandbox_id(id);
     header.mutable_header()->mutable_file()->set_path(path);
     writer->Write(header);
     for (size_t offset = 0; offset < content.size(); offset += 1 << 20) {
-      sv1::WriteFileRequest chunk;
+      sandbox_pb::WriteFileRequest chunk;
       chunk.set_data(content.substr(offset, 1 << 20));
       if (!writer->Write(chunk)) break;
     }
@@ -197,7 +198,7 @@ class SandboxStack {
   grpc::Status ReadFile(const std::string& tenant, const std::string& id, const std::string& path,
                         std::string* content) {
     grpc::ClientContext context;
-    sv1::ReadFileRequest request;
+    sandbox_pb::ReadFileRequest request;
     request.set_tenant_id(tenant);
     request.set_sandbox_id(id);
     request.mutable_file()->set_path(path);
@@ -224,7 +225,7 @@ class SandboxStack {
   std::unique_ptr<sandbox::SandboxManager> manager_;
   std::unique_ptr<sandbox::SandboxManagerService> service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<sv1::SandboxManager::Stub> stub_;
+  std::unique_ptr<sandbox_pb::SandboxManager::Stub> stub_;
   std::vector<std::pair<std::string, std::string>> created_;
 };
 

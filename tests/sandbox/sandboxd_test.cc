@@ -24,7 +24,7 @@
 namespace parley::testing {
 namespace {
 
-namespace sbd = ::parley::sandboxd::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
 
 class Daemon {
  public:
@@ -50,22 +50,22 @@ class Daemon {
     args_for_channel.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
     daemon->channel_ = grpc::CreateCustomChannel(
         "unix:" + socket, grpc::InsecureChannelCredentials(), args_for_channel);
-    daemon->stub_ = sbd::Sandboxd::NewStub(daemon->channel_);
+    daemon->stub_ = sandboxd_pb::Sandboxd::NewStub(daemon->channel_);
     return daemon;
   }
 
-  sbd::Sandboxd::Stub& stub() { return *stub_; }
+  sandboxd_pb::Sandboxd::Stub& stub() { return *stub_; }
   const std::string& workspace() const { return workspace_; }
   std::string Output() const { return process_->Output(); }
 
   // Hello with wait-for-ready, so the first call also waits for the daemon to bind.
-  grpc::Status Hello(uint32_t version, sbd::HelloResponse* response,
+  grpc::Status Hello(uint32_t version, sandboxd_pb::HelloResponse* response,
                      const std::string& token = "") {
     grpc::ClientContext context;
     context.set_wait_for_ready(true);
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
     if (!token.empty()) context.AddMetadata("x-parley-sandbox-token", token);
-    sbd::HelloRequest request;
+    sandboxd_pb::HelloRequest request;
     request.set_client_protocol_version(version);
     return stub_->Hello(&context, request, response);
   }
@@ -75,11 +75,11 @@ class Daemon {
   std::string workspace_;
   std::unique_ptr<ServiceProcess> process_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<sbd::Sandboxd::Stub> stub_;
+  std::unique_ptr<sandboxd_pb::Sandboxd::Stub> stub_;
 };
 
-sbd::ExecRequest Command(std::vector<std::string> argv, uint64_t timeout_ms = 0) {
-  sbd::ExecRequest request;
+sandboxd_pb::ExecRequest Command(std::vector<std::string> argv, uint64_t timeout_ms = 0) {
+  sandboxd_pb::ExecRequest request;
   for (auto& arg : argv) request.add_argv(arg);
   request.set_timeout_ms(timeout_ms);
   return request;
@@ -105,7 +105,7 @@ std::vector<int> AwaitNoProcesses(const std::string& marker) {
 
 TEST(SandboxdHello, AcceptsItsProtocolVersionAndNamesTheWorkspace) {
   auto daemon = Daemon::Start();
-  sbd::HelloResponse response;
+  sandboxd_pb::HelloResponse response;
   grpc::Status status = daemon->Hello(1, &response);
   ASSERT_TRUE(status.ok()) << GrpcStatusText(status) << daemon->Output();
   EXPECT_EQ(response.daemon_protocol_version(), 1u);
@@ -115,7 +115,7 @@ TEST(SandboxdHello, AcceptsItsProtocolVersionAndNamesTheWorkspace) {
 
 TEST(SandboxdHello, RefusesAnotherVersionAndSaysWhichTwoDiffer) {
   auto daemon = Daemon::Start();
-  sbd::HelloResponse response;
+  sandboxd_pb::HelloResponse response;
   grpc::Status status = daemon->Hello(2, &response);
   ASSERT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(status.error_message(), "sandboxd protocol mismatch: client 2, daemon 1");
@@ -128,7 +128,7 @@ TEST(SandboxdHello, RefusesAnotherVersionAndSaysWhichTwoDiffer) {
 
 TEST(SandboxdHello, RequiresTheTokenWhenStartedWithOne) {
   auto daemon = Daemon::Start({}, {{"PARLEY_SANDBOXD_TOKEN", "s3cret"}});
-  sbd::HelloResponse response;
+  sandboxd_pb::HelloResponse response;
   EXPECT_EQ(daemon->Hello(1, &response).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(daemon->Hello(1, &response, "wrong").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(daemon->Hello(1, &response, "s3cret").ok());
@@ -138,7 +138,7 @@ class SandboxdExec : public ::testing::Test {
  protected:
   void SetUp() override {
     daemon_ = Daemon::Start();
-    sbd::HelloResponse hello;
+    sandboxd_pb::HelloResponse hello;
     grpc::Status status = daemon_->Hello(1, &hello);
     ASSERT_TRUE(status.ok()) << GrpcStatusText(status) << daemon_->Output();
   }
@@ -166,7 +166,7 @@ TEST_F(SandboxdExec, ReportsTheSignalThatKilledTheProgram) {
 
 TEST_F(SandboxdExec, AppliesEnvCwdAndStdin) {
   ::mkdir((daemon_->workspace() + "/sub").c_str(), 0755);
-  sbd::ExecRequest request = Command({"sh", "-c", "echo \"$GREETING\"; pwd; cat"});
+  sandboxd_pb::ExecRequest request = Command({"sh", "-c", "echo \"$GREETING\"; pwd; cat"});
   (*request.mutable_env())["GREETING"] = "hello there";
   request.set_cwd("sub");
   request.set_stdin("from stdin");
@@ -250,17 +250,17 @@ TEST_F(SandboxdExec, BackgroundProcessWithRedirectedOutputOutlivesTheCall) {
 }
 
 TEST_F(SandboxdExec, RefusesBadRequestsBeforeRunningAnything) {
-  ExecResult empty = RunExec(daemon_->stub(), sbd::ExecRequest());
+  ExecResult empty = RunExec(daemon_->stub(), sandboxd_pb::ExecRequest());
   EXPECT_EQ(empty.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  sbd::ExecRequest bad_env = Command({"true"});
+  sandboxd_pb::ExecRequest bad_env = Command({"true"});
   (*bad_env.mutable_env())["1BAD"] = "x";
   EXPECT_EQ(RunExec(daemon_->stub(), bad_env).status.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-  sbd::ExecRequest escape = Command({"true"});
+  sandboxd_pb::ExecRequest escape = Command({"true"});
   escape.set_cwd("../..");
   EXPECT_EQ(RunExec(daemon_->stub(), escape).status.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-  sbd::ExecRequest missing_cwd = Command({"true"});
+  sandboxd_pb::ExecRequest missing_cwd = Command({"true"});
   missing_cwd.set_cwd("nope");
   EXPECT_EQ(RunExec(daemon_->stub(), missing_cwd).status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(RunExec(daemon_->stub(), Command({"true"}, 3'600'001)).status.error_code(),
@@ -269,7 +269,7 @@ TEST_F(SandboxdExec, RefusesBadRequestsBeforeRunningAnything) {
 
 TEST(SandboxdLimits, FileSizeLimitHoldsForProgramsAndForTheFileApi) {
   auto daemon = Daemon::Start({"--rlimit_fsize_bytes=1048576"});
-  sbd::HelloResponse hello;
+  sandboxd_pb::HelloResponse hello;
   ASSERT_TRUE(daemon->Hello(1, &hello).ok()) << daemon->Output();
   ExecResult result =
       RunExec(daemon->stub(), Command({"sh", "-c", "head -c 2097152 /dev/zero > big"}));
@@ -280,12 +280,12 @@ TEST(SandboxdLimits, FileSizeLimitHoldsForProgramsAndForTheFileApi) {
   EXPECT_EQ(st.st_size, 1048576);
 
   grpc::ClientContext context;
-  sbd::WriteFileResponse response;
+  sandboxd_pb::WriteFileResponse response;
   auto writer = daemon->stub().WriteFile(&context, &response);
-  sbd::WriteFileRequest header;
+  sandboxd_pb::WriteFileRequest header;
   header.mutable_header()->set_path("api-big");
   writer->Write(header);
-  sbd::WriteFileRequest chunk;
+  sandboxd_pb::WriteFileRequest chunk;
   chunk.set_data(std::string(1024 * 1024, 'a'));
   writer->Write(chunk);
   writer->Write(chunk);
@@ -302,23 +302,23 @@ class SandboxdFiles : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     daemon_ = Daemon::Start({"--path_resolution=" + GetParam()});
-    sbd::HelloResponse hello;
+    sandboxd_pb::HelloResponse hello;
     grpc::Status status = daemon_->Hello(1, &hello);
     ASSERT_TRUE(status.ok()) << GrpcStatusText(status) << daemon_->Output();
   }
 
   grpc::Status Write(const std::string& path, const std::string& content, bool append = false,
-                     bool create_parents = false, sbd::WriteFileResponse* out = nullptr) {
+                     bool create_parents = false, sandboxd_pb::WriteFileResponse* out = nullptr) {
     grpc::ClientContext context;
-    sbd::WriteFileResponse response;
+    sandboxd_pb::WriteFileResponse response;
     auto writer = daemon_->stub().WriteFile(&context, &response);
-    sbd::WriteFileRequest header;
+    sandboxd_pb::WriteFileRequest header;
     header.mutable_header()->set_path(path);
     header.mutable_header()->set_append(append);
     header.mutable_header()->set_create_parents(create_parents);
     writer->Write(header);
     for (size_t offset = 0; offset < content.size(); offset += 1024 * 1024) {
-      sbd::WriteFileRequest chunk;
+      sandboxd_pb::WriteFileRequest chunk;
       chunk.set_data(content.substr(offset, 1024 * 1024));
       if (!writer->Write(chunk)) break;
     }
@@ -331,12 +331,12 @@ class SandboxdFiles : public ::testing::TestWithParam<std::string> {
   grpc::Status Read(const std::string& path, std::string* content, uint64_t offset = 0,
                     uint64_t limit = 0, size_t* chunks = nullptr) {
     grpc::ClientContext context;
-    sbd::ReadFileRequest request;
+    sandboxd_pb::ReadFileRequest request;
     request.set_path(path);
     request.set_offset_bytes(offset);
     request.set_limit_bytes(limit);
     auto reader = daemon_->stub().ReadFile(&context, request);
-    sbd::ReadFileResponse message;
+    sandboxd_pb::ReadFileResponse message;
     content->clear();
     size_t count = 0;
     while (reader->Read(&message)) {
@@ -347,9 +347,9 @@ class SandboxdFiles : public ::testing::TestWithParam<std::string> {
     return reader->Finish();
   }
 
-  grpc::Status Stat(const std::string& path, sbd::StatResponse* response) {
+  grpc::Status Stat(const std::string& path, sandboxd_pb::StatResponse* response) {
     grpc::ClientContext context;
-    sbd::StatRequest request;
+    sandboxd_pb::StatRequest request;
     request.set_path(path);
     return daemon_->stub().Stat(&context, request, response);
   }
@@ -362,7 +362,7 @@ class SandboxdFiles : public ::testing::TestWithParam<std::string> {
 TEST_P(SandboxdFiles, WritesAndReadsLargeFilesInChunks) {
   std::string content;
   for (int i = 0; content.size() < 3 * 1024 * 1024 + 17; ++i) absl::StrAppend(&content, i, ",");
-  sbd::WriteFileResponse written;
+  sandboxd_pb::WriteFileResponse written;
   grpc::Status status = Write("data/big.txt", content, false, true, &written);
   ASSERT_TRUE(status.ok()) << GrpcStatusText(status);
   EXPECT_EQ(written.bytes_written(), content.size());
@@ -391,10 +391,10 @@ TEST_P(SandboxdFiles, AppendsAndReplacesAtomically) {
 
 TEST_P(SandboxdFiles, ListsStatsMakesAndRemoves) {
   grpc::ClientContext mk;
-  sbd::MakeDirRequest make;
+  sandboxd_pb::MakeDirRequest make;
   make.set_path("a/b/c");
   make.set_parents(true);
-  sbd::MakeDirResponse made;
+  sandboxd_pb::MakeDirResponse made;
   ASSERT_TRUE(daemon_->stub().MakeDir(&mk, make, &made).ok());
   EXPECT_EQ(made.info().type(), ::parley::v1::FILE_TYPE_DIRECTORY);
   ASSERT_TRUE(Write("a/x.txt", "x").ok());
@@ -402,15 +402,15 @@ TEST_P(SandboxdFiles, ListsStatsMakesAndRemoves) {
   ASSERT_EQ(::symlink("x.txt", ws("a/link").c_str()), 0);
 
   grpc::ClientContext ls;
-  sbd::ListDirRequest list;
+  sandboxd_pb::ListDirRequest list;
   list.set_recursive(true);
-  sbd::ListDirResponse listing;
+  sandboxd_pb::ListDirResponse listing;
   ASSERT_TRUE(daemon_->stub().ListDir(&ls, list, &listing).ok());
   std::vector<std::string> paths;
   for (const auto& entry : listing.entries()) paths.push_back(entry.path());
   EXPECT_EQ(paths, (std::vector<std::string>{"a", "a.txt", "a/b", "a/b/c", "a/link", "a/x.txt"}));
 
-  sbd::StatResponse link;
+  sandboxd_pb::StatResponse link;
   ASSERT_TRUE(Stat("a/link", &link).ok());
   EXPECT_EQ(link.info().type(), ::parley::v1::FILE_TYPE_SYMLINK);
   EXPECT_EQ(link.info().symlink_target(), "x.txt");
@@ -419,9 +419,9 @@ TEST_P(SandboxdFiles, ListsStatsMakesAndRemoves) {
   EXPECT_EQ(through, "x");
 
   grpc::ClientContext rm1;
-  sbd::RemoveRequest remove;
+  sandboxd_pb::RemoveRequest remove;
   remove.set_path("a");
-  sbd::RemoveResponse removed;
+  sandboxd_pb::RemoveResponse removed;
   grpc::Status not_empty = daemon_->stub().Remove(&rm1, remove, &removed);
   EXPECT_EQ(not_empty.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(ErrorReason(not_empty), "DIRECTORY_NOT_EMPTY");
@@ -433,7 +433,7 @@ TEST_P(SandboxdFiles, ListsStatsMakesAndRemoves) {
   remove.set_allow_missing(true);
   ASSERT_TRUE(daemon_->stub().Remove(&rm3, remove, &removed).ok());
   EXPECT_FALSE(removed.removed());
-  sbd::StatResponse gone;
+  sandboxd_pb::StatResponse gone;
   EXPECT_EQ(Stat("a", &gone).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
@@ -463,18 +463,18 @@ TEST_P(SandboxdFiles, RefusesSymlinksThatLeaveTheWorkspace) {
   EXPECT_EQ(ErrorReason(Write("root/tmp/evil", "x")), "PATH_ESCAPE");
   EXPECT_EQ(ErrorReason(Write("d/sneaky", "x")), "PATH_ESCAPE");
   grpc::ClientContext ls;
-  sbd::ListDirRequest list;
+  sandboxd_pb::ListDirRequest list;
   list.set_path("up");
-  sbd::ListDirResponse listing;
+  sandboxd_pb::ListDirResponse listing;
   EXPECT_EQ(ErrorReason(daemon_->stub().ListDir(&ls, list, &listing)), "PATH_ESCAPE");
   // The link itself is still visible (lstat) and removable.
-  sbd::StatResponse link;
+  sandboxd_pb::StatResponse link;
   ASSERT_TRUE(Stat("root", &link).ok());
   EXPECT_EQ(link.info().symlink_target(), "/");
   grpc::ClientContext rm;
-  sbd::RemoveRequest remove;
+  sandboxd_pb::RemoveRequest remove;
   remove.set_path("root");
-  sbd::RemoveResponse removed;
+  sandboxd_pb::RemoveResponse removed;
   ASSERT_TRUE(daemon_->stub().Remove(&rm, remove, &removed).ok());
   struct stat st {};
   EXPECT_EQ(::stat("/etc/passwd", &st), 0);  // Only the link went.
@@ -497,8 +497,8 @@ TEST_P(SandboxdFiles, ASymlinkSwappedDuringFileCallsNeverReachesOutside) {
   std::atomic<int> swaps{0};
   std::thread swapper([&] {
     while (!stop) {
-      if (::renameat2(AT_FDCWD, ws("d").c_str(), AT_FDCWD, ws("d.link").c_str(),
-                      RENAME_EXCHANGE) == 0) {
+      if (::renameat2(AT_FDCWD, ws("d").c_str(), AT_FDCWD, ws("d.link").c_str(), RENAME_EXCHANGE) ==
+          0) {
         ++swaps;
       }
     }
@@ -513,7 +513,8 @@ TEST_P(SandboxdFiles, ASymlinkSwappedDuringFileCallsNeverReachesOutside) {
   for (int i = 0; i < 400 && absl::Now() < give_up; ++i) {
     std::string content;
     grpc::Status read = Read("d/secret.txt", &content);
-    ASSERT_FALSE(absl::StartsWith(content, "outside")) << "read through the swapped link, call " << i;
+    ASSERT_FALSE(absl::StartsWith(content, "outside"))
+        << "read through the swapped link, call " << i;
     if (read.ok()) {
       EXPECT_TRUE(absl::StartsWith(content, "inside")) << content;  // Appends below add to it.
       ++inside_reads;
@@ -551,7 +552,7 @@ TEST_P(SandboxdFiles, WritesThroughASymlinkThatStaysInside) {
   std::ifstream in(ws("real/target.txt"));
   std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(content, "via link");
-  sbd::StatResponse link;
+  sandboxd_pb::StatResponse link;
   ASSERT_TRUE(Stat("alias", &link).ok());
   EXPECT_EQ(link.info().type(), ::parley::v1::FILE_TYPE_SYMLINK);
 }
@@ -564,20 +565,20 @@ TEST_P(SandboxdFiles, ReportsWrongEntryTypesWithReasons) {
   EXPECT_EQ(ErrorReason(read_dir), "NOT_A_FILE");
   ASSERT_TRUE(Write("file", "x").ok());
   grpc::ClientContext ls;
-  sbd::ListDirRequest list;
+  sandboxd_pb::ListDirRequest list;
   list.set_path("file");
-  sbd::ListDirResponse listing;
+  sandboxd_pb::ListDirResponse listing;
   EXPECT_EQ(ErrorReason(daemon_->stub().ListDir(&ls, list, &listing)), "NOT_A_DIRECTORY");
   EXPECT_EQ(Read("missing", &content).error_code(), grpc::StatusCode::NOT_FOUND);
   grpc::ClientContext mk;
-  sbd::MakeDirRequest make;
+  sandboxd_pb::MakeDirRequest make;
   make.set_path("dir");
-  sbd::MakeDirResponse made;
+  sandboxd_pb::MakeDirResponse made;
   EXPECT_EQ(daemon_->stub().MakeDir(&mk, make, &made).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
   grpc::ClientContext rm;
-  sbd::RemoveRequest remove;
-  sbd::RemoveResponse removed;
+  sandboxd_pb::RemoveRequest remove;
+  sandboxd_pb::RemoveResponse removed;
   EXPECT_EQ(daemon_->stub().Remove(&rm, remove, &removed).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 }

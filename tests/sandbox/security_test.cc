@@ -4,9 +4,9 @@
 // could pass for the wrong reason, a control in the same test shows the probe works.
 #include <arpa/inet.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <ifaddrs.h>
 #include <net/if.h>
-#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -55,7 +55,7 @@ class Security : public ::testing::Test {
   }
 
   std::unique_ptr<SandboxStack> stack_;
-  sv1::Sandbox sandbox_;
+  sandbox_pb::Sandbox sandbox_;
 };
 
 TEST_F(Security, HostFilesOutsideTheBindsAreInvisible) {
@@ -89,7 +89,7 @@ TEST_F(Security, HostFilesOutsideTheBindsAreInvisible) {
 }
 
 TEST_F(Security, AnotherSandboxsWorkspaceIsUnreachable) {
-  sv1::Sandbox other = stack_->Create(kTenant);
+  sandbox_pb::Sandbox other = stack_->Create(kTenant);
   stack_->Shell(kTenant, other.id(), "echo other-secret > secret.txt");
   const std::string other_workspace = stack_->StateOf(other.id())["workspace"];
   ASSERT_FALSE(other_workspace.empty());
@@ -166,7 +166,7 @@ TEST_F(Security, NoNetworkUnlessTheTemplateAllowsIt) {
   EXPECT_EQ(interfaces.find("eth"), std::string::npos) << interfaces;
 
   // Control: the same probe from a sandbox whose template allows network connects.
-  sv1::Sandbox open = stack_->Create(kTenant, "networked");
+  sandbox_pb::Sandbox open = stack_->Create(kTenant, "networked");
   ExecResult allowed = stack_->Exec(kTenant, open.id(), {"bash", "-c", probe});
   EXPECT_EQ(allowed.exit.exit_code(), 0) << allowed.stderr_text;
   EXPECT_EQ(allowed.stdout_text, "connected\n");
@@ -292,25 +292,26 @@ TEST_F(Security, OnlyLoopbackIsInsideAndNoPacketReachesTheHost) {
   std::vector<std::string> argv = {"python3", "-c", kNetworkProbe};
   for (const auto& target : targets) argv.push_back(target->spec());
 
-  EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(),
-                          "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
-            "lo\n");
+  EXPECT_EQ(
+      stack_->Shell(kTenant, sandbox_.id(), "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
+      "lo\n");
   ExecResult blocked = stack_->Exec(kTenant, sandbox_.id(), argv, 30000);
   ASSERT_EQ(blocked.exit.exit_code(), 0) << blocked.stderr_text;
   EXPECT_EQ(blocked.stdout_text.find("connected"), std::string::npos) << blocked.stdout_text;
   for (const auto& target : targets) {
     EXPECT_FALSE(target->SomethingArrived(target == targets.back() ? 500 : 50))
-        << target->spec() << " was reached from the sandbox\n" << blocked.stdout_text;
+        << target->spec() << " was reached from the sandbox\n"
+        << blocked.stdout_text;
     target->Drain();
   }
 
-  sv1::Sandbox open = stack_->Create(kTenant, "networked");
+  sandbox_pb::Sandbox open = stack_->Create(kTenant, "networked");
   EXPECT_NE(stack_->Shell(kTenant, open.id(), "tail -n +3 /proc/net/dev | cut -d: -f1"), " lo\n");
   ExecResult allowed = stack_->Exec(kTenant, open.id(), argv, 30000);
   ASSERT_EQ(allowed.exit.exit_code(), 0) << allowed.stderr_text;
   for (const auto& target : targets) {
-    EXPECT_TRUE(target->SomethingArrived(2000))
-        << "control: " << target->spec() << " not reached\n" << allowed.stdout_text;
+    EXPECT_TRUE(target->SomethingArrived(2000)) << "control: " << target->spec() << " not reached\n"
+                                                << allowed.stdout_text;
   }
 }
 
@@ -321,14 +322,15 @@ TEST_F(Security, HostAndSiblingSecretsAreNotReadableInProcOrSys) {
   // test process's environment (the manager runs here) before the sandbox is created,
   // and in the environment and command line of a process of a sibling sandbox, which
   // the sibling itself can read (the control).
-  const std::string host_secret = absl::StrCat("host-secret-", ::getpid(), "-", absl::ToUnixNanos(absl::Now()));
+  const std::string host_secret =
+      absl::StrCat("host-secret-", ::getpid(), "-", absl::ToUnixNanos(absl::Now()));
   ::setenv("PARLEY_PROBE_SECRET", host_secret.c_str(), 1);
-  sv1::Sandbox probe = stack_->Create(kTenant);
+  sandbox_pb::Sandbox probe = stack_->Create(kTenant);
   ::unsetenv("PARLEY_PROBE_SECRET");
   const std::string sibling_secret = absl::StrCat("sibling-secret-", ::getpid());
-  sv1::Sandbox sibling = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sibling = stack_->Create(kTenant);
   {
-    sv1::ExecRequest request;
+    sandbox_pb::ExecRequest request;
     request.set_tenant_id(kTenant);
     request.set_sandbox_id(sibling.id());
     // The inner shell carries the secret on its command line and in its environment. It
@@ -420,15 +422,17 @@ TEST_F(Security, SetuidBinariesDoNotRaisePrivilege) {
   }
 
   EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(), "./suid-id -u; ./suid-id -g"), "1000\n1000\n");
-  std::string status = stack_->Shell(
-      kTenant, sandbox_.id(), "./suid-id >/dev/null; grep -E '^(NoNewPrivs|CapEff):' /proc/self/status");
+  std::string status =
+      stack_->Shell(kTenant, sandbox_.id(),
+                    "./suid-id >/dev/null; grep -E '^(NoNewPrivs|CapEff):' /proc/self/status");
   EXPECT_TRUE(absl::StrContains(status, "NoNewPrivs:\t1")) << status;
   EXPECT_TRUE(absl::StrContains(status, "CapEff:\t0000000000000000")) << status;
   // The system's setuid programs are as powerless: mounting needs root.
   ExecResult mount = Run("/usr/bin/mount -t tmpfs none /tmp");
   EXPECT_NE(mount.exit.exit_code(), 0) << mount.stdout_text;
-  EXPECT_EQ(stack_->Shell(kTenant, sandbox_.id(), "stat -c %u /tmp; touch /tmp/still-ours; echo ok"),
-            "1000\nok\n");
+  EXPECT_EQ(
+      stack_->Shell(kTenant, sandbox_.id(), "stat -c %u /tmp; touch /tmp/still-ours; echo ok"),
+      "1000\nok\n");
 }
 
 TEST_F(Security, PtraceOfAProcessOutsideTheSandboxFails) {
@@ -437,7 +441,7 @@ TEST_F(Security, PtraceOfAProcessOutsideTheSandboxFails) {
   // the sandbox's pid namespace: ESRCH), nor the sandbox's own daemon, which is not
   // dumpable (EPERM). The control traces a child of the probe itself, which works, so
   // the failures are the isolation's, not a ptrace that is off altogether.
-  sv1::Sandbox sibling = stack_->Create(kTenant);
+  sandbox_pb::Sandbox sibling = stack_->Create(kTenant);
   const std::string marker = absl::StrCat("4545.", ::getpid());
   stack_->Shell(kTenant, sibling.id(), absl::StrCat("sleep ", marker, " >/dev/null 2>&1 &"));
   std::vector<int> sibling_pids = ProcessesWithMarker(marker);
@@ -464,14 +468,12 @@ for name, pid in [('host', int(sys.argv[1])), ('sibling', int(sys.argv[2])),
 os.kill(child, signal.SIGKILL)
 os.waitpid(child, 0)
 )";
-  ExecResult result =
-      stack_->Exec(kTenant, sandbox_.id(),
-                   {"python3", "-c", probe, absl::StrCat(::getpid()), absl::StrCat(sibling_pids[0])},
-                   30000);
+  ExecResult result = stack_->Exec(
+      kTenant, sandbox_.id(),
+      {"python3", "-c", probe, absl::StrCat(::getpid()), absl::StrCat(sibling_pids[0])}, 30000);
   ASSERT_EQ(result.exit.exit_code(), 0) << result.stderr_text;
-  EXPECT_EQ(result.stdout_text,
-            absl::StrCat("host errno ", ESRCH, "\nsibling errno ", ESRCH, "\ndaemon errno ", EPERM,
-                         "\nchild attached\n"));
+  EXPECT_EQ(result.stdout_text, absl::StrCat("host errno ", ESRCH, "\nsibling errno ", ESRCH,
+                                             "\ndaemon errno ", EPERM, "\nchild attached\n"));
 }
 
 TEST_F(Security, OnlyTheUsualDeviceNodesExist) {
@@ -482,8 +484,8 @@ TEST_F(Security, OnlyTheUsualDeviceNodesExist) {
   // host's /dev. The listing is compared whole, so anything new fails the test.
   // stat, not find's %y: readdir reports the mount point bwrap made under each bound
   // device (a regular file), stat the device mounted over it.
-  std::string listing = stack_->Shell(
-      kTenant, sandbox_.id(), "find /dev -exec stat -c '%n %F %t,%T' {} + | sort");
+  std::string listing =
+      stack_->Shell(kTenant, sandbox_.id(), "find /dev -exec stat -c '%n %F %t,%T' {} + | sort");
   EXPECT_EQ(listing,
             "/dev directory 0,0\n"
             "/dev/core symbolic link 0,0\n"
@@ -563,7 +565,7 @@ TEST_F(Security, AnExecTimeoutKillsTheWholeTree) {
 TEST_F(Security, CancellingAnExecKillsItsTree) {
   const std::string marker = absl::StrCat("998.", ::getpid());
   grpc::ClientContext context;
-  sv1::ExecRequest request;
+  sandbox_pb::ExecRequest request;
   request.set_tenant_id(kTenant);
   request.set_sandbox_id(sandbox_.id());
   for (const std::string& arg : {std::string("sh"), std::string("-c"),
@@ -605,13 +607,14 @@ TEST_F(Security, FileApiTraversalIsRefused) {
   }
   EXPECT_EQ(ErrorReasonOf(stack_->WriteFile(kTenant, sandbox_.id(), "root/tmp/x", "x")),
             "PATH_ESCAPE");
-  sv1::ListFilesRequest list;
+  sandbox_pb::ListFilesRequest list;
   list.set_tenant_id(kTenant);
   list.set_sandbox_id(sandbox_.id());
   list.mutable_list()->set_path("root");
   sandboxd::v1::ListDirResponse listed;
-  EXPECT_EQ(ErrorReasonOf(stack_->Call(&sv1::SandboxManager::Stub::ListFiles, list, &listed)),
-            "PATH_ESCAPE");
+  EXPECT_EQ(
+      ErrorReasonOf(stack_->Call(&sandbox_pb::SandboxManager::Stub::ListFiles, list, &listed)),
+      "PATH_ESCAPE");
 }
 
 }  // namespace

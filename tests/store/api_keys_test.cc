@@ -24,28 +24,28 @@ class ApiKeys : public StoreTest {
     if (!HasFatalFailure()) CreateTenant(kTenant);
   }
 
-  absl::StatusOr<pb::ResolveApiKeyResponse> Resolve(const std::string& secret) {
-    pb::ResolveApiKeyRequest request;
+  absl::StatusOr<store_pb::ResolveApiKeyResponse> Resolve(const std::string& secret) {
+    store_pb::ResolveApiKeyRequest request;
     request.set_secret(secret);
     return Call(&Stub::ResolveApiKey, request);
   }
 
-  absl::StatusOr<pb::RevokeApiKeyResponse> Revoke(const std::string& key_id) {
-    pb::RevokeApiKeyRequest request;
+  absl::StatusOr<store_pb::RevokeApiKeyResponse> Revoke(const std::string& key_id) {
+    store_pb::RevokeApiKeyRequest request;
     request.set_tenant_id(kTenant);
     request.set_api_key_id(key_id);
     return Call(&Stub::RevokeApiKey, request);
   }
 
   std::vector<std::string> ListedIds(bool include_revoked = false) {
-    pb::ListApiKeysRequest request;
+    store_pb::ListApiKeysRequest request;
     request.set_tenant_id(kTenant);
     request.set_include_revoked(include_revoked);
     auto listed = Call(&Stub::ListApiKeys, request);
     EXPECT_TRUE(listed.ok()) << listed.status();
     std::vector<std::string> ids;
     if (listed.ok()) {
-      for (const api::ApiKey& key : listed->api_keys()) ids.push_back(key.id());
+      for (const v1::ApiKey& key : listed->api_keys()) ids.push_back(key.id());
     }
     return ids;
   }
@@ -57,7 +57,7 @@ TEST_F(ApiKeys, CreateReturnsASecretThatTheListingNeverShows) {
   EXPECT_THAT(created->secret(), StartsWith("pk_" + created->api_key().prefix()));
   EXPECT_EQ(created->api_key().tenant_id(), kTenant);
 
-  pb::ListApiKeysRequest request;
+  store_pb::ListApiKeysRequest request;
   request.set_tenant_id(kTenant);
   auto listed = Call(&Stub::ListApiKeys, request);
   ASSERT_TRUE(listed.ok()) << listed.status();
@@ -146,7 +146,7 @@ TEST_F(ApiKeys, CreateForAnUnknownTenantIsNotFound) {
 TEST_F(ApiKeys, KeysOfADisabledTenantDoNotResolveUntilItIsEnabledAgain) {
   auto created = CreateApiKey({"sessions:read"});
   ASSERT_TRUE(created.ok()) << created.status();
-  pb::SetTenantDisabledRequest disable;
+  store_pb::SetTenantDisabledRequest disable;
   disable.set_tenant_id(kTenant);
   disable.set_disabled(true);
   auto disabled = Call(&Stub::SetTenantDisabled, disable);
@@ -172,21 +172,21 @@ TEST_F(ApiKeys, KeysOfADisabledTenantDoNotResolveUntilItIsEnabledAgain) {
 
 TEST_F(ApiKeys, ListTenantsPagesInIdOrderAndHidesDisabledOnesUnlessAsked) {
   for (const char* id : {"t_c", "t_a", "t_b"}) CreateTenant(id);
-  pb::SetTenantDisabledRequest disable;
+  store_pb::SetTenantDisabledRequest disable;
   disable.set_tenant_id("t_b");
   disable.set_disabled(true);
   ASSERT_TRUE(Call(&Stub::SetTenantDisabled, disable).ok());
 
   auto listed_ids = [&](bool include_disabled) {
     std::vector<std::string> ids;
-    pb::ListTenantsRequest request;
+    store_pb::ListTenantsRequest request;
     request.set_page_size(1);
     request.set_include_disabled(include_disabled);
     for (int page = 0; page < 10; ++page) {
       auto listed = Call(&Stub::ListTenants, request);
       EXPECT_TRUE(listed.ok()) << listed.status();
       if (!listed.ok()) break;
-      for (const pb::Tenant& t : listed->tenants()) ids.push_back(t.id());
+      for (const store_pb::Tenant& t : listed->tenants()) ids.push_back(t.id());
       if (listed->next_page_token().empty()) break;
       request.set_page_token(listed->next_page_token());
     }
@@ -195,7 +195,7 @@ TEST_F(ApiKeys, ListTenantsPagesInIdOrderAndHidesDisabledOnesUnlessAsked) {
   EXPECT_THAT(listed_ids(false), ElementsAre("t_a", "t_c", kTenant));
   EXPECT_THAT(listed_ids(true), ElementsAre("t_a", "t_b", "t_c", kTenant));
 
-  pb::ListTenantsRequest bad;
+  store_pb::ListTenantsRequest bad;
   bad.set_page_token("garbage");
   EXPECT_EQ(Call(&Stub::ListTenants, bad).status().code(), absl::StatusCode::kInvalidArgument);
 }

@@ -16,23 +16,23 @@ namespace {
 
 using ::testing::ElementsAre;
 
-std::vector<uint64_t> Seqs(const pb::ReadEventsResponse& read) {
+std::vector<uint64_t> Seqs(const store_pb::ReadEventsResponse& read) {
   std::vector<uint64_t> seqs;
-  for (const api::Event& event : read.events()) seqs.push_back(event.seq());
+  for (const v1::Event& event : read.events()) seqs.push_back(event.seq());
   return seqs;
 }
 
 class Events : public StoreTest {
  protected:
   // Events 1 … n of one turn: TurnStarted, text deltas, TurnCompleted.
-  static std::vector<api::Event> ATurnOf(const std::string& session_id, uint64_t n) {
-    std::vector<api::Event> events;
+  static std::vector<v1::Event> ATurnOf(const std::string& session_id, uint64_t n) {
+    std::vector<v1::Event> events;
     for (uint64_t seq = 1; seq <= n; ++seq) {
       events.push_back(TextEvent(session_id, seq, "token " + std::to_string(seq)));
     }
     events.front().mutable_turn_started()->set_turn_id("turn_x");
     events.front().mutable_turn_started()->set_attempt(1);
-    events.back().mutable_turn_completed()->set_status(api::TURN_STATUS_SUCCEEDED);
+    events.back().mutable_turn_completed()->set_status(v1::TURN_STATUS_SUCCEEDED);
     events.back().mutable_turn_completed()->mutable_usage()->set_output_tokens(7);
     return events;
   }
@@ -46,7 +46,7 @@ class Events : public StoreTest {
 };
 
 TEST_F(Events, AppendedEventsReadBackUnchanged) {
-  std::vector<api::Event> events = ATurnOf(session_id_, 3);
+  std::vector<v1::Event> events = ATurnOf(session_id_, 3);
   auto appended = AppendEvents(session_id_, events);
   ASSERT_TRUE(appended.ok()) << appended.status();
   EXPECT_EQ(appended->appended(), 3u);
@@ -61,7 +61,7 @@ TEST_F(Events, AppendedEventsReadBackUnchanged) {
 }
 
 TEST_F(Events, ReplayingABatchAppendsNothing) {
-  std::vector<api::Event> events = ATurnOf(session_id_, 3);
+  std::vector<v1::Event> events = ATurnOf(session_id_, 3);
   ASSERT_TRUE(AppendEvents(session_id_, events).ok());
   auto replay = AppendEvents(session_id_, events);
   ASSERT_TRUE(replay.ok()) << replay.status();
@@ -72,7 +72,7 @@ TEST_F(Events, ReplayingABatchAppendsNothing) {
 }
 
 TEST_F(Events, ABatchOverlappingTheLogAppendsOnlyTheNewEvents) {
-  std::vector<api::Event> events = ATurnOf(session_id_, 4);
+  std::vector<v1::Event> events = ATurnOf(session_id_, 4);
   ASSERT_TRUE(AppendEvents(session_id_, {events[0], events[1]}).ok());
   auto overlapping = AppendEvents(session_id_, {events[1], events[2], events[3]});
   ASSERT_TRUE(overlapping.ok()) << overlapping.status();
@@ -83,8 +83,8 @@ TEST_F(Events, ABatchOverlappingTheLogAppendsOnlyTheNewEvents) {
 
 TEST_F(Events, AStoredSeqWithOtherContentIsSeqConflictAndNothingIsStored) {
   ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 2)).ok());
-  std::vector<api::Event> rewrite = {TextEvent(session_id_, 2, "different"),
-                                     TextEvent(session_id_, 3, "new")};
+  std::vector<v1::Event> rewrite = {TextEvent(session_id_, 2, "different"),
+                                    TextEvent(session_id_, 3, "new")};
   auto conflict = AppendEvents(session_id_, rewrite);
   EXPECT_EQ(conflict.status().code(), absl::StatusCode::kAlreadyExists) << conflict.status();
   EXPECT_EQ(Reason(conflict.status()), "SEQ_CONFLICT");
@@ -103,7 +103,7 @@ TEST_F(Events, ABatchStartingPastTheNextSeqIsSeqGap) {
 }
 
 TEST_F(Events, TransientEventsAreNotStored) {
-  api::Event retry = TextEvent(session_id_, 1, "");
+  v1::Event retry = TextEvent(session_id_, 1, "");
   retry.set_transient(true);
   retry.mutable_retry_scheduled()->set_attempt(2);
   auto appended = AppendEvents(
@@ -113,7 +113,7 @@ TEST_F(Events, TransientEventsAreNotStored) {
   EXPECT_EQ(appended->skipped(), 1u);
   auto read = ReadEvents(session_id_);
   EXPECT_THAT(Seqs(*read), ElementsAre(1, 2));
-  for (const api::Event& event : read->events()) EXPECT_FALSE(event.transient());
+  for (const v1::Event& event : read->events()) EXPECT_FALSE(event.transient());
 }
 
 TEST_F(Events, ReadPagesByAfterSeqAndLimit) {
@@ -135,7 +135,7 @@ TEST_F(Events, ReadLimitOver10000IsInvalidArgument) {
 }
 
 TEST_F(Events, GetLastSeqReportsTheDurableEndAndTheEpoch) {
-  pb::GetLastSeqRequest request;
+  store_pb::GetLastSeqRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id(session_id_);
   auto empty = Call(&Stub::GetLastSeq, request);
@@ -154,7 +154,7 @@ TEST_F(Events, GetLastSeqReportsTheDurableEndAndTheEpoch) {
 TEST_F(Events, GetLastSeqWithATurnAnswersForTheSessionsTurnOnly) {
   auto enqueued = Enqueue(session_id_, "hello");
   ASSERT_TRUE(enqueued.ok()) << enqueued.status();
-  pb::GetLastSeqRequest request;
+  store_pb::GetLastSeqRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id(session_id_);
   request.set_turn_id(enqueued->turn().id());
@@ -162,15 +162,15 @@ TEST_F(Events, GetLastSeqWithATurnAnswersForTheSessionsTurnOnly) {
   ASSERT_TRUE(answer.ok()) << answer.status();
   EXPECT_EQ(answer->epoch(), 1u);
   EXPECT_EQ(answer->turn().id(), enqueued->turn().id());
-  EXPECT_EQ(answer->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(answer->turn().status(), v1::TURN_STATUS_QUEUED);
 
-  pb::GetLastSeqRequest other_session = request;
+  store_pb::GetLastSeqRequest other_session = request;
   other_session.set_session_id(CreateSession(kTenant).id());
   EXPECT_EQ(Call(&Stub::GetLastSeq, other_session).status().code(), absl::StatusCode::kNotFound);
-  pb::GetLastSeqRequest other_tenant = request;
+  store_pb::GetLastSeqRequest other_tenant = request;
   other_tenant.set_tenant_id("tenant_b");
   EXPECT_EQ(Call(&Stub::GetLastSeq, other_tenant).status().code(), absl::StatusCode::kNotFound);
-  pb::GetLastSeqRequest malformed = request;
+  store_pb::GetLastSeqRequest malformed = request;
   malformed.set_turn_id("turn\nwith a control character");
   auto refused = Call(&Stub::GetLastSeq, malformed);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
@@ -179,7 +179,7 @@ TEST_F(Events, GetLastSeqWithATurnAnswersForTheSessionsTurnOnly) {
 
 TEST_F(Events, AdvanceEpochIsACompareAndSet) {
   ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 3)).ok());
-  pb::AdvanceEpochRequest request;
+  store_pb::AdvanceEpochRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id(session_id_);
   request.set_expected_epoch(1);
@@ -205,11 +205,11 @@ TEST_F(Events, AnEpochChangeWaitsForAnAppendInFlight) {
   pqxx::work held(holder);
   held.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", session_id_);
 
-  pb::AdvanceEpochRequest request;
+  store_pb::AdvanceEpochRequest request;
   request.set_tenant_id(kTenant);
   request.set_session_id(session_id_);
   request.set_expected_epoch(1);
-  absl::StatusOr<pb::AdvanceEpochResponse> advanced;
+  absl::StatusOr<store_pb::AdvanceEpochResponse> advanced;
   std::thread advance([&] { advanced = Call(&Stub::AdvanceEpoch, request); });
   // Wait until Postgres shows the change blocked on the advisory lock (a state, not a
   // duration), then let the "append" commit one more event and release the lock.
@@ -242,7 +242,7 @@ TEST_F(Events, AnEpochChangeWaitsForAnAppendInFlight) {
 // epoch 2 continues after the resume point.
 TEST_F(Events, AnAppendWithTheOldEpochAfterAdvanceEpochIsRefused) {
   ASSERT_TRUE(AppendEvents(session_id_, ATurnOf(session_id_, 3)).ok());
-  pb::AdvanceEpochRequest advance;
+  store_pb::AdvanceEpochRequest advance;
   advance.set_tenant_id(kTenant);
   advance.set_session_id(session_id_);
   advance.set_expected_epoch(1);

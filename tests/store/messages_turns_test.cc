@@ -24,9 +24,9 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
-std::vector<std::string> Texts(const pb::ListMessagesResponse& page) {
+std::vector<std::string> Texts(const store_pb::ListMessagesResponse& page) {
   std::vector<std::string> texts;
-  for (const api::Message& m : page.messages()) texts.push_back(m.parts(0).text());
+  for (const v1::Message& m : page.messages()) texts.push_back(m.parts(0).text());
   return texts;
 }
 
@@ -43,8 +43,8 @@ class Messages : public StoreTest {
     return session_id;
   }
 
-  api::ListMessagesRequest Cursor(const std::string& session_id, uint32_t limit) {
-    api::ListMessagesRequest cursor;
+  v1::ListMessagesRequest Cursor(const std::string& session_id, uint32_t limit) {
+    v1::ListMessagesRequest cursor;
     cursor.set_session_id(session_id);
     cursor.set_limit(limit);
     return cursor;
@@ -71,8 +71,8 @@ TEST_F(Messages, AppendWithAKnownIdempotencyKeyReturnsTheFirstMessage) {
 TEST_F(Messages, ConcurrentAppendsWithOneIdempotencyKeyStoreOneMessage) {
   std::string session_id = CreateSession(kTenant).id();
   constexpr int kCallers = 8;
-  std::vector<absl::StatusOr<pb::AppendMessageResponse>> results(kCallers,
-                                                                 absl::UnknownError("unrun"));
+  std::vector<absl::StatusOr<store_pb::AppendMessageResponse>> results(kCallers,
+                                                                       absl::UnknownError("unrun"));
   std::vector<std::thread> threads;
   for (int i = 0; i < kCallers; ++i) {
     threads.emplace_back(
@@ -111,7 +111,7 @@ TEST_F(Messages, ListReadsForwardFromTheFirstMessage) {
 
 TEST_F(Messages, ListAfterAMessageReadsTheFollowingOnes) {
   std::string session_id = SessionWithFiveMessages();
-  api::ListMessagesRequest cursor = Cursor(session_id, 2);
+  v1::ListMessagesRequest cursor = Cursor(session_id, 2);
   cursor.set_after_message_id(ids_[1]);
   auto page = ListMessages(cursor);
   ASSERT_TRUE(page.ok()) << page.status();
@@ -126,7 +126,7 @@ TEST_F(Messages, ListAfterAMessageReadsTheFollowingOnes) {
 
 TEST_F(Messages, ListBeforeAMessageReadsThePrecedingOnesInChronologicalOrder) {
   std::string session_id = SessionWithFiveMessages();
-  api::ListMessagesRequest cursor = Cursor(session_id, 2);
+  v1::ListMessagesRequest cursor = Cursor(session_id, 2);
   cursor.set_before_message_id(ids_[4]);
   auto page = ListMessages(cursor);
   ASSERT_TRUE(page.ok()) << page.status();
@@ -140,7 +140,7 @@ TEST_F(Messages, ListBeforeAMessageReadsThePrecedingOnesInChronologicalOrder) {
 
 TEST_F(Messages, ListLatestReadsTheNewestInChronologicalOrder) {
   std::string session_id = SessionWithFiveMessages();
-  api::ListMessagesRequest cursor = Cursor(session_id, 3);
+  v1::ListMessagesRequest cursor = Cursor(session_id, 3);
   cursor.set_latest(true);
   auto page = ListMessages(cursor);
   ASSERT_TRUE(page.ok()) << page.status();
@@ -150,7 +150,7 @@ TEST_F(Messages, ListLatestReadsTheNewestInChronologicalOrder) {
 
 TEST_F(Messages, ListWithAnUnknownCursorMessageIsNotFound) {
   std::string session_id = SessionWithFiveMessages();
-  api::ListMessagesRequest cursor = Cursor(session_id, 2);
+  v1::ListMessagesRequest cursor = Cursor(session_id, 2);
   cursor.set_after_message_id(NewId("msg"));
   EXPECT_EQ(ListMessages(cursor).status().code(), absl::StatusCode::kNotFound);
 }
@@ -158,7 +158,7 @@ TEST_F(Messages, ListWithAnUnknownCursorMessageIsNotFound) {
 TEST_F(Messages, ListOfAnEmptySessionIsAnEmptyPageNotAnError) {
   std::string session_id = CreateSession(kTenant).id();
   for (bool latest : {false, true}) {
-    api::ListMessagesRequest cursor = Cursor(session_id, 10);
+    v1::ListMessagesRequest cursor = Cursor(session_id, 10);
     cursor.set_latest(latest);
     auto page = ListMessages(cursor);
     ASSERT_TRUE(page.ok()) << page.status();
@@ -169,11 +169,11 @@ TEST_F(Messages, ListOfAnEmptySessionIsAnEmptyPageNotAnError) {
 
 TEST_F(Messages, ListPastEitherEndIsAnEmptyPageNotAnError) {
   std::string session_id = SessionWithFiveMessages();
-  api::ListMessagesRequest after = Cursor(session_id, 2);
+  v1::ListMessagesRequest after = Cursor(session_id, 2);
   after.set_after_message_id(ids_[4]);
-  api::ListMessagesRequest before = Cursor(session_id, 2);
+  v1::ListMessagesRequest before = Cursor(session_id, 2);
   before.set_before_message_id(ids_[0]);
-  for (const api::ListMessagesRequest& cursor : {after, before}) {
+  for (const v1::ListMessagesRequest& cursor : {after, before}) {
     auto page = ListMessages(cursor);
     ASSERT_TRUE(page.ok()) << page.status();
     EXPECT_THAT(page->messages(), IsEmpty());
@@ -184,7 +184,7 @@ TEST_F(Messages, ListPastEitherEndIsAnEmptyPageNotAnError) {
 TEST_F(Messages, ACursorFromAnotherSessionIsNotFound) {
   std::string session_id = SessionWithFiveMessages();
   std::string other_session = CreateSession(kTenant).id();
-  api::ListMessagesRequest cursor = Cursor(other_session, 2);
+  v1::ListMessagesRequest cursor = Cursor(other_session, 2);
   cursor.set_before_message_id(ids_[2]);
   auto page = ListMessages(cursor);
   EXPECT_EQ(page.status().code(), absl::StatusCode::kNotFound) << page.status();
@@ -214,7 +214,8 @@ TEST_F(Turns, EnqueueWithAKnownIdempotencyKeyReturnsTheFirstResult) {
 
 TEST_F(Turns, ConcurrentRetriesWithOneKeyStoreOneMessageAndOneTurn) {
   std::string session_id = CreateSession(kTenant).id();
-  std::vector<absl::StatusOr<pb::EnqueueTurnResponse>> results(8, absl::UnknownError("unrun"));
+  std::vector<absl::StatusOr<store_pb::EnqueueTurnResponse>> results(8,
+                                                                     absl::UnknownError("unrun"));
   std::vector<std::thread> threads;
   for (int i = 0; i < 8; ++i) {
     threads.emplace_back([&, i] { results[i] = Enqueue(session_id, "hello", "key-1"); });
@@ -256,7 +257,7 @@ TEST_F(Turns, EnqueueOnAClosedSessionIsSessionClosed) {
 TEST_F(Turns, RejectPolicyRefusesAMessageWhileATurnIsQueued) {
   std::string session_id = CreateSession(kTenant).id();
   ASSERT_TRUE(Enqueue(session_id, "first").ok());
-  auto rejected = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_REJECT);
+  auto rejected = Enqueue(session_id, "second", "", v1::MULTITASK_POLICY_REJECT);
   EXPECT_EQ(rejected.status().code(), absl::StatusCode::kFailedPrecondition) << rejected.status();
   EXPECT_EQ(Reason(rejected.status()), "SESSION_BUSY");
   EXPECT_EQ(AllMessages(session_id).size(), 1u);
@@ -264,8 +265,8 @@ TEST_F(Turns, RejectPolicyRefusesAMessageWhileATurnIsQueued) {
 }
 
 TEST_F(Turns, RejectPolicyOfTheSessionRefusesAMessageWhileATurnRuns) {
-  api::CreateSessionRequest fields;
-  fields.mutable_agent_config()->set_multitask_policy(api::MULTITASK_POLICY_REJECT);
+  v1::CreateSessionRequest fields;
+  fields.mutable_agent_config()->set_multitask_policy(v1::MULTITASK_POLICY_REJECT);
   std::string session_id = CreateSession(kTenant, fields).id();
   std::string running = Enqueue(session_id, "first")->turn().id();
   ASSERT_EQ(Claim()->turn().id(), running);
@@ -281,10 +282,10 @@ TEST_F(Turns, InterruptPolicyFlagsTheRunningTurnAndQueuesTheNewOne) {
   std::string running = Enqueue(session_id, "first")->turn().id();
   ASSERT_EQ(Claim()->turn().id(), running);
 
-  auto interrupting = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_INTERRUPT);
+  auto interrupting = Enqueue(session_id, "second", "", v1::MULTITASK_POLICY_INTERRUPT);
   ASSERT_TRUE(interrupting.ok()) << interrupting.status();
   EXPECT_EQ(interrupting->interrupted_turn_id(), running);
-  EXPECT_EQ(interrupting->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(interrupting->turn().status(), v1::TURN_STATUS_QUEUED);
   EXPECT_TRUE(GetTurn(running)->cancel_requested());
 }
 
@@ -292,9 +293,9 @@ TEST_F(Turns, InterruptPolicyCancelsAQueuedTurnOutright) {
   std::string session_id = CreateSession(kTenant).id();
   std::string queued = Enqueue(session_id, "first")->turn().id();
 
-  auto interrupting = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_INTERRUPT);
+  auto interrupting = Enqueue(session_id, "second", "", v1::MULTITASK_POLICY_INTERRUPT);
   ASSERT_TRUE(interrupting.ok()) << interrupting.status();
-  EXPECT_EQ(GetTurn(queued)->status(), api::TURN_STATUS_CANCELLED);
+  EXPECT_EQ(GetTurn(queued)->status(), v1::TURN_STATUS_CANCELLED);
   EXPECT_EQ(interrupting->interrupted_turn_id(), queued);
   EXPECT_EQ(Claim()->turn().id(), interrupting->turn().id());
 }
@@ -304,9 +305,9 @@ TEST_F(Turns, EnqueuePolicyQueuesBehindTheRunningTurn) {
   std::string running = Enqueue(session_id, "first")->turn().id();
   ASSERT_EQ(Claim()->turn().id(), running);
 
-  auto queued = Enqueue(session_id, "second", "", api::MULTITASK_POLICY_ENQUEUE);
+  auto queued = Enqueue(session_id, "second", "", v1::MULTITASK_POLICY_ENQUEUE);
   ASSERT_TRUE(queued.ok()) << queued.status();
-  EXPECT_EQ(queued->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(queued->turn().status(), v1::TURN_STATUS_QUEUED);
   EXPECT_THAT(queued->interrupted_turn_id(), IsEmpty());
   EXPECT_FALSE(GetTurn(running)->cancel_requested());
 }
@@ -316,11 +317,11 @@ TEST_F(Turns, EnqueuePolicyQueuesBehindTheRunningTurn) {
 class ClaimOnEnqueue : public StoreTest {
  protected:
   // Enqueues `text` asking the store to claim the new turn for `owner`.
-  absl::StatusOr<pb::EnqueueTurnResponse> EnqueueClaiming(const std::string& session_id,
-                                                          const std::string& text,
-                                                          const std::string& key = "",
-                                                          const std::string& owner = kOwner) {
-    pb::EnqueueTurnRequest request = EnqueueRequest(session_id, text, key);
+  absl::StatusOr<store_pb::EnqueueTurnResponse> EnqueueClaiming(const std::string& session_id,
+                                                                const std::string& text,
+                                                                const std::string& key = "",
+                                                                const std::string& owner = kOwner) {
+    store_pb::EnqueueTurnRequest request = EnqueueRequest(session_id, text, key);
     request.mutable_claim()->set_owner(owner);
     request.mutable_claim()->set_lease_ttl_ms(kLeaseTtlMs);
     return Call(&Stub::EnqueueTurn, request);
@@ -335,10 +336,10 @@ TEST_F(ClaimOnEnqueue, AnIdleSessionsTurnIsClaimedAsItIsEnqueuedWhenNothingElseW
   auto enqueued = EnqueueClaiming(session_id, "hello");
   ASSERT_TRUE(enqueued.ok()) << enqueued.status();
   ASSERT_TRUE(enqueued->claim().has_turn());
-  const pb::ClaimNextTurnResponse& claim = enqueued->claim();
+  const store_pb::ClaimNextTurnResponse& claim = enqueued->claim();
   EXPECT_EQ(claim.turn().id(), enqueued->turn().id());
-  EXPECT_EQ(claim.turn().status(), api::TURN_STATUS_RUNNING);
-  EXPECT_EQ(enqueued->turn().status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(claim.turn().status(), v1::TURN_STATUS_RUNNING);
+  EXPECT_EQ(enqueued->turn().status(), v1::TURN_STATUS_RUNNING);
   EXPECT_EQ(claim.turn().attempt(), 1u);
   EXPECT_GE(claim.lease_epoch(), 1u);
   EXPECT_FALSE(claim.recovery());
@@ -349,7 +350,7 @@ TEST_F(ClaimOnEnqueue, AnIdleSessionsTurnIsClaimedAsItIsEnqueuedWhenNothingElseW
   EXPECT_FALSE(Claim()->has_turn()) << "the claimers find nothing left";
   EXPECT_TRUE(Heartbeat(claim.turn().id(), kOwner, claim.lease_epoch()).ok());
   ASSERT_TRUE(Complete(Completion(claim)).ok());
-  EXPECT_EQ(GetTurn(claim.turn().id())->status(), api::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(GetTurn(claim.turn().id())->status(), v1::TURN_STATUS_SUCCEEDED);
 
   // The next turn of the session takes a greater epoch, claimed on enqueue as well.
   auto next = EnqueueClaiming(session_id, "again");
@@ -377,7 +378,7 @@ TEST_F(ClaimOnEnqueue, ARetryGetsItsUnstartedClaimAgainButNoOtherWorkerDoes) {
   EXPECT_FALSE(other->claim().has_turn());
   // Once it has published (its first seq reported), a retry gets no claim.
   ASSERT_TRUE(Heartbeat(first->claim().turn().id(), kOwner, first->claim().lease_epoch()).ok());
-  pb::HeartbeatTurnRequest progress;
+  store_pb::HeartbeatTurnRequest progress;
   progress.set_tenant_id(kTenant);
   progress.set_turn_id(first->claim().turn().id());
   progress.set_owner(kOwner);
@@ -400,7 +401,7 @@ TEST_F(ClaimOnEnqueue, ATurnIsNeverClaimedBehindWorkOrAheadOfAWaitingSession) {
   auto behind = EnqueueClaiming(busy, "second");
   ASSERT_TRUE(behind.ok()) << behind.status();
   EXPECT_FALSE(behind->claim().has_turn());
-  EXPECT_EQ(behind->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(behind->turn().status(), v1::TURN_STATUS_QUEUED);
 
   std::string waiting = CreateSession(kTenant).id();
   ASSERT_TRUE(Enqueue(waiting, "waits").ok());  // Runnable, unclaimed.
@@ -408,14 +409,14 @@ TEST_F(ClaimOnEnqueue, ATurnIsNeverClaimedBehindWorkOrAheadOfAWaitingSession) {
   auto jumper = EnqueueClaiming(idle, "me first?");
   ASSERT_TRUE(jumper.ok()) << jumper.status();
   EXPECT_FALSE(jumper->claim().has_turn());
-  EXPECT_EQ(jumper->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(jumper->turn().status(), v1::TURN_STATUS_QUEUED);
   // The claimers take the waiting session first.
   auto claimed = Claim();
   ASSERT_TRUE(claimed.ok() && claimed->has_turn());
   EXPECT_EQ(claimed->turn().session_id(), waiting);
 
   // A malformed claim request is refused before anything is written.
-  pb::EnqueueTurnRequest bad = EnqueueRequest(idle, "x");
+  store_pb::EnqueueTurnRequest bad = EnqueueRequest(idle, "x");
   bad.mutable_claim()->set_owner(kOwner);
   bad.mutable_claim()->set_lease_ttl_ms(0);
   EXPECT_EQ(Call(&Stub::EnqueueTurn, bad).status().code(), absl::StatusCode::kInvalidArgument);
@@ -453,13 +454,13 @@ TEST_F(Turns, AMessageSentWhileATurnRanMovesBehindThatTurnsAnswerWhenItsTurnRuns
   ASSERT_TRUE(second.ok() && third.ok());
   auto texts = [&] {
     std::vector<std::string> out;
-    for (const api::Message& m : AllMessages(session_id)) out.push_back(m.parts(0).text());
+    for (const v1::Message& m : AllMessages(session_id)) out.push_back(m.parts(0).text());
     return out;
   };
-  auto answer = [&](const pb::ClaimNextTurnResponse& claim, const std::string& text) {
-    pb::CompleteTurnRequest completion = Completion(claim);
-    api::Message* message = completion.add_messages();
-    message->set_role(api::ROLE_ASSISTANT);
+  auto answer = [&](const store_pb::ClaimNextTurnResponse& claim, const std::string& text) {
+    store_pb::CompleteTurnRequest completion = Completion(claim);
+    v1::Message* message = completion.add_messages();
+    message->set_role(v1::ROLE_ASSISTANT);
     *message->add_parts() = TextPart(text);
     ASSERT_TRUE(Complete(completion).ok());
   };
@@ -470,7 +471,7 @@ TEST_F(Turns, AMessageSentWhileATurnRanMovesBehindThatTurnsAnswerWhenItsTurnRuns
   ASSERT_TRUE(claimed.ok() && claimed->turn().id() == second->turn().id()) << claimed.status();
   EXPECT_THAT(texts(), ElementsAre("first", "answer one", "second", "third"));
   // What the running turn's history reads: everything before its own message.
-  api::ListMessagesRequest cursor;
+  v1::ListMessagesRequest cursor;
   cursor.set_session_id(session_id);
   cursor.set_before_message_id(second->message().id());
   auto before = ListMessages(cursor);
@@ -570,7 +571,7 @@ TEST_F(Turns, ConcurrentClaimersNeverShareATurnNorRunTwoInOneSession) {
   // before it in its session ended (the client-side check above cannot see a claim
   // that lands between a heartbeat and its completion).
   for (const auto& [session_id, turn_ids] : enqueued) {
-    std::vector<api::Turn> turns = AllTurns(session_id);
+    std::vector<v1::Turn> turns = AllTurns(session_id);
     ASSERT_EQ(turns.size(), turn_ids.size());
     for (size_t i = 1; i < turns.size(); ++i) {
       EXPECT_GE(google::protobuf::util::TimeUtil::TimestampToMicroseconds(turns[i].start_time()),
@@ -606,7 +607,7 @@ TEST_F(Turns, ClaimsRacingCancelsNeverStartACancelledTurn) {
       absl::MutexLock lock(&mu);
       if (!cancelled.ok()) {
         failures.push_back(cancelled.status());
-      } else if (cancelled->turn().status() == api::TURN_STATUS_CANCELLED) {
+      } else if (cancelled->turn().status() == v1::TURN_STATUS_CANCELLED) {
         // Not the turns that had already run, nor a running one (only flagged).
         cancelled_while_queued.insert(second_turns[s]);
       }
@@ -644,7 +645,7 @@ TEST_F(Turns, ClaimsRacingCancelsNeverStartACancelledTurn) {
   EXPECT_THAT(failures, IsEmpty());
   for (const std::string& turn_id : cancelled_while_queued) {
     EXPECT_FALSE(claimed.contains(turn_id)) << turn_id << " was cancelled while queued, then run";
-    EXPECT_EQ(GetTurn(turn_id)->status(), api::TURN_STATUS_CANCELLED);
+    EXPECT_EQ(GetTurn(turn_id)->status(), v1::TURN_STATUS_CANCELLED);
   }
   EXPECT_FALSE(Claim()->has_turn());
   std::set<std::string> fresh;
@@ -682,8 +683,8 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   absl::Mutex mu;
   std::map<std::string, std::string> claimed;  // turn -> session
   std::vector<std::string> claims_of_closed_sessions;
-  std::map<std::string, pb::CloseSessionResponse> closes;  // session -> its close
-  std::set<std::string> close_answered;                    // sessions, failed closes too
+  std::map<std::string, store_pb::CloseSessionResponse> closes;  // session -> its close
+  std::set<std::string> close_answered;                          // sessions, failed closes too
   std::vector<absl::Status> failures;
   std::atomic<bool> closes_done = false;
   int holders = 0;  // Claimers holding a pinned session's turn (under mu).
@@ -710,7 +711,7 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
       {
         absl::MutexLock lock(&mu);
         claimed[claim->turn().id()] = session_id;
-        if (claim->session().status() == api::SESSION_STATUS_CLOSED) {
+        if (claim->session().status() == v1::SESSION_STATUS_CLOSED) {
           claims_of_closed_sessions.push_back(claim->turn().id());
         }
         // A pinned session's turn is held until its close has answered, so the close
@@ -766,7 +767,7 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
     const bool session_had_a_claim = claimed_from(session_id);
     for (const std::string& turn_id : close.cancelled_turn_ids()) {
       EXPECT_FALSE(claimed.contains(turn_id)) << turn_id << " was cancelled by the close, then run";
-      EXPECT_EQ(GetTurn(turn_id)->status(), api::TURN_STATUS_CANCELLED) << turn_id;
+      EXPECT_EQ(GetTurn(turn_id)->status(), v1::TURN_STATUS_CANCELLED) << turn_id;
       claimed_then_cancelled = claimed_then_cancelled || session_had_a_claim;
     }
     if (!close.running_turn_id().empty()) {
@@ -776,9 +777,9 @@ TEST_F(Turns, ClaimsRacingCloseSessionNeverHandOutATurnOfAClosedSession) {
   }
   EXPECT_TRUE(claimed_then_cancelled) << "no session was closed between two of its turns";
   for (const std::string& session_id : sessions) {
-    for (const api::Turn& turn : AllTurns(session_id)) {
-      EXPECT_NE(turn.status(), api::TURN_STATUS_QUEUED) << turn.id();
-      if (turn.status() == api::TURN_STATUS_RUNNING) {
+    for (const v1::Turn& turn : AllTurns(session_id)) {
+      EXPECT_NE(turn.status(), v1::TURN_STATUS_QUEUED) << turn.id();
+      if (turn.status() == v1::TURN_STATUS_RUNNING) {
         EXPECT_TRUE(turn.cancel_requested()) << turn.id();
       }
     }
@@ -874,12 +875,12 @@ TEST_F(Turns, CompleteWithAnOlderEpochIsLeaseLostAndChangesNothing) {
   auto claim = Claim();
   ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
 
-  pb::CompleteTurnRequest stale = Completion(*claim);
+  store_pb::CompleteTurnRequest stale = Completion(*claim);
   stale.set_lease_epoch(claim->lease_epoch() - 1);
   auto done = Complete(stale);
   EXPECT_EQ(done.status().code(), absl::StatusCode::kFailedPrecondition) << done.status();
   EXPECT_EQ(Reason(done.status()), "LEASE_LOST");
-  EXPECT_EQ(GetTurn(claim->turn().id())->status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(GetTurn(claim->turn().id())->status(), v1::TURN_STATUS_RUNNING);
 }
 
 TEST_F(Turns, CompleteFromAnotherOwnerIsLeaseLostAndChangesNothing) {
@@ -891,7 +892,7 @@ TEST_F(Turns, CompleteFromAnotherOwnerIsLeaseLostAndChangesNothing) {
   auto done = Complete(Completion(*claim, "intruder"));
   EXPECT_EQ(done.status().code(), absl::StatusCode::kFailedPrecondition) << done.status();
   EXPECT_EQ(Reason(done.status()), "LEASE_LOST");
-  EXPECT_EQ(GetTurn(claim->turn().id())->status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(GetTurn(claim->turn().id())->status(), v1::TURN_STATUS_RUNNING);
 }
 
 TEST_F(Turns, AnExpiredLeaseIsReclaimedAndClaimedAgainAsARecovery) {
@@ -937,26 +938,26 @@ TEST_F(Turns, CompleteStoresTheAssistantMessagesUsageAndStatus) {
   auto claim = Claim();
   ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
 
-  pb::CompleteTurnRequest completion = Completion(*claim);
+  store_pb::CompleteTurnRequest completion = Completion(*claim);
   completion.mutable_usage()->set_input_tokens(10);
   completion.mutable_usage()->set_output_tokens(20);
   completion.set_steps(1);
-  api::Message* answer = completion.add_messages();
-  answer->set_role(api::ROLE_ASSISTANT);
+  v1::Message* answer = completion.add_messages();
+  answer->set_role(v1::ROLE_ASSISTANT);
   *answer->add_parts() = TextPart("4");
   auto done = Complete(completion);
   ASSERT_TRUE(done.ok()) << done.status();
 
-  EXPECT_EQ(done->turn().status(), api::TURN_STATUS_SUCCEEDED);
-  EXPECT_EQ(done->turn().finish_reason(), api::FINISH_REASON_STOP);
+  EXPECT_EQ(done->turn().status(), v1::TURN_STATUS_SUCCEEDED);
+  EXPECT_EQ(done->turn().finish_reason(), v1::FINISH_REASON_STOP);
   EXPECT_EQ(done->turn().usage().input_tokens(), 10u);
   EXPECT_EQ(done->turn().usage().output_tokens(), 20u);
   EXPECT_TRUE(done->turn().has_end_time());
   EXPECT_EQ(Dump(*GetTurn(claim->turn().id())), Dump(done->turn()));
   ASSERT_EQ(done->messages_size(), 1);
-  std::vector<api::Message> messages = AllMessages(session_id);
+  std::vector<v1::Message> messages = AllMessages(session_id);
   ASSERT_EQ(messages.size(), 2u);
-  EXPECT_EQ(messages[1].role(), api::ROLE_ASSISTANT);
+  EXPECT_EQ(messages[1].role(), v1::ROLE_ASSISTANT);
   EXPECT_EQ(messages[1].turn_id(), claim->turn().id());
   EXPECT_EQ(messages[1].id(), done->messages(0).id());
   EXPECT_THAT(GetSession(session_id)->current_turn_id(), IsEmpty());
@@ -967,9 +968,9 @@ TEST_F(Turns, CompleteIsIdempotentForTheSameOwnerAndEpoch) {
   ASSERT_TRUE(Enqueue(session_id, "hello").ok());
   auto claim = Claim();
   ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
-  pb::CompleteTurnRequest completion = Completion(*claim);
-  api::Message* answer = completion.add_messages();
-  answer->set_role(api::ROLE_ASSISTANT);
+  store_pb::CompleteTurnRequest completion = Completion(*claim);
+  v1::Message* answer = completion.add_messages();
+  answer->set_role(v1::ROLE_ASSISTANT);
   *answer->add_parts() = TextPart("hi");
 
   auto first = Complete(completion);
@@ -985,8 +986,8 @@ TEST_F(Turns, CancelOfAQueuedTurnCancelsItAtOnce) {
 
   auto cancelled = CancelTurn(session_id, turn_id);
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
-  EXPECT_EQ(cancelled->turn().status(), api::TURN_STATUS_CANCELLED);
-  EXPECT_EQ(cancelled->turn().finish_reason(), api::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(cancelled->turn().status(), v1::TURN_STATUS_CANCELLED);
+  EXPECT_EQ(cancelled->turn().finish_reason(), v1::FINISH_REASON_CANCELLED);
   EXPECT_FALSE(cancelled->was_running());
   EXPECT_FALSE(Claim()->has_turn());
 }
@@ -1001,7 +1002,7 @@ TEST_F(Turns, CancelOfARunningTurnFlagsIt) {
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
   EXPECT_TRUE(cancelled->was_running());
   EXPECT_EQ(cancelled->turn().id(), claim->turn().id());
-  EXPECT_EQ(cancelled->turn().status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(cancelled->turn().status(), v1::TURN_STATUS_RUNNING);
   EXPECT_TRUE(cancelled->turn().cancel_requested());
 }
 

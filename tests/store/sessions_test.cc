@@ -20,32 +20,32 @@ using ::testing::UnorderedElementsAre;
 
 class Sessions : public StoreTest {
  protected:
-  api::Session CreateWith(void (*fill)(api::CreateSessionRequest&)) {
-    api::CreateSessionRequest fields;
+  v1::Session CreateWith(void (*fill)(v1::CreateSessionRequest&)) {
+    v1::CreateSessionRequest fields;
     fill(fields);
     return CreateSession(kTenant, fields);
   }
 
   // Ids of one page of ListSessions with these filters.
-  std::vector<std::string> ListIds(const api::ListSessionsRequest& filters) {
+  std::vector<std::string> ListIds(const v1::ListSessionsRequest& filters) {
     auto page = ListSessions(filters);
     EXPECT_TRUE(page.ok()) << page.status();
     std::vector<std::string> ids;
     if (page.ok()) {
-      for (const api::Session& s : page->sessions()) ids.push_back(s.id());
+      for (const v1::Session& s : page->sessions()) ids.push_back(s.id());
     }
     return ids;
   }
 
   // Follows next_page_token from `filters` to the end (at most 20 pages).
-  std::vector<std::vector<std::string>> ListPages(api::ListSessionsRequest filters) {
+  std::vector<std::vector<std::string>> ListPages(v1::ListSessionsRequest filters) {
     std::vector<std::vector<std::string>> pages;
     for (int i = 0; i < 20; ++i) {
       auto page = ListSessions(filters);
       EXPECT_TRUE(page.ok()) << page.status();
       if (!page.ok()) break;
       pages.emplace_back();
-      for (const api::Session& s : page->sessions()) pages.back().push_back(s.id());
+      for (const v1::Session& s : page->sessions()) pages.back().push_back(s.id());
       if (page->next_page_token().empty()) break;
       filters.set_page_token(page->next_page_token());
     }
@@ -59,11 +59,11 @@ class Sessions : public StoreTest {
     return ids;
   }
 
-  absl::StatusOr<pb::UpdateSessionResponse> Update(const std::string& session_id,
-                                                   const api::Session& values,
-                                                   const std::vector<std::string>& paths,
-                                                   uint64_t expected_version = 0) {
-    pb::UpdateSessionRequest request;
+  absl::StatusOr<store_pb::UpdateSessionResponse> Update(const std::string& session_id,
+                                                         const v1::Session& values,
+                                                         const std::vector<std::string>& paths,
+                                                         uint64_t expected_version = 0) {
+    store_pb::UpdateSessionRequest request;
     request.set_tenant_id(kTenant);
     request.mutable_request()->set_session_id(session_id);
     *request.mutable_request()->mutable_session() = values;
@@ -74,9 +74,9 @@ class Sessions : public StoreTest {
     return Call(&Stub::UpdateSession, request);
   }
 
-  absl::StatusOr<pb::CreateSessionResponse> CreateRaw(const api::CreateSessionRequest& fields,
-                                                      const std::string& tenant = kTenant) {
-    pb::CreateSessionRequest request;
+  absl::StatusOr<store_pb::CreateSessionResponse> CreateRaw(const v1::CreateSessionRequest& fields,
+                                                            const std::string& tenant = kTenant) {
+    store_pb::CreateSessionRequest request;
     request.set_tenant_id(tenant);
     *request.mutable_request() = fields;
     return Call(&Stub::CreateSession, request);
@@ -87,7 +87,7 @@ class Sessions : public StoreTest {
 
 TEST_F(Sessions, CreateWithAKnownExternalIdReturnsTheExistingSession) {
   CreateTenant(kTenant);
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   fields.set_external_id("conversation-1");
   fields.set_title("first");
   auto first = CreateRaw(fields);
@@ -102,9 +102,10 @@ TEST_F(Sessions, CreateWithAKnownExternalIdReturnsTheExistingSession) {
 
 TEST_F(Sessions, ConcurrentCreatesWithOneExternalIdYieldOneSession) {
   CreateTenant(kTenant);
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   fields.set_external_id("conversation-1");
-  std::vector<absl::StatusOr<pb::CreateSessionResponse>> results(8, absl::UnknownError("unrun"));
+  std::vector<absl::StatusOr<store_pb::CreateSessionResponse>> results(8,
+                                                                       absl::UnknownError("unrun"));
   std::vector<std::thread> threads;
   for (int i = 0; i < 8; ++i) threads.emplace_back([&, i] { results[i] = CreateRaw(fields); });
   for (std::thread& t : threads) t.join();
@@ -125,17 +126,17 @@ TEST_F(Sessions, CreateInAnUnknownTenantIsNotFound) {
 }
 
 TEST_F(Sessions, GetReturnsTheCreatedSession) {
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   fields.set_title("support chat");
   fields.set_user_id("user-7");
   fields.add_tags("vip");
   fields.mutable_agent_config()->set_provider("scripted");
-  api::Session created = CreateSession(kTenant, fields);
+  v1::Session created = CreateSession(kTenant, fields);
 
   auto got = GetSession(created.id());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(Dump(*got), Dump(created));
-  EXPECT_EQ(got->status(), api::SESSION_STATUS_ACTIVE);
+  EXPECT_EQ(got->status(), v1::SESSION_STATUS_ACTIVE);
   EXPECT_EQ(got->version(), 1u);
   EXPECT_EQ(got->epoch(), 1u);
   EXPECT_EQ(got->title(), "support chat");
@@ -143,9 +144,9 @@ TEST_F(Sessions, GetReturnsTheCreatedSession) {
 }
 
 TEST_F(Sessions, CreateKeepsTheMetadata) {
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   (*fields.mutable_metadata())["plan"] = "pro";
-  api::Session created = CreateSession(kTenant, fields);
+  v1::Session created = CreateSession(kTenant, fields);
   auto got = GetSession(created.id());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->metadata().at("plan"), "pro");
@@ -162,10 +163,10 @@ TEST_F(Sessions, ListFiltersByStatus) {
   std::string open = CreateSession(kTenant).id();
   std::string closed = CreateSession(kTenant).id();
   ASSERT_TRUE(CloseSession(closed).ok());
-  api::ListSessionsRequest filters;
-  filters.set_status(api::SESSION_STATUS_CLOSED);
+  v1::ListSessionsRequest filters;
+  filters.set_status(v1::SESSION_STATUS_CLOSED);
   EXPECT_THAT(ListIds(filters), ElementsAre(closed));
-  filters.set_status(api::SESSION_STATUS_ACTIVE);
+  filters.set_status(v1::SESSION_STATUS_ACTIVE);
   EXPECT_THAT(ListIds(filters), ElementsAre(open));
 }
 
@@ -176,7 +177,7 @@ TEST_F(Sessions, ListTagFilterRequiresEveryTag) {
                      }).id();
   std::string only_a = CreateWith([](auto& f) { f.add_tags("a"); }).id();
   CreateWith([](auto& f) { f.add_tags("b"); });
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.add_tags("a");
   filters.add_tags("b");
   EXPECT_THAT(ListIds(filters), ElementsAre(both));
@@ -192,7 +193,7 @@ TEST_F(Sessions, ListMetadataFilterMatchesEveryKeyValuePair) {
                          }).id();
   CreateWith([](auto& f) { (*f.mutable_metadata())["team"] = "red"; });
   CreateWith([](auto& f) { (*f.mutable_metadata())["team"] = "blue"; });
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   (*filters.mutable_metadata())["team"] = "red";
   (*filters.mutable_metadata())["env"] = "prod";
   EXPECT_THAT(ListIds(filters), ElementsAre(red_prod));
@@ -201,16 +202,16 @@ TEST_F(Sessions, ListMetadataFilterMatchesEveryKeyValuePair) {
 TEST_F(Sessions, ListFiltersByUserId) {
   std::string alice = CreateWith([](auto& f) { f.set_user_id("alice"); }).id();
   CreateWith([](auto& f) { f.set_user_id("bob"); });
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_user_id("alice");
   EXPECT_THAT(ListIds(filters), ElementsAre(alice));
 }
 
 TEST_F(Sessions, ListCreatedRangeIncludesItsStartAndExcludesItsEnd) {
-  api::Session first = CreateSession(kTenant);
-  api::Session second = CreateSession(kTenant);
-  api::Session third = CreateSession(kTenant);
-  api::ListSessionsRequest filters;
+  v1::Session first = CreateSession(kTenant);
+  v1::Session second = CreateSession(kTenant);
+  v1::Session third = CreateSession(kTenant);
+  v1::ListSessionsRequest filters;
   *filters.mutable_created_after() = second.create_time();
   *filters.mutable_created_before() = third.create_time();
   EXPECT_THAT(ListIds(filters), ElementsAre(second.id()));
@@ -220,7 +221,7 @@ TEST_F(Sessions, ListFiltersByExternalId) {
   std::string wanted = CreateWith([](auto& f) { f.set_external_id("ext-1"); }).id();
   CreateWith([](auto& f) { f.set_external_id("ext-2"); });
   CreateSession(kTenant);
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_external_id("ext-1");
   EXPECT_THAT(ListIds(filters), ElementsAre(wanted));
 }
@@ -229,7 +230,7 @@ TEST_F(Sessions, ListFiltersByExternalId) {
 
 TEST_F(Sessions, ListPagesNewestFirstByDefault) {
   std::vector<std::string> s = CreateFive();
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_page_size(2);
   EXPECT_THAT(ListPages(filters),
               ElementsAre(ElementsAre(s[4], s[3]), ElementsAre(s[2], s[1]), ElementsAre(s[0])));
@@ -237,16 +238,16 @@ TEST_F(Sessions, ListPagesNewestFirstByDefault) {
 
 TEST_F(Sessions, ListPagesOldestFirstWhenAsked) {
   std::vector<std::string> s = CreateFive();
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_page_size(2);
-  filters.set_order(api::SORT_ORDER_OLDEST_FIRST);
+  filters.set_order(v1::SORT_ORDER_OLDEST_FIRST);
   EXPECT_THAT(ListPages(filters),
               ElementsAre(ElementsAre(s[0], s[1]), ElementsAre(s[2], s[3]), ElementsAre(s[4])));
 }
 
 TEST_F(Sessions, SessionsCreatedBetweenPagesNeitherRepeatNorSkipRows) {
   std::vector<std::string> s = CreateFive();
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_page_size(2);
   auto first = ListSessions(filters);
   ASSERT_TRUE(first.ok()) << first.status();
@@ -255,30 +256,30 @@ TEST_F(Sessions, SessionsCreatedBetweenPagesNeitherRepeatNorSkipRows) {
 
   filters.set_page_token(first->next_page_token());
   std::vector<std::string> seen;
-  for (const api::Session& session : first->sessions()) seen.push_back(session.id());
+  for (const v1::Session& session : first->sessions()) seen.push_back(session.id());
   for (const auto& page : ListPages(filters)) seen.insert(seen.end(), page.begin(), page.end());
   EXPECT_THAT(seen, ElementsAre(s[4], s[3], s[2], s[1], s[0]));
 }
 
 TEST_F(Sessions, SessionsCreatedBetweenPagesComeLastWhenOldestFirst) {
   std::vector<std::string> s = CreateFive();
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_page_size(2);
-  filters.set_order(api::SORT_ORDER_OLDEST_FIRST);
+  filters.set_order(v1::SORT_ORDER_OLDEST_FIRST);
   auto first = ListSessions(filters);
   ASSERT_TRUE(first.ok()) << first.status();
   std::string late = CreateSession(kTenant).id();
 
   filters.set_page_token(first->next_page_token());
   std::vector<std::string> seen;
-  for (const api::Session& session : first->sessions()) seen.push_back(session.id());
+  for (const v1::Session& session : first->sessions()) seen.push_back(session.id());
   for (const auto& page : ListPages(filters)) seen.insert(seen.end(), page.begin(), page.end());
   EXPECT_THAT(seen, ElementsAre(s[0], s[1], s[2], s[3], s[4], late));
 }
 
 TEST_F(Sessions, PageTokenReusedWithOtherFiltersIsInvalidArgument) {
   CreateFive();
-  api::ListSessionsRequest filters;
+  v1::ListSessionsRequest filters;
   filters.set_page_size(2);
   auto first = ListSessions(filters);
   ASSERT_TRUE(first.ok()) << first.status();
@@ -292,13 +293,13 @@ TEST_F(Sessions, PageTokenReusedWithOtherFiltersIsInvalidArgument) {
 }
 
 TEST_F(Sessions, ListWithAnUnknownStatusOrOrderIsInvalidArgumentNamingIt) {
-  api::ListSessionsRequest filters;
-  filters.set_status(static_cast<api::SessionStatus>(7));
+  v1::ListSessionsRequest filters;
+  filters.set_status(static_cast<v1::SessionStatus>(7));
   auto status = ListSessions(filters);
   EXPECT_EQ(status.status().code(), absl::StatusCode::kInvalidArgument) << status.status();
   EXPECT_EQ(Violation(status.status()).field(), "status");
   filters.clear_status();
-  filters.set_order(static_cast<api::SortOrder>(-1));
+  filters.set_order(static_cast<v1::SortOrder>(-1));
   auto order = ListSessions(filters);
   EXPECT_EQ(order.status().code(), absl::StatusCode::kInvalidArgument) << order.status();
   EXPECT_EQ(Violation(order.status()).field(), "order");
@@ -307,7 +308,7 @@ TEST_F(Sessions, ListWithAnUnknownStatusOrOrderIsInvalidArgumentNamingIt) {
 // ---- Update ----
 
 TEST_F(Sessions, UpdateReplacesOnlyTheMaskedFields) {
-  api::Session session = CreateWith([](auto& f) {
+  v1::Session session = CreateWith([](auto& f) {
     f.set_title("old");
     f.set_user_id("alice");
     f.add_tags("a");
@@ -315,7 +316,7 @@ TEST_F(Sessions, UpdateReplacesOnlyTheMaskedFields) {
     f.mutable_agent_config()->set_model("model-1");
     f.mutable_agent_config()->set_system_prompt("be brief");
   });
-  api::Session values;
+  v1::Session values;
   values.set_title("new");
   values.set_user_id("ignored: not in the mask");
   values.add_tags("b");
@@ -326,7 +327,7 @@ TEST_F(Sessions, UpdateReplacesOnlyTheMaskedFields) {
 
   auto updated = Update(session.id(), values, {"title", "tags", "metadata", "agent_config.model"});
   ASSERT_TRUE(updated.ok()) << updated.status();
-  const api::Session& after = updated->session();
+  const v1::Session& after = updated->session();
   EXPECT_EQ(after.title(), "new");
   EXPECT_THAT(after.tags(), ElementsAre("b", "c"));
   EXPECT_EQ(after.metadata().size(), 1u);
@@ -338,8 +339,8 @@ TEST_F(Sessions, UpdateReplacesOnlyTheMaskedFields) {
 }
 
 TEST_F(Sessions, EveryUpdateIncrementsTheVersion) {
-  api::Session session = CreateSession(kTenant);
-  api::Session values;
+  v1::Session session = CreateSession(kTenant);
+  v1::Session values;
   values.set_title("t");
   auto first = Update(session.id(), values, {"title"});
   auto second = Update(session.id(), values, {"title"});
@@ -349,8 +350,8 @@ TEST_F(Sessions, EveryUpdateIncrementsTheVersion) {
 }
 
 TEST_F(Sessions, UpdateWithTheCurrentExpectedVersionApplies) {
-  api::Session session = CreateSession(kTenant);
-  api::Session values;
+  v1::Session session = CreateSession(kTenant);
+  v1::Session values;
   values.set_title("checked");
   auto updated = Update(session.id(), values, {"title"}, session.version());
   ASSERT_TRUE(updated.ok()) << updated.status();
@@ -358,11 +359,11 @@ TEST_F(Sessions, UpdateWithTheCurrentExpectedVersionApplies) {
 }
 
 TEST_F(Sessions, UpdateWithAStaleExpectedVersionIsAbortedAndChangesNothing) {
-  api::Session session = CreateSession(kTenant);
-  api::Session values;
+  v1::Session session = CreateSession(kTenant);
+  v1::Session values;
   values.set_title("t");
   ASSERT_TRUE(Update(session.id(), values, {"title"}).ok());  // Now at version 2.
-  api::Session before = *GetSession(session.id());
+  v1::Session before = *GetSession(session.id());
 
   values.set_title("lost update");
   auto stale = Update(session.id(), values, {"title"}, /*expected_version=*/1);
@@ -373,9 +374,9 @@ TEST_F(Sessions, UpdateWithAStaleExpectedVersionIsAbortedAndChangesNothing) {
 }
 
 TEST_F(Sessions, UpdateOfAFieldOutsideTheAllowedPathsIsInvalidArgument) {
-  api::Session session = CreateSession(kTenant);
-  api::Session values;
-  values.set_status(api::SESSION_STATUS_CLOSED);
+  v1::Session session = CreateSession(kTenant);
+  v1::Session values;
+  values.set_status(v1::SESSION_STATUS_CLOSED);
   auto updated = Update(session.id(), values, {"status"});
   EXPECT_EQ(updated.status().code(), absl::StatusCode::kInvalidArgument) << updated.status();
   EXPECT_EQ(Violation(updated.status()).field(), "update_mask.paths[0]");
@@ -383,8 +384,8 @@ TEST_F(Sessions, UpdateOfAFieldOutsideTheAllowedPathsIsInvalidArgument) {
 }
 
 TEST_F(Sessions, UpdateOfAnUnknownAgentConfigFieldIsInvalidArgument) {
-  api::Session session = CreateSession(kTenant);
-  auto updated = Update(session.id(), api::Session(), {"title", "agent_config.no_such_field"});
+  v1::Session session = CreateSession(kTenant);
+  auto updated = Update(session.id(), v1::Session(), {"title", "agent_config.no_such_field"});
   EXPECT_EQ(updated.status().code(), absl::StatusCode::kInvalidArgument) << updated.status();
   EXPECT_EQ(Violation(updated.status()).field(), "update_mask.paths[1]");
 }
@@ -392,19 +393,19 @@ TEST_F(Sessions, UpdateOfAnUnknownAgentConfigFieldIsInvalidArgument) {
 // ---- Close ----
 
 TEST_F(Sessions, CloseIsIdempotent) {
-  api::Session session = CreateSession(kTenant);
+  v1::Session session = CreateSession(kTenant);
   auto first = CloseSession(session.id());
   auto second = CloseSession(session.id());
   ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
   EXPECT_TRUE(first->changed());
-  EXPECT_EQ(first->session().status(), api::SESSION_STATUS_CLOSED);
+  EXPECT_EQ(first->session().status(), v1::SESSION_STATUS_CLOSED);
   EXPECT_TRUE(first->session().has_close_time());
   EXPECT_FALSE(second->changed());
   EXPECT_EQ(Dump(second->session()), Dump(first->session()));
 }
 
 TEST_F(Sessions, CloseCancelsQueuedTurns) {
-  api::Session session = CreateSession(kTenant);
+  v1::Session session = CreateSession(kTenant);
   std::string first = Enqueue(session.id(), "one")->turn().id();
   std::string second = Enqueue(session.id(), "two")->turn().id();
 
@@ -413,13 +414,13 @@ TEST_F(Sessions, CloseCancelsQueuedTurns) {
   EXPECT_THAT(closed->cancelled_turn_ids(), UnorderedElementsAre(first, second));
   EXPECT_THAT(closed->running_turn_id(), IsEmpty());
   for (const std::string& id : {first, second}) {
-    EXPECT_EQ(GetTurn(id)->status(), api::TURN_STATUS_CANCELLED);
-    EXPECT_EQ(GetTurn(id)->finish_reason(), api::FINISH_REASON_CANCELLED);
+    EXPECT_EQ(GetTurn(id)->status(), v1::TURN_STATUS_CANCELLED);
+    EXPECT_EQ(GetTurn(id)->finish_reason(), v1::FINISH_REASON_CANCELLED);
   }
 }
 
 TEST_F(Sessions, CloseFlagsTheRunningTurnCancelRequested) {
-  api::Session session = CreateSession(kTenant);
+  v1::Session session = CreateSession(kTenant);
   std::string running = Enqueue(session.id(), "one")->turn().id();
   std::string queued = Enqueue(session.id(), "two")->turn().id();
   ASSERT_EQ(Claim()->turn().id(), running);
@@ -429,14 +430,14 @@ TEST_F(Sessions, CloseFlagsTheRunningTurnCancelRequested) {
   EXPECT_EQ(closed->running_turn_id(), running);
   EXPECT_THAT(closed->cancelled_turn_ids(), ElementsAre(queued));
   auto turn = GetTurn(running);
-  EXPECT_EQ(turn->status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(turn->status(), v1::TURN_STATUS_RUNNING);
   EXPECT_TRUE(turn->cancel_requested());
 }
 
 // ---- Delete ----
 
 TEST_F(Sessions, DeleteRemovesMessagesTurnsEventsAndIdempotencyKeys) {
-  api::Session session = CreateSession(kTenant);
+  v1::Session session = CreateSession(kTenant);
   ASSERT_TRUE(Enqueue(session.id(), "hello", "key-1").ok());
   ASSERT_TRUE(AppendEvents(session.id(), {TextEvent(session.id(), 1, "hi")}).ok());
 
@@ -446,7 +447,7 @@ TEST_F(Sessions, DeleteRemovesMessagesTurnsEventsAndIdempotencyKeys) {
   EXPECT_EQ(GetSession(session.id()).status().code(), absl::StatusCode::kNotFound);
 
   // A new session under the same id starts empty: nothing of the old one survived.
-  pb::CreateSessionRequest again;
+  store_pb::CreateSessionRequest again;
   again.set_tenant_id(kTenant);
   again.set_session_id(session.id());
   ASSERT_TRUE(Call(&Stub::CreateSession, again).ok());
@@ -457,7 +458,7 @@ TEST_F(Sessions, DeleteRemovesMessagesTurnsEventsAndIdempotencyKeys) {
 }
 
 TEST_F(Sessions, DeleteIsIdempotent) {
-  api::Session session = CreateSession(kTenant);
+  v1::Session session = CreateSession(kTenant);
   ASSERT_TRUE(DeleteSession(session.id()).ok());
   auto again = DeleteSession(session.id());
   ASSERT_TRUE(again.ok()) << again.status();
@@ -465,7 +466,7 @@ TEST_F(Sessions, DeleteIsIdempotent) {
 }
 
 TEST_F(Sessions, DeleteWithARunningTurnIsRefusedAsBusy) {
-  api::Session session = CreateSession(kTenant);
+  v1::Session session = CreateSession(kTenant);
   ASSERT_TRUE(Enqueue(session.id(), "hello").ok());
   ASSERT_TRUE(Claim()->has_turn());
 
@@ -479,7 +480,7 @@ TEST_F(Sessions, DeleteWithARunningTurnIsRefusedAsBusy) {
 
 TEST_F(Sessions, MetadataOver16KiBIsRejectedAndNothingIsCreated) {
   CreateTenant(kTenant);
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   (*fields.mutable_metadata())["k"] = std::string(16 * 1024, 'x');  // 16 KiB + 1 byte.
   auto created = CreateRaw(fields);
   EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << created.status();
@@ -490,7 +491,7 @@ TEST_F(Sessions, MetadataOver16KiBIsRejectedAndNothingIsCreated) {
 
 TEST_F(Sessions, ThirtyThreeTagsAreRejectedAndNothingIsCreated) {
   CreateTenant(kTenant);
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   for (int i = 0; i < 33; ++i) fields.add_tags("tag-" + std::to_string(i));
   auto created = CreateRaw(fields);
   EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << created.status();

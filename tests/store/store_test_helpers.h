@@ -27,8 +27,8 @@
 
 namespace parley::store::testing {
 
-namespace api = ::parley::v1;
-using Stub = pb::StoreService::Stub;
+namespace v1 = ::parley::v1;
+using Stub = store_pb::StoreService::Stub;
 
 inline constexpr char kTenant[] = "tenant_a";
 inline constexpr char kOwner[] = "worker-1";
@@ -52,7 +52,7 @@ inline std::string ReasonMetadata(const absl::Status& status, const std::string&
 }
 
 // The first field violation of `status`'s BadRequest; empty when it has none.
-inline api::FieldViolation Violation(const absl::Status& status) {
+inline v1::FieldViolation Violation(const absl::Status& status) {
   auto bad_request = GetBadRequest(status);
   if (!bad_request || bad_request->field_violations().empty()) return {};
   return bad_request->field_violations(0);
@@ -68,16 +68,16 @@ inline std::string Dump(const google::protobuf::Message& message) {
   return out;
 }
 
-inline api::Part TextPart(const std::string& text) {
-  api::Part part;
+inline v1::Part TextPart(const std::string& text) {
+  v1::Part part;
   part.set_text(text);
   return part;
 }
 
 // A durable text event of turn "turn_x".
-inline api::Event TextEvent(const std::string& session_id, uint64_t seq, const std::string& text,
-                            uint64_t epoch = 1) {
-  api::Event event;
+inline v1::Event TextEvent(const std::string& session_id, uint64_t seq, const std::string& text,
+                           uint64_t epoch = 1) {
+  v1::Event event;
   event.set_session_id(session_id);
   event.set_seq(seq);
   event.set_epoch(epoch);
@@ -102,9 +102,9 @@ class StoreTest : public StoreFixture {
 
   // ---- Sessions ----
 
-  absl::StatusOr<api::Session> GetSession(const std::string& session_id,
-                                          const std::string& tenant = kTenant) {
-    pb::GetSessionRequest request;
+  absl::StatusOr<v1::Session> GetSession(const std::string& session_id,
+                                         const std::string& tenant = kTenant) {
+    store_pb::GetSessionRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
     auto response = Call(&Stub::GetSession, request);
@@ -112,25 +112,25 @@ class StoreTest : public StoreFixture {
     return response->session();
   }
 
-  absl::StatusOr<pb::ListSessionsResponse> ListSessions(api::ListSessionsRequest filters,
-                                                        const std::string& tenant = kTenant) {
-    pb::ListSessionsRequest request;
+  absl::StatusOr<store_pb::ListSessionsResponse> ListSessions(v1::ListSessionsRequest filters,
+                                                              const std::string& tenant = kTenant) {
+    store_pb::ListSessionsRequest request;
     request.set_tenant_id(tenant);
     *request.mutable_request() = std::move(filters);
     return Call(&Stub::ListSessions, request);
   }
 
-  absl::StatusOr<pb::CloseSessionResponse> CloseSession(const std::string& session_id,
-                                                        const std::string& tenant = kTenant) {
-    pb::CloseSessionRequest request;
+  absl::StatusOr<store_pb::CloseSessionResponse> CloseSession(const std::string& session_id,
+                                                              const std::string& tenant = kTenant) {
+    store_pb::CloseSessionRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
     return Call(&Stub::CloseSession, request);
   }
 
-  absl::StatusOr<pb::DeleteSessionResponse> DeleteSession(const std::string& session_id,
-                                                          const std::string& tenant = kTenant) {
-    pb::DeleteSessionRequest request;
+  absl::StatusOr<store_pb::DeleteSessionResponse> DeleteSession(
+      const std::string& session_id, const std::string& tenant = kTenant) {
+    store_pb::DeleteSessionRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
     return Call(&Stub::DeleteSession, request);
@@ -139,32 +139,31 @@ class StoreTest : public StoreFixture {
   // ---- Messages ----
 
   // Appends a system message with one text part.
-  absl::StatusOr<pb::AppendMessageResponse> AppendMessage(const std::string& session_id,
-                                                          const std::string& text,
-                                                          const std::string& idempotency_key = "",
-                                                          const std::string& tenant = kTenant) {
-    pb::AppendMessageRequest request;
+  absl::StatusOr<store_pb::AppendMessageResponse> AppendMessage(
+      const std::string& session_id, const std::string& text,
+      const std::string& idempotency_key = "", const std::string& tenant = kTenant) {
+    store_pb::AppendMessageRequest request;
     request.set_tenant_id(tenant);
-    api::Message* message = request.mutable_message();
+    v1::Message* message = request.mutable_message();
     message->set_session_id(session_id);
-    message->set_role(api::ROLE_SYSTEM);
+    message->set_role(v1::ROLE_SYSTEM);
     *message->add_parts() = TextPart(text);
     message->set_idempotency_key(idempotency_key);
     return Call(&Stub::AppendMessage, request);
   }
 
-  absl::StatusOr<pb::ListMessagesResponse> ListMessages(api::ListMessagesRequest cursor,
-                                                        const std::string& tenant = kTenant) {
-    pb::ListMessagesRequest request;
+  absl::StatusOr<store_pb::ListMessagesResponse> ListMessages(v1::ListMessagesRequest cursor,
+                                                              const std::string& tenant = kTenant) {
+    store_pb::ListMessagesRequest request;
     request.set_tenant_id(tenant);
     *request.mutable_request() = std::move(cursor);
     return Call(&Stub::ListMessages, request);
   }
 
   // Every message of the session (up to 1000), oldest first.
-  std::vector<api::Message> AllMessages(const std::string& session_id,
-                                        const std::string& tenant = kTenant) {
-    api::ListMessagesRequest cursor;
+  std::vector<v1::Message> AllMessages(const std::string& session_id,
+                                       const std::string& tenant = kTenant) {
+    v1::ListMessagesRequest cursor;
     cursor.set_session_id(session_id);
     cursor.set_limit(1000);
     auto response = ListMessages(cursor, tenant);
@@ -175,14 +174,14 @@ class StoreTest : public StoreFixture {
 
   // ---- Turns ----
 
-  static pb::EnqueueTurnRequest EnqueueRequest(
+  static store_pb::EnqueueTurnRequest EnqueueRequest(
       const std::string& session_id, const std::string& text,
       const std::string& idempotency_key = "",
-      api::MultitaskPolicy policy = api::MULTITASK_POLICY_UNSPECIFIED,
+      v1::MultitaskPolicy policy = v1::MULTITASK_POLICY_UNSPECIFIED,
       const std::string& tenant = kTenant) {
-    pb::EnqueueTurnRequest request;
+    store_pb::EnqueueTurnRequest request;
     request.set_tenant_id(tenant);
-    api::SendMessageRequest* send = request.mutable_request();
+    v1::SendMessageRequest* send = request.mutable_request();
     send->set_session_id(session_id);
     *send->add_content() = TextPart(text);
     send->set_idempotency_key(idempotency_key);
@@ -190,31 +189,32 @@ class StoreTest : public StoreFixture {
     return request;
   }
 
-  absl::StatusOr<pb::EnqueueTurnResponse> Enqueue(
+  absl::StatusOr<store_pb::EnqueueTurnResponse> Enqueue(
       const std::string& session_id, const std::string& text,
       const std::string& idempotency_key = "",
-      api::MultitaskPolicy policy = api::MULTITASK_POLICY_UNSPECIFIED,
+      v1::MultitaskPolicy policy = v1::MULTITASK_POLICY_UNSPECIFIED,
       const std::string& tenant = kTenant) {
     return Call(&Stub::EnqueueTurn,
                 EnqueueRequest(session_id, text, idempotency_key, policy, tenant));
   }
 
   // Claims the next runnable turn of any tenant (of `session_id` when given).
-  absl::StatusOr<pb::ClaimNextTurnResponse> Claim(const std::string& owner = kOwner,
-                                                  const std::string& session_id = "",
-                                                  uint64_t lease_ttl_ms = kLeaseTtlMs) {
-    pb::ClaimNextTurnRequest request;
+  absl::StatusOr<store_pb::ClaimNextTurnResponse> Claim(const std::string& owner = kOwner,
+                                                        const std::string& session_id = "",
+                                                        uint64_t lease_ttl_ms = kLeaseTtlMs) {
+    store_pb::ClaimNextTurnRequest request;
     request.set_owner(owner);
     request.set_session_id(session_id);
     request.set_lease_ttl_ms(lease_ttl_ms);
     return Call(&Stub::ClaimNextTurn, request);
   }
 
-  absl::StatusOr<pb::HeartbeatTurnResponse> Heartbeat(const std::string& turn_id,
-                                                      const std::string& owner, uint64_t epoch,
-                                                      uint64_t lease_ttl_ms = kLeaseTtlMs,
-                                                      const std::string& tenant = kTenant) {
-    pb::HeartbeatTurnRequest request;
+  absl::StatusOr<store_pb::HeartbeatTurnResponse> Heartbeat(const std::string& turn_id,
+                                                            const std::string& owner,
+                                                            uint64_t epoch,
+                                                            uint64_t lease_ttl_ms = kLeaseTtlMs,
+                                                            const std::string& tenant = kTenant) {
+    store_pb::HeartbeatTurnRequest request;
     request.set_tenant_id(tenant);
     request.set_turn_id(turn_id);
     request.set_owner(owner);
@@ -224,35 +224,36 @@ class StoreTest : public StoreFixture {
   }
 
   // A SUCCEEDED / STOP completion of `claim` by `owner`, without messages.
-  static pb::CompleteTurnRequest Completion(const pb::ClaimNextTurnResponse& claim,
-                                            const std::string& owner = kOwner) {
-    pb::CompleteTurnRequest request;
+  static store_pb::CompleteTurnRequest Completion(const store_pb::ClaimNextTurnResponse& claim,
+                                                  const std::string& owner = kOwner) {
+    store_pb::CompleteTurnRequest request;
     request.set_tenant_id(claim.session().tenant_id());
     request.set_turn_id(claim.turn().id());
     request.set_owner(owner);
     request.set_lease_epoch(claim.lease_epoch());
-    request.set_status(api::TURN_STATUS_SUCCEEDED);
-    request.set_finish_reason(api::FINISH_REASON_STOP);
+    request.set_status(v1::TURN_STATUS_SUCCEEDED);
+    request.set_finish_reason(v1::FINISH_REASON_STOP);
     return request;
   }
 
-  absl::StatusOr<pb::CompleteTurnResponse> Complete(const pb::CompleteTurnRequest& request) {
+  absl::StatusOr<store_pb::CompleteTurnResponse> Complete(
+      const store_pb::CompleteTurnRequest& request) {
     return Call(&Stub::CompleteTurn, request);
   }
 
-  absl::StatusOr<pb::CancelTurnResponse> CancelTurn(const std::string& session_id,
-                                                    const std::string& turn_id,
-                                                    const std::string& tenant = kTenant) {
-    pb::CancelTurnRequest request;
+  absl::StatusOr<store_pb::CancelTurnResponse> CancelTurn(const std::string& session_id,
+                                                          const std::string& turn_id,
+                                                          const std::string& tenant = kTenant) {
+    store_pb::CancelTurnRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
     request.set_turn_id(turn_id);
     return Call(&Stub::CancelTurn, request);
   }
 
-  absl::StatusOr<api::Turn> GetTurn(const std::string& turn_id,
-                                    const std::string& tenant = kTenant) {
-    pb::GetTurnRequest request;
+  absl::StatusOr<v1::Turn> GetTurn(const std::string& turn_id,
+                                   const std::string& tenant = kTenant) {
+    store_pb::GetTurnRequest request;
     request.set_tenant_id(tenant);
     request.set_turn_id(turn_id);
     auto response = Call(&Stub::GetTurn, request);
@@ -261,9 +262,9 @@ class StoreTest : public StoreFixture {
   }
 
   // Every turn of the session (up to 1000), oldest first.
-  std::vector<api::Turn> AllTurns(const std::string& session_id,
-                                  const std::string& tenant = kTenant) {
-    pb::ListTurnsRequest request;
+  std::vector<v1::Turn> AllTurns(const std::string& session_id,
+                                 const std::string& tenant = kTenant) {
+    store_pb::ListTurnsRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
     request.set_page_size(1000);
@@ -275,10 +276,10 @@ class StoreTest : public StoreFixture {
 
   // Waits out a lease of 1000 ms, then reclaims until some turn comes back. Bounded:
   // about 3 s at most.
-  absl::StatusOr<pb::ReclaimExpiredLeasesResponse> ReclaimAfterExpiry() {
+  absl::StatusOr<store_pb::ReclaimExpiredLeasesResponse> ReclaimAfterExpiry() {
     absl::SleepFor(absl::Milliseconds(1200));
     for (int attempt = 0; attempt < 20; ++attempt) {
-      auto reclaimed = Call(&Stub::ReclaimExpiredLeases, pb::ReclaimExpiredLeasesRequest());
+      auto reclaimed = Call(&Stub::ReclaimExpiredLeases, store_pb::ReclaimExpiredLeasesRequest());
       if (!reclaimed.ok() || reclaimed->turns_size() > 0) return reclaimed;
       absl::SleepFor(absl::Milliseconds(100));
     }
@@ -287,20 +288,21 @@ class StoreTest : public StoreFixture {
 
   // ---- Events ----
 
-  absl::StatusOr<pb::AppendEventsResponse> AppendEvents(const std::string& session_id,
-                                                        const std::vector<api::Event>& events,
-                                                        const std::string& tenant = kTenant) {
-    pb::AppendEventsRequest request;
+  absl::StatusOr<store_pb::AppendEventsResponse> AppendEvents(const std::string& session_id,
+                                                              const std::vector<v1::Event>& events,
+                                                              const std::string& tenant = kTenant) {
+    store_pb::AppendEventsRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
-    for (const api::Event& event : events) *request.add_events() = event;
+    for (const v1::Event& event : events) *request.add_events() = event;
     return Call(&Stub::AppendEvents, request);
   }
 
-  absl::StatusOr<pb::ReadEventsResponse> ReadEvents(const std::string& session_id,
-                                                    uint64_t after_seq = 0, uint32_t limit = 0,
-                                                    const std::string& tenant = kTenant) {
-    pb::ReadEventsRequest request;
+  absl::StatusOr<store_pb::ReadEventsResponse> ReadEvents(const std::string& session_id,
+                                                          uint64_t after_seq = 0,
+                                                          uint32_t limit = 0,
+                                                          const std::string& tenant = kTenant) {
+    store_pb::ReadEventsRequest request;
     request.set_tenant_id(tenant);
     request.set_session_id(session_id);
     request.set_after_seq(after_seq);
@@ -310,10 +312,10 @@ class StoreTest : public StoreFixture {
 
   // ---- API keys ----
 
-  absl::StatusOr<pb::CreateApiKeyResponse> CreateApiKey(const std::vector<std::string>& scopes,
-                                                        const std::string& name = "ci",
-                                                        const std::string& tenant = kTenant) {
-    pb::CreateApiKeyRequest request;
+  absl::StatusOr<store_pb::CreateApiKeyResponse> CreateApiKey(
+      const std::vector<std::string>& scopes, const std::string& name = "ci",
+      const std::string& tenant = kTenant) {
+    store_pb::CreateApiKeyRequest request;
     request.set_tenant_id(tenant);
     request.set_name(name);
     for (const std::string& scope : scopes) request.add_scopes(scope);

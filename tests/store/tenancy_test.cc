@@ -39,10 +39,10 @@ class Tenancy : public StoreTest {
   // Tenant A's state as A reads it.
   std::string SnapshotOfA(const std::string& session_id) {
     std::string out = Dump(*GetSession(session_id));
-    for (const api::Message& m : AllMessages(session_id)) absl::StrAppend(&out, "\n", Dump(m));
-    for (const api::Turn& t : AllTurns(session_id)) absl::StrAppend(&out, "\n", Dump(t));
+    for (const v1::Message& m : AllMessages(session_id)) absl::StrAppend(&out, "\n", Dump(m));
+    for (const v1::Turn& t : AllTurns(session_id)) absl::StrAppend(&out, "\n", Dump(t));
     absl::StrAppend(&out, "\n", Dump(*ReadEvents(session_id)));
-    pb::ListApiKeysRequest keys;
+    store_pb::ListApiKeysRequest keys;
     keys.set_tenant_id(kTenant);
     keys.set_include_revoked(true);
     absl::StrAppend(&out, "\n", Dump(*Call(&Stub::ListApiKeys, keys)));
@@ -78,14 +78,14 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
   const std::vector<Case> cases = {
       {"GetSession", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::GetSessionRequest r;
+         store_pb::GetSessionRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          return Outcome(&Stub::GetSession, r);
        }},
       {"UpdateSession", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::UpdateSessionRequest r;
+         store_pb::UpdateSessionRequest r;
          r.set_tenant_id(kOther);
          r.mutable_request()->set_session_id(t.session_id);
          r.mutable_request()->mutable_session()->set_title("taken over");
@@ -94,7 +94,7 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
        }},
       {"CloseSession", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::CloseSessionRequest r;
+         store_pb::CloseSessionRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          return Outcome(&Stub::CloseSession, r);
@@ -102,30 +102,30 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
       // Deleting a missing session is OK with deleted = false.
       {"DeleteSession", grpc::OK,
        [&](const Target& t) {
-         pb::DeleteSessionRequest r;
+         store_pb::DeleteSessionRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          return Outcome(&Stub::DeleteSession, r);
        }},
       {"AppendMessage", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::AppendMessageRequest r;
+         store_pb::AppendMessageRequest r;
          r.set_tenant_id(kOther);
          r.mutable_message()->set_session_id(t.session_id);
-         r.mutable_message()->set_role(api::ROLE_SYSTEM);
+         r.mutable_message()->set_role(v1::ROLE_SYSTEM);
          *r.mutable_message()->add_parts() = TextPart("injected");
          return Outcome(&Stub::AppendMessage, r);
        }},
       {"ListMessages", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::ListMessagesRequest r;
+         store_pb::ListMessagesRequest r;
          r.set_tenant_id(kOther);
          r.mutable_request()->set_session_id(t.session_id);
          return Outcome(&Stub::ListMessages, r);
        }},
       {"EnqueueTurn", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::EnqueueTurnRequest r;
+         store_pb::EnqueueTurnRequest r;
          r.set_tenant_id(kOther);
          r.mutable_request()->set_session_id(t.session_id);
          *r.mutable_request()->add_content() = TextPart("injected");
@@ -133,21 +133,21 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
        }},
       {"GetTurn", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::GetTurnRequest r;
+         store_pb::GetTurnRequest r;
          r.set_tenant_id(kOther);
          r.set_turn_id(t.turn_id);
          return Outcome(&Stub::GetTurn, r);
        }},
       {"ListTurns", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::ListTurnsRequest r;
+         store_pb::ListTurnsRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          return Outcome(&Stub::ListTurns, r);
        }},
       {"CancelTurn", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::CancelTurnRequest r;
+         store_pb::CancelTurnRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          r.set_turn_id(t.turn_id);
@@ -155,7 +155,7 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
        }},
       {"HeartbeatTurn", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::HeartbeatTurnRequest r;
+         store_pb::HeartbeatTurnRequest r;
          r.set_tenant_id(kOther);
          r.set_turn_id(t.turn_id);
          r.set_owner(kOwner);
@@ -166,14 +166,14 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
        }},
       {"CompleteTurn", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::CompleteTurnRequest r = Completion(*claim);
+         store_pb::CompleteTurnRequest r = Completion(*claim);
          r.set_tenant_id(kOther);
          r.set_turn_id(t.turn_id);
          return Outcome(&Stub::CompleteTurn, r);
        }},
       {"AppendEvents", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::AppendEventsRequest r;
+         store_pb::AppendEventsRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          *r.add_events() = TextEvent(t.session_id, 3, "injected");
@@ -181,21 +181,21 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
        }},
       {"ReadEvents", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::ReadEventsRequest r;
+         store_pb::ReadEventsRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          return Outcome(&Stub::ReadEvents, r);
        }},
       {"GetLastSeq", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::GetLastSeqRequest r;
+         store_pb::GetLastSeqRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          return Outcome(&Stub::GetLastSeq, r);
        }},
       {"AdvanceEpoch", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::AdvanceEpochRequest r;
+         store_pb::AdvanceEpochRequest r;
          r.set_tenant_id(kOther);
          r.set_session_id(t.session_id);
          r.set_expected_epoch(1);
@@ -203,7 +203,7 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
        }},
       {"RevokeApiKey", grpc::NOT_FOUND,
        [&](const Target& t) {
-         pb::RevokeApiKeyRequest r;
+         store_pb::RevokeApiKeyRequest r;
          r.set_tenant_id(kOther);
          r.set_api_key_id(t.api_key_id);
          return Outcome(&Stub::RevokeApiKey, r);
@@ -221,7 +221,7 @@ TEST_F(Tenancy, AnotherTenantsResourcesBehaveExactlyLikeMissingOnes) {
 }
 
 TEST_F(Tenancy, GetTenantReturnsTheTenantAsCreatedAndNotFoundForAnUnknownOne) {
-  pb::CreateTenantRequest create;
+  store_pb::CreateTenantRequest create;
   create.set_tenant_id("tenant_get");
   create.set_name("Get Co");
   create.set_rate_limit_per_s(7);
@@ -229,7 +229,7 @@ TEST_F(Tenancy, GetTenantReturnsTheTenantAsCreatedAndNotFoundForAnUnknownOne) {
   auto created = Call(&Stub::CreateTenant, create);
   ASSERT_TRUE(created.ok()) << created.status();
 
-  pb::GetTenantRequest get;
+  store_pb::GetTenantRequest get;
   get.set_tenant_id("tenant_get");
   auto got = Call(&Stub::GetTenant, get);
   ASSERT_TRUE(got.ok()) << got.status();
@@ -251,7 +251,7 @@ TEST_F(Tenancy, ListsMadeAsAnotherTenantShowNothingOfTheFirst) {
   ASSERT_TRUE(key_a.ok()) << key_a.status();
   auto revoked_a = CreateApiKey({"*"}, "a-revoked");
   ASSERT_TRUE(revoked_a.ok()) << revoked_a.status();
-  pb::RevokeApiKeyRequest revoke;
+  store_pb::RevokeApiKeyRequest revoke;
   revoke.set_tenant_id(kTenant);
   revoke.set_api_key_id(revoked_a->api_key().id());
   ASSERT_TRUE(Call(&Stub::RevokeApiKey, revoke).ok());
@@ -261,23 +261,23 @@ TEST_F(Tenancy, ListsMadeAsAnotherTenantShowNothingOfTheFirst) {
   CreateTenant("tenant_empty");
 
   auto session_ids = [&](const std::string& tenant) {
-    auto listed = ListSessions(api::ListSessionsRequest(), tenant);
+    auto listed = ListSessions(v1::ListSessionsRequest(), tenant);
     EXPECT_TRUE(listed.ok()) << listed.status();
     std::set<std::string> ids;
     if (listed.ok()) {
-      for (const api::Session& s : listed->sessions()) ids.insert(s.id());
+      for (const v1::Session& s : listed->sessions()) ids.insert(s.id());
     }
     return ids;
   };
   auto key_ids = [&](const std::string& tenant) {
-    pb::ListApiKeysRequest request;
+    store_pb::ListApiKeysRequest request;
     request.set_tenant_id(tenant);
     request.set_include_revoked(true);
     auto listed = Call(&Stub::ListApiKeys, request);
     EXPECT_TRUE(listed.ok()) << listed.status();
     std::set<std::string> ids;
     if (listed.ok()) {
-      for (const api::ApiKey& k : listed->api_keys()) ids.insert(k.id());
+      for (const v1::ApiKey& k : listed->api_keys()) ids.insert(k.id());
     }
     return ids;
   };
@@ -294,16 +294,16 @@ TEST_F(Tenancy, ListsMadeAsAnotherTenantShowNothingOfTheFirst) {
   EXPECT_TRUE(key_ids("tenant_nobody").empty());
 
   // A page token of A's list, replayed by B, still reads only B's rows.
-  api::ListSessionsRequest first_page;
+  v1::ListSessionsRequest first_page;
   first_page.set_page_size(1);
   auto page = ListSessions(first_page, kTenant);
   ASSERT_TRUE(page.ok()) << page.status();
   ASSERT_FALSE(page->next_page_token().empty());
-  api::ListSessionsRequest next_page;
+  v1::ListSessionsRequest next_page;
   next_page.set_page_token(page->next_page_token());
   auto replayed = ListSessions(next_page, kOther);
   if (replayed.ok()) {
-    for (const api::Session& s : replayed->sessions()) {
+    for (const v1::Session& s : replayed->sessions()) {
       EXPECT_FALSE(sessions_of_a.contains(s.id())) << s.id();
     }
   } else {

@@ -25,19 +25,19 @@ using ::testing::IsEmpty;
 
 class Scheduling : public StoreTest {
  protected:
-  absl::StatusOr<pb::ClaimNextTurnResponse> ClaimUnderCap(uint32_t max_running_per_tenant,
-                                                          const std::string& owner = kOwner) {
-    pb::ClaimNextTurnRequest request;
+  absl::StatusOr<store_pb::ClaimNextTurnResponse> ClaimUnderCap(uint32_t max_running_per_tenant,
+                                                                const std::string& owner = kOwner) {
+    store_pb::ClaimNextTurnRequest request;
     request.set_owner(owner);
     request.set_lease_ttl_ms(kLeaseTtlMs);
     request.set_max_running_per_tenant(max_running_per_tenant);
     return Call(&Stub::ClaimNextTurn, request);
   }
 
-  absl::StatusOr<pb::ReleaseTurnResponse> Release(const pb::ClaimNextTurnResponse& claim,
-                                                  const std::string& owner = kOwner,
-                                                  const std::string& reason = "drain") {
-    pb::ReleaseTurnRequest request;
+  absl::StatusOr<store_pb::ReleaseTurnResponse> Release(
+      const store_pb::ClaimNextTurnResponse& claim, const std::string& owner = kOwner,
+      const std::string& reason = "drain") {
+    store_pb::ReleaseTurnRequest request;
     request.set_tenant_id(claim.session().tenant_id());
     request.set_turn_id(claim.turn().id());
     request.set_owner(owner);
@@ -46,15 +46,15 @@ class Scheduling : public StoreTest {
     return Call(&Stub::ReleaseTurn, request);
   }
 
-  absl::StatusOr<pb::GetSessionResponse> GetSessionState(const std::string& session_id) {
-    pb::GetSessionRequest request;
+  absl::StatusOr<store_pb::GetSessionResponse> GetSessionState(const std::string& session_id) {
+    store_pb::GetSessionRequest request;
     request.set_tenant_id(kTenant);
     request.set_session_id(session_id);
     return Call(&Stub::GetSession, request);
   }
 
   absl::Status SetSystemPrompt(const std::string& session_id, const std::string& prompt) {
-    pb::UpdateSessionRequest request;
+    store_pb::UpdateSessionRequest request;
     request.set_tenant_id(kTenant);
     request.mutable_request()->set_session_id(session_id);
     request.mutable_request()->mutable_session()->mutable_agent_config()->set_system_prompt(prompt);
@@ -72,7 +72,7 @@ class Scheduling : public StoreTest {
       threads.emplace_back([&, t] {
         for (int i = t; i < count; i += 4) {
           ids[i] = CreateSession(tenant).id();
-          auto enqueued = Enqueue(ids[i], "hello", "", api::MULTITASK_POLICY_UNSPECIFIED, tenant);
+          auto enqueued = Enqueue(ids[i], "hello", "", v1::MULTITASK_POLICY_UNSPECIFIED, tenant);
           EXPECT_TRUE(enqueued.ok()) << enqueued.status();
         }
       });
@@ -92,7 +92,7 @@ class Scheduling : public StoreTest {
 // ---- Agent configuration ----
 
 TEST_F(Scheduling, AgentConfigIsCapturedAtEnqueue) {
-  api::CreateSessionRequest fields;
+  v1::CreateSessionRequest fields;
   fields.mutable_agent_config()->set_provider("scripted");
   fields.mutable_agent_config()->set_system_prompt("old");
   std::string session_id = CreateSession(kTenant, fields).id();
@@ -151,7 +151,7 @@ TEST_F(Scheduling, TenantCapIsExactUnderConcurrentClaimers) {
   // owner that made them.
   auto claim_concurrently = [&] {
     absl::Mutex mu;
-    std::vector<std::pair<std::string, pb::ClaimNextTurnResponse>> claimed;
+    std::vector<std::pair<std::string, store_pb::ClaimNextTurnResponse>> claimed;
     std::vector<absl::Status> failures;
     absl::Barrier* start = new absl::Barrier(kClaimers);
     std::vector<std::thread> threads;
@@ -208,7 +208,7 @@ TEST_F(Scheduling, ACapOver100000IsInvalidArgumentAndClaimsNothing) {
   EXPECT_EQ(claim.status().code(), absl::StatusCode::kInvalidArgument) << claim.status();
   EXPECT_EQ(Violation(claim.status()).field(), "max_running_per_tenant");
   EXPECT_EQ(Violation(claim.status()).limit(), "100000");
-  EXPECT_EQ(GetTurn(turn_id)->status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(GetTurn(turn_id)->status(), v1::TURN_STATUS_QUEUED);
 }
 
 // ---- ReleaseTurn ----
@@ -221,7 +221,7 @@ TEST_F(Scheduling, ReleaseTurnRequeuesAtHeadAndFences) {
   ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
   ASSERT_EQ(claim->turn().id(), first_turn);
 
-  pb::ClaimNextTurnResponse stale = *claim;
+  store_pb::ClaimNextTurnResponse stale = *claim;
   stale.set_lease_epoch(claim->lease_epoch() - 1);
   for (const auto& refused : {Release(stale), Release(*claim, "intruder")}) {
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
@@ -229,12 +229,12 @@ TEST_F(Scheduling, ReleaseTurnRequeuesAtHeadAndFences) {
     EXPECT_EQ(ReasonMetadata(refused.status(), "lease_epoch"),
               std::to_string(claim->lease_epoch()));
   }
-  EXPECT_EQ(GetTurn(first_turn)->status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(GetTurn(first_turn)->status(), v1::TURN_STATUS_RUNNING);
 
   auto released = Release(*claim);
   ASSERT_TRUE(released.ok()) << released.status();
   EXPECT_EQ(released->turn().id(), first_turn);
-  EXPECT_EQ(released->turn().status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(released->turn().status(), v1::TURN_STATUS_QUEUED);
   EXPECT_EQ(released->turn().attempt(), 1u);
   EXPECT_THAT(GetSession(session_id)->current_turn_id(), IsEmpty());
 
@@ -244,7 +244,7 @@ TEST_F(Scheduling, ReleaseTurnRequeuesAtHeadAndFences) {
   EXPECT_EQ(again->turn().attempt(), 2u);
   EXPECT_FALSE(again->recovery());
   EXPECT_EQ(again->lease_epoch(), claim->lease_epoch() + 1);
-  EXPECT_EQ(GetTurn(second_turn)->status(), api::TURN_STATUS_QUEUED);
+  EXPECT_EQ(GetTurn(second_turn)->status(), v1::TURN_STATUS_QUEUED);
 
   auto late = Release(*claim);  // The old lease, after the turn was claimed again.
   EXPECT_EQ(Reason(late.status()), "LEASE_LOST") << late.status();
@@ -258,13 +258,13 @@ TEST_F(Scheduling, ReleaseOfAnotherTenantsTurnIsNotFound) {
   ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
   CreateTenant("tenant_b");
 
-  pb::ClaimNextTurnResponse foreign = *claim;
+  store_pb::ClaimNextTurnResponse foreign = *claim;
   foreign.mutable_session()->set_tenant_id("tenant_b");
   EXPECT_EQ(Release(foreign).status().code(), absl::StatusCode::kNotFound);
-  pb::ClaimNextTurnResponse unknown = *claim;
+  store_pb::ClaimNextTurnResponse unknown = *claim;
   unknown.mutable_turn()->set_id(NewId("turn"));
   EXPECT_EQ(Release(unknown).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(GetTurn(claim->turn().id())->status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(GetTurn(claim->turn().id())->status(), v1::TURN_STATUS_RUNNING);
 }
 
 TEST_F(Scheduling, ReleaseReasonOver256BytesIsInvalidArgumentAndChangesNothing) {
@@ -277,7 +277,7 @@ TEST_F(Scheduling, ReleaseReasonOver256BytesIsInvalidArgumentAndChangesNothing) 
   EXPECT_EQ(released.status().code(), absl::StatusCode::kInvalidArgument) << released.status();
   EXPECT_EQ(Violation(released.status()).field(), "reason");
   EXPECT_EQ(Violation(released.status()).limit(), "256 bytes");
-  EXPECT_EQ(GetTurn(claim->turn().id())->status(), api::TURN_STATUS_RUNNING);
+  EXPECT_EQ(GetTurn(claim->turn().id())->status(), v1::TURN_STATUS_RUNNING);
   EXPECT_EQ(GetSession(session_id)->current_turn_id(), claim->turn().id());
 }
 
@@ -326,10 +326,10 @@ TEST_F(Scheduling, AFailedTurnKeepsItsErrorReason) {
   ASSERT_TRUE(Enqueue(session_id, "hello").ok());
   auto claim = Claim();
   ASSERT_TRUE(claim.ok() && claim->has_turn()) << claim.status();
-  pb::CompleteTurnRequest failure = Completion(*claim);
-  failure.set_status(api::TURN_STATUS_FAILED);
-  failure.set_finish_reason(api::FINISH_REASON_ERROR);
-  failure.mutable_error()->set_kind(api::TURN_ERROR_KIND_INTERNAL);
+  store_pb::CompleteTurnRequest failure = Completion(*claim);
+  failure.set_status(v1::TURN_STATUS_FAILED);
+  failure.set_finish_reason(v1::FINISH_REASON_ERROR);
+  failure.mutable_error()->set_kind(v1::TURN_ERROR_KIND_INTERNAL);
   failure.mutable_error()->set_reason("WORKER_SHUTDOWN");
   ASSERT_TRUE(Complete(failure).ok());
   EXPECT_EQ(GetTurn(claim->turn().id())->error().reason(), "WORKER_SHUTDOWN");
