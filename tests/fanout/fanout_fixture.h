@@ -159,14 +159,23 @@ class FanoutFixture : public ::testing::Test {
 
   // Calls of the in-process store answered with `code`, for `method` ("ReadEvents").
   int64_t StoreCalls(const std::string& method, const std::string& code = "OK") {
-    const std::string prefix =
-        "parley_grpc_server_handled_total{method=\"/parley.store.v1."
-        "StoreService/" +
-        method + "\",code=\"" + code + "\"} ";
-    const std::string text = store_registry_.RenderText();
-    const size_t at = text.find(prefix);
+    return Sample(store_registry_,
+                  "parley_grpc_server_handled_total{method=\"/parley.store.v1."
+                  "StoreService/" +
+                      method + "\",code=\"" + code + "\"}");
+  }
+
+  // Streams the hub has cut for falling behind.
+  int64_t SlowConsumersCut() { return Sample(registry_, "parley_fanout_slow_consumers_total"); }
+
+  // The value of the sample `series` (name and labels as /metrics prints them); 0 if absent.
+  static int64_t Sample(const telemetry::Registry& registry, const std::string& series) {
+    const std::string line_start = "\n" + series + " ";  // Not the # HELP line's mention.
+    const std::string text = "\n" + registry.RenderText();
+    const size_t at = text.find(line_start);
     if (at == std::string::npos) return 0;
-    return std::stoll(text.substr(at + prefix.size(), text.find('\n', at) - at - prefix.size()));
+    const size_t value = at + line_start.size();
+    return std::stoll(text.substr(value, text.find('\n', value) - value));
   }
 
   // `options.key_prefix` is filled in with the test's.
