@@ -159,7 +159,9 @@ absl::Status Lifecycle::Build(Sandbox& sandbox, SandboxProvider& provider, const
     }
     return status;
   }
-  (void)sandbox.Ready(*std::move(daemon), "", clock_.Now());  // CREATING → READY: legal.
+  if (absl::Status ready = sandbox.Ready(*std::move(daemon), "", clock_.Now()); !ready.ok()) {
+    return ready;  // Failed or destroyed by another path meanwhile: nothing to hand out.
+  }
   if (absl::Status s = Persist(sandbox); !s.ok()) {
     Fail(sandbox, absl::StrCat("cannot record the sandbox: ", s.message()));
     return absl::UnavailableError(absl::StrCat("cannot record the sandbox: ", s.message()));
@@ -217,7 +219,7 @@ void Lifecycle::Fail(Sandbox& sandbox, const std::string& message) {
     }
   }
   table_->Release(sandbox.id());
-  sandbox.Failed(message, cleaned, clock_.Now());
+  if (!sandbox.Failed(message, cleaned, clock_.Now()).ok()) return;  // Destroyed already.
   if (logger_ != nullptr) {
     logger_->Warn("sandbox failed", {{"sandbox_id", sandbox.id()}, {"reason", message}});
   }
@@ -237,7 +239,8 @@ absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Destroy(Sandbox& sandbox, const s
     absl::Status destroyed = provider->Destroy(snapshot.provider_state);
     if (!destroyed.ok()) {
       table_->Release(sandbox.id());
-      sandbox.FailedAsIs(
+      // Not DESTROYED (checked above, and we hold the turn): the move is legal.
+      (void)sandbox.FailedAsIs(
           absl::StrCat("destroy failed (retried by the reaper): ", destroyed.message()),
           clock_.Now());
       (void)Persist(sandbox);
@@ -246,7 +249,7 @@ absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Destroy(Sandbox& sandbox, const s
     }
   }
   table_->Release(sandbox.id());
-  sandbox.Destroyed(why, clock_.Now());
+  (void)sandbox.Destroyed(why, clock_.Now());  // Legal: not DESTROYED, checked above.
   (void)Persist(sandbox);
   if (logger_ != nullptr) {
     logger_->Info("sandbox destroyed", {{"sandbox_id", sandbox.id()}, {"reason", why}});
@@ -268,7 +271,9 @@ absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Pause(Sandbox& sandbox, const std
     }
     return absl::UnavailableError(absl::StrCat("cannot pause: ", paused.message()));
   }
-  (void)sandbox.Paused(std::move(provider_state), why, clock_.Now());  // READY → PAUSED.
+  if (absl::Status s = sandbox.Paused(std::move(provider_state), why, clock_.Now()); !s.ok()) {
+    return s;
+  }
   (void)Persist(sandbox);
   return sandbox.View();
 }
@@ -302,8 +307,11 @@ absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::Resume(Sandbox& sandbox, bool* re
     daemon = *std::move(connected);
   }
   sandbox.SetProviderState(std::move(provider_state));
-  (void)sandbox.Ready(std::move(daemon), restarted ? "restarted: its processes were gone" : "",
-                      clock_.Now());  // PAUSED → READY.
+  if (absl::Status s = sandbox.Ready(
+          std::move(daemon), restarted ? "restarted: its processes were gone" : "", clock_.Now());
+      !s.ok()) {
+    return s;
+  }
   (void)Persist(sandbox);
   *resumed = true;
   return sandbox.View();

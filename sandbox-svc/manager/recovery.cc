@@ -23,9 +23,9 @@ Outcome RecoverOne(Lifecycle& lifecycle, SandboxTable& table, Sandbox& sandbox) 
   SandboxProvider* provider = lifecycle.ProviderFor(record);
   if (provider == nullptr) {
     if (IsLive(state)) {
-      sandbox.FailedAsIs(absl::StrCat("provider \"", record.sandbox.provider(),
-                                      "\" is not configured on this replica"),
-                         lifecycle.clock().Now());
+      (void)sandbox.FailedAsIs(absl::StrCat("provider \"", record.sandbox.provider(),
+                                            "\" is not configured on this replica"),
+                               lifecycle.clock().Now());
     }
     (void)lifecycle.Persist(sandbox);
     return Outcome::kOther;

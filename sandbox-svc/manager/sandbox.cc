@@ -133,29 +133,41 @@ absl::Status Sandbox::Paused(ProviderState state, std::string why, absl::Time no
   return absl::OkStatus();
 }
 
-void Sandbox::Destroyed(std::string why, absl::Time now) {
+absl::Status Sandbox::Destroyed(std::string why, absl::Time now) {
   absl::MutexLock lock(&mu_);
+  if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) {
+    return SandboxGone(record_.sandbox);
+  }
   SetState(sandbox_pb::SANDBOX_STATE_DESTROYED, std::move(why), now);
   record_.provider_state.clear();
   daemon_.reset();
+  return absl::OkStatus();
 }
 
-void Sandbox::Failed(std::string message, bool cleaned, absl::Time now) {
+absl::Status Sandbox::Failed(std::string message, bool cleaned, absl::Time now) {
   absl::MutexLock lock(&mu_);
+  if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) {
+    return SandboxGone(record_.sandbox);
+  }
   record_.pooled = false;
   SetState(sandbox_pb::SANDBOX_STATE_FAILED, std::move(message), now);
   if (cleaned) record_.provider_state.clear();
   daemon_.reset();
+  return absl::OkStatus();
 }
 
-void Sandbox::FailedAsIs(std::string message, absl::Time now) {
+absl::Status Sandbox::FailedAsIs(std::string message, absl::Time now) {
   absl::MutexLock lock(&mu_);
+  if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) {
+    return SandboxGone(record_.sandbox);
+  }
   SetState(sandbox_pb::SANDBOX_STATE_FAILED, std::move(message), now);
+  return absl::OkStatus();
 }
 
 bool Sandbox::Claim(const SandboxTerms& terms, absl::Time now) {
   absl::MutexLock lock(&mu_);
-  if (!record_.pooled) return false;
+  if (!record_.pooled || record_.sandbox.state() != sandbox_pb::SANDBOX_STATE_READY) return false;
   sandbox_pb::Sandbox& sandbox = record_.sandbox;
   record_.pooled = false;
   sandbox.set_tenant_id(terms.tenant_id);

@@ -97,16 +97,18 @@ class Sandbox {
   // READY → PAUSED with the provider's state after the pause.
   absl::Status Paused(ProviderState state, std::string why, absl::Time now)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // → DESTROYED: nothing of it exists any more.
-  void Destroyed(std::string why, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
-  // → FAILED; its resources are gone when `cleaned`, else kept for a retry.
-  void Failed(std::string message, bool cleaned, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
-  // → FAILED and nothing else changed: its resources stay recorded for a later cleanup
+  // Any state but DESTROYED → DESTROYED: nothing of it exists any more.
+  absl::Status Destroyed(std::string why, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Any state but DESTROYED → FAILED; its resources are gone when `cleaned`, else kept
+  // for a retry.
+  absl::Status Failed(std::string message, bool cleaned, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Any state but DESTROYED → FAILED, its resources still recorded for a later cleanup
   // (the provider could not destroy it, or is not configured here).
-  void FailedAsIs(std::string message, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status FailedAsIs(std::string message, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Each refused move is SANDBOX_GONE and changes nothing.
 
-  // A READY warm sandbox becomes the tenant's in `terms`; false when it is not a warm
-  // one (any more). Needs no turn: it changes no provider state.
+  // A READY warm sandbox becomes the tenant's in `terms`; false when it is not a READY
+  // warm one (any more). Needs no turn: it changes no provider state.
   bool Claim(const SandboxTerms& terms, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks it in use now (the idle timer starts again).
   void Touch(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
