@@ -83,8 +83,10 @@ class SandboxManagerService final : public ::parley::sandbox::v1::SandboxManager
 
  private:
   SandboxManager* manager_;
-  ThreadPool pool_;
+  // Declared before the pool it refers to (it only keeps the reference), so it is
+  // destroyed after it: the pool's destructor runs the queued tasks, which use it.
   ProxyContext proxies_{*manager_, pool_};
+  ThreadPool pool_;
 };
 
 }  // namespace parley::sandbox
