@@ -21,6 +21,17 @@
 #include "absl/strings/string_view.h"
 #include "parley/v1/errors.pb.h"
 
+// Returns the status of `expr` (an absl::Status) from the enclosing function when it is
+// not OK:
+//
+//   PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "cpu_ms", &cpu_ms));
+#define PARLEY_RETURN_IF_ERROR(expr)                                  \
+  do {                                                                \
+    if (absl::Status parley_status_ = (expr); !parley_status_.ok()) { \
+      return parley_status_;                                          \
+    }                                                                 \
+  } while (false)
+
 namespace parley {
 
 // INVALID_ARGUMENT "<field>: <description> (limit: <limit>)" with a BadRequest payload.

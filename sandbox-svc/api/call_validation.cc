@@ -13,9 +13,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
-#include "sandbox-svc/api/exec_validation.h"
-#include "sandbox-svc/api/file_validation.h"
-#include "sandbox-svc/api/request_validation.h"
+#include "sandbox-svc/contract/exec_validation.h"
+#include "sandbox-svc/contract/file_validation.h"
+#include "sandbox-svc/contract/request_validation.h"
 
 namespace parley::sandbox {
 namespace {

@@ -17,7 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "sandbox-svc/api/call_validation.h"
-#include "sandbox-svc/api/request_validation.h"
+#include "sandbox-svc/contract/request_validation.h"
 
 namespace parley::sandbox {
 namespace {

@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "parley/sandboxd/v1/operations.pb.h"
-#include "sandbox-svc/api/paths.h"
+#include "sandbox-svc/contract/paths.h"
 
 namespace parley::sandbox {
 

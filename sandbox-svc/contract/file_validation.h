@@ -1,7 +1,7 @@
 // The one validator of each file operation (the parley.sandboxd.v1 messages defined once in
 // operations.proto): the gateway runs them before it acquires a sandbox, parley-sandbox on
 // every call, and parley-sandboxd again before it touches the workspace. They check paths
-// lexically (see util/paths.h) and the numeric limits; resolution is the daemon's.
+// lexically (see contract/paths.h) and the numeric limits; resolution is the daemon's.
 //
 //   if (absl::Status s = ValidateListDir(request.list()); !s.ok()) return s;
 #pragma once
@@ -11,8 +11,8 @@
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "parley/sandboxd/v1/operations.pb.h"
-#include "sandbox-svc/api/request_validation.h"
-#include "sandbox-svc/api/paths.h"
+#include "sandbox-svc/contract/request_validation.h"
+#include "sandbox-svc/contract/paths.h"
 
 namespace parley::sandbox {
 

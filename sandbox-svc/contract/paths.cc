@@ -1,5 +1,5 @@
 // Lexical path rules; no file system access here.
-#include "sandbox-svc/api/paths.h"
+#include "sandbox-svc/contract/paths.h"
 
 #include <vector>
 

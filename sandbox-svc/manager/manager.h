@@ -10,7 +10,7 @@
 //
 //   SandboxManager manager(options, templates, {{"local", &bwrap}}, &store, clock, &log);
 //   manager.Start();                                        // recover records, start threads
-//   v1::Sandbox sandbox = *manager.Create(request);         // READY
+//   sandbox_pb::Sandbox sandbox = *manager.Create(request);  // READY
 //   auto operation = *manager.Operate(tenant, sandbox.id());  // for exec and file calls
 //   manager.Destroy(tenant, sandbox.id());
 //

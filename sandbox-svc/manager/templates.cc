@@ -9,7 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "sandbox-svc/api/exec_validation.h"
+#include "common/status.h"
+#include "sandbox-svc/contract/exec_validation.h"
 
 namespace parley::sandbox {
 namespace {
@@ -78,27 +79,21 @@ absl::Status GetStringMap(const json& object, const std::string& path, const cha
   return absl::OkStatus();
 }
 
-#define RETURN_IF_ERROR(expr)          \
-  do {                                 \
-    absl::Status _status = (expr);     \
-    if (!_status.ok()) return _status; \
-  } while (false)
-
 absl::Status ParseLimits(const json& object, const std::string& path,
                          sandbox_pb::SandboxLimits* limits) {
-  RETURN_IF_ERROR(CheckKeys(object, path,
-                            {"cpu_ms", "memory_bytes", "max_processes", "max_open_files",
-                             "max_file_size_bytes", "network"}));
+  PARLEY_RETURN_IF_ERROR(CheckKeys(object, path,
+                                   {"cpu_ms", "memory_bytes", "max_processes", "max_open_files",
+                                    "max_file_size_bytes", "network"}));
   uint64_t cpu_ms = limits->cpu_ms(), memory = limits->memory_bytes(),
            file_size = limits->max_file_size_bytes();
   uint32_t processes = limits->max_processes(), files = limits->max_open_files();
   bool network = limits->network();
-  RETURN_IF_ERROR(GetUnsigned(object, path, "cpu_ms", &cpu_ms));
-  RETURN_IF_ERROR(GetUnsigned(object, path, "memory_bytes", &memory));
-  RETURN_IF_ERROR(GetUnsigned(object, path, "max_processes", &processes));
-  RETURN_IF_ERROR(GetUnsigned(object, path, "max_open_files", &files));
-  RETURN_IF_ERROR(GetUnsigned(object, path, "max_file_size_bytes", &file_size));
-  RETURN_IF_ERROR(GetBool(object, path, "network", &network));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "cpu_ms", &cpu_ms));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "memory_bytes", &memory));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "max_processes", &processes));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "max_open_files", &files));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "max_file_size_bytes", &file_size));
+  PARLEY_RETURN_IF_ERROR(GetBool(object, path, "network", &network));
   if (memory > 0 && memory < (16ull << 20)) {
     return Bad(path + ".memory_bytes", "below 16 MiB no program can start");
   }
@@ -112,41 +107,41 @@ absl::Status ParseLimits(const json& object, const std::string& path,
 }
 
 absl::Status ParseTemplate(const json& object, const std::string& path, TemplateConfig* out) {
-  RETURN_IF_ERROR(CheckKeys(object, path,
-                            {"name", "description", "provider", "image", "limits", "default_ttl_s",
-                             "default_idle_timeout_s", "default_on_expiry", "warm_pool_target",
-                             "env", "local", "kubernetes"}));
+  PARLEY_RETURN_IF_ERROR(CheckKeys(object, path,
+                                   {"name", "description", "provider", "image", "limits",
+                                    "default_ttl_s", "default_idle_timeout_s", "default_on_expiry",
+                                    "warm_pool_target", "env", "local", "kubernetes"}));
   TemplateConfig config = DefaultTemplates().by_name.at("default");
   config.proto.clear_name();
   config.proto.clear_description();
   std::string name, description, provider = "local", image, on_expiry = "destroy";
-  RETURN_IF_ERROR(GetString(object, path, "name", &name));
+  PARLEY_RETURN_IF_ERROR(GetString(object, path, "name", &name));
   if (name.empty()) return Bad(path + ".name", "required");
-  RETURN_IF_ERROR(GetString(object, path, "description", &description));
-  RETURN_IF_ERROR(GetString(object, path, "provider", &provider));
+  PARLEY_RETURN_IF_ERROR(GetString(object, path, "description", &description));
+  PARLEY_RETURN_IF_ERROR(GetString(object, path, "provider", &provider));
   if (provider != "local" && provider != "kubernetes") {
     return Bad(path + ".provider", "expected \"local\" or \"kubernetes\"");
   }
-  RETURN_IF_ERROR(GetString(object, path, "image", &image));
+  PARLEY_RETURN_IF_ERROR(GetString(object, path, "image", &image));
   if (provider == "kubernetes" && image.empty()) {
     return Bad(path + ".image", "required for the kubernetes provider");
   }
   if (object.contains("limits")) {
-    RETURN_IF_ERROR(
+    PARLEY_RETURN_IF_ERROR(
         ParseLimits(object.at("limits"), path + ".limits", config.proto.mutable_limits()));
   }
   uint64_t ttl = config.proto.default_ttl_s(), idle = config.proto.default_idle_timeout_s();
   uint32_t pool = 0;
-  RETURN_IF_ERROR(GetUnsigned(object, path, "default_ttl_s", &ttl));
-  RETURN_IF_ERROR(GetUnsigned(object, path, "default_idle_timeout_s", &idle));
-  RETURN_IF_ERROR(GetUnsigned(object, path, "warm_pool_target", &pool));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "default_ttl_s", &ttl));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "default_idle_timeout_s", &idle));
+  PARLEY_RETURN_IF_ERROR(GetUnsigned(object, path, "warm_pool_target", &pool));
   if (pool > 1000) return Bad(path + ".warm_pool_target", "at most 1000");
-  RETURN_IF_ERROR(GetString(object, path, "default_on_expiry", &on_expiry));
+  PARLEY_RETURN_IF_ERROR(GetString(object, path, "default_on_expiry", &on_expiry));
   if (on_expiry != "destroy" && on_expiry != "pause") {
     return Bad(path + ".default_on_expiry", "expected \"destroy\" or \"pause\"");
   }
   config.env.clear();
-  RETURN_IF_ERROR(GetStringMap(object, path, "env", &config.env));
+  PARLEY_RETURN_IF_ERROR(GetStringMap(object, path, "env", &config.env));
   for (const auto& [env_name, value] : config.env) {
     if (!IsValidEnvName(env_name)) {
       return Bad(absl::StrCat(path, ".env.", env_name), "names match [A-Za-z_][A-Za-z0-9_]*");
@@ -154,30 +149,34 @@ absl::Status ParseTemplate(const json& object, const std::string& path, Template
   }
   if (object.contains("local")) {
     const json& local = object.at("local");
-    RETURN_IF_ERROR(CheckKeys(local, path + ".local", {"tmp_size_bytes", "cpu_percent"}));
-    RETURN_IF_ERROR(
+    PARLEY_RETURN_IF_ERROR(CheckKeys(local, path + ".local", {"tmp_size_bytes", "cpu_percent"}));
+    PARLEY_RETURN_IF_ERROR(
         GetUnsigned(local, path + ".local", "tmp_size_bytes", &config.local.tmp_size_bytes));
-    RETURN_IF_ERROR(GetUnsigned(local, path + ".local", "cpu_percent", &config.local.cpu_percent));
+    PARLEY_RETURN_IF_ERROR(
+        GetUnsigned(local, path + ".local", "cpu_percent", &config.local.cpu_percent));
   }
   if (object.contains("kubernetes")) {
     const json& kube = object.at("kubernetes");
     std::string here = path + ".kubernetes";
-    RETURN_IF_ERROR(CheckKeys(kube, here,
-                              {"namespace", "runtime_class_name", "service_account", "cpu_millis",
-                               "ephemeral_storage_bytes", "workspace_storage_bytes",
-                               "storage_class_name", "node_selector"}));
+    PARLEY_RETURN_IF_ERROR(
+        CheckKeys(kube, here,
+                  {"namespace", "runtime_class_name", "service_account", "cpu_millis",
+                   "ephemeral_storage_bytes", "workspace_storage_bytes", "storage_class_name",
+                   "node_selector"}));
     auto& k = config.kubernetes;
-    RETURN_IF_ERROR(GetString(kube, here, "namespace", &k.namespace_name));
-    RETURN_IF_ERROR(GetString(kube, here, "runtime_class_name", &k.runtime_class_name));
-    RETURN_IF_ERROR(GetString(kube, here, "service_account", &k.service_account));
-    RETURN_IF_ERROR(GetUnsigned(kube, here, "cpu_millis", &k.cpu_millis));
-    RETURN_IF_ERROR(GetUnsigned(kube, here, "ephemeral_storage_bytes", &k.ephemeral_storage_bytes));
-    RETURN_IF_ERROR(GetUnsigned(kube, here, "workspace_storage_bytes", &k.workspace_storage_bytes));
+    PARLEY_RETURN_IF_ERROR(GetString(kube, here, "namespace", &k.namespace_name));
+    PARLEY_RETURN_IF_ERROR(GetString(kube, here, "runtime_class_name", &k.runtime_class_name));
+    PARLEY_RETURN_IF_ERROR(GetString(kube, here, "service_account", &k.service_account));
+    PARLEY_RETURN_IF_ERROR(GetUnsigned(kube, here, "cpu_millis", &k.cpu_millis));
+    PARLEY_RETURN_IF_ERROR(
+        GetUnsigned(kube, here, "ephemeral_storage_bytes", &k.ephemeral_storage_bytes));
+    PARLEY_RETURN_IF_ERROR(
+        GetUnsigned(kube, here, "workspace_storage_bytes", &k.workspace_storage_bytes));
     if (k.workspace_storage_bytes == 0) {
       return Bad(here + ".workspace_storage_bytes", "must be positive");
     }
-    RETURN_IF_ERROR(GetString(kube, here, "storage_class_name", &k.storage_class_name));
-    RETURN_IF_ERROR(GetStringMap(kube, here, "node_selector", &k.node_selector));
+    PARLEY_RETURN_IF_ERROR(GetString(kube, here, "storage_class_name", &k.storage_class_name));
+    PARLEY_RETURN_IF_ERROR(GetStringMap(kube, here, "node_selector", &k.node_selector));
   }
   config.proto.set_name(name);
   config.proto.set_description(description);
@@ -218,7 +217,7 @@ TemplateSet DefaultTemplates() {
 absl::StatusOr<TemplateSet> ParseTemplates(const std::string& json_text) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) return absl::InvalidArgumentError("templates: not valid JSON");
-  RETURN_IF_ERROR(CheckKeys(root, "", {"default_template", "templates"}));
+  PARLEY_RETURN_IF_ERROR(CheckKeys(root, "", {"default_template", "templates"}));
   if (!root.contains("templates") || !root.at("templates").is_array() ||
       root.at("templates").empty()) {
     return absl::InvalidArgumentError("templates: expected a non-empty array");
@@ -227,14 +226,14 @@ absl::StatusOr<TemplateSet> ParseTemplates(const std::string& json_text) {
   const json& list = root.at("templates");
   for (size_t i = 0; i < list.size(); ++i) {
     TemplateConfig config;
-    RETURN_IF_ERROR(ParseTemplate(list[i], absl::StrCat("templates[", i, "]"), &config));
+    PARLEY_RETURN_IF_ERROR(ParseTemplate(list[i], absl::StrCat("templates[", i, "]"), &config));
     std::string name = config.proto.name();
     if (!set.by_name.emplace(name, std::move(config)).second) {
       return Bad(absl::StrCat("templates[", i, "].name"), absl::StrCat("duplicate \"", name, "\""));
     }
   }
   set.default_name = list[0].value("name", "");
-  RETURN_IF_ERROR(GetString(root, "", "default_template", &set.default_name));
+  PARLEY_RETURN_IF_ERROR(GetString(root, "", "default_template", &set.default_name));
   if (!set.by_name.count(set.default_name)) {
     return Bad("default_template", absl::StrCat("no template named \"", set.default_name, "\""));
   }

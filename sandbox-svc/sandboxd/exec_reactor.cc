@@ -19,7 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
-#include "sandbox-svc/api/exec_validation.h"
+#include "sandbox-svc/contract/exec_validation.h"
 
 namespace parley::sandbox {
 namespace {

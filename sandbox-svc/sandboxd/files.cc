@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/posix.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 
 namespace parley::sandbox {
@@ -143,8 +144,7 @@ absl::Status ErrnoToStatus(int error, absl::string_view operation, absl::string_
     info.set_type(::parley::v1::FILE_TYPE_OTHER);
   }
   info.set_mode(st.st_mode & 07777);
-  info.mutable_modify_time()->set_seconds(st.st_mtim.tv_sec);
-  info.mutable_modify_time()->set_nanos(static_cast<int32_t>(st.st_mtim.tv_nsec));
+  *info.mutable_modify_time() = ToTimestamp(absl::TimeFromTimespec(st.st_mtim));
   return info;
 }
 

@@ -1,7 +1,7 @@
 // Workspace: every file operation of parley-sandboxd, confined beneath one root.
 //
 // Caller paths are relative, "/"-separated and checked in two stages (see
-// sandboxd.proto): lexically first (util/paths.h: absolute, "..", NUL, length), then
+// sandboxd.proto): lexically first (contract/paths.h: absolute, "..", NUL, length), then
 // during resolution, where every lookup starts at a directory fd of the root and uses
 // openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS). The kernel refuses any step out of
 // the root (a ".." inside a symlink, an absolute symlink) with EXDEV, which becomes
@@ -29,7 +29,7 @@
 #include "absl/strings/string_view.h"
 #include "common/unique_fd.h"
 #include "parley/v1/resources.pb.h"
-#include "sandbox-svc/api/paths.h"
+#include "sandbox-svc/contract/paths.h"
 
 namespace parley::sandbox {
 

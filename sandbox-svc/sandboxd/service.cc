@@ -1,6 +1,6 @@
 // The Sandboxd service: Hello, the token check, and the file reactors; Exec starts an
 // ExecReactor (exec_reactor.h). Every handler checks the token first, then validates its
-// request with the one validator of its message (api/file_validation.h), then works on the
+// request with the one validator of its message (contract/file_validation.h), then works on the
 // Workspace inline: each step is one bounded local read or write.
 #include "sandbox-svc/sandboxd/service.h"
 
@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "sandbox-svc/api/file_validation.h"
-#include "sandbox-svc/api/request_validation.h"
+#include "sandbox-svc/contract/file_validation.h"
+#include "sandbox-svc/contract/request_validation.h"
 
 namespace parley::sandbox {
 namespace sandboxd_pb = ::parley::sandboxd::v1;
