@@ -37,7 +37,6 @@
 // peer's at the same offered rate.
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
-#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -64,6 +63,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/events/publisher.h"
+#include "common/proto_time.h"
 #include "common/redis.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
@@ -218,7 +218,7 @@ class Subscriber final : public grpc::ClientReadReactor<StreamEventsResponse> {
       return;
     }
     PhaseStats& stats = recorder_.phases[phase];
-    const int64_t sent_us = google::protobuf::util::TimeUtil::TimestampToMicroseconds(event.time());
+    const int64_t sent_us = absl::ToUnixMicros(parley::FromTimestamp(event.time()));
     stats.latency.Record(now_us - sent_us);
     stats.delivered.fetch_add(1, std::memory_order_relaxed);
     if (now_us <= stats.window_end_unix_us.load(std::memory_order_relaxed)) {
@@ -293,8 +293,7 @@ class PublisherThread {
     event.set_epoch(1);
     event.set_turn_id(absl::StrCat("p", phase));
     event.mutable_text_delta()->set_text(text_);
-    *event.mutable_time() =
-        google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(absl::Now()));
+    *event.mutable_time() = parley::ToTimestamp(absl::Now());
     absl::Status status = publisher_.Publish(event, 1);
     if (status.ok()) ++last_seq_[i];
     return status;

@@ -46,6 +46,7 @@
 #include "absl/time/clock.h"
 #include "common/config.h"
 #include "common/ids.h"
+#include "common/proto_time.h"
 #include "parley/store/v1/store.grpc.pb.h"
 
 extern char** environ;
@@ -207,9 +208,7 @@ v1::Event TextDeltaEvent(const EventStream& stream, int64_t seq, absl::Time time
   event.set_seq(static_cast<uint64_t>(seq));
   event.set_epoch(static_cast<uint64_t>(stream.epoch));
   event.set_turn_id(stream.turn_id);
-  const int64_t micros = absl::ToUnixMicros(time);
-  event.mutable_time()->set_seconds(micros / 1000000);
-  event.mutable_time()->set_nanos(static_cast<int32_t>(micros % 1000000) * 1000);
+  *event.mutable_time() = parley::ToTimestamp(time);
   event.mutable_text_delta()->set_text(absl::StrFormat("%06d %s", seq % 1000000, kText));
   return event;
 }

@@ -69,6 +69,13 @@ absl::StatusOr<EventLogRange> EventLogReader::Read(RedisConnection& redis,
   return range;
 }
 
+absl::StatusOr<std::vector<EventLogEntry>> EventLogReader::ReadForward(
+    RedisConnection& redis, const std::string& session_id, EntryId from, int max) const {
+  absl::StatusOr<RedisReply> reply = redis.Command(RangeCommand(session_id, from, max));
+  if (!reply.ok()) return reply.status();
+  return EntriesOf(reply->get());
+}
+
 absl::StatusOr<std::vector<EventLogEntry>> EventLogReader::ReadBackward(
     RedisConnection& redis, const std::string& session_id, std::optional<EntryId> before,
     int max) const {

@@ -71,6 +71,10 @@ class EventLogReader {
   // Up to `max` entries with id >= `from`, oldest first, and the newest entry's id.
   absl::StatusOr<EventLogRange> Read(RedisConnection& redis, const std::string& session_id,
                                      EntryId from, int max) const;
+  // The same entries without the newest id (one command instead of two).
+  absl::StatusOr<std::vector<EventLogEntry>> ReadForward(RedisConnection& redis,
+                                                         const std::string& session_id,
+                                                         EntryId from, int max) const;
   // Up to `max` entries, newest first, with id < `before` (nullopt: from the newest).
   absl::StatusOr<std::vector<EventLogEntry>> ReadBackward(RedisConnection& redis,
                                                           const std::string& session_id,

@@ -11,8 +11,8 @@
 namespace parley::gateway {
 namespace {
 
-namespace store_pb = store::v1;
-namespace admin_pb = admin::v1;
+namespace store_pb = ::parley::store::v1;
+namespace admin_pb = ::parley::admin::v1;
 
 constexpr size_t kMaxTenantIdBytes = 64;
 

@@ -9,7 +9,7 @@
 namespace parley::gateway {
 namespace {
 
-namespace store_pb = store::v1;
+namespace store_pb = ::parley::store::v1;
 
 // OK when every scope in `scopes` exists and `who` holds it; else INVALID_ARGUMENT for
 // the first unknown one, or PERMISSION_DENIED for the first it lacks.

@@ -8,17 +8,17 @@
 
 #include "absl/status/statusor.h"
 #include "common/status.h"
-#include "sandbox-svc/api/exec_validation.h"
-#include "sandbox-svc/api/file_validation.h"
-#include "sandbox-svc/api/paths.h"
+#include "sandbox-svc/contract/exec_validation.h"
+#include "sandbox-svc/contract/file_validation.h"
+#include "sandbox-svc/contract/paths.h"
 #include "telemetry/grpc_telemetry.h"
 
 namespace parley::gateway {
 namespace {
 
-namespace sandbox_pb = sandbox::v1;
-namespace sandboxd_pb = sandboxd::v1;
-namespace store_pb = store::v1;
+namespace sandbox_pb = ::parley::sandbox::v1;
+namespace sandboxd_pb = ::parley::sandboxd::v1;
+namespace store_pb = ::parley::store::v1;
 
 using SandboxAsync = sandbox_pb::SandboxManager::StubInterface::async_interface;
 // The same validators sandbox-svc and its daemon apply, run here before a sandbox is

@@ -10,8 +10,8 @@
 namespace parley::gateway {
 namespace {
 
-namespace store_pb = store::v1;
-namespace router_pb = router::v1;
+namespace store_pb = ::parley::store::v1;
+namespace router_pb = ::parley::router::v1;
 
 // Builds an internal request that carries the caller's tenant and the public request
 // whole (the shape of most internal requests).

@@ -91,7 +91,8 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   void OnMessage(const std::string& channel, std::string payload) override;
   void OnDisconnected() override;
 
-  // StreamContext, for the streams.
+ private:
+  // StreamContext: only the streams call these, through the interface they are given.
   const StreamSettings& settings() const override { return options_.stream; }
   HistorySource& history() override { return history_; }
   Clock& clock() override { return clock_; }
@@ -99,7 +100,6 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   void ScheduleBackfill(std::shared_ptr<SubscriberStream> stream) override;
   void Join(const std::shared_ptr<SubscriberStream>& stream) override;
 
- private:
   using StreamList = std::vector<std::shared_ptr<SubscriberStream>>;
   struct Channel {
     std::string session_id;

@@ -17,7 +17,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "common/clock.h"
 #include "common/status.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "store-svc/api/limits.h"

@@ -143,14 +143,14 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
   uint64_t durable = static_cast<uint64_t>(session->second);
   int64_t written = 0;
   for (;;) {
-    absl::StatusOr<EventLogRange> range = log_.Read(
+    absl::StatusOr<std::vector<EventLogEntry>> entries = log_.ReadForward(
         *redis_, session_id, EntryId{.seq = durable + 1}, static_cast<int>(options_.batch_events));
-    if (!range.ok()) return range.status();
-    if (range->entries.empty()) break;
+    if (!entries.ok()) return entries.status();
+    if (entries->empty()) break;
     store_pb::AppendEventsRequest batch;
     batch.set_tenant_id(session->first);
     batch.set_session_id(session_id);
-    for (const EventLogEntry& entry : range->entries) {
+    for (const EventLogEntry& entry : *entries) {
       if (!entry.event.has_value()) continue;
       absl::StatusOr<::parley::v1::Event> event = entry.Parse(session_id);
       if (!event.ok()) return event.status();
@@ -171,7 +171,7 @@ absl::StatusOr<int64_t> EventPersister::FlushSession(const std::string& session_
         !ack.ok()) {
       return ack.status();
     }
-    if (static_cast<int64_t>(range->entries.size()) < options_.batch_events) break;
+    if (static_cast<int64_t>(entries->size()) < options_.batch_events) break;
     // A long backlog: keep the session ours while we work through it.
     (void)redis_->Command({"EVAL", kExtendLock, "1", keys_.PersisterLock(session_id),
                            options_.owner,

@@ -4,7 +4,6 @@
 // exactly as session-svc does.
 #pragma once
 
-#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/events/publisher.h"
+#include "common/proto_time.h"
 #include "gateway/api/session_api.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/history.h"
@@ -136,8 +136,7 @@ class FanoutFixture : public ::testing::Test {
       event.set_epoch(history_epoch);
       event.set_turn_id("turn_1");
       event.set_transient(transient);
-      *event.mutable_time() =
-          google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
+      *event.mutable_time() = ToTimestamp(absl::Now());
       event.mutable_text_delta()->set_text(text.empty() ? "t" + std::to_string(seq) : text);
       absl::Status status = publisher->Publish(event, lease_epoch);
       if (status.ok() && !transient) last_seq = seq;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 #include "tests/fanout/fanout_fixture.h"
 
@@ -423,12 +424,8 @@ TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
     if (keepalive) {
       EXPECT_EQ(response.keepalive().last_seq(), 1u);
       // Stamped by the hub's clock, not the wall clock.
-      EXPECT_GE(
-          google::protobuf::util::TimeUtil::TimestampToNanoseconds(response.keepalive().time()),
-          absl::ToUnixNanos(idle_since));
-      EXPECT_LT(
-          google::protobuf::util::TimeUtil::TimestampToNanoseconds(response.keepalive().time()),
-          absl::ToUnixNanos(absl::Now() - absl::Hours(24)));
+      EXPECT_GE(FromTimestamp(response.keepalive().time()), idle_since);
+      EXPECT_LT(FromTimestamp(response.keepalive().time()), absl::Now() - absl::Hours(24));
     }
   }
   received = true;

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 #include "parley/sandboxd/v1/sandboxd.grpc.pb.h"
 #include "sandbox-svc/manager/daemon_client.h"
@@ -38,10 +39,6 @@ constexpr char kTemplates[] = R"({
      "limits": {"memory_bytes": 536870912, "max_processes": 100, "max_open_files": 321,
                 "max_file_size_bytes": 2097152}}
   ]})";
-
-absl::Time TimeOf(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
 
 // Bounded wait for a condition that depends on real processes.
 template <typename Predicate>
@@ -75,7 +72,7 @@ TEST_F(Lifecycle, CreateRunsCommandsAndFilesThenDestroyRemovesEverything) {
   EXPECT_EQ(sandbox.template_(), "default");
   EXPECT_EQ(sandbox.provider(), "local");
   EXPECT_EQ(sandbox.ttl_s(), 3600u);
-  EXPECT_EQ(TimeOf(sandbox.expire_time()), clock_.Now() + absl::Seconds(3600));
+  EXPECT_EQ(FromTimestamp(sandbox.expire_time()), clock_.Now() + absl::Seconds(3600));
   EXPECT_EQ(sandbox.limits().max_open_files(), 512u);
 
   ExecResult hello = stack_->Exec(kTenant, sandbox.id(), {"sh", "-c", "echo hi; id -u; pwd"});
@@ -321,7 +318,7 @@ TEST_F(Lifecycle, WarmPoolHandsOffAReadySandboxAndRefills) {
   EXPECT_TRUE(warm.count(sandbox.id())) << "not handed out from the pool";
   EXPECT_EQ(sandbox.state(), sandbox_pb::SANDBOX_STATE_READY);
   EXPECT_EQ(sandbox.tenant_id(), kTenant);
-  EXPECT_EQ(TimeOf(sandbox.expire_time()), clock_.Now() + absl::Seconds(600));
+  EXPECT_EQ(FromTimestamp(sandbox.expire_time()), clock_.Now() + absl::Seconds(600));
   EXPECT_EQ(stack_->Shell(kTenant, sandbox.id(), "echo warm"), "warm\n");
   EXPECT_EQ(stack_->manager().PoolReady("pooled"), 1);
   stack_->manager().FillPoolsOnce();
@@ -448,7 +445,7 @@ TEST_P(PauseResume, KeepsTtlLimitsProcessesAndWorkspaceAcrossPauseAndResume) {
   EXPECT_EQ(after.on_expiry(), sandbox_pb::ON_EXPIRY_PAUSE);
   EXPECT_EQ(after.idle_timeout_s(), sandbox.idle_timeout_s());
   EXPECT_EQ(after.limits().SerializeAsString(), sandbox.limits().SerializeAsString());
-  EXPECT_EQ(TimeOf(after.expire_time()), clock_.Now() + absl::Seconds(120));
+  EXPECT_EQ(FromTimestamp(after.expire_time()), clock_.Now() + absl::Seconds(120));
   EXPECT_FALSE(Frozen(id));
   // Same processes, same limits, same workspace.
   EXPECT_EQ(stack_->Shell(kTenant, id, "ulimit -n; ulimit -v; ulimit -f"), limits_before);
@@ -472,7 +469,7 @@ TEST_P(PauseResume, KeepsTtlLimitsProcessesAndWorkspaceAcrossPauseAndResume) {
   EXPECT_EQ(stack_->Shell(kTenant, id, "echo back"), "back\n");
   ASSERT_TRUE(stack_->Get(kTenant, id, &now).ok());
   EXPECT_EQ(now.state(), sandbox_pb::SANDBOX_STATE_READY);
-  EXPECT_EQ(TimeOf(now.expire_time()), clock_.Now() + absl::Seconds(120));
+  EXPECT_EQ(FromTimestamp(now.expire_time()), clock_.Now() + absl::Seconds(120));
 }
 
 TEST_P(PauseResume, AcquireResumesThePausedSessionSandbox) {

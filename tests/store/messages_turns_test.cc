@@ -2,7 +2,6 @@
 // cursors, multitask policies, FIFO claims with at most one running turn per session,
 // leases with fencing epochs, recovery of expired leases, completion and cancel.
 #include <gmock/gmock.h>
-#include <google/protobuf/util/time_util.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -15,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/proto_time.h"
 #include "store-svc/api/rows.h"
 #include "tests/store/store_test_helpers.h"
 
@@ -574,8 +574,7 @@ TEST_F(Turns, ConcurrentClaimersNeverShareATurnNorRunTwoInOneSession) {
     std::vector<v1::Turn> turns = AllTurns(session_id);
     ASSERT_EQ(turns.size(), turn_ids.size());
     for (size_t i = 1; i < turns.size(); ++i) {
-      EXPECT_GE(google::protobuf::util::TimeUtil::TimestampToMicroseconds(turns[i].start_time()),
-                google::protobuf::util::TimeUtil::TimestampToMicroseconds(turns[i - 1].end_time()))
+      EXPECT_GE(FromTimestamp(turns[i].start_time()), FromTimestamp(turns[i - 1].end_time()))
           << session_id << " turn " << i;
     }
   }

@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/ids.h"
+#include "common/proto_time.h"
 #include "common/status.h"
 #include "tests/store/store_fixture.h"
 
@@ -82,7 +83,8 @@ inline v1::Event TextEvent(const std::string& session_id, uint64_t seq, const st
   event.set_seq(seq);
   event.set_epoch(epoch);
   event.set_turn_id("turn_x");
-  event.mutable_time()->set_seconds(1'700'000'000 + static_cast<int64_t>(seq));
+  *event.mutable_time() =
+      ToTimestamp(absl::FromUnixSeconds(1'700'000'000 + static_cast<int64_t>(seq)));
   event.mutable_text_delta()->set_text(text);
   return event;
 }
