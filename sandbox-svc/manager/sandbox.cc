@@ -133,11 +133,16 @@ absl::Status Sandbox::Paused(ProviderState state, std::string why, absl::Time no
   return absl::OkStatus();
 }
 
-absl::Status Sandbox::Destroyed(std::string why, absl::Time now) {
-  absl::MutexLock lock(&mu_);
+absl::Status Sandbox::NotDestroyedLocked() const {
   if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) {
     return SandboxGone(record_.sandbox);
   }
+  return absl::OkStatus();
+}
+
+absl::Status Sandbox::Destroyed(std::string why, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status alive = NotDestroyedLocked(); !alive.ok()) return alive;
   SetState(sandbox_pb::SANDBOX_STATE_DESTROYED, std::move(why), now);
   record_.provider_state.clear();
   daemon_.reset();
@@ -146,9 +151,7 @@ absl::Status Sandbox::Destroyed(std::string why, absl::Time now) {
 
 absl::Status Sandbox::Failed(std::string message, bool cleaned, absl::Time now) {
   absl::MutexLock lock(&mu_);
-  if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) {
-    return SandboxGone(record_.sandbox);
-  }
+  if (absl::Status alive = NotDestroyedLocked(); !alive.ok()) return alive;
   record_.pooled = false;
   SetState(sandbox_pb::SANDBOX_STATE_FAILED, std::move(message), now);
   if (cleaned) record_.provider_state.clear();
@@ -158,9 +161,7 @@ absl::Status Sandbox::Failed(std::string message, bool cleaned, absl::Time now) 
 
 absl::Status Sandbox::FailedAsIs(std::string message, absl::Time now) {
   absl::MutexLock lock(&mu_);
-  if (record_.sandbox.state() == sandbox_pb::SANDBOX_STATE_DESTROYED) {
-    return SandboxGone(record_.sandbox);
-  }
+  if (absl::Status alive = NotDestroyedLocked(); !alive.ok()) return alive;
   SetState(sandbox_pb::SANDBOX_STATE_FAILED, std::move(message), now);
   return absl::OkStatus();
 }

@@ -128,6 +128,8 @@ class Sandbox {
   void SetState(::parley::sandbox::v1::SandboxState state, std::string message, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndTurn() ABSL_LOCKS_EXCLUDED(mu_);
+  // SANDBOX_GONE once DESTROYED: the state nothing leaves.
+  absl::Status NotDestroyedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string id_;
   mutable absl::Mutex mu_;
