@@ -143,7 +143,7 @@ int FilesList(const Invocation& call) {
   grpc::Status status =
       connection.sandboxes().ListFiles(connection.Context().get(), request, &response);
   if (!status.ok()) return ReportError(status, options);
-  Table table(absl::StrFormat("%-5s %10s %-22s %s", "TYPE", "SIZE", "MODIFIED", "PATH"));
+  Table table(absl::StrFormat("%-9s %10s %-22s %s", "TYPE", "SIZE", "MODIFIED", "PATH"));
   for (const v1::FileInfo& entry : response.entries()) {
     if (options.json) {
       PrintJson(entry);
@@ -152,8 +152,8 @@ int FilesList(const Invocation& call) {
     std::string path = entry.path();
     if (entry.type() == v1::FILE_TYPE_DIRECTORY) path += "/";
     if (entry.type() == v1::FILE_TYPE_SYMLINK) path += " -> " + entry.symlink_target();
-    table.Row(absl::StrFormat("%-5s %10d %-22s %s",
-                              EnumWord(v1::FileType_Name(entry.type()), "FILE_TYPE_").substr(0, 5),
+    table.Row(absl::StrFormat("%-9s %10d %-22s %s",
+                              EnumWord(v1::FileType_Name(entry.type()), "FILE_TYPE_"),
                               entry.size_bytes(), FormatTime(entry.modify_time()), path));
   }
   if (response.truncated() && !options.json) {

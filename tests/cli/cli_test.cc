@@ -247,6 +247,9 @@ TEST_F(ParleyCliSandbox, FilesGoInAndOutAndCommandsRunWithTheirOwnExitStatus) {
   ASSERT_EQ(listed.exit_code, 0) << listed.output;
   EXPECT_THAT(listed.output, HasSubstr("tools/"));
   EXPECT_THAT(listed.output, HasSubstr("tools/run.sh"));
+  // Each entry's type is its whole word.
+  EXPECT_THAT(listed.output, HasSubstr("directory"));
+  EXPECT_THAT(listed.output, HasSubstr("regular"));
 
   const std::string downloaded = parley::testing::TestTempDir() + "/cli-download.sh";
   CliRun got = Parley(key, {"files", "get", session, "tools/run.sh", downloaded});
