@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
             4'000'000'000);
   flags.Int("sandbox_uid_count", &config.sandbox_uid_count, "host uids available to sandboxes", 1,
             10'000'000);
-  flags.Choice("cgroup", &config.cgroup, "auto: cgroup v2 controllers where delegated, else the host's v1 hierarchies",
+  flags.Choice("cgroup", &config.cgroup,
+               "auto: cgroup v2 controllers where delegated, else the host's v1 hierarchies",
                {"auto", "off"});
   flags.Choice("pause_mechanism", &config.pause_mechanism,
                "how sandboxes are frozen (auto: cgroup freezer when available, else SIGSTOP)",

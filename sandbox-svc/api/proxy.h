@@ -22,11 +22,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/thread_pool.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "parley/sandboxd/v1/operations.pb.h"
 #include "parley/sandboxd/v1/sandboxd.grpc.pb.h"
 #include "sandbox-svc/manager/manager.h"
-#include "common/thread_pool.h"
 
 namespace parley::sandbox {
 

@@ -11,8 +11,8 @@
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "parley/sandboxd/v1/operations.pb.h"
-#include "sandbox-svc/contract/request_validation.h"
 #include "sandbox-svc/contract/paths.h"
+#include "sandbox-svc/contract/request_validation.h"
 
 namespace parley::sandbox {
 
