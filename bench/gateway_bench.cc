@@ -30,6 +30,7 @@
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
 #include "common/config.h"
+#include "common/proto_time.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
 
@@ -160,8 +161,7 @@ class DeltaWatcher {
       const v1::Event& event = response.event();
       const absl::Time now = absl::Now();
       absl::MutexLock lock(&mu_);
-      const absl::Time stamped =
-          absl::FromUnixSeconds(event.time().seconds()) + absl::Nanoseconds(event.time().nanos());
+      const absl::Time stamped = parley::FromTimestamp(event.time());
       if (event.has_turn_started()) started_time_ = stamped;
       if (event.has_text_delta() && !first_delta_ && sent_ != absl::InfinitePast()) {
         first_delta_ = now;

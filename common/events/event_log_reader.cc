@@ -59,9 +59,8 @@ uint64_t EventLogReader::LastSeqOf(const redisReply* reply) {
 absl::StatusOr<EventLogRange> EventLogReader::Read(RedisConnection& redis,
                                                    const std::string& session_id, EntryId from,
                                                    int max) const {
-  absl::StatusOr<std::vector<RedisReply>> replies =
-      redis.Pipeline({RangeCommand(session_id, from, max),
-                      {"XREVRANGE", keys_.EventStream(session_id), "+", "-", "COUNT", "1"}});
+  absl::StatusOr<std::vector<RedisReply>> replies = redis.Pipeline(
+      {RangeCommand(session_id, from, max), BackwardCommand(session_id, std::nullopt, 1)});
   if (!replies.ok()) return replies.status();
   EventLogRange range{.entries = EntriesOf((*replies)[0].get())};
   std::vector<EventLogEntry> newest = EntriesOf((*replies)[1].get());

@@ -111,10 +111,7 @@ void Hub::Join(const std::shared_ptr<SubscriberStream>& stream) {
     // Gone from here means the call ended while its access was being checked.
     if (opening_.erase(stream.get()) == 0) return;
     auto [it, inserted] = channels_.try_emplace(channel);
-    if (inserted) {
-      it->second.session_id = stream->session_id();
-      subscriber_.Subscribe(channel);
-    }
+    if (inserted) subscriber_.Subscribe(channel);
     auto streams = std::make_shared<StreamList>(*it->second.streams);
     streams->push_back(stream);
     it->second.streams = std::move(streams);

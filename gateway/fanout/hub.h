@@ -102,7 +102,6 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
 
   using StreamList = std::vector<std::shared_ptr<SubscriberStream>>;
   struct Channel {
-    std::string session_id;
     bool active = false;  // Subscription confirmed by Redis.
     // Copy-on-write: fan-out takes a snapshot under the lock and offers outside it,
     // so a slow offer never holds up registration or other sessions.

@@ -8,13 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "sandbox-svc/contract/exec_validation.h"
 #include "sandbox-svc/contract/file_validation.h"
+#include "sandbox-svc/contract/list_cursor.h"
 #include "sandbox-svc/contract/request_validation.h"
 
 namespace parley::sandbox {
@@ -69,16 +68,10 @@ absl::Status ValidateOperation(const Request& request, const Operation& operatio
   return validate(operation);
 }
 
-// A ListSandboxes cursor: empty, or "<create time in unix nanos>/<id>" as the manager
-// writes it (SandboxManager::List decodes it).
+// A ListSandboxes cursor: empty, or one the manager wrote.
 absl::Status ValidatePageToken(const std::string& token) {
   if (token.empty()) return absl::OkStatus();
-  std::vector<std::string> parts = absl::StrSplit(token, '/');
-  int64_t nanos = 0;
-  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &nanos) || parts[1].empty()) {
-    return InvalidArgumentError("page_token", "not a token from a previous response");
-  }
-  return absl::OkStatus();
+  return ListCursor::Parse(token).status();
 }
 
 }  // namespace

@@ -52,15 +52,13 @@ class DaemonCallOwner {
   }
 
   // Takes `operation` for the daemon call and readies the client context for `server`'s
-  // caller. False (and `operation` dropped) when the caller cancelled first or `*finished`
-  // (then set) says the server side is done: answer CancelledByCaller() then.
+  // caller. False (and `operation` dropped) when the caller cancelled first: answer
+  // CancelledByCaller() then.
   bool TakeOperation(std::unique_ptr<Operation> operation,
-                     const grpc::CallbackServerContext* server, bool* finished = nullptr) {
+                     const grpc::CallbackServerContext* server) {
     {
       absl::MutexLock lock(&mu_);
-      const bool stop = cancelled_ || (finished != nullptr && *finished);
-      if (finished != nullptr) *finished = *finished || stop;
-      if (stop) return false;
+      if (cancelled_) return false;
       daemon_started_ = true;
     }
     operation_ = std::move(operation);
@@ -294,8 +292,10 @@ class WriteProxy : private DaemonCallOwner {
       FinishServer(ToGrpcStatus(operation.status()));
       return;
     }
-    if (!TakeOperation(*std::move(operation), context_, &finished_)) {
-      server_.Finish(CancelledByCaller());
+    // Nothing has finished the server side yet: its only earlier finishes are OnHeader's
+    // refusals, which never ask for an operation.
+    if (!TakeOperation(*std::move(operation), context_)) {
+      FinishServer(CancelledByCaller());
       return;
     }
     refs_.fetch_add(1);  // The daemon side.

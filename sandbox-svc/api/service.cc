@@ -4,7 +4,6 @@
 
 #include "common/status.h"
 #include "sandbox-svc/api/call_validation.h"
-#include "sandbox-svc/contract/paths.h"
 
 namespace parley::sandbox {
 namespace {

@@ -5,11 +5,10 @@
 
 #include <algorithm>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/proto_time.h"
 #include "common/status.h"
+#include "sandbox-svc/contract/list_cursor.h"
 #include "sandbox-svc/manager/recovery.h"
 
 namespace parley::sandbox {
@@ -18,21 +17,8 @@ namespace {
 namespace sandbox_pb = ::parley::sandbox::v1;
 
 constexpr uint32_t kDefaultPageSize = 50;
-// A List cursor: "<create time in unix nanos>/<id>" of the last sandbox returned.
-using Cursor = std::pair<int64_t, std::string>;
-
-Cursor PositionOf(const sandbox_pb::Sandbox& sandbox) {
+ListCursor PositionOf(const sandbox_pb::Sandbox& sandbox) {
   return {absl::ToUnixNanos(FromTimestamp(sandbox.create_time())), sandbox.id()};
-}
-
-absl::StatusOr<Cursor> ParsePageToken(const std::string& token) {
-  Cursor cursor;
-  std::vector<std::string> parts = absl::StrSplit(token, '/');
-  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &cursor.first) || parts[1].empty()) {
-    return InvalidArgumentError("page_token", "not a token from a previous response");
-  }
-  cursor.second = parts[1];
-  return cursor;
 }
 
 bool Matches(const sandbox_pb::ListSandboxesRequest& request, const std::set<int>& states,
@@ -262,9 +248,9 @@ absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Get(const std::string& tenan
 
 absl::StatusOr<sandbox_pb::ListSandboxesResponse> SandboxManager::List(
     const sandbox_pb::ListSandboxesRequest& request) {
-  std::optional<Cursor> after;
+  std::optional<ListCursor> after;
   if (!request.page_token().empty()) {
-    absl::StatusOr<Cursor> parsed = ParsePageToken(request.page_token());
+    absl::StatusOr<ListCursor> parsed = ListCursor::Parse(request.page_token());
     if (!parsed.ok()) return parsed.status();
     after = *std::move(parsed);
   }
@@ -282,8 +268,8 @@ absl::StatusOr<sandbox_pb::ListSandboxesResponse> SandboxManager::List(
   for (const sandbox_pb::Sandbox& sandbox : matches) {
     if (after.has_value() && !(PositionOf(sandbox) < *after)) continue;
     if (static_cast<uint32_t>(response.sandboxes_size()) == page_size) {
-      const Cursor last = PositionOf(response.sandboxes(response.sandboxes_size() - 1));
-      response.set_next_page_token(absl::StrCat(last.first, "/", last.second));
+      response.set_next_page_token(
+          PositionOf(response.sandboxes(response.sandboxes_size() - 1)).ToToken());
       break;
     }
     *response.add_sandboxes() = sandbox;

@@ -10,7 +10,11 @@
 namespace parley::sandbox {
 
 absl::Status SandboxTable::CheckQuota(const std::string& tenant_id) const {
-  const int node = static_cast<int>(live_.size());
+  if (absl::Status s = CheckTenantQuota(tenant_id); !s.ok()) return s;
+  return CheckNodeQuota();
+}
+
+absl::Status SandboxTable::CheckTenantQuota(const std::string& tenant_id) const {
   auto counted = live_per_tenant_.find(tenant_id);
   const int tenant = counted == live_per_tenant_.end() ? 0 : counted->second;
   if (!tenant_id.empty() && tenant >= max_sandboxes_per_tenant_) {
@@ -23,6 +27,11 @@ absl::Status SandboxTable::CheckQuota(const std::string& tenant_id) const {
                   {"live", absl::StrCat(tenant)}});
     return status;
   }
+  return absl::OkStatus();
+}
+
+absl::Status SandboxTable::CheckNodeQuota() const {
+  const int node = static_cast<int>(live_.size());
   if (node >= max_sandboxes_) {
     absl::Status status = absl::ResourceExhaustedError(
         absl::StrCat("this node runs ", node, " sandboxes and the limit is ", max_sandboxes_,
@@ -82,18 +91,14 @@ absl::StatusOr<std::shared_ptr<Sandbox>> SandboxTable::TakeWarm(const std::strin
                                                                 const std::string& tenant_id,
                                                                 const std::string& session_id) {
   absl::MutexLock lock(&mu_);
-  if (absl::Status s = CheckQuota(tenant_id); !s.ok()) {
-    // The node quota counts warm sandboxes already; taking one adds nothing.
-    auto info = GetErrorInfo(s);
-    if (!info || info->metadata().at("scope") == "tenant") return s;
-  }
+  // The node quota counts warm sandboxes already; taking one adds nothing to it.
+  if (absl::Status s = CheckTenantQuota(tenant_id); !s.ok()) return s;
   auto pool = pools_.find(template_name);
   if (pool == pools_.end() || pool->second.empty()) return nullptr;
   const std::string id = pool->second.front();
   pool->second.pop_front();
   Owner owner{tenant_id, session_id, template_name};
-  live_per_tenant_[tenant_id]++;
-  live_[id] = owner;
+  Count(id, owner);
   IndexSession(id, owner);
   return by_id_.at(id);
 }

@@ -73,7 +73,11 @@ class SandboxTable {
   int PoolReady(const std::string& template_name) const;
 
  private:
+  // Tenant first, then node: RESOURCE_EXHAUSTED SANDBOX_QUOTA naming the scope.
   absl::Status CheckQuota(const std::string& tenant_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckTenantQuota(const std::string& tenant_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckNodeQuota() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void IndexSession(const std::string& id, const Owner& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Count(const std::string& id, Owner owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

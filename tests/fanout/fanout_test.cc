@@ -479,10 +479,13 @@ class RetryFanout : public FakeClockFanout {
 TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) {
   std::unique_ptr<StreamReader> stream = StreamOfOneEvent();
   ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return flaky_->starts() == 1; }));
-  // Not yet a second later: the stream stays open and nothing is retried.
+  // Not yet a second later: the stream stays open and nothing is retried. A retry is
+  // scheduled within the tick that decides it, so the backfill count shows it at once.
+  const int64_t backfills = Sample(registry_, "parley_fanout_backfills_total");
   hub_->TickOnce();
   clock_.Advance(absl::Milliseconds(900));
   hub_->TickOnce();
+  EXPECT_EQ(Sample(registry_, "parley_fanout_backfills_total"), backfills);
   EXPECT_EQ(flaky_->starts(), 1);
 
   std::atomic<bool> received{false};

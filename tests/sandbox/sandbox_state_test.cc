@@ -1,5 +1,6 @@
 // The Sandbox object's transitions: each legal move is taken, each illegal one is
 // refused with SANDBOX_GONE and changes nothing (sandbox-svc/manager/sandbox.h).
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 
 #include "common/status.h"
@@ -21,13 +22,18 @@ Sandbox Make(sandbox_pb::SandboxState state, bool pooled = false) {
   return Sandbox(std::move(record));
 }
 
+// `before` is the record as it was before the refused move.
 void ExpectRefusedAndUnchanged(const Sandbox& sandbox, const absl::Status& status,
-                               sandbox_pb::SandboxState state) {
+                               const SandboxRecord& before) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   auto info = GetErrorInfo(status);
   ASSERT_TRUE(info.has_value());
   EXPECT_EQ(info->reason(), "SANDBOX_GONE");
-  EXPECT_EQ(sandbox.Record().sandbox.state(), state);
+  const SandboxRecord after = sandbox.Record();
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(after.sandbox, before.sandbox))
+      << after.sandbox.DebugString();
+  EXPECT_EQ(after.pooled, before.pooled);
+  EXPECT_EQ(after.provider_state, before.provider_state);
 }
 
 TEST(SandboxState, CreatingBecomesReadyThenPausedThenReadyAgain) {
@@ -44,7 +50,8 @@ TEST(SandboxState, ReadyIsRefusedFromReadyFailedAndDestroyed) {
        {sandbox_pb::SANDBOX_STATE_READY, sandbox_pb::SANDBOX_STATE_FAILED,
         sandbox_pb::SANDBOX_STATE_DESTROYED}) {
     Sandbox sandbox = Make(from);
-    ExpectRefusedAndUnchanged(sandbox, sandbox.Ready(nullptr, "", kNow), from);
+    const SandboxRecord before = sandbox.Record();
+    ExpectRefusedAndUnchanged(sandbox, sandbox.Ready(nullptr, "", kNow), before);
   }
 }
 
@@ -53,7 +60,8 @@ TEST(SandboxState, PausedIsRefusedUnlessReady) {
        {sandbox_pb::SANDBOX_STATE_CREATING, sandbox_pb::SANDBOX_STATE_PAUSED,
         sandbox_pb::SANDBOX_STATE_FAILED, sandbox_pb::SANDBOX_STATE_DESTROYED}) {
     Sandbox sandbox = Make(from);
-    ExpectRefusedAndUnchanged(sandbox, sandbox.Paused({}, "paused", kNow), from);
+    const SandboxRecord before = sandbox.Record();
+    ExpectRefusedAndUnchanged(sandbox, sandbox.Paused({}, "paused", kNow), before);
   }
 }
 
@@ -61,10 +69,11 @@ TEST(SandboxState, NothingLeavesDestroyed) {
   Sandbox sandbox = Make(sandbox_pb::SANDBOX_STATE_READY);
   ASSERT_TRUE(sandbox.Destroyed("destroyed by request", kNow).ok());
   EXPECT_TRUE(sandbox.Record().provider_state.empty());
-  const auto destroyed = sandbox_pb::SANDBOX_STATE_DESTROYED;
-  ExpectRefusedAndUnchanged(sandbox, sandbox.Destroyed("again", kNow), destroyed);
-  ExpectRefusedAndUnchanged(sandbox, sandbox.Failed("late failure", true, kNow), destroyed);
-  ExpectRefusedAndUnchanged(sandbox, sandbox.FailedAsIs("late failure", kNow), destroyed);
+  const SandboxRecord destroyed = sandbox.Record();
+  const absl::Time later = kNow + absl::Minutes(1);  // A refused move stamps nothing.
+  ExpectRefusedAndUnchanged(sandbox, sandbox.Destroyed("again", later), destroyed);
+  ExpectRefusedAndUnchanged(sandbox, sandbox.Failed("late failure", true, later), destroyed);
+  ExpectRefusedAndUnchanged(sandbox, sandbox.FailedAsIs("late failure", later), destroyed);
   EXPECT_EQ(sandbox.Record().sandbox.state_message(), "destroyed by request");
 }
 
