@@ -123,7 +123,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 
 {{/* Non-empty when templates/secret.yaml has at least one plain value to hold. */}}
 {{- define "parley.secret.needed" -}}
-{{- if or (and .Values.postgres.url (not .Values.postgres.existingSecret.name)) (and .Values.redis.url (not .Values.redis.existingSecret.name)) (and .Values.gateway.bootstrapApiKey (not .Values.gateway.bootstrapApiKeySecret.name)) -}}
+{{- if or (and .Values.postgres.url (not .Values.postgres.existingSecret.name)) (and .Values.redis.url (not .Values.redis.existingSecret.name)) (and .Values.gateway.bootstrapApiKey (not .Values.gateway.bootstrapApiKeySecret.name)) .Values.session.providerKeys -}}
 true
 {{- end -}}
 {{- end -}}
@@ -169,6 +169,51 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* ---- Configuration --------------------------------------------------------- */}}
+
+{{/* Flags the chart sets itself; <svc>.config may not name them. */}}
+{{- define "parley.reservedFlags" -}}
+grpc_addr admin_addr log_level drain_timeout redis_url database_url bootstrap_api_key bootstrap_tenant store_addr session_addr sandbox_addr templates state_dir providers_file kube_namespace kube_sandboxd_port
+{{- end -}}
+
+{{/* Name of a component's ConfigMap of PARLEY_* variables. */}}
+{{- define "parley.envConfigMapName" -}}
+{{- printf "%s-env" (include "parley.componentName" .) -}}
+{{- end -}}
+
+{{/* The providers file of session-svc: name of its ConfigMap, empty when there is none. */}}
+{{- define "parley.session.providersConfigMap" -}}
+{{- if .Values.session.providers -}}
+{{- printf "%s-providers" (include "parley.componentName" (dict "root" . "component" "session")) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* OpenTelemetry variables of a component, as a YAML list of EnvVar (empty when off). */}}
+{{- define "parley.env.otel" -}}
+{{- $t := .root.Values.telemetry -}}
+{{- if $t.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.otlpEndpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "parley-%s" .component | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "service.namespace=%s,k8s.namespace.name=%s,k8s.pod.name=$(POD_NAME),service.version=%s" .root.Release.Name .root.Release.Namespace .root.Chart.AppVersion | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- if $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | toString | quote }}
+{{- end }}
+{{- if $t.headersSecret.name }}
+{{ include "parley.secretEnv" (dict "name" "OTEL_EXPORTER_OTLP_HEADERS" "secret" $t.headersSecret.name "key" ($t.headersSecret.key | default "otlp-headers")) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* ---- Checks ------------------------------------------------------------------- */}}
 
 {{- define "parley.validate" -}}
@@ -183,5 +228,23 @@ true
 {{- end -}}
 {{- if and .Values.redis.url (not .Values.redis.existingSecret.name) (not (regexMatch "^redis://" .Values.redis.url)) -}}
 {{- fail "parley: redis.url must start with redis:// (TLS rediss:// is not supported by the services yet)" -}}
+{{- end -}}
+{{- $reserved := splitList " " (include "parley.reservedFlags" .) -}}
+{{- range $c := list "gateway" "session" "sandbox" "store" -}}
+{{- range $flag, $_ := (index $.Values $c).config -}}
+{{- if has $flag $reserved -}}
+{{- fail (printf "parley: %s.config.%s is set by the chart itself; use the chart's own value for it (README.md, Values)" $c $flag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.sandbox.autoscaling.enabled -}}
+{{- fail "parley: sandbox.autoscaling.enabled must be false: parley-sandbox runs as one replica (README.md, Scaling)" -}}
+{{- end -}}
+{{- if not .Values.session.providerKeysExistingSecret -}}
+{{- range $p := (.Values.session.providers.providers | default list) -}}
+{{- if and $p.api_key_env (not (hasKey $.Values.session.providerKeys $p.api_key_env)) -}}
+{{- fail (printf "parley: provider %q reads its key from %s: set session.providerKeys.%s or session.providerKeysExistingSecret" ($p.name | toString) $p.api_key_env $p.api_key_env) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

@@ -1,12 +1,46 @@
 {{- /*
-The Deployment and Service every Parley service gets, rendered by gateway.yaml,
-session.yaml, sandbox.yaml and store.yaml. Call with
-  (dict "root" $ "component" "gateway" "env" <yaml list string> ...)
-Optional keys: "volumes", "volumeMounts" (yaml list strings), "serviceAccountName",
-"checksums" (dict of annotation suffix -> value).
+The workload, env ConfigMap and Service every Parley service gets, rendered by
+gateway.yaml, session.yaml, sandbox.yaml and store.yaml. Call with
+  (dict "root" $ "component" "gateway" "env" <ConfigMap data dict> ...)
+Optional keys: "secretEnv" (YAML list string of EnvVar read from Secrets), "envFrom"
+(YAML list string), "volumes", "volumeMounts" (YAML list strings),
+"serviceAccountName", "checksums" (dict of annotation suffix -> value), "statefulSet"
+(dict: "volumeClaimTemplates" YAML list string) to render a StatefulSet instead of a
+Deployment.
+
+Every non-secret setting reaches the binary as a PARLEY_<FLAG> variable from the
+component's ConfigMap (envFrom), so `kubectl get cm <release>-parley-<svc>-env` shows
+the whole configuration and a change rolls the pods (checksum/env annotation).
 */ -}}
 
-{{- define "parley.deployment" -}}
+{{/* The component's ConfigMap of PARLEY_* variables: chart-set ones, then <svc>.config. */}}
+{{- define "parley.envConfigMap" -}}
+{{- $root := .root -}}
+{{- $v := index $root.Values .component -}}
+{{- $ctx := dict "root" $root "component" .component -}}
+{{- $data := dict
+  "PARLEY_GRPC_ADDR" (printf "%s:%d" $root.Values.listenHost (int $v.grpcPort))
+  "PARLEY_ADMIN_ADDR" (printf "%s:%d" $root.Values.listenHost (int $v.adminPort))
+  "PARLEY_LOG_LEVEL" (include "parley.logLevel" $ctx)
+  "PARLEY_DRAIN_TIMEOUT" (printf "%ds" (int $root.Values.drainTimeoutSeconds)) -}}
+{{- range $k, $val := .env -}}
+{{- $_ := set $data $k (toString $val) -}}
+{{- end -}}
+{{- range $flag, $val := $v.config -}}
+{{- $_ := set $data (printf "PARLEY_%s" (upper $flag)) (toString $val) -}}
+{{- end -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "parley.envConfigMapName" $ctx }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "parley.labels" $ctx | nindent 4 }}
+data:
+  {{- toYaml $data | nindent 2 }}
+{{- end -}}
+
+{{- define "parley.workload" -}}
 {{- $root := .root -}}
 {{- $c := .component -}}
 {{- $v := index $root.Values $c -}}
@@ -17,6 +51,7 @@ Optional keys: "volumes", "volumeMounts" (yaml list strings), "serviceAccountNam
 {{- $_ := set $annotations "prometheus.io/port" (toString (int $v.adminPort)) -}}
 {{- $_ := set $annotations "prometheus.io/path" "/metrics" -}}
 {{- end -}}
+{{- $_ := set $annotations "checksum/env" (include "parley.envConfigMap" .  | sha256sum) -}}
 {{- range $k, $val := (.checksums | default dict) -}}
 {{- $_ := set $annotations (printf "checksum/%s" $k) $val -}}
 {{- end -}}
@@ -27,8 +62,9 @@ Optional keys: "volumes", "volumeMounts" (yaml list strings), "serviceAccountNam
 {{- $nodeSelector := $v.nodeSelector | default $root.Values.nodeSelector -}}
 {{- $tolerations := $v.tolerations | default $root.Values.tolerations -}}
 {{- $affinity := $v.affinity | default $root.Values.affinity -}}
+{{- $spread := $root.Values.topologySpread -}}
 apiVersion: apps/v1
-kind: Deployment
+kind: {{ if .statefulSet }}StatefulSet{{ else }}Deployment{{ end }}
 metadata:
   name: {{ include "parley.componentName" $ctx }}
   namespace: {{ $root.Release.Namespace }}
@@ -39,11 +75,18 @@ spec:
   replicas: {{ int $v.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
+  {{- if .statefulSet }}
+  serviceName: {{ include "parley.componentName" $ctx }}
+  podManagementPolicy: Parallel
+  updateStrategy:
+    type: RollingUpdate
+  {{- else }}
   strategy:
     type: RollingUpdate
     rollingUpdate:
       maxSurge: 25%
       maxUnavailable: 0
+  {{- end }}
   selector:
     matchLabels:
       {{- include "parley.selectorLabels" $ctx | nindent 6 }}
@@ -54,10 +97,8 @@ spec:
         {{- with $podLabels }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- with $annotations }}
       annotations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+        {{- toYaml $annotations | nindent 8 }}
     spec:
       {{- with $root.Values.imagePullSecrets }}
       imagePullSecrets:
@@ -69,6 +110,7 @@ spec:
       {{- else }}
       automountServiceAccountToken: false
       {{- end }}
+      enableServiceLinks: false
       terminationGracePeriodSeconds: {{ include "parley.terminationGracePeriodSeconds" $root }}
       {{- with $podSecurityContext }}
       securityContext:
@@ -78,10 +120,6 @@ spec:
         - name: {{ $c }}
           image: {{ include "parley.image" $ctx | quote }}
           imagePullPolicy: {{ include "parley.imagePullPolicy" $ctx }}
-          {{- with $v.extraArgs }}
-          args:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
           ports:
             - name: grpc
               containerPort: {{ int $v.grpcPort }}
@@ -89,31 +127,43 @@ spec:
             - name: admin
               containerPort: {{ int $v.adminPort }}
               protocol: TCP
-          env:
-            - name: PARLEY_GRPC_ADDR
-              value: {{ printf "%s:%d" $root.Values.listenHost (int $v.grpcPort) | quote }}
-            - name: PARLEY_ADMIN_ADDR
-              value: {{ printf "%s:%d" $root.Values.listenHost (int $v.adminPort) | quote }}
-            - name: PARLEY_LOG_LEVEL
-              value: {{ include "parley.logLevel" $ctx | quote }}
-            - name: PARLEY_DRAIN_TIMEOUT
-              value: {{ printf "%ds" (int $root.Values.drainTimeoutSeconds) | quote }}
-            {{- with $root.Values.telemetry.otlpEndpoint }}
-            - name: PARLEY_OTLP_ENDPOINT
-              value: {{ . | quote }}
+          envFrom:
+            - configMapRef:
+                name: {{ include "parley.envConfigMapName" $ctx }}
+            {{- with .envFrom }}
+            {{- . | nindent 12 }}
             {{- end }}
-            {{- with .env }}
+          {{- $otel := include "parley.env.otel" $ctx }}
+          {{- if or .secretEnv $otel $v.extraEnv }}
+          env:
+            {{- with .secretEnv }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $otel }}
             {{- . | nindent 12 }}
             {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          {{- end }}
+          {{- /*
+          gRPC health ("") is SERVING only while the service's hard dependencies answer
+          and it is not draining: right for readiness and start-up. Liveness asks the
+          admin port's /healthz instead, which only says the process runs: a liveness
+          probe that followed Redis or Postgres would restart every pod during an
+          outage of theirs, which heals nothing.
+          */}}
           startupProbe:
-            httpGet:
-              path: /healthz
-              port: admin
+            grpc:
+              port: {{ int $v.grpcPort }}
             periodSeconds: 2
-            failureThreshold: 30
+            failureThreshold: 60
+          readinessProbe:
+            grpc:
+              port: {{ int $v.grpcPort }}
+            periodSeconds: 5
+            timeoutSeconds: 2
+            failureThreshold: 2
           livenessProbe:
             httpGet:
               path: /healthz
@@ -121,20 +171,11 @@ spec:
             periodSeconds: 10
             timeoutSeconds: 2
             failureThreshold: 3
-          readinessProbe:
-            httpGet:
-              path: /readyz
-              port: admin
-            periodSeconds: 5
-            timeoutSeconds: 2
-            failureThreshold: 2
           {{- if gt (int $root.Values.preStopSleepSeconds) 0 }}
           lifecycle:
             preStop:
-              # Keep serving while the endpoint removal propagates; SIGTERM (and the
-              # service's own drain) follows when this returns.
               exec:
-                command: ["/bin/sleep", {{ int $root.Values.preStopSleepSeconds | toString | quote }}]
+                command: ["sleep", "{{ int $root.Values.preStopSleepSeconds }}"]
           {{- end }}
           {{- with $v.resources }}
           resources:
@@ -157,6 +198,17 @@ spec:
         {{- with .volumes }}
         {{- . | nindent 8 }}
         {{- end }}
+      {{- if $spread.enabled }}
+      topologySpreadConstraints:
+        {{- range $key := $spread.topologyKeys }}
+        - maxSkew: {{ int $spread.maxSkew }}
+          topologyKey: {{ $key }}
+          whenUnsatisfiable: {{ $spread.whenUnsatisfiable }}
+          labelSelector:
+            matchLabels:
+              {{- include "parley.selectorLabels" $ctx | nindent 14 }}
+        {{- end }}
+      {{- end }}
       {{- with $nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -169,6 +221,12 @@ spec:
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+  {{- with .statefulSet }}
+  {{- with .volumeClaimTemplates }}
+  volumeClaimTemplates:
+    {{- . | nindent 4 }}
+  {{- end }}
+  {{- end }}
 {{- end -}}
 
 {{- define "parley.service" -}}
@@ -203,4 +261,13 @@ spec:
       targetPort: admin
       protocol: TCP
       appProtocol: http
+{{- end -}}
+
+{{/* Everything one service renders: env ConfigMap, workload, Service. */}}
+{{- define "parley.component" -}}
+{{ include "parley.envConfigMap" . }}
+---
+{{ include "parley.workload" . }}
+---
+{{ include "parley.service" (dict "root" .root "component" .component) }}
 {{- end -}}
