@@ -133,7 +133,7 @@ spec:
             {{- with .envFrom }}
             {{- . | nindent 12 }}
             {{- end }}
-          {{- $otel := include "parley.env.otel" $ctx }}
+          {{- $otel := include "parley.env.otel" $ctx | trim }}
           {{- if or .secretEnv $otel $v.extraEnv }}
           env:
             {{- with .secretEnv }}

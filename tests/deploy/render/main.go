@@ -19,8 +19,9 @@
 // Usage:
 //   render -chart DIR -out DIR [-f values.yaml]... [-name RELEASE] [-namespace NS]
 //
-// Writes each rendered template under OUT/<chart>/templates/... (like
-// `helm template --output-dir`) and OUT/render.json: {"values": merged values,
+// Writes each rendered template under OUT/<chart>/templates/... as
+// `helm template --output-dir` does (documents trimmed, each after "---" and a
+// "# Source:" line) and OUT/render.json: {"values": merged values,
 // "objects": [{"source", "object"}...], "notes": NOTES.txt}. Exits 1 with helm-style
 // messages ("execution error at (parley/templates/x.yaml:3:4): ...") on any error.
 package main
@@ -407,13 +408,15 @@ func writeOutput(outDir, chart string, values map[string]interface{}, files []re
 			result.Notes = f.text
 			continue
 		}
-		if strings.TrimSpace(f.text) == "" {
-			continue // a template that renders nothing yields no file, as in helm
-		}
-		if err := writeFile(filepath.Join(outDir, filepath.FromSlash(f.name)), f.text); err != nil {
-			return err
-		}
+		// helm splits each template's output into documents, trims each and drops the
+		// empty ones, then writes "---\n# Source: <template>\n<document>\n" per document.
+		var manifest strings.Builder
 		for i, doc := range docSeparator.Split(f.text, -1) {
+			doc = strings.TrimSpace(doc)
+			if doc == "" {
+				continue
+			}
+			fmt.Fprintf(&manifest, "---\n# Source: %s\n%s\n", f.name, doc)
 			if strings.TrimSpace(stripComments(doc)) == "" {
 				continue
 			}
@@ -422,6 +425,12 @@ func writeOutput(outDir, chart string, values map[string]interface{}, files []re
 				return fmt.Errorf("YAML parse error in %s (document %d): %v", f.name, i+1, err)
 			}
 			result.Objects = append(result.Objects, object{Source: f.name, Object: obj})
+		}
+		if manifest.Len() == 0 {
+			continue // a template that renders nothing yields no file, as in helm
+		}
+		if err := writeFile(filepath.Join(outDir, filepath.FromSlash(f.name)), manifest.String()); err != nil {
+			return err
 		}
 	}
 	data, err := json.MarshalIndent(result, "", "  ")

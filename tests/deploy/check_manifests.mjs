@@ -1,0 +1,241 @@
+// check_manifests: checks what tests/deploy/render made of the chart for one values file.
+//
+//   node check_manifests.mjs RENDER_JSON CHART_DIR BIN_DIR
+//
+// 1. The merged values against the chart's values.schema.json (as helm would, with ajv).
+// 2. Every rendered object against the Kubernetes schema of its apiVersion and kind
+//    (npm `kubernetes-models`, `@kubernetes-models/prometheus-operator` for the CRDs);
+//    a kind with no schema is an error.
+// 3. The chart's own promises: restricted security contexts, gRPC readiness probes, a
+//    Service, PodDisruptionBudget and NetworkPolicy for every workload, HPAs aimed at
+//    workloads that exist, every referenced ConfigMap and Secret either rendered or
+//    named in the values as an existing one.
+// 4. Flags and variables: every PARLEY_* variable and argument a Parley container gets
+//    exists in its binary's --help, and the values pass the binary's own parser (the
+//    binary runs with `--help` and the container's literal environment: a bad value
+//    exits 2 before --help is looked at); OTEL_* names are the OpenTelemetry SDK's; a
+//    model provider key is a variable some provider's api_key_env reads.
+// Prints one line per failure and exits 1 if there was any.
+import { existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import Ajv from 'ajv';
+
+const [renderFile, chartDir, binDir] = process.argv.slice(2);
+if (!renderFile || !chartDir || !binDir) {
+  console.error('usage: node check_manifests.mjs RENDER_JSON CHART_DIR BIN_DIR');
+  process.exit(2);
+}
+const render = JSON.parse(readFileSync(renderFile, 'utf8'));
+const values = render.values;
+const objects = render.objects.map((o) => ({ source: o.source, ...o.object }));
+const failures = [];
+const fail = (where, msg) => failures.push(`${where}: ${msg}`);
+const id = (o) => `${o.kind}/${o.metadata?.name} (${o.source})`;
+
+// ---- 1. values.schema.json ------------------------------------------------------------
+{
+  const schema = JSON.parse(readFileSync(join(chartDir, 'values.schema.json'), 'utf8'));
+  const ajv = new Ajv({ allErrors: true, strict: false });
+  const validate = ajv.compile(schema);
+  if (!validate(values)) {
+    for (const e of validate.errors) fail('values', `${e.instancePath || '/'} ${e.message}`);
+  }
+}
+
+// ---- 2. Kubernetes schemas ------------------------------------------------------------
+const CORE = 'kubernetes-models';
+const MODULES = {
+  'monitoring.coreos.com/v1': '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1',
+};
+for (const o of objects) {
+  if (!o.apiVersion || !o.kind || !o.metadata?.name) {
+    fail(o.source, 'object without apiVersion, kind or metadata.name');
+    continue;
+  }
+  const base = MODULES[o.apiVersion] ?? `${CORE}/${o.apiVersion}`;
+  let Model;
+  try {
+    Model = (await import(`${base}/${o.kind}`))[o.kind];
+  } catch {
+    fail(id(o), `no schema for ${o.apiVersion} ${o.kind}`);
+    continue;
+  }
+  const { source, ...data } = o;
+  try {
+    new Model(data).validate();
+  } catch (e) {
+    fail(id(o), e.message);
+  }
+}
+
+// ---- 3. The chart's promises ------------------------------------------------------------
+const byKind = (kind) => objects.filter((o) => o.kind === kind);
+const workloads = [...byKind('Deployment'), ...byKind('StatefulSet')];
+const matches = (selector, labels) =>
+  Object.entries(selector ?? {}).every(([k, v]) => labels?.[k] === v);
+const podLabels = (w) => w.spec.template.metadata.labels;
+const relaxedSandbox = Object.keys(values.sandbox?.securityContext ?? {}).length > 0;
+
+for (const w of [...workloads, ...byKind('Job')]) {
+  const component = podLabels(w)?.['app.kubernetes.io/component'];
+  const pod = w.spec.template.spec;
+  if (pod.securityContext?.runAsNonRoot !== true) fail(id(w), 'pod securityContext.runAsNonRoot is not true');
+  for (const c of pod.containers) {
+    const sc = c.securityContext ?? {};
+    const restricted = sc.runAsNonRoot === true && sc.readOnlyRootFilesystem === true &&
+      sc.allowPrivilegeEscalation === false && (sc.capabilities?.drop ?? []).includes('ALL');
+    // sandbox.securityContext is the one documented way to relax it (local provider).
+    if (!restricted && !(component === 'sandbox' && relaxedSandbox)) {
+      fail(id(w), `container ${c.name}: securityContext is not runAsNonRoot + readOnlyRootFilesystem + no privilege escalation + drop ALL`);
+    }
+  }
+}
+for (const w of workloads) {
+  const labels = podLabels(w);
+  const c = w.spec.template.spec.containers[0];
+  if (!c.readinessProbe?.grpc || !c.startupProbe?.grpc) fail(id(w), 'readiness and startup probes must be native gRPC probes');
+  if (!c.livenessProbe) fail(id(w), 'no liveness probe');
+  if (!byKind('Service').some((s) => matches(s.spec.selector, labels))) fail(id(w), 'no Service selects it');
+  const pdbOn = values[labels['app.kubernetes.io/component']]?.pdb?.enabled;
+  if (pdbOn && !byKind('PodDisruptionBudget').some((p) => matches(p.spec.selector.matchLabels, labels))) {
+    fail(id(w), 'no PodDisruptionBudget selects it');
+  }
+  if (values.networkPolicy.enabled &&
+      !byKind('NetworkPolicy').some((n) => n.metadata.namespace === w.metadata.namespace &&
+        matches(n.spec.podSelector.matchLabels, labels) && n.spec.policyTypes.includes('Ingress'))) {
+    fail(id(w), 'no ingress NetworkPolicy selects it');
+  }
+  if (values.topologySpread.enabled && !(w.spec.template.spec.topologySpreadConstraints ?? []).length) {
+    fail(id(w), 'no topologySpreadConstraints');
+  }
+}
+for (const h of byKind('HorizontalPodAutoscaler')) {
+  const t = h.spec.scaleTargetRef;
+  if (!workloads.some((w) => w.kind === t.kind && w.metadata.name === t.name)) fail(id(h), `targets missing ${t.kind}/${t.name}`);
+  if (h.spec.minReplicas > h.spec.maxReplicas) fail(id(h), 'minReplicas > maxReplicas');
+}
+
+// The dashboard and the rules are rendered exactly when enabled and shipped.
+for (const [file, enabled, kind, name] of [
+  ['files/grafana/parley-dashboard.json', values.grafana.dashboards.enabled, 'ConfigMap', /-dashboard$/],
+  ['files/prometheus/parley-rules.yaml', values.metrics.prometheusRule.enabled, 'PrometheusRule', /./],
+]) {
+  const shipped = existsSync(join(chartDir, file));
+  const found = byKind(kind).some((o) => name.test(o.metadata.name));
+  if (found !== (enabled && shipped)) {
+    fail(file, `${kind} rendered: ${found}; expected ${enabled && shipped} (enabled: ${enabled}, file shipped: ${shipped})`);
+  }
+}
+const dashboard = byKind('ConfigMap').find((o) => /-dashboard$/.test(o.metadata.name));
+if (dashboard) {
+  try {
+    JSON.parse(dashboard.data['parley-dashboard.json']);
+  } catch (e) {
+    fail(id(dashboard), `parley-dashboard.json is not JSON: ${e.message}`);
+  }
+  for (const [k, v] of Object.entries(values.grafana.dashboards.labels)) {
+    if (dashboard.metadata.labels[k] !== v) fail(id(dashboard), `lacks the sidecar label ${k}: ${v}`);
+  }
+}
+
+// Every ConfigMap and Secret a pod refers to is rendered here or named in the values.
+const rendered = (kind, name) => byKind(kind).some((o) => o.metadata.name === name);
+const external = new Set([
+  values.postgres.existingSecret.name, values.redis.existingSecret.name,
+  values.gateway.bootstrapApiKeySecret.name, values.session.providerKeysExistingSecret,
+  values.telemetry.headersSecret.name, values.sandbox.templates.existingConfigMap,
+].filter(Boolean));
+for (const c of ['gateway', 'session', 'sandbox', 'store']) {
+  for (const e of values[c].extraEnv ?? []) {
+    const ref = e.valueFrom?.secretKeyRef ?? e.valueFrom?.configMapKeyRef;
+    if (ref?.name) external.add(ref.name);  // the user's own, named in extraEnv
+  }
+}
+const checkRef = (w, kind, name) => {
+  if (!rendered(kind, name) && !external.has(name)) fail(id(w), `refers to ${kind} ${name}, which is neither rendered nor an existing one named in the values`);
+};
+for (const w of [...workloads, ...byKind('Job')]) {
+  const pod = w.spec.template.spec;
+  for (const v of pod.volumes ?? []) {
+    if (v.configMap) checkRef(w, 'ConfigMap', v.configMap.name);
+    if (v.secret) checkRef(w, 'Secret', v.secret.secretName);
+  }
+  for (const c of pod.containers) {
+    for (const e of c.env ?? []) {
+      if (e.valueFrom?.secretKeyRef) checkRef(w, 'Secret', e.valueFrom.secretKeyRef.name);
+      if (e.valueFrom?.configMapKeyRef) checkRef(w, 'ConfigMap', e.valueFrom.configMapKeyRef.name);
+    }
+    for (const f of c.envFrom ?? []) {
+      if (f.configMapRef) checkRef(w, 'ConfigMap', f.configMapRef.name);
+      if (f.secretRef) checkRef(w, 'Secret', f.secretRef.name);
+    }
+  }
+}
+
+// ---- 4. Flags and variables ----------------------------------------------------------------
+// The variables of the OpenTelemetry SDK specification the chart may set.
+const OTEL = new Set(['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT',
+  'OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_SERVICE_NAME', 'OTEL_RESOURCE_ATTRIBUTES',
+  'OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG', 'OTEL_SDK_DISABLED']);
+const providerKeyVars = new Set((values.session.providers?.providers ?? [])
+  .map((p) => p.api_key_env).filter(Boolean));
+const helpCache = new Map();
+
+function checkContainer(w, c) {
+  const m = /(?:^|\/)parley-(gateway|session|sandbox|store)(?::|@|$)/.exec(c.image);
+  if (!m) return;
+  const binary = join(binDir, `parley-${m[1]}`);
+  const literal = {};
+  const names = [];
+  for (const f of c.envFrom ?? []) {
+    const cm = f.configMapRef && byKind('ConfigMap').find((o) => o.metadata.name === f.configMapRef.name);
+    for (const [k, v] of Object.entries(cm?.data ?? {})) { literal[k] = v; names.push(k); }
+  }
+  for (const e of c.env ?? []) {
+    names.push(e.name);
+    if (e.value !== undefined) literal[e.name] = e.value;
+  }
+  const args = [...(c.command ?? []).slice(1), ...(c.args ?? [])];
+  const key = binary;
+  if (!helpCache.has(key)) {
+    const r = spawnSync(binary, ['--help'], { encoding: 'utf8', env: {} });
+    if (r.status !== 0) {
+      fail(id(w), `${binary} --help exited ${r.status}: ${r.stderr || r.error}`);
+      return;
+    }
+    helpCache.set(key, r.stdout);
+  }
+  const help = helpCache.get(key);
+  const referenced = (name) => (c.env ?? []).some((e) => (e.value ?? '').includes(`$(${name})`));
+  for (const name of names) {
+    if (name.startsWith('PARLEY_')) {
+      if (!help.includes(`(env ${name})`)) fail(id(w), `${c.name}: ${name} is not a variable of parley-${m[1]} (--help)`);
+    } else if (name.startsWith('OTEL_')) {
+      if (!OTEL.has(name)) fail(id(w), `${c.name}: ${name} is not an OpenTelemetry SDK variable`);
+    } else if (providerKeyVars.has(name) && m[1] === 'session') {
+      // a model provider's key, read through api_key_env
+    } else if (!referenced(name)) {
+      fail(id(w), `${c.name}: ${name} is read by nothing (not a flag variable, an OTEL_* variable or a provider key)`);
+    }
+  }
+  for (const a of args) {
+    const flag = /^--?([a-z0-9_-]+)/.exec(a);
+    if (flag && !help.includes(`--${flag[1].replace(/-/g, '_')} `)) fail(id(w), `${c.name}: argument ${a} is not a flag of parley-${m[1]}`);
+  }
+  // The binary's own parser judges every literal value (type, range, choice).
+  const env = Object.fromEntries(Object.entries(literal).filter(([k]) => k.startsWith('PARLEY_')));
+  const r = spawnSync(binary, [...args, '--help'], { encoding: 'utf8', env });
+  if (r.status !== 0) fail(id(w), `${c.name}: parley-${m[1]} refuses its configuration: ${(r.stderr || '').trim()}`);
+}
+for (const w of [...workloads, ...byKind('Job')]) {
+  for (const c of w.spec.template.spec.containers) checkContainer(w, c);
+}
+// Every provider key the chart passes is read by some provider (no dead secrets).
+for (const k of Object.keys(values.session.providerKeys ?? {})) {
+  if (!providerKeyVars.has(k)) fail('values', `session.providerKeys.${k} is not the api_key_env of any provider`);
+}
+
+for (const f of failures) console.log(`FAIL ${f}`);
+console.log(`${objects.length} objects checked, ${failures.length} failures`);
+process.exit(failures.length ? 1 : 0);
