@@ -15,7 +15,7 @@ Rules (hadolint's numbers where one exists):
                 DL3014, DL3015); no upgrade (DL3005), no sudo (DL3004), no ADD (DL3020),
                 no piping a download into a shell (DL4006-like)
   runtime-only  no -dev package or compiler outside the builder stage
-  libraries     each service stage installs (directly or through Debian dependencies)
+  libraries     each target stage installs (directly or through Debian dependencies)
                 the package of every shared library its binary, as built in BUILD_DIR,
                 loads (ldd + dpkg -S + dpkg Depends on this machine, which runs the same
                 Debian release the image does)
@@ -226,9 +226,7 @@ def lint(text, build_dir, values_file):
             local = os.path.join(build_dir, os.path.relpath(src, "/src/build"))
             if not src.startswith("/src/build/") or not os.path.exists(local):
                 add("paths", s.name, f"COPY {src}: the build makes no {local}")
-    for svc, stage in SERVICE_STAGES.items():
-        if stage not in stages:
-            continue
+    for stage in [t for t in TARGETS if t in stages]:
         c = chain(stages, stage)
         copied = [shlex.split(rest)[-2] for s in c for keyword, rest in s.instructions
                   if keyword == "COPY" and f"--from={BUILDER}" in rest]
@@ -240,6 +238,10 @@ def lint(text, build_dir, values_file):
             for pkg in sorted(set(library_packages(local)) - have):
                 add("libraries", stage, f"{os.path.basename(src)} loads a library of {pkg}, "
                     "which the image does not install")
+    for svc, stage in SERVICE_STAGES.items():
+        if stage not in stages:
+            continue
+        c = chain(stages, stage)
         want = chart_ports(values_file).get(svc, {})
         exposed = {int(p) for s in c for keyword, rest in s.instructions if keyword == "EXPOSE"
                    for p in rest.split()}
