@@ -5,7 +5,10 @@
 // 1. The merged values against the chart's values.schema.json (as helm would, with ajv).
 // 2. Every rendered object against the Kubernetes schema of its apiVersion and kind
 //    (npm `kubernetes-models`, `@kubernetes-models/prometheus-operator` for the CRDs);
-//    a kind with no schema is an error.
+//    a kind with no schema is an error. Those schemas accept unknown fields, as the
+//    API server's OpenAPI does, so every field is also looked up in the models'
+//    TypeScript declarations: a misspelt field is an error here, as kubectl's strict
+//    field validation would make it.
 // 3. The chart's own promises: restricted security contexts, gRPC readiness probes, a
 //    Service, PodDisruptionBudget and NetworkPolicy for every workload, HPAs aimed at
 //    workloads that exist, every referenced ConfigMap and Secret either rendered or
@@ -18,7 +21,8 @@
 // Prints one line per failure and exits 1 if there was any.
 import { existsSync, readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import Ajv from 'ajv';
 
 const [renderFile, chartDir, binDir] = process.argv.slice(2);
@@ -41,6 +45,92 @@ const id = (o) => `${o.kind}/${o.metadata?.name} (${o.source})`;
   if (!validate(values)) {
     for (const e of validate.errors) fail('values', `${e.instancePath || '/'} ${e.message}`);
   }
+}
+
+// The fields of each model, read from its .d.ts: `export interface IName { "field"?: Type; }`
+// with types that are another model (imported), Array<...>, a map `{ [key: string]: T }`,
+// an inline object, or a leaf (string, number, union, IntOrString, Quantity).
+function declarationFile(spec) {
+  const here = dirname(fileURLToPath(import.meta.url));
+  return join(here, 'node_modules', `${spec}.d.ts`);
+}
+
+const declarations = new Map();
+function declaration(file) {
+  if (declarations.has(file)) return declarations.get(file);
+  let decl = null;
+  if (existsSync(file)) {
+    const text = readFileSync(file, 'utf8').replace(/\/\*[\s\S]*?\*\//g, '');
+    const imports = new Map();
+    for (const m of text.matchAll(/import \{ (\w+) \} from "([^"]+)";/g)) {
+      const target = m[2].startsWith('.') ? join(dirname(file), m[2].replace(/\.js$/, '.d.ts'))
+                                          : declarationFile(m[2]);
+      imports.set(m[1], target);
+    }
+    const start = text.search(/export interface \w+[^{]*\{/);
+    if (start >= 0) decl = { fields: parseFields(text, text.indexOf('{', start)), imports };
+  }
+  declarations.set(file, decl);
+  return decl;
+}
+
+// Fields of the `{ ... }` starting at text[open]: name -> type text.
+function parseFields(text, open) {
+  const fields = new Map();
+  let i = open + 1;
+  while (i < text.length) {
+    const rest = text.slice(i);
+    const close = rest.match(/^\s*\}/);
+    if (close) break;
+    const m = rest.match(/^\s*"([^"]+)"\??:\s*/);
+    if (!m) { i += rest.search(/[;\n]/) + 1 || text.length; continue; }
+    i += m[0].length;
+    let depth = 0, j = i;
+    for (; j < text.length; j++) {
+      const ch = text[j];
+      if (ch === '{' || ch === '<' || ch === '(') depth++;
+      else if (ch === '}' || ch === '>' || ch === ')') depth--;
+      else if (ch === ';' && depth === 0) break;
+    }
+    fields.set(m[1], text.slice(i, j).trim());
+    i = j + 1;
+  }
+  return fields;
+}
+
+function* unknownFields(value, file, path, inline = null) {
+  const decl = inline ?? declaration(file);
+  if (!decl || value === null || typeof value !== 'object' || Array.isArray(value)) return;
+  for (const [key, child] of Object.entries(value)) {
+    const type = decl.fields.get(key);
+    if (type === undefined) {
+      yield `${path}.${key}`;
+      continue;
+    }
+    yield* checkType(child, type, decl, `${path}.${key}`);
+  }
+}
+
+function* checkType(value, type, decl, path) {
+  const array = type.match(/^Array<([\s\S]+)>$/);
+  if (array) {
+    if (Array.isArray(value)) {
+      for (const [i, v] of value.entries()) yield* checkType(v, array[1].trim(), decl, `${path}[${i}]`);
+    }
+    return;
+  }
+  const map = type.match(/^\{\s*\[key: string\]:\s*([\s\S]+?);?\s*\}$/);
+  if (map) {
+    if (value && typeof value === 'object') {
+      for (const [k, v] of Object.entries(value)) yield* checkType(v, map[1].trim(), decl, `${path}.${k}`);
+    }
+    return;
+  }
+  if (type.startsWith('{')) {
+    yield* unknownFields(value, null, path, { fields: parseFields(type, 0), imports: decl.imports });
+    return;
+  }
+  if (decl.imports.has(type)) yield* unknownFields(value, decl.imports.get(type), path);
 }
 
 // ---- 2. Kubernetes schemas ------------------------------------------------------------
@@ -66,6 +156,9 @@ for (const o of objects) {
     new Model(data).validate();
   } catch (e) {
     fail(id(o), e.message);
+  }
+  for (const path of unknownFields(data, declarationFile(`${base}/${o.kind}`), '')) {
+    fail(id(o), `unknown field ${path}`);
   }
 }
 
