@@ -17,9 +17,11 @@
 //    exists in its binary's --help, and the values pass the binary's own parser (the
 //    binary runs with `--help` and the container's literal environment: a bad value
 //    exits 2 before --help is looked at); OTEL_* names are the OpenTelemetry SDK's; a
-//    model provider key is a variable some provider's api_key_env reads.
+//    model provider key is a variable some provider's api_key_env reads; the sandbox
+//    template and providers files pass the services' own parsers (check_config_file).
 // Prints one line per failure and exits 1 if there was any.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -220,13 +222,19 @@ for (const [file, enabled, kind, name] of [
     fail(file, `${kind} rendered: ${found}; expected ${enabled && shipped} (enabled: ${enabled}, file shipped: ${shipped})`);
   }
 }
+// Every .json a ConfigMap holds (providers, sandbox templates, the dashboard) parses.
+for (const cm of byKind('ConfigMap')) {
+  for (const [key, text] of Object.entries(cm.data ?? {})) {
+    if (!key.endsWith('.json')) continue;
+    try {
+      JSON.parse(text);
+    } catch (e) {
+      fail(id(cm), `${key} is not JSON: ${e.message}`);
+    }
+  }
+}
 const dashboard = byKind('ConfigMap').find((o) => /-dashboard$/.test(o.metadata.name));
 if (dashboard) {
-  try {
-    JSON.parse(dashboard.data['parley-dashboard.json']);
-  } catch (e) {
-    fail(id(dashboard), `parley-dashboard.json is not JSON: ${e.message}`);
-  }
   for (const [k, v] of Object.entries(values.grafana.dashboards.labels)) {
     if (dashboard.metadata.labels[k] !== v) fail(id(dashboard), `lacks the sidecar label ${k}: ${v}`);
   }
@@ -263,6 +271,34 @@ for (const w of [...workloads, ...byKind('Job')]) {
       if (f.configMapRef) checkRef(w, 'ConfigMap', f.configMapRef.name);
       if (f.secretRef) checkRef(w, 'Secret', f.secretRef.name);
     }
+  }
+}
+
+// The files the services read at start go through the parser of the service that reads
+// them (check_config_file, built from the services' own code).
+for (const [mounted, kind] of [['PARLEY_TEMPLATES', 'templates'], ['PARLEY_PROVIDERS_FILE', 'providers']]) {
+  for (const envCm of byKind('ConfigMap').filter((o) => o.data?.[mounted])) {
+    const file = envCm.data[mounted];
+    const w = workloads.find((x) => x.spec.template.spec.containers[0].envFrom
+      ?.some((f) => f.configMapRef?.name === envCm.metadata.name));
+    const mount = w?.spec.template.spec.containers[0].volumeMounts
+      ?.find((m) => file.startsWith(`${m.mountPath}/`));
+    const volume = w?.spec.template.spec.volumes?.find((v) => v.name === mount?.name);
+    const cm = byKind('ConfigMap').find((o) => o.metadata.name === volume?.configMap?.name);
+    if (!cm) {
+      if (!external.has(volume?.configMap?.name)) fail(id(envCm), `${mounted}=${file} is mounted from nothing rendered`);
+      continue;
+    }
+    const text = cm.data?.[file.slice(mount.mountPath.length + 1)];
+    if (text === undefined) {
+      fail(id(cm), `holds no ${file.slice(mount.mountPath.length + 1)} for ${mounted}`);
+      continue;
+    }
+    const tmp = mkdtempSync(join(tmpdir(), 'parley-chart-'));
+    writeFileSync(join(tmp, 'file.json'), text);
+    const r = spawnSync(join(binDir, 'check_config_file'), [kind, join(tmp, 'file.json')], { encoding: 'utf8' });
+    rmSync(tmp, { recursive: true });
+    if (r.status !== 0) fail(id(cm), `the service would refuse its ${kind} file: ${(r.stderr || String(r.error)).trim()}`);
   }
 }
 
