@@ -1,9 +1,11 @@
 #include "common/redis.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/time.h>
 
 #include <cerrno>
+#include <mutex>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -98,6 +100,11 @@ absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Connect(
 
 absl::StatusOr<std::unique_ptr<RedisServerConnection>> RedisServerConnection::Connect(
     const RedisEndpoint& endpoint, absl::Duration timeout) {
+  // hiredis 0.14 writes with write(2), not send(MSG_NOSIGNAL): a write to a server that
+  // died (a cluster primary killed mid-stream) would raise SIGPIPE and end the whole
+  // process. Ignored, it is EPIPE, which the connection reports as UNAVAILABLE.
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { ::signal(SIGPIPE, SIG_IGN); });
   timeval tv = absl::ToTimeval(timeout);
   redisContext* raw = redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port, tv);
   if (raw == nullptr) return absl::ResourceExhaustedError("redis: cannot allocate context");
@@ -192,6 +199,12 @@ absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> RedisServerConnection::R
     }
   }
   return replies;
+}
+
+bool RedisServerConnection::ReadableWhileIdle() const {
+  if (broken()) return true;
+  pollfd fd{.fd = context_->fd, .events = POLLIN, .revents = 0};
+  return ::poll(&fd, 1, 0) != 0;
 }
 
 absl::StatusOr<std::vector<RedisReply>> RedisServerConnection::ReadAvailable() {

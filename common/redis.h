@@ -150,6 +150,11 @@ class RedisServerConnection final : public RedisConnection {
   int fd() const { return context_->fd; }
   absl::StatusOr<std::vector<RedisReply>> ReadAvailable();
 
+  // For a pooled connection awaiting no reply: true when its socket is readable anyway
+  // (the server closed it — a node that died — or sent something unasked), so a new
+  // command must not go on it. Never blocks.
+  bool ReadableWhileIdle() const;
+
  private:
   struct ContextDeleter {
     void operator()(redisContext* context) const { redisFree(context); }

@@ -256,7 +256,12 @@ absl::Status RedisClusterConnection::RefreshMap() {
 
 RedisServerConnection* RedisClusterConnection::ConnectionTo(const RedisNodeAddress& node) {
   if (auto it = connections_.find(node); it != connections_.end()) {
-    if (!it->second->broken()) return it->second.get();
+    // An idle connection the server closed (a primary that died since the last call)
+    // is replaced before anything is sent on it, so the command can still be retried.
+    // The node keyless commands use is exempt: a subscriber reads messages there.
+    const bool stale =
+        it->second->broken() || (!(any_node_ == node) && it->second->ReadableWhileIdle());
+    if (!stale) return it->second.get();
     Drop(node);  // Never silently replaced: a subscriber on it must learn it is gone.
   }
   absl::StatusOr<std::unique_ptr<RedisServerConnection>> connection =

@@ -19,8 +19,10 @@
 //     the new owner; ASK retries once on the named node after ASKING; TRYAGAIN and
 //     CLUSTERDOWN, and a node that cannot be reached (a failover in progress), are
 //     retried after a short pause with a fresh map, within the connection's timeout.
-//     A command that was sent and then lost its connection is not retried (it may have
-//     run): it fails UNAVAILABLE like on a single server, and the next call reconnects.
+//     An idle connection the server has closed (a node that died since the last call)
+//     is replaced before anything is sent on it. A command that was sent and then lost
+//     its connection is not retried (it may have run): it fails UNAVAILABLE like on a
+//     single server, and the next call reconnects.
 // A multi-key command or script must keep its keys on one slot (hash tags); the server
 // refuses anything else with CROSSSLOT, which the caller gets as an error.
 #pragma once

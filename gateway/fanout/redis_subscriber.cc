@@ -188,12 +188,12 @@ void RedisSubscriber::ConnectShards() {
       FetchRedisSlotMap(endpoint_, endpoint_.cluster_seeds, absl::Seconds(1));
   if (!map.ok()) return ScheduleReconnect();
   slot_map_ = std::make_unique<RedisSlotMap>(*std::move(map));
-  failures_ = 0;
   connected_ = true;
   for (const std::string& channel : wanted_) {
     SendSharded(true, channel);
     if (!connected_) return;  // A link failed: DropShards scheduled the next attempt.
   }
+  failures_ = 0;  // Only now: a map naming a dead primary must not reset the backoff.
   DrainCommands();
 }
 
