@@ -31,6 +31,10 @@
 // bench/bare_stream_server (gRPC and a Redis PSUBSCRIBE, nothing else): the ceiling for
 // a gRPC fan-out on this machine; ratio_vs_bare = max_sustained_per_s / the bare one's.
 //
+// `cluster_result` is this tool's own --json_result line from a run of the same workload
+// against a gateway on a six-node Redis Cluster (PARLEY_BENCH_REDIS=cluster):
+// cluster_ratio = its max_sustained_per_s / this run's (the single server's).
+//
 // `peer_result` is the JSON line of bench/socketio/loadgen.js for the same workload;
 // its numbers go into the RESULT line. ratio_vs_peer = max_sustained_per_s / the peer's
 // (what each delivers within the target p99); ratio_at_rate = delivered_per_s / the
@@ -93,8 +97,9 @@ struct BenchConfig {
   absl::Duration target_p99 = absl::Milliseconds(10);
   absl::Duration warmup_timeout = absl::Seconds(90);
   std::string peer_result;
-  std::string bare_result;  // bare_stream_server's JSON line from a run of this tool.
-  std::string json_result;  // Where to write this run's JSON line (empty: nowhere).
+  std::string bare_result;     // bare_stream_server's JSON line from a run of this tool.
+  std::string json_result;     // Where to write this run's JSON line (empty: nowhere).
+  std::string cluster_result;  // The same workload's JSON line on a Redis Cluster.
   std::string label = "parley";
 };
 
@@ -688,6 +693,27 @@ double PeerNumber(const google::protobuf::Struct& peer, const std::string& key) 
   return it == peer.fields().end() ? 0 : it->second.number_value();
 }
 
+// " cluster_…" figures for the RESULT line from a run on a Redis Cluster; "" without one.
+std::string ClusterText(const std::string& cluster_result, double best_sustained,
+                        double delivered_per_s) {
+  if (cluster_result.empty()) return "";
+  absl::StatusOr<google::protobuf::Struct> cluster = ReadPeer(cluster_result);
+  if (!cluster.ok()) {
+    std::cerr << "fanout_bench: cluster: " << cluster.status() << "\n";
+    return " cluster_max_sustained_per_s=na cluster_ratio=na";
+  }
+  const double cluster_sustained = PeerNumber(*cluster, "max_sustained_per_s");
+  const double cluster_delivered = PeerNumber(*cluster, "delivered_per_s");
+  return absl::StrFormat(
+      " cluster_delivered_per_s=%.0f cluster_p50_ms=%.2f cluster_p99_ms=%.2f "
+      "cluster_gateway_cpu=%.2f cluster_max_sustained_per_s=%.0f cluster_ratio_at_rate=%.2f "
+      "cluster_ratio=%.2f",
+      cluster_delivered, PeerNumber(*cluster, "p50_ms"), PeerNumber(*cluster, "p99_ms"),
+      PeerNumber(*cluster, "server_cpu"), cluster_sustained,
+      delivered_per_s > 0 ? cluster_delivered / delivered_per_s : 0.0,
+      best_sustained > 0 ? cluster_sustained / best_sustained : 0.0);
+}
+
 // Prints why streams ended (status code and message, with counts); returns how many did.
 int64_t PrintEndedStreams(Recorder& recorder, const std::string& label, std::ostream& out) {
   absl::MutexLock lock(&recorder.mu);
@@ -737,6 +763,9 @@ int main(int argc, char** argv) {
                "file with the --json_result line of a run against bench/bare_stream_server "
                "(empty: no ceiling)");
   flags.String("json_result", &config.json_result, "write this run's JSON result line here");
+  flags.String("cluster_result", &config.cluster_result,
+               "file with the --json_result line of this workload on a Redis Cluster (empty: "
+               "no cluster figures)");
   flags.String("label", &config.label, "names the server in progress lines");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   // Debian's Abseil is built without NDEBUG, so every Mutex acquisition would also update
@@ -873,10 +902,11 @@ int main(int argc, char** argv) {
       "published_per_s=%.0f delivered_per_s=%.0f delivered_ratio=%.4f p50_ms=%.2f p99_ms=%.2f "
       "p999_ms=%.2f rss_per_sub_kib=%.2f gateway_cpu=%.2f redis_cpu=%.2f bench_cpu=%.2f "
       "machine_cpu=%.2f "
-      "ended=%d order_errors=%d max_sustained_per_s=%.0f %s %s\n",
+      "ended=%d order_errors=%d max_sustained_per_s=%.0f %s %s%s\n",
       config.subscribers, config.sessions, bench.live_subscribers(), r.rate, r.wall_s,
       r.published_per_s(), r.delivered_per_s(), r.delivered_ratio(), r.p50_ms, r.p99_ms, r.p999_ms,
       per_sub_kib, r.gateway_cpu, r.redis_cpu, r.client_cpu, r.machine_cpu, ended_early,
-      order_errors, best_sustained, peer_text, bare_text);
+      order_errors, best_sustained, peer_text, bare_text,
+      ClusterText(config.cluster_result, best_sustained, r.delivered_per_s()));
   return 0;
 }

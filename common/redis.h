@@ -9,9 +9,12 @@
 //   absl::StatusOr<RedisReply> pong = (*redis)->Command({"PING"});
 //
 // RedisConnection is a blocking connection for one thread at a time; the fan-out hub
-// uses hiredis' async API separately. Keys are built by RedisKeys so that all keys of a
-// session share one Redis Cluster hash slot (the `{s:<id>}` hash tag) and so tests can
-// give each test a key space of its own (the prefix).
+// uses hiredis' async API separately. Connect() returns a RedisServerConnection (one
+// socket to one server) for a redis:// URL and a RedisClusterConnection
+// (common/redis_cluster.h: routes each command to the node serving its key's slot) for
+// a redis+cluster:// URL; callers see only RedisConnection. Keys are built by RedisKeys
+// so that all keys of a session share one Redis Cluster hash slot (the `{s:<id>}` hash
+// tag) and so tests can give each test a key space of its own (the prefix).
 #pragma once
 
 #include <hiredis/hiredis.h>
@@ -26,14 +29,36 @@
 
 namespace parley {
 
+struct RedisNodeAddress {
+  std::string host;
+  int port = 0;
+
+  std::string ToString() const;  // "host:port"
+  friend bool operator==(const RedisNodeAddress&, const RedisNodeAddress&) = default;
+  template <typename H>
+  friend H AbslHashValue(H state, const RedisNodeAddress& node) {
+    return H::combine(std::move(state), node.host, node.port);
+  }
+};
+
 struct RedisEndpoint {
   std::string host = "127.0.0.1";
   int port = 6379;
   int db = 0;
   std::string password;  // Empty: no AUTH.
+  // The nodes a redis+cluster:// URL names (host and port above are the first); empty
+  // for a single server.
+  std::vector<RedisNodeAddress> cluster_seeds;
+
+  bool cluster() const { return !cluster_seeds.empty(); }
+  // The same credentials for another server (a cluster node): host and port replaced,
+  // no seeds.
+  RedisEndpoint ForNode(const RedisNodeAddress& node) const;
 };
 
-// Parses "redis://[:password@]host[:port][/db]". Errors name what is malformed.
+// Parses "redis://[:password@]host[:port][/db]" (one server) or
+// "redis+cluster://[:password@]host[:port][,host[:port]...]" (a Redis Cluster reached
+// through any of the listed nodes; database 0 only). Errors name what is malformed.
 absl::StatusOr<RedisEndpoint> ParseRedisUrl(absl::string_view url);
 
 // Validator for a --redis_url flag.
@@ -57,17 +82,21 @@ struct RedisReplyDeleter {
 };
 using RedisReply = std::unique_ptr<redisReply, RedisReplyDeleter>;
 
+// The status a reply of type error stands for: INTERNAL carrying the server's message,
+// FAILED_PRECONDITION for Lua script errors raised with redis.error_reply("PARLEY_...").
+absl::Status ErrorReplyStatus(const redisReply& reply);
+
 class RedisConnection {
  public:
-  // Connects, authenticates and selects the database. UNAVAILABLE when the server
-  // cannot be reached within `timeout`.
+  // Connects to the server or cluster `endpoint` names, authenticates and selects the
+  // database. UNAVAILABLE when no server can be reached within `timeout`.
   static absl::StatusOr<std::unique_ptr<RedisConnection>> Connect(const RedisEndpoint& endpoint,
                                                                   absl::Duration timeout);
+  virtual ~RedisConnection() = default;
 
   // Sends one command with binary-safe arguments and waits for its reply. A reply of
-  // type error becomes an INTERNAL status carrying the server's message (FAILED_PRECONDITION
-  // for Lua script errors raised with redis.error_reply); a broken connection is
-  // UNAVAILABLE and the connection must then be discarded.
+  // type error becomes a status (ErrorReplyStatus); a broken connection is UNAVAILABLE
+  // and the connection must then be discarded when broken() says so.
   absl::StatusOr<RedisReply> Command(const std::vector<std::string>& args);
 
   // Sends several commands in one round trip and returns their replies in order. The
@@ -77,25 +106,60 @@ class RedisConnection {
   // Like Pipeline, but each command keeps its own outcome: an error reply becomes that
   // command's status (as Command reports it) and the others still succeed. Only a
   // broken connection fails the whole batch.
-  absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> PipelineEach(
-      const std::vector<std::vector<std::string>>& commands);
+  virtual absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> PipelineEach(
+      const std::vector<std::vector<std::string>>& commands) = 0;
 
   // Waits, within the connection's timeout, for the next reply: for a connection that
   // has subscribed, the next pub/sub message. An error reply is returned as a reply.
-  absl::StatusOr<RedisReply> ReadReply();
+  virtual absl::StatusOr<RedisReply> ReadReply() = 0;
 
   // Like ReadReply, but gives up after `timeout` without breaking the connection:
   // DEADLINE_EXCEEDED when nothing arrived. For a subscribed connection whose reader
   // thread must also notice that it is asked to stop.
-  absl::StatusOr<RedisReply> ReadReplyFor(absl::Duration timeout);
+  virtual absl::StatusOr<RedisReply> ReadReplyFor(absl::Duration timeout) = 0;
 
-  bool broken() const { return context_ == nullptr || context_->err != 0; }
+  virtual bool broken() const = 0;
+
+  // True when this connection routes over a Redis Cluster: a session's channel is then
+  // published with SPUBLISH (sharded pub/sub) instead of PUBLISH.
+  virtual bool cluster() const { return false; }
+};
+
+// One socket to one Redis server.
+class RedisServerConnection final : public RedisConnection {
+ public:
+  // Connects to endpoint.host:port (ignoring cluster seeds), authenticates and selects
+  // the database. UNAVAILABLE when the server cannot be reached within `timeout`.
+  static absl::StatusOr<std::unique_ptr<RedisServerConnection>> Connect(
+      const RedisEndpoint& endpoint, absl::Duration timeout);
+
+  absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> PipelineEach(
+      const std::vector<std::vector<std::string>>& commands) override;
+  absl::StatusOr<RedisReply> ReadReply() override;
+  absl::StatusOr<RedisReply> ReadReplyFor(absl::Duration timeout) override;
+  bool broken() const override { return context_ == nullptr || context_->err != 0; }
+
+  // PipelineEach in two halves, so one thread can have commands in flight on several
+  // servers at once: Send writes every command; Receive then reads `count` replies.
+  absl::Status Send(const std::vector<std::vector<std::string>>& commands);
+  absl::StatusOr<std::vector<absl::StatusOr<RedisReply>>> Receive(size_t count);
+
+  // For an event loop watching the socket: fd() becomes readable, then ReadAvailable()
+  // reads what arrived (one read, no waiting) and returns every complete reply, error
+  // replies included as replies. UNAVAILABLE when the server closed the connection.
+  int fd() const { return context_->fd; }
+  absl::StatusOr<std::vector<RedisReply>> ReadAvailable();
+
+  // For a pooled connection awaiting no reply: true when its socket is readable anyway
+  // (the server closed it — a node that died — or sent something unasked), so a new
+  // command must not go on it. Never blocks.
+  bool ReadableWhileIdle() const;
 
  private:
   struct ContextDeleter {
     void operator()(redisContext* context) const { redisFree(context); }
   };
-  explicit RedisConnection(redisContext* context) : context_(context) {}
+  explicit RedisServerConnection(redisContext* context) : context_(context) {}
   std::unique_ptr<redisContext, ContextDeleter> context_;
 };
 

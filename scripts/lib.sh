@@ -105,6 +105,59 @@ stop_redis() {
   fi
 }
 
+# start_redis_cluster DIR PORT:BUSPORT... — one cluster-enabled redis-server per
+# PORT:BUSPORT (client port and cluster bus port) in DIR/PORT, joined into one Redis
+# Cluster with a replica for every primary (six nodes: three primaries, three replicas).
+# A node timeout of one second makes a replica take over a killed primary within
+# seconds. Returns once every node reports cluster_state:ok and every replica's link
+# to its primary is up.
+start_redis_cluster() {
+  local dir=$1; shift
+  local spec port bus nodes=() ports=()
+  own_dir redis "$dir"
+  for spec in "$@"; do
+    port=${spec%%:*} bus=${spec##*:}
+    own_dir redis "$dir/$port"
+    run_as redis redis-server --bind 127.0.0.1 --port "$port" --dir "$dir/$port" --daemonize yes \
+      --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" --save "" --appendonly no \
+      --cluster-enabled yes --cluster-port "$bus" --cluster-config-file "$dir/$port/nodes.conf" \
+      --cluster-node-timeout 1000 >/dev/null
+    nodes+=("127.0.0.1:$port") ports+=("$port")
+  done
+  for port in "${ports[@]}"; do
+    for _ in $(seq 1 100); do
+      [[ "$(redis-cli -p "$port" ping 2>/dev/null)" == "PONG" ]] && break
+      sleep 0.1
+    done
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+    || { cat "$dir/create.log" >&2; die "redis-cli --cluster create failed"; }
+  wait_redis_cluster "${ports[@]}"
+}
+
+# wait_redis_cluster PORT... — waits (30 s at most) until every node answers
+# cluster_state:ok and every replica among them has its primary link up.
+wait_redis_cluster() {
+  local port
+  for port in "$@"; do
+    for _ in $(seq 1 300); do
+      if redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
+         ! redis-cli -p "$port" info replication 2>/dev/null | grep -q '^master_link_status:down'; then
+        continue 2
+      fi
+      sleep 0.1
+    done
+    die "redis cluster node $port not ready"
+  done
+}
+
+# stop_redis_cluster DIR PORT... — stops every node start_redis_cluster started.
+stop_redis_cluster() {
+  local dir=$1; shift
+  local port
+  for port in "$@"; do stop_redis "$dir/$port" "$port"; done
+}
+
 # stop_pid PIDFILE — SIGTERM, wait up to 15 s, then SIGKILL.
 stop_pid() {
   local pidfile=$1

@@ -3,6 +3,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 
@@ -91,6 +92,14 @@ absl::Status ScriptError(const absl::Status& status) {
   return out;
 }
 
+// The publish scripts as this connection's server takes them: a Redis Cluster
+// publishes a session's channel with SPUBLISH (sharded pub/sub: only the nodes of the
+// channel's slot carry it), a single server with PUBLISH.
+std::string ForServer(absl::string_view script, const RedisConnection& redis) {
+  if (!redis.cluster()) return std::string(script);
+  return absl::StrReplaceAll(script, {{"redis.call('PUBLISH',", "redis.call('SPUBLISH',"}});
+}
+
 }  // namespace
 
 EventPublisher::EventPublisher(RedisConnection& redis, PublisherOptions options, Clock& clock)
@@ -98,7 +107,9 @@ EventPublisher::EventPublisher(RedisConnection& redis, PublisherOptions options,
       options_(std::move(options)),
       keys_(options_.key_prefix),
       log_(keys_),
-      clock_(clock) {}
+      clock_(clock),
+      publish_script_(ForServer(kPublishScript, redis)),
+      publish_batch_script_(ForServer(kPublishBatchScript, redis)) {}
 
 absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
                                                      const std::string& body,
@@ -142,14 +153,14 @@ absl::Status EventPublisher::Publish(const v1::Event& event, uint64_t lease_epoc
   const std::string& session = event.session_id();
   const std::string now_ms = absl::StrCat(absl::ToUnixMillis(clock_.Now()));
   absl::StatusOr<RedisReply> reply =
-      RunScript(publish_sha_, kPublishScript,
+      RunScript(publish_sha_, publish_script_,
                 {keys_.Lease(session), keys_.EventStream(session), keys_.EventChannel(session),
                  absl::StrCat(lease_epoch), absl::StrCat(event.seq()),
                  event.transient() ? "1" : "0", event.SerializeAsString(), now_ms},
                 3, {"ZADD", keys_.PersistQueue(), "NX", now_ms, session});
   if (!reply.ok()) return reply.status();
   if (publish_sha_.empty()) {
-    auto sha = redis_.Command({"SCRIPT", "LOAD", kPublishScript});
+    auto sha = redis_.Command({"SCRIPT", "LOAD", publish_script_});
     if (sha.ok()) publish_sha_ = std::string((*sha)->str, (*sha)->len);
   }
   if (++since_trim_ >= options_.trim_every) {
@@ -174,11 +185,11 @@ absl::Status EventPublisher::PublishBatch(const std::vector<v1::Event>& events,
     keys_and_args.push_back(event.SerializeAsString());
   }
   absl::StatusOr<RedisReply> reply =
-      RunScript(publish_batch_sha_, kPublishBatchScript, std::move(keys_and_args), 3,
+      RunScript(publish_batch_sha_, publish_batch_script_, std::move(keys_and_args), 3,
                 {"ZADD", keys_.PersistQueue(), "NX", now_ms, session});
   if (!reply.ok()) return reply.status();
   if (publish_batch_sha_.empty()) {
-    auto sha = redis_.Command({"SCRIPT", "LOAD", kPublishBatchScript});
+    auto sha = redis_.Command({"SCRIPT", "LOAD", publish_batch_script_});
     if (sha.ok()) publish_batch_sha_ = std::string((*sha)->str, (*sha)->len);
   }
   since_trim_ += static_cast<int64_t>(events.size());

@@ -10,7 +10,8 @@
 //   4. publishes the serialized event on the session channel `{s:<id>}`.
 // The same round trip then marks the session for the persister (ZADD NX on the
 // persist queue). Every key of a session shares the `{s:<id>}` hash tag, so the
-// script runs on one Redis Cluster slot.
+// script runs on one Redis Cluster slot; on a cluster it publishes with SPUBLISH
+// (sharded pub/sub), and the persist-queue mark goes to its own slot's node.
 //
 //   EventPublisher publisher(redis, {}, RealClock::Get());
 //   absl::StatusOr<uint64_t> last_seq = publisher.AcquireLease(session, owner, epoch);
@@ -83,6 +84,8 @@ class EventPublisher {
   const RedisKeys keys_;
   const EventLogReader log_;
   Clock& clock_;
+  const std::string publish_script_;  // PUBLISH or, on a cluster, SPUBLISH.
+  const std::string publish_batch_script_;
   std::string publish_sha_;
   std::string publish_batch_sha_;
   std::string acquire_sha_;

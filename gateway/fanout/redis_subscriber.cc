@@ -78,6 +78,7 @@ void RedisSubscriber::OnPipe(int fd, short, void* arg) {
       self->context_ = nullptr;
       redisAsyncFree(context);
     }
+    self->CloseShards();
     event_base_loopbreak(self->base_);
     return;
   }
@@ -93,22 +94,25 @@ void RedisSubscriber::DrainCommands() {
   for (const Command& command : commands) {
     if (command.subscribe) {
       if (!wanted_.insert(command.channel).second) continue;
-      Send("SUBSCRIBE", command.channel);
+      Send(true, command.channel);
     } else {
       if (wanted_.erase(command.channel) == 0) continue;
-      Send("UNSUBSCRIBE", command.channel);
+      Send(false, command.channel);
     }
   }
 }
 
-void RedisSubscriber::Send(const char* verb, const std::string& channel) {
+void RedisSubscriber::Send(bool subscribe, const std::string& channel) {
+  if (endpoint_.cluster()) return SendSharded(subscribe, channel);
   if (context_ == nullptr || !connected_) return;  // Replayed after (re)connect.
+  const char* verb = subscribe ? "SUBSCRIBE" : "UNSUBSCRIBE";
   const char* argv[] = {verb, channel.data()};
   size_t argvlen[] = {strlen(verb), channel.size()};
   redisAsyncCommandArgv(context_, &RedisSubscriber::OnReply, this, 2, argv, argvlen);
 }
 
 void RedisSubscriber::Connect() {
+  if (endpoint_.cluster()) return ConnectShards();
   redisAsyncContext* context = redisAsyncConnect(endpoint_.host.c_str(), endpoint_.port);
   if (context == nullptr || context->err != 0) {
     if (context != nullptr) redisAsyncFree(context);
@@ -151,7 +155,7 @@ void RedisSubscriber::OnConnect(const redisAsyncContext* context, int status) {
     redisAsyncCommandArgv(mutable_context, nullptr, nullptr, 2, argv, argvlen);
   }
   // Pub/sub ignores the database number, so no SELECT is needed.
-  for (const std::string& channel : self->wanted_) self->Send("SUBSCRIBE", channel);
+  for (const std::string& channel : self->wanted_) self->Send(true, channel);
   self->DrainCommands();
 }
 
@@ -175,6 +179,89 @@ void RedisSubscriber::OnReply(redisAsyncContext*, void* raw, void* arg) {
   } else if (kind == "subscribe" && self->wanted_.contains(channel)) {
     self->listener_.OnSubscribed(channel);
   }
+}
+
+// Cluster mode: sharded pub/sub, one link per primary (see the header).
+
+void RedisSubscriber::ConnectShards() {
+  absl::StatusOr<RedisSlotMap> map =
+      FetchRedisSlotMap(endpoint_, endpoint_.cluster_seeds, absl::Seconds(1));
+  if (!map.ok()) return ScheduleReconnect();
+  slot_map_ = std::make_unique<RedisSlotMap>(*std::move(map));
+  connected_ = true;
+  for (const std::string& channel : wanted_) {
+    SendSharded(true, channel);
+    if (!connected_) return;  // A link failed: DropShards scheduled the next attempt.
+  }
+  failures_ = 0;  // Only now: a map naming a dead primary must not reset the backoff.
+  DrainCommands();
+}
+
+void RedisSubscriber::SendSharded(bool subscribe, const std::string& channel) {
+  if (!connected_ || slot_map_ == nullptr) return;  // Replayed after (re)connect.
+  const RedisNodeAddress* primary = slot_map_->PrimaryOf(RedisKeySlot(channel));
+  ShardLink* link = primary == nullptr ? nullptr : LinkTo(*primary);
+  if (link == nullptr ||
+      !link->connection->Send({{subscribe ? "SSUBSCRIBE" : "SUNSUBSCRIBE", channel}}).ok()) {
+    DropShards();
+  }
+}
+
+RedisSubscriber::ShardLink* RedisSubscriber::LinkTo(const RedisNodeAddress& node) {
+  if (auto it = shards_.find(node); it != shards_.end()) return it->second.get();
+  absl::StatusOr<std::unique_ptr<RedisServerConnection>> connection =
+      RedisServerConnection::Connect(endpoint_.ForNode(node), absl::Seconds(1));
+  if (!connection.ok()) return nullptr;
+  auto link = std::make_unique<ShardLink>();
+  link->owner = this;
+  link->connection = *std::move(connection);
+  link->readable = event_new(base_, link->connection->fd(), EV_READ | EV_PERSIST,
+                             &RedisSubscriber::OnShardReadable, link.get());
+  event_add(link->readable, nullptr);
+  return (shards_[node] = std::move(link)).get();
+}
+
+void RedisSubscriber::OnShardReadable(int, short, void* arg) {
+  auto* link = static_cast<ShardLink*>(arg);
+  RedisSubscriber* self = link->owner;
+  absl::StatusOr<std::vector<RedisReply>> replies = link->connection->ReadAvailable();
+  bool healthy = replies.ok();
+  if (healthy) {
+    for (const RedisReply& reply : *replies) healthy &= self->HandleShardReply(*reply);
+  }
+  if (!healthy) self->DropShards();
+}
+
+bool RedisSubscriber::HandleShardReply(const redisReply& reply) {
+  if (reply.type == REDIS_REPLY_ERROR) return false;  // MOVED, CLUSTERDOWN: slots changed.
+  if (reply.type != REDIS_REPLY_ARRAY || reply.elements < 3) return true;
+  const std::string kind = ReplyString(reply.element[0]);
+  const std::string channel = ReplyString(reply.element[1]);
+  if (kind == "smessage") {
+    listener_.OnMessage(channel, ReplyString(reply.element[2]));
+  } else if (kind == "ssubscribe" && wanted_.contains(channel)) {
+    listener_.OnSubscribed(channel);
+  } else if (kind == "sunsubscribe" && wanted_.contains(channel)) {
+    // Not asked for (or asked for before the channel was wanted again): the server
+    // dropped it because its slot moved. Resubscribing everything finds the new owner.
+    return false;
+  }
+  return true;
+}
+
+void RedisSubscriber::CloseShards() {
+  for (auto& [node, link] : shards_) event_free(link->readable);
+  shards_.clear();
+}
+
+void RedisSubscriber::DropShards() {
+  if (!connected_) return;
+  CloseShards();
+  slot_map_.reset();
+  connected_ = false;
+  if (stopping_) return;
+  listener_.OnDisconnected();
+  ScheduleReconnect();
 }
 
 }  // namespace parley::gateway

@@ -19,10 +19,13 @@
 #include <regex>
 #include <sstream>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/ids.h"
+#include "common/redis_cluster.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace parley::testing {
@@ -243,6 +246,75 @@ absl::Status PrivateRedis::Kill() {
 
 absl::Status PrivateRedis::StartAgain() {
   return RunLibFunction(absl::StrCat("start_redis ", dir_, " ", port_, " durable"));
+}
+
+absl::StatusOr<std::unique_ptr<PrivateRedisCluster>> PrivateRedisCluster::Start() {
+  std::string dir = TestTempDir();
+  ::chmod(dir.c_str(), 0755);
+  constexpr int kNodes = 6;  // Three primaries with a replica each.
+  std::vector<int> ports;
+  std::string specs;
+  absl::flat_hash_set<int> taken;
+  while (static_cast<int>(ports.size()) < kNodes) {
+    // The cluster bus gets a port of its own (not the default port + 10000, which may
+    // not exist above 55535).
+    const int port = FreePort();
+    const int bus = FreePort();
+    if (port == bus || !taken.insert(port).second || !taken.insert(bus).second) continue;
+    ports.push_back(port);
+    absl::StrAppend(&specs, " ", port, ":", bus);
+  }
+  std::unique_ptr<PrivateRedisCluster> cluster(
+      new PrivateRedisCluster(dir + "/redis-cluster", ports));
+  absl::Status started = RunLibFunction(absl::StrCat("start_redis_cluster ", cluster->dir_, specs));
+  if (!started.ok()) return started;
+  return cluster;
+}
+
+PrivateRedisCluster::~PrivateRedisCluster() {
+  (void)RunLibFunction(absl::StrCat("stop_redis_cluster ", dir_, " ", absl::StrJoin(ports_, " ")));
+}
+
+std::string PrivateRedisCluster::url() const {
+  std::vector<std::string> nodes;
+  for (int port : ports_) nodes.push_back(absl::StrCat("127.0.0.1:", port));
+  return absl::StrCat("redis+cluster://", absl::StrJoin(nodes, ","));
+}
+
+RedisEndpoint PrivateRedisCluster::endpoint() const { return *ParseRedisUrl(url()); }
+
+absl::StatusOr<int> PrivateRedisCluster::KillPrimaryOf(uint16_t slot, absl::Duration timeout) {
+  const RedisEndpoint cluster = endpoint();
+  absl::StatusOr<RedisSlotMap> before =
+      FetchRedisSlotMap(cluster, cluster.cluster_seeds, absl::Seconds(2));
+  if (!before.ok()) return before.status();
+  const RedisNodeAddress* primary = before->PrimaryOf(slot);
+  if (primary == nullptr) return absl::FailedPreconditionError("no primary serves the slot");
+  const RedisNodeAddress killed = *primary;
+  absl::Status status = RunLibFunction(absl::StrCat(
+      "pid=$(cat ", dir_, "/", killed.port, "/redis.pid); kill -9 $pid; ",
+      "for i in $(seq 1 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.05; done; exit 1"));
+  if (!status.ok()) return status;
+  std::vector<RedisNodeAddress> alive;
+  for (const RedisNodeAddress& node : cluster.cluster_seeds) {
+    if (!(node == killed)) alive.push_back(node);
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<RedisSlotMap> after = FetchRedisSlotMap(cluster, alive, absl::Seconds(1));
+    if (after.ok() && after->PrimaryOf(slot) != nullptr && !(*after->PrimaryOf(slot) == killed)) {
+      std::vector<std::string> ports;
+      for (const RedisNodeAddress& node : alive) ports.push_back(absl::StrCat(node.port));
+      if (absl::Status ok = RunLibFunction("wait_redis_cluster " + absl::StrJoin(ports, " "));
+          !ok.ok()) {
+        return ok;
+      }
+      return killed.port;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("no replica took over slot ", slot, " from ", killed.ToString()));
 }
 
 absl::StatusOr<std::unique_ptr<PrivatePostgres>> PrivatePostgres::Start() {

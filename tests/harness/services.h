@@ -136,6 +136,28 @@ class PrivateRedis {
   int port_;
 };
 
+// A Redis Cluster of the test's own: six cluster-enabled redis-servers on loopback
+// (three primaries, three replicas; scripts/lib.sh start_redis_cluster), for the fan-out
+// and end-to-end cases that must hold on a cluster, including a primary killed.
+class PrivateRedisCluster {
+ public:
+  static absl::StatusOr<std::unique_ptr<PrivateRedisCluster>> Start();
+  ~PrivateRedisCluster();  // Stops every node still running and removes its files.
+
+  // redis+cluster:// naming every node.
+  std::string url() const;
+  RedisEndpoint endpoint() const;
+  // kill -9 of the primary serving `slot` (no clean shutdown), then waits until its
+  // replica serves the slot and the cluster is ok again. Returns the killed port.
+  absl::StatusOr<int> KillPrimaryOf(uint16_t slot, absl::Duration timeout);
+
+ private:
+  PrivateRedisCluster(std::string dir, std::vector<int> ports)
+      : dir_(std::move(dir)), ports_(std::move(ports)) {}
+  std::string dir_;
+  std::vector<int> ports_;  // Client ports; killed ones stay listed (stopping them is a no-op).
+};
+
 // An in-process gRPC server that answers health checks with SERVING, and `also` (owned
 // by the caller, outliving the server) when given: a stand-in for a dependency whose
 // health, and perhaps one call, is all a test needs (the gateway's store-svc, when the

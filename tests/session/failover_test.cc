@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "tests/session/session_fixture.h"
@@ -74,6 +75,32 @@ class SessionFailover : public SessionFixture {
     }
   }
 };
+
+// Every Redis user on a six-node Redis Cluster (redis+cluster://): session-svc's
+// publisher (SPUBLISH, one slot per session), wake-ups and leases, the gateway's
+// sharded subscriber and history reads, store-svc's persister. Two turns run end to
+// end; a live subscriber sees 1..N exactly and the messages are stored.
+TEST_F(SessionFailover, TurnsOnARedisClusterReachASubscriberAndTheStore) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 2, .redis_cluster = true, .gateway = true}));
+  const std::string session = CreateSession(kTenantA);
+  LiveSubscriber subscriber(gateway()->grpc_target(), session);
+  absl::StatusOr<std::string> first = SubmitTurn(kTenantA, session, "@words 40\n@delay_ms 5");
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<std::string> second = SubmitTurn(kTenantA, session, "@delay_ms 0\non a cluster");
+  ASSERT_TRUE(second.ok()) << second.status();
+  for (const std::string& turn : {*first, *second}) {
+    absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, turn);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->status(), v1::TURN_STATUS_SUCCEEDED) << turn;
+  }
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  const std::string words = TextOf(*events, *first);
+  EXPECT_TRUE(absl::StartsWith(words, "w1 ") && absl::StrContains(words, "w40")) << words;
+  EXPECT_EQ(TextOf(*events, *second), "Echo: on a cluster");
+  ASSERT_NO_FATAL_FAILURE(ExpectSubscriberSawEverything(subscriber, session));
+  ASSERT_NO_FATAL_FAILURE(ExpectUserMessagesStored(session, {*first, *second}));
+}
 
 // kill -9 of the replica running a turn that has emitted nothing but TurnStarted: after
 // the lease expires another replica runs it again (TurnStarted attempt 2), the queued

@@ -89,6 +89,7 @@ void SessionFixture::TearDown() {
 }
 
 RedisEndpoint SessionFixture::redis_endpoint() const {
+  if (redis_cluster_) return redis_cluster_->endpoint();
   return private_redis_ ? private_redis_->endpoint() : shared_redis_->endpoint();
 }
 
@@ -102,7 +103,13 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
   ASSERT_TRUE(migrate.ok()) << migrate.status();
   ASSERT_EQ(migrate->exit_code, 0) << migrate->output;
 
-  if (options.private_redis) {
+  if (options.redis_cluster) {
+    auto cluster = parley::testing::PrivateRedisCluster::Start();
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    redis_cluster_ = *std::move(cluster);
+    redis_url_ = redis_cluster_->url();
+    keys_ = RedisKeys("");
+  } else if (options.private_redis) {
     auto redis = parley::testing::PrivateRedis::Start();
     ASSERT_TRUE(redis.ok()) << redis.status();
     private_redis_ = *std::move(redis);

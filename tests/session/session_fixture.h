@@ -66,6 +66,9 @@ struct ClusterOptions {
   // A Redis server of the test's own instead of a key prefix on the shared one: for
   // tests that FLUSHALL.
   bool private_redis = false;
+  // Every service talks to a six-node Redis Cluster of the test's own
+  // (redis+cluster://) instead.
+  bool redis_cluster = false;
   // Starts a parley-gateway (bootstrap key kGatewayApiKey, tenant kTenantA) for
   // StreamEvents subscribers.
   bool gateway = false;
@@ -214,6 +217,7 @@ class SessionFixture : public ::testing::Test {
   std::unique_ptr<parley::testing::TestDatabase> db_;
   std::unique_ptr<parley::testing::TestRedis> shared_redis_;
   std::unique_ptr<parley::testing::PrivateRedis> private_redis_;
+  std::unique_ptr<parley::testing::PrivateRedisCluster> redis_cluster_;
   std::string redis_url_;
   RedisKeys keys_;
   std::unique_ptr<RedisConnection> redis_connection_;
