@@ -226,8 +226,8 @@ grpc_addr admin_addr log_level drain_timeout redis_url database_url bootstrap_ap
 {{- if and .Values.postgres.url (not .Values.postgres.existingSecret.name) (not (regexMatch "^postgres(ql)?://" .Values.postgres.url)) -}}
 {{- fail "parley: postgres.url must start with postgresql:// or postgres://" -}}
 {{- end -}}
-{{- if and .Values.redis.url (not .Values.redis.existingSecret.name) (not (regexMatch "^redis://" .Values.redis.url)) -}}
-{{- fail "parley: redis.url must start with redis:// (TLS rediss:// is not supported by the services yet)" -}}
+{{- if and .Values.redis.url (not .Values.redis.existingSecret.name) (not (regexMatch "^redis(\\+cluster)?://" .Values.redis.url)) -}}
+{{- fail "parley: redis.url must start with redis:// or redis+cluster:// (TLS rediss:// is not supported by the services yet)" -}}
 {{- end -}}
 {{- $reserved := splitList " " (include "parley.reservedFlags" .) -}}
 {{- range $c := list "gateway" "session" "sandbox" "store" -}}

@@ -242,6 +242,8 @@ metadata:
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "parley.labels" $ctx | nindent 4 }}
+    # The Prometheus job name the shipped dashboard and alert rules select on.
+    parley-job: parley-{{ $c }}
   {{- with $svc.annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
