@@ -117,15 +117,20 @@ let disconnected = 0;
 const disconnectReasons = {};
 
 // --- Clients -------------------------------------------------------------------------
+// A WebSocket-only connection of its own, never reconnecting (a drop is counted).
+function connect(query) {
+  return io(url, {
+    transports: ['websocket'],
+    forceNew: true,
+    reconnection: false,
+    timeout: connectTimeoutS * 1000,
+    query,
+  });
+}
+
 function openClient(k) {
   return new Promise((resolve) => {
-    const socket = io(url, {
-      transports: ['websocket'],
-      forceNew: true,
-      reconnection: false,
-      timeout: connectTimeoutS * 1000,
-      query: { room: `s${k % sessions}` },
-    });
+    const socket = connect({ room: `s${k % sessions}` });
     let lastSeq = 0;
     socket.on('ev', (ev) => {
       const now = nowNs();
@@ -150,12 +155,7 @@ function openClient(k) {
 // recorded once per subscriber of it, with each subscriber's own order check.
 function openMuxClient(ks) {
   return new Promise((resolve) => {
-    const socket = io(url, {
-      transports: ['websocket'],
-      forceNew: true,
-      reconnection: false,
-      timeout: connectTimeoutS * 1000,
-    });
+    const socket = connect({});
     const byRoom = new Map();  // room -> [{lastSeq}]
     for (const k of ks) {
       const room = `s${k % sessions}`;
