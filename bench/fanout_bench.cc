@@ -1,4 +1,5 @@
-// fanout_bench: one gateway's fan-out under many concurrent StreamEvents subscribers.
+// fanout_bench: one gateway's fan-out under many concurrent subscribers — StreamEvents
+// calls, or (--mux_streams=N) subscriptions carried by N Subscribe streams.
 //
 //   fanout_bench --gateway_addr=127.0.0.1:7070 --gateway_pid=1234 --store_addr=127.0.0.1:7073
 //       --redis_url=redis://127.0.0.1:6379 --api_key=pk_bench --tenant=bench
@@ -10,7 +11,9 @@
 //      session's lease (epoch 1) with `publishers` EventPublishers, as session-svc would;
 //   2. reads the gateway's RSS, then opens `subscribers` streams (subscriber k watches
 //      session k % sessions) as ClientReadReactors spread over `channels` connections
-//      — no thread per stream;
+//      — no thread per stream; with --mux_streams=N, N Subscribe streams instead
+//      (ClientBidiReactors), subscriber k a subscription of stream k % N, each
+//      subscription checking its own order;
 //   3. publishes one warm-up event per session and waits until every stream has
 //      received it (so every stream is live), lets the gateway settle, reads its RSS
 //      again: (after - before) / subscribers is the memory one idle stream costs;
@@ -21,9 +24,12 @@
 //      the gateway (utime+stime from /proc, per thread too), of Redis and of this
 //      process over the same wall time;
 //   5. searches (`search_steps` short runs) for the highest rate the gateway keeps up
-//      with — everything delivered, p99 <= `target_p99`: doubling or halving the rate
-//      until that is bracketed, then bisecting; the highest delivered rate it kept up
-//      with is max_sustained_per_s.
+//      with — everything delivered, p99 <= `target_p99` (50 ms): doubling or halving
+//      the rate until that is bracketed, then bisecting, and halving on past the steps
+//      while nothing was kept up with; the highest delivered rate it kept up with is
+//      max_sustained_per_s. Optionally before the run a light-load phase
+//      (--floor_deliveries_per_s: its p99 is the machine's floor) and after the search a
+//      phase at half the highest rate kept up with (--half_rate).
 // Each event's turn_id names its phase, so a late delivery is never counted in the
 // wrong phase. Every stream also checks that its seqs arrive in order without gaps.
 //
@@ -34,6 +40,11 @@
 // `cluster_result` is this tool's own --json_result line from a run of the same workload
 // against a gateway on a six-node Redis Cluster (PARLEY_BENCH_REDIS=cluster):
 // cluster_ratio = its max_sustained_per_s / this run's (the single server's).
+//
+// `mux_result`, `mux_bare_result` and `mux_peer_result` are the JSON lines of the
+// multiplexed workload against the gateway, the bare server and Socket.IO (loadgen.js
+// --sockets); their figures go into the RESULT line as mux_*, with the gateway's CPU
+// per 1,000 deliveries (gateway_cpu_us_per_1k) and the load generator's.
 //
 // `peer_result` is the JSON line of bench/socketio/loadgen.js for the same workload;
 // its numbers go into the RESULT line. ratio_vs_peer = max_sustained_per_s / the peer's
@@ -52,6 +63,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -88,13 +100,25 @@ struct BenchConfig {
   int64_t subscribers = 10000;
   int64_t sessions = 1000;
   int64_t channels = 48;
+  // 0: each subscriber is a StreamEvents call; N: subscribers are subscriptions carried
+  // by N Subscribe streams (subscriber k on stream k % N).
+  int64_t mux_streams = 0;
   int64_t publishers = 4;
   int64_t rate = 2000;  // Events/s published, in aggregate.
   absl::Duration duration = absl::Seconds(20);
   int64_t text_bytes = 32;
   int64_t search_steps = 0;
   absl::Duration search_step_duration = absl::Seconds(5);
-  absl::Duration target_p99 = absl::Milliseconds(10);
+  absl::Duration target_p99 = absl::Milliseconds(50);
+  // Before the run: a light-load phase at this many deliveries/s, whose p99 is the
+  // floor of publish-to-receipt latency on this machine (0: none).
+  int64_t floor_deliveries_per_s = 0;
+  // After the search: a phase at half the highest rate kept up with, for its p99.
+  bool half_rate = false;
+  // --json_result lines of the multiplexed workload: Parley, bare gRPC, Socket.IO.
+  std::string mux_result;
+  std::string mux_bare_result;
+  std::string mux_peer_result;
   absl::Duration warmup_timeout = absl::Seconds(90);
   std::string peer_result;
   std::string bare_result;     // bare_stream_server's JSON line from a run of this tool.
@@ -161,7 +185,7 @@ struct PhaseStats {
   LatencyHistogram latency;
 };
 
-constexpr int kMaxPhases = 16;
+constexpr int kMaxPhases = 32;
 
 struct Recorder {
   std::array<PhaseStats, kMaxPhases> phases;
@@ -171,6 +195,40 @@ struct Recorder {
   absl::Mutex mu;
   std::map<std::string, int64_t> done_codes ABSL_GUARDED_BY(mu);  // Why streams ended.
 };
+
+// One delivery of `event` to a subscriber whose previous seq was `last_seq`: its order,
+// its phase, its latency. Called on gRPC's callback threads.
+void RecordDelivery(Recorder& recorder, uint64_t& last_seq, const parley::v1::Event& event) {
+  const int64_t now_us = absl::ToUnixMicros(absl::Now());
+  if (last_seq != 0 && event.seq() != last_seq + 1) {
+    recorder.order_errors.fetch_add(1, std::memory_order_relaxed);
+  }
+  last_seq = event.seq();
+  int phase = 0;
+  if (event.turn_id().size() < 2 || !absl::SimpleAtoi(event.turn_id().substr(1), &phase) ||
+      phase < 0 || phase >= kMaxPhases) {
+    return;
+  }
+  if (phase == 0) {
+    recorder.warm_streams.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  PhaseStats& stats = recorder.phases[phase];
+  const int64_t sent_us = absl::ToUnixMicros(parley::FromTimestamp(event.time()));
+  stats.latency.Record(now_us - sent_us);
+  stats.delivered.fetch_add(1, std::memory_order_relaxed);
+  if (now_us <= stats.window_end_unix_us.load(std::memory_order_relaxed)) {
+    stats.delivered_in_window.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void RecordEnd(Recorder& recorder, const std::string& why, int64_t subscribers) {
+  {
+    absl::MutexLock lock(&recorder.mu);
+    recorder.done_codes[why] += subscribers;
+  }
+  recorder.streams_done.fetch_add(subscribers);
+}
 
 // ---------------------------------------------------------------------------------
 // One subscriber: a StreamEvents call read by a reactor on gRPC's callback threads.
@@ -194,48 +252,88 @@ class Subscriber final : public grpc::ClientReadReactor<StreamEventsResponse> {
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows.
-    if (response_.has_event()) Record(response_.event());
+    if (response_.has_event()) RecordDelivery(recorder_, last_seq_, response_.event());
     StartRead(&response_);
   }
 
   void OnDone(const grpc::Status& status) override {
-    {
-      absl::MutexLock lock(&recorder_.mu);
-      ++recorder_.done_codes[absl::StrCat(status.error_code(), ":", status.error_message())];
-    }
-    recorder_.streams_done.fetch_add(1);
+    RecordEnd(recorder_, absl::StrCat(status.error_code(), ":", status.error_message()), 1);
   }
 
  private:
-  void Record(const parley::v1::Event& event) {
-    const int64_t now_us = absl::ToUnixMicros(absl::Now());
-    if (last_seq_ != 0 && event.seq() != last_seq_ + 1) {
-      recorder_.order_errors.fetch_add(1, std::memory_order_relaxed);
-    }
-    last_seq_ = event.seq();
-    int phase = 0;
-    if (event.turn_id().size() < 2 || !absl::SimpleAtoi(event.turn_id().substr(1), &phase) ||
-        phase < 0 || phase >= kMaxPhases) {
-      return;
-    }
-    if (phase == 0) {
-      recorder_.warm_streams.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    PhaseStats& stats = recorder_.phases[phase];
-    const int64_t sent_us = absl::ToUnixMicros(parley::FromTimestamp(event.time()));
-    stats.latency.Record(now_us - sent_us);
-    stats.delivered.fetch_add(1, std::memory_order_relaxed);
-    if (now_us <= stats.window_end_unix_us.load(std::memory_order_relaxed)) {
-      stats.delivered_in_window.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-
   Recorder& recorder_;
   grpc::ClientContext context_;
   parley::v1::StreamEventsRequest request_;
   StreamEventsResponse response_;
   uint64_t last_seq_ = 0;  // Callbacks of one reactor never overlap.
+};
+
+// ---------------------------------------------------------------------------------
+// Many subscribers over one Subscribe stream: subscription i watches sessions[i] and is
+// named by its index; the adds go out one write at a time, then the stream only reads.
+
+class MuxSubscriber final
+    : public grpc::ClientBidiReactor<parley::v1::SubscribeRequest, parley::v1::SubscribeResponse> {
+ public:
+  MuxSubscriber(Recorder& recorder, const std::string& api_key, std::vector<std::string> sessions)
+      : recorder_(recorder), sessions_(std::move(sessions)), last_seq_(sessions_.size(), 0) {
+    context_.AddMetadata("authorization", "Bearer " + api_key);
+  }
+
+  void Start(parley::v1::SessionService::Stub& stub) {
+    stub.async()->Subscribe(&context_, this);
+    StartRead(&response_);
+    WriteNextAdd();
+    StartCall();
+  }
+
+  void Cancel() { context_.TryCancel(); }
+
+  void OnWriteDone(bool ok) override {
+    if (ok) WriteNextAdd();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows.
+    for (const parley::v1::Delivery& delivery : response_.deliveries()) {
+      size_t index = 0;
+      if (!absl::SimpleAtoi(delivery.subscription_id(), &index) || index >= sessions_.size()) {
+        continue;
+      }
+      if (delivery.has_event()) RecordDelivery(recorder_, last_seq_[index], delivery.event());
+      if (delivery.has_ended()) {
+        ++ended_;
+        RecordEnd(recorder_, absl::StrCat(delivery.ended().code(), ":", delivery.ended().message()),
+                  1);
+      }
+    }
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    RecordEnd(recorder_, absl::StrCat("stream ", status.error_code(), ":", status.error_message()),
+              static_cast<int64_t>(sessions_.size()) - ended_);
+  }
+
+ private:
+  void WriteNextAdd() {
+    if (next_add_ == sessions_.size()) return;
+    request_.Clear();
+    request_.mutable_add()->set_subscription_id(absl::StrCat(next_add_));
+    request_.mutable_add()->mutable_request()->set_session_id(sessions_[next_add_]);
+    request_.mutable_add()->mutable_request()->set_after_seq(0);
+    ++next_add_;
+    StartWrite(&request_);
+  }
+
+  Recorder& recorder_;
+  grpc::ClientContext context_;
+  const std::vector<std::string> sessions_;
+  std::vector<uint64_t> last_seq_;  // Per subscription; callbacks of one reactor never overlap.
+  size_t next_add_ = 0;             // Only OnWriteDone and Start touch it, never at once.
+  int64_t ended_ = 0;
+  parley::v1::SubscribeRequest request_;
+  parley::v1::SubscribeResponse response_;
 };
 
 // ---------------------------------------------------------------------------------
@@ -469,6 +567,7 @@ class FanoutBench {
   std::vector<std::unique_ptr<PublisherThread>> publishers_;
   std::vector<std::unique_ptr<parley::v1::SessionService::Stub>> stubs_;
   std::vector<std::unique_ptr<Subscriber>> subscribers_;
+  std::vector<std::unique_ptr<MuxSubscriber>> mux_subscribers_;
   int64_t rss_before_kib_ = 0;
   int64_t rss_idle_kib_ = 0;
   int64_t live_subscribers_ = 0;
@@ -547,6 +646,18 @@ absl::Status FanoutBench::OpenSubscribers() {
     args.SetInt("grpc.channel_id", static_cast<int>(c));  // A connection per channel.
     stubs_.push_back(parley::v1::SessionService::NewStub(
         grpc::CreateCustomChannel(config_.gateway_addr, grpc::InsecureChannelCredentials(), args)));
+  }
+  if (config_.mux_streams > 0) {
+    std::vector<std::vector<std::string>> watched(config_.mux_streams);
+    for (int64_t k = 0; k < config_.subscribers; ++k) {
+      watched[k % config_.mux_streams].push_back(sessions_[k % config_.sessions]);
+    }
+    for (int64_t m = 0; m < config_.mux_streams; ++m) {
+      mux_subscribers_.push_back(
+          std::make_unique<MuxSubscriber>(recorder_, config_.api_key, std::move(watched[m])));
+      mux_subscribers_.back()->Start(*stubs_[m % config_.channels]);
+    }
+    return absl::OkStatus();
   }
   subscribers_.reserve(config_.subscribers);
   for (int64_t k = 0; k < config_.subscribers; ++k) {
@@ -652,14 +763,15 @@ absl::StatusOr<PhaseResult> FanoutBench::RunPhase(int phase, double rate, absl::
 
 void FanoutBench::Close() {
   for (auto& subscriber : subscribers_) subscriber->Cancel();
+  for (auto& subscriber : mux_subscribers_) subscriber->Cancel();
   const absl::Time deadline = absl::Now() + absl::Seconds(15);
-  while (absl::Now() < deadline &&
-         recorder_.streams_done.load() < static_cast<int64_t>(subscribers_.size())) {
+  while (absl::Now() < deadline && recorder_.streams_done.load() < config_.subscribers) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  if (recorder_.streams_done.load() < static_cast<int64_t>(subscribers_.size())) {
+  if (recorder_.streams_done.load() < config_.subscribers) {
     // Reactors gRPC still holds must not be freed under it; the process exits next.
     for (auto& subscriber : subscribers_) (void)subscriber.release();
+    for (auto& subscriber : mux_subscribers_) (void)subscriber.release();
   }
 }
 
@@ -745,6 +857,10 @@ int main(int argc, char** argv) {
   flags.Int("subscribers", &config.subscribers, "concurrent StreamEvents streams", 1, 1000000);
   flags.Int("sessions", &config.sessions, "sessions the streams watch", 1, 100000);
   flags.Int("channels", &config.channels, "client connections the streams share", 1, 1024);
+  flags.Int("mux_streams", &config.mux_streams,
+            "0: one StreamEvents call per subscriber; N: the subscribers as subscriptions "
+            "over N Subscribe streams",
+            0, 1024);
   flags.Int("publishers", &config.publishers,
             "publisher threads, each with its own Redis "
             "connection",
@@ -767,6 +883,18 @@ int main(int argc, char** argv) {
                "file with the --json_result line of this workload on a Redis Cluster (empty: "
                "no cluster figures)");
   flags.String("label", &config.label, "names the server in progress lines");
+  flags.Int("floor_deliveries_per_s", &config.floor_deliveries_per_s,
+            "before the run, a light-load phase at this many deliveries/s whose p99 is "
+            "reported as floor_p99_ms (0: none)",
+            0, 1000000);
+  flags.Bool("half_rate", &config.half_rate,
+             "after the search, a phase at half the highest rate kept up with (its p99)");
+  flags.String("mux_result", &config.mux_result,
+               "--json_result of the multiplexed workload against the gateway (empty: none)");
+  flags.String("mux_bare_result", &config.mux_bare_result,
+               "--json_result of the multiplexed workload against bare_stream_server");
+  flags.String("mux_peer_result", &config.mux_peer_result,
+               "loadgen.js --sockets JSON line of the multiplexed workload on Socket.IO");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   // Debian's Abseil is built without NDEBUG, so every Mutex acquisition would also update
   // a global lock graph; the load generator must not pay for that.
@@ -801,8 +929,22 @@ int main(int argc, char** argv) {
                    bench.rss_before_kib(), bench.rss_idle_kib(), per_sub_kib)
             << std::flush;
 
+  int next_phase = 1;
+  double floor_p99_ms = 0;
+  if (config.floor_deliveries_per_s > 0) {
+    // Deliveries/s = events/s x live subscribers / sessions.
+    const double floor_rate = static_cast<double>(config.floor_deliveries_per_s) *
+                              static_cast<double>(config.sessions) /
+                              static_cast<double>(std::max<int64_t>(bench.live_subscribers(), 1));
+    absl::StatusOr<PhaseResult> floor =
+        bench.RunPhase(next_phase++, floor_rate, config.search_step_duration);
+    if (floor.ok()) {
+      floor_p99_ms = floor->p99_ms;
+      std::cout << config.label << " floor: " << Describe(*floor) << std::flush;
+    }
+  }
   absl::StatusOr<PhaseResult> main_run =
-      bench.RunPhase(1, static_cast<double>(config.rate), config.duration);
+      bench.RunPhase(next_phase++, static_cast<double>(config.rate), config.duration);
   if (!main_run.ok()) {
     std::cerr << "fanout_bench: publishing: " << main_run.status() << "\n";
     bench.Close();
@@ -812,8 +954,9 @@ int main(int argc, char** argv) {
 
   // Search: bracket the highest rate the gateway keeps up with (everything delivered, p99
   // within the target) — doubling while it keeps up, halving while it does not — then
-  // bisect the bracket; the highest rate kept up with is max_sustained_per_s. Same rule
-  // in bench/socketio/loadgen.js.
+  // bisect the bracket; the highest rate kept up with is max_sustained_per_s. While
+  // nothing was kept up with, halving goes on past search_steps (up to 8 more), so a slow
+  // machine still yields a rate to compare. Same rule in bench/socketio/loadgen.js.
   const double target_p99_ms = absl::ToDoubleMilliseconds(config.target_p99);
   auto sustained = [&](const PhaseResult& r) {
     return r.delivered_ratio() >= 0.99 && r.published_per_s() >= 0.95 * r.rate &&
@@ -824,12 +967,15 @@ int main(int argc, char** argv) {
   const double main_rate = static_cast<double>(config.rate);
   double kept_up = main_sustained ? main_rate : 0;      // Highest rate kept up with so far.
   double fell_behind = main_sustained ? 0 : main_rate;  // Lowest rate that was too much; 0: none.
-  for (int step = 0; step < config.search_steps && step + 2 < kMaxPhases; ++step) {
+  for (int step = 0;
+       (step < config.search_steps || (kept_up == 0 && step < config.search_steps + 8)) &&
+       next_phase + 1 < kMaxPhases;
+       ++step) {
     double rate = (kept_up + fell_behind) / 2;
     if (fell_behind == 0) rate = kept_up * 2;
     if (kept_up == 0) rate = fell_behind / 2;
     if (rate < 1) break;
-    absl::StatusOr<PhaseResult> r = bench.RunPhase(step + 2, rate, config.search_step_duration);
+    absl::StatusOr<PhaseResult> r = bench.RunPhase(next_phase++, rate, config.search_step_duration);
     if (!r.ok()) break;
     std::cout << config.label << " search: " << Describe(*r) << std::flush;
     if (sustained(*r)) {
@@ -839,74 +985,117 @@ int main(int argc, char** argv) {
       fell_behind = rate;
     }
   }
+  double half_rate_p99_ms = 0;
+  if (config.half_rate && kept_up > 0) {
+    absl::StatusOr<PhaseResult> half =
+        bench.RunPhase(next_phase++, kept_up / 2, config.search_step_duration);
+    if (half.ok()) {
+      half_rate_p99_ms = half->p99_ms;
+      std::cout << config.label << " half rate: " << Describe(*half) << std::flush;
+    }
+  }
 
   const int64_t ended_early = PrintEndedStreams(bench.recorder(), config.label, std::cout);
   const int64_t order_errors = bench.recorder().order_errors.load();
   bench.Close();
 
+  const PhaseResult& r = *main_run;
+  // CPU per 1,000 deliveries of the main run, in microseconds.
+  auto us_per_1k = [&](double cores) {
+    return r.delivered_per_s() > 0 ? cores * 1e9 / r.delivered_per_s() : 0;
+  };
+  if (!config.json_result.empty()) {
+    std::ofstream(config.json_result) << absl::StrFormat(
+        "{\"delivered_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
+        "\"rss_per_sub_kib\": %.3f, \"server_cpu\": %.3f, \"max_sustained_per_s\": %.1f, "
+        "\"floor_p99_ms\": %.3f, \"half_rate_p99_ms\": %.3f, \"server_cpu_us_per_1k\": %.1f, "
+        "\"redis_cpu_us_per_1k\": %.1f, \"loadgen_cpu_us_per_1k\": %.1f, \"loadgen_cpu\": %.3f, "
+        "\"machine_cpu\": %.3f, \"order_errors\": %d, \"ended\": %d}\n",
+        r.delivered_per_s(), r.p50_ms, r.p99_ms, r.p999_ms, per_sub_kib, r.gateway_cpu,
+        best_sustained, floor_p99_ms, half_rate_p99_ms, us_per_1k(r.gateway_cpu),
+        us_per_1k(r.redis_cpu), us_per_1k(r.client_cpu), r.client_cpu, r.machine_cpu, order_errors,
+        ended_early);
+  }
+
   // ratio_vs_peer compares what each system delivers within the target p99 (the
   // highest rate its search kept up with); ratio_at_rate compares the delivered rates
-  // at the same offered rate. "na" where a side kept up with no rate it tried.
+  // at the same offered rate. "na" only where a side kept up with no rate at all.
   auto ratio = [](double ours, double theirs) {
     return ours > 0 && theirs > 0 ? absl::StrFormat("%.2f", ours / theirs) : std::string("na");
+  };
+  auto read = [](const std::string& path,
+                 const char* what) -> std::optional<google::protobuf::Struct> {
+    if (path.empty()) return std::nullopt;
+    absl::StatusOr<google::protobuf::Struct> json = ReadPeer(path);
+    if (json.ok()) return *std::move(json);
+    std::cerr << "fanout_bench: " << what << ": " << json.status() << "\n";
+    return std::nullopt;
   };
   std::string peer_text =
       "peer_delivered_per_s=na peer_p50_ms=na peer_p99_ms=na peer_p999_ms=na "
       "peer_max_sustained_per_s=na ratio_at_rate=na ratio_vs_peer=na";
-  if (!config.peer_result.empty()) {
-    absl::StatusOr<google::protobuf::Struct> peer = ReadPeer(config.peer_result);
-    if (peer.ok()) {
-      const double peer_rate = PeerNumber(*peer, "delivered_per_s");
-      const double peer_sustained = PeerNumber(*peer, "max_sustained_per_s");
-      peer_text = absl::StrFormat(
-          "peer_delivered_per_s=%.0f peer_p50_ms=%.2f peer_p99_ms=%.2f peer_p999_ms=%.2f "
-          "peer_rss_per_sub_kib=%.2f peer_server_cpu=%.2f peer_max_sustained_per_s=%.0f "
-          "ratio_at_rate=%s ratio_vs_peer=%s",
-          peer_rate, PeerNumber(*peer, "p50_ms"), PeerNumber(*peer, "p99_ms"),
-          PeerNumber(*peer, "p999_ms"), PeerNumber(*peer, "rss_per_sub_kib"),
-          PeerNumber(*peer, "server_cpu"), peer_sustained,
-          ratio(main_run->delivered_per_s(), peer_rate), ratio(best_sustained, peer_sustained));
-    } else {
-      std::cerr << "fanout_bench: peer: " << peer.status() << "\n";
-    }
-  }
-  const PhaseResult& r = *main_run;
-  if (!config.json_result.empty()) {
-    std::ofstream(config.json_result) << absl::StrFormat(
-        "{\"delivered_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
-        "\"rss_per_sub_kib\": %.3f, \"server_cpu\": %.3f, \"max_sustained_per_s\": %.1f}\n",
-        r.delivered_per_s(), r.p50_ms, r.p99_ms, r.p999_ms, per_sub_kib, r.gateway_cpu,
-        best_sustained);
+  if (auto peer = read(config.peer_result, "peer")) {
+    const double peer_rate = PeerNumber(*peer, "delivered_per_s");
+    const double peer_sustained = PeerNumber(*peer, "max_sustained_per_s");
+    peer_text = absl::StrFormat(
+        "peer_delivered_per_s=%.0f peer_p50_ms=%.2f peer_p99_ms=%.2f peer_p999_ms=%.2f "
+        "peer_rss_per_sub_kib=%.2f peer_server_cpu=%.2f peer_max_sustained_per_s=%.0f "
+        "ratio_at_rate=%s ratio_vs_peer=%s",
+        peer_rate, PeerNumber(*peer, "p50_ms"), PeerNumber(*peer, "p99_ms"),
+        PeerNumber(*peer, "p999_ms"), PeerNumber(*peer, "rss_per_sub_kib"),
+        PeerNumber(*peer, "server_cpu"), peer_sustained, ratio(r.delivered_per_s(), peer_rate),
+        ratio(best_sustained, peer_sustained));
   }
   // The ceiling: the same workload through bare gRPC (bench/bare_stream_server).
-  // ratio_vs_bare = what Parley keeps up with / what bare gRPC keeps up with.
+  // ratio_vs_bare = what Parley keeps up with / what bare gRPC keeps up with. Its light
+  // load p99 is the machine's floor.
   std::string bare_text =
       "bare_delivered_per_s=na bare_p99_ms=na bare_rss_per_sub_kib=na bare_server_cpu=na "
-      "bare_max_sustained_per_s=na ratio_vs_bare=na";
-  if (!config.bare_result.empty()) {
-    absl::StatusOr<google::protobuf::Struct> bare = ReadPeer(config.bare_result);
-    if (bare.ok()) {
-      const double bare_sustained = PeerNumber(*bare, "max_sustained_per_s");
-      bare_text = absl::StrFormat(
-          "bare_delivered_per_s=%.0f bare_p99_ms=%.2f bare_rss_per_sub_kib=%.2f "
-          "bare_server_cpu=%.2f bare_max_sustained_per_s=%.0f ratio_vs_bare=%s",
-          PeerNumber(*bare, "delivered_per_s"), PeerNumber(*bare, "p99_ms"),
-          PeerNumber(*bare, "rss_per_sub_kib"), PeerNumber(*bare, "server_cpu"), bare_sustained,
-          ratio(best_sustained, bare_sustained));
-    } else {
-      std::cerr << "fanout_bench: bare: " << bare.status() << "\n";
-    }
+      "bare_max_sustained_per_s=na ratio_vs_bare=na floor_p99_ms=na";
+  if (auto bare = read(config.bare_result, "bare")) {
+    const double bare_sustained = PeerNumber(*bare, "max_sustained_per_s");
+    bare_text = absl::StrFormat(
+        "bare_delivered_per_s=%.0f bare_p99_ms=%.2f bare_rss_per_sub_kib=%.2f "
+        "bare_server_cpu=%.2f bare_max_sustained_per_s=%.0f ratio_vs_bare=%s floor_p99_ms=%.2f",
+        PeerNumber(*bare, "delivered_per_s"), PeerNumber(*bare, "p99_ms"),
+        PeerNumber(*bare, "rss_per_sub_kib"), PeerNumber(*bare, "server_cpu"), bare_sustained,
+        ratio(best_sustained, bare_sustained), PeerNumber(*bare, "floor_p99_ms"));
+  }
+  // The multiplexed workload, run before this one: Parley's Subscribe, its bare gRPC
+  // ceiling and Socket.IO over as many sockets.
+  std::string mux_text;
+  if (auto mux = read(config.mux_result, "mux")) {
+    const double mux_sustained = PeerNumber(*mux, "max_sustained_per_s");
+    auto mux_bare = read(config.mux_bare_result, "mux bare");
+    auto mux_peer = read(config.mux_peer_result, "mux peer");
+    const double bare_sustained = mux_bare ? PeerNumber(*mux_bare, "max_sustained_per_s") : 0;
+    const double peer_sustained = mux_peer ? PeerNumber(*mux_peer, "max_sustained_per_s") : 0;
+    mux_text = absl::StrFormat(
+        " mux_delivered_per_s=%.0f mux_p99_ms=%.2f mux_half_rate_p99_ms=%.2f "
+        "mux_rss_per_sub_kib=%.3f mux_bare_max_sustained_per_s=%.0f "
+        "mux_peer_max_sustained_per_s=%.0f mux_ratio_vs_peer=%s mux_ratio_vs_bare=%s "
+        "gateway_cpu_us_per_1k=%.0f mux_redis_cpu_us_per_1k=%.0f mux_loadgen_cpu_us_per_1k=%.0f "
+        "mux_loadgen_cpu=%.2f mux_machine_cpu=%.2f mux_order_errors=%.0f mux_ended=%.0f "
+        "mux_peer_server_cpu=%.2f mux_bare_server_cpu_us_per_1k=%.0f",
+        mux_sustained, PeerNumber(*mux, "p99_ms"), PeerNumber(*mux, "half_rate_p99_ms"),
+        PeerNumber(*mux, "rss_per_sub_kib"), bare_sustained, peer_sustained,
+        ratio(mux_sustained, peer_sustained), ratio(mux_sustained, bare_sustained),
+        PeerNumber(*mux, "server_cpu_us_per_1k"), PeerNumber(*mux, "redis_cpu_us_per_1k"),
+        PeerNumber(*mux, "loadgen_cpu_us_per_1k"), PeerNumber(*mux, "loadgen_cpu"),
+        PeerNumber(*mux, "machine_cpu"), PeerNumber(*mux, "order_errors"),
+        PeerNumber(*mux, "ended"), mux_peer ? PeerNumber(*mux_peer, "server_cpu") : 0,
+        mux_bare ? PeerNumber(*mux_bare, "server_cpu_us_per_1k") : 0);
   }
   std::cout << absl::StrFormat(
       "RESULT name=fanout subscribers=%d sessions=%d live=%d rate=%.0f duration_s=%.0f "
       "published_per_s=%.0f delivered_per_s=%.0f delivered_ratio=%.4f p50_ms=%.2f p99_ms=%.2f "
       "p999_ms=%.2f rss_per_sub_kib=%.2f gateway_cpu=%.2f redis_cpu=%.2f bench_cpu=%.2f "
-      "machine_cpu=%.2f "
-      "ended=%d order_errors=%d max_sustained_per_s=%.0f %s %s%s\n",
+      "machine_cpu=%.2f target_p99_ms=%.0f "
+      "ended=%d order_errors=%d max_sustained_per_s=%.0f %s %s%s%s\n",
       config.subscribers, config.sessions, bench.live_subscribers(), r.rate, r.wall_s,
       r.published_per_s(), r.delivered_per_s(), r.delivered_ratio(), r.p50_ms, r.p99_ms, r.p999_ms,
-      per_sub_kib, r.gateway_cpu, r.redis_cpu, r.client_cpu, r.machine_cpu, ended_early,
-      order_errors, best_sustained, peer_text, bare_text,
+      per_sub_kib, r.gateway_cpu, r.redis_cpu, r.client_cpu, r.machine_cpu, target_p99_ms,
+      ended_early, order_errors, best_sustained, peer_text, bare_text, mux_text,
       ClusterText(config.cluster_result, best_sustained, r.delivered_per_s()));
   return 0;
 }

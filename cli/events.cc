@@ -5,6 +5,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
@@ -18,7 +19,9 @@ constexpr int kMaxAttemptsWithoutProgress = 5;
 // starts a line of its own.
 class EventPrinter {
  public:
-  explicit EventPrinter(Style style) : style_(style) {}
+  // `prefix` starts every line (a session's name when several share the terminal).
+  explicit EventPrinter(Style style, std::string prefix = "")
+      : style_(style), prefix_(std::move(prefix)) {}
 
   void Print(const v1::StreamEventsResponse& item) {
     if (item.has_epoch_changed()) {
@@ -139,18 +142,32 @@ class EventPrinter {
 
  private:
   void Inline(const std::string& text) {
+    if (text.empty()) return;
+    if (!mid_line_) std::cout << prefix_;
     std::cout << text << std::flush;
-    mid_line_ = !text.empty() && text.back() != '\n';
+    mid_line_ = text.back() != '\n';
   }
   void Line(const std::string& text) {
     Finish();
-    std::cout << text << "\n" << std::flush;
+    std::cout << prefix_ << text << "\n" << std::flush;
   }
 
   Style style_;
+  const std::string prefix_;
   bool mid_line_ = false;
   std::set<std::string> streamed_calls_;  // Calls whose output was shown as it came.
 };
+
+// Whether a stream (or a subscription) that ended with `status` can resume from its
+// cursor: a dropped connection, a gateway shutting down, or this client reading too slowly.
+bool Resumable(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+absl::Duration Backoff(int fruitless_attempts) {
+  return std::min(absl::Milliseconds(250) * (1 << fruitless_attempts), absl::Seconds(4));
+}
 
 }  // namespace
 
@@ -203,12 +220,8 @@ int FollowEvents(Connection& connection, v1::StreamEventsRequest request) {
       if (!request.until_turn_end()) return kExitOk;
       return completed == v1::TURN_STATUS_SUCCEEDED ? kExitOk : kExitFailed;
     }
-    // A dropped connection, a gateway shutting down, or this client reading too slowly:
-    // each is resumable from the cursor.
-    const bool resumable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                           status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
     fruitless_attempts = progressed ? 1 : fruitless_attempts + 1;
-    if (!resumable || fruitless_attempts >= kMaxAttemptsWithoutProgress) {
+    if (!Resumable(status) || fruitless_attempts >= kMaxAttemptsWithoutProgress) {
       return ReportError(status, connection.options());
     }
     if (!json) {
@@ -217,7 +230,125 @@ int FollowEvents(Connection& connection, v1::StreamEventsRequest request) {
                                  : std::string("from the turn's start"))
                 << "\n";
     }
-    absl::SleepFor(std::min(absl::Milliseconds(250) * (1 << fruitless_attempts), absl::Seconds(4)));
+    absl::SleepFor(Backoff(fruitless_attempts));
+  }
+}
+
+namespace {
+
+// One session followed over a Subscribe stream; its subscription id is its index.
+struct Watched {
+  v1::StreamEventsRequest request;  // Its cursor moves with every event received.
+  EventPrinter printer;
+  bool done = false;
+  std::optional<v1::TurnStatus> completed;
+  grpc::Status ended = grpc::Status::OK;  // Why it ended, when it did.
+};
+
+v1::StreamEventsResponse Wrap(const v1::Event& event) {
+  v1::StreamEventsResponse item;
+  *item.mutable_event() = event;
+  return item;
+}
+
+v1::StreamEventsResponse Wrap(const v1::EpochChanged& changed) {
+  v1::StreamEventsResponse item;
+  *item.mutable_epoch_changed() = changed;
+  return item;
+}
+
+v1::SubscribeRequest AddOf(size_t index, const v1::StreamEventsRequest& request) {
+  v1::SubscribeRequest add;
+  add.mutable_add()->set_subscription_id(absl::StrCat(index));
+  *add.mutable_add()->mutable_request() = request;
+  return add;
+}
+
+}  // namespace
+
+int FollowMany(Connection& connection, const std::vector<v1::StreamEventsRequest>& requests) {
+  const bool json = connection.options().json;
+  std::vector<Watched> watched;
+  for (const v1::StreamEventsRequest& request : requests) {
+    watched.push_back(
+        {.request = request,
+         .printer = EventPrinter(Style::ForStdout(), absl::StrCat(request.session_id(), ": "))});
+  }
+  size_t open_line = watched.size();  // Whose streamed text the terminal's line holds.
+  auto remaining = [&] {
+    return std::count_if(watched.begin(), watched.end(), [](const Watched& w) { return !w.done; });
+  };
+  int fruitless_attempts = 0;
+  for (;;) {
+    std::unique_ptr<grpc::ClientContext> context = connection.Context(/*stream=*/true);
+    auto stream = connection.sessions().Subscribe(context.get());
+    for (size_t i = 0; i < watched.size(); ++i) {
+      if (!watched[i].done) stream->Write(AddOf(i, watched[i].request));
+    }
+    bool progressed = false;
+    v1::SubscribeResponse response;
+    while (remaining() > 0 && stream->Read(&response)) {
+      if (json) PrintJson(response);
+      for (const v1::Delivery& delivery : response.deliveries()) {
+        size_t i = 0;
+        if (!absl::SimpleAtoi(delivery.subscription_id(), &i) || i >= watched.size()) continue;
+        Watched& w = watched[i];
+        if (!json && open_line != i && open_line < watched.size()) {
+          watched[open_line].printer.Finish();
+        }
+        open_line = i;
+        if (delivery.has_event()) {
+          const v1::Event& event = delivery.event();
+          progressed = true;
+          w.request.set_after_seq(event.seq());
+          w.request.set_epoch(event.epoch());
+          if (event.has_turn_completed()) w.completed = event.turn_completed().status();
+          if (!json) w.printer.Print(Wrap(event));
+        } else if (delivery.has_epoch_changed()) {
+          w.request.set_after_seq(delivery.epoch_changed().resume_after_seq());
+          w.request.set_epoch(delivery.epoch_changed().new_epoch());
+          if (!json) w.printer.Print(Wrap(delivery.epoch_changed()));
+        } else if (delivery.has_ended()) {
+          const grpc::Status status(static_cast<grpc::StatusCode>(delivery.ended().code()),
+                                    delivery.ended().message(),
+                                    delivery.ended().SerializeAsString());
+          if (Resumable(status)) {
+            stream->Write(AddOf(i, w.request));  // Its id is free again: resume it.
+            continue;
+          }
+          w.done = true;
+          w.ended = status;
+        }
+      }
+    }
+    if (remaining() == 0) {
+      stream->WritesDone();
+      context->TryCancel();
+      (void)stream->Finish();
+      for (Watched& w : watched) w.printer.Finish();
+      int exit_code = kExitOk;
+      for (const Watched& w : watched) {
+        if (!w.ended.ok()) {
+          std::cerr << "parley: " << w.request.session_id() << ": ";
+          exit_code = std::max(exit_code, ReportError(w.ended, connection.options()));
+        } else if (w.request.until_turn_end() && w.completed != v1::TURN_STATUS_SUCCEEDED) {
+          exit_code = std::max(exit_code, static_cast<int>(kExitFailed));
+        }
+      }
+      return exit_code;
+    }
+    const grpc::Status status = stream->Finish();
+    for (Watched& w : watched) w.printer.Finish();
+    fruitless_attempts = progressed ? 1 : fruitless_attempts + 1;
+    if (status.ok()) return kExitOk;
+    if (!Resumable(status) || fruitless_attempts >= kMaxAttemptsWithoutProgress) {
+      return ReportError(status, connection.options());
+    }
+    if (!json) {
+      std::cerr << "parley: stream interrupted (" << status.error_message()
+                << "); resuming each session after its last seq\n";
+    }
+    absl::SleepFor(Backoff(fruitless_attempts));
   }
 }
 

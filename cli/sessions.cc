@@ -335,24 +335,32 @@ int WatchCommand(const Invocation& call) {
   std::string from_turn;
   Flags flags(call.program,
               "Streams a session's events: history first, then live ones, until the session is "
-              "closed (or Ctrl-C). Resumes by itself after a dropped connection.");
+              "closed (or Ctrl-C). Resumes by itself after a dropped connection. Several "
+              "sessions share one Subscribe stream, each line prefixed with its session.");
   AddConnectionFlags(flags, &options);
   flags.Int("after", &after, "start after this seq (default: from the first event)", -1, INT64_MAX);
   flags.Bool("from_latest", &from_latest, "only events newer than now");
   flags.String("from_turn", &from_turn, "start with this turn's first event");
   flags.Bool("until_turn_end", &until_turn_end, "stop when a turn ends");
-  std::vector<std::string> args = ParseArgs(flags, call, 1, 1, "SESSION");
+  std::vector<std::string> args = ParseArgs(flags, call, 1, 10'000, "SESSION [SESSION...]");
   if ((after >= 0) + from_latest + !from_turn.empty() > 1) {
     return ReportUsage(call.program, "--after, --from_latest and --from_turn exclude each other");
   }
-  v1::StreamEventsRequest request;
-  request.set_session_id(args[0]);
-  request.set_until_turn_end(until_turn_end);
-  if (after >= 0) request.set_after_seq(static_cast<uint64_t>(after));
-  if (from_latest) request.set_from_latest(true);
-  if (!from_turn.empty()) request.set_from_turn_id(from_turn);
+  if (args.size() > 1 && !from_turn.empty()) {
+    return ReportUsage(call.program, "--from_turn names a turn of one session");
+  }
+  std::vector<v1::StreamEventsRequest> requests;
+  for (const std::string& session : args) {
+    v1::StreamEventsRequest& request = requests.emplace_back();
+    request.set_session_id(session);
+    request.set_until_turn_end(until_turn_end);
+    if (after >= 0) request.set_after_seq(static_cast<uint64_t>(after));
+    if (from_latest) request.set_from_latest(true);
+    if (!from_turn.empty()) request.set_from_turn_id(from_turn);
+  }
   Connection connection(options);
-  return FollowEvents(connection, request);
+  if (requests.size() == 1) return FollowEvents(connection, requests.front());
+  return FollowMany(connection, requests);
 }
 
 namespace {

@@ -28,6 +28,9 @@ struct GatewayConfig {
   std::string redis_key_prefix;
   int64_t stream_buffer = 1024;
   int64_t max_streams_per_tenant = 10'000;
+  int64_t max_subscriptions_per_tenant = 100'000;
+  int64_t max_subscriptions_per_stream = 10'000;
+  int64_t max_batch_bytes = 64 * 1024;
   absl::Duration keepalive = absl::Seconds(5);
   absl::Duration key_cache_ttl = absl::Seconds(2);
   int64_t tenant_rate_limit = 500;
@@ -104,10 +107,17 @@ int main(int argc, char** argv) {
                "prefix of every Redis key (tests use it to share one server)");
   flags.Int("max_streams_per_tenant", &config.max_streams_per_tenant,
             "open event streams one tenant may hold on this gateway (0: no cap)", 0, 10'000'000);
+  flags.Int("max_subscriptions_per_tenant", &config.max_subscriptions_per_tenant,
+            "Subscribe subscriptions one tenant may hold on this gateway (0: no cap)", 0,
+            100'000'000);
+  flags.Int("max_subscriptions_per_stream", &config.max_subscriptions_per_stream,
+            "subscriptions one Subscribe stream may hold (0: no cap)", 0, 10'000'000);
+  flags.Int("max_batch_bytes", &config.max_batch_bytes,
+            "most bytes of deliveries one write of a Subscribe stream carries", 1024, 16 << 20);
   flags.Int("stream_buffer", &config.stream_buffer,
             "events buffered per StreamEvents call before a slow client is cut", 16, 1 << 20);
   flags.Duration("keepalive", &config.keepalive,
-                 "StreamEvents sends a Keepalive after this long without events");
+                 "StreamEvents and Subscribe send a keepalive after this long without a write");
   flags.Duration("key_cache_ttl", &config.key_cache_ttl,
                  "how long a looked-up API key (or its refusal) is reused: the longest a "
                  "revoked key keeps working on this gateway");
@@ -148,6 +158,9 @@ int main(int argc, char** argv) {
   hub_options.stream.max_buffered = static_cast<int>(config.stream_buffer);
   hub_options.stream.keepalive = config.keepalive;
   hub_options.max_streams_per_tenant = static_cast<int>(config.max_streams_per_tenant);
+  hub_options.max_subscriptions_per_tenant = static_cast<int>(config.max_subscriptions_per_tenant);
+  hub_options.max_subscriptions_per_stream = static_cast<int>(config.max_subscriptions_per_stream);
+  hub_options.stream.max_batch_bytes = static_cast<size_t>(config.max_batch_bytes);
   parley::gateway::Hub hub(hub_options, history, host.registry());
   hub.Start();
   // On SIGTERM every open stream ends UNAVAILABLE with its resume cursor at once, rather

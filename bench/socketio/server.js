@@ -3,7 +3,8 @@
 //
 //   node server.js --port=3000 --redis=redis://127.0.0.1:6379
 //
-// A client names its session in the handshake (query `room`) and joins that room.
+// A client names its session in the handshake (query `room`) and joins that room; a
+// client multiplexing many sessions over one socket sends `join` with their rooms.
 // Events reach the server only through Redis: publisher.js emits with
 // @socket.io/redis-emitter, which PUBLISHes to the adapter's channel; the adapter
 // (subscribed to the namespace's channels) broadcasts each message to the room's
@@ -42,6 +43,11 @@ async function main() {
   io.on('connection', (socket) => {
     const room = socket.handshake.query.room;
     if (typeof room === 'string' && room.length > 0) socket.join(room);
+    // A client multiplexing many subscriptions over one socket joins all their rooms.
+    socket.on('join', (rooms, ack) => {
+      if (Array.isArray(rooms)) socket.join(rooms.filter((r) => typeof r === 'string'));
+      if (typeof ack === 'function') ack();
+    });
   });
 
   const shutdown = () => {

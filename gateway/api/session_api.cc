@@ -66,6 +66,7 @@ SessionApi::SessionApi(Authenticator& authenticator, telemetry::GrpcTelemetry& t
       revalidator_(revalidator) {
   telemetry_.InstrumentInHandler(kStreamEventsMethod);
   telemetry_.InstrumentInHandler(kSendMessageAndStreamMethod);
+  telemetry_.InstrumentInHandler(kSubscribeMethod);
 }
 
 grpc::ServerUnaryReactor* SessionApi::CreateSession(grpc::CallbackServerContext* context,
@@ -279,7 +280,7 @@ grpc::ServerUnaryReactor* SessionApi::CancelTurn(grpc::CallbackServerContext* co
 
 StreamEventsReactor::OnOpen SessionApi::WatchKeyOf(grpc::CallbackServerContext* context) {
   if (revalidator_ == nullptr) return nullptr;
-  return [revalidator = revalidator_, context](std::weak_ptr<SubscriberStream> stream) {
+  return [revalidator = revalidator_, context](std::weak_ptr<Endable> stream) {
     revalidator->Watch(*context, std::move(stream));
   };
 }
@@ -296,6 +297,21 @@ grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
     absl::StatusOr<StreamParams> params = StreamParamsFromRequest(who->tenant_id, *request);
     if (!params.ok()) return stream->Reject(ToGrpcStatus(params.status()));
     stream->Open(*std::move(params));
+  });
+  return stream;
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SessionApi::Subscribe(
+    grpc::CallbackServerContext* context) {
+  auto* stream = new SubscribeReactor(
+      hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kSubscribeMethod),
+      WatchKeyOf(context));
+  // Each subscription's session is checked in the tenant by its own start (before it
+  // subscribes to anything); the key's scope is checked here, once for all of them.
+  authenticator_.Authenticate(*context, [stream](absl::StatusOr<Principal> who) {
+    absl::Status allowed = who.ok() ? who->Require(kScopeSessionsRead) : who.status();
+    if (!allowed.ok()) return stream->Reject(ToGrpcStatus(allowed));
+    stream->Open(who->tenant_id);
   });
   return stream;
 }

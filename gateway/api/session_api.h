@@ -3,7 +3,7 @@
 // Unary calls are AuthorizedCalls (gateway/api/authorized_call.h): what changes a
 // session's turns (SendMessage, CancelTurn, CloseSession) goes to any session-svc
 // replica, the rest to store-svc, with the caller's tenant attached. StreamEvents is
-// served from this node's fan-out hub.
+// and Subscribe are served from this node's fan-out hub.
 //
 // Threading: handlers run on gRPC's callback threads and never block.
 #pragma once
@@ -14,6 +14,7 @@
 #include "gateway/api/idempotency.h"
 #include "gateway/api/stream_events.h"
 #include "gateway/api/stream_revalidator.h"
+#include "gateway/api/subscribe.h"
 #include "gateway/auth/authenticator.h"
 #include "gateway/fanout/hub.h"
 #include "parley/router/v1/router.grpc.pb.h"
@@ -28,7 +29,29 @@ inline constexpr char kStreamEventsMethod[] = "/parley.v1.SessionService/StreamE
 inline constexpr char kSendMessageAndStreamMethod[] =
     "/parley.v1.SessionService/SendMessageAndStream";
 
-class SessionApi final : public v1::SessionService::CallbackService {
+inline constexpr char kSubscribeMethod[] = "/parley.v1.SessionService/Subscribe";
+
+// Every method a callback; Subscribe on raw bytes, so its batches go out as laid out
+// from events serialized once (SubscribeBatch).
+using SessionServiceBase = v1::SessionService::WithCallbackMethod_CreateSession<
+    v1::SessionService::WithCallbackMethod_GetSession<
+        v1::SessionService::WithCallbackMethod_ListSessions<
+            v1::SessionService::WithCallbackMethod_UpdateSession<
+                v1::SessionService::WithCallbackMethod_CloseSession<
+                    v1::SessionService::WithCallbackMethod_SendMessage<
+                        v1::SessionService::WithCallbackMethod_ListMessages<
+                            v1::SessionService::WithCallbackMethod_GetTurn<
+                                v1::SessionService::WithCallbackMethod_ListTurns<
+                                    v1::SessionService::WithCallbackMethod_CancelTurn<
+                                        v1::SessionService::WithCallbackMethod_StreamEvents<
+                                            v1::SessionService::
+                                                WithCallbackMethod_SendMessageAndStream<
+                                                    v1::SessionService::
+                                                        WithRawCallbackMethod_Subscribe<
+                                                            v1::SessionService::
+                                                                Service>>>>>>>>>>>>>;
+
+class SessionApi final : public SessionServiceBase {
  public:
   // `authenticator`, `telemetry`, `hub`, `idempotency` and `revalidator` (which ends
   // the open streams of a revoked key; optional) must outlive this object; construct it
@@ -74,6 +97,8 @@ class SessionApi final : public v1::SessionService::CallbackService {
       grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) override;
   // SendMessage through session-svc, then the hub's stream of that turn: its answer is
   // written first, and the stream opens only after that write completed.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Subscribe(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerWriteReactor<v1::StreamEventsResponse>* SendMessageAndStream(
       grpc::CallbackServerContext* context, const v1::SendMessageRequest* request) override;
 

@@ -1,6 +1,6 @@
 // StreamEvents: the gRPC side of one event stream.
 //
-// The reactor is thin: it turns SubscriberStream's WriteResponse/FinishStream into gRPC
+// The reactor is thin: it turns SubscriberStream's Write/FinishStream into gRPC
 // writes and relays completions and cancellation back. All stream logic (positions,
 // backfill, buffering, keepalives) lives in gateway/fanout/subscriber_stream.h, so no thread ever
 // blocks for a stream.
@@ -25,7 +25,7 @@ class StreamEventsReactor final
       public StreamWriter {
  public:
   // `on_open`, when given, sees the stream's core once it is made (before it opens).
-  using OnOpen = std::function<void(std::weak_ptr<SubscriberStream>)>;
+  using OnOpen = std::function<void(std::weak_ptr<Endable>)>;
   StreamEventsReactor(Hub& hub, telemetry::ServerCallTelemetry call, OnOpen on_open = nullptr);
 
   // Exactly one of Open, OpenAfter and Reject, once, from any thread.
@@ -34,7 +34,9 @@ class StreamEventsReactor final
   void OpenAfter(v1::StreamEventsResponse first, StreamParams params);
   void Reject(const grpc::Status& status);
 
-  void WriteResponse(const v1::StreamEventsResponse* response) override { StartWrite(response); }
+  void Write(const std::vector<ResponsePtr>& batch) override {
+    StartWrite(&batch.front()->message());
+  }
   void FinishStream(const grpc::Status& status) override { FinishCall(status); }
 
   void OnWriteDone(bool ok) override;

@@ -23,7 +23,7 @@ StreamRevalidator::~StreamRevalidator() {
 }
 
 void StreamRevalidator::Watch(const grpc::ServerContextBase& context,
-                              std::weak_ptr<SubscriberStream> stream) {
+                              std::weak_ptr<Endable> stream) {
   absl::StatusOr<std::string> secret = BearerToken(context);
   if (!secret.ok()) return;  // Not a keyed call: nothing can be revoked.
   absl::MutexLock lock(&state_->mu);
@@ -57,8 +57,8 @@ std::vector<std::string> StreamRevalidator::Prune() {
   std::vector<std::string> secrets;
   absl::MutexLock lock(&state_->mu);
   absl::erase_if(state_->streams, [&](auto& entry) {
-    std::erase_if(entry.second, [](const std::weak_ptr<SubscriberStream>& weak) {
-      std::shared_ptr<SubscriberStream> stream = weak.lock();
+    std::erase_if(entry.second, [](const std::weak_ptr<Endable>& weak) {
+      std::shared_ptr<Endable> stream = weak.lock();
       return stream == nullptr || stream->finished();
     });
     if (entry.second.empty()) return true;
@@ -70,7 +70,7 @@ std::vector<std::string> StreamRevalidator::Prune() {
 
 void StreamRevalidator::State::EndStreamsOf(const std::string& secret,
                                             const grpc::Status& refusal) {
-  std::vector<std::weak_ptr<SubscriberStream>> streams;
+  std::vector<std::weak_ptr<Endable>> streams;
   {
     absl::MutexLock lock(&mu);
     auto it = this->streams.find(secret);
@@ -78,8 +78,8 @@ void StreamRevalidator::State::EndStreamsOf(const std::string& secret,
     streams = std::move(it->second);
     this->streams.erase(it);
   }
-  for (const std::weak_ptr<SubscriberStream>& weak : streams) {
-    if (std::shared_ptr<SubscriberStream> stream = weak.lock()) stream->End(refusal);
+  for (const std::weak_ptr<Endable>& weak : streams) {
+    if (std::shared_ptr<Endable> stream = weak.lock()) stream->End(refusal);
   }
 }
 

@@ -25,7 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gateway/auth/authenticator.h"
-#include "gateway/fanout/subscriber_stream.h"
+#include "gateway/fanout/endable.h"
 
 namespace parley::gateway {
 
@@ -42,14 +42,14 @@ class StreamRevalidator {
 
   // Watches `stream`, opened by the call `context` with the key of its authorization
   // header, until the stream ends.
-  void Watch(const grpc::ServerContextBase& context, std::weak_ptr<SubscriberStream> stream);
+  void Watch(const grpc::ServerContextBase& context, std::weak_ptr<Endable> stream);
 
  private:
   // What sweeps and lookup answers share.
   struct State {
     absl::Mutex mu;
     // Presented secret -> the streams opened with it that may still be open.
-    absl::flat_hash_map<std::string, std::vector<std::weak_ptr<SubscriberStream>>> streams
+    absl::flat_hash_map<std::string, std::vector<std::weak_ptr<Endable>>> streams
         ABSL_GUARDED_BY(mu);
     bool stopping ABSL_GUARDED_BY(mu) = false;
     int lookups ABSL_GUARDED_BY(mu) = 0;  // Resolve calls not answered yet.

@@ -12,8 +12,10 @@ Hub::Hub(HubOptions options, HistorySource& history, telemetry::Registry& regist
       clock_(*options_.clock),
       keys_(options_.key_prefix),
       history_(history),
-      streams_gauge_(
-          registry.AddGauge("parley_fanout_streams", "Open StreamEvents calls.").WithLabels({})),
+      streams_gauge_(registry
+                         .AddGauge("parley_fanout_streams",
+                                   "Open StreamEvents calls and Subscribe subscriptions.")
+                         .WithLabels({})),
       channels_gauge_(
           registry.AddGauge("parley_fanout_sessions", "Sessions with a Redis subscription.")
               .WithLabels({})),
@@ -40,12 +42,21 @@ Hub::~Hub() {
   }
   for (std::thread& worker : workers_) worker.join();
   if (ticker_.joinable()) ticker_.join();
+  {
+    absl::MutexLock lock(&timer_mu_);
+    timers_stopping_ = true;
+  }
+  if (timer_thread_.joinable()) timer_thread_.join();
 }
 
 void Hub::Start() {
   subscriber_.Start();
   for (int i = 0; i < options_.backfill_workers; ++i) workers_.emplace_back([this] { Worker(); });
-  if (options_.tick_interval > absl::ZeroDuration()) ticker_ = std::thread([this] { Ticker(); });
+  // Both on the real clock only: a FakeClock's owner ticks and runs timers itself.
+  if (options_.tick_interval > absl::ZeroDuration()) {
+    ticker_ = std::thread([this] { Ticker(); });
+    timer_thread_ = std::thread([this] { TimerLoop(); });
+  }
 }
 
 size_t Hub::channel_count() {
@@ -54,6 +65,8 @@ size_t Hub::channel_count() {
 }
 
 void Hub::Open(const std::shared_ptr<SubscriberStream>& stream) {
+  const int cap = stream->multiplexed() ? options_.max_subscriptions_per_tenant
+                                        : options_.max_streams_per_tenant;
   bool over_cap = false;
   bool draining = false;
   {
@@ -62,11 +75,11 @@ void Hub::Open(const std::shared_ptr<SubscriberStream>& stream) {
     // A call that ended before it was opened was unregistered already (or will find
     // nothing to unregister): it must not be left behind here.
     if (stream->finished()) return;
-    const int cap = options_.max_streams_per_tenant;
-    auto held = tenant_streams_.find(stream->tenant_id());
-    over_cap = cap > 0 && held != tenant_streams_.end() && held->second >= cap;
+    absl::flat_hash_map<std::string, int>& counts = TenantCountLocked(*stream);
+    auto held = counts.find(stream->tenant_id());
+    over_cap = cap > 0 && held != counts.end() && held->second >= cap;
     if (!over_cap && !draining) {
-      ++tenant_streams_[stream->tenant_id()];
+      ++counts[stream->tenant_id()];
       opening_.emplace(stream.get(), stream);
       streams_gauge_.Add(1);
     }
@@ -75,12 +88,30 @@ void Hub::Open(const std::shared_ptr<SubscriberStream>& stream) {
   // was never counted, so its Unregister finds nothing to take away.
   if (draining) return stream->Shed();  // Not started: no cursor to hand back.
   if (!over_cap) return stream->Start();
+  stream->End(
+      stream->multiplexed()
+          ? TooManySubscriptions(
+                absl::StrCat("this tenant holds ", cap, " subscriptions on this gateway"), cap)
+          : TooManyStreams(cap));
+}
+
+grpc::Status TooManyStreams(int limit) {
   absl::Status refused = absl::ResourceExhaustedError(
-      absl::StrCat("this tenant holds ", options_.max_streams_per_tenant,
+      absl::StrCat("this tenant holds ", limit,
                    " open streams on this gateway, its limit; close one or use another gateway"));
-  SetErrorInfo(refused, "TOO_MANY_STREAMS",
-               {{"limit", absl::StrCat(options_.max_streams_per_tenant)}});
-  stream->End(ToGrpcStatus(refused));
+  SetErrorInfo(refused, "TOO_MANY_STREAMS", {{"limit", absl::StrCat(limit)}});
+  return ToGrpcStatus(refused);
+}
+
+grpc::Status TooManySubscriptions(absl::string_view holder, int limit) {
+  absl::Status refused = absl::ResourceExhaustedError(
+      absl::StrCat(holder, ", its limit; remove one or open another stream elsewhere"));
+  SetErrorInfo(refused, "TOO_MANY_SUBSCRIPTIONS", {{"limit", absl::StrCat(limit)}});
+  return ToGrpcStatus(refused);
+}
+
+absl::flat_hash_map<std::string, int>& Hub::TenantCountLocked(const SubscriberStream& stream) {
+  return stream.multiplexed() ? tenant_subscriptions_ : tenant_streams_;
 }
 
 void Hub::Drain() {
@@ -99,8 +130,9 @@ void Hub::Drain() {
 
 void Hub::StreamGoneLocked(const SubscriberStream& stream) {
   streams_gauge_.Add(-1);
-  auto it = tenant_streams_.find(stream.tenant_id());
-  if (it != tenant_streams_.end() && --it->second <= 0) tenant_streams_.erase(it);
+  absl::flat_hash_map<std::string, int>& counts = TenantCountLocked(stream);
+  auto it = counts.find(stream.tenant_id());
+  if (it != counts.end() && --it->second <= 0) counts.erase(it);
 }
 
 void Hub::Join(const std::shared_ptr<SubscriberStream>& stream) {
@@ -186,17 +218,80 @@ void Hub::TickOnce() {
   // one pointer copy per session.
   std::vector<std::shared_ptr<const StreamList>> lists;
   StreamList opening;
+  std::vector<std::shared_ptr<Ticked>> others;
   {
     absl::MutexLock lock(&mu_);
     lists.reserve(channels_.size());
     for (auto& [name, channel] : channels_) lists.push_back(channel.streams);
     for (auto& [key, stream] : opening_) opening.push_back(stream);
+    std::erase_if(ticked_, [&](const std::weak_ptr<Ticked>& weak) {
+      std::shared_ptr<Ticked> ticked = weak.lock();
+      if (ticked == nullptr) return true;
+      others.push_back(std::move(ticked));
+      return false;
+    });
   }
   const absl::Time now = clock_.Now();
   for (const auto& list : lists) {
     for (const auto& stream : *list) stream->Tick(now);
   }
   for (const auto& stream : opening) stream->Tick(now);
+  for (const auto& ticked : others) ticked->Tick(now);
+}
+
+void Hub::CallAt(absl::Time due, std::weak_ptr<Timed> target) {
+  absl::MutexLock lock(&timer_mu_);
+  timers_.push(Timer{.due = due, .target = std::move(target)});
+}
+
+std::vector<std::shared_ptr<Timed>> Hub::TakeDueTimers(absl::Time now) {
+  std::vector<std::shared_ptr<Timed>> due;
+  while (!timers_.empty() && timers_.top().due <= now) {
+    if (std::shared_ptr<Timed> target = timers_.top().target.lock()) {
+      due.push_back(std::move(target));
+    }
+    timers_.pop();
+  }
+  return due;
+}
+
+void Hub::RunTimersOnce() {
+  const absl::Time now = clock_.Now();
+  std::vector<std::shared_ptr<Timed>> due;
+  {
+    absl::MutexLock lock(&timer_mu_);
+    due = TakeDueTimers(now);
+  }
+  for (const auto& target : due) target->OnTimer(now);
+}
+
+void Hub::TimerLoop() {
+  // Real time only (see Start): a flush window is milliseconds, the ticker's period a
+  // second.
+  absl::MutexLock lock(&timer_mu_);
+  for (;;) {
+    if (timers_stopping_) return;
+    const absl::Time now = clock_.Now();
+    std::vector<std::shared_ptr<Timed>> due = TakeDueTimers(now);
+    if (!due.empty()) {
+      timer_mu_.Unlock();
+      for (const auto& target : due) target->OnTimer(now);
+      timer_mu_.Lock();
+      continue;
+    }
+    // Until the earliest timer, or a new one that may be earlier, or stopping.
+    const size_t queued = timers_.size();
+    const absl::Time next = timers_.empty() ? now + absl::Seconds(1) : timers_.top().due;
+    auto changed = [this, queued]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(timer_mu_) {
+      return timers_stopping_ || timers_.size() != queued;
+    };
+    timer_mu_.AwaitWithTimeout(absl::Condition(&changed), next - now);
+  }
+}
+
+void Hub::AddTicked(std::weak_ptr<Ticked> ticked) {
+  absl::MutexLock lock(&mu_);
+  ticked_.push_back(std::move(ticked));
 }
 
 void Hub::OnSubscribed(const std::string& channel) {

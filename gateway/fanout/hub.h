@@ -19,8 +19,9 @@
 //
 // Threads: the RedisSubscriber loop thread (OnMessage / OnSubscribed / OnDisconnected),
 // `backfill_workers` threads running streams' backfill steps, one ticker thread
-// (keepalives, retrying failed backfills; every `tick_interval` of `clock`), and gRPC's
-// callback threads (Open, Unregister, Drain). Lock order: Hub::mu_, then
+// (keepalives, retrying failed backfills; every `tick_interval` of `clock`), one timer
+// thread (Subscribe streams' flush windows, CallAt), and gRPC's callback threads (Open,
+// Unregister, Drain). Lock order: Hub::mu_, then
 // SubscriberStream::mu_, then Hub::work_mu_. Fan-out itself runs outside Hub::mu_ on a
 // copy-on-write snapshot of the session's streams.
 #pragma once
@@ -30,6 +31,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <queue>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,11 +57,38 @@ struct HubOptions {
   // Open streams one tenant may hold on this gateway; more are refused with
   // RESOURCE_EXHAUSTED "TOO_MANY_STREAMS". 0: no cap.
   int max_streams_per_tenant = 0;
+  // Subscriptions of Subscribe streams one tenant may hold on this gateway, and one
+  // stream may hold; more are refused (that subscription only) with
+  // RESOURCE_EXHAUSTED "TOO_MANY_SUBSCRIPTIONS". 0: no cap.
+  int max_subscriptions_per_tenant = 100'000;
+  int max_subscriptions_per_stream = 10'000;
   // Every timestamp and timed decision of the hub and its streams; must outlive the hub.
   Clock* clock = &RealClock::Get();
   // The ticker's period (keepalives, retries). Zero starts no ticker thread: the owner
   // calls TickOnce() (tests, on a FakeClock).
   absl::Duration tick_interval = absl::Seconds(1);
+};
+
+// RESOURCE_EXHAUSTED refusals: a tenant at its stream limit ("TOO_MANY_STREAMS"), and
+// a subscription over a limit of `holder` ("TOO_MANY_SUBSCRIPTIONS"); both carry
+// `limit` in their ErrorInfo.
+grpc::Status TooManyStreams(int limit);
+grpc::Status TooManySubscriptions(absl::string_view holder, int limit);
+
+// What the ticker visits besides the streams of its channels: a Subscribe stream, for
+// its one keepalive.
+class Ticked {
+ public:
+  virtual ~Ticked() = default;
+  virtual void Tick(absl::Time now) = 0;
+};
+
+// What the hub calls back at a time of its clock: a Subscribe stream whose flush window
+// ends.
+class Timed {
+ public:
+  virtual ~Timed() = default;
+  virtual void OnTimer(absl::Time now) = 0;
 };
 
 class Hub final : public RedisSubscriber::Listener, public StreamContext {
@@ -82,6 +111,16 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   void Drain();
   // One pass of the ticker, at the clock's now: keepalives due and retries due.
   void TickOnce();
+  // `ticked` is ticked with the streams until it is gone.
+  void AddTicked(std::weak_ptr<Ticked> ticked);
+  // Calls `target->OnTimer` once the clock reaches `due` (unless it is gone by then), on
+  // the timer thread — or, with `tick_interval` zero, from RunTimersOnce. Any thread,
+  // any lock held: it takes only a lock of its own.
+  void CallAt(absl::Time due, std::weak_ptr<Timed> target);
+  // Runs the timers due at the clock's now (tests, on a FakeClock).
+  void RunTimersOnce();
+
+  const HubOptions& options() const { return options_; }
 
   // Number of Redis channels subscribed (for tests and metrics).
   size_t channel_count();
@@ -109,6 +148,10 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   };
   void Worker();
   void Ticker();
+  void TimerLoop();
+  // Takes the timers due at `now` off the queue.
+  std::vector<std::shared_ptr<Timed>> TakeDueTimers(absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(timer_mu_);
 
   const HubOptions options_;
   Clock& clock_;
@@ -121,8 +164,11 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   // answer) but subscribed to nothing.
   absl::flat_hash_map<SubscriberStream*, std::shared_ptr<SubscriberStream>> opening_
       ABSL_GUARDED_BY(mu_);
-  // Open streams (opening or joined) per tenant, for max_streams_per_tenant.
+  // Open streams (opening or joined) per tenant, for max_streams_per_tenant; and
+  // likewise subscriptions of Subscribe streams, for max_subscriptions_per_tenant.
   absl::flat_hash_map<std::string, int> tenant_streams_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int> tenant_subscriptions_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::weak_ptr<Ticked>> ticked_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 
   absl::Mutex work_mu_;
@@ -131,6 +177,21 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   std::vector<std::thread> workers_;
   std::thread ticker_;
 
+  // A leaf lock: CallAt runs under the callers' own locks.
+  struct Timer {
+    absl::Time due;
+    std::weak_ptr<Timed> target;
+    bool operator>(const Timer& other) const { return due > other.due; }
+  };
+  absl::Mutex timer_mu_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_
+      ABSL_GUARDED_BY(timer_mu_);
+  bool timers_stopping_ ABSL_GUARDED_BY(timer_mu_) = false;
+  std::thread timer_thread_;
+
+  // The count `stream` is held to: its tenant's streams, or subscriptions.
+  absl::flat_hash_map<std::string, int>& TenantCountLocked(const SubscriberStream& stream)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One stream fewer: the gauge and its tenant's count.
   void StreamGoneLocked(const SubscriberStream& stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

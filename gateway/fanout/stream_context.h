@@ -31,6 +31,13 @@ struct StreamSettings {
   int max_buffered = 1024;                      // Queued responses before a stream is cut.
   int backfill_batch = 500;                     // Events per history read.
   absl::Duration keepalive = absl::Seconds(5);  // After this long without a write.
+  // The most a Subscribe stream puts in one write (it always writes at least one
+  // delivery).
+  size_t max_batch_bytes = 64 * 1024;
+  // How long a Subscribe stream lets deliveries gather before it writes them, from the
+  // first one waiting (a batch of max_batch_bytes goes at once). Zero: as soon as no
+  // write is in flight.
+  absl::Duration flush_window = absl::Milliseconds(2);
 };
 
 // What streams count, shared by all of them.

@@ -11,12 +11,6 @@
 
 namespace parley::gateway {
 
-ResponsePtr WrapEvent(v1::Event event) {
-  auto response = std::make_shared<v1::StreamEventsResponse>();
-  *response->mutable_event() = std::move(event);
-  return response;
-}
-
 namespace {
 
 // A failed read of history is tried again after this long (by the ticker).
@@ -24,13 +18,13 @@ constexpr absl::Duration kRetryAfter = absl::Seconds(1);
 
 ResponsePtr EpochChanged(uint64_t old_epoch, uint64_t new_epoch, const char* reason,
                          uint64_t resume_after_seq) {
-  auto response = std::make_shared<v1::StreamEventsResponse>();
-  v1::EpochChanged* changed = response->mutable_epoch_changed();
+  v1::StreamEventsResponse response;
+  v1::EpochChanged* changed = response.mutable_epoch_changed();
   changed->set_old_epoch(old_epoch);
   changed->set_new_epoch(new_epoch);
   changed->set_reason(reason);
   changed->set_resume_after_seq(resume_after_seq);
-  return response;
+  return Share(std::move(response));
 }
 
 grpc::Status SlowConsumer(uint64_t last_seq) {
@@ -86,7 +80,7 @@ void SubscriberStream::OnLive(const ResponsePtr& response) {
 
 SubscriberStream::Offer SubscriberStream::AcceptLocked(const ResponsePtr& response,
                                                        bool from_backfill) {
-  const v1::Event& event = response->event();
+  const v1::Event& event = response->message().event();
   if (!event.transient() && event.seq() > next_seq_) {
     // Checked before any epoch change: the events in between come first.
     if (!from_backfill) return Offer::kGap;
@@ -133,7 +127,8 @@ bool SubscriberStream::TransientSentLocked(const v1::Event& event) {
   // Live events carry no stream entry id, so a copy is recognised by its content.
   // Few per seq (RetryScheduled: one per attempt of a step).
   for (const ResponsePtr& sent : transients_sent_) {
-    if (google::protobuf::util::MessageDifferencer::Equals(sent->event(), event)) return true;
+    if (google::protobuf::util::MessageDifferencer::Equals(sent->message().event(), event))
+      return true;
   }
   return false;
 }
@@ -151,29 +146,34 @@ void SubscriberStream::EnqueueLocked(ResponsePtr response) {
 }
 
 void SubscriberStream::MaybeWriteLocked() {
-  if (writer_ == nullptr || in_flight_ != nullptr || finished_) return;
+  if (writer_ == nullptr || !in_flight_.empty() || finished_) return;
   if (queue_.empty()) {
     if (finish_after_drain_) FinishLocked(grpc::Status::OK);
     return;
   }
-  in_flight_ = std::move(queue_.front());
-  queue_.pop_front();
+  const size_t take = std::min<size_t>(queue_.size(), std::max(writer_->max_batch(), 1));
+  in_flight_.assign(std::make_move_iterator(queue_.begin()),
+                    std::make_move_iterator(queue_.begin() + take));
+  queue_.erase(queue_.begin(), queue_.begin() + take);
   last_write_ = context_.clock().Now();
-  writer_->WriteResponse(in_flight_.get());
+  writer_->Write(in_flight_);
 }
 
 void SubscriberStream::OnWriteDone(bool ok) {
   absl::MutexLock lock(&mu_);
-  if (in_flight_ != nullptr && in_flight_->has_event()) {
-    const v1::Event& event = in_flight_->event();
-    if (ok && !event.transient()) last_written_seq_ = event.seq();
-    if (ok && event.has_time()) {
-      context_.metrics().lag.Observe(
-          absl::ToDoubleSeconds(context_.clock().Now() - FromTimestamp(event.time())));
+  if (ok) {
+    const absl::Time now = context_.clock().Now();
+    for (const ResponsePtr& written : in_flight_) {
+      if (!written->message().has_event()) continue;
+      const v1::Event& event = written->message().event();
+      if (!event.transient()) last_written_seq_ = event.seq();
+      if (event.has_time()) {
+        context_.metrics().lag.Observe(absl::ToDoubleSeconds(now - FromTimestamp(event.time())));
+      }
+      context_.metrics().delivered.Increment();
     }
-    if (ok) context_.metrics().delivered.Increment();
   }
-  in_flight_.reset();
+  in_flight_.clear();
   if (paused_ && static_cast<int>(queue_.size()) <= context_.settings().max_buffered / 4) {
     paused_ = false;  // The client caught up with what history we read: read more.
     ScheduleBackfillLocked();
@@ -201,7 +201,7 @@ void SubscriberStream::FinishLocked(const grpc::Status& status) {
   pending_.clear();
   if (writer_ == nullptr) return;
   // gRPC wants no Finish while a write is outstanding; OnWriteDone sends it.
-  if (in_flight_ != nullptr) {
+  if (!in_flight_.empty()) {
     deferred_finish_ = status;
   } else {
     writer_->FinishStream(status);
@@ -264,12 +264,12 @@ void SubscriberStream::Tick(absl::Time now) {
     backfill_failed_ = false;
     ScheduleBackfillLocked();
   }
-  if (in_flight_ == nullptr && queue_.empty() &&
+  if (!params_.multiplexed && in_flight_.empty() && queue_.empty() &&
       now - last_write_ >= context_.settings().keepalive) {
-    auto keepalive = std::make_shared<v1::StreamEventsResponse>();
-    *keepalive->mutable_keepalive()->mutable_time() = ToTimestamp(now);
-    keepalive->mutable_keepalive()->set_last_seq(next_seq_ > 0 ? next_seq_ - 1 : 0);
-    EnqueueLocked(std::move(keepalive));
+    v1::StreamEventsResponse keepalive;
+    *keepalive.mutable_keepalive()->mutable_time() = ToTimestamp(now);
+    keepalive.mutable_keepalive()->set_last_seq(next_seq_ > 0 ? next_seq_ - 1 : 0);
+    EnqueueLocked(Share(std::move(keepalive)));
   }
 }
 

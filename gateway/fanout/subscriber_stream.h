@@ -37,23 +37,25 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "gateway/fanout/endable.h"
+#include "gateway/fanout/shared_response.h"
 #include "gateway/fanout/stream_context.h"
 #include "parley/v1/parley.pb.h"
 
 namespace parley::gateway {
 
-using ResponsePtr = std::shared_ptr<const v1::StreamEventsResponse>;
-
-// `event` as the one response every stream of its session shares.
-ResponsePtr WrapEvent(v1::Event event);
-
-// What a stream writes to: the gRPC reactor, or a test double. Called with the
-// stream's lock held, at most one write outstanding.
+// What a stream writes to: the StreamEvents reactor, a subscription's slot in a
+// Subscribe stream (mux_stream.h), or a test double. Called with the stream's lock
+// held, at most one write outstanding: the stream calls OnWriteDone once all of
+// `batch` is written (or failed).
 class StreamWriter {
  public:
   virtual ~StreamWriter() = default;
-  virtual void WriteResponse(const v1::StreamEventsResponse* response) = 0;
+  // `batch`: 1..max_batch() responses in order; they stay alive until OnWriteDone.
+  virtual void Write(const std::vector<ResponsePtr>& batch) = 0;
   virtual void FinishStream(const grpc::Status& status) = 0;
+  // How many queued responses one Write may carry.
+  virtual int max_batch() const { return 1; }
 };
 
 struct StreamParams {
@@ -64,17 +66,22 @@ struct StreamParams {
   std::string turn_id;  // For Start::kTurn.
   bool until_turn_end = false;
   uint64_t client_epoch = 0;  // 0: the client does not know one.
+  // A subscription of a Subscribe stream: it sends no keepalives of its own (its
+  // stream sends one for all) and counts against the tenant's subscription limit
+  // rather than its stream limit.
+  bool multiplexed = false;
 };
 
 // Shared by the hub, the backfill queue and the reactor; the writer pointer is cleared
 // when the reactor is done.
-class SubscriberStream : public std::enable_shared_from_this<SubscriberStream> {
+class SubscriberStream : public Endable, public std::enable_shared_from_this<SubscriberStream> {
  public:
   // `context` must outlive the stream; `writer` until Detach.
   SubscriberStream(StreamContext& context, StreamWriter* writer, StreamParams params);
 
   const std::string& session_id() const { return params_.session_id; }
   const std::string& tenant_id() const { return params_.tenant_id; }
+  bool multiplexed() const { return params_.multiplexed; }
 
   void Start();                              // Schedules the access check (Hub::Open).
   void OnLive(const ResponsePtr& response);  // An event from the channel.
@@ -85,11 +92,11 @@ class SubscriberStream : public std::enable_shared_from_this<SubscriberStream> {
   void Cancel();  // The client went away.
   // Ends the stream with `status`, opened or not (its caller may no longer read it, or
   // was refused); no-op once ended.
-  void End(const grpc::Status& status);
+  void End(const grpc::Status& status) override;
   // The gateway is draining: end UNAVAILABLE, GATEWAY_DRAINING, with the resume cursor.
   void Shed();
   // Whether the stream has ended (finished, cancelled or detached).
-  bool finished() const;
+  bool finished() const override;
   void Detach();  // The reactor is done; never touch the writer again.
 
  private:
@@ -144,7 +151,7 @@ class SubscriberStream : public std::enable_shared_from_this<SubscriberStream> {
   std::vector<ResponsePtr> pending_ ABSL_GUARDED_BY(mu_);  // Live events held during backfill.
   bool pending_overflowed_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
-  ResponsePtr in_flight_ ABSL_GUARDED_BY(mu_);
+  std::vector<ResponsePtr> in_flight_ ABSL_GUARDED_BY(mu_);  // Written, not done yet.
   bool finish_after_drain_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> deferred_finish_ ABSL_GUARDED_BY(mu_);

@@ -7,6 +7,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <map>
 #include <memory>
 
 #include "absl/time/clock.h"
@@ -239,6 +241,78 @@ struct StreamReader {
       if (response.has_event()) events.push_back(response.event());
     }
     return events;
+  }
+};
+
+// A Subscribe stream driven synchronously from the calling thread: adds and removes
+// go out as written, and what arrives is gathered per subscription.
+struct SubscribeClient {
+  struct Received {
+    std::map<std::string, std::vector<v1::Event>> events;  // Durable and transient.
+    std::map<std::string, std::vector<v1::EpochChanged>> epoch_changes;
+    std::map<std::string, v1::RpcStatus> ended;  // The last end of each id.
+    std::vector<v1::SubscribeKeepalive> keepalives;
+    int batches = 0;
+  };
+
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> stream;
+  Received received;
+
+  explicit SubscribeClient(v1::SessionService::Stub& stub, const char* api_key = kApiKey) {
+    if (api_key != nullptr) context.AddMetadata("authorization", std::string("Bearer ") + api_key);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    stream = stub.Subscribe(&context);
+  }
+
+  bool Add(const std::string& id, const v1::StreamEventsRequest& request) {
+    v1::SubscribeRequest add;
+    add.mutable_add()->set_subscription_id(id);
+    *add.mutable_add()->mutable_request() = request;
+    return stream->Write(add);
+  }
+  bool Remove(const std::string& id) {
+    v1::SubscribeRequest remove;
+    remove.mutable_remove()->set_subscription_id(id);
+    return stream->Write(remove);
+  }
+
+  // Reads until `done(received)` holds; false if the stream ended first.
+  bool ReadUntil(const std::function<bool(const Received&)>& done) {
+    v1::SubscribeResponse response;
+    while (!done(received)) {
+      if (!stream->Read(&response)) return false;
+      Gather(response);
+    }
+    return true;
+  }
+  // Events of `id` until it holds `n` durable ones (or ended).
+  bool ReadEventsOf(const std::string& id, size_t n) {
+    return ReadUntil([&](const Received& r) {
+      auto it = r.events.find(id);
+      return r.ended.contains(id) || (it != r.events.end() && it->second.size() >= n);
+    });
+  }
+
+  void Gather(const v1::SubscribeResponse& response) {
+    ++received.batches;
+    if (response.has_keepalive()) received.keepalives.push_back(response.keepalive());
+    for (const v1::Delivery& delivery : response.deliveries()) {
+      const std::string& id = delivery.subscription_id();
+      switch (delivery.item_case()) {
+        case v1::Delivery::kEvent:
+          received.events[id].push_back(delivery.event());
+          break;
+        case v1::Delivery::kEpochChanged:
+          received.epoch_changes[id].push_back(delivery.epoch_changed());
+          break;
+        case v1::Delivery::kEnded:
+          received.ended[id] = delivery.ended();
+          break;
+        case v1::Delivery::ITEM_NOT_SET:
+          break;
+      }
+    }
   }
 };
 
