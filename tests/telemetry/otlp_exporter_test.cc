@@ -36,20 +36,16 @@ class OtlpExporterTest : public ::testing::Test {
             .max_backoff = absl::Milliseconds(50)};
   }
 
-  double DroppedValue(absl::string_view reason) {
-    std::string text = registry_.RenderText();
-    std::string key = absl::StrCat("parley_otel_spans_dropped_total{reason=\"", reason, "\"} ");
-    size_t at = text.find(key);
-    if (at == std::string::npos) return 0;
-    return std::stod(text.substr(at + key.size()));
+  // The value of one series in the registry's text ("name" or "name{labels}"); 0 when
+  // it is not there yet.
+  double Value(absl::string_view series) {
+    const std::string text = registry_.RenderText();
+    const std::string key = absl::StrCat("\n", series, " ");
+    const size_t at = text.find(key);
+    return at == std::string::npos ? 0 : std::stod(text.substr(at + key.size()));
   }
-
-  double CounterValue(absl::string_view name) {
-    std::string text = registry_.RenderText();
-    std::string key = absl::StrCat("\n", name, " ");
-    size_t at = text.find(key);
-    if (at == std::string::npos) return 0;
-    return std::stod(text.substr(at + key.size()));
+  double DroppedValue(absl::string_view reason) {
+    return Value(absl::StrCat("parley_otel_spans_dropped_total{reason=\"", reason, "\"}"));
   }
 
   static SpanData MakeSpan(const std::string& name) {
@@ -120,7 +116,7 @@ TEST_F(OtlpExporterTest, SendsEverySpanFieldInOtlpJson) {
   EXPECT_EQ(got.links[0].trace_id, linked.TraceIdHex());
   EXPECT_EQ(got.links[0].span_id, linked.SpanIdHex());
   EXPECT_EQ(receiver_->server().requests()[0].headers.at("x-api-key"), "collector-secret");
-  EXPECT_EQ(CounterValue("parley_otel_spans_exported_total"), 1);
+  EXPECT_EQ(Value("parley_otel_spans_exported_total"), 1);
 }
 
 TEST_F(OtlpExporterTest, SendsBatchesNoLargerThanTheBatchSize) {
@@ -154,8 +150,8 @@ TEST_F(OtlpExporterTest, RetriesA503AfterTheRetryAfterTheCollectorAsksFor) {
 
   ASSERT_TRUE(receiver_->server().WaitForRequests(2, absl::Seconds(20)));
   ASSERT_TRUE(exporter.ForceFlush(absl::Seconds(10)));
-  EXPECT_EQ(CounterValue("parley_otel_export_retries_total"), 1);
-  EXPECT_EQ(CounterValue("parley_otel_spans_exported_total"), 1);
+  EXPECT_EQ(Value("parley_otel_export_retries_total"), 1);
+  EXPECT_EQ(Value("parley_otel_spans_exported_total"), 1);
   EXPECT_EQ(DroppedValue("export_failed"), 0);
 }
 
@@ -166,8 +162,8 @@ TEST_F(OtlpExporterTest, RetriesA429WithBackoffUntilAccepted) {
   exporter.OnEnd(MakeSpan("throttled"));
   ASSERT_TRUE(receiver_->server().WaitForRequests(3, absl::Seconds(20)));
   ASSERT_TRUE(exporter.ForceFlush(absl::Seconds(10)));
-  EXPECT_EQ(CounterValue("parley_otel_export_retries_total"), 2);
-  EXPECT_EQ(CounterValue("parley_otel_spans_exported_total"), 1);
+  EXPECT_EQ(Value("parley_otel_export_retries_total"), 2);
+  EXPECT_EQ(Value("parley_otel_spans_exported_total"), 1);
 }
 
 TEST_F(OtlpExporterTest, DropsABatchTheCollectorRejectsWithoutRetrying) {
@@ -177,7 +173,7 @@ TEST_F(OtlpExporterTest, DropsABatchTheCollectorRejectsWithoutRetrying) {
   ASSERT_TRUE(exporter.ForceFlush(absl::Seconds(10)));
   EXPECT_EQ(receiver_->server().requests().size(), 1u);
   EXPECT_EQ(DroppedValue("export_failed"), 1);
-  EXPECT_EQ(CounterValue("parley_otel_export_retries_total"), 0);
+  EXPECT_EQ(Value("parley_otel_export_retries_total"), 0);
 }
 
 TEST_F(OtlpExporterTest, GivesUpAfterMaxAttempts) {
