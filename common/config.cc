@@ -25,7 +25,7 @@ Environment ProcessEnvironment() {
   Environment env;
   for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
     absl::string_view kv(*entry);
-    if (!absl::StartsWith(kv, "PARLEY_")) continue;
+    if (!absl::StartsWith(kv, "PARLEY_") && !absl::StartsWith(kv, "OTEL_")) continue;
     size_t eq = kv.find('=');
     if (eq == absl::string_view::npos) continue;
     env.emplace(std::string(kv.substr(0, eq)), std::string(kv.substr(eq + 1)));

@@ -31,7 +31,8 @@ namespace parley {
 
 using Environment = std::map<std::string, std::string, std::less<>>;
 
-// The PARLEY_* variables of this process. Call from main() (or the CLI's argument parser) only.
+// The PARLEY_* and OTEL_* variables of this process. Call from main() (or the CLI's argument
+// parser) only.
 Environment ProcessEnvironment();
 
 // The environment variable that backs a flag: "grpc_addr" -> "PARLEY_GRPC_ADDR".

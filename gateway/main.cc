@@ -130,7 +130,9 @@ int main(int argc, char** argv) {
             "requests per second one API key may make (0: only its tenant's limit)", 0, 1'000'000);
   flags.Int("key_rate_burst", &config.key_rate_burst,
             "requests one API key may make at once (0: the rate)", 0, 10'000'000);
-  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  const parley::Environment env = parley::ProcessEnvironment();
+  parley::ParseFlagsOrExit(flags, argc, argv, env);
+  parley::ParseTracingEnvOrExit(env, &server);
 
   parley::ServiceHost host("parley-gateway", server);
   auto store = std::shared_ptr<parley::store::v1::StoreService::StubInterface>(

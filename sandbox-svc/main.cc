@@ -144,7 +144,9 @@ int main(int argc, char** argv) {
             65535);
   flags.String("kube_sandboxd_path", &config.kube_sandboxd_path,
                "path of parley-sandboxd inside sandbox images", parley::ValidateNonEmpty);
-  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  const parley::Environment env = parley::ProcessEnvironment();
+  parley::ParseFlagsOrExit(flags, argc, argv, env);
+  parley::ParseTracingEnvOrExit(env, &server);
 
   absl::StatusOr<parley::sandbox::TemplateSet> templates =
       parley::sandbox::LoadTemplates(config.templates);

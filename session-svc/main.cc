@@ -93,7 +93,9 @@ int main(int argc, char** argv) {
                  "longest delay between model request retries");
   flags.String("sandbox_template", &config.sandbox_template,
                "sandbox template of sessions that name none (empty: sandbox-svc's default)");
-  parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
+  const parley::Environment env = parley::ProcessEnvironment();
+  parley::ParseFlagsOrExit(flags, argc, argv, env);
+  parley::ParseTracingEnvOrExit(env, &server);
   if (config.worker_id.empty()) config.worker_id = DefaultWorkerId();
   if (config.lease_ttl < absl::Seconds(1) || config.lease_ttl > absl::Minutes(10)) {
     std::fprintf(stderr, "parley-session: --lease_ttl must be between 1s and 10m\n");
@@ -131,12 +133,15 @@ int main(int argc, char** argv) {
     }
     if (!file->default_provider.empty()) providers.set_default_name(file->default_provider);
   }
+  const parley::session::TurnMetrics turn_metrics(host.registry());
   parley::session::AgentRunner runner(
       {.tool_timeout = config.tool_timeout,
        .retry_first_backoff = config.retry_backoff,
        .retry_max_backoff = config.retry_max_backoff,
        .history_token_budget = static_cast<uint64_t>(config.history_token_budget),
-       .default_sandbox_template = config.sandbox_template},
+       .default_sandbox_template = config.sandbox_template,
+       .tracer = &host.tracer(),
+       .metrics = &turn_metrics},
       providers, *store, sandbox.get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},
                                    host.logger());

@@ -105,8 +105,10 @@ int main(int argc, char** argv) {
              "move session events from Redis into Postgres in this process");
   flags.String("redis_key_prefix", &config.redis_key_prefix,
                "prefix of every Redis key (tests use it to share one server)");
-  std::vector<std::string> args = parley::ParseFlagsOrExit(
-      flags, argc, argv, parley::ProcessEnvironment(), /*allow_positional=*/true);
+  const parley::Environment env = parley::ProcessEnvironment();
+  std::vector<std::string> args =
+      parley::ParseFlagsOrExit(flags, argc, argv, env, /*allow_positional=*/true);
+  parley::ParseTracingEnvOrExit(env, &server);
   if (args.size() == 1 && args[0] == "migrate") return RunMigrate(config, server);
   if (!args.empty()) {
     std::cerr << "parley-store: unknown command \"" << args[0]

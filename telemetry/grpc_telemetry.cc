@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
@@ -57,20 +58,56 @@ absl::string_view FindMetadata(const Map& metadata, absl::string_view key) {
   return absl::string_view(it->second.data(), it->second.size());
 }
 
+// OpenTelemetry's RPC conventions: a server span fails only on codes that mean the
+// server could not do its job; a client span fails on any code but OK.
+bool IsServerError(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::UNKNOWN:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::UNIMPLEMENTED:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DATA_LOSS:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Name ("parley.v1.SessionService/SendMessage"), rpc.* attributes and status of a
+// finished RPC span, from the full method name "/package.Service/Method".
+void FillRpcSpan(SpanData& span, absl::string_view method, const grpc::Status& status,
+                 bool is_error) {
+  absl::string_view name = absl::StripPrefix(method, "/");
+  span.name = std::string(name);
+  span.attributes["rpc.system"] = "grpc";
+  size_t slash = name.find('/');
+  if (slash != absl::string_view::npos) {
+    span.attributes["rpc.service"] = std::string(name.substr(0, slash));
+    span.attributes["rpc.method"] = std::string(name.substr(slash + 1));
+  }
+  span.attributes["rpc.grpc.status_code"] = int64_t{status.error_code()};
+  if (is_error) {
+    span.status = SpanStatus::kError;
+    span.status_message = status.error_message();
+    span.attributes["error.type"] = StatusCodeName(status.error_code());
+  }
+}
+
 }  // namespace
 
 // The span, metrics and access log of one server call, for the interceptor and for
 // handlers that instrument their calls themselves.
 class ServerCallTelemetry::Record {
  public:
-  Record(const GrpcTelemetry::Instruments& instruments, const Logger& logger, SpanSink& sink,
+  Record(const GrpcTelemetry::Instruments& instruments, const Logger& logger, const Tracer& tracer,
          std::string method, const grpc::ServerContextBase* context)
       : context_(context),
         instruments_(instruments),
         logger_(logger),
-        sink_(sink),
-        in_flight_(instruments.server_in_flight.WithLabels({method})) {
-    span_.name = std::move(method);
+        tracer_(tracer),
+        method_(std::move(method)),
+        in_flight_(instruments.server_in_flight.WithLabels({method_})) {
     span_.kind = SpanKind::kServer;
     span_.start = absl::Now();
     in_flight_.Add(1);
@@ -84,14 +121,8 @@ class ServerCallTelemetry::Record {
   void Start(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
     std::optional<TraceContext> parent = TraceContext::Parse(
         FindMetadata(metadata, kTraceparentHeader), FindMetadata(metadata, kTracestateHeader));
-    if (parent) {
-      span_.context = parent->NewChild();
-      span_.parent_span_id = parent->span_id();
-    } else {
-      span_.context = TraceContext::NewRoot();
-    }
-    span_.attributes["rpc.system"] = "grpc";
-    span_.attributes["rpc.method"] = span_.name;
+    span_.context = tracer_.NewSpanContext(parent);
+    if (parent) span_.parent_span_id = parent->span_id();
     ActiveSpans::Get().Add(context_, span_.context);
   }
 
@@ -102,24 +133,25 @@ class ServerCallTelemetry::Record {
     std::string code = StatusCodeName(status.error_code());
     double seconds = absl::ToDoubleSeconds(span_.end - span_.start);
     in_flight_.Add(-1);
-    instruments_.server_handled.WithLabels({span_.name, code}).Increment();
-    instruments_.server_latency.WithLabels({span_.name}).Observe(seconds);
-    span_.status_code = code;
-    span_.status_message = status.error_message();
+    instruments_.server_handled.WithLabels({method_, code}).Increment();
+    instruments_.server_latency.WithLabels({method_}).Observe(seconds);
     logger_.Debug("rpc",
-                  {{"method", span_.name},
+                  {{"method", method_},
                    {"code", code},
                    {"duration_ms", seconds * 1000.0},
                    {"peer", context_ != nullptr ? context_->peer() : std::string()}},
                   &span_.context);
-    sink_.OnEnd(span_);
+    if (!span_.context.sampled()) return;
+    FillRpcSpan(span_, method_, status, IsServerError(status.error_code()));
+    tracer_.End(span_);
   }
 
  private:
   const grpc::ServerContextBase* context_;
   const GrpcTelemetry::Instruments& instruments_;
   const Logger& logger_;
-  SpanSink& sink_;
+  const Tracer& tracer_;
+  std::string method_;
   Gauge& in_flight_;  // Looked up once: the call counts in and out.
   SpanData span_;
   bool finished_ = false;
@@ -130,8 +162,8 @@ namespace {
 class ServerInterceptor final : public grpc::experimental::Interceptor {
  public:
   ServerInterceptor(ServerRpcInfo* info, const GrpcTelemetry::Instruments& instruments,
-                    const Logger& logger, SpanSink& sink)
-      : record_(instruments, logger, sink, MethodName(info->method()), info->server_context()) {}
+                    const Logger& logger, const Tracer& tracer)
+      : record_(instruments, logger, tracer, MethodName(info->method()), info->server_context()) {}
 
   void Intercept(InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
@@ -150,9 +182,13 @@ class ServerInterceptor final : public grpc::experimental::Interceptor {
 class ClientInterceptor final : public grpc::experimental::Interceptor {
  public:
   ClientInterceptor(ClientRpcInfo* info, const GrpcTelemetry::Instruments& instruments,
-                    SpanSink& sink)
-      : instruments_(instruments), sink_(sink) {
-    span_.name = MethodName(info->method());
+                    const Tracer& tracer)
+      : instruments_(instruments),
+        tracer_(tracer),
+        method_(MethodName(info->method())),
+        // The call is created on the caller's thread: its open scope, if any, is the
+        // parent when the caller sets no traceparent itself.
+        ambient_(ContextScope::Current()) {
     span_.kind = SpanKind::kClient;
     span_.start = absl::Now();
   }
@@ -172,73 +208,83 @@ class ClientInterceptor final : public grpc::experimental::Interceptor {
     std::string tracestate(FindMetadata(metadata, kTracestateHeader));
     std::optional<TraceContext> parent =
         TraceContext::Parse(FindMetadata(metadata, kTraceparentHeader), tracestate);
-    if (parent) {
-      span_.context = parent->NewChild();
-      span_.parent_span_id = parent->span_id();
-    } else {
-      span_.context = TraceContext::NewRoot();
-    }
+    if (!parent) parent = ambient_;
+    span_.context = tracer_.NewSpanContext(parent);
+    if (parent) span_.parent_span_id = parent->span_id();
     metadata.erase(std::string(kTraceparentHeader));
     metadata.emplace(std::string(kTraceparentHeader), span_.context.ToTraceparent());
-    span_.attributes["rpc.system"] = "grpc";
-    span_.attributes["rpc.method"] = span_.name;
+    if (tracestate.empty() && !span_.context.tracestate().empty()) {
+      metadata.emplace(std::string(kTracestateHeader), span_.context.tracestate());
+    }
   }
 
   void Finish(const grpc::Status& status) {
     span_.end = absl::Now();
     std::string code = StatusCodeName(status.error_code());
-    instruments_.client_handled.WithLabels({span_.name, code}).Increment();
-    instruments_.client_latency.WithLabels({span_.name})
-        .Observe(absl::ToDoubleSeconds(span_.end - span_.start));
-    span_.status_code = code;
-    span_.status_message = status.error_message();
-    sink_.OnEnd(span_);
+    instruments_.client_handled.WithLabels({method_, code}).Increment();
+    instruments_.client_latency.WithLabels({method_}).Observe(
+        absl::ToDoubleSeconds(span_.end - span_.start));
+    if (!span_.context.sampled()) return;
+    FillRpcSpan(span_, method_, status, status.error_code() != grpc::StatusCode::OK);
+    tracer_.End(span_);
   }
 
   const GrpcTelemetry::Instruments& instruments_;
-  SpanSink& sink_;
+  const Tracer& tracer_;
+  std::string method_;
+  std::optional<TraceContext> ambient_;
   SpanData span_;
 };
 
 class ServerFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  ServerFactory(const GrpcTelemetry::Instruments& instruments, const Logger& logger, SpanSink& sink,
-                const absl::flat_hash_set<std::string>& left_to_handlers)
+  ServerFactory(const GrpcTelemetry::Instruments& instruments, const Logger& logger,
+                const Tracer& tracer, const absl::flat_hash_set<std::string>& left_to_handlers)
       : instruments_(instruments),
         logger_(logger),
-        sink_(sink),
+        tracer_(tracer),
         left_to_handlers_(left_to_handlers) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(ServerRpcInfo* info) override {
     // No interceptor at all for these calls: gRPC then has nothing to intercept.
     if (left_to_handlers_.contains(absl::NullSafeStringView(info->method()))) return nullptr;
-    return new ServerInterceptor(info, instruments_, logger_, sink_);
+    return new ServerInterceptor(info, instruments_, logger_, tracer_);
   }
 
  private:
   const GrpcTelemetry::Instruments& instruments_;
   const Logger& logger_;
-  SpanSink& sink_;
+  const Tracer& tracer_;
   const absl::flat_hash_set<std::string>& left_to_handlers_;
 };
 
 class ClientFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
-  ClientFactory(const GrpcTelemetry::Instruments& instruments, SpanSink& sink)
-      : instruments_(instruments), sink_(sink) {}
+  ClientFactory(const GrpcTelemetry::Instruments& instruments, const Tracer& tracer)
+      : instruments_(instruments), tracer_(tracer) {}
   grpc::experimental::Interceptor* CreateClientInterceptor(ClientRpcInfo* info) override {
-    return new ClientInterceptor(info, instruments_, sink_);
+    return new ClientInterceptor(info, instruments_, tracer_);
   }
 
  private:
   const GrpcTelemetry::Instruments& instruments_;
-  SpanSink& sink_;
+  const Tracer& tracer_;
 };
 
 }  // namespace
 
 GrpcTelemetry::GrpcTelemetry(Registry& registry, const Logger& logger, SpanSink& sink)
+    : GrpcTelemetry(registry, logger,
+                    std::make_unique<Tracer>(sink, Sampler::ParentBased(Sampler::AlwaysOn())),
+                    nullptr) {}
+
+GrpcTelemetry::GrpcTelemetry(Registry& registry, const Logger& logger, const Tracer& tracer)
+    : GrpcTelemetry(registry, logger, std::unique_ptr<Tracer>(), &tracer) {}
+
+GrpcTelemetry::GrpcTelemetry(Registry& registry, const Logger& logger,
+                             std::unique_ptr<Tracer> owned_tracer, const Tracer* tracer)
     : logger_(logger),
-      sink_(sink),
+      owned_tracer_(std::move(owned_tracer)),
+      tracer_(tracer != nullptr ? *tracer : *owned_tracer_),
       instruments_{
           registry.AddCounter("parley_grpc_server_handled_total",
                               "RPCs served, by method and status code.", {"method", "code"}),
@@ -254,14 +300,14 @@ GrpcTelemetry::GrpcTelemetry(Registry& registry, const Logger& logger, SpanSink&
 std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
 GrpcTelemetry::ServerInterceptors() {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> out;
-  out.push_back(std::make_unique<ServerFactory>(instruments_, logger_, sink_, left_to_handlers_));
+  out.push_back(std::make_unique<ServerFactory>(instruments_, logger_, tracer_, left_to_handlers_));
   return out;
 }
 
 std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
 GrpcTelemetry::ClientInterceptors() {
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> out;
-  out.push_back(std::make_unique<ClientFactory>(instruments_, sink_));
+  out.push_back(std::make_unique<ClientFactory>(instruments_, tracer_));
   return out;
 }
 
@@ -271,7 +317,7 @@ void GrpcTelemetry::InstrumentInHandler(std::string method) {
 
 ServerCallTelemetry::ServerCallTelemetry(GrpcTelemetry& telemetry,
                                          const grpc::ServerContextBase& context, std::string method)
-    : record_(std::make_unique<Record>(telemetry.instruments_, telemetry.logger_, telemetry.sink_,
+    : record_(std::make_unique<Record>(telemetry.instruments_, telemetry.logger_, telemetry.tracer_,
                                        std::move(method), &context)) {
   record_->Start(context.client_metadata());
 }

@@ -35,13 +35,17 @@
 #include "telemetry/metrics.h"
 #include "telemetry/span.h"
 #include "telemetry/trace_context.h"
+#include "telemetry/tracer.h"
 
 namespace parley::telemetry {
 
 class GrpcTelemetry {
  public:
   // All three must outlive this object and every server and channel built with it.
+  // Every span is sampled unless the caller's traceparent says otherwise.
   GrpcTelemetry(Registry& registry, const Logger& logger, SpanSink& sink);
+  // Spans are started (and sampled) by `tracer`.
+  GrpcTelemetry(Registry& registry, const Logger& logger, const Tracer& tracer);
 
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
   ServerInterceptors();
@@ -71,8 +75,11 @@ class GrpcTelemetry {
 
  private:
   friend class ServerCallTelemetry;
+  GrpcTelemetry(Registry& registry, const Logger& logger, std::unique_ptr<Tracer> owned_tracer,
+                const Tracer* tracer);
   const Logger& logger_;
-  SpanSink& sink_;
+  std::unique_ptr<Tracer> owned_tracer_;  // Null when the caller supplied the tracer.
+  const Tracer& tracer_;
   Instruments instruments_;
   absl::flat_hash_set<std::string> left_to_handlers_;
 };
@@ -115,6 +122,24 @@ class InstrumentedWriteReactor : public grpc::ServerWriteReactor<Response> {
 
 // The SERVER span of the call `context` is serving, while that call is in flight.
 std::optional<TraceContext> CurrentSpan(const grpc::ServerContextBase* context);
+
+// For a synchronous handler that calls other services: while it lives, calls made on
+// this thread continue the trace of the call `context` serves (a ContextScope on its
+// SERVER span), without a PrepareDownstream per call.
+//
+//   grpc::Status Handler(grpc::ServerContext* context, ...) {
+//     HandlerTraceScope trace(context);
+class HandlerTraceScope {
+ public:
+  explicit HandlerTraceScope(const grpc::ServerContextBase* context)
+      : span_(CurrentSpan(context)), scope_(span_) {}
+  // The call's SERVER span (nullopt when the call is not instrumented).
+  const std::optional<TraceContext>& span() const { return span_; }
+
+ private:
+  std::optional<TraceContext> span_;
+  ContextScope scope_;
+};
 
 // Makes `downstream` continue the trace of the call being served by `upstream` and
 // inherit its deadline, capped at now + `max_timeout`.

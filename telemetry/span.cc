@@ -15,7 +15,8 @@ void LogSpanSink::OnEnd(const SpanData& span) {
                 {{"span_name", span.name},
                  {"parent_span_id", parent},
                  {"duration_ms", absl::ToDoubleMilliseconds(span.end - span.start)},
-                 {"status", span.status_code}},
+                 {"status", std::string(SpanStatusName(span.status))},
+                 {"status_message", span.status_message}},
                 &span.context);
 }
 
@@ -27,6 +28,18 @@ void RecordingSpanSink::OnEnd(const SpanData& span) {
 std::vector<SpanData> RecordingSpanSink::spans() {
   absl::MutexLock lock(&mu_);
   return spans_;
+}
+
+absl::string_view SpanStatusName(SpanStatus status) {
+  switch (status) {
+    case SpanStatus::kUnset:
+      return "UNSET";
+    case SpanStatus::kOk:
+      return "OK";
+    case SpanStatus::kError:
+      return "ERROR";
+  }
+  return "UNSET";
 }
 
 }  // namespace parley::telemetry

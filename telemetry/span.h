@@ -1,13 +1,25 @@
 // Finished spans and where they go.
 //
 // A SpanData is one unit of traced work (an RPC served, an RPC made, a model call, a
-// tool run) with W3C ids and OpenTelemetry-style attributes. Producers hand finished
-// spans to a SpanSink: LogSpanSink (debug log lines) and RecordingSpanSink (tests) today;
-// an OTLP exporter (P10, not written yet) will be another.
+// tool run) in the OpenTelemetry data model: W3C ids, parent, kind, typed attributes,
+// timestamped events, links to spans of other traces, and a status. Producers hand
+// finished, sampled spans to a SpanSink: OtlpHttpExporter (telemetry/otlp_exporter.h)
+// in production, LogSpanSink (debug log lines) when no collector is configured,
+// RecordingSpanSink in tests.
+//
+//   SpanData span;
+//   span.name = "chat gpt-4o";
+//   span.attributes["gen_ai.request.model"] = "gpt-4o";
+//   span.attributes["gen_ai.usage.input_tokens"] = int64_t{812};
+//   span.events.push_back({.name = "gen_ai.first_token", .time = absl::Now()});
+//   sink.OnEnd(span);
 #pragma once
 
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -18,7 +30,28 @@
 
 namespace parley::telemetry {
 
+// The values OTLP can carry that Parley uses. A string literal becomes a std::string;
+// integers must be int64_t (or int), so a size_t needs a cast.
+using AttributeValue = std::variant<std::string, bool, int64_t, double, std::vector<std::string>>;
+using Attributes = std::map<std::string, AttributeValue, std::less<>>;
+
+// OTLP's Span.SpanKind, without PRODUCER/CONSUMER (nothing here is a queue hop).
 enum class SpanKind { kInternal, kServer, kClient };
+
+// OTLP's Status.StatusCode: UNSET unless the instrumentation says otherwise.
+enum class SpanStatus { kUnset, kOk, kError };
+
+struct SpanEvent {
+  std::string name;
+  absl::Time time;
+  Attributes attributes;
+};
+
+// A causal relation to a span that is not the parent, possibly in another trace.
+struct SpanLink {
+  TraceContext context;
+  Attributes attributes;
+};
 
 struct SpanData {
   std::string name;
@@ -28,9 +61,11 @@ struct SpanData {
   std::optional<TraceContext::SpanId> parent_span_id;
   absl::Time start;
   absl::Time end;
-  std::map<std::string, std::string> attributes;
-  // "OK" or the gRPC status code name; `status_message` explains an error.
-  std::string status_code = "OK";
+  Attributes attributes;
+  std::vector<SpanEvent> events;
+  std::vector<SpanLink> links;
+  SpanStatus status = SpanStatus::kUnset;
+  // Why the span failed; only meaningful with kError.
   std::string status_message;
 };
 
@@ -61,5 +96,8 @@ class RecordingSpanSink final : public SpanSink {
   absl::Mutex mu_;
   std::vector<SpanData> spans_ ABSL_GUARDED_BY(mu_);
 };
+
+// "UNSET", "OK", "ERROR".
+absl::string_view SpanStatusName(SpanStatus status);
 
 }  // namespace parley::telemetry

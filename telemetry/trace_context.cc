@@ -49,11 +49,17 @@ std::string EncodeHex(const std::array<uint8_t, N>& bytes) {
 
 }  // namespace
 
-TraceContext TraceContext::NewRoot() {
+TraceContext TraceContext::NewRoot(bool sampled) {
   TraceContext context;
   context.trace_id_ = RandomNonZero<16>();
   context.span_id_ = RandomNonZero<8>();
-  context.flags_ = 0x01;
+  context.flags_ = sampled ? 0x01 : 0x00;
+  return context;
+}
+
+TraceContext TraceContext::WithSampled(bool sampled) const {
+  TraceContext context = *this;
+  context.flags_ = sampled ? (flags_ | 0x01) : (flags_ & ~0x01);
   return context;
 }
 

@@ -25,8 +25,8 @@ class TraceContext {
   using TraceId = std::array<uint8_t, 16>;
   using SpanId = std::array<uint8_t, 8>;
 
-  // A new trace with random ids, sampled.
-  static TraceContext NewRoot();
+  // A new trace with random ids, sampled unless told otherwise.
+  static TraceContext NewRoot(bool sampled = true);
   // Parses a `traceparent` header. Returns nullopt for anything the spec says to
   // ignore: wrong length or characters, all-zero ids, version ff, and for version 00
   // any trailing data. Higher versions are read by their first four fields.
@@ -35,6 +35,9 @@ class TraceContext {
 
   // A child span: same trace id, flags and tracestate, new random span id.
   TraceContext NewChild() const;
+
+  // The same span with the sampled flag set or cleared.
+  TraceContext WithSampled(bool sampled) const;
 
   // "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".
   std::string ToTraceparent() const;

@@ -4,6 +4,9 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 
@@ -38,6 +41,16 @@ void AddServerFlags(Flags& flags, ServerOptions* options) {
                  "drop a connection whose keepalive ping is not answered within this");
 }
 
+void ParseTracingEnvOrExit(const Environment& env, ServerOptions* options) {
+  absl::StatusOr<telemetry::TracingConfig> tracing =
+      telemetry::TracingConfigFromEnv(env, /*default_service_name=*/"");
+  if (!tracing.ok()) {
+    fprintf(stderr, "%s\n", std::string(tracing.status().message()).c_str());
+    exit(2);
+  }
+  options->tracing = *std::move(tracing);
+}
+
 ServiceHost::ServiceHost(std::string service_name, ServerOptions options)
     : service_name_(std::move(service_name)), options_(std::move(options)) {
   sigset_t signals = TerminationSignals();
@@ -49,8 +62,18 @@ ServiceHost::ServiceHost(std::string service_name, ServerOptions options)
   logger_ = std::make_unique<telemetry::Logger>(
       service_name_,
       telemetry::ParseLogLevel(options_.log_level).value_or(telemetry::LogLevel::kInfo));
-  span_sink_ = std::make_unique<telemetry::LogSpanSink>(*logger_);
-  grpc_telemetry_ = std::make_unique<telemetry::GrpcTelemetry>(registry_, *logger_, *span_sink_);
+  telemetry::TracingConfig& tracing = options_.tracing;
+  if (tracing.enabled && !tracing.exporter.traces_url.empty()) {
+    if (!tracing.exporter.resource.contains("service.name")) {
+      tracing.exporter.resource["service.name"] = service_name_;
+    }
+    span_sink_ =
+        std::make_unique<telemetry::OtlpHttpExporter>(tracing.exporter, registry_, *logger_);
+  } else {
+    span_sink_ = std::make_unique<telemetry::LogSpanSink>(*logger_);
+  }
+  tracer_ = std::make_unique<telemetry::Tracer>(*span_sink_, tracing.sampler, tracing.enabled);
+  grpc_telemetry_ = std::make_unique<telemetry::GrpcTelemetry>(registry_, *logger_, *tracer_);
   registry_
       .AddGauge("parley_build_info", "Always 1; labels say what is running.",
                 {"service", "version"})

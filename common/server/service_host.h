@@ -2,7 +2,8 @@
 //
 // It owns the gRPC server (with the telemetry interceptors, gRPC health checking and
 // server reflection), the admin HTTP endpoint (/metrics, /healthz, /readyz), the JSON
-// logger, the metrics registry and the span sink, and the process lifecycle:
+// logger, the metrics registry, the tracer and its span exporter, and the process
+// lifecycle:
 //
 //   ServerOptions options;                    // filled by AddServerFlags + ParseFlagsOrExit
 //   ServiceHost host("parley-store", options);  // first thing in main: blocks SIGTERM/SIGINT
@@ -22,9 +23,10 @@
 // the server stops accepting calls, in-flight calls get up to `drain_timeout` to finish
 // (then they are cancelled), and Run() returns 0.
 //
-// Threads: gRPC's own pool runs the handlers; one admin HTTP thread; one probe thread
-// when dependencies are registered (it runs the probes in turn every
-// `dependency_probe_interval`); the thread that calls Run() waits for the signal.
+// Threads: gRPC's own pool runs the handlers; one admin HTTP thread; one OTLP export
+// thread when an endpoint is configured; one probe thread when dependencies are registered (it runs
+// the probes in turn every `dependency_probe_interval`); the thread that calls Run() waits for the
+// signal.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -45,7 +47,9 @@
 #include "telemetry/grpc_telemetry.h"
 #include "telemetry/log.h"
 #include "telemetry/metrics.h"
+#include "telemetry/otel_config.h"
 #include "telemetry/span.h"
+#include "telemetry/tracer.h"
 
 namespace parley {
 
@@ -64,12 +68,20 @@ struct ServerOptions {
   // even with no call open, without being told "too many pings".
   absl::Duration keepalive_time = absl::Seconds(20);
   absl::Duration keepalive_timeout = absl::Seconds(10);
+  // Sampling and OTLP export (the OTEL_* variables). Without an endpoint, sampled spans
+  // go to debug log lines.
+  telemetry::TracingConfig tracing;
 };
 
 // Declares --grpc_addr, --admin_addr, --log_level, --drain_timeout,
 // --dependency_probe_interval, --max_message_bytes, --keepalive_time and
 // --keepalive_timeout; the current values of `options` are the defaults.
 void AddServerFlags(Flags& flags, ServerOptions* options);
+
+// Fills options->tracing from the OTEL_* variables in `env` (see telemetry/otel_config.h);
+// on a malformed value prints the error naming the variable and exits with status 2,
+// as ParseFlagsOrExit does.
+void ParseTracingEnvOrExit(const Environment& env, ServerOptions* options);
 
 class ServiceHost {
  public:
@@ -81,6 +93,8 @@ class ServiceHost {
 
   telemetry::Logger& logger() { return *logger_; }
   telemetry::Registry& registry() { return registry_; }
+  // Starts the spans of work that is not an RPC (a turn, a model call, a tool run).
+  const telemetry::Tracer& tracer() const { return *tracer_; }
   telemetry::GrpcTelemetry& grpc_telemetry() { return *grpc_telemetry_; }
   const std::string& service_name() const { return service_name_; }
 
@@ -126,7 +140,9 @@ class ServiceHost {
   ServerOptions options_;
   std::unique_ptr<telemetry::Logger> logger_;
   telemetry::Registry registry_;
-  std::unique_ptr<telemetry::LogSpanSink> span_sink_;
+  // The OTLP exporter, or debug log lines when no endpoint is configured.
+  std::unique_ptr<telemetry::SpanSink> span_sink_;
+  std::unique_ptr<telemetry::Tracer> tracer_;
   std::unique_ptr<telemetry::GrpcTelemetry> grpc_telemetry_;
   std::vector<grpc::Service*> services_;
   std::unique_ptr<grpc::Server> server_;

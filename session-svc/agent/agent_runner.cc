@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "session-svc/agent/history.h"
+#include "session-svc/agent/turn_telemetry.h"
 #include "session-svc/tools/schema.h"
 #include "session-svc/tools/tool.h"
 #include "session-svc/turn/transcript.h"
@@ -69,6 +70,7 @@ class TurnLoop final : public model::StepSink {
         out_(out),
         provider_(provider),
         model_(std::move(model)),
+        telemetry_(runner.options_.tracer, runner.options_.metrics, input, provider.name(), model_),
         sandbox_(runner.sandbox_ == nullptr
                      ? nullptr
                      : std::make_unique<tools::SessionSandbox>(
@@ -81,6 +83,7 @@ class TurnLoop final : public model::StepSink {
                                                     : input.config.sandbox_template()},
                            out)) {}
 
+  // The turn inside its invoke_agent span.
   absl::StatusOr<RunOutcome> Run();
 
   // StepSink: the provider's stream, published as it arrives.
@@ -141,7 +144,10 @@ class TurnLoop final : public model::StepSink {
   }
   absl::Status EmitOutput(v1::Event event) {
     if (past_deadline()) return absl::DeadlineExceededError("the turn's time is up");
-    if (!first_output_) first_output_ = Now();
+    if (!first_output_) {
+      first_output_ = Now();
+      telemetry_.FirstToken(chat_, *first_output_ - step_start_);
+    }
     streamed_ = true;
     return Emit(std::move(event));
   }
@@ -149,6 +155,7 @@ class TurnLoop final : public model::StepSink {
   absl::Status LoadHistory();
   void ResolveTools();
   model::ModelRequest Request(uint32_t attempt) const;
+  absl::StatusOr<RunOutcome> RunSteps();
   absl::StatusOr<StepEnd> StreamStep();
   absl::Status RunTools();
   absl::Status RunGroup(size_t begin, size_t end);
@@ -159,7 +166,9 @@ class TurnLoop final : public model::StepSink {
     v1::ToolResult result;
     std::string unstreamed_output;
   };
+  // RunCallInScope inside the call's execute_tool span.
   absl::StatusOr<CallRun> RunCall(const v1::ToolCall& call, bool stream_output);
+  absl::StatusOr<CallRun> RunCallInScope(const v1::ToolCall& call, bool stream_output);
   absl::Duration ToolTimeout() const {
     return std::min(runner_.options_.tool_timeout, deadline_ - Now());
   }
@@ -176,6 +185,8 @@ class TurnLoop final : public model::StepSink {
   TurnOutput& out_;
   model::ModelProvider& provider_;
   const std::string model_;
+  TurnTelemetry telemetry_;
+  telemetry::Span chat_;  // The model request being streamed.
   const std::unique_ptr<tools::SessionSandbox> sandbox_;
 
   std::vector<v1::Message> history_;  // Before this turn, then the user's message.
@@ -187,7 +198,9 @@ class TurnLoop final : public model::StepSink {
   std::vector<v1::ToolCall> calls_;         // The current step's.
   bool streamed_ = false;                   // The current attempt emitted output.
   std::optional<absl::Time> first_output_;  // Of the current step.
-  uint32_t retries_ = 0;                    // Over the turn.
+  absl::Time step_start_;                   // Of the current step.
+  uint32_t steps_started_ = 0;
+  uint32_t retries_ = 0;  // Over the turn.
   std::optional<absl::Time> first_failure_;
   std::optional<v1::TurnError> fatal_;  // Set when RunTools ends the turn.
   absl::BitGen jitter_;
@@ -274,7 +287,9 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
   for (uint32_t attempt = 1;; ++attempt) {
     streamed_ = false;
     calls_.clear();
+    chat_ = telemetry_.StartChat();
     StepEnd end{.outcome = provider_.Stream(Request(attempt), *this)};
+    telemetry_.EndChat(chat_, end.outcome);
     if (out_.stopping()) return absl::CancelledError("the turn is stopping");
     if (past_deadline()) {
       end.turn_over = Ended(v1::FINISH_REASON_MAX_DURATION);
@@ -317,6 +332,7 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
       return end;
     }
     ++retries_;
+    telemetry_.Retry(failure.reason);
     v1::Event retry;
     retry.set_transient(true);
     v1::RetryScheduled& scheduled = *retry.mutable_retry_scheduled();
@@ -334,6 +350,23 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
 }
 
 absl::StatusOr<TurnLoop::CallRun> TurnLoop::RunCall(const v1::ToolCall& call, bool stream_output) {
+  const absl::Time start = absl::Now();
+  telemetry::Span span = telemetry_.StartTool(call);
+  // Runs on this thread (parallel read-only calls each have their own): sandbox-svc
+  // calls made for the tool become children of its span.
+  telemetry::ContextScope scope(telemetry_.ScopeFor(span));
+  absl::StatusOr<CallRun> ran = RunCallInScope(call, stream_output);
+  if (!ran.ok()) {
+    span.SetError(absl::StatusCodeToString(ran.status().code()), ran.status().message());
+  }
+  const tools::Tool* tool = FindTool(call.name());
+  telemetry_.EndTool(span, tool != nullptr ? &call.name() : nullptr, absl::Now() - start,
+                     ran.ok() ? &ran->result : nullptr);
+  return ran;
+}
+
+absl::StatusOr<TurnLoop::CallRun> TurnLoop::RunCallInScope(const v1::ToolCall& call,
+                                                           bool stream_output) {
   const absl::Time start = Now();
   CallRun ran;
   v1::ToolResult& result = ran.result;
@@ -472,6 +505,14 @@ absl::Status TurnLoop::RunTools() {
 }
 
 absl::StatusOr<RunOutcome> TurnLoop::Run() {
+  // Store and sandbox calls made for the turn join its trace.
+  telemetry::ContextScope scope(telemetry_.context());
+  absl::StatusOr<RunOutcome> outcome = RunSteps();
+  telemetry_.EndTurn(outcome, transcript_.usage(), steps_started_);
+  return outcome;
+}
+
+absl::StatusOr<RunOutcome> TurnLoop::RunSteps() {
   if (config_.max_turn_duration_ms() > 0) {
     deadline_ = Now() + absl::Milliseconds(config_.max_turn_duration_ms());
   }
@@ -490,7 +531,8 @@ absl::StatusOr<RunOutcome> TurnLoop::Run() {
       if (!steering.ok()) return steering.status();
       for (const v1::Message& message : *steering) transcript_.AddUserMessage(message);
     }
-    const absl::Time step_start = Now();
+    step_start_ = Now();
+    ++steps_started_;
     first_output_.reset();
     absl::StatusOr<StepEnd> stepped = StreamStep();
     if (!stepped.ok()) return stepped.status();
@@ -515,7 +557,7 @@ absl::StatusOr<RunOutcome> TurnLoop::Run() {
     done.set_finish_reason(calls_.empty() ? outcome.finish_reason : v1::FINISH_REASON_TOOL_CALLS);
     *done.mutable_usage() = outcome.usage;
     if (first_output_) {
-      done.set_time_to_first_token_ms(absl::ToInt64Milliseconds(*first_output_ - step_start));
+      done.set_time_to_first_token_ms(absl::ToInt64Milliseconds(*first_output_ - step_start_));
       done.set_decode_ms(absl::ToInt64Milliseconds(stream_end - *first_output_));
     }
     done.set_response_model(outcome.response_model);

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "session-svc/agent/history.h"
+#include "session-svc/agent/turn_telemetry.h"
 #include "session-svc/model/registry.h"
 #include "session-svc/store_call.h"
 #include "session-svc/tools/session_sandbox.h"
@@ -52,6 +53,10 @@ struct AgentOptions {
   const HistoryPolicy* history_policy = &DropOldestTurns::Get();
   // Sandbox template when the session names none (empty: sandbox-svc's default).
   std::string default_sandbox_template;
+  // Starts the turn's GenAI spans and records its metrics (turn_telemetry.h); null:
+  // none are recorded. Both must outlive the runner.
+  const telemetry::Tracer* tracer = nullptr;
+  const TurnMetrics* metrics = nullptr;
 };
 
 class AgentRunner final : public TurnRunner {

@@ -5,6 +5,7 @@
 #include "common/events/event_log_reader.h"
 #include "common/proto_time.h"
 #include "common/status.h"
+#include "telemetry/grpc_telemetry.h"
 
 namespace parley::session {
 namespace {
@@ -68,9 +69,10 @@ void RouterService::SignalCancel(const std::string& turn_id, const std::string& 
   }
 }
 
-grpc::Status RouterService::SubmitMessage(grpc::ServerContext*,
+grpc::Status RouterService::SubmitMessage(grpc::ServerContext* context,
                                           const router::v1::SubmitMessageRequest* request,
                                           v1::SendMessageResponse* response) {
+  telemetry::HandlerTraceScope trace(context);
   absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
   if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);
@@ -82,6 +84,8 @@ grpc::Status RouterService::SubmitMessage(grpc::ServerContext*,
   // it: the turn then starts without a claim round trip or a wake-up.
   const std::optional<store_pb::ClaimOnEnqueue> claim = scheduler_.ReserveSlot();
   if (claim) *enqueue.mutable_claim() = *claim;
+  // The turn runs later, on any replica: its spans continue this call's trace.
+  if (trace.span()) enqueue.set_traceparent(trace.span()->ToTraceparent());
   store_pb::EnqueueTurnResponse enqueued;
   absl::Status status =
       StoreCall(store_, &StoreStub::EnqueueTurn, enqueue, &enqueued, {.attempts = 3});
@@ -108,9 +112,10 @@ grpc::Status RouterService::SubmitMessage(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status RouterService::CancelTurn(grpc::ServerContext*,
+grpc::Status RouterService::CancelTurn(grpc::ServerContext* context,
                                        const router::v1::CancelTurnRequest* request,
                                        v1::CancelTurnResponse* response) {
+  telemetry::HandlerTraceScope trace(context);
   absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
   if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);
@@ -158,9 +163,10 @@ void RouterService::ReleaseSandboxes(const std::string& tenant_id, const std::st
   }
 }
 
-grpc::Status RouterService::CloseSession(grpc::ServerContext*,
+grpc::Status RouterService::CloseSession(grpc::ServerContext* context,
                                          const router::v1::CloseSessionRequest* request,
                                          v1::CloseSessionResponse* response) {
+  telemetry::HandlerTraceScope trace(context);
   absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
   if (valid.ok()) valid = CheckRequired(request->request().session_id(), "request.session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);
@@ -185,9 +191,10 @@ grpc::Status RouterService::CloseSession(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status RouterService::GetSessionStatus(grpc::ServerContext*,
+grpc::Status RouterService::GetSessionStatus(grpc::ServerContext* context,
                                              const router::v1::GetSessionStatusRequest* request,
                                              router::v1::GetSessionStatusResponse* response) {
+  telemetry::HandlerTraceScope trace(context);
   absl::Status valid = CheckRequired(request->tenant_id(), "tenant_id");
   if (valid.ok()) valid = CheckRequired(request->session_id(), "session_id");
   if (!valid.ok()) return ToGrpcStatus(valid);

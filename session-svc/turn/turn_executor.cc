@@ -10,6 +10,7 @@
 #include "common/events/event_log_reader.h"
 #include "common/proto_time.h"
 #include "session-svc/turn/transcript.h"
+#include "telemetry/tracer.h"
 
 namespace parley::session {
 namespace {
@@ -150,6 +151,10 @@ void TurnExecutor::DropRedis() {
 }
 
 RunResult TurnExecutor::Run(const store_pb::ClaimNextTurnResponse& claim, TurnControl& control) {
+  // The turn continues the trace of the call that enqueued it (stored with the turn),
+  // whichever replica runs it and however much later: every call made for it below,
+  // and the runner's spans, join that trace.
+  telemetry::ContextScope trace(telemetry::TraceContext::Parse(claim.traceparent()));
   Run_ run(*this, claim, control);
   return run.Go();
 }

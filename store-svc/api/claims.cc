@@ -48,7 +48,8 @@ constexpr int kCappedClaimRounds = 16;
 constexpr int kLockedSessionColumn = 0;
 constexpr int kClaimedTurnColumn = 1;  // NULL when the locked session had no turn to promote.
 constexpr int kRecoveryColumn = 3;
-// Epoch, expiry, agent config and the turn, as kClaimedTurnColumns lays them out.
+// Epoch, expiry, agent config, traceparent and the turn, as kClaimedTurnColumns lays
+// them out.
 constexpr int kLeaseColumn = 4;
 constexpr int kSessionColumn = kLeaseColumn + kClaimedTurnColumnCount;
 constexpr int kUserMessageColumn = kSessionColumn + kSessionColumnCount;
@@ -160,7 +161,7 @@ const std::string& ClaimSql(ClaimScope scope) {
         "  RETURNING turns.id AS claimed_turn, turns.session_id AS claimed_session, "
         "  head.was_recovery, s.claim_epoch, "
         "  (extract(epoch from lease_expiry) * 1000000)::bigint AS expiry_micros, "
-        "  turns.agent_config::text AS turn_agent_config, ",
+        "  turns.agent_config::text AS turn_agent_config, turns.traceparent AS turn_traceparent, ",
         kTurnColumns,
         "), "
         "bumped AS (UPDATE sessions SET running_turn_id = c.claimed_turn, "

@@ -48,8 +48,8 @@ const char kMessageColumns[] =
   "time_to_first_token_ms, " PARLEY_MICROS("create_time") ", " PARLEY_MICROS(          \
       "start_time") ", " PARLEY_MICROS("end_time")
 const char kTurnColumns[] = PARLEY_TURN_COLUMNS;
-const char kClaimedTurnColumns[] =
-    "lease_epoch, " PARLEY_MICROS("lease_expiry") ", agent_config::text, " PARLEY_TURN_COLUMNS;
+const char kClaimedTurnColumns[] = "lease_epoch, " PARLEY_MICROS(
+    "lease_expiry") ", agent_config::text, traceparent, " PARLEY_TURN_COLUMNS;
 #undef PARLEY_TURN_COLUMNS
 
 const char kApiKeyColumns[] =
@@ -124,7 +124,8 @@ void ClaimedTurnFromRow(const pqxx::row& row, int o,
   claim->set_lease_epoch(row[o + 0].as<uint64_t>());
   *claim->mutable_lease_expiry() = ToTimestamp(absl::FromUnixMicros(row[o + 1].as<int64_t>()));
   ProtoFromJson(row[o + 2].as<std::string>(), claim->mutable_agent_config());
-  *claim->mutable_turn() = TurnFromRow(row, o + 3);
+  claim->set_traceparent(row[o + 3].as<std::string>());
+  *claim->mutable_turn() = TurnFromRow(row, o + 4);
 }
 
 ::parley::v1::Turn SelectTurn(pqxx::work& tx, const std::string& tenant_id,

@@ -29,10 +29,10 @@ extern const char kApiKeyColumns[];
 // How many columns kTurnColumns and kSessionColumns select, for queries that read more
 // after a turn or a session.
 inline constexpr int kTurnColumnCount = 16;
-// A claimed turn: its lease epoch, lease expiry and agent configuration, then
-// kTurnColumns; ClaimedTurnFromRow reads them into a claim.
+// A claimed turn: its lease epoch, lease expiry, agent configuration and traceparent,
+// then kTurnColumns; ClaimedTurnFromRow reads them into a claim.
 extern const char kClaimedTurnColumns[];
-inline constexpr int kClaimedTurnColumnCount = 3 + kTurnColumnCount;
+inline constexpr int kClaimedTurnColumnCount = 4 + kTurnColumnCount;
 inline constexpr int kSessionColumnCount = 16;
 
 // Readers start at column `offset` of the row (for queries that select more first).

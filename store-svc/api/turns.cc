@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "store-svc/api/rows.h"
 #include "store-svc/api/store_service.h"
+#include "telemetry/trace_context.h"
 
 namespace parley::store {
 
@@ -377,6 +378,11 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const store_pb::EnqueueTurn
     valid = CheckId(request->claim().owner(), "claim.owner", limits_);
     if (valid.ok()) valid = CheckLeaseTtl(request->claim().lease_ttl_ms(), limits_);
   }
+  if (valid.ok() && !request->traceparent().empty() &&
+      (request->traceparent().size() > 256 ||
+       !telemetry::TraceContext::Parse(request->traceparent()).has_value())) {
+    valid = InvalidArgumentError("traceparent", "is not a W3C traceparent");
+  }
   if (!valid.ok()) return ToGrpcStatus(valid);
 
   ::parley::v1::Message message;
@@ -462,12 +468,12 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const store_pb::EnqueueTurn
                  // The turn keeps the configuration it was enqueued with (read under the
                  // session lock): an UpdateSession from now on changes only later turns.
                  absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
-                              "user_message_id, steered_position, agent_config) VALUES ($1, $2, "
-                              "$3, $4, $5, $6, $7, (SELECT agent_config FROM sessions WHERE id = "
-                              "$3)) RETURNING ",
+                              "user_message_id, steered_position, agent_config, traceparent) "
+                              "VALUES ($1, $2, $3, $4, $5, $6, $7, (SELECT agent_config FROM "
+                              "sessions WHERE id = $3), $8) RETURNING ",
                               kTurnColumns),
                  turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
-                 message.id(), session.message_count + 1);
+                 message.id(), session.message_count + 1, request->traceparent());
         *out.mutable_turn() = TurnFromRow(turn[0]);
         Exec(tx,
              "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "

@@ -205,7 +205,7 @@ TEST_F(TracePropagationTest, TraceIdReachesTheLogAndTheDownstreamCall) {
     if (line["msg"] == "span" && line["span_id"] == downstream->SpanIdHex()) {
       client_span_found = true;
       EXPECT_EQ(line["parent_span_id"], server_span_id);
-      EXPECT_EQ(line["span_name"], "/parley.router.v1.SessionRouter/SubmitMessage");
+      EXPECT_EQ(line["span_name"], "parley.router.v1.SessionRouter/SubmitMessage");
     }
   }
   EXPECT_TRUE(client_span_found) << gateway_->Output();

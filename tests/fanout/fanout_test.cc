@@ -630,7 +630,9 @@ TEST_F(Fanout, StreamsAreTracedAndCountedWithoutAnInterceptor) {
   for (int i = 0; i < 500; ++i) {
     streams.clear();
     for (const telemetry::SpanData& span : spans_.spans()) {
-      if (span.name == kStreamEventsMethod) streams.push_back(span);
+      // Spans are named as OpenTelemetry's RPC conventions say: the method without its
+      // leading slash.
+      if ("/" + span.name == kStreamEventsMethod) streams.push_back(span);
     }
     if (streams.size() >= 2 && absl::StrContains(registry_.RenderText(), in_flight)) break;
     absl::SleepFor(absl::Milliseconds(10));
@@ -642,7 +644,8 @@ TEST_F(Fanout, StreamsAreTracedAndCountedWithoutAnInterceptor) {
     if (span.context.TraceIdHex() != caller.TraceIdHex()) continue;
     ++traced;
     EXPECT_EQ(span.parent_span_id, caller.span_id());
-    EXPECT_EQ(span.status_code, "CANCELLED");
+    EXPECT_EQ(std::get<int64_t>(span.attributes.at("rpc.grpc.status_code")),
+              static_cast<int64_t>(grpc::StatusCode::CANCELLED));
   }
   EXPECT_EQ(traced, 1);
   const std::string metrics = registry_.RenderText();

@@ -484,7 +484,10 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string&
     return absl::UnavailableError(
         absl::StrCat("connect 127.0.0.1:", port, ": ", std::strerror(errno)));
   }
-  std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  // HTTP/1.0: the server closes after the response and never chunks it, so the body
+  // is simply everything up to EOF (keep-alive servers such as Prometheus would
+  // otherwise hold the connection open, and chunk large answers).
+  std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
   (void)!::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   std::string response;
   char buffer[8192];

@@ -124,6 +124,11 @@ void FakeModelServer::Enqueue(FakeResponse response) {
   queue_.push_back(std::move(response));
 }
 
+void FakeModelServer::SetDefaultResponse(FakeResponse response) {
+  absl::MutexLock lock(&mu_);
+  default_response_ = std::move(response);
+}
+
 std::vector<absl::Time> FakeModelServer::first_chunk_times() const {
   absl::MutexLock lock(&mu_);
   return first_chunk_times_;
@@ -160,11 +165,11 @@ void FakeModelServer::Serve(int fd) {
     ::close(fd);
     return;
   }
-  FakeResponse response{.status = 500,
-                        .chunks = {"{\"error\":{\"message\":\"no response queued\"}}"}};
+  FakeResponse response;
   {
     absl::MutexLock lock(&mu_);
     requests_.push_back(request);
+    response = default_response_;
     if (!queue_.empty()) {
       response = std::move(queue_.front());
       queue_.pop_front();

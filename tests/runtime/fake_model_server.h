@@ -6,7 +6,7 @@
 // encoding, as the real APIs stream) with an optional pause between chunks. A response
 // can also end with a connection reset, end without its final chunk (truncated), or
 // stall after its chunks until the client gives up. With the queue empty, requests get
-// a 500.
+// the default response: a 500 unless SetDefaultResponse said otherwise.
 //
 //   auto server = FakeModelServer::Start();
 //   (*server)->Enqueue({.chunks = {"data: {...}\n\n", "data: [DONE]\n\n"}});
@@ -52,6 +52,8 @@ class FakeModelServer {
 
   std::string base_url() const;
   void Enqueue(FakeResponse response);
+  // The answer to requests that find the queue empty.
+  void SetDefaultResponse(FakeResponse response);
   std::vector<RecordedRequest> requests() const;
   // Waits until at least `count` requests arrived.
   bool WaitForRequests(size_t count, absl::Duration timeout) const;
@@ -73,6 +75,8 @@ class FakeModelServer {
   std::thread acceptor_;
   mutable absl::Mutex mu_;
   std::deque<FakeResponse> queue_ ABSL_GUARDED_BY(mu_);
+  FakeResponse default_response_ ABSL_GUARDED_BY(mu_){
+      .status = 500, .chunks = {"{\"error\":{\"message\":\"no response queued\"}}"}};
   std::vector<RecordedRequest> requests_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::Time> first_chunk_times_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> connections_ ABSL_GUARDED_BY(mu_);

@@ -132,7 +132,8 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
       ServiceProcess::Start({.binary = BinaryPath("store-svc/parley-store"),
                              .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
                                       "--database_url=" + db_->url(), "--redis_url=" + redis_url_,
-                                      "--redis_key_prefix=" + keys_.prefix()}});
+                                      "--redis_key_prefix=" + keys_.prefix()},
+                             .env = options.service_env});
   ASSERT_TRUE(store.ok()) << store.status();
   store_process_ = *std::move(store);
   absl::Status serving = store_process_->WaitUntilServing(kStartTimeout);
@@ -148,7 +149,8 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
          .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
                   "--state_dir=" + parley::testing::TestTempDir() + "/sandbox-state",
                   "--sandboxd_path=" + BinaryPath("sandbox-svc/parley-sandboxd"),
-                  absl::StrCat("--sandbox_uid_base=", uid_base), "--sandbox_uid_count=1000"}});
+                  absl::StrCat("--sandbox_uid_base=", uid_base), "--sandbox_uid_count=1000"},
+         .env = options.service_env});
     ASSERT_TRUE(sandbox.ok()) << sandbox.status();
     sandbox_process_ = *std::move(sandbox);
     serving = sandbox_process_->WaitUntilServing(kStartTimeout);
@@ -176,9 +178,10 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
       args.push_back("--sandbox_addr=" + sandbox_process_->grpc_target());
     }
     args.insert(args.end(), options.gateway_flags.begin(), options.gateway_flags.end());
-    auto gateway = ServiceProcess::Start({.binary = BinaryPath("gateway/parley-gateway"),
-                                          .args = std::move(args),
-                                          .env = {{"PARLEY_BOOTSTRAP_API_KEY", kGatewayApiKey}}});
+    std::map<std::string, std::string> env = options.service_env;
+    env["PARLEY_BOOTSTRAP_API_KEY"] = kGatewayApiKey;
+    auto gateway = ServiceProcess::Start(
+        {.binary = BinaryPath("gateway/parley-gateway"), .args = std::move(args), .env = env});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = *std::move(gateway);
     serving = gateway_->WaitUntilServing(kStartTimeout);
@@ -214,9 +217,11 @@ void SessionFixture::StartReplica(int index, const std::vector<std::string>& ext
   std::vector<std::string> args = ReplicaArgs();
   args.push_back("--worker_id=" + worker_ids_[index]);
   args.insert(args.end(), extra_args.begin(), extra_args.end());
+  std::map<std::string, std::string> env = options_.service_env;
+  for (const auto& [name, value] : options_.replica_env) env[name] = value;
   auto process = ServiceProcess::Start({.binary = BinaryPath("session-svc/parley-session"),
                                         .args = std::move(args),
-                                        .env = options_.replica_env});
+                                        .env = std::move(env)});
   ASSERT_TRUE(process.ok()) << process.status();
   replicas_[index] = *std::move(process);
   absl::Status serving = replicas_[index]->WaitUntilServing(kStartTimeout);

@@ -80,6 +80,9 @@ struct ClusterOptions {
   std::vector<std::string> replica_flags;
   // More environment of every replica (e.g. a model provider's key).
   std::map<std::string, std::string> replica_env;
+  // More environment of every service process: store, sandbox, replicas and gateway
+  // (e.g. OTEL_* to export their spans).
+  std::map<std::string, std::string> service_env;
 };
 
 struct SubmitOptions {

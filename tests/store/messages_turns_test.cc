@@ -244,6 +244,28 @@ TEST_F(Turns, IdempotencyKeyOver256BytesIsInvalidArgumentAndStoresNothing) {
   EXPECT_THAT(AllTurns(session_id), IsEmpty());
 }
 
+// The enqueuing call's trace context is kept with the turn for whichever worker claims
+// it; anything but a W3C traceparent is refused and stores nothing.
+TEST_F(Turns, TraceparentIsStoredWithTheTurnAndHandedToItsClaim) {
+  const std::string traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  std::string session_id = CreateSession(kTenant).id();
+  store_pb::EnqueueTurnRequest request = EnqueueRequest(session_id, "hello");
+  request.set_traceparent(traceparent);
+  ASSERT_TRUE(Call(&Stub::EnqueueTurn, request).ok());
+  auto claim = Claim(kOwner, session_id);
+  ASSERT_TRUE(claim.ok()) << claim.status();
+  EXPECT_EQ(claim->traceparent(), traceparent);
+
+  std::string other = CreateSession(kTenant).id();
+  request = EnqueueRequest(other, "hello");
+  request.set_traceparent("00-not-a-trace-01");
+  auto refused = Call(&Stub::EnqueueTurn, request);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_EQ(Violation(refused.status()).field(), "traceparent");
+  EXPECT_THAT(AllMessages(other), IsEmpty());
+  EXPECT_THAT(AllTurns(other), IsEmpty());
+}
+
 TEST_F(Turns, EnqueueOnAClosedSessionIsSessionClosed) {
   std::string session_id = CreateSession(kTenant).id();
   ASSERT_TRUE(CloseSession(session_id).ok());

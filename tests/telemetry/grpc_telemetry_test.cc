@@ -95,6 +95,55 @@ Server StartServer(grpc::Service* service, GrpcTelemetry& telemetry) {
   return out;
 }
 
+// A background worker (a turn) opens a ContextScope instead of passing the trace to
+// every call; its calls become children of the scope's span, and an unsampled scope
+// keeps the next hop from recording.
+TEST(GrpcTelemetry, CallsInsideAContextScopeAreChildrenOfItsSpan) {
+  Registry registry;
+  Logger logger("test", LogLevel::kError);
+  RecordingSpanSink sink;
+  GrpcTelemetry telemetry(registry, logger, sink);
+  RecordingRouter last;
+  Server last_server = StartServer(&last, telemetry);
+  auto stub = router::v1::SessionRouter::NewStub(
+      telemetry.CreateChannel("127.0.0.1:" + std::to_string(last_server.port)));
+
+  const TraceContext turn = TraceContext::NewRoot().NewChild();
+  {
+    ContextScope scope(turn);
+    grpc::ClientContext context;
+    router::v1::SubmitMessageRequest request;
+    v1::SendMessageResponse response;
+    stub->SubmitMessage(&context, request, &response);
+  }
+  std::vector<SpanData> spans = WaitForSpans(sink, 2);
+  ASSERT_EQ(spans.size(), 2u);
+  for (const SpanData& span : spans) {
+    EXPECT_EQ(span.context.trace_id(), turn.trace_id());
+    if (span.kind == SpanKind::kClient) EXPECT_EQ(span.parent_span_id, turn.span_id());
+  }
+  ASSERT_TRUE(last.seen_span.has_value());
+  EXPECT_EQ(last.seen_span->trace_id(), turn.trace_id());
+
+  const TraceContext unsampled = TraceContext::NewRoot(/*sampled=*/false);
+  for (const TraceContext& parent : {unsampled, turn}) {
+    ContextScope scope(parent);
+    grpc::ClientContext context;
+    router::v1::SubmitMessageRequest request;
+    v1::SendMessageResponse response;
+    stub->SubmitMessage(&context, request, &response);
+    if (!parent.sampled()) {
+      ASSERT_TRUE(last.seen_span.has_value());
+      EXPECT_FALSE(last.seen_span->sampled());
+    }
+  }
+  // The server records a span before it answers, so once the sampled call after it is
+  // in, anything the unsampled call recorded would be too.
+  spans = WaitForSpans(sink, 4);
+  EXPECT_EQ(spans.size(), 4u);
+  for (const SpanData& span : spans) EXPECT_NE(span.context.trace_id(), unsampled.trace_id());
+}
+
 TEST(GrpcTelemetry, TraceAndDeadlineContinueAcrossTwoHopsAndCallsAreCounted) {
   Registry registry;
   Logger logger("test", LogLevel::kError);
@@ -148,7 +197,9 @@ TEST(GrpcTelemetry, TraceAndDeadlineContinueAcrossTwoHopsAndCallsAreCounted) {
   ASSERT_NE(client_span, nullptr);
   EXPECT_EQ(client_span->parent_span_id, middle.seen_span->span_id());
   EXPECT_EQ(client_span->context.span_id(), received->span_id());
-  EXPECT_EQ(client_span->status_code, "NOT_FOUND");
+  EXPECT_EQ(client_span->status, SpanStatus::kError);
+  EXPECT_EQ(std::get<int64_t>(client_span->attributes.at("rpc.grpc.status_code")),
+            static_cast<int64_t>(grpc::StatusCode::NOT_FOUND));
 
   std::string metrics =
       WaitForMetric(registry,
