@@ -450,7 +450,7 @@ class Load {
         job = std::move(queue_.front());
         queue_.pop_front();
       }
-      const std::string key = absl::StrCat("t", t, "-", n++);
+      const std::string key = absl::StrCat("l", instance_, "-t", t, "-", n++);
       bool submitted = false;
       for (int attempt = 0; attempt < 10 && !submitted; ++attempt) {
         int replica = static_cast<int>((t + attempt + n) % replicas_.size());
@@ -482,6 +482,10 @@ class Load {
     }
   }
 
+  // Idempotency keys must not repeat across the loads of one run (a benchmark that
+  // runs rounds submits to the same sessions again): a repeated key returns the old turn.
+  static inline std::atomic<int64_t> instances_{0};
+  const int64_t instance_ = instances_++;
   const int64_t submitters_;
   const std::string tenant_;
   std::vector<std::unique_ptr<Replica>>& replicas_;
