@@ -54,28 +54,37 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
+#include "bench/turn_driver.h"
 #include "common/config.h"
 #include "common/proto_time.h"
 #include "common/redis.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
 
-extern char** environ;
-
 namespace {
 
+using parley::bench::Call;
+using parley::bench::Channel;
+using parley::bench::CreateSessions;
+using parley::bench::CreateTenant;
+using parley::bench::Listener;
+using parley::bench::Load;
 using parley::bench::Percentile;
 using parley::bench::ProcessCpu;
+using parley::bench::Replica;
+using parley::bench::RouterStub;
+using parley::bench::RunOnThreads;
+using parley::bench::StartReplica;
+using parley::bench::StoreStub;
+using parley::bench::TurnRecord;
+using parley::bench::WaitFor;
 
 namespace store_pb = ::parley::store::v1;
 namespace router_pb = ::parley::router::v1;
 namespace v1 = ::parley::v1;
-using StoreStub = store_pb::StoreService::Stub;
-using RouterStub = router_pb::SessionRouter::Stub;
 
 constexpr char kTenant[] = "bench";
 constexpr char kRawTenant[] = "bench-raw";
-constexpr absl::Duration kCallTimeout = absl::Seconds(30);
 constexpr int kTargetEventsPerTurn = 20;
 
 struct Options {
@@ -100,41 +109,6 @@ struct Options {
 };
 
 // ---- gRPC plumbing ----
-
-template <typename Stub, typename Request, typename Response>
-using Method = grpc::Status (Stub::*)(grpc::ClientContext*, const Request&, Response*);
-
-template <typename Stub, typename Request, typename Response>
-absl::Status Call(Stub& stub, Method<Stub, Request, Response> method, const Request& request,
-                  Response* response) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
-  grpc::Status status = (stub.*method)(&context, request, response);
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
-
-std::shared_ptr<grpc::Channel> Channel(const std::string& addr, int channel_id) {
-  grpc::ChannelArguments args;
-  args.SetInt("grpc.channel_id", channel_id);  // A connection per client thread.
-  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
-}
-
-// Runs body(i) on `count` threads; returns the first error.
-absl::Status RunOnThreads(int count, const std::function<absl::Status(int)>& body) {
-  absl::Mutex mu;
-  absl::Status first_error;
-  std::vector<std::thread> threads;
-  for (int i = 0; i < count; ++i) {
-    threads.emplace_back([&, i] {
-      absl::Status s = body(i);
-      absl::MutexLock lock(&mu);
-      if (!s.ok() && first_error.ok()) first_error = s;
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  return first_error;
-}
 
 // ---- CPU accounting: where the two cores went during the sustained window ----
 
@@ -189,122 +163,6 @@ std::map<std::string, double> CallCounters(const std::string& metrics) {
     }
   }
   return totals;
-}
-
-// ---- Replicas: parley-session processes owned by the benchmark ----
-
-class Replica {
- public:
-  static absl::StatusOr<std::unique_ptr<Replica>> Start(const Options& o, int index) {
-    auto replica = std::unique_ptr<Replica>(new Replica());
-    replica->worker_id_ = absl::StrCat("bench-replica-", index);
-    replica->log_path_ = absl::StrCat(o.work_dir, "/parley-session-", index, ".log");
-    std::vector<std::string> args = {o.session_binary,
-                                     "--grpc_addr=127.0.0.1:0",
-                                     "--admin_addr=127.0.0.1:0",
-                                     "--store_addr=" + o.store_addr,
-                                     "--redis_url=" + o.redis_url,
-                                     absl::StrCat("--turn_slots=", o.turn_slots),
-                                     "--lease_ttl=" + absl::FormatDuration(o.lease_ttl),
-                                     "--worker_id=" + replica->worker_id_};
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, replica->log_path_.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    const int rc = posix_spawn(&replica->pid_, o.session_binary.c_str(), &actions, nullptr,
-                               argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) return absl::InternalError(absl::StrCat("spawn ", o.session_binary, ": ", rc));
-    if (absl::Status s = replica->WaitUntilServing(); !s.ok()) return s;
-    return replica;
-  }
-
-  // The benchmark is over: nothing to drain.
-  ~Replica() {
-    if (pid_ > 0 && !exited_) Kill();
-  }
-
-  // SIGKILL; returns once the process is gone.
-  void Kill() {
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    exited_ = true;
-  }
-
-  const std::string& target() const { return target_; }
-  const std::string& worker_id() const { return worker_id_; }
-  pid_t pid() const { return pid_; }
-  int admin_port() const { return admin_port_; }
-
- private:
-  Replica() = default;
-
-  bool Exited() {
-    if (!exited_ && ::waitpid(pid_, nullptr, WNOHANG) == pid_) exited_ = true;
-    return exited_;
-  }
-
-  absl::Status WaitUntilServing() {
-    static const std::regex kServing(
-        R"("msg":"serving".*"grpc_port":([0-9]+),"admin_port":([0-9]+))");
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (absl::Now() < deadline) {
-      std::ifstream in(log_path_);
-      std::stringstream log;
-      log << in.rdbuf();
-      std::string text = log.str();
-      std::smatch match;
-      if (std::regex_search(text, match, kServing)) {
-        target_ = absl::StrCat("127.0.0.1:", match[1].str());
-        admin_port_ = std::stoi(match[2].str());
-        return absl::OkStatus();
-      }
-      if (Exited()) return absl::InternalError(absl::StrCat("parley-session exited:\n", text));
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return absl::DeadlineExceededError("parley-session never logged \"serving\"");
-  }
-
-  pid_t pid_ = 0;
-  bool exited_ = false;
-  std::string worker_id_;
-  std::string log_path_;
-  std::string target_;
-  int admin_port_ = 0;
-};
-
-// ---- Fixtures through the store ----
-
-absl::Status CreateTenant(StoreStub& stub, const std::string& tenant) {
-  store_pb::CreateTenantRequest request;
-  request.set_tenant_id(tenant);
-  store_pb::CreateTenantResponse response;
-  return Call(stub, &StoreStub::CreateTenant, request, &response);
-}
-
-absl::StatusOr<std::vector<std::string>> CreateSessions(
-    std::vector<std::unique_ptr<StoreStub>>& stubs, const std::string& tenant, int64_t count) {
-  std::vector<std::string> sessions(count);
-  const int threads = static_cast<int>(stubs.size());
-  absl::Status status = RunOnThreads(threads, [&](int t) -> absl::Status {
-    for (int64_t i = t; i < count; i += threads) {
-      store_pb::CreateSessionRequest request;
-      request.set_tenant_id(tenant);
-      store_pb::CreateSessionResponse response;
-      if (absl::Status s = Call(*stubs[t], &StoreStub::CreateSession, request, &response);
-          !s.ok()) {
-        return s;
-      }
-      sessions[i] = response.session().id();
-    }
-    return absl::OkStatus();
-  });
-  if (!status.ok()) return status;
-  return sessions;
 }
 
 // ---- Raw claims: the store's ceiling ----
@@ -373,234 +231,6 @@ absl::StatusOr<double> MeasureRawClaims(const Options& o,
   return total / seconds;
 }
 
-// ---- What the event stream says about each turn ----
-
-struct TurnRecord {
-  std::string session;
-  absl::Time submitted;          // SubmitMessage returned.
-  absl::Time started;            // The first TurnStarted's Event.time.
-  absl::Time first_text;         // The first TextDelta's Event.time.
-  absl::Time sealed;             // TurnSealed seen by the listener (local clock).
-  uint32_t last_attempt = 0;     // Of the newest TurnStarted.
-  absl::Time last_attempt_time;  // Its Event.time.
-  int events = 0;                // Durable events of the turn.
-};
-
-// Subscribes to every session's channel and keeps a TurnRecord per turn; calls
-// `on_sealed(session)` for every TurnSealed.
-class Listener {
- public:
-  Listener(parley::RedisEndpoint endpoint, std::vector<std::string> sessions)
-      : endpoint_(std::move(endpoint)), sessions_(std::move(sessions)) {}
-  ~Listener() { Stop(); }
-
-  absl::Status Start(std::function<void(const std::string&)> on_sealed) {
-    on_sealed_ = std::move(on_sealed);
-    auto connection = parley::RedisConnection::Connect(endpoint_, absl::Seconds(5));
-    if (!connection.ok()) return connection.status();
-    redis_ = *std::move(connection);
-    parley::RedisKeys keys;
-    std::vector<std::string> subscribe = {"SUBSCRIBE"};
-    for (const std::string& session : sessions_) subscribe.push_back(keys.EventChannel(session));
-    // The first confirmation comes back here, the others through the reader.
-    if (auto reply = redis_->Command(subscribe); !reply.ok()) return reply.status();
-    thread_ = std::thread([this] { Read(); });
-    return absl::OkStatus();
-  }
-
-  void Stop() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-
-  // Runs `f` on the records under the lock.
-  void With(const std::function<void(absl::flat_hash_map<std::string, TurnRecord>&)>& f) {
-    absl::MutexLock lock(&mu_);
-    f(turns_);
-  }
-
-  int64_t sealed() const { return sealed_.load(); }
-  absl::Status error() {
-    absl::MutexLock lock(&mu_);
-    return error_;
-  }
-
- private:
-  void Read() {
-    while (!stop_) {
-      absl::StatusOr<parley::RedisReply> reply = redis_->ReadReplyFor(absl::Milliseconds(100));
-      if (!reply.ok()) {
-        if (absl::IsDeadlineExceeded(reply.status())) continue;
-        absl::MutexLock lock(&mu_);
-        error_ = reply.status();
-        return;
-      }
-      const redisReply* r = reply->get();
-      if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) continue;
-      if (parley::ReplyString(r->element[0]) != "message") continue;
-      v1::Event event;
-      if (!event.ParseFromString(parley::ReplyString(r->element[2]))) continue;
-      Record(event);
-    }
-  }
-
-  void Record(const v1::Event& event) {
-    if (event.turn_id().empty() || event.transient()) return;
-    bool sealed = false;
-    {
-      absl::MutexLock lock(&mu_);
-      TurnRecord& turn = turns_[event.turn_id()];
-      turn.session = event.session_id();
-      ++turn.events;
-      const absl::Time time = parley::FromTimestamp(event.time());
-      if (event.has_turn_started()) {
-        if (turn.started == absl::Time()) turn.started = time;
-        turn.last_attempt = event.turn_started().attempt();
-        turn.last_attempt_time = time;
-      }
-      if (event.has_text_delta() && turn.first_text == absl::Time()) turn.first_text = time;
-      if (event.has_turn_sealed()) {
-        turn.sealed = absl::Now();
-        sealed = true;
-      }
-    }
-    if (sealed) {
-      ++sealed_;
-      on_sealed_(event.session_id());
-    }
-  }
-
-  const parley::RedisEndpoint endpoint_;
-  const std::vector<std::string> sessions_;
-  std::unique_ptr<parley::RedisConnection> redis_;
-  std::function<void(const std::string&)> on_sealed_;
-  std::atomic<bool> stop_{false};
-  std::atomic<int64_t> sealed_{0};
-  std::thread thread_;
-  absl::Mutex mu_;
-  absl::flat_hash_map<std::string, TurnRecord> turns_ ABSL_GUARDED_BY(mu_);
-  absl::Status error_ ABSL_GUARDED_BY(mu_);
-};
-
-// ---- Load: submitters fed from a queue of sessions to submit to ----
-
-class Load {
- public:
-  Load(const Options& o, std::vector<std::unique_ptr<Replica>>& replicas, Listener& listener)
-      : o_(o), replicas_(replicas), listener_(listener) {
-    for (size_t r = 0; r < replicas.size(); ++r) {
-      for (int64_t t = 0; t < o.submitters; ++t) {
-        routers_[r].push_back(
-            router_pb::SessionRouter::NewStub(Channel(replicas[r]->target(), 1000 + r * 100 + t)));
-      }
-    }
-    dead_.assign(replicas.size(), false);
-  }
-  ~Load() { Stop(); }
-
-  void Start() {
-    for (int64_t t = 0; t < o_.submitters; ++t) threads_.emplace_back([this, t] { Submit(t); });
-  }
-  void Stop() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
-    for (auto& thread : threads_) thread.join();
-    threads_.clear();
-  }
-
-  void Enqueue(const std::string& session, const std::string& text) {
-    absl::MutexLock lock(&mu_);
-    queue_.push_back({session, text});
-    ++outstanding_[session];
-  }
-  void Sealed(const std::string& session) {
-    absl::MutexLock lock(&mu_);
-    if (auto it = outstanding_.find(session); it != outstanding_.end() && it->second > 0) {
-      --it->second;
-    }
-  }
-  int64_t Outstanding(const std::string& session) {
-    absl::MutexLock lock(&mu_);
-    auto it = outstanding_.find(session);
-    return it == outstanding_.end() ? 0 : it->second;
-  }
-  int64_t TotalOutstanding() {
-    absl::MutexLock lock(&mu_);
-    int64_t total = 0;
-    for (const auto& [session, n] : outstanding_) total += n;
-    return total;
-  }
-  void MarkDead(int replica) {
-    absl::MutexLock lock(&mu_);
-    dead_[replica] = true;
-  }
-  int64_t errors() const { return errors_.load(); }
-
- private:
-  struct Job {
-    std::string session;
-    std::string text;
-  };
-
-  void Submit(int64_t t) {
-    uint64_t n = 0;
-    while (true) {
-      Job job;
-      {
-        absl::MutexLock lock(&mu_);
-        mu_.Await(absl::Condition(
-            +[](Load* load) { return load->stop_ || !load->queue_.empty(); }, this));
-        if (stop_) return;
-        job = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      const std::string key = absl::StrCat("t", t, "-", n++);
-      bool submitted = false;
-      for (int attempt = 0; attempt < 10 && !submitted; ++attempt) {
-        int replica = static_cast<int>((t + attempt + n) % replicas_.size());
-        {
-          absl::MutexLock lock(&mu_);
-          while (dead_[replica]) replica = (replica + 1) % static_cast<int>(replicas_.size());
-        }
-        router_pb::SubmitMessageRequest request;
-        request.set_tenant_id(kTenant);
-        request.mutable_request()->set_session_id(job.session);
-        request.mutable_request()->add_content()->set_text(job.text);
-        request.mutable_request()->set_idempotency_key(key);
-        v1::SendMessageResponse response;
-        absl::Status s =
-            Call(*routers_[replica][t], &RouterStub::SubmitMessage, request, &response);
-        if (!s.ok()) {
-          ++errors_;
-          continue;
-        }
-        const absl::Time now = absl::Now();
-        listener_.With([&](auto& turns) {
-          TurnRecord& turn = turns[response.turn().id()];
-          turn.session = job.session;
-          turn.submitted = now;
-        });
-        submitted = true;
-      }
-      if (!submitted) Sealed(job.session);  // Nothing will ever seal it.
-    }
-  }
-
-  const Options& o_;
-  std::vector<std::unique_ptr<Replica>>& replicas_;
-  Listener& listener_;
-  std::map<size_t, std::vector<std::unique_ptr<RouterStub>>> routers_;
-  std::vector<std::thread> threads_;
-  std::atomic<int64_t> errors_{0};
-  absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, int64_t> outstanding_ ABSL_GUARDED_BY(mu_);
-  std::vector<bool> dead_ ABSL_GUARDED_BY(mu_);
-};
-
 // What the store says about sessions whose submitted turns were not all seen sealed.
 std::string DescribeStuck(StoreStub& store, Load& load, const std::vector<std::string>& sessions,
                           Listener& listener) {
@@ -646,15 +276,6 @@ struct Results {
   double failover_s = -1;
 };
 
-bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
-}
-
 absl::StatusOr<Results> Run(const Options& o) {
   Results results;
   std::vector<std::unique_ptr<StoreStub>> stores;
@@ -675,7 +296,13 @@ absl::StatusOr<Results> Run(const Options& o) {
   if (!probe_sessions.ok()) return probe_sessions.status();
   std::vector<std::unique_ptr<Replica>> replicas;
   for (int i = 0; i < o.replicas; ++i) {
-    auto replica = Replica::Start(o, i);
+    auto replica = StartReplica({.session_binary = o.session_binary,
+                                 .work_dir = o.work_dir,
+                                 .store_addr = o.store_addr,
+                                 .redis_url = o.redis_url,
+                                 .turn_slots = o.turn_slots,
+                                 .lease_ttl = o.lease_ttl},
+                                i);
     if (!replica.ok()) return replica.status();
     replicas.push_back(*std::move(replica));
   }
@@ -688,7 +315,7 @@ absl::StatusOr<Results> Run(const Options& o) {
   std::string text;
   std::atomic<bool> refill{false};
   Listener listener(*endpoint, watched);
-  auto load = std::make_unique<Load>(o, replicas, listener);
+  auto load = std::make_unique<Load>(o.submitters, kTenant, replicas, listener);
   struct StopBoth {
     Load& load;
     Listener& listener;

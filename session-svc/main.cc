@@ -41,6 +41,7 @@ struct SessionConfig {
   std::string sandbox_template;
   std::string providers_file;
   int64_t history_token_budget = 100000;
+  int64_t capture_model_bodies_bytes = 0;
   absl::Duration retry_backoff = absl::Milliseconds(500);
   absl::Duration retry_max_backoff = absl::Seconds(30);
 };
@@ -86,6 +87,10 @@ int main(int argc, char** argv) {
             "estimated tokens of stored history per model request (older turns are left "
             "out); 0 = no budget",
             0, 100000000);
+  flags.Int("capture_model_bodies_bytes", &config.capture_model_bodies_bytes,
+            "opt in: put the provider request and response bodies (credentials redacted, "
+            "each cut to this many bytes) on sampled chat spans; 0 = never",
+            0, 16 << 20);
   flags.Duration("tool_timeout", &config.tool_timeout, "wall-clock limit of one tool call");
   flags.Duration("retry_backoff", &config.retry_backoff,
                  "first delay before retrying a failed model request (doubles per retry)");
@@ -141,7 +146,8 @@ int main(int argc, char** argv) {
        .history_token_budget = static_cast<uint64_t>(config.history_token_budget),
        .default_sandbox_template = config.sandbox_template,
        .tracer = &host.tracer(),
-       .metrics = &turn_metrics},
+       .metrics = &turn_metrics,
+       .capture_model_bodies_bytes = static_cast<size_t>(config.capture_model_bodies_bytes)},
       providers, *store, sandbox.get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},
                                    host.logger());

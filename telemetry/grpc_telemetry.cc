@@ -143,7 +143,7 @@ class ServerCallTelemetry::Record {
                   &span_.context);
     if (!span_.context.sampled()) return;
     FillRpcSpan(span_, method_, status, IsServerError(status.error_code()));
-    tracer_.End(span_);
+    tracer_.End(std::move(span_));  // The call is over: span_ is not read again.
   }
 
  private:
@@ -226,7 +226,7 @@ class ClientInterceptor final : public grpc::experimental::Interceptor {
         absl::ToDoubleSeconds(span_.end - span_.start));
     if (!span_.context.sampled()) return;
     FillRpcSpan(span_, method_, status, status.error_code() != grpc::StatusCode::OK);
-    tracer_.End(span_);
+    tracer_.End(std::move(span_));  // The call is over: span_ is not read again.
   }
 
   const GrpcTelemetry::Instruments& instruments_;

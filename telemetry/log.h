@@ -5,9 +5,13 @@
 //   // {"ts":"...","level":"info","service":"parley-gateway","msg":"turn started",
 //   //  "trace_id":"...","span_id":"...","session_id":"ses_...","step":3}
 //
-// Every line carries `trace_id` and `span_id` when a TraceContext is given. Secrets
+// Every line carries `trace_id` and `span_id`: of the TraceContext given, else of the
+// thread's current ContextScope (tracer.h), so code running a turn or an RPC need not
+// pass one. A LogScope adds fields (session_id, turn_id) to every line of its thread. Secrets
 // never reach a log: a value wrapped in Secret prints as "[REDACTED]", and so does any
 // field whose key names a credential (authorization, api_key, secret, password, token).
+// A credential logged by mistake under an innocent key or inside a message is caught by
+// its shape (RedactCredentials): Parley API keys and the providers' keys.
 // Thread-safe; each line is written with a single write(2), so lines from different
 // threads never interleave.
 #pragma once
@@ -17,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -46,6 +51,29 @@ struct LogField {
   LogField(absl::string_view key, Secret value) : key(key), value(std::move(value)) {}
   std::string key;
   Value value;
+};
+
+// Fields added to every line logged on this thread while the scope is open, outer
+// scopes' first; a field given to the call itself wins over a scope's of the same key.
+//
+//   LogScope scope({{"session_id", turn.session_id()}, {"turn_id", turn.id()}});
+//
+// Work handed to another thread takes the fields along: LogScope scope(fields_copy)
+// there, with fields_copy = LogScope::Current() taken here.
+class LogScope {
+ public:
+  explicit LogScope(std::vector<LogField> fields);
+  ~LogScope();
+  LogScope(const LogScope&) = delete;
+  LogScope& operator=(const LogScope&) = delete;
+
+  // Every open scope's fields on this thread, outermost first.
+  static std::vector<LogField> Current();
+
+ private:
+  friend class Logger;
+  std::vector<LogField> fields_;
+  const LogScope* previous_;
 };
 
 class Logger {
@@ -86,5 +114,13 @@ class Logger {
 
 // True for keys that name credentials and are therefore always redacted.
 bool IsSensitiveKey(absl::string_view key);
+
+// `text` with every credential-shaped token replaced by "[REDACTED]": Parley API keys
+// (pk_<prefix>_<secret>), OpenAI-style keys (sk-..., sk-proj-..., sk-ant-... for
+// Anthropic), Google API keys (AIza...), AWS access key ids (AKIA...), GitHub tokens
+// (ghp_..., github_pat_...) and the credential after "Bearer ". A token is a run of
+// [A-Za-z0-9_-] that starts at a word boundary and is long enough to be a key, so prose
+// that merely mentions "sk-" or "pk_" is left alone.
+std::string RedactCredentials(absl::string_view text);
 
 }  // namespace parley::telemetry

@@ -159,13 +159,13 @@ OtlpHttpExporter::~OtlpHttpExporter() {
   thread_.join();
 }
 
-void OtlpHttpExporter::OnEnd(const SpanData& span) {
+void OtlpHttpExporter::OnEnd(SpanData span) {
   absl::MutexLock lock(&mu_);
   if (stopping_ || queue_.size() >= options_.max_queue_size) {
     dropped_queue_full_.Increment();
     return;
   }
-  queue_.push_back(span);
+  queue_.push_back(std::move(span));
   ++enqueued_;
   queue_size_.Set(static_cast<double>(queue_.size()));
   // The export thread wakes itself on a full batch (its wait condition reads the size).

@@ -73,7 +73,7 @@ class OtlpHttpExporter final : public SpanSink {
   OtlpHttpExporter& operator=(const OtlpHttpExporter&) = delete;
 
   // Queues the span, or drops and counts it when the queue is full. Never blocks on I/O.
-  void OnEnd(const SpanData& span) override;
+  void OnEnd(SpanData span) override;
 
   // Sends everything queued before the call; true when it all left (exported or given
   // up on) within `timeout`. For tests and orderly shutdown.

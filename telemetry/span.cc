@@ -4,7 +4,7 @@
 
 namespace parley::telemetry {
 
-void LogSpanSink::OnEnd(const SpanData& span) {
+void LogSpanSink::OnEnd(SpanData span) {
   if (!logger_.Enabled(LogLevel::kDebug)) return;
   std::string parent;
   if (span.parent_span_id) {
@@ -20,9 +20,9 @@ void LogSpanSink::OnEnd(const SpanData& span) {
                 &span.context);
 }
 
-void RecordingSpanSink::OnEnd(const SpanData& span) {
+void RecordingSpanSink::OnEnd(SpanData span) {
   absl::MutexLock lock(&mu_);
-  spans_.push_back(span);
+  spans_.push_back(std::move(span));
 }
 
 std::vector<SpanData> RecordingSpanSink::spans() {

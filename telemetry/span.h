@@ -72,15 +72,16 @@ struct SpanData {
 class SpanSink {
  public:
   virtual ~SpanSink() = default;
-  // Called once per finished span, from any thread. Must not block.
-  virtual void OnEnd(const SpanData& span) = 0;
+  // Called once per finished span, from any thread. Must not block. The span is the
+  // sink's to keep: the tracer moves it in, so queueing it costs no copy.
+  virtual void OnEnd(SpanData span) = 0;
 };
 
 // Writes each span as a debug log line.
 class LogSpanSink final : public SpanSink {
  public:
   explicit LogSpanSink(const Logger& logger) : logger_(logger) {}
-  void OnEnd(const SpanData& span) override;
+  void OnEnd(SpanData span) override;
 
  private:
   const Logger& logger_;
@@ -89,7 +90,7 @@ class LogSpanSink final : public SpanSink {
 // Keeps every span in memory. For tests.
 class RecordingSpanSink final : public SpanSink {
  public:
-  void OnEnd(const SpanData& span) override;
+  void OnEnd(SpanData span) override;
   std::vector<SpanData> spans();
 
  private:

@@ -126,7 +126,7 @@ void Span::SetError(absl::string_view error_type, absl::string_view message) {
 void Span::End() {
   if (!data_) return;
   data_->end = absl::Now();
-  tracer_->End(*data_);
+  tracer_->End(std::move(*data_));
   data_.reset();
 }
 

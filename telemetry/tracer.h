@@ -98,8 +98,8 @@ class Tracer {
                  absl::Time start = absl::Now()) const;
 
   // Hands a finished span to the sink when its context is sampled.
-  void End(const SpanData& span) const {
-    if (enabled_ && span.context.sampled()) sink_.OnEnd(span);
+  void End(SpanData&& span) const {
+    if (enabled_ && span.context.sampled()) sink_.OnEnd(std::move(span));
   }
 
   const Sampler& sampler() const { return sampler_; }

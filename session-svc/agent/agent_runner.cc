@@ -17,6 +17,7 @@
 #include "session-svc/tools/schema.h"
 #include "session-svc/tools/tool.h"
 #include "session-svc/turn/transcript.h"
+#include "telemetry/log.h"
 
 namespace parley::session {
 namespace {
@@ -288,8 +289,14 @@ absl::StatusOr<TurnLoop::StepEnd> TurnLoop::StreamStep() {
     streamed_ = false;
     calls_.clear();
     chat_ = telemetry_.StartChat();
-    StepEnd end{.outcome = provider_.Stream(Request(attempt), *this)};
-    telemetry_.EndChat(chat_, end.outcome);
+    model::ModelRequest request = Request(attempt);
+    // Only a span that is exported is worth the copy.
+    std::optional<model::BodyCapture> capture;
+    if (runner_.options_.capture_model_bodies_bytes > 0 && chat_.recording()) {
+      request.capture = &capture.emplace(runner_.options_.capture_model_bodies_bytes);
+    }
+    StepEnd end{.outcome = provider_.Stream(request, *this)};
+    telemetry_.EndChat(chat_, end.outcome, capture ? &*capture : nullptr);
     if (out_.stopping()) return absl::CancelledError("the turn is stopping");
     if (past_deadline()) {
       end.turn_over = Ended(v1::FINISH_REASON_MAX_DURATION);
@@ -457,8 +464,15 @@ absl::Status TurnLoop::RunGroup(size_t begin, size_t end) {
   } else {
     // Read-only calls together; their output is not streamed (they do not write any).
     std::vector<std::thread> threads;
+    const std::vector<telemetry::LogField> log_fields = telemetry::LogScope::Current();
+    const std::optional<telemetry::TraceContext> trace = telemetry::ContextScope::Current();
     for (size_t i = begin; i < end; ++i) {
-      threads.emplace_back([&, i] { results[i - begin] = RunCall(calls_[i], false); });
+      threads.emplace_back([&, i] {
+        // The calls log and trace as the turn's thread does.
+        telemetry::LogScope log_scope(log_fields);
+        telemetry::ContextScope trace_scope(trace);
+        results[i - begin] = RunCall(calls_[i], false);
+      });
     }
     for (std::thread& thread : threads) thread.join();
   }

@@ -57,6 +57,10 @@ struct AgentOptions {
   // none are recorded. Both must outlive the runner.
   const telemetry::Tracer* tracer = nullptr;
   const TurnMetrics* metrics = nullptr;
+  // Opt in: each sampled chat span also carries the provider request (headers and body)
+  // and response body, credentials redacted, each cut to this many bytes
+  // (TurnTelemetry::EndChat names the attributes). 0: never captured.
+  size_t capture_model_bodies_bytes = 0;
 };
 
 class AgentRunner final : public TurnRunner {

@@ -79,7 +79,8 @@ void TurnTelemetry::FirstToken(Span& chat, absl::Duration since_step_start) {
   }
 }
 
-void TurnTelemetry::EndChat(Span& chat, const model::StepOutcome& outcome) {
+void TurnTelemetry::EndChat(Span& chat, const model::StepOutcome& outcome,
+                            const model::BodyCapture* capture) {
   if (!outcome.response_model.empty()) response_model_ = outcome.response_model;
   if (metrics_ != nullptr) {
     const v1::Usage& usage = outcome.usage;
@@ -91,6 +92,13 @@ void TurnTelemetry::EndChat(Span& chat, const model::StepOutcome& outcome) {
         metrics_->tokens.WithLabels({provider_, type}).Increment(static_cast<double>(count));
       }
     }
+  }
+  if (chat.recording() && capture != nullptr) {
+    chat.SetAttribute("parley.gen_ai.request.headers", capture->request_headers);
+    chat.SetAttribute("parley.gen_ai.request.body", capture->request_body);
+    chat.SetAttribute("parley.gen_ai.request.body.truncated", capture->request_truncated);
+    chat.SetAttribute("parley.gen_ai.response.body", capture->response_body);
+    chat.SetAttribute("parley.gen_ai.response.body.truncated", capture->response_truncated);
   }
   if (chat.recording()) {
     if (!outcome.response_model.empty()) {

@@ -68,7 +68,13 @@ class TurnTelemetry {
   telemetry::Span StartChat();
   // The request's first streamed piece, `since_step_start` after its step began.
   void FirstToken(telemetry::Span& chat, absl::Duration since_step_start);
-  void EndChat(telemetry::Span& chat, const model::StepOutcome& outcome);
+  // With `capture` (body capture on), the chat span also gets, all strings, redacted:
+  //   parley.gen_ai.request.headers      "Name: value" lines (credential values redacted)
+  //   parley.gen_ai.request.body         the JSON body sent to the provider
+  //   parley.gen_ai.response.body        the response: the SSE stream or the error body
+  //   parley.gen_ai.request.body.truncated, parley.gen_ai.response.body.truncated  bools
+  void EndChat(telemetry::Span& chat, const model::StepOutcome& outcome,
+               const model::BodyCapture* capture = nullptr);
   // A failed model request will be retried.
   void Retry(absl::string_view reason);
 

@@ -336,7 +336,8 @@ StepOutcome AnthropicProvider::Stream(const ModelRequest& request, StepSink& sin
   RunSseStep({.post = std::move(post),
               .on_event = [&](const SseEvent& event) { return reader.OnEvent(event); },
               .on_end = [&](bool truncated) { reader.Finish(truncated); },
-              .secret = config_.api_key},
+              .secret = config_.api_key,
+              .capture = request.capture},
              sink, outcome);
   return outcome;
 }

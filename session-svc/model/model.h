@@ -37,6 +37,29 @@ struct ToolSpec {
   std::string parameters_json_schema;
 };
 
+// One model request and its response as they went over the wire, kept for the chat
+// span when body capture is on (AgentOptions.capture_model_bodies). Credentials never
+// reach it: header values that carry them, JSON fields whose names say so and any
+// credential-shaped token (telemetry::RedactCredentials) are "[REDACTED]" before
+// anything is stored, and each body keeps at most max_bytes (the rest is cut, and
+// *_truncated says so).
+struct BodyCapture {
+  explicit BodyCapture(size_t max_bytes) : max_bytes(max_bytes) {}
+
+  // Records the request; `secret` is the provider's key (also redacted verbatim).
+  void CaptureRequest(const std::vector<std::string>& headers, absl::string_view body,
+                      const std::string& secret);
+  // Records the response body: the 2xx stream or the error body.
+  void CaptureResponse(absl::string_view body, const std::string& secret);
+
+  const size_t max_bytes;
+  std::string request_headers;  // "Name: value" lines joined by '\n'.
+  std::string request_body;
+  std::string response_body;
+  bool request_truncated = false;
+  bool response_truncated = false;
+};
+
 struct ModelRequest {
   // The model as the provider names it (never empty: the loop fills the default).
   std::string model;
@@ -54,6 +77,8 @@ struct ModelRequest {
   std::string turn_id;
   uint32_t step = 0;
   uint32_t attempt = 1;
+  // Where the provider records the request and response it exchanged (null: nowhere).
+  BodyCapture* capture = nullptr;
 };
 
 // Where a provider streams one step's output, in the order it arrives. Each call

@@ -328,7 +328,8 @@ StepOutcome OpenAiProvider::Stream(const ModelRequest& request, StepSink& sink) 
   RunSseStep({.post = std::move(post),
               .on_event = [&](const SseEvent& event) { return reader.OnEvent(event); },
               .on_end = [&](bool truncated) { reader.Finish(truncated); },
-              .secret = config_.api_key},
+              .secret = config_.api_key,
+              .capture = request.capture},
              sink, outcome);
   return outcome;
 }

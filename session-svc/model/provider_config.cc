@@ -162,9 +162,18 @@ std::string Redact(std::string text, const std::string& secret) {
 void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
   SseParser parser(step.on_event);
   bool malformed = false;
+  // The raw stream, kept up to a little past the cap so a key cut by it is still
+  // recognised (and redacted) before the cut.
+  std::string streamed;
+  const size_t keep = step.capture == nullptr ? 0 : step.capture->max_bytes + 256;
+  if (step.capture != nullptr) {
+    step.capture->CaptureRequest(step.post.headers, step.post.body, step.secret);
+  }
   HttpResult http = PostStream(
       step.post,
       [&](absl::string_view bytes) {
+        if (streamed.size() < keep)
+          absl::StrAppend(&streamed, bytes.substr(0, keep - streamed.size()));
         absl::Status fed = parser.Feed(bytes);
         if (fed.code() == absl::StatusCode::kInvalidArgument) {
           malformed = true;
@@ -183,6 +192,9 @@ void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
     } else {
       step.on_end(parser.pending());
     }
+  }
+  if (step.capture != nullptr) {
+    step.capture->CaptureResponse(http.status / 100 == 2 ? streamed : http.error_body, step.secret);
   }
   if (outcome.error) {
     // Both go out: the message with the failed turn, the reason with RetryScheduled.

@@ -64,12 +64,14 @@ std::string Redact(std::string text, const std::string& secret);
 // Then `on_end(truncated)` judges a body that ended normally; a non-2xx answer becomes
 // HttpStatusError with the body's {"error": {"message": ...}} (the shape both APIs use),
 // a transport failure TransportError. The message and the reason of `outcome.error`
-// have `secret` redacted.
+// have `secret` redacted. With `capture`, the request and the response body (the 2xx
+// stream's first bytes or the error body) are recorded there, redacted.
 struct SseStep {
   HttpPost post;
   std::function<bool(const SseEvent&)> on_event;
   std::function<void(bool truncated)> on_end;
   std::string secret;
+  BodyCapture* capture = nullptr;
 };
 void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome);
 

@@ -10,6 +10,7 @@
 #include "common/events/event_log_reader.h"
 #include "common/proto_time.h"
 #include "session-svc/turn/transcript.h"
+#include "telemetry/log.h"
 #include "telemetry/tracer.h"
 
 namespace parley::session {
@@ -155,6 +156,9 @@ RunResult TurnExecutor::Run(const store_pb::ClaimNextTurnResponse& claim, TurnCo
   // whichever replica runs it and however much later: every call made for it below,
   // and the runner's spans, join that trace.
   telemetry::ContextScope trace(telemetry::TraceContext::Parse(claim.traceparent()));
+  // Every line logged while the turn runs, the agent loop's included, names it.
+  telemetry::LogScope log_scope(
+      {{"session_id", claim.turn().session_id()}, {"turn_id", claim.turn().id()}});
   Run_ run(*this, claim, control);
   return run.Go();
 }

@@ -367,6 +367,75 @@ TEST_F(Providers, OpenAiMalformedTruncatedAndResetStreamsAreClearErrors) {
 
 // What a retry may cure is retried, what it cannot is not: an HTTP/2 stream reset (a
 // proxy restarting, a server shedding load) is transient; a URL curl cannot parse is not.
+// ---- Body capture (the chat span's opt-in request/response attributes) ----
+
+// The request and the streamed response are captured as sent and received, with the
+// key gone from the headers, from JSON fields that name a credential, and from any
+// text where it appears verbatim or where something merely looks like a key.
+TEST_F(Providers, CaptureKeepsBodiesAndRedactsEveryCredential) {
+  const std::string other_key = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv";
+  server_->Enqueue({.chunks = {Data(TextChunk("Hel")), Data(TextChunk("lo!")),
+                               Data({{"choices", json::array()},
+                                     {"api_key", "whatever-the-value"},
+                                     {"echo", absl::StrCat("you sent ", kKey)}}),
+                               Data(FinishChunk("stop")), "data: [DONE]\n\n"}});
+  OpenAiProvider provider(Config("openai"));
+  RecordingSink sink;
+  ModelRequest request = Hello();
+  request.messages[0].mutable_parts(0)->set_text(absl::StrCat("my key is ", other_key));
+  BodyCapture capture(16 << 10);
+  request.capture = &capture;
+  StepOutcome outcome = provider.Stream(request, sink);
+  ASSERT_FALSE(outcome.error) << outcome.error->message;
+  EXPECT_EQ(sink.text_, "Hello!");  // Capturing changes nothing of the step.
+
+  EXPECT_TRUE(absl::StrContains(capture.request_headers, "Authorization: [REDACTED]"))
+      << capture.request_headers;
+  EXPECT_TRUE(absl::StrContains(capture.request_headers, "Content-Type: application/json"));
+  json body = json::parse(capture.request_body);
+  EXPECT_EQ(body["model"], "gpt-test");
+  EXPECT_EQ(body["messages"][1]["content"], "my key is [REDACTED]");
+  EXPECT_FALSE(capture.request_truncated);
+  EXPECT_TRUE(absl::StrContains(capture.response_body, R"("content":"Hel")"))
+      << capture.response_body;
+  EXPECT_TRUE(absl::StrContains(capture.response_body, R"("api_key":"[REDACTED]")"))
+      << capture.response_body;
+  EXPECT_TRUE(absl::StrContains(capture.response_body, "data: [DONE]"));
+  for (const std::string* text :
+       {&capture.request_headers, &capture.request_body, &capture.response_body}) {
+    EXPECT_FALSE(absl::StrContains(*text, kKey)) << *text;
+    EXPECT_FALSE(absl::StrContains(*text, other_key)) << *text;
+    EXPECT_FALSE(absl::StrContains(*text, "whatever-the-value")) << *text;
+  }
+}
+
+// An error answer is captured as the response; each body stops at the cap.
+TEST_F(Providers, CaptureTakesTheErrorBodyAndCutsAtTheCap) {
+  server_->Enqueue(
+      {.status = 401,
+       .chunks = {absl::StrCat(R"({"error":{"message":"Incorrect API key provided: )", kKey,
+                               R"(", "padding":")", std::string(500, 'p'), R"("}})")}});
+  AnthropicProvider provider(Config("anthropic"));
+  RecordingSink sink;
+  ModelRequest request = Hello();
+  request.model = "claude-test";
+  BodyCapture capture(64);
+  request.capture = &capture;
+  StepOutcome outcome = provider.Stream(request, sink);
+  ASSERT_TRUE(outcome.error);
+  EXPECT_TRUE(absl::StrContains(capture.request_headers, "x-api-key: [REDACTED]"))
+      << capture.request_headers;
+  EXPECT_TRUE(absl::StrContains(capture.request_headers, "anthropic-version: 2023-06-01"));
+  EXPECT_FALSE(absl::StrContains(capture.request_headers, kKey));
+  EXPECT_EQ(capture.request_body.size(), 64u);
+  EXPECT_TRUE(capture.request_truncated);
+  EXPECT_EQ(capture.response_body.size(), 64u);
+  EXPECT_TRUE(capture.response_truncated);
+  EXPECT_TRUE(absl::StartsWith(capture.response_body,
+                               R"({"error":{"message":"Incorrect API key provided: [REDACTED])"))
+      << capture.response_body;
+}
+
 TEST(HttpStream, HttpTwoResetsAreRetryableAndConfigurationErrorsAreNot) {
   EXPECT_TRUE(IsRetryableCurlError(CURLE_HTTP2_STREAM));
   EXPECT_TRUE(IsRetryableCurlError(CURLE_HTTP2));
