@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/retry.h"
 #include "telemetry/otlp_json.h"
 
 namespace parley::telemetry {
@@ -217,8 +218,12 @@ void OtlpHttpExporter::ExportLoop() {
 void OtlpHttpExporter::ExportWithRetries(HttpClient& http, const std::vector<SpanData>& batch) {
   const std::string body = EncodeExportTraceRequest(options_.resource, "parley", batch)
                                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // Jitter of up to half the step keeps many replicas from retrying in step.
+  const BackoffPolicy policy{.initial = options_.initial_backoff,
+                             .max = options_.max_backoff,
+                             .multiplier = 1.5,
+                             .jitter = 0.5};
   absl::BitGen jitter;
-  absl::Duration backoff = options_.initial_backoff;
   for (int attempt = 1;; ++attempt) {
     HttpClient::Response response = http.Post(body);
     if (response.outcome == HttpClient::Outcome::kExported) {
@@ -235,9 +240,8 @@ void OtlpHttpExporter::ExportWithRetries(HttpClient& http, const std::vector<Spa
                     {"error", response.error}});
       return;
     }
-    // Full jitter around the exponential step keeps many replicas from retrying in step.
-    absl::Duration wait = response.retry_after.value_or(backoff * absl::Uniform(jitter, 0.5, 1.0));
-    backoff = std::min(backoff * 1.5, options_.max_backoff);
+    const absl::Duration wait = response.retry_after.value_or(
+        BackoffDelay(policy, attempt - 1, absl::Uniform(jitter, 0.0, 1.0)));
     retries_.Increment();
     if (!SleepUnlessStopping(wait)) {
       dropped_export_failed_.Increment(static_cast<double>(batch.size()));
