@@ -94,6 +94,7 @@ RedisRoute RouteOfCommand(const std::vector<std::string>& args) {
   if (name == "SCRIPT" || name == "FLUSHALL" || name == "FLUSHDB") {
     return {.kind = RedisRoute::Kind::kEveryPrimary};
   }
+  if (name == "WAIT" || name == "WAITAOF") return {.kind = RedisRoute::Kind::kLastWrite};
   if (name == "XREAD" || name == "XREADGROUP") {
     for (size_t i = 1; i + 1 < args.size(); ++i) {
       if (absl::EqualsIgnoreCase(args[i], "STREAMS")) {
@@ -105,11 +106,11 @@ RedisRoute RouteOfCommand(const std::vector<std::string>& args) {
   // Commands without a key. Classic PUBLISH goes to any node: the cluster bus carries it
   // to every subscriber of every node.
   static constexpr absl::string_view kKeyless[] = {
-      "PING",         "ECHO",   "INFO",     "CLUSTER", "AUTH",      "SELECT",      "HELLO",
-      "TIME",         "CLIENT", "CONFIG",   "COMMAND", "DBSIZE",    "KEYS",        "SCAN",
-      "WAIT",         "QUIT",   "RESET",    "MONITOR", "READONLY",  "READWRITE",   "ASKING",
-      "MULTI",        "EXEC",   "DISCARD",  "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
-      "PUNSUBSCRIBE", "PUBSUB", "FUNCTION", "DEBUG"};
+      "PING",   "ECHO",     "INFO",    "CLUSTER",   "AUTH",        "SELECT",     "HELLO",
+      "TIME",   "CLIENT",   "CONFIG",  "COMMAND",   "DBSIZE",      "KEYS",       "SCAN",
+      "QUIT",   "RESET",    "MONITOR", "READONLY",  "READWRITE",   "ASKING",     "MULTI",
+      "EXEC",   "DISCARD",  "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE",
+      "PUBSUB", "FUNCTION", "DEBUG"};
   for (absl::string_view keyless : kKeyless) {
     if (name == keyless) return {};
   }
@@ -354,7 +355,11 @@ std::vector<RedisClusterConnection::Pending> RedisClusterConnection::RunRound(
       if (route.kind == RedisRoute::Kind::kKey) {
         if (const RedisNodeAddress* primary = map_.PrimaryOf(RedisKeySlot(route.key))) {
           target = *primary;
+          last_keyed_node_ = *primary;  // Commands are placed in order: a WAIT behind
+                                        // this one in the same pipeline follows it.
         }
+      } else if (route.kind == RedisRoute::Kind::kLastWrite && last_keyed_node_.has_value()) {
+        target = last_keyed_node_;
       } else if (AnyNode() != nullptr) {
         target = any_node_;
       }

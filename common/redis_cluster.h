@@ -49,7 +49,9 @@ uint16_t RedisKeySlot(absl::string_view key);
 
 // How a command is routed in a cluster.
 struct RedisRoute {
-  enum class Kind { kKey, kAnyNode, kEveryPrimary };
+  // kLastWrite: WAIT and WAITAOF, which count the replicas that acknowledged this
+  // client's writes on one node, so they go where the previous keyed command went.
+  enum class Kind { kKey, kAnyNode, kEveryPrimary, kLastWrite };
   Kind kind = Kind::kAnyNode;
   absl::string_view key;  // For kKey: a view into the command's arguments.
 };
@@ -136,6 +138,7 @@ class RedisClusterConnection final : public RedisConnection {
   absl::flat_hash_map<RedisNodeAddress, std::unique_ptr<RedisServerConnection>> connections_;
   std::optional<RedisNodeAddress> any_node_;
   bool any_node_broken_ = false;
+  std::optional<RedisNodeAddress> last_keyed_node_;  // Where WAIT goes (kLastWrite).
 };
 
 }  // namespace parley

@@ -56,6 +56,8 @@ std::string RoutedBy(const std::vector<std::string>& args) {
       return "<any>";
     case RedisRoute::Kind::kEveryPrimary:
       return "<every primary>";
+    case RedisRoute::Kind::kLastWrite:
+      return "<last write>";
   }
   return "";
 }
@@ -72,6 +74,7 @@ TEST(RouteOfCommand, FindsTheKeyOfEachKindOfCommand) {
   EXPECT_EQ(RoutedBy({"PING"}), "<any>");
   EXPECT_EQ(RoutedBy({"SCRIPT", "LOAD", "return 1"}), "<every primary>");
   EXPECT_EQ(RoutedBy({"flushall"}), "<every primary>");
+  EXPECT_EQ(RoutedBy({"WAIT", "1", "100"}), "<last write>");
 }
 
 TEST(ParseRedirect, ReadsMovedAndAsk) {
@@ -252,10 +255,43 @@ TEST_F(RedisClusterTest, AKeyOfASlotBeingMigratedIsFollowedWithAsk) {
   EXPECT_EQ(ReplyString((*values)[1].get()), "2");
 }
 
+// WAIT counts the replicas that acknowledged this client's writes *on one node*: sent
+// to any other node it answers at once and proves nothing. Each primary's own command
+// statistics show where it ran.
+TEST_F(RedisClusterTest, WaitRunsOnTheNodeThatTookThePreviousWrite) {
+  const RedisSlotMap map = Map();
+  ASSERT_EQ(map.primaries().size(), 3u);
+  for (const RedisNodeAddress& primary : map.primaries()) {
+    ASSERT_TRUE(NodeConnection(primary)->Command({"CONFIG", "RESETSTAT"}).ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    // A key owned by the i-th primary, written and waited on in one pipeline.
+    std::string key;
+    for (int n = 0; key.empty(); ++n) {
+      std::string candidate = absl::StrCat("wait", n);
+      if (*map.PrimaryOf(RedisKeySlot(candidate)) == map.primaries()[i]) key = candidate;
+    }
+    auto replies = redis_->PipelineEach({{"SET", key, "v"}, {"WAIT", "1", "5000"}});
+    ASSERT_TRUE(replies.ok()) << replies.status();
+    ASSERT_TRUE((*replies)[1].ok()) << (*replies)[1].status();
+    EXPECT_EQ((*replies)[1]->get()->integer, 1) << "the write reached its replica";
+  }
+  for (const RedisNodeAddress& primary : map.primaries()) {
+    auto stats = NodeConnection(primary)->Command({"INFO", "commandstats"});
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_THAT(ReplyString(stats->get()), HasSubstr("cmdstat_wait:calls=1,"))
+        << "primary " << primary.port;
+  }
+}
+
 TEST_F(RedisClusterTest, APrimaryKilledIsReplacedByItsReplicaAndCommandsGoOn) {
   const std::string key = "{survivor}k";
   ASSERT_TRUE(redis_->Command({"SET", key, "before"}).ok());
-  ASSERT_TRUE(redis_->Command({"WAIT", "1", "2000"}).ok());  // On the replica too.
+  // On the replica too, or the promoted replica may never have seen it (asynchronous
+  // replication): WAIT goes to the node that took the SET.
+  auto replicated = redis_->Command({"WAIT", "1", "5000"});
+  ASSERT_TRUE(replicated.ok()) << replicated.status();
+  ASSERT_EQ(replicated->get()->integer, 1);
   auto killed = cluster_->KillPrimaryOf(RedisKeySlot(key), absl::Seconds(30));
   ASSERT_TRUE(killed.ok()) << killed.status();
   // The same connection reconnects to the promoted replica by itself.
