@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "absl/cleanup/cleanup.h"
+
 namespace parley::sandbox {
 
 namespace sandbox_pb = ::parley::sandbox::v1;
@@ -40,10 +42,12 @@ std::optional<absl::StatusOr<sandbox_pb::Sandbox>> WarmPool::Take(const Template
     if (!taken.ok()) return absl::StatusOr<sandbox_pb::Sandbox>(taken.status());
     if (*taken == nullptr) return std::nullopt;
     Sandbox& sandbox = **taken;
-    {
+    // The filler refills once this hand-off is over: its cold create (a bwrap start)
+    // would otherwise compete for the CPU with the record write and the answer.
+    absl::Cleanup wake_filler = [this] {
       absl::MutexLock lock(&mu_);
       wakeup_ = true;
-    }
+    };
     // Claimed for the tenant at once, so quotas and lists see it.
     if (!sandbox.Claim(terms, clock_.Now())) continue;
     Sandbox::Turn turn = sandbox.WaitForTurn();
