@@ -31,7 +31,6 @@ struct SandboxConfig {
   int64_t sandbox_uid_base = 2'000'000;
   int64_t sandbox_uid_count = 100'000;
   std::string cgroup = "auto";
-  int64_t cgroup_spares = 2;
   std::string pause_mechanism = "auto";
   int64_t max_sandboxes = 500;
   int64_t max_sandboxes_per_tenant = 50;
@@ -121,10 +120,6 @@ int main(int argc, char** argv) {
   flags.Choice("cgroup", &config.cgroup,
                "auto: cgroup v2 controllers where delegated, else the host's v1 hierarchies",
                {"auto", "off"});
-  flags.Int("cgroup_spares", &config.cgroup_spares,
-            "cgroup v1 groups kept ready with a process already joined, renamed to a sandbox "
-            "at create (the join's wait off the create path; 0: none)",
-            0, 64);
   flags.Choice("pause_mechanism", &config.pause_mechanism,
                "how sandboxes are frozen (auto: cgroup freezer when available, else SIGSTOP)",
                {"auto", "signal"});
@@ -181,7 +176,6 @@ int main(int argc, char** argv) {
   bwrap_options.uid_base = static_cast<uid_t>(config.sandbox_uid_base);
   bwrap_options.uid_count = static_cast<uint32_t>(config.sandbox_uid_count);
   bwrap_options.use_cgroups = config.cgroup == "auto";
-  bwrap_options.cgroup_spares = static_cast<int>(config.cgroup_spares);
   bwrap_options.pause_mechanism = config.pause_mechanism;
   parley::sandbox::BwrapProvider bwrap(bwrap_options);
   if (absl::Status s = bwrap.Init(); !s.ok()) {

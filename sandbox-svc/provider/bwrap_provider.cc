@@ -23,7 +23,6 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -198,8 +197,6 @@ std::string CgroupName(const ProviderState& state) {
 
 BwrapProvider::BwrapProvider(BwrapOptions options) : options_(std::move(options)) {}
 
-BwrapProvider::~BwrapProvider() { StopSpares(); }
-
 std::string BwrapProvider::WorkspacePath(const std::string& id) const {
   return absl::StrCat(options_.state_dir, "/workspaces/", id);
 }
@@ -264,123 +261,11 @@ absl::Status BwrapProvider::Init() {
     CopyWorldReadable(absl::StrCat("/etc/", entry), target, 0);
     if (::access(target.c_str(), F_OK) != 0) std::ofstream(target).flush();
   }
-  cgroups_ =
-      DetectCgroups(options_.use_cgroups,
-                    absl::StrFormat("%08x", static_cast<uint32_t>(std::hash<std::string>{}(dir))),
-                    &cgroup_report_);
-  if (cgroups_ != nullptr && cgroups_->CanRename() && options_.cgroup_spares > 0) {
-    spare_thread_ = std::thread([this] { SpareLoop(); });
-  }
+  cgroups_ = DetectCgroups(
+      options_.use_cgroups,
+      absl::StrFormat("%08x", static_cast<uint32_t>(std::hash<std::string>{}(dir))),
+      &cgroup_report_);
   return absl::OkStatus();
-}
-
-// ---------------------------------------------------------------------------------
-// Spare groups
-
-namespace {
-constexpr char kSparePrefix[] = "spare_";
-}  // namespace
-
-absl::StatusOr<BwrapProvider::Spare> BwrapProvider::MakeSpare() {
-  // Named after this process, so a restarted service knows its predecessor's as stale.
-  const std::string group = absl::StrCat(kSparePrefix, ::getpid(), "_", ++spare_serial_);
-  absl::StatusOr<PreparedChild> child = [&]() -> absl::StatusOr<PreparedChild> {
-    // No limits yet: they are the template's, written when the spare becomes a sandbox.
-    if (absl::Status s = cgroups_->Create(group, ::parley::sandbox::v1::SandboxLimits(), 0);
-        !s.ok()) {
-      return s;
-    }
-    absl::StatusOr<std::vector<UniqueFd>> procs = cgroups_->OpenProcs(group);
-    if (!procs.ok()) return procs.status();
-    std::vector<int> fds;
-    for (const UniqueFd& fd : *procs) fds.push_back(fd.get());
-    return PreparedChild::Start(daemon_copy_, fds);
-  }();
-  if (!child.ok()) {
-    cgroups_->Remove(group);
-    return child.status();
-  }
-  return Spare{group, *std::move(child)};
-}
-
-void BwrapProvider::SpareLoop() {
-  absl::Duration backoff = absl::ZeroDuration();
-  while (true) {
-    {
-      absl::MutexLock lock(&spare_mu_);
-      auto wanted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
-        return stop_spares_ || static_cast<int>(spares_.size()) < options_.cgroup_spares;
-      };
-      spare_mu_.Await(absl::Condition(&wanted));
-      // After a failure, wait before the next attempt (a stop still ends the wait).
-      if (backoff > absl::ZeroDuration()) {
-        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) { return stop_spares_; };
-        spare_mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
-      }
-      if (stop_spares_) return;
-    }
-    absl::StatusOr<Spare> spare = MakeSpare();
-    if (!spare.ok()) {
-      // Creates go on without spares (the spawned child joins); try again later.
-      backoff = std::min(absl::Seconds(10), std::max(absl::Milliseconds(100), backoff * 2));
-      continue;
-    }
-    backoff = absl::ZeroDuration();
-    bool stopping = false;
-    {
-      absl::MutexLock lock(&spare_mu_);
-      stopping = stop_spares_;
-      if (!stopping) spares_.push_back(*std::move(spare));
-    }
-    if (stopping) {
-      DropSpare(*std::move(spare));
-      return;
-    }
-  }
-}
-
-std::optional<BwrapProvider::Spare> BwrapProvider::TakeSpare() {
-  absl::MutexLock lock(&spare_mu_);
-  if (spares_.empty()) return std::nullopt;
-  Spare spare = std::move(spares_.front());
-  spares_.pop_front();
-  return spare;
-}
-
-void BwrapProvider::DropSpare(Spare spare) {
-  spare.child = PreparedChild();  // Exits on EOF and is reaped.
-  cgroups_->Remove(spare.group);
-}
-
-void BwrapProvider::StopSpares() {
-  {
-    absl::MutexLock lock(&spare_mu_);
-    stop_spares_ = true;
-  }
-  if (spare_thread_.joinable()) spare_thread_.join();
-  while (std::optional<Spare> spare = TakeSpare()) DropSpare(*std::move(spare));
-}
-
-absl::StatusOr<std::optional<PreparedChild>> BwrapProvider::SetUpGroup(
-    const std::string& group, const SandboxSpec& spec, std::vector<UniqueFd>* procs) {
-  if (std::optional<Spare> spare = TakeSpare()) {
-    const std::string spare_group = spare->group;
-    absl::Status renamed = cgroups_->Rename(spare_group, group);
-    if (renamed.ok()) {
-      renamed = cgroups_->Create(group, spec.limits, spec.local.cpu_percent);
-      if (renamed.ok()) return std::optional<PreparedChild>(std::move(spare->child));
-    }
-    // Whichever name each hierarchy has now: end the child, remove both, start over.
-    DropSpare(*std::move(spare));
-    cgroups_->Remove(group);
-  }
-  if (absl::Status s = cgroups_->Create(group, spec.limits, spec.local.cpu_percent); !s.ok()) {
-    return s;
-  }
-  absl::StatusOr<std::vector<UniqueFd>> opened = cgroups_->OpenProcs(group);
-  if (!opened.ok()) return opened.status();
-  *procs = *std::move(opened);
-  return std::optional<PreparedChild>();
 }
 
 absl::Status BwrapProvider::InstallDaemon() {
@@ -544,11 +429,13 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
   }
 
   std::vector<UniqueFd> cgroup_procs;
-  std::optional<PreparedChild> prepared;  // A spare's child, already in the group.
   if (std::string group = CgroupName(state); !group.empty() && cgroups_ != nullptr) {
-    absl::StatusOr<std::optional<PreparedChild>> set_up = SetUpGroup(group, spec, &cgroup_procs);
-    if (!set_up.ok()) return set_up.status();
-    prepared = *std::move(set_up);
+    if (absl::Status s = cgroups_->Create(group, spec.limits, spec.local.cpu_percent); !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<std::vector<UniqueFd>> procs = cgroups_->OpenProcs(group);
+    if (!procs.ok()) return procs.status();
+    cgroup_procs = *std::move(procs);
   }
 
   const std::string log_path = StateValue(state, "log");
@@ -584,8 +471,7 @@ absl::StatusOr<DaemonEndpoint> BwrapProvider::Start(const SandboxSpec& spec, Pro
     request.uid = static_cast<uid_t>(uid);
     request.gid = static_cast<gid_t>(uid);
   }
-  absl::StatusOr<pid_t> bwrap =
-      prepared.has_value() ? std::move(*prepared).Exec(request) : Spawn(request);
+  absl::StatusOr<pid_t> bwrap = Spawn(request);
   if (!bwrap.ok()) return bwrap.status();
   info_write.reset();
   listener.reset();  // The daemon holds the listening socket now.
@@ -727,7 +613,6 @@ absl::Status BwrapProvider::Destroy(const ProviderState& state) {
 }
 
 void BwrapProvider::ReleaseCgroupParent() {
-  StopSpares();
   if (cgroups_ != nullptr) cgroups_->ReleaseParent();
 }
 
@@ -756,16 +641,10 @@ void BwrapProvider::CollectGarbage(const std::set<std::string>& known_ids) {
   sweep(options_.state_dir + "/logs", ".log",
         [](const std::string&, const std::string& path) { ::unlink(path.c_str()); });
   if (cgroups_ == nullptr) return;
-  const std::string own_spares = absl::StrCat(kSparePrefix, ::getpid(), "_");
-  for (const std::string& name : cgroups_->ListGroups()) {
-    // Sandbox groups without a record, and spares of an earlier run of the service
-    // (their children exited with it).
-    const bool stale = absl::StartsWith(name, "sbx_") ? !known_ids.contains(name)
-                                                      : absl::StartsWith(name, kSparePrefix) &&
-                                                            !absl::StartsWith(name, own_spares);
-    if (!stale) continue;
-    (void)cgroups_->Kill(name);
-    cgroups_->Remove(name);
+  for (const std::string& id : cgroups_->ListGroups()) {
+    if (known_ids.count(id)) continue;
+    (void)cgroups_->Kill(id);
+    cgroups_->Remove(id);
   }
 }
 

@@ -13,31 +13,19 @@
 //   logs/<id>.log      bwrap's and the daemon's stderr
 //   etc/passwd, etc/group   the sandbox user's identity (uid 1000, HOME=/workspace)
 //   bin/parley-sandboxd     a private copy of the daemon binary
-// Spare groups (cgroup v1 hosts): joining a v1 hierarchy costs the joining process an RCU
-// grace period in the kernel (milliseconds, per join). A spare thread keeps
-// `cgroup_spares` groups `spare_<pid>_<n>`, each with a PreparedChild already in it;
-// Start() renames one to the sandbox's id, writes its limits, and has its child exec
-// bwrap, so the wait is paid before the sandbox is asked for. Without a spare (a burst
-// of creates, or v2, which cannot rename) the spawned child joins as it always did.
-//
-// Thread-safe: the uid table and the spares are guarded by mutexes; everything else is
-// per sandbox.
+// Thread-safe: the uid table is guarded by a mutex; everything else is per sandbox.
 #pragma once
 
 #include <sys/types.h>
 
-#include <deque>
 #include <memory>
-#include <optional>
 #include <set>
 #include <string>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "sandbox-svc/provider/cgroup.h"
-#include "sandbox-svc/provider/process.h"
 #include "sandbox-svc/provider/provider.h"
 
 namespace parley::sandbox {
@@ -54,18 +42,13 @@ struct BwrapOptions {
   // "auto" (cgroup freezer when the sandbox has a group, else signals), "signal".
   std::string pause_mechanism = "auto";
   absl::Duration start_timeout = absl::Seconds(10);
-  // Spare groups kept ready with a joined child (cgroup v1 only); 0: none.
-  int cgroup_spares = 2;
 };
 
 class BwrapProvider final : public SandboxProvider {
  public:
   explicit BwrapProvider(BwrapOptions options);
-  // Ends the spare groups' children and removes those groups.
-  ~BwrapProvider() override;
 
-  // Creates the state layout, copies the daemon, writes etc/passwd, detects cgroups and
-  // starts the spare thread where groups can be renamed.
+  // Creates the state layout, copies the daemon, writes etc/passwd, detects cgroups.
   // FAILED_PRECONDITION with what is missing (bwrap, the daemon, a too-long state dir).
   absl::Status Init();
 
@@ -85,9 +68,8 @@ class BwrapProvider final : public SandboxProvider {
   std::string CgroupMode() const override;
   std::string Diagnostics(const ProviderState& state) override;
 
-  // Removes the spare groups, and this provider's parent cgroup when no sandbox group
-  // is left in it (at a clean shutdown with nothing running, and at the end of tests).
-  // No spare is made after this.
+  // Removes this provider's parent cgroup when no sandbox group is left in it (at a
+  // clean shutdown with nothing running, and at the end of tests).
   void ReleaseCgroupParent();
 
   // The bwrap command line for a sandbox (exposed for tests and the benchmark's
@@ -111,30 +93,6 @@ class BwrapProvider final : public SandboxProvider {
 
   absl::Mutex mu_;
   std::set<uid_t> uids_in_use_ ABSL_GUARDED_BY(mu_);
-
-  // A group with a child already in it (see the top of this file).
-  struct Spare {
-    std::string group;
-    PreparedChild child;
-  };
-  // Creates the sandbox's group `group` with its limits. Returns the child to exec bwrap
-  // in when a spare became the group; otherwise fills `procs` with the group's
-  // cgroup.procs files for the spawned child to join.
-  absl::StatusOr<std::optional<PreparedChild>> SetUpGroup(const std::string& group,
-                                                          const SandboxSpec& spec,
-                                                          std::vector<UniqueFd>* procs);
-  std::optional<Spare> TakeSpare() ABSL_LOCKS_EXCLUDED(spare_mu_);
-  // Ends a spare's child and removes its group.
-  void DropSpare(Spare spare);
-  absl::StatusOr<Spare> MakeSpare();
-  void SpareLoop() ABSL_LOCKS_EXCLUDED(spare_mu_);
-  void StopSpares() ABSL_LOCKS_EXCLUDED(spare_mu_);
-
-  absl::Mutex spare_mu_;
-  std::deque<Spare> spares_ ABSL_GUARDED_BY(spare_mu_);
-  bool stop_spares_ ABSL_GUARDED_BY(spare_mu_) = false;
-  int spare_serial_ = 0;  // Spare thread only.
-  std::thread spare_thread_;
 };
 
 }  // namespace parley::sandbox

@@ -53,9 +53,9 @@ class SandboxCgroups {
   // Whether Freeze() works (a freezer exists); without it the provider pauses by SIGSTOP.
   virtual bool CanFreeze() const = 0;
 
-  // Creates the group `name` (a sandbox id), or takes it as it is when it exists, and
-  // writes the limits its controllers support: memory (no swap beyond it), processes, and
-  // `cpu_percent` of one CPU (0: no cap). UNAVAILABLE when a group or a limit cannot be written.
+  // Creates the group `name` (a sandbox id) and writes the limits its controllers
+  // support: memory (no swap beyond it), processes, and `cpu_percent` of one CPU (0: no
+  // cap). UNAVAILABLE when a group or a limit cannot be written.
   virtual absl::Status Create(const std::string& name,
                               const ::parley::sandbox::v1::SandboxLimits& limits,
                               uint32_t cpu_percent) const = 0;
@@ -68,16 +68,7 @@ class SandboxCgroups {
   virtual absl::Status Kill(const std::string& name) const = 0;
   // Removes the group, retrying briefly while killed processes exit. Missing is fine.
   virtual void Remove(const std::string& name) const = 0;
-  // Whether Rename() works: cgroup v1 hierarchies allow renaming a group in place; the
-  // unified (v2) hierarchy refuses.
-  virtual bool CanRename() const { return false; }
-  // Renames group `from` to `to` in every hierarchy; its processes and limits stay.
-  // UNAVAILABLE when a rename fails (the hierarchies renamed so far keep the new name).
-  virtual absl::Status Rename(const std::string& /*from*/, const std::string& /*to*/) const {
-    return absl::UnimplementedError("cgroups cannot be renamed here");
-  }
-  // Names of every group under our parent (sandboxes' and spare ones), for garbage
-  // collection.
+  // Names of the groups under our parent, for garbage collection.
   virtual std::vector<std::string> ListGroups() const = 0;
   // Removes the parent directories when no group is left in them.
   virtual void ReleaseParent() const = 0;

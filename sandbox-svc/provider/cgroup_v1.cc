@@ -40,7 +40,8 @@ std::string MakeParent(const std::vector<CgroupMount>& mounts, const std::string
       *why = absl::StrCat(controller, ": not in /proc/self/cgroup");
       return "";
     }
-    const std::string parent = absl::StrCat(GroupDirectory(mount, own), "/parley-sandbox.", suffix);
+    const std::string parent =
+        absl::StrCat(GroupDirectory(mount, own), "/parley-sandbox.", suffix);
     if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST) {
       *why = absl::StrCat(controller, ": cannot create ", parent, " (", std::strerror(errno), ")");
       return "";
@@ -62,7 +63,8 @@ std::string Trimmed(const std::string& text) {
 
 }  // namespace
 
-std::unique_ptr<CgroupV1Tree> CgroupV1Tree::Create(const std::string& suffix, std::string* report) {
+std::unique_ptr<CgroupV1Tree> CgroupV1Tree::Create(const std::string& suffix,
+                                                   std::string* report) {
   const std::vector<CgroupMount> mounts = CgroupMounts();
   auto tree = std::unique_ptr<CgroupV1Tree>(new CgroupV1Tree());
   std::vector<std::string> used, missing;
@@ -80,13 +82,13 @@ std::unique_ptr<CgroupV1Tree> CgroupV1Tree::Create(const std::string& suffix, st
   }
   if (tree->memory_.empty() && tree->pids_.empty()) {
     for (const std::string& parent : tree->Parents()) ::rmdir(parent.c_str());
-    *report =
-        absl::StrCat("no cgroup v1 memory or pids hierarchy (", absl::StrJoin(missing, "; "), ")");
+    *report = absl::StrCat("no cgroup v1 memory or pids hierarchy (", absl::StrJoin(missing, "; "),
+                           ")");
     return nullptr;
   }
-  tree->memsw_ =
-      !tree->memory_.empty() &&
-      ::access(absl::StrCat(tree->memory_, "/memory.memsw.limit_in_bytes").c_str(), W_OK) == 0;
+  tree->memsw_ = !tree->memory_.empty() &&
+                 ::access(absl::StrCat(tree->memory_, "/memory.memsw.limit_in_bytes").c_str(),
+                          W_OK) == 0;
   tree->report_ = absl::StrCat(
       "cgroup v1 groups parley-sandbox.", suffix, " in: ", absl::StrJoin(used, ", "),
       missing.empty() ? "" : absl::StrCat(" (missing: ", absl::StrJoin(missing, "; "), ")"),
@@ -158,8 +160,8 @@ absl::Status CgroupV1Tree::Freeze(const std::string& name, bool frozen) const {
   const std::string path = absl::StrCat(freezer_, "/", name, "/freezer.state");
   const char* want = frozen ? "FROZEN" : "THAWED";
   if (!WriteControlFile(path, want)) {
-    return absl::UnavailableError(
-        absl::StrCat("write ", want, " to ", path, ": ", std::strerror(errno)));
+    return absl::UnavailableError(absl::StrCat("write ", want, " to ", path, ": ",
+                                               std::strerror(errno)));
   }
   // FREEZING until every task has stopped; reading the file advances the state. A task
   // the kernel could not freeze yet (busy in the kernel, or forked meanwhile) keeps the
@@ -208,9 +210,9 @@ absl::Status CgroupV1Tree::Kill(const std::string& name) const {
     if (!freezer_.empty()) (void)Freeze(name, false);
     absl::SleepFor(absl::Milliseconds(round < 5 ? 1 : 20));
   }
-  return Members(name).empty() ? absl::OkStatus()
-                               : absl::UnavailableError(absl::StrCat("processes of cgroup ", name,
-                                                                     " survive SIGKILL"));
+  return Members(name).empty()
+             ? absl::OkStatus()
+             : absl::UnavailableError(absl::StrCat("processes of cgroup ", name, " survive SIGKILL"));
 }
 
 void CgroupV1Tree::Remove(const std::string& name) const {
@@ -219,25 +221,15 @@ void CgroupV1Tree::Remove(const std::string& name) const {
   }
 }
 
-absl::Status CgroupV1Tree::Rename(const std::string& from, const std::string& to) const {
-  for (const std::string& parent : Parents()) {
-    const std::string old_path = absl::StrCat(parent, "/", from);
-    if (::rename(old_path.c_str(), absl::StrCat(parent, "/", to).c_str()) != 0) {
-      return absl::UnavailableError(
-          absl::StrCat("rename ", old_path, " to ", to, ": ", std::strerror(errno)));
-    }
-  }
-  return absl::OkStatus();
-}
-
 std::vector<std::string> CgroupV1Tree::ListGroups() const {
   std::set<std::string> groups;
   for (const std::string& parent : Parents()) {
     DIR* dir = ::opendir(parent.c_str());
     if (dir == nullptr) continue;
     while (struct dirent* entry = ::readdir(dir)) {
-      const std::string name = entry->d_name;
-      if (entry->d_type == DT_DIR && name != "." && name != "..") groups.insert(name);
+      if (entry->d_type == DT_DIR && absl::StartsWith(entry->d_name, "sbx_")) {
+        groups.insert(entry->d_name);
+      }
     }
     ::closedir(dir);
   }

@@ -38,8 +38,6 @@ class CgroupV1Tree final : public SandboxCgroups {
   absl::Status Freeze(const std::string& name, bool frozen) const override;
   absl::Status Kill(const std::string& name) const override;
   void Remove(const std::string& name) const override;
-  bool CanRename() const override { return true; }
-  absl::Status Rename(const std::string& from, const std::string& to) const override;
   std::vector<std::string> ListGroups() const override;
   void ReleaseParent() const override;
 

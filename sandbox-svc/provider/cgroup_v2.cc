@@ -18,7 +18,8 @@
 
 namespace parley::sandbox {
 
-std::unique_ptr<CgroupV2Tree> CgroupV2Tree::Create(const std::string& suffix, std::string* report) {
+std::unique_ptr<CgroupV2Tree> CgroupV2Tree::Create(const std::string& suffix,
+                                                   std::string* report) {
   const CgroupMount* found = nullptr;
   std::vector<CgroupMount> mounts = CgroupMounts();
   for (const CgroupMount& mount : mounts) {
@@ -57,8 +58,7 @@ std::unique_ptr<CgroupV2Tree> CgroupV2Tree::Create(const std::string& suffix, st
   tree->freeze_ = ::access(absl::StrCat(parent, "/cgroup.freeze").c_str(), F_OK) == 0;
   tree->kill_ = ::access(absl::StrCat(parent, "/cgroup.kill").c_str(), F_OK) == 0;
   tree->report_ = absl::StrCat(
-      "cgroup2 group ", parent,
-      "; limits: ", enabled.empty() ? "none" : absl::StrJoin(enabled, ", "),
+      "cgroup2 group ", parent, "; limits: ", enabled.empty() ? "none" : absl::StrJoin(enabled, ", "),
       missing.empty() ? "" : absl::StrCat(" (not delegated: ", absl::StrJoin(missing, ", "), ")"),
       "; freeze: ", tree->freeze_ ? "yes" : "no", "; kill: ", tree->kill_ ? "yes" : "no");
   *report = tree->report_;
@@ -84,8 +84,7 @@ absl::Status CgroupV2Tree::Create(const std::string& name,
   if (pids_ && limits.max_processes() > 0) {
     writes.emplace_back("pids.max", absl::StrCat(limits.max_processes()));
   }
-  if (cpu_ && cpu_percent > 0)
-    writes.emplace_back("cpu.max", absl::StrCat(cpu_percent * 1000, " 100000"));
+  if (cpu_ && cpu_percent > 0) writes.emplace_back("cpu.max", absl::StrCat(cpu_percent * 1000, " 100000"));
   for (const auto& [file, value] : writes) {
     const std::string path = absl::StrCat(group, "/", file);
     // memory.swap.max is absent without swap accounting; nothing to cap then.
@@ -146,8 +145,9 @@ std::vector<std::string> CgroupV2Tree::ListGroups() const {
   DIR* dir = ::opendir(parent_.c_str());
   if (dir == nullptr) return groups;
   while (struct dirent* entry = ::readdir(dir)) {
-    const std::string name = entry->d_name;
-    if (entry->d_type == DT_DIR && name != "." && name != "..") groups.push_back(name);
+    if (entry->d_type == DT_DIR && absl::StartsWith(entry->d_name, "sbx_")) {
+      groups.emplace_back(entry->d_name);
+    }
   }
   ::closedir(dir);
   return groups;

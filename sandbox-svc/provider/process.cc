@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -26,63 +25,77 @@
 #include "absl/time/clock.h"
 #include "common/posix.h"
 #include "common/unique_fd.h"
-#include "sandbox-svc/util/exec_order.h"
 #include "sandbox-svc/util/proc_stat.h"
 
 namespace parley::sandbox {
 namespace {
 
-// The fd on which a PreparedChild's launcher waits for its order.
-constexpr int kLaunchFd = 3;
-
 struct ChildArgs {
-  const std::vector<int>* cgroup_procs_fds;
-  ExecPlan plan;
+  const SpawnRequest* request;
+  char* const* argv;
+  char* const* envp;
+  int error_fd;
+  int devnull_fd;
 };
+
+constexpr int kHighFdBase = 1000;
+
+[[noreturn]] void ChildFail(int error_fd) {
+  int error = errno;
+  (void)!::write(error_fd, &error, sizeof(error));
+  ::_exit(127);
+}
 
 int ChildMain(void* raw) {
   const ChildArgs& args = *static_cast<const ChildArgs*>(raw);
+  const SpawnRequest& request = *args.request;
+
   ResetSignalsForExec();
-  for (int procs_fd : *args.cgroup_procs_fds) {
-    if (::write(procs_fd, "0", 1) != 1) ExecFailed(args.plan.error_fd);
-  }
-  ExecPlanned(args.plan);
-}
 
-// Owned copies of a SpawnRequest's strings and fd numbers, and the plan pointing at them.
-class PlanStorage {
- public:
-  explicit PlanStorage(const SpawnRequest& request)
-      : path_(request.path), argv_storage_(request.argv), env_storage_(request.env) {
-    for (std::string& arg : argv_storage_) argv_.push_back(arg.data());
-    argv_.push_back(nullptr);
-    for (std::string& var : env_storage_) envp_.push_back(var.data());
-    envp_.push_back(nullptr);
-    for (const auto& [from, to] : request.fds) {
-      from_.push_back(from);
-      to_.push_back(to);
+  for (int procs_fd : request.cgroup_procs_fds) {
+    if (::write(procs_fd, "0", 1) != 1) ChildFail(args.error_fd);
+  }
+  if (::syscall(SYS_setsid) < 0) ChildFail(args.error_fd);
+  if (request.gid) {
+    if (::syscall(SYS_setgroups, 0, nullptr) != 0) ChildFail(args.error_fd);
+    if (::syscall(SYS_setresgid, *request.gid, *request.gid, *request.gid) != 0) {
+      ChildFail(args.error_fd);
     }
-    plan_.path = path_.c_str();
-    plan_.argv = argv_.data();
-    plan_.envp = envp_.data();
-    plan_.fds_from = from_.data();
-    plan_.fds_to = to_.data();
-    plan_.fd_count = from_.size();
-    plan_.output_fd = request.output_fd;
-    plan_.set_uid = request.uid.has_value();
-    plan_.uid = request.uid.value_or(0);
-    plan_.set_gid = request.gid.has_value();
-    plan_.gid = request.gid.value_or(0);
   }
-  const ExecPlan& plan() const { return plan_; }
+  if (request.uid && ::syscall(SYS_setresuid, *request.uid, *request.uid, *request.uid) != 0) {
+    ChildFail(args.error_fd);
+  }
 
- private:
-  std::string path_;
-  std::vector<std::string> argv_storage_, env_storage_;
-  std::vector<char*> argv_, envp_;
-  std::vector<int> from_, to_;
-  ExecPlan plan_;
-};
+  // Move every fd we need above the targets first, so no dup2 clobbers a source.
+  int error_fd = ::fcntl(args.error_fd, F_DUPFD_CLOEXEC, kHighFdBase);
+  if (error_fd < 0) ::_exit(127);
+  int next = error_fd + 1;
+  int devnull = ::fcntl(args.devnull_fd, F_DUPFD, next);
+  next = devnull + 1;
+  int output = request.output_fd >= 0 ? ::fcntl(request.output_fd, F_DUPFD, next) : devnull;
+  if (output >= next) next = output + 1;
+  int max_target = 2;
+  int moved[64];
+  const size_t count = std::min<size_t>(request.fds.size(), 64);
+  for (size_t i = 0; i < count; ++i) {
+    moved[i] = ::fcntl(request.fds[i].first, F_DUPFD, next);
+    if (moved[i] < 0) ChildFail(error_fd);
+    next = moved[i] + 1;
+    max_target = std::max(max_target, request.fds[i].second);
+  }
+  ::dup2(devnull, 0);
+  ::dup2(output, 1);
+  ::dup2(output, 2);
+  for (size_t i = 0; i < count; ++i) {
+    if (::dup2(moved[i], request.fds[i].second) < 0) ChildFail(error_fd);
+  }
+  if (error_fd > max_target + 1) {
+    ::close_range(static_cast<unsigned>(max_target) + 1, static_cast<unsigned>(error_fd) - 1, 0);
+  }
+  ::close_range(static_cast<unsigned>(error_fd) + 1, ~0U, 0);
+  ::execve(request.path.c_str(), args.argv, args.envp);
+  ChildFail(error_fd);
+}
 
 absl::Status RemoveAt(int dir_fd, const std::string& name, const std::string& shown, int depth) {
   struct stat st {};
@@ -121,29 +134,18 @@ absl::Status RemoveAt(int dir_fd, const std::string& name, const std::string& sh
   return absl::OkStatus();
 }
 
-// Reads the child's report after an exec attempt: EOF is success (the close-on-exec end
-// closed), an errno is the failure, which also reaps the child.
-absl::StatusOr<pid_t> ExecOutcome(pid_t pid, int error_read, const std::string& path) {
-  int child_errno = 0;
-  ssize_t n;
-  do {
-    n = ::read(error_read, &child_errno, sizeof(child_errno));
-  } while (n < 0 && errno == EINTR);
-  if (n == 0) return pid;
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (n != sizeof(child_errno)) {
-    return absl::UnavailableError(absl::StrCat("cannot start ", path, ": the child died"));
-  }
-  return absl::UnavailableError(
-      absl::StrCat("cannot start ", path, ": ", std::strerror(child_errno)));
-}
-
 }  // namespace
 
 absl::StatusOr<pid_t> Spawn(const SpawnRequest& request) {
-  if (request.fds.size() > kMaxExecFds) return absl::InvalidArgumentError("too many fds to pass");
-  PlanStorage storage(request);
+  if (request.fds.size() > 64) return absl::InvalidArgumentError("too many fds to pass");
+  std::vector<std::string> argv_storage = request.argv;
+  std::vector<std::string> env_storage = request.env;
+  std::vector<char*> argv, envp;
+  for (std::string& arg : argv_storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  for (std::string& var : env_storage) envp.push_back(var.data());
+  envp.push_back(nullptr);
+
   int error_pipe[2];
   if (::pipe2(error_pipe, O_CLOEXEC) != 0) {
     return absl::ResourceExhaustedError(absl::StrCat("pipe: ", std::strerror(errno)));
@@ -151,12 +153,10 @@ absl::StatusOr<pid_t> Spawn(const SpawnRequest& request) {
   UniqueFd error_read(error_pipe[0]);
   UniqueFd error_write(error_pipe[1]);
   UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
-  ChildArgs args{&request.cgroup_procs_fds, storage.plan()};
-  args.plan.error_fd = error_write.get();
-  args.plan.devnull_fd = devnull.get();
+  ChildArgs args{&request, argv.data(), envp.data(), error_write.get(), devnull.get()};
 
-  // The child shares our memory until it execs (like posix_spawn); a signal handler of
-  // ours must not run on its stack, so block everything around the clone.
+  // The child shares our memory until it execs; a signal handler of ours must not run
+  // on its stack, so block everything around the clone.
   std::vector<char> stack(256 * 1024);
   sigset_t all, previous;
   sigfillset(&all);
@@ -169,100 +169,15 @@ absl::StatusOr<pid_t> Spawn(const SpawnRequest& request) {
     return absl::ResourceExhaustedError(absl::StrCat("clone: ", std::strerror(clone_errno)));
   }
   error_write.reset();
-  return ExecOutcome(pid, error_read.get(), request.path);
-}
-
-absl::StatusOr<PreparedChild> PreparedChild::Start(const std::string& launcher_path,
-                                                   const std::vector<int>& cgroup_procs_fds) {
-  int pair[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
-    return absl::ResourceExhaustedError(absl::StrCat("socketpair: ", std::strerror(errno)));
-  }
-  UniqueFd ours(pair[0]);
-  UniqueFd theirs(pair[1]);
-  // Spawned like any program (so it shares nothing with us): the child joins the groups
-  // before its exec, and Spawn returns once it has exec'd the launcher.
-  SpawnRequest request;
-  request.path = launcher_path;
-  request.argv = {"parley-sbx-launcher", absl::StrCat("--launch_fd=", kLaunchFd)};
-  request.fds = {{theirs.get(), kLaunchFd}};
-  request.cgroup_procs_fds = cgroup_procs_fds;
-  absl::StatusOr<pid_t> pid = Spawn(request);
-  if (!pid.ok()) return pid.status();
-  return PreparedChild(*pid, std::move(ours));
-}
-
-PreparedChild& PreparedChild::operator=(PreparedChild&& other) noexcept {
-  if (this != &other) {
-    Discard();
-    pid_ = std::exchange(other.pid_, -1);
-    control_ = std::move(other.control_);
-  }
-  return *this;
-}
-
-void PreparedChild::Discard() {
-  if (pid_ <= 0) return;
-  control_.reset();  // EOF: the launcher exits at once.
-  int status = 0;
-  while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-  }
-  pid_ = -1;
-}
-
-absl::StatusOr<pid_t> PreparedChild::Exec(const SpawnRequest& request) && {
-  if (pid_ <= 0) return absl::FailedPreconditionError("the prepared child was used already");
-  if (!request.cgroup_procs_fds.empty()) {
-    return absl::InvalidArgumentError("a prepared child's groups are fixed when it starts");
-  }
-  ExecOrder exec_order{request.path,           request.argv, request.env, {},
-                       request.output_fd >= 0, request.uid,  request.gid};
-  std::vector<int> fds;
-  for (const auto& [from, to] : request.fds) {
-    exec_order.fds_to.push_back(to);
-    fds.push_back(from);
-  }
-  if (request.output_fd >= 0) fds.push_back(request.output_fd);
-  absl::StatusOr<std::string> encoded = EncodeExecOrder(exec_order);
-  if (!encoded.ok()) return encoded.status();
-  std::string& order = *encoded;
-
-  iovec iov{order.data(), order.size()};
-  alignas(cmsghdr) char control_data[CMSG_SPACE(sizeof(int) * (kMaxExecFds + 1))] = {};
-  msghdr message{};
-  message.msg_iov = &iov;
-  message.msg_iovlen = 1;
-  if (!fds.empty()) {
-    message.msg_control = control_data;
-    message.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&message);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ssize_t sent;
-  do {
-    sent = ::sendmsg(control_.get(), &message, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
-  const pid_t pid = std::exchange(pid_, -1);
-  UniqueFd control = std::move(control_);
-  if (sent < 0) {
-    const int send_errno = errno;
-    // A child whose joins failed reported why before it exited.
-    int child_errno = 0;
-    const ssize_t n = ::recv(control.get(), &child_errno, sizeof(child_errno), MSG_DONTWAIT);
-    control.reset();  // A child still waiting sees EOF and exits.
+  int child_errno = 0;
+  ssize_t n = ::read(error_read.get(), &child_errno, sizeof(child_errno));
+  if (n == sizeof(child_errno)) {
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    ::waitpid(pid, &status, 0);
     return absl::UnavailableError(
-        absl::StrCat("cannot start ", request.path, ": ",
-                     n == sizeof(child_errno)
-                         ? std::strerror(child_errno)
-                         : absl::StrCat("order not delivered: ", std::strerror(send_errno))));
+        absl::StrCat("cannot start ", request.path, ": ", std::strerror(child_errno)));
   }
-  return ExecOutcome(pid, control.get(), request.path);
+  return pid;
 }
 
 uint64_t ProcessStartTime(pid_t pid) {

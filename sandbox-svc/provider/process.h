@@ -21,7 +21,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/unique_fd.h"
 
 namespace parley::sandbox {
 
@@ -32,7 +31,7 @@ struct SpawnRequest {
   // (fd in this process, fd number in the child). Everything else is closed; stdin is
   // /dev/null unless mapped.
   std::vector<std::pair<int, int>> fds;
-  int output_fd = -1;  // stdout and stderr of the child (-1: /dev/null).
+  int output_fd = -1;        // stdout and stderr of the child (-1: /dev/null).
   // Open cgroup.procs files (one per hierarchy) the child joins before it execs.
   std::vector<int> cgroup_procs_fds;
   std::optional<uid_t> uid;  // Run as this uid/gid with no supplementary groups.
@@ -45,53 +44,6 @@ struct SpawnRequest {
 // does not grow with this process's memory. Errors: the exec failure (errno) as
 // UNAVAILABLE; RESOURCE_EXHAUSTED when clone fails.
 absl::StatusOr<pid_t> Spawn(const SpawnRequest& request);
-
-// A process started ahead of time that has joined a set of cgroups and waits for the
-// one program it is then told to run, which it execs exactly as Spawn() would. Joining a
-// cgroup v1 hierarchy takes the kernel's cgroup_threadgroup_rwsem for writing, which
-// waits for an RCU grace period (milliseconds); a prepared child pays that wait before
-// the program is known, and everything it starts is born in the groups.
-//
-// The waiting process is a small static launcher (parley-sandboxd --launch_fd=3, see
-// util/exec_order.h), spawned like any program: a fork of this process would share its
-// pages copy-on-write for as long as it waited, and make every write of ours a copy.
-//
-//   absl::StatusOr<PreparedChild> child = PreparedChild::Start(launcher, procs_fds);
-//   ...
-//   absl::StatusOr<pid_t> pid = std::move(*child).Exec(request);  // as Spawn(request)
-//
-// The launcher exits when its control socket closes: when the PreparedChild is
-// destroyed unused, or this process dies. Not thread-safe; move it between threads.
-class PreparedChild {
- public:
-  // Starts `launcher_path --launch_fd=3` after it joined the groups whose open
-  // cgroup.procs files are given (written "0" before its exec, like
-  // SpawnRequest::cgroup_procs_fds); returns once it runs. Errors as Spawn().
-  static absl::StatusOr<PreparedChild> Start(const std::string& launcher_path,
-                                             const std::vector<int>& cgroup_procs_fds);
-
-  PreparedChild() = default;  // None: Exec fails, destruction does nothing.
-  PreparedChild(PreparedChild&& other) noexcept
-      : pid_(std::exchange(other.pid_, -1)), control_(std::move(other.control_)) {}
-  PreparedChild& operator=(PreparedChild&& other) noexcept;
-  ~PreparedChild() { Discard(); }
-
-  pid_t pid() const { return pid_; }
-
-  // Runs `request` in the child, which is then that program's process (same pid).
-  // Returns what Spawn() would; a failure to join the groups is reported here.
-  // `request.cgroup_procs_fds` must be empty: the groups were fixed at Start. An
-  // INVALID_ARGUMENT request leaves the child waiting; any other outcome consumes it.
-  absl::StatusOr<pid_t> Exec(const SpawnRequest& request) &&;
-
- private:
-  PreparedChild(pid_t pid, UniqueFd control) : pid_(pid), control_(std::move(control)) {}
-  // Ends an unused child and reaps it.
-  void Discard();
-
-  pid_t pid_ = -1;
-  UniqueFd control_;
-};
 
 // The start time of a process in clock ticks since boot (/proc/<pid>/stat field 22);
 // 0 when it does not exist. Together with the pid it names a process uniquely.

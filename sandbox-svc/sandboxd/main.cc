@@ -2,7 +2,6 @@
 //
 //   parley-sandboxd --listen_fd=3 --workspace=/workspace --rlimit_nproc=256   (local)
 //   parley-sandboxd --listen=0.0.0.0:7080 --workspace=/workspace              (kubernetes)
-//   parley-sandboxd --launch_fd=3   (host side: launcher of a spare cgroup, see below)
 //
 // With --listen_fd the daemon accepts connections on an inherited listening socket and
 // hands each to gRPC; with --listen gRPC binds the address itself. The token, when
@@ -24,11 +23,9 @@
 #include <thread>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config.h"
 #include "sandbox-svc/sandboxd/service.h"
-#include "sandbox-svc/util/exec_order.h"
 
 #ifndef PARLEY_VERSION
 #define PARLEY_VERSION "0.0.0"
@@ -91,18 +88,6 @@ void AcceptLoop(int listen_fd, grpc::Server* server) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Launcher mode (host side, before anything else): a process parley-sandbox started in
-  // a sandbox's cgroups ahead of time, waiting for the bwrap command to exec
-  // (PreparedChild in provider/process.h). It never serves.
-  if (argc == 2 && absl::StartsWith(argv[1], "--launch_fd=")) {
-    int fd = -1;
-    if (!absl::SimpleAtoi(absl::string_view(argv[1]).substr(std::strlen("--launch_fd=")), &fd) ||
-        fd < 0) {
-      std::fprintf(stderr, "parley-sandboxd: bad %s\n", argv[1]);
-      return 2;
-    }
-    parley::sandbox::AwaitExecOrder(fd);
-  }
   // Not dumpable: processes of the sandbox user cannot ptrace the daemon or read its
   // memory, environment or fds through /proc.
   ::prctl(PR_SET_DUMPABLE, 0);

@@ -16,8 +16,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <filesystem>
-#include <map>
 #include <set>
 #include <thread>
 
@@ -362,79 +360,6 @@ TEST_F(Cgroups, DestroyingAPausedSandboxKillsItsFrozenProcesses) {
   ASSERT_TRUE(stack_->manager().Destroy(kTenant, sandbox.id()).ok());
   EXPECT_TRUE(ProcessesWithMarker(marker).empty());
   EXPECT_NE(::access(group.c_str(), F_OK), 0) << group << " survived the destroy";
-}
-
-TEST_F(Cgroups, OnV1ASpareGroupWithItsJoinedChildBecomesTheNextSandbox) {
-  // Proves the cold-create path that keeps the v1 join off it: a spare group holds a
-  // child that joined ahead of time; the next sandbox's bwrap is that very process
-  // (same pid), in the spare's groups renamed to the sandbox's id, with the sandbox's
-  // limits; and a new spare takes its place. v2 cannot rename groups, so no spares.
-  if (stack_->provider().CgroupMode() != "v1") GTEST_SKIP() << "spare groups are v1 only";
-  // Our parent group in each hierarchy, learned from a first sandbox's groups.
-  const sandbox_pb::Sandbox first = stack_->Create(kTenant);
-  std::map<std::string, std::string> parents;
-  for (const char* controller : {"memory", "pids", "cpu", "freezer"}) {
-    const std::string group = Group(first.id(), controller);
-    parents[controller] = group.substr(0, group.rfind('/'));
-  }
-  ASSERT_TRUE(stack_->manager().Destroy(kTenant, first.id()).ok());
-  // The spares of this process, by name, with their members (from the memory hierarchy).
-  const std::string prefix = absl::StrCat("spare_", ::getpid(), "_");
-  auto spares = [&]() {
-    std::map<std::string, std::set<int64_t>> found;
-    std::error_code error;
-    for (const auto& entry : std::filesystem::directory_iterator(parents["memory"], error)) {
-      const std::string name = entry.path().filename();
-      if (entry.is_directory() && absl::StartsWith(name, prefix)) {
-        found[name] = ProcessesIn(entry.path());
-      }
-    }
-    return found;
-  };
-  // Wait (bounded) for the spare thread to have a full stock, each spare with its child.
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  std::map<std::string, std::set<int64_t>> before = spares();
-  auto ready = [](const std::map<std::string, std::set<int64_t>>& stock) {
-    if (stock.size() < 2) return false;
-    for (const auto& [name, members] : stock) {
-      if (members.size() != 1) return false;
-    }
-    return true;
-  };
-  while (!ready(before) && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-    before = spares();
-  }
-  ASSERT_TRUE(ready(before)) << "no two spare groups with a joined child appeared";
-  std::set<int64_t> waiting_children;
-  for (const auto& [name, members] : before) waiting_children.insert(*members.begin());
-
-  const sandbox_pb::Sandbox sandbox = stack_->Create(kTenant);
-  int64_t bwrap = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(stack_->StateOf(sandbox.id())["bwrap_pid"], &bwrap));
-  EXPECT_TRUE(waiting_children.contains(bwrap))
-      << "bwrap " << bwrap << " is not one of the spares' children";
-  for (const auto& [controller, parent] : parents) {
-    EXPECT_EQ(CgroupDirOf(static_cast<pid_t>(bwrap), controller), parent + "/" + sandbox.id())
-        << controller;
-    EXPECT_EQ(CgroupDirOf(InitPid(sandbox.id()), controller), parent + "/" + sandbox.id())
-        << controller;
-  }
-  EXPECT_EQ(Trim(ReadText(Group(sandbox.id(), "memory") + "/memory.limit_in_bytes")),
-            absl::StrCat(kMemoryBytes));
-  EXPECT_EQ(Trim(ReadText(Group(sandbox.id(), "pids") + "/pids.max")), absl::StrCat(kMaxProcesses));
-  EXPECT_EQ(Trim(ReadText(Group(sandbox.id(), "cpu") + "/cpu.cfs_quota_us")), "50000");
-  // The used spare is gone under its old name, and the stock is refilled with a new one.
-  std::map<std::string, std::set<int64_t>> after = spares();
-  while (!(ready(after) && after != before) && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-    after = spares();
-  }
-  EXPECT_TRUE(ready(after));
-  size_t kept = 0;
-  for (const auto& [name, members] : after) kept += before.contains(name);
-  EXPECT_EQ(kept, before.size() - 1);
-  ASSERT_TRUE(stack_->manager().Destroy(kTenant, sandbox.id()).ok());
 }
 
 }  // namespace
