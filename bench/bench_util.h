@@ -1,6 +1,7 @@
 // Small measuring helpers the benchmarks share.
 //
 //   const absl::Duration before = ProcessCpu(pid);  ...  ProcessCpu(pid) - before
+//   ProcessTreeCpu(postmaster_pid)   // the same, summed over the live descendants too
 //   double p99 = Percentile(latencies_ms, 0.99);
 #pragma once
 
@@ -32,6 +33,16 @@ inline absl::Duration ProcessCpu(int64_t pid) {
     if (i == 15) stime = std::stoll(field);
   }
   return absl::Seconds(static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK));
+}
+
+// ProcessCpu of `pid` plus that of every live descendant (Postgres's backends are the
+// postmaster's children). A descendant that exited meanwhile is not counted, so measure
+// across a window in which the process tree stays the same (a connection pool's).
+inline absl::Duration ProcessTreeCpu(int64_t pid) {
+  absl::Duration total = ProcessCpu(pid);
+  std::ifstream children(absl::StrCat("/proc/", pid, "/task/", pid, "/children"));
+  for (int64_t child = 0; children >> child;) total += ProcessTreeCpu(child);
+  return total;
 }
 
 // The q-quantile (0..1) of `values` (nearest rank); 0 when empty.

@@ -11,10 +11,18 @@
 //     a short streamed reply) and times from the send to the first TextDelta the
 //     subscriber receives, then waits for the turn to seal before the next.
 //
+// Both unary paths also report the CPU each process spent per call (the bench itself,
+// store-svc, Postgres with its backends, the gateway, Redis: on a 2-core box the load
+// generator is part of the load), and the highest rate each path sustains (a short
+// search of 1 s probes: no failures, the offered rate achieved, p99 <= --sustain_p99).
+//
 //   gateway_bench --gateway_addr=... --store_addr=... --api_key=... --tenant=...
+//       [--store_pid=... --postgres_pid=... --gateway_pid=... --redis_pid=...]
 //   ... RESULT name=gateway rps=5000 direct_p99_ms=... gateway_p99_ms=... added_p99_ms=...
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <functional>
@@ -46,6 +54,60 @@ struct Config {
   absl::Duration round = absl::Seconds(2);
   int64_t rounds = 3;
   int64_t samples = 200;
+  // Processes whose CPU per call is reported; 0 = not measured. The postgres pid is the
+  // postmaster's: its backends are counted with it.
+  int64_t store_pid = 0, postgres_pid = 0, gateway_pid = 0, redis_pid = 0;
+  int64_t search_steps = 6;  // Probes per path of the max-rate search; 0 = no search.
+  absl::Duration sustain_p99 = absl::Milliseconds(5);  // The max-rate search's bound.
+};
+
+// CPU spent by each measured process over a window, per call made in it.
+class CpuMeter {
+ public:
+  explicit CpuMeter(const Config& config) {
+    processes_ = {{"bench", getpid(), false},
+                  {"store", config.store_pid, false},
+                  {"postgres", config.postgres_pid, true},
+                  {"gateway", config.gateway_pid, false},
+                  {"redis", config.redis_pid, false}};
+    std::erase_if(processes_, [](const Process& p) { return p.pid <= 0; });
+  }
+
+  std::vector<absl::Duration> Sample() const {
+    std::vector<absl::Duration> cpu;
+    for (const Process& p : processes_) {
+      cpu.push_back(p.tree ? ProcessTreeCpu(p.pid) : ProcessCpu(p.pid));
+    }
+    return cpu;
+  }
+
+  // "bench 41.2 store 80.3 ..." microseconds per call between two samples.
+  std::string PerCall(const std::vector<absl::Duration>& before,
+                      const std::vector<absl::Duration>& after, int64_t calls) const {
+    std::string out;
+    for (size_t i = 0; i < processes_.size(); ++i) {
+      absl::StrAppendFormat(&out, "%s%s %.1f", out.empty() ? "" : "  ", processes_[i].name,
+                            absl::ToDoubleMicroseconds(after[i] - before[i]) /
+                                static_cast<double>(std::max<int64_t>(calls, 1)));
+    }
+    return out;
+  }
+
+  // The total over every measured process, in microseconds per call.
+  static double TotalPerCall(const std::vector<absl::Duration>& before,
+                             const std::vector<absl::Duration>& after, int64_t calls) {
+    absl::Duration total;
+    for (size_t i = 0; i < before.size(); ++i) total += after[i] - before[i];
+    return absl::ToDoubleMicroseconds(total) / static_cast<double>(std::max<int64_t>(calls, 1));
+  }
+
+ private:
+  struct Process {
+    const char* name;
+    int64_t pid;
+    bool tree;
+  };
+  std::vector<Process> processes_;
 };
 
 // One side of the unary comparison: starts one GetSession and runs `done` when it ends.
@@ -55,6 +117,7 @@ struct Round {
   std::vector<double> latencies_ms;
   int64_t failures = 0;
   double achieved_rps = 0;
+  int64_t calls = 0;
 };
 
 // Sends `rate` calls per second for `duration`, open loop: call i is due at start + i /
@@ -85,7 +148,38 @@ Round RunPaced(const StartCall& start_call, int64_t rate, absl::Duration duratio
   }
   round.failures = failures.load() + (total - finished.load());
   round.achieved_rps = total / absl::ToDoubleSeconds(sending);
+  round.calls = total;
   return round;
+}
+
+// Whether a round kept up: nothing failed, the offered rate went out, and its p99 stayed
+// within `p99_bound_ms`.
+bool Sustained(const Round& round, int64_t rate, double p99_bound_ms) {
+  return round.failures == 0 && round.achieved_rps >= 0.97 * static_cast<double>(rate) &&
+         Percentile(round.latencies_ms, 0.99) <= p99_bound_ms;
+}
+
+// The highest rate seen sustained in `steps` probes of 1 s: doubling from `rate` while
+// sustained (halving while not), then bisecting between the best sustained and the
+// lowest failed rate. 0 when no probe was sustained.
+int64_t MaxSustainedRate(const char* label, const StartCall& start_call, int64_t rate,
+                         int64_t steps, double p99_bound_ms) {
+  int64_t good = 0, bad = 0;
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t probe = bad == 0    ? (good == 0 ? rate : 2 * good)
+                          : good == 0 ? bad / 2
+                                      : (good + bad) / 2;
+    if (probe < 1 || (good > 0 && bad > 0 && bad - good <= good / 50)) break;
+    const Round round = RunPaced(start_call, probe, absl::Seconds(1));
+    const bool sustained = Sustained(round, probe, p99_bound_ms);
+    std::fprintf(stderr, "max-rate %-7s %6lld/s: p99 %.3f ms, %.0f rps, %lld failed -> %s\n", label,
+                 static_cast<long long>(probe), Percentile(round.latencies_ms, 0.99),
+                 round.achieved_rps, static_cast<long long>(round.failures),
+                 sustained ? "sustained" : "not sustained");
+    (sustained ? good : bad) = probe;
+    absl::SleepFor(absl::Milliseconds(300));  // Let a backlog's aftermath settle.
+  }
+  return good;
 }
 
 template <typename Stub, typename Request, typename Response>
@@ -219,22 +313,41 @@ int Main(const Config& config) {
   // A warm-up round of each (connections, caches, the key), then alternating rounds.
   RunPaced(direct, config.rate, absl::Seconds(1));
   RunPaced(through_gateway, config.rate, absl::Seconds(1));
+  const CpuMeter meter(config);
   Round direct_all, gateway_all;
   double direct_rps = 0, gateway_rps = 0;
+  std::vector<absl::Duration> direct_cpu(meter.Sample().size()), gateway_cpu = direct_cpu;
   for (int64_t r = 0; r < config.rounds; ++r) {
     for (bool via_gateway : {false, true}) {
+      const std::vector<absl::Duration> before = meter.Sample();
       Round round = RunPaced(via_gateway ? through_gateway : direct, config.rate, config.round);
+      const std::vector<absl::Duration> after = meter.Sample();
+      std::vector<absl::Duration>& cpu = via_gateway ? gateway_cpu : direct_cpu;
+      for (size_t i = 0; i < cpu.size(); ++i) cpu[i] += after[i] - before[i];
       Round& all = via_gateway ? gateway_all : direct_all;
       all.latencies_ms.insert(all.latencies_ms.end(), round.latencies_ms.begin(),
                               round.latencies_ms.end());
       all.failures += round.failures;
+      all.calls += round.calls;
       (via_gateway ? gateway_rps : direct_rps) += round.achieved_rps / config.rounds;
-      std::fprintf(stderr, "round %lld %-7s p50 %.3f ms  p99 %.3f ms  failures %lld  %.0f rps\n",
+      std::fprintf(stderr,
+                   "round %lld %-7s p50 %.3f ms  p99 %.3f ms  failures %lld  %.0f rps  "
+                   "cpu us/call: %s\n",
                    static_cast<long long>(r), via_gateway ? "gateway" : "direct",
                    Percentile(round.latencies_ms, 0.5), Percentile(round.latencies_ms, 0.99),
-                   static_cast<long long>(round.failures), round.achieved_rps);
+                   static_cast<long long>(round.failures), round.achieved_rps,
+                   meter.PerCall(before, after, round.calls).c_str());
     }
   }
+  const std::vector<absl::Duration> zero(direct_cpu.size());
+  const double direct_cpu_us = CpuMeter::TotalPerCall(zero, direct_cpu, direct_all.calls);
+  const double gateway_cpu_us = CpuMeter::TotalPerCall(zero, gateway_cpu, gateway_all.calls);
+  const int64_t direct_max_rps =
+      MaxSustainedRate("direct", direct, config.rate, config.search_steps,
+                       absl::ToDoubleMilliseconds(config.sustain_p99));
+  const int64_t gateway_max_rps =
+      MaxSustainedRate("gateway", through_gateway, config.rate, config.search_steps,
+                       absl::ToDoubleMilliseconds(config.sustain_p99));
   const double direct_p50 = Percentile(direct_all.latencies_ms, 0.5);
   const double direct_p99 = Percentile(direct_all.latencies_ms, 0.99);
   const double gateway_p50 = Percentile(gateway_all.latencies_ms, 0.5);
@@ -284,6 +397,14 @@ int Main(const Config& config) {
               gateway_p50, gateway_p99, gateway_rps, static_cast<long long>(gateway_all.failures));
   std::printf("added p99: %.3f ms (goal <= 1 ms at 5,000 rps)\n", gateway_p99 - direct_p99);
   std::printf(
+      "CPU per call, us (all rounds): direct: %s\n                               gateway: %s\n",
+      meter.PerCall(zero, direct_cpu, direct_all.calls).c_str(),
+      meter.PerCall(zero, gateway_cpu, gateway_all.calls).c_str());
+  std::printf(
+      "highest rate sustained (p99 <= %.1f ms, 1 s probes): direct %lld/s, gateway %lld/s\n",
+      absl::ToDoubleMilliseconds(config.sustain_p99), static_cast<long long>(direct_max_rps),
+      static_cast<long long>(gateway_max_rps));
+  std::printf(
       "SendMessage -> first delta: p50 %.3f ms, p99 %.3f ms over %zu turns, %lld lost "
       "(goals p50 <= 3 ms, p99 <= 15 ms)\n",
       delta_p50, delta_p99, first_delta_ms.size(), static_cast<long long>(lost));
@@ -295,9 +416,11 @@ int Main(const Config& config) {
   std::printf(
       "RESULT name=gateway rps=%lld direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f "
       "gateway_p99_ms=%.3f added_p99_ms=%.3f first_delta_p50_ms=%.3f first_delta_p99_ms=%.3f "
+      "direct_max_rps=%lld gateway_max_rps=%lld direct_cpu_us=%.1f gateway_cpu_us=%.1f "
       "failures=%lld\n",
       static_cast<long long>(config.rate), direct_p50, direct_p99, gateway_p50, gateway_p99,
-      gateway_p99 - direct_p99, delta_p50, delta_p99,
+      gateway_p99 - direct_p99, delta_p50, delta_p99, static_cast<long long>(direct_max_rps),
+      static_cast<long long>(gateway_max_rps), direct_cpu_us, gateway_cpu_us,
       static_cast<long long>(direct_all.failures + gateway_all.failures + lost));
   return 0;
 }
@@ -318,6 +441,16 @@ int main(int argc, char** argv) {
   flags.Duration("round", &config.round, "length of each measured round");
   flags.Int("rounds", &config.rounds, "rounds of each path, alternating", 1, 100);
   flags.Int("samples", &config.samples, "SendMessage samples", 1, 100000);
+  flags.Int("store_pid", &config.store_pid, "parley-store's pid, for CPU per call (0: none)", 0,
+            1 << 30);
+  flags.Int("postgres_pid", &config.postgres_pid,
+            "the postmaster's pid, for CPU per call with its backends (0: none)", 0, 1 << 30);
+  flags.Int("gateway_pid", &config.gateway_pid, "parley-gateway's pid (0: none)", 0, 1 << 30);
+  flags.Int("redis_pid", &config.redis_pid, "redis-server's pid (0: none)", 0, 1 << 30);
+  flags.Int("search_steps", &config.search_steps,
+            "1 s probes per path in the highest-sustained-rate search (0: no search)", 0, 20);
+  flags.Duration("sustain_p99", &config.sustain_p99,
+                 "the p99 a rate must keep to count as sustained in that search");
   parley::ParseFlagsOrExit(flags, argc, argv, parley::ProcessEnvironment());
   return parley::bench::Main(config);
 }

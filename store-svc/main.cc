@@ -24,6 +24,9 @@ struct StoreConfig {
   std::string database_url = "postgresql://postgres@127.0.0.1:55432/parley";
   std::string redis_url = "redis://127.0.0.1:56379";
   int64_t db_pool_size = 16;
+  // Every call blocks a handler thread on Postgres, so as many calls can be in flight as
+  // there are pool connections: that many threads are kept rather than churned.
+  int64_t handler_idle_threads = 0;  // 0: db_pool_size
   // How long a call retries a lost Postgres before it answers UNAVAILABLE.
   absl::Duration db_retry_max_elapsed = absl::Seconds(20);
   bool persister = true;
@@ -98,6 +101,11 @@ int main(int argc, char** argv) {
                parley::ValidateRedisUrl);
   flags.Int("db_pool_size", &config.db_pool_size,
             "Postgres connections (and so concurrent queries) per process", 1, 512);
+  flags.Int("handler_idle_threads", &config.handler_idle_threads,
+            "gRPC handler threads kept waiting for calls, at most (more start under load; "
+            "below the calls in flight, a thread is created and ended per call); "
+            "0: --db_pool_size",
+            0, 1024);
   flags.Duration("db_retry_max_elapsed", &config.db_retry_max_elapsed,
                  "how long a call waits for a lost Postgres to return before it answers "
                  "UNAVAILABLE");
@@ -116,6 +124,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  server.sync_max_idle_threads = static_cast<int>(
+      config.handler_idle_threads > 0 ? config.handler_idle_threads : config.db_pool_size);
   parley::ServiceHost host("parley-store", server);
   absl::StatusOr<int> version = parley::store::SchemaVersion(config.database_url);
   parley::telemetry::Gauge& schema_version =

@@ -155,6 +155,9 @@ absl::Status ServiceHost::Start() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  if (options_.sync_max_idle_threads > 0) {
+    builder.SetSyncServerOption(grpc::ServerBuilder::MAX_POLLERS, options_.sync_max_idle_threads);
+  }
   builder.experimental().SetInterceptorCreators(grpc_telemetry_->ServerInterceptors());
   server_ = builder.BuildAndStart();
   if (!server_ || grpc_port_ == 0) {

@@ -68,6 +68,12 @@ struct ServerOptions {
   // even with no call open, without being told "too many pings".
   absl::Duration keepalive_time = absl::Seconds(20);
   absl::Duration keepalive_timeout = absl::Seconds(10);
+  // Services on gRPC's sync API (handlers that block): handler threads kept waiting for
+  // the next call, at most. gRPC starts a thread whenever every waiting one took a call
+  // and ends a thread that finishes a call while this many already wait, so a bound
+  // below the calls in flight creates and destroys a thread per call under load. 0
+  // keeps gRPC's default (2).
+  int sync_max_idle_threads = 0;
   // Sampling and OTLP export (the OTEL_* variables). Without an endpoint, sampled spans
   // go to debug log lines.
   telemetry::TracingConfig tracing;

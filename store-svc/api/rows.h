@@ -26,14 +26,15 @@ extern const char kSessionColumns[];
 extern const char kMessageColumns[];
 extern const char kTurnColumns[];
 extern const char kApiKeyColumns[];
-// How many columns kTurnColumns and kSessionColumns select, for queries that read more
-// after a turn or a session.
+// How many columns kTurnColumns, kSessionColumns and kMessageColumns select, for
+// queries that read more after a turn, a session or a message.
 inline constexpr int kTurnColumnCount = 16;
 // A claimed turn: its lease epoch, lease expiry, agent configuration and traceparent,
 // then kTurnColumns; ClaimedTurnFromRow reads them into a claim.
 extern const char kClaimedTurnColumns[];
 inline constexpr int kClaimedTurnColumnCount = 4 + kTurnColumnCount;
 inline constexpr int kSessionColumnCount = 16;
+inline constexpr int kMessageColumnCount = 7;
 
 // Readers start at column `offset` of the row (for queries that select more first).
 ::parley::v1::Session SessionFromRow(const pqxx::row& row, int offset = 0);

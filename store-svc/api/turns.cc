@@ -79,6 +79,43 @@ absl::Status CheckPrintableAscii(const std::string& key, const char* field) {
   return MessageFromRow(row[0]);
 }
 
+// A new queued turn with its user message, the session's counters updated to match: one
+// statement instead of three round trips. The turn takes the session's agent
+// configuration as it is now (the caller holds the session lock, so an UpdateSession
+// from now on changes only later turns); `queued_turns` is the session's new count.
+struct EnqueuedTurn {
+  ::parley::v1::Message message;
+  ::parley::v1::Turn turn;
+};
+EnqueuedTurn InsertQueuedTurn(pqxx::work& tx, const std::string& tenant_id,
+                              const ::parley::v1::Message& message, int64_t message_position,
+                              int64_t turn_position, int64_t queued_turns,
+                              const std::string& traceparent) {
+  ::parley::v1::Message parts;
+  *parts.mutable_parts() = message.parts();
+  // Data-modifying CTEs all run, whether or not the final SELECT reads them; they share
+  // one snapshot, so the turn's agent_config is the session row as locked.
+  static const std::string* const sql = new std::string(absl::StrCat(
+      "WITH message AS (INSERT INTO messages (session_id, position, id, tenant_id, turn_id, "
+      "  role, parts, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
+      "  NULLIF($8, '')) RETURNING ",
+      kMessageColumns,
+      "), turn AS (INSERT INTO turns (id, tenant_id, session_id, position, status, "
+      "  user_message_id, steered_position, agent_config, traceparent) "
+      "  VALUES ($5, $4, $1, $9, $10, $3, $2, (SELECT agent_config FROM sessions WHERE id = $1), "
+      "  $11) RETURNING ",
+      kTurnColumns,
+      "), counted AS (UPDATE sessions SET message_count = message_count + 1, "
+      "  turn_count = turn_count + 1, queued_turns = $12, "
+      "  waiting_since = coalesce(waiting_since, now()) WHERE id = $1) "
+      "SELECT message.*, turn.* FROM message, turn"));
+  pqxx::result row =
+      Exec(tx, *sql, message.session_id(), message_position, message.id(), tenant_id,
+           message.turn_id(), static_cast<int>(message.role()), ProtoToJson(parts),
+           message.idempotency_key(), turn_position, kQueued, traceparent, queued_turns);
+  return {MessageFromRow(row[0]), TurnFromRow(row[0], kMessageColumnCount)};
+}
+
 // The assistant and tool messages a lease holder commits (CompleteTurn, CommitTurnStep).
 absl::Status CheckTurnMessages(
     const google::protobuf::RepeatedPtrField<::parley::v1::Message>& messages,
@@ -461,24 +498,11 @@ Status StoreServiceImpl::EnqueueTurn(ServerContext*, const store_pb::EnqueueTurn
                r.session_id());
           return out;
         }
-        *out.mutable_message() =
-            InsertMessage(tx, request->tenant_id(), message, session.message_count + 1);
-        pqxx::result turn =
-            Exec(tx,
-                 // The turn keeps the configuration it was enqueued with (read under the
-                 // session lock): an UpdateSession from now on changes only later turns.
-                 absl::StrCat("INSERT INTO turns (id, tenant_id, session_id, position, status, "
-                              "user_message_id, steered_position, agent_config, traceparent) "
-                              "VALUES ($1, $2, $3, $4, $5, $6, $7, (SELECT agent_config FROM "
-                              "sessions WHERE id = $3), $8) RETURNING ",
-                              kTurnColumns),
-                 turn_id, request->tenant_id(), r.session_id(), session.turn_count + 1, kQueued,
-                 message.id(), session.message_count + 1, request->traceparent());
-        *out.mutable_turn() = TurnFromRow(turn[0]);
-        Exec(tx,
-             "UPDATE sessions SET message_count = message_count + 1, turn_count = turn_count + 1, "
-             "queued_turns = $2, waiting_since = coalesce(waiting_since, now()) WHERE id = $1",
-             r.session_id(), queued + 1);
+        EnqueuedTurn enqueued =
+            InsertQueuedTurn(tx, request->tenant_id(), message, session.message_count + 1,
+                             session.turn_count + 1, queued + 1, request->traceparent());
+        *out.mutable_message() = std::move(enqueued.message);
+        *out.mutable_turn() = std::move(enqueued.turn);
         if (claim_for_worker && queued == 0 && session.running_turn_id.empty()) {
           ClaimOnEnqueue(tx, request->claim(), turn_id, r.session_id(), &out);
         }

@@ -2,6 +2,7 @@
 // cursors, multitask policies, FIFO claims with at most one running turn per session,
 // leases with fencing epochs, recovery of expired leases, completion and cancel.
 #include <gmock/gmock.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -23,6 +24,10 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
+
+MATCHER_P(EqualsProto, expected, expected.ShortDebugString()) {
+  return google::protobuf::util::MessageDifferencer::Equals(arg, expected);
+}
 
 std::vector<std::string> Texts(const store_pb::ListMessagesResponse& page) {
   std::vector<std::string> texts;
@@ -200,6 +205,39 @@ TEST_F(Messages, ListLimitOver1000IsInvalidArgument) {
 }
 
 // ---- Enqueue ----
+
+// The message, the turn and the session's counters are written by one statement; what
+// the enqueue answers is what is stored, and the next enqueue counts on from it.
+TEST_F(Turns, EnqueueAnswersTheMessageAndTurnItStoredAndCountsOn) {
+  std::string session_id = CreateSession(kTenant).id();
+  auto first = Enqueue(session_id, "hello", "key-1");
+  auto second = Enqueue(session_id, "again");
+  ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
+
+  std::vector<v1::Message> messages = AllMessages(session_id);
+  std::vector<v1::Turn> turns = AllTurns(session_id);
+  ASSERT_EQ(messages.size(), 2u);
+  ASSERT_EQ(turns.size(), 2u);
+  EXPECT_THAT(messages[0], EqualsProto(first->message()));
+  EXPECT_THAT(messages[1], EqualsProto(second->message()));
+  EXPECT_EQ(first->message().idempotency_key(), "key-1");
+  EXPECT_EQ(first->message().parts(0).text(), "hello");
+  EXPECT_EQ(first->message().turn_id(), first->turn().id());
+  EXPECT_EQ(first->turn().user_message_id(), first->message().id());
+  EXPECT_EQ(first->turn().status(), v1::TURN_STATUS_QUEUED);
+  EXPECT_EQ(second->turn().user_message_id(), second->message().id());
+  for (const v1::Turn& turn : turns) {
+    EXPECT_THAT(turn,
+                EqualsProto(turn.id() == first->turn().id() ? first->turn() : second->turn()));
+  }
+
+  store_pb::GetSessionRequest get;
+  get.set_tenant_id(kTenant);
+  get.set_session_id(session_id);
+  auto session = Call(&Stub::GetSession, get);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ(session->queued_turns(), 2u);
+}
 
 TEST_F(Turns, EnqueueWithAKnownIdempotencyKeyReturnsTheFirstResult) {
   std::string session_id = CreateSession(kTenant).id();
