@@ -125,7 +125,6 @@ TEST_F(ChatBodyCapture, OptedInTheChatSpanCarriesRedactedBodiesCutAtTheLimit) {
   const std::string& request_body = attributes.at("parley.gen_ai.request.body");
   EXPECT_EQ(request_body.size(), kCaptureBytes);
   EXPECT_EQ(attributes.at("parley.gen_ai.request.body.truncated"), "true");
-  EXPECT_THAT(request_body, HasSubstr("\"model\":\"gpt-test\""));
   EXPECT_THAT(request_body, HasSubstr("my key is [REDACTED] xxx"));
   const std::string& response_body = attributes.at("parley.gen_ai.response.body");
   EXPECT_EQ(attributes.at("parley.gen_ai.response.body.truncated"), "false");

@@ -69,18 +69,21 @@ class PrometheusScrape : public SessionFixture {
     ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1, .gateway = true, .sandbox = true}));
   }
 
+  // Each service's job name (as Prometheus scrapes it) and admin port.
+  std::vector<std::pair<std::string, int>> AdminPorts() {
+    return {{"parley-store", store_process().admin_port()},
+            {"parley-session", replica(0).admin_port()},
+            {"parley-sandbox", sandbox_process()->admin_port()},
+            {"parley-gateway", gateway()->admin_port()}};
+  }
+
   void StartPrometheus() {
     const std::string dir = TestTempDir() + "/prometheus";
     ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
     std::string config = absl::StrCat(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n", "rule_files:\n  - ",
         SourcePath("helm/parley/files/prometheus/parley-rules.yaml"), "\nscrape_configs:\n");
-    const std::vector<std::pair<std::string, int>> jobs = {
-        {"parley-store", store_process().admin_port()},
-        {"parley-session", replica(0).admin_port()},
-        {"parley-sandbox", sandbox_process()->admin_port()},
-        {"parley-gateway", gateway()->admin_port()}};
-    for (const auto& [job, port] : jobs) {
+    for (const auto& [job, port] : AdminPorts()) {
       absl::StrAppend(&config, "  - job_name: ", job, "\n    static_configs:\n",
                       "      - targets: ['127.0.0.1:", port, "']\n");
     }
@@ -234,12 +237,7 @@ TEST_F(PrometheusScrape, NoServiceHasAnIdInAnyLabel) {
   ASSERT_FALSE(HasFailure());
   ASSERT_GE(ids.size(), 5u) << "session, three turns, a tool call";
 
-  const std::vector<std::pair<std::string, int>> services = {
-      {"parley-store", store_process().admin_port()},
-      {"parley-session", replica(0).admin_port()},
-      {"parley-sandbox", sandbox_process()->admin_port()},
-      {"parley-gateway", gateway()->admin_port()}};
-  for (const auto& [service, port] : services) {
+  for (const auto& [service, port] : AdminPorts()) {
     auto page = HttpGet(port, "/metrics");
     ASSERT_TRUE(page.ok() && page->first == 200) << service;
     const std::vector<std::string> values = MetricLabelValues(page->second);
