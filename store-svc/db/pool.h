@@ -109,8 +109,12 @@ class PgPool {
   static std::unique_ptr<Metrics> MakeMetrics(telemetry::Registry* registry, int size);
 
   absl::Status RunWithRetries(const std::function<absl::Status(pqxx::connection&)>& body);
+  // Takes a slot (waiting while none is free) and an idle connection, or opens one. The
+  // slot is the caller's even when opening throws: every Acquire is matched by exactly one
+  // Release, of nullptr when there is no usable connection to give back.
   std::unique_ptr<pqxx::connection> Acquire();
   void Release(std::unique_ptr<pqxx::connection> connection);
+  // Sets the usage gauges from the counts.
   void PublishUsage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The latency series of the operation that called from `caller`.
   telemetry::Histogram& QuerySeconds(const std::source_location& caller);
