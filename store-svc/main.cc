@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
   parley::store::PgPool::Options pool_options{.url = config.database_url,
                                               .size = static_cast<int>(config.db_pool_size)};
   pool_options.retry.max_elapsed = config.db_retry_max_elapsed;
-  parley::store::PgPool pool(pool_options, parley::RealClock::Get());
+  parley::store::PgPool pool(pool_options, parley::RealClock::Get(), &host.registry());
   parley::store::StoreServiceImpl store(pool, parley::store::StoreLimits{});
   host.AddService(&store);
   PostgresProbe postgres(config.database_url);

@@ -9,14 +9,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "telemetry/tracer.h"
 
 namespace parley::telemetry {
 namespace {
-
-constexpr absl::string_view kRedacted = "[REDACTED]";
 
 absl::string_view LevelName(LogLevel level) {
   switch (level) {
@@ -75,6 +74,12 @@ constexpr CredentialShape kCredentialShapes[] = {
 constexpr absl::string_view kBearer = "Bearer ";
 
 }  // namespace
+
+std::string RedactSecret(absl::string_view text, absl::string_view secret) {
+  std::string out(text);
+  if (!secret.empty()) absl::StrReplaceAll({{secret, kRedacted}}, &out);
+  return RedactCredentials(out);
+}
 
 std::string RedactCredentials(absl::string_view text) {
   std::string out;

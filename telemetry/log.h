@@ -33,6 +33,9 @@ enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
 
 absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view text);
 
+// What every redacted credential becomes, in logs, errors and captured bodies alike.
+inline constexpr absl::string_view kRedacted = "[REDACTED]";
+
 // A credential. Logging it prints "[REDACTED]".
 struct Secret {
   std::string value;
@@ -122,5 +125,11 @@ bool IsSensitiveKey(absl::string_view key);
 // [A-Za-z0-9_-] that starts at a word boundary and is long enough to be a key, so prose
 // that merely mentions "sk-" or "pk_" is left alone.
 std::string RedactCredentials(absl::string_view text);
+
+// `text` with `secret` — a key the caller holds, e.g. the provider key of the request
+// whose answer `text` is — replaced wherever it occurs (an error body may echo it), then
+// every credential-shaped token (RedactCredentials). The one redaction of text that may
+// hold a key the caller knows.
+std::string RedactSecret(absl::string_view text, absl::string_view secret);
 
 }  // namespace parley::telemetry

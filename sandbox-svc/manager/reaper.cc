@@ -40,6 +40,9 @@ Reaper::Reaper(const ManagerOptions& options, const TemplateSet& templates, Life
                                       "Sandboxes on this replica by state", {"state"});
     pool_gauge_ = &registry->AddGauge("parley_sandbox_pool_ready",
                                       "Warm sandboxes ready per template", {"template"});
+    pool_target_gauge_ =
+        &registry->AddGauge("parley_sandbox_pool_target",
+                            "Warm sandboxes each template's pool is kept at", {"template"});
     expired_total_ = &registry->AddCounter("parley_sandbox_expired_total", "TTL and idle expiries",
                                            {"reason", "action"});
   }
@@ -151,6 +154,7 @@ void Reaper::UpdateGauges() {
   }
   for (const auto& [name, config] : templates_.by_name) {
     pool_gauge_->WithLabels({name}).Set(table_->PoolReady(name));
+    pool_target_gauge_->WithLabels({name}).Set(config.proto.warm_pool_target());
   }
 }
 

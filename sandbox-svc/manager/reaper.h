@@ -62,6 +62,7 @@ class Reaper {
   const telemetry::Logger* const logger_;
   telemetry::GaugeFamily* live_gauge_ = nullptr;
   telemetry::GaugeFamily* pool_gauge_ = nullptr;
+  telemetry::GaugeFamily* pool_target_gauge_ = nullptr;
   telemetry::CounterFamily* expired_total_ = nullptr;
 
   absl::Mutex mu_;

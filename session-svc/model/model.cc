@@ -45,7 +45,7 @@ ProviderError TransportError(absl::string_view what, bool retryable) {
 
 namespace {
 
-constexpr char kRedacted[] = "[REDACTED]";
+using telemetry::kRedacted;
 
 // A header or JSON field name that says its value is a credential: authorization,
 // x-api-key, api-key, x-goog-api-key, proxy-authorization, cookie, ...
@@ -60,7 +60,7 @@ void RedactJsonFields(nlohmann::ordered_json& value) {
   if (value.is_object()) {
     for (auto& [key, item] : value.items()) {
       if (IsCredentialName(key) && !item.is_object() && !item.is_array()) {
-        item = kRedacted;
+        item = std::string(kRedacted);
       } else {
         RedactJsonFields(item);
       }
@@ -99,9 +99,7 @@ std::string RedactJson(absl::string_view text) {
 // credential-shaped tokens redacted, then cut to `max_bytes` on a UTF-8 boundary.
 std::string CaptureText(absl::string_view text, const std::string& secret, size_t max_bytes,
                         bool& truncated) {
-  std::string out = RedactJson(text);
-  if (!secret.empty()) absl::StrReplaceAll({{secret, kRedacted}}, &out);
-  out = telemetry::RedactCredentials(out);
+  std::string out = telemetry::RedactSecret(RedactJson(text), secret);
   truncated = out.size() > max_bytes;
   if (truncated) {
     size_t cut = max_bytes;

@@ -8,11 +8,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "common/status.h"
 #include "session-svc/model/anthropic.h"
 #include "session-svc/model/openai.h"
+#include "telemetry/log.h"
 
 namespace parley::session::model {
 namespace {
@@ -153,12 +153,6 @@ absl::Status CheckModelAllowed(const ProviderConfig& config, const std::string& 
                                            absl::StrJoin(config.models, ", "), ")"));
 }
 
-std::string Redact(std::string text, const std::string& secret) {
-  if (secret.empty()) return text;
-  absl::StrReplaceAll({{secret, "[redacted]"}}, &text);
-  return text;
-}
-
 void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
   SseParser parser(step.on_event);
   bool malformed = false;
@@ -198,8 +192,8 @@ void RunSseStep(const SseStep& step, StepSink& sink, StepOutcome& outcome) {
   }
   if (outcome.error) {
     // Both go out: the message with the failed turn, the reason with RetryScheduled.
-    outcome.error->message = Redact(outcome.error->message, step.secret);
-    outcome.error->reason = Redact(outcome.error->reason, step.secret);
+    outcome.error->message = telemetry::RedactSecret(outcome.error->message, step.secret);
+    outcome.error->reason = telemetry::RedactSecret(outcome.error->reason, step.secret);
   }
 }
 

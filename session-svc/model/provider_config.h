@@ -56,8 +56,6 @@ std::unique_ptr<ModelProvider> MakeProvider(ProviderConfig config);
 
 // Shared by the HTTP providers: `model` against the allowed list.
 absl::Status CheckModelAllowed(const ProviderConfig& config, const std::string& model);
-// `text` with every occurrence of the secret replaced (error bodies may echo headers).
-std::string Redact(std::string text, const std::string& secret);
 
 // One streamed step over HTTP and SSE, as both wire formats run it: POST `post`, feed
 // the 2xx body's events to `on_event` (false stops), flush the sink after each read.

@@ -45,7 +45,62 @@ std::string PreparedName(pqxx::connection_base& connection, const std::string& s
   return name;
 }
 
-PgPool::PgPool(Options options, Clock& clock) : options_(std::move(options)), clock_(clock) {}
+std::string OperationName(absl::string_view function_name) {
+  absl::string_view name = function_name.substr(0, function_name.find('('));
+  size_t qualifier = name.find_last_of(": ");
+  if (qualifier != absl::string_view::npos) name.remove_prefix(qualifier + 1);
+  return name.empty() ? "unknown" : std::string(name);
+}
+
+PgPool::PgPool(Options options, Clock& clock, telemetry::Registry* registry)
+    : options_(std::move(options)), clock_(clock), metrics_(MakeMetrics(registry, options_.size)) {}
+
+std::unique_ptr<PgPool::Metrics> PgPool::MakeMetrics(telemetry::Registry* registry, int size) {
+  if (registry == nullptr) return nullptr;
+  registry->AddGauge("parley_store_db_pool_size", "Postgres connections the pool may open.")
+      .WithLabels({})
+      .Set(size);
+  telemetry::GaugeFamily& connections =
+      registry->AddGauge("parley_store_db_pool_connections",
+                         "Open Postgres connections, by state (in_use, idle).", {"state"});
+  return std::make_unique<Metrics>(Metrics{
+      .query_seconds = registry->AddHistogram(
+          "parley_store_query_seconds",
+          "Time of one database operation (waiting for a connection, its statements and "
+          "retries), by operation: the StoreService method or the shared query that ran it.",
+          {"operation"}),
+      .wait_seconds = registry
+                          ->AddHistogram("parley_store_db_pool_wait_seconds",
+                                         "Time a call waited for a free connection.", {})
+                          .WithLabels({}),
+      .in_use = connections.WithLabels({"in_use"}),
+      .idle = connections.WithLabels({"idle"}),
+      .waiting = registry
+                     ->AddGauge("parley_store_db_pool_waiting",
+                                "Calls waiting for a free connection (the pool is exhausted).")
+                     .WithLabels({}),
+  });
+}
+
+void PgPool::PublishUsage() {
+  if (!metrics_) return;
+  metrics_->in_use.Set(open_ - static_cast<int>(idle_.size()));
+  metrics_->idle.Set(static_cast<double>(idle_.size()));
+  metrics_->waiting.Set(waiting_);
+}
+
+telemetry::Histogram& PgPool::QuerySeconds(const std::source_location& caller) {
+  const char* key = caller.function_name();
+  {
+    absl::ReaderMutexLock lock(&series_mu_);
+    auto it = series_.find(key);
+    if (it != series_.end()) return *it->second;
+  }
+  telemetry::Histogram& series = metrics_->query_seconds.WithLabels({OperationName(key)});
+  absl::MutexLock lock(&series_mu_);
+  series_.emplace(key, &series);
+  return series;
+}
 
 std::unique_ptr<pqxx::connection> PgPool::Acquire() {
   {
@@ -53,21 +108,29 @@ std::unique_ptr<pqxx::connection> PgPool::Acquire() {
     auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !idle_.empty() || open_ < options_.size;
     };
-    mu_.Await(absl::Condition(&available));
+    if (!available()) {
+      absl::Time start = absl::Now();
+      ++waiting_;
+      PublishUsage();
+      mu_.Await(absl::Condition(&available));
+      --waiting_;
+      if (metrics_) metrics_->wait_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    } else if (metrics_) {
+      metrics_->wait_seconds.Observe(0);
+    }
     if (!idle_.empty()) {
       std::unique_ptr<pqxx::connection> connection = std::move(idle_.back());
       idle_.pop_back();
+      PublishUsage();
       return connection;
     }
     ++open_;
+    PublishUsage();
   }
-  try {
-    return std::make_unique<pqxx::connection>(options_.url);
-  } catch (...) {
-    absl::MutexLock lock(&mu_);
-    --open_;
-    throw;
-  }
+  // Should this throw, the slot stays counted until the caller's Release(nullptr) gives it
+  // back (giving it back here too counted every failed connect twice, and the pool then
+  // opened more connections than its size once Postgres returned).
+  return std::make_unique<pqxx::connection>(options_.url);
 }
 
 void PgPool::Release(std::unique_ptr<pqxx::connection> connection) {
@@ -77,9 +140,18 @@ void PgPool::Release(std::unique_ptr<pqxx::connection> connection) {
   } else {
     --open_;
   }
+  PublishUsage();
 }
 
-absl::Status PgPool::Run(const std::function<absl::Status(pqxx::connection&)>& body) {
+absl::Status PgPool::Run(const std::function<absl::Status(pqxx::connection&)>& body,
+                         std::source_location caller) {
+  absl::Time start = absl::Now();
+  absl::Status status = RunWithRetries(body);
+  if (metrics_) QuerySeconds(caller).Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  return status;
+}
+
+absl::Status PgPool::RunWithRetries(const std::function<absl::Status(pqxx::connection&)>& body) {
   // Only failures of the database itself are retried, never a status the body chose
   // to return (an ABORTED version mismatch must reach the caller).
   bool transient = false;

@@ -8,7 +8,6 @@
 
 #include <atomic>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <thread>
 
 #include "absl/strings/str_split.h"
@@ -211,24 +210,6 @@ TEST_F(TracePropagationTest, TraceIdReachesTheLogAndTheDownstreamCall) {
   EXPECT_TRUE(client_span_found) << gateway_->Output();
 }
 
-// Every label value of a Prometheus text page.
-std::vector<std::string> LabelValues(const std::string& metrics) {
-  static const std::regex kLabel(R"re([a-zA-Z_][a-zA-Z0-9_]*="((?:[^"\\]|\\.)*)")re");
-  std::vector<std::string> values;
-  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
-    if (line.empty() || line.front() == '#') continue;
-    const size_t open = line.find('{');
-    const size_t close = line.rfind('}');
-    if (open == absl::string_view::npos || close == absl::string_view::npos) continue;
-    const std::string labels(line.substr(open + 1, close - open - 1));
-    for (auto it = std::sregex_iterator(labels.begin(), labels.end(), kLabel);
-         it != std::sregex_iterator(); ++it) {
-      values.push_back((*it)[1]);
-    }
-  }
-  return values;
-}
-
 // Proves: ids that calls carry (session ids, trace and span ids, the tenant, the API
 // key) never become metric labels, where each distinct value would be a new series.
 // Making sure ids were there to leak: the calls reached the gateway's handlers (the
@@ -261,13 +242,12 @@ TEST_F(TracePropagationTest, MetricsCarryNoIdInAnyLabel) {
   });
   ASSERT_TRUE(counted) << metrics;
 
-  static const std::regex kIdShape("[a-z]+_[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{16,}");
-  for (const std::string& value : LabelValues(metrics)) {
+  for (const std::string& value : MetricLabelValues(metrics)) {
     for (const std::string& id : ids) {
       EXPECT_EQ(value.find(id), std::string::npos)
           << "label value \"" << value << "\" holds " << id;
     }
-    EXPECT_FALSE(std::regex_search(value, kIdShape)) << "label value looks like an id: " << value;
+    EXPECT_FALSE(HoldsIdShape(value)) << "label value looks like an id: " << value;
   }
 }
 

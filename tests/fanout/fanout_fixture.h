@@ -171,12 +171,8 @@ class FanoutFixture : public ::testing::Test {
 
   // The value of the sample `series` (name and labels as /metrics prints them); 0 if absent.
   static int64_t Sample(const telemetry::Registry& registry, const std::string& series) {
-    const std::string line_start = "\n" + series + " ";  // Not the # HELP line's mention.
-    const std::string text = "\n" + registry.RenderText();
-    const size_t at = text.find(line_start);
-    if (at == std::string::npos) return 0;
-    const size_t value = at + line_start.size();
-    return std::stoll(text.substr(value, text.find('\n', value) - value));
+    return static_cast<int64_t>(
+        parley::testing::MetricSample(registry.RenderText(), series).value_or(0));
   }
 
   // `options.key_prefix` is filled in with the test's.

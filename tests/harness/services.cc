@@ -23,6 +23,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/ids.h"
 #include "common/redis_cluster.h"
@@ -387,6 +388,37 @@ bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition, abs
     if (absl::Now() > deadline) return false;
     absl::SleepFor(poll);
   }
+}
+
+std::optional<double> MetricSample(const std::string& metrics_text, const std::string& series) {
+  const std::string line_start = "\n" + series + " ";  // Not the # HELP line's mention.
+  const std::string text = "\n" + metrics_text;
+  const size_t at = text.find(line_start);
+  if (at == std::string::npos) return std::nullopt;
+  const size_t value = at + line_start.size();
+  return std::stod(text.substr(value, text.find('\n', value) - value));
+}
+
+std::vector<std::string> MetricLabelValues(const std::string& metrics_text) {
+  static const std::regex kLabel(R"re([a-zA-Z_][a-zA-Z0-9_]*="((?:[^"\\]|\\.)*)")re");
+  std::vector<std::string> values;
+  for (absl::string_view line : absl::StrSplit(metrics_text, '\n')) {
+    if (line.empty() || line.front() == '#') continue;
+    const size_t open = line.find('{');
+    const size_t close = line.rfind('}');
+    if (open == absl::string_view::npos || close == absl::string_view::npos) continue;
+    const std::string labels(line.substr(open + 1, close - open - 1));
+    for (auto it = std::sregex_iterator(labels.begin(), labels.end(), kLabel);
+         it != std::sregex_iterator(); ++it) {
+      values.push_back((*it)[1]);
+    }
+  }
+  return values;
+}
+
+bool HoldsIdShape(const std::string& text) {
+  static const std::regex kIdShape("[a-z]+_[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{16,}");
+  return std::regex_search(text, kIdShape);
 }
 
 absl::StatusOr<CommandResult> RunCommand(const ProcessOptions& options, absl::Duration timeout) {

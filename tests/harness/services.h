@@ -228,6 +228,18 @@ class ServiceProcess {
 bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition,
              absl::Duration poll = absl::Milliseconds(20));
 
+// The value of the sample `series` (name and labels exactly as the Prometheus text
+// format prints them, e.g. `parley_turns_total{finish_reason="stop"}`) in `metrics_text`;
+// nullopt when it is absent.
+std::optional<double> MetricSample(const std::string& metrics_text, const std::string& series);
+
+// Every label value of the samples of a Prometheus text page.
+std::vector<std::string> MetricLabelValues(const std::string& metrics_text);
+
+// Whether `text` holds something shaped like an id: a Parley id (`ses_` and a ULID) or a
+// run of 16 or more hex digits (trace and span ids).
+bool HoldsIdShape(const std::string& text);
+
 // Issues an HTTP/1.1 GET to 127.0.0.1:port; returns status code and body.
 absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path);
 

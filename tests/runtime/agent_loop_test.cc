@@ -15,12 +15,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "tests/runtime/fake_model_server.h"
+#include "tests/runtime/fake_openai.h"
 #include "tests/session/session_fixture.h"
 
 namespace parley::session::testing {
 namespace {
 
 namespace sandbox_pb = ::parley::sandbox::v1;
+using ::parley::testing::FakeOpenAiProvidersFile;
+using ::parley::testing::OpenAiAnswer;
 
 // The events of `turn_id` with payload `kind`.
 std::vector<v1::Event> OfKind(const std::vector<v1::Event>& events, const std::string& turn_id,
@@ -71,32 +74,6 @@ class AgentLoop : public SessionFixture {
     EXPECT_TRUE(events.ok()) << events.status();
     if (!turn.ok() || !events.ok()) return {};
     return {*turn, *events};
-  }
-
-  // A providers file naming `base_url` as the OpenAI-compatible provider "fake-openai",
-  // whose key is in the replica's FAKE_MODEL_KEY.
-  static std::string FakeOpenAiProvidersFile(const std::string& base_url) {
-    const std::string path = parley::testing::TestTempDir() + "/providers.json";
-    std::ofstream out(path);
-    out << nlohmann::json{{"providers",
-                           {{{"name", "fake-openai"},
-                             {"kind", "openai"},
-                             {"base_url", base_url},
-                             {"api_key_env", "FAKE_MODEL_KEY"},
-                             {"default_model", "gpt-test"}}}}}
-               .dump();
-    return path;
-  }
-
-  // A streamed OpenAI chat completion answering `text`.
-  static parley::testing::FakeResponse OpenAiAnswer(const std::string& text) {
-    auto data = [](const nlohmann::json& chunk) { return "data: " + chunk.dump() + "\n\n"; };
-    return {.chunks = {data({{"choices", {{{"index", 0}, {"delta", {{"content", text}}}}}}}),
-                       data({{"choices",
-                              {{{"index", 0},
-                                {"delta", nlohmann::json::object()},
-                                {"finish_reason", "stop"}}}}}),
-                       "data: [DONE]\n\n"}};
   }
 
   // How many `sleep 600` processes run in `sandbox_id`, as a line ("2\n").
@@ -710,7 +687,7 @@ TEST_F(AgentLoop, AConfiguredOpenAiProviderRunsAToolTurnAndItsKeyStaysSecret) {
   Ran refused = RunTurn(session, "again");
   EXPECT_EQ(refused.turn.status(), v1::TURN_STATUS_FAILED);
   EXPECT_EQ(refused.turn.error().status_code(), 401);
-  EXPECT_TRUE(absl::StrContains(refused.turn.error().message(), "[redacted]"))
+  EXPECT_TRUE(absl::StrContains(refused.turn.error().message(), "[REDACTED]"))
       << refused.turn.error().message();
 
   for (const v1::Event& event : refused.events) {
@@ -875,7 +852,7 @@ TEST_F(AgentLoop, AConfiguredAnthropicProviderSendsSignedThinkingBackWithTheTool
   EXPECT_EQ(failed.turn.status(), v1::TURN_STATUS_FAILED);
   EXPECT_EQ(TextOf(failed.events, failed.turn.id()), "Partial ");
   EXPECT_EQ((*server)->requests().size(), 3u) << "no retry after output";
-  EXPECT_TRUE(absl::StrContains(failed.turn.error().message(), "[redacted]"))
+  EXPECT_TRUE(absl::StrContains(failed.turn.error().message(), "[REDACTED]"))
       << failed.turn.error().message();
   for (const v1::Event& e : failed.events) {
     EXPECT_FALSE(absl::StrContains(e.SerializeAsString(), kKey)) << e.DebugString();

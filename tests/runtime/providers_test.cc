@@ -281,7 +281,7 @@ TEST_F(Providers, TheKeyNeverAppearsInAnError) {
   ASSERT_TRUE(outcome.error);
   EXPECT_FALSE(outcome.error->retryable);
   EXPECT_FALSE(absl::StrContains(outcome.error->message, kKey)) << outcome.error->message;
-  EXPECT_TRUE(absl::StrContains(outcome.error->message, "[redacted]")) << outcome.error->message;
+  EXPECT_TRUE(absl::StrContains(outcome.error->message, "[REDACTED]")) << outcome.error->message;
 }
 
 // A server that echoes the key inside the stream (an error event after content): the

@@ -28,8 +28,8 @@ class StoreFixture : public ::testing::Test {
     telemetry::Logger logger("test", telemetry::LogLevel::kError);
     auto version = Migrate(db_->url(), BuiltinMigrations(), logger);
     ASSERT_TRUE(version.ok()) << version.status();
-    pool_ =
-        std::make_unique<PgPool>(PgPool::Options{.url = db_->url(), .size = 8}, RealClock::Get());
+    pool_ = std::make_unique<PgPool>(PgPool::Options{.url = db_->url(), .size = 8},
+                                     RealClock::Get(), &registry_);
     service_ = std::make_unique<StoreServiceImpl>(*pool_, limits_);
     grpc::ServerBuilder builder;
     int port = 0;
@@ -49,6 +49,8 @@ class StoreFixture : public ::testing::Test {
   v1::StoreService::Stub* stub() { return stub_.get(); }
   const std::string& database_url() const { return db_->url(); }
   PgPool& pool() { return *pool_; }
+  // The pool's metrics.
+  const telemetry::Registry& registry() const { return registry_; }
 
   // Creates tenant `tenant_id` (idempotent).
   void CreateTenant(const std::string& tenant_id) {
@@ -78,6 +80,7 @@ class StoreFixture : public ::testing::Test {
 
  private:
   std::unique_ptr<parley::testing::TestDatabase> db_;
+  telemetry::Registry registry_;  // Outlives the pool.
   std::unique_ptr<PgPool> pool_;
   std::unique_ptr<StoreServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
