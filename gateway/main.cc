@@ -20,6 +20,7 @@ namespace {
 struct GatewayConfig {
   std::string session_addr = "127.0.0.1:7071";
   std::string sandbox_addr = "127.0.0.1:7072";
+  std::string sandbox_replica_address_template;
   std::string store_addr = "127.0.0.1:7073";
   std::string redis_url = "redis://127.0.0.1:56379";
   std::string bootstrap_api_key;
@@ -92,7 +93,10 @@ int main(int argc, char** argv) {
   parley::AddServerFlags(flags, &server);
   flags.HostPort("session_addr", &config.session_addr, "session-svc address (any replica)");
   flags.HostPort("sandbox_addr", &config.sandbox_addr,
-                 "sandbox-svc address (any replica): SandboxService calls go there");
+                 "sandbox-svc address (any replica): acquiring a session's sandbox goes there");
+  flags.String("sandbox_replica_address_template", &config.sandbox_replica_address_template,
+               "address of sandbox-svc replica {replica}, where calls for its sandboxes go, e.g. "
+               "parley-sandbox-{replica}.parley-sandbox-headless:7003 (empty: --sandbox_addr)");
   flags.HostPort("store_addr", &config.store_addr, "store-svc address");
   flags.String("redis_url", &config.redis_url, "Redis for session event fan-out",
                parley::ValidateRedisUrl);
@@ -177,12 +181,22 @@ int main(int argc, char** argv) {
       store, config.downstream_timeout, hub, &idempotency, &revalidator);
   parley::gateway::ApiKeyApi api_keys(limited, store, config.downstream_timeout, &idempotency);
   parley::gateway::AdminApi admin(limited, store, config.downstream_timeout, &idempotency);
-  parley::gateway::SandboxApi sandboxes(
-      limited, {.store = store,
-                .sandbox = parley::sandbox::v1::SandboxManager::NewStub(
-                    host.grpc_telemetry().CreateChannel(config.sandbox_addr)),
-                .unary_timeout = config.downstream_timeout,
-                .idempotency = &idempotency});
+  absl::StatusOr<std::unique_ptr<parley::sandbox::SandboxReplicas>> sandbox_replicas =
+      parley::sandbox::SandboxReplicas::Create(
+          {.service_address = config.sandbox_addr,
+           .replica_address_template = config.sandbox_replica_address_template},
+          [&host](const std::string& address) {
+            return host.grpc_telemetry().CreateChannel(address);
+          });
+  if (!sandbox_replicas.ok()) {
+    host.logger().Error("bad sandbox-svc address",
+                        {{"error", sandbox_replicas.status().ToString()}});
+    return 2;
+  }
+  parley::gateway::SandboxApi sandboxes(limited, {.store = store,
+                                                  .sandbox = *std::move(sandbox_replicas),
+                                                  .unary_timeout = config.downstream_timeout,
+                                                  .idempotency = &idempotency});
   host.AddService(&sessions);
   host.AddService(&sandboxes);
   host.AddService(&api_keys);

@@ -14,7 +14,10 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/server/service_host.h"
+#include "sandbox-svc/api/placement.h"
 #include "sandbox-svc/api/service.h"
+#include "sandbox-svc/client/replicas.h"
+#include "sandbox-svc/contract/sandbox_id.h"
 #include "sandbox-svc/manager/manager.h"
 #include "sandbox-svc/manager/state_store.h"
 #include "sandbox-svc/manager/templates.h"
@@ -42,6 +45,10 @@ struct SandboxConfig {
   std::string kube_owner;  // Empty: the id kept in state_dir/kube_owner.
   int64_t kube_sandboxd_port = 7080;
   std::string kube_sandboxd_path = "/usr/local/bin/parley-sandboxd";
+  // Scale-out (sandbox-svc/README.md, "Replicas"): empty replica = a single instance.
+  std::string replica;
+  std::string replica_address_template;
+  int64_t max_replicas = 1;
 };
 
 std::string DefaultDaemonPath() {
@@ -107,7 +114,7 @@ int main(int argc, char** argv) {
   flags.String("templates", &config.templates,
                "path of the sandbox template file (empty: built-in defaults)");
   flags.String("state_dir", &config.state_dir,
-               "sandbox records, workspaces and sockets (at most 67 bytes: Unix socket paths)",
+               "sandbox records, workspaces and sockets (at most 61 bytes: Unix socket paths)",
                parley::ValidateNonEmpty);
   flags.String("sandboxd_path", &config.sandboxd_path, "the parley-sandboxd binary",
                parley::ValidateNonEmpty);
@@ -144,6 +151,15 @@ int main(int argc, char** argv) {
             65535);
   flags.String("kube_sandboxd_path", &config.kube_sandboxd_path,
                "path of parley-sandboxd inside sandbox images", parley::ValidateNonEmpty);
+  flags.String("replica", &config.replica,
+               "this replica's ordinal, or its StatefulSet Pod name ending in it "
+               "(parley-sandbox-2); empty: a single instance");
+  flags.String("replica_address_template", &config.replica_address_template,
+               "address of replica {replica} for AcquireForSession's lookups among peers, e.g. "
+               "parley-sandbox-{replica}.parley-sandbox-headless:7003 (needs --replica)");
+  flags.Int("max_replicas", &config.max_replicas,
+            "replicas that may exist (the autoscaler's maximum): peers are ordinals below it", 1,
+            parley::sandbox::kMaxReplicaOrdinal + 1);
   const parley::Environment env = parley::ProcessEnvironment();
   parley::ParseFlagsOrExit(flags, argc, argv, env);
   parley::ParseTracingEnvOrExit(env, &server);
@@ -159,12 +175,50 @@ int main(int argc, char** argv) {
                  "both ends\n";
     return 2;
   }
+  std::optional<uint32_t> replica;
+  if (!config.replica.empty()) {
+    absl::StatusOr<uint32_t> ordinal = parley::sandbox::ParseReplicaOrdinal(config.replica);
+    if (!ordinal.ok()) {
+      std::cerr << "parley-sandbox: --replica: " << ordinal.status().message() << "\n";
+      return 2;
+    }
+    replica = *ordinal;
+    if (!config.replica_address_template.empty() && *replica >= config.max_replicas) {
+      std::cerr << "parley-sandbox: --replica " << *replica << " is not below --max_replicas "
+                << config.max_replicas << ": its peers would not know it\n";
+      return 2;
+    }
+  } else if (!config.replica_address_template.empty()) {
+    std::cerr << "parley-sandbox: --replica_address_template needs --replica\n";
+    return 2;
+  }
   if (config.reap_interval <= absl::ZeroDuration()) {
     std::cerr << "parley-sandbox: --reap_interval must be positive\n";
     return 2;
   }
 
   parley::ServiceHost host("parley-sandbox", server);
+  // Peers, for AcquireForSession's lookups: only with a replica and an address template.
+  std::unique_ptr<parley::sandbox::SandboxReplicas> peers;
+  std::unique_ptr<parley::sandbox::SessionPlacement> placement;
+  if (replica && !config.replica_address_template.empty()) {
+    absl::StatusOr<std::unique_ptr<parley::sandbox::SandboxReplicas>> created =
+        parley::sandbox::SandboxReplicas::Create(
+            {.replica_address_template = config.replica_address_template},
+            [&host](const std::string& address) {
+              return host.grpc_telemetry().CreateChannel(address);
+            });
+    if (!created.ok()) {
+      host.logger().Error("bad --replica_address_template",
+                          {{"error", created.status().ToString()}});
+      return 2;
+    }
+    peers = *std::move(created);
+    placement = std::make_unique<parley::sandbox::SessionPlacement>(
+        parley::sandbox::SessionPlacement::Options{
+            .self = *replica, .max_replicas = static_cast<uint32_t>(config.max_replicas)},
+        peers.get());
+  }
   if (absl::Status s = PrepareStateDir(config.state_dir); !s.ok()) {
     host.logger().Error("cannot use the state dir", {{"error", s.ToString()}});
     return 1;
@@ -230,6 +284,7 @@ int main(int argc, char** argv) {
   options.max_sandboxes_per_tenant = static_cast<int>(config.max_sandboxes_per_tenant);
   options.reap_interval = config.reap_interval;
   options.destroyed_retention = config.destroyed_retention;
+  options.replica = replica;
   parley::sandbox::SandboxManager manager(options, *std::move(templates), providers, &store,
                                           parley::RealClock::Get(), &host.logger(),
                                           &host.registry());
@@ -237,8 +292,10 @@ int main(int argc, char** argv) {
     host.logger().Error("cannot recover sandbox state", {{"error", s.ToString()}});
     return 1;
   }
-  parley::sandbox::SandboxManagerService service(&manager,
-                                                 static_cast<int>(config.lifecycle_threads));
+  host.logger().Info("replica", {{"replica", replica ? absl::StrCat(*replica) : "none"},
+                                 {"peers", placement ? config.max_replicas - 1 : 0}});
+  parley::sandbox::SandboxManagerService service(
+      &manager, static_cast<int>(config.lifecycle_threads), placement.get());
   host.AddService(&service);
   int exit_code = host.Run();
   // Tenant sandboxes outlive us (the next start adopts them); warm ones are released.

@@ -27,6 +27,7 @@ namespace {
 struct SessionConfig {
   std::string store_addr = "127.0.0.1:7073";
   std::string sandbox_addr = "127.0.0.1:7072";
+  std::string sandbox_replica_address_template;
   std::string redis_url = "redis://127.0.0.1:56379";
   std::string redis_key_prefix;
   std::string worker_id;
@@ -62,7 +63,11 @@ int main(int argc, char** argv) {
                       "Session routing: turn queue, leases with fencing, the agent loop.");
   parley::AddServerFlags(flags, &server);
   flags.HostPort("store_addr", &config.store_addr, "store-svc address");
-  flags.HostPort("sandbox_addr", &config.sandbox_addr, "sandbox-svc address");
+  flags.HostPort("sandbox_addr", &config.sandbox_addr,
+                 "sandbox-svc address (any replica): acquiring a session's sandbox goes there");
+  flags.String("sandbox_replica_address_template", &config.sandbox_replica_address_template,
+               "address of sandbox-svc replica {replica}, where calls for its sandboxes go, e.g. "
+               "parley-sandbox-{replica}.parley-sandbox-headless:7003 (empty: --sandbox_addr)");
   flags.String("redis_url", &config.redis_url, "Redis for session event streams and leases",
                parley::ValidateRedisUrl);
   flags.String("redis_key_prefix", &config.redis_key_prefix,
@@ -115,8 +120,17 @@ int main(int argc, char** argv) {
   parley::ServiceHost host("parley-session", server);
   auto store = parley::store::v1::StoreService::NewStub(
       host.grpc_telemetry().CreateChannel(config.store_addr));
-  auto sandbox = parley::sandbox::v1::SandboxManager::NewStub(
-      host.grpc_telemetry().CreateChannel(config.sandbox_addr));
+  absl::StatusOr<std::unique_ptr<parley::sandbox::SandboxReplicas>> sandbox =
+      parley::sandbox::SandboxReplicas::Create(
+          {.service_address = config.sandbox_addr,
+           .replica_address_template = config.sandbox_replica_address_template},
+          [&host](const std::string& address) {
+            return host.grpc_telemetry().CreateChannel(address);
+          });
+  if (!sandbox.ok()) {
+    std::fprintf(stderr, "parley-session: %s\n", std::string(sandbox.status().message()).c_str());
+    return 2;
+  }
 
   namespace model = parley::session::model;
   model::ProviderRegistry providers("scripted");
@@ -148,7 +162,7 @@ int main(int argc, char** argv) {
        .tracer = &host.tracer(),
        .metrics = &turn_metrics,
        .capture_model_bodies_bytes = static_cast<size_t>(config.capture_model_bodies_bytes)},
-      providers, *store, sandbox.get(), parley::RealClock::Get());
+      providers, *store, sandbox->get(), parley::RealClock::Get());
   parley::session::Signals signals({.redis = redis, .key_prefix = config.redis_key_prefix},
                                    host.logger());
   const parley::session::ExecutorOptions executor_options{
@@ -171,7 +185,7 @@ int main(int argc, char** argv) {
             executor_options, *store, runner, parley::RealClock::Get(), host.logger());
       },
       host.logger(), host.registry());
-  parley::session::RouterService router(*store, sandbox.get(), signals, scheduler, redis,
+  parley::session::RouterService router(*store, sandbox->get(), signals, scheduler, redis,
                                         config.redis_key_prefix, config.worker_id, host.logger());
   host.AddService(&router);
 

@@ -120,7 +120,8 @@ bool ServiceHost::ProbeDependencies() {
 void ServiceHost::PublishServingStatus(bool dependencies_up) {
   absl::MutexLock lock(&status_mu_);
   const bool serving = dependencies_up && !draining_;
-  server_->GetHealthCheckService()->SetServingStatus(serving);
+  // Only "" follows the dependencies: SetServingStatus(bool) would also flip kLivenessService.
+  server_->GetHealthCheckService()->SetServingStatus("", serving);
   admin_->SetReady(serving);
 }
 
@@ -165,6 +166,9 @@ absl::Status ServiceHost::Start() {
     admin_.reset();
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", options_.grpc_addr));
   }
+  // Liveness answers SERVING until the server stops (gRPC's health service then turns every
+  // name NOT_SERVING): a Postgres outage must not get a healthy process restarted.
+  server_->GetHealthCheckService()->SetServingStatus(kLivenessService, true);
   // Mark every dependency up first, so one that is down at start logs "dependency down".
   for (Dependency& dependency : dependencies_) dependency.ok = true;
   PublishServingStatus(ProbeDependencies());

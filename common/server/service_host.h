@@ -19,6 +19,11 @@
 //
 //   host.AddDependency("postgres", [&] { return probe.Check(); });
 //
+// Two gRPC health names: "" is readiness (the rules above; Kubernetes' readiness probe),
+// and kLivenessService ("liveness") is SERVING for as long as the process serves gRPC,
+// whatever its dependencies do and through the drain (Kubernetes' liveness probe: a
+// restart cannot bring Postgres back, so an outage must not restart healthy Pods).
+//
 // Shutdown: on SIGTERM or SIGINT the health status turns NOT_SERVING and /readyz 503,
 // the server stops accepting calls, in-flight calls get up to `drain_timeout` to finish
 // (then they are cancelled), and Run() returns 0.
@@ -52,6 +57,9 @@
 #include "telemetry/tracer.h"
 
 namespace parley {
+
+// The gRPC health service name that reports the process alive, not its dependencies.
+inline constexpr char kLivenessService[] = "liveness";
 
 struct ServerOptions {
   std::string grpc_addr = "127.0.0.1:0";

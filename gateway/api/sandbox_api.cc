@@ -90,7 +90,8 @@ class SandboxCall {
   }
 
   const std::string& tenant_id() const { return tenant_id_; }
-  SandboxAsync* sandbox() const { return downstream_.sandbox->async(); }
+  // The replica that owns the located sandbox (set before Locate's `done` runs with an id).
+  SandboxAsync* sandbox() const { return owner_->async(); }
   const SandboxApi::Downstream& downstream() const { return downstream_; }
 
   grpc::CallbackServerContext* const context_;
@@ -125,11 +126,15 @@ class SandboxCall {
     acquire_.set_tenant_id(tenant_id_);
     acquire_.set_session_id(session_id_);
     acquire_.set_template_(session_.session().agent_config().sandbox_template());
-    sandbox()->AcquireForSession(&acquire_context_, &acquire_, &acquired_,
-                                 [this](grpc::Status status) {
-                                   if (!status.ok()) return located_(FromGrpcStatus(status));
-                                   located_(acquired_.sandbox().id());
-                                 });
+    downstream_.sandbox->Any().async()->AcquireForSession(
+        &acquire_context_, &acquire_, &acquired_, [this](grpc::Status status) {
+          if (!status.ok()) return located_(FromGrpcStatus(status));
+          absl::StatusOr<sandbox::SandboxReplicas::Stub*> owner =
+              downstream_.sandbox->ForSandbox(acquired_.sandbox().id());
+          if (!owner.ok()) return located_(owner.status());
+          owner_ = *owner;
+          located_(acquired_.sandbox().id());
+        });
   }
 
  private:
@@ -144,6 +149,7 @@ class SandboxCall {
   grpc::ClientContext acquire_context_;
   sandbox_pb::AcquireForSessionRequest acquire_;
   sandbox_pb::AcquireForSessionResponse acquired_;
+  sandbox::SandboxReplicas::Stub* owner_ = nullptr;
 };
 
 // ---------------------------------------------------------------------------------

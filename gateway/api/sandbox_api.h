@@ -6,9 +6,10 @@
 // store-svc GetSession in the caller's tenant (another tenant's session is NOT_FOUND,
 // like one that does not exist; a closed one FAILED_PRECONDITION SESSION_CLOSED) and
 // sandbox-svc AcquireForSession (the session's live sandbox, resumed if paused, or a new
-// one from the session's sandbox_template) — and then forwards the operation to
-// sandbox-svc with the caller's tenant and that sandbox's id. The agent loop acquires
-// the same sandbox the same way, so a file written here is what the model's tools see.
+// one from the session's sandbox_template; any replica) — and then forwards the operation
+// to the sandbox-svc replica that owns that sandbox, with the caller's tenant and its id. The agent
+// loop acquires the same sandbox the same way, so a file written here is what the model's tools
+// see.
 //
 // Streams are relayed one message at a time: the next message is read from one side
 // only when the previous one was written to the other, so a slow reader of Exec slows
@@ -39,6 +40,7 @@
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "parley/store/v1/store.grpc.pb.h"
 #include "parley/v1/parley.grpc.pb.h"
+#include "sandbox-svc/client/replicas.h"
 
 namespace parley::gateway {
 
@@ -46,7 +48,8 @@ class SandboxApi final : public v1::SandboxService::CallbackService {
  public:
   struct Downstream {
     std::shared_ptr<store::v1::StoreService::StubInterface> store;
-    std::shared_ptr<sandbox::v1::SandboxManager::StubInterface> sandbox;
+    // AcquireForSession goes to any replica, the operation to the sandbox's owner.
+    std::shared_ptr<sandbox::SandboxReplicas> sandbox;
     // Cap on the deadline of the lookups and of ListFiles/StatFile.
     absl::Duration unary_timeout = absl::Seconds(30);
     // Cap on the deadline of Exec, ReadFile and WriteFile (an Exec may run for an hour).

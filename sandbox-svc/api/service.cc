@@ -48,8 +48,9 @@ grpc::ServerUnaryReactor* ChangeOnPool(SandboxManager& manager, ThreadPool& pool
 
 }  // namespace
 
-SandboxManagerService::SandboxManagerService(SandboxManager* manager, int lifecycle_threads)
-    : manager_(manager), pool_(lifecycle_threads) {}
+SandboxManagerService::SandboxManagerService(SandboxManager* manager, int lifecycle_threads,
+                                             SessionPlacement* placement)
+    : manager_(manager), placement_(placement), pool_(lifecycle_threads) {}
 
 // ---------------------------------------------------------------------------------
 // Templates and reads (inline)
@@ -84,9 +85,29 @@ grpc::ServerUnaryReactor* SandboxManagerService::ListSandboxes(
     grpc::CallbackServerContext* context, const sandbox_pb::ListSandboxesRequest* request,
     sandbox_pb::ListSandboxesResponse* response) {
   if (absl::Status s = ValidateCall(*request); !s.ok()) return FinishNow(context, s);
-  absl::StatusOr<sandbox_pb::ListSandboxesResponse> result = manager_->List(*request);
-  if (result.ok()) *response = *std::move(result);
-  return FinishNow(context, result.status());
+  const bool elsewhere = placement_ != nullptr && !request->session_id().empty() &&
+                         !SessionPlacement::WasPlaced(*context) &&
+                         !HoldsSession(request->tenant_id(), request->session_id());
+  if (!elsewhere) {
+    absl::StatusOr<sandbox_pb::ListSandboxesResponse> result = manager_->List(*request);
+    if (result.ok()) *response = *std::move(result);
+    return FinishNow(context, result.status());
+  }
+  // A session's sandboxes are listed where its live one is (session-svc releases them
+  // on close this way); the lookup blocks, so it runs on the pool.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Time deadline = absl::FromChrono(context->deadline());
+  pool_.Schedule([this, reactor, request, response, deadline] {
+    std::optional<SessionPlacement::Held> holder = SessionPlacement::Earliest(
+        placement_->FindHolders(request->tenant_id(), request->session_id()));
+    absl::StatusOr<sandbox_pb::ListSandboxesResponse> result =
+        holder ? placement_->Forward(holder->replica, &SandboxReplicas::Stub::ListSandboxes,
+                                     *request, deadline)
+               : manager_->List(*request);
+    if (result.ok()) *response = *std::move(result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+  });
+  return reactor;
 }
 
 // ---------------------------------------------------------------------------------
@@ -105,16 +126,57 @@ grpc::ServerUnaryReactor* SandboxManagerService::AcquireForSession(
     sandbox_pb::AcquireForSessionResponse* response) {
   if (absl::Status s = ValidateCall(*request); !s.ok()) return FinishNow(context, s);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_.Schedule([this, reactor, request, response] {
-    absl::StatusOr<SandboxManager::Acquired> result = manager_->AcquireForSession(*request);
-    if (result.ok()) {
-      *response->mutable_sandbox() = std::move(result->sandbox);
-      response->set_created(result->created);
-      response->set_resumed(result->resumed);
-    }
+  const bool placed = SessionPlacement::WasPlaced(*context);
+  const absl::Time deadline = absl::FromChrono(context->deadline());
+  pool_.Schedule([this, reactor, request, response, placed, deadline] {
+    absl::StatusOr<sandbox_pb::AcquireForSessionResponse> result =
+        Acquire(*request, placed, deadline);
+    if (result.ok()) *response = *std::move(result);
     reactor->Finish(ToGrpcStatus(result.status()));
   });
   return reactor;
+}
+
+absl::StatusOr<sandbox_pb::AcquireForSessionResponse> SandboxManagerService::Acquire(
+    const sandbox_pb::AcquireForSessionRequest& request, bool placed, absl::Time deadline) {
+  if (placement_ == nullptr) return AcquireHere(request);
+  if (!placed && !HoldsSession(request.tenant_id(), request.session_id())) {
+    std::optional<SessionPlacement::Held> holder = SessionPlacement::Earliest(
+        placement_->FindHolders(request.tenant_id(), request.session_id()));
+    if (holder)
+      return placement_->Forward(holder->replica, &SandboxReplicas::Stub::AcquireForSession,
+                                 request, deadline);
+  }
+  absl::StatusOr<sandbox_pb::AcquireForSessionResponse> here = AcquireHere(request);
+  if (!here.ok() || !here->created()) return here;
+  // Another replica may have created one for the session at the same moment: the one
+  // minted first stays, the other is destroyed, and both callers get the first.
+  std::optional<SessionPlacement::Held> earlier = SessionPlacement::Earliest(
+      placement_->FindHolders(request.tenant_id(), request.session_id()), here->sandbox().id());
+  if (!earlier) return here;
+  // A failed destroy leaves it to its idle timeout; the caller still gets the kept one.
+  (void)manager_->Destroy(request.tenant_id(), here->sandbox().id());
+  return placement_->Forward(earlier->replica, &SandboxReplicas::Stub::AcquireForSession, request,
+                             deadline);
+}
+
+absl::StatusOr<sandbox_pb::AcquireForSessionResponse> SandboxManagerService::AcquireHere(
+    const sandbox_pb::AcquireForSessionRequest& request) {
+  absl::StatusOr<SandboxManager::Acquired> result = manager_->AcquireForSession(request);
+  if (!result.ok()) return result.status();
+  sandbox_pb::AcquireForSessionResponse response;
+  *response.mutable_sandbox() = std::move(result->sandbox);
+  response.set_created(result->created);
+  response.set_resumed(result->resumed);
+  return response;
+}
+
+bool SandboxManagerService::HoldsSession(const std::string& tenant_id,
+                                         const std::string& session_id) {
+  sandbox_pb::ListSandboxesRequest live = SessionPlacement::LiveSandboxesOf(tenant_id, session_id);
+  live.set_page_size(1);
+  absl::StatusOr<sandbox_pb::ListSandboxesResponse> listed = manager_->List(live);
+  return listed.ok() && listed->sandboxes_size() > 0;
 }
 
 grpc::ServerUnaryReactor* SandboxManagerService::PauseSandbox(

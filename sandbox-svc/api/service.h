@@ -8,12 +8,18 @@
 // provider (create, acquire, pause, resume, destroy) run on a fixed worker pool so gRPC's
 // callback threads never block. Exec and file calls go to the proxies (proxy.h), which
 // forward the embedded daemon request whole and relay the daemon's answers unchanged.
+//
+// With several replicas (`placement` given), AcquireForSession finds the replica that
+// holds the session's sandbox and forwards the call there (placement.h); every other
+// call is for this replica's own sandboxes, and one for another replica's id is refused
+// with SANDBOX_WRONG_REPLICA naming the owner (the manager's lookup).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
 #include "common/thread_pool.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
+#include "sandbox-svc/api/placement.h"
 #include "sandbox-svc/api/proxy.h"
 #include "sandbox-svc/manager/manager.h"
 
@@ -21,7 +27,9 @@ namespace parley::sandbox {
 
 class SandboxManagerService final : public ::parley::sandbox::v1::SandboxManager::CallbackService {
  public:
-  SandboxManagerService(SandboxManager* manager, int lifecycle_threads);
+  // `placement`: null for a single instance; else it must outlive the service.
+  SandboxManagerService(SandboxManager* manager, int lifecycle_threads,
+                        SessionPlacement* placement = nullptr);
 
   grpc::ServerUnaryReactor* ListTemplates(
       grpc::CallbackServerContext* context,
@@ -59,13 +67,13 @@ class SandboxManagerService final : public ::parley::sandbox::v1::SandboxManager
       const ::parley::sandbox::v1::DestroySandboxRequest* request,
       ::parley::sandbox::v1::DestroySandboxResponse* response) override;
 
-  grpc::ServerWriteReactor< ::parley::sandboxd::v1::ExecResponse>* Exec(
+  grpc::ServerWriteReactor<::parley::sandboxd::v1::ExecResponse>* Exec(
       grpc::CallbackServerContext* context,
       const ::parley::sandbox::v1::ExecRequest* request) override;
-  grpc::ServerWriteReactor< ::parley::sandboxd::v1::ReadFileResponse>* ReadFile(
+  grpc::ServerWriteReactor<::parley::sandboxd::v1::ReadFileResponse>* ReadFile(
       grpc::CallbackServerContext* context,
       const ::parley::sandbox::v1::ReadFileRequest* request) override;
-  grpc::ServerReadReactor< ::parley::sandbox::v1::WriteFileRequest>* WriteFile(
+  grpc::ServerReadReactor<::parley::sandbox::v1::WriteFileRequest>* WriteFile(
       grpc::CallbackServerContext* context,
       ::parley::sandboxd::v1::WriteFileResponse* response) override;
   grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context,
@@ -82,7 +90,19 @@ class SandboxManagerService final : public ::parley::sandbox::v1::SandboxManager
                                    ::parley::sandboxd::v1::RemoveResponse* response) override;
 
  private:
+  // AcquireForSession on the worker pool: here, or on the peer that holds the session's
+  // sandbox. `placed`: the call was forwarded by a peer.
+  absl::StatusOr<::parley::sandbox::v1::AcquireForSessionResponse> Acquire(
+      const ::parley::sandbox::v1::AcquireForSessionRequest& request, bool placed,
+      absl::Time deadline);
+  // Acquires on this replica.
+  absl::StatusOr<::parley::sandbox::v1::AcquireForSessionResponse> AcquireHere(
+      const ::parley::sandbox::v1::AcquireForSessionRequest& request);
+  // Whether this replica holds a live sandbox of the session.
+  bool HoldsSession(const std::string& tenant_id, const std::string& session_id);
+
   SandboxManager* manager_;
+  SessionPlacement* const placement_;
   // Declared before the pool it refers to (it only keeps the reference), so it is
   // destroyed after it: the pool's destructor runs the queued tasks, which use it.
   ProxyContext proxies_{*manager_, pool_};

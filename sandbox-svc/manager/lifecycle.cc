@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/proto_time.h"
+#include "sandbox-svc/contract/sandbox_id.h"
 
 namespace parley::sandbox {
 
@@ -88,7 +89,7 @@ absl::StatusOr<sandbox_pb::Sandbox> Lifecycle::ColdCreate(const TemplateConfig& 
   const absl::Time now = clock_.Now();
   SandboxRecord record;
   sandbox_pb::Sandbox& proto = record.sandbox;
-  proto.set_id(ids_.Next("sbx"));
+  proto.set_id(SandboxIdForReplica(ids_.Next("sbx"), options_.replica));
   if (!pooled) {
     proto.set_tenant_id(terms.tenant_id);
     proto.set_session_id(terms.session_id);

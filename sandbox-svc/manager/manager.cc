@@ -9,6 +9,7 @@
 #include "common/proto_time.h"
 #include "common/status.h"
 #include "sandbox-svc/contract/list_cursor.h"
+#include "sandbox-svc/contract/sandbox_id.h"
 #include "sandbox-svc/manager/recovery.h"
 
 namespace parley::sandbox {
@@ -235,8 +236,14 @@ absl::StatusOr<std::shared_ptr<Sandbox>> SandboxManager::FindOrNotFound(
     const std::string& tenant_id, const std::string& sandbox_id) {
   std::shared_ptr<Sandbox> sandbox = table_.Find(sandbox_id);
   // Another tenant's sandbox and a warm one behave exactly like a missing one.
-  if (sandbox == nullptr || !sandbox->BelongsTo(tenant_id)) return SandboxNotFound(sandbox_id);
-  return sandbox;
+  if (sandbox != nullptr && sandbox->BelongsTo(tenant_id)) return sandbox;
+  // Valid ids only reach here (api/ checks the target), so an owner that does not parse
+  // cannot be another replica's.
+  absl::StatusOr<std::optional<uint32_t>> owner = SandboxIdOwner(sandbox_id);
+  if (options_.replica && owner.ok() && owner->has_value() && **owner != *options_.replica) {
+    return SandboxOnAnotherReplica(sandbox_id, **owner, *options_.replica);
+  }
+  return SandboxNotFound(sandbox_id);
 }
 
 absl::StatusOr<sandbox_pb::Sandbox> SandboxManager::Get(const std::string& tenant_id,

@@ -17,6 +17,16 @@ absl::Status SandboxNotFound(const std::string& sandbox_id) {
   return status;
 }
 
+absl::Status SandboxOnAnotherReplica(const std::string& sandbox_id, uint32_t owner, uint32_t self) {
+  absl::Status status = absl::FailedPreconditionError(
+      absl::StrCat("sandbox \"", sandbox_id, "\" belongs to sandbox-svc replica ", owner,
+                   ", not to this one (replica ", self, "): send calls for it to replica ", owner,
+                   " (SandboxReplicas routes by id)"));
+  SetErrorInfo(status, "SANDBOX_WRONG_REPLICA",
+               {{"owner_replica", absl::StrCat(owner)}, {"replica", absl::StrCat(self)}});
+  return status;
+}
+
 absl::Status SandboxGone(const sandbox_pb::Sandbox& sandbox) {
   absl::Status status = absl::FailedPreconditionError(absl::StrCat(
       "sandbox ", sandbox.id(), " is ", sandbox_pb::SandboxState_Name(sandbox.state()),

@@ -45,6 +45,9 @@ struct SandboxTerms {
 
 // NOT_FOUND "SANDBOX_NOT_FOUND": also what another tenant's or a warm sandbox looks like.
 absl::Status SandboxNotFound(const std::string& sandbox_id);
+// FAILED_PRECONDITION "SANDBOX_WRONG_REPLICA": `sandbox_id` is replica `owner`'s, and this
+// is replica `self`. The message and ErrorInfo name the owner.
+absl::Status SandboxOnAnotherReplica(const std::string& sandbox_id, uint32_t owner, uint32_t self);
 // FAILED_PRECONDITION "SANDBOX_GONE" naming the sandbox's state and why it is in it.
 absl::Status SandboxGone(const ::parley::sandbox::v1::Sandbox& sandbox);
 // CREATING, READY and PAUSED: what quotas count.

@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "sandbox-svc/contract/sandbox_id.h"
 #include "sandbox-svc/provider/process.h"
 
 namespace parley::sandbox {
@@ -34,7 +35,7 @@ namespace {
 
 constexpr const char* kSandboxHome = "/workspace";
 constexpr const char* kDaemonInSandbox = "/.parley/sandboxd";
-constexpr size_t kIdLength = 30;  // "sbx_" + 26.
+constexpr size_t kIdLength = kMaxSandboxIdLength;  // "sbx_r9999_" + 26.
 
 // /etc entries a Debian userland needs (copied into the sandboxes' /etc snapshot);
 // everything else of the host's /etc stays out.
@@ -261,10 +262,10 @@ absl::Status BwrapProvider::Init() {
     CopyWorldReadable(absl::StrCat("/etc/", entry), target, 0);
     if (::access(target.c_str(), F_OK) != 0) std::ofstream(target).flush();
   }
-  cgroups_ = DetectCgroups(
-      options_.use_cgroups,
-      absl::StrFormat("%08x", static_cast<uint32_t>(std::hash<std::string>{}(dir))),
-      &cgroup_report_);
+  cgroups_ =
+      DetectCgroups(options_.use_cgroups,
+                    absl::StrFormat("%08x", static_cast<uint32_t>(std::hash<std::string>{}(dir))),
+                    &cgroup_report_);
   return absl::OkStatus();
 }
 

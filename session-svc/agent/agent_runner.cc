@@ -585,7 +585,7 @@ absl::StatusOr<RunOutcome> TurnLoop::RunSteps() {
 }
 
 AgentRunner::AgentRunner(AgentOptions options, const model::ProviderRegistry& providers,
-                         StoreStub& store, tools::SandboxStub* sandbox, Clock& clock)
+                         StoreStub& store, tools::SandboxReplicas* sandbox, Clock& clock)
     : options_(std::move(options)),
       providers_(providers),
       store_(store),

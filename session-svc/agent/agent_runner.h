@@ -8,7 +8,7 @@
 // duration, max output tokens), a cancel, or an error. Each finished step is committed
 // (TurnOutput::EndStep) before the next begins.
 //
-//   AgentRunner runner(options, providers, store, &sandbox_stub, RealClock::Get());
+//   AgentRunner runner(options, providers, store, &sandbox_replicas, RealClock::Get());
 //   TurnExecutor executor(executor_options, store, runner, clock, logger);
 //
 // Failed model requests are retried (429, 5xx, resets) with capped exponential backoff
@@ -68,7 +68,7 @@ class AgentRunner final : public TurnRunner {
   // `providers`, `store`, `sandbox` (may be null: sandbox tools then fail the turn) and
   // `clock` must outlive the runner.
   AgentRunner(AgentOptions options, const model::ProviderRegistry& providers, StoreStub& store,
-              tools::SandboxStub* sandbox, Clock& clock);
+              tools::SandboxReplicas* sandbox, Clock& clock);
 
   absl::StatusOr<RunOutcome> Run(const TurnInput& input, TurnOutput& output) override;
   std::string ModelName(const v1::AgentConfig& config) const override;
@@ -78,7 +78,7 @@ class AgentRunner final : public TurnRunner {
   const AgentOptions options_;
   const model::ProviderRegistry& providers_;
   StoreStub& store_;
-  tools::SandboxStub* sandbox_;
+  tools::SandboxReplicas* sandbox_;
   Clock& clock_;
 };
 

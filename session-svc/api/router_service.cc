@@ -20,8 +20,8 @@ absl::Status CheckRequired(absl::string_view value, absl::string_view field) {
 
 }  // namespace
 
-RouterService::RouterService(StoreStub& store, sandbox::v1::SandboxManager::StubInterface* sandbox,
-                             Signals& signals, Scheduler& scheduler, RedisEndpoint redis,
+RouterService::RouterService(StoreStub& store, sandbox::SandboxReplicas* sandbox, Signals& signals,
+                             Scheduler& scheduler, RedisEndpoint redis,
                              std::string redis_key_prefix, std::string owner,
                              const telemetry::Logger& logger)
     : store_(store),
@@ -141,7 +141,8 @@ void RouterService::ReleaseSandboxes(const std::string& tenant_id, const std::st
   sandbox::v1::ListSandboxesResponse sandboxes;
   grpc::ClientContext list_context;
   list_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  grpc::Status listed = sandbox_->ListSandboxes(&list_context, list, &sandboxes);
+  // Any replica: the one holding the session's sandbox answers (sandbox-svc forwards).
+  grpc::Status listed = sandbox_->Any().ListSandboxes(&list_context, list, &sandboxes);
   if (!listed.ok()) {
     // The sandbox's own idle timeout and TTL still reap it.
     logger_.Warn("could not list the closed session's sandboxes",
@@ -155,7 +156,9 @@ void RouterService::ReleaseSandboxes(const std::string& tenant_id, const std::st
     sandbox::v1::DestroySandboxResponse destroyed;
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    grpc::Status status = sandbox_->DestroySandbox(&context, destroy, &destroyed);
+    absl::StatusOr<sandbox::SandboxReplicas::Stub*> owner = sandbox_->ForSandbox(box.id());
+    grpc::Status status = owner.ok() ? (*owner)->DestroySandbox(&context, destroy, &destroyed)
+                                     : ToGrpcStatus(owner.status());
     if (!status.ok()) {
       logger_.Warn("could not destroy the closed session's sandbox",
                    {{"session_id", session_id}, {"error", status.error_message()}});

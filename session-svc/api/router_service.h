@@ -14,6 +14,7 @@
 #include "common/events/publisher.h"
 #include "parley/router/v1/router.grpc.pb.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
+#include "sandbox-svc/client/replicas.h"
 #include "session-svc/scheduler/scheduler.h"
 #include "session-svc/scheduler/signals.h"
 #include "session-svc/store_call.h"
@@ -25,9 +26,9 @@ class RouterService final : public router::v1::SessionRouter::Service {
  public:
   // Everything passed in must outlive the service. `sandbox` may be null (no sandbox
   // service configured: nothing to release on close).
-  RouterService(StoreStub& store, sandbox::v1::SandboxManager::StubInterface* sandbox,
-                Signals& signals, Scheduler& scheduler, RedisEndpoint redis,
-                std::string redis_key_prefix, std::string owner, const telemetry::Logger& logger);
+  RouterService(StoreStub& store, sandbox::SandboxReplicas* sandbox, Signals& signals,
+                Scheduler& scheduler, RedisEndpoint redis, std::string redis_key_prefix,
+                std::string owner, const telemetry::Logger& logger);
 
   grpc::Status SubmitMessage(grpc::ServerContext* context,
                              const router::v1::SubmitMessageRequest* request,
@@ -50,7 +51,7 @@ class RouterService final : public router::v1::SessionRouter::Service {
   absl::Status PublishClosed(const v1::Session& session, uint64_t lease_epoch);
 
   StoreStub& store_;
-  sandbox::v1::SandboxManager::StubInterface* sandbox_;
+  sandbox::SandboxReplicas* sandbox_;
   Signals& signals_;
   Scheduler& scheduler_;
   const RedisEndpoint redis_;

@@ -18,8 +18,8 @@ bool IsSandboxGone(const absl::Status& status) {
   return reason == "SANDBOX_GONE" || reason == "SANDBOX_NOT_FOUND";
 }
 
-SessionSandbox::SessionSandbox(SandboxStub& stub, SandboxTarget target, StopSignal& stop)
-    : stub_(stub), target_(std::move(target)), stop_(stop) {}
+SessionSandbox::SessionSandbox(SandboxReplicas& replicas, SandboxTarget target, StopSignal& stop)
+    : replicas_(replicas), target_(std::move(target)), stop_(stop) {}
 
 std::unique_ptr<SessionSandbox::Call> SessionSandbox::NewCall(absl::Duration timeout) {
   auto call = std::make_unique<Call>();
@@ -43,7 +43,7 @@ absl::Status SessionSandbox::Attach(std::optional<v1::SandboxAttached>* attached
   sandbox_pb::AcquireForSessionResponse response;
   // Creation may wait for a cold start or a quota check: generous, and still cancellable.
   std::unique_ptr<Call> call = NewCall(absl::Minutes(2));
-  grpc::Status status = stub_.AcquireForSession(&call->context, request, &response);
+  grpc::Status status = replicas_.Any().AcquireForSession(&call->context, request, &response);
   if (stop_.stopping()) return absl::CancelledError("the turn is stopping");
   if (!status.ok()) return FromGrpcStatus(status);
   absl::MutexLock lock(&mu_);
@@ -59,10 +59,16 @@ absl::Status SessionSandbox::Attach(std::optional<v1::SandboxAttached>* attached
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> SessionSandbox::Current() {
-  absl::MutexLock lock(&mu_);
-  if (sandbox_id_.empty()) return absl::FailedPreconditionError("no sandbox is attached");
-  return sandbox_id_;
+absl::StatusOr<SessionSandbox::Attached> SessionSandbox::Current() {
+  std::string id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (sandbox_id_.empty()) return absl::FailedPreconditionError("no sandbox is attached");
+    id = sandbox_id_;
+  }
+  absl::StatusOr<SandboxStub*> owner = replicas_.ForSandbox(id);
+  if (!owner.ok()) return owner.status();
+  return Attached{.id = std::move(id), .owner = *owner};
 }
 
 absl::Status SessionSandbox::Finished(const std::string& sandbox_id, const grpc::Status& status) {
@@ -90,18 +96,18 @@ std::optional<v1::SandboxLost> SessionSandbox::TakeLoss() {
 absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>& argv,
                                                   absl::Duration timeout,
                                                   const OutputFn& on_output) {
-  absl::StatusOr<std::string> id = Current();
-  if (!id.ok()) return id.status();
+  absl::StatusOr<Attached> sandbox = Current();
+  if (!sandbox.ok()) return sandbox.status();
   sandbox_pb::ExecRequest request;
   request.set_tenant_id(target_.tenant_id);
-  request.set_sandbox_id(*id);
+  request.set_sandbox_id(sandbox->id);
   sandboxd_pb::ExecRequest* command = request.mutable_command();
   for (const std::string& arg : argv) command->add_argv(arg);
   command->set_timeout_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(timeout)));
   // The process's own timeout ends it first; the call's deadline is only a backstop.
   std::unique_ptr<Call> call = NewCall(timeout + absl::Seconds(30));
   std::unique_ptr<grpc::ClientReaderInterface<sandboxd_pb::ExecResponse>> reader =
-      stub_.Exec(&call->context, request);
+      sandbox->owner->Exec(&call->context, request);
   sandboxd_pb::ExecResponse response;
   std::optional<v1::ExecExit> exit;
   while (reader->Read(&response)) {
@@ -119,44 +125,44 @@ absl::StatusOr<v1::ExecExit> SessionSandbox::Exec(const std::vector<std::string>
         break;
     }
   }
-  if (absl::Status status = Finished(*id, reader->Finish()); !status.ok()) return status;
+  if (absl::Status status = Finished(sandbox->id, reader->Finish()); !status.ok()) return status;
   if (!exit) return absl::InternalError("the sandbox ended the command without its exit status");
   return *exit;
 }
 
 absl::StatusOr<std::string> SessionSandbox::ReadFile(const std::string& path, uint64_t max_bytes,
                                                      uint64_t* size_bytes, absl::Duration timeout) {
-  absl::StatusOr<std::string> id = Current();
-  if (!id.ok()) return id.status();
+  absl::StatusOr<Attached> sandbox = Current();
+  if (!sandbox.ok()) return sandbox.status();
   sandbox_pb::ReadFileRequest request;
   request.set_tenant_id(target_.tenant_id);
-  request.set_sandbox_id(*id);
+  request.set_sandbox_id(sandbox->id);
   request.mutable_file()->set_path(path);
   request.mutable_file()->set_limit_bytes(max_bytes);
   std::unique_ptr<Call> call = NewCall(timeout);
   std::unique_ptr<grpc::ClientReaderInterface<sandboxd_pb::ReadFileResponse>> reader =
-      stub_.ReadFile(&call->context, request);
+      sandbox->owner->ReadFile(&call->context, request);
   sandboxd_pb::ReadFileResponse chunk;
   std::string content;
   while (reader->Read(&chunk)) {
     if (chunk.has_info()) *size_bytes = chunk.info().size_bytes();
     content += chunk.data();
   }
-  if (absl::Status status = Finished(*id, reader->Finish()); !status.ok()) return status;
+  if (absl::Status status = Finished(sandbox->id, reader->Finish()); !status.ok()) return status;
   return content;
 }
 
 absl::Status SessionSandbox::WriteFile(const std::string& path, const std::string& content,
                                        absl::Duration timeout) {
-  absl::StatusOr<std::string> id = Current();
-  if (!id.ok()) return id.status();
+  absl::StatusOr<Attached> sandbox = Current();
+  if (!sandbox.ok()) return sandbox.status();
   std::unique_ptr<Call> call = NewCall(timeout);
   sandboxd_pb::WriteFileResponse response;
   std::unique_ptr<grpc::ClientWriterInterface<sandbox_pb::WriteFileRequest>> writer =
-      stub_.WriteFile(&call->context, &response);
+      sandbox->owner->WriteFile(&call->context, &response);
   sandbox_pb::WriteFileRequest header;
   header.mutable_header()->set_tenant_id(target_.tenant_id);
-  header.mutable_header()->set_sandbox_id(*id);
+  header.mutable_header()->set_sandbox_id(sandbox->id);
   header.mutable_header()->mutable_file()->set_path(path);
   header.mutable_header()->mutable_file()->set_create_parents(true);
   bool open = writer->Write(header);
@@ -167,25 +173,26 @@ absl::Status SessionSandbox::WriteFile(const std::string& path, const std::strin
     open = writer->Write(data);
   }
   writer->WritesDone();
-  return Finished(*id, writer->Finish());
+  return Finished(sandbox->id, writer->Finish());
 }
 
 absl::StatusOr<sandboxd_pb::ListDirResponse> SessionSandbox::ListFiles(const std::string& path,
                                                                        bool recursive,
                                                                        uint32_t max_entries,
                                                                        absl::Duration timeout) {
-  absl::StatusOr<std::string> id = Current();
-  if (!id.ok()) return id.status();
+  absl::StatusOr<Attached> sandbox = Current();
+  if (!sandbox.ok()) return sandbox.status();
   sandbox_pb::ListFilesRequest request;
   request.set_tenant_id(target_.tenant_id);
-  request.set_sandbox_id(*id);
+  request.set_sandbox_id(sandbox->id);
   sandboxd_pb::ListDirRequest* list = request.mutable_list();
   list->set_path(path);
   list->set_recursive(recursive);
   list->set_max_entries(max_entries);
   std::unique_ptr<Call> call = NewCall(timeout);
   sandboxd_pb::ListDirResponse response;
-  if (absl::Status status = Finished(*id, stub_.ListFiles(&call->context, request, &response));
+  if (absl::Status status =
+          Finished(sandbox->id, sandbox->owner->ListFiles(&call->context, request, &response));
       !status.ok()) {
     return status;
   }

@@ -8,9 +8,12 @@
 // sandbox it replaces. Every call is cancelled at once when the turn is asked to stop
 // (sandbox-svc then kills the process tree of an Exec).
 //
-//   SessionSandbox sandbox(stub, {.tenant_id = t, .session_id = s}, stop);
+//   SessionSandbox sandbox(replicas, {.tenant_id = t, .session_id = s}, stop);
 //   if (absl::Status s = sandbox.Attach(&attached); !s.ok()) return s;  // Emit *attached if set.
 //   absl::StatusOr<v1::ExecExit> exit = sandbox.Exec({"ls"}, absl::Seconds(10), on_chunk);
+//
+// Acquisition goes to any sandbox-svc replica, every later call to the replica that owns
+// the attached sandbox (SandboxReplicas routes by id).
 //
 // Thread-safe: read-only tools of one step run in parallel on one handle.
 #pragma once
@@ -28,11 +31,13 @@
 #include "absl/time/time.h"
 #include "parley/sandbox/v1/sandbox.grpc.pb.h"
 #include "parley/v1/events.pb.h"
+#include "sandbox-svc/client/replicas.h"
 #include "session-svc/turn/turn_control.h"
 
 namespace parley::session::tools {
 
-using SandboxStub = sandbox::v1::SandboxManager::StubInterface;
+using SandboxReplicas = ::parley::sandbox::SandboxReplicas;
+using SandboxStub = SandboxReplicas::Stub;
 
 struct SandboxTarget {
   std::string tenant_id;
@@ -46,8 +51,8 @@ bool IsSandboxGone(const absl::Status& status);
 
 class SessionSandbox {
  public:
-  // `stub` and `stop` must outlive the handle.
-  SessionSandbox(SandboxStub& stub, SandboxTarget target, StopSignal& stop);
+  // `replicas` and `stop` must outlive the handle.
+  SessionSandbox(SandboxReplicas& replicas, SandboxTarget target, StopSignal& stop);
 
   // Makes sure a sandbox is attached, acquiring one when there is none. Sets `*attached`
   // when this call created, resumed or replaced it (an event for clients).
@@ -76,8 +81,13 @@ class SessionSandbox {
   std::optional<v1::SandboxLost> TakeLoss();
 
  private:
-  // The attached sandbox's id; FAILED_PRECONDITION when none is.
-  absl::StatusOr<std::string> Current();
+  // The attached sandbox: its id and the stub of the replica that owns it.
+  struct Attached {
+    std::string id;
+    SandboxStub* owner = nullptr;
+  };
+  // FAILED_PRECONDITION when none is attached.
+  absl::StatusOr<Attached> Current();
   // A client context with `timeout` that the turn's stop cancels.
   struct Call {
     grpc::ClientContext context;
@@ -87,7 +97,7 @@ class SessionSandbox {
   // Maps a finished call's status; forgets the sandbox when the status says it is gone.
   absl::Status Finished(const std::string& sandbox_id, const grpc::Status& status);
 
-  SandboxStub& stub_;
+  SandboxReplicas& replicas_;
   const SandboxTarget target_;
   StopSignal& stop_;
   absl::Mutex mu_;

@@ -9,10 +9,13 @@
 //    API server's OpenAPI does, so every field is also looked up in the models'
 //    TypeScript declarations: a misspelt field is an error here, as kubectl's strict
 //    field validation would make it.
-// 3. The chart's own promises: restricted security contexts, gRPC readiness probes, a
-//    Service, PodDisruptionBudget and NetworkPolicy for every workload, HPAs aimed at
-//    workloads that exist, every referenced ConfigMap and Secret either rendered or
-//    named in the values as an existing one.
+// 3. The chart's own promises: restricted security contexts, native gRPC probes (readiness
+//    and start-up on health "", liveness on "liveness"), a Service, PodDisruptionBudget
+//    and NetworkPolicy for every workload, an HPA for every workload whose autoscaling is
+//    on and none aimed at a workload that does not exist, sandbox-svc's headless Service
+//    and the replica address template the gateway and session-svc get pointing at its
+//    Pods, every referenced ConfigMap and Secret either rendered or named in the values
+//    as an existing one.
 // 4. Flags and variables: every PARLEY_* variable and argument a Parley container gets
 //    exists in its binary's --help, and the values pass the binary's own parser (the
 //    binary runs with `--help` and the container's literal environment: a bad value
@@ -190,7 +193,16 @@ for (const w of workloads) {
   const labels = podLabels(w);
   const c = w.spec.template.spec.containers[0];
   if (!c.readinessProbe?.grpc || !c.startupProbe?.grpc) fail(id(w), 'readiness and startup probes must be native gRPC probes');
-  if (!c.livenessProbe) fail(id(w), 'no liveness probe');
+  // Readiness follows the dependencies (health ""); liveness must not (health "liveness").
+  for (const [name, probe] of [['readiness', c.readinessProbe], ['startup', c.startupProbe]]) {
+    if (probe?.grpc?.service) fail(id(w), `${name} probe asks health "${probe.grpc.service}", not ""`);
+  }
+  if (c.livenessProbe?.grpc?.service !== 'liveness') fail(id(w), 'liveness probe must be native gRPC on health "liveness"');
+  const autoscaled = values[labels['app.kubernetes.io/component']]?.autoscaling?.enabled;
+  if (autoscaled && !byKind('HorizontalPodAutoscaler').some((h) =>
+    h.spec.scaleTargetRef.kind === w.kind && h.spec.scaleTargetRef.name === w.metadata.name)) {
+    fail(id(w), 'autoscaling is on but no HorizontalPodAutoscaler targets it');
+  }
   if (!byKind('Service').some((s) => matches(s.spec.selector, labels))) fail(id(w), 'no Service selects it');
   const pdbOn = values[labels['app.kubernetes.io/component']]?.pdb?.enabled;
   if (pdbOn && !byKind('PodDisruptionBudget').some((p) => matches(p.spec.selector.matchLabels, labels))) {
@@ -209,6 +221,27 @@ for (const h of byKind('HorizontalPodAutoscaler')) {
   const t = h.spec.scaleTargetRef;
   if (!workloads.some((w) => w.kind === t.kind && w.metadata.name === t.name)) fail(id(h), `targets missing ${t.kind}/${t.name}`);
   if (h.spec.minReplicas > h.spec.maxReplicas) fail(id(h), 'minReplicas > maxReplicas');
+}
+
+// sandbox-svc: callers reach each replica's Pod by name through the headless Service the
+// StatefulSet names, with the address template they and the replicas are given.
+for (const set of byKind('StatefulSet').filter((w) => podLabels(w)['app.kubernetes.io/component'] === 'sandbox')) {
+  const headless = byKind('Service').find((s) => s.metadata.name === set.spec.serviceName);
+  if (!headless) fail(id(set), `serviceName ${set.spec.serviceName} is no rendered Service`);
+  else if (headless.spec.clusterIP !== 'None' || !matches(headless.spec.selector, podLabels(set))) {
+    fail(id(headless), 'must be headless (clusterIP None) and select the sandbox Pods');
+  }
+  const want = `${set.metadata.name}-{replica}.${set.spec.serviceName}.${set.metadata.namespace}.svc.`;
+  for (const cm of byKind('ConfigMap')) {
+    for (const key of ['PARLEY_SANDBOX_REPLICA_ADDRESS_TEMPLATE', 'PARLEY_REPLICA_ADDRESS_TEMPLATE']) {
+      const template = cm.data?.[key];
+      if (template !== undefined && !template.startsWith(want)) fail(id(cm), `${key} ${template} does not start with ${want}`);
+    }
+  }
+  const env = set.spec.template.spec.containers[0].env ?? [];
+  if (env.find((e) => e.name === 'PARLEY_REPLICA')?.valueFrom?.fieldRef?.fieldPath !== 'metadata.name') {
+    fail(id(set), 'PARLEY_REPLICA must come from the Pod name (its ordinal names its sandboxes)');
+  }
 }
 
 // The dashboard and the rules are rendered exactly when enabled and shipped.

@@ -78,8 +78,8 @@ grpc::Status CreateTenant(StoreService::Stub& stub, const std::string& tenant) {
   return stub.CreateTenant(&context, request, &response);
 }
 
-std::string Health(const ServiceProcess& process) {
-  absl::StatusOr<std::string> health = CheckHealth(process.grpc_target());
+std::string Health(const ServiceProcess& process, const std::string& service = "") {
+  absl::StatusOr<std::string> health = CheckHealth(process.grpc_target(), service);
   return health.ok() ? *health : health.status().ToString();
 }
 
@@ -263,6 +263,8 @@ TEST(StoreDurability, PostgresCrashRestartUnderLoadLosesNoAcknowledgedWrite) {
 // is down and SERVING / 200 again once it is back, with no restart of store-svc.
 // Making sure the outage was real: while health says NOT_SERVING a call is answered
 // UNAVAILABLE, and after recovery the same process answers it OK.
+// Readiness ("" and /readyz) follows Postgres; liveness stays SERVING throughout, so
+// Kubernetes takes the Pod out of its Service but does not restart it.
 TEST(StoreDurability, HealthAndReadyzFollowPostgresDownAndBack) {
   auto postgres = PrivatePostgres::Start();
   ASSERT_TRUE(postgres.ok()) << postgres.status();
@@ -272,19 +274,26 @@ TEST(StoreDurability, HealthAndReadyzFollowPostgresDownAndBack) {
   ASSERT_NE(store, nullptr);
   auto stub = Stub(*store);
   EXPECT_EQ(Health(*store), "SERVING");
+  EXPECT_EQ(Health(*store, "liveness"), "SERVING");
   EXPECT_EQ(Readyz(*store), 200);
 
   ASSERT_TRUE((*postgres)->Crash().ok());
   EXPECT_TRUE(WaitFor(absl::Seconds(20), [&] { return Health(*store) == "NOT_SERVING"; }))
       << Health(*store);
+  EXPECT_EQ(Health(*store, "liveness"), "SERVING");
   EXPECT_TRUE(WaitFor(absl::Seconds(5), [&] { return Readyz(*store) == 503; }));
   EXPECT_EQ(CreateTenant(*stub, "tenant_down").error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Health(*store, "liveness"), "SERVING");
 
   ASSERT_TRUE((*postgres)->StartAgain().ok());
   EXPECT_TRUE(WaitFor(absl::Seconds(20), [&] { return Health(*store) == "SERVING"; }))
       << Health(*store);
   EXPECT_TRUE(WaitFor(absl::Seconds(5), [&] { return Readyz(*store) == 200; }));
   EXPECT_TRUE(CreateTenant(*stub, "tenant_back").ok());
+  EXPECT_EQ(Health(*store, "liveness"), "SERVING");
+  EXPECT_EQ(CheckHealth(store->grpc_target(), "no-such-service").status().code(),
+            absl::StatusCode::kNotFound)
+      << "a name nobody registered is not silently SERVING";
   EXPECT_TRUE(store->running());
   EXPECT_NE(store->Output().find("\"msg\":\"dependency down\""), std::string::npos);
 }

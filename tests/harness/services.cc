@@ -21,6 +21,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -476,13 +477,17 @@ absl::StatusOr<int> ServiceProcess::WaitForExit(absl::Duration timeout) {
 absl::Status ServiceProcess::WaitUntilServing(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   static const std::regex kServing(
-      R"("msg":"serving".*"grpc_port":([0-9]+),"admin_port":([0-9]+))");
+      R"("msg":"serving",(?:"grpc_addr":"([^"]*):[0-9]+",)?.*"grpc_port":([0-9]+),"admin_port":([0-9]+))");
   while (grpc_port_ == 0) {
     std::smatch match;
     std::string output = Output();
     if (std::regex_search(output, match, kServing)) {
-      grpc_port_ = std::stoi(match[1]);
-      admin_port_ = std::stoi(match[2]);
+      // A process bound to one loopback address (sandbox-svc replicas on 127.0.0.N) is
+      // reached there; a wildcard or 127.0.0.1 bind at 127.0.0.1.
+      const std::string host = match[1];
+      if (absl::StartsWith(host, "127.")) grpc_host_ = host;
+      grpc_port_ = std::stoi(match[2]);
+      admin_port_ = std::stoi(match[3]);
       break;
     }
     if (!running()) {
@@ -532,6 +537,22 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string&
     return absl::DataLossError("malformed HTTP response");
   }
   return std::make_pair(std::stoi(response.substr(space + 1, 3)), response.substr(body + 4));
+}
+
+absl::StatusOr<int> UnusedLoopbackPort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = 0;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  const int error = errno;
+  ::close(fd);
+  if (!bound) return absl::InternalError(absl::StrCat("bind 127.0.0.1:0: ", std::strerror(error)));
+  return static_cast<int>(ntohs(address.sin_port));
 }
 
 absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service) {

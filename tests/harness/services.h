@@ -204,7 +204,8 @@ class ServiceProcess {
   absl::Status WaitUntilServing(absl::Duration timeout);
   int grpc_port() const { return grpc_port_; }
   int admin_port() const { return admin_port_; }
-  std::string grpc_target() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  // The gRPC address: the host it bound (127.0.0.1 for a wildcard) and its port.
+  std::string grpc_target() const { return grpc_host_ + ":" + std::to_string(grpc_port_); }
 
   // Everything the process wrote so far.
   std::string Output() const;
@@ -218,6 +219,7 @@ class ServiceProcess {
       : pid_(pid), output_path_(std::move(output_path)) {}
   pid_t pid_;
   std::string output_path_;
+  std::string grpc_host_ = "127.0.0.1";
   int grpc_port_ = 0;
   int admin_port_ = 0;
   std::optional<int> exit_code_;
@@ -242,6 +244,11 @@ bool HoldsIdShape(const std::string& text);
 
 // Issues an HTTP/1.1 GET to 127.0.0.1:port; returns status code and body.
 absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path);
+
+// A TCP port that nothing listens on at 127.0.0.1 right now (the kernel's pick, then
+// released): for processes that must know each other's port before they start. Another
+// process may take it in between; tests accept that small race.
+absl::StatusOr<int> UnusedLoopbackPort();
 
 // The gRPC health status ("SERVING", "NOT_SERVING", ...) or the call error.
 absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service = "");

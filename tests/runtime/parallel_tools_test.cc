@@ -60,15 +60,15 @@ TEST(ParallelTools, ReadOnlyCallsOfOneStepRunTogether) {
   builder.RegisterService(&sandbox);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ASSERT_NE(server, nullptr);
-  auto sandbox_stub = sandbox_pb::SandboxManager::NewStub(
-      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  sandbox::SandboxReplicas sandbox_replicas(sandbox_pb::SandboxManager::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials())));
   // The scripted model needs no history, so the store is never called.
   auto store_stub = store::v1::StoreService::NewStub(
       grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()));
 
   model::ProviderRegistry providers("scripted");
   providers.Add(std::make_unique<model::ScriptedProvider>(model::ScriptedOptions{}));
-  AgentRunner runner({}, providers, *store_stub, sandbox_stub.get(), RealClock::Get());
+  AgentRunner runner({}, providers, *store_stub, &sandbox_replicas, RealClock::Get());
   v1::Turn turn;
   turn.set_id("turn_1");
   v1::Session session;

@@ -59,15 +59,17 @@ void SessionFixture::TearDown() {
   // Replicas first: they must not outlive their store and Redis.
   routers_.clear();
   replicas_.clear();
-  if (sandbox_process_ != nullptr) {
-    // Session sandboxes outlive a sandbox-svc restart by design: destroy them.
+  for (size_t i = 0; i < sandbox_processes_.size(); ++i) {
+    // Session sandboxes outlive a sandbox-svc restart by design: destroy them, on the
+    // replica that owns them (each has a stub once it served).
     for (const char* tenant : {kTenantA, kTenantB}) {
+      if (i >= sandbox_stubs_.size()) break;
       grpc::ClientContext context;
       SetDeadline(context);
       sandbox::v1::ListSandboxesRequest list;
       list.set_tenant_id(tenant);
       sandbox::v1::ListSandboxesResponse listed;
-      if (!sandbox_stub_->ListSandboxes(&context, list, &listed).ok()) continue;
+      if (!sandbox_stubs_[i]->ListSandboxes(&context, list, &listed).ok()) continue;
       for (const sandbox::v1::Sandbox& sandbox : listed.sandboxes()) {
         grpc::ClientContext destroy_context;
         SetDeadline(destroy_context);
@@ -75,15 +77,16 @@ void SessionFixture::TearDown() {
         destroy.set_tenant_id(tenant);
         destroy.set_sandbox_id(sandbox.id());
         sandbox::v1::DestroySandboxResponse destroyed;
-        (void)sandbox_stub_->DestroySandbox(&destroy_context, destroy, &destroyed);
+        (void)sandbox_stubs_[i]->DestroySandbox(&destroy_context, destroy, &destroyed);
       }
     }
     if (HasFailure()) {
-      std::cerr << "---- parley-sandbox (tail) ----\n" << Tail(*sandbox_process_) << "\n";
+      std::cerr << "---- parley-sandbox " << i << " (tail) ----\n"
+                << Tail(*sandbox_processes_[i]) << "\n";
     }
-    sandbox_stub_.reset();
-    sandbox_process_.reset();
   }
+  sandbox_stubs_.clear();
+  sandbox_processes_.clear();
   gateway_.reset();
   store_process_.reset();
 }
@@ -141,23 +144,7 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
   store_ = store::v1::StoreService::NewStub(
       grpc::CreateChannel(store_process_->grpc_target(), grpc::InsecureChannelCredentials()));
 
-  if (options.sandbox) {
-    // Each test process gets uids of its own: tests run in parallel.
-    const int64_t uid_base = 2'300'000 + static_cast<int64_t>(::getpid() % 1000) * 1000;
-    auto sandbox = ServiceProcess::Start(
-        {.binary = BinaryPath("sandbox-svc/parley-sandbox"),
-         .args = {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
-                  "--state_dir=" + parley::testing::TestTempDir() + "/sandbox-state",
-                  "--sandboxd_path=" + BinaryPath("sandbox-svc/parley-sandboxd"),
-                  absl::StrCat("--sandbox_uid_base=", uid_base), "--sandbox_uid_count=1000"},
-         .env = options.service_env});
-    ASSERT_TRUE(sandbox.ok()) << sandbox.status();
-    sandbox_process_ = *std::move(sandbox);
-    serving = sandbox_process_->WaitUntilServing(kStartTimeout);
-    ASSERT_TRUE(serving.ok()) << serving << sandbox_process_->Output();
-    sandbox_stub_ = sandbox::v1::SandboxManager::NewStub(
-        grpc::CreateChannel(sandbox_process_->grpc_target(), grpc::InsecureChannelCredentials()));
-  }
+  if (options.sandbox) ASSERT_NO_FATAL_FAILURE(StartSandboxes(options));
 
   replicas_.resize(options.replicas);
   worker_ids_.resize(options.replicas);
@@ -174,9 +161,7 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
                                      "--redis_url=" + redis_url_,
                                      "--redis_key_prefix=" + keys_.prefix(),
                                      std::string("--bootstrap_tenant=") + kTenantA};
-    if (sandbox_process_ != nullptr) {
-      args.push_back("--sandbox_addr=" + sandbox_process_->grpc_target());
-    }
+    for (std::string& arg : SandboxArgs()) args.push_back(std::move(arg));
     args.insert(args.end(), options.gateway_flags.begin(), options.gateway_flags.end());
     std::map<std::string, std::string> env = options.service_env;
     env["PARLEY_BOOTSTRAP_API_KEY"] = kGatewayApiKey;
@@ -187,6 +172,55 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
     serving = gateway_->WaitUntilServing(kStartTimeout);
     ASSERT_TRUE(serving.ok()) << serving << gateway_->Output();
   }
+}
+
+void SessionFixture::StartSandboxes(const ClusterOptions& options) {
+  const int count = std::max(options.sandbox_replicas, 1);
+  // Each test process gets uids of its own (tests run in parallel), split among replicas.
+  const int64_t uid_base = 2'300'000 + static_cast<int64_t>(::getpid() % 1000) * 1000;
+  const int64_t uid_count = 1000 / count;
+  int port = 0;
+  if (count > 1) {
+    absl::StatusOr<int> unused = parley::testing::UnusedLoopbackPort();
+    ASSERT_TRUE(unused.ok()) << unused.status();
+    port = *unused;
+    sandbox_address_template_ = absl::StrCat("127.0.0.{replica}:", port);
+  }
+  for (int k = 0; k < count; ++k) {
+    std::vector<std::string> args = {
+        "--admin_addr=127.0.0.1:0",
+        absl::StrCat("--state_dir=", parley::testing::TestTempDir(), "/sandbox-state-", k),
+        "--sandboxd_path=" + BinaryPath("sandbox-svc/parley-sandboxd"),
+        absl::StrCat("--sandbox_uid_base=", uid_base + k * uid_count),
+        absl::StrCat("--sandbox_uid_count=", uid_count)};
+    if (count == 1) {
+      args.push_back("--grpc_addr=127.0.0.1:0");
+    } else {
+      args.push_back(absl::StrCat("--grpc_addr=127.0.0.", SandboxOrdinal(k), ":", port));
+      args.push_back(absl::StrCat("--replica=parley-sandbox-", SandboxOrdinal(k)));
+      args.push_back("--replica_address_template=" + sandbox_address_template_);
+      args.push_back(absl::StrCat("--max_replicas=", SandboxOrdinal(count - 1) + 1));
+    }
+    auto sandbox = ServiceProcess::Start({.binary = BinaryPath("sandbox-svc/parley-sandbox"),
+                                          .args = std::move(args),
+                                          .env = options.service_env});
+    ASSERT_TRUE(sandbox.ok()) << sandbox.status();
+    sandbox_processes_.push_back(*std::move(sandbox));
+    absl::Status serving = sandbox_processes_.back()->WaitUntilServing(kStartTimeout);
+    ASSERT_TRUE(serving.ok()) << serving << sandbox_processes_.back()->Output();
+    sandbox_stubs_.push_back(sandbox::v1::SandboxManager::NewStub(grpc::CreateChannel(
+        sandbox_processes_.back()->grpc_target(), grpc::InsecureChannelCredentials())));
+  }
+}
+
+std::vector<std::string> SessionFixture::SandboxArgs() const {
+  std::vector<std::string> args;
+  if (sandbox_processes_.empty()) return args;
+  args.push_back("--sandbox_addr=" + sandbox_processes_[0]->grpc_target());
+  if (!sandbox_address_template_.empty()) {
+    args.push_back("--sandbox_replica_address_template=" + sandbox_address_template_);
+  }
+  return args;
 }
 
 std::vector<std::string> SessionFixture::ReplicaArgs() const {
@@ -204,9 +238,7 @@ std::vector<std::string> SessionFixture::ReplicaArgs() const {
       absl::StrCat("--max_running_per_tenant=", options_.max_running_per_tenant),
       Flag("scripted_delay", options_.scripted_delay),
       Flag("drain_timeout", options_.drain_timeout)};
-  if (sandbox_process_ != nullptr) {
-    args.push_back("--sandbox_addr=" + sandbox_process_->grpc_target());
-  }
+  for (std::string& arg : SandboxArgs()) args.push_back(std::move(arg));
   args.insert(args.end(), options_.replica_flags.begin(), options_.replica_flags.end());
   return args;
 }
@@ -253,7 +285,7 @@ absl::StatusOr<std::vector<sandbox::v1::Sandbox>> SessionFixture::SessionSandbox
   request.set_tenant_id(tenant);
   request.set_session_id(session);
   sandbox::v1::ListSandboxesResponse response;
-  grpc::Status status = sandbox_stub_->ListSandboxes(&context, request, &response);
+  grpc::Status status = sandboxes().ListSandboxes(&context, request, &response);
   if (!status.ok()) return FromGrpc(status);
   return std::vector<sandbox::v1::Sandbox>(response.sandboxes().begin(),
                                            response.sandboxes().end());

@@ -76,6 +76,12 @@ struct ClusterOptions {
   std::vector<std::string> gateway_flags;
   // Starts a parley-sandbox (bubblewrap) for the agent's tools; the replicas use it.
   bool sandbox = false;
+  // With `sandbox`: how many parley-sandbox replicas. Above 1 they run as a StatefulSet
+  // would: replica k (0-based) has ordinal k + 2 and listens on 127.0.0.<ordinal>:P (one
+  // port P, one loopback address each, so "127.0.0.{replica}:P" is their address
+  // template), with a state dir of its own; services send acquires to the first and
+  // route by id through the template.
+  int sandbox_replicas = 1;
   // More flags of every replica.
   std::vector<std::string> replica_flags;
   // More environment of every replica (e.g. a model provider's key).
@@ -130,8 +136,17 @@ class SessionFixture : public ::testing::Test {
 
   // ---- sandbox-svc (ClusterOptions.sandbox) ----
 
-  sandbox::v1::SandboxManager::Stub& sandboxes() { return *sandbox_stub_; }
-  parley::testing::ServiceProcess* sandbox_process() { return sandbox_process_.get(); }
+  // The first parley-sandbox (the only one unless ClusterOptions.sandbox_replicas > 1).
+  sandbox::v1::SandboxManager::Stub& sandboxes() { return *sandbox_stubs_[0]; }
+  parley::testing::ServiceProcess* sandbox_process() {
+    return sandbox_processes_.empty() ? nullptr : sandbox_processes_[0].get();
+  }
+  // Replica `index` (0-based) of parley-sandbox, its stub, its ordinal, and the address
+  // template of the replicas (empty with one replica).
+  parley::testing::ServiceProcess& sandbox_process(int index) { return *sandbox_processes_[index]; }
+  sandbox::v1::SandboxManager::Stub& sandboxes(int index) { return *sandbox_stubs_[index]; }
+  static uint32_t SandboxOrdinal(int index) { return static_cast<uint32_t>(index) + 2; }
+  const std::string& sandbox_address_template() const { return sandbox_address_template_; }
   // The session's live sandboxes (not DESTROYED), newest first.
   absl::StatusOr<std::vector<sandbox::v1::Sandbox>> SessionSandboxes(const std::string& tenant,
                                                                      const std::string& session);
@@ -216,6 +231,10 @@ class SessionFixture : public ::testing::Test {
 
  private:
   std::vector<std::string> ReplicaArgs() const;
+  // Starts ClusterOptions.sandbox_replicas parley-sandbox processes.
+  void StartSandboxes(const ClusterOptions& options);
+  // The flags that point a service at sandbox-svc (none without it).
+  std::vector<std::string> SandboxArgs() const;
 
   std::unique_ptr<parley::testing::TestDatabase> db_;
   std::unique_ptr<parley::testing::TestRedis> shared_redis_;
@@ -226,8 +245,9 @@ class SessionFixture : public ::testing::Test {
   std::unique_ptr<RedisConnection> redis_connection_;
   std::unique_ptr<parley::testing::ServiceProcess> store_process_;
   std::unique_ptr<parley::testing::ServiceProcess> gateway_;
-  std::unique_ptr<parley::testing::ServiceProcess> sandbox_process_;
-  std::unique_ptr<sandbox::v1::SandboxManager::Stub> sandbox_stub_;
+  std::vector<std::unique_ptr<parley::testing::ServiceProcess>> sandbox_processes_;
+  std::vector<std::unique_ptr<sandbox::v1::SandboxManager::Stub>> sandbox_stubs_;
+  std::string sandbox_address_template_;
   std::unique_ptr<store::v1::StoreService::Stub> store_;
   std::vector<std::unique_ptr<parley::testing::ServiceProcess>> replicas_;
   std::vector<std::string> worker_ids_;

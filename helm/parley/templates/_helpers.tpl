@@ -74,6 +74,27 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- printf "%s:%d" (include "parley.componentName" .) (int $v.grpcPort) -}}
 {{- end -}}
 
+{{/* The headless Service that gives each parley-sandbox Pod its own DNS name. */}}
+{{- define "parley.sandbox.headlessName" -}}
+{{- printf "%s-headless" (include "parley.componentName" (dict "root" . "component" "sandbox")) -}}
+{{- end -}}
+
+{{/*
+The address of sandbox-svc replica {replica} (the StatefulSet Pod <fullname>-sandbox-N
+under the headless Service), where callers send every call for that replica's
+sandboxes; parley-sandbox itself uses it to reach its peers.
+*/}}
+{{- define "parley.sandbox.replicaAddressTemplate" -}}
+{{- $name := include "parley.componentName" (dict "root" . "component" "sandbox") -}}
+{{- printf "%s-{replica}.%s.%s.svc.%s:%d" $name (include "parley.sandbox.headlessName" .) .Release.Namespace .Values.clusterDomain (int .Values.sandbox.grpcPort) -}}
+{{- end -}}
+
+{{/* The most sandbox-svc replicas there can be: peers are the ordinals below it. */}}
+{{- define "parley.sandbox.maxReplicas" -}}
+{{- $s := .Values.sandbox -}}
+{{- if $s.autoscaling.enabled }}{{ int $s.autoscaling.maxReplicas }}{{ else }}{{ int $s.replicas }}{{ end -}}
+{{- end -}}
+
 {{- define "parley.logLevel" -}}
 {{- $v := index .root.Values .component -}}
 {{- $v.logLevel | default .root.Values.logLevel | default "info" -}}
@@ -173,7 +194,7 @@ true
 
 {{/* Flags the chart sets itself; <svc>.config may not name them. */}}
 {{- define "parley.reservedFlags" -}}
-grpc_addr admin_addr log_level drain_timeout redis_url database_url bootstrap_api_key bootstrap_tenant store_addr session_addr sandbox_addr templates state_dir providers_file kube_namespace kube_sandboxd_port
+grpc_addr admin_addr log_level drain_timeout redis_url database_url bootstrap_api_key bootstrap_tenant store_addr session_addr sandbox_addr sandbox_replica_address_template replica replica_address_template max_replicas templates state_dir providers_file kube_namespace kube_sandboxd_port
 {{- end -}}
 
 {{/* Name of a component's ConfigMap of PARLEY_* variables. */}}
@@ -236,9 +257,6 @@ grpc_addr admin_addr log_level drain_timeout redis_url database_url bootstrap_ap
 {{- fail (printf "parley: %s.config.%s is set by the chart itself; use the chart's own value for it (README.md, Values)" $c $flag) -}}
 {{- end -}}
 {{- end -}}
-{{- end -}}
-{{- if and .Values.sandbox.autoscaling.enabled -}}
-{{- fail "parley: sandbox.autoscaling.enabled must be false: parley-sandbox runs as one replica (README.md, Scaling)" -}}
 {{- end -}}
 {{- if not .Values.session.providerKeysExistingSecret -}}
 {{- range $p := (.Values.session.providers.providers | default list) -}}

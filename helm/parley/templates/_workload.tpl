@@ -2,11 +2,12 @@
 The workload, env ConfigMap and Service every Parley service gets, rendered by
 gateway.yaml, session.yaml, sandbox.yaml and store.yaml. Call with
   (dict "root" $ "component" "gateway" "env" <ConfigMap data dict> ...)
-Optional keys: "secretEnv" (YAML list string of EnvVar read from Secrets), "envFrom"
+Optional keys: "secretEnv" (YAML list string of EnvVar read from Secrets), "podEnv"
+(YAML list string of EnvVar from the Downward API), "envFrom"
 (YAML list string), "volumes", "volumeMounts" (YAML list strings),
 "serviceAccountName", "checksums" (dict of annotation suffix -> value), "statefulSet"
-(dict: "volumeClaimTemplates" YAML list string) to render a StatefulSet instead of a
-Deployment.
+(dict: "serviceName", the headless Service; "volumeClaimTemplates" YAML list string) to
+render a StatefulSet instead of a Deployment.
 
 Every non-secret setting reaches the binary as a PARLEY_<FLAG> variable from the
 component's ConfigMap (envFrom), so `kubectl get cm <release>-parley-<svc>-env` shows
@@ -76,7 +77,7 @@ spec:
   {{- end }}
   revisionHistoryLimit: 5
   {{- if .statefulSet }}
-  serviceName: {{ include "parley.componentName" $ctx }}
+  serviceName: {{ .statefulSet.serviceName }}
   podManagementPolicy: Parallel
   updateStrategy:
     type: RollingUpdate
@@ -134,9 +135,12 @@ spec:
             {{- . | nindent 12 }}
             {{- end }}
           {{- $otel := include "parley.env.otel" $ctx | trim }}
-          {{- if or .secretEnv $otel $v.extraEnv }}
+          {{- if or .secretEnv .podEnv $otel $v.extraEnv }}
           env:
             {{- with .secretEnv }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with .podEnv }}
             {{- . | nindent 12 }}
             {{- end }}
             {{- with $otel }}
@@ -147,11 +151,11 @@ spec:
             {{- end }}
           {{- end }}
           {{- /*
-          gRPC health ("") is SERVING only while the service's hard dependencies answer
-          and it is not draining: right for readiness and start-up. Liveness asks the
-          admin port's /healthz instead, which only says the process runs: a liveness
-          probe that followed Redis or Postgres would restart every pod during an
-          outage of theirs, which heals nothing.
+          Native gRPC probes on the service's two health names. "" is SERVING only while
+          the service's hard dependencies answer and it is not draining: readiness and
+          start-up. "liveness" is SERVING for as long as the process serves gRPC, whatever
+          its dependencies do: a liveness probe that followed Redis or Postgres would
+          restart every pod during an outage of theirs, which heals nothing.
           */}}
           startupProbe:
             grpc:
@@ -165,9 +169,9 @@ spec:
             timeoutSeconds: 2
             failureThreshold: 2
           livenessProbe:
-            httpGet:
-              path: /healthz
-              port: admin
+            grpc:
+              port: {{ int $v.grpcPort }}
+              service: liveness
             periodSeconds: 10
             timeoutSeconds: 2
             failureThreshold: 3
