@@ -324,6 +324,8 @@ absl::StatusOr<TurnExecutor::Run_::Reconciled> TurnExecutor::Run_::Reconcile(
   using Outcome = PublishCheck::Outcome;
   switch (check->outcome) {
     case Outcome::kPublished:
+      x_.logger_.Info("a publish lost its reply but is in the stream",
+                      {{"session_id", session_id_}, {"last_seq", check->last_seq}});
       return Reconciled::kDone;
     case Outcome::kNotPublished:
       return Reconciled::kSend;
@@ -351,6 +353,10 @@ absl::StatusOr<TurnExecutor::Run_::Reconciled> TurnExecutor::Run_::Reconcile(
                                  .status());
       return Reconciled::kRetry;
     case Outcome::kStreamBehind:
+      x_.logger_.Warn("redis lost acknowledged events (a failover); publishing them again",
+                      {{"session_id", session_id_},
+                       {"stream_last_seq", check->last_seq},
+                       {"published_last_seq", last_seq_}});
       if (!Restore(batch, restored, check->last_seq)) {
         x_.logger_.Warn("redis lost events this run cannot publish again; new history epoch",
                         {{"session_id", session_id_}, {"last_seq", check->last_seq}});
