@@ -107,6 +107,7 @@ struct BenchConfig {
   int64_t rate = 2000;  // Events/s published, in aggregate.
   absl::Duration duration = absl::Seconds(20);
   int64_t text_bytes = 32;
+  int64_t publish_wait_replicas = -1;  // -1: the publisher's default (WAIT 1 on a cluster).
   int64_t search_steps = 0;
   absl::Duration search_step_duration = absl::Seconds(5);
   absl::Duration target_p99 = absl::Milliseconds(50);
@@ -622,7 +623,11 @@ absl::Status FanoutBench::Setup() {
   absl::StatusOr<parley::RedisEndpoint> endpoint = parley::ParseRedisUrl(config_.redis_url);
   if (!endpoint.ok()) return endpoint.status();
   const std::string text(static_cast<size_t>(config_.text_bytes), 'x');
-  const parley::PublisherOptions options{.key_prefix = config_.redis_key_prefix};
+  const parley::PublisherOptions options{
+      .key_prefix = config_.redis_key_prefix,
+      .wait_replicas = config_.publish_wait_replicas < 0
+                           ? std::nullopt
+                           : std::optional<int>(config_.publish_wait_replicas)};
   for (int64_t p = 0; p < config_.publishers; ++p) {
     std::vector<std::string> mine;
     for (int64_t i = p; i < config_.sessions; i += config_.publishers) mine.push_back(sessions_[i]);
@@ -868,6 +873,10 @@ int main(int argc, char** argv) {
   flags.Int("rate", &config.rate, "events/s published in aggregate", 1, 10000000);
   flags.Duration("duration", &config.duration, "length of the measured run");
   flags.Int("text_bytes", &config.text_bytes, "text per event (a text delta)", 0, 1 << 20);
+  flags.Int("publish_wait_replicas", &config.publish_wait_replicas,
+            "replicas each publish waits for (WAIT), as session-svc's --redis_wait_replicas; "
+            "-1 = the publisher's default (1 on a Redis Cluster, 0 on a single server)",
+            -1, 16);
   flags.Int("search_steps", &config.search_steps,
             "after the run: up to this many short runs at doubling rates", 0, 10);
   flags.Duration("search_step_duration", &config.search_step_duration, "length of a search step");

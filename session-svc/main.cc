@@ -30,6 +30,8 @@ struct SessionConfig {
   std::string sandbox_replica_address_template;
   std::string redis_url = "redis://127.0.0.1:56379";
   std::string redis_key_prefix;
+  int64_t redis_wait_replicas = -1;
+  absl::Duration redis_wait_timeout = absl::Milliseconds(50);
   std::string worker_id;
   int64_t turn_slots = 16;
   absl::Duration lease_ttl = absl::Seconds(10);
@@ -72,6 +74,12 @@ int main(int argc, char** argv) {
                parley::ValidateRedisUrl);
   flags.String("redis_key_prefix", &config.redis_key_prefix,
                "prefix of every Redis key and channel (tests use it to share one server)");
+  flags.Int("redis_wait_replicas", &config.redis_wait_replicas,
+            "replicas each event publish waits for (WAIT) before the turn goes on; 0 = no "
+            "WAIT; -1 = 1 on a Redis Cluster, 0 on a single server",
+            -1, 16);
+  flags.Duration("redis_wait_timeout", &config.redis_wait_timeout,
+                 "longest one publish waits for its replicas; on timeout it goes on");
   flags.String("worker_id", &config.worker_id, "lease owner name (default <host>/<pid>/<random>)");
   flags.Int("turn_slots", &config.turn_slots, "turns this replica runs at once", 1, 4096);
   flags.Duration("lease_ttl", &config.lease_ttl, "a turn's lease; heartbeats every third of it");
@@ -171,7 +179,11 @@ int main(int argc, char** argv) {
       .max_attempts = static_cast<int>(config.max_attempts),
       .queued_turn_ttl = config.queued_turn_ttl,
       .redis = redis,
-      .key_prefix = config.redis_key_prefix};
+      .key_prefix = config.redis_key_prefix,
+      .redis_wait_replicas = config.redis_wait_replicas < 0
+                                 ? std::nullopt
+                                 : std::optional<int>(config.redis_wait_replicas),
+      .redis_wait_timeout = config.redis_wait_timeout};
   parley::session::Scheduler scheduler(
       {.owner = config.worker_id,
        .slots = static_cast<int>(config.turn_slots),

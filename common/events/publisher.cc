@@ -109,7 +109,8 @@ EventPublisher::EventPublisher(RedisConnection& redis, PublisherOptions options,
       log_(keys_),
       clock_(clock),
       publish_script_(ForServer(kPublishScript, redis)),
-      publish_batch_script_(ForServer(kPublishBatchScript, redis)) {}
+      publish_batch_script_(ForServer(kPublishBatchScript, redis)),
+      wait_replicas_(options_.wait_replicas.value_or(redis.cluster() ? 1 : 0)) {}
 
 absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
                                                      const std::string& body,
@@ -122,7 +123,12 @@ absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
   std::vector<std::string> command = {sha.empty() ? "EVAL" : "EVALSHA", sha.empty() ? body : sha,
                                       absl::StrCat(key_count)};
   command.insert(command.end(), keys_and_args.begin(), keys_and_args.end());
-  std::vector<std::vector<std::string>> commands = {command};
+  // WAIT goes right behind the script: on a cluster a WAIT follows the previous keyed
+  // command to its node, and it must count the replicas of the script's node, not of
+  // the persist queue's.
+  std::vector<std::vector<std::string>> commands = WaitCommands();
+  const bool waits = !commands.empty();
+  commands.insert(commands.begin(), command);
   if (!extra_command.empty()) commands.push_back(extra_command);
   absl::StatusOr<std::vector<RedisReply>> replies = redis_.Pipeline(commands);
   if (!replies.ok() && absl::StrContains(replies.status().message(), "NOSCRIPT")) {
@@ -132,7 +138,14 @@ absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
     replies = redis_.Pipeline(commands);
   }
   if (!replies.ok()) return ScriptError(replies.status());
+  if (waits && ReplyInt64((*replies)[1].get()) < wait_replicas_) ++replica_wait_shortfalls_;
   return std::move(replies->front());
+}
+
+std::vector<std::vector<std::string>> EventPublisher::WaitCommands() const {
+  if (wait_replicas_ == 0) return {};
+  return {{"WAIT", absl::StrCat(wait_replicas_),
+           absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.wait_timeout)))}};
 }
 
 absl::StatusOr<uint64_t> EventPublisher::AcquireLease(const std::string& session_id,
@@ -198,6 +211,56 @@ absl::Status EventPublisher::PublishBatch(const std::vector<v1::Event>& events,
     return Trim(session);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<PublishCheck> EventPublisher::CheckPublished(const std::vector<v1::Event>& events,
+                                                            uint64_t lease_epoch) {
+  if (events.empty()) return absl::InvalidArgumentError("CheckPublished: no events");
+  const std::string& session = events.front().session_id();
+  // The persist-queue mark goes again too: a publish cut off may have missed it (on a
+  // cluster it goes to another node), and NX makes it harmless when it did not.
+  const std::string now_ms = absl::StrCat(absl::ToUnixMillis(clock_.Now()));
+  absl::StatusOr<std::vector<RedisReply>> state =
+      redis_.Pipeline({{"HMGET", keys_.Lease(session), "epoch", "last_seq"},
+                       log_.BackwardCommand(session, std::nullopt, static_cast<int>(events.size())),
+                       {"ZADD", keys_.PersistQueue(), "NX", now_ms, session}});
+  if (!state.ok()) return state.status();
+  const redisReply* lease = (*state)[0].get();
+  if (lease->type != REDIS_REPLY_ARRAY || lease->elements != 2) {
+    return absl::InternalError("HMGET of the lease hash: unexpected reply");
+  }
+  PublishCheck check{.last_seq = static_cast<uint64_t>(ReplyInt64(lease->element[1])),
+                     .lease_epoch = static_cast<uint64_t>(ReplyInt64(lease->element[0]))};
+  using Outcome = PublishCheck::Outcome;
+  if (check.lease_epoch != lease_epoch) {
+    check.outcome = check.lease_epoch > lease_epoch ? Outcome::kLeaseLost : Outcome::kLeaseBehind;
+    return check;
+  }
+
+  // The seq the batch continues from, and the seq it ends at (as the scripts number it).
+  const uint64_t base =
+      events.front().transient() ? events.front().seq() : events.front().seq() - 1;
+  uint64_t end = base;
+  for (const v1::Event& event : events) {
+    if (!event.transient()) end = event.seq();
+  }
+  // A script runs whole or not at all, on the primary and on its replicas alike, so the
+  // batch either is the stream's tail, event for event, or is absent.
+  const std::vector<EventLogEntry> newest_first = EventLogReader::EntriesOf((*state)[1].get());
+  bool tail_is_batch = newest_first.size() == events.size();
+  for (size_t i = 0; tail_is_batch && i < events.size(); ++i) {
+    tail_is_batch = newest_first[i].event == events[events.size() - 1 - i].SerializeAsString();
+  }
+  if (check.last_seq == end && tail_is_batch) {
+    check.outcome = Outcome::kPublished;
+  } else if (check.last_seq == base) {
+    check.outcome = Outcome::kNotPublished;
+  } else if (check.last_seq < base) {
+    check.outcome = Outcome::kStreamBehind;
+  } else {
+    check.outcome = Outcome::kConflict;
+  }
+  return check;
 }
 
 absl::Status EventPublisher::Trim(const std::string& session_id) {

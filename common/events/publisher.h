@@ -25,10 +25,18 @@
 // `hot_window_events` entries and none older than `hot_window_age`; entries not yet
 // persisted are never dropped. Publish() trims every `trim_every` events.
 //
+// On a Redis Cluster every publish also waits (WAIT, pipelined behind the script on the
+// same node) until `wait_replicas` replicas have the write or `wait_timeout` passed, so
+// an acknowledged event is normally on a replica before the turn goes on. WAIT does not
+// make replication synchronous: CheckPublished() is how a writer learns, after a failed
+// or refused publish, what the stream really holds (common/README.md, "Publishing across
+// a primary failover").
+//
 // Not thread-safe: one publisher per connection, used by one thread at a time.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +54,32 @@ struct PublisherOptions {
   int64_t hot_window_events = 10000;
   absl::Duration hot_window_age = absl::Minutes(10);
   int64_t trim_every = 256;
+  // Replicas each publish (and lease acquisition) waits for with WAIT; 0 = no WAIT.
+  // Unset: 1 on a Redis Cluster, 0 on a single server.
+  std::optional<int> wait_replicas;
+  // How long one WAIT may block. A publish whose WAIT times out still succeeded (the
+  // event is on the primary); it is counted in replica_wait_shortfalls().
+  absl::Duration wait_timeout = absl::Milliseconds(50);
+};
+
+// What the stream holds for a batch whose publish failed or was refused
+// (EventPublisher::CheckPublished).
+struct PublishCheck {
+  enum class Outcome {
+    kPublished,     // The batch is the stream's tail: it ran, only the reply was lost.
+    kNotPublished,  // The stream ends right before the batch: publish it again as it is.
+    kStreamBehind,  // The stream ends before the batch: events acknowledged earlier were
+                    // lost (a failover to a replica that lacked them); publish again from
+                    // `last_seq` + 1.
+    kLeaseLost,     // A newer epoch holds the session: another writer, stop.
+    kLeaseBehind,   // The lease hash holds an older epoch, or none at all (`lease_epoch`
+                    // 0): our lease acquisition was lost; take the lease again.
+    kConflict,      // Other events sit where ours should be under our epoch: a second
+                    // writer, stop.
+  };
+  Outcome outcome = Outcome::kNotPublished;
+  uint64_t last_seq = 0;     // The lease hash's last_seq.
+  uint64_t lease_epoch = 0;  // The lease hash's epoch (0: no lease hash).
 };
 
 class EventPublisher {
@@ -71,6 +105,20 @@ class EventPublisher {
   // Publish.
   absl::Status PublishBatch(const std::vector<v1::Event>& events, uint64_t lease_epoch);
 
+  // After Publish/PublishBatch of `events` under `lease_epoch` failed UNAVAILABLE (the
+  // script may or may not have run) or was refused with SEQ_MISMATCH: reads the lease
+  // hash and the stream's tail in one round trip and says what happened (PublishCheck);
+  // marks the session for the persister again (the cut-off call may have missed that).
+  // `events` must be exactly what was sent (same bytes): a batch counts as published
+  // only when the stream's newest entries are those events. Errors: the connection's.
+  absl::StatusOr<PublishCheck> CheckPublished(const std::vector<v1::Event>& events,
+                                              uint64_t lease_epoch);
+
+  // Publishes whose WAIT returned before `wait_replicas` replicas had the write.
+  int64_t replica_wait_shortfalls() const { return replica_wait_shortfalls_; }
+  // The replicas each publish waits for (options resolved for this connection).
+  int wait_replicas() const { return wait_replicas_; }
+
   // Trims the session's hot window (see above).
   absl::Status Trim(const std::string& session_id);
 
@@ -78,6 +126,8 @@ class EventPublisher {
   absl::StatusOr<RedisReply> RunScript(const std::string& sha, const std::string& body,
                                        std::vector<std::string> keys_and_args, int key_count,
                                        std::vector<std::string> extra_command = {});
+  // WAIT behind a write, when this publisher waits for replicas; else nothing.
+  std::vector<std::vector<std::string>> WaitCommands() const;
 
   RedisConnection& redis_;
   const PublisherOptions options_;
@@ -90,6 +140,8 @@ class EventPublisher {
   std::string publish_batch_sha_;
   std::string acquire_sha_;
   int64_t since_trim_ = 0;
+  const int wait_replicas_;
+  int64_t replica_wait_shortfalls_ = 0;
 };
 
 }  // namespace parley

@@ -3,6 +3,8 @@
 #include "session-svc/turn/turn_executor.h"
 
 #include <algorithm>
+#include <deque>
+#include <iterator>
 #include <optional>
 #include <vector>
 
@@ -90,7 +92,29 @@ class TurnExecutor::Run_ final : public TurnOutput {
   // except `after_commit`: once CompleteTurn committed, a heartbeat refused because the
   // turn ended says nothing about the stream, and the Redis script is the fence that
   // counts. On failure the batch is dropped (its events were never published).
+  // A publish that broke off (UNAVAILABLE) or was refused (SEQ_MISMATCH, LEASE_LOST) is
+  // reconciled with the stream before anything is sent again (Reconcile).
   absl::Status FlushPending(bool after_commit = false);
+  // What FlushPending does after reading the stream.
+  enum class Reconciled {
+    kDone,   // The batch is in the stream.
+    kSend,   // It is not: send it as it is.
+    kRetry,  // The lease or the seqs changed (restored events, a new epoch): renumber,
+             // then read again.
+    kStop,   // A second writer: stopped_status_ says which; nothing more is written.
+  };
+  // Reads what the stream holds for `batch` (EventPublisher::CheckPublished) and acts:
+  // re-takes a lease a failover lost, restores events Redis lost into the front of
+  // `batch` (counting them in `restored`), starts a new epoch when it cannot. A newer
+  // epoch or other events under ours stop the turn (kStop). Errors: Redis' or the
+  // store's, to retry.
+  absl::StatusOr<Reconciled> Reconcile(std::vector<v1::Event>& batch, size_t& restored);
+  // Moves the events this run published after `stream_last_seq` from recent_ to the
+  // front of `batch`; false when recent_ does not hold all of them.
+  bool Restore(std::vector<v1::Event>& batch, size_t& restored, uint64_t stream_last_seq);
+  // Records a published batch: seqs, transcript (but the `restored` first events, which
+  // were folded in when first published), recent_.
+  absl::Status Published(const std::vector<v1::Event>& batch, size_t restored);
   void SealPredecessor();
   absl::StatusOr<std::vector<v1::Event>> ReadOwnEvents();
   absl::StatusOr<v1::Message> LoadUserMessage();
@@ -115,6 +139,12 @@ class TurnExecutor::Run_ final : public TurnOutput {
   static constexpr size_t kMaxBatchEvents = 64;
   static constexpr size_t kMaxBatchBytes = 64 << 10;
   std::vector<v1::Event> pending_;  // Staged, not published yet.
+  // The newest events this run published, exactly as sent: what a failover that lost
+  // acknowledged writes needs published again. Bounded: Redis loses at most what its
+  // replicas had not received, a few batches at the worst.
+  static constexpr size_t kRecentEvents = 4096;
+  std::deque<v1::Event> recent_;
+  absl::Status stopped_status_;  // Why Reconcile stopped the turn.
   size_t pending_bytes_ = 0;
   uint64_t last_seq_ = 0;
   uint64_t first_seq_ = 0;
@@ -142,7 +172,11 @@ absl::Status TurnExecutor::EnsureRedis() {
   if (!connection.ok()) return connection.status();
   redis_ = *std::move(connection);
   publisher_ = std::make_unique<EventPublisher>(
-      *redis_, PublisherOptions{.key_prefix = options_.key_prefix}, clock_);
+      *redis_,
+      PublisherOptions{.key_prefix = options_.key_prefix,
+                       .wait_replicas = options_.redis_wait_replicas,
+                       .wait_timeout = options_.redis_wait_timeout},
+      clock_);
   return absl::OkStatus();
 }
 
@@ -234,11 +268,14 @@ absl::Status TurnExecutor::Run_::FlushPending(bool after_commit) {
   batch.swap(pending_);
   pending_bytes_ = 0;
   if (lease_lost() && !after_commit) return absl::CancelledError("lease lost");
+  size_t restored = 0;     // Leading events of `batch` that Redis lost after acknowledging.
+  bool uncertain = false;  // The stream must be read before sending: an attempt may have run.
   const absl::Time deadline = absl::Now() + retry_budget();
   absl::Status status;
   for (absl::Duration backoff = absl::Milliseconds(20); absl::Now() < deadline;
        backoff = std::min(backoff * 2, absl::Seconds(1))) {
-    // Seqs and the epoch are set per attempt: recovering the epoch changes both.
+    // Seqs and the epoch are set per attempt: recovering the epoch changes both, and
+    // restored events get back the seqs they had.
     uint64_t seq = last_seq_;
     for (v1::Event& event : batch) {
       if (!event.transient()) ++seq;
@@ -246,42 +283,122 @@ absl::Status TurnExecutor::Run_::FlushPending(bool after_commit) {
       event.set_epoch(epoch_);
     }
     status = x_.EnsureRedis();
-    if (status.ok()) status = x_.publisher_->PublishBatch(batch, lease_epoch_);
-    if (status.ok()) {
-      for (const v1::Event& event : batch) {
-        if (!event.transient()) {
-          last_seq_ = event.seq();
-          if (first_seq_ == 0) first_seq_ = event.seq();
+    if (status.ok() && uncertain) {
+      absl::StatusOr<Reconciled> next = Reconcile(batch, restored);
+      status = next.status();
+      if (next.ok()) {
+        switch (*next) {
+          case Reconciled::kDone:
+            return Published(batch, restored);
+          case Reconciled::kStop:
+            return stopped_status_;
+          case Reconciled::kRetry:
+            continue;  // The lease or the seqs changed: renumber, then read again.
+          case Reconciled::kSend:
+            uncertain = false;
+            break;
         }
-        transcript_.Add(event);
       }
-      control_.first_seq.store(first_seq_);
-      control_.last_seq.store(last_seq_);
-      control_.steps.store(transcript_.steps());
-      return absl::OkStatus();
     }
+    if (status.ok()) status = x_.publisher_->PublishBatch(batch, lease_epoch_);
+    if (status.ok()) return Published(batch, restored);
     const std::string reason = ErrorReason(status);
-    if (reason == "LEASE_LOST") {
-      std::optional<v1::ErrorInfo> info = GetErrorInfo(status);
-      const bool hash_gone = info && info->metadata().count("lease_epoch") > 0 &&
-                             info->metadata().at("lease_epoch") == "0";
-      if (hash_gone) {
-        // The lease hash vanished under us: Redis lost the session's state.
-        status = RecoverEpoch();
-        if (status.ok()) continue;
-      } else {
-        control_.Stop(StopReason::kLeaseLost);
-        return absl::CancelledError("lease lost: another owner holds the session");
-      }
-    } else if (reason == "SEQ_MISMATCH") {
-      // Only a second writer under our epoch could cause this; never write past it.
-      control_.Stop(StopReason::kLeaseLost);
-      return absl::InternalError(absl::StrCat("seq mismatch: ", status.message()));
+    if (reason == "LEASE_LOST" || reason == "SEQ_MISMATCH") {
+      // A newer writer, or Redis lost our lease or events in a failover: the stream
+      // tells which (Reconcile), and only a real second writer stops the turn.
+      uncertain = true;
+    } else if (status.code() == absl::StatusCode::kUnavailable) {
+      // The script may or may not have run before the connection broke.
+      uncertain = true;
+      x_.DropRedis();
     }
-    if (status.code() == absl::StatusCode::kUnavailable) x_.DropRedis();
     absl::SleepFor(backoff);
   }
   return status;
+}
+
+absl::StatusOr<TurnExecutor::Run_::Reconciled> TurnExecutor::Run_::Reconcile(
+    std::vector<v1::Event>& batch, size_t& restored) {
+  absl::StatusOr<PublishCheck> check = x_.publisher_->CheckPublished(batch, lease_epoch_);
+  if (!check.ok()) return check.status();
+  using Outcome = PublishCheck::Outcome;
+  switch (check->outcome) {
+    case Outcome::kPublished:
+      x_.logger_.Info("a publish lost its reply but is in the stream",
+                      {{"session_id", session_id_}, {"last_seq", check->last_seq}});
+      return Reconciled::kDone;
+    case Outcome::kNotPublished:
+      return Reconciled::kSend;
+    case Outcome::kLeaseLost:
+      control_.Stop(StopReason::kLeaseLost);
+      stopped_status_ = absl::CancelledError("lease lost: another owner holds the session");
+      return Reconciled::kStop;
+    case Outcome::kConflict:
+      // Other events under our epoch where ours belong: never write past them.
+      control_.Stop(StopReason::kLeaseLost);
+      stopped_status_ = absl::InternalError(absl::StrCat(
+          "seq mismatch: the stream ends at ", check->last_seq, ", not with this turn's events"));
+      return Reconciled::kStop;
+    case Outcome::kLeaseBehind:
+      if (check->lease_epoch == 0) {
+        // The lease hash vanished: Redis lost the session's state.
+        PARLEY_RETURN_IF_ERROR(RecoverEpoch());
+        return Reconciled::kRetry;
+      }
+      // Our lease acquisition was lost with a failover; it may only grow, so take it
+      // again and look once more.
+      PARLEY_RETURN_IF_ERROR(x_.publisher_
+                                 ->AcquireLease(session_id_, x_.options_.owner, lease_epoch_,
+                                                claim_.session().last_seq())
+                                 .status());
+      return Reconciled::kRetry;
+    case Outcome::kStreamBehind:
+      x_.logger_.Warn("redis lost acknowledged events (a failover); publishing them again",
+                      {{"session_id", session_id_},
+                       {"stream_last_seq", check->last_seq},
+                       {"published_last_seq", last_seq_}});
+      if (!Restore(batch, restored, check->last_seq)) {
+        x_.logger_.Warn("redis lost events this run cannot publish again; new history epoch",
+                        {{"session_id", session_id_}, {"last_seq", check->last_seq}});
+        PARLEY_RETURN_IF_ERROR(RecoverEpoch());
+      }
+      return Reconciled::kRetry;
+  }
+  return absl::InternalError("unknown publish check outcome");
+}
+
+bool TurnExecutor::Run_::Restore(std::vector<v1::Event>& batch, size_t& restored,
+                                 uint64_t stream_last_seq) {
+  // The lost events are the newest ones this run published: those after the stream's
+  // last seq (a transient event carries the seq before it). All must still be here.
+  size_t keep = recent_.size();
+  while (keep > 0 && recent_[keep - 1].seq() > stream_last_seq) --keep;
+  const bool covered = keep < recent_.size() && !recent_[keep].transient() &&
+                       recent_[keep].seq() == stream_last_seq + 1;
+  if (!covered) return false;
+  batch.insert(batch.begin(), std::make_move_iterator(recent_.begin() + keep),
+               std::make_move_iterator(recent_.end()));
+  restored += recent_.size() - keep;
+  recent_.erase(recent_.begin() + keep, recent_.end());
+  last_seq_ = stream_last_seq;
+  return true;
+}
+
+absl::Status TurnExecutor::Run_::Published(const std::vector<v1::Event>& batch, size_t restored) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const v1::Event& event = batch[i];
+    if (!event.transient()) {
+      last_seq_ = event.seq();
+      if (first_seq_ == 0) first_seq_ = event.seq();
+    }
+    if (i >= restored) transcript_.Add(event);  // Restored ones were folded in before.
+    recent_.push_back(event);
+  }
+  while (recent_.size() > kRecentEvents) recent_.pop_front();
+  control_.first_seq.store(first_seq_);
+  control_.last_seq.store(last_seq_);
+  control_.steps.store(transcript_.steps());
+  return absl::OkStatus();
 }
 
 void TurnExecutor::Run_::SealPredecessor() {

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/time/time.h"
@@ -39,6 +40,10 @@ struct ExecutorOptions {
   absl::Duration queued_turn_ttl = absl::Hours(24);
   RedisEndpoint redis;
   std::string key_prefix;
+  // Replicas each publish waits for (PublisherOptions::wait_replicas): unset, 1 on a
+  // Redis Cluster and 0 on a single server.
+  std::optional<int> redis_wait_replicas;
+  absl::Duration redis_wait_timeout = absl::Milliseconds(50);
 };
 
 // How a run ended, for the scheduler.

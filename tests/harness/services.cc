@@ -274,6 +274,7 @@ absl::StatusOr<std::unique_ptr<PrivateRedisCluster>> PrivateRedisCluster::Start(
 }
 
 PrivateRedisCluster::~PrivateRedisCluster() {
+  ContinueFrozen();  // A stopped process would not stop cleanly.
   (void)RunLibFunction(absl::StrCat("stop_redis_cluster ", dir_, " ", absl::StrJoin(ports_, " ")));
 }
 
@@ -296,6 +297,7 @@ absl::StatusOr<int> PrivateRedisCluster::KillPrimaryOf(uint16_t slot, absl::Dura
   absl::Status status = RunLibFunction(absl::StrCat(
       "pid=$(cat ", dir_, "/", killed.port, "/redis.pid); kill -9 $pid; ",
       "for i in $(seq 1 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.05; done; exit 1"));
+  ContinueFrozen();
   if (!status.ok()) return status;
   std::vector<RedisNodeAddress> alive;
   for (const RedisNodeAddress& node : cluster.cluster_seeds) {
@@ -317,6 +319,35 @@ absl::StatusOr<int> PrivateRedisCluster::KillPrimaryOf(uint16_t slot, absl::Dura
   }
   return absl::DeadlineExceededError(
       absl::StrCat("no replica took over slot ", slot, " from ", killed.ToString()));
+}
+
+absl::Status PrivateRedisCluster::FreezeReplicaOf(uint16_t slot) {
+  const RedisEndpoint cluster = endpoint();
+  absl::StatusOr<RedisSlotMap> map =
+      FetchRedisSlotMap(cluster, cluster.cluster_seeds, absl::Seconds(2));
+  if (!map.ok()) return map.status();
+  const RedisNodeAddress* primary = map->PrimaryOf(slot);
+  if (primary == nullptr) return absl::FailedPreconditionError("no primary serves the slot");
+  // The primary's INFO replication names its replica: "slave0:ip=...,port=<port>,...".
+  for (int port : ports_) {
+    absl::Status is_replica =
+        RunLibFunction(absl::StrCat("redis-cli -p ", primary->port,
+                                    " info replication | grep -q '^slave0:.*,port=", port, ",'"));
+    if (!is_replica.ok()) continue;
+    absl::Status stopped =
+        RunLibFunction(absl::StrCat("kill -STOP $(cat ", dir_, "/", port, "/redis.pid)"));
+    if (stopped.ok()) frozen_.push_back(port);
+    return stopped;
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("the primary ", primary->ToString(), " has no replica"));
+}
+
+void PrivateRedisCluster::ContinueFrozen() {
+  for (int port : frozen_) {
+    (void)RunLibFunction(absl::StrCat("kill -CONT $(cat ", dir_, "/", port, "/redis.pid)"));
+  }
+  frozen_.clear();
 }
 
 absl::StatusOr<std::unique_ptr<PrivatePostgres>> PrivatePostgres::Start() {

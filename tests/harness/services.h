@@ -149,13 +149,20 @@ class PrivateRedisCluster {
   RedisEndpoint endpoint() const;
   // kill -9 of the primary serving `slot` (no clean shutdown), then waits until its
   // replica serves the slot and the cluster is ok again. Returns the killed port.
+  // A frozen replica is continued (SIGCONT) right after the kill, so it takes over.
   absl::StatusOr<int> KillPrimaryOf(uint16_t slot, absl::Duration timeout);
+  // SIGSTOP of the replica of the primary serving `slot`: the primary's WAITs then time
+  // out, so a kill lands, more likely than not, between a write it ran and its reply.
+  absl::Status FreezeReplicaOf(uint16_t slot);
 
  private:
+  // SIGCONT of every frozen node.
+  void ContinueFrozen();
   PrivateRedisCluster(std::string dir, std::vector<int> ports)
       : dir_(std::move(dir)), ports_(std::move(ports)) {}
   std::string dir_;
-  std::vector<int> ports_;  // Client ports; killed ones stay listed (stopping them is a no-op).
+  std::vector<int> ports_;   // Client ports; killed ones stay listed (stopping them is a no-op).
+  std::vector<int> frozen_;  // Ports of SIGSTOPped nodes.
 };
 
 // An in-process gRPC server that answers health checks with SERVING, and `also` (owned

@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <iostream>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/redis_cluster.h"
 #include "tests/session/session_fixture.h"
 
 namespace parley::session::testing {
@@ -100,6 +103,80 @@ TEST_F(SessionFailover, TurnsOnARedisClusterReachASubscriberAndTheStore) {
   EXPECT_EQ(TextOf(*events, *second), "Echo: on a cluster");
   ASSERT_NO_FATAL_FAILURE(ExpectSubscriberSawEverything(subscriber, session));
   ASSERT_NO_FATAL_FAILURE(ExpectUserMessagesStored(session, {*first, *second}));
+}
+
+// A turn survives a kill -9 of the Redis Cluster primary that owns its session's slot,
+// mid-stream: the replica takes over, and whatever the kill did to the publish in
+// flight (ran with its reply lost, never ran, or acknowledged events the replica never
+// got) the executor reconciles with the stream instead of stopping. The primary's
+// replica is frozen (SIGSTOP) before the kill and continued right after it: every
+// publish then spends the WAIT timeout (50 ms) waiting for it after its script ran, so
+// the kill most likely cuts off a publish that ran — which, sent again blindly, would
+// be refused as SEQ_MISMATCH. Which case the kill produces is still up to timing;
+// tests/fanout/publish_check_test.cc forces each one against a real Redis. The turn ends
+// SUCCEEDED and sealed; a live StreamEvents subscriber sees exactly 1..K; Postgres holds
+// the same K events; the text is every word once, in order. The kill lands mid-turn for
+// sure: it happens after 40 of 400 words are in the stream (each word 10 ms apart, so
+// about 3.6 s of output remain), the turn is checked to be still RUNNING just before,
+// and afterwards the turn must have published events beyond the last seq seen then.
+TEST_F(SessionFailover, ATurnOnARedisClusterSurvivesItsPrimaryKilledMidStream) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      {.replicas = 2, .lease_ttl = absl::Seconds(10), .redis_cluster = true, .gateway = true}));
+  const std::string session = CreateSession(kTenantA);
+  LiveSubscriber subscriber(gateway()->grpc_target(), session);
+  constexpr int kWords = 400;
+  absl::StatusOr<std::string> turn =
+      SubmitTurn(kTenantA, session, absl::StrCat("@words ", kWords, "\n@delay_ms 10"));
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  ASSERT_NO_FATAL_FAILURE(WaitForOutput(session, *turn, 40));
+
+  absl::StatusOr<std::vector<v1::Event>> before = ReadRedisEvents(redis(), session);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_FALSE(before->empty());
+  const uint64_t seq_at_kill = before->back().seq();
+  absl::StatusOr<v1::Turn> running = GetTurn(kTenantA, *turn);
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_EQ(running->status(), v1::TURN_STATUS_RUNNING) << "the turn ended before the kill";
+  const uint16_t slot = RedisKeySlot(keys().EventStream(session));
+  absl::Status frozen = redis_cluster()->FreezeReplicaOf(slot);
+  ASSERT_TRUE(frozen.ok()) << frozen;
+  absl::SleepFor(absl::Milliseconds(300));  // A few publishes wait out their WAIT.
+  absl::StatusOr<int> killed = redis_cluster()->KillPrimaryOf(slot, absl::Seconds(30));
+  ASSERT_TRUE(killed.ok()) << killed.status();
+
+  absl::StatusOr<v1::Turn> ended = WaitForTurnEnd(kTenantA, session, *turn, absl::Seconds(60));
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->status(), v1::TURN_STATUS_SUCCEEDED) << ended->DebugString();
+  absl::StatusOr<std::vector<v1::Event>> events = ReadSessionEvents(kTenantA, session);
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_GT(events->back().seq(), seq_at_kill + 10) << "the turn published little after the kill";
+  EXPECT_TRUE(events->back().has_turn_sealed()) << events->back().DebugString();
+  std::string expected;
+  for (int i = 1; i <= kWords; ++i) absl::StrAppend(&expected, i == 1 ? "" : " ", "w", i);
+  EXPECT_EQ(TextOf(*events, *turn), expected);
+  ASSERT_NO_FATAL_FAILURE(ExpectSubscriberSawEverything(subscriber, session));
+  // What the kill did, for the record (timing decides it; not asserted).
+  for (int i = 0; i < replica_count(); ++i) {
+    const std::string output = replica(i).Output();
+    for (const char* line : {"a publish lost its reply", "redis lost acknowledged events"}) {
+      if (absl::StrContains(output, line)) std::cout << "replica " << i << ": " << line << "\n";
+    }
+  }
+
+  // The persisted log: every event, the same bytes (the persister runs on its own).
+  const size_t count = events->size();
+  absl::StatusOr<std::vector<v1::Event>> stored;
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;
+       absl::SleepFor(absl::Milliseconds(100))) {
+    stored = ReadStoredEvents(kTenantA, session);
+    if (stored.ok() && stored->size() >= count) break;
+  }
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->size(), count) << "Postgres holds " << stored->size() << " of " << count;
+  for (size_t i = 0; i < count; ++i) {
+    EXPECT_EQ((*stored)[i].SerializeAsString(), (*events)[i].SerializeAsString())
+        << "seq " << i + 1;
+  }
 }
 
 // kill -9 of the replica running a turn that has emitted nothing but TurnStarted: after

@@ -121,6 +121,8 @@ class SessionFixture : public ::testing::Test {
   // The test thread's own Redis connection (not thread-safe).
   RedisConnection& redis() { return *redis_connection_; }
   RedisEndpoint redis_endpoint() const;
+  // The test's Redis Cluster (ClusterOptions.redis_cluster); null without one.
+  parley::testing::PrivateRedisCluster* redis_cluster() { return redis_cluster_.get(); }
   const RedisKeys& keys() const { return keys_; }
 
   // ---- Store fixtures ----
