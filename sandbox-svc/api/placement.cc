@@ -49,6 +49,9 @@ std::vector<SessionPlacement::Held> SessionPlacement::FindHolders(const std::str
     auto lookup = std::make_unique<Lookup>();
     lookup->replica = replica;
     lookup->context.set_deadline(absl::ToChronoTime(absl::Now() + options_.lookup_timeout));
+    // A peer answers from its own table only: without the mark it would ask its peers
+    // in turn (and they it), each hop holding a worker until the deadline.
+    lookup->context.AddMetadata(kPlacedHeader, "1");
     lookups.push_back(std::move(lookup));
   }
   absl::BlockingCounter pending(static_cast<int>(lookups.size()));

@@ -89,8 +89,6 @@ class SessionPlacement {
   static std::optional<Held> Earliest(const std::vector<Held>& holders,
                                       std::optional<std::string> before = std::nullopt);
 
-  uint32_t self() const { return options_.self; }
-
  private:
   const Options options_;
   SandboxReplicas* const peers_;

@@ -56,7 +56,6 @@ class SandboxReplicas {
 
   // The Service: for calls not about an existing sandbox.
   Stub& Any() { return *any_; }
-  std::shared_ptr<Stub> AnyShared() { return any_; }
 
   // The owner of `sandbox_id`. INVALID_ARGUMENT for an id that names no valid owner.
   absl::StatusOr<Stub*> ForSandbox(absl::string_view sandbox_id);

@@ -244,6 +244,7 @@ absl::Status TurnExecutor::Run_::RecoverEpoch() {
                    {"resume_after_seq", response.resume_after_seq()},
                    {"advanced", response.advanced()}});
   epoch_ = response.epoch();
+  recent_.clear();  // The abandoned history's events: never to be published again.
   if (absl::Status redis = x_.EnsureRedis(); !redis.ok()) return redis;
   absl::StatusOr<uint64_t> last = x_.publisher_->AcquireLease(
       session_id_, x_.options_.owner, lease_epoch_, response.resume_after_seq());
@@ -270,6 +271,8 @@ absl::Status TurnExecutor::Run_::FlushPending(bool after_commit) {
   if (lease_lost() && !after_commit) return absl::CancelledError("lease lost");
   size_t restored = 0;     // Leading events of `batch` that Redis lost after acknowledging.
   bool uncertain = false;  // The stream must be read before sending: an attempt may have run.
+  const uint64_t prior_last_seq = last_seq_;
+  const uint64_t prior_epoch = epoch_;
   const absl::Time deadline = absl::Now() + retry_budget();
   absl::Status status;
   for (absl::Duration backoff = absl::Milliseconds(20); absl::Now() < deadline;
@@ -313,6 +316,14 @@ absl::Status TurnExecutor::Run_::FlushPending(bool after_commit) {
       x_.DropRedis();
     }
     absl::SleepFor(backoff);
+  }
+  // Out of budget. Events Restore took out of `recent_` go back with the seqs they had,
+  // so the next publish finds the stream behind again and restores them, instead of
+  // writing other events over seqs subscribers already saw.
+  if (restored > 0 && epoch_ == prior_epoch) {
+    recent_.insert(recent_.end(), std::make_move_iterator(batch.begin()),
+                   std::make_move_iterator(batch.begin() + static_cast<ptrdiff_t>(restored)));
+    last_seq_ = prior_last_seq;
   }
   return status;
 }

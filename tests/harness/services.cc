@@ -449,7 +449,7 @@ std::vector<std::string> MetricLabelValues(const std::string& metrics_text) {
 }
 
 bool HoldsIdShape(const std::string& text) {
-  static const std::regex kIdShape("[a-z]+_[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{16,}");
+  static const std::regex kIdShape("[a-z0-9]+_[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{16,}");
   return std::regex_search(text, kIdShape);
 }
 
