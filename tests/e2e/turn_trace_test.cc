@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 namespace parley::session::testing {
 namespace {
 
+using ::parley::testing::FakeResponse;
 using ::parley::testing::OtlpReceiver;
 using ::parley::testing::ReceivedSpan;
 using ::testing::HasSubstr;
@@ -217,6 +219,61 @@ TEST_F(TurnTrace, OneTurnWithAToolCallIsOneTraceAcrossAllFourServices) {
       text, HasSubstr("parley_turn_time_to_first_token_seconds_count{provider=\"scripted\"} 2\n"));
   EXPECT_THAT(text, HasSubstr("parley_turn_tokens_total{provider=\"scripted\",type=\"output\"}"));
   EXPECT_THAT(text, Not(HasSubstr(session)));
+}
+
+// A stalled collector (it accepts the connection and never answers) must cost spans,
+// never turns: the services' export queues fill up and drop, counted, while turns keep
+// running to the end. The drop counter of parley-session rising proves the turns' spans
+// were produced and refused, so the collector really was in their way.
+class StalledCollector : public SessionFixture {
+ protected:
+  void SetUp() override {
+    auto receiver = OtlpReceiver::Start();
+    ASSERT_TRUE(receiver.ok()) << receiver.status();
+    receiver_ = *std::move(receiver);
+    receiver_->server().SetDefaultResponse({.status = 200, .end = FakeResponse::End::kStall});
+    ASSERT_NO_FATAL_FAILURE(
+        StartCluster({.replicas = 1,
+                      .gateway = true,
+                      .service_env = {{"OTEL_EXPORTER_OTLP_ENDPOINT", receiver_->endpoint()},
+                                      {"OTEL_BSP_MAX_QUEUE_SIZE", "4"},
+                                      {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"},
+                                      {"OTEL_BSP_SCHEDULE_DELAY", "10"}}}));
+  }
+
+  std::unique_ptr<OtlpReceiver> receiver_;
+};
+
+TEST_F(StalledCollector, TurnsRunToTheEndAndTheDropCounterRises) {
+  const std::string session = CreateSession(kTenantA);
+  auto stub = v1::SessionService::NewStub(
+      grpc::CreateChannel(gateway()->grpc_target(), grpc::InsecureChannelCredentials()));
+  for (int i = 0; i < 5; ++i) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", kGatewayApiKey));
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    v1::SendMessageRequest request;
+    request.set_session_id(session);
+    request.add_content()->set_text(absl::StrCat("@say reply ", i));
+    v1::SendMessageResponse sent;
+    grpc::Status status = stub->SendMessage(&context, request, &sent);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    absl::StatusOr<v1::Turn> turn = WaitForTurnEnd(kTenantA, session, sent.turn().id());
+    ASSERT_TRUE(turn.ok()) << turn.status();
+    EXPECT_EQ(turn->status(), v1::TURN_STATUS_SUCCEEDED);
+  }
+  std::optional<double> dropped;
+  EXPECT_TRUE(parley::testing::WaitFor(
+      absl::Seconds(30),
+      [&] {
+        absl::StatusOr<std::pair<int, std::string>> page =
+            parley::testing::HttpGet(replica(0).admin_port(), "/metrics");
+        if (!page.ok() || page->first != 200) return false;
+        dropped = parley::testing::MetricSample(
+            page->second, "parley_otel_spans_dropped_total{reason=\"queue_full\"}");
+        return dropped.has_value() && *dropped > 0;
+      }))
+      << "dropped: " << (dropped.has_value() ? absl::StrCat(*dropped) : "absent");
 }
 
 }  // namespace
