@@ -216,8 +216,7 @@ void OtlpHttpExporter::ExportLoop() {
 }
 
 void OtlpHttpExporter::ExportWithRetries(HttpClient& http, const std::vector<SpanData>& batch) {
-  const std::string body = EncodeExportTraceRequest(options_.resource, "parley", batch)
-                               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string body = EncodeExportTraceRequest(options_.resource, "parley", batch);
   // Jitter of up to half the step keeps many replicas from retrying in step.
   const BackoffPolicy policy{.initial = options_.initial_backoff,
                              .max = options_.max_backoff,

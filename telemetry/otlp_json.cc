@@ -1,8 +1,9 @@
 #include "telemetry/otlp_json.h"
 
-#include "absl/strings/escaping.h"
-#include "absl/strings/str_cat.h"
+#include <variant>
+
 #include "absl/time/time.h"
+#include "telemetry/json_writer.h"
 
 namespace parley::telemetry {
 namespace {
@@ -33,82 +34,153 @@ int StatusNumber(SpanStatus status) {
   return 0;
 }
 
-std::string UnixNanos(absl::Time time) { return absl::StrCat(absl::ToUnixNanos(time)); }
-
-std::string SpanIdHex(const TraceContext::SpanId& id) {
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(id.data()), id.size()));
+template <size_t N>
+absl::string_view Bytes(const std::array<uint8_t, N>& id) {
+  return absl::string_view(reinterpret_cast<const char*>(id.data()), N);
 }
 
-nlohmann::json EncodeValue(const AttributeValue& value) {
+// A 64-bit integer field: a decimal string in OTLP/JSON.
+void Int64Member(JsonWriter& json, absl::string_view key, int64_t value) {
+  json.Key(key);
+  json.QuotedInt(value);
+}
+
+void StringMember(JsonWriter& json, absl::string_view key, absl::string_view value) {
+  json.Key(key);
+  json.String(value);
+}
+
+void WriteValue(JsonWriter& json, const AttributeValue& value) {
   struct Visitor {
-    nlohmann::json operator()(const std::string& v) const { return {{"stringValue", v}}; }
-    nlohmann::json operator()(bool v) const { return {{"boolValue", v}}; }
-    nlohmann::json operator()(int64_t v) const { return {{"intValue", absl::StrCat(v)}}; }
-    nlohmann::json operator()(double v) const { return {{"doubleValue", v}}; }
-    nlohmann::json operator()(const std::vector<std::string>& v) const {
-      nlohmann::json values = nlohmann::json::array();
-      for (const std::string& item : v) values.push_back({{"stringValue", item}});
-      return {{"arrayValue", {{"values", std::move(values)}}}};
+    JsonWriter& json;
+    void operator()(const std::string& v) const { StringMember(json, "stringValue", v); }
+    void operator()(bool v) const {
+      json.Key("boolValue");
+      json.Bool(v);
+    }
+    void operator()(int64_t v) const { Int64Member(json, "intValue", v); }
+    void operator()(double v) const {
+      json.Key("doubleValue");
+      json.Double(v);
+    }
+    void operator()(const std::vector<std::string>& v) const {
+      json.Key("arrayValue");
+      json.BeginObject();
+      json.Key("values");
+      json.BeginArray();
+      for (const std::string& item : v) {
+        json.BeginObject();
+        StringMember(json, "stringValue", item);
+        json.EndObject();
+      }
+      json.EndArray();
+      json.EndObject();
     }
   };
-  return std::visit(Visitor{}, value);
+  json.BeginObject();
+  std::visit(Visitor{json}, value);
+  json.EndObject();
 }
 
-nlohmann::json EncodeSpan(const SpanData& span) {
-  nlohmann::json out = {
-      {"traceId", span.context.TraceIdHex()},
-      {"spanId", span.context.SpanIdHex()},
-      {"name", span.name},
-      {"kind", KindNumber(span.kind)},
-      {"startTimeUnixNano", UnixNanos(span.start)},
-      {"endTimeUnixNano", UnixNanos(span.end)},
-      {"attributes", EncodeAttributes(span.attributes)},
-      {"status", {{"code", StatusNumber(span.status)}}},
-  };
-  if (span.parent_span_id) out["parentSpanId"] = SpanIdHex(*span.parent_span_id);
-  if (!span.context.tracestate().empty()) out["traceState"] = span.context.tracestate();
-  if (!span.status_message.empty()) out["status"]["message"] = span.status_message;
+// "attributes": [{"key": ..., "value": {"stringValue": ...}}, ...]
+void WriteAttributes(JsonWriter& json, const Attributes& attributes) {
+  json.Key("attributes");
+  json.BeginArray();
+  for (const auto& [key, value] : attributes) {
+    json.BeginObject();
+    StringMember(json, "key", key);
+    json.Key("value");
+    WriteValue(json, value);
+    json.EndObject();
+  }
+  json.EndArray();
+}
+
+void WriteIds(JsonWriter& json, const TraceContext& context) {
+  json.Key("traceId");
+  json.HexString(Bytes(context.trace_id()));
+  json.Key("spanId");
+  json.HexString(Bytes(context.span_id()));
+  if (!context.tracestate().empty()) StringMember(json, "traceState", context.tracestate());
+}
+
+void WriteSpan(JsonWriter& json, const SpanData& span) {
+  json.BeginObject();
+  WriteIds(json, span.context);
+  if (span.parent_span_id) {
+    json.Key("parentSpanId");
+    json.HexString(Bytes(*span.parent_span_id));
+  }
+  StringMember(json, "name", span.name);
+  json.Key("kind");
+  json.Int(KindNumber(span.kind));
+  Int64Member(json, "startTimeUnixNano", absl::ToUnixNanos(span.start));
+  Int64Member(json, "endTimeUnixNano", absl::ToUnixNanos(span.end));
+  WriteAttributes(json, span.attributes);
   if (!span.events.empty()) {
-    nlohmann::json& events = out["events"] = nlohmann::json::array();
+    json.Key("events");
+    json.BeginArray();
     for (const SpanEvent& event : span.events) {
-      events.push_back({{"timeUnixNano", UnixNanos(event.time)},
-                        {"name", event.name},
-                        {"attributes", EncodeAttributes(event.attributes)}});
+      json.BeginObject();
+      Int64Member(json, "timeUnixNano", absl::ToUnixNanos(event.time));
+      StringMember(json, "name", event.name);
+      WriteAttributes(json, event.attributes);
+      json.EndObject();
     }
+    json.EndArray();
   }
   if (!span.links.empty()) {
-    nlohmann::json& links = out["links"] = nlohmann::json::array();
+    json.Key("links");
+    json.BeginArray();
     for (const SpanLink& link : span.links) {
-      nlohmann::json encoded = {{"traceId", link.context.TraceIdHex()},
-                                {"spanId", link.context.SpanIdHex()},
-                                {"attributes", EncodeAttributes(link.attributes)}};
-      if (!link.context.tracestate().empty()) encoded["traceState"] = link.context.tracestate();
-      links.push_back(std::move(encoded));
+      json.BeginObject();
+      WriteIds(json, link.context);
+      WriteAttributes(json, link.attributes);
+      json.EndObject();
     }
+    json.EndArray();
   }
-  return out;
+  json.Key("status");
+  json.BeginObject();
+  json.Key("code");
+  json.Int(StatusNumber(span.status));
+  if (!span.status_message.empty()) StringMember(json, "message", span.status_message);
+  json.EndObject();
+  json.EndObject();
 }
 
 }  // namespace
 
-nlohmann::json EncodeAttributes(const Attributes& attributes) {
-  nlohmann::json out = nlohmann::json::array();
-  for (const auto& [key, value] : attributes) {
-    out.push_back({{"key", key}, {"value", EncodeValue(value)}});
-  }
+std::string EncodeExportTraceRequest(const Attributes& resource, const std::string& scope_name,
+                                     const std::vector<SpanData>& spans) {
+  std::string out;
+  out.reserve(512 + spans.size() * 768);  // About the size of an RPC span with its attributes.
+  JsonWriter json(out);
+  json.BeginObject();
+  json.Key("resourceSpans");
+  json.BeginArray();
+  json.BeginObject();
+  json.Key("resource");
+  json.BeginObject();
+  WriteAttributes(json, resource);
+  json.EndObject();
+  json.Key("scopeSpans");
+  json.BeginArray();
+  json.BeginObject();
+  json.Key("scope");
+  json.BeginObject();
+  StringMember(json, "name", scope_name);
+  json.EndObject();
+  json.Key("spans");
+  json.BeginArray();
+  for (const SpanData& span : spans) WriteSpan(json, span);
+  json.EndArray();
+  json.EndObject();
+  json.EndArray();
+  json.EndObject();
+  json.EndArray();
+  json.EndObject();
   return out;
-}
-
-nlohmann::json EncodeExportTraceRequest(const Attributes& resource, const std::string& scope_name,
-                                        const std::vector<SpanData>& spans) {
-  nlohmann::json encoded = nlohmann::json::array();
-  for (const SpanData& span : spans) encoded.push_back(EncodeSpan(span));
-  return {{"resourceSpans",
-           nlohmann::json::array(
-               {{{"resource", {{"attributes", EncodeAttributes(resource)}}},
-                 {"scopeSpans", nlohmann::json::array({{{"scope", {{"name", scope_name}}},
-                                                        {"spans", std::move(encoded)}}})}}})}};
 }
 
 }  // namespace parley::telemetry

@@ -78,7 +78,9 @@ TEST_F(OtlpExporterTest, SendsEverySpanFieldInOtlpJson) {
                      {"gen_ai.usage.input_tokens", int64_t{812}},
                      {"gen_ai.response.finish_reasons", std::vector<std::string>{"stop", "length"}},
                      {"cached", true},
-                     {"temperature", 0.5}};
+                     {"temperature", 0.5},
+                     // Quotes, a newline and a byte that is not UTF-8 (replaced by U+FFFD).
+                     {"prompt", std::string("say \"hi\"\n\xFF")}};
   span.events.push_back({.name = "gen_ai.first_token",
                          .time = span.start + absl::Milliseconds(1),
                          .attributes = {{"step", int64_t{1}}}});
@@ -108,6 +110,7 @@ TEST_F(OtlpExporterTest, SendsEverySpanFieldInOtlpJson) {
   EXPECT_EQ(got.attributes.at("gen_ai.response.finish_reasons"), "stop,length");
   EXPECT_EQ(got.attributes.at("cached"), "true");
   EXPECT_EQ(got.attributes.at("temperature"), "0.5");
+  EXPECT_EQ(got.attributes.at("prompt"), "say \"hi\"\n\xEF\xBF\xBD");
   ASSERT_EQ(got.events.size(), 1u);
   EXPECT_EQ(got.events[0].name, "gen_ai.first_token");
   EXPECT_EQ(got.events[0].unix_nanos, absl::ToUnixNanos(span.start + absl::Milliseconds(1)));
