@@ -280,8 +280,12 @@ struct TurnRecord {
 // `on_sealed(session)` for every TurnSealed.
 class Listener {
  public:
-  Listener(parley::RedisEndpoint endpoint, std::vector<std::string> sessions)
-      : endpoint_(std::move(endpoint)), sessions_(std::move(sessions)) {}
+  // `key_prefix`: the services' --redis_key_prefix.
+  Listener(parley::RedisEndpoint endpoint, std::vector<std::string> sessions,
+           std::string key_prefix = "")
+      : endpoint_(std::move(endpoint)),
+        sessions_(std::move(sessions)),
+        key_prefix_(std::move(key_prefix)) {}
   ~Listener() { Stop(); }
 
   absl::Status Start(std::function<void(const std::string&)> on_sealed) {
@@ -289,7 +293,7 @@ class Listener {
     auto connection = parley::RedisConnection::Connect(endpoint_, absl::Seconds(5));
     if (!connection.ok()) return connection.status();
     redis_ = *std::move(connection);
-    parley::RedisKeys keys;
+    parley::RedisKeys keys(key_prefix_);
     std::vector<std::string> subscribe = {"SUBSCRIBE"};
     for (const std::string& session : sessions_) subscribe.push_back(keys.EventChannel(session));
     // The first confirmation comes back here, the others through the reader.
@@ -362,6 +366,7 @@ class Listener {
 
   const parley::RedisEndpoint endpoint_;
   const std::vector<std::string> sessions_;
+  const std::string key_prefix_;
   std::unique_ptr<parley::RedisConnection> redis_;
   std::function<void(const std::string&)> on_sealed_;
   std::atomic<bool> stop_{false};
