@@ -69,7 +69,7 @@ struct Options {
   int64_t submitters = 8;
   int64_t turn_slots = 32;
   int64_t turn_rate = 40;  // Per stack.
-  int64_t rounds = 5;
+  int64_t rounds = 10;
   int64_t words = 16;
   absl::Duration warmup = absl::Seconds(2);
   absl::Duration duration = absl::Seconds(8);
