@@ -120,8 +120,8 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> StartStore(const Options& o, con
                                                            int round) {
   return ServiceProcess::Start(
       "parley-store", o.store_binary,
-      {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0",
-       "--database_url=" + mode.database_url, "--redis_url=" + o.redis_url, "--persister=true"},
+      {"--grpc_addr=127.0.0.1:0", "--admin_addr=127.0.0.1:0", "--database_url=" + mode.database_url,
+       "--redis_url=" + o.redis_url, "--persister=true"},
       ServiceEnv(mode, "parley-store"),
       absl::StrCat(o.work_dir, "/parley-store-", mode.name, "-", round, ".log"));
 }
@@ -159,9 +159,7 @@ class Pacer {
       std::string session;
       {
         absl::MutexLock lock(&mu_);
-        auto due = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || !ready_.empty();
-        };
+        auto due = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !ready_.empty(); };
         mu_.Await(absl::Condition(&due));
         if (stop_) return;
         session = std::move(ready_.front());
@@ -330,8 +328,8 @@ absl::Status Run(const Options& o) {
   std::vector<Mode> modes = Modes((*receiver)->endpoint());
   const std::vector<std::string> urls = absl::StrSplit(o.database_urls, ',');
   if (urls.size() != modes.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--database_urls: expected ", modes.size(), " URLs (off, on, 1pct), got ", urls.size()));
+    return absl::InvalidArgumentError(absl::StrCat("--database_urls: expected ", modes.size(),
+                                                   " URLs (off, on, 1pct), got ", urls.size()));
   }
   for (size_t m = 0; m < modes.size(); ++m) {
     modes[m].database_url = urls[m];
@@ -388,8 +386,8 @@ absl::Status Run(const Options& o) {
       "RESULT name=telemetry cpu_off_ms=%.3f cpu_on_ms=%.3f cpu_1pct_ms=%.3f overhead_pct=%.1f "
       "overhead_round_median_pct=%.1f overhead_1pct_round_median_pct=%.1f "
       "spans_per_turn_on=%.2f spans_per_turn_1pct=%.3f turns_per_mode=%d rounds=%d\n",
-      off.CpuPerTurnMs(), on.CpuPerTurnMs(), pct.CpuPerTurnMs(), overhead,
-      Median(round_on_pct), Median(round_1pct_pct), static_cast<double>(on.spans) / on.round_turns,
+      off.CpuPerTurnMs(), on.CpuPerTurnMs(), pct.CpuPerTurnMs(), overhead, Median(round_on_pct),
+      Median(round_1pct_pct), static_cast<double>(on.spans) / on.round_turns,
       static_cast<double>(pct.spans) / pct.round_turns, std::min({off.turns, on.turns, pct.turns}),
       o.rounds);
   return absl::OkStatus();

@@ -54,9 +54,9 @@ TEST(JsonWriterTest, EscapesQuotesBackslashesAndControlCharacters) {
 }
 
 TEST(JsonWriterTest, KeepsWellFormedUtf8AsItIs) {
-  for (const std::string& text : {std::string("caf\xC3\xA9"), std::string("\xE2\x82\xAC 5"),
-                                  std::string("\xF0\x9F\x98\x80"), std::string("\xEF\xBF\xBF"),
-                                  std::string("\xF4\x8F\xBF\xBF")}) {
+  for (const std::string& text :
+       {std::string("caf\xC3\xA9"), std::string("\xE2\x82\xAC 5"), std::string("\xF0\x9F\x98\x80"),
+        std::string("\xEF\xBF\xBF"), std::string("\xF4\x8F\xBF\xBF")}) {
     EXPECT_EQ(Quoted(text), "\"" + text + "\"");
     EXPECT_EQ(Parse(Quoted(text)), text);
   }
@@ -68,15 +68,15 @@ TEST(JsonWriterTest, ReplacesEachByteThatIsNotUtf8WithTheReplacementCharacter) {
     std::string in, out;
   };
   for (const Case& c : {
-           Case{"a\xFF" "b", "a" + r + "b"},           // Never valid.
-           Case{"\x80", r},                            // A stray continuation byte.
-           Case{"\xC3", r},                            // Cut short at the end.
-           Case{"\xC3z", r + "z"},                     // Cut short by an ASCII byte.
-           Case{"\xC0\x80", r + r},                    // Overlong NUL.
-           Case{"\xE0\x80\x80", r + r + r},            // Overlong three-byte form.
-           Case{"\xED\xA0\x80", r + r + r},            // A UTF-16 surrogate.
-           Case{"\xF4\x90\x80\x80", r + r + r + r},    // Past U+10FFFF.
-           Case{"\xE2\x82", r + r},                    // Three-byte sequence cut short.
+           Case{std::string("a\xFF") + "b", "a" + r + "b"},  // Never valid.
+           Case{"\x80", r},                                  // A stray continuation byte.
+           Case{"\xC3", r},                                  // Cut short at the end.
+           Case{"\xC3z", r + "z"},                           // Cut short by an ASCII byte.
+           Case{"\xC0\x80", r + r},                          // Overlong NUL.
+           Case{"\xE0\x80\x80", r + r + r},                  // Overlong three-byte form.
+           Case{"\xED\xA0\x80", r + r + r},                  // A UTF-16 surrogate.
+           Case{"\xF4\x90\x80\x80", r + r + r + r},          // Past U+10FFFF.
+           Case{"\xE2\x82", r + r},                          // Three-byte sequence cut short.
        }) {
     EXPECT_EQ(Quoted(c.in), "\"" + c.out + "\"") << absl::CEscape(c.in);
     EXPECT_EQ(Parse(Quoted(c.in)), c.out) << absl::CEscape(c.in);
