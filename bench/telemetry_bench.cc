@@ -21,7 +21,8 @@
 // so one round's on/off ratio holds the tracing cost and little else.
 //
 // Two figures: overhead_pct from each mode's CPU and turns summed over all rounds (the
-// goal's), and the median over rounds of each round's on/off ratio.
+// goal's), and the median (nearest rank, bench_util's Percentile) over rounds of each
+// round's on/off ratio.
 //
 //   telemetry_bench --store_binary=build/store-svc/parley-store
 //                   --session_binary=build/session-svc/parley-session
@@ -50,6 +51,7 @@ using parley::bench::CreateSessions;
 using parley::bench::CreateTenant;
 using parley::bench::Listener;
 using parley::bench::Load;
+using parley::bench::Percentile;
 using parley::bench::ProcessCpu;
 using parley::bench::Replica;
 using parley::bench::ServiceProcess;
@@ -315,13 +317,6 @@ absl::StatusOr<std::vector<double>> RunRound(const Options& o, std::vector<Mode>
   return cpu_per_turn_ms;  // The stacks stop as they go out of scope.
 }
 
-// The median of `values` (not empty).
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t mid = values.size() / 2;
-  return values.size() % 2 == 1 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
-}
-
 absl::Status Run(const Options& o) {
   auto receiver = parley::testing::OtlpReceiver::Start();
   if (!receiver.ok()) return receiver.status();
@@ -381,13 +376,14 @@ absl::Status Run(const Options& o) {
   std::cout << absl::StrFormat(
       "per round: 100%% sampling %+.1f%% (median; from %+.1f%% to %+.1f%%), 1%% sampling "
       "%+.1f%% (median)\n",
-      Median(round_on_pct), *low, *high, Median(round_1pct_pct));
+      Percentile(round_on_pct, 0.5), *low, *high, Percentile(round_1pct_pct, 0.5));
   std::cout << absl::StrFormat(
       "RESULT name=telemetry cpu_off_ms=%.3f cpu_on_ms=%.3f cpu_1pct_ms=%.3f overhead_pct=%.1f "
       "overhead_round_median_pct=%.1f overhead_1pct_round_median_pct=%.1f "
       "spans_per_turn_on=%.2f spans_per_turn_1pct=%.3f turns_per_mode=%d rounds=%d\n",
-      off.CpuPerTurnMs(), on.CpuPerTurnMs(), pct.CpuPerTurnMs(), overhead, Median(round_on_pct),
-      Median(round_1pct_pct), static_cast<double>(on.spans) / on.round_turns,
+      off.CpuPerTurnMs(), on.CpuPerTurnMs(), pct.CpuPerTurnMs(), overhead,
+      Percentile(round_on_pct, 0.5), Percentile(round_1pct_pct, 0.5),
+      static_cast<double>(on.spans) / on.round_turns,
       static_cast<double>(pct.spans) / pct.round_turns, std::min({off.turns, on.turns, pct.turns}),
       o.rounds);
   return absl::OkStatus();
