@@ -135,7 +135,8 @@ absl::StatusOr<uint64_t> RedisStoreHistory::LastSeq(const std::string& session_i
 }
 
 absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& session_id,
-                                                         const v1::Turn& turn) {
+                                                         const StreamStart& start) {
+  const v1::Turn& turn = *start.turn;
   if (turn.first_seq() > 0) return turn.first_seq();
   if (turn.status() != v1::TURN_STATUS_QUEUED && turn.status() != v1::TURN_STATUS_RUNNING) {
     return 0;  // Ended without ever starting (cancelled while queued).
@@ -144,19 +145,22 @@ absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& sess
   // started: until then the hot window is where its start is found.
   absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();
   if (!redis.ok()) return redis.status();
-  absl::StatusOr<uint64_t> start = FindTurnStart(**redis, session_id, turn);
+  absl::StatusOr<uint64_t> first = FindTurnStart(**redis, session_id, start);
   Return(*std::move(redis));
-  return start;
+  return first;
 }
 
 absl::StatusOr<uint64_t> RedisStoreHistory::FindTurnStart(RedisConnection& redis,
                                                           const std::string& session_id,
-                                                          const v1::Turn& turn) {
+                                                          const StreamStart& start) {
+  const v1::Turn& turn = *start.turn;
   constexpr int kBatch = 256;
   constexpr int kMaxEntries = 16 * 1024;
   constexpr absl::Duration kClockSkew = absl::Seconds(2);
   std::optional<EntryId> before;  // From the newest.
-  uint64_t newest_seq = 0;
+  // What was published before the scan: the durable log's (if Redis lost its window)
+  // and the hot window's, as read.
+  uint64_t newest_seq = start.durable_last_seq;
   for (int scanned = 0; scanned < kMaxEntries; scanned += kBatch) {
     absl::StatusOr<std::vector<EventLogEntry>> entries =
         log_.ReadBackward(redis, session_id, before, kBatch);
@@ -179,8 +183,9 @@ absl::StatusOr<uint64_t> RedisStoreHistory::FindTurnStart(RedisConnection& redis
     if (entries->size() < static_cast<size_t>(kBatch)) break;  // The window's start.
     before = entries->back().id;
   }
-  // Neither found within reach: from what is newest now, as before the window was read.
-  return newest_seq > 0 ? newest_seq + 1 : 0;
+  // Neither found within reach: after what was newest when the window was read. Not
+  // "from the newest" later: by then the turn may have published its start, or ended.
+  return newest_seq + 1;
 }
 
 }  // namespace parley::gateway

@@ -56,11 +56,13 @@ class HistorySource {
   // window's, else the durable one `start` holds.
   virtual absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
                                            const StreamStart& start) = 0;
-  // Where a stream from the start of `turn` begins: the seq of its first event (its
+  // Where a stream from the start of `start.turn` begins: the seq of its first event (its
   // newest attempt's TurnStarted); while it has not started, a seq no greater than the
-  // one its first event will get. 0 when unknown (the caller starts from the newest).
+  // one its first event will get, fixed now (the turn may start and end before the
+  // stream subscribes). 0 only for a turn that ended without starting (the caller
+  // starts from the newest).
   virtual absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
-                                                const v1::Turn& turn) = 0;
+                                                const StreamStart& start) = 0;
 };
 
 // Redis first, store-svc for what Redis no longer (or never) had. Thread-safe: each
@@ -80,7 +82,7 @@ class RedisStoreHistory final : public HistorySource {
   absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
                                    const StreamStart& start) override;
   absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
-                                        const v1::Turn& turn) override;
+                                        const StreamStart& start) override;
 
  private:
   absl::StatusOr<std::unique_ptr<RedisConnection>> Borrow();
@@ -88,7 +90,7 @@ class RedisStoreHistory final : public HistorySource {
   // TurnFirstSeq before session-svc has reported the turn's first seq: the hot window,
   // newest first, down to the turn's TurnStarted or to events older than the turn.
   absl::StatusOr<uint64_t> FindTurnStart(RedisConnection& redis, const std::string& session_id,
-                                         const v1::Turn& turn);
+                                         const StreamStart& start);
   absl::StatusOr<std::vector<v1::Event>> ReadHot(RedisConnection& redis,
                                                  const std::string& session_id, uint64_t from_seq,
                                                  int max);

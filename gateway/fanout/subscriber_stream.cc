@@ -282,9 +282,9 @@ absl::Status SubscriberStream::ResolveStart() {
   if (!start.ok()) return start.status();
   uint64_t next = params_.after_seq + 1;
   if (params_.start == StreamParams::Start::kTurn) {
-    next = 0;  // Unknown until the turn says: then from the newest, below.
+    next = 0;  // Stays 0 for a turn that ended without starting: from the newest.
     if (start->turn.has_value()) {
-      absl::StatusOr<uint64_t> first = history.TurnFirstSeq(params_.session_id, *start->turn);
+      absl::StatusOr<uint64_t> first = history.TurnFirstSeq(params_.session_id, *start);
       if (!first.ok()) return first.status();
       next = *first;
     }

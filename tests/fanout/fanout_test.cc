@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -453,8 +455,8 @@ class FlakyHistory final : public HistorySource {
     return real_.LastSeq(session_id, start);
   }
   absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
-                                        const v1::Turn& turn) override {
-    return real_.TurnFirstSeq(session_id, turn);
+                                        const StreamStart& start) override {
+    return real_.TurnFirstSeq(session_id, start);
   }
   int starts() const { return starts_.load(); }
   int reads() const { return reads_.load(); }
@@ -496,6 +498,104 @@ TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) 
   EXPECT_THAT(Seqs(events), ElementsAre(1u));
   EXPECT_EQ(flaky_->starts(), 2);
   EXPECT_GE(flaky_->reads(), 2);
+}
+
+// A history that runs `after_turn_first_seq` once, right after the real TurnFirstSeq
+// answered: what session-svc might do in that instant under load.
+class HookedHistory final : public HistorySource {
+ public:
+  explicit HookedHistory(HistorySource& real) : real_(real) {}
+  absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
+                                                  const std::string& session_id, uint64_t from_seq,
+                                                  int max) override {
+    return real_.ReadFrom(tenant_id, session_id, from_seq, max);
+  }
+  absl::StatusOr<StreamStart> Start(const std::string& tenant_id, const std::string& session_id,
+                                    const std::string& turn_id) override {
+    return real_.Start(tenant_id, session_id, turn_id);
+  }
+  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
+                                   const StreamStart& start) override {
+    return real_.LastSeq(session_id, start);
+  }
+  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
+                                        const StreamStart& start) override {
+    absl::StatusOr<uint64_t> first = real_.TurnFirstSeq(session_id, start);
+    if (std::function<void()> hook = std::exchange(after_turn_first_seq, nullptr)) hook();
+    return first;
+  }
+  std::function<void()> after_turn_first_seq;
+
+ private:
+  HistorySource& real_;
+};
+
+class HookedFanout : public FanoutFixture {
+ protected:
+  HistorySource& HubHistory(RedisStoreHistory& real) override {
+    hooked_ = std::make_unique<HookedHistory>(real);
+    return *hooked_;
+  }
+  std::unique_ptr<HookedHistory> hooked_;
+};
+
+// What it proves: a stream from a turn that had not started when the stream looked for
+// its start still begins with the turn's TurnStarted, even when the whole turn runs
+// between that look and the stream's subscription (a fast turn on a loaded gateway:
+// `parley send --follow` once printed only the turn's end). How the race is forced: the
+// hook publishes the turn's events right after the history answered where it starts.
+TEST_F(HookedFanout, AStreamFromATurnThatStartsMeanwhileBeginsWithItsStart) {
+  const std::string session = CreateSession();
+  grpc::ClientContext enqueue_context;
+  store::v1::EnqueueTurnRequest enqueue;
+  enqueue.set_tenant_id(kTenant);
+  enqueue.mutable_request()->set_session_id(session);
+  enqueue.mutable_request()->add_content()->set_text("hello");
+  store::v1::EnqueueTurnResponse enqueued;
+  ASSERT_TRUE(store_->EnqueueTurn(&enqueue_context, enqueue, &enqueued).ok());
+  const std::string turn_id = enqueued.turn().id();
+  ASSERT_EQ(enqueued.turn().status(), v1::TURN_STATUS_QUEUED);
+
+  auto writer = NewWriter(session, 1);
+  auto publish = [&](v1::Event event) {
+    event.set_session_id(session);
+    event.set_seq(writer->last_seq + 1);
+    event.set_epoch(writer->history_epoch);
+    event.set_turn_id(turn_id);
+    *event.mutable_time() = ToTimestamp(absl::Now());
+    absl::Status status = writer->publisher->Publish(event, writer->lease_epoch);
+    EXPECT_TRUE(status.ok()) << status;
+    ++writer->last_seq;
+  };
+  std::atomic<bool> ran{false};
+  hooked_->after_turn_first_seq = [&] {
+    v1::Event started, text, completed;
+    started.mutable_turn_started()->set_turn_id(turn_id);
+    publish(started);
+    text.mutable_text_delta()->set_text("Echo: hello");
+    publish(text);
+    completed.mutable_turn_completed()->set_status(v1::TURN_STATUS_SUCCEEDED);
+    publish(completed);
+    ran = true;
+  };
+
+  auto client = NewClient();
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_from_turn_id(turn_id);
+  request.set_until_turn_end(true);
+  StreamReader stream(*client, request);
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return ran.load(); }));
+  v1::Event sealed;
+  sealed.mutable_turn_sealed()->set_turn_id(turn_id);
+  publish(sealed);
+
+  std::vector<v1::Event> events = stream.ReadEvents(100);
+  EXPECT_THAT(Seqs(events), ElementsAre(1u, 2u, 3u, 4u));
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(events.front().has_turn_started()) << events.front().ShortDebugString();
+  EXPECT_TRUE(events.back().has_turn_sealed());
+  EXPECT_TRUE(stream.reader->Finish().ok());
 }
 
 TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {
