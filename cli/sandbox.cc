@@ -1,8 +1,10 @@
 // `parley exec` and `parley files`: processes and files in a session's sandbox.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -54,6 +56,13 @@ int FilesPut(const Invocation& call) {
   header.set_path(args[2]);
   header.set_create_parents(true);
   header.set_append(append);
+  // A file's length is known up front: with it, an upload cut short can never replace
+  // the remote file. (Standard input's is not.)
+  std::error_code unknown;
+  if (args[1] != "-" && std::filesystem::is_regular_file(args[1], unknown)) {
+    const uintmax_t size = std::filesystem::file_size(args[1], unknown);
+    if (!unknown) header.set_size(size);
+  }
   bool sending = writer->Write(request);
   std::string chunk(kUploadChunk, '\0');
   while (sending && *in) {

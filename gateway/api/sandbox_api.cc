@@ -400,6 +400,7 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
     out->set_mode(header.mode());
     out->set_create_parents(header.create_parents());
     out->set_append(header.append());
+    if (header.has_size()) out->set_size(header.size());
     absl::Status valid = ValidateWriteHeader(*out, "header.");
     Locate(kScopeSandboxFiles, header.session_id(), "header.session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -141,12 +142,17 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sandboxd_pb::Write
           header.path(), header.mode(), header.create_parents(), header.append());
       if (!writer.ok()) return writer.status();
       writer_ = *std::move(writer);
+      if (header.has_size()) size_ = header.size();
       return absl::OkStatus();
     }
     if (request_.has_header()) {
       return InvalidArgumentError("header", "only the first message may be a header");
     }
     if (absl::Status s = ValidateWriteChunk(request_.data()); !s.ok()) return s;
+    if (size_ && writer_->bytes_written() + request_.data().size() > *size_) {
+      return InvalidArgumentError(
+          "header.size", absl::StrCat("the data is longer than the ", *size_, " bytes declared"));
+    }
     return writer_->Write(request_.data());
   }
 
@@ -154,6 +160,14 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sandboxd_pb::Write
     if (!writer_) {
       Finish(ToGrpcStatus(
           InvalidArgumentError("header", "the stream ended before a WriteFileHeader")));
+      return;
+    }
+    if (size_ && writer_->bytes_written() != *size_) {
+      const uint64_t arrived = writer_->bytes_written();
+      writer_.reset();  // Aborts: the old content stays.
+      Finish(ToGrpcStatus(InvalidArgumentError(
+          "header.size", absl::StrCat("the stream ended after ", arrived, " of the ", *size_,
+                                      " bytes declared"))));
       return;
     }
     absl::StatusOr<::parley::v1::FileInfo> info = writer_->Commit();
@@ -170,6 +184,7 @@ class WriteFileReactor final : public grpc::ServerReadReactor<sandboxd_pb::Write
   sandboxd_pb::WriteFileResponse* response_;
   sandboxd_pb::WriteFileRequest request_;
   std::unique_ptr<FileWriter> writer_;
+  std::optional<uint64_t> size_;  // Declared by the header.
 };
 
 }  // namespace
