@@ -135,12 +135,14 @@ class ServerCallTelemetry::Record {
     in_flight_.Add(-1);
     instruments_.server_handled.WithLabels({method_, code}).Increment();
     instruments_.server_latency.WithLabels({method_}).Observe(seconds);
-    logger_.Debug("rpc",
-                  {{"method", method_},
-                   {"code", code},
-                   {"duration_ms", seconds * 1000.0},
-                   {"peer", context_ != nullptr ? context_->peer() : std::string()}},
-                  &span_.context);
+    if (logger_.Enabled(LogLevel::kDebug)) {  // The fields (the peer above all) cost.
+      logger_.Debug("rpc",
+                    {{"method", method_},
+                     {"code", code},
+                     {"duration_ms", seconds * 1000.0},
+                     {"peer", context_ != nullptr ? context_->peer() : std::string()}},
+                    &span_.context);
+    }
     if (!span_.context.sampled()) return;
     FillRpcSpan(span_, method_, status, IsServerError(status.error_code()));
     tracer_.End(std::move(span_));  // The call is over: span_ is not read again.
