@@ -29,11 +29,16 @@ own_dir() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# free_port — prints a TCP port on 127.0.0.1 that nothing listens on right now.
+# free_port — prints a TCP port on 127.0.0.1 that nothing listens on right now. It is
+# chosen below the kernel's ephemeral range: a port in that range can become the local
+# port of some outgoing connection between this choice and the server's bind (a
+# redis-server once failed to start so, under load).
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  (( low > 11000 )) || low=32768
   for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (low - 10000)))
     port_in_use "$port" || { echo "$port"; return 0; }
   done
   die "no free port found"

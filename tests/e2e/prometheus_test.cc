@@ -4,9 +4,6 @@
 // file loads through Prometheus's own config and reports healthy in /api/v1/rules.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <fstream>
 #include <set>
@@ -43,19 +40,6 @@ std::string UrlEncode(const std::string& text) {
   return out;
 }
 
-// A loopback port nothing listens on right now.
-int UnusedPort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t size = sizeof(address);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -88,7 +72,7 @@ class PrometheusScrape : public SessionFixture {
                       "      - targets: ['127.0.0.1:", port, "']\n");
     }
     std::ofstream(dir + "/prometheus.yml") << config;
-    port_ = UnusedPort();
+    port_ = parley::testing::FreePort();
     auto process = ServiceProcess::Start(
         {.binary = "/usr/bin/prometheus",
          .args = {"--config.file=" + dir + "/prometheus.yml",

@@ -203,17 +203,27 @@ absl::Status RunLibFunction(const std::string& call) {
 
 }  // namespace
 
-// Asks the kernel for a free loopback port, then releases it for a server to take.
+// A loopback port nothing holds now, for a server started with an explicit port. It is
+// chosen below the kernel's ephemeral range (as scripts/lib.sh's free_port does): a
+// port from that range, even one the kernel just handed out and took back, can become
+// the local port of an outgoing connection before the server binds it.
 int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
+  int low = 32768;
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  if (!(range >> low) || low <= 11000) low = 32768;
+  absl::BitGen bitgen;
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int port = absl::Uniform(bitgen, 10000, low);
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    ::close(fd);
+    if (free) return port;
+  }
+  return 0;  // The server's start then fails and says so.
 }
 
 absl::StatusOr<std::unique_ptr<PrivateRedis>> PrivateRedis::Start() {

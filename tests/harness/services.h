@@ -42,6 +42,11 @@ std::string SourcePath(const std::string& relative);
 // A directory for this test's files, removed by scripts/test at the end of the run.
 std::string TestTempDir();
 
+// A loopback port nothing holds now, for a server that must be told its port (Redis,
+// Prometheus); below the kernel's ephemeral range, so no outgoing connection takes it
+// before the server binds it. 0 when none was found.
+int FreePort();
+
 class TestDatabase {
  public:
   // Creates an empty database with a unique name on the test server.
