@@ -19,7 +19,6 @@
 #include "common/events/event_log_reader.h"
 #include "common/redis_cluster.h"
 #include "common/status.h"
-#include "store-svc/persister/persister.h"
 #include "tests/fanout/fanout_fixture.h"
 
 namespace parley::gateway::testing {
@@ -376,32 +375,7 @@ class SlowReader {
   std::thread thread_;
 };
 
-class HotWindowChecker : public FanoutFixture {
- protected:
-  HubOptions Options() override {
-    HubOptions options;
-    options.stream.max_buffered = 16;
-    return options;
-  }
-  void SetUp() override {
-    FanoutFixture::SetUp();
-    if (HasFatalFailure()) return;
-    persister_ = std::make_unique<store::EventPersister>(
-        store::PersisterOptions{.redis = redis_->endpoint(),
-                                .key_prefix = redis_->keys().prefix(),
-                                .owner = "checker",
-                                .poll_interval = absl::Milliseconds(10)},
-        *pool_, telemetry_logger_, persister_registry_);
-    persister_->Start();
-  }
-  void TearDown() override {
-    if (persister_) persister_->Stop();
-    FanoutFixture::TearDown();
-  }
-
-  telemetry::Registry persister_registry_;
-  std::unique_ptr<store::EventPersister> persister_;
-};
+class HotWindowChecker : public PersistingFanout {};
 
 // Proves: with 16-event buffers, slow readers, the persister moving events to Postgres
 // and a hot window of about 10 events, every subscriber still ends with exactly 1..K,

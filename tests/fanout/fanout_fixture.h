@@ -23,6 +23,7 @@
 #include "store-svc/api/store_service.h"
 #include "store-svc/db/migrator.h"
 #include "store-svc/db/pool.h"
+#include "store-svc/persister/persister.h"
 #include "telemetry/grpc_telemetry.h"
 #include "telemetry/span.h"
 #include "tests/harness/services.h"
@@ -215,6 +216,36 @@ class FanoutFixture : public ::testing::Test {
   std::unique_ptr<SessionApi> api_;
   std::unique_ptr<grpc::Server> gateway_server_;
   int gateway_port_ = 0;
+};
+
+// The hub with 16-event stream buffers and the persister moving events to Postgres every
+// 10 ms: for checkers whose resumes must cross from Postgres to Redis to live (their
+// publishers keep a hot window of about 10 events).
+class PersistingFanout : public FanoutFixture {
+ protected:
+  HubOptions Options() override {
+    HubOptions options;
+    options.stream.max_buffered = 16;
+    return options;
+  }
+  void SetUp() override {
+    FanoutFixture::SetUp();
+    if (HasFatalFailure()) return;
+    persister_ = std::make_unique<store::EventPersister>(
+        store::PersisterOptions{.redis = redis_->endpoint(),
+                                .key_prefix = redis_->keys().prefix(),
+                                .owner = "checker",
+                                .poll_interval = absl::Milliseconds(10)},
+        *pool_, telemetry_logger_, persister_registry_);
+    persister_->Start();
+  }
+  void TearDown() override {
+    if (persister_) persister_->Stop();
+    FanoutFixture::TearDown();
+  }
+
+  telemetry::Registry persister_registry_;
+  std::unique_ptr<store::EventPersister> persister_;
 };
 
 // Reads a stream synchronously on the calling thread.

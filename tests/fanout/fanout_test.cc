@@ -435,10 +435,36 @@ TEST_F(KeepaliveFanout, IdleStreamsGetKeepalivesCarryingTheCursor) {
   EXPECT_TRUE(keepalive);
 }
 
-// A history whose first start and first read fail as an unreachable store would.
-class FlakyHistory final : public HistorySource {
+// Forwards every call to the real history: tests override the calls they change.
+class ForwardingHistory : public HistorySource {
  public:
-  explicit FlakyHistory(HistorySource& real) : real_(real) {}
+  explicit ForwardingHistory(HistorySource& real) : real_(real) {}
+  absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
+                                                  const std::string& session_id, uint64_t from_seq,
+                                                  int max) override {
+    return real_.ReadFrom(tenant_id, session_id, from_seq, max);
+  }
+  absl::StatusOr<StreamStart> Start(const std::string& tenant_id, const std::string& session_id,
+                                    const std::string& turn_id) override {
+    return real_.Start(tenant_id, session_id, turn_id);
+  }
+  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
+                                   const StreamStart& start) override {
+    return real_.LastSeq(session_id, start);
+  }
+  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
+                                        const StreamStart& start) override {
+    return real_.TurnFirstSeq(session_id, start);
+  }
+
+ protected:
+  HistorySource& real_;
+};
+
+// A history whose first start and first read fail as an unreachable store would.
+class FlakyHistory final : public ForwardingHistory {
+ public:
+  using ForwardingHistory::ForwardingHistory;
   absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
                                                   const std::string& session_id, uint64_t from_seq,
                                                   int max) override {
@@ -450,19 +476,10 @@ class FlakyHistory final : public HistorySource {
     if (starts_++ == 0) return absl::UnavailableError("store-svc is down");
     return real_.Start(tenant_id, session_id, turn_id);
   }
-  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
-                                   const StreamStart& start) override {
-    return real_.LastSeq(session_id, start);
-  }
-  absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
-                                        const StreamStart& start) override {
-    return real_.TurnFirstSeq(session_id, start);
-  }
   int starts() const { return starts_.load(); }
   int reads() const { return reads_.load(); }
 
  private:
-  HistorySource& real_;
   std::atomic<int> starts_{0};
   std::atomic<int> reads_{0};
 };
@@ -502,22 +519,9 @@ TEST_F(RetryFanout, AStartAndAReadTheStoreCouldNotAnswerAreRetriedAfterASecond) 
 
 // A history that runs `after_turn_first_seq` once, right after the real TurnFirstSeq
 // answered: what session-svc might do in that instant under load.
-class HookedHistory final : public HistorySource {
+class HookedHistory final : public ForwardingHistory {
  public:
-  explicit HookedHistory(HistorySource& real) : real_(real) {}
-  absl::StatusOr<std::vector<v1::Event>> ReadFrom(const std::string& tenant_id,
-                                                  const std::string& session_id, uint64_t from_seq,
-                                                  int max) override {
-    return real_.ReadFrom(tenant_id, session_id, from_seq, max);
-  }
-  absl::StatusOr<StreamStart> Start(const std::string& tenant_id, const std::string& session_id,
-                                    const std::string& turn_id) override {
-    return real_.Start(tenant_id, session_id, turn_id);
-  }
-  absl::StatusOr<uint64_t> LastSeq(const std::string& session_id,
-                                   const StreamStart& start) override {
-    return real_.LastSeq(session_id, start);
-  }
+  using ForwardingHistory::ForwardingHistory;
   absl::StatusOr<uint64_t> TurnFirstSeq(const std::string& session_id,
                                         const StreamStart& start) override {
     absl::StatusOr<uint64_t> first = real_.TurnFirstSeq(session_id, start);
@@ -525,9 +529,6 @@ class HookedHistory final : public HistorySource {
     return first;
   }
   std::function<void()> after_turn_first_seq;
-
- private:
-  HistorySource& real_;
 };
 
 class HookedFanout : public FanoutFixture {

@@ -19,7 +19,6 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "parley/v1/errors.pb.h"
-#include "store-svc/persister/persister.h"
 #include "tests/fanout/fanout_fixture.h"
 
 namespace parley::gateway::testing {
@@ -210,32 +209,7 @@ class MuxFollowers {
   std::thread reader_;
 };
 
-class SubscribeChecker : public FanoutFixture {
- protected:
-  HubOptions Options() override {
-    HubOptions options;
-    options.stream.max_buffered = 16;
-    return options;
-  }
-  void SetUp() override {
-    FanoutFixture::SetUp();
-    if (HasFatalFailure()) return;
-    persister_ = std::make_unique<store::EventPersister>(
-        store::PersisterOptions{.redis = redis_->endpoint(),
-                                .key_prefix = redis_->keys().prefix(),
-                                .owner = "checker",
-                                .poll_interval = absl::Milliseconds(10)},
-        *pool_, telemetry_logger_, persister_registry_);
-    persister_->Start();
-  }
-  void TearDown() override {
-    if (persister_) persister_->Stop();
-    FanoutFixture::TearDown();
-  }
-
-  telemetry::Registry persister_registry_;
-  std::unique_ptr<store::EventPersister> persister_;
-};
+class SubscribeChecker : public PersistingFanout {};
 
 // Proves: over four Subscribe streams, 64 followers of 8 sessions whose subscriptions
 // are removed and added again at random (and, on the slow stream, cut) while the
