@@ -390,13 +390,7 @@ TEST_F(HotWindowChecker, SlowReadersResumingAcrossStoreRedisAndLiveEachSeeExactl
   std::vector<std::string> sessions;
   for (int i = 0; i < kSessions; ++i) sessions.push_back(CreateSession());
 
-  // Slow readers get a small HTTP/2 window, so a pause in reading backs up into the
-  // gateway's buffer within a few events instead of into megabytes of socket buffers.
-  grpc::ChannelArguments slow_args;
-  slow_args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 * 1024);
-  slow_args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto slow_client = v1::SessionService::NewStub(
-      grpc::CreateCustomChannel(gateway_target(), grpc::InsecureChannelCredentials(), slow_args));
+  auto slow_client = NewSlowClient();
   auto client = NewClient();
 
   std::vector<std::unique_ptr<CheckingSubscriber>> droppers;
@@ -462,13 +456,7 @@ TEST_F(HotWindowChecker, SlowReadersResumingAcrossStoreRedisAndLiveEachSeeExactl
   // proves the cut and its cursor deterministically; this run records what happened.
   RecordProperty("slow_reader_cuts", cuts);
   EXPECT_GT(StoreCalls("ReadEvents"), 0) << "no resume read from the store";
-  for (const std::string& session : sessions) {
-    auto head = redis_->connection().Command(
-        {"XRANGE", redis_->keys().EventStream(session), "-", "+", "COUNT", "1"});
-    ASSERT_TRUE(head.ok()) << head.status();
-    ASSERT_EQ((*head)->elements, 1u);
-    EXPECT_NE(ReplyString((*head)->element[0]->element[0]), "1-0") << "never trimmed: " << session;
-  }
+  ExpectTrimmed(sessions);
 }
 
 class RedisFailures : public FanoutFixture {

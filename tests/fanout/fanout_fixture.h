@@ -244,6 +244,30 @@ class PersistingFanout : public FanoutFixture {
     FanoutFixture::TearDown();
   }
 
+  // A client whose streams get a small HTTP/2 window, so a pause in reading backs up
+  // into the gateway's buffers within a few events instead of into megabytes of socket
+  // buffers.
+  std::unique_ptr<v1::SessionService::Stub> NewSlowClient() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 * 1024);
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    return v1::SessionService::NewStub(
+        grpc::CreateCustomChannel(gateway_target(), grpc::InsecureChannelCredentials(), args));
+  }
+
+  // Each session's Redis stream no longer starts at seq 1: early seqs are only in
+  // Postgres.
+  void ExpectTrimmed(const std::vector<std::string>& sessions) {
+    for (const std::string& session : sessions) {
+      auto head = redis_->connection().Command(
+          {"XRANGE", redis_->keys().EventStream(session), "-", "+", "COUNT", "1"});
+      ASSERT_TRUE(head.ok()) << head.status();
+      ASSERT_EQ((*head)->elements, 1u);
+      EXPECT_NE(ReplyString((*head)->element[0]->element[0]), "1-0")
+          << "never trimmed: " << session;
+    }
+  }
+
   telemetry::Registry persister_registry_;
   std::unique_ptr<store::EventPersister> persister_;
 };

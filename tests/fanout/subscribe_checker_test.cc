@@ -225,13 +225,7 @@ TEST_F(SubscribeChecker, SubscriptionsRemovedAndAddedAtRandomOverFewStreamsEachS
   std::vector<std::string> sessions;
   for (int i = 0; i < kSessions; ++i) sessions.push_back(CreateSession());
 
-  // The slow stream's client gets a small HTTP/2 window, so its pauses back up into the
-  // gateway's buffers within a few events.
-  grpc::ChannelArguments slow_args;
-  slow_args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 * 1024);
-  slow_args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto slow_client = v1::SessionService::NewStub(
-      grpc::CreateCustomChannel(gateway_target(), grpc::InsecureChannelCredentials(), slow_args));
+  auto slow_client = NewSlowClient();  // Its pauses back up into the gateway's buffers.
   auto client = NewClient();
   std::vector<std::unique_ptr<MuxFollowers>> streams;
   for (int i = 0; i < kStreams; ++i) {
@@ -302,13 +296,7 @@ TEST_F(SubscribeChecker, SubscriptionsRemovedAndAddedAtRandomOverFewStreamsEachS
   // the buffers suggest). When a cut happens, its cursor is checked above.
   RecordProperty("slow_stream_cuts", cuts);
   EXPECT_GT(StoreCalls("ReadEvents"), 0) << "no re-add read from the store";
-  for (const std::string& session : sessions) {
-    auto head = redis_->connection().Command(
-        {"XRANGE", redis_->keys().EventStream(session), "-", "+", "COUNT", "1"});
-    ASSERT_TRUE(head.ok()) << head.status();
-    ASSERT_EQ((*head)->elements, 1u);
-    EXPECT_NE(ReplyString((*head)->element[0]->element[0]), "1-0") << "never trimmed: " << session;
-  }
+  ExpectTrimmed(sessions);
 }
 
 }  // namespace
