@@ -218,6 +218,10 @@ int FollowEvents(Connection& connection, v1::StreamEventsRequest request) {
     printer.Finish();
     if (status.ok() || sealed) {
       if (!request.until_turn_end()) return kExitOk;
+      if (!turn_started && !json) {
+        // The server ends such a stream at once: the turn has no events to show.
+        std::cout << "[turn " << turn_id << " was cancelled before it started]\n";
+      }
       return completed == v1::TURN_STATUS_SUCCEEDED ? kExitOk : kExitFailed;
     }
     fruitless_attempts = progressed ? 1 : fruitless_attempts + 1;

@@ -289,6 +289,12 @@ absl::Status SubscriberStream::ResolveStart() {
       next = *first;
     }
   }
+  if (params_.start == StreamParams::Start::kTurn && next == 0 && params_.until_turn_end) {
+    absl::MutexLock lock(&mu_);
+    resolved_ = true;
+    turn_never_started_ = true;
+    return absl::OkStatus();
+  }
   if (params_.start == StreamParams::Start::kLatest ||
       (params_.start == StreamParams::Start::kTurn && next == 0)) {
     absl::StatusOr<uint64_t> last = history.LastSeq(params_.session_id, *start);
@@ -336,6 +342,10 @@ void SubscriberStream::CheckAccessThenJoin() {
     if (start.code() == absl::StatusCode::kUnavailable) return RetryLaterLocked();
     if (!start.ok()) {
       FinishLocked(ToGrpcStatus(start));  // NOT_FOUND for someone else's session.
+      return;
+    }
+    if (turn_never_started_) {
+      FinishLocked(grpc::Status::OK);  // Its end is already past: nothing will come.
       return;
     }
   }

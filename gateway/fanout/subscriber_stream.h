@@ -137,6 +137,9 @@ class SubscriberStream : public Endable, public std::enable_shared_from_this<Sub
   mutable absl::Mutex mu_;
   StreamWriter* writer_ ABSL_GUARDED_BY(mu_);
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
+  // Resolved to a turn that ended without ever starting (cancelled while queued): a
+  // stream until that turn's end has nothing to wait for.
+  bool turn_never_started_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // Next durable seq to deliver.
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_written_seq_ ABSL_GUARDED_BY(mu_) = 0;  // The resume cursor.

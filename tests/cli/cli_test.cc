@@ -214,6 +214,29 @@ TEST_F(ParleyCli, FollowingATurnThatDidNotSucceedExitsOne) {
   EXPECT_THAT(got.output, HasSubstr("status:      cancelled"));
 }
 
+// Following a turn that was cancelled while it waited in the queue ends at once, says
+// so, and exits 1 (it used to wait for a seal that never comes).
+TEST_F(ParleyCli, FollowingATurnCancelledWhileQueuedSaysSoAndExitsOne) {
+  const std::string key = OnboardTenant("acme");
+  CliRun created = Parley(key, {"sessions", "create"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  const std::string session(absl::StripSuffix(created.output, "\n"));
+  CliRun ahead = Parley(key, {"send", session, "@stall_ms 60000\nwait"});
+  ASSERT_EQ(ahead.exit_code, 0) << ahead.output;
+  const std::string ahead_turn(absl::StripSuffix(ahead.output, "\n"));
+  ASSERT_TRUE(WaitForTurnStatus("acme", ahead_turn, v1::TURN_STATUS_RUNNING).ok());
+  CliRun queued = Parley(key, {"send", session, "later", "--policy=enqueue"});
+  ASSERT_EQ(queued.exit_code, 0) << queued.output;
+  const std::string turn(absl::StripSuffix(queued.output, "\n"));
+
+  CliRun cancelled = Parley(key, {"turns", "cancel", session, turn});
+  ASSERT_EQ(cancelled.exit_code, 0) << cancelled.output;
+  CliRun watched = Parley(key, {"watch", session, "--from_turn=" + turn, "--until_turn_end"});
+  EXPECT_EQ(watched.exit_code, 1) << watched.output;
+  EXPECT_THAT(watched.output, HasSubstr("[turn " + turn + " was cancelled before it started]"));
+  EXPECT_EQ(Parley(key, {"turns", "cancel", session}).exit_code, 0);  // The one ahead.
+}
+
 }  // namespace
 }  // namespace parley::session::testing
 

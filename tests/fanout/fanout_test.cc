@@ -599,6 +599,40 @@ TEST_F(HookedFanout, AStreamFromATurnThatStartsMeanwhileBeginsWithItsStart) {
   EXPECT_TRUE(stream.reader->Finish().ok());
 }
 
+// What it proves: a stream until the end of a turn that was cancelled while queued
+// ends at once with OK and no event, instead of waiting for a TurnSealed that never
+// comes (`parley send --follow` of such a turn used to hang). How: the turn is really
+// cancelled in the store before the stream starts; without the fix the stream runs
+// into its deadline.
+TEST_F(Fanout, AStreamUntilTheEndOfATurnCancelledWhileQueuedEndsAtOnce) {
+  const std::string session = CreateSession();
+  grpc::ClientContext enqueue_context;
+  store::v1::EnqueueTurnRequest enqueue;
+  enqueue.set_tenant_id(kTenant);
+  enqueue.mutable_request()->set_session_id(session);
+  enqueue.mutable_request()->add_content()->set_text("hello");
+  store::v1::EnqueueTurnResponse enqueued;
+  ASSERT_TRUE(store_->EnqueueTurn(&enqueue_context, enqueue, &enqueued).ok());
+  grpc::ClientContext cancel_context;
+  store::v1::CancelTurnRequest cancel;
+  cancel.set_tenant_id(kTenant);
+  cancel.set_session_id(session);
+  cancel.set_turn_id(enqueued.turn().id());
+  store::v1::CancelTurnResponse cancelled;
+  ASSERT_TRUE(store_->CancelTurn(&cancel_context, cancel, &cancelled).ok());
+  ASSERT_EQ(cancelled.turn().status(), v1::TURN_STATUS_CANCELLED);
+
+  auto client = NewClient();
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_from_turn_id(enqueued.turn().id());
+  request.set_until_turn_end(true);
+  StreamReader stream(*client, request);
+  EXPECT_THAT(stream.ReadEvents(100), IsEmpty());
+  const grpc::Status status = stream.reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+}
+
 TEST_F(Fanout, PublisherTrimsTheHotWindowOnlyBelowWhatIsPersisted) {
   std::string session = CreateSession();
   auto connection = RedisConnection::Connect(redis_->endpoint(), absl::Seconds(2));
