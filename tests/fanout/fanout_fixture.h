@@ -123,6 +123,17 @@ class FanoutFixture : public ::testing::Test {
     return response.session().id();
   }
 
+  // A turn queued in the store for `session` (of kTenant), as SendMessage would.
+  void EnqueueTurn(const std::string& session, store::v1::EnqueueTurnResponse* enqueued) {
+    grpc::ClientContext context;
+    store::v1::EnqueueTurnRequest request;
+    request.set_tenant_id(kTenant);
+    request.mutable_request()->set_session_id(session);
+    request.mutable_request()->add_content()->set_text("hello");
+    grpc::Status status = store_->EnqueueTurn(&context, request, enqueued);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+
   // A writer for `session_id` holding lease `epoch` (session-svc's role).
   struct Writer {
     std::unique_ptr<RedisConnection> connection;

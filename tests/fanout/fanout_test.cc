@@ -547,13 +547,8 @@ class HookedFanout : public FanoutFixture {
 // hook publishes the turn's events right after the history answered where it starts.
 TEST_F(HookedFanout, AStreamFromATurnThatStartsMeanwhileBeginsWithItsStart) {
   const std::string session = CreateSession();
-  grpc::ClientContext enqueue_context;
-  store::v1::EnqueueTurnRequest enqueue;
-  enqueue.set_tenant_id(kTenant);
-  enqueue.mutable_request()->set_session_id(session);
-  enqueue.mutable_request()->add_content()->set_text("hello");
   store::v1::EnqueueTurnResponse enqueued;
-  ASSERT_TRUE(store_->EnqueueTurn(&enqueue_context, enqueue, &enqueued).ok());
+  ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &enqueued));
   const std::string turn_id = enqueued.turn().id();
   ASSERT_EQ(enqueued.turn().status(), v1::TURN_STATUS_QUEUED);
 
@@ -606,13 +601,8 @@ TEST_F(HookedFanout, AStreamFromATurnThatStartsMeanwhileBeginsWithItsStart) {
 // into its deadline.
 TEST_F(Fanout, AStreamUntilTheEndOfATurnCancelledWhileQueuedEndsAtOnce) {
   const std::string session = CreateSession();
-  grpc::ClientContext enqueue_context;
-  store::v1::EnqueueTurnRequest enqueue;
-  enqueue.set_tenant_id(kTenant);
-  enqueue.mutable_request()->set_session_id(session);
-  enqueue.mutable_request()->add_content()->set_text("hello");
   store::v1::EnqueueTurnResponse enqueued;
-  ASSERT_TRUE(store_->EnqueueTurn(&enqueue_context, enqueue, &enqueued).ok());
+  ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &enqueued));
   grpc::ClientContext cancel_context;
   store::v1::CancelTurnRequest cancel;
   cancel.set_tenant_id(kTenant);
