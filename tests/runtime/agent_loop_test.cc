@@ -168,7 +168,9 @@ TEST_F(AgentLoop, AMultiStepTurnWritesRunsEditsAndReadsAFileInARealSandbox) {
   }
   for (const v1::Event& e : OfKind(ran.events, turn, v1::Event::kToolResult)) {
     for (const v1::Event& call : OfKind(ran.events, turn, v1::Event::kToolCall)) {
-      if (call.tool_call().call_id() == e.tool_result().call_id()) EXPECT_EQ(e.step(), call.step());
+      if (call.tool_call().call_id() == e.tool_result().call_id()) {
+        EXPECT_EQ(e.step(), call.step());
+      }
     }
   }
   const v1::TurnCompleted* completed = CompletedOf(ran.events, turn);
@@ -968,7 +970,9 @@ TEST_F(Steering, AMessageTheTurnCannotTakeStartsTheNextTurn) {
   absl::StatusOr<std::vector<v1::Message>> messages = ListMessages(kTenantA, session);
   ASSERT_TRUE(messages.ok()) << messages.status();
   for (const v1::Message& m : *messages) {
-    if (m.id() == steered.message().id()) EXPECT_EQ(m.turn_id(), next.id());
+    if (m.id() == steered.message().id()) {
+      EXPECT_EQ(m.turn_id(), next.id());
+    }
   }
 }
 
