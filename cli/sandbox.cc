@@ -58,8 +58,8 @@ int FilesPut(const Invocation& call) {
   header.set_append(append);
   // A file's length is known up front: with it, an upload cut short can never replace
   // the remote file. (Standard input's is not.)
-  std::error_code unknown;
-  if (args[1] != "-" && std::filesystem::is_regular_file(args[1], unknown)) {
+  if (args[1] != "-") {
+    std::error_code unknown;  // Not a regular file (a pipe, a device): no size.
     const uintmax_t size = std::filesystem::file_size(args[1], unknown);
     if (!unknown) header.set_size(size);
   }

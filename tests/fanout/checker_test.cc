@@ -416,18 +416,10 @@ TEST_F(HotWindowChecker, SlowReadersResumingAcrossStoreRedisAndLiveEachSeeExactl
     }
   }
   for (int s = 0; s < kSessions; ++s) {
+    // About 2 ms an event on average: a run of a second or so, in bursts and pauses.
     publishers.emplace_back([&, s] {
-      absl::BitGen bitgen;
-      auto writer = NewWriter(sessions[s], 1, nullptr,
-                              PublisherOptions{.hot_window_events = 10, .trim_every = 5});
-      for (uint64_t n = 0; n < kEvents; ++n) {
-        ASSERT_TRUE(writer->PublishNext(text).ok());
-        published[s] = writer->last_seq;
-        // About 2 ms an event on average: a run of a second or so, in bursts and pauses.
-        if (absl::Bernoulli(bitgen, 0.5)) {
-          absl::SleepFor(absl::Microseconds(absl::Uniform(bitgen, 0, 8000)));
-        }
-      }
+      PublishWithHotWindow(sessions[s], kEvents, text, published[s], /*transient_probability=*/0,
+                           absl::Milliseconds(8));
     });
   }
   // The droppers join while publishing goes on, so they start in Postgres, in Redis or

@@ -7,10 +7,12 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 
+#include "absl/random/random.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/events/publisher.h"
@@ -264,6 +266,29 @@ class PersistingFanout : public FanoutFixture {
     args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
     return v1::SessionService::NewStub(
         grpc::CreateCustomChannel(gateway_target(), grpc::InsecureChannelCredentials(), args));
+  }
+
+  // Publishes `events` events of `text` to `session` keeping a hot window of about 10
+  // events, in bursts and pauses (half the events are followed by a pause of up to
+  // `max_pause`); after an event, a transient one with `transient_probability`.
+  // `published` follows the last seq out.
+  void PublishWithHotWindow(const std::string& session, uint64_t events, const std::string& text,
+                            std::atomic<uint64_t>& published, double transient_probability,
+                            absl::Duration max_pause) {
+    absl::BitGen bitgen;
+    auto writer =
+        NewWriter(session, 1, nullptr, PublisherOptions{.hot_window_events = 10, .trim_every = 5});
+    for (uint64_t n = 0; n < events; ++n) {
+      ASSERT_TRUE(writer->PublishNext(text).ok());
+      published = writer->last_seq;
+      if (absl::Bernoulli(bitgen, transient_probability)) {
+        ASSERT_TRUE(writer->Publish(writer->last_seq, "retry", /*transient=*/true).ok());
+      }
+      if (absl::Bernoulli(bitgen, 0.5)) {
+        absl::SleepFor(absl::Microseconds(
+            absl::Uniform<int64_t>(bitgen, 0, absl::ToInt64Microseconds(max_pause))));
+      }
+    }
   }
 
   // Each session's Redis stream no longer starts at seq 1: early seqs are only in

@@ -260,19 +260,8 @@ TEST_F(SubscribeChecker, SubscriptionsRemovedAndAddedAtRandomOverFewStreamsEachS
   std::vector<std::thread> publishers;
   for (int s = 0; s < kSessions; ++s) {
     publishers.emplace_back([&, s] {
-      absl::BitGen bitgen;
-      auto writer = NewWriter(sessions[s], 1, nullptr,
-                              PublisherOptions{.hot_window_events = 10, .trim_every = 5});
-      for (uint64_t n = 0; n < kEvents; ++n) {
-        ASSERT_TRUE(writer->PublishNext(text).ok());
-        published[s] = writer->last_seq;
-        if (absl::Bernoulli(bitgen, 0.05)) {
-          ASSERT_TRUE(writer->Publish(writer->last_seq, "retry", /*transient=*/true).ok());
-        }
-        if (absl::Bernoulli(bitgen, 0.5)) {
-          absl::SleepFor(absl::Microseconds(absl::Uniform(bitgen, 0, 6000)));
-        }
-      }
+      PublishWithHotWindow(sessions[s], kEvents, text, published[s],
+                           /*transient_probability=*/0.05, absl::Milliseconds(6));
     });
   }
   for (auto& t : publishers) t.join();

@@ -3,8 +3,8 @@
 // a session's sandbox — the same sandbox its agent's tools use — with tenancy, scopes,
 // closed sessions, and uploads cut short or of another length than declared that leave
 // the file as it was.
-#include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <memory>
