@@ -74,23 +74,15 @@ bool IsServerError(grpc::StatusCode code) {
   }
 }
 
-// Name ("parley.v1.SessionService/SendMessage"), rpc.* attributes and status of a
-// finished RPC span, from the full method name "/package.Service/Method".
+// Name ("parley.v1.SessionService/SendMessage") and status of a finished RPC span, from
+// the full method name "/package.Service/Method"; its rpc.* attributes are fields.
 void FillRpcSpan(SpanData& span, absl::string_view method, const grpc::Status& status,
                  bool is_error) {
-  absl::string_view name = absl::StripPrefix(method, "/");
-  span.name = std::string(name);
-  span.attributes["rpc.system"] = "grpc";
-  size_t slash = name.find('/');
-  if (slash != absl::string_view::npos) {
-    span.attributes["rpc.service"] = std::string(name.substr(0, slash));
-    span.attributes["rpc.method"] = std::string(name.substr(slash + 1));
-  }
-  span.attributes["rpc.grpc.status_code"] = int64_t{status.error_code()};
+  span.name = std::string(absl::StripPrefix(method, "/"));
+  span.rpc = RpcAttributes{.status_code = status.error_code(), .failed = is_error};
   if (is_error) {
     span.status = SpanStatus::kError;
     span.status_message = status.error_message();
-    span.attributes["error.type"] = StatusCodeName(status.error_code());
   }
 }
 
@@ -356,44 +348,7 @@ void PrepareDownstream(const grpc::ServerContextBase& upstream, grpc::ClientCont
 }
 
 std::string StatusCodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
+  return std::string(GrpcCodeName(static_cast<int>(code)));
 }
 
 }  // namespace parley::telemetry

@@ -1,5 +1,6 @@
 #include "telemetry/otlp_json.h"
 
+#include <type_traits>
 #include <variant>
 
 #include "absl/time/time.h"
@@ -82,16 +83,44 @@ void WriteValue(JsonWriter& json, const AttributeValue& value) {
   json.EndObject();
 }
 
-// "attributes": [{"key": ..., "value": {"stringValue": ...}}, ...]
-void WriteAttributes(JsonWriter& json, const Attributes& attributes) {
-  json.Key("attributes");
-  json.BeginArray();
+void WriteAttributeList(JsonWriter& json, const Attributes& attributes) {
   for (const auto& [key, value] : attributes) {
     json.BeginObject();
     StringMember(json, "key", key);
     json.Key("value");
     WriteValue(json, value);
     json.EndObject();
+  }
+}
+
+// "attributes": [{"key": ..., "value": {"stringValue": ...}}, ...]
+void WriteAttributes(JsonWriter& json, const Attributes& attributes) {
+  json.Key("attributes");
+  json.BeginArray();
+  WriteAttributeList(json, attributes);
+  json.EndArray();
+}
+
+// A span's own attributes followed by those its RpcAttributes stand for, written straight
+// from the fields.
+void WriteSpanAttributes(JsonWriter& json, const SpanData& span) {
+  json.Key("attributes");
+  json.BeginArray();
+  WriteAttributeList(json, span.attributes);
+  if (span.rpc) {
+    ForEachRpcAttribute(span, *span.rpc, [&](absl::string_view key, auto value) {
+      json.BeginObject();
+      StringMember(json, "key", key);
+      json.Key("value");
+      json.BeginObject();
+      if constexpr (std::is_same_v<decltype(value), int64_t>) {
+        Int64Member(json, "intValue", value);
+      } else {
+        StringMember(json, "stringValue", value);
+      }
+      json.EndObject();
+      json.EndObject();
+    });
   }
   json.EndArray();
 }
@@ -116,7 +145,7 @@ void WriteSpan(JsonWriter& json, const SpanData& span) {
   json.Int(KindNumber(span.kind));
   Int64Member(json, "startTimeUnixNano", absl::ToUnixNanos(span.start));
   Int64Member(json, "endTimeUnixNano", absl::ToUnixNanos(span.end));
-  WriteAttributes(json, span.attributes);
+  WriteSpanAttributes(json, span);
   if (!span.events.empty()) {
     json.Key("events");
     json.BeginArray();

@@ -1,5 +1,8 @@
 #include "telemetry/span.h"
 
+#include <iterator>
+#include <type_traits>
+
 #include "absl/strings/escaping.h"
 
 namespace parley::telemetry {
@@ -40,6 +43,44 @@ absl::string_view SpanStatusName(SpanStatus status) {
       return "ERROR";
   }
   return "UNSET";
+}
+
+absl::string_view GrpcCodeName(int code) {
+  // Indexed by grpc::StatusCode's values, which the gRPC specification fixes.
+  static constexpr absl::string_view kNames[] = {"OK",
+                                                 "CANCELLED",
+                                                 "UNKNOWN",
+                                                 "INVALID_ARGUMENT",
+                                                 "DEADLINE_EXCEEDED",
+                                                 "NOT_FOUND",
+                                                 "ALREADY_EXISTS",
+                                                 "PERMISSION_DENIED",
+                                                 "RESOURCE_EXHAUSTED",
+                                                 "FAILED_PRECONDITION",
+                                                 "ABORTED",
+                                                 "OUT_OF_RANGE",
+                                                 "UNIMPLEMENTED",
+                                                 "INTERNAL",
+                                                 "UNAVAILABLE",
+                                                 "DATA_LOSS",
+                                                 "UNAUTHENTICATED"};
+  if (code < 0 || code >= static_cast<int>(std::size(kNames))) return "UNKNOWN";
+  return kNames[code];
+}
+
+Attributes AllAttributes(const SpanData& span) {
+  Attributes all = span.attributes;
+  if (span.rpc) {
+    ForEachRpcAttribute(span, *span.rpc, [&](absl::string_view key, auto value) {
+      using Value = decltype(value);
+      if constexpr (std::is_same_v<Value, int64_t>) {
+        all.emplace(std::string(key), value);
+      } else {
+        all.emplace(std::string(key), std::string(value));
+      }
+    });
+  }
+  return all;
 }
 
 }  // namespace parley::telemetry

@@ -769,7 +769,7 @@ TEST_F(Fanout, StreamsAreTracedAndCountedWithoutAnInterceptor) {
     if (span.context.TraceIdHex() != caller.TraceIdHex()) continue;
     ++traced;
     EXPECT_EQ(span.parent_span_id, caller.span_id());
-    EXPECT_EQ(std::get<int64_t>(span.attributes.at("rpc.grpc.status_code")),
+    EXPECT_EQ(std::get<int64_t>(telemetry::AllAttributes(span).at("rpc.grpc.status_code")),
               static_cast<int64_t>(grpc::StatusCode::CANCELLED));
   }
   EXPECT_EQ(traced, 1);

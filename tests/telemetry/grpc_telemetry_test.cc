@@ -198,7 +198,7 @@ TEST(GrpcTelemetry, TraceAndDeadlineContinueAcrossTwoHopsAndCallsAreCounted) {
   EXPECT_EQ(client_span->parent_span_id, middle.seen_span->span_id());
   EXPECT_EQ(client_span->context.span_id(), received->span_id());
   EXPECT_EQ(client_span->status, SpanStatus::kError);
-  EXPECT_EQ(std::get<int64_t>(client_span->attributes.at("rpc.grpc.status_code")),
+  EXPECT_EQ(std::get<int64_t>(AllAttributes(*client_span).at("rpc.grpc.status_code")),
             static_cast<int64_t>(grpc::StatusCode::NOT_FOUND));
 
   std::string metrics =

@@ -7,6 +7,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+#include <variant>
+
 #include "absl/strings/str_cat.h"
 #include "tests/telemetry/otlp_receiver.h"
 
@@ -120,6 +124,59 @@ TEST_F(OtlpExporterTest, SendsEverySpanFieldInOtlpJson) {
   EXPECT_EQ(got.links[0].span_id, linked.SpanIdHex());
   EXPECT_EQ(receiver_->server().requests()[0].headers.at("x-api-key"), "collector-secret");
   EXPECT_EQ(Value("parley_otel_spans_exported_total"), 1);
+}
+
+TEST_F(OtlpExporterTest, SendsAnRpcSpansFieldsAsTheRpcConventionsAttributes) {
+  OtlpHttpExporter exporter(Options(), registry_, logger_);
+  SpanData ok = MakeSpan("parley.v1.SessionService/GetSession");
+  ok.kind = SpanKind::kServer;
+  ok.rpc = RpcAttributes{.status_code = 0, .failed = false};
+  SpanData failed = MakeSpan("parley.store.v1.StoreService/EnqueueTurn");
+  failed.kind = SpanKind::kClient;
+  failed.rpc = RpcAttributes{.status_code = 14, .failed = true};
+  // An explicit attribute of the same key wins over the one the fields stand for.
+  failed.attributes = {{"rpc.system", "grpc-web"}, {"peer", "10.0.0.7"}};
+  exporter.OnEnd(ok);
+  exporter.OnEnd(failed);
+  ASSERT_TRUE(exporter.ForceFlush(absl::Seconds(10)));
+
+  ASSERT_THAT(receiver_->decode_errors(), IsEmpty());
+  std::map<std::string, ReceivedSpan> by_name;
+  for (ReceivedSpan& span : receiver_->spans()) by_name[span.name] = std::move(span);
+  ASSERT_EQ(by_name.size(), 2u);
+  const auto& ok_attributes = by_name.at("parley.v1.SessionService/GetSession").attributes;
+  EXPECT_EQ(ok_attributes,
+            (std::map<std::string, std::string>{{"rpc.system", "grpc"},
+                                                {"rpc.service", "parley.v1.SessionService"},
+                                                {"rpc.method", "GetSession"},
+                                                {"rpc.grpc.status_code", "0"}}));
+  const auto& failed_attributes = by_name.at("parley.store.v1.StoreService/EnqueueTurn").attributes;
+  EXPECT_EQ(failed_attributes,
+            (std::map<std::string, std::string>{{"rpc.system", "grpc-web"},
+                                                {"peer", "10.0.0.7"},
+                                                {"rpc.service", "parley.store.v1.StoreService"},
+                                                {"rpc.method", "EnqueueTurn"},
+                                                {"rpc.grpc.status_code", "14"},
+                                                {"error.type", "UNAVAILABLE"}}));
+  // No key twice in the body (the receiver's map would hide a duplicate).
+  const std::string& body = receiver_->server().requests()[0].body;
+  size_t systems = 0;
+  for (size_t at = body.find("\"rpc.system\""); at != std::string::npos;
+       at = body.find("\"rpc.system\"", at + 1)) {
+    ++systems;
+  }
+  EXPECT_EQ(systems, 2u);
+
+  // What AllAttributes spells out is what the exporter sent.
+  for (const SpanData* span : {&ok, &failed}) {
+    std::map<std::string, std::string> spelled;
+    for (const auto& [key, value] : AllAttributes(*span)) {
+      spelled[key] = std::holds_alternative<int64_t>(value)
+                         ? std::to_string(std::get<int64_t>(value))
+                         : std::get<std::string>(value);
+    }
+    EXPECT_EQ(spelled, by_name.at(span->name).attributes) << span->name;
+  }
 }
 
 TEST_F(OtlpExporterTest, SendsBatchesNoLargerThanTheBatchSize) {
