@@ -376,7 +376,8 @@ int TurnsList(const Invocation& call) {
   v1::ListTurnsRequest request;
   request.set_session_id(args[0]);
   if (!status_filter.empty()) {
-    v1::TurnStatus status;
+    // Flags::Choice admitted only names that parse.
+    v1::TurnStatus status = v1::TURN_STATUS_UNSPECIFIED;
     v1::TurnStatus_Parse("TURN_STATUS_" + absl::AsciiStrToUpper(status_filter), &status);
     request.add_statuses(status);
   }

@@ -181,7 +181,7 @@ TEST_F(PrometheusScrape, CountsTheTurnsAndEvaluatesEveryShippedExpression) {
   }
   EXPECT_GE(expressions, 22);
   // The store panels have data to draw once rates span two scrapes.
-  for (const std::string& series :
+  for (const char* series :
        {"parley_store_query_seconds_bucket", "parley_store_db_pool_wait_seconds_bucket"}) {
     const std::string rate = absl::StrCat("sum(rate(", series, "[5m]))");
     EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] { return Scalar(rate) >= 0; }))

@@ -144,7 +144,9 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
   store_ = store::v1::StoreService::NewStub(
       grpc::CreateChannel(store_process_->grpc_target(), grpc::InsecureChannelCredentials()));
 
-  if (options.sandbox) ASSERT_NO_FATAL_FAILURE(StartSandboxes(options));
+  if (options.sandbox) {
+    ASSERT_NO_FATAL_FAILURE(StartSandboxes(options));
+  }
 
   replicas_.resize(options.replicas);
   worker_ids_.resize(options.replicas);

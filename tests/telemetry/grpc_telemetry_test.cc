@@ -120,7 +120,9 @@ TEST(GrpcTelemetry, CallsInsideAContextScopeAreChildrenOfItsSpan) {
   ASSERT_EQ(spans.size(), 2u);
   for (const SpanData& span : spans) {
     EXPECT_EQ(span.context.trace_id(), turn.trace_id());
-    if (span.kind == SpanKind::kClient) EXPECT_EQ(span.parent_span_id, turn.span_id());
+    if (span.kind == SpanKind::kClient) {
+      EXPECT_EQ(span.parent_span_id, turn.span_id());
+    }
   }
   ASSERT_TRUE(last.seen_span.has_value());
   EXPECT_EQ(last.seen_span->trace_id(), turn.trace_id());
