@@ -285,12 +285,16 @@ StreamEventsReactor::OnOpen SessionApi::WatchKeyOf(grpc::CallbackServerContext* 
   };
 }
 
-grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::StreamEvents(
-    grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SessionApi::StreamEvents(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   auto* stream = new StreamEventsReactor(
       hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kStreamEventsMethod),
       WatchKeyOf(context));
-  // `request` lives until the call is done, which is after this callback has run.
+  auto request = std::make_shared<v1::StreamEventsRequest>();
+  if (absl::Status parsed = ParseRequest(*bytes, *request); !parsed.ok()) {
+    stream->Reject(ToGrpcStatus(parsed));
+    return stream;
+  }
   authenticator_.Authenticate(*context, [stream, request](absl::StatusOr<Principal> who) {
     absl::Status allowed = who.ok() ? who->Require(kScopeSessionsRead) : who.status();
     if (!allowed.ok()) return stream->Reject(ToGrpcStatus(allowed));
@@ -316,13 +320,18 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SessionApi::Subscri
   return stream;
 }
 
-grpc::ServerWriteReactor<v1::StreamEventsResponse>* SessionApi::SendMessageAndStream(
-    grpc::CallbackServerContext* context, const v1::SendMessageRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SessionApi::SendMessageAndStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   auto* stream = new StreamEventsReactor(
       hub_, telemetry::ServerCallTelemetry(telemetry_, *context, kSendMessageAndStreamMethod),
       WatchKeyOf(context));
-  // `context` and `request` live until the call is done, which is after `stream` has
-  // been opened or rejected below.
+  auto request = std::make_shared<v1::SendMessageRequest>();
+  if (absl::Status parsed = ParseRequest(*bytes, *request); !parsed.ok()) {
+    stream->Reject(ToGrpcStatus(parsed));
+    return stream;
+  }
+  // `context` lives until the call is done, which is after `stream` has been opened or
+  // rejected below.
   authenticator_.Authenticate(
       *context, [this, context, stream, request](absl::StatusOr<Principal> who) {
         absl::Status allowed = who.ok() ? who->Require(kScopeSessionsWrite) : who.status();

@@ -31,8 +31,9 @@ inline constexpr char kSendMessageAndStreamMethod[] =
 
 inline constexpr char kSubscribeMethod[] = "/parley.v1.SessionService/Subscribe";
 
-// Every method a callback; Subscribe on raw bytes, so its batches go out as laid out
-// from events serialized once (SubscribeBatch).
+// Every method a callback; the three streams on raw bytes, so their events go out as
+// laid out around bytes serialized once for every stream (StreamEventsBytes,
+// SubscribeBatch). Their requests are parsed by the handlers (ParseRequest).
 using SessionServiceBase = v1::SessionService::WithCallbackMethod_CreateSession<
     v1::SessionService::WithCallbackMethod_GetSession<
         v1::SessionService::WithCallbackMethod_ListSessions<
@@ -43,9 +44,9 @@ using SessionServiceBase = v1::SessionService::WithCallbackMethod_CreateSession<
                             v1::SessionService::WithCallbackMethod_GetTurn<
                                 v1::SessionService::WithCallbackMethod_ListTurns<
                                     v1::SessionService::WithCallbackMethod_CancelTurn<
-                                        v1::SessionService::WithCallbackMethod_StreamEvents<
+                                        v1::SessionService::WithRawCallbackMethod_StreamEvents<
                                             v1::SessionService::
-                                                WithCallbackMethod_SendMessageAndStream<
+                                                WithRawCallbackMethod_SendMessageAndStream<
                                                     v1::SessionService::
                                                         WithRawCallbackMethod_Subscribe<
                                                             v1::SessionService::
@@ -93,14 +94,14 @@ class SessionApi final : public SessionServiceBase {
   grpc::ServerUnaryReactor* CancelTurn(grpc::CallbackServerContext* context,
                                        const v1::CancelTurnRequest* request,
                                        v1::CancelTurnResponse* response) override;
-  grpc::ServerWriteReactor<v1::StreamEventsResponse>* StreamEvents(
-      grpc::CallbackServerContext* context, const v1::StreamEventsRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamEvents(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
   // SendMessage through session-svc, then the hub's stream of that turn: its answer is
   // written first, and the stream opens only after that write completed.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Subscribe(
       grpc::CallbackServerContext* context) override;
-  grpc::ServerWriteReactor<v1::StreamEventsResponse>* SendMessageAndStream(
-      grpc::CallbackServerContext* context, const v1::SendMessageRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* SendMessageAndStream(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
 
  private:
   Authenticator& authenticator_;

@@ -1,5 +1,6 @@
 #include "gateway/api/stream_events.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace parley::gateway {
@@ -14,6 +15,7 @@ void StreamEventsReactor::Open(StreamParams params) {
   {
     absl::MutexLock lock(&mu_);
     if (!cancelled_) {
+      batched_ = params.batch;
       core = std::make_shared<SubscriberStream>(hub_, this, std::move(params));
       // While the core is not yet visible to OnCancel the call cannot end, so the call's
       // context is still there for `on_open_`.
@@ -36,7 +38,6 @@ void StreamEventsReactor::OpenAfter(v1::StreamEventsResponse first, StreamParams
     absl::MutexLock lock(&mu_);
     cancelled = cancelled_;
     if (!cancelled) {
-      first_ = std::move(first);
       after_first_ = std::move(params);
       writing_first_ = true;
     }
@@ -45,7 +46,8 @@ void StreamEventsReactor::OpenAfter(v1::StreamEventsResponse first, StreamParams
     FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
     return;
   }
-  StartWrite(&first_);
+  out_ = StreamEventsBytes({Share(std::move(first))}, /*as_batch=*/false);
+  StartWrite(&out_);
 }
 
 void StreamEventsReactor::Reject(const grpc::Status& status) { FinishCall(status); }
@@ -100,6 +102,15 @@ absl::StatusOr<StreamParams> StreamParamsFromRequest(const std::string& tenant_i
   params.session_id = request.session_id();
   params.until_turn_end = request.until_turn_end();
   params.client_epoch = request.epoch();
+  if (request.max_batch_delay_ms() > 0 && !request.batch()) {
+    return InvalidArgumentError("max_batch_delay_ms", "is only allowed with batch");
+  }
+  if (request.max_batch_delay_ms() > kMaxBatchDelayMs) {
+    return InvalidArgumentError("max_batch_delay_ms", "is too long",
+                                absl::StrCat(kMaxBatchDelayMs, " ms"));
+  }
+  params.batch = request.batch();
+  params.batch_delay = absl::Milliseconds(request.max_batch_delay_ms());
   switch (request.start_case()) {
     case v1::StreamEventsRequest::kAfterSeq:
     case v1::StreamEventsRequest::START_NOT_SET:

@@ -52,9 +52,9 @@ void SubscribeReactor::OnReadDone(bool ok) {
 
 void SubscribeReactor::Handle(MuxStream& mux) {
   v1::SubscribeRequest request;
-  if (!grpc::SerializationTraits<v1::SubscribeRequest>::Deserialize(&request_, &request).ok()) {
+  if (absl::Status parsed = ParseRequest(request_, request); !parsed.ok()) {
     // Nothing names a subscription to refuse: the stream itself is answered.
-    return mux.End(ToGrpcStatus(InvalidArgumentError("request", "is not a SubscribeRequest")));
+    return mux.End(ToGrpcStatus(parsed));
   }
   switch (request.action_case()) {
     case v1::SubscribeRequest::kAdd:
@@ -101,6 +101,10 @@ absl::StatusOr<StreamParams> SubscriptionParams(const v1::AddSubscription& add) 
   }
   if (add.subscription_id().size() > kMaxSubscriptionIdBytes) {
     return InvalidArgumentError("add.subscription_id", "is too long", "128 bytes");
+  }
+  if (add.request().batch() || add.request().max_batch_delay_ms() > 0) {
+    return InvalidArgumentError("add.request.batch",
+                                "is not for a subscription (a Subscribe stream always batches)");
   }
   return StreamParamsFromRequest(/*tenant_id=*/"", add.request());
 }

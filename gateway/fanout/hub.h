@@ -83,14 +83,6 @@ class Ticked {
   virtual void Tick(absl::Time now) = 0;
 };
 
-// What the hub calls back at a time of its clock: a Subscribe stream whose flush window
-// ends.
-class Timed {
- public:
-  virtual ~Timed() = default;
-  virtual void OnTimer(absl::Time now) = 0;
-};
-
 class Hub final : public RedisSubscriber::Listener, public StreamContext {
  public:
   // `history` and `registry` must outlive the hub.
@@ -113,10 +105,9 @@ class Hub final : public RedisSubscriber::Listener, public StreamContext {
   void TickOnce();
   // `ticked` is ticked with the streams until it is gone.
   void AddTicked(std::weak_ptr<Ticked> ticked);
-  // Calls `target->OnTimer` once the clock reaches `due` (unless it is gone by then), on
-  // the timer thread — or, with `tick_interval` zero, from RunTimersOnce. Any thread,
-  // any lock held: it takes only a lock of its own.
-  void CallAt(absl::Time due, std::weak_ptr<Timed> target);
+  // StreamContext: on the timer thread — or, with `tick_interval` zero, from
+  // RunTimersOnce.
+  void CallAt(absl::Time due, std::weak_ptr<Timed> target) override;
   // Runs the timers due at the clock's now (tests, on a FakeClock).
   void RunTimersOnce();
 

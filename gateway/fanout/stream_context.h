@@ -26,13 +26,20 @@ namespace parley::gateway {
 
 class SubscriberStream;
 
+// What the hub calls back at a time of its clock: a stream whose flush window ends.
+class Timed {
+ public:
+  virtual ~Timed() = default;
+  virtual void OnTimer(absl::Time now) = 0;
+};
+
 // Fixed for the life of the hub.
 struct StreamSettings {
   int max_buffered = 1024;                      // Queued responses before a stream is cut.
   int backfill_batch = 500;                     // Events per history read.
   absl::Duration keepalive = absl::Seconds(5);  // After this long without a write.
-  // The most a Subscribe stream puts in one write (it always writes at least one
-  // delivery).
+  // The most a Subscribe stream, or a StreamEvents stream that asked for batches, puts
+  // in one write (it always writes at least one delivery).
   size_t max_batch_bytes = 64 * 1024;
   // How long a Subscribe stream lets deliveries gather before it writes them, from the
   // first one waiting (a batch of max_batch_bytes goes at once). Zero: as soon as no
@@ -63,6 +70,9 @@ class StreamContext {
   // once the channel's subscription is confirmed. No-op for a stream that has ended
   // meanwhile. Called without the stream's lock.
   virtual void Join(const std::shared_ptr<SubscriberStream>& stream) = 0;
+  // Calls `target->OnTimer` once the clock reaches `due`, unless it is gone by then. Any
+  // thread, any lock held: it takes only a lock of its own.
+  virtual void CallAt(absl::Time due, std::weak_ptr<Timed> target) = 0;
 };
 
 }  // namespace parley::gateway

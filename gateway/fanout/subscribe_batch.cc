@@ -2,8 +2,13 @@
 // shared item bytes (see the header).
 #include "gateway/fanout/subscribe_batch.h"
 
+#include "gateway/fanout/wire_format.h"
+
 namespace parley::gateway {
 namespace {
+
+using wire::AppendFieldHead;
+using wire::FieldSize;
 
 // Field numbers of SubscribeResponse and Delivery (parley.proto).
 constexpr uint32_t kDeliveriesField = 1;
@@ -11,35 +16,6 @@ constexpr uint32_t kSubscriptionIdField = 1;
 constexpr uint32_t kEventField = 2;
 constexpr uint32_t kEpochChangedField = 3;
 constexpr uint32_t kEndedField = 4;
-
-constexpr uint32_t kLengthDelimited = 2;
-
-size_t VarintSize(uint64_t value) {
-  size_t size = 1;
-  while (value >= 0x80) {
-    value >>= 7;
-    ++size;
-  }
-  return size;
-}
-
-void AppendVarint(std::string& out, uint64_t value) {
-  while (value >= 0x80) {
-    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out.push_back(static_cast<char>(value));
-}
-
-// The tag and length of a length-delimited field holding `size` bytes.
-void AppendFieldHead(std::string& out, uint32_t field, size_t size) {
-  AppendVarint(out, (field << 3) | kLengthDelimited);
-  AppendVarint(out, size);
-}
-
-size_t FieldSize(uint32_t field, size_t size) {
-  return VarintSize((field << 3) | kLengthDelimited) + VarintSize(size) + size;
-}
 
 }  // namespace
 

@@ -141,6 +141,14 @@ void SubscriberStream::EnqueueLocked(ResponsePtr response) {
     FinishLocked(SlowConsumer(last_written_seq_));
     return;
   }
+  if (params_.batch) {
+    queued_bytes_ += response->response_size();
+    if (queue_.empty() && in_flight_.empty() && params_.batch_delay > absl::ZeroDuration()) {
+      // The first to find no write in flight opens the window.
+      flush_at_ = context_.clock().Now() + params_.batch_delay;
+      context_.CallAt(flush_at_, weak_from_this());
+    }
+  }
   queue_.push_back(std::move(response));
   MaybeWriteLocked();
 }
@@ -151,12 +159,39 @@ void SubscriberStream::MaybeWriteLocked() {
     if (finish_after_drain_) FinishLocked(grpc::Status::OK);
     return;
   }
-  const size_t take = std::min<size_t>(queue_.size(), std::max(writer_->max_batch(), 1));
+  if (params_.batch && queued_bytes_ < context_.settings().max_batch_bytes &&
+      context_.clock().Now() < flush_at_) {
+    return;  // Within the delay: OnTimer, or the response that fills a batch, writes.
+  }
+  const size_t take = NextWriteSizeLocked();
+  flush_at_ = absl::InfinitePast();  // What queues during this write goes in the next.
   in_flight_.assign(std::make_move_iterator(queue_.begin()),
                     std::make_move_iterator(queue_.begin() + take));
   queue_.erase(queue_.begin(), queue_.begin() + take);
   last_write_ = context_.clock().Now();
   writer_->Write(in_flight_);
+}
+
+size_t SubscriberStream::NextWriteSizeLocked() {
+  if (!params_.batch) return std::min<size_t>(queue_.size(), std::max(writer_->max_batch(), 1));
+  // Up to the byte limit; the response that reaches it goes too (a batch holds at least
+  // one, however large).
+  const size_t max_bytes = context_.settings().max_batch_bytes;
+  size_t take = 0;
+  size_t bytes = 0;
+  while (take < queue_.size() && bytes < max_bytes) bytes += queue_[take++]->response_size();
+  queued_bytes_ -= bytes;
+  return take;
+}
+
+size_t SubscriberStream::waiting_responses() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+void SubscriberStream::OnTimer(absl::Time /*now*/) {
+  absl::MutexLock lock(&mu_);
+  MaybeWriteLocked();  // Checks the clock itself: a later window has a timer of its own.
 }
 
 void SubscriberStream::OnWriteDone(bool ok) {
@@ -198,6 +233,7 @@ void SubscriberStream::FinishLocked(const grpc::Status& status) {
   if (finished_) return;
   finished_ = true;
   queue_.clear();
+  queued_bytes_ = 0;
   pending_.clear();
   if (writer_ == nullptr) return;
   // gRPC wants no Finish while a write is outstanding; OnWriteDone sends it.

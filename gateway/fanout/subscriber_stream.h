@@ -70,11 +70,19 @@ struct StreamParams {
   // stream sends one for all) and counts against the tenant's subscription limit
   // rather than its stream limit.
   bool multiplexed = false;
+  // Batched writes (StreamEventsRequest.batch): what queues while a write is in flight
+  // goes in the next one, a response that finds none waits up to `batch_delay` for
+  // company, and one write holds up to StreamSettings::max_batch_bytes (at least one
+  // response). The writer lays the batch out as one message.
+  bool batch = false;
+  absl::Duration batch_delay = absl::ZeroDuration();
 };
 
 // Shared by the hub, the backfill queue and the reactor; the writer pointer is cleared
 // when the reactor is done.
-class SubscriberStream : public Endable, public std::enable_shared_from_this<SubscriberStream> {
+class SubscriberStream : public Endable,
+                         public Timed,
+                         public std::enable_shared_from_this<SubscriberStream> {
  public:
   // `context` must outlive the stream; `writer` until Detach.
   SubscriberStream(StreamContext& context, StreamWriter* writer, StreamParams params);
@@ -88,6 +96,7 @@ class SubscriberStream : public Endable, public std::enable_shared_from_this<Sub
   void RunBackfill();                        // On a backfill worker.
   void Resync();                             // Re-read from the next seq.
   void Tick(absl::Time now);                 // Keepalives; retries of failed reads.
+  void OnTimer(absl::Time now) override;     // A batch's delay may have ended.
   void OnWriteDone(bool ok);
   void Cancel();  // The client went away.
   // Ends the stream with `status`, opened or not (its caller may no longer read it, or
@@ -98,6 +107,8 @@ class SubscriberStream : public Endable, public std::enable_shared_from_this<Sub
   // Whether the stream has ended (finished, cancelled or detached).
   bool finished() const override;
   void Detach();  // The reactor is done; never touch the writer again.
+  // Responses queued for a write that has not started (for tests).
+  size_t waiting_responses() const;
 
  private:
   enum class Offer { kAccepted, kDropped, kGap };
@@ -126,7 +137,11 @@ class SubscriberStream : public Endable, public std::enable_shared_from_this<Sub
   Offer AcceptLocked(const ResponsePtr& response, bool from_backfill)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EnqueueLocked(ResponsePtr response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the next batch unless one is in flight or (batched) the responses waiting
+  // are within their delay and short of a full batch.
   void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many queued responses the next write carries.
+  size_t NextWriteSizeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleBackfillLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool TransientSentLocked(const v1::Event& event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -154,6 +169,10 @@ class SubscriberStream : public Endable, public std::enable_shared_from_this<Sub
   std::vector<ResponsePtr> pending_ ABSL_GUARDED_BY(mu_);  // Live events held during backfill.
   bool pending_overflowed_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
+  // Batched streams only: the bytes `queue_` would take on the wire, and when what it
+  // holds goes out if no batch fills first (past: at once).
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time flush_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::vector<ResponsePtr> in_flight_ ABSL_GUARDED_BY(mu_);  // Written, not done yet.
   bool finish_after_drain_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;

@@ -409,6 +409,17 @@ inline std::vector<uint64_t> Seqs(const std::vector<v1::Event>& events) {
   return seqs;
 }
 
+// Polls `holds` for up to 10 s: what a server does after its write completed (leaving
+// the hub) may trail the client's read of that write.
+inline bool Eventually(const std::function<bool()>& holds) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!holds()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
 inline std::vector<uint64_t> Range(uint64_t first, uint64_t last) {
   std::vector<uint64_t> out;
   for (uint64_t i = first; i <= last; ++i) out.push_back(i);

@@ -1,6 +1,6 @@
-// SubscribeBatch lays out SubscribeResponse bytes around items serialized once; a
-// client parses them with the generated code, so they must be exactly what protobuf
-// itself writes.
+// SubscribeBatch and StreamEventsBytes lay out SubscribeResponse and StreamEventsResponse
+// bytes around items serialized once; a client parses them with the generated code, so
+// they must be exactly what protobuf itself writes.
 #include "gateway/fanout/subscribe_batch.h"
 
 #include <gtest/gtest.h>
@@ -102,6 +102,46 @@ TEST(SubscribeBatch, AnEventIsSerializedOnceAndItsBytesShared) {
   int shared = 0;
   for (const grpc::Slice& slice : slices) shared += slice.begin() == first.begin();
   EXPECT_EQ(shared, 3);  // Each delivery refers to the one serialization.
+}
+
+TEST(StreamEventsBytes, OneResponseOrABatchIsByteIdenticalToANormalSerialization) {
+  const ResponsePtr small = WrapEvent(TextEvent(1, "hi"));
+  const ResponsePtr large = WrapEvent(TextEvent(2, std::string(300, 'x')));
+  const ResponsePtr huge = WrapEvent(TextEvent(3, std::string(20000, 'y')));
+  const ResponsePtr empty = WrapEvent(v1::Event());
+  v1::StreamEventsResponse epoch;
+  epoch.mutable_epoch_changed()->set_old_epoch(1);
+  epoch.mutable_epoch_changed()->set_new_epoch(2);
+  const ResponsePtr changed = Share(epoch);
+  v1::StreamEventsResponse keepalive;
+  *keepalive.mutable_keepalive()->mutable_time() = ToTimestamp(absl::FromUnixSeconds(1));
+  const ResponsePtr alive = Share(keepalive);
+  v1::StreamEventsResponse sent;
+  sent.mutable_sent()->mutable_turn()->set_id("turn_9");
+  const ResponsePtr acknowledged = Share(sent);
+
+  for (const ResponsePtr& one : {small, large, huge, empty, changed, alive, acknowledged}) {
+    EXPECT_EQ(Bytes(StreamEventsBytes({one}, /*as_batch=*/false)),
+              one->message().SerializeAsString());
+    EXPECT_EQ(one->response_size(), one->message().ByteSizeLong());
+  }
+  const std::vector<ResponsePtr> items = {small, large, huge, empty, changed, alive};
+  v1::StreamEventsResponse expected;
+  for (const ResponsePtr& item : items) {
+    *expected.mutable_batch()->add_items() = item->message();
+  }
+  EXPECT_EQ(Bytes(StreamEventsBytes(items, /*as_batch=*/true)), expected.SerializeAsString());
+  // A batch of one is still a batch.
+  v1::StreamEventsResponse one;
+  *one.mutable_batch()->add_items() = small->message();
+  EXPECT_EQ(Bytes(StreamEventsBytes({small}, /*as_batch=*/true)), one.SerializeAsString());
+
+  // Each item refers to its one serialization.
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(StreamEventsBytes({huge, huge}, /*as_batch=*/true).Dump(&slices).ok());
+  int shared = 0;
+  for (const grpc::Slice& slice : slices) shared += slice.begin() == huge->item_bytes().begin();
+  EXPECT_EQ(shared, 2);
 }
 
 }  // namespace

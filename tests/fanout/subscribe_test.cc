@@ -37,17 +37,6 @@ std::string ReasonOf(const v1::RpcStatus& status) {
   return "";
 }
 
-// Polls `holds` for up to 10 s: what a server does after its write completed (leaving
-// the hub) may trail the client's read of that write.
-bool Eventually(const std::function<bool()>& holds) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!holds()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
-
 class Subscribe : public FanoutFixture {};
 
 TEST_F(Subscribe, ManySessionsOverOneStreamEachGetHistoryThenLiveInOrder) {
