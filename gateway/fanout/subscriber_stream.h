@@ -27,7 +27,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -168,7 +167,10 @@ class SubscriberStream : public Endable,
   bool paused_ ABSL_GUARDED_BY(mu_) = false;  // History read waits for the client.
   std::vector<ResponsePtr> pending_ ABSL_GUARDED_BY(mu_);  // Live events held during backfill.
   bool pending_overflowed_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
+  // A vector, not a deque: an empty std::deque allocates over half a KiB, and most
+  // streams' queues are empty; writes take from the front, a handful of responses
+  // behind them move up (at most max_buffered, and only for a stream behind).
+  std::vector<ResponsePtr> queue_ ABSL_GUARDED_BY(mu_);
   // Batched streams only: the bytes `queue_` would take on the wire, and when what it
   // holds goes out if no batch fills first (past: at once).
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
