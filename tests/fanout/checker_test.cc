@@ -451,18 +451,7 @@ TEST_F(HotWindowChecker, SlowReadersResumingAcrossStoreRedisAndLiveEachSeeExactl
   ExpectTrimmed(sessions);
 }
 
-class RedisFailures : public FanoutFixture {
- protected:
-  void SetUp() override {
-    auto redis = parley::testing::PrivateRedis::Start();
-    ASSERT_TRUE(redis.ok()) << redis.status();
-    private_redis_ = *std::move(redis);
-    FanoutFixture::SetUp();
-  }
-  RedisEndpoint HubRedis() override { return private_redis_->endpoint(); }
-
-  std::unique_ptr<parley::testing::PrivateRedis> private_redis_;
-};
+class RedisFailures : public PrivateRedisFanout {};
 
 TEST_F(RedisFailures, RedisRestartMidStreamResumesEveryStreamWithoutAGap) {
   const std::string session = CreateSession();

@@ -308,6 +308,46 @@ class PersistingFanout : public FanoutFixture {
   std::unique_ptr<store::EventPersister> persister_;
 };
 
+// The hub and writers on a redis-server of the test's own, which it may restart or kill.
+class PrivateRedisFanout : public FanoutFixture {
+ protected:
+  void SetUp() override {
+    auto redis = parley::testing::PrivateRedis::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    private_redis_ = *std::move(redis);
+    FanoutFixture::SetUp();
+  }
+  RedisEndpoint HubRedis() override { return private_redis_->endpoint(); }
+
+  std::unique_ptr<parley::testing::PrivateRedis> private_redis_;
+};
+
+// One write at a time, held until the test completes it, as a slow network would: the
+// part of a held test writer that does not depend on what it writes. The writer records
+// a write, then calls Begin.
+class WriteHold {
+ public:
+  void Begin() {
+    absl::MutexLock lock(&mu_);
+    EXPECT_FALSE(outstanding_) << "a second write while one is outstanding";
+    outstanding_ = true;
+  }
+  // Waits (bounded) for a write and returns whether one came.
+  bool AwaitWrite() {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&outstanding_), absl::Seconds(10));
+  }
+  // The write is done; the caller then tells the stream.
+  void End() {
+    absl::MutexLock lock(&mu_);
+    outstanding_ = false;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool outstanding_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // Reads a stream synchronously on the calling thread.
 struct StreamReader {
   grpc::ClientContext context;

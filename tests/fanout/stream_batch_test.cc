@@ -32,26 +32,22 @@ class HeldStreamWriter final : public StreamWriter {
   void Write(const std::vector<ResponsePtr>& batch) override {
     Written written;
     for (const ResponsePtr& response : batch) {
-      if (response->message().has_event())
+      if (response->message().has_event()) {
         written.seqs.push_back(response->message().event().seq());
+      }
       written.bytes += response->response_size();
     }
-    absl::MutexLock lock(&mu_);
-    EXPECT_FALSE(outstanding_) << "a second write while one is outstanding";
-    outstanding_ = true;
-    writes_.push_back(std::move(written));
+    {
+      absl::MutexLock lock(&mu_);
+      writes_.push_back(std::move(written));
+    }
+    hold_.Begin();
   }
   void FinishStream(const grpc::Status& status) override {}
 
-  bool AwaitWrite() {
-    absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(&outstanding_), absl::Seconds(10));
-  }
+  bool AwaitWrite() { return hold_.AwaitWrite(); }
   void Complete(SubscriberStream& stream) {
-    {
-      absl::MutexLock lock(&mu_);
-      outstanding_ = false;
-    }
+    hold_.End();
     stream.OnWriteDone(true);
   }
   std::vector<Written> writes() {
@@ -60,8 +56,8 @@ class HeldStreamWriter final : public StreamWriter {
   }
 
  private:
+  WriteHold hold_;
   absl::Mutex mu_;
-  bool outstanding_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Written> writes_ ABSL_GUARDED_BY(mu_);
 };
 

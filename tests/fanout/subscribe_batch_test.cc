@@ -34,18 +34,29 @@ v1::Event TextEvent(uint64_t seq, std::string text) {
   return event;
 }
 
+// Items of the shapes a layout must get right: sizes across the one- and two-byte
+// varint lengths, an empty event and an epoch change.
+struct Shapes {
+  ResponsePtr small = WrapEvent(TextEvent(1, "hi"));
+  ResponsePtr large = WrapEvent(TextEvent(2, std::string(300, 'x')));
+  ResponsePtr huge = WrapEvent(TextEvent(3, std::string(20000, 'y')));
+  ResponsePtr empty = WrapEvent(v1::Event());
+  ResponsePtr changed = EpochChangedResponse();
+
+  static ResponsePtr EpochChangedResponse() {
+    v1::StreamEventsResponse epoch;
+    epoch.mutable_epoch_changed()->set_old_epoch(1);
+    epoch.mutable_epoch_changed()->set_new_epoch(2);
+    epoch.mutable_epoch_changed()->set_reason("lost");
+    return Share(std::move(epoch));
+  }
+};
+
 TEST(SubscribeBatch, APreSerializedBatchIsByteIdenticalToANormalSerialization) {
-  // Sizes that cross the one- and two-byte varint lengths, an empty event, an epoch
-  // change and an end with details.
-  const ResponsePtr small = WrapEvent(TextEvent(1, "hi"));
-  const ResponsePtr large = WrapEvent(TextEvent(2, std::string(300, 'x')));
-  const ResponsePtr huge = WrapEvent(TextEvent(3, std::string(20000, 'y')));
-  const ResponsePtr empty = WrapEvent(v1::Event());
-  v1::StreamEventsResponse epoch;
-  epoch.mutable_epoch_changed()->set_old_epoch(1);
-  epoch.mutable_epoch_changed()->set_new_epoch(2);
-  epoch.mutable_epoch_changed()->set_reason("lost");
-  const ResponsePtr changed = Share(epoch);
+  // The shapes of Shapes, and an end with details.
+  const Shapes shapes;
+  const auto& [small, large, huge, empty, changed] = shapes;
+  const v1::StreamEventsResponse& epoch = changed->message();
   absl::Status refused = absl::ResourceExhaustedError("too many");
   SetErrorInfo(refused, "TOO_MANY_SUBSCRIPTIONS", {{"limit", "2"}});
   const v1::RpcStatus ended = ToRpcStatus(ToGrpcStatus(refused));
@@ -105,14 +116,8 @@ TEST(SubscribeBatch, AnEventIsSerializedOnceAndItsBytesShared) {
 }
 
 TEST(StreamEventsBytes, OneResponseOrABatchIsByteIdenticalToANormalSerialization) {
-  const ResponsePtr small = WrapEvent(TextEvent(1, "hi"));
-  const ResponsePtr large = WrapEvent(TextEvent(2, std::string(300, 'x')));
-  const ResponsePtr huge = WrapEvent(TextEvent(3, std::string(20000, 'y')));
-  const ResponsePtr empty = WrapEvent(v1::Event());
-  v1::StreamEventsResponse epoch;
-  epoch.mutable_epoch_changed()->set_old_epoch(1);
-  epoch.mutable_epoch_changed()->set_new_epoch(2);
-  const ResponsePtr changed = Share(epoch);
+  const Shapes shapes;
+  const auto& [small, large, huge, empty, changed] = shapes;
   v1::StreamEventsResponse keepalive;
   *keepalive.mutable_keepalive()->mutable_time() = ToTimestamp(absl::FromUnixSeconds(1));
   const ResponsePtr alive = Share(keepalive);

@@ -217,6 +217,32 @@ class MuxFollowers {
   std::thread reader_;
 };
 
+// What the followers of some streams went through.
+struct Tally {
+  int followers = 0;
+  int adds = 0;
+  int cuts = 0;
+  int unavailable_resumes = 0;
+};
+
+// Waits for every stream's reader and checks that each follower saw exactly 1..k.
+Tally JoinAndCheck(const std::vector<std::unique_ptr<MuxFollowers>>& streams, uint64_t k) {
+  Tally tally;
+  for (const auto& stream : streams) {
+    stream->Join();
+    EXPECT_EQ(stream->failure(), "");
+    tally.adds += stream->adds();
+    for (const auto& f : stream->followers()) {
+      ++tally.followers;
+      tally.cuts += f->cuts;
+      tally.unavailable_resumes += f->unavailable_resumes;
+      EXPECT_EQ(f->failure, "") << f->session;
+      EXPECT_EQ(f->received, Range(1, k)) << f->session;
+    }
+  }
+  return tally;
+}
+
 class SubscribeChecker : public PersistingFanout {};
 
 // Proves: over four Subscribe streams, 64 followers of 8 sessions whose subscriptions
@@ -274,40 +300,18 @@ TEST_F(SubscribeChecker, SubscriptionsRemovedAndAddedAtRandomOverFewStreamsEachS
   }
   for (auto& t : publishers) t.join();
 
-  int followers = 0, adds = 0, cuts = 0;
-  for (auto& stream : streams) {
-    stream->Join();
-    EXPECT_EQ(stream->failure(), "");
-    adds += stream->adds();
-    for (const auto& f : stream->followers()) {
-      ++followers;
-      cuts += f->cuts;
-      EXPECT_EQ(f->failure, "") << f->session;
-      EXPECT_EQ(f->received, Range(1, kEvents)) << f->session;
-    }
-  }
-  EXPECT_EQ(followers, kSessions * kStreams * kFollowersPerSessionPerStream);
-  EXPECT_GT(adds, followers * 3) << "the subscriptions were hardly ever removed";
+  const Tally tally = JoinAndCheck(streams, kEvents);
+  EXPECT_EQ(tally.followers, kSessions * kStreams * kFollowersPerSessionPerStream);
+  EXPECT_GT(tally.adds, tally.followers * 3) << "the subscriptions were hardly ever removed";
   // Not asserted: the stall gets the stalled stream's subscriptions cut in only some
   // runs here (as with HotWindowChecker's slow readers, the transport absorbs more than
   // the buffers suggest). When a cut happens, its cursor is checked above.
-  RecordProperty("slow_stream_cuts", cuts);
+  RecordProperty("slow_stream_cuts", tally.cuts);
   EXPECT_GT(StoreCalls("ReadEvents"), 0) << "no re-add read from the store";
   ExpectTrimmed(sessions);
 }
 
-class SubscribeRedisRestart : public FanoutFixture {
- protected:
-  void SetUp() override {
-    auto redis = parley::testing::PrivateRedis::Start();
-    ASSERT_TRUE(redis.ok()) << redis.status();
-    private_redis_ = *std::move(redis);
-    FanoutFixture::SetUp();
-  }
-  RedisEndpoint HubRedis() override { return private_redis_->endpoint(); }
-
-  std::unique_ptr<parley::testing::PrivateRedis> private_redis_;
-};
+class SubscribeRedisRestart : public PrivateRedisFanout {};
 
 // Proves: Redis restarted halfway through publishing, while 32 followers of 4 sessions
 // over two Subscribe streams have their subscriptions removed and added again at
@@ -348,21 +352,10 @@ TEST_F(SubscribeRedisRestart, RedisRestartedWhileSubscriptionsComeAndGoCostsNoFo
     if (n % 5 == 0) absl::SleepFor(absl::Milliseconds(2));
   }
 
-  int followers = 0, adds = 0, resumes = 0;
-  for (auto& stream : streams) {
-    stream->Join();
-    EXPECT_EQ(stream->failure(), "");
-    adds += stream->adds();
-    for (const auto& f : stream->followers()) {
-      ++followers;
-      resumes += f->unavailable_resumes;
-      EXPECT_EQ(f->failure, "") << f->session;
-      EXPECT_EQ(f->received, Range(1, kEvents)) << f->session;
-    }
-  }
-  EXPECT_EQ(followers, kSessions * kStreams * 4);
-  EXPECT_GT(adds, followers * 2) << "the subscriptions were hardly ever removed";
-  RecordProperty("unavailable_resumes", resumes);
+  const Tally tally = JoinAndCheck(streams, kEvents);
+  EXPECT_EQ(tally.followers, kSessions * kStreams * 4);
+  EXPECT_GT(tally.adds, tally.followers * 2) << "the subscriptions were hardly ever removed";
+  RecordProperty("unavailable_resumes", tally.unavailable_resumes);
 }
 
 }  // namespace

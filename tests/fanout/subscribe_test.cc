@@ -234,25 +234,16 @@ class HeldWriter final : public MuxWriter {
     for (const grpc::Slice& slice : slices) {
       bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
     }
-    absl::MutexLock lock(&mu_);
-    EXPECT_FALSE(outstanding_) << "a second write while one is outstanding";
-    outstanding_ = true;
-    writes_.push_back(std::move(bytes));
-  }
-  void FinishMux(const grpc::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    finished_ = status;
-  }
-  // Waits (bounded) for a write and returns whether one came.
-  bool AwaitWrite() {
-    absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(&outstanding_), absl::Seconds(10));
-  }
-  void Complete(MuxStream& mux) {
     {
       absl::MutexLock lock(&mu_);
-      outstanding_ = false;
+      writes_.push_back(std::move(bytes));
     }
+    hold_.Begin();
+  }
+  void FinishMux(const grpc::Status& status) override {}
+  bool AwaitWrite() { return hold_.AwaitWrite(); }
+  void Complete(MuxStream& mux) {
+    hold_.End();
     mux.OnWriteDone(true);
   }
   std::vector<std::string> writes() {
@@ -261,10 +252,9 @@ class HeldWriter final : public MuxWriter {
   }
 
  private:
+  WriteHold hold_;
   absl::Mutex mu_;
-  bool outstanding_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::string> writes_ ABSL_GUARDED_BY(mu_);
-  std::optional<grpc::Status> finished_ ABSL_GUARDED_BY(mu_);
 };
 
 class BatchedSubscribe : public FanoutFixture {
