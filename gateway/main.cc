@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
   flags.Int("max_subscriptions_per_stream", &config.max_subscriptions_per_stream,
             "subscriptions one Subscribe stream may hold (0: no cap)", 0, 10'000'000);
   flags.Int("max_batch_bytes", &config.max_batch_bytes,
-            "most bytes of deliveries one write of a Subscribe stream carries", 1024, 16 << 20);
+            "most bytes one write of a Subscribe stream or a batched StreamEvents carries", 1024,
+            16 << 20);
   flags.Int("stream_buffer", &config.stream_buffer,
             "events buffered per StreamEvents call before a slow client is cut", 16, 1 << 20);
   flags.Duration("keepalive", &config.keepalive,

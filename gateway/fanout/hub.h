@@ -20,10 +20,10 @@
 // Threads: the RedisSubscriber loop thread (OnMessage / OnSubscribed / OnDisconnected),
 // `backfill_workers` threads running streams' backfill steps, one ticker thread
 // (keepalives, retrying failed backfills; every `tick_interval` of `clock`), one timer
-// thread (Subscribe streams' flush windows, CallAt), and gRPC's callback threads (Open,
-// Unregister, Drain). Lock order: Hub::mu_, then
-// SubscriberStream::mu_, then Hub::work_mu_. Fan-out itself runs outside Hub::mu_ on a
-// copy-on-write snapshot of the session's streams.
+// thread (the flush windows of Subscribe streams and batched StreamEvents, CallAt), and gRPC's
+// callback threads (Open, Unregister, Drain). Lock order: Hub::mu_, then SubscriberStream::mu_,
+// then Hub::work_mu_. Fan-out itself runs outside Hub::mu_ on a copy-on-write snapshot of the
+// session's streams.
 #pragma once
 
 #include <grpcpp/grpcpp.h>

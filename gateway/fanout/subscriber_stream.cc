@@ -167,8 +167,11 @@ void SubscriberStream::MaybeWriteLocked() {
     return;
   }
   if (params_.batch && queued_bytes_ < context_.settings().max_batch_bytes &&
+      static_cast<int>(queue_.size()) < context_.settings().max_buffered / 2 &&
       context_.clock().Now() < flush_at_) {
-    return;  // Within the delay: OnTimer, or the response that fills a batch, writes.
+    // Within the delay: OnTimer writes, or the response that fills a batch (by bytes, or
+    // half the buffer, so that a client keeping up is never cut for what waits).
+    return;
   }
   const size_t take = NextWriteSizeLocked();
   flush_at_ = absl::InfinitePast();  // What queues during this write goes in the next.
@@ -197,9 +200,13 @@ size_t SubscriberStream::waiting_responses() const {
   return queue_.size();
 }
 
-void SubscriberStream::OnTimer(absl::Time /*now*/) {
+void SubscriberStream::OnTimer(absl::Time now) {
   absl::MutexLock lock(&mu_);
-  MaybeWriteLocked();  // Checks the clock itself: a later window has a timer of its own.
+  // The window is over by the timer's clock reading even should the clock read earlier
+  // again now (a wall clock stepped back): no other timer would come for it. A later
+  // window has a timer of its own.
+  if (now >= flush_at_) flush_at_ = absl::InfinitePast();
+  MaybeWriteLocked();
 }
 
 void SubscriberStream::OnWriteDone(bool ok) {

@@ -71,8 +71,10 @@ class WindowedStreamEvents : public FanoutFixture {
     options.clock = &clock_;
     options.tick_interval = absl::ZeroDuration();
     options.stream.max_batch_bytes = kMaxBatchBytes;
+    options.stream.max_buffered = kMaxBuffered;
     return options;
   }
+  static constexpr int kMaxBuffered = 16;
   std::shared_ptr<SubscriberStream> Open(const std::string& session, HeldStreamWriter& writer) {
     StreamParams params;
     params.tenant_id = kTenant;
@@ -142,6 +144,23 @@ TEST_F(WindowedStreamEvents, ResponsesWaitOutTheDelayUnlessABatchFillsAndBatches
   }
   EXPECT_THAT(seqs, ElementsAreArray(Range(11, 16)));
   EXPECT_EQ(held.writes().size() - before, 2u);  // Three and three.
+
+  // Half the buffer waiting ends the delay too, however small: a client that keeps up
+  // is never cut for what the window held back.
+  held.Complete(*stream);
+  for (int i = 0; i < kMaxBuffered / 2; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(held.AwaitWrite());
+  EXPECT_THAT(held.writes().back().seqs, ElementsAreArray(Range(17, 16 + kMaxBuffered / 2)));
+  EXPECT_EQ(SlowConsumersCut(), 0);
+
+  // A timer that fired when its window was over writes even should the clock read
+  // earlier again afterwards (a wall clock stepped back): no other timer would come.
+  held.Complete(*stream);
+  ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(AwaitWaiting(*stream, 1));
+  stream->OnTimer(clock_.Now() + absl::Milliseconds(10));  // The clock still reads before.
+  ASSERT_TRUE(held.AwaitWrite());
+  EXPECT_THAT(held.writes().back().seqs, ElementsAreArray({17u + kMaxBuffered / 2}));
   stream->Detach();
   hub_->Unregister(stream.get());
 }
@@ -200,6 +219,35 @@ TEST_F(BatchedStreamEvents, AClientThatAsksGetsBatchesInOrderAndOthersNeverSeeOn
     if (response.has_event()) plain_seqs.push_back(response.event().seq());
   }
   EXPECT_THAT(plain_seqs, ElementsAreArray(Range(1, kBackfilled + kLive)));
+}
+
+TEST_F(BatchedStreamEvents, UntilTurnEndEndsWithOkRightAfterTheBatchHoldingTheSeal) {
+  const std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(writer->Seal("turn_1").ok());
+  ASSERT_TRUE(writer->PublishNext().ok());  // After the turn: never delivered.
+  auto client = NewClient();
+  v1::StreamEventsRequest request = From(session);
+  request.set_batch(true);
+  request.set_max_batch_delay_ms(5);
+  request.set_until_turn_end(true);
+  StreamReader reader(*client, request);
+  std::vector<uint64_t> seqs;
+  bool sealed_last = false;
+  v1::StreamEventsResponse response;
+  while (reader.reader->Read(&response)) {
+    ASSERT_TRUE(response.has_batch());
+    for (const v1::StreamEventsResponse& item : response.batch().items()) {
+      if (!item.has_event()) continue;
+      seqs.push_back(item.event().seq());
+      sealed_last = item.event().has_turn_sealed();
+    }
+  }
+  const grpc::Status status = reader.reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(seqs, ElementsAreArray(Range(1, 4)));
+  EXPECT_TRUE(sealed_last);
 }
 
 TEST_F(BatchedStreamEvents, BadBatchOptionsAreRefusedNamingTheField) {

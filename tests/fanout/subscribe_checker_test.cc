@@ -82,6 +82,8 @@ class MuxFollowers {
 
   const std::vector<std::unique_ptr<Follower>>& followers() const { return followers_; }
   int adds() const { return adds_; }
+  // Events received so far, transients included; from any thread.
+  uint64_t events() const { return events_.load(); }
   std::string failure() const { return failure_; }
 
  private:
@@ -208,7 +210,7 @@ class MuxFollowers {
   std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> stream_;
   std::vector<std::unique_ptr<Follower>> followers_;
   std::vector<std::string> later_;
-  uint64_t events_ = 0;
+  std::atomic<uint64_t> events_ = 0;
   uint64_t stall_after_ = 0;
   std::function<void()> stall_;
   std::map<std::string, Follower*> by_id_;
@@ -318,7 +320,7 @@ class SubscribeRedisRestart : public PrivateRedisFanout {};
 // random, costs no follower an event: each sees exactly 1..K, riding out the restart on
 // its subscription or resuming after the last seq held when one ended UNAVAILABLE
 // (never after any other error). Making sure the restart hit open subscriptions: every
-// follower subscribed before publishing began, and the restart comes halfway through.
+// follower has received seq 1 before it, and it comes halfway through publishing.
 TEST_F(SubscribeRedisRestart, RedisRestartedWhileSubscriptionsComeAndGoCostsNoFollowerAnEvent) {
   constexpr int kSessions = 4;
   constexpr int kStreams = 2;
@@ -340,7 +342,16 @@ TEST_F(SubscribeRedisRestart, RedisRestartedWhileSubscriptionsComeAndGoCostsNoFo
   }
   std::vector<std::unique_ptr<Writer>> writers;
   for (const std::string& session : sessions) writers.push_back(NewWriter(session, 1, &endpoint));
-  for (uint64_t n = 0; n < kEvents; ++n) {
+  // Every subscription is open before the restart: each follower holds seq 1 (a
+  // follower removed meanwhile is re-added after it, so the count still holds).
+  for (auto& writer : writers) ASSERT_TRUE(writer->PublishNext().ok());
+  ASSERT_TRUE(parley::testing::WaitFor(absl::Seconds(30), [&] {
+    for (const auto& stream : streams) {
+      if (stream->events() < static_cast<uint64_t>(kSessions) * 4) return false;
+    }
+    return true;
+  }));
+  for (uint64_t n = 1; n < kEvents; ++n) {
     if (n == kEvents / 2) {
       ASSERT_TRUE(private_redis_->Restart().ok());
       for (int s = 0; s < kSessions; ++s) {
