@@ -323,14 +323,16 @@ class PrivateRedisFanout : public FanoutFixture {
 };
 
 // One write at a time, held until the test completes it, as a slow network would: the
-// part of a held test writer that does not depend on what it writes. The writer records
-// a write, then calls Begin.
-class WriteHold {
+// part of a held test writer that does not depend on what it writes. The writer calls
+// Record with what it wrote.
+template <typename Written>
+class HeldWrites {
  public:
-  void Begin() {
+  void Record(Written written) {
     absl::MutexLock lock(&mu_);
     EXPECT_FALSE(outstanding_) << "a second write while one is outstanding";
     outstanding_ = true;
+    writes_.push_back(std::move(written));
   }
   // Waits (bounded) for a write and returns whether one came.
   bool AwaitWrite() {
@@ -342,10 +344,15 @@ class WriteHold {
     absl::MutexLock lock(&mu_);
     outstanding_ = false;
   }
+  std::vector<Written> writes() {
+    absl::MutexLock lock(&mu_);
+    return writes_;
+  }
 
  private:
   absl::Mutex mu_;
   bool outstanding_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Written> writes_ ABSL_GUARDED_BY(mu_);
 };
 
 // Reads a stream synchronously on the calling thread.

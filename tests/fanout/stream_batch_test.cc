@@ -37,28 +37,19 @@ class HeldStreamWriter final : public StreamWriter {
       }
       written.bytes += response->response_size();
     }
-    {
-      absl::MutexLock lock(&mu_);
-      writes_.push_back(std::move(written));
-    }
-    hold_.Begin();
+    held_.Record(std::move(written));
   }
   void FinishStream(const grpc::Status& status) override {}
 
-  bool AwaitWrite() { return hold_.AwaitWrite(); }
+  bool AwaitWrite() { return held_.AwaitWrite(); }
   void Complete(SubscriberStream& stream) {
-    hold_.End();
+    held_.End();
     stream.OnWriteDone(true);
   }
-  std::vector<Written> writes() {
-    absl::MutexLock lock(&mu_);
-    return writes_;
-  }
+  std::vector<Written> writes() { return held_.writes(); }
 
  private:
-  WriteHold hold_;
-  absl::Mutex mu_;
-  std::vector<Written> writes_ ABSL_GUARDED_BY(mu_);
+  HeldWrites<Written> held_;
 };
 
 // The hub on a FakeClock with no ticker or timer thread: the test moves time and runs

@@ -234,27 +234,18 @@ class HeldWriter final : public MuxWriter {
     for (const grpc::Slice& slice : slices) {
       bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
     }
-    {
-      absl::MutexLock lock(&mu_);
-      writes_.push_back(std::move(bytes));
-    }
-    hold_.Begin();
+    held_.Record(std::move(bytes));
   }
   void FinishMux(const grpc::Status& status) override {}
-  bool AwaitWrite() { return hold_.AwaitWrite(); }
+  bool AwaitWrite() { return held_.AwaitWrite(); }
   void Complete(MuxStream& mux) {
-    hold_.End();
+    held_.End();
     mux.OnWriteDone(true);
   }
-  std::vector<std::string> writes() {
-    absl::MutexLock lock(&mu_);
-    return writes_;
-  }
+  std::vector<std::string> writes() { return held_.writes(); }
 
  private:
-  WriteHold hold_;
-  absl::Mutex mu_;
-  std::vector<std::string> writes_ ABSL_GUARDED_BY(mu_);
+  HeldWrites<std::string> held_;
 };
 
 class BatchedSubscribe : public FanoutFixture {
