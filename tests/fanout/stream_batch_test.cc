@@ -4,12 +4,14 @@
 // batches never gets one. The delay is checked on the hub's FakeClock with a writer that
 // holds each write until the test completes it; the rest through a real gateway.
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "gateway/fanout/subscriber_stream.h"
 #include "tests/fanout/fanout_fixture.h"
 
@@ -271,6 +273,34 @@ TEST_F(BatchedStreamEvents, BadBatchOptionsAreRefusedNamingTheField) {
   ASSERT_TRUE(mux.ReadUntil([](const auto& r) { return r.ended.contains("asks"); }));
   EXPECT_EQ(mux.received.ended.at("asks").code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(mux.received.ended.at("asks").message(), HasSubstr("add.request.batch"));
+}
+
+class RawStreams : public FanoutFixture {};
+
+// The stream methods parse their own requests (they are raw, to write shared bytes):
+// bytes that are no request get a clear INVALID_ARGUMENT, and nothing is opened.
+TEST_F(RawStreams, BytesThatAreNoRequestAreInvalidArgumentForEveryStreamMethod) {
+  grpc::GenericStub stub(grpc::CreateChannel(gateway_target(), grpc::InsecureChannelCredentials()));
+  // Field 1, length-delimited, with a length whose varint never ends.
+  const std::string garbage("\x0a\xff\xff\xff", 4);
+  for (const char* method : {kStreamEventsMethod, kSendMessageAndStreamMethod}) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", std::string("Bearer ") + kApiKey);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    grpc::Slice slice(garbage);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+      status = std::move(s);
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30))) << method;
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("request")) << method;
+  }
+  EXPECT_EQ(hub_->channel_count(), 0u);
 }
 
 }  // namespace
