@@ -326,7 +326,7 @@ void SubscriberStream::Tick(absl::Time now) {
   }
 }
 
-absl::Status SubscriberStream::ResolveStart() {
+absl::StatusOr<SubscriberStream::Resolved> SubscriberStream::ResolveStart() {
   HistorySource& history = context_.history();
   // One store call answers the access check, the epoch and the turn to start from.
   absl::StatusOr<StreamStart> start =
@@ -342,14 +342,13 @@ absl::Status SubscriberStream::ResolveStart() {
       next = *first;
     }
   }
-  if (params_.start == StreamParams::Start::kTurn && next == 0 && params_.until_turn_end) {
+  const bool turn_never_started = params_.start == StreamParams::Start::kTurn && next == 0;
+  if (turn_never_started && params_.until_turn_end) {
     absl::MutexLock lock(&mu_);
     resolved_ = true;
-    turn_never_started_ = true;
-    return absl::OkStatus();
+    return Resolved::kNothingToStream;
   }
-  if (params_.start == StreamParams::Start::kLatest ||
-      (params_.start == StreamParams::Start::kTurn && next == 0)) {
+  if (params_.start == StreamParams::Start::kLatest || turn_never_started) {
     absl::StatusOr<uint64_t> last = history.LastSeq(params_.session_id, *start);
     if (!last.ok()) return last.status();
     next = *last + 1;
@@ -369,7 +368,7 @@ absl::Status SubscriberStream::ResolveStart() {
     next_seq_ = 1;
     last_written_seq_ = 0;
   }
-  return absl::OkStatus();
+  return Resolved::kStream;
 }
 
 void SubscriberStream::RunBackfill() {
@@ -387,17 +386,17 @@ void SubscriberStream::CheckAccessThenJoin() {
   // Where the stream starts is known before it subscribes, but history is read only
   // once the subscription is confirmed (Join, then Resync), so whatever is published in
   // between is still read from Redis.
-  const absl::Status start = ResolveStart();
+  const absl::StatusOr<Resolved> start = ResolveStart();
   {
     absl::MutexLock lock(&mu_);
     backfill_scheduled_ = false;
     if (finished_) return;
-    if (start.code() == absl::StatusCode::kUnavailable) return RetryLaterLocked();
+    if (start.status().code() == absl::StatusCode::kUnavailable) return RetryLaterLocked();
     if (!start.ok()) {
-      FinishLocked(ToGrpcStatus(start));  // NOT_FOUND for someone else's session.
+      FinishLocked(ToGrpcStatus(start.status()));  // NOT_FOUND for someone else's session.
       return;
     }
-    if (turn_never_started_) {
+    if (*start == Resolved::kNothingToStream) {
       FinishLocked(grpc::Status::OK);  // Its end is already past: nothing will come.
       return;
     }

@@ -120,7 +120,11 @@ class SubscriberStream : public Endable,
 
   // Step 1, the first run on a backfill worker.
   void CheckAccessThenJoin();
-  absl::Status ResolveStart();  // Access check and start position; no lock held.
+  // What ResolveStart found: where to start, or that a stream until the end of a turn
+  // that ended without ever starting (cancelled while queued) has nothing to wait for.
+  enum class Resolved { kStream, kNothingToStream };
+  // Access check and start position; no lock held.
+  absl::StatusOr<Resolved> ResolveStart();
   // Steps 2 and 3, once the channel is subscribed.
   void CatchUp();
   // The next read, or nullopt when the stream ended or the read must pause for room.
@@ -151,9 +155,6 @@ class SubscriberStream : public Endable,
   mutable absl::Mutex mu_;
   StreamWriter* writer_ ABSL_GUARDED_BY(mu_);
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
-  // Resolved to a turn that ended without ever starting (cancelled while queued): a
-  // stream until that turn's end has nothing to wait for.
-  bool turn_never_started_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;  // Next durable seq to deliver.
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_written_seq_ ABSL_GUARDED_BY(mu_) = 0;  // The resume cursor.

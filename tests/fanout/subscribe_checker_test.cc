@@ -287,7 +287,7 @@ TEST_F(SubscribeChecker, SubscriptionsRemovedAndAddedAtRandomOverFewStreamsEachS
   for (auto& stream : streams) {
     for (const std::string& session : sessions) {
       stream->Follow(session);
-      stream->FollowLater(session);
+      for (int i = 1; i < kFollowersPerSessionPerStream; ++i) stream->FollowLater(session);
     }
     stream->Run();
   }

@@ -580,22 +580,6 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string&
   return std::make_pair(std::stoi(response.substr(space + 1, 3)), response.substr(body + 4));
 }
 
-absl::StatusOr<int> UnusedLoopbackPort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = 0;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  const int error = errno;
-  ::close(fd);
-  if (!bound) return absl::InternalError(absl::StrCat("bind 127.0.0.1:0: ", std::strerror(error)));
-  return static_cast<int>(ntohs(address.sin_port));
-}
-
 absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service) {
   auto stub = grpc::health::v1::Health::NewStub(
       grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));

@@ -257,11 +257,6 @@ bool HoldsIdShape(const std::string& text);
 // Issues an HTTP/1.1 GET to 127.0.0.1:port; returns status code and body.
 absl::StatusOr<std::pair<int, std::string>> HttpGet(int port, const std::string& path);
 
-// A TCP port that nothing listens on at 127.0.0.1 right now (the kernel's pick, then
-// released): for processes that must know each other's port before they start. Another
-// process may take it in between; tests accept that small race.
-absl::StatusOr<int> UnusedLoopbackPort();
-
 // The gRPC health status ("SERVING", "NOT_SERVING", ...) or the call error.
 absl::StatusOr<std::string> CheckHealth(const std::string& target, const std::string& service = "");
 

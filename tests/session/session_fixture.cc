@@ -183,9 +183,8 @@ void SessionFixture::StartSandboxes(const ClusterOptions& options) {
   const int64_t uid_count = 1000 / count;
   int port = 0;
   if (count > 1) {
-    absl::StatusOr<int> unused = parley::testing::UnusedLoopbackPort();
-    ASSERT_TRUE(unused.ok()) << unused.status();
-    port = *unused;
+    port = parley::testing::FreePort();
+    ASSERT_NE(port, 0) << "no free loopback port";
     sandbox_address_template_ = absl::StrCat("127.0.0.{replica}:", port);
   }
   for (int k = 0; k < count; ++k) {
