@@ -138,9 +138,7 @@ absl::StatusOr<uint64_t> RedisStoreHistory::TurnFirstSeq(const std::string& sess
                                                          const StreamStart& start) {
   const v1::Turn& turn = *start.turn;
   if (turn.first_seq() > 0) return turn.first_seq();
-  if (turn.status() != v1::TURN_STATUS_QUEUED && turn.status() != v1::TURN_STATUS_RUNNING) {
-    return 0;  // Ended without ever starting (cancelled while queued).
-  }
+  if (EndedWithoutStarting(turn)) return 0;
   // session-svc reports the first seq with its first heartbeat, seconds after the turn
   // started: until then the hot window is where its start is found.
   absl::StatusOr<std::unique_ptr<RedisConnection>> redis = Borrow();

@@ -36,6 +36,13 @@ struct StreamStart {
   std::optional<v1::Turn> turn;  // The turn asked for, if any.
 };
 
+// Whether `turn` ended without ever starting (cancelled while queued): nothing was, or
+// ever will be, published for it. A turn that started has a first seq once it ended.
+inline bool EndedWithoutStarting(const v1::Turn& turn) {
+  return turn.first_seq() == 0 && turn.status() != v1::TURN_STATUS_QUEUED &&
+         turn.status() != v1::TURN_STATUS_RUNNING;
+}
+
 class HistorySource {
  public:
   virtual ~HistorySource() = default;

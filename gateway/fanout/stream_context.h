@@ -45,6 +45,9 @@ struct StreamSettings {
   // first one waiting (a batch of max_batch_bytes goes at once). Zero: as soon as no
   // write is in flight.
   absl::Duration flush_window = absl::Milliseconds(2);
+  // How often a stream until the end of a turn that is still queued asks store-svc
+  // whether it still is: a turn cancelled while queued publishes nothing.
+  absl::Duration queued_turn_recheck = absl::Seconds(5);
 };
 
 // What streams count, shared by all of them.

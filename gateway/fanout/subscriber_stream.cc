@@ -4,6 +4,7 @@
 #include <google/protobuf/util/message_differencer.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/proto_time.h"
@@ -126,6 +127,13 @@ SubscriberStream::Offer SubscriberStream::AcceptLocked(const ResponsePtr& respon
   if (params_.until_turn_end && event.has_turn_sealed() &&
       (params_.turn_id.empty() || event.turn_id() == params_.turn_id)) {
     finish_after_drain_ = true;
+  }
+  if (awaiting_turn_start_) {
+    if (event.turn_id() == params_.turn_id) {
+      awaiting_turn_start_ = false;  // It started: its seal will come.
+    } else if (event.has_turn_sealed()) {
+      next_turn_check_ = context_.clock().Now();  // Ours is next, or gone.
+    }
   }
   return Offer::kAccepted;
 }
@@ -317,6 +325,10 @@ void SubscriberStream::Tick(absl::Time now) {
     backfill_failed_ = false;
     ScheduleBackfillLocked();
   }
+  if (awaiting_turn_start_ && live_ && !backfill_scheduled_ && now >= next_turn_check_) {
+    turn_check_due_ = true;
+    ScheduleBackfillLocked();
+  }
   if (!params_.multiplexed && in_flight_.empty() && queue_.empty() &&
       now - last_write_ >= context_.settings().keepalive) {
     v1::StreamEventsResponse keepalive;
@@ -355,6 +367,11 @@ absl::StatusOr<SubscriberStream::Resolved> SubscriberStream::ResolveStart() {
   }
   const uint64_t current_epoch = params_.client_epoch != 0 ? start->epoch : 0;
   absl::MutexLock lock(&mu_);
+  if (params_.until_turn_end && start->turn.has_value() &&
+      start->turn->status() == v1::TURN_STATUS_QUEUED) {
+    awaiting_turn_start_ = true;
+    next_turn_check_ = context_.clock().Now() + context_.settings().queued_turn_recheck;
+  }
   next_seq_ = next;
   // The client holds everything before where its stream starts: a cut before the first
   // write must hand that back as the cursor, not 0.
@@ -373,13 +390,36 @@ absl::StatusOr<SubscriberStream::Resolved> SubscriberStream::ResolveStart() {
 
 void SubscriberStream::RunBackfill() {
   bool resolved;
+  bool check_turn;
   {
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     resolved = resolved_;
+    check_turn = std::exchange(turn_check_due_, false);
   }
+  if (check_turn) return CheckQueuedTurn();
   if (resolved) return CatchUp();
   CheckAccessThenJoin();
+}
+
+void SubscriberStream::CheckQueuedTurn() {
+  const absl::StatusOr<StreamStart> start =
+      context_.history().Start(params_.tenant_id, params_.session_id, params_.turn_id);
+  absl::MutexLock lock(&mu_);
+  backfill_scheduled_ = false;
+  if (finished_) return;
+  next_turn_check_ = context_.clock().Now() + context_.settings().queued_turn_recheck;
+  if (awaiting_turn_start_ && start.ok() && start->turn.has_value() &&
+      EndedWithoutStarting(*start->turn)) {
+    finish_after_drain_ = true;  // Nothing will ever come for it.
+    MaybeWriteLocked();
+    return;
+  }
+  if (!live_) {
+    // A resync came during the check: read history again.
+    reread_ = false;
+    ScheduleBackfillLocked();
+  }
 }
 
 void SubscriberStream::CheckAccessThenJoin() {

@@ -17,6 +17,13 @@
 //   3. GoLiveLocked: the live events held meanwhile are offered in order; a gap among
 //      them goes back to step 2.
 //
+// A stream until the end of a turn that is still queued when it starts waits for that
+// turn's TurnSealed. A turn cancelled while queued publishes nothing, so until the
+// turn's first event arrives the stream asks store-svc again (CheckQueuedTurn, on a
+// backfill worker): every StreamSettings::queued_turn_recheck, and at the tick after
+// another turn's seal (when the next turn starts, or is found gone). A turn that ended
+// without starting ends the stream with OK.
+//
 //   auto stream = std::make_shared<SubscriberStream>(hub, writer, params);
 //   hub.Open(stream);               // Step 1 runs on a backfill worker.
 //   stream->OnLive(response);       // For each live event of the session.
@@ -127,6 +134,9 @@ class SubscriberStream : public Endable,
   absl::StatusOr<Resolved> ResolveStart();
   // Steps 2 and 3, once the channel is subscribed.
   void CatchUp();
+  // Whether the queued turn the stream waits for ended without starting; ends the
+  // stream if so. No lock held.
+  void CheckQueuedTurn();
   // The next read, or nullopt when the stream ended or the read must pause for room.
   std::optional<HistoryRead> NextRead();
   AfterRead AcceptHistoryLocked(std::vector<v1::Event>& events, uint64_t from_seq)
@@ -162,6 +172,11 @@ class SubscriberStream : public Endable,
   // re-read of history and a live copy held aside during one offer them again.
   std::vector<ResponsePtr> transients_sent_ ABSL_GUARDED_BY(mu_);
   bool backfill_scheduled_ ABSL_GUARDED_BY(mu_) = false;
+  // Until the end of a turn that was queued when the stream resolved, and has sent no
+  // event since: the store is asked again at next_turn_check_ (see the top).
+  bool awaiting_turn_start_ ABSL_GUARDED_BY(mu_) = false;
+  bool turn_check_due_ ABSL_GUARDED_BY(mu_) = false;  // The scheduled run is that check.
+  absl::Time next_turn_check_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   bool backfill_failed_ ABSL_GUARDED_BY(mu_) = false;
   bool reread_ ABSL_GUARDED_BY(mu_) = false;  // Read history again before going live.
   bool live_ ABSL_GUARDED_BY(mu_) = false;    // Caught up: live events go straight out.

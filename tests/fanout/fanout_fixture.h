@@ -136,6 +136,19 @@ class FanoutFixture : public ::testing::Test {
     ASSERT_TRUE(status.ok()) << status.error_message();
   }
 
+  // Cancels `turn_id` of `session` (of kTenant) in the store, as CancelTurn would.
+  void CancelTurn(const std::string& session, const std::string& turn_id) {
+    grpc::ClientContext context;
+    store::v1::CancelTurnRequest request;
+    request.set_tenant_id(kTenant);
+    request.set_session_id(session);
+    request.set_turn_id(turn_id);
+    store::v1::CancelTurnResponse cancelled;
+    grpc::Status status = store_->CancelTurn(&context, request, &cancelled);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(cancelled.turn().status(), v1::TURN_STATUS_CANCELLED);
+  }
+
   // A writer for `session_id` holding lease `epoch` (session-svc's role).
   struct Writer {
     std::unique_ptr<RedisConnection> connection;

@@ -603,14 +603,7 @@ TEST_F(Fanout, AStreamUntilTheEndOfATurnCancelledWhileQueuedEndsAtOnce) {
   const std::string session = CreateSession();
   store::v1::EnqueueTurnResponse enqueued;
   ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &enqueued));
-  grpc::ClientContext cancel_context;
-  store::v1::CancelTurnRequest cancel;
-  cancel.set_tenant_id(kTenant);
-  cancel.set_session_id(session);
-  cancel.set_turn_id(enqueued.turn().id());
-  store::v1::CancelTurnResponse cancelled;
-  ASSERT_TRUE(store_->CancelTurn(&cancel_context, cancel, &cancelled).ok());
-  ASSERT_EQ(cancelled.turn().status(), v1::TURN_STATUS_CANCELLED);
+  ASSERT_NO_FATAL_FAILURE(CancelTurn(session, enqueued.turn().id()));
 
   auto client = NewClient();
   v1::StreamEventsRequest request;
@@ -618,6 +611,89 @@ TEST_F(Fanout, AStreamUntilTheEndOfATurnCancelledWhileQueuedEndsAtOnce) {
   request.set_from_turn_id(enqueued.turn().id());
   request.set_until_turn_end(true);
   StreamReader stream(*client, request);
+  EXPECT_THAT(stream.ReadEvents(100), IsEmpty());
+  const grpc::Status status = stream.reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+}
+
+// The hub re-checking a queued turn every `kRecheckMs` (and at the tick after another
+// turn's seal).
+template <int64_t kRecheckMs>
+class QueuedTurnRecheck : public FanoutFixture {
+ protected:
+  HubOptions Options() override {
+    HubOptions options;
+    options.stream.queued_turn_recheck = absl::Milliseconds(kRecheckMs);
+    return options;
+  }
+};
+using RecheckAfterSealOnly = QueuedTurnRecheck<3'600'000>;  // Never on its own here.
+using RecheckEverySecond = QueuedTurnRecheck<1'000>;
+
+// What it proves: a stream until the end of a turn that is still queued when the stream
+// starts ends with OK once that turn is cancelled in the queue, though nothing is ever
+// published for it; the check at another turn's seal finds it gone, and a check that
+// finds it still queued keeps the stream open. How: the stream is live (it got an
+// event) before each step; the seal of a turn ahead makes the hub ask the store (counted
+// by the store's GetLastSeq calls) while the turn is queued, then again after the
+// cancel. Without the re-check the stream runs into its deadline.
+TEST_F(RecheckAfterSealOnly, AStreamWaitingForAQueuedTurnEndsAtTheNextSealOnceItIsCancelled) {
+  const std::string session = CreateSession();
+  store::v1::EnqueueTurnResponse ahead, ours;
+  ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &ahead));
+  ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &ours));
+  auto writer = NewWriter(session, 1);
+
+  auto client = NewClient();
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_from_turn_id(ours.turn().id());
+  request.set_until_turn_end(true);
+  StreamReader stream(*client, request);
+  // Joined to the channel: it has resolved where it starts, so it gets what comes next.
+  ASSERT_TRUE(Eventually([&] { return hub_->channel_count() == 1; }));
+  ASSERT_TRUE(writer->PublishNext("the turn ahead speaks").ok());
+  ASSERT_EQ(stream.ReadEvents(1).size(), 1u);
+
+  // Another turn's seal while ours is still queued: checked, and the stream goes on.
+  const int64_t checks = StoreCalls("GetLastSeq");
+  ASSERT_TRUE(writer->Seal("turn_before").ok());
+  ASSERT_EQ(stream.ReadEvents(1).size(), 1u);
+  ASSERT_TRUE(Eventually([&] { return StoreCalls("GetLastSeq") > checks; }));
+  ASSERT_TRUE(writer->PublishNext("still open").ok());
+  ASSERT_EQ(stream.ReadEvents(1).size(), 1u);
+
+  ASSERT_NO_FATAL_FAILURE(CancelTurn(session, ours.turn().id()));
+  ASSERT_TRUE(writer->Seal(ahead.turn().id()).ok());
+  const std::vector<v1::Event> rest = stream.ReadEvents(100);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].turn_sealed().turn_id(), ahead.turn().id());
+  const grpc::Status status = stream.reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+}
+
+// What it proves: with no other turn to seal (the session idle, its one queued turn
+// waiting for a worker), the periodic re-check ends the stream of a turn cancelled in
+// the queue. How: the stream is live before the cancel, and nothing is published after
+// it; without the re-check the stream runs into its deadline.
+TEST_F(RecheckEverySecond, AStreamWaitingForAQueuedTurnOfAnIdleSessionEndsOnceItIsCancelled) {
+  const std::string session = CreateSession();
+  store::v1::EnqueueTurnResponse ours;
+  ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &ours));
+  auto writer = NewWriter(session, 1);
+
+  auto client = NewClient();
+  v1::StreamEventsRequest request;
+  request.set_session_id(session);
+  request.set_from_turn_id(ours.turn().id());
+  request.set_until_turn_end(true);
+  StreamReader stream(*client, request);
+  // Joined to the channel: it has resolved where it starts, so it gets what comes next.
+  ASSERT_TRUE(Eventually([&] { return hub_->channel_count() == 1; }));
+  ASSERT_TRUE(writer->PublishNext("an earlier turn's last word").ok());
+  ASSERT_EQ(stream.ReadEvents(1).size(), 1u);
+
+  ASSERT_NO_FATAL_FAILURE(CancelTurn(session, ours.turn().id()));
   EXPECT_THAT(stream.ReadEvents(100), IsEmpty());
   const grpc::Status status = stream.reader->Finish();
   EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
