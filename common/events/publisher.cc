@@ -64,6 +64,9 @@ return expect
 
 // KEYS: lease hash. ARGV: epoch, owner, floor seq. Returns last_seq.
 constexpr char kAcquireScript[] = R"lua(
+if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
+  return redis.error_reply('PARLEY_STATE_LOST 0')
+end
 local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
 local epoch = tonumber(ARGV[1])
 if current > epoch then return redis.error_reply('PARLEY_LEASE_LOST ' .. current) end
@@ -85,6 +88,12 @@ absl::Status ScriptError(const absl::Status& status) {
   std::vector<absl::string_view> words = absl::StrSplit(message.substr(at + 7), ' ');
   std::string reason(words[0]);
   std::string value = words.size() > 1 ? std::string(words[1]) : "";
+  if (reason == "STATE_LOST") {
+    absl::Status out = absl::FailedPreconditionError(
+        "the session's lease is gone from redis: its stream state was lost");
+    SetErrorInfo(out, reason, {});
+    return out;
+  }
   absl::Status out = absl::FailedPreconditionError(
       reason == "LEASE_LOST" ? "lease lost: a newer writer holds this session"
                              : absl::StrCat("seq mismatch: the stream ends at ", value));
@@ -116,7 +125,8 @@ absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
                                                      const std::string& body,
                                                      std::vector<std::string> keys_and_args,
                                                      int key_count,
-                                                     std::vector<std::string> extra_command) {
+                                                     std::vector<std::string> extra_command,
+                                                     RedisReply* extra_reply) {
   // EVAL caches the script by its SHA on the server; EVALSHA afterwards avoids
   // resending the body. A server that lost its script cache (restart) answers
   // NOSCRIPT and gets the body again.
@@ -139,6 +149,7 @@ absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
   }
   if (!replies.ok()) return ScriptError(replies.status());
   if (waits && ReplyInt64((*replies)[1].get()) < wait_replicas_) ++replica_wait_shortfalls_;
+  if (extra_reply != nullptr && !extra_command.empty()) *extra_reply = std::move(replies->back());
   return std::move(replies->front());
 }
 
@@ -151,15 +162,29 @@ std::vector<std::vector<std::string>> EventPublisher::WaitCommands() const {
 absl::StatusOr<uint64_t> EventPublisher::AcquireLease(const std::string& session_id,
                                                       const std::string& owner, uint64_t epoch,
                                                       uint64_t floor_seq) {
+  absl::StatusOr<Lease> lease =
+      AcquireLease(session_id, owner, epoch, LeaseRequest{.floor_seq = floor_seq});
+  if (!lease.ok()) return lease.status();
+  return lease->last_seq;
+}
+
+absl::StatusOr<EventPublisher::Lease> EventPublisher::AcquireLease(const std::string& session_id,
+                                                                   const std::string& owner,
+                                                                   uint64_t epoch,
+                                                                   LeaseRequest request) {
+  Lease lease;
   absl::StatusOr<RedisReply> reply =
       RunScript(acquire_sha_, kAcquireScript,
-                {keys_.Lease(session_id), absl::StrCat(epoch), owner, absl::StrCat(floor_seq)}, 1);
+                {keys_.Lease(session_id), absl::StrCat(epoch), owner,
+                 absl::StrCat(request.floor_seq), request.expect_existing ? "1" : "0"},
+                1, std::move(request.read), &lease.read);
   if (!reply.ok()) return reply.status();
   if (acquire_sha_.empty()) {
     auto sha = redis_.Command({"SCRIPT", "LOAD", kAcquireScript});
     if (sha.ok()) acquire_sha_ = std::string((*sha)->str, (*sha)->len);
   }
-  return static_cast<uint64_t>((*reply)->integer);
+  lease.last_seq = static_cast<uint64_t>((*reply)->integer);
+  return lease;
 }
 
 absl::Status EventPublisher::Publish(const v1::Event& event, uint64_t lease_epoch) {

@@ -89,10 +89,30 @@ class EventPublisher {
 
   // Makes `epoch` the session's fencing epoch (it may only grow) and records `owner`.
   // Returns the last seq published in Redis (0 when the stream holds nothing, e.g.
-  // after a flush: the caller then continues from the durable last seq). Errors:
-  // FAILED_PRECONDITION "LEASE_LOST" when a higher epoch already holds the lease.
+  // after a flush: the caller then continues from the durable last seq), raised to
+  // `floor_seq`. Errors: FAILED_PRECONDITION "LEASE_LOST" when a higher epoch already
+  // holds the lease.
   absl::StatusOr<uint64_t> AcquireLease(const std::string& session_id, const std::string& owner,
                                         uint64_t epoch, uint64_t floor_seq = 0);
+
+  // AcquireLease with more said and asked in its one round trip.
+  struct LeaseRequest {
+    uint64_t floor_seq = 0;
+    // The session held a lease before (its lease epoch is past 1), so its lease hash
+    // must still be in Redis. If it is gone (a flush, a failover without the data),
+    // nothing is written and the answer is FAILED_PRECONDITION "STATE_LOST": the
+    // writer recovers the history epoch first (session-svc/README.md).
+    bool expect_existing = false;
+    // A command run right behind the lease script (after the lease is taken, so no
+    // older writer's publish can follow what it reads); its reply is Lease::read.
+    std::vector<std::string> read;
+  };
+  struct Lease {
+    uint64_t last_seq = 0;
+    RedisReply read;  // Null without LeaseRequest::read.
+  };
+  absl::StatusOr<Lease> AcquireLease(const std::string& session_id, const std::string& owner,
+                                     uint64_t epoch, LeaseRequest request);
 
   // Appends and publishes `event` under `lease_epoch`. Errors: FAILED_PRECONDITION with
   // ErrorInfo "LEASE_LOST" (metadata lease_epoch) or "SEQ_MISMATCH" (metadata
@@ -125,7 +145,8 @@ class EventPublisher {
  private:
   absl::StatusOr<RedisReply> RunScript(const std::string& sha, const std::string& body,
                                        std::vector<std::string> keys_and_args, int key_count,
-                                       std::vector<std::string> extra_command = {});
+                                       std::vector<std::string> extra_command = {},
+                                       RedisReply* extra_reply = nullptr);
   // WAIT behind a write, when this publisher waits for replicas; else nothing.
   std::vector<std::vector<std::string>> WaitCommands() const;
 

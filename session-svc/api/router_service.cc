@@ -38,21 +38,17 @@ absl::Status RouterService::PublishClosed(const v1::Session& session, uint64_t l
   absl::StatusOr<std::unique_ptr<RedisConnection>> redis =
       RedisConnection::Connect(redis_, absl::Seconds(2));
   if (!redis.ok()) return redis.status();
-  absl::StatusOr<RedisReply> exists =
-      (*redis)->Command({"HEXISTS", keys_.Lease(session.id()), "epoch"});
-  if (!exists.ok()) return exists.status();
-  if ((*exists)->integer == 0 && lease_epoch > 1) {
-    // Redis lost the session's stream; the seq after the durable one may already have
-    // been used. The next writer recovers the epoch; a closed session has none.
-    return absl::FailedPreconditionError("the session's stream state is gone from redis");
-  }
   EventPublisher publisher(**redis, {.key_prefix = key_prefix_}, RealClock::Get());
-  absl::StatusOr<uint64_t> last =
-      publisher.AcquireLease(session.id(), owner_, lease_epoch, session.last_seq());
-  if (!last.ok()) return last.status();
+  // With its lease hash gone (lease_epoch > 1), Redis lost the session's stream and the
+  // seq after the durable one may already have been used: STATE_LOST, nothing written.
+  // The next writer recovers the epoch; a closed session has none.
+  absl::StatusOr<EventPublisher::Lease> lease = publisher.AcquireLease(
+      session.id(), owner_, lease_epoch,
+      {.floor_seq = session.last_seq(), .expect_existing = lease_epoch > 1});
+  if (!lease.ok()) return lease.status();
   v1::Event closed;
   closed.set_session_id(session.id());
-  closed.set_seq(*last + 1);
+  closed.set_seq(lease->last_seq + 1);
   closed.set_epoch(session.epoch());
   *closed.mutable_time() = ToTimestamp(absl::Now());
   closed.mutable_session_status_changed()->set_old_status(v1::SESSION_STATUS_ACTIVE);

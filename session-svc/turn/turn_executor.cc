@@ -115,6 +115,8 @@ class TurnExecutor::Run_ final : public TurnOutput {
   // Records a published batch: seqs, transcript (but the `restored` first events, which
   // were folded in when first published), recent_.
   absl::Status Published(const std::vector<v1::Event>& batch, size_t restored);
+  // Seals the turn before this one if its owner's TurnSealed lost the race for the
+  // lease (see the README), from the stream's tail read with the lease.
   void SealPredecessor();
   absl::StatusOr<std::vector<v1::Event>> ReadOwnEvents();
   absl::StatusOr<v1::Message> LoadUserMessage();
@@ -148,6 +150,9 @@ class TurnExecutor::Run_ final : public TurnOutput {
   size_t pending_bytes_ = 0;
   uint64_t last_seq_ = 0;
   uint64_t first_seq_ = 0;
+  // The stream's newest entries once the lease was taken, newest first (SealPredecessor).
+  static constexpr int kPredecessorTail = 16;
+  std::optional<std::vector<EventLogEntry>> tail_;
   Transcript transcript_;
   std::string last_message_id_;  // Of the newest message a step commit stored.
   absl::Time started_ = absl::InfinitePast();
@@ -198,29 +203,29 @@ RunResult TurnExecutor::Run(const store_pb::ClaimNextTurnResponse& claim, TurnCo
 }
 
 absl::Status TurnExecutor::Run_::TakeLease() {
-  const RedisKeys keys(x_.options_.key_prefix);
+  const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
   const absl::Time deadline = absl::Now() + retry_budget();
   absl::Status status;
   for (absl::Duration backoff = absl::Milliseconds(50); absl::Now() < deadline;
        backoff = std::min(backoff * 2, absl::Seconds(1))) {
     status = x_.EnsureRedis();
     if (status.ok()) {
-      // The lease hash is never deleted: missing after an earlier lease means Redis lost
-      // the session's state (flush, failover without data).
-      absl::StatusOr<RedisReply> exists =
-          x_.redis_->Command({"HEXISTS", keys.Lease(session_id_), "epoch"});
-      status = exists.status();
-      if (status.ok() && (*exists)->integer == 0 && lease_epoch_ > 1) return RecoverEpoch();
-      if (status.ok()) {
-        absl::StatusOr<uint64_t> last = x_.publisher_->AcquireLease(
-            session_id_, x_.options_.owner, lease_epoch_, claim_.session().last_seq());
-        if (last.ok()) {
-          last_seq_ = *last;
-          return absl::OkStatus();
-        }
-        status = last.status();
-        if (ErrorReason(status) == "LEASE_LOST") return status;
+      // One round trip: the lease, and the stream's tail as it stands once we hold it
+      // (SealPredecessor's). The lease hash is never deleted: missing after an earlier
+      // lease means Redis lost the session's state (flush, failover without data).
+      absl::StatusOr<EventPublisher::Lease> lease = x_.publisher_->AcquireLease(
+          session_id_, x_.options_.owner, lease_epoch_,
+          {.floor_seq = claim_.session().last_seq(),
+           .expect_existing = lease_epoch_ > 1,
+           .read = log.BackwardCommand(session_id_, std::nullopt, kPredecessorTail)});
+      if (lease.ok()) {
+        last_seq_ = lease->last_seq;
+        tail_ = EventLogReader::EntriesOf(lease->read.get());
+        return absl::OkStatus();
       }
+      status = lease.status();
+      if (ErrorReason(status) == "STATE_LOST") return RecoverEpoch();
+      if (ErrorReason(status) == "LEASE_LOST") return status;
     }
     if (status.code() == absl::StatusCode::kUnavailable) x_.DropRedis();
     absl::SleepFor(backoff);
@@ -413,11 +418,14 @@ absl::Status TurnExecutor::Run_::Published(const std::vector<v1::Event>& batch, 
 }
 
 void TurnExecutor::Run_::SealPredecessor() {
-  const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
-  absl::StatusOr<std::vector<EventLogEntry>> tail =
-      log.ReadBackward(*x_.redis_, session_id_, std::nullopt, 16);
-  if (!tail.ok()) return;
-  for (const EventLogEntry& entry : *tail) {
+  if (!tail_.has_value()) {  // The lease came through an epoch recovery: read it now.
+    const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
+    absl::StatusOr<std::vector<EventLogEntry>> tail =
+        log.ReadBackward(*x_.redis_, session_id_, std::nullopt, kPredecessorTail);
+    if (!tail.ok()) return;
+    tail_ = *std::move(tail);
+  }
+  for (const EventLogEntry& entry : *tail_) {
     if (!entry.id.durable()) continue;  // Transient: look further back.
     absl::StatusOr<v1::Event> last = entry.Parse(session_id_);
     if (!last.ok() || !last->has_turn_completed() || last->turn_id() == turn_.id()) return;

@@ -222,6 +222,36 @@ TEST_F(Fanout, ZombieWriterWithAnOldEpochCannotPublish) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// What it proves: a writer that expects the session's lease hash (it was leased before)
+// is refused with STATE_LOST when Redis lost it, and nothing is written, so the writer
+// recovers the epoch instead of reusing seqs; and a read sent with the lease is answered
+// in the same call, after the lease was taken.
+TEST_F(Fanout, ALeaseThatMustExistIsRefusedWhenRedisLostItAndAReadRidesBehindIt) {
+  std::string session = CreateSession();
+  auto writer = NewWriter(session, 1);
+  ASSERT_TRUE(writer->PublishNext("first").ok());
+  const EventLogReader log(redis_->keys());
+  absl::StatusOr<EventPublisher::Lease> lease = writer->publisher->AcquireLease(
+      session, "next owner", 2,
+      {.expect_existing = true, .read = log.BackwardCommand(session, std::nullopt, 16)});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->last_seq, 1u);
+  const std::vector<EventLogEntry> tail = EventLogReader::EntriesOf(lease->read.get());
+  ASSERT_EQ(tail.size(), 1u);
+  EXPECT_EQ(tail[0].id.seq, 1u);
+
+  ASSERT_TRUE(redis_->connection().Command({"DEL", redis_->keys().Lease(session)}).ok());
+  absl::StatusOr<EventPublisher::Lease> lost =
+      writer->publisher->AcquireLease(session, "next owner", 3, {.expect_existing = true});
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(GetErrorInfo(lost.status()).has_value());
+  EXPECT_EQ(GetErrorInfo(lost.status())->reason(), "STATE_LOST");
+  auto exists = redis_->connection().Command({"EXISTS", redis_->keys().Lease(session)});
+  EXPECT_EQ((*exists)->integer, 0);  // Nothing written.
+  // A first lease (nothing expected) creates it.
+  EXPECT_TRUE(writer->publisher->AcquireLease(session, "next owner", 3).ok());
+}
+
 TEST_F(Fanout, OutOfOrderSeqIsRefusedByThePublisher) {
   std::string session = CreateSession();
   auto writer = NewWriter(session, 1);
