@@ -121,12 +121,9 @@ EventPublisher::EventPublisher(RedisConnection& redis, PublisherOptions options,
       publish_batch_script_(ForServer(kPublishBatchScript, redis)),
       wait_replicas_(options_.wait_replicas.value_or(redis.cluster() ? 1 : 0)) {}
 
-absl::StatusOr<RedisReply> EventPublisher::RunScript(const std::string& sha,
-                                                     const std::string& body,
-                                                     std::vector<std::string> keys_and_args,
-                                                     int key_count,
-                                                     std::vector<std::string> extra_command,
-                                                     RedisReply* extra_reply) {
+absl::StatusOr<RedisReply> EventPublisher::RunScript(
+    const std::string& sha, const std::string& body, std::vector<std::string> keys_and_args,
+    int key_count, std::vector<std::string> extra_command, RedisReply* extra_reply) {
   // EVAL caches the script by its SHA on the server; EVALSHA afterwards avoids
   // resending the body. A server that lost its script cache (restart) answers
   // NOSCRIPT and gets the body again.

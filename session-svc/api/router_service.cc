@@ -42,9 +42,9 @@ absl::Status RouterService::PublishClosed(const v1::Session& session, uint64_t l
   // With its lease hash gone (lease_epoch > 1), Redis lost the session's stream and the
   // seq after the durable one may already have been used: STATE_LOST, nothing written.
   // The next writer recovers the epoch; a closed session has none.
-  absl::StatusOr<EventPublisher::Lease> lease = publisher.AcquireLease(
-      session.id(), owner_, lease_epoch,
-      {.floor_seq = session.last_seq(), .expect_existing = lease_epoch > 1});
+  absl::StatusOr<EventPublisher::Lease> lease =
+      publisher.AcquireLease(session.id(), owner_, lease_epoch,
+                             {.floor_seq = session.last_seq(), .expect_existing = lease_epoch > 1});
   if (!lease.ok()) return lease.status();
   v1::Event closed;
   closed.set_session_id(session.id());
