@@ -62,6 +62,7 @@ class ParleyCli : public SessionFixture {
 
   // A tenant and a key of it with every tenant scope, made as an operator would.
   std::string OnboardTenant(const std::string& tenant) {
+    sandbox_tenants_.push_back(tenant);
     CliRun created = Parley(kGatewayApiKey, {"admin", "tenants", "create", tenant, "--name=Acme"});
     EXPECT_EQ(created.exit_code, 0) << created.output;
     CliRun key = Parley(kGatewayApiKey,

@@ -6,6 +6,7 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <iostream>
 
 #include "absl/strings/match.h"
@@ -62,7 +63,7 @@ void SessionFixture::TearDown() {
   for (size_t i = 0; i < sandbox_processes_.size(); ++i) {
     // Session sandboxes outlive a sandbox-svc restart by design: destroy them, on the
     // replica that owns them (each has a stub once it served).
-    for (const char* tenant : {kTenantA, kTenantB}) {
+    for (const std::string& tenant : sandbox_tenants_) {
       if (i >= sandbox_stubs_.size()) break;
       grpc::ClientContext context;
       SetDeadline(context);
@@ -85,6 +86,10 @@ void SessionFixture::TearDown() {
                 << Tail(*sandbox_processes_[i]) << "\n";
     }
   }
+  // A clean stop, so that each parley-sandbox removes its parent cgroups (killed, it
+  // left an empty group per controller on the host for every test).
+  for (const auto& process : sandbox_processes_) process->Signal(SIGTERM);
+  for (const auto& process : sandbox_processes_) (void)process->WaitForExit(absl::Seconds(15));
   sandbox_stubs_.clear();
   sandbox_processes_.clear();
   gateway_.reset();

@@ -230,6 +230,9 @@ class SessionFixture : public ::testing::Test {
                                                           uint64_t after_seq = 0);
 
   ClusterOptions options_;
+  // The tenants whose sandboxes TearDown destroys (a test that makes another tenant
+  // adds it): a sandbox left behind keeps its parley-sandbox's cgroups on the host.
+  std::vector<std::string> sandbox_tenants_ = {kTenantA, kTenantB};
 
  private:
   std::vector<std::string> ReplicaArgs() const;
