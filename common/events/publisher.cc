@@ -62,7 +62,8 @@ redis.call('HSET', KEYS[1], 'last_seq', expect, 'sub', sub)
 return expect
 )lua";
 
-// KEYS: lease hash. ARGV: epoch, owner, floor seq. Returns last_seq.
+// KEYS: lease hash. ARGV: epoch, owner, floor seq, "1" when the hash must exist
+// (STATE_LOST, nothing written, when it does not). Returns last_seq.
 constexpr char kAcquireScript[] = R"lua(
 if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
   return redis.error_reply('PARLEY_STATE_LOST 0')

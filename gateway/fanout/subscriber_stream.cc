@@ -327,6 +327,7 @@ void SubscriberStream::Tick(absl::Time now) {
   }
   if (awaiting_turn_start_ && live_ && !backfill_scheduled_ && now >= next_turn_check_) {
     turn_check_due_ = true;
+    next_turn_check_ = now + context_.settings().queued_turn_recheck;
     ScheduleBackfillLocked();
   }
   if (!params_.multiplexed && in_flight_.empty() && queue_.empty() &&
@@ -367,8 +368,11 @@ absl::StatusOr<SubscriberStream::Resolved> SubscriberStream::ResolveStart() {
   }
   const uint64_t current_epoch = params_.client_epoch != 0 ? start->epoch : 0;
   absl::MutexLock lock(&mu_);
+  // Queued, or running without a TurnStarted yet (a running turn can still go back to
+  // the queue, handed back by a draining worker, and be cancelled there).
   if (params_.until_turn_end && start->turn.has_value() &&
-      start->turn->status() == v1::TURN_STATUS_QUEUED) {
+      (start->turn->status() == v1::TURN_STATUS_QUEUED ||
+       (start->turn->status() == v1::TURN_STATUS_RUNNING && start->turn->first_seq() == 0))) {
     awaiting_turn_start_ = true;
     next_turn_check_ = context_.clock().Now() + context_.settings().queued_turn_recheck;
   }
@@ -408,7 +412,7 @@ void SubscriberStream::CheckQueuedTurn() {
   absl::MutexLock lock(&mu_);
   backfill_scheduled_ = false;
   if (finished_) return;
-  next_turn_check_ = context_.clock().Now() + context_.settings().queued_turn_recheck;
+  // (A seal seen while the store was asked has moved the next check up: it stays so.)
   if (awaiting_turn_start_ && start.ok() && start->turn.has_value() &&
       EndedWithoutStarting(*start->turn)) {
     finish_after_drain_ = true;  // Nothing will ever come for it.

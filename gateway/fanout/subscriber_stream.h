@@ -17,11 +17,11 @@
 //   3. GoLiveLocked: the live events held meanwhile are offered in order; a gap among
 //      them goes back to step 2.
 //
-// A stream until the end of a turn that is still queued when it starts waits for that
-// turn's TurnSealed. A turn cancelled while queued publishes nothing, so until the
-// turn's first event arrives the stream asks store-svc again (CheckQueuedTurn, on a
-// backfill worker): every StreamSettings::queued_turn_recheck, and at the tick after
-// another turn's seal (when the next turn starts, or is found gone). A turn that ended
+// A stream until the end of a turn that is still queued when it starts (or running
+// without a first event yet) waits for that turn's TurnSealed. A turn cancelled while queued
+// publishes nothing, so until the turn's first event arrives the stream asks store-svc again
+// (CheckQueuedTurn, on a backfill worker): every StreamSettings::queued_turn_recheck, and at the
+// tick after another turn's seal (when the next turn starts, or is found gone). A turn that ended
 // without starting ends the stream with OK.
 //
 //   auto stream = std::make_shared<SubscriberStream>(hub, writer, params);

@@ -363,10 +363,12 @@ absl::StatusOr<TurnExecutor::Run_::Reconciled> TurnExecutor::Run_::Reconcile(
       }
       // Our lease acquisition was lost with a failover; it may only grow, so take it
       // again and look once more.
-      PARLEY_RETURN_IF_ERROR(x_.publisher_
-                                 ->AcquireLease(session_id_, x_.options_.owner, lease_epoch_,
-                                                claim_.session().last_seq())
-                                 .status());
+      // (Gone since the check: STATE_LOST, and the next check recovers the epoch.)
+      PARLEY_RETURN_IF_ERROR(
+          x_.publisher_
+              ->AcquireLease(session_id_, x_.options_.owner, lease_epoch_,
+                             {.floor_seq = claim_.session().last_seq(), .expect_existing = true})
+              .status());
       return Reconciled::kRetry;
     case Outcome::kStreamBehind:
       x_.logger_.Warn("redis lost acknowledged events (a failover); publishing them again",
@@ -482,19 +484,25 @@ absl::StatusOr<std::vector<v1::Event>> TurnExecutor::Run_::ReadOwnEvents() {
   if (boundary || turn_.first_seq() == 0 || oldest_seen == 0 || oldest_seen <= turn_.first_seq()) {
     return events;
   }
-  // The hot window was trimmed past the turn's start: read the durable part.
-  store_pb::ReadEventsRequest read;
-  read.set_tenant_id(tenant_id_);
-  read.set_session_id(session_id_);
-  read.set_after_seq(turn_.first_seq() - 1);
-  read.set_limit(10000);
-  store_pb::ReadEventsResponse durable;
-  absl::Status status =
-      StoreCall(x_.store_, &StoreStub::ReadEvents, read, &durable, {.attempts = 3});
-  if (!status.ok()) return status;
+  // The hot window was trimmed past the turn's start: read the durable part, page by
+  // page (a page stops at its byte budget), up to what the hot window holds.
   std::vector<v1::Event> merged;
-  for (const v1::Event& event : durable.events()) {
-    if (event.seq() < oldest_seen && event.turn_id() == turn_.id()) merged.push_back(event);
+  uint64_t after = turn_.first_seq() - 1;
+  for (bool more = true; more && after + 1 < oldest_seen;) {
+    store_pb::ReadEventsRequest read;
+    read.set_tenant_id(tenant_id_);
+    read.set_session_id(session_id_);
+    read.set_after_seq(after);
+    read.set_limit(10000);
+    store_pb::ReadEventsResponse durable;
+    absl::Status status =
+        StoreCall(x_.store_, &StoreStub::ReadEvents, read, &durable, {.attempts = 3});
+    if (!status.ok()) return status;
+    for (const v1::Event& event : durable.events()) {
+      if (event.seq() < oldest_seen && event.turn_id() == turn_.id()) merged.push_back(event);
+      after = event.seq();
+    }
+    more = durable.has_more() && !durable.events().empty();
   }
   merged.insert(merged.end(), events.begin(), events.end());
   return merged;

@@ -247,6 +247,7 @@ TEST_F(Fanout, ALeaseThatMustExistIsRefusedWhenRedisLostItAndAReadRidesBehindIt)
   ASSERT_TRUE(GetErrorInfo(lost.status()).has_value());
   EXPECT_EQ(GetErrorInfo(lost.status())->reason(), "STATE_LOST");
   auto exists = redis_->connection().Command({"EXISTS", redis_->keys().Lease(session)});
+  ASSERT_TRUE(exists.ok()) << exists.status();
   EXPECT_EQ((*exists)->integer, 0);  // Nothing written.
   // A first lease (nothing expected) creates it.
   EXPECT_TRUE(writer->publisher->AcquireLease(session, "next owner", 3).ok());
