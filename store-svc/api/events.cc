@@ -5,6 +5,8 @@
 // pass a session by), compares any already-stored seqs byte for byte, and COPYs only
 // the new events. The durable last seq is max(seq) over the primary key, so no counter
 // row is rewritten per batch.
+#include <algorithm>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/serialize.h"
@@ -178,12 +180,17 @@ Status StoreServiceImpl::ReadEvents(ServerContext*, const store_pb::ReadEventsRe
                  request->session_id(), request->tenant_id(),
                  static_cast<int64_t>(request->after_seq()), limit + 1);
         store_pb::ReadEventsResponse out;
-        for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
-          if (!out.add_events()->ParseFromString(pqxx::binarystring(rows[i][0]).str())) {
+        const int64_t n = std::min<int64_t>(limit, rows.size());
+        int64_t bytes = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const pqxx::binarystring payload(rows[i][0]);
+          bytes += static_cast<int64_t>(payload.size());
+          if (i > 0 && bytes > limits_.max_page_bytes) break;  // The page is full.
+          if (!out.add_events()->ParseFromString(payload.str())) {
             return absl::DataLossError("a stored event does not parse");
           }
         }
-        out.set_has_more(static_cast<int64_t>(rows.size()) > limit);
+        out.set_has_more(static_cast<int64_t>(rows.size()) > out.events_size());
         out.set_last_seq(static_cast<uint64_t>(session.last_seq));
         out.set_epoch(static_cast<uint64_t>(session.epoch));
         return out;

@@ -23,6 +23,11 @@ struct StoreLimits {
   int64_t max_page_size = 1000;
   int64_t default_page_size = 50;
   int64_t max_read_events = 10000;
+  // What one page of ListMessages or ReadEvents carries at most, past its first row:
+  // well under gRPC's default 4 MiB limit on a received message, which every client
+  // (the gateway's channel to the store among them) keeps unless it raises it. A page
+  // cut short says has_more; the reader goes on from its last row.
+  int64_t max_page_bytes = 2 << 20;
   int64_t max_event_batch = 10000;
   int64_t max_event_bytes = 4 << 20;
   int64_t max_lease_ttl_ms = 10 * 60 * 1000;

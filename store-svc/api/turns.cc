@@ -8,6 +8,9 @@
 //
 // Fencing: a claim (claims.cc) gives the turn `lease_epoch = sessions.lease_epoch + 1`;
 // heartbeat, complete and release match on (owner, epoch) and report LEASE_LOST otherwise.
+#include <algorithm>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/proto_time.h"
@@ -380,12 +383,20 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const store_pb::ListMessag
             return absl::NotFoundError("cursor message not found");
           }
         }
-        store_pb::ListMessagesResponse out;
-        const int64_t n = std::min<int64_t>(limit, rows.size());
-        for (int64_t i = 0; i < n; ++i) {
-          *out.add_messages() = MessageFromRow(rows[backwards ? n - 1 - i : i]);
+        // Rows come in the direction read (newest first when backwards); the page keeps
+        // as many as its byte budget holds, then reads in chronological order.
+        std::vector<::parley::v1::Message> page;
+        int64_t bytes = 0;
+        for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
+          ::parley::v1::Message message = MessageFromRow(rows[i]);
+          bytes += static_cast<int64_t>(message.ByteSizeLong());
+          if (i > 0 && bytes > limits_.max_page_bytes) break;  // The page is full.
+          page.push_back(std::move(message));
         }
-        out.set_has_more(static_cast<int64_t>(rows.size()) > limit);
+        store_pb::ListMessagesResponse out;
+        if (backwards) std::reverse(page.begin(), page.end());
+        for (::parley::v1::Message& message : page) *out.add_messages() = std::move(message);
+        out.set_has_more(rows.size() > page.size());
         return out;
       });
   return Respond(result, response);

@@ -128,6 +128,36 @@ TEST_F(Events, ReadPagesByAfterSeqAndLimit) {
   EXPECT_FALSE(rest->has_more());
 }
 
+// What it proves: a read of large events stops at the store's byte budget and says
+// has_more, and reading on from its last seq brings every event once, in order, so no
+// page outgrows a client's 4 MiB receive limit (48 events of 100 KiB in one answer used
+// to fail with RESOURCE_EXHAUSTED on the test's default channel).
+TEST_F(Events, AReadOfLargeEventsStopsAtTheByteBudgetAndPagesOnWithoutAGap) {
+  std::vector<v1::Event> events;
+  for (uint64_t seq = 1; seq <= 48; ++seq) {
+    events.push_back(TextEvent(session_id_, seq, std::string(100 << 10, 'a' + seq % 26)));
+  }
+  // Two appends: one request of them all would pass the server's own receive limit.
+  ASSERT_TRUE(AppendEvents(session_id_, {events.begin(), events.begin() + 24}).ok());
+  ASSERT_TRUE(AppendEvents(session_id_, {events.begin() + 24, events.end()}).ok());
+
+  auto page = ReadEvents(session_id_, 0, /*limit=*/1000);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_GT(page->events_size(), 0);
+  EXPECT_LT(page->events_size(), 48);
+  EXPECT_TRUE(page->has_more());
+  EXPECT_LE(static_cast<int64_t>(page->ByteSizeLong()), limits_.max_page_bytes + (4 << 10));
+  std::vector<uint64_t> seqs = Seqs(*page);
+  for (int round = 0; round < 48 && page->has_more(); ++round) {
+    page = ReadEvents(session_id_, seqs.back(), /*limit=*/1000);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (uint64_t seq : Seqs(*page)) seqs.push_back(seq);
+  }
+  std::vector<uint64_t> all(48);
+  for (uint64_t i = 0; i < 48; ++i) all[i] = i + 1;
+  EXPECT_EQ(seqs, all);
+}
+
 TEST_F(Events, ReadLimitOver10000IsInvalidArgument) {
   auto read = ReadEvents(session_id_, 0, /*limit=*/10001);
   EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument) << read.status();

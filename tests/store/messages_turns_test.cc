@@ -114,6 +114,42 @@ TEST_F(Messages, ListReadsForwardFromTheFirstMessage) {
   EXPECT_FALSE(all->has_more());
 }
 
+// What it proves: a page of large messages stops at the store's byte budget and says
+// has_more, in both directions, so no page outgrows a client's 4 MiB receive limit
+// (the test's own channel keeps gRPC's default: five 900 KiB messages in one answer
+// used to fail with RESOURCE_EXHAUSTED).
+TEST_F(Messages, APageOfLargeMessagesStopsAtTheByteBudgetInBothDirections) {
+  const std::string session_id = CreateSession(kTenant).id();
+  for (int i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(AppendMessage(session_id, std::to_string(i) + std::string(900 << 10, 'x')).ok());
+  }
+  auto first = [](const store_pb::ListMessagesResponse& page) {
+    std::vector<char> heads;
+    for (const v1::Message& m : page.messages()) heads.push_back(m.parts(0).text()[0]);
+    return heads;
+  };
+  auto forward = ListMessages(Cursor(session_id, 50));
+  ASSERT_TRUE(forward.ok()) << forward.status();
+  EXPECT_THAT(first(*forward), ElementsAre('1', '2'));
+  EXPECT_TRUE(forward->has_more());
+  EXPECT_LE(static_cast<int64_t>(forward->ByteSizeLong()), limits_.max_page_bytes);
+
+  v1::ListMessagesRequest latest = Cursor(session_id, 50);
+  latest.set_latest(true);
+  auto backward = ListMessages(latest);
+  ASSERT_TRUE(backward.ok()) << backward.status();
+  EXPECT_THAT(first(*backward), ElementsAre('4', '5'));  // The newest, oldest first.
+  EXPECT_TRUE(backward->has_more());
+
+  // Paging on from the last message read brings the rest.
+  v1::ListMessagesRequest rest = Cursor(session_id, 50);
+  rest.set_after_message_id(forward->messages(1).id());
+  auto next = ListMessages(rest);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_THAT(first(*next), ElementsAre('3', '4'));
+  EXPECT_TRUE(next->has_more());
+}
+
 TEST_F(Messages, ListAfterAMessageReadsTheFollowingOnes) {
   std::string session_id = SessionWithFiveMessages();
   v1::ListMessagesRequest cursor = Cursor(session_id, 2);
