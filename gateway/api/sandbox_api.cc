@@ -345,6 +345,12 @@ using ReadCall = DownloadCall<v1::ReadFileRequest, v1::ReadFileResponse,
 
 // ---------------------------------------------------------------------------------
 // WriteFile: the caller's stream relayed message by message, committed on half-close.
+//
+// With an `idempotency-key` header the upload runs at most once: the key is claimed
+// once the session is found (before a sandbox is acquired), and a retry reads the
+// caller's stream to its end, drops it and answers with the first upload's outcome. The
+// header (session, path, mode, append, size) is what a retry must repeat; the data is
+// not compared.
 
 class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::WriteFileRequest> {
  public:
@@ -357,6 +363,7 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
 
   void OnCancel() override { CancelDownstream(); }
   void OnReadDone(bool ok) override {
+    if (replaying_) return ok ? StartRead(&in_) : Finish(replay_status_);
     if (!started_) return OnHeader(ok);
     if (!ok) {
       // A half-close commits the file; a cancelled call must leave it untouched (the
@@ -402,11 +409,49 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
     out->set_append(header.append());
     if (header.has_size()) out->set_size(header.size());
     absl::Status valid = ValidateWriteHeader(*out, "header.");
+    if (valid.ok() && downstream().idempotency != nullptr) {
+      absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context_);
+      if (key.ok()) {
+        key_ = *std::move(key);
+        identity_ = header;
+      } else {
+        valid = key.status();
+      }
+    }
     Locate(kScopeSandboxFiles, header.session_id(), "header.session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
-             if (!sandbox_id.ok()) return Finish(ToGrpcStatus(sandbox_id.status()));
-             Start(*sandbox_id);
+             if (sandbox_id.ok()) return Start(*sandbox_id);
+             const grpc::Status failed = ToGrpcStatus(sandbox_id.status());
+             if (!claim_) return Finish(failed);
+             // No sandbox for a claimed call: its outcome (or the key's release) is
+             // recorded before the caller hears it.
+             downstream().idempotency->Complete(*std::move(claim_), failed, nullptr,
+                                                [this, failed] { Finish(failed); });
            });
+  }
+
+  // With an idempotency key: claims it for this upload, or replays the first outcome.
+  void SessionFound() override {
+    if (!key_) return AcquireSandbox();
+    const absl::Duration held = downstream().stream_timeout + absl::Minutes(1);
+    downstream().idempotency->Begin(
+        tenant_id(), "WriteFile", *key_, identity_,
+        [this](absl::StatusOr<IdempotencyStore::Started> started) {
+          if (!started.ok()) return Finish(ToGrpcStatus(started.status()));
+          if (started->claim) {
+            claim_ = std::move(started->claim);
+            return AcquireSandbox();
+          }
+          context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
+          replay_status_ = started->replay_status;
+          if (replay_status_.ok() && !response_->ParseFromString(started->replay_response)) {
+            replay_status_ =
+                grpc::Status(grpc::StatusCode::INTERNAL, "unreadable recorded outcome");
+          }
+          replaying_ = true;
+          StartRead(&in_);  // The retry's data: read to its end and dropped.
+        },
+        held);
   }
 
   void Start(const std::string& sandbox_id) {
@@ -429,16 +474,20 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
   }
 
   void OnUpstreamDone(const grpc::Status& status) {
-    if (!failure_.ok()) {
-      Finish(failure_);
-    } else {
-      if (status.ok()) {
-        response_->mutable_info()->Swap(upstream_response_.mutable_info());
-        response_->set_bytes_written(upstream_response_.bytes_written());
-      }
-      Finish(Public(status));
+    const grpc::Status answer = failure_.ok() ? Public(status) : failure_;
+    if (answer.ok()) {
+      response_->mutable_info()->Swap(upstream_response_.mutable_info());
+      response_->set_bytes_written(upstream_response_.bytes_written());
     }
-    Release();
+    if (!claim_) {
+      Finish(answer);
+      return Release();
+    }
+    // Recorded before the caller hears it, so a retry sent after the answer finds it.
+    downstream().idempotency->Complete(*std::move(claim_), answer, response_, [this, answer] {
+      Finish(answer);
+      Release();
+    });
   }
 
   void Release() {
@@ -455,6 +504,13 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
   bool started_ = false;
   grpc::Status failure_;
   std::atomic<int> refs_{1};  // The server side, until its OnDone.
+  // With an idempotency key: the key, what a retry must repeat, the claim while the
+  // upload runs, and for a retry, the first outcome it answers with once its stream ends.
+  std::optional<std::string> key_;
+  v1::WriteFileHeader identity_;
+  std::optional<IdempotencyStore::Claim> claim_;
+  bool replaying_ = false;
+  grpc::Status replay_status_;
 };
 
 // ---------------------------------------------------------------------------------

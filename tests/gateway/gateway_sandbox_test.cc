@@ -30,6 +30,15 @@ struct Ran {
 };
 
 // A SandboxService client holding one API key.
+// How SandboxClient::Write uploads.
+struct WriteOptions {
+  bool abort = false;  // Cancel the stream instead of closing it.
+  std::optional<uint64_t> size;
+  bool append = false;
+  std::string idempotency_key;
+  bool* replayed = nullptr;  // Set to whether the answer was a replay.
+};
+
 class SandboxClient {
  public:
   SandboxClient(const std::string& target, std::string key)
@@ -61,30 +70,39 @@ class SandboxClient {
     return ran;
   }
 
-  // Writes `chunks` to `path`; with `abort`, the stream is cancelled instead of closed.
+  // Writes `chunks` to `path`.
   grpc::Status Write(const std::string& session, const std::string& path,
                      const std::vector<std::string>& chunks, v1::WriteFileResponse* response,
-                     bool abort = false, std::optional<uint64_t> size = std::nullopt) {
+                     const WriteOptions& options = {}) {
     grpc::ClientContext context;
     Prepare(context);
+    if (!options.idempotency_key.empty()) {
+      context.AddMetadata("idempotency-key", options.idempotency_key);
+    }
     auto writer = stub_->WriteFile(&context, response);
     v1::WriteFileRequest header;
     header.mutable_header()->set_session_id(session);
     header.mutable_header()->set_path(path);
     header.mutable_header()->set_create_parents(true);
-    if (size) header.mutable_header()->set_size(*size);
+    header.mutable_header()->set_append(options.append);
+    if (options.size) header.mutable_header()->set_size(*options.size);
     if (!writer->Write(header)) return writer->Finish();
     for (const std::string& chunk : chunks) {
       v1::WriteFileRequest data;
       data.set_data(chunk);
       if (!writer->Write(data)) return writer->Finish();
     }
-    if (abort) {
+    if (options.abort) {
       context.TryCancel();
       return writer->Finish();
     }
     writer->WritesDone();
-    return writer->Finish();
+    grpc::Status status = writer->Finish();
+    if (options.replayed != nullptr) {
+      const auto& trailers = context.GetServerTrailingMetadata();
+      *options.replayed = trailers.find("idempotent-replayed") != trailers.end();
+    }
+    return status;
   }
 
   grpc::Status Read(const std::string& session, const std::string& path, std::string* content,
@@ -237,7 +255,7 @@ TEST_F(GatewaySandbox, AnAbortedUploadLeavesTheFileAsItWas) {
 
   const std::string second = "the whole of a second version\n";
   status = client.Write(session, "notes.txt", {"the whole of", " a second"}, &written,
-                        /*abort=*/true, second.size());
+                        {.abort = true, .size = second.size()});
   EXPECT_THAT(status.error_code(),
               ::testing::AnyOf(grpc::StatusCode::CANCELLED, grpc::StatusCode::INVALID_ARGUMENT))
       << Describe(status);
@@ -256,21 +274,18 @@ TEST_F(GatewaySandbox, AnUploadOfAnotherLengthThanDeclaredWritesNothing) {
   v1::WriteFileResponse written;
   ASSERT_TRUE(client.Write(session, "notes.txt", {"first version\n"}, &written).ok());
 
-  grpc::Status status = client.Write(session, "notes.txt", {"short"}, &written,
-                                     /*abort=*/false, /*size=*/100);
+  grpc::Status status = client.Write(session, "notes.txt", {"short"}, &written, {.size = 100});
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("header.size"));
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("after 5 of the 100 bytes"));
-  status = client.Write(session, "notes.txt", {"too", " long"}, &written, /*abort=*/false,
-                        /*size=*/4);
+  status = client.Write(session, "notes.txt", {"too", " long"}, &written, {.size = 4});
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("longer than the 4 bytes declared"));
   std::string content;
   ASSERT_TRUE(client.Read(session, "notes.txt", &content).ok());
   EXPECT_EQ(content, "first version\n");
 
-  status = client.Write(session, "notes.txt", {"exact", "ly"}, &written, /*abort=*/false,
-                        /*size=*/7);
+  status = client.Write(session, "notes.txt", {"exact", "ly"}, &written, {.size = 7});
   ASSERT_TRUE(status.ok()) << Describe(status);
   EXPECT_EQ(written.bytes_written(), 7u);
   ASSERT_TRUE(client.Read(session, "notes.txt", &content).ok());
@@ -408,6 +423,48 @@ TEST_F(GatewaySandbox, AnExecWithAnIdempotencyKeyRunsAtMostOnce) {
   Ran malformed = client.Exec(session, append, std::string(300, 'k'));
   EXPECT_EQ(malformed.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << Describe(malformed.status);
+}
+
+// What it proves: an upload with an idempotency key runs once: a retry of an append
+// gets the first upload's answer (and the trailer says so) while the file holds the
+// data once; the same key with another header is refused, and another key appends
+// again. How: the retry sends other bytes, which must not reach the file.
+TEST_F(GatewaySandbox, AnUploadWithAnIdempotencyKeyRunsAtMostOnce) {
+  const std::string session = CreateSession(kTenantA);
+  SandboxClient client = As(StoredKey(kTenantA, {"*"}));
+  v1::WriteFileResponse written;
+  bool replayed = true;
+  grpc::Status status =
+      client.Write(session, "log.txt", {"one ", "line\n"}, &written,
+                   {.append = true, .idempotency_key = "upload-once", .replayed = &replayed});
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(written.bytes_written(), 9u);
+  EXPECT_FALSE(replayed);
+
+  v1::WriteFileResponse again;
+  status = client.Write(session, "log.txt", {"a different retry\n"}, &again,
+                        {.append = true, .idempotency_key = "upload-once", .replayed = &replayed});
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_TRUE(replayed);
+  EXPECT_EQ(again.bytes_written(), 9u) << "the first upload's answer";
+  std::string content;
+  ASSERT_TRUE(client.Read(session, "log.txt", &content).ok());
+  EXPECT_EQ(content, "one line\n");
+
+  v1::WriteFileResponse reused;
+  status = client.Write(session, "other.txt", {"x"}, &reused,
+                        {.append = true, .idempotency_key = "upload-once"});
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(status);
+  auto info = GetErrorInfo(FromGrpcStatus(status));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->reason(), "IDEMPOTENCY_KEY_REUSED");
+
+  ASSERT_TRUE(client
+                  .Write(session, "log.txt", {"two\n"}, &written,
+                         {.append = true, .idempotency_key = "upload-twice"})
+                  .ok());
+  ASSERT_TRUE(client.Read(session, "log.txt", &content).ok());
+  EXPECT_EQ(content, "one line\ntwo\n");
 }
 
 }  // namespace
