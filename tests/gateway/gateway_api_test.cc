@@ -11,6 +11,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,6 +89,32 @@ class Client {
     v1::StreamEventsRequest request;
     request.set_session_id(session);
     return sessions_->StreamEvents(&context, request);
+  }
+
+  // Subscribes to `session` (until its turn ends) on a Subscribe stream and returns how
+  // the subscription ended, or how the stream did if it ended first.
+  grpc::Status SubscribeStatus(const std::string& session) {
+    grpc::ClientContext context;
+    Prepare(context);
+    auto stream = sessions_->Subscribe(&context);
+    v1::SubscribeRequest add;
+    add.mutable_add()->set_subscription_id("only");
+    add.mutable_add()->mutable_request()->set_session_id(session);
+    add.mutable_add()->mutable_request()->set_until_turn_end(true);
+    stream->Write(add);
+    v1::SubscribeResponse response;
+    std::optional<grpc::Status> ended;
+    while (!ended && stream->Read(&response)) {
+      for (const v1::Delivery& delivery : response.deliveries()) {
+        if (delivery.subscription_id() != "only" || !delivery.has_ended()) continue;
+        const v1::RpcStatus& status = delivery.ended();
+        ended = grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message(),
+                             status.SerializeAsString());
+      }
+    }
+    if (ended) context.TryCancel();
+    const grpc::Status finished = stream->Finish();
+    return ended ? *ended : finished;
   }
 
   // Calls SendMessageAndStream and returns how it ended (reading until then).
@@ -409,6 +436,7 @@ std::vector<IdCall> CallsTakingAnId(const OwnedIds& ids) {
        }},
       {"StreamEvents", "sessions:read",
        [ids](Client& c) { return c.StreamEventsStatus(ids.session); }},
+      {"Subscribe", "sessions:read", [ids](Client& c) { return c.SubscribeStatus(ids.session); }},
       {"RevokeApiKey", "api_keys:admin",
        [ids](Client& c) {
          v1::RevokeApiKeyRequest r;
