@@ -1293,6 +1293,42 @@ TEST_F(GatewayApi, OversizedAndMalformedInputIsInvalidArgumentAndWritesNothing) 
   status = client.Sessions(&v1::SessionService::Stub::ListSessions, list, &listed);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
 
+  // Each refusal names its field: too many parts, parts over the message size, a policy
+  // no enum value names, ids too long or with control characters.
+  auto expect_field = [](const grpc::Status& refused, const std::string& field) {
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(refused);
+    auto violations = GetBadRequest(FromGrpcStatus(refused));
+    ASSERT_TRUE(violations.has_value()) << Describe(refused);
+    EXPECT_EQ(violations->field_violations(0).field(), field) << Describe(refused);
+  };
+  v1::SendMessageRequest many_parts;
+  many_parts.set_session_id(session);
+  for (int i = 0; i < 65; ++i) many_parts.add_content()->set_text("part");
+  expect_field(client.Sessions(&v1::SessionService::Stub::SendMessage, many_parts, &sent),
+               "content");
+  v1::SendMessageRequest too_big;
+  too_big.set_session_id(session);
+  too_big.add_content()->set_text(std::string((1 << 20) + 1, 'b'));
+  expect_field(client.Sessions(&v1::SessionService::Stub::SendMessage, too_big, &sent), "content");
+  v1::SendMessageRequest bad_policy;
+  bad_policy.set_session_id(session);
+  bad_policy.add_content()->set_text("hello");
+  bad_policy.set_multitask_policy(static_cast<v1::MultitaskPolicy>(99));
+  expect_field(client.Sessions(&v1::SessionService::Stub::SendMessage, bad_policy, &sent),
+               "multitask_policy");
+  for (const std::string& bad_id : {std::string(300, 's'), std::string("ses_\x01")}) {
+    v1::GetSessionRequest get;
+    get.set_session_id(bad_id);
+    v1::GetSessionResponse got;
+    expect_field(client.Sessions(&v1::SessionService::Stub::GetSession, get, &got), "session_id");
+  }
+  // Over the gateway's --max_message_bytes (4 MiB): refused by gRPC before any handler.
+  v1::SendMessageRequest over_limit;
+  over_limit.set_session_id(session);
+  over_limit.add_content()->set_text(std::string(5 << 20, 'o'));
+  status = client.Sessions(&v1::SessionService::Stub::SendMessage, over_limit, &sent);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(status);
+
   std::vector<std::string> after = ListedSessions(client);
   after.erase(std::remove(after.begin(), after.end(), session), after.end());
   EXPECT_EQ(after, before);
