@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/util/json_util.h"
+#include "parley/admin/v1/admin.pb.h"
 #include "parley/v1/parley.pb.h"
 #include "tests/harness/services.h"
 #include "tests/session/session_fixture.h"
@@ -133,6 +134,69 @@ TEST_F(ParleyCli, ASessionsLifeForPeopleAndForScripts) {
   EXPECT_THAT(refused.output, StartsWith("parley: FAILED_PRECONDITION: "));
 }
 
+// What it proves: the key and tenant commands work for a person and for a script:
+// `keys create` prints the secret alone (or the JSON), `keys list` shows the tenant's
+// keys and hides revoked ones unless asked, `keys revoke` stops the key (its next
+// calls exit with the auth status, within the cache's few seconds), `admin tenants
+// list` shows the tenants to the operator, and `sessions get` shows one session.
+TEST_F(ParleyCli, KeysAndTenantsForPeopleAndForScripts) {
+  const std::string key = OnboardTenant("globex");
+
+  CliRun bot = Parley(key, {"keys", "create", "deploy bot", "--scopes=sessions:read", "--json"});
+  ASSERT_EQ(bot.exit_code, 0) << bot.output;
+  const auto created = FromJson<v1::CreateApiKeyResponse>(bot.Lines().at(0));
+  EXPECT_EQ(created.api_key().name(), "deploy bot");
+  EXPECT_THAT(created.api_key().scopes(), ::testing::ElementsAre("sessions:read"));
+  CliRun plain = Parley(key, {"keys", "create", "for a shell"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  // The secret alone on stdout (the test reads stderr's note after it).
+  EXPECT_THAT(plain.Lines().at(0), StartsWith("pk_")) << plain.output;
+  EXPECT_THAT(plain.output, HasSubstr("shown only once"));
+
+  CliRun session = Parley(created.secret(), {"sessions", "list"});
+  EXPECT_EQ(session.exit_code, 0) << session.output;
+  CliRun listed = Parley(key, {"keys", "list", "--json"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  std::vector<std::string> names;
+  for (const std::string& line : listed.Lines()) names.push_back(FromJson<v1::ApiKey>(line).name());
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"deploy bot", "for a shell"}));
+
+  CliRun revoked = Parley(key, {"keys", "revoke", created.api_key().id()});
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.output;
+  EXPECT_EQ(revoked.output, created.api_key().id() + " revoked\n");
+  EXPECT_TRUE(parley::testing::WaitFor(absl::Seconds(10), [&] {
+    return Parley(created.secret(), {"sessions", "list"}).exit_code == 3;  // auth
+  }));
+  CliRun active = Parley(key, {"keys", "list", "--json"});
+  for (const std::string& line : active.Lines()) {
+    EXPECT_NE(FromJson<v1::ApiKey>(line).id(), created.api_key().id()) << "revoked, still listed";
+  }
+  CliRun all = Parley(key, {"keys", "list", "--revoked", "--json"});
+  bool shown_revoked = false;
+  for (const std::string& line : all.Lines()) {
+    const auto listed_key = FromJson<v1::ApiKey>(line);
+    if (listed_key.id() == created.api_key().id()) shown_revoked = listed_key.has_revoke_time();
+  }
+  EXPECT_TRUE(shown_revoked) << all.output;
+
+  CliRun tenants = Parley(kGatewayApiKey, {"admin", "tenants", "list", "--json"});
+  ASSERT_EQ(tenants.exit_code, 0) << tenants.output;
+  std::vector<std::string> ids;
+  for (const std::string& line : tenants.Lines())
+    ids.push_back(FromJson<admin::v1::Tenant>(line).id());
+  EXPECT_THAT(ids, ::testing::Contains("globex"));
+  CliRun table = Parley(kGatewayApiKey, {"admin", "tenants", "list"});
+  EXPECT_THAT(table.output, HasSubstr("globex"));
+
+  CliRun made = Parley(key, {"sessions", "create", "--title=Looked at", "--json"});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const std::string id = FromJson<v1::CreateSessionResponse>(made.Lines().at(0)).session().id();
+  CliRun got = Parley(key, {"sessions", "get", id});
+  EXPECT_EQ(got.exit_code, 0) << got.output;
+  EXPECT_THAT(got.output, HasSubstr("Looked at"));
+  EXPECT_THAT(got.output, HasSubstr(id));
+}
+
 TEST_F(ParleyCli, EachClassOfFailureHasItsOwnExitStatusAndOneClearLine) {
   const std::string key = OnboardTenant("acme");
 
@@ -250,6 +314,33 @@ class ParleyCliSandbox : public ParleyCli {
     ASSERT_NO_FATAL_FAILURE(StartCluster({.replicas = 1, .gateway = true, .sandbox = true}));
   }
 };
+
+// What it proves: a person following a turn sees its retry, its tool call with the
+// arguments, the tool's output as it streamed and the result's line, then the answer
+// and the turn's end, each readable on its own line. How: a scripted turn whose first
+// model request fails once (503) and that runs bash in the session's real sandbox.
+TEST_F(ParleyCliSandbox, FollowingATurnShowsRetriesToolCallsAndTheirOutput) {
+  const std::string key = OnboardTenant("acme");
+  CliRun created = Parley(key, {"sessions", "create", "--tools=bash", "--json"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  const std::string session =
+      FromJson<v1::CreateSessionResponse>(created.Lines().at(0)).session().id();
+  const std::string script =
+      "@fail 503 x1\n@tool bash {\"command\": \"echo from-the-sandbox\"}\n@say all done";
+  CliRun sent = Parley(key, {"send", session, script, "--follow"});
+  EXPECT_EQ(sent.exit_code, 0) << sent.output;
+  const std::vector<std::string> expected = {
+      "[retrying in ",      "[tool bash {\"command\": \"echo from-the-sandbox\"}]",
+      "from-the-sandbox\n", "[tool result, ",
+      "all done",           "[turn succeeded (stop)"};
+  size_t at = 0;
+  for (const std::string& piece : expected) {
+    const size_t found = sent.output.find(piece, at);
+    ASSERT_NE(found, std::string::npos) << "missing, or out of order: " << piece << "\n"
+                                        << sent.output;
+    at = found + piece.size();
+  }
+}
 
 TEST_F(ParleyCliSandbox, FilesGoInAndOutAndCommandsRunWithTheirOwnExitStatus) {
   const std::string key = OnboardTenant("acme");
