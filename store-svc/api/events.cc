@@ -180,12 +180,10 @@ Status StoreServiceImpl::ReadEvents(ServerContext*, const store_pb::ReadEventsRe
                  request->session_id(), request->tenant_id(),
                  static_cast<int64_t>(request->after_seq()), limit + 1);
         store_pb::ReadEventsResponse out;
-        const int64_t n = std::min<int64_t>(limit, rows.size());
-        int64_t bytes = 0;
-        for (int64_t i = 0; i < n; ++i) {
+        PageBudget budget(limits_);
+        for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
           const pqxx::binarystring payload(rows[i][0]);
-          bytes += static_cast<int64_t>(payload.size());
-          if (i > 0 && bytes > limits_.max_page_bytes) break;  // The page is full.
+          if (!budget.Take(payload.size())) break;
           if (!out.add_events()->ParseFromString(payload.str())) {
             return absl::DataLossError("a stored event does not parse");
           }

@@ -23,7 +23,7 @@ struct StoreLimits {
   int64_t max_page_size = 1000;
   int64_t default_page_size = 50;
   int64_t max_read_events = 10000;
-  // What one page of ListMessages or ReadEvents carries at most, past its first row:
+  // What one page of a list or read carries at most, past its first row (PageBudget):
   // well under gRPC's default 4 MiB limit on a received message, which every client
   // (the gateway's channel to the store among them) keeps unless it raises it. A page
   // cut short says has_more; the reader goes on from its last row.
@@ -33,6 +33,23 @@ struct StoreLimits {
   int64_t max_lease_ttl_ms = 10 * 60 * 1000;
   int64_t max_running_per_tenant = 100000;  // The largest cap a claim may ask for.
   int64_t max_release_reason_bytes = 256;
+};
+
+// The bytes a page may still take (StoreLimits::max_page_bytes): each row is offered
+// in order, and the first that would pass the budget ends the page (the first row of a
+// page always goes, so a page is never empty for want of room).
+class PageBudget {
+ public:
+  explicit PageBudget(const StoreLimits& limits) : left_(limits.max_page_bytes) {}
+  // Whether a row of `bytes` goes in the page.
+  bool Take(size_t bytes) {
+    left_ -= static_cast<int64_t>(bytes);
+    return rows_++ == 0 || left_ >= 0;
+  }
+
+ private:
+  int64_t left_;
+  int64_t rows_ = 0;
 };
 
 // Checks for one field; `field` is the path reported to the caller.

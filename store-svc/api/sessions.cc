@@ -255,10 +255,13 @@ Status StoreServiceImpl::ListSessions(ServerContext*, const store_pb::ListSessio
                                    : int64_t{0},
             r.external_id(), after, page_size + 1);
         store_pb::ListSessionsResponse out;
+        PageBudget budget(limits_);
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
-          *out.add_sessions() = SessionFromRow(rows[i]);
+          ::parley::v1::Session session = SessionFromRow(rows[i]);
+          if (!budget.Take(session.ByteSizeLong())) break;
+          *out.add_sessions() = std::move(session);
         }
-        if (static_cast<int64_t>(rows.size()) > page_size) {
+        if (static_cast<int64_t>(rows.size()) > out.sessions_size()) {
           out.set_next_page_token(
               EncodePageToken(out.sessions().rbegin()->id(), Fingerprint(query)));
         }

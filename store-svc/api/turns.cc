@@ -386,11 +386,10 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const store_pb::ListMessag
         // Rows come in the direction read (newest first when backwards); the page keeps
         // as many as its byte budget holds, then reads in chronological order.
         std::vector<::parley::v1::Message> page;
-        int64_t bytes = 0;
+        PageBudget budget(limits_);
         for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
           ::parley::v1::Message message = MessageFromRow(rows[i]);
-          bytes += static_cast<int64_t>(message.ByteSizeLong());
-          if (i > 0 && bytes > limits_.max_page_bytes) break;  // The page is full.
+          if (!budget.Take(message.ByteSizeLong())) break;
           page.push_back(std::move(message));
         }
         store_pb::ListMessagesResponse out;
@@ -901,11 +900,14 @@ Status StoreServiceImpl::ListTurns(ServerContext*, const store_pb::ListTurnsRequ
             page_size + 1);
         store_pb::ListTurnsResponse out;
         std::string last_position;
+        PageBudget budget(limits_);
         for (int64_t i = 0; i < std::min<int64_t>(page_size, rows.size()); ++i) {
+          ::parley::v1::Turn turn = TurnFromRow(rows[i], 1);
+          if (!budget.Take(turn.ByteSizeLong())) break;
           last_position = rows[i][0].as<std::string>();
-          *out.add_turns() = TurnFromRow(rows[i], 1);
+          *out.add_turns() = std::move(turn);
         }
-        if (static_cast<int64_t>(rows.size()) > page_size) {
+        if (static_cast<int64_t>(rows.size()) > out.turns_size()) {
           out.set_next_page_token(EncodePageToken(last_position, Fingerprint(query)));
         }
         return out;
