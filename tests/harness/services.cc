@@ -1,6 +1,7 @@
 #include "tests/harness/services.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
@@ -17,14 +18,17 @@
 #include <fstream>
 #include <pqxx/pqxx>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/ids.h"
 #include "common/redis_cluster.h"
@@ -422,6 +426,54 @@ absl::StatusOr<std::unique_ptr<ServingHealthServer>> ServingHealthServer::Start(
 }
 
 ServingHealthServer::~ServingHealthServer() { server_->Shutdown(std::chrono::system_clock::now()); }
+
+int KillSandboxProcesses(int64_t first_uid, int64_t count) {
+  std::vector<pid_t> killed;
+  std::set<std::string> groups;  // Under /sys/fs/cgroup.
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return 0;
+  while (struct dirent* entry = ::readdir(proc)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    const std::string dir = absl::StrCat("/proc/", pid);
+    int64_t uid = -1;
+    for (absl::string_view line : absl::StrSplit(ReadFile(dir + "/status"), '\n')) {
+      // "Uid:	<real>	<effective>	<saved>	<fs>"
+      if (!absl::ConsumePrefix(&line, "Uid:")) continue;
+      std::vector<absl::string_view> ids = absl::StrSplit(line, '\t', absl::SkipEmpty());
+      if (ids.empty() || !absl::SimpleAtoi(ids[0], &uid)) uid = -1;
+      break;
+    }
+    if (uid < first_uid || uid >= first_uid + count) continue;
+    // "<id>:<controllers>:<path>", one line per hierarchy.
+    for (absl::string_view line : absl::StrSplit(ReadFile(dir + "/cgroup"), '\n')) {
+      std::vector<std::string> fields = absl::StrSplit(line, absl::MaxSplits(':', 2));
+      if (fields.size() == 3 && absl::StrContains(fields[2], "/parley-sandbox.")) {
+        groups.insert(absl::StrCat(fields[1].empty() ? "unified" : fields[1], fields[2]));
+      }
+    }
+    if (::kill(pid, SIGKILL) == 0) killed.push_back(pid);
+  }
+  ::closedir(proc);
+  // Wait until they are gone (a zombie has left its groups) before removing those.
+  WaitFor(absl::Seconds(5), [&] {
+    for (pid_t pid : killed) {
+      const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+      const size_t end_of_name = stat.rfind(')');
+      if (end_of_name != std::string::npos && end_of_name + 2 < stat.size() &&
+          stat[end_of_name + 2] != 'Z') {
+        return false;
+      }
+    }
+    return true;
+  });
+  for (const std::string& group : groups) {
+    const std::string path = "/sys/fs/cgroup/" + group;
+    ::rmdir(path.c_str());
+    ::rmdir(path.substr(0, path.rfind('/')).c_str());  // The parent, once empty.
+  }
+  return static_cast<int>(killed.size());
+}
 
 bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition, absl::Duration poll) {
   const absl::Time deadline = absl::Now() + timeout;

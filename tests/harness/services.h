@@ -214,6 +214,7 @@ class ServiceProcess {
   // Waits for the "serving" log line (which names the bound ports) and then for the
   // gRPC health check to answer SERVING.
   absl::Status WaitUntilServing(absl::Duration timeout);
+  pid_t pid() const { return pid_; }
   int grpc_port() const { return grpc_port_; }
   int admin_port() const { return admin_port_; }
   // The gRPC address: the host it bound (127.0.0.1 for a wildcard) and its port.
@@ -236,6 +237,13 @@ class ServiceProcess {
   int admin_port_ = 0;
   std::optional<int> exit_code_;
 };
+
+// Kills every process whose real uid is in [first_uid, first_uid + count) — the
+// sandbox uids a test gave its parley-sandbox — and removes the parley-sandbox cgroups
+// they were in (each group, then its parent when empty). For sandboxes that outlived
+// their sandbox-svc: one whose creation was still in flight when the test ended is
+// recorded after the test destroyed the others. Returns how many processes it killed.
+int KillSandboxProcesses(int64_t first_uid, int64_t count);
 
 // Checks `condition` every `poll` until it holds (true) or `timeout` passes (false):
 // how tests wait for a state instead of sleeping for a guessed time.

@@ -90,6 +90,10 @@ void SessionFixture::TearDown() {
   // left an empty group per controller on the host for every test).
   for (const auto& process : sandbox_processes_) process->Signal(SIGTERM);
   for (const auto& process : sandbox_processes_) (void)process->WaitForExit(absl::Seconds(15));
+  // A sandbox whose creation was still in flight when the test ended outlives them.
+  if (!sandbox_processes_.empty()) {
+    parley::testing::KillSandboxProcesses(sandbox_uid_base_, kSandboxUidsPerTest);
+  }
   sandbox_stubs_.clear();
   sandbox_processes_.clear();
   gateway_.reset();
@@ -183,9 +187,8 @@ void SessionFixture::StartCluster(const ClusterOptions& options) {
 
 void SessionFixture::StartSandboxes(const ClusterOptions& options) {
   const int count = std::max(options.sandbox_replicas, 1);
-  // Each test process gets uids of its own (tests run in parallel), split among replicas.
-  const int64_t uid_base = 2'300'000 + static_cast<int64_t>(::getpid() % 1000) * 1000;
-  const int64_t uid_count = 1000 / count;
+  const int64_t uid_base = sandbox_uid_base_;
+  const int64_t uid_count = kSandboxUidsPerTest / count;
   int port = 0;
   if (count > 1) {
     port = parley::testing::FreePort();

@@ -25,6 +25,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <functional>
@@ -251,6 +252,11 @@ class SessionFixture : public ::testing::Test {
   std::unique_ptr<parley::testing::ServiceProcess> store_process_;
   std::unique_ptr<parley::testing::ServiceProcess> gateway_;
   std::vector<std::unique_ptr<parley::testing::ServiceProcess>> sandbox_processes_;
+  // Each test process gets sandbox uids of its own (tests run in parallel), split
+  // among its sandbox-svc replicas.
+  static constexpr int64_t kSandboxUidsPerTest = 1000;
+  const int64_t sandbox_uid_base_ =
+      2'300'000 + static_cast<int64_t>(::getpid() % 1000) * kSandboxUidsPerTest;
   std::vector<std::unique_ptr<sandbox::v1::SandboxManager::Stub>> sandbox_stubs_;
   std::string sandbox_address_template_;
   std::unique_ptr<store::v1::StoreService::Stub> store_;
