@@ -657,6 +657,23 @@ class QueuedTurnRecheck : public FanoutFixture {
     options.stream.queued_turn_recheck = absl::Milliseconds(kRecheckMs);
     return options;
   }
+
+  // A stream until the end of `turn_id`, live: joined to its channel (it has resolved
+  // where it starts, so it gets what comes next), and past one event `writer` published.
+  std::unique_ptr<StreamReader> LiveStreamUntilTheEndOf(v1::SessionService::Stub& client,
+                                                        const std::string& session,
+                                                        const std::string& turn_id,
+                                                        Writer& writer) {
+    v1::StreamEventsRequest request;
+    request.set_session_id(session);
+    request.set_from_turn_id(turn_id);
+    request.set_until_turn_end(true);
+    auto stream = std::make_unique<StreamReader>(client, request);
+    EXPECT_TRUE(Eventually([&] { return this->hub_->channel_count() == 1; }));
+    EXPECT_TRUE(writer.PublishNext("a word before").ok());
+    EXPECT_EQ(stream->ReadEvents(1).size(), 1u);
+    return stream;
+  }
 };
 using RecheckAfterSealOnly = QueuedTurnRecheck<3'600'000>;  // Never on its own here.
 using RecheckEverySecond = QueuedTurnRecheck<1'000>;
@@ -674,17 +691,10 @@ TEST_F(RecheckAfterSealOnly, AStreamWaitingForAQueuedTurnEndsAtTheNextSealOnceIt
   ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &ahead));
   ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &ours));
   auto writer = NewWriter(session, 1);
-
   auto client = NewClient();
-  v1::StreamEventsRequest request;
-  request.set_session_id(session);
-  request.set_from_turn_id(ours.turn().id());
-  request.set_until_turn_end(true);
-  StreamReader stream(*client, request);
-  // Joined to the channel: it has resolved where it starts, so it gets what comes next.
-  ASSERT_TRUE(Eventually([&] { return hub_->channel_count() == 1; }));
-  ASSERT_TRUE(writer->PublishNext("the turn ahead speaks").ok());
-  ASSERT_EQ(stream.ReadEvents(1).size(), 1u);
+  auto live = LiveStreamUntilTheEndOf(*client, session, ours.turn().id(), *writer);
+  ASSERT_FALSE(HasFailure());
+  StreamReader& stream = *live;
 
   // Another turn's seal while ours is still queued: checked, and the stream goes on.
   const int64_t checks = StoreCalls("GetLastSeq");
@@ -712,17 +722,10 @@ TEST_F(RecheckEverySecond, AStreamWaitingForAQueuedTurnOfAnIdleSessionEndsOnceIt
   store::v1::EnqueueTurnResponse ours;
   ASSERT_NO_FATAL_FAILURE(EnqueueTurn(session, &ours));
   auto writer = NewWriter(session, 1);
-
   auto client = NewClient();
-  v1::StreamEventsRequest request;
-  request.set_session_id(session);
-  request.set_from_turn_id(ours.turn().id());
-  request.set_until_turn_end(true);
-  StreamReader stream(*client, request);
-  // Joined to the channel: it has resolved where it starts, so it gets what comes next.
-  ASSERT_TRUE(Eventually([&] { return hub_->channel_count() == 1; }));
-  ASSERT_TRUE(writer->PublishNext("an earlier turn's last word").ok());
-  ASSERT_EQ(stream.ReadEvents(1).size(), 1u);
+  auto live = LiveStreamUntilTheEndOf(*client, session, ours.turn().id(), *writer);
+  ASSERT_FALSE(HasFailure());
+  StreamReader& stream = *live;
 
   ASSERT_NO_FATAL_FAILURE(CancelTurn(session, ours.turn().id()));
   EXPECT_THAT(stream.ReadEvents(100), IsEmpty());
