@@ -89,6 +89,56 @@ class SandboxCall {
     call_context_.TryCancel();
   }
 
+  // Idempotency, for a call that changes something (Exec, WriteFile): the key of the
+  // `idempotency-key` header, if the caller sent one (INVALID_ARGUMENT for a malformed
+  // one; the header is ignored where the gateway keeps no idempotency store).
+  absl::Status ReadIdempotencyKey() {
+    if (downstream_.idempotency == nullptr) return absl::OkStatus();
+    absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context_);
+    if (!key.ok()) return key.status();
+    key_ = *std::move(key);
+    return absl::OkStatus();
+  }
+  bool has_idempotency_key() const { return key_.has_value(); }
+  bool claimed() const { return claim_.has_value(); }
+
+  // Claims the key for `method` and `identity` (what a retry must repeat: the caller's
+  // tenant and request, whichever sandbox serves the session) and then acquires the
+  // sandbox; or hands `replay` the first outcome of an earlier call with this key (the
+  // replay trailer set), or `refused` the status Begin failed with. Called once the
+  // session is found and before a sandbox is acquired: a retry that only replays never
+  // creates or resumes one. The key stays held for as long as the call may run (its
+  // stream deadline, and a margin for the relay), so a retry can never start a second
+  // run while the first one still runs.
+  using Replay = std::function<void(const grpc::Status& status, const std::string& response)>;
+  void ClaimThenAcquire(const char* method, const google::protobuf::Message& identity,
+                        Replay replay, std::function<void(const grpc::Status&)> refused) {
+    const absl::Duration held = downstream_.stream_timeout + absl::Minutes(1);
+    downstream_.idempotency->Begin(
+        tenant_id_, method, *key_, identity,
+        [this, replay = std::move(replay),
+         refused = std::move(refused)](absl::StatusOr<IdempotencyStore::Started> started) {
+          if (!started.ok()) return refused(ToGrpcStatus(started.status()));
+          if (started->claim) {
+            claim_ = std::move(started->claim);
+            return AcquireSandbox();
+          }
+          context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
+          replay(started->replay_status, started->replay_response);
+        },
+        held);
+  }
+
+  // Runs `then` (which answers the caller) once a claimed call's outcome — `answer`, and
+  // `response` when it is OK — is recorded (or its key released, for a failure a retry
+  // may not meet), so that a retry sent after the answer finds it; at once without a
+  // claim.
+  void RecordThen(const grpc::Status& answer, const google::protobuf::Message* response,
+                  std::function<void()> then) {
+    if (!claim_) return then();
+    downstream_.idempotency->Complete(*std::move(claim_), answer, response, std::move(then));
+  }
+
   const std::string& tenant_id() const { return tenant_id_; }
   // The replica that owns the located sandbox (set before Locate's `done` runs with an id).
   SandboxAsync* sandbox() const { return owner_->async(); }
@@ -150,6 +200,8 @@ class SandboxCall {
   sandbox_pb::AcquireForSessionRequest acquire_;
   sandbox_pb::AcquireForSessionResponse acquired_;
   sandbox::SandboxReplicas::Stub* owner_ = nullptr;
+  std::optional<std::string> key_;                // The idempotency key, if any.
+  std::optional<IdempotencyStore::Claim> claim_;  // Held while a keyed call runs.
 };
 
 // ---------------------------------------------------------------------------------
@@ -182,23 +234,12 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
     upstream_.call = this;
     ops_.build(request, &request_);
     absl::Status valid = ops_.validate(request_);
-    if (valid.ok() && ops_.idempotent_method != nullptr && downstream.idempotency != nullptr) {
-      absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context);
-      if (key.ok()) {
-        key_ = *std::move(key);
-      } else {
-        valid = key.status();
-      }
-    }
+    if (valid.ok() && ops_.idempotent_method != nullptr) valid = ReadIdempotencyKey();
     Locate(ops_.scope, request.session_id(), "session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (sandbox_id.ok()) return Start(*sandbox_id);
              const grpc::Status failed = ToGrpcStatus(sandbox_id.status());
-             if (!claim_) return this->Finish(failed);
-             // No sandbox for a claimed call: its outcome (or the key's release, for a
-             // failure a retry may not meet) is recorded before the caller hears it.
-             this->downstream().idempotency->Complete(*std::move(claim_), failed, nullptr,
-                                                      [this, failed] { this->Finish(failed); });
+             RecordThen(failed, nullptr, [this, failed] { this->Finish(failed); });
            });
   }
 
@@ -218,40 +259,22 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
     void OnDone(const grpc::Status& status) override { call->OnUpstreamDone(status); }
   };
 
-  // With an idempotency key, the key is claimed once the session is found and before a
-  // sandbox is acquired: a retry that only replays the first outcome never creates or
-  // resumes one.
+  // With an idempotency key: claimed for this call, or the first outcome replayed.
   void SessionFound() override {
-    if (!key_) return AcquireSandbox();
-    Claim();
-  }
-
-  // Claims the idempotency key for this call (the same call: the caller's tenant and
-  // request, whichever sandbox serves the session), or replays its first outcome.
-  void Claim() {
+    if (!has_idempotency_key()) return AcquireSandbox();
     request_.set_tenant_id(tenant_id());
-    // The key stays held for as long as the call may run (its stream deadline, and a
-    // margin for the relay), so a retry can never start a second run while the first
-    // one still runs.
-    const absl::Duration held = downstream().stream_timeout + absl::Minutes(1);
-    downstream().idempotency->Begin(
-        tenant_id(), ops_.idempotent_method, *key_, request_,
-        [this](absl::StatusOr<IdempotencyStore::Started> started) {
-          if (!started.ok()) return this->Finish(ToGrpcStatus(started.status()));
-          if (started->claim) {
-            claim_ = std::move(started->claim);
-            return AcquireSandbox();
-          }
-          this->context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
-          if (!started->replay_status.ok()) return this->Finish(started->replay_status);
-          if (!out_.ParseFromString(started->replay_response)) {
+    ClaimThenAcquire(
+        ops_.idempotent_method, request_,
+        [this](const grpc::Status& status, const std::string& response) {
+          if (!status.ok()) return this->Finish(status);
+          if (!out_.ParseFromString(response)) {
             return this->Finish(
                 grpc::Status(grpc::StatusCode::INTERNAL, "unreadable recorded outcome"));
           }
           replaying_ = true;
           this->StartWrite(&out_);
         },
-        held);
+        [this](const grpc::Status& refused) { this->Finish(refused); });
   }
 
   void Start(const std::string& sandbox_id) {
@@ -279,19 +302,13 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
       upstream_.RemoveHold();
       return;
     }
-    if (claim_ && ops_.outcome(out_)) outcome_ = out_;
+    if (claimed() && ops_.outcome(out_)) outcome_ = out_;
     this->StartWrite(&out_);
   }
 
   void OnUpstreamDone(const grpc::Status& status) {
     const grpc::Status answer = failure_.ok() ? Public(status) : failure_;
-    if (!claim_) {
-      this->Finish(answer);
-      return Release();
-    }
-    // Recorded before the caller hears the end, so a retry sent after it finds the
-    // outcome rather than the claim still pending.
-    downstream().idempotency->Complete(*std::move(claim_), answer, &outcome_, [this, answer] {
+    RecordThen(answer, &outcome_, [this, answer] {
       this->Finish(answer);
       Release();
     });
@@ -308,10 +325,8 @@ class DownloadCall final : public SandboxCall, public grpc::ServerWriteReactor<P
   PublicMsg out_;
   grpc::Status failure_;      // Set before the upstream is cancelled for a reason of ours.
   std::atomic<int> refs_{1};  // The server side, until its OnDone.
-  // With an idempotency key: the key, the claim while the call runs, the outcome it
-  // records, and whether the call only replays an earlier outcome.
-  std::optional<std::string> key_;
-  std::optional<IdempotencyStore::Claim> claim_;
+  // With an idempotency key: the outcome the call records, and whether it only replays
+  // an earlier one.
   PublicMsg outcome_;
   bool replaying_ = false;
 };
@@ -409,49 +424,32 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
     out->set_append(header.append());
     if (header.has_size()) out->set_size(header.size());
     absl::Status valid = ValidateWriteHeader(*out, "header.");
-    if (valid.ok() && downstream().idempotency != nullptr) {
-      absl::StatusOr<std::optional<std::string>> key = IdempotencyKeyOf(*context_);
-      if (key.ok()) {
-        key_ = *std::move(key);
-        identity_ = header;
-      } else {
-        valid = key.status();
-      }
-    }
+    if (valid.ok()) valid = ReadIdempotencyKey();
+    if (has_idempotency_key()) identity_ = header;
     Locate(kScopeSandboxFiles, header.session_id(), "header.session_id", std::move(valid),
            [this](absl::StatusOr<std::string> sandbox_id) {
              if (sandbox_id.ok()) return Start(*sandbox_id);
              const grpc::Status failed = ToGrpcStatus(sandbox_id.status());
-             if (!claim_) return Finish(failed);
-             // No sandbox for a claimed call: its outcome (or the key's release) is
-             // recorded before the caller hears it.
-             downstream().idempotency->Complete(*std::move(claim_), failed, nullptr,
-                                                [this, failed] { Finish(failed); });
+             RecordThen(failed, nullptr, [this, failed] { Finish(failed); });
            });
   }
 
-  // With an idempotency key: claims it for this upload, or replays the first outcome.
+  // With an idempotency key: claimed for this upload, or the first outcome replayed
+  // once the retry's data is read to its end and dropped.
   void SessionFound() override {
-    if (!key_) return AcquireSandbox();
-    const absl::Duration held = downstream().stream_timeout + absl::Minutes(1);
-    downstream().idempotency->Begin(
-        tenant_id(), "WriteFile", *key_, identity_,
-        [this](absl::StatusOr<IdempotencyStore::Started> started) {
-          if (!started.ok()) return Finish(ToGrpcStatus(started.status()));
-          if (started->claim) {
-            claim_ = std::move(started->claim);
-            return AcquireSandbox();
-          }
-          context_->AddTrailingMetadata(kIdempotentReplayedTrailer, "true");
-          replay_status_ = started->replay_status;
-          if (replay_status_.ok() && !response_->ParseFromString(started->replay_response)) {
+    if (!has_idempotency_key()) return AcquireSandbox();
+    ClaimThenAcquire(
+        "WriteFile", identity_,
+        [this](const grpc::Status& status, const std::string& response) {
+          replay_status_ = status;
+          if (status.ok() && !response_->ParseFromString(response)) {
             replay_status_ =
                 grpc::Status(grpc::StatusCode::INTERNAL, "unreadable recorded outcome");
           }
           replaying_ = true;
-          StartRead(&in_);  // The retry's data: read to its end and dropped.
+          StartRead(&in_);
         },
-        held);
+        [this](const grpc::Status& refused) { Finish(refused); });
   }
 
   void Start(const std::string& sandbox_id) {
@@ -479,12 +477,7 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
       response_->mutable_info()->Swap(upstream_response_.mutable_info());
       response_->set_bytes_written(upstream_response_.bytes_written());
     }
-    if (!claim_) {
-      Finish(answer);
-      return Release();
-    }
-    // Recorded before the caller hears it, so a retry sent after the answer finds it.
-    downstream().idempotency->Complete(*std::move(claim_), answer, response_, [this, answer] {
+    RecordThen(answer, response_, [this, answer] {
       Finish(answer);
       Release();
     });
@@ -504,11 +497,9 @@ class UploadCall final : public SandboxCall, public grpc::ServerReadReactor<v1::
   bool started_ = false;
   grpc::Status failure_;
   std::atomic<int> refs_{1};  // The server side, until its OnDone.
-  // With an idempotency key: the key, what a retry must repeat, the claim while the
-  // upload runs, and for a retry, the first outcome it answers with once its stream ends.
-  std::optional<std::string> key_;
+  // With an idempotency key: what a retry must repeat, and for a retry, the first
+  // outcome it answers with once its stream ends.
   v1::WriteFileHeader identity_;
-  std::optional<IdempotencyStore::Claim> claim_;
   bool replaying_ = false;
   grpc::Status replay_status_;
 };

@@ -79,7 +79,9 @@ class TurnExecutor::Run_ final : public TurnOutput {
   }
 
  private:
-  absl::Status TakeLease();
+  // Takes the session's stream lease; returns the stream's newest entries as they stand
+  // once it is held, newest first (SealPredecessor's).
+  absl::StatusOr<std::vector<EventLogEntry>> TakeLease();
   absl::Status RecoverEpoch();
   absl::Status Publish(v1::Event event, bool after_commit = false) {
     Stage(std::move(event));
@@ -116,8 +118,8 @@ class TurnExecutor::Run_ final : public TurnOutput {
   // were folded in when first published), recent_.
   absl::Status Published(const std::vector<v1::Event>& batch, size_t restored);
   // Seals the turn before this one if its owner's TurnSealed lost the race for the
-  // lease (see the README), from the stream's tail read with the lease.
-  void SealPredecessor();
+  // lease (see the README), from the stream's `tail` read with the lease.
+  void SealPredecessor(const std::vector<EventLogEntry>& tail);
   absl::StatusOr<std::vector<v1::Event>> ReadOwnEvents();
   absl::StatusOr<v1::Message> LoadUserMessage();
   RunResult Finish(v1::TurnStatus status, v1::FinishReason reason,
@@ -150,9 +152,8 @@ class TurnExecutor::Run_ final : public TurnOutput {
   size_t pending_bytes_ = 0;
   uint64_t last_seq_ = 0;
   uint64_t first_seq_ = 0;
-  // The stream's newest entries once the lease was taken, newest first (SealPredecessor).
+  // How much of the stream's tail TakeLease reads for SealPredecessor.
   static constexpr int kPredecessorTail = 16;
-  std::optional<std::vector<EventLogEntry>> tail_;
   Transcript transcript_;
   std::string last_message_id_;  // Of the newest message a step commit stored.
   absl::Time started_ = absl::InfinitePast();
@@ -202,7 +203,7 @@ RunResult TurnExecutor::Run(const store_pb::ClaimNextTurnResponse& claim, TurnCo
   return run.Go();
 }
 
-absl::Status TurnExecutor::Run_::TakeLease() {
+absl::StatusOr<std::vector<EventLogEntry>> TurnExecutor::Run_::TakeLease() {
   const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
   const absl::Time deadline = absl::Now() + retry_budget();
   absl::Status status;
@@ -210,8 +211,8 @@ absl::Status TurnExecutor::Run_::TakeLease() {
        backoff = std::min(backoff * 2, absl::Seconds(1))) {
     status = x_.EnsureRedis();
     if (status.ok()) {
-      // One round trip: the lease, and the stream's tail as it stands once we hold it
-      // (SealPredecessor's). The lease hash is never deleted: missing after an earlier
+      // One round trip: the lease, and the stream's tail as it stands once we hold it.
+      // The lease hash is never deleted: missing after an earlier
       // lease means Redis lost the session's state (flush, failover without data).
       absl::StatusOr<EventPublisher::Lease> lease = x_.publisher_->AcquireLease(
           session_id_, x_.options_.owner, lease_epoch_,
@@ -220,11 +221,16 @@ absl::Status TurnExecutor::Run_::TakeLease() {
            .read = log.BackwardCommand(session_id_, std::nullopt, kPredecessorTail)});
       if (lease.ok()) {
         last_seq_ = lease->last_seq;
-        tail_ = EventLogReader::EntriesOf(lease->read.get());
-        return absl::OkStatus();
+        return EventLogReader::EntriesOf(lease->read.get());
       }
       status = lease.status();
-      if (ErrorReason(status) == "STATE_LOST") return RecoverEpoch();
+      if (ErrorReason(status) == "STATE_LOST") {
+        PARLEY_RETURN_IF_ERROR(RecoverEpoch());
+        // A tail that cannot be read seals nothing: the turn goes on regardless.
+        absl::StatusOr<std::vector<EventLogEntry>> tail =
+            log.ReadBackward(*x_.redis_, session_id_, std::nullopt, kPredecessorTail);
+        return tail.ok() ? *std::move(tail) : std::vector<EventLogEntry>();
+      }
       if (ErrorReason(status) == "LEASE_LOST") return status;
     }
     if (status.code() == absl::StatusCode::kUnavailable) x_.DropRedis();
@@ -419,15 +425,8 @@ absl::Status TurnExecutor::Run_::Published(const std::vector<v1::Event>& batch, 
   return absl::OkStatus();
 }
 
-void TurnExecutor::Run_::SealPredecessor() {
-  if (!tail_.has_value()) {  // The lease came through an epoch recovery: read it now.
-    const EventLogReader log{RedisKeys(x_.options_.key_prefix)};
-    absl::StatusOr<std::vector<EventLogEntry>> tail =
-        log.ReadBackward(*x_.redis_, session_id_, std::nullopt, kPredecessorTail);
-    if (!tail.ok()) return;
-    tail_ = *std::move(tail);
-  }
-  for (const EventLogEntry& entry : *tail_) {
+void TurnExecutor::Run_::SealPredecessor(const std::vector<EventLogEntry>& tail) {
+  for (const EventLogEntry& entry : tail) {
     if (!entry.id.durable()) continue;  // Transient: look further back.
     absl::StatusOr<v1::Event> last = entry.Parse(session_id_);
     if (!last.ok() || !last->has_turn_completed() || last->turn_id() == turn_.id()) return;
@@ -697,14 +696,16 @@ RunResult TurnExecutor::Run_::HandBack() {
 }
 
 RunResult TurnExecutor::Run_::Go() {
-  if (absl::Status status = TakeLease(); !status.ok()) {
-    if (ErrorReason(status) == "LEASE_LOST") return RunResult::kLeaseLost;
-    x_.logger_.Error(
-        "could not take the session's stream lease",
-        {{"session_id", session_id_}, {"turn_id", turn_.id()}, {"error", status.ToString()}});
+  absl::StatusOr<std::vector<EventLogEntry>> tail = TakeLease();
+  if (!tail.ok()) {
+    if (ErrorReason(tail.status()) == "LEASE_LOST") return RunResult::kLeaseLost;
+    x_.logger_.Error("could not take the session's stream lease",
+                     {{"session_id", session_id_},
+                      {"turn_id", turn_.id()},
+                      {"error", tail.status().ToString()}});
     return RunResult::kAbandoned;
   }
-  SealPredecessor();
+  SealPredecessor(*tail);
 
   if (claim_.recovery()) {
     absl::StatusOr<std::vector<v1::Event>> events = ReadOwnEvents();

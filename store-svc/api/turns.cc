@@ -385,17 +385,16 @@ Status StoreServiceImpl::ListMessages(ServerContext*, const store_pb::ListMessag
         }
         // Rows come in the direction read (newest first when backwards); the page keeps
         // as many as its byte budget holds, then reads in chronological order.
-        std::vector<::parley::v1::Message> page;
+        store_pb::ListMessagesResponse out;
         PageBudget budget(limits_);
         for (int64_t i = 0; i < std::min<int64_t>(limit, rows.size()); ++i) {
           ::parley::v1::Message message = MessageFromRow(rows[i]);
           if (!budget.Take(message.ByteSizeLong())) break;
-          page.push_back(std::move(message));
+          *out.add_messages() = std::move(message);
         }
-        store_pb::ListMessagesResponse out;
-        if (backwards) std::reverse(page.begin(), page.end());
-        for (::parley::v1::Message& message : page) *out.add_messages() = std::move(message);
-        out.set_has_more(rows.size() > page.size());
+        auto* page = out.mutable_messages();
+        if (backwards) std::reverse(page->pointer_begin(), page->pointer_end());
+        out.set_has_more(static_cast<int64_t>(rows.size()) > out.messages_size());
         return out;
       });
   return Respond(result, response);
